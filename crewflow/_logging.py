@@ -1,0 +1,59 @@
+"""Logging through structlog, polite to applications that never configured it.
+
+When the application configured structlog, crewflow logs through it like any library. When it
+did not, crewflow must not flood it: only warnings and errors are written, to stderr, unless
+``verbose=True`` or ``CREWFLOW_LOG_LEVEL`` asks for more. structlog is imported on first use, not
+by ``import crewflow``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+LEVEL_ENV = "CREWFLOW_LOG_LEVEL"
+
+_fallback: dict[int, Any] = {}
+
+
+def get_logger(*, verbose: bool = False, **context: Any) -> Any:
+    """A structlog logger bound to ``context`` (``run_id``, ``task``, ...)."""
+    import structlog
+
+    if structlog.is_configured():
+        return structlog.get_logger("crewflow").bind(**context)
+    level = _level(verbose)
+    logger = _fallback.get(level)
+    if logger is None:
+        logger = structlog.wrap_logger(
+            _StderrLogger(),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+        )
+        _fallback[level] = logger
+    return logger.bind(**context)
+
+
+def _level(verbose: bool) -> int:
+    name = os.environ.get(LEVEL_ENV, "").strip().upper()
+    if name:
+        value = logging.getLevelName(name)
+        if isinstance(value, int):
+            return value
+    return logging.INFO if verbose else logging.WARNING
+
+
+class _StderrLogger:
+    """Writes each rendered line to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg

@@ -1,0 +1,56 @@
+"""The runtime's clock: monotonic time and sleeping, swappable for a fake one in tests.
+
+Backoff waits and Retry-After pauses go through `current_clock()`, so tests can run retries
+without waiting (`crewflow.testing.FakeClock`). The clock is a context variable: setting it
+affects the current task and the tasks it starts, nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar, Token
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Monotonic seconds and an async sleep."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        ...
+
+
+class SystemClock:
+    """The real clock: `time.monotonic` and `anyio.sleep`."""
+
+    def now(self) -> float:
+        """Seconds on the system's monotonic clock."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for real."""
+        import anyio
+
+        await anyio.sleep(seconds)
+
+
+_clock: ContextVar[Clock] = ContextVar("crewflow_clock", default=SystemClock())
+
+
+def current_clock() -> Clock:
+    """The clock in force in this context."""
+    return _clock.get()
+
+
+def set_clock(clock: Clock) -> Token[Clock]:
+    """Use ``clock`` in this context; returns a token for `reset_clock`."""
+    return _clock.set(clock)
+
+
+def reset_clock(token: Token[Clock]) -> None:
+    """Undo a `set_clock`."""
+    _clock.reset(token)

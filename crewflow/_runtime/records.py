@@ -1,0 +1,75 @@
+"""What the runtime records of each task: its attempts and how it ended (``CrewResult.timeline``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crewflow.llm._types import Usage
+
+__all__ = ["AttemptRecord", "TaskRecord", "TaskStatus"]
+
+
+class TaskStatus(StrEnum):
+    """How a task ended (or where it is)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class AttemptRecord(BaseModel):
+    """One attempt of one task.
+
+    Attributes:
+        number: 1 for the first attempt.
+        start: When it began (UTC).
+        end: When it ended (UTC).
+        duration: Seconds, on the monotonic clock.
+        status: ``completed``, ``failed`` or ``cancelled``.
+        error_type: The exception's class name when it failed.
+        error: The error message when it failed.
+        model: The model the agent used.
+        usage: Requests and tokens of this attempt.
+        llm_retries: Provider calls retried inside this attempt.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    number: int
+    start: datetime
+    end: datetime
+    duration: float
+    status: TaskStatus
+    error_type: str | None = None
+    error: str | None = None
+    model: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    llm_retries: int = 0
+
+
+class TaskRecord(BaseModel):
+    """A task's line on the timeline.
+
+    Attributes:
+        task: The task's name.
+        agent: The agent's role.
+        status: How it ended.
+        start: When its first attempt began (UTC), ``None`` if it never started.
+        end: When it ended (UTC).
+        duration: Seconds from first start to end.
+        attempts: Every attempt, in order.
+    """
+
+    task: str
+    agent: str
+    status: TaskStatus
+    start: datetime | None = None
+    end: datetime | None = None
+    duration: float = 0.0
+    attempts: list[AttemptRecord] = Field(default_factory=list)

@@ -1,0 +1,275 @@
+"""Crews: tasks and agents under a process; ``kickoff`` runs them and returns a `CrewResult`.
+
+A `Crew` is a spec, validated when it is constructed (task graph, agents, process). Each kickoff
+builds a fresh `Run` for the mutable state of that execution, so one crew can run many times,
+even concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from crewflow._runtime.records import TaskRecord
+from crewflow._runtime.retry import RetryPolicy
+from crewflow._spec import Spec
+from crewflow.agent import Agent
+from crewflow.events import Event
+from crewflow.exceptions import ConfigurationError
+from crewflow.llm._base import LLM
+from crewflow.llm._types import Usage
+from crewflow.processes import Process, get_process
+from crewflow.task import Task, TaskOutput
+
+if TYPE_CHECKING:
+    from crewflow.graph import TaskGraph
+
+__all__ = ["Crew", "CrewResult"]
+
+
+class CrewResult(BaseModel):
+    """What a kickoff produced.
+
+    Attributes:
+        run_id: The run's id (as in logs and events).
+        crew: The crew's name.
+        process: The process that ran it.
+        outputs: Every task's output, in the order the crew declares its tasks.
+        usage: Requests, tokens and cost of the whole run.
+        timeline: Each task's start, end, attempts and status, in declaration order.
+        start: When the run began (UTC).
+        end: When it ended (UTC).
+        duration: Seconds it took.
+
+    Example:
+        ```python
+        result = await crew.kickoff(inputs={"topic": "batteries"})
+        result.output.text       # the last task's answer
+        result["facts"].text     # any task's, by name
+        result.usage.total_tokens
+        ```
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    run_id: str
+    crew: str
+    process: str
+    outputs: list[TaskOutput]
+    usage: Usage
+    timeline: list[TaskRecord]
+    start: datetime
+    end: datetime
+    duration: float
+
+    @property
+    def output(self) -> TaskOutput:
+        """The output of the crew's last task (by declaration)."""
+        return self.outputs[-1]
+
+    @property
+    def text(self) -> str:
+        """The last task's answer as text."""
+        return self.output.text
+
+    def __getitem__(self, name: str) -> TaskOutput:
+        for output in self.outputs:
+            if output.task == name:
+                return output
+        raise KeyError(f"no task named {name!r}; tasks: {[o.task for o in self.outputs]}")
+
+    def __contains__(self, name: object) -> bool:
+        return any(output.task == name for output in self.outputs)
+
+    def __iter__(self) -> Iterator[TaskOutput]:  # type: ignore[override]
+        return iter(self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    def __str__(self) -> str:
+        return self.output.text
+
+
+class Crew(Spec):
+    """Agents doing tasks under a process.
+
+    Example:
+        ```python
+        crew = Crew(tasks=[facts, draft], process="sequential")
+        result = await crew.kickoff(inputs={"topic": "sodium batteries"})
+        ```
+
+    Args:
+        tasks: The tasks, in order. Their ``context`` makes the dependency graph.
+        agents: The crew's agents. Optional: by default, the agents of the tasks. When there is
+            exactly one, tasks without an agent get it.
+        process: ``"sequential"`` (tasks in list order; a task with undeclared context gets the
+            previous output), or a `crewflow.processes.Process`.
+        name: Names the crew in results, logs and records (default ``"crew"``).
+        max_concurrency: The most tasks running at once, for processes that run several.
+        verbose: Log progress at INFO level when the application has not configured logging.
+        retry: How provider errors and timed-out attempts are retried.
+        on_event: Called with every `crewflow.events.Event` of every run of this crew.
+
+    Raises:
+        ConfigurationError: A cycle, unknown context, duplicate names, a task with no agent to
+            do it, or an unknown process, named in the message with how to fix it.
+    """
+
+    tasks: tuple[Task, ...]
+    agents: tuple[Agent, ...] | None = None
+    process: str | Process = "sequential"
+    name: str = Field(default="crew", min_length=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    verbose: bool = False
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    on_event: Callable[[Event], None] | None = None
+
+    _process: Process = PrivateAttr()
+    _graph: TaskGraph = PrivateAttr()
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _check_tasks(cls, value: Any) -> Any:
+        if isinstance(value, Task):
+            raise ValueError("tasks must be a list of tasks, e.g. Crew(tasks=[facts, draft])")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Validate the process and the task graph (this is where construction errors come
+        from)."""
+        from crewflow.graph import TaskGraph
+
+        self._process = get_process(self.process)
+        agents = self.agents if self.agents is not None else _task_agents(self.tasks)
+        self._graph = TaskGraph(
+            self.tasks,
+            agents=agents,
+            chain_undeclared=self._process.chains_undeclared_context,
+        )
+        self._process.validate(self._graph)
+
+    @property
+    def graph(self) -> TaskGraph:
+        """The validated task graph (``crew.graph.to_mermaid()`` draws it)."""
+        return self._graph
+
+    @property
+    def process_name(self) -> str:
+        """The name of the process this crew runs under."""
+        return self._process.name
+
+    async def kickoff(
+        self, inputs: Mapping[str, Any] | None = None, *, llm: str | LLM | None = None
+    ) -> CrewResult:
+        """Run the crew to completion.
+
+        Args:
+            inputs: Values for the tasks' ``{placeholders}``; must be JSON-serialisable.
+            llm: Use this model for every agent in this run instead of their own (what
+                ``crewflow run --model`` does).
+
+        Returns:
+            Every task's output, usage and the timeline.
+
+        Raises:
+            ConfigurationError: Missing template inputs (all listed), inputs that are not
+                JSON-serialisable, or a model that cannot be used (e.g. no API key).
+            CrewRunError: The run failed; ``.outputs`` holds every output that finished.
+        """
+        from crewflow._runtime.run import Run
+        from crewflow.llm._models import check_model, resolve_llm
+
+        values = self._check_inputs(inputs)
+        override = resolve_llm(check_model(llm) if isinstance(llm, str) else llm) if llm else None
+        run = Run(
+            graph=self._graph,
+            process=self._process,
+            crew_name=self.name,
+            inputs=values,
+            retry=self.retry,
+            llm_override=override,
+            on_event=self.on_event,
+            verbose=self.verbose,
+        )
+        await run.drive()
+        assert run.start is not None and run.end is not None
+        return CrewResult(
+            run_id=run.run_id,
+            crew=self.name,
+            process=self._process.name,
+            outputs=[run.outputs[name] for name in run.graph.names],
+            usage=run.usage,
+            timeline=run.timeline,
+            start=run.start,
+            end=run.end,
+            duration=run.duration,
+        )
+
+    def kickoff_sync(
+        self, inputs: Mapping[str, Any] | None = None, *, llm: str | LLM | None = None
+    ) -> CrewResult:
+        """`kickoff` for scripts: runs its own event loop.
+
+        Raises:
+            ConfigurationError: Called inside a running event loop (a notebook, an async app):
+                use ``await crew.kickoff(...)`` there.
+        """
+        import asyncio
+        from functools import partial
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ConfigurationError(
+                "kickoff_sync() cannot run inside a running event loop (a notebook or an async "
+                "application); use `await crew.kickoff(...)` there"
+            )
+        import anyio
+
+        return anyio.run(partial(self.kickoff, inputs, llm=llm))
+
+    def _check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        if inputs is None:
+            inputs = {}
+        if not isinstance(inputs, Mapping):
+            raise ConfigurationError(
+                "inputs must be a mapping of names to values, e.g. {'topic': 'batteries'}, "
+                f"not {type(inputs).__name__}"
+            )
+        for key, value in inputs.items():
+            if not isinstance(key, str):
+                raise ConfigurationError(f"input names must be strings, not {key!r}")
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise ConfigurationError(
+                    f"input {key!r} is not JSON-serialisable ({type(value).__name__}); pass "
+                    "strings, numbers, booleans, None, or lists and dicts of them"
+                ) from None
+        needed = self._graph.placeholders
+        missing = sorted(set(needed) - set(inputs))
+        if missing:
+            detail = "; ".join(f"{name!r} (used by {', '.join(needed[name])})" for name in missing)
+            raise ConfigurationError(
+                f"missing inputs for the task templates: {detail}. Pass them as "
+                "kickoff(inputs={...}), or write {{name}} for a literal brace"
+            )
+        # A private deep copy: a run must not see later changes to the caller's objects.
+        copied: dict[str, Any] = json.loads(json.dumps(dict(inputs)))
+        return copied
+
+
+def _task_agents(tasks: tuple[Task, ...]) -> tuple[Agent, ...]:
+    seen: dict[str, Agent] = {}
+    for task in tasks:
+        if task.agent is not None:
+            seen.setdefault(task.agent.id, task.agent)
+    return tuple(seen.values())

@@ -1,0 +1,156 @@
+"""Typed events of a run.
+
+The runtime emits these for every process alike; subscribe with ``Crew(on_event=callback)`` or,
+in tests, `crewflow.testing.capture_events`. Events are built only when someone listens, so a run
+nobody watches pays nothing for them.
+
+Every event has ``kind`` (a stable string, handy for matching), ``run_id`` and ``time`` (seconds on
+the runtime's monotonic clock).
+
+Example:
+    ```python
+    def show(event: events.Event) -> None:
+        if isinstance(event, events.TaskFinished):
+            print(event.task, event.duration)
+
+    crew = Crew(tasks=[...], on_event=show)
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Event",
+    "EventSink",
+    "LLMCallFinished",
+    "LLMCallRetrying",
+    "LLMCallStarted",
+    "RunFinished",
+    "RunStarted",
+    "TaskFailed",
+    "TaskFinished",
+    "TaskRetrying",
+    "TaskStarted",
+    "ToolCalled",
+]
+
+
+class Event(BaseModel):
+    """Base of all run events."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    run_id: str
+    time: float
+
+
+class RunStarted(Event):
+    """A run began."""
+
+    kind: Literal["run_started"] = "run_started"
+    crew: str
+    process: str
+    tasks: int
+
+
+class RunFinished(Event):
+    """A run ended (``status`` is ``completed``, ``failed`` or ``cancelled``)."""
+
+    kind: Literal["run_finished"] = "run_finished"
+    status: Literal["completed", "failed", "cancelled"]
+    duration: float
+    error: str | None = None
+
+
+class TaskStarted(Event):
+    """An attempt of a task began."""
+
+    kind: Literal["task_started"] = "task_started"
+    task: str
+    agent: str
+    attempt: int
+
+
+class TaskFinished(Event):
+    """A task finished with an output."""
+
+    kind: Literal["task_finished"] = "task_finished"
+    task: str
+    attempt: int
+    duration: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TaskRetrying(Event):
+    """An attempt of a task failed and another one follows after ``delay`` seconds."""
+
+    kind: Literal["task_retrying"] = "task_retrying"
+    task: str
+    attempt: int
+    error: str
+    delay: float
+
+
+class TaskFailed(Event):
+    """A task failed after all its attempts."""
+
+    kind: Literal["task_failed"] = "task_failed"
+    task: str
+    attempts: int
+    error_type: str
+    error: str
+
+
+class LLMCallStarted(Event):
+    """A provider call began."""
+
+    kind: Literal["llm_call_started"] = "llm_call_started"
+    task: str
+    model: str
+    attempt: int
+
+
+class LLMCallFinished(Event):
+    """A provider call ended, with its tokens and latency (``error`` set when it failed)."""
+
+    kind: Literal["llm_call_finished"] = "llm_call_finished"
+    task: str
+    model: str
+    latency: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class LLMCallRetrying(Event):
+    """A retryable provider error; the call is made again after ``delay`` seconds."""
+
+    kind: Literal["llm_call_retrying"] = "llm_call_retrying"
+    task: str
+    model: str
+    call_attempt: int
+    status_code: int | None
+    delay: float
+
+
+class ToolCalled(Event):
+    """An agent called a tool (``ok`` is false when the tool raised; the model was told)."""
+
+    kind: Literal["tool_called"] = "tool_called"
+    task: str
+    tool: str
+    ok: bool
+    duration: float
+    error: str | None = None
+
+
+class EventSink(Protocol):
+    """Receives events as they happen (keep it fast: it runs on the event loop)."""
+
+    def __call__(self, event: Event, /) -> None: ...

@@ -1,0 +1,198 @@
+"""The one error tree of crewflow.
+
+Every error crewflow raises on purpose is a `CrewflowError`. Developer mistakes are
+`ConfigurationError` (raised as early as possible: at construction, else at kickoff); everything
+that goes wrong while a crew runs is a `CrewRunError`, which always carries `.outputs`: every task
+output that finished before the failure, so that nothing finished is ever lost.
+
+```
+CrewflowError
+├── ConfigurationError            (also a ValueError) bad specs, templates, models, inputs, process names
+└── CrewRunError                  .outputs: every TaskOutput that finished, by task name
+    ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
+    ├── CrewPartialFailure        .failures, .skipped: on_failure="continue" and some tasks failed
+    ├── TaskTimeout               (also a TimeoutError) .task, .timeout: one attempt ran too long
+    ├── LLMError                  .model, .status_code, .retryable: a provider call failed
+    ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
+    ├── OutputValidationError     .errors: the answer never matched the task's output_model
+    └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
+```
+
+Messages say what was wrong and how to fix it; details live in fields, not packed into strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crewflow.task import TaskOutput
+
+__all__ = [
+    "ConfigurationError",
+    "CrewPartialFailure",
+    "CrewRunError",
+    "CrewflowError",
+    "LLMError",
+    "MaxIterationsExceeded",
+    "OutputValidationError",
+    "TaskFailed",
+    "TaskTimeout",
+    "ToolError",
+]
+
+_EMPTY: Mapping[str, TaskOutput] = MappingProxyType({})
+
+
+class CrewflowError(Exception):
+    """Base class of every error crewflow raises on purpose."""
+
+
+class ConfigurationError(CrewflowError, ValueError):
+    """A developer mistake: a bad spec, template, model string, input or process name.
+
+    Raised at construction where possible (`Agent(...)`, `Task(...)`, `Crew(...)`), otherwise at
+    the start of `kickoff` (missing template inputs, inputs that are not JSON-serialisable).
+    """
+
+
+class CrewRunError(CrewflowError):
+    """A failure while a crew runs.
+
+    Attributes:
+        outputs: Every task output that finished before the failure, by task name.
+    """
+
+    def __init__(self, message: str, *, outputs: Mapping[str, TaskOutput] | None = None) -> None:
+        super().__init__(message)
+        self.outputs: Mapping[str, TaskOutput] = dict(outputs) if outputs else _EMPTY
+
+
+class LLMError(CrewRunError):
+    """A call to an LLM provider failed.
+
+    Attributes:
+        model: The model string of the call (e.g. ``"openai/gpt-4o-mini"``).
+        status_code: The HTTP status when the provider answered, else ``None``.
+        retryable: Whether retrying the same call may succeed (429, 5xx, timeouts, connection
+            errors); the runtime retries these by itself.
+        retry_after: Seconds the provider asked to wait before retrying, when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        status_code: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        outputs: Mapping[str, TaskOutput] | None = None,
+    ) -> None:
+        super().__init__(message, outputs=outputs)
+        self.model = model
+        self.status_code = status_code
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ToolError(CrewRunError):
+    """A tool raised, or was called with arguments that do not match its schema.
+
+    Inside the agent loop this is not fatal: the message is sent back to the model as the tool's
+    result so that it can correct itself.
+
+    Attributes:
+        tool: The tool's name.
+    """
+
+    def __init__(self, message: str, *, tool: str) -> None:
+        super().__init__(message)
+        self.tool = tool
+
+
+class OutputValidationError(CrewRunError):
+    """The model's answer never matched the task's `output_model`, even after re-asking.
+
+    Attributes:
+        errors: Pydantic's error list of the last attempt.
+        text: The last raw answer.
+    """
+
+    def __init__(self, message: str, *, errors: Sequence[Any] = (), text: str = "") -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+        self.text = text
+
+
+class MaxIterationsExceeded(CrewRunError):
+    """The agent loop made `max_iterations` LLM calls without reaching a final answer.
+
+    Attributes:
+        max_iterations: The limit that was reached.
+    """
+
+    def __init__(self, message: str, *, max_iterations: int) -> None:
+        super().__init__(message)
+        self.max_iterations = max_iterations
+
+
+class TaskTimeout(CrewRunError, TimeoutError):
+    """One attempt of a task ran longer than the task's `timeout`.
+
+    Attributes:
+        task: The task's name.
+        timeout: The limit in seconds.
+    """
+
+    def __init__(self, message: str, *, task: str, timeout: float) -> None:
+        super().__init__(message)
+        self.task = task
+        self.timeout = timeout
+
+
+class TaskFailed(CrewRunError):
+    """A task failed after all its attempts; the crew stopped.
+
+    Attributes:
+        task: The failed task's name.
+        attempts: How many attempts were made.
+        cause: The error of the last attempt (also chained as ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: str,
+        attempts: int,
+        cause: BaseException,
+        outputs: Mapping[str, TaskOutput] | None = None,
+    ) -> None:
+        super().__init__(message, outputs=outputs)
+        self.task = task
+        self.attempts = attempts
+        self.cause = cause
+
+
+class CrewPartialFailure(CrewRunError):
+    """With ``on_failure="continue"``, some tasks failed; everything else that could run, ran.
+
+    Attributes:
+        failures: The `TaskFailed` error of each failed task, by task name.
+        skipped: Names of the tasks not run because something they depend on failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failures: Mapping[str, TaskFailed],
+        skipped: Sequence[str] = (),
+        outputs: Mapping[str, TaskOutput] | None = None,
+    ) -> None:
+        super().__init__(message, outputs=outputs)
+        self.failures = dict(failures)
+        self.skipped = list(skipped)

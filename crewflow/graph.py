@@ -1,0 +1,282 @@
+"""The task graph: a validated DAG of a crew's tasks (networkx underneath).
+
+Built when a `Crew` is constructed, so that mistakes surface there: duplicate names, context that
+refers to a task outside the crew, cycles (the error names the tasks on it), tasks nobody can do.
+Edges come from declared ``context``; a process may add the implicit edge of sequential crews
+(a task with undeclared context depends on the one before it), which is then a real edge here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from crewflow.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from crewflow.agent import Agent
+    from crewflow.task import Task
+
+__all__ = ["TaskGraph"]
+
+
+class TaskGraph:
+    """The DAG of a crew's tasks, in declaration order.
+
+    Args:
+        tasks: The tasks, in the order the crew declares them.
+        agents: The crew's agents; when there is exactly one, tasks without an agent get it.
+        chain_undeclared: Add an edge from the previous task to each task whose ``context`` is
+            not declared (``None``), as the sequential process does.
+
+    Raises:
+        ConfigurationError: Duplicate tasks or names, unknown context, a cycle, or a task with no
+            agent to do it.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        *,
+        agents: Sequence[Agent] = (),
+        chain_undeclared: bool = False,
+    ) -> None:
+        if not tasks:
+            raise ConfigurationError("a crew needs at least one task: Crew(tasks=[...])")
+        self._tasks: list[Task] = []
+        self._names: dict[str, str] = {}
+        self._by_name: dict[str, Task] = {}
+        self._agents: dict[str, Agent] = {}
+        self._deps: dict[str, list[str]] = {}
+        self._position: dict[str, int] = {}
+        self._dependants: dict[str, list[str]] = {}
+        self._default_agent = agents[0] if len(agents) == 1 else None
+        self._agent_count = len(agents)
+        self._graph: Any = nx.DiGraph()
+        for position, task in enumerate(tasks, start=1):
+            self._register(task, position)
+        previous: Task | None = None
+        for task in tasks:
+            declared = self._resolve_context(task)
+            if task.context is None and chain_undeclared and previous is not None:
+                declared = [self.name_of(previous)]
+            self._connect(self.name_of(task), declared)
+            previous = task
+        self._check_acyclic()
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> list[Task]:
+        """The tasks in declaration order."""
+        return list(self._tasks)
+
+    @property
+    def names(self) -> list[str]:
+        """The task names in declaration order."""
+        return [self._names[t.id] for t in self._tasks]
+
+    @property
+    def agents(self) -> list[Agent]:
+        """The distinct agents doing the tasks, in order of first use."""
+        seen: dict[str, Agent] = {}
+        for agent in self._agents.values():
+            seen.setdefault(agent.id, agent)
+        return list(seen.values())
+
+    @property
+    def nx(self) -> Any:
+        """The underlying ``networkx.DiGraph`` (nodes are task names). Do not modify it."""
+        return self._graph
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, task: object) -> bool:
+        return getattr(task, "id", None) in self._names
+
+    def name_of(self, task: Task) -> str:
+        """The name of ``task`` in this graph (its own, or ``task_<position>``)."""
+        try:
+            return self._names[task.id]
+        except KeyError:
+            raise ConfigurationError(f"{task!r} is not part of this crew") from None
+
+    def task(self, name: str) -> Task:
+        """The task called ``name``."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no task named {name!r}; tasks: {self.names}") from None
+
+    def agent_of(self, task: Task) -> Agent:
+        """The agent that does ``task``."""
+        return self._agents[task.id]
+
+    def dependencies(self, task: Task) -> list[Task]:
+        """The tasks ``task`` depends on, in declaration order."""
+        return [self._by_name[n] for n in self._deps[self.name_of(task)]]
+
+    def dependants(self, task: Task) -> list[Task]:
+        """The tasks that depend on ``task``, in declaration order."""
+        return [self._by_name[n] for n in self._dependants[self.name_of(task)]]
+
+    def dependency_names(self, name: str) -> list[str]:
+        """Names of the dependencies of the task called ``name``."""
+        return self._deps[name]
+
+    @property
+    def placeholders(self) -> dict[str, list[str]]:
+        """Every template input the tasks need, with the names of the tasks that need it."""
+        needed: dict[str, list[str]] = {}
+        for task in self._tasks:
+            for placeholder in sorted(task.placeholders):
+                needed.setdefault(placeholder, []).append(self._names[task.id])
+        return needed
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def add_task(self, task: Task, depends_on: Iterable[Task | str] = ()) -> str:
+        """Add a task while a run is under way (e.g. a manager's plan step); return its name.
+
+        Its dependencies are ``depends_on`` plus its declared ``context``; all must already be in
+        the graph, so the graph stays acyclic.
+        """
+        self._register(task, len(self._tasks) + 1)
+        name = self._names[task.id]
+        wanted = list(self._resolve_context(task))
+        for dependency in depends_on:
+            wanted.append(
+                dependency if isinstance(dependency, str) else self._ref_name(task, dependency)
+            )
+            if wanted[-1] not in self._by_name:
+                self._forget(task)
+                raise ConfigurationError(f"task {name!r} depends on unknown task {wanted[-1]!r}")
+        self._connect(name, wanted)
+        return name
+
+    # -- analysis ------------------------------------------------------------------------------
+
+    def topological_order(self) -> list[Task]:
+        """Tasks in an order where each comes after its dependencies (declaration order breaks
+        ties)."""
+        names = nx.lexicographical_topological_sort(self._graph, key=self._position.__getitem__)
+        return [self._by_name[n] for n in names]
+
+    def critical_path(self, durations: Mapping[str, float] | None = None) -> tuple[float, list[str]]:
+        """The longest chain of dependent tasks.
+
+        Args:
+            durations: Seconds per task name; tasks not in it count 1.0 (uniform).
+
+        Returns:
+            The chain's total duration and its task names, first to last.
+        """
+        weights = durations or {}
+        best: dict[str, tuple[float, str | None]] = {}
+        for task in self.topological_order():
+            name = self._names[task.id]
+            start, parent = 0.0, None
+            for dep in self._deps[name]:
+                if best[dep][0] > start:
+                    start, parent = best[dep][0], dep
+            best[name] = (start + weights.get(name, 1.0), parent)
+        end = max(best, key=lambda n: best[n][0])
+        path: list[str] = []
+        node: str | None = end
+        while node is not None:
+            path.append(node)
+            node = best[node][1]
+        return best[end][0], path[::-1]
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart (paste into Markdown)."""
+        ids = {name: f"t{i}" for i, name in enumerate(self.names)}
+        lines = ["flowchart TD"]
+        for task in self._tasks:
+            name = self._names[task.id]
+            label = f"{name}<br/>{self._agents[task.id].role}".replace('"', "'")
+            lines.append(f'    {ids[name]}["{label}"]')
+        for name in self.names:
+            lines.extend(f"    {ids[dep]} --> {ids[name]}" for dep in self._deps[name])
+        return "\n".join(lines)
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _register(self, task: Task, position: int) -> None:
+        if task.id in self._names:
+            raise ConfigurationError(
+                f"{task!r} appears twice in the crew's tasks: list each task once"
+            )
+        name = task.name or f"task_{position}"
+        if name in self._by_name:
+            raise ConfigurationError(
+                f"two tasks are named {name!r}: give each task a unique name= "
+                "(default names are task_<position>)"
+            )
+        agent = task.agent or self._default_agent
+        if agent is None:
+            raise ConfigurationError(
+                f"task {name!r} has no agent and the crew has {self._agent_count} agents to "
+                "choose from: set Task(agent=...) or give the crew exactly one agent"
+            )
+        self._tasks.append(task)
+        self._names[task.id] = name
+        self._by_name[name] = task
+        self._agents[task.id] = agent
+        self._deps[name] = []
+        self._dependants[name] = []
+        self._position[name] = len(self._position)
+        self._graph.add_node(name)
+
+    def _forget(self, task: Task) -> None:
+        name = self._names.pop(task.id)
+        self._tasks.remove(task)
+        del self._by_name[name], self._agents[task.id], self._deps[name], self._dependants[name]
+        del self._position[name]
+        self._graph.remove_node(name)
+
+    def _resolve_context(self, task: Task) -> list[str]:
+        return [self._ref_name(task, ref) for ref in task.context or ()]
+
+    def _ref_name(self, task: Task, ref: Task | str) -> str:
+        owner = self._names[task.id]
+        if isinstance(ref, str):
+            if ref not in self._by_name:
+                raise ConfigurationError(
+                    f"task {owner!r} has context {ref!r}, but no task in this crew has that "
+                    f"name; task names: {', '.join(self.names)}"
+                )
+            return ref
+        if ref.id not in self._names:
+            raise ConfigurationError(
+                f"task {owner!r} has context {ref!r}, which is not in this crew: add it to "
+                "Crew(tasks=[...]) or remove it from the context"
+            )
+        return self._names[ref.id]
+
+    def _connect(self, name: str, dependencies: Iterable[str]) -> None:
+        for dep in dependencies:
+            if dep == name:
+                raise ConfigurationError(
+                    f"task {name!r} lists itself in its context: a task cannot depend on itself"
+                )
+            if dep in self._deps[name]:
+                continue
+            self._deps[name].append(dep)
+            self._dependants[dep].append(name)
+            self._graph.add_edge(dep, name)
+        self._deps[name].sort(key=self._position.__getitem__)
+
+    def _check_acyclic(self) -> None:
+        try:
+            cycle = nx.find_cycle(self._graph)
+        except nx.NetworkXNoCycle:
+            return
+        names = [edge[0] for edge in cycle] + [cycle[0][0]]
+        raise ConfigurationError(
+            f"the tasks' context forms a cycle: {' -> '.join(names)}; remove one of these "
+            "context references so that the tasks can run in some order"
+        )

@@ -1,0 +1,109 @@
+"""Processes: strategies that decide which task runs next.
+
+A process never retries, limits, times out, records or emits events by itself: it calls
+``run.execute(task)`` and the runtime does the rest, the same way for every process. Built-in
+processes are named by string (``Crew(process="sequential")``); plug-ins register a `Process`
+subclass under the ``crewflow.processes`` entry-point group, or are passed as objects.
+
+Example:
+    ```python
+    class Reversed(Process):
+        name = "reversed"
+
+        async def run(self, run: Run) -> None:
+            for task in reversed(run.graph.tasks):
+                await run.execute(task)
+    ```
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
+
+from crewflow.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from crewflow._runtime.run import Run
+    from crewflow.graph import TaskGraph
+
+__all__ = ["ENTRY_POINT_GROUP", "Process", "available_processes", "get_process"]
+
+ENTRY_POINT_GROUP = "crewflow.processes"
+
+_BUILTIN = {
+    "sequential": ("crewflow.processes.sequential", "Sequential"),
+}
+
+
+class Process(ABC):
+    """How a crew's tasks are scheduled. Subclass it and implement `run`."""
+
+    name: ClassVar[str]
+    """The name users pass as ``Crew(process=...)``."""
+
+    chains_undeclared_context: ClassVar[bool] = False
+    """Whether a task with undeclared context depends on the task before it (sequential)."""
+
+    @abstractmethod
+    async def run(self, run: Run) -> None:
+        """Run the crew's tasks through ``run.execute`` until every task has finished.
+
+        Raise (or let propagate) the runtime's errors; the crew turns them into its result.
+        """
+
+    def validate(self, graph: TaskGraph) -> None:  # noqa: B027 - an optional hook with a default
+        """Check at crew construction that this process can run ``graph``.
+
+        Raises:
+            ConfigurationError: It cannot; the message says why and how to fix it.
+        """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def available_processes() -> list[str]:
+    """Names of the built-in processes and of installed plug-ins."""
+    return sorted({*_BUILTIN, *(ep.name for ep in _entry_points())})
+
+
+def get_process(spec: str | Process | type[Process]) -> Process:
+    """A process object from a name, a `Process` subclass or an instance.
+
+    Raises:
+        ConfigurationError: Unknown name, or not a `Process`.
+    """
+    if isinstance(spec, Process):
+        return spec
+    if isinstance(spec, type) and issubclass(spec, Process):
+        return spec()
+    if not isinstance(spec, str):
+        raise ConfigurationError(
+            f"process must be a name such as 'sequential' or a crewflow.processes.Process, "
+            f"not {type(spec).__name__}"
+        )
+    if spec in _BUILTIN:
+        module, attribute = _BUILTIN[spec]
+        cls: type[Process] = getattr(importlib.import_module(module), attribute)
+        return cls()
+    for entry_point in _entry_points():
+        if entry_point.name == spec:
+            loaded = entry_point.load()
+            if not (isinstance(loaded, type) and issubclass(loaded, Process)):
+                raise ConfigurationError(
+                    f"entry point {spec!r} in group {ENTRY_POINT_GROUP!r} is not a Process "
+                    f"subclass ({entry_point.value})"
+                )
+            return loaded()
+    raise ConfigurationError(
+        f"unknown process {spec!r}; available: {', '.join(available_processes())}. "
+        f"Plug-ins register under the {ENTRY_POINT_GROUP!r} entry-point group."
+    )
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    import importlib.metadata
+
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))

@@ -1,0 +1,149 @@
+"""Tasks: what to do, for whom, with which context; and `TaskOutput`, what came of it.
+
+A task's description and expected output may hold ``{placeholders}`` filled from the inputs given
+to ``kickoff``. Only ``{identifier}`` is a placeholder, so JSON examples in a description stay as
+they are; write ``{{name}}`` to keep a literal ``{name}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from crewflow._spec import Spec
+from crewflow.agent import Agent
+from crewflow.llm._types import Usage
+
+__all__ = ["Task", "TaskOutput"]
+
+_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}")
+
+
+class Task(Spec):
+    """One piece of work for an agent.
+
+    Example:
+        ```python
+        facts = Task("Collect facts about {topic}", expected_output="5 bullets", name="facts")
+        draft = Task("Write a post about {topic}", context=[facts], output_model=Post)
+        ```
+
+    Args:
+        description: What to do. ``{placeholders}`` are filled from kickoff inputs.
+        expected_output: What a good answer looks like (also templated).
+        agent: Who does it. Optional when the crew has exactly one agent.
+        context: Tasks (or task names) whose outputs this task needs; they become dependencies.
+            ``None`` (the default) means "not declared": in a sequential crew the task then
+            receives the previous task's output. ``[]`` means explicitly no context.
+        name: How results, logs and the CLI refer to it; defaults to ``task_<position>``.
+        output_model: A pydantic model the answer must match; the parsed object is
+            `TaskOutput.data`.
+        timeout: Seconds one attempt may take before it is cancelled (``None``: no limit).
+    """
+
+    description: str = Field(min_length=1)
+    expected_output: str = ""
+    agent: Agent | None = None
+    context: tuple[Task | str, ...] | None = None
+    name: str | None = None
+    output_model: type[BaseModel] | None = None
+    timeout: float | None = Field(default=None, gt=0)
+
+    def __init__(self, description: str | None = None, /, **data: Any) -> None:
+        if description is not None:
+            if "description" in data:
+                raise TypeError("Task() got the description both by position and by keyword")
+            data["description"] = description
+        super().__init__(**data)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value != value.strip()):
+            raise ValueError("a task name must be non-empty, without surrounding blanks")
+        return value
+
+    @field_validator("context", mode="before")
+    @classmethod
+    def _check_context(cls, value: Any) -> Any:
+        if isinstance(value, (str, Task)):
+            raise ValueError("context must be a list of tasks or task names, e.g. context=[facts]")
+        return value
+
+    @property
+    def placeholders(self) -> frozenset[str]:
+        """The input names this task's templates need."""
+        found = set()
+        for text in (self.description, self.expected_output):
+            for match in _PLACEHOLDER.finditer(text):
+                if match.group(2):
+                    found.add(match.group(2))
+        return frozenset(found)
+
+    def render(self, inputs: Mapping[str, Any]) -> tuple[str, str]:
+        """The description and expected output with placeholders filled from ``inputs``.
+
+        Raises:
+            KeyError: A placeholder has no input (the crew checks this at kickoff).
+        """
+        return fill_template(self.description, inputs), fill_template(self.expected_output, inputs)
+
+    def __repr__(self) -> str:
+        label = self.name or _shorten(self.description, 40)
+        return f"Task({label!r})"
+
+    def __str__(self) -> str:
+        return self.name or _shorten(self.description, 60)
+
+
+class TaskOutput(BaseModel):
+    """What one task produced.
+
+    Attributes:
+        task: The task's name.
+        agent: The role of the agent that did it.
+        text: The final answer as text (JSON text when the task has an ``output_model``).
+        data: The parsed `output_model` instance, or ``None``.
+        usage: Requests and tokens this task spent (all attempts).
+        model: The model string that answered.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    task: str
+    agent: str
+    text: str
+    data: Any = None
+    usage: Usage = Field(default_factory=Usage)
+    model: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def fill_template(text: str, inputs: Mapping[str, Any]) -> str:
+    """Replace each ``{name}`` in ``text`` with ``inputs[name]`` (``{{name}}`` stays ``{name}``).
+
+    Strings are inserted as they are, other values as JSON.
+    """
+    if "{" not in text:
+        return text
+
+    def substitute(match: re.Match[str]) -> str:
+        literal, name = match.groups()
+        if literal:
+            return "{" + literal + "}"
+        value = inputs[name]
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    return _PLACEHOLDER.sub(substitute, text)
+
+
+def _shorten(text: str, width: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+

@@ -1,0 +1,246 @@
+"""Tools: plain Python functions an agent's model may call.
+
+`@tool` reads the function's signature and docstring into a JSON schema (via pydantic), so the
+model sees typed, described parameters and its arguments are validated before the function runs.
+Async functions are awaited; sync functions run in a worker thread so they never block the
+event loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, overload
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from crewflow.exceptions import ConfigurationError, ToolError
+from crewflow.llm._types import ToolSpec
+
+__all__ = ["Tool", "tool"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
+_SECTION_HEADER = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
+_ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+
+
+class Tool:
+    """A function the model may call, with its JSON schema.
+
+    Build one with the `tool` decorator rather than directly.
+
+    Attributes:
+        name: The name the model calls it by.
+        description: What it does, from the docstring's first paragraph.
+        parameters: The JSON schema of its arguments.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        if not _NAME_RE.match(self.name):
+            raise ConfigurationError(
+                f"tool name {self.name!r} is invalid: use 1-64 letters, digits, '_' or '-'"
+            )
+        summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
+        self.description = description or summary or self.name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._args_model = _arguments_model(fn, self.name, arg_docs)
+        schema = self._args_model.model_json_schema()
+        schema.pop("title", None)
+        self.parameters: dict[str, Any] = schema
+        self.spec = ToolSpec(self.name, self.description, self.parameters)
+
+    async def run(self, arguments: str | dict[str, Any]) -> str:
+        """Validate ``arguments`` (JSON text or a dict), call the function, return its result
+        as text (strings as they are, anything else as JSON).
+
+        Raises:
+            ToolError: The arguments do not match the schema, or the function raised.
+        """
+        try:
+            raw = json.loads(arguments or "{}") if isinstance(arguments, str) else arguments
+            if not isinstance(raw, dict):
+                raise TypeError("arguments must be a JSON object")
+            parsed = self._args_model.model_validate(raw)
+        except (ValueError, TypeError) as exc:
+            detail = _short_validation(exc)
+            raise ToolError(
+                f"invalid arguments for tool {self.name!r}: {detail}", tool=self.name
+            ) from exc
+        kwargs = {field: getattr(parsed, field) for field in type(parsed).model_fields}
+        try:
+            result = await self._call(kwargs)
+        except Exception as exc:
+            raise ToolError(
+                f"tool {self.name!r} raised {type(exc).__name__}: {exc}", tool=self.name
+            ) from exc
+        return _to_text(result)
+
+    async def _call(self, kwargs: dict[str, Any]) -> Any:
+        if self.is_async:
+            return await self.fn(**kwargs)
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(partial(self.fn, **kwargs))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped function directly, as if undecorated."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Tool(name={self.name!r})"
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make a tool from a sync or async function.
+
+    The JSON schema comes from the type hints; the description from the docstring's first
+    paragraph, and each parameter's description from its ``Args:`` section.
+
+    Example:
+        ```python
+        @tool
+        async def search(query: str, limit: int = 5) -> str:
+            \"\"\"Search the web.
+
+            Args:
+                query: What to look for.
+                limit: How many results to return.
+            \"\"\"
+        ```
+
+    Args:
+        fn: The function (when used as ``@tool``).
+        name: The name the model sees (default: the function's name).
+        description: Overrides the docstring's summary.
+    """
+
+    def wrap(func: Callable[..., Any]) -> Tool:
+        return Tool(func, name=name, description=description)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def as_tool(value: Tool | Callable[..., Any]) -> Tool:
+    """Accept a `Tool` or a plain function (wrapped as if decorated)."""
+    if isinstance(value, Tool):
+        return value
+    if callable(value):
+        return Tool(value)
+    raise ConfigurationError(f"{value!r} is not a tool: decorate a function with @crewflow.tool")
+
+
+def _arguments_model(
+    fn: Callable[..., Any], tool_name: str, arg_docs: dict[str, str]
+) -> type[BaseModel]:
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot read the type hints of tool {tool_name!r}: {exc}"
+        ) from exc
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ConfigurationError(
+                f"tool {tool_name!r}: *args/**kwargs cannot be described to a model; "
+                "declare each parameter"
+            )
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (
+            annotation,
+            Field(default, description=arg_docs.get(param.name)),
+        )
+    model_name = "".join(part.capitalize() for part in re.split(r"[_-]", tool_name)) + "Args"
+    try:
+        return create_model(  # type: ignore[call-overload,no-any-return]
+            model_name, __config__=ConfigDict(arbitrary_types_allowed=False), **fields
+        )
+    except Exception as exc:
+        raise ConfigurationError(
+            f"tool {tool_name!r} has parameter types pydantic cannot describe: {exc}"
+        ) from exc
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into its summary paragraph and per-argument docs."""
+    lines = doc.splitlines()
+    summary_lines: list[str] = []
+    for line in lines:
+        if not line.strip() or _SECTION_HEADER.match(line):
+            break
+        summary_lines.append(line.strip())
+    args: dict[str, str] = {}
+    in_args = False
+    current: str | None = None
+    for line in lines:
+        if _ARGS_HEADER.match(line):
+            in_args = True
+            continue
+        if not in_args:
+            continue
+        if _SECTION_HEADER.match(line) or (line and not line[0].isspace()):
+            break
+        match = _ARG_LINE.match(line)
+        indent = len(line) - len(line.lstrip())
+        if match and (current is None or indent <= _arg_indent(lines, current)):
+            current = match.group(1).lstrip("*")
+            args[current] = match.group(3).strip()
+        elif current and line.strip():
+            args[current] = f"{args[current]} {line.strip()}".strip()
+    return " ".join(summary_lines), args
+
+
+def _arg_indent(lines: list[str], name: str) -> int:
+    for line in lines:
+        match = _ARG_LINE.match(line)
+        if match and match.group(1).lstrip("*") == name:
+            return len(line) - len(line.lstrip())
+    return 0
+
+
+def _short_validation(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+            for err in exc.errors()
+        )
+    return str(exc)
+
+
+def _to_text(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    if isinstance(result, BaseModel):
+        return result.model_dump_json()
+    try:
+        return json.dumps(result, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(result)
+
+
+ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
