@@ -215,7 +215,7 @@ class _Builder:
         for index in range(max(wanted, 0)):
             key = self._key(schema, slot, index, out)
             try:
-                out[key] = self.build(value_schema, slot.child(key, index))
+                out[key] = self.build(value_schema, slot.child(slot.name, index))
             except _CycleError:
                 if len(out) < min_props:
                     raise

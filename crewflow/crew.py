@@ -54,7 +54,7 @@ class CrewResult(BaseModel):
         ```
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, defer_build=True)
 
     run_id: str
     crew: str

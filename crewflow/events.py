@@ -42,7 +42,8 @@ __all__ = [
 class Event(BaseModel):
     """Base of all run events."""
 
-    model_config = ConfigDict(frozen=True)
+    # Built on first use: a run nobody listens to never pays for the schemas.
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     kind: str
     run_id: str

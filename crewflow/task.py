@@ -112,7 +112,7 @@ class TaskOutput(BaseModel):
         model: The model string that answered.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
     task: str
     agent: str

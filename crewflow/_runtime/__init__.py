@@ -14,9 +14,3 @@ Processes are written against `Run` (``graph``, ``execute``, ``ready``, ``add_ta
 ``outputs``) and `crewflow.processes.Process`; nothing here knows which process called it.
 Backoff waits go through the clock of `clock.py`, which tests can replace.
 """
-
-from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
-from crewflow._runtime.retry import RetryPolicy
-from crewflow._runtime.run import Run
-
-__all__ = ["AttemptRecord", "RetryPolicy", "Run", "TaskRecord", "TaskStatus"]

@@ -39,7 +39,7 @@ class AttemptRecord(BaseModel):
         llm_retries: Provider calls retried inside this attempt.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
     number: int
     start: datetime
@@ -65,6 +65,8 @@ class TaskRecord(BaseModel):
         duration: Seconds from first start to end.
         attempts: Every attempt, in order.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     task: str
     agent: str

@@ -1,0 +1,65 @@
+"""Test your crews without a network or an API key.
+
+- `ScriptedLLM` / `FunctionLLM`: LLMs that answer from a script or a function, recording every
+  request.
+- `OpenAIServer`: a real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol
+  (plain and streaming replies, tool calls, 429 with Retry-After, 5xx, slow replies, malformed
+  JSON, dropped connections), so the real ``openai`` and ``litellm`` clients run over a socket.
+  Scripts use the reply vocabulary below, which `ScriptedLLM` understands too.
+- `capture_events`, `FakeClock` / `use_clock`, and `forbid_real_llm_calls`.
+
+Example:
+    ```python
+    from crewflow.testing import ScriptedLLM, ToolCall, ToolCalls, capture_events
+
+    llm = ScriptedLLM([ToolCalls([ToolCall("search", {"query": "x"})]), "final answer"])
+    crew = Crew(tasks=[Task("...", agent=Agent(role="R", goal="G", llm=llm, tools=[search]))])
+    with capture_events() as captured:
+        result = await crew.kickoff()
+    assert result.output.text == "final answer"
+    ```
+"""
+
+from crewflow.testing._doubles import (
+    EventCapture,
+    FakeClock,
+    FunctionLLM,
+    ScriptedLLM,
+    ScriptExhausted,
+    capture_events,
+    forbid_real_llm_calls,
+    use_clock,
+)
+from crewflow.testing._server import (
+    Disconnect,
+    Error,
+    Malformed,
+    OpenAIServer,
+    ReceivedRequest,
+    Reply,
+    Slow,
+    Text,
+    ToolCall,
+    ToolCalls,
+)
+
+__all__ = [
+    "Disconnect",
+    "Error",
+    "EventCapture",
+    "FakeClock",
+    "FunctionLLM",
+    "Malformed",
+    "OpenAIServer",
+    "ReceivedRequest",
+    "Reply",
+    "ScriptExhausted",
+    "ScriptedLLM",
+    "Slow",
+    "Text",
+    "ToolCall",
+    "ToolCalls",
+    "capture_events",
+    "forbid_real_llm_calls",
+    "use_clock",
+]

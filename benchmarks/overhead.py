@@ -1,0 +1,127 @@
+"""Framework overhead: a 50-task chain through crewflow vs the same 50 calls by a bare client.
+
+Both talk to the loopback OpenAI-compatible server (`crewflow.testing.OpenAIServer`, in its own
+process) over a real socket, in the same run, alternating, with the default configuration:
+
+- floor: a bare ``openai.AsyncOpenAI`` loop with plain asyncio: each call sends a system prompt
+  and the task with the previous answer as context, as a chain of agents would;
+- crewflow: ``Crew(tasks=[50 chained tasks])`` with ``OpenAIChat`` agents, ``kickoff``.
+
+Reported per reply latency (0 ms: pure overhead; 20 ms: a fast model): per-task time, the ratio
+to the floor (goal <= 1.15x at 0 ms) and to the bound (50 x latency; none at 0 ms).
+
+Run: ``python benchmarks/overhead.py [--tasks 50] [--repeats 7]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import loopback_server, median, table
+
+from crewflow import Agent, Crew, Task
+from crewflow.llm.openai import OpenAIChat
+
+MODEL = "bench-model"
+ROLE, GOAL = "Analyst", "Turn the previous step into the next one"
+
+
+async def bare_chain(base_url: str, tasks: int) -> float:
+    """The floor: the same chain of calls with a bare AsyncOpenAI client."""
+    from openai import AsyncOpenAI
+
+    started = time.perf_counter()
+    async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
+        previous = ""
+        for index in range(1, tasks + 1):
+            user = f"Step {index} of the chain"
+            if previous:
+                user += f'\n\nContext from earlier tasks:\n<context task="step_{index - 1}">\n'
+                user += f"{previous}\n</context>"
+            response = await client.chat.completions.create(
+                model=MODEL,
+                messages=[
+                    {"role": "system", "content": f"You are {ROLE}. Your goal: {GOAL}"},
+                    {"role": "user", "content": user},
+                ],
+            )
+            previous = response.choices[0].message.content or ""
+    return time.perf_counter() - started
+
+
+def build_crew(base_url: str, tasks: int) -> Crew:
+    """A sequential chain: each task gets the previous one's output as context."""
+    agent = Agent(role=ROLE, goal=GOAL, llm=OpenAIChat(MODEL, base_url=base_url, api_key="bench"))
+    return Crew(
+        tasks=[Task(f"Step {i} of the chain", name=f"step_{i}") for i in range(1, tasks + 1)],
+        agents=[agent],
+    )
+
+
+async def crewflow_chain(crew: Crew) -> float:
+    """crewflow: one kickoff of the chained crew."""
+    started = time.perf_counter()
+    result = await crew.kickoff()
+    elapsed = time.perf_counter() - started
+    assert len(result.outputs) == len(crew.tasks)
+    return elapsed
+
+
+async def measure(base_url: str, tasks: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of the floor and of crewflow, alternating runs after a warm-up."""
+    crew = build_crew(base_url, tasks)
+    await bare_chain(base_url, tasks)
+    await crewflow_chain(crew)
+    floor, ours = [], []
+    for _ in range(repeats):
+        floor.append(await bare_chain(base_url, tasks))
+        ours.append(await crewflow_chain(crew))
+    return median(floor), median(ours)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    rows = []
+    for latency in (0.0, 0.02):
+        with loopback_server(latency) as base_url:
+            floor, ours = asyncio.run(measure(base_url, args.tasks, args.repeats))
+        bound = args.tasks * latency
+        rows.append(
+            [
+                f"{latency * 1000:.0f} ms",
+                floor * 1000 / args.tasks,
+                ours * 1000 / args.tasks,
+                (ours - floor) * 1000 / args.tasks,
+                ours / floor,
+                f"{ours / bound:.3f}" if bound else "n/a",
+                f"{floor / bound:.3f}" if bound else "n/a",
+            ]
+        )
+    print(
+        table(
+            f"overhead: {args.tasks}-task chain, median of {args.repeats} (store: none yet)",
+            [
+                "reply latency",
+                "floor ms/task",
+                "crewflow ms/task",
+                "overhead ms/task",
+                "ratio to floor",
+                "crewflow/bound",
+                "floor/bound",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Shared fixtures: no test reaches the internet, needs an API key, or waits on a real backoff."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+# Before anything imports litellm: never load a .env, never fetch a price map.
+os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from crewflow.testing import FakeClock, OpenAIServer, use_clock  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_real_llm_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test: real provider calls fail loudly (loopback stays allowed), and no ambient
+    model or key from the developer's shell leaks in."""
+    for name in ("CREWFLOW_MODEL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWFLOW_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CREWFLOW_FORBID_REAL_LLM_CALLS", "1")
+    yield
+
+
+@pytest.fixture
+def fake_clock() -> Iterator[FakeClock]:
+    """Backoff and Retry-After waits return at once; ``fake_clock.sleeps`` records them."""
+    with use_clock(FakeClock()) as clock:
+        yield clock
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[OpenAIServer]:
+    """The loopback OpenAI-compatible server, in the test's event loop."""
+    async with OpenAIServer() as running:
+        yield running

@@ -1,0 +1,72 @@
+"""The public face: what `crewflow` exports, and that importing it stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import crewflow
+import crewflow.exceptions
+import crewflow.llm
+import crewflow.testing
+
+HEAVY = ("openai", "litellm", "networkx", "rich", "typer", "structlog", "httpx")
+
+
+def test_all_matches_what_is_exported() -> None:
+    public = {name for name in vars(crewflow) if not name.startswith("_")}
+    public -= {"agent", "crew", "task", "tools", "exceptions", "llm", "events", "graph"}
+    public -= {"processes", "testing"}
+    assert set(crewflow.__all__) - {"__version__"} == public
+
+
+def test_the_names_users_rely_on_are_exported() -> None:
+    for name in ("Agent", "Task", "Crew", "CrewResult", "TaskOutput", "tool", "RetryPolicy"):
+        assert name in crewflow.__all__
+        assert getattr(crewflow, name) is not None
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    modules = (crewflow, crewflow.llm, crewflow.exceptions, crewflow.testing)
+    missing = [
+        f"{module.__name__}.{name}"
+        for module in modules
+        for name in module.__all__
+        if not name.startswith("_")
+        and callable(getattr(module, name))
+        and not (getattr(module, name).__doc__ or "").strip()
+    ]
+    assert missing == []
+
+
+def test_submodule_all_lists_only_existing_names() -> None:
+    for module in (crewflow.llm, crewflow.exceptions, crewflow.testing):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+
+
+def test_import_crewflow_loads_no_heavy_sdk() -> None:
+    probe = (
+        "import sys, json, crewflow; "
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == []
+
+
+def test_building_a_crew_loads_no_provider_sdk() -> None:
+    probe = (
+        "import sys, json\n"
+        "from crewflow import Agent, Crew, Task\n"
+        "a = Agent(role='R', goal='G', llm='openai/gpt-4o-mini')\n"
+        "b = Agent(role='S', goal='G', llm='anthropic/claude-sonnet-4')\n"
+        "Crew(tasks=[Task('x', agent=a), Task('y', agent=b)])\n"
+        "print(json.dumps([m for m in ('openai', 'litellm', 'httpx') if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == []
