@@ -34,8 +34,14 @@ def load_agent_fields(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read agent file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{path}: an agent file must be UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        raise ConfigurationError(
+            f"{path}: the agent file is empty; give at least its role and goal"
+        )
     if not isinstance(data, dict):
         raise ConfigurationError(
             f"{path}: an agent file must be a mapping of fields (role, goal, backstory, ...), "

@@ -41,12 +41,16 @@ def get_logger(*, verbose: bool = False, **context: Any) -> Any:
 
 
 def _level(verbose: bool) -> int:
+    """WARNING by default; ``verbose`` lowers it to INFO; ``CREWFLOW_LOG_LEVEL`` (a name such as
+    ``DEBUG`` or a number) sets it, though never above INFO when ``verbose`` asks for INFO."""
+    default = logging.INFO if verbose else logging.WARNING
     name = os.environ.get(LEVEL_ENV, "").strip().upper()
-    if name:
-        value = logging.getLevelName(name)
-        if isinstance(value, int):
-            return value
-    return logging.INFO if verbose else logging.WARNING
+    if not name:
+        return default
+    value = int(name) if name.isdigit() else logging.getLevelName(name)
+    if not isinstance(value, int):
+        return default
+    return min(value, default) if verbose else value
 
 
 class _StderrLogger:

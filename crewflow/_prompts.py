@@ -7,15 +7,22 @@ schema. What is here is what users pay tokens for on every call, so it stays sho
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pydantic import ValidationError
+
+_OPENING = re.compile(r"[{\[]")
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 
 
 def system_prompt(role: str, goal: str, backstory: str) -> str:
     """The system message of an agent."""
-    text = f"You are {role}. Your goal: {goal}"
+    # "You are a researcher.. Your goal" reads badly: the sentence supplies its own full stop.
+    text = f"You are {role.strip().rstrip('.')}. Your goal: {goal.strip()}"
     return f"{text}\n\n{backstory}" if backstory else text
 
 
@@ -34,7 +41,7 @@ def task_prompt(
         parts.append(f"Expected output: {expected_output}")
     if context:
         blocks = "\n".join(
-            f'<context task="{name}">\n{text}\n</context>' for name, text in context
+            f'<context task="{_attribute(name)}">\n{text}\n</context>' for name, text in context
         )
         parts.append(f"Context from earlier tasks:\n{blocks}")
     return "\n\n".join(parts)
@@ -50,6 +57,8 @@ def json_instruction(schema: dict[str, Any]) -> str:
 
 def validation_feedback(error: ValidationError | ValueError) -> str:
     """The re-ask message after an answer failed validation."""
+    from pydantic import ValidationError
+
     if isinstance(error, ValidationError):
         lines = [
             f"- {'.'.join(str(p) for p in e['loc']) or '(answer)'}: {e['msg']}"
@@ -65,12 +74,45 @@ def validation_feedback(error: ValidationError | ValueError) -> str:
 
 
 def extract_json(text: str) -> str:
-    """The JSON object inside ``text``: code fences and prose around it are dropped."""
+    """The JSON inside ``text``: code fences and prose around it are dropped.
+
+    Looks in fenced code blocks first, then anywhere in the text; an object is preferred over an
+    array (``"[1]"`` in prose is rarely the answer). When nothing parses, the likeliest candidate
+    is returned as it is, so that validation reports what is wrong with it.
+    """
     stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
-        stripped = stripped.rsplit("```", 1)[0].strip()
-    if stripped.startswith(("{", "[")):
-        return stripped
-    start, end = stripped.find("{"), stripped.rfind("}")
-    return stripped[start : end + 1] if 0 <= start < end else stripped
+    blocks = [match.group(1).strip() for match in _FENCE.finditer(stripped)]
+    if not blocks and stripped.startswith("```"):
+        # An unclosed fence (the answer was cut off): what follows the opening line.
+        blocks = [stripped.split("\n", 1)[1].strip() if "\n" in stripped else ""]
+    for candidate in (*blocks, stripped):
+        found = _first_json(candidate)
+        if found is not None:
+            return found
+    fallback = blocks[0] if blocks else stripped
+    start, end = fallback.find("{"), fallback.rfind("}")
+    return fallback[start : end + 1] if 0 <= start < end else fallback
+
+
+def _first_json(text: str) -> str | None:
+    """The first JSON object in ``text`` outside any array, else the first array, as written."""
+    decoder = json.JSONDecoder()
+    first_array: str | None = None
+    position = 0
+    while (match := _OPENING.search(text, position)) is not None:
+        start = match.start()
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except ValueError:
+            position = start + 1
+            continue
+        if isinstance(value, dict):
+            return text[start:end]
+        first_array = first_array or text[start:end]
+        position = end  # An object inside an array is not the answer: skip the whole array.
+    return first_array
+
+
+def _attribute(value: str) -> str:
+    """``value`` made safe inside a double-quoted attribute of the context delimiters."""
+    return value.replace("&", "&amp;").replace('"', "&quot;")

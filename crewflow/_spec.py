@@ -9,11 +9,14 @@ compares and hashes by it, so tasks can be dictionary keys and graph nodes, and 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crewflow.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def new_id() -> str:
@@ -33,7 +36,15 @@ class Spec(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigurationError(describe_validation_error(type(self).__name__, exc)) from None
+            # A whole-spec check (``model_post_init``) raises a ConfigurationError that already
+            # names what is wrong; pydantic would bury it under the whole input.
+            original = _whole_spec_error(exc)
+            if original is not None:
+                raise original from None
+            message = describe_validation_error(
+                type(self).__name__, exc, fields=type(self).model_fields
+            )
+            raise ConfigurationError(message) from None
 
     def __eq__(self, other: object) -> bool:
         return self is other or (isinstance(other, Spec) and other.id == self.id)
@@ -42,19 +53,40 @@ class Spec(BaseModel):
         return hash(self.id)
 
 
-def describe_validation_error(what: str, exc: ValidationError) -> str:
-    """Render pydantic's errors as one message: ``what`` and each field with its problem."""
+def describe_validation_error(
+    what: str, exc: ValidationError, *, fields: Iterable[str] = ()
+) -> str:
+    """Render pydantic's errors as one message: ``what`` and each field with its problem.
+
+    Args:
+        what: What was being built (``"Agent"``).
+        exc: Pydantic's error.
+        fields: The valid field names, listed when a field is unknown.
+
+    Example:
+        ``invalid Agent: role: String should have at least 1 character (got '')``
+    """
+    known = sorted(name for name in fields if name != "id")
     problems = []
     for error in exc.errors(include_url=False):
         location = ".".join(str(part) for part in error["loc"]) or "(input)"
         message = error["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        got = error.get("input")
-        shown = f" (got {_short_repr(got)})" if error["type"] != "missing" and got is not None else ""
+        if error["type"] == "extra_forbidden":
+            message = "unknown field" + (f"; valid fields: {', '.join(known)}" if known else "")
+        shown = "" if error["type"] == "missing" else f" (got {_short_repr(error.get('input'))})"
         problems.append(f"{location}: {message}{shown}")
-    plural = "s" if len(problems) > 1 else ""
-    return f"invalid {what}: " + "; ".join(problems) + (f" ({len(problems)} problem{plural})" if plural else "")
+    count = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+    return f"invalid {what}: " + "; ".join(problems) + count
+
+
+def _whole_spec_error(exc: ValidationError) -> ConfigurationError | None:
+    for error in exc.errors(include_url=False):
+        cause = error.get("ctx", {}).get("error")
+        if not error["loc"] and isinstance(cause, ConfigurationError):
+            return cause
+    return None
 
 
 def _short_repr(value: object) -> str:

@@ -8,9 +8,8 @@ It knows nothing of crews, graphs or storage.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -29,6 +28,9 @@ from crewflow.llm._types import LLMRequest, Message, OutputSchema, ToolCall
 from crewflow.tools import Tool, as_tool
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
     from crewflow.llm._types import ToolSpec
 
 __all__ = ["Agent", "AgentAnswer", "ToolObserver"]
@@ -92,6 +94,13 @@ class Agent(Spec):
     max_iterations: int = Field(default=10, ge=1)
     output_retries: int = Field(default=2, ge=0)
 
+    @field_validator("role", "goal")
+    @classmethod
+    def _check_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
     @field_validator("llm", mode="before")
     @classmethod
     def _check_llm(cls, value: Any) -> Any:
@@ -106,8 +115,15 @@ class Agent(Spec):
     @field_validator("tools", mode="before")
     @classmethod
     def _check_tools(cls, value: Any) -> Any:
-        if isinstance(value, Tool) or callable(value):
+        if value is None:
+            return ()
+        if callable(value):
             value = [value]
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise ValueError(
+                "tools must be a list of tools (functions decorated with @crewflow.tool), "
+                "e.g. tools=[search]"
+            )
         tools = tuple(as_tool(item) for item in value)
         names = [t.name for t in tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -181,8 +197,10 @@ class Agent(Spec):
         failures: list[ValidationError | ValueError] = []
         tool_calls = 0
         for iteration in range(1, self.max_iterations + 1):
+            # A copy per request: the conversation grows, a request (recorded, cached, logged)
+            # must keep the messages it was sent with.
             response = await llm.complete(
-                LLMRequest(messages, tools=specs, output=schema if native else None)
+                LLMRequest(list(messages), tools=specs, output=schema if native else None)
             )
             if response.tool_calls:
                 tool_calls += len(response.tool_calls)
@@ -268,4 +286,3 @@ def _validation_error(
         errors=errors,
         text=text,
     )
-

@@ -20,13 +20,14 @@ from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.events import Event
 from crewflow.exceptions import ConfigurationError
-from crewflow.llm._base import LLM
+from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
 from crewflow.processes import Process, get_process
 from crewflow.task import Task, TaskOutput
 
 if TYPE_CHECKING:
-    from crewflow.graph import TaskGraph
+    # Not at runtime: networkx loads when a crew is built, not on `import crewflow`.
+    from crewflow.graph import TaskGraph  # noqa: TC004
 
 __all__ = ["Crew", "CrewResult"]
 
@@ -109,7 +110,8 @@ class Crew(Spec):
         agents: The crew's agents. Optional: by default, the agents of the tasks. When there is
             exactly one, tasks without an agent get it.
         process: ``"sequential"`` (tasks in list order; a task with undeclared context gets the
-            previous output), or a `crewflow.processes.Process`.
+            previous output), the name of an installed plug-in, or a
+            `crewflow.processes.Process` subclass or object.
         name: Names the crew in results, logs and records (default ``"crew"``).
         max_concurrency: The most tasks running at once, for processes that run several.
         verbose: Log progress at INFO level when the application has not configured logging.
@@ -123,7 +125,7 @@ class Crew(Spec):
 
     tasks: tuple[Task, ...]
     agents: tuple[Agent, ...] | None = None
-    process: str | Process = "sequential"
+    process: str | Process | type[Process] = "sequential"
     name: str = Field(default="crew", min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)
     verbose: bool = False
@@ -188,7 +190,7 @@ class Crew(Spec):
         values = self._check_inputs(inputs)
         override = resolve_llm(check_model(llm) if isinstance(llm, str) else llm) if llm else None
         run = Run(
-            graph=self._graph,
+            graph=self._graph.copy(),
             process=self._process,
             crew_name=self.name,
             inputs=values,
@@ -198,7 +200,8 @@ class Crew(Spec):
             verbose=self.verbose,
         )
         await run.drive()
-        assert run.start is not None and run.end is not None
+        assert run.start is not None
+        assert run.end is not None
         return CrewResult(
             run_id=run.run_id,
             crew=self.name,

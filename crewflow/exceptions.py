@@ -7,7 +7,7 @@ output that finished before the failure, so that nothing finished is ever lost.
 
 ```
 CrewflowError
-├── ConfigurationError            (also a ValueError) bad specs, templates, models, inputs, process names
+├── ConfigurationError            (also a ValueError) bad specs, templates, models, inputs
 └── CrewRunError                  .outputs: every TaskOutput that finished, by task name
     ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
     ├── CrewPartialFailure        .failures, .skipped: on_failure="continue" and some tasks failed
@@ -23,11 +23,12 @@ Messages say what was wrong and how to fix it; details live in fields, not packe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from crewflow.task import TaskOutput
 
 __all__ = [
@@ -49,6 +50,22 @@ _EMPTY: Mapping[str, TaskOutput] = MappingProxyType({})
 class CrewflowError(Exception):
     """Base class of every error crewflow raises on purpose."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses take keyword-only fields, which Exception's pickling would drop.
+        state = dict(self.__dict__)
+        if isinstance(state.get("outputs"), MappingProxyType):
+            state["outputs"] = dict(state["outputs"])
+        return (_rebuild, (type(self), self.args, state))
+
+
+def _rebuild(cls: type[CrewflowError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    if isinstance(state.get("outputs"), dict):
+        state["outputs"] = MappingProxyType(state["outputs"])
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigurationError(CrewflowError, ValueError):
     """A developer mistake: a bad spec, template, model string, input or process name.
@@ -67,7 +84,9 @@ class CrewRunError(CrewflowError):
 
     def __init__(self, message: str, *, outputs: Mapping[str, TaskOutput] | None = None) -> None:
         super().__init__(message)
-        self.outputs: Mapping[str, TaskOutput] = dict(outputs) if outputs else _EMPTY
+        self.outputs: Mapping[str, TaskOutput] = (
+            MappingProxyType(dict(outputs)) if outputs else _EMPTY
+        )
 
 
 class LLMError(CrewRunError):

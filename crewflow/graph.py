@@ -8,7 +8,7 @@ Edges come from declared ``context``; a process may add the implicit edge of seq
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -16,6 +16,8 @@ import networkx as nx
 from crewflow.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
     from crewflow.agent import Agent
     from crewflow.task import Task
 
@@ -57,14 +59,11 @@ class TaskGraph:
         self._graph: Any = nx.DiGraph()
         for position, task in enumerate(tasks, start=1):
             self._register(task, position)
-        previous: Task | None = None
         for task in tasks:
-            declared = self._resolve_context(task)
-            if task.context is None and chain_undeclared and previous is not None:
-                declared = [self.name_of(previous)]
-            self._connect(self.name_of(task), declared)
-            previous = task
+            self._connect(self._names[task.id], self._resolve_context(task))
         self._check_acyclic()
+        if chain_undeclared:
+            self._chain_undeclared(tasks)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -142,20 +141,45 @@ class TaskGraph:
         """Add a task while a run is under way (e.g. a manager's plan step); return its name.
 
         Its dependencies are ``depends_on`` plus its declared ``context``; all must already be in
-        the graph, so the graph stays acyclic.
+        the graph, so the graph stays acyclic. When one is not, the graph is left as it was.
+
+        Raises:
+            ConfigurationError: A duplicate task or name, or a dependency not in the graph.
         """
         self._register(task, len(self._tasks) + 1)
         name = self._names[task.id]
-        wanted = list(self._resolve_context(task))
-        for dependency in depends_on:
-            wanted.append(
-                dependency if isinstance(dependency, str) else self._ref_name(task, dependency)
-            )
-            if wanted[-1] not in self._by_name:
-                self._forget(task)
-                raise ConfigurationError(f"task {name!r} depends on unknown task {wanted[-1]!r}")
+        try:
+            wanted = self._resolve_context(task)
+            for dependency in depends_on:
+                if isinstance(dependency, str) and dependency not in self._by_name:
+                    raise ConfigurationError(
+                        f"task {name!r} depends on unknown task {dependency!r}; add that task "
+                        f"first. Task names: {', '.join(self.names)}"
+                    )
+                wanted.append(
+                    dependency if isinstance(dependency, str) else self._ref_name(task, dependency)
+                )
+            self._check_not_self(name, wanted)
+        except ConfigurationError:
+            self._forget(task)
+            raise
         self._connect(name, wanted)
         return name
+
+    def copy(self) -> TaskGraph:
+        """An independent copy (a run adds tasks to its own copy, never to the crew's graph)."""
+        clone = object.__new__(TaskGraph)
+        clone._tasks = list(self._tasks)
+        clone._names = dict(self._names)
+        clone._by_name = dict(self._by_name)
+        clone._agents = dict(self._agents)
+        clone._deps = {name: list(deps) for name, deps in self._deps.items()}
+        clone._position = dict(self._position)
+        clone._dependants = {name: list(deps) for name, deps in self._dependants.items()}
+        clone._default_agent = self._default_agent
+        clone._agent_count = self._agent_count
+        clone._graph = self._graph.copy()
+        return clone
 
     # -- analysis ------------------------------------------------------------------------------
 
@@ -165,7 +189,9 @@ class TaskGraph:
         names = nx.lexicographical_topological_sort(self._graph, key=self._position.__getitem__)
         return [self._by_name[n] for n in names]
 
-    def critical_path(self, durations: Mapping[str, float] | None = None) -> tuple[float, list[str]]:
+    def critical_path(
+        self, durations: Mapping[str, float] | None = None
+    ) -> tuple[float, list[str]]:
         """The longest chain of dependent tasks.
 
         Args:
@@ -180,7 +206,8 @@ class TaskGraph:
             name = self._names[task.id]
             start, parent = 0.0, None
             for dep in self._deps[name]:
-                if best[dep][0] > start:
+                # The first dependency counts even at 0 s: zero-duration tasks stay on the chain.
+                if parent is None or best[dep][0] > start:
                     start, parent = best[dep][0], dep
             best[name] = (start + weights.get(name, 1.0), parent)
         end = max(best, key=lambda n: best[n][0])
@@ -257,18 +284,35 @@ class TaskGraph:
             )
         return self._names[ref.id]
 
+    @staticmethod
+    def _check_not_self(name: str, dependencies: Iterable[str]) -> None:
+        if name in dependencies:
+            raise ConfigurationError(
+                f"task {name!r} lists itself in its context: a task cannot depend on itself"
+            )
+
     def _connect(self, name: str, dependencies: Iterable[str]) -> None:
+        dependencies = list(dependencies)
+        self._check_not_self(name, dependencies)
         for dep in dependencies:
-            if dep == name:
-                raise ConfigurationError(
-                    f"task {name!r} lists itself in its context: a task cannot depend on itself"
-                )
             if dep in self._deps[name]:
                 continue
             self._deps[name].append(dep)
             self._dependants[dep].append(name)
+            self._dependants[dep].sort(key=self._position.__getitem__)
             self._graph.add_edge(dep, name)
         self._deps[name].sort(key=self._position.__getitem__)
+
+    def _chain_undeclared(self, tasks: Sequence[Task]) -> None:
+        """Make each task with undeclared context depend on the task before it.
+
+        Not when the task before already needs this one (through declared context): that edge
+        would close a cycle the user never wrote; the process reports the ordering instead.
+        """
+        for previous, task in itertools.pairwise(tasks):
+            name, before = self._names[task.id], self._names[previous.id]
+            if task.context is None and not nx.has_path(self._graph, name, before):
+                self._connect(name, [before])
 
     def _check_acyclic(self) -> None:
         try:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.llm._types import Usage
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["Task", "TaskOutput"]
 
@@ -146,4 +148,3 @@ def fill_template(text: str, inputs: Mapping[str, Any]) -> str:
 def _shorten(text: str, width: int) -> str:
     line = " ".join(text.split())
     return line if len(line) <= width else line[: width - 1] + "…"
-

@@ -13,12 +13,17 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import to_jsonable_python
 
 from crewflow.exceptions import ConfigurationError, ToolError
 from crewflow.llm._types import ToolSpec
+
+if TYPE_CHECKING:
+    from pydantic_core import CoreSchema
 
 __all__ = ["Tool", "tool"]
 
@@ -46,17 +51,22 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
     ) -> None:
+        if not callable(fn):
+            raise ConfigurationError(
+                f"{fn!r} is not a tool: decorate a function with @crewflow.tool"
+            )
         self.fn = fn
-        self.name = name or fn.__name__
+        self.name = name or _default_name(fn)
         if not _NAME_RE.match(self.name):
             raise ConfigurationError(
-                f"tool name {self.name!r} is invalid: use 1-64 letters, digits, '_' or '-'"
+                f"tool name {self.name!r} is invalid: use 1-64 letters, digits, '_' or '-' "
+                "(give another with @tool(name=...))"
             )
-        summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
+        summary, arg_docs = _parse_docstring(_docstring(fn))
         self.description = description or summary or self.name
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self._args_model = _arguments_model(fn, self.name, arg_docs)
-        schema = self._args_model.model_json_schema()
+        self.is_async = inspect.iscoroutinefunction(_signature_owner(fn))
+        self._args_model, self._params = _arguments_model(fn, self.name, arg_docs)
+        schema = self._args_model.model_json_schema(schema_generator=_NoFieldTitles)
         schema.pop("title", None)
         self.parameters: dict[str, Any] = schema
         self.spec = ToolSpec(self.name, self.description, self.parameters)
@@ -78,21 +88,28 @@ class Tool:
             raise ToolError(
                 f"invalid arguments for tool {self.name!r}: {detail}", tool=self.name
             ) from exc
-        kwargs = {field: getattr(parsed, field) for field in type(parsed).model_fields}
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for field, (param, positional) in self._params.items():
+            value = getattr(parsed, field)
+            if positional:
+                args.append(value)
+            else:
+                kwargs[param] = value
         try:
-            result = await self._call(kwargs)
+            result = await self._call(args, kwargs)
         except Exception as exc:
             raise ToolError(
                 f"tool {self.name!r} raised {type(exc).__name__}: {exc}", tool=self.name
             ) from exc
         return _to_text(result)
 
-    async def _call(self, kwargs: dict[str, Any]) -> Any:
+    async def _call(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if self.is_async:
-            return await self.fn(**kwargs)
+            return await self.fn(*args, **kwargs)
         import anyio.to_thread
 
-        return await anyio.to_thread.run_sync(partial(self.fn, **kwargs))
+        return await anyio.to_thread.run_sync(partial(self.fn, *args, **kwargs))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the wrapped function directly, as if undecorated."""
@@ -148,42 +165,87 @@ def as_tool(value: Tool | Callable[..., Any]) -> Tool:
     """Accept a `Tool` or a plain function (wrapped as if decorated)."""
     if isinstance(value, Tool):
         return value
-    if callable(value):
-        return Tool(value)
-    raise ConfigurationError(f"{value!r} is not a tool: decorate a function with @crewflow.tool")
+    return Tool(value)
+
+
+class _NoFieldTitles(GenerateJsonSchema):
+    """Leaves out the per-field ``title`` pydantic derives from the name: the model already sees
+    the name, and every token of a tool schema is paid for on every call."""
+
+    def field_title_should_be_set(self, schema: CoreSchema) -> bool:
+        return False
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    target = _unwrap_partial(fn)
+    name = getattr(target, "__name__", None)
+    return name if isinstance(name, str) else type(target).__name__
+
+
+def _unwrap_partial(fn: Callable[..., Any]) -> Callable[..., Any]:
+    while isinstance(fn, partial):
+        fn = fn.func
+    return fn
+
+
+def _signature_owner(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What holds the annotations of ``fn``: itself, a partial's function, or the ``__call__``
+    of a callable object."""
+    target = _unwrap_partial(fn)
+    if inspect.isroutine(target) or inspect.isclass(target):
+        return target
+    call: Callable[..., Any] = type(target).__call__
+    return call
+
+
+def _docstring(fn: Callable[..., Any]) -> str:
+    target = _unwrap_partial(fn)
+    doc = inspect.getdoc(target)
+    if not doc and not inspect.isroutine(target):
+        doc = inspect.getdoc(_signature_owner(fn))
+    return doc or ""
 
 
 def _arguments_model(
     fn: Callable[..., Any], tool_name: str, arg_docs: dict[str, str]
-) -> type[BaseModel]:
+) -> tuple[type[BaseModel], dict[str, tuple[str, bool]]]:
+    """The pydantic model of ``fn``'s arguments, and for each of its fields the parameter it
+    fills and whether that parameter is positional-only.
+
+    Fields get neutral names with the parameter's name as alias, so parameters named like
+    BaseModel attributes (``json``, ``copy``, ``schema``) or starting with ``_`` work too.
+    """
     try:
-        hints = inspect.get_annotations(fn, eval_str=True)
+        hints = inspect.get_annotations(_signature_owner(fn), eval_str=True)
+        signature = inspect.signature(fn)
     except Exception as exc:
-        raise ConfigurationError(
-            f"cannot read the type hints of tool {tool_name!r}: {exc}"
-        ) from exc
+        raise ConfigurationError(f"cannot read the signature of tool {tool_name!r}: {exc}") from exc
     fields: dict[str, Any] = {}
-    for param in inspect.signature(fn).parameters.values():
+    params: dict[str, tuple[str, bool]] = {}
+    for index, param in enumerate(signature.parameters.values()):
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ConfigurationError(
-                f"tool {tool_name!r}: *args/**kwargs cannot be described to a model; "
-                "declare each parameter"
+                f"tool {tool_name!r}: *{'*' if param.kind == param.VAR_KEYWORD else ''}"
+                f"{param.name} cannot be described to a model; declare each parameter"
             )
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
-        fields[param.name] = (
+        field = f"arg_{index}"
+        fields[field] = (
             annotation,
-            Field(default, description=arg_docs.get(param.name)),
+            Field(default, alias=param.name, description=arg_docs.get(param.name)),
         )
+        params[field] = (param.name, param.kind == param.POSITIONAL_ONLY)
     model_name = "".join(part.capitalize() for part in re.split(r"[_-]", tool_name)) + "Args"
     try:
-        return create_model(  # type: ignore[call-overload,no-any-return]
-            model_name, __config__=ConfigDict(arbitrary_types_allowed=False), **fields
+        model: type[BaseModel] = create_model(
+            model_name, __config__=ConfigDict(extra="forbid"), **fields
         )
     except Exception as exc:
         raise ConfigurationError(
             f"tool {tool_name!r} has parameter types pydantic cannot describe: {exc}"
         ) from exc
+    return model, params
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
@@ -197,6 +259,7 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     args: dict[str, str] = {}
     in_args = False
     current: str | None = None
+    current_indent = 0
     for line in lines:
         if _ARGS_HEADER.match(line):
             in_args = True
@@ -207,20 +270,12 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
             break
         match = _ARG_LINE.match(line)
         indent = len(line) - len(line.lstrip())
-        if match and (current is None or indent <= _arg_indent(lines, current)):
-            current = match.group(1).lstrip("*")
+        if match and (current is None or indent <= current_indent):
+            current, current_indent = match.group(1).lstrip("*"), indent
             args[current] = match.group(3).strip()
         elif current and line.strip():
             args[current] = f"{args[current]} {line.strip()}".strip()
     return " ".join(summary_lines), args
-
-
-def _arg_indent(lines: list[str], name: str) -> int:
-    for line in lines:
-        match = _ARG_LINE.match(line)
-        if match and match.group(1).lstrip("*") == name:
-            return len(line) - len(line.lstrip())
-    return 0
 
 
 def _short_validation(exc: BaseException) -> str:
@@ -237,10 +292,8 @@ def _to_text(result: Any) -> str:
         return result
     if isinstance(result, BaseModel):
         return result.model_dump_json()
-    try:
-        return json.dumps(result, default=str, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return str(result)
+    # pydantic's encoder handles models, dataclasses, dates, sets... nested anywhere.
+    return json.dumps(to_jsonable_python(result, fallback=str), ensure_ascii=False)
 
 
 ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]

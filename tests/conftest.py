@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -11,7 +10,12 @@ import pytest
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from crewflow.testing import FakeClock, OpenAIServer, use_clock  # noqa: E402
+from typing import TYPE_CHECKING
+
+from crewflow.testing import FakeClock, OpenAIServer, use_clock
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +25,7 @@ def _no_real_llm_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("CREWFLOW_MODEL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWFLOW_LOG_LEVEL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CREWFLOW_FORBID_REAL_LLM_CALLS", "1")
-    yield
+    return
 
 
 @pytest.fixture

@@ -194,7 +194,8 @@ async def test_litellm_429_is_retried_by_the_runtime(
 
     assert result.output.text == "done"
     assert server.count == 2
-    assert fake_clock.sleeps and fake_clock.sleeps[0] >= 2.0
+    assert fake_clock.sleeps
+    assert fake_clock.sleeps[0] >= 2.0
 
 
 async def test_kickoff_llm_override_sends_every_agent_to_the_given_model(

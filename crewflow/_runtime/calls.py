@@ -81,11 +81,22 @@ class ManagedLLM(LLM):
                 call_attempt += 1
                 await clock.sleep(delay)
                 continue
+            except Exception as exc:
+                # Not a provider error (a client bug, a test double's exception): not retried
+                # here, but the request was made and its event pair stays balanced.
+                attempt.usage.requests += 1
+                self._finished(started, None, exc)
+                raise
+            except BaseException as exc:
+                self._finished(started, None, exc)
+                raise
             attempt.usage.add(response.usage)
             self._finished(started, response, None)
             return response
 
-    def _finished(self, started: float, response: LLMResponse | None, error: LLMError | None) -> None:
+    def _finished(
+        self, started: float, response: LLMResponse | None, error: BaseException | None
+    ) -> None:
         run = self._run
         if not run.listening:
             return
@@ -99,7 +110,7 @@ class ManagedLLM(LLM):
                 latency=run.clock.now() - started,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                error=None if error is None else str(error),
+                error=None if error is None else str(error) or type(error).__name__,
             )
         )
 

@@ -38,19 +38,20 @@ class SystemClock:
         await anyio.sleep(seconds)
 
 
-_clock: ContextVar[Clock] = ContextVar("crewflow_clock", default=SystemClock())
+_SYSTEM_CLOCK = SystemClock()
+_clock: ContextVar[Clock | None] = ContextVar("crewflow_clock", default=None)
 
 
 def current_clock() -> Clock:
     """The clock in force in this context."""
-    return _clock.get()
+    return _clock.get() or _SYSTEM_CLOCK
 
 
-def set_clock(clock: Clock) -> Token[Clock]:
+def set_clock(clock: Clock) -> Token[Clock | None]:
     """Use ``clock`` in this context; returns a token for `reset_clock`."""
     return _clock.set(clock)
 
 
-def reset_clock(token: Token[Clock]) -> None:
+def reset_clock(token: Token[Clock | None]) -> None:
     """Undo a `set_clock`."""
     _clock.reset(token)

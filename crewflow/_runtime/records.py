@@ -1,4 +1,4 @@
-"""What the runtime records of each task: its attempts and how it ended (``CrewResult.timeline``)."""
+"""What the runtime records of each task: its attempts and how it ended (the result's timeline)."""
 
 from __future__ import annotations
 

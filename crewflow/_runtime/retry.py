@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable  # noqa: TC003 - pydantic evaluates this dataclass (Crew.retry)
 from dataclasses import dataclass
 
 from crewflow.exceptions import ConfigurationError, LLMError, TaskTimeout
@@ -54,9 +54,9 @@ class RetryPolicy:
 
     def delay(self, failed_attempts: int, retry_after: float | None = None) -> float:
         """Seconds to wait after ``failed_attempts`` failures (1 for the first retry)."""
-        wait = min(self.max, self.initial * 2 ** (failed_attempts - 1))
+        wait = min(self.max, self.initial * 2.0 ** (failed_attempts - 1))
         if self.jitter:
-            wait *= 0.5 + random.random() / 2  # noqa: S311 - not for security
+            wait *= 0.5 + random.random() / 2  # not for security: no need for `secrets`
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.max))
         return wait

@@ -9,7 +9,6 @@ emits events. All state here belongs to this run; two kickoffs of one crew share
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -29,6 +28,8 @@ from crewflow.llm._types import Usage
 from crewflow.task import TaskOutput
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from crewflow._runtime.retry import RetryPolicy
     from crewflow.agent import Agent, AgentAnswer
     from crewflow.events import EventSink
@@ -101,6 +102,8 @@ class Run:
         self._outputs: dict[str, TaskOutput] = {}
         self._records: dict[str, TaskRecord] = {}
         self._running: set[str] = set()
+        self._stack: AsyncExitStack | None = None
+        self._opened: set[int] = set()
         sinks = _capture_sinks.get()
         self._sinks: tuple[EventSink, ...] = (*sinks, on_event) if on_event else sinks
         self.listening = bool(self._sinks)
@@ -137,7 +140,9 @@ class Run:
             self._llms[agent.id] = self._resolve(agent)
         return name
 
-    async def execute(self, task: Task, *, context: Sequence[TaskOutput] | None = None) -> TaskOutput:
+    async def execute(
+        self, task: Task, *, context: Sequence[TaskOutput] | None = None
+    ) -> TaskOutput:
         """Run one task to its output: attempts, timeout, records, events.
 
         A task that already finished in this run returns its output without running again.
@@ -168,6 +173,7 @@ class Run:
         prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
         self._running.add(name)
         try:
+            await self._open(self._llms[agent.id])
             return await self._attempts(task, name, agent, prompt)
         finally:
             self._running.discard(name)
@@ -183,6 +189,7 @@ class Run:
         for number in itertools.count(1):
             state = AttemptState(name, number, llm.model)
             began, began_at = self.clock.now(), _utcnow()
+            self.log.info("task started", task=name, agent=agent.role, attempt=number)
             if self.listening:
                 self.emit(
                     events.TaskStarted(
@@ -190,14 +197,20 @@ class Run:
                     )
                 )
             try:
-                answer = await self._attempt(task, name, agent, prompt, ManagedLLM(llm, self, state))
+                answer = await self._attempt(
+                    task, name, agent, prompt, ManagedLLM(llm, self, state)
+                )
             except Exception as exc:
                 records.append(self._close_attempt(state, began, began_at, exc, task_usage))
                 delay = self._retry_delay(exc, number)
                 if delay is None:
                     raise self._failed(task, name, agent, records, start, first_start, exc) from exc
-                self._retrying(name, number, exc, delay)
-                await self.clock.sleep(delay)
+                self._retrying(name, agent, number, exc, delay)
+                try:
+                    await self.clock.sleep(delay)
+                except BaseException:
+                    self._record(name, agent, TaskStatus.CANCELLED, records, start, first_start)
+                    raise
                 continue
             except BaseException as exc:
                 records.append(self._close_attempt(state, began, began_at, exc, task_usage))
@@ -214,7 +227,7 @@ class Run:
             )
             self._outputs[name] = output
             self._record(name, agent, TaskStatus.COMPLETED, records, start, first_start)
-            self.log.debug("task finished", task=name, attempt=number)
+            self.log.info("task finished", task=name, agent=agent.role, attempt=number)
             if self.listening:
                 self.emit(
                     events.TaskFinished(
@@ -264,8 +277,17 @@ class Run:
             return None
         return policy.delay(failed_attempts)
 
-    def _retrying(self, name: str, number: int, error: Exception, delay: float) -> None:
-        self.log.warning("task attempt failed, retrying", task=name, attempt=number, error=str(error))
+    def _retrying(
+        self, name: str, agent: Agent, number: int, error: Exception, delay: float
+    ) -> None:
+        self.log.warning(
+            "task attempt failed, retrying",
+            task=name,
+            agent=agent.role,
+            attempt=number,
+            error=f"{type(error).__name__}: {error}",
+            delay=round(delay, 3),
+        )
         if self.listening:
             self.emit(
                 events.TaskRetrying(
@@ -289,7 +311,13 @@ class Run:
         error: Exception,
     ) -> TaskFailed:
         self._record(name, agent, TaskStatus.FAILED, records, start, first_start)
-        self.log.error("task failed", task=name, attempts=len(records), error=str(error))
+        self.log.error(
+            "task failed",
+            task=name,
+            agent=agent.role,
+            attempt=len(records),
+            error=f"{type(error).__name__}: {error}",
+        )
         if self.listening:
             self.emit(
                 events.TaskFailed(
@@ -379,9 +407,20 @@ class Run:
     # -- the run as a whole --------------------------------------------------------------------
 
     def emit(self, event: events.Event) -> None:
-        """Send ``event`` to every listener of this run."""
+        """Send ``event`` to every listener of this run.
+
+        A listener that raises is logged and skipped: watching a run must not break it.
+        """
         for sink in self._sinks:
-            sink(event)
+            try:
+                sink(event)
+            except Exception as exc:
+                self.log.warning(
+                    "event listener failed",
+                    listener=repr(sink),
+                    event_kind=event.kind,
+                    error=repr(exc),
+                )
 
     @property
     def timeline(self) -> list[TaskRecord]:
@@ -406,6 +445,7 @@ class Run:
         self.status = "running"
         self.start = _utcnow()
         began = self.clock.now()
+        self.log.info("run started", process=self.process.name, tasks=len(self.graph))
         if self.listening:
             self.emit(
                 events.RunStarted(
@@ -418,17 +458,29 @@ class Run:
             )
         try:
             async with AsyncExitStack() as stack:
-                for llm in self._open_llms():
-                    await stack.enter_async_context(llm)
-                await self.process.run(self)
+                self._stack = stack
+                try:
+                    for llm in self._open_llms():
+                        await self._open(llm)
+                    await self.process.run(self)
+                finally:
+                    self._stack = None
             self._check_complete()
         except BaseException as exc:
             error = self._as_run_error(exc)
             self._finish("cancelled" if error is None else "failed", began, error)
             if error is None or error is exc:
                 raise
-            raise error from exc
+            # Not "from exc": an error out of a group keeps its own cause (TaskFailed -> LLMError).
+            raise error  # noqa: B904
         self._finish("completed", began, None)
+
+    async def _open(self, llm: LLM) -> None:
+        """Open ``llm`` for the rest of the run, once (also for agents of added tasks)."""
+        if self._stack is None or id(llm) in self._opened:
+            return
+        self._opened.add(id(llm))
+        await self._stack.enter_async_context(llm)
 
     def _open_llms(self) -> list[LLM]:
         unique: dict[int, LLM] = {}
@@ -461,16 +513,26 @@ class Run:
                 return leaf
         for leaf in leaves:
             if isinstance(leaf, Exception):
-                return CrewRunError(
+                error = CrewRunError(
                     f"process {self.process.name!r} failed: {type(leaf).__name__}: {leaf}",
                     outputs=self._outputs,
                 )
+                error.__cause__ = leaf
+                return error
         return None
 
     def _finish(self, status: RunStatus, began: float, error: BaseException | None) -> None:
         self.status = status
         self.end = _utcnow()
         self.duration = self.clock.now() - began
+        # A failed task was already logged as an error and the caller gets the exception:
+        # the run's own line stays at INFO so a failure is not reported twice.
+        self.log.info(
+            "run finished",
+            status=status,
+            duration=round(self.duration, 3),
+            error=None if error is None else f"{type(error).__name__}: {error}",
+        )
         if self.listening:
             self.emit(
                 events.RunFinished(

@@ -5,7 +5,8 @@ Model strings name a client:
 - ``"offline"``: `OfflineLLM`, deterministic and local (the default).
 - ``"openai/<model>"``: `OpenAIChat`, for OpenAI and any OpenAI-compatible server
   (``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``).
-- ``"<provider>/<model>"``: `LiteLLM`, for every other provider (``pip install 'crewflow[litellm]'``).
+- ``"<provider>/<model>"``: `LiteLLM`, for every other provider
+  (``pip install 'crewflow[litellm]'``).
 
 The client classes load their SDKs lazily: importing this package imports neither openai nor
 litellm.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from crewflow.llm._types import LLMRequest, LLMResponse
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import re
 
 from crewflow._jsonschema import example_for_schema
+from crewflow.exceptions import ConfigurationError, LLMError
 from crewflow.llm._base import LLM
 from crewflow.llm._types import (
     LLMRequest,
     LLMResponse,
     Message,
+    OutputSchema,
     ToolCall,
     Usage,
     estimate_prompt_tokens,
@@ -29,6 +32,7 @@ __all__ = ["OfflineLLM"]
 
 _ROLE = re.compile(r"^You are (.+?)\.(?: Your goal:|$)", re.MULTILINE)
 _CONTEXT = re.compile(r'<context task="([^"]+)">')
+_WORD_PIECES = re.compile(r"\S+\s*|\s+")
 
 
 class OfflineLLM(LLM):
@@ -41,8 +45,10 @@ class OfflineLLM(LLM):
     model = "offline"
 
     def __init__(self, latency: float = 0.0) -> None:
-        if latency < 0:
-            raise ValueError("latency must be >= 0")
+        if not latency >= 0 or math.isinf(latency):  # also rejects NaN
+            raise ConfigurationError(
+                f"OfflineLLM latency must be a finite number of seconds >= 0, not {latency!r}"
+            )
         self.latency = latency
 
     @property
@@ -60,12 +66,11 @@ class OfflineLLM(LLM):
         if calls:
             content = None
         elif request.output is not None:
-            seed = _task_line(request.messages)
-            content = json.dumps(example_for_schema(request.output.schema, seed=seed))
+            content = _structured_answer(request.output, _task_line(request.messages))
         else:
             content = _text_answer(request.messages)
         if content and request.stream and request.on_delta is not None:
-            for piece in re.findall(r"\S+\s*", content):
+            for piece in _WORD_PIECES.findall(content):
                 result = request.on_delta(piece)
                 if inspect.isawaitable(result):
                     await result
@@ -101,6 +106,16 @@ def _pending_tool_calls(request: LLMRequest) -> tuple[ToolCall, ...]:
         for index, spec in enumerate(request.tools)
         if spec.name not in called
     )
+
+
+def _structured_answer(output: OutputSchema, seed: str) -> str:
+    try:
+        return json.dumps(example_for_schema(output.schema, seed=seed))
+    except ValueError as exc:
+        raise LLMError(
+            f"the offline model cannot answer with {output.name}: {exc}; simplify the model",
+            model=OfflineLLM.model,
+        ) from exc
 
 
 def _text_answer(messages: list[Message]) -> str:

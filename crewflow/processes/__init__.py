@@ -19,8 +19,9 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from crewflow.exceptions import ConfigurationError
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from crewflow._runtime.run import Run
     from crewflow.graph import TaskGraph
 
-__all__ = ["ENTRY_POINT_GROUP", "Process", "available_processes", "get_process"]
+__all__ = ["ENTRY_POINT_GROUP", "Process", "Run", "available_processes", "get_process"]
 
 ENTRY_POINT_GROUP = "crewflow.processes"
 
@@ -76,9 +77,9 @@ def get_process(spec: str | Process | type[Process]) -> Process:
         ConfigurationError: Unknown name, or not a `Process`.
     """
     if isinstance(spec, Process):
-        return spec
+        return _named(spec)
     if isinstance(spec, type) and issubclass(spec, Process):
-        return spec()
+        return _named(_instantiate(spec))
     if not isinstance(spec, str):
         raise ConfigurationError(
             f"process must be a name such as 'sequential' or a crewflow.processes.Process, "
@@ -90,20 +91,53 @@ def get_process(spec: str | Process | type[Process]) -> Process:
         return cls()
     for entry_point in _entry_points():
         if entry_point.name == spec:
-            loaded = entry_point.load()
+            try:
+                loaded = entry_point.load()
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"the plug-in process {spec!r} ({entry_point.value}) failed to load: "
+                    f"{type(exc).__name__}: {exc}; fix or uninstall the package that provides it"
+                ) from exc
             if not (isinstance(loaded, type) and issubclass(loaded, Process)):
                 raise ConfigurationError(
                     f"entry point {spec!r} in group {ENTRY_POINT_GROUP!r} is not a Process "
                     f"subclass ({entry_point.value})"
                 )
-            return loaded()
+            return _named(_instantiate(loaded))
     raise ConfigurationError(
         f"unknown process {spec!r}; available: {', '.join(available_processes())}. "
         f"Plug-ins register under the {ENTRY_POINT_GROUP!r} entry-point group."
     )
 
 
+def _instantiate(cls: type[Process]) -> Process:
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise ConfigurationError(f"process class {cls.__name__} is abstract: implement {missing}")
+    return cls()
+
+
+def _named(process: Process) -> Process:
+    name = getattr(process, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(
+            f"process {type(process).__name__} has no name: set the class attribute "
+            f'name = "{type(process).__name__.lower()}" (it names the process in results, '
+            "logs and records)"
+        )
+    return process
+
+
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
     import importlib.metadata
 
     return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def __getattr__(name: str) -> Any:
+    # `Run` is what plug-ins are written against; loaded on first use, not at import.
+    if name == "Run":
+        from crewflow._runtime.run import Run
+
+        return Run
+    raise AttributeError(f"module 'crewflow.processes' has no attribute {name!r}")

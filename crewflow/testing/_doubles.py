@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import re
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,6 +27,9 @@ from crewflow.llm._types import (
 from crewflow.llm._types import ToolCall as LLMToolCall
 from crewflow.testing._server import Disconnect, Error, Malformed, Reply, Slow, Text, ToolCalls
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
+
 __all__ = [
     "EventCapture",
     "FakeClock",
@@ -37,6 +40,8 @@ __all__ = [
     "forbid_real_llm_calls",
     "use_clock",
 ]
+
+_WORD_PIECES = re.compile(r"\S+\s*|\s+")
 
 ScriptItem = str | dict[str, Any] | BaseModel | Reply | LLMResponse | BaseException
 E = TypeVar("E", bound=Event)
@@ -88,7 +93,7 @@ class ScriptedLLM(LLM):
     @property
     def remaining(self) -> int:
         """Replies not used yet."""
-        return len(self._script) - len(self.requests)
+        return max(0, len(self._script) - len(self.requests))
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         """Answer with the next scripted item."""
@@ -97,7 +102,8 @@ class ScriptedLLM(LLM):
         if index >= len(self._script):
             raise ScriptExhausted(
                 f"ScriptedLLM {self.model!r} was called {index + 1} times but has only "
-                f"{len(self._script)} replies"
+                f"{len(self._script)} replies: add replies to its script (the last request "
+                f"ended with: {_last_message(request)})"
             )
         return await _respond(self.model, request, self._script[index], index)
 
@@ -174,28 +180,47 @@ async def _respond(model: str, request: LLMRequest, item: Any, index: int) -> LL
             )
             for position, call in enumerate(item.calls)
         )
-        return _response(model, request, item.content, calls)
+        return await _response(model, request, item.content, calls)
     if isinstance(item, Text):
-        return _response(model, request, item.content, ())
+        return await _response(model, request, item.content, (), item.usage)
     if isinstance(item, BaseModel):
-        return _response(model, request, item.model_dump_json(), ())
+        return await _response(model, request, item.model_dump_json(), ())
     if isinstance(item, dict):
-        return _response(model, request, json.dumps(item), ())
+        return await _response(model, request, json.dumps(item), ())
     if isinstance(item, str):
-        return _response(model, request, item, ())
+        return await _response(model, request, item, ())
     raise TypeError(f"cannot answer with {type(item).__name__}: {item!r}")
 
 
-def _response(
-    model: str, request: LLMRequest, content: str | None, calls: tuple[LLMToolCall, ...]
+async def _response(
+    model: str,
+    request: LLMRequest,
+    content: str | None,
+    calls: tuple[LLMToolCall, ...],
+    fixed_usage: tuple[int, int] | None = None,
 ) -> LLMResponse:
-    usage = Usage(
-        requests=1,
-        prompt_tokens=estimate_prompt_tokens(request.messages),
-        completion_tokens=estimate_tokens(content or "".join(c.arguments for c in calls)),
-    )
+    if content and request.stream and request.on_delta is not None:
+        # Stream word by word, as the loopback server does, so streaming consumers get pieces.
+        for piece in _WORD_PIECES.findall(content):
+            result = request.on_delta(piece)
+            if inspect.isawaitable(result):
+                await result
+    if fixed_usage is not None:
+        prompt_tokens, completion_tokens = fixed_usage
+    else:
+        prompt_tokens = estimate_prompt_tokens(request.messages)
+        completion_tokens = estimate_tokens(content or "".join(c.arguments for c in calls))
+    usage = Usage(requests=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     reason = "tool_calls" if calls else "stop"
     return LLMResponse(content, calls, usage=usage, model=model, finish_reason=reason)
+
+
+def _last_message(request: LLMRequest) -> str:
+    if not request.messages:
+        return "no messages"
+    last = request.messages[-1]
+    text = " ".join((last.content or "").split())
+    return f"{last.role}: {text[:77] + '...' if len(text) > 80 else text!r}"
 
 
 class EventCapture:

@@ -573,7 +573,12 @@ class _Connection:
         finally:
             if not watch.done():
                 watch.cancel()
+                # Let the cancellation land: the reader allows one waiter at a time, and the
+                # next request's read follows at once on a kept-alive connection.
+                await asyncio.wait((watch,))
         if not done:
+            if not watch.cancelled() and watch.exception() is None and watch.result():
+                self.pushback = watch.result()  # a byte arrived as the wait ended
             return True
         try:
             data = watch.result()

@@ -1,0 +1,239 @@
+"""What the provider clients share for turning SDK failures into `crewflow.exceptions.LLMError`.
+
+Each client maps its own SDK's exception classes in its ``_map_error``; the helpers here build
+the resulting errors (status, timeout, connection, unreadable answer), read Retry-After, and
+scrub API keys out of every message and every chained exception (OpenAI's 401 body echoes
+part of the key, litellm chains the SDK's errors).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+
+from crewflow.exceptions import LLMError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+MAX_DETAIL: Final = 500
+"""How many characters of a provider's message an error quotes."""
+
+
+@functools.cache
+def sdk_errors() -> tuple[type[Exception], ...]:
+    """The exception classes `OpenAIChat` and `LiteLLM` translate: the provider's fault, not ours.
+
+    litellm's exceptions subclass openai's. ``JSONDecodeError``: the SDK parses a malformed 200
+    body (or SSE event) with ``json.loads`` and lets the error through.
+    """
+    import httpx
+    import openai
+
+    return (openai.OpenAIError, httpx.HTTPError, json.JSONDecodeError)
+
+
+# -- the errors -------------------------------------------------------------------------------
+
+
+def status_error(
+    model: str,
+    status: int,
+    headers: Mapping[str, str] | None,
+    detail: str,
+    where: str,
+    key_hint: str,
+) -> LLMError:
+    """The `LLMError` of an HTTP error answer: retryable for 408, 409, 429 and 5xx."""
+    retryable = status in (408, 409, 429) or status >= 500
+    retry_after = parse_retry_after(headers) if headers is not None else None
+    advice = _status_advice(status, key_hint, retry_after)
+    return LLMError(
+        f"{model} failed with HTTP {status} at {where}: {detail}. {advice}",
+        model=model,
+        status_code=status,
+        retryable=retryable,
+        retry_after=retry_after,
+    )
+
+
+def _status_advice(status: int, key_hint: str, retry_after: float | None) -> str:
+    if status == 429:
+        wait = f" in {retry_after:g}s" if retry_after is not None else ""
+        return f"Rate limited: crewflow retries{wait}; lower the model's rpm/concurrency limits."
+    if status >= 500 or status in (408, 409):
+        return "The server failed; retrying may succeed."
+    if status in (401, 403):
+        return f"The API key was refused: {key_hint}."
+    if status == 404:
+        return "Check the model name and the base URL."
+    return "The request was rejected; retrying will not help."
+
+
+def timeout_error(model: str, timeout: float | None, where: str) -> LLMError:
+    """The `LLMError` of a call that got no (complete) answer in time."""
+    limit = f" within {timeout:g}s" if timeout is not None else ""
+    return LLMError(
+        f"{model} did not answer{limit} at {where}; retrying may succeed, or raise timeout=.",
+        model=model,
+        retryable=True,
+    )
+
+
+def connection_error(model: str, detail: str, where: str) -> LLMError:
+    """The `LLMError` of a failed or broken connection."""
+    return LLMError(
+        f"{model}: the connection to {where} failed ({detail}); check that the server is "
+        "running and the base URL is right. Retrying may succeed.",
+        model=model,
+        retryable=True,
+    )
+
+
+def malformed_error(model: str, detail: str, where: str) -> LLMError:
+    """The `LLMError` of a 200 answer that could not be read."""
+    return LLMError(
+        f"{model} sent an unreadable answer from {where}: {detail[:MAX_DETAIL]}. Retrying "
+        "may succeed; if not, the server does not speak the OpenAI chat-completions API.",
+        model=model,
+        status_code=200,
+        retryable=True,
+    )
+
+
+def other_error(model: str, detail: str, where: str, *, retryable: bool) -> LLMError:
+    """The `LLMError` of any other failure: an error event inside a stream, or an SDK failure
+    without an HTTP status."""
+    return LLMError(f"{model} failed at {where}: {detail}", model=model, retryable=retryable)
+
+
+# -- what went wrong --------------------------------------------------------------------------
+
+
+def describe_malformed(exc: BaseException) -> str:
+    """What was wrong with an unreadable answer."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    return str(exc)
+
+
+def describe_cause(exc: BaseException) -> str:
+    """The SDK's message plus the transport error under it (e.g. ``ConnectError: refused``)."""
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc)
+    if cause is not None and str(cause):
+        text = f"{text} {type(cause).__name__}: {cause}"
+    return text[:MAX_DETAIL]
+
+
+def provider_detail(body: object, fallback: str) -> str:
+    """The provider's own error message from an error body, else ``fallback``."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:MAX_DETAIL]
+        if isinstance(error, str):
+            return error[:MAX_DETAIL]
+    return fallback[:MAX_DETAIL]
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+# Key-shaped tokens: OpenAI-style (sk-, sk-proj-...), bearer tokens, and whatever follows
+# "API key provided:" in an echoing error body.
+_KEY_PATTERN: Final = re.compile(
+    r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*.]{6,}"
+    r"|\bAIza[A-Za-z0-9_\-]{20,}"
+    r"|\bBearer\s+[^\s\"',]+"
+    r"|(?<=api key provided: )[^\s\"',]+",
+    re.IGNORECASE,
+)
+_REDACTED: Final = "***"
+
+
+def as_secret(api_key: str | SecretStr | None) -> SecretStr | None:
+    """The key as a `SecretStr` (``None`` when absent or empty), so no repr can show it."""
+    if api_key is None:
+        return None
+    secret = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+    return secret if secret.get_secret_value() else None
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` and without anything shaped like an API key."""
+    if secret:
+        text = text.replace(secret, _REDACTED)
+    return _KEY_PATTERN.sub(_REDACTED, text)
+
+
+def scrub_exception(exc: BaseException, secret: str | None) -> None:
+    """Scrub an SDK exception and the exceptions chained under it, in place: they become our
+    error's ``__cause__`` and end up in tracebacks and logs (litellm chains the SDK's errors)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        _scrub_one(current, secret)
+        pending += (current.__cause__, current.__context__)
+
+
+def _scrub_one(exc: BaseException, secret: str | None) -> None:
+    exc.args = tuple(scrub(a, secret) if isinstance(a, str) else a for a in exc.args)
+    for name in ("message", "litellm_debug_info"):
+        value = getattr(exc, name, None)
+        if isinstance(value, str):
+            setattr(exc, name, scrub(value, secret))
+    if hasattr(exc, "body"):
+        exc.body = _scrub_value(exc.body, secret)
+
+
+def _scrub_value(value: object, secret: str | None) -> object:
+    if isinstance(value, str):
+        return scrub(value, secret)
+    if isinstance(value, dict):
+        return {key: _scrub_value(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(item, secret) for item in value]
+    return value
+
+
+def display_url(url: str) -> str:
+    """``url`` without user:password, fit for messages and reprs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,581 @@
+"""OpenAIChat against the real loopback server: request shapes, streaming, errors, lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import email.utils
+import gc
+import json
+import sys
+import time
+import traceback
+import warnings
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+import pytest_asyncio
+
+from crewflow import Agent
+from crewflow.exceptions import ConfigurationError, LLMError
+from crewflow.llm import LLMRequest, Message, OutputSchema, ToolCall, ToolSpec
+from crewflow.llm._errors import parse_retry_after, scrub
+from crewflow.llm._guard import reset, set_forbidden
+from crewflow.llm.openai import OpenAIChat
+from crewflow.testing import (
+    Disconnect,
+    Error,
+    Malformed,
+    OpenAIServer,
+    Slow,
+    Text,
+    ToolCalls,
+)
+from crewflow.testing import ToolCall as ScriptedCall
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+pytestmark = pytest.mark.asyncio
+
+CANARY = "sk-canary-7f3a9e1c5b2d4f6a8e0c"
+HELLO = LLMRequest([Message("user", "hello")])
+SEARCH = ToolSpec(
+    "search",
+    "Search the web.",
+    {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+)
+FETCH = ToolSpec(
+    "fetch",
+    "Fetch a page.",
+    {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]},
+)
+
+
+@pytest_asyncio.fixture
+async def llm(server: OpenAIServer) -> AsyncIterator[OpenAIChat]:
+    """An opened client of the loopback server, as the runtime uses it."""
+    client = OpenAIChat("test-model", base_url=server.base_url, api_key=CANARY, timeout=10)
+    async with client:
+        yield client
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds, failing after five seconds."""
+    with anyio.fail_after(5):
+        # The server exposes counters, not events, so there is nothing to wait on but them.
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+
+
+async def failure(llm: OpenAIChat, request: LLMRequest = HELLO) -> LLMError:
+    with pytest.raises(LLMError) as info:
+        await llm.complete(request)
+    return info.value
+
+
+# -- replies ----------------------------------------------------------------------------------
+
+
+async def test_plain_reply_maps_content_usage_and_finish_reason(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    server.enqueue(Text("Sodium is cheap.", usage=(12, 4)))
+
+    response = await llm.complete(HELLO)
+
+    assert response.content == "Sodium is cheap."
+    assert response.tool_calls == ()
+    assert (response.usage.requests, response.usage.prompt_tokens) == (1, 12)
+    assert response.usage.completion_tokens == 4
+    assert response.usage.cost is None
+    assert response.finish_reason == "stop"
+    assert response.model == "openai/test-model"
+    sent = server.requests[0]
+    assert sent.model == "test-model"
+    assert sent.messages == [{"role": "user", "content": "hello"}]
+    assert not sent.stream
+    assert sent.has_auth
+
+
+async def test_multi_turn_with_tool_results_is_sent_in_openai_shape(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    call = ToolCall("call_1", "search", '{"query": "sodium"}')
+    request = LLMRequest(
+        [
+            Message("system", "You research."),
+            Message("user", "Find facts"),
+            Message("assistant", None, tool_calls=(call,)),
+            Message("tool", "sodium is abundant", tool_call_id="call_1", name="search"),
+        ],
+        tools=[SEARCH],
+    )
+    server.enqueue(Text("Done."))
+
+    response = await llm.complete(request)
+
+    assert response.content == "Done."
+    assert server.requests[0].messages == [
+        {"role": "system", "content": "You research."},
+        {"role": "user", "content": "Find facts"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": '{"query": "sodium"}'},
+                }
+            ],
+        },
+        {"role": "tool", "content": "sodium is abundant", "tool_call_id": "call_1"},
+    ]
+
+
+async def test_several_tool_calls_in_one_turn_come_back_in_order(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    server.enqueue(
+        ToolCalls(
+            [
+                ScriptedCall("search", {"query": "sodium"}, id="call_a"),
+                ScriptedCall("fetch", {"url": "https://example.org"}, id="call_b"),
+            ]
+        )
+    )
+
+    response = await llm.complete(LLMRequest([Message("user", "go")], tools=[SEARCH, FETCH]))
+
+    assert response.content is None
+    assert response.finish_reason == "tool_calls"
+    assert response.tool_calls == (
+        ToolCall("call_a", "search", '{"query": "sodium"}'),
+        ToolCall("call_b", "fetch", '{"url": "https://example.org"}'),
+    )
+    assert server.requests[0].tools == [SEARCH.to_openai(), FETCH.to_openai()]
+
+
+async def test_structured_output_sends_a_json_schema_response_format(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "words": {"type": "integer"}},
+        "required": ["title", "words"],
+    }
+
+    response = await llm.complete(
+        LLMRequest([Message("user", "write")], output=OutputSchema("Post", schema))
+    )
+
+    assert server.requests[0].response_format == {
+        "type": "json_schema",
+        "json_schema": {"name": "Post", "schema": schema, "strict": False},
+    }
+    assert set(json.loads(response.content or "")) == {"title", "words"}
+    assert llm.supports_output_schema
+
+
+async def test_sampling_settings_and_extra_arguments_reach_the_body(server: OpenAIServer) -> None:
+    llm = OpenAIChat("test-model", base_url=server.base_url, temperature=0.3)
+    await llm.complete(HELLO)
+    await llm.complete(
+        LLMRequest(
+            [Message("user", "x")], temperature=0.9, max_tokens=50, extra={"seed": 7, "top_k": 3}
+        )
+    )
+
+    first, second = (request.body for request in server.requests)
+    assert first["temperature"] == 0.3
+    assert "max_tokens" not in first
+    assert second["temperature"] == 0.9
+    # Compatible servers know max_tokens; only api.openai.com gets max_completion_tokens.
+    assert second["max_tokens"] == 50
+    assert "max_completion_tokens" not in second
+    # A known argument of the SDK, and one only the server knows (sent in the body).
+    assert (second["seed"], second["top_k"]) == (7, 3)
+
+
+# -- streaming --------------------------------------------------------------------------------
+
+
+async def test_streaming_text_reports_each_piece_and_the_usage(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    server.enqueue(Text("Sodium batteries are cheap and safe.", usage=(9, 7)))
+    pieces: list[str] = []
+
+    response = await llm.complete(
+        LLMRequest([Message("user", "hello")], stream=True, on_delta=pieces.append)
+    )
+
+    assert len(pieces) > 1
+    assert "".join(pieces) == response.content == "Sodium batteries are cheap and safe."
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (9, 7)
+    assert response.finish_reason == "stop"
+    sent = server.requests[0]
+    assert sent.stream
+    assert sent.body["stream_options"] == {"include_usage": True}
+
+
+async def test_streaming_awaits_an_async_callback(server: OpenAIServer, llm: OpenAIChat) -> None:
+    server.enqueue(Text("one two three"))
+    pieces: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        pieces.append(text)
+
+    response = await llm.complete(
+        LLMRequest([Message("user", "x")], stream=True, on_delta=on_delta)
+    )
+
+    assert "".join(pieces) == response.content == "one two three"
+
+
+async def test_streaming_tool_calls_are_assembled_by_index(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    long_query = "sodium ion batteries for grid storage in cold climates"
+    server.enqueue(
+        ToolCalls(
+            [
+                ScriptedCall("search", {"query": long_query}, id="call_a"),
+                ScriptedCall("fetch", {"url": "https://example.org/a/long/path"}, id="call_b"),
+            ]
+        )
+    )
+
+    response = await llm.complete(
+        LLMRequest([Message("user", "go")], tools=[SEARCH, FETCH], stream=True)
+    )
+
+    assert [(c.id, c.name) for c in response.tool_calls] == [
+        ("call_a", "search"),
+        ("call_b", "fetch"),
+    ]
+    assert json.loads(response.tool_calls[0].arguments) == {"query": long_query}
+    assert json.loads(response.tool_calls[1].arguments) == {
+        "url": "https://example.org/a/long/path"
+    }
+    assert response.finish_reason == "tool_calls"
+    assert response.usage.completion_tokens > 0
+
+
+async def test_an_error_in_the_callback_is_the_callers_not_an_llm_error(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    server.enqueue(Text("one two three"))
+
+    def on_delta(text: str) -> None:
+        raise ValueError("callback bug")
+
+    with pytest.raises(ValueError, match="callback bug"):
+        await llm.complete(LLMRequest([Message("user", "x")], stream=True, on_delta=on_delta))
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+async def test_429_is_retryable_with_the_servers_retry_after(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    server.enqueue(Error(429, retry_after=0.05), Error(429, retry_after=2))
+
+    first = await failure(llm)
+    second = await failure(llm)
+
+    assert (first.status_code, first.retryable) == (429, True)
+    assert first.retry_after == pytest.approx(0.05)  # from retry-after-ms
+    assert second.retry_after == pytest.approx(2.0)  # from retry-after, in seconds
+    assert first.model == "openai/test-model"
+    assert "429" in str(first)
+    assert "openai/test-model" in str(first)
+
+
+@pytest.mark.parametrize("status", [408, 409, 500, 502, 503])
+async def test_server_errors_are_retryable(
+    server: OpenAIServer, llm: OpenAIChat, status: int
+) -> None:
+    server.enqueue(Error(status))
+
+    error = await failure(llm)
+
+    assert (error.status_code, error.retryable) == (status, True)
+    assert f"HTTP {status}" in str(error)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_client_errors_are_not_retryable(
+    server: OpenAIServer, llm: OpenAIChat, status: int
+) -> None:
+    server.enqueue(Error(status, "bad things"))
+
+    error = await failure(llm)
+
+    assert (error.status_code, error.retryable) == (status, False)
+    assert "bad things" in str(error)
+
+
+async def test_401_says_to_check_the_api_key(server: OpenAIServer, llm: OpenAIChat) -> None:
+    server.enqueue(Error(401, "invalid key"))
+
+    error = await failure(llm)
+
+    assert "OPENAI_API_KEY" in str(error)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_malformed_body_is_a_retryable_error(
+    server: OpenAIServer, llm: OpenAIChat, stream: bool
+) -> None:
+    server.enqueue(Malformed())
+
+    error = await failure(llm, LLMRequest([Message("user", "x")], stream=stream))
+
+    assert error.retryable
+    assert "invalid JSON" in str(error)
+
+
+async def test_a_dropped_connection_is_a_retryable_connection_error(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    server.enqueue(Disconnect())
+
+    error = await failure(llm)
+
+    assert (error.status_code, error.retryable) == (None, True)
+    assert "connection" in str(error)
+
+
+async def test_a_slow_server_times_out_as_a_retryable_error(server: OpenAIServer) -> None:
+    llm = OpenAIChat("test-model", base_url=server.base_url, timeout=0.2)
+    server.enqueue(Slow(30, Text("too late")))
+
+    error = await failure(llm)
+
+    assert (error.status_code, error.retryable) == (None, True)
+    assert "did not answer within 0.2s" in str(error)
+    await wait_until(lambda: server.disconnects == 1)
+
+
+async def test_an_unreachable_server_is_a_retryable_connection_error() -> None:
+    # Port 9 (discard) is closed on loopback: the connection is refused at once.
+    llm = OpenAIChat("test-model", base_url="http://127.0.0.1:9/v1")
+
+    error = await failure(llm)
+
+    assert (error.status_code, error.retryable) == (None, True)
+    assert "127.0.0.1:9" in str(error)
+
+
+# -- cancellation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opened", [True, False])
+async def test_cancelling_a_call_aborts_its_http_request(
+    server: OpenAIServer, opened: bool
+) -> None:
+    llm = OpenAIChat("test-model", base_url=server.base_url)
+    server.enqueue(Slow(30, Text("never sent")))
+    escaped: list[type[BaseException]] = []
+
+    async def call() -> None:
+        try:
+            await llm.complete(HELLO)
+        except BaseException as exc:
+            escaped.append(type(exc))
+            raise
+
+    if opened:
+        await llm.open()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(call)
+            await wait_until(lambda: server.count == 1)
+            group.cancel_scope.cancel()
+        await wait_until(lambda: server.disconnects == 1)
+    finally:
+        if opened:
+            await llm.aclose()
+
+    assert server.requests[0].disconnected
+    assert escaped == [asyncio.CancelledError]
+
+
+# -- client lifetime --------------------------------------------------------------------------
+
+
+async def test_open_and_aclose_share_one_client_and_close_it_last(server: OpenAIServer) -> None:
+    llm = OpenAIChat("test-model", base_url=server.base_url)
+    loop = asyncio.get_running_loop()
+
+    await llm.open()
+    await llm.open()
+    client = llm._clients[loop].client
+    await llm.complete(HELLO)
+    await llm.aclose()
+    assert not client.is_closed()
+    await llm.complete(HELLO)
+    await llm.aclose()
+
+    assert client.is_closed()
+    assert loop not in llm._clients
+    await llm.aclose()  # An extra aclose is harmless.
+
+
+async def test_clients_leave_no_resource_warning(server: OpenAIServer) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        llm = OpenAIChat("test-model", base_url=server.base_url)
+        async with llm:
+            await llm.complete(HELLO)
+            await llm.complete(LLMRequest([Message("user", "x")], stream=True))
+        await llm.complete(HELLO)  # not opened: a client of its own, closed at once
+        del llm
+        gc.collect()
+
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+async def test_copies_are_the_same_object_and_share_its_open_client(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    agent = Agent(role="Researcher", goal="Find facts", llm=llm)
+
+    # A deep copy of an agent must not try to copy the live client (it holds locks and sockets).
+    copied = agent.model_copy(deep=True)
+
+    assert copied.llm is llm
+    assert copy.copy(llm) is llm
+    assert copy.deepcopy(llm) is llm
+    await llm.complete(HELLO)
+    assert server.count == 1
+
+
+async def test_importing_and_constructing_does_not_import_the_sdk() -> None:
+    code = (
+        "import sys; from crewflow.llm.openai import OpenAIChat; OpenAIChat('gpt-4o'); "
+        "assert 'openai' not in sys.modules and 'httpx' not in sys.modules"
+    )
+    result = await anyio.run_process([sys.executable, "-c", code], check=False)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+async def test_environment_variables_give_base_url_and_key(
+    server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    llm = OpenAIChat("test-model")
+
+    async with llm:
+        response = await llm.complete(HELLO)
+
+    assert response.content
+    assert server.requests[0].has_auth
+    assert llm.limit_key == f"openai|{server.base_url}|test-model"
+
+
+async def test_a_compatible_server_needs_no_key(server: OpenAIServer) -> None:
+    llm = OpenAIChat("test-model", base_url=server.base_url)
+
+    async with llm:
+        await llm.complete(HELLO)
+
+    assert server.count == 1
+
+
+async def test_openai_without_a_key_fails_at_open_with_a_fix() -> None:
+    llm = OpenAIChat("gpt-4o-mini")
+
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        await llm.open()
+
+
+async def test_limit_key_names_provider_base_url_and_model() -> None:
+    assert OpenAIChat("gpt-4o").limit_key == "openai|https://api.openai.com/v1|gpt-4o"
+    local = OpenAIChat("qwen", base_url="http://127.0.0.1:8000/v1/")
+    assert local.limit_key == "openai|http://127.0.0.1:8000/v1|qwen"
+    assert local.model == "openai/qwen"
+    assert local.name == "qwen"
+    assert local.is_remote
+
+
+async def test_real_calls_are_blocked_when_forbidden(server: OpenAIServer) -> None:
+    remote = OpenAIChat("gpt-4o", base_url="https://api.example.com/v1", api_key="x")
+    local = OpenAIChat("test-model", base_url=server.base_url)
+    token = set_forbidden(True)
+    try:
+        with pytest.raises(ConfigurationError, match="blocked"):
+            await remote.complete(HELLO)
+        await local.complete(HELLO)  # loopback stays allowed
+        strict = set_forbidden(True, allow_loopback=False)
+        try:
+            async with local:
+                with pytest.raises(ConfigurationError, match="blocked"):
+                    await local.complete(HELLO)
+        finally:
+            reset(strict)
+    finally:
+        reset(token)
+    assert server.count == 1
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+
+async def test_the_api_key_never_shows(server: OpenAIServer) -> None:
+    llm = OpenAIChat("test-model", base_url=server.base_url, api_key=CANARY)
+    # OpenAI's 401 body echoes the key; so does this one, in full.
+    server.enqueue(Error(401, f"Incorrect API key provided: {CANARY}."))
+
+    error = await failure(llm)
+
+    shown = [
+        repr(llm),
+        str(llm),
+        str(error),
+        repr(error),
+        "".join(traceback.format_exception(error)),
+        repr(server.requests),
+    ]
+    assert all(CANARY not in text for text in shown)
+    assert server.requests[0].has_auth
+
+
+async def test_a_key_that_is_not_key_shaped_is_scrubbed_too(server: OpenAIServer) -> None:
+    secret = "plain-secret-value-123"
+    llm = OpenAIChat("test-model", base_url=server.base_url, api_key=secret)
+    server.enqueue(Error(403, f"key {secret} has no access"))
+
+    error = await failure(llm)
+
+    assert secret not in "".join(traceback.format_exception(error))
+
+
+async def test_scrub_removes_key_shaped_tokens() -> None:
+    text = "Incorrect API key provided: sk-proj-********abcd; Bearer abc.def; AIza" + "x" * 30
+    cleaned = scrub(text, None)
+    assert "sk-proj" not in cleaned
+    assert "abc.def" not in cleaned
+    assert "AIza" not in cleaned
+
+
+# -- Retry-After parsing ----------------------------------------------------------------------
+
+
+async def test_retry_after_accepts_milliseconds_seconds_and_http_dates() -> None:
+    assert parse_retry_after({"retry-after-ms": "250"}) == pytest.approx(0.25)
+    assert parse_retry_after({"retry-after": "3"}) == pytest.approx(3.0)
+    assert parse_retry_after({"retry-after": "1.5"}) == pytest.approx(1.5)
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= (parse_retry_after({"retry-after": later}) or 0) <= 31
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None

@@ -1,0 +1,215 @@
+"""The per-LLM-call layer: provider errors retried inside the conversation, usage, LLM events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from crewflow import Agent, Crew, RetryPolicy, Task, tool
+from crewflow import events as ev
+from crewflow.exceptions import LLMError, TaskFailed
+from crewflow.testing import Error, ScriptedLLM, ToolCall, ToolCalls, capture_events
+
+if TYPE_CHECKING:
+    from crewflow.testing import FakeClock
+
+
+def one_task_crew(llm: ScriptedLLM, *, retry: RetryPolicy | None = None, **agent: object) -> Crew:
+    researcher = Agent(role="Researcher", goal="Find facts", llm=llm, **agent)  # type: ignore[arg-type]
+    return Crew(
+        tasks=[Task("Find facts", agent=researcher, name="facts")],
+        retry=retry or RetryPolicy(),
+    )
+
+
+async def test_a_provider_error_is_retried_inside_the_conversation(fake_clock: FakeClock) -> None:
+    calls: list[str] = []
+
+    @tool
+    def lookup(query: str) -> str:
+        """Look QUERY up."""
+        calls.append(query)
+        return f"result for {query}"
+
+    llm = ScriptedLLM([ToolCalls([ToolCall("lookup", {"query": "owls"})]), Error(500), "final"])
+
+    result = await one_task_crew(llm, tools=[lookup]).kickoff()
+
+    assert result.output.text == "final"
+    assert calls == ["owls"]  # the tool was not run again
+    # The retried call repeats the same conversation, tool result included.
+    assert llm.requests[2].messages == llm.requests[1].messages
+    assert llm.requests[2].messages[-1].content == "result for owls"
+    assert len(fake_clock.sleeps) == 1
+    record = result.timeline[0]
+    assert len(record.attempts) == 1
+    assert record.attempts[0].llm_retries == 1
+
+
+async def test_provider_retries_back_off_exponentially(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(500), Error(503), Error(502), "ok"])
+    policy = RetryPolicy(max_attempts=4, initial=0.5, jitter=False)
+
+    result = await one_task_crew(llm, retry=policy).kickoff()
+
+    assert result.output.text == "ok"
+    assert fake_clock.sleeps == [0.5, 1.0, 2.0]
+
+
+async def test_provider_retries_back_off_with_jitter_within_bounds(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(500), Error(500), "ok"])
+
+    await one_task_crew(llm, retry=RetryPolicy(initial=1.0)).kickoff()
+
+    first, second = fake_clock.sleeps
+    assert 0.5 <= first <= 1.0
+    assert 1.0 <= second <= 2.0
+
+
+async def test_a_429_waits_at_least_its_retry_after(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(429, retry_after=7), "ok"])
+
+    result = await one_task_crew(llm).kickoff()
+
+    assert result.output.text == "ok"
+    assert len(fake_clock.sleeps) == 1
+    assert 7.0 <= fake_clock.sleeps[0] <= RetryPolicy().max
+
+
+async def test_a_429_retry_after_is_capped_at_the_policy_max(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(429, retry_after=120), "ok"])
+
+    await one_task_crew(llm, retry=RetryPolicy(max=5.0)).kickoff()
+
+    assert fake_clock.sleeps == [5.0]
+
+
+async def test_a_non_retryable_provider_error_fails_at_once(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(400), "never used"])
+
+    with pytest.raises(TaskFailed) as caught:
+        await one_task_crew(llm).kickoff()
+
+    assert len(llm.requests) == 1
+    assert fake_clock.sleeps == []
+    assert isinstance(caught.value.cause, LLMError)
+    assert caught.value.cause.status_code == 400
+
+
+async def test_exhausted_provider_retries_fail_the_task(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(500), Error(500), Error(500), "never used"])
+
+    with pytest.raises(TaskFailed) as caught:
+        await one_task_crew(llm, retry=RetryPolicy(max_attempts=3)).kickoff()
+
+    error = caught.value
+    assert len(llm.requests) == 3
+    assert len(fake_clock.sleeps) == 2
+    assert error.task == "facts"
+    assert error.attempts == 1  # provider errors were retried per call, not per task
+    assert isinstance(error.cause, LLMError)
+    assert error.cause.retryable
+    assert error.__cause__ is error.cause
+    assert "facts" in str(error)
+
+
+async def test_retry_on_can_turn_provider_retries_off(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(503), "never used"])
+    policy = RetryPolicy(retry_on=lambda error: False)
+
+    with pytest.raises(TaskFailed):
+        await one_task_crew(llm, retry=policy).kickoff()
+
+    assert len(llm.requests) == 1
+
+
+async def test_usage_counts_failed_requests(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(500), Error(429), "ok"])
+
+    result = await one_task_crew(llm).kickoff()
+
+    assert result.usage.requests == 3
+    assert result.output.usage.requests == 3
+    attempt = result.timeline[0].attempts[0]
+    assert attempt.usage.requests == 3
+    assert attempt.llm_retries == 2
+    # Tokens come only from the answer that arrived.
+    assert result.usage.completion_tokens == result.output.usage.completion_tokens > 0
+
+
+async def test_llm_events_tell_the_story_of_a_retried_call(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(503, retry_after=2), "ok"])
+
+    with capture_events() as captured:
+        result = await one_task_crew(llm, retry=RetryPolicy(jitter=False)).kickoff()
+
+    llm_events = [e for e in captured if e.kind.startswith("llm_")]
+    assert [e.kind for e in llm_events] == [
+        "llm_call_started",
+        "llm_call_finished",
+        "llm_call_retrying",
+        "llm_call_started",
+        "llm_call_finished",
+    ]
+    started, failed, retrying, _, finished = llm_events
+    assert isinstance(started, ev.LLMCallStarted)
+    assert (started.task, started.model, started.attempt) == ("facts", "scripted", 1)
+    assert isinstance(failed, ev.LLMCallFinished)
+    assert failed.error is not None
+    assert "503" in failed.error
+    assert isinstance(retrying, ev.LLMCallRetrying)
+    assert (retrying.call_attempt, retrying.status_code, retrying.delay) == (1, 503, 2.0)
+    assert isinstance(finished, ev.LLMCallFinished)
+    assert finished.error is None
+    assert finished.prompt_tokens == result.output.usage.prompt_tokens
+    assert finished.completion_tokens == result.output.usage.completion_tokens
+    assert all(e.run_id == result.run_id for e in llm_events)
+
+
+async def test_an_unexpected_exception_from_the_llm_is_not_retried_but_accounted(
+    fake_clock: FakeClock,
+) -> None:
+    llm = ScriptedLLM([RuntimeError("client bug"), "never used"])
+
+    with capture_events() as captured, pytest.raises(TaskFailed) as caught:
+        await one_task_crew(llm).kickoff()
+
+    assert len(llm.requests) == 1
+    assert isinstance(caught.value.cause, RuntimeError)
+    finished = captured.of_type(ev.LLMCallFinished)
+    assert len(finished) == len(captured.of_type(ev.LLMCallStarted)) == 1
+    assert finished[0].error == "client bug"
+
+
+async def test_the_agent_sees_the_wrapped_llm_capabilities() -> None:
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        value: int
+
+    llm = ScriptedLLM([{"value": 3}], supports_output_schema=False)
+    agent = Agent(role="R", goal="G", llm=llm)
+    crew = Crew(tasks=[Task("Count", agent=agent, output_model=Answer)])
+
+    result = await crew.kickoff()
+
+    assert result.output.data == Answer(value=3)
+    # No native schema support: the schema was asked for in the prompt instead.
+    assert llm.requests[0].output is None
+    assert "JSON schema" in (llm.requests[0].messages[1].content or "")
+
+
+def test_the_wrapped_llm_shares_the_limit_key_of_the_inner_one() -> None:
+    from crewflow._runtime.calls import AttemptState, ManagedLLM
+    from crewflow._runtime.run import Run
+    from crewflow.processes.sequential import Sequential
+
+    inner = ScriptedLLM([], model="provider/model")
+    crew = one_task_crew(inner)
+    run = Run(graph=crew.graph, process=Sequential(), crew_name="c", inputs={}, retry=RetryPolicy())
+
+    managed = ManagedLLM(inner, run, AttemptState("facts", 1, inner.model))
+
+    assert managed.limit_key == inner.limit_key == "provider/model"
+    assert managed.model == "provider/model"

@@ -1,0 +1,415 @@
+"""The ``crewflow`` command line: ``run`` (progress, result, JSON, exit codes) and ``--version``.
+
+Most tests drive the typer app in-process with `CliRunner`; the ``slow`` ones run the installed
+console script and ``python -m crewflow`` in a subprocess, on the offline crews in
+``tests/cli_crews/``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner, Result
+
+from crewflow import Agent, Crew, Task, __version__, cli, events
+
+if TYPE_CHECKING:
+    from crewflow.testing import FakeClock
+
+CREWS = Path(__file__).parent / "cli_crews"
+
+
+def invoke(*args: str) -> Result:
+    # Wide enough that rich never wraps a line the assertions look for.
+    return CliRunner().invoke(cli.app, list(args), env={"COLUMNS": "200"})
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    result = invoke("run", *args, "--json")
+    assert result.exit_code == 0, result.output
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    return parsed
+
+
+# -- success ------------------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version() -> None:
+    result = invoke("--version")
+
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"crewflow {__version__}"
+
+
+def test_run_shows_the_final_output_titled_by_the_last_task_and_the_usage() -> None:
+    result = invoke("run", str(CREWS / "offline_crew.py"), "--input", "topic=batteries")
+
+    assert result.exit_code == 0, result.output
+    assert "Writer on: Summarise batteries in one line" in result.stdout
+    assert "─ summary ─" in result.stdout  # the panel's title
+    for row in ("requests", "prompt tokens", "completion tokens", "duration", "run id"):
+        assert row in result.stdout
+    assert "cost" not in result.stdout  # the offline model's cost is unknown: no row
+
+
+def test_run_reports_each_task_finishing_on_stderr() -> None:
+    result = invoke("run", str(CREWS / "offline_crew.py"), "--input", "topic=batteries")
+
+    assert result.exit_code == 0, result.output
+    assert "facts running" in result.stderr
+    assert "facts finished  in" in result.stderr
+    assert "summary finished  in" in result.stderr
+    assert "tokens" in result.stderr
+    assert "Summarise" not in result.stderr  # the answer goes to stdout only
+
+
+def test_input_fills_the_task_templates() -> None:
+    output = run_json(str(CREWS / "offline_crew.py"), "--input", "topic=sodium batteries")
+
+    texts = {item["task"]: item["text"] for item in output["outputs"]}
+    assert "Collect facts about sodium batteries" in texts["facts"]
+    assert "Summarise sodium batteries in one line" in texts["summary"]
+
+
+def test_input_values_are_json_when_they_parse_as_json_else_strings() -> None:
+    inputs = cli.parse_inputs(
+        ["n=3", "ratio=0.5", "on=true", 'tags=["a", "b"]', "topic=batteries", "q=a=b", "empty="]
+    )
+
+    assert inputs == {
+        "n": 3,
+        "ratio": 0.5,
+        "on": True,
+        "tags": ["a", "b"],
+        "topic": "batteries",
+        "q": "a=b",
+        "empty": "",
+    }
+
+
+def test_json_prints_only_the_result_as_json() -> None:
+    result = invoke("run", str(CREWS / "offline_crew.py"), "-i", "topic=batteries", "--json")
+
+    assert result.exit_code == 0, result.output
+    output = json.loads(result.stdout)  # nothing but JSON on stdout
+    assert [item["task"] for item in output["outputs"]] == ["facts", "summary"]
+    assert output["usage"]["requests"] == 2
+    assert output["process"] == "sequential"
+    assert result.stderr == ""  # no progress either
+
+
+def test_crew_name_defaults_to_the_file_stem() -> None:
+    assert run_json(str(CREWS / "offline_crew.py"), "-i", "topic=x")["crew"] == "offline_crew"
+
+
+def test_a_crew_named_in_its_file_keeps_its_name() -> None:
+    assert run_json(str(CREWS / "sibling_crew.py"))["crew"] == "sibling-named"
+
+
+def test_naming_the_crew_after_its_file_leaves_the_users_crew_unchanged() -> None:
+    with cli.crew_from_file(CREWS / "offline_crew.py") as crew:
+        original = sys.modules["offline_crew"].crew
+
+        assert crew.name == "offline_crew"
+        assert original.name == "crew"
+        assert crew is not original
+        assert crew.graph is original.graph  # the copy kept what construction built
+
+
+def test_the_file_directory_is_on_sys_path_only_while_it_runs() -> None:
+    directory = str(CREWS.resolve())
+    assert directory not in sys.path
+
+    # sibling_crew.py imports _cli_parts from its own directory, and its only Crew is not
+    # called `crew`.
+    output = run_json(str(CREWS / "sibling_crew.py"))
+
+    assert output["outputs"][0]["agent"] == "Helper"
+    assert directory not in sys.path
+    assert "sibling_crew" not in sys.modules
+
+
+def test_model_overrides_every_agents_model() -> None:
+    # The file's agent would fail with HTTP 400; --model offline replaces it for this run.
+    output = run_json(str(CREWS / "failing_crew.py"), "--model", "offline")
+
+    assert [item["model"] for item in output["outputs"]] == ["offline"]
+
+
+def test_model_overrides_the_model_with_progress_shown() -> None:
+    result = invoke("run", str(CREWS / "failing_crew.py"), "--model", "offline")
+
+    assert result.exit_code == 0, result.output
+    assert "[offline model] Writer on: Write a line" in result.stdout
+    assert "line finished" in result.stderr
+
+
+def test_the_users_own_event_hook_still_gets_every_event() -> None:
+    seen: list[events.Event] = []
+    agent = Agent(role="Writer", goal="Write", llm="offline")
+    crew = Crew(tasks=[Task("Write a line", agent=agent, name="line")], on_event=seen.append)
+    view = cli.ProgressView(Console(file=io.StringIO(), width=200))
+
+    result = cli.kickoff(crew, {}, None, view)
+
+    assert result.text
+    assert [type(e) for e in seen if isinstance(e, events.TaskFinished)] == [events.TaskFinished]
+    assert "line finished" in view.console.file.getvalue()  # type: ignore[attr-defined]
+    assert crew.on_event == seen.append  # the user's crew was not touched
+
+
+def test_a_retried_provider_call_shows_as_retrying(fake_clock: FakeClock) -> None:
+    result = invoke("run", str(CREWS / "flaky_crew.py"))
+
+    assert result.exit_code == 0, result.output
+    assert "line retrying  provider error 503" in result.stderr
+    assert "recovered answer" in result.stdout
+    assert len(fake_clock.sleeps) == 1
+
+
+def test_on_a_terminal_progress_is_drawn_live_and_ends_in_its_final_state() -> None:
+    stderr = Console(file=io.StringIO(), force_terminal=True, width=200)
+    stdout = Console(file=io.StringIO(), width=200)
+
+    code = cli.run_file(
+        CREWS / "offline_crew.py", inputs=["topic=batteries"], stdout=stdout, stderr=stderr
+    )
+
+    assert code == 0
+    drawn = stderr.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[?25l" in drawn  # the live display hides the cursor while it draws
+    assert "facts" in drawn
+    assert "summary" in drawn
+    assert "finished" in drawn
+    assert "Summarise batteries" in stdout.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_running_task_is_drawn_with_a_spinner_and_its_agent() -> None:
+    view = cli.ProgressView(Console(file=io.StringIO(), width=200))
+
+    class _Live:  # stands in for the live display: nothing is printed line by line
+        def update(self, renderable: object) -> None:
+            pass
+
+    view._live = _Live()  # type: ignore[assignment]
+    view(events.TaskStarted(run_id="r", time=0.0, task="facts", agent="Researcher", attempt=1))
+    view(events.TaskStarted(run_id="r", time=0.0, task="draft", agent="Writer", attempt=2))
+    view(
+        events.TaskFailed(
+            run_id="r", time=1.0, task="draft", attempts=2, error_type="LLMError", error="boom"
+        )
+    )
+    console = Console(file=io.StringIO(), width=200)
+    console.print(view.render())
+
+    drawn = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "facts running  Researcher" in drawn
+    assert "✗ draft failed  after 2 attempts: LLMError: boom" in drawn
+    assert view.console.file.getvalue() == ""  # type: ignore[attr-defined]
+
+
+# -- run failures: exit 1 -----------------------------------------------------------------------
+
+
+def test_an_llm_failure_exits_1_naming_the_task_without_a_traceback() -> None:
+    result = invoke("run", str(CREWS / "failing_crew.py"))
+
+    assert result.exit_code == 1
+    assert "run failed: task 'line' failed after 1 attempt" in result.stderr
+    assert "HTTP 400: the request was rejected" in result.stderr
+    assert "finished before the failure: none" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_a_run_failure_names_the_tasks_that_finished_before_it() -> None:
+    result = invoke("run", str(CREWS / "fails_second.py"))
+
+    assert result.exit_code == 1
+    assert "failed task: second" in result.stderr
+    assert "finished before the failure: first" in result.stderr
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(*args: object) -> None:
+        raise ValueError("something odd")
+
+    monkeypatch.setattr(cli, "kickoff", explode)
+
+    result = invoke("run", str(CREWS / "offline_crew.py"), "-i", "topic=x")
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: unexpected ValueError: something odd"
+
+
+def test_ctrl_c_exits_130_saying_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "kickoff", interrupt)
+
+    result = invoke("run", str(CREWS / "offline_crew.py"), "-i", "topic=x")
+
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "error: cancelled"
+
+
+# -- usage and configuration errors: exit 2 -----------------------------------------------------
+
+
+def test_a_missing_template_input_exits_2_naming_it() -> None:
+    result = invoke("run", str(CREWS / "offline_crew.py"))
+
+    assert result.exit_code == 2
+    assert "'topic' (used by facts, summary)" in result.stderr
+    assert "--input topic=" in result.stderr
+
+
+@pytest.mark.parametrize("pair", ["topic", "=batteries", " =x"])
+def test_an_input_that_is_not_key_value_exits_2(pair: str) -> None:
+    result = invoke("run", str(CREWS / "offline_crew.py"), "--input", pair)
+
+    assert result.exit_code == 2
+    assert "is not KEY=VALUE" in result.stderr
+
+
+def test_a_bare_model_name_exits_2_suggesting_the_provider_prefix() -> None:
+    result = invoke("run", str(CREWS / "offline_crew.py"), "-i", "topic=x", "--model", "gpt-4o")
+
+    assert result.exit_code == 2
+    assert "openai/gpt-4o" in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_unknown_provider_exits_2() -> None:
+    result = invoke("run", str(CREWS / "offline_crew.py"), "-i", "topic=x", "-m", "nope/model")
+
+    assert result.exit_code == 2
+    assert "unknown model provider 'nope'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("no_crew.py", "no_crew.py defines no Crew at module level; add one named `crew`"),
+        ("two_crews.py", "two_crews.py defines 2 crews (first, second); name the one to run"),
+        ("raises_on_import.py", "raised RuntimeError: boom while importing"),
+        ("missing.py", "missing.py does not exist"),
+        (".", "is a directory"),
+    ],
+)
+def test_a_file_without_exactly_one_crew_exits_2(source: str, message: str) -> None:
+    result = invoke("run", str(CREWS / source))
+
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_syntax_error_exits_2_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text("from crewflow import Crew\n\ncrew = Crew(tasks=[\n")
+
+    result = invoke("run", str(path))
+
+    assert result.exit_code == 2
+    assert "broken.py has a syntax error at line 3" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_crew_attribute_that_is_not_a_crew_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.py"
+    path.write_text("crew = 'not a crew'\n")
+
+    result = invoke("run", str(path))
+
+    assert result.exit_code == 2
+    assert "`crew` in wrong.py is a str, not a Crew" in result.stderr
+
+
+def test_an_invalid_crew_in_the_file_exits_2_with_its_message(tmp_path: Path) -> None:
+    path = tmp_path / "cyclic.py"
+    path.write_text(
+        "from crewflow import Agent, Crew, Task\n"
+        "agent = Agent(role='R', goal='G', llm='offline')\n"
+        "crew = Crew(tasks=[Task('x', agent=agent)], process='no-such-process')\n"
+    )
+
+    result = invoke("run", str(path))
+
+    assert result.exit_code == 2
+    assert "no-such-process" in result.stderr
+    assert "Traceback" not in result.output
+
+
+# -- the installed command ----------------------------------------------------------------------
+
+
+def _subprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}  # conftest's guards against real calls go along
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.slow
+def test_the_console_script_runs_a_crew_file(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "crewflow"
+    assert script.exists(), "the crewflow console script is not installed in this environment"
+
+    done = _subprocess(
+        str(script), "run", str(CREWS / "offline_crew.py"), "--input", "topic=batteries",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert "Writer on: Summarise batteries in one line" in done.stdout
+    assert "summary finished" in done.stderr
+
+
+@pytest.mark.slow
+def test_python_m_crewflow_runs_a_crew_with_sibling_imports(tmp_path: Path) -> None:
+    done = _subprocess(
+        sys.executable, "-m", "crewflow", "run", str(CREWS / "sibling_crew.py"), "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["crew"] == "sibling-named"
+
+
+@pytest.mark.slow
+def test_python_m_crewflow_reports_a_failed_run_without_a_traceback(tmp_path: Path) -> None:
+    done = _subprocess(
+        sys.executable, "-m", "crewflow", "run", str(CREWS / "failing_crew.py"), cwd=tmp_path
+    )
+
+    assert done.returncode == 1
+    assert "run failed" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_python_m_crewflow_version(tmp_path: Path) -> None:
+    done = _subprocess(sys.executable, "-m", "crewflow", "--version", cwd=tmp_path)
+
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"crewflow {__version__}"
+
+
+@pytest.mark.slow
+def test_importing_crewflow_does_not_import_the_cli(tmp_path: Path) -> None:
+    code = "import sys, crewflow; print(sorted({'crewflow.cli', 'typer'} & set(sys.modules)))"
+
+    done = _subprocess(sys.executable, "-c", code, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

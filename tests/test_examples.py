@@ -1,0 +1,113 @@
+"""Every example runs offline, quickly, and prints what it promises.
+
+Examples are found by glob, so a new ``examples/*.py`` is covered without touching this file;
+give it an entry in ``MARKERS`` to check more than "exits 0 and prints something".
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+pytestmark = pytest.mark.slow
+
+# Per example: extra command-line arguments, and strings its stdout must contain.
+ARGS: dict[str, list[str]] = {
+    "quickstart.py": ["--topic", "tidal power"],
+}
+MARKERS: dict[str, list[str]] = {
+    "quickstart.py": ["[offline model]", "tidal power", "(3 tasks,"],
+    "tools_and_structured.py": [
+        "tool called: lookup_customer (ok=True",
+        "parsed Triage:",
+        "category:",
+        "priority:",
+    ],
+    "testing_your_crew.py": ["passed: test_", "tests passed"],
+    "openai_compatible.py": ["HTTP 503 from the server; retrying", "HTTP statuses [503, 200, 200]"],
+}
+TIMEOUT = 60
+
+
+def offline_env() -> dict[str, str]:
+    """The environment of a fresh shell with no model or key configured and real calls
+    forbidden."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"OPENAI_API_KEY", "OPENAI_BASE_URL", "CREWFLOW_MODEL", "CREWFLOW_LOG_LEVEL"}
+    }
+    env["CREWFLOW_FORBID_REAL_LLM_CALLS"] = "1"
+    env["LITELLM_MODE"] = "PRODUCTION"
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    return env
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def test_there_are_examples() -> None:
+    assert {p.name for p in EXAMPLES} >= set(MARKERS)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_runs_offline_and_prints_its_result(example: Path) -> None:
+    done = run(str(example.relative_to(ROOT)), *ARGS.get(example.name, []))
+
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.stdout.strip(), "an example must print something meaningful"
+    for marker in MARKERS.get(example.name, []):
+        assert marker in done.stdout, f"{marker!r} not in the output:\n{done.stdout}"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_docstring_says_what_it_shows_and_how_to_run_it(example: Path) -> None:
+    docstring = ast.get_docstring(ast.parse(example.read_text(encoding="utf-8"))) or ""
+
+    assert len(docstring.splitlines()) >= 3, f"{example.name} needs a module docstring"
+    assert f"python examples/{example.name}" in docstring
+
+
+def test_quickstart_runs_under_the_cli_with_an_input() -> None:
+    done = run(
+        "-m", "crewflow", "run", "examples/quickstart.py", "--input", "topic=tidal power", "--json"
+    )
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [o["task"] for o in result["outputs"]] == ["research", "outline", "article"]
+    assert "[offline model]" in result["outputs"][-1]["text"]
+    assert "tidal power" in result["outputs"][-1]["text"]
+
+
+def test_quickstart_fails_clearly_without_an_api_key_for_a_real_model() -> None:
+    done = run("examples/quickstart.py", "--model", "openai/gpt-4o-mini")
+
+    assert done.returncode == 2
+    assert "OPENAI_API_KEY" in done.stderr
+
+
+def test_the_testing_example_is_a_pytest_module() -> None:
+    done = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/testing_your_crew.py")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout
+    assert "failed" not in done.stdout

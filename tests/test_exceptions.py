@@ -1,0 +1,166 @@
+"""The error tree: its shape, its fields, and the drawing of it in the module docstring."""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import pickle
+import re
+
+import pytest
+
+from crewflow import exceptions
+from crewflow.exceptions import (
+    ConfigurationError,
+    CrewflowError,
+    CrewPartialFailure,
+    CrewRunError,
+    LLMError,
+    MaxIterationsExceeded,
+    OutputValidationError,
+    TaskFailed,
+    TaskTimeout,
+    ToolError,
+)
+from crewflow.task import TaskOutput
+
+OUTPUT = TaskOutput(task="facts", agent="Researcher", text="five facts")
+
+
+def make(cls: type[CrewflowError]) -> CrewflowError:
+    """One instance of each class, with its fields filled."""
+    cause = ValueError("root cause")
+    failed = TaskFailed("failed", task="t", attempts=2, cause=cause)
+    factories: dict[type[CrewflowError], CrewflowError] = {
+        CrewflowError: CrewflowError("base"),
+        ConfigurationError: ConfigurationError("bad spec"),
+        CrewRunError: CrewRunError("run failed"),
+        TaskFailed: failed,
+        CrewPartialFailure: CrewPartialFailure("partial", failures={"t": failed}, skipped=["u"]),
+        TaskTimeout: TaskTimeout("slow", task="t", timeout=1.5),
+        LLMError: LLMError("HTTP 429", model="m", status_code=429, retryable=True, retry_after=3),
+        ToolError: ToolError("tool broke", tool="search"),
+        OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
+        MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
+    }
+    return factories[cls]
+
+
+MODULE_CLASSES = {
+    name: value
+    for name, value in vars(exceptions).items()
+    if isinstance(value, type)
+    and issubclass(value, BaseException)
+    and value.__module__ == exceptions.__name__
+}
+
+
+def drawn_tree() -> dict[str, tuple[str | None, str]]:
+    """The docstring's drawing: each class name with its parent and the rest of its line."""
+    doc = inspect.getdoc(exceptions)
+    assert doc is not None
+    block = re.search(r"```\n(.*?)```", doc, re.DOTALL)
+    assert block is not None, "the module docstring draws the tree in a code block"
+    tree: dict[str, tuple[str | None, str]] = {}
+    stack: list[str] = []
+    for line in block.group(1).splitlines():
+        match = re.match(r"^((?:[│ ] {3})*)(?:[├└]── )?(\w+)(.*)$", line)
+        assert match is not None, f"cannot read the tree line {line!r}"
+        prefix, name, rest = match.groups()
+        depth = len(prefix) // 4 + (1 if "──" in line[: len(prefix) + 4] else 0)
+        del stack[depth:]
+        tree[name] = (stack[-1] if stack else None, rest)
+        stack.append(name)
+    return tree
+
+
+def test_every_class_of_the_module_is_exported_and_drawn() -> None:
+    assert set(MODULE_CLASSES) == set(exceptions.__all__)
+    assert set(drawn_tree()) == set(MODULE_CLASSES)
+
+
+def test_the_drawing_shows_each_class_under_its_real_parent() -> None:
+    for name, (parent, _) in drawn_tree().items():
+        cls = MODULE_CLASSES[name]
+        ours = [base.__name__ for base in cls.__bases__ if base.__name__ in MODULE_CLASSES]
+        assert ours == ([parent] if parent else []), name
+
+
+def test_the_drawing_tells_the_truth_about_builtin_bases() -> None:
+    claims = {name: re.findall(r"also an? (\w+)", rest) for name, (_, rest) in drawn_tree().items()}
+
+    assert claims["ConfigurationError"] == ["ValueError"]
+    assert claims["TaskTimeout"] == ["TimeoutError"]
+    for name, bases in claims.items():
+        for base in bases:
+            assert issubclass(MODULE_CLASSES[name], getattr(builtins, base)), (name, base)
+
+
+def test_the_fields_drawn_exist_on_instances() -> None:
+    for name, (_, rest) in drawn_tree().items():
+        instance = make(MODULE_CLASSES[name])
+        for field in re.findall(r"\.(\w+)", rest):
+            assert hasattr(instance, field), f"{name}.{field}"
+
+
+@pytest.mark.parametrize("cls", list(MODULE_CLASSES.values()), ids=list(MODULE_CLASSES))
+def test_every_error_is_a_crewflow_error(cls: type[CrewflowError]) -> None:
+    assert issubclass(cls, CrewflowError)
+    assert isinstance(make(cls), CrewflowError)
+
+
+def test_configuration_errors_are_value_errors_and_timeouts_are_timeout_errors() -> None:
+    assert issubclass(ConfigurationError, ValueError)
+    assert issubclass(TaskTimeout, TimeoutError)
+    assert not issubclass(ConfigurationError, CrewRunError)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [c for c in MODULE_CLASSES.values() if issubclass(c, CrewRunError)],
+    ids=lambda c: c.__name__,
+)
+def test_every_run_error_has_outputs_even_when_none_were_given(cls: type[CrewRunError]) -> None:
+    error = make(cls)
+
+    assert isinstance(error, CrewRunError)
+    assert dict(error.outputs) == {}
+
+
+def test_outputs_are_a_read_only_snapshot() -> None:
+    outputs = {"facts": OUTPUT}
+
+    error = CrewRunError("failed", outputs=outputs)
+    outputs["later"] = OUTPUT
+
+    assert list(error.outputs) == ["facts"]
+    with pytest.raises(TypeError):
+        error.outputs["x"] = OUTPUT  # type: ignore[index]
+
+
+def test_fields_are_kept_apart_from_the_message() -> None:
+    error = LLMError("HTTP 429: slow down", model="openai/x", status_code=429, retryable=True)
+
+    assert str(error) == "HTTP 429: slow down"
+    assert (error.model, error.status_code, error.retryable, error.retry_after) == (
+        "openai/x",
+        429,
+        True,
+        None,
+    )
+
+
+@pytest.mark.parametrize("cls", list(MODULE_CLASSES.values()), ids=list(MODULE_CLASSES))
+def test_errors_survive_pickling_with_their_fields(cls: type[CrewflowError]) -> None:
+    error = make(cls)
+    if isinstance(error, CrewRunError):
+        error.outputs = {"facts": OUTPUT}
+
+    again = pickle.loads(pickle.dumps(error))
+
+    assert type(again) is cls
+    assert str(again) == str(error)
+    fields = {k: v for k, v in vars(error).items() if k not in ("outputs", "cause", "failures")}
+    assert {k: v for k, v in vars(again).items() if k in fields} == fields
+    if isinstance(error, CrewRunError):
+        assert dict(again.outputs) == {"facts": OUTPUT}

@@ -1,0 +1,413 @@
+"""The task graph: names, edges, validation, analysis and drawing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from crewflow import Agent, Task
+from crewflow.exceptions import ConfigurationError
+from crewflow.graph import TaskGraph
+
+
+@pytest.fixture
+def agent() -> Agent:
+    return Agent(role="Analyst", goal="Analyse")
+
+
+def names(tasks: list[Task], graph: TaskGraph) -> list[str]:
+    return [graph.name_of(task) for task in tasks]
+
+
+# -- names and lookups ----------------------------------------------------------------------------
+
+
+def test_tasks_without_a_name_are_named_by_their_position(agent: Agent) -> None:
+    tasks = [Task("a", agent=agent), Task("b", agent=agent, name="middle"), Task("c", agent=agent)]
+
+    graph = TaskGraph(tasks)
+
+    assert graph.names == ["task_1", "middle", "task_3"]
+    assert graph.task("task_3") is tasks[2]
+
+
+def test_looking_up_an_unknown_name_lists_the_task_names(agent: Agent) -> None:
+    graph = TaskGraph([Task("a", agent=agent, name="facts")])
+
+    with pytest.raises(KeyError, match="facts"):
+        graph.task("draft")
+
+
+def test_name_of_a_task_outside_the_graph_is_a_configuration_error(agent: Agent) -> None:
+    graph = TaskGraph([Task("a", agent=agent)])
+
+    with pytest.raises(ConfigurationError, match="not part of this crew"):
+        graph.name_of(Task("stranger", agent=agent))
+
+
+def test_membership_is_by_identity_not_by_equal_looking_content(agent: Agent) -> None:
+    task = Task("same", agent=agent)
+    twin = Task("same", agent=agent)
+
+    graph = TaskGraph([task])
+
+    assert task in graph
+    assert twin not in graph
+    assert len(graph) == 1
+
+
+def test_a_task_without_agent_gets_the_single_agent(agent: Agent) -> None:
+    task = Task("a")
+
+    graph = TaskGraph([task], agents=[agent])
+
+    assert graph.agent_of(task) is agent
+    assert graph.agents == [agent]
+
+
+def test_agents_lists_each_distinct_agent_once_in_order_of_first_use(agent: Agent) -> None:
+    other = Agent(role="Writer", goal="Write")
+    graph = TaskGraph([Task("a", agent=other), Task("b", agent=agent), Task("c", agent=other)])
+
+    assert graph.agents == [other, agent]
+
+
+# -- edges: declared and implicit context -------------------------------------------------------
+
+
+def test_context_by_task_or_by_name_makes_a_dependency_edge(agent: Agent) -> None:
+    facts = Task("facts", agent=agent, name="facts")
+    notes = Task("notes", agent=agent, name="notes")
+    draft = Task("draft", agent=agent, context=[facts, "notes"])
+
+    graph = TaskGraph([facts, notes, draft])
+
+    assert graph.dependencies(draft) == [facts, notes]
+    assert graph.dependants(facts) == [draft]
+    assert set(graph.nx.edges) == {("facts", "task_3"), ("notes", "task_3")}
+
+
+def test_dependencies_are_in_declaration_order_whatever_the_context_order(agent: Agent) -> None:
+    first = Task("1", agent=agent, name="first")
+    second = Task("2", agent=agent, name="second")
+    last = Task("3", agent=agent, context=[second, first])
+
+    graph = TaskGraph([first, second, last])
+
+    assert graph.dependency_names("task_3") == ["first", "second"]
+
+
+def test_context_listing_one_task_twice_makes_one_edge(agent: Agent) -> None:
+    first = Task("1", agent=agent, name="first")
+    last = Task("2", agent=agent, context=[first, "first"])
+
+    graph = TaskGraph([first, last])
+
+    assert graph.dependency_names("task_2") == ["first"]
+
+
+def test_undeclared_context_chains_to_the_previous_task_as_a_real_edge(agent: Agent) -> None:
+    tasks = [Task("a", agent=agent), Task("b", agent=agent), Task("c", agent=agent)]
+
+    graph = TaskGraph(tasks, chain_undeclared=True)
+
+    assert graph.dependency_names("task_2") == ["task_1"]
+    assert graph.dependency_names("task_3") == ["task_2"]
+    assert graph.nx.has_edge("task_1", "task_2")
+    assert graph.nx.has_edge("task_2", "task_3")
+
+
+def test_empty_context_means_no_dependency_even_when_chaining(agent: Agent) -> None:
+    tasks = [Task("a", agent=agent), Task("b", agent=agent, context=[])]
+
+    graph = TaskGraph(tasks, chain_undeclared=True)
+
+    assert graph.dependency_names("task_2") == []
+    assert not graph.nx.has_edge("task_1", "task_2")
+
+
+def test_undeclared_context_has_no_edge_without_chaining(agent: Agent) -> None:
+    graph = TaskGraph([Task("a", agent=agent), Task("b", agent=agent)])
+
+    assert graph.dependency_names("task_2") == []
+    assert graph.nx.number_of_edges() == 0
+
+
+def test_no_implicit_edge_to_a_previous_task_that_needs_this_one(agent: Agent) -> None:
+    draft = Task("a", agent=agent, name="draft", context=["facts"])
+    facts = Task("b", agent=agent, name="facts")
+
+    graph = TaskGraph([draft, facts], chain_undeclared=True)
+
+    # No cycle the user never wrote: facts simply does not follow draft.
+    assert graph.dependency_names("facts") == []
+    assert graph.dependency_names("draft") == ["facts"]
+
+
+def test_dependants_are_in_declaration_order(agent: Agent) -> None:
+    root = Task("a", agent=agent, name="root")
+    tasks = [root, Task("b", agent=agent, name="b"), Task("c", agent=agent, context=[root])]
+
+    graph = TaskGraph(tasks, chain_undeclared=True)
+
+    assert [graph.name_of(t) for t in graph.dependants(root)] == ["b", "task_3"]
+
+
+def test_declared_context_replaces_the_implicit_previous_task(agent: Agent) -> None:
+    first = Task("a", agent=agent, name="first")
+    tasks = [first, Task("b", agent=agent), Task("c", agent=agent, context=[first])]
+
+    graph = TaskGraph(tasks, chain_undeclared=True)
+
+    assert graph.dependency_names("task_3") == ["first"]
+
+
+# -- construction errors -----------------------------------------------------------------------
+
+
+def test_no_tasks_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="at least one task"):
+        TaskGraph([])
+
+
+def test_a_cycle_is_reported_with_every_task_on_it(agent: Agent) -> None:
+    alpha = Task("a", agent=agent, name="alpha", context=["gamma"])
+    beta = Task("b", agent=agent, name="beta", context=["alpha"])
+    gamma = Task("c", agent=agent, name="gamma", context=["beta"])
+    bystander = Task("d", agent=agent, name="bystander")
+
+    with pytest.raises(ConfigurationError, match="cycle") as caught:
+        TaskGraph([bystander, alpha, beta, gamma])
+
+    message = str(caught.value)
+    drawn = re.search(r"cycle: ([\w >-]+);", message)
+    assert drawn is not None, message
+    on_cycle = drawn.group(1).split(" -> ")
+    assert on_cycle[0] == on_cycle[-1]
+    assert sorted(on_cycle[:-1]) == ["alpha", "beta", "gamma"]
+    assert "remove one" in message
+
+
+def test_a_task_in_its_own_context_is_rejected(agent: Agent) -> None:
+    with pytest.raises(ConfigurationError, match="'loop' lists itself"):
+        TaskGraph([Task("a", agent=agent, name="loop", context=["loop"])])
+
+
+def test_context_naming_no_task_lists_the_task_names(agent: Agent) -> None:
+    tasks = [Task("a", agent=agent, name="facts"), Task("b", agent=agent, context=["fact"])]
+
+    with pytest.raises(ConfigurationError) as caught:
+        TaskGraph(tasks)
+
+    message = str(caught.value)
+    assert "'task_2'" in message
+    assert "'fact'" in message
+    assert "facts" in message
+
+
+def test_context_task_outside_the_crew_says_to_add_it(agent: Agent) -> None:
+    outside = Task("outside", agent=agent, name="outside")
+    tasks = [Task("b", agent=agent, name="draft", context=[outside])]
+
+    with pytest.raises(ConfigurationError, match=r"'draft'.*outside.*add it to Crew"):
+        TaskGraph(tasks)
+
+
+def test_two_tasks_with_one_explicit_name_are_rejected(agent: Agent) -> None:
+    tasks = [Task("a", agent=agent, name="same"), Task("b", agent=agent, name="same")]
+
+    with pytest.raises(ConfigurationError, match=r"two tasks are named 'same'.*unique name="):
+        TaskGraph(tasks)
+
+
+def test_an_explicit_name_colliding_with_a_default_name_is_rejected(agent: Agent) -> None:
+    tasks = [Task("a", agent=agent, name="task_2"), Task("b", agent=agent)]
+
+    with pytest.raises(ConfigurationError, match="two tasks are named 'task_2'"):
+        TaskGraph(tasks)
+
+
+def test_one_task_object_listed_twice_is_rejected(agent: Agent) -> None:
+    task = Task("a", agent=agent, name="once")
+
+    with pytest.raises(ConfigurationError, match=r"Task\('once'\) appears twice"):
+        TaskGraph([task, task])
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_a_task_without_agent_needs_exactly_one_crew_agent(count: int) -> None:
+    agents = [Agent(role=f"R{i}", goal="G") for i in range(count)]
+
+    with pytest.raises(ConfigurationError) as caught:
+        TaskGraph([Task("a", name="orphan")], agents=agents)
+
+    message = str(caught.value)
+    assert "'orphan'" in message
+    assert f"{count} agents" in message
+    assert "Task(agent=...)" in message
+
+
+# -- analysis -----------------------------------------------------------------------------------
+
+
+def test_topological_order_puts_dependencies_first_and_breaks_ties_by_declaration(
+    agent: Agent,
+) -> None:
+    late = Task("late", agent=agent, name="late", context=["root"])
+    root = Task("root", agent=agent, name="root")
+    free = Task("free", agent=agent, name="free")
+    tail = Task("tail", agent=agent, name="tail", context=["late", "free"])
+
+    graph = TaskGraph([late, free, root, tail])
+
+    assert names(graph.topological_order(), graph) == ["free", "root", "late", "tail"]
+
+
+def test_critical_path_counts_each_task_once_without_durations(agent: Agent) -> None:
+    a = Task("a", agent=agent, name="a")
+    b = Task("b", agent=agent, name="b", context=[a])
+    c = Task("c", agent=agent, name="c", context=[b])
+    side = Task("side", agent=agent, name="side")
+    end = Task("end", agent=agent, name="end", context=[c, side])
+
+    length, path = TaskGraph([a, b, c, side, end]).critical_path()
+
+    assert path == ["a", "b", "c", "end"]
+    assert length == pytest.approx(4.0)
+
+
+def test_critical_path_follows_measured_durations(agent: Agent) -> None:
+    a = Task("a", agent=agent, name="a")
+    b = Task("b", agent=agent, name="b", context=[a])
+    c = Task("c", agent=agent, name="c", context=[b])
+    side = Task("side", agent=agent, name="side")
+    end = Task("end", agent=agent, name="end", context=[c, side])
+    graph = TaskGraph([a, b, c, side, end])
+
+    length, path = graph.critical_path({"a": 1, "b": 1, "c": 1, "side": 10, "end": 2})
+
+    assert path == ["side", "end"]
+    assert length == pytest.approx(12.0)
+
+
+def test_critical_path_keeps_zero_duration_dependencies_on_the_chain(agent: Agent) -> None:
+    a = Task("a", agent=agent, name="a")
+    b = Task("b", agent=agent, name="b", context=[a])
+
+    length, path = TaskGraph([a, b]).critical_path({"a": 0.0, "b": 3.0})
+
+    assert path == ["a", "b"]
+    assert length == pytest.approx(3.0)
+
+
+def test_placeholders_name_the_tasks_that_use_each_input(agent: Agent) -> None:
+    tasks = [
+        Task("About {topic}", agent=agent, name="facts"),
+        Task("Write on {topic} for {audience}", agent=agent, expected_output="{{literal}}"),
+    ]
+
+    assert TaskGraph(tasks).placeholders == {
+        "topic": ["facts", "task_2"],
+        "audience": ["task_2"],
+    }
+
+
+def test_to_mermaid_draws_every_task_with_its_agent_and_every_edge(agent: Agent) -> None:
+    writer = Agent(role='The "Writer"', goal="Write")
+    facts = Task("a", agent=agent, name="facts")
+    draft = Task("b", agent=writer, name="draft", context=[facts])
+    free = Task("c", agent=agent, name="free", context=[])
+
+    mermaid = TaskGraph([facts, draft, free]).to_mermaid()
+
+    lines = mermaid.splitlines()
+    assert lines[0] == "flowchart TD"
+    assert '    t0["facts<br/>Analyst"]' in lines
+    assert "    t1[\"draft<br/>The 'Writer'\"]" in lines
+    assert '    t2["free<br/>Analyst"]' in lines
+    edges = [line for line in lines if "-->" in line]
+    assert edges == ["    t0 --> t1"]
+
+
+# -- adding tasks -------------------------------------------------------------------------------
+
+
+def test_add_task_appends_a_task_after_its_dependencies(agent: Agent) -> None:
+    first = Task("a", agent=agent, name="first")
+    graph = TaskGraph([first])
+    step = Task("step", agent=agent)
+
+    name = graph.add_task(step, depends_on=[first])
+
+    assert name == "task_2"
+    assert graph.names == ["first", "task_2"]
+    assert graph.dependencies(step) == [first]
+    assert graph.nx.has_edge("first", "task_2")
+
+
+def test_add_task_takes_dependencies_by_name_and_from_its_context(agent: Agent) -> None:
+    first = Task("a", agent=agent, name="first")
+    second = Task("b", agent=agent, name="second")
+    graph = TaskGraph([first, second])
+
+    graph.add_task(Task("c", agent=agent, name="third", context=[first]), depends_on=["second"])
+
+    assert graph.dependency_names("third") == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    ("context", "depends_on", "message"),
+    [
+        (None, ["missing"], "unknown task 'missing'"),
+        (["missing"], (), "no task in this crew has that name"),
+        (None, ["new"], "itself"),
+    ],
+)
+def test_add_task_with_a_bad_dependency_leaves_the_graph_unchanged(
+    agent: Agent, context: list[str] | None, depends_on: list[str], message: str
+) -> None:
+    first = Task("a", agent=agent, name="first")
+    graph = TaskGraph([first])
+
+    with pytest.raises(ConfigurationError, match=message):
+        graph.add_task(Task("x", agent=agent, name="new", context=context), depends_on)
+
+    assert graph.names == ["first"]
+    assert list(graph.nx.nodes) == ["first"]
+    assert graph.dependants(first) == []
+    # The name is free again: a corrected task can be added under it.
+    assert graph.add_task(Task("x", agent=agent, name="new"), ["first"]) == "new"
+
+
+def test_add_task_with_a_dependency_task_outside_the_graph_leaves_it_unchanged(
+    agent: Agent,
+) -> None:
+    graph = TaskGraph([Task("a", agent=agent, name="first")])
+
+    with pytest.raises(ConfigurationError, match="not in this crew"):
+        graph.add_task(Task("x", agent=agent), [Task("stranger", agent=agent)])
+
+    assert graph.names == ["first"]
+
+
+def test_add_task_rejects_a_duplicate_name(agent: Agent) -> None:
+    graph = TaskGraph([Task("a", agent=agent, name="first")])
+
+    with pytest.raises(ConfigurationError, match="two tasks are named 'first'"):
+        graph.add_task(Task("again", agent=agent, name="first"))
+
+    assert len(graph) == 1
+
+
+def test_copy_is_independent_of_the_original(agent: Agent) -> None:
+    first = Task("a", agent=agent, name="first")
+    graph = TaskGraph([first], agents=[agent])
+
+    copy = graph.copy()
+    copy.add_task(Task("b", name="second"), ["first"])
+
+    assert graph.names == ["first"]
+    assert graph.dependants(first) == []
+    assert copy.names == ["first", "second"]
+    assert copy.agent_of(copy.task("second")) is agent
