@@ -27,7 +27,10 @@ def new_id() -> str:
 class Spec(BaseModel):
     """A frozen pydantic model with identity by a generated ``id``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    # Schemas are built on first construction, not at import: `import crewflow` stays light.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", arbitrary_types_allowed=True, defer_build=True
+    )
 
     id: str = Field(default_factory=new_id, repr=False, exclude=True)
     """A generated id: what makes this spec this one."""
