@@ -10,7 +10,7 @@ import structlog
 from pydantic import BaseModel
 
 from crewflow import Agent, Crew, Task, tool
-from crewflow.exceptions import LLMError, TaskFailed
+from crewflow.exceptions import ConfigurationError, LLMError, TaskFailed
 from crewflow.llm import LiteLLM, OpenAIChat
 from crewflow.testing import (
     Error,
@@ -210,3 +210,14 @@ async def test_kickoff_llm_override_sends_every_agent_to_the_given_model(
     assert server.count == 2
     assert {r.model for r in server.requests} == {"override-model"}
     assert result.output.model == "openai/override-model"
+
+
+async def test_forbidden_real_calls_fail_at_kickoff_before_any_task_runs() -> None:
+    local = Agent(role="Local", goal="Answer")
+    remote = Agent(role="Remote", goal="Answer", llm="openai/gpt-4o-mini")
+    crew = Crew(tasks=[Task("First", agent=local), Task("Second", agent=remote)])
+
+    with capture_events() as captured, pytest.raises(ConfigurationError, match="forbidden"):
+        await crew.kickoff()
+
+    assert "task_started" not in captured.kinds

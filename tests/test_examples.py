@@ -52,11 +52,14 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, forbid: bool = True) -> subprocess.CompletedProcess[str]:
+    env = offline_env()
+    if not forbid:
+        del env["CREWFLOW_FORBID_REAL_LLM_CALLS"]
     return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
-        env=offline_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -99,7 +102,8 @@ def test_quickstart_runs_under_the_cli_with_an_input() -> None:
 
 
 def test_quickstart_fails_clearly_without_an_api_key_for_a_real_model() -> None:
-    done = run("examples/quickstart.py", "--model", "openai/gpt-4o-mini")
+    # Without the guard: with no key the client refuses at open, before anything is sent.
+    done = run("examples/quickstart.py", "--model", "openai/gpt-4o-mini", forbid=False)
 
     assert done.returncode == 2
     assert "OPENAI_API_KEY" in done.stderr

@@ -143,8 +143,10 @@ class LiteLLM(LLM):
         """Import litellm (off the event loop) and register as a user of the running loop.
 
         Raises:
-            ConfigurationError: litellm is not installed.
+            ConfigurationError: litellm is not installed, or real calls are forbidden here
+                (checked now, so a run fails before any task starts).
         """
+        check_allowed(self.model, self.api_base)
         if sys.modules.get("litellm") is None:
             import anyio
 

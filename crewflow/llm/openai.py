@@ -159,8 +159,10 @@ class OpenAIChat(LLM):
         """Create (or share) the SDK client of the running event loop.
 
         Raises:
-            ConfigurationError: No API key is set for OpenAI's own API.
+            ConfigurationError: No API key is set for OpenAI's own API, or real calls are
+                forbidden here (checked now, so a run fails before any task starts).
         """
+        check_allowed(self.model, self._resolve_base_url())
         await _import_off_loop("openai")
         loop = asyncio.get_running_loop()
         entry = self._clients.get(loop)

@@ -205,6 +205,7 @@ async def test_real_calls_are_blocked_when_forbidden() -> None:
 async def test_a_missing_litellm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes ``import litellm`` raise ImportError.
     monkeypatch.setitem(sys.modules, "litellm", None)
+    monkeypatch.delenv("CREWFLOW_FORBID_REAL_LLM_CALLS")  # nothing is sent: open() fails first
 
     with pytest.raises(ConfigurationError, match=r"crewflow\[litellm\]"):
         await LiteLLM("anthropic/claude-sonnet-4-20250514").open()

@@ -492,7 +492,10 @@ async def test_a_compatible_server_needs_no_key(server: OpenAIServer) -> None:
     assert server.count == 1
 
 
-async def test_openai_without_a_key_fails_at_open_with_a_fix() -> None:
+async def test_openai_without_a_key_fails_at_open_with_a_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CREWFLOW_FORBID_REAL_LLM_CALLS")  # nothing is sent: open() fails first
     llm = OpenAIChat("gpt-4o-mini")
 
     with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
@@ -518,9 +521,11 @@ async def test_real_calls_are_blocked_when_forbidden(server: OpenAIServer) -> No
         await local.complete(HELLO)  # loopback stays allowed
         strict = set_forbidden(True, allow_loopback=False)
         try:
-            async with local:
-                with pytest.raises(ConfigurationError, match="blocked"):
-                    await local.complete(HELLO)
+            with pytest.raises(ConfigurationError, match="blocked"):
+                await local.complete(HELLO)
+            # Checked at open too, so a run fails before any task starts.
+            with pytest.raises(ConfigurationError, match="blocked"):
+                await local.open()
         finally:
             reset(strict)
     finally:

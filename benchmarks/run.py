@@ -1,0 +1,26 @@
+"""Run every benchmark, one after another: ``python benchmarks/run.py``.
+
+Each prints its own table with its ratios to the theoretical bound and to the floor (the same
+calls made by a bare ``AsyncOpenAI`` client), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ("import_time.py", "overhead.py")
+
+
+def main() -> int:
+    failed = 0
+    for name in BENCHMARKS:
+        print(f"\n### {name}\n", flush=True)
+        failed |= subprocess.run([sys.executable, str(HERE / name)], check=False).returncode
+    return failed
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
