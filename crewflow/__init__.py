@@ -13,6 +13,9 @@ The public names are below; `crewflow.llm` holds the model clients, `crewflow.ex
 error tree, `crewflow.events` the run events, and `crewflow.testing` test doubles.
 """
 
+import typing
+
+from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
 from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
 from crewflow._runtime.retry import RetryPolicy
 from crewflow._version import __version__
@@ -21,21 +24,34 @@ from crewflow.crew import Crew, CrewResult
 from crewflow.task import Task, TaskOutput
 from crewflow.tools import Tool, tool
 
+if typing.TYPE_CHECKING:
+    from crewflow._runtime.handle import RunHandle
+
 __all__ = [
-    # specs
     "Agent",
-    # results
     "AttemptRecord",
+    "Breaker",
     "Crew",
     "CrewResult",
+    "Limit",
+    "Limits",
     "RetryPolicy",
+    "RunHandle",
     "Task",
     "TaskOutput",
     "TaskRecord",
     "TaskStatus",
-    # tools
     "Tool",
-    # metadata
     "__version__",
+    "set_limits",
     "tool",
 ]
+
+
+def __getattr__(name: str) -> typing.Any:
+    # RunHandle needs anyio at import; it loads when first asked for, not with crewflow.
+    if name == "RunHandle":
+        from crewflow._runtime.handle import RunHandle
+
+        return RunHandle
+    raise AttributeError(f"module 'crewflow' has no attribute {name!r}")

@@ -84,6 +84,9 @@ class Agent(Spec):
         max_iterations: How many LLM calls one task may take before
             `MaxIterationsExceeded`.
         output_retries: How many times a structured answer that fails validation is re-asked.
+        stream: Ask the model to stream its answers; the run then emits
+            `crewflow.events.TokenDelta` events as text arrives.
+        group: A limit group for this agent's LLM calls (see `crewflow.Limits`).
     """
 
     role: str = Field(min_length=1)
@@ -93,6 +96,8 @@ class Agent(Spec):
     tools: tuple[Tool, ...] = ()
     max_iterations: int = Field(default=10, ge=1)
     output_retries: int = Field(default=2, ge=0)
+    stream: bool = False
+    group: str | None = Field(default=None, min_length=1)
 
     @field_validator("role", "goal")
     @classmethod
@@ -200,7 +205,12 @@ class Agent(Spec):
             # A copy per request: the conversation grows, a request (recorded, cached, logged)
             # must keep the messages it was sent with.
             response = await llm.complete(
-                LLMRequest(list(messages), tools=specs, output=schema if native else None)
+                LLMRequest(
+                    list(messages),
+                    tools=specs,
+                    output=schema if native else None,
+                    stream=self.stream,
+                )
             )
             if response.tool_calls:
                 tool_calls += len(response.tool_calls)

@@ -8,18 +8,19 @@ even concurrently.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from crewflow._runtime.limits import Limits
 from crewflow._runtime.records import TaskRecord
 from crewflow._runtime.retry import RetryPolicy
 from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.events import Event
-from crewflow.exceptions import ConfigurationError
+from crewflow.exceptions import ConfigurationError, CrewflowError, KickoffsFailed
 from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
 from crewflow.processes import Process, get_process
@@ -27,6 +28,8 @@ from crewflow.task import Task, TaskOutput
 
 if TYPE_CHECKING:
     # Not at runtime: networkx loads when a crew is built, not on `import crewflow`.
+    from crewflow._runtime.handle import RunHandle
+    from crewflow._runtime.run import Run
     from crewflow.graph import TaskGraph  # noqa: TC004
 
 __all__ = ["Crew", "CrewResult"]
@@ -110,12 +113,20 @@ class Crew(Spec):
         agents: The crew's agents. Optional: by default, the agents of the tasks. When there is
             exactly one, tasks without an agent get it.
         process: ``"sequential"`` (tasks in list order; a task with undeclared context gets the
-            previous output), the name of an installed plug-in, or a
+            previous output), ``"parallel"`` (each task as soon as its dependencies are done,
+            most urgent first, at most ``max_concurrency`` at once), the name of an installed
+            plug-in, or a
             `crewflow.processes.Process` subclass or object.
         name: Names the crew in results, logs and records (default ``"crew"``).
         max_concurrency: The most tasks running at once, for processes that run several.
         verbose: Log progress at INFO level when the application has not configured logging.
-        retry: How provider errors and timed-out attempts are retried.
+        retry: How provider errors and timed-out attempts are retried (a task's own ``retry``
+            wins).
+        on_failure: ``"stop"`` (cancel everything in flight and raise `TaskFailed`) or
+            ``"continue"`` (run what does not depend on the failure, skip its dependants, and
+            raise `CrewPartialFailure` with every finished output).
+        limits: Concurrency and rate limits per model or group (`crewflow.Limits`), shared
+            with every crew of the process that uses the same models or groups.
         on_event: Called with every `crewflow.events.Event` of every run of this crew.
 
     Raises:
@@ -130,6 +141,8 @@ class Crew(Spec):
     max_concurrency: int | None = Field(default=None, ge=1)
     verbose: bool = False
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    on_failure: Literal["stop", "continue"] = "stop"
+    limits: Limits | None = None
     on_event: Callable[[Event], None] | None = None
 
     _process: Process = PrivateAttr()
@@ -182,23 +195,123 @@ class Crew(Spec):
         Raises:
             ConfigurationError: Missing template inputs (all listed), inputs that are not
                 JSON-serialisable, or a model that cannot be used (e.g. no API key).
-            CrewRunError: The run failed; ``.outputs`` holds every output that finished.
+            CrewRunError: The run failed; ``.outputs`` holds every output that finished
+                (`TaskFailed` with ``on_failure="stop"``, `CrewPartialFailure` with
+                ``"continue"``).
         """
+        run = self._new_run(inputs, llm)
+        return await self._finish(run)
+
+    def start(
+        self, inputs: Mapping[str, Any] | None = None, *, llm: str | LLM | None = None
+    ) -> RunHandle:
+        """Start a run in the background of the running event loop and return at once.
+
+        For notebooks and services: pause, resume, cancel, scale and watch the run through the
+        handle. ``async with crew.start(...) as handle:`` cancels the run if the block exits
+        before it ends.
+
+        Raises:
+            ConfigurationError: As `kickoff`, or when no event loop is running (use
+                `kickoff_sync` in scripts).
+        """
+        import asyncio
+
+        from crewflow._runtime.handle import RunHandle
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError(
+                "start() needs a running event loop (a notebook or an async application); in "
+                "a script use crew.kickoff_sync(...)"
+            ) from None
+        run = self._new_run(inputs, llm)
+        return RunHandle(run, lambda: self._finish(run))
+
+    async def kickoff_for_each(
+        self,
+        inputs: Sequence[Mapping[str, Any]],
+        *,
+        concurrency: int | None = None,
+        return_exceptions: bool = False,
+        llm: str | LLM | None = None,
+    ) -> list[Any]:
+        """Run one kickoff per input, at most ``concurrency`` at once, results in input order.
+
+        Every input is checked before any run starts. Limits, Retry-After pauses and circuit
+        breakers are shared by all the runs (they are per model, process-wide).
+
+        Args:
+            inputs: One inputs mapping per kickoff.
+            concurrency: The most kickoffs running at once (``None``: all of them).
+            return_exceptions: Put each failed kickoff's error in its place in the list
+                instead of raising.
+            llm: As in `kickoff`.
+
+        Returns:
+            One `CrewResult` per input (or, with ``return_exceptions``, the error).
+
+        Raises:
+            KickoffsFailed: Some kickoffs failed (raised once all have ended), carrying every
+                result and each failure by input index.
+        """
+        import anyio
+
+        for index, values in enumerate(inputs):
+            try:
+                self._check_inputs(values)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"inputs[{index}]: {exc}") from None
+        if concurrency is not None and concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
+        results: list[Any] = [None] * len(inputs)
+        limiter = anyio.CapacityLimiter(concurrency or max(1, len(inputs)))
+
+        async def one(index: int, values: Mapping[str, Any]) -> None:
+            async with limiter:
+                try:
+                    results[index] = await self.kickoff(values, llm=llm)
+                except CrewflowError as exc:
+                    results[index] = exc
+
+        async with anyio.create_task_group() as group:
+            for index, values in enumerate(inputs):
+                group.start_soon(one, index, values)
+        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+        if failures and not return_exceptions:
+            first = next(iter(failures.items()))
+            raise KickoffsFailed(
+                f"{len(failures)} of {len(inputs)} kickoffs failed (first: inputs[{first[0]}]: "
+                f"{first[1]}); every result is in .results and each failure in .failures",
+                results=results,
+                failures=failures,
+            )
+        return results
+
+    def _new_run(self, inputs: Mapping[str, Any] | None, llm: str | LLM | None) -> Run:
+        from crewflow._runtime.limits import registry
         from crewflow._runtime.run import Run
         from crewflow.llm._models import check_model, resolve_llm
 
         values = self._check_inputs(inputs)
         override = resolve_llm(check_model(llm) if isinstance(llm, str) else llm) if llm else None
-        run = Run(
+        if self.limits is not None:
+            registry().configure(self.limits)
+        return Run(
             graph=self._graph.copy(),
             process=self._process,
             crew_name=self.name,
             inputs=values,
             retry=self.retry,
+            on_failure=self.on_failure,
+            max_concurrency=self.max_concurrency,
             llm_override=override,
             on_event=self.on_event,
             verbose=self.verbose,
         )
+
+    async def _finish(self, run: Run) -> CrewResult:
         await run.drive()
         assert run.start is not None
         assert run.end is not None

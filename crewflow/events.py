@@ -29,12 +29,18 @@ __all__ = [
     "LLMCallFinished",
     "LLMCallRetrying",
     "LLMCallStarted",
+    "LimiterWait",
     "RunFinished",
+    "RunPaused",
+    "RunResumed",
     "RunStarted",
     "TaskFailed",
+    "TaskFallback",
     "TaskFinished",
     "TaskRetrying",
+    "TaskSkipped",
     "TaskStarted",
+    "TokenDelta",
     "ToolCalled",
 ]
 
@@ -106,6 +112,58 @@ class TaskFailed(Event):
     attempts: int
     error_type: str
     error: str
+
+
+class TaskSkipped(Event):
+    """A task did not run because a task it depends on failed (``on_failure="continue"``)."""
+
+    kind: Literal["task_skipped"] = "task_skipped"
+    task: str
+    because: list[str]
+
+
+class TaskFallback(Event):
+    """A task's agent used up its attempts; its fallback agent takes over."""
+
+    kind: Literal["task_fallback"] = "task_fallback"
+    task: str
+    agent: str
+    fallback: str
+    error: str
+
+
+class RunPaused(Event):
+    """The run was paused: no new task starts until it is resumed."""
+
+    kind: Literal["run_paused"] = "run_paused"
+
+
+class RunResumed(Event):
+    """The run was resumed after a pause."""
+
+    kind: Literal["run_resumed"] = "run_resumed"
+
+
+class LimiterWait(Event):
+    """A call waited for limits (concurrency, rpm, tpm, a Retry-After pause) before it was sent.
+
+    ``reasons`` names each limit that made it wait, e.g. ``"rpm:openai/gpt-4o-mini"``.
+    """
+
+    kind: Literal["limiter_wait"] = "limiter_wait"
+    task: str
+    model: str
+    waited: float
+    reasons: list[str]
+
+
+class TokenDelta(Event):
+    """A piece of streamed answer text (agents with ``stream=True``)."""
+
+    kind: Literal["token_delta"] = "token_delta"
+    task: str
+    model: str
+    text: str
 
 
 class LLMCallStarted(Event):

@@ -11,6 +11,8 @@ CrewflowError
 └── CrewRunError                  .outputs: every TaskOutput that finished, by task name
     ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
     ├── CrewPartialFailure        .failures, .skipped: on_failure="continue" and some tasks failed
+    ├── RunCancelled              the run was cancelled through its handle before it finished
+    ├── KickoffsFailed            .results, .failures: some kickoffs of kickoff_for_each failed
     ├── TaskTimeout               (also a TimeoutError) .task, .timeout: one attempt ran too long
     ├── LLMError                  .model, .status_code, .retryable: a provider call failed
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
@@ -36,9 +38,11 @@ __all__ = [
     "CrewPartialFailure",
     "CrewRunError",
     "CrewflowError",
+    "KickoffsFailed",
     "LLMError",
     "MaxIterationsExceeded",
     "OutputValidationError",
+    "RunCancelled",
     "TaskFailed",
     "TaskTimeout",
     "ToolError",
@@ -215,3 +219,25 @@ class CrewPartialFailure(CrewRunError):
         super().__init__(message, outputs=outputs)
         self.failures = dict(failures)
         self.skipped = list(skipped)
+
+
+class RunCancelled(CrewRunError):
+    """The run was cancelled before it finished (``handle.cancel()``); in-flight calls were
+    aborted. ``.outputs`` holds what finished before."""
+
+
+class KickoffsFailed(CrewRunError):
+    """Some kickoffs of `Crew.kickoff_for_each` failed; raised once all of them have ended.
+
+    Attributes:
+        results: One entry per input, in input order: the `CrewResult`, or the error of that
+            kickoff.
+        failures: The error of each failed kickoff, by input index.
+    """
+
+    def __init__(
+        self, message: str, *, results: Sequence[Any], failures: Mapping[int, BaseException]
+    ) -> None:
+        super().__init__(message)
+        self.results = list(results)
+        self.failures = dict(failures)

@@ -126,6 +126,14 @@ class TaskGraph:
         """Names of the dependencies of the task called ``name``."""
         return self._deps[name]
 
+    def dependant_names(self, name: str) -> list[str]:
+        """Names of the tasks that depend on the task called ``name``."""
+        return self._dependants[name]
+
+    def position(self, name: str) -> int:
+        """The declaration index of the task called ``name`` (0 for the first)."""
+        return self._position[name]
+
     @property
     def placeholders(self) -> dict[str, list[str]]:
         """Every template input the tasks need, with the names of the tasks that need it."""
@@ -217,6 +225,21 @@ class TaskGraph:
             path.append(node)
             node = best[node][1]
         return best[end][0], path[::-1]
+
+    def remaining_paths(self, durations: Mapping[str, float] | None = None) -> dict[str, float]:
+        """For each task, the longest chain from its start to the end of the graph, its own
+        duration included: how urgent it is when slots are scarce.
+
+        Args:
+            durations: Seconds per task name; tasks not in it count 1.0 (uniform).
+        """
+        weights = durations or {}
+        remaining: dict[str, float] = {}
+        for task in reversed(self.topological_order()):
+            name = self._names[task.id]
+            after = max((remaining[d] for d in self._dependants[name]), default=0.0)
+            remaining[name] = weights.get(name, 1.0) + after
+        return remaining
 
     def to_mermaid(self) -> str:
         """The graph as a Mermaid flowchart (paste into Markdown)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from crewflow._runtime.retry import RetryPolicy
 from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.llm._types import Usage
@@ -45,6 +46,11 @@ class Task(Spec):
         output_model: A pydantic model the answer must match; the parsed object is
             `TaskOutput.data`.
         timeout: Seconds one attempt may take before it is cancelled (``None``: no limit).
+        retry: This task's retry policy (default: the crew's).
+        fallback_agent: Takes over when the agent's attempts are used up (e.g. another model).
+        group: A limit group for this task's LLM calls (see `crewflow.Limits`).
+        priority: Among ready tasks competing for slots, higher runs first (default 0; the
+            parallel process then prefers the longest remaining path).
     """
 
     description: str = Field(min_length=1)
@@ -54,6 +60,10 @@ class Task(Spec):
     name: str | None = None
     output_model: type[BaseModel] | None = None
     timeout: float | None = Field(default=None, gt=0)
+    retry: RetryPolicy | None = None
+    fallback_agent: Agent | None = None
+    group: str | None = Field(default=None, min_length=1)
+    priority: int = 0
 
     def __init__(self, description: str | None = None, /, **data: Any) -> None:
         if description is not None:

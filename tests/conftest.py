@@ -28,6 +28,16 @@ def _no_real_llm_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     return
 
 
+@pytest.fixture(autouse=True)
+def _fresh_limits() -> Iterator[None]:
+    """Limits, Retry-After pauses and breakers are process-wide: each test starts clean."""
+    from crewflow._runtime.limits import registry
+
+    registry().reset()
+    yield
+    registry().reset()
+
+
 @pytest.fixture
 def fake_clock() -> Iterator[FakeClock]:
     """Backoff and Retry-After waits return at once; ``fake_clock.sleeps`` records them."""

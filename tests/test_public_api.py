@@ -22,7 +22,9 @@ def test_all_matches_what_is_exported() -> None:
         for name, value in vars(crewflow).items()
         if not name.startswith("_") and not isinstance(value, ModuleType)
     }
-    assert set(crewflow.__all__) - {"__version__"} == public
+    # Every public attribute is listed; every listed name resolves (some load lazily).
+    assert public <= set(crewflow.__all__)
+    assert all(getattr(crewflow, name) is not None for name in crewflow.__all__)
 
 
 def test_the_names_users_rely_on_are_exported() -> None:

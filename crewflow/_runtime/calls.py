@@ -1,35 +1,47 @@
 """The per-LLM-call layer of the runtime.
 
 The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is handed is a
-`ManagedLLM`, which retries retryable provider errors (honouring Retry-After up to the policy's
-cap), adds up usage for the task attempt, and emits LLM events. Limits, circuit breakers and the
-cache belong here too, so that every process gets them.
+`ManagedLLM`, which for every call:
+
+1. waits for the model's (and the task's groups') limits — concurrency, rpm and tpm token
+   buckets, a Retry-After pause — and fails fast while the model's circuit breaker is open
+   (`limits.py`, shared by every crew in the process); the time waited is the attempt's;
+2. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
+   Retry-After pauses the model for every caller, not just this one);
+3. adds up usage, and emits LLM events (token deltas when the agent streams).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from crewflow import events
+from crewflow._runtime.limits import registry
 from crewflow.exceptions import LLMError
 from crewflow.llm._base import LLM
-from crewflow.llm._types import Usage
+from crewflow.llm._types import Usage, estimate_prompt_tokens
 
 if TYPE_CHECKING:
+    from crewflow._runtime.limits import Permit
+    from crewflow._runtime.retry import RetryPolicy
     from crewflow._runtime.run import Run
-    from crewflow.llm._types import LLMRequest, LLMResponse
+    from crewflow.llm._types import DeltaCallback, LLMRequest, LLMResponse
 
 
 @dataclass(slots=True)
 class AttemptState:
-    """What one attempt of one task has spent so far."""
+    """What one attempt of one task has spent so far, and the rules it runs under."""
 
     task: str
     number: int
     model: str
+    policy: RetryPolicy
+    groups: tuple[str, ...] = ()
     usage: Usage = field(default_factory=Usage)
     llm_retries: int = 0
+    limit_wait: float = 0.0
 
 
 class ManagedLLM(LLM):
@@ -52,50 +64,104 @@ class ManagedLLM(LLM):
         return self.inner.limit_key
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        """Call the wrapped LLM, retrying retryable provider errors under the run's policy."""
-        run, attempt, policy = self._run, self._attempt, self._run.retry
-        clock = run.clock
+        """Call the wrapped LLM under the limits, retrying retryable provider errors."""
+        run, attempt = self._run, self._attempt
+        if request.stream and run.listening:
+            request = replace(request, on_delta=self._deltas(request))
         call_attempt = 1
         while True:
+            permit = await self._permit(request)
             if run.listening:
                 run.emit(
                     events.LLMCallStarted(
                         run_id=run.run_id,
-                        time=clock.now(),
+                        time=run.clock.now(),
                         task=attempt.task,
                         model=self.model,
                         attempt=attempt.number,
                     )
                 )
-            started = clock.now()
+            started = run.clock.now()
             try:
                 response = await self.inner.complete(request)
             except LLMError as exc:
+                permit.release(ok=_health(exc))
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
-                if call_attempt >= policy.max_attempts or not policy.should_retry(exc):
+                delay = self._retry_delay(exc, call_attempt)
+                if delay is None:
                     raise
-                delay = policy.delay(call_attempt, exc.retry_after)
-                self._retrying(call_attempt, exc, delay)
-                attempt.llm_retries += 1
                 call_attempt += 1
-                await clock.sleep(delay)
+                await run.clock.sleep(delay)
                 continue
             except Exception as exc:
-                # Not a provider error (a client bug, a test double's exception): not retried
-                # here, but the request was made and its event pair stays balanced.
+                permit.release()
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
                 raise
-            except BaseException as exc:
-                self._finished(started, None, exc)
+            except BaseException:
+                permit.release()
                 raise
+            permit.release(tokens=response.usage.total_tokens, ok=True)
             attempt.usage.add(response.usage)
             self._finished(started, response, None)
             return response
 
+    async def _permit(self, request: LLMRequest) -> Permit:
+        attempt, run = self._attempt, self._run
+        permit = await registry().acquire(
+            model=self.model,
+            limit_key=self.inner.limit_key,
+            groups=attempt.groups,
+            tokens=estimate_prompt_tokens(request.messages),
+        )
+        if permit.waited > 0:
+            attempt.limit_wait += permit.waited
+            if run.listening:
+                run.emit(
+                    events.LimiterWait(
+                        run_id=run.run_id,
+                        time=run.clock.now(),
+                        task=attempt.task,
+                        model=self.model,
+                        waited=permit.waited,
+                        reasons=list(permit.reasons),
+                    )
+                )
+        return permit
+
+    def _retry_delay(self, error: LLMError, call_attempt: int) -> float | None:
+        """Seconds before calling again, or ``None`` to give up; a 429's Retry-After also
+        pauses the model for every caller in the process."""
+        policy = self._attempt.policy
+        if error.status_code == 429 and error.retry_after:
+            registry().pause(self.inner.limit_key, min(error.retry_after, policy.max))
+        if call_attempt >= policy.max_attempts or not policy.should_retry(error):
+            return None
+        delay = policy.delay(call_attempt, error.retry_after)
+        self._retrying(call_attempt, error, delay)
+        self._attempt.llm_retries += 1
+        return delay
+
+    def _deltas(self, request: LLMRequest) -> DeltaCallback:
+        """Streamed text goes to the agent's own callback and to `TokenDelta` events."""
+        run, task, model, downstream = self._run, self._attempt.task, self.model, request.on_delta
+
+        async def on_delta(text: str) -> None:
+            run.emit(
+                events.TokenDelta(
+                    run_id=run.run_id, time=run.clock.now(), task=task, model=model, text=text
+                )
+            )
+            if downstream is not None:
+                result = downstream(text)
+                if inspect.isawaitable(result):
+                    await result
+
+        return on_delta
+
     def _finished(
-        self, started: float, response: LLMResponse | None, error: BaseException | None
+        self, started: float, response: LLMResponse | None, error: Exception | None
     ) -> None:
         run = self._run
         if not run.listening:
@@ -110,7 +176,7 @@ class ManagedLLM(LLM):
                 latency=run.clock.now() - started,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                error=None if error is None else str(error) or type(error).__name__,
+                error=None if error is None else f"{type(error).__name__}: {error}",
             )
         )
 
@@ -135,3 +201,11 @@ class ManagedLLM(LLM):
                     delay=delay,
                 )
             )
+
+
+def _health(error: LLMError) -> bool | None:
+    """What a failed call says about the model's health, for its circuit breaker: a retryable
+    failure counts (5xx, timeouts, connection errors), a 429 or a client error does not."""
+    if error.retryable and error.status_code != 429:
+        return False
+    return None

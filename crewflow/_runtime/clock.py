@@ -7,6 +7,7 @@ affects the current task and the tasks it starts, nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextvars import ContextVar, Token
 from typing import Protocol
@@ -25,11 +26,19 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock: `time.monotonic` and `anyio.sleep`."""
+    """The real clock: the running event loop's time (monotonic) and `anyio.sleep`.
+
+    Reading the loop's clock rather than `time.monotonic` directly keeps the runtime's timings
+    consistent with its sleeps, also under a virtual-time loop
+    (`crewflow.testing.VirtualTimeLoop`).
+    """
 
     def now(self) -> float:
-        """Seconds on the system's monotonic clock."""
-        return time.monotonic()
+        """Seconds on the running loop's monotonic clock (`time.monotonic` outside a loop)."""
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep for real."""

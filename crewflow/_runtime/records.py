@@ -37,6 +37,8 @@ class AttemptRecord(BaseModel):
         model: The model the agent used.
         usage: Requests and tokens of this attempt.
         llm_retries: Provider calls retried inside this attempt.
+        limit_wait: Seconds this attempt's calls waited for limits (concurrency, rpm, tpm,
+            Retry-After pauses).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
@@ -51,6 +53,7 @@ class AttemptRecord(BaseModel):
     model: str = ""
     usage: Usage = Field(default_factory=Usage)
     llm_retries: int = 0
+    limit_wait: float = 0.0
 
 
 class TaskRecord(BaseModel):

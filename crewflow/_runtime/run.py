@@ -1,46 +1,48 @@
-"""`Run`: one execution of a crew, and the per-task layer of the runtime.
+"""`Run`: one execution of a crew — what processes are written against.
 
 A process decides what runs and in what order; a `Run` decides how. ``execute(task)`` is the one
-place that runs a task: it gathers the context, renders the prompt, hands the agent a managed LLM,
-makes attempts under the retry policy and the task's timeout, records the timeline and usage, and
-emits events. All state here belongs to this run; two kickoffs of one crew share nothing mutable.
+place that runs a task: a scheduling slot, the context, the prompt, then the attempts of
+`attempts.TaskAttempts` (retries, timeout, fallback, records, events). The failure policy lives
+here too: with ``on_failure="continue"`` a failed task returns ``None`` and every task that
+depends on it is skipped when its turn comes, so processes need no failure logic of their own.
+All state here belongs to this run; two kickoffs of one crew share nothing mutable.
 """
 
 from __future__ import annotations
 
-import itertools
 from contextlib import AsyncExitStack
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from crewflow import events
 from crewflow._logging import get_logger
 from crewflow._prompts import task_prompt
-from crewflow._runtime.calls import AttemptState, ManagedLLM
+from crewflow._runtime.attempts import TaskAttempts, utcnow
 from crewflow._runtime.clock import current_clock
-from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
+from crewflow._runtime.records import TaskRecord, TaskStatus
+from crewflow._runtime.slots import Slot, SlotPool
 from crewflow._spec import new_id
-from crewflow.exceptions import CrewflowError, CrewRunError, LLMError, TaskFailed, TaskTimeout
+from crewflow.exceptions import CrewflowError, CrewPartialFailure, CrewRunError, TaskFailed
 from crewflow.llm._models import resolve_llm
 from crewflow.llm._types import Usage
-from crewflow.task import TaskOutput
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
     from crewflow._runtime.retry import RetryPolicy
-    from crewflow.agent import Agent, AgentAnswer
+    from crewflow.agent import Agent
     from crewflow.events import EventSink
     from crewflow.graph import TaskGraph
     from crewflow.llm._base import LLM
     from crewflow.processes import Process
-    from crewflow.task import Task
+    from crewflow.task import Task, TaskOutput
 
-__all__ = ["Run", "capture_sink"]
+__all__ = ["Run", "capture_sink", "release_sink"]
 
-RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+RunStatus = Literal["pending", "running", "paused", "completed", "failed", "cancelled"]
+OnFailure = Literal["stop", "continue"]
 
 _capture_sinks: ContextVar[tuple[EventSink, ...]] = ContextVar("crewflow_sinks", default=())
 
@@ -56,20 +58,19 @@ def release_sink(token: object) -> None:
     _capture_sinks.reset(token)  # type: ignore[arg-type]
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Run:
     """One execution of a crew: what processes are written against.
 
     Attributes:
         run_id: This run's id.
-        graph: The validated task graph.
+        graph: The validated task graph (this run's own copy).
         process: The process driving the run.
         inputs: The kickoff inputs (a private copy).
         usage: Requests, tokens and cost so far, over every task and attempt.
-        status: ``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``.
+        status: ``pending``, ``running``, ``paused``, ``completed``, ``failed`` or ``cancelled``.
+        slots: The run's task slots (``max_concurrency``, pause, resume).
+        durations: Expected seconds per task name, where earlier runs measured them (else
+            empty: processes then treat tasks as equally long).
     """
 
     def __init__(
@@ -80,6 +81,8 @@ class Run:
         crew_name: str,
         inputs: Mapping[str, Any],
         retry: RetryPolicy,
+        on_failure: OnFailure = "stop",
+        max_concurrency: int | None = None,
         llm_override: LLM | None = None,
         on_event: EventSink | None = None,
         verbose: bool = False,
@@ -91,15 +94,20 @@ class Run:
         self.crew_name = crew_name
         self.inputs = inputs
         self.retry = retry
+        self.on_failure = on_failure
         self.clock = current_clock()
         self.usage = Usage()
         self.status: RunStatus = "pending"
+        self.slots = SlotPool(max_concurrency)
+        self.durations: Mapping[str, float] = {}
         self.start: datetime | None = None
         self.end: datetime | None = None
         self.duration = 0.0
         self._llm_override = llm_override
         self._llms: dict[str, LLM] = {}
         self._outputs: dict[str, TaskOutput] = {}
+        self._failures: dict[str, TaskFailed] = {}
+        self._skipped: list[str] = []
         self._records: dict[str, TaskRecord] = {}
         self._running: set[str] = set()
         self._stack: AsyncExitStack | None = None
@@ -116,16 +124,23 @@ class Run:
         """Outputs of the tasks finished so far, by task name (read-only view)."""
         return MappingProxyType(self._outputs)
 
+    def ended(self, name: str) -> bool:
+        """Whether the task called ``name`` finished, failed or was skipped."""
+        return name in self._outputs or name in self._failures or name in self._records
+
     def ready(self) -> list[Task]:
-        """Tasks not started yet whose dependencies have all finished, in declaration order."""
-        done, running = self._outputs, self._running
+        """Tasks not started whose dependencies have all ended, in declaration order.
+
+        With ``on_failure="continue"``, a task whose dependency failed is ready too:
+        executing it records it as skipped.
+        """
+        graph = self.graph
         return [
             task
-            for task, name in zip(self.graph.tasks, self.graph.names, strict=True)
-            if name not in done
-            and name not in running
-            and name not in self._records
-            and all(dep in done for dep in self.graph.dependency_names(name))
+            for task, name in zip(graph.tasks, graph.names, strict=True)
+            if not self.ended(name)
+            and name not in self._running
+            and all(self.ended(dep) for dep in graph.dependency_names(name))
         ]
 
     def add_task(self, task: Task, depends_on: Sequence[Task | str] = ()) -> str:
@@ -134,277 +149,113 @@ class Run:
         Returns:
             The task's name in this run.
         """
-        name = self.graph.add_task(task, depends_on)
-        agent = self.graph.agent_of(task)
-        if agent.id not in self._llms:
-            self._llms[agent.id] = self._resolve(agent)
-        return name
+        return self.graph.add_task(task, depends_on)
 
     async def execute(
-        self, task: Task, *, context: Sequence[TaskOutput] | None = None
-    ) -> TaskOutput:
-        """Run one task to its output: attempts, timeout, records, events.
+        self,
+        task: Task,
+        *,
+        context: Sequence[TaskOutput] | None = None,
+        priority: float = 0.0,
+        slot: Slot | None = None,
+    ) -> TaskOutput | None:
+        """Run one task to its output, in a slot: attempts, timeout, fallback, records, events.
 
-        A task that already finished in this run returns its output without running again.
+        A task that already finished returns its output without running again.
 
         Args:
             task: A task of this run's graph.
             context: Outputs to give the task instead of its dependencies' outputs.
+            priority: When slots are scarce, higher goes first (ties: declaration order).
+            slot: A slot the process already took with ``run.slots.try_acquire()``; it is
+                released when the task ends.
+
+        Returns:
+            The output; ``None`` when, with ``on_failure="continue"``, the task failed or was
+            skipped because a task it depends on failed.
 
         Raises:
-            TaskFailed: Every attempt failed; carries the outputs finished so far.
+            TaskFailed: Every attempt failed (``on_failure="stop"``); carries the outputs
+                finished so far.
         """
-        name = self.graph.name_of(task)
-        finished = self._outputs.get(name)
-        if finished is not None:
-            return finished
-        if name in self._running:
-            raise RuntimeError(f"task {name!r} is already running in this run")
-        if context is None:
-            waiting = [d for d in self.graph.dependency_names(name) if d not in self._outputs]
-            if waiting:
-                raise RuntimeError(
-                    f"process {self.process.name!r} started task {name!r} before its "
-                    f"dependencies {waiting} finished"
-                )
-            context = [self._outputs[d] for d in self.graph.dependency_names(name)]
-        agent = self.graph.agent_of(task)
+        try:
+            name = self.graph.name_of(task)
+            if name in self._running:
+                raise RuntimeError(f"task {name!r} is already running in this run")
+            if self.ended(name):
+                return self._outputs.get(name)
+            if context is None:
+                context = self._context_or_skip(task, name)
+                if context is None:
+                    return None
+            self._running.add(name)
+            try:
+                if slot is None:
+                    slot = await self.slots.acquire(priority, self.graph.position(name))
+                return await self._run_task(task, name, context)
+            finally:
+                self._running.discard(name)
+        finally:
+            if slot is not None:
+                slot.release()
+
+    async def _run_task(
+        self, task: Task, name: str, context: Sequence[TaskOutput]
+    ) -> TaskOutput | None:
         description, expected = task.render(self.inputs)
         prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
-        self._running.add(name)
         try:
-            await self._open(self._llms[agent.id])
-            return await self._attempts(task, name, agent, prompt)
-        finally:
-            self._running.discard(name)
-
-    # -- the per-task layer --------------------------------------------------------------------
-
-    async def _attempts(self, task: Task, name: str, agent: Agent, prompt: str) -> TaskOutput:
-        llm = self._llms[agent.id]
-        records: list[AttemptRecord] = []
-        task_usage = Usage()
-        first_start = self.clock.now()
-        start = _utcnow()
-        for number in itertools.count(1):
-            state = AttemptState(name, number, llm.model)
-            began, began_at = self.clock.now(), _utcnow()
-            self.log.info("task started", task=name, agent=agent.role, attempt=number)
-            if self.listening:
-                self.emit(
-                    events.TaskStarted(
-                        run_id=self.run_id, time=began, task=name, agent=agent.role, attempt=number
-                    )
-                )
-            try:
-                answer = await self._attempt(
-                    task, name, agent, prompt, ManagedLLM(llm, self, state)
-                )
-            except Exception as exc:
-                records.append(self._close_attempt(state, began, began_at, exc, task_usage))
-                delay = self._retry_delay(exc, number)
-                if delay is None:
-                    raise self._failed(task, name, agent, records, start, first_start, exc) from exc
-                self._retrying(name, agent, number, exc, delay)
-                try:
-                    await self.clock.sleep(delay)
-                except BaseException:
-                    self._record(name, agent, TaskStatus.CANCELLED, records, start, first_start)
-                    raise
-                continue
-            except BaseException as exc:
-                records.append(self._close_attempt(state, began, began_at, exc, task_usage))
-                self._record(name, agent, TaskStatus.CANCELLED, records, start, first_start)
+            output = await TaskAttempts(self, task, name, prompt).run_to_output()
+        except TaskFailed as failure:
+            if self.on_failure == "stop":
                 raise
-            records.append(self._close_attempt(state, began, began_at, None, task_usage))
-            output = TaskOutput(
-                task=name,
-                agent=agent.role,
-                text=answer.text,
-                data=answer.data,
-                usage=task_usage,
-                model=llm.model,
+            self._failures[name] = failure
+            return None
+        self._outputs[name] = output
+        return output
+
+    def _context_or_skip(self, task: Task, name: str) -> list[TaskOutput] | None:
+        """The dependencies' outputs, or ``None`` after recording the task as skipped."""
+        dependencies = self.graph.dependency_names(name)
+        blocked = [d for d in dependencies if d in self._failures or d in self._skipped]
+        if blocked:
+            self._skip(task, name, blocked)
+            return None
+        waiting = [d for d in dependencies if d not in self._outputs]
+        if waiting:
+            raise RuntimeError(
+                f"process {self.process.name!r} started task {name!r} before its "
+                f"dependencies {waiting} finished"
             )
-            self._outputs[name] = output
-            self._record(name, agent, TaskStatus.COMPLETED, records, start, first_start)
-            self.log.info("task finished", task=name, agent=agent.role, attempt=number)
-            if self.listening:
-                self.emit(
-                    events.TaskFinished(
-                        run_id=self.run_id,
-                        time=self.clock.now(),
-                        task=name,
-                        attempt=number,
-                        duration=self.clock.now() - first_start,
-                        prompt_tokens=task_usage.prompt_tokens,
-                        completion_tokens=task_usage.completion_tokens,
-                    )
-                )
-            return output
-        raise AssertionError("unreachable")  # pragma: no cover
+        return [self._outputs[d] for d in dependencies]
 
-    async def _attempt(
-        self, task: Task, name: str, agent: Agent, prompt: str, llm: ManagedLLM
-    ) -> AgentAnswer:
-        on_tool = self._tool_observer(name) if self.listening else None
-        if task.timeout is None:
-            return await agent.run(prompt, llm=llm, output_model=task.output_model, on_tool=on_tool)
-        import anyio
-
-        try:
-            with anyio.fail_after(task.timeout):
-                return await agent.run(
-                    prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
-                )
-        except TimeoutError as exc:
-            raise TaskTimeout(
-                f"task {name!r} took longer than its timeout of {task.timeout:g} s; raise "
-                "Task(timeout=...) or make the task smaller",
-                task=name,
-                timeout=task.timeout,
-            ) from exc
-
-    def _retry_delay(self, error: Exception, failed_attempts: int) -> float | None:
-        """Seconds before the next attempt, or ``None`` when the task has failed for good.
-
-        Provider errors were already retried per call (keeping the conversation), so they end
-        the task here rather than multiplying attempts.
-        """
-        policy = self.retry
-        if isinstance(error, LLMError) or failed_attempts >= policy.max_attempts:
-            return None
-        if not policy.should_retry(error):
-            return None
-        return policy.delay(failed_attempts)
-
-    def _retrying(
-        self, name: str, agent: Agent, number: int, error: Exception, delay: float
-    ) -> None:
-        self.log.warning(
-            "task attempt failed, retrying",
-            task=name,
-            agent=agent.role,
-            attempt=number,
-            error=f"{type(error).__name__}: {error}",
-            delay=round(delay, 3),
-        )
+    def _skip(self, task: Task, name: str, because: list[str]) -> None:
+        self._skipped.append(name)
+        agent = self.graph.agent_of(task)
+        self.record(TaskRecord(task=name, agent=agent.role, status=TaskStatus.SKIPPED))
+        self.log.info("task skipped", task=name, because=because)
         if self.listening:
             self.emit(
-                events.TaskRetrying(
-                    run_id=self.run_id,
-                    time=self.clock.now(),
-                    task=name,
-                    attempt=number,
-                    error=f"{type(error).__name__}: {error}",
-                    delay=delay,
+                events.TaskSkipped(
+                    run_id=self.run_id, time=self.clock.now(), task=name, because=because
                 )
             )
 
-    def _failed(
-        self,
-        task: Task,
-        name: str,
-        agent: Agent,
-        records: list[AttemptRecord],
-        start: datetime,
-        first_start: float,
-        error: Exception,
-    ) -> TaskFailed:
-        self._record(name, agent, TaskStatus.FAILED, records, start, first_start)
-        self.log.error(
-            "task failed",
-            task=name,
-            agent=agent.role,
-            attempt=len(records),
-            error=f"{type(error).__name__}: {error}",
-        )
-        if self.listening:
-            self.emit(
-                events.TaskFailed(
-                    run_id=self.run_id,
-                    time=self.clock.now(),
-                    task=name,
-                    attempts=len(records),
-                    error_type=type(error).__name__,
-                    error=str(error),
-                )
-            )
-        plural = "s" if len(records) > 1 else ""
-        return TaskFailed(
-            f"task {name!r} failed after {len(records)} attempt{plural}: "
-            f"{type(error).__name__}: {error}",
-            task=name,
-            attempts=len(records),
-            cause=error,
-            outputs=self._outputs,
-        )
+    # -- what the runtime's parts use ----------------------------------------------------------
 
-    def _close_attempt(
-        self,
-        state: AttemptState,
-        began: float,
-        began_at: datetime,
-        error: BaseException | None,
-        task_usage: Usage,
-    ) -> AttemptRecord:
-        """Account an ended attempt's usage (task and run) and make its record."""
-        task_usage.add(state.usage)
-        self.usage.add(state.usage)
-        if error is None:
-            status = TaskStatus.COMPLETED
-        elif isinstance(error, Exception):
-            status = TaskStatus.FAILED
-        else:
-            status = TaskStatus.CANCELLED
-        return AttemptRecord(
-            number=state.number,
-            start=began_at,
-            end=_utcnow(),
-            duration=self.clock.now() - began,
-            status=status,
-            error_type=None if error is None else type(error).__name__,
-            error=None if error is None else str(error) or type(error).__name__,
-            model=state.model,
-            usage=state.usage,
-            llm_retries=state.llm_retries,
-        )
+    def record(self, record: TaskRecord) -> None:
+        """Keep a task's timeline record (the last one for a task wins)."""
+        self._records[record.task] = record
 
-    def _record(
-        self,
-        name: str,
-        agent: Agent,
-        status: TaskStatus,
-        attempts: list[AttemptRecord],
-        start: datetime,
-        first_start: float,
-    ) -> None:
-        self._records[name] = TaskRecord(
-            task=name,
-            agent=agent.role,
-            status=status,
-            start=start,
-            end=_utcnow(),
-            duration=self.clock.now() - first_start,
-            attempts=attempts,
-        )
-
-    def _tool_observer(self, name: str) -> Any:
-        def observe(tool: str, *, ok: bool, duration: float, error: str | None) -> None:
-            self.emit(
-                events.ToolCalled(
-                    run_id=self.run_id,
-                    time=self.clock.now(),
-                    task=name,
-                    tool=tool,
-                    ok=ok,
-                    duration=duration,
-                    error=error,
-                )
-            )
-
-        return observe
-
-    # -- the run as a whole --------------------------------------------------------------------
+    async def llm_for(self, agent: Agent) -> LLM:
+        """The LLM ``agent`` uses in this run, opened for the rest of the run."""
+        llm = self._llms.get(agent.id)
+        if llm is None:
+            llm = self._llms[agent.id] = self._llm_override or resolve_llm(agent.llm)
+        if self._stack is not None and id(llm) not in self._opened:
+            self._opened.add(id(llm))
+            await self._stack.enter_async_context(llm)
+        return llm
 
     def emit(self, event: events.Event) -> None:
         """Send ``event`` to every listener of this run.
@@ -421,6 +272,46 @@ class Run:
                     event_kind=event.kind,
                     error=repr(exc),
                 )
+
+    def add_sink(self, sink: EventSink) -> None:
+        """Send this run's events to ``sink`` from now on."""
+        self._sinks = (*self._sinks, sink)
+        self.listening = True
+
+    def remove_sink(self, sink: EventSink) -> None:
+        """Stop sending events to ``sink``."""
+        self._sinks = tuple(s for s in self._sinks if s is not sink)
+        self.listening = bool(self._sinks)
+
+    # -- control -------------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Start no new task until `resume`; tasks in flight finish."""
+        if self.status != "running":
+            return
+        self.slots.pause()
+        self.status = "paused"
+        self._control_event(events.RunPaused)
+
+    def resume(self) -> None:
+        """Start tasks again after `pause`."""
+        if self.status != "paused":
+            return
+        self.status = "running"
+        self.slots.resume()
+        self._control_event(events.RunResumed)
+
+    def set_concurrency(self, limit: int | None) -> None:
+        """Change how many tasks may run at once, while running."""
+        self.slots.set_capacity(limit)
+        self.log.info("concurrency changed", max_concurrency=limit)
+
+    def _control_event(self, kind: type[events.RunPaused | events.RunResumed]) -> None:
+        self.log.info(kind.__name__)
+        if self.listening:
+            self.emit(kind(run_id=self.run_id, time=self.clock.now()))
+
+    # -- the run as a whole --------------------------------------------------------------------
 
     @property
     def timeline(self) -> list[TaskRecord]:
@@ -439,11 +330,12 @@ class Run:
         """Open the LLM clients, let the process run every task, and close the clients.
 
         Raises:
-            CrewRunError: The run failed; ``.outputs`` holds every output that finished.
+            CrewRunError: The run failed; ``.outputs`` holds every output that finished
+                (`CrewPartialFailure` when ``on_failure="continue"`` and some tasks failed).
             ConfigurationError: A client could not be opened (e.g. a missing API key).
         """
         self.status = "running"
-        self.start = _utcnow()
+        self.start = utcnow()
         began = self.clock.now()
         self.log.info("run started", process=self.process.name, tasks=len(self.graph))
         if self.listening:
@@ -460,8 +352,8 @@ class Run:
             async with AsyncExitStack() as stack:
                 self._stack = stack
                 try:
-                    for llm in self._open_llms():
-                        await self._open(llm)
+                    for agent in self._all_agents():
+                        await self.llm_for(agent)
                     await self.process.run(self)
                 finally:
                     self._stack = None
@@ -475,29 +367,31 @@ class Run:
             raise error  # noqa: B904
         self._finish("completed", began, None)
 
-    async def _open(self, llm: LLM) -> None:
-        """Open ``llm`` for the rest of the run, once (also for agents of added tasks)."""
-        if self._stack is None or id(llm) in self._opened:
-            return
-        self._opened.add(id(llm))
-        await self._stack.enter_async_context(llm)
-
-    def _open_llms(self) -> list[LLM]:
-        unique: dict[int, LLM] = {}
-        for agent in self.graph.agents:
-            llm = self._llms.get(agent.id) or self._resolve(agent)
-            self._llms[agent.id] = llm
-            unique.setdefault(id(llm), llm)
-        return list(unique.values())
-
-    def _resolve(self, agent: Agent) -> LLM:
-        return self._llm_override or resolve_llm(agent.llm)
+    def _all_agents(self) -> list[Agent]:
+        """Every agent the run may need, fallbacks included, so clients open before any task."""
+        agents = {agent.id: agent for agent in self.graph.agents}
+        for task in self.graph.tasks:
+            if task.fallback_agent is not None:
+                agents.setdefault(task.fallback_agent.id, task.fallback_agent)
+        return list(agents.values())
 
     def _check_complete(self) -> None:
-        missing = [name for name in self.graph.names if name not in self._outputs]
+        missing = [name for name in self.graph.names if not self.ended(name)]
         if missing:
             raise CrewRunError(
                 f"process {self.process.name!r} returned without running {missing}",
+                outputs=self._outputs,
+            )
+        if self._failures:
+            failed = ", ".join(self._failures)
+            skipped = (
+                f"; skipped because of them: {', '.join(self._skipped)}" if self._skipped else ""
+            )
+            raise CrewPartialFailure(
+                f"{len(self._failures)} task(s) failed: {failed}{skipped}. Every other task ran; "
+                "the finished outputs are in .outputs and each failure in .failures",
+                failures=self._failures,
+                skipped=self._skipped,
                 outputs=self._outputs,
             )
 
@@ -523,7 +417,7 @@ class Run:
 
     def _finish(self, status: RunStatus, began: float, error: BaseException | None) -> None:
         self.status = status
-        self.end = _utcnow()
+        self.end = utcnow()
         self.duration = self.clock.now() - began
         # A failed task was already logged as an error and the caller gets the exception:
         # the run's own line stays at INFO so a failure is not reported twice.

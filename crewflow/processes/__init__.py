@@ -35,6 +35,7 @@ ENTRY_POINT_GROUP = "crewflow.processes"
 
 _BUILTIN = {
     "sequential": ("crewflow.processes.sequential", "Sequential"),
+    "parallel": ("crewflow.processes.parallel", "Parallel"),
 }
 
 

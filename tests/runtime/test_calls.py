@@ -179,7 +179,7 @@ async def test_an_unexpected_exception_from_the_llm_is_not_retried_but_accounted
     assert isinstance(caught.value.cause, RuntimeError)
     finished = captured.of_type(ev.LLMCallFinished)
     assert len(finished) == len(captured.of_type(ev.LLMCallStarted)) == 1
-    assert finished[0].error == "client bug"
+    assert finished[0].error == "RuntimeError: client bug"
 
 
 async def test_the_agent_sees_the_wrapped_llm_capabilities() -> None:
@@ -209,7 +209,7 @@ def test_the_wrapped_llm_shares_the_limit_key_of_the_inner_one() -> None:
     crew = one_task_crew(inner)
     run = Run(graph=crew.graph, process=Sequential(), crew_name="c", inputs={}, retry=RetryPolicy())
 
-    managed = ManagedLLM(inner, run, AttemptState("facts", 1, inner.model))
+    managed = ManagedLLM(inner, run, AttemptState("facts", 1, inner.model, RetryPolicy()))
 
     assert managed.limit_key == inner.limit_key == "provider/model"
     assert managed.model == "provider/model"

@@ -1,0 +1,323 @@
+"""The attempts of one task: retries under the policy, the timeout per attempt, the fallback
+agent, the timeline record, usage and task events. Used by `Run.execute` only."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from crewflow import events
+from crewflow._runtime.calls import AttemptState, ManagedLLM
+from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
+from crewflow.exceptions import LLMError, TaskFailed, TaskTimeout
+from crewflow.llm._types import Usage
+from crewflow.task import TaskOutput
+
+if TYPE_CHECKING:
+    from crewflow._runtime.retry import RetryPolicy
+    from crewflow._runtime.run import Run
+    from crewflow.agent import Agent, AgentAnswer, ToolObserver
+    from crewflow.task import Task
+
+__all__ = ["TaskAttempts"]
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (records use wall-clock times; durations use the run's clock)."""
+    return datetime.now(UTC)
+
+
+class _Exhausted(Exception):
+    """One agent's attempts are used up; carries the last error."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class TaskAttempts:
+    """Runs one task to an output: the agent's attempts, then the fallback agent's.
+
+    Args:
+        run: The run the task belongs to.
+        task: The task.
+        name: Its name in the run.
+        prompt: The rendered user message.
+    """
+
+    def __init__(self, run: Run, task: Task, name: str, prompt: str) -> None:
+        self.run = run
+        self.task = task
+        self.name = name
+        self.prompt = prompt
+        self.policy: RetryPolicy = task.retry or run.retry
+        self.records: list[AttemptRecord] = []
+        self.usage = Usage()
+        self.began = run.clock.now()
+        self.start = utcnow()
+        self._numbers = itertools.count(1)
+
+    async def run_to_output(self) -> TaskOutput:
+        """Attempts until an output; the fallback agent takes over when the agent's are spent.
+
+        Raises:
+            TaskFailed: Every attempt of every agent failed.
+        """
+        primary = self.run.graph.agent_of(self.task)
+        agents = (
+            [primary] if self.task.fallback_agent is None else [primary, self.task.fallback_agent]
+        )
+        last: Exception | None = None
+        for index, agent in enumerate(agents):
+            if index:
+                self._falling_back(agents[index - 1], agent, last)
+            try:
+                return await self._with(agent)
+            except _Exhausted as exhausted:
+                last = exhausted.error
+        assert last is not None
+        raise self._failed(agents[-1], last) from last
+
+    # -- one agent's attempts ------------------------------------------------------------------
+
+    async def _with(self, agent: Agent) -> TaskOutput:
+        run, name = self.run, self.name
+        llm = await run.llm_for(agent)
+        failures = 0
+        while True:
+            number = next(self._numbers)
+            state = AttemptState(name, number, llm.model, self.policy, self._groups(agent))
+            began, began_at = run.clock.now(), utcnow()
+            run.log.info("task started", task=name, agent=agent.role, attempt=number)
+            if run.listening:
+                run.emit(
+                    events.TaskStarted(
+                        run_id=run.run_id, time=began, task=name, agent=agent.role, attempt=number
+                    )
+                )
+            try:
+                answer = await self._attempt(agent, ManagedLLM(llm, run, state))
+            except Exception as exc:
+                self._close(state, began, began_at, exc)
+                failures += 1
+                delay = self._retry_delay(exc, failures)
+                if delay is None:
+                    raise _Exhausted(exc) from exc
+                self._retrying(agent, number, exc, delay)
+                try:
+                    await run.clock.sleep(delay)
+                except BaseException:
+                    self._record(agent, TaskStatus.CANCELLED)
+                    raise
+                continue
+            except BaseException as exc:
+                self._close(state, began, began_at, exc)
+                self._record(agent, TaskStatus.CANCELLED)
+                raise
+            self._close(state, began, began_at, None)
+            return self._finished(agent, llm.model, answer, number)
+
+    async def _attempt(self, agent: Agent, llm: ManagedLLM) -> AgentAnswer:
+        task, run = self.task, self.run
+        on_tool = self._tool_observer() if run.listening else None
+        if task.timeout is None:
+            return await agent.run(
+                self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
+            )
+        import anyio
+
+        try:
+            with anyio.fail_after(task.timeout):
+                return await agent.run(
+                    self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
+                )
+        except TimeoutError as exc:
+            raise TaskTimeout(
+                f"task {self.name!r} took longer than its timeout of {task.timeout:g} s; raise "
+                "Task(timeout=...) or make the task smaller",
+                task=self.name,
+                timeout=task.timeout,
+            ) from exc
+
+    def _retry_delay(self, error: Exception, failures: int) -> float | None:
+        """Seconds before the next attempt, or ``None`` when this agent is done.
+
+        Provider errors were already retried per call (keeping the conversation), so they end
+        the agent's attempts here rather than multiplying them.
+        """
+        policy = self.policy
+        if isinstance(error, LLMError) or failures >= policy.max_attempts:
+            return None
+        if not policy.should_retry(error):
+            return None
+        return policy.delay(failures)
+
+    def _groups(self, agent: Agent) -> tuple[str, ...]:
+        return tuple(g for g in (self.task.group, agent.group) if g)
+
+    # -- records and events --------------------------------------------------------------------
+
+    def _close(
+        self, state: AttemptState, began: float, began_at: datetime, error: BaseException | None
+    ) -> None:
+        """Account an ended attempt's usage (task and run) and record it."""
+        self.usage.add(state.usage)
+        self.run.usage.add(state.usage)
+        if error is None:
+            status = TaskStatus.COMPLETED
+        elif isinstance(error, Exception):
+            status = TaskStatus.FAILED
+        else:
+            status = TaskStatus.CANCELLED
+        self.records.append(
+            AttemptRecord(
+                number=state.number,
+                start=began_at,
+                end=utcnow(),
+                duration=self.run.clock.now() - began,
+                status=status,
+                error_type=None if error is None else type(error).__name__,
+                error=None if error is None else str(error) or type(error).__name__,
+                model=state.model,
+                usage=state.usage,
+                llm_retries=state.llm_retries,
+                limit_wait=state.limit_wait,
+            )
+        )
+
+    def _record(self, agent: Agent, status: TaskStatus) -> None:
+        self.run.record(
+            TaskRecord(
+                task=self.name,
+                agent=agent.role,
+                status=status,
+                start=self.start,
+                end=utcnow(),
+                duration=self.run.clock.now() - self.began,
+                attempts=self.records,
+            )
+        )
+
+    def _finished(self, agent: Agent, model: str, answer: AgentAnswer, number: int) -> TaskOutput:
+        run = self.run
+        output = TaskOutput(
+            task=self.name,
+            agent=agent.role,
+            text=answer.text,
+            data=answer.data,
+            usage=self.usage,
+            model=model,
+        )
+        self._record(agent, TaskStatus.COMPLETED)
+        run.log.info("task finished", task=self.name, agent=agent.role, attempt=number)
+        if run.listening:
+            run.emit(
+                events.TaskFinished(
+                    run_id=run.run_id,
+                    time=run.clock.now(),
+                    task=self.name,
+                    attempt=number,
+                    duration=run.clock.now() - self.began,
+                    prompt_tokens=self.usage.prompt_tokens,
+                    completion_tokens=self.usage.completion_tokens,
+                )
+            )
+        return output
+
+    def _retrying(self, agent: Agent, number: int, error: Exception, delay: float) -> None:
+        run = self.run
+        text = f"{type(error).__name__}: {error}"
+        run.log.warning(
+            "task attempt failed, retrying",
+            task=self.name,
+            agent=agent.role,
+            attempt=number,
+            error=text,
+            delay=round(delay, 3),
+        )
+        if run.listening:
+            run.emit(
+                events.TaskRetrying(
+                    run_id=run.run_id,
+                    time=run.clock.now(),
+                    task=self.name,
+                    attempt=number,
+                    error=text,
+                    delay=delay,
+                )
+            )
+
+    def _falling_back(self, failed: Agent, fallback: Agent, error: Exception | None) -> None:
+        run = self.run
+        text = f"{type(error).__name__}: {error}" if error else ""
+        run.log.warning(
+            "task falls back to another agent",
+            task=self.name,
+            agent=failed.role,
+            fallback=fallback.role,
+            error=text,
+        )
+        if run.listening:
+            run.emit(
+                events.TaskFallback(
+                    run_id=run.run_id,
+                    time=run.clock.now(),
+                    task=self.name,
+                    agent=failed.role,
+                    fallback=fallback.role,
+                    error=text,
+                )
+            )
+
+    def _failed(self, agent: Agent, error: Exception) -> TaskFailed:
+        run = self.run
+        self._record(agent, TaskStatus.FAILED)
+        attempts = len(self.records)
+        run.log.error(
+            "task failed",
+            task=self.name,
+            agent=agent.role,
+            attempt=attempts,
+            error=f"{type(error).__name__}: {error}",
+        )
+        if run.listening:
+            run.emit(
+                events.TaskFailed(
+                    run_id=run.run_id,
+                    time=run.clock.now(),
+                    task=self.name,
+                    attempts=attempts,
+                    error_type=type(error).__name__,
+                    error=str(error),
+                )
+            )
+        plural = "s" if attempts > 1 else ""
+        retries = sum(record.llm_retries for record in self.records)
+        retried = f", {retries} provider call(s) retried" if retries else ""
+        return TaskFailed(
+            f"task {self.name!r} failed after {attempts} attempt{plural}{retried}: "
+            f"{type(error).__name__}: {error}",
+            task=self.name,
+            attempts=attempts,
+            cause=error,
+            outputs=run.outputs,
+        )
+
+    def _tool_observer(self) -> ToolObserver:
+        run, name = self.run, self.name
+
+        def observe(tool: str, *, ok: bool, duration: float, error: str | None) -> None:
+            run.emit(
+                events.ToolCalled(
+                    run_id=run.run_id,
+                    time=run.clock.now(),
+                    task=name,
+                    tool=tool,
+                    ok=ok,
+                    duration=duration,
+                    error=error,
+                )
+            )
+
+        return observe

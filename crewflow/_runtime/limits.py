@@ -1,0 +1,831 @@
+"""Shared limits of the runtime: concurrency, rate limits, Retry-After pauses, circuit breakers.
+
+The one piece of state shared by every crew in the process (DESIGN.md): a `LimitRegistry` that the
+per-call layer asks for a `Permit` before each provider call and hands it back afterwards.
+
+**Keys.** A `Limit` is declared under a key of `Limits`: a model string (``"openai/gpt-4o"``,
+shared by every endpoint serving that model), an LLM's `limit_key`
+(``"openai|https://api.openai.com/v1|gpt-4o"``: one endpoint and model), or a group name given to
+agents or tasks (``"search"``). A call is subject to the limit of each of its groups, plus its
+model's limit, looked up by limit key first, then by model string. Undeclared groups limit
+nothing. Declarations are process-wide (`set_limits`) or passed to a crew; the most recent
+declaration of a key wins, and declaring a key again keeps its state (calls in flight, bucket
+levels).
+
+**Buckets.** ``rpm`` and ``tpm`` are token buckets that refill continuously at ``rpm / 60``
+requests (``tpm / 60`` tokens) per second up to a capacity, the burst: by default one second's
+worth, at least 1 (``Limit(rpm=600)`` lets 10 requests start at once, then one every 0.1 s;
+``Limit(rpm=600, burst=1)`` spaces every request). A call takes one request and its estimated
+prompt tokens (characters / 4); when it finishes, the provider's reported usage corrects the
+charge (charging the difference, or refunding up to the capacity). A call estimated bigger than
+the token bucket starts when the bucket is full and leaves it in debt, so it never deadlocks and
+the average rate still holds.
+
+**Pauses.** A 429 with Retry-After pauses the call's limit key: no call of that key starts before
+the pause ends, whatever crew or task it belongs to. Pauses only ever extend.
+
+**Breaker.** One circuit breaker per limit key: after ``Breaker.failures`` consecutive failures
+(the caller decides what counts: retryable provider errors other than 429) the circuit opens and
+calls fail fast with a non-retryable `LLMError`; after ``Breaker.cooldown`` seconds it half-opens
+and lets one trial call through; the trial's success closes it, its failure opens it again.
+
+**Waiting.** Each key has a FIFO queue: only its head may take capacity, so waiting is fair and a
+newcomer never overtakes. The head sleeps on the runtime clock when it waits for a bucket and on
+an event when it waits for a slot; the others wait on events, so that only one waiter per key
+sleeps (a `FakeClock` sees each wait once). A call takes its groups' capacity in sorted order
+(not as given: two calls naming shared concurrency groups in different orders could otherwise
+each hold a slot the other waits for), then its model's, holding what it took while it waits for
+the next. Cancelled while waiting, a call gives back everything it took. After taking its
+limits, a call checks the pause again: one that began meanwhile sends it back to wait, giving
+its capacity back.
+
+**Threads and loops.** The registry outlives event loops (successive ``anyio.run`` calls) and
+may be used from several threads: its state is plain counters, buckets and queues behind one
+`threading.Lock`; nothing bound to a loop is kept except each waiter's own `anyio.Event`, made
+in the waiter's loop and set from another thread through ``loop.call_soon_threadsafe``. Time
+comes from `current_clock`, so tests run on a fake clock.
+
+**Fast path.** A call with no applicable limit, no state for its key (no pause, no failure ever
+counted) takes two dict lookups and no lock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from crewflow._runtime.clock import current_clock
+from crewflow.exceptions import ConfigurationError, LLMError
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Sequence
+
+    import anyio
+
+    from crewflow._runtime.clock import Clock
+
+__all__ = ["Breaker", "Limit", "LimitRegistry", "Limits", "Permit", "registry", "set_limits"]
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+# Bucket levels are floats refilled by elapsed * rate: accept a level this close to the need
+# (relatively) so that a wait computed to be exact is not followed by a second tiny one.
+_TOLERANCE = 1e-9
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """How much one key (a model, an endpoint, a group) may be used at once and per minute.
+
+    Example:
+        ```python
+        Limits({"openai/gpt-4o": Limit(concurrency=4, rpm=500, tpm=30_000)},
+               search=Limit(concurrency=2))
+        ```
+
+    Args:
+        concurrency: Calls in flight at once.
+        rpm: Requests per minute, as a token bucket.
+        tpm: Tokens per minute, as a token bucket charged by each call's estimated prompt tokens
+            and corrected by its reported usage.
+        burst: Requests the rpm bucket holds when full (default one second's worth,
+            ``rpm / 60``, at least 1).
+        token_burst: Tokens the tpm bucket holds when full (default ``tpm / 60``, at least 1).
+            A bigger call starts when the bucket is full.
+
+    Raises:
+        ConfigurationError: A value is not a positive number, or a burst lacks its rate.
+    """
+
+    concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    burst: float | None = None
+    token_burst: float | None = None
+
+    def __post_init__(self) -> None:
+        concurrency = self.concurrency
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ConfigurationError(
+                f"Limit(concurrency={concurrency!r}): concurrency counts calls in flight at once "
+                f"and must be a whole number >= 1 (or None for no limit)"
+            )
+        for name in ("rpm", "tpm", "burst", "token_burst"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and value > 0):
+                raise ConfigurationError(
+                    f"Limit({name}={value!r}): {name} must be a positive finite number "
+                    f"(or None for no limit)"
+                )
+        if self.burst is not None:
+            if self.rpm is None:
+                raise ConfigurationError(
+                    "Limit(burst=...) sizes the rpm bucket: set rpm too, e.g. "
+                    "Limit(rpm=60, burst=5)"
+                )
+            if self.burst < 1:
+                raise ConfigurationError(
+                    f"Limit(burst={self.burst!r}): the rpm bucket must hold at least one request"
+                )
+        if self.token_burst is not None and self.tpm is None:
+            raise ConfigurationError(
+                "Limit(token_burst=...) sizes the tpm bucket: set tpm too, e.g. "
+                "Limit(tpm=60_000, token_burst=5_000)"
+            )
+
+    @property
+    def request_capacity(self) -> float:
+        """Requests the rpm bucket holds when full (0 without rpm)."""
+        if self.rpm is None:
+            return 0.0
+        return float(self.burst) if self.burst is not None else max(1.0, self.rpm / 60)
+
+    @property
+    def token_capacity(self) -> float:
+        """Tokens the tpm bucket holds when full (0 without tpm)."""
+        if self.tpm is None:
+            return 0.0
+        return float(self.token_burst) if self.token_burst is not None else max(1.0, self.tpm / 60)
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """The circuit breaker applied to every model (limit key).
+
+    Args:
+        failures: Consecutive counted failures that open the circuit.
+        cooldown: Seconds the circuit stays open before one trial call is let through.
+
+    Raises:
+        ConfigurationError: ``failures`` is not a whole number >= 1 or ``cooldown`` is negative.
+    """
+
+    failures: int = 5
+    cooldown: float = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.failures, bool) or not isinstance(self.failures, int):
+            raise ConfigurationError(
+                f"Breaker(failures={self.failures!r}) must be a whole number >= 1"
+            )
+        if self.failures < 1:
+            raise ConfigurationError(f"Breaker(failures={self.failures!r}) must be >= 1")
+        if not (_is_number(self.cooldown) and self.cooldown >= 0):
+            raise ConfigurationError(
+                f"Breaker(cooldown={self.cooldown!r}) must be a finite number of seconds >= 0"
+            )
+
+
+_DEFAULT_BREAKER = Breaker()
+
+
+class Limits(Mapping[str, Limit]):
+    """A declaration of limits: key -> `Limit`, plus the circuit breaker.
+
+    Keys are model strings (``"openai/gpt-4o-mini"``), LLM limit keys
+    (``"openai|https://api.openai.com/v1|gpt-4o-mini"``) or group names (``"search"``).
+
+    Example:
+        ```python
+        crewflow.set_limits(Limits({"openai/gpt-4o": Limit(rpm=500)}, search=Limit(concurrency=2)))
+        ```
+
+    Args:
+        limits: Limits by key.
+        breaker: The circuit breaker for every model; ``None`` turns breakers off. Like limits,
+            the most recent declaration wins.
+        **groups: More limits by key (convenient for group names).
+
+    Raises:
+        ConfigurationError: A value is not a `Limit`, a key is empty or given twice.
+    """
+
+    __slots__ = ("_breaker", "_limits")
+
+    def __init__(
+        self,
+        limits: Mapping[str, Limit] | None = None,
+        /,
+        *,
+        breaker: Breaker | None = _DEFAULT_BREAKER,
+        **groups: Limit,
+    ) -> None:
+        merged = dict(limits or {})
+        twice = groups.keys() & merged.keys()
+        if twice:
+            raise ConfigurationError(f"Limits: {sorted(twice)} given twice; give each key once")
+        merged.update(groups)
+        for key, limit in merged.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigurationError(f"Limits: keys are non-empty strings, not {key!r}")
+            if not isinstance(limit, Limit):
+                raise ConfigurationError(
+                    f"Limits[{key!r}] is {limit!r}: use crewflow.Limit(...), "
+                    f"e.g. Limit(concurrency=2, rpm=60)"
+                )
+        if breaker is not None and not isinstance(breaker, Breaker):
+            raise ConfigurationError(f"Limits(breaker={breaker!r}): use crewflow.Breaker or None")
+        self._limits = merged
+        self._breaker = breaker
+
+    @property
+    def breaker(self) -> Breaker | None:
+        """The circuit breaker declared with these limits (``None``: no breakers)."""
+        return self._breaker
+
+    def __getitem__(self, key: str) -> Limit:
+        return self._limits[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._limits)
+
+    def __len__(self) -> int:
+        return len(self._limits)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._limits
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Limits):
+            return NotImplemented
+        return self._limits == other._limits and self._breaker == other._breaker
+
+    def __hash__(self) -> int:
+        return hash((frozenset(self._limits.items()), self._breaker))
+
+    def __repr__(self) -> str:
+        return f"Limits({self._limits!r}, breaker={self._breaker!r})"
+
+
+@dataclass(slots=True)
+class _Bucket:
+    level: float
+    stamp: float
+
+
+def _refill(bucket: _Bucket | None, rate: float, capacity: float, now: float) -> _Bucket:
+    """The bucket brought up to ``now`` (full when it was never used)."""
+    if bucket is None:
+        return _Bucket(capacity, now)
+    elapsed = now - bucket.stamp
+    # A negative elapsed means another clock (tests): start over from here rather than drain.
+    bucket.level = min(capacity, bucket.level + max(0.0, elapsed) * rate)
+    bucket.stamp = now
+    return bucket
+
+
+def _peek(bucket: _Bucket | None, rate: float, capacity: float, now: float) -> float:
+    if bucket is None:
+        return capacity
+    return min(capacity, bucket.level + max(0.0, now - bucket.stamp) * rate)
+
+
+class _Waiter:
+    __slots__ = ("event", "loop", "state", "thread")
+
+    def __init__(self, state: _KeyState) -> None:
+        import asyncio
+
+        import anyio
+
+        self.state = state
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.event: anyio.Event = anyio.Event()
+
+    def wake(self) -> None:
+        # anyio/asyncio events are not thread-safe: set them from their own loop.
+        with suppress(RuntimeError):  # the waiter's loop is closed: nothing left to wake
+            if self.thread == threading.get_ident():
+                self.event.set()
+            else:
+                self.loop.call_soon_threadsafe(self.event.set)
+
+
+class _KeyState:
+    """Everything the registry remembers about one key."""
+
+    __slots__ = (
+        "blocked_on",
+        "breaker",
+        "failures",
+        "in_flight",
+        "opened_at",
+        "paused_until",
+        "queue",
+        "requests",
+        "tokens",
+        "trial",
+    )
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.queue: deque[_Waiter] = deque()
+        self.blocked_on = "concurrency"  # what the queue's head waits for (for Permit.reasons)
+        self.requests: _Bucket | None = None  # None: full (never used)
+        self.tokens: _Bucket | None = None
+        self.paused_until: float | None = None
+        self.breaker: BreakerState = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+        self.trial = False
+
+    def wake_head(self) -> None:
+        queue = self.queue
+        while queue:
+            if queue[0].loop.is_closed():  # abandoned with its loop: would block the key
+                queue.popleft()
+                continue
+            queue[0].wake()
+            return
+
+
+@dataclass(slots=True)
+class _Hold:
+    key: str
+    state: _KeyState
+    request: bool  # took one request from the rpm bucket
+    tokens: float | None  # charged to the tpm bucket (None: no tpm limit)
+
+
+@dataclass(slots=True)
+class Permit:
+    """Leave to make one provider call; `release` it when the call ends, whatever happened.
+
+    Attributes:
+        waited: Seconds spent waiting for limits (pauses, concurrency, rpm, tpm).
+        reasons: Which limits made the call wait, e.g. ``("concurrency:search",
+            "rpm:openai/gpt-4o", "retry_after:openai|https://api.openai.com/v1|gpt-4o")``.
+    """
+
+    waited: float = 0.0
+    reasons: tuple[str, ...] = ()
+    _registry: LimitRegistry | None = field(default=None, repr=False, compare=False)
+    _limit_key: str = field(default="", repr=False, compare=False)
+    _held: list[_Hold] = field(default_factory=list, repr=False, compare=False)
+    _trial: bool = field(default=False, repr=False, compare=False)
+    _released: bool = field(default=False, repr=False, compare=False)
+
+    def release(self, *, tokens: int | None = None, ok: bool | None = None) -> None:
+        """Free the call's concurrency slots and report how it went. Idempotent.
+
+        Args:
+            tokens: The provider's reported total tokens (prompt + completion); corrects the tpm
+                charge, which was the estimated prompt tokens.
+            ok: For the breaker: ``True`` a success (closes a half-open circuit, resets the
+                count), ``False`` a failure that counts, ``None`` neither (4xx, cancellation).
+        """
+        if self._released:
+            return
+        self._released = True
+        registry = self._registry
+        if registry is None or (
+            not self._held
+            and not self._trial
+            and (ok is None or (ok and self._limit_key not in registry._states))
+        ):
+            return
+        registry._release(self, tokens, ok)
+
+
+class LimitRegistry:
+    """Declared limits and their live state, shared by every crew of the process.
+
+    Use the process-wide one, `registry()`; separate instances are for tests.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Replaced, never mutated, so that the lock-free fast path reads a consistent dict.
+        self._limits: dict[str, Limit] = {}
+        self._states: dict[str, _KeyState] = {}
+        self._breaker: Breaker | None = _DEFAULT_BREAKER
+
+    def configure(self, limits: Limits) -> None:
+        """Declare limits; the most recent declaration of a key wins, other keys stay.
+
+        A key declared again keeps its calls in flight and its bucket levels (capped at the new
+        capacity); waiters re-check at once. The breaker is replaced by ``limits.breaker``.
+
+        Raises:
+            ConfigurationError: ``limits`` is not a `Limits`.
+        """
+        if not isinstance(limits, Limits):
+            raise ConfigurationError(
+                f"expected crewflow.Limits, got {type(limits).__name__}: "
+                f"wrap it, e.g. Limits({{'openai/gpt-4o': Limit(rpm=60)}})"
+            )
+        with self._lock:
+            for key, limit in limits.items():
+                state = self._states.get(key)
+                if state is not None:
+                    _carry_buckets(state, self._limits.get(key), limit, current_clock().now())
+                    state.wake_head()
+            self._limits = {**self._limits, **limits}
+            self._breaker = limits.breaker
+
+    async def acquire(
+        self, *, model: str, limit_key: str, groups: Sequence[str] = (), tokens: int = 0
+    ) -> Permit:
+        """Wait until a call may start under every applicable limit, and take its share.
+
+        In order: the breaker of ``limit_key`` (fails fast when open), any Retry-After pause of
+        ``limit_key``, then each limit (the groups' and the model's) in turn: a concurrency
+        slot, one request from the rpm bucket, ``tokens`` from the tpm bucket. Cancelled while
+        waiting, it gives everything back.
+
+        Args:
+            model: The model string, for the model's limit and error messages.
+            limit_key: The LLM's limit key: pauses, breaker, and the model's limit.
+            groups: Group names of the agent or task making the call.
+            tokens: The call's estimated prompt tokens.
+
+        Returns:
+            The permit; `Permit.release` it when the call ends.
+
+        Raises:
+            LLMError: The circuit of ``limit_key`` is open (``retryable=False``).
+        """
+        limits = self._limits
+        if (
+            not groups
+            and limit_key not in self._states
+            and (not limits or (limit_key not in limits and model not in limits))
+        ):
+            return Permit(_registry=self, _limit_key=limit_key)
+        return await self._acquire(model, limit_key, groups, tokens)
+
+    def pause(self, limit_key: str, seconds: float) -> None:
+        """Start no call of ``limit_key`` before ``seconds`` from now (a 429's Retry-After).
+
+        An existing longer pause is kept: pauses extend, never shorten.
+        """
+        if not seconds > 0:
+            return
+        with self._lock:
+            until = current_clock().now() + seconds
+            state = self._state(limit_key)
+            if state.paused_until is None or state.paused_until < until:
+                state.paused_until = until
+
+    def state(self, key: str) -> dict[str, Any]:
+        """A snapshot of one key, for tests and diagnostics.
+
+        Returns:
+            ``limit`` (the declared `Limit` or ``None``), ``in_flight``, ``waiting``,
+            ``rpm_tokens`` and ``tpm_tokens`` (bucket levels now, ``None`` without that rate),
+            ``paused_until`` (clock time or ``None``), ``breaker`` (``"closed"``, ``"open"``
+            or ``"half_open"``) and ``failures`` (consecutive counted failures).
+        """
+        with self._lock:
+            now = current_clock().now()
+            limit = self._limits.get(key)
+            state = self._states.get(key) or _KeyState()
+            breaker = state.breaker
+            if breaker == "open" and (
+                self._breaker is None or now >= state.opened_at + self._breaker.cooldown
+            ):
+                breaker = "half_open" if self._breaker is not None else "closed"
+            paused = state.paused_until
+            return {
+                "limit": limit,
+                "in_flight": state.in_flight,
+                "waiting": len(state.queue),
+                "rpm_tokens": _peek(state.requests, limit.rpm / 60, limit.request_capacity, now)
+                if limit is not None and limit.rpm is not None
+                else None,
+                "tpm_tokens": _peek(state.tokens, limit.tpm / 60, limit.token_capacity, now)
+                if limit is not None and limit.tpm is not None
+                else None,
+                "paused_until": paused if paused is not None and paused > now else None,
+                "breaker": breaker,
+                "failures": state.failures,
+            }
+
+    def reset(self) -> None:
+        """Forget every declaration and all state (tests). Waiters start over."""
+        with self._lock:
+            states = self._states
+            self._states = {}
+            self._limits = {}
+            self._breaker = _DEFAULT_BREAKER
+            for state in states.values():
+                for waiter in state.queue:
+                    waiter.wake()
+
+    # -- the slow path --------------------------------------------------------------------------
+
+    def _state(self, key: str) -> _KeyState:
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _KeyState()
+        return state
+
+    async def _acquire(
+        self, model: str, limit_key: str, groups: Sequence[str], tokens: int
+    ) -> Permit:
+        clock = current_clock()
+        started = clock.now()
+        permit = Permit(_registry=self, _limit_key=limit_key)
+        reasons: list[str] = []
+        with self._lock:
+            permit._trial = self._admit(model, limit_key, started)
+        try:
+            while True:
+                await self._wait_for_pause(limit_key, clock, reasons)
+                with self._lock:
+                    keys = self._applicable(model, limit_key, groups)
+                for key in keys:
+                    await self._take(permit, key, tokens, clock, reasons)
+                with self._lock:
+                    if self._pause_left(limit_key, clock.now()) <= 0:
+                        break
+                    self._give_back(permit, clock.now())  # paused meanwhile: wait again
+        except BaseException:
+            with self._lock:
+                self._give_back(permit, clock.now())
+                self._end_trial(permit)
+            permit._released = True
+            raise
+        if reasons:
+            permit.waited = clock.now() - started
+            permit.reasons = tuple(dict.fromkeys(reasons))
+        return permit
+
+    def _admit(self, model: str, limit_key: str, now: float) -> bool:
+        """Check the breaker; returns whether this call is the half-open circuit's trial."""
+        state = self._states.get(limit_key)
+        if state is None or state.breaker == "closed":
+            return False
+        config = self._breaker
+        if config is None:  # breakers were turned off since the circuit opened
+            state.breaker, state.failures, state.trial = "closed", 0, False
+            return False
+        if state.breaker == "open":
+            left = state.opened_at + config.cooldown - now
+            if left > 0:
+                raise _circuit_open(
+                    model,
+                    state.failures,
+                    f"the next trial call is allowed in {left:.1f} s",
+                )
+            state.breaker, state.trial = "half_open", False
+        if state.trial:
+            raise _circuit_open(
+                model,
+                state.failures,
+                "a trial call is in flight and the next is allowed once it succeeds",
+            )
+        state.trial = True
+        return True
+
+    def _applicable(self, model: str, limit_key: str, groups: Sequence[str]) -> list[str]:
+        limits = self._limits
+        model_key = limit_key if limit_key in limits else model if model in limits else None
+        # Groups in sorted order, not as given: two calls naming the same groups in different
+        # orders would otherwise each hold a slot the other waits for.
+        keys = sorted({group for group in groups if group in limits and group != model_key})
+        if model_key is not None:
+            keys.append(model_key)
+        return keys
+
+    def _pause_left(self, limit_key: str, now: float) -> float:
+        state = self._states.get(limit_key)
+        if state is None or state.paused_until is None:
+            return 0.0
+        left = state.paused_until - now
+        if left <= 0:
+            state.paused_until = None
+            self._forget_if_idle(limit_key, state)
+        return left
+
+    def _forget_if_idle(self, key: str, state: _KeyState) -> None:
+        """Drop an undeclared key's state once it holds nothing, so its calls go fast again."""
+        if (
+            key not in self._limits
+            and state.paused_until is None
+            and state.breaker == "closed"
+            and not state.failures
+            and not state.in_flight
+            and not state.queue
+            and self._states.get(key) is state
+        ):
+            del self._states[key]
+
+    async def _wait_for_pause(self, limit_key: str, clock: Clock, reasons: list[str]) -> None:
+        while True:
+            with self._lock:
+                left = self._pause_left(limit_key, clock.now())
+            if left <= 0:
+                return
+            reasons.append(f"retry_after:{limit_key}")
+            await clock.sleep(left)
+
+    async def _take(
+        self, permit: Permit, key: str, tokens: int, clock: Clock, reasons: list[str]
+    ) -> None:
+        """Take ``key``'s share for the call, waiting in the key's FIFO queue if needed."""
+        waiter: _Waiter | None = None
+        try:
+            while True:
+                with self._lock:
+                    state = self._state(key)
+                    if waiter is not None and waiter.state is not state:
+                        waiter = None  # the registry was reset: queue again
+                    delay: float | None = None
+                    if waiter is None and state.queue:
+                        why = state.blocked_on  # others came first: wait for our turn
+                    elif waiter is None or state.queue[0] is waiter:
+                        delay, why = self._try_take(permit, key, state, tokens, clock.now())
+                        if not why:
+                            if waiter is not None:
+                                state.queue.popleft()
+                                waiter = None
+                                state.wake_head()
+                            return
+                        state.blocked_on = why
+                    else:
+                        why = state.blocked_on
+                    if waiter is None:
+                        waiter = _Waiter(state)
+                        state.queue.append(waiter)
+                    elif delay is None:
+                        import anyio
+
+                        waiter.event = anyio.Event()
+                    event = waiter.event
+                reasons.append(f"{why}:{key}")
+                if delay is None:
+                    await event.wait()
+                else:
+                    await clock.sleep(delay)
+        finally:
+            if waiter is not None:
+                with self._lock:
+                    _leave(waiter)
+
+    def _try_take(
+        self, permit: Permit, key: str, state: _KeyState, tokens: int, now: float
+    ) -> tuple[float | None, str]:
+        """Take the call's share of ``key`` if all of it is there.
+
+        Returns:
+            ``(None, "")`` when taken; else what is missing and how long to sleep for it
+            (``None``: until woken, for a concurrency slot).
+        """
+        limit = self._limits.get(key)
+        if limit is None:
+            limit = _NO_LIMIT
+        if limit.concurrency is not None and state.in_flight >= limit.concurrency:
+            return None, "concurrency"
+        if limit.rpm is not None:
+            rate = limit.rpm / 60
+            bucket = state.requests = _refill(state.requests, rate, limit.request_capacity, now)
+            if bucket.level * (1 + _TOLERANCE) < 1:
+                return (1 - bucket.level) / rate, "rpm"
+        if limit.tpm is not None and tokens > 0:
+            rate, capacity = limit.tpm / 60, limit.token_capacity
+            bucket = state.tokens = _refill(state.tokens, rate, capacity, now)
+            need = min(float(tokens), capacity)  # bigger calls go when the bucket is full
+            if bucket.level + _TOLERANCE * need < need:
+                return (need - bucket.level) / rate, "tpm"
+        state.in_flight += 1
+        if state.requests is not None and limit.rpm is not None:
+            state.requests.level -= 1
+        charged: float | None = None
+        if limit.tpm is not None:
+            charged = float(tokens)
+            if tokens > 0 and state.tokens is not None:
+                state.tokens.level -= tokens  # may go below zero: a debt later calls wait for
+        permit._held.append(_Hold(key, state, limit.rpm is not None, charged))
+        return None, ""
+
+    def _give_back(self, permit: Permit, now: float) -> None:
+        """Undo what the permit took (cancelled, or paused before it could start)."""
+        for hold in permit._held:
+            state = hold.state
+            state.in_flight -= 1
+            limit = self._limits.get(hold.key)
+            if limit is not None and limit.rpm is not None and hold.request:
+                rate, capacity = limit.rpm / 60, limit.request_capacity
+                bucket = state.requests = _refill(state.requests, rate, capacity, now)
+                bucket.level = min(capacity, bucket.level + 1)
+            if limit is not None and limit.tpm is not None and hold.tokens:
+                _correct_tokens(state, limit, -hold.tokens, now)
+            state.wake_head()
+        permit._held.clear()
+
+    def _end_trial(self, permit: Permit) -> None:
+        if permit._trial:
+            state = self._states.get(permit._limit_key)
+            if state is not None and state.breaker == "half_open":
+                state.trial = False  # the next call may be the trial
+
+    def _release(self, permit: Permit, tokens: int | None, ok: bool | None) -> None:
+        with self._lock:
+            now = current_clock().now()
+            for hold in permit._held:
+                hold.state.in_flight -= 1
+                limit = self._limits.get(hold.key)
+                if tokens is not None and hold.tokens is not None and limit and limit.tpm:
+                    _correct_tokens(hold.state, limit, tokens - hold.tokens, now)
+                hold.state.wake_head()
+            permit._held.clear()
+            if ok is None:
+                self._end_trial(permit)
+            elif ok:
+                state = self._states.get(permit._limit_key)
+                if state is not None:
+                    state.breaker, state.failures, state.trial = "closed", 0, False
+                    self._forget_if_idle(permit._limit_key, state)
+            else:
+                self._count_failure(permit, now)
+
+    def _count_failure(self, permit: Permit, now: float) -> None:
+        config = self._breaker
+        if config is None:
+            self._end_trial(permit)
+            return
+        state = self._state(permit._limit_key)
+        state.failures += 1
+        trial_failed = permit._trial and state.breaker == "half_open"
+        if trial_failed or (state.breaker == "closed" and state.failures >= config.failures):
+            state.breaker, state.opened_at, state.trial = "open", now, False
+
+
+_NO_LIMIT = Limit()
+
+
+def _correct_tokens(state: _KeyState, limit: Limit, extra: float, now: float) -> None:
+    """Charge ``extra`` more tokens (or refund, when negative, up to the capacity)."""
+    assert limit.tpm is not None
+    rate, capacity = limit.tpm / 60, limit.token_capacity
+    bucket = state.tokens = _refill(state.tokens, rate, capacity, now)
+    bucket.level = min(capacity, bucket.level - extra) if extra < 0 else bucket.level - extra
+
+
+def _carry_buckets(state: _KeyState, old: Limit | None, new: Limit, now: float) -> None:
+    """Keep a re-declared key's bucket levels, brought up to now and capped at the new size."""
+    if state.requests is not None and old is not None and old.rpm is not None and new.rpm:
+        _refill(state.requests, old.rpm / 60, old.request_capacity, now)
+        state.requests.level = min(state.requests.level, new.request_capacity)
+    else:
+        state.requests = None
+    if state.tokens is not None and old is not None and old.tpm is not None and new.tpm:
+        _refill(state.tokens, old.tpm / 60, old.token_capacity, now)
+        state.tokens.level = min(state.tokens.level, new.token_capacity)
+    else:
+        state.tokens = None
+
+
+def _leave(waiter: _Waiter) -> None:
+    """Take a waiter that gave up out of its queue, and wake the new head if it was first."""
+    queue = waiter.state.queue
+    try:
+        index = queue.index(waiter)
+    except ValueError:
+        return
+    del queue[index]
+    if index == 0:
+        waiter.state.wake_head()
+
+
+def _circuit_open(model: str, failures: int, when: str) -> LLMError:
+    return LLMError(
+        f"circuit open for {model} after {failures} consecutive failures; {when}. Calls to "
+        f"{model} fail fast until then: check the provider's status, or tune the breaker with "
+        f"Limits(..., breaker=Breaker(failures=..., cooldown=...)) (breaker=None turns it off)",
+        model=model,
+        retryable=False,
+    )
+
+
+_REGISTRY = LimitRegistry()
+
+
+def registry() -> LimitRegistry:
+    """The process-wide registry every crew's calls go through."""
+    return _REGISTRY
+
+
+def set_limits(limits: Limits) -> None:
+    """Declare limits for the whole process (the most recent declaration of a key wins).
+
+    Example:
+        ```python
+        crewflow.set_limits(Limits({"openai/gpt-4o-mini": Limit(rpm=500, tpm=200_000)}))
+        ```
+    """
+    _REGISTRY.configure(limits)
