@@ -7,6 +7,8 @@
   JSON, dropped connections), so the real ``openai`` and ``litellm`` clients run over a socket.
   Scripts use the reply vocabulary below, which `ScriptedLLM` understands too.
 - `capture_events`, `FakeClock` / `use_clock`, and `forbid_real_llm_calls`.
+- `VirtualTimeLoop` / `run_virtual`: an event loop whose sleeps take no real time, to test
+  scheduling, timeouts and rate limits exactly (offline and scripted models only).
 
 Example:
     ```python
@@ -42,6 +44,7 @@ from crewflow.testing._server import (
     ToolCall,
     ToolCalls,
 )
+from crewflow.testing._virtual import VirtualTimeLoop, run_virtual
 
 __all__ = [
     "Disconnect",
@@ -59,7 +62,9 @@ __all__ = [
     "Text",
     "ToolCall",
     "ToolCalls",
+    "VirtualTimeLoop",
     "capture_events",
     "forbid_real_llm_calls",
+    "run_virtual",
     "use_clock",
 ]
