@@ -214,12 +214,14 @@ def _named(crew: Crew, stem: str) -> Crew:
 
 # -- progress -----------------------------------------------------------------------------------
 
-_Status = Literal["running", "finished", "retrying", "failed"]
+_Status = Literal["running", "finished", "retrying", "waiting", "failed", "skipped"]
 _SYMBOLS: dict[_Status, tuple[str, str]] = {
     "running": ("▶", "cyan"),
     "finished": ("✓", "green"),
     "retrying": ("↻", "yellow"),
+    "waiting": ("…", "yellow"),
     "failed": ("✗", "red"),
+    "skipped": ("-", "dim"),
 }
 
 
@@ -303,6 +305,12 @@ class ProgressView:
         if isinstance(event, events.LLMCallRetrying):
             status = f"provider error {event.status_code}" if event.status_code else "call failed"
             return event.task, "retrying", f"{status}; calling again in {_seconds(event.delay)}"
+        if isinstance(event, events.TaskFallback):
+            return event.task, "retrying", f"{event.agent} gave up; {event.fallback} takes over"
+        if isinstance(event, events.LimiterWait):
+            return event.task, "waiting", f"waited {_seconds(event.waited)} for limits"
+        if isinstance(event, events.TaskSkipped):
+            return event.task, "skipped", f"because {', '.join(event.because)} failed"
         if isinstance(event, events.TaskFailed):
             plural = "s" if event.attempts != 1 else ""
             return (

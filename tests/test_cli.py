@@ -413,3 +413,24 @@ def test_importing_crewflow_does_not_import_the_cli(tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_skips_fallbacks_and_limit_waits_are_shown() -> None:
+    view = cli.ProgressView(Console(file=io.StringIO(), width=200))
+
+    view(events.TaskSkipped(run_id="r", time=0.0, task="draft", because=["facts"]))
+    view(
+        events.TaskFallback(
+            run_id="r", time=0.0, task="facts", agent="Researcher", fallback="Backup", error="x"
+        )
+    )
+    view(
+        events.LimiterWait(
+            run_id="r", time=0.0, task="notes", model="m", waited=1.5, reasons=["rpm:m"]
+        )
+    )
+
+    printed = view.console.file.getvalue()  # type: ignore[attr-defined]
+    assert "draft skipped  because facts failed" in printed
+    assert "facts retrying  Researcher gave up; Backup takes over" in printed
+    assert "notes waiting  waited 1.50 s for limits" in printed
