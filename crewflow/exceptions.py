@@ -84,6 +84,10 @@ class CrewRunError(CrewflowError):
 
     Attributes:
         outputs: Every task output that finished before the failure, by task name.
+        run_id: The failed run's id (set when the error leaves a kickoff).
+        timeline: Every task's record up to the failure (finished, failed, skipped, cancelled,
+            pending), as `CrewResult.timeline` would have been.
+        usage: Requests and tokens the run spent before it failed.
     """
 
     def __init__(self, message: str, *, outputs: Mapping[str, TaskOutput] | None = None) -> None:
@@ -91,6 +95,9 @@ class CrewRunError(CrewflowError):
         self.outputs: Mapping[str, TaskOutput] = (
             MappingProxyType(dict(outputs)) if outputs else _EMPTY
         )
+        self.run_id: str | None = None
+        self.timeline: list[Any] = []
+        self.usage: Any = None
 
 
 class LLMError(CrewRunError):

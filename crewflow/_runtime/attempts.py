@@ -4,7 +4,6 @@ agent, the timeline record, usage and task events. Used by `Run.execute` only.""
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from crewflow import events
@@ -15,17 +14,14 @@ from crewflow.llm._types import Usage
 from crewflow.task import TaskOutput
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from crewflow._runtime.retry import RetryPolicy
     from crewflow._runtime.run import Run
     from crewflow.agent import Agent, AgentAnswer, ToolObserver
     from crewflow.task import Task
 
 __all__ = ["TaskAttempts"]
-
-
-def utcnow() -> datetime:
-    """The current time in UTC (records use wall-clock times; durations use the run's clock)."""
-    return datetime.now(UTC)
 
 
 class _Exhausted(Exception):
@@ -55,7 +51,7 @@ class TaskAttempts:
         self.records: list[AttemptRecord] = []
         self.usage = Usage()
         self.began = run.clock.now()
-        self.start = utcnow()
+        self.start = run.wall()
         self._numbers = itertools.count(1)
 
     async def run_to_output(self) -> TaskOutput:
@@ -88,7 +84,7 @@ class TaskAttempts:
         while True:
             number = next(self._numbers)
             state = AttemptState(name, number, llm.model, self.policy, self._groups(agent))
-            began, began_at = run.clock.now(), utcnow()
+            began, began_at = run.clock.now(), run.wall()
             run.log.info("task started", task=name, agent=agent.role, attempt=number)
             if run.listening:
                 run.emit(
@@ -174,7 +170,7 @@ class TaskAttempts:
             AttemptRecord(
                 number=state.number,
                 start=began_at,
-                end=utcnow(),
+                end=self.run.wall(),
                 duration=self.run.clock.now() - began,
                 status=status,
                 error_type=None if error is None else type(error).__name__,
@@ -193,7 +189,7 @@ class TaskAttempts:
                 agent=agent.role,
                 status=status,
                 start=self.start,
-                end=utcnow(),
+                end=self.run.wall(),
                 duration=self.run.clock.now() - self.began,
                 attempts=self.records,
             )

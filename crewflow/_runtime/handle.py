@@ -67,7 +67,10 @@ class RunHandle:
     @property
     def status(self) -> RunStatus:
         """``pending``, ``running``, ``paused``, ``completed``, ``failed`` or ``cancelled``."""
-        return self._run.status
+        status = self._run.status
+        if self._task.done() and status in ("pending", "running", "paused"):
+            return "cancelled"  # cancelled before the run could record how it ended
+        return status
 
     @property
     def done(self) -> bool:

@@ -191,6 +191,16 @@ class Breaker:
 _DEFAULT_BREAKER = Breaker()
 
 
+class _Unset:
+    """Marks an argument that was not given."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
 class Limits(Mapping[str, Limit]):
     """A declaration of limits: key -> `Limit`, plus the circuit breaker.
 
@@ -205,21 +215,22 @@ class Limits(Mapping[str, Limit]):
     Args:
         limits: Limits by key.
         breaker: The circuit breaker for every model; ``None`` turns breakers off. Like limits,
-            the most recent declaration wins.
+            the most recent declaration that gives one wins; ``Limits`` that do not mention it
+            leave the process's breaker as it is (by default ``Breaker()``).
         **groups: More limits by key (convenient for group names).
 
     Raises:
         ConfigurationError: A value is not a `Limit`, a key is empty or given twice.
     """
 
-    __slots__ = ("_breaker", "_limits")
+    __slots__ = ("_breaker", "_breaker_given", "_limits")
 
     def __init__(
         self,
         limits: Mapping[str, Limit] | None = None,
         /,
         *,
-        breaker: Breaker | None = _DEFAULT_BREAKER,
+        breaker: Breaker | _Unset | None = _UNSET,
         **groups: Limit,
     ) -> None:
         merged = dict(limits or {})
@@ -235,7 +246,10 @@ class Limits(Mapping[str, Limit]):
                     f"Limits[{key!r}] is {limit!r}: use crewflow.Limit(...), "
                     f"e.g. Limit(concurrency=2, rpm=60)"
                 )
-        if breaker is not None and not isinstance(breaker, Breaker):
+        self._breaker_given = not isinstance(breaker, _Unset)
+        if isinstance(breaker, _Unset):
+            breaker = _DEFAULT_BREAKER
+        elif breaker is not None and not isinstance(breaker, Breaker):
             raise ConfigurationError(f"Limits(breaker={breaker!r}): use crewflow.Breaker or None")
         self._limits = merged
         self._breaker = breaker
@@ -434,7 +448,8 @@ class LimitRegistry:
                     _carry_buckets(state, self._limits.get(key), limit, current_clock().now())
                     state.wake_head()
             self._limits = {**self._limits, **limits}
-            self._breaker = limits.breaker
+            if limits._breaker_given:
+                self._breaker = limits.breaker
 
     async def acquire(
         self, *, model: str, limit_key: str, groups: Sequence[str] = (), tokens: int = 0

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from crewflow import events
 from crewflow._logging import get_logger
 from crewflow._prompts import task_prompt
-from crewflow._runtime.attempts import TaskAttempts, utcnow
+from crewflow._runtime.attempts import TaskAttempts
 from crewflow._runtime.clock import current_clock
 from crewflow._runtime.records import TaskRecord, TaskStatus
 from crewflow._runtime.slots import Slot, SlotPool
@@ -29,7 +30,6 @@ from crewflow.llm._types import Usage
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from datetime import datetime
 
     from crewflow._runtime.retry import RetryPolicy
     from crewflow.agent import Agent
@@ -96,6 +96,9 @@ class Run:
         self.retry = retry
         self.on_failure = on_failure
         self.clock = current_clock()
+        # Wall-clock times are derived from the run's clock, so that a timeline's start/end
+        # agree with its durations (also on a fake or virtual clock).
+        self._wall_origin = (datetime.now(UTC), self.clock.now())
         self.usage = Usage()
         self.status: RunStatus = "pending"
         self.slots = SlotPool(max_concurrency)
@@ -192,6 +195,8 @@ class Run:
             try:
                 if slot is None:
                     slot = await self.slots.acquire(priority, self.graph.position(name))
+                # A slot taken just before a pause does not start its task until the resume.
+                await self.slots.unpaused()
                 return await self._run_task(task, name, context)
             finally:
                 self._running.discard(name)
@@ -243,6 +248,11 @@ class Run:
 
     # -- what the runtime's parts use ----------------------------------------------------------
 
+    def wall(self) -> datetime:
+        """The current time in UTC, as the run's clock sees it."""
+        origin, at = self._wall_origin
+        return origin + timedelta(seconds=self.clock.now() - at)
+
     def record(self, record: TaskRecord) -> None:
         """Keep a task's timeline record (the last one for a task wins)."""
         self._records[record.task] = record
@@ -286,8 +296,11 @@ class Run:
     # -- control -------------------------------------------------------------------------------
 
     def pause(self) -> None:
-        """Start no new task until `resume`; tasks in flight finish."""
-        if self.status != "running":
+        """Start no new task until `resume`; tasks in flight finish.
+
+        Works before the run has begun too (``crew.start()`` then ``pause()`` at once).
+        """
+        if self.status not in ("pending", "running"):
             return
         self.slots.pause()
         self.status = "paused"
@@ -334,8 +347,8 @@ class Run:
                 (`CrewPartialFailure` when ``on_failure="continue"`` and some tasks failed).
             ConfigurationError: A client could not be opened (e.g. a missing API key).
         """
-        self.status = "running"
-        self.start = utcnow()
+        self.status = "paused" if self.slots.paused else "running"
+        self.start = self.wall()
         began = self.clock.now()
         self.log.info("run started", process=self.process.name, tasks=len(self.graph))
         if self.listening:
@@ -400,7 +413,7 @@ class Run:
         leaves = _leaves(exc)
         for leaf in leaves:
             if isinstance(leaf, CrewRunError):
-                leaf.outputs = MappingProxyType(dict(self._outputs))
+                self._attach(leaf)
                 return leaf
         for leaf in leaves:
             if isinstance(leaf, CrewflowError):
@@ -412,12 +425,20 @@ class Run:
                     outputs=self._outputs,
                 )
                 error.__cause__ = leaf
+                self._attach(error)
                 return error
         return None
 
+    def _attach(self, error: CrewRunError) -> None:
+        """What a failed run leaves: every finished output, the timeline, the usage."""
+        error.outputs = MappingProxyType(dict(self._outputs))
+        error.run_id = self.run_id
+        error.timeline = self.timeline
+        error.usage = self.usage.copy()
+
     def _finish(self, status: RunStatus, began: float, error: BaseException | None) -> None:
         self.status = status
-        self.end = utcnow()
+        self.end = self.wall()
         self.duration = self.clock.now() - began
         # A failed task was already logged as an error and the caller gets the exception:
         # the run's own line stays at INFO so a failure is not reported twice.

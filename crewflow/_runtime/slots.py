@@ -96,6 +96,11 @@ class SlotPool:
         assert waiter.slot is not None
         return waiter.slot
 
+    async def unpaused(self) -> None:
+        """Return at once, or when the pool is resumed."""
+        while self.paused:
+            await self.changed()
+
     async def changed(self) -> None:
         """Return at the next release, resume or capacity change."""
         await self._changed.wait()

@@ -605,6 +605,17 @@ async def test_without_a_breaker_failures_never_open_a_circuit(
     assert limits.state(KEY)["breaker"] == "closed"
 
 
+async def test_limits_that_do_not_mention_the_breaker_leave_it_as_declared(
+    limits: LimitRegistry,
+) -> None:
+    limits.configure(Limits(breaker=None))
+    limits.configure(Limits(search=Limit(concurrency=2)))  # e.g. a crew's own limits
+
+    await fail(limits, 50)
+
+    assert limits.state(KEY)["breaker"] == "closed"
+
+
 async def test_turning_breakers_off_closes_open_circuits(limits: LimitRegistry) -> None:
     limits.configure(Limits(breaker=Breaker(failures=1, cooldown=60)))
     await fail(limits, 1)
