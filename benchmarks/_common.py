@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -58,3 +62,165 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+# -- a loopback server in its own process that answers questions about what it saw -------------
+
+# Run with ``python -c``: the server runs on its own loop in a thread of that process; the main
+# thread answers one command per stdin line ("stats", "reset") with one JSON line on stdout, and
+# stops the server when stdin closes. A prompt holding ``[[KEY]]`` (first occurrence in the last
+# user message) is answered after ``durations[KEY]`` seconds instead of the fixed latency.
+_COUNTING_SERVER = r"""
+import json, re, sys
+from crewflow.testing import OpenAIServer, Slow, Text
+
+latency = float(sys.argv[1])
+durations = {}
+if len(sys.argv) > 2 and sys.argv[2]:
+    with open(sys.argv[2]) as file:
+        durations = json.load(file)
+key = re.compile(r"\[\[([^\]]+)\]\]")
+
+def responder(request):
+    last = request.last_user_message
+    match = key.search(last)
+    if match is None or match.group(1) not in durations:
+        return None
+    return Slow(durations[match.group(1)], Text("loopback reply: " + match.group(1)))
+
+server = OpenAIServer(latency=latency, responder=responder).start_in_thread()
+print(server.base_url, flush=True)
+for line in sys.stdin:
+    command = line.strip()
+    if command == "reset":
+        server.reset_counters()
+        answer = {}
+    elif command == "stats":
+        requests = list(server.requests)
+        answer = {
+            "requests": len(requests),
+            "max_in_flight": server.max_in_flight,
+            "in_flight": server.in_flight,
+            "received_at": [r.received_at for r in requests],
+            "finished_at": [r.finished_at for r in requests],
+            "statuses": [r.status for r in requests],
+        }
+    else:
+        answer = {"error": f"unknown command {command!r}"}
+    print(json.dumps(answer), flush=True)
+server.stop_thread()
+"""
+
+
+@dataclass
+class ServerStats:
+    """What the counting server saw since its last reset.
+
+    Attributes:
+        requests: Chat requests received.
+        max_in_flight: The most requests it was handling at once.
+        received_at: ``time.monotonic()`` (the server's clock) when each request was read.
+        finished_at: When each was answered (``None`` while in flight).
+        statuses: The HTTP status sent for each (``None``: nothing sent).
+    """
+
+    requests: int
+    max_in_flight: int
+    received_at: list[float]
+    finished_at: list[float | None]
+    statuses: list[int | None]
+
+    def max_in_window(self, seconds: float = 1.0) -> int:
+        """The most requests received in any window of ``seconds``."""
+        times = sorted(self.received_at)
+        best, first = 0, 0
+        for last, stamp in enumerate(times):
+            while stamp - times[first] >= seconds:
+                first += 1
+            best = max(best, last - first + 1)
+        return best
+
+    @property
+    def errors(self) -> int:
+        """Requests not answered with 200 (429s included)."""
+        return sum(1 for status in self.statuses if status != 200)
+
+
+class CountingServer:
+    """Handle on a `counting_server` subprocess."""
+
+    def __init__(self, process: subprocess.Popen[str], base_url: str) -> None:
+        self._process = process
+        self.base_url = base_url
+
+    def _ask(self, command: str) -> dict[str, object]:
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.write(command + "\n")
+        self._process.stdin.flush()
+        return json.loads(self._process.stdout.readline())
+
+    def reset(self) -> None:
+        """Forget the requests seen so far and the in-flight peak."""
+        self._ask("reset")
+
+    def stats(self) -> ServerStats:
+        """The server's counters since the last `reset` (a blocking round trip of a few ms:
+        call it outside timed code)."""
+        answer = self._ask("stats")
+        return ServerStats(
+            requests=answer["requests"],  # type: ignore[arg-type]
+            max_in_flight=answer["max_in_flight"],  # type: ignore[arg-type]
+            received_at=answer["received_at"],  # type: ignore[arg-type]
+            finished_at=answer["finished_at"],  # type: ignore[arg-type]
+            statuses=answer["statuses"],  # type: ignore[arg-type]
+        )
+
+
+@contextlib.contextmanager
+def counting_server(
+    latency: float = 0.0, durations: Mapping[str, float] | None = None
+) -> Iterator[CountingServer]:
+    """Like `loopback_server` (its own process, so timings do not share our GIL), but the
+    handle also reads the server's own counters (`CountingServer.stats`), and a prompt holding
+    ``[[KEY]]`` is answered after ``durations[KEY]`` seconds instead of ``latency``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = ""
+        if durations:
+            path = str(Path(folder) / "durations.json")
+            Path(path).write_text(json.dumps(dict(durations)))
+        process = subprocess.Popen(
+            [sys.executable, "-c", _COUNTING_SERVER, str(latency), path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            base_url = process.stdout.readline().strip()
+            if not base_url.startswith("http://127.0.0.1:"):
+                raise RuntimeError(f"the counting server did not start: {base_url!r}")
+            yield CountingServer(process, base_url)
+        finally:
+            if process.stdin is not None:
+                process.stdin.close()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                process.wait(timeout=10)
+
+
+def user_message(description: str, context: Sequence[tuple[str, str]] = ()) -> str:
+    """The user message crewflow sends for a task (no expected output), written out by hand
+    for the floors: the description, then each dependency's output in a ``<context>`` block."""
+    if not context:
+        return description
+    blocks = "\n".join(f'<context task="{name}">\n{text}\n</context>' for name, text in context)
+    return f"{description}\n\nContext from earlier tasks:\n{blocks}"
+
+
+def spread(values: Sequence[int]) -> str:
+    """``"7"`` when every run gave 7, else ``"min-max"``."""
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("import_time.py", "overhead.py")
+BENCHMARKS = (
+    "import_time.py",
+    "overhead.py",
+    "fanout.py",
+    "dag.py",
+    "scale.py",
+    "rate.py",
+)
 
 
 def main() -> int:

@@ -34,6 +34,20 @@ MARKERS: dict[str, list[str]] = {
     ],
     "testing_your_crew.py": ["passed: test_", "tests passed"],
     "openai_compatible.py": ["HTTP 503 from the server; retrying", "HTTP statuses [503, 200, 200]"],
+    "parallel_research.py": ["process=parallel, max_concurrency=3", "  glossary |", "7 tasks in"],
+    "control_a_run.py": [
+        "  1.5 s  run_paused",
+        "  4.5 s  task_started  ch5",
+        "status=completed, 6 outputs in 6.5 s",
+        "finished before the cancel: ['ch1', 'ch2']",
+    ],
+    "failures_and_fallbacks.py": [
+        "reviews: Reviews analyst gave up, Backup analyst takes over",
+        "reviews   by Backup analyst (offline)",
+        "pricing   after 1 attempt(s): LLMError",
+        "skipped:\n  discount, summary",
+        "stopped: 'pricing' failed",
+    ],
 }
 TIMEOUT = 60
 

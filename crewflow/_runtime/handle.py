@@ -46,16 +46,16 @@ class RunHandle:
         self._run = run
         self._streams: list[MemoryObjectSendStream[Event]] = []
         run.add_sink(self._publish)
-        self._task = asyncio.get_running_loop().create_task(self._main(finish))
+        self._task = asyncio.get_running_loop().create_task(_drive(finish))
+        # A callback, not a ``finally``: a task cancelled before it first ran never runs its
+        # body, and its consumers must still see the end of the events.
+        self._task.add_done_callback(self._ended)
 
-    async def _main(self, finish: Callable[[], Awaitable[CrewResult]]) -> CrewResult:
-        try:
-            return await finish()
-        finally:
-            self._run.remove_sink(self._publish)
-            for stream in self._streams:
-                stream.close()
-            self._streams.clear()
+    def _ended(self, task: asyncio.Task[CrewResult]) -> None:
+        self._run.remove_sink(self._publish)
+        for stream in self._streams:
+            stream.close()
+        self._streams.clear()
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -173,3 +173,7 @@ async def _consume(
                 yield event
     finally:
         unsubscribe()
+
+
+async def _drive(finish: Callable[[], Awaitable[CrewResult]]) -> CrewResult:
+    return await finish()

@@ -35,11 +35,27 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         # Nothing ready: instead of blocking until the earliest timer, move time to it.
         ready: Any = getattr(self, "_ready")  # noqa: B009 - asyncio internals, on purpose
         scheduled: Any = getattr(self, "_scheduled")  # noqa: B009
-        if not ready and scheduled:
+        if not ready and scheduled and not _threads_busy():
             pending = [timer.when() for timer in scheduled if not timer.cancelled()]
             if pending:
                 self._virtual_now = max(self._virtual_now, min(pending))
         super()._run_once()  # type: ignore[misc]
+
+
+def _threads_busy() -> bool:
+    """Whether anyio worker threads (sync tools) are at work: their time is real, so the loop
+    must wait for them rather than jump ahead."""
+    import anyio.to_thread
+    import sniffio
+
+    # Between callbacks no task is current, so tell anyio which library runs this loop.
+    token = sniffio.current_async_library_cvar.set("asyncio")
+    try:
+        return anyio.to_thread.current_default_thread_limiter().borrowed_tokens > 0
+    except Exception:  # anyio has not been used in this loop
+        return False
+    finally:
+        sniffio.current_async_library_cvar.reset(token)
 
 
 def run_virtual(function: Callable[..., Awaitable[T]], *args: Any) -> T:

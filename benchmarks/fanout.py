@@ -1,0 +1,172 @@
+"""Fan-out / fan-in: 60 independent 0.2 s tasks and one aggregator that depends on all of them.
+
+``process="parallel"`` with ``max_concurrency=10``, against the loopback server (its own process)
+answering every request after 0.2 s, over a real socket, in the same run, alternating:
+
+- floor: a bare ``openai.AsyncOpenAI`` client (made once, outside the timing) with
+  ``asyncio.Semaphore(10)`` around each of the 60 calls and ``asyncio.gather``, then the
+  aggregator's call with the 60 answers as context, the same messages crewflow sends;
+- crewflow: ``Crew(tasks=[60 tasks, aggregator], process="parallel", max_concurrency=10)`` with an
+  ``OpenAIChat`` agent, ``kickoff`` (which opens and closes its own client: that is timed).
+
+Bound: 6 waves x 0.2 s + 0.2 s for the aggregator = 1.4 s. Goal: crewflow <= 1.05x the floor,
+and the server never sees more than 10 requests at once (its own in-flight peak, read from it).
+
+Run: ``python benchmarks/fanout.py [--tasks 60] [--concurrency 10] [--repeats 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import counting_server, median, spread, table, user_message
+
+from crewflow import Agent, Crew, Task
+from crewflow.llm.openai import OpenAIChat
+
+if TYPE_CHECKING:
+    from _common import CountingServer
+    from openai import AsyncOpenAI
+
+MODEL = "bench-model"
+ROLE, GOAL = "Researcher", "Find one fact per item, then combine them"
+SYSTEM = f"You are {ROLE}. Your goal: {GOAL}"
+LATENCY = 0.2
+
+
+def item(index: int) -> str:
+    return f"Find a fact about item {index}"
+
+
+AGGREGATE = "Combine every finding into one summary"
+
+
+async def bare_fanout(client: AsyncOpenAI, tasks: int, concurrency: int) -> float:
+    """The floor: the same calls with a bare client, a semaphore and gather."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def ask(user: str) -> str:
+        response = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+        )
+        return response.choices[0].message.content or ""
+
+    async def one(index: int) -> str:
+        async with semaphore:
+            return await ask(item(index))
+
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(one(i) for i in range(1, tasks + 1)))
+    context = [(f"item_{i}", text) for i, text in enumerate(answers, start=1)]
+    await ask(user_message(AGGREGATE, context))
+    return time.perf_counter() - started
+
+
+def build_crew(base_url: str, tasks: int, concurrency: int) -> Crew:
+    agent = Agent(role=ROLE, goal=GOAL, llm=OpenAIChat(MODEL, base_url=base_url, api_key="bench"))
+    items = [Task(item(i), name=f"item_{i}", context=[]) for i in range(1, tasks + 1)]
+    aggregate = Task(AGGREGATE, name="aggregate", context=items)
+    return Crew(
+        tasks=[*items, aggregate],
+        agents=[agent],
+        process="parallel",
+        max_concurrency=concurrency,
+    )
+
+
+async def crewflow_fanout(crew: Crew) -> float:
+    started = time.perf_counter()
+    result = await crew.kickoff()
+    elapsed = time.perf_counter() - started
+    assert len(result.outputs) == len(crew.tasks)
+    return elapsed
+
+
+async def measure(
+    server: CountingServer, tasks: int, concurrency: int, repeats: int
+) -> dict[str, tuple[list[float], list[int], list[int]]]:
+    """Seconds, server in-flight peaks and request counts per runner, alternating runs after
+    a warm-up of each."""
+    from openai import AsyncOpenAI
+
+    crew = build_crew(server.base_url, tasks, concurrency)
+    runs: dict[str, tuple[list[float], list[int], list[int]]] = {
+        "floor": ([], [], []),
+        "crewflow": ([], [], []),
+    }
+    async with AsyncOpenAI(base_url=server.base_url, api_key="bench", max_retries=0) as client:
+        runners = {
+            "floor": lambda: bare_fanout(client, tasks, concurrency),
+            "crewflow": lambda: crewflow_fanout(crew),
+        }
+        for runner in runners.values():
+            await runner()
+        for _ in range(repeats):
+            for name, runner in runners.items():
+                server.reset()
+                seconds = await runner()
+                stats = server.stats()
+                runs[name][0].append(seconds)
+                runs[name][1].append(stats.max_in_flight)
+                runs[name][2].append(stats.requests)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=60)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    with counting_server(LATENCY) as server:
+        runs = asyncio.run(measure(server, args.tasks, args.concurrency, args.repeats))
+    bound = math.ceil(args.tasks / args.concurrency) * LATENCY + LATENCY
+    floor = median(runs["floor"][0])
+    rows = []
+    for name, (seconds, peaks, requests) in runs.items():
+        ours = median(seconds)
+        rows.append(
+            [
+                name,
+                ours,
+                ours / bound,
+                ours / floor,
+                max(peaks),
+                spread(requests),
+            ]
+        )
+    print(
+        table(
+            f"fanout: {args.tasks} x {LATENCY * 1000:.0f} ms tasks + 1 aggregator, parallel, "
+            f"max_concurrency={args.concurrency}, median of {args.repeats} (store: none yet)",
+            [
+                "runner",
+                "seconds",
+                f"ratio to bound ({bound:.1f} s)",
+                "ratio to floor",
+                "server max in flight",
+                "requests/run",
+            ],
+            rows,
+        )
+    )
+    ratio = median(runs["crewflow"][0]) / floor
+    peak = max(runs["crewflow"][1])
+    print(
+        f"goal: crewflow <= 1.05x the floor: {'met' if ratio <= 1.05 else 'MISSED'} "
+        f"({ratio:.3f}x); server in flight <= {args.concurrency}: "
+        f"{'met' if peak <= args.concurrency else 'MISSED'} (peak {peak})"
+    )
+
+
+if __name__ == "__main__":
+    main()

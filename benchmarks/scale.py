@@ -1,0 +1,187 @@
+"""Scale: random DAGs of 1k to 10k tasks on the offline model, process parallel, no HTTP.
+
+Each task depends on 1-3 (2 on average) tasks chosen uniformly among the earlier ones; every
+agent uses ``OfflineLLM(latency=0)``, whose answers are a few hundred characters. Nothing waits on
+I/O, so all the time measured is crewflow's (plus the offline model's own small work):
+
+- construction: ``Crew(tasks=...)`` (graph building and validation), per size; the ``Task``
+  objects are made before the clock starts;
+- run: one ``kickoff`` (median of a few), as seconds per task: the scheduling overhead per task
+  (goal <= 0.2 ms at 10k); also the process's CPU time per task, which other load on the
+  machine disturbs less than the wall clock; and one ``kickoff_sync()`` (what a script calls),
+  whose event loop returns the `CrewResult` itself (``run`` awaits ``kickoff`` inside one loop);
+- memory: the peak resident set of the process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``),
+  in a fresh subprocess per size, after a warm-up crew has loaded every module; reported as the
+  total peak (goal <= 300 MB at 10k) and as the growth over the warm process, per task.
+
+Linear growth shows as flat per-task columns from 1k to 10k.
+
+Run: ``python benchmarks/scale.py [--sizes 1000,2000,5000,10000] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import median, table
+
+GOAL_MS_PER_TASK = 0.2
+GOAL_PEAK_MB = 300
+
+
+def rss_mb() -> float:
+    """Peak resident set of this process so far, in MB (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_deps(size: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [rng.sample(range(i), min(i, rng.choice((1, 2, 3)))) for i in range(size)]
+
+
+def child(size: int, seed: int, repeats: int) -> dict[str, float]:
+    """Measure one size in this (fresh) process."""
+    from crewflow import Agent, Crew, Task
+    from crewflow.llm.offline import OfflineLLM
+
+    agent = Agent(role="Worker", goal="Do one step", llm=OfflineLLM(latency=0))
+
+    def tasks_for(deps: list[list[int]]) -> list[Task]:
+        tasks: list[Task] = []
+        for index, wanted in enumerate(deps):
+            context = [tasks[d] for d in sorted(wanted)]
+            tasks.append(Task(f"Step {index}", name=f"s{index}", context=context))
+        return tasks
+
+    async def kickoff(crew: Crew) -> tuple[float, float]:
+        started, cpu = time.perf_counter(), time.process_time()
+        result = await crew.kickoff()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        assert len(result.outputs) == len(crew.tasks)
+        return elapsed, cpu
+
+    # Warm up: load every module the run needs, so the baseline is a warm process.
+    warm = Crew(tasks=tasks_for(random_deps(50, seed)), agents=[agent], process="parallel")
+    asyncio.run(kickoff(warm))
+    del warm
+    gc.collect()
+    baseline = rss_mb()
+
+    deps = random_deps(size, seed)
+    tasks = tasks_for(deps)
+    started = time.perf_counter()
+    crew = Crew(tasks=tasks, agents=[agent], process="parallel")
+    construction = time.perf_counter() - started
+
+    async def runs() -> list[tuple[float, float]]:
+        return [await kickoff(crew) for _ in range(repeats)]
+
+    timings = asyncio.run(runs())
+    peak = rss_mb()
+    started = time.perf_counter()
+    crew.kickoff_sync()  # what a script calls: its event loop returns the CrewResult
+    sync = time.perf_counter() - started
+    return {
+        "tasks": size,
+        "edges": sum(len(d) for d in deps),
+        "construction": construction,
+        "run": median([wall for wall, _ in timings]),
+        "run_cpu": median([cpu for _, cpu in timings]),
+        "sync": sync,
+        "baseline_mb": baseline,
+        "peak_mb": peak,
+    }
+
+
+def measure(size: int, seed: int, repeats: int) -> dict[str, float]:
+    """Run `child` in a fresh interpreter and return what it measured."""
+    output = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            str(size),
+            "--seed",
+            str(seed),
+            "--repeats",
+            str(repeats),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,2000,5000,10000")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.seed, args.repeats)))
+        return
+    rows, results = [], []
+    for size in (int(s) for s in args.sizes.split(",")):
+        result = measure(size, args.seed, args.repeats)
+        results.append(result)
+        tasks = result["tasks"]
+        rows.append(
+            [
+                int(tasks),
+                int(result["edges"]),
+                result["construction"],
+                result["construction"] / tasks * 1e6,
+                result["run"],
+                result["run"] / tasks * 1e3,
+                result["run_cpu"] / tasks * 1e3,
+                result["sync"],
+                result["peak_mb"],
+                (result["peak_mb"] - result["baseline_mb"]) * 1024 / tasks,
+            ]
+        )
+    print(
+        table(
+            f"scale: random DAG, ~2 deps/task, OfflineLLM(latency=0), parallel, no HTTP; run = "
+            f"median of {args.repeats} kickoffs; RSS = ru_maxrss peak of a fresh subprocess per "
+            "size (store: none yet)",
+            [
+                "tasks",
+                "edges",
+                "construction s",
+                "construction us/task",
+                "run s",
+                "run ms/task",
+                "run cpu ms/task",
+                "kickoff_sync s",
+                "peak RSS MB",
+                "RSS growth KB/task",
+            ],
+            rows,
+        )
+    )
+    last = results[-1]
+    per_task = last["run"] / last["tasks"] * 1e3
+    print(
+        f"goal at {int(last['tasks'])} tasks: <= {GOAL_MS_PER_TASK} ms/task: "
+        f"{'met' if per_task <= GOAL_MS_PER_TASK else 'MISSED'} ({per_task:.3f}); "
+        f"peak RSS <= {GOAL_PEAK_MB} MB: "
+        f"{'met' if last['peak_mb'] <= GOAL_PEAK_MB else 'MISSED'} ({last['peak_mb']:.0f} MB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
