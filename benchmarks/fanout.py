@@ -7,7 +7,9 @@ answering every request after 0.2 s, over a real socket, in the same run, altern
   ``asyncio.Semaphore(10)`` around each of the 60 calls and ``asyncio.gather``, then the
   aggregator's call with the 60 answers as context, the same messages crewflow sends;
 - crewflow: ``Crew(tasks=[60 tasks, aggregator], process="parallel", max_concurrency=10)`` with an
-  ``OpenAIChat`` agent, ``kickoff`` (which opens and closes its own client: that is timed).
+  ``OpenAIChat`` agent, ``kickoff`` (which opens and closes its own client: that is timed);
+- floor, new client: the floor again, but opening and closing its own client inside the timing
+  as a kickoff does (fresh connections): shows how much of the gap is the client's life cycle.
 
 Bound: 6 waves x 0.2 s + 0.2 s for the aggregator = 1.4 s. Goal: crewflow <= 1.05x the floor,
 and the server never sees more than 10 requests at once (its own in-flight peak, read from it).
@@ -47,6 +49,16 @@ def item(index: int) -> str:
 
 
 AGGREGATE = "Combine every finding into one summary"
+
+
+async def bare_fanout_new_client(base_url: str, tasks: int, concurrency: int) -> float:
+    """The floor with a client of its own per run, made and closed inside the timing."""
+    from openai import AsyncOpenAI
+
+    started = time.perf_counter()
+    async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
+        await bare_fanout(client, tasks, concurrency)
+    return time.perf_counter() - started
 
 
 async def bare_fanout(client: AsyncOpenAI, tasks: int, concurrency: int) -> float:
@@ -98,15 +110,18 @@ async def measure(
     a warm-up of each."""
     from openai import AsyncOpenAI
 
-    crew = build_crew(server.base_url, tasks, concurrency)
+    base_url = server.base_url
+    crew = build_crew(base_url, tasks, concurrency)
     runs: dict[str, tuple[list[float], list[int], list[int]]] = {
         "floor": ([], [], []),
         "crewflow": ([], [], []),
+        "floor, new client": ([], [], []),
     }
-    async with AsyncOpenAI(base_url=server.base_url, api_key="bench", max_retries=0) as client:
+    async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
         runners = {
             "floor": lambda: bare_fanout(client, tasks, concurrency),
             "crewflow": lambda: crewflow_fanout(crew),
+            "floor, new client": lambda: bare_fanout_new_client(base_url, tasks, concurrency),
         }
         for runner in runners.values():
             await runner()

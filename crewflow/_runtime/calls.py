@@ -100,7 +100,10 @@ class ManagedLLM(LLM):
                 self._finished(started, None, exc)
                 raise
             except BaseException:
+                # Cancelled (a timeout, a stop, handle.cancel()): the request was started and
+                # may have been billed, so it counts.
                 permit.release()
+                attempt.usage.requests += 1
                 raise
             permit.release(tokens=response.usage.total_tokens, ok=True)
             attempt.usage.add(response.usage)

@@ -164,6 +164,9 @@ class OpenAIChat(LLM):
         """
         check_allowed(self.model, self._resolve_base_url())
         await _import_off_loop("openai")
+        # The SDK loads its chat resources on first use (~0.5 s, hundreds of modules): load them
+        # now, off the loop, rather than inside the first task's call.
+        await _import_off_loop("openai.resources.chat.completions")
         loop = asyncio.get_running_loop()
         entry = self._clients.get(loop)
         if entry is None:
