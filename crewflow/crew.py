@@ -290,7 +290,7 @@ class Crew(Spec):
         return results
 
     def _new_run(self, inputs: Mapping[str, Any] | None, llm: str | LLM | None) -> Run:
-        from crewflow._runtime.limits import registry
+        from crewflow._runtime.limiter import registry
         from crewflow._runtime.run import Run
         from crewflow.llm._models import check_model, resolve_llm
 

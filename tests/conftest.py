@@ -31,7 +31,7 @@ def _no_real_llm_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _fresh_limits() -> Iterator[None]:
     """Limits, Retry-After pauses and breakers are process-wide: each test starts clean."""
-    from crewflow._runtime.limits import registry
+    from crewflow._runtime.limiter import registry
 
     registry().reset()
     yield

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from crewflow import events
-from crewflow._runtime.limits import registry
+from crewflow._runtime.limiter import registry
 from crewflow.exceptions import LLMError
 from crewflow.llm._base import LLM
 from crewflow.llm._types import Usage, estimate_prompt_tokens
 
 if TYPE_CHECKING:
-    from crewflow._runtime.limits import Permit
+    from crewflow._runtime.limiter import Permit
     from crewflow._runtime.retry import RetryPolicy
     from crewflow._runtime.run import Run
     from crewflow.llm._types import DeltaCallback, LLMRequest, LLMResponse

@@ -9,7 +9,7 @@ import pytest
 
 from crewflow import Agent, Breaker, Crew, Limits, RetryPolicy, Task, TaskStatus
 from crewflow import events as ev
-from crewflow._runtime.limits import registry
+from crewflow._runtime.limiter import registry
 from crewflow._runtime.run import Run
 from crewflow.exceptions import CrewPartialFailure, CrewRunError, LLMError, TaskFailed
 from crewflow.processes import get_process

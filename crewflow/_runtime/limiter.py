@@ -1,0 +1,596 @@
+"""The live side of the limits: the process-wide `LimitRegistry` that every LLM call asks for a
+`Permit`. What the limits mean (keys, buckets and bursts, pauses, the breaker, fair FIFO waiting,
+threads and loops, the fast path) is described in `crewflow._runtime.limits`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from crewflow._runtime.clock import current_clock
+from crewflow.exceptions import ConfigurationError, LLMError
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Sequence
+
+    import anyio
+
+    from crewflow._runtime.clock import Clock
+
+from crewflow._runtime.limits import _DEFAULT_BREAKER, Breaker, Limit, Limits
+
+__all__ = ["LimitRegistry", "Permit", "registry", "set_limits"]
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+# Bucket levels are floats refilled by elapsed * rate: accept a level this close to the need
+# (relatively) so that a wait computed to be exact is not followed by a second tiny one.
+_TOLERANCE = 1e-9
+
+
+@dataclass(slots=True)
+class _Bucket:
+    level: float
+    stamp: float
+
+
+def _refill(bucket: _Bucket | None, rate: float, capacity: float, now: float) -> _Bucket:
+    """The bucket brought up to ``now`` (full when it was never used)."""
+    if bucket is None:
+        return _Bucket(capacity, now)
+    elapsed = now - bucket.stamp
+    # A negative elapsed means another clock (tests): start over from here rather than drain.
+    bucket.level = min(capacity, bucket.level + max(0.0, elapsed) * rate)
+    bucket.stamp = now
+    return bucket
+
+
+def _peek(bucket: _Bucket | None, rate: float, capacity: float, now: float) -> float:
+    if bucket is None:
+        return capacity
+    return min(capacity, bucket.level + max(0.0, now - bucket.stamp) * rate)
+
+
+class _Waiter:
+    __slots__ = ("event", "loop", "state", "thread")
+
+    def __init__(self, state: _KeyState) -> None:
+        import asyncio
+
+        import anyio
+
+        self.state = state
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.event: anyio.Event = anyio.Event()
+
+    def wake(self) -> None:
+        # anyio/asyncio events are not thread-safe: set them from their own loop.
+        with suppress(RuntimeError):  # the waiter's loop is closed: nothing left to wake
+            if self.thread == threading.get_ident():
+                self.event.set()
+            else:
+                self.loop.call_soon_threadsafe(self.event.set)
+
+
+class _KeyState:
+    """Everything the registry remembers about one key."""
+
+    __slots__ = (
+        "blocked_on",
+        "breaker",
+        "failures",
+        "in_flight",
+        "opened_at",
+        "paused_until",
+        "queue",
+        "requests",
+        "tokens",
+        "trial",
+    )
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.queue: deque[_Waiter] = deque()
+        self.blocked_on = "concurrency"  # what the queue's head waits for (for Permit.reasons)
+        self.requests: _Bucket | None = None  # None: full (never used)
+        self.tokens: _Bucket | None = None
+        self.paused_until: float | None = None
+        self.breaker: BreakerState = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+        self.trial = False
+
+    def wake_head(self) -> None:
+        queue = self.queue
+        while queue:
+            if queue[0].loop.is_closed():  # abandoned with its loop: would block the key
+                queue.popleft()
+                continue
+            queue[0].wake()
+            return
+
+
+@dataclass(slots=True)
+class _Hold:
+    key: str
+    state: _KeyState
+    request: bool  # took one request from the rpm bucket
+    tokens: float | None  # charged to the tpm bucket (None: no tpm limit)
+
+
+@dataclass(slots=True)
+class Permit:
+    """Leave to make one provider call; `release` it when the call ends, whatever happened.
+
+    Attributes:
+        waited: Seconds spent waiting for limits (pauses, concurrency, rpm, tpm).
+        reasons: Which limits made the call wait, e.g. ``("concurrency:search",
+            "rpm:openai/gpt-4o", "retry_after:openai|https://api.openai.com/v1|gpt-4o")``.
+    """
+
+    waited: float = 0.0
+    reasons: tuple[str, ...] = ()
+    _registry: LimitRegistry | None = field(default=None, repr=False, compare=False)
+    _limit_key: str = field(default="", repr=False, compare=False)
+    _held: list[_Hold] = field(default_factory=list, repr=False, compare=False)
+    _trial: bool = field(default=False, repr=False, compare=False)
+    _released: bool = field(default=False, repr=False, compare=False)
+
+    def release(self, *, tokens: int | None = None, ok: bool | None = None) -> None:
+        """Free the call's concurrency slots and report how it went. Idempotent.
+
+        Args:
+            tokens: The provider's reported total tokens (prompt + completion); corrects the tpm
+                charge, which was the estimated prompt tokens.
+            ok: For the breaker: ``True`` a success (closes a half-open circuit, resets the
+                count), ``False`` a failure that counts, ``None`` neither (4xx, cancellation).
+        """
+        if self._released:
+            return
+        self._released = True
+        registry = self._registry
+        if registry is None or (
+            not self._held
+            and not self._trial
+            and (ok is None or (ok and self._limit_key not in registry._states))
+        ):
+            return
+        registry._release(self, tokens, ok)
+
+
+class LimitRegistry:
+    """Declared limits and their live state, shared by every crew of the process.
+
+    Use the process-wide one, `registry()`; separate instances are for tests.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Replaced, never mutated, so that the lock-free fast path reads a consistent dict.
+        self._limits: dict[str, Limit] = {}
+        self._states: dict[str, _KeyState] = {}
+        self._breaker: Breaker | None = _DEFAULT_BREAKER
+
+    def configure(self, limits: Limits) -> None:
+        """Declare limits; the most recent declaration of a key wins, other keys stay.
+
+        A key declared again keeps its calls in flight and its bucket levels (capped at the new
+        capacity); waiters re-check at once. The breaker is replaced by ``limits.breaker``.
+
+        Raises:
+            ConfigurationError: ``limits`` is not a `Limits`.
+        """
+        if not isinstance(limits, Limits):
+            raise ConfigurationError(
+                f"expected crewflow.Limits, got {type(limits).__name__}: "
+                f"wrap it, e.g. Limits({{'openai/gpt-4o': Limit(rpm=60)}})"
+            )
+        with self._lock:
+            for key, limit in limits.items():
+                state = self._states.get(key)
+                if state is not None:
+                    _carry_buckets(state, self._limits.get(key), limit, current_clock().now())
+                    state.wake_head()
+            self._limits = {**self._limits, **limits}
+            if limits._breaker_given:
+                self._breaker = limits.breaker
+
+    async def acquire(
+        self, *, model: str, limit_key: str, groups: Sequence[str] = (), tokens: int = 0
+    ) -> Permit:
+        """Wait until a call may start under every applicable limit, and take its share.
+
+        In order: the breaker of ``limit_key`` (fails fast when open), any Retry-After pause of
+        ``limit_key``, then each limit (the groups' and the model's) in turn: a concurrency
+        slot, one request from the rpm bucket, ``tokens`` from the tpm bucket. Cancelled while
+        waiting, it gives everything back.
+
+        Args:
+            model: The model string, for the model's limit and error messages.
+            limit_key: The LLM's limit key: pauses, breaker, and the model's limit.
+            groups: Group names of the agent or task making the call.
+            tokens: The call's estimated prompt tokens.
+
+        Returns:
+            The permit; `Permit.release` it when the call ends.
+
+        Raises:
+            LLMError: The circuit of ``limit_key`` is open (``retryable=False``).
+        """
+        limits = self._limits
+        if (
+            not groups
+            and limit_key not in self._states
+            and (not limits or (limit_key not in limits and model not in limits))
+        ):
+            return Permit(_registry=self, _limit_key=limit_key)
+        return await self._acquire(model, limit_key, groups, tokens)
+
+    def pause(self, limit_key: str, seconds: float) -> None:
+        """Start no call of ``limit_key`` before ``seconds`` from now (a 429's Retry-After).
+
+        An existing longer pause is kept: pauses extend, never shorten.
+        """
+        if not seconds > 0:
+            return
+        with self._lock:
+            until = current_clock().now() + seconds
+            state = self._state(limit_key)
+            if state.paused_until is None or state.paused_until < until:
+                state.paused_until = until
+
+    def state(self, key: str) -> dict[str, Any]:
+        """A snapshot of one key, for tests and diagnostics.
+
+        Returns:
+            ``limit`` (the declared `Limit` or ``None``), ``in_flight``, ``waiting``,
+            ``rpm_tokens`` and ``tpm_tokens`` (bucket levels now, ``None`` without that rate),
+            ``paused_until`` (clock time or ``None``), ``breaker`` (``"closed"``, ``"open"``
+            or ``"half_open"``) and ``failures`` (consecutive counted failures).
+        """
+        with self._lock:
+            now = current_clock().now()
+            limit = self._limits.get(key)
+            state = self._states.get(key) or _KeyState()
+            breaker = state.breaker
+            if breaker == "open" and (
+                self._breaker is None or now >= state.opened_at + self._breaker.cooldown
+            ):
+                breaker = "half_open" if self._breaker is not None else "closed"
+            paused = state.paused_until
+            return {
+                "limit": limit,
+                "in_flight": state.in_flight,
+                "waiting": len(state.queue),
+                "rpm_tokens": _peek(state.requests, limit.rpm / 60, limit.request_capacity, now)
+                if limit is not None and limit.rpm is not None
+                else None,
+                "tpm_tokens": _peek(state.tokens, limit.tpm / 60, limit.token_capacity, now)
+                if limit is not None and limit.tpm is not None
+                else None,
+                "paused_until": paused if paused is not None and paused > now else None,
+                "breaker": breaker,
+                "failures": state.failures,
+            }
+
+    def reset(self) -> None:
+        """Forget every declaration and all state (tests). Waiters start over."""
+        with self._lock:
+            states = self._states
+            self._states = {}
+            self._limits = {}
+            self._breaker = _DEFAULT_BREAKER
+            for state in states.values():
+                for waiter in state.queue:
+                    waiter.wake()
+
+    # -- the slow path --------------------------------------------------------------------------
+
+    def _state(self, key: str) -> _KeyState:
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _KeyState()
+        return state
+
+    async def _acquire(
+        self, model: str, limit_key: str, groups: Sequence[str], tokens: int
+    ) -> Permit:
+        clock = current_clock()
+        started = clock.now()
+        permit = Permit(_registry=self, _limit_key=limit_key)
+        reasons: list[str] = []
+        with self._lock:
+            permit._trial = self._admit(model, limit_key, started)
+        try:
+            while True:
+                await self._wait_for_pause(limit_key, clock, reasons)
+                with self._lock:
+                    keys = self._applicable(model, limit_key, groups)
+                for key in keys:
+                    await self._take(permit, key, tokens, clock, reasons)
+                with self._lock:
+                    if self._pause_left(limit_key, clock.now()) <= 0:
+                        break
+                    self._give_back(permit, clock.now())  # paused meanwhile: wait again
+        except BaseException:
+            with self._lock:
+                self._give_back(permit, clock.now())
+                self._end_trial(permit)
+            permit._released = True
+            raise
+        if reasons:
+            permit.waited = clock.now() - started
+            permit.reasons = tuple(dict.fromkeys(reasons))
+        return permit
+
+    def _admit(self, model: str, limit_key: str, now: float) -> bool:
+        """Check the breaker; returns whether this call is the half-open circuit's trial."""
+        state = self._states.get(limit_key)
+        if state is None or state.breaker == "closed":
+            return False
+        config = self._breaker
+        if config is None:  # breakers were turned off since the circuit opened
+            state.breaker, state.failures, state.trial = "closed", 0, False
+            return False
+        if state.breaker == "open":
+            left = state.opened_at + config.cooldown - now
+            if left > 0:
+                raise _circuit_open(
+                    model,
+                    state.failures,
+                    f"the next trial call is allowed in {left:.1f} s",
+                )
+            state.breaker, state.trial = "half_open", False
+        if state.trial:
+            raise _circuit_open(
+                model,
+                state.failures,
+                "a trial call is in flight and the next is allowed once it succeeds",
+            )
+        state.trial = True
+        return True
+
+    def _applicable(self, model: str, limit_key: str, groups: Sequence[str]) -> list[str]:
+        limits = self._limits
+        model_key = limit_key if limit_key in limits else model if model in limits else None
+        # Groups in sorted order, not as given: two calls naming the same groups in different
+        # orders would otherwise each hold a slot the other waits for.
+        keys = sorted({group for group in groups if group in limits and group != model_key})
+        if model_key is not None:
+            keys.append(model_key)
+        return keys
+
+    def _pause_left(self, limit_key: str, now: float) -> float:
+        state = self._states.get(limit_key)
+        if state is None or state.paused_until is None:
+            return 0.0
+        left = state.paused_until - now
+        if left <= 0:
+            state.paused_until = None
+            self._forget_if_idle(limit_key, state)
+        return left
+
+    def _forget_if_idle(self, key: str, state: _KeyState) -> None:
+        """Drop an undeclared key's state once it holds nothing, so its calls go fast again."""
+        if (
+            key not in self._limits
+            and state.paused_until is None
+            and state.breaker == "closed"
+            and not state.failures
+            and not state.in_flight
+            and not state.queue
+            and self._states.get(key) is state
+        ):
+            del self._states[key]
+
+    async def _wait_for_pause(self, limit_key: str, clock: Clock, reasons: list[str]) -> None:
+        while True:
+            with self._lock:
+                left = self._pause_left(limit_key, clock.now())
+            if left <= 0:
+                return
+            reasons.append(f"retry_after:{limit_key}")
+            await clock.sleep(left)
+
+    async def _take(
+        self, permit: Permit, key: str, tokens: int, clock: Clock, reasons: list[str]
+    ) -> None:
+        """Take ``key``'s share for the call, waiting in the key's FIFO queue if needed."""
+        waiter: _Waiter | None = None
+        try:
+            while True:
+                with self._lock:
+                    state = self._state(key)
+                    if waiter is not None and waiter.state is not state:
+                        waiter = None  # the registry was reset: queue again
+                    delay: float | None = None
+                    if waiter is None and state.queue:
+                        why = state.blocked_on  # others came first: wait for our turn
+                    elif waiter is None or state.queue[0] is waiter:
+                        delay, why = self._try_take(permit, key, state, tokens, clock.now())
+                        if not why:
+                            if waiter is not None:
+                                state.queue.popleft()
+                                waiter = None
+                                state.wake_head()
+                            return
+                        state.blocked_on = why
+                    else:
+                        why = state.blocked_on
+                    if waiter is None:
+                        waiter = _Waiter(state)
+                        state.queue.append(waiter)
+                    elif delay is None:
+                        import anyio
+
+                        waiter.event = anyio.Event()
+                    event = waiter.event
+                reasons.append(f"{why}:{key}")
+                if delay is None:
+                    await event.wait()
+                else:
+                    await clock.sleep(delay)
+        finally:
+            if waiter is not None:
+                with self._lock:
+                    _leave(waiter)
+
+    def _try_take(
+        self, permit: Permit, key: str, state: _KeyState, tokens: int, now: float
+    ) -> tuple[float | None, str]:
+        """Take the call's share of ``key`` if all of it is there.
+
+        Returns:
+            ``(None, "")`` when taken; else what is missing and how long to sleep for it
+            (``None``: until woken, for a concurrency slot).
+        """
+        limit = self._limits.get(key)
+        if limit is None:
+            limit = _NO_LIMIT
+        if limit.concurrency is not None and state.in_flight >= limit.concurrency:
+            return None, "concurrency"
+        if limit.rpm is not None:
+            rate = limit.rpm / 60
+            bucket = state.requests = _refill(state.requests, rate, limit.request_capacity, now)
+            if bucket.level * (1 + _TOLERANCE) < 1:
+                return (1 - bucket.level) / rate, "rpm"
+        if limit.tpm is not None and tokens > 0:
+            rate, capacity = limit.tpm / 60, limit.token_capacity
+            bucket = state.tokens = _refill(state.tokens, rate, capacity, now)
+            need = min(float(tokens), capacity)  # bigger calls go when the bucket is full
+            if bucket.level + _TOLERANCE * need < need:
+                return (need - bucket.level) / rate, "tpm"
+        state.in_flight += 1
+        if state.requests is not None and limit.rpm is not None:
+            state.requests.level -= 1
+        charged: float | None = None
+        if limit.tpm is not None:
+            charged = float(tokens)
+            if tokens > 0 and state.tokens is not None:
+                state.tokens.level -= tokens  # may go below zero: a debt later calls wait for
+        permit._held.append(_Hold(key, state, limit.rpm is not None, charged))
+        return None, ""
+
+    def _give_back(self, permit: Permit, now: float) -> None:
+        """Undo what the permit took (cancelled, or paused before it could start)."""
+        for hold in permit._held:
+            state = hold.state
+            state.in_flight -= 1
+            limit = self._limits.get(hold.key)
+            if limit is not None and limit.rpm is not None and hold.request:
+                rate, capacity = limit.rpm / 60, limit.request_capacity
+                bucket = state.requests = _refill(state.requests, rate, capacity, now)
+                bucket.level = min(capacity, bucket.level + 1)
+            if limit is not None and limit.tpm is not None and hold.tokens:
+                _correct_tokens(state, limit, -hold.tokens, now)
+            state.wake_head()
+        permit._held.clear()
+
+    def _end_trial(self, permit: Permit) -> None:
+        if permit._trial:
+            state = self._states.get(permit._limit_key)
+            if state is not None and state.breaker == "half_open":
+                state.trial = False  # the next call may be the trial
+
+    def _release(self, permit: Permit, tokens: int | None, ok: bool | None) -> None:
+        with self._lock:
+            now = current_clock().now()
+            for hold in permit._held:
+                hold.state.in_flight -= 1
+                limit = self._limits.get(hold.key)
+                if tokens is not None and hold.tokens is not None and limit and limit.tpm:
+                    _correct_tokens(hold.state, limit, tokens - hold.tokens, now)
+                hold.state.wake_head()
+            permit._held.clear()
+            if ok is None:
+                self._end_trial(permit)
+            elif ok:
+                state = self._states.get(permit._limit_key)
+                if state is not None:
+                    state.breaker, state.failures, state.trial = "closed", 0, False
+                    self._forget_if_idle(permit._limit_key, state)
+            else:
+                self._count_failure(permit, now)
+
+    def _count_failure(self, permit: Permit, now: float) -> None:
+        config = self._breaker
+        if config is None:
+            self._end_trial(permit)
+            return
+        state = self._state(permit._limit_key)
+        state.failures += 1
+        trial_failed = permit._trial and state.breaker == "half_open"
+        if trial_failed or (state.breaker == "closed" and state.failures >= config.failures):
+            state.breaker, state.opened_at, state.trial = "open", now, False
+
+
+_NO_LIMIT = Limit()
+
+
+def _correct_tokens(state: _KeyState, limit: Limit, extra: float, now: float) -> None:
+    """Charge ``extra`` more tokens (or refund, when negative, up to the capacity)."""
+    assert limit.tpm is not None
+    rate, capacity = limit.tpm / 60, limit.token_capacity
+    bucket = state.tokens = _refill(state.tokens, rate, capacity, now)
+    bucket.level = min(capacity, bucket.level - extra) if extra < 0 else bucket.level - extra
+
+
+def _carry_buckets(state: _KeyState, old: Limit | None, new: Limit, now: float) -> None:
+    """Keep a re-declared key's bucket levels, brought up to now and capped at the new size."""
+    if state.requests is not None and old is not None and old.rpm is not None and new.rpm:
+        _refill(state.requests, old.rpm / 60, old.request_capacity, now)
+        state.requests.level = min(state.requests.level, new.request_capacity)
+    else:
+        state.requests = None
+    if state.tokens is not None and old is not None and old.tpm is not None and new.tpm:
+        _refill(state.tokens, old.tpm / 60, old.token_capacity, now)
+        state.tokens.level = min(state.tokens.level, new.token_capacity)
+    else:
+        state.tokens = None
+
+
+def _leave(waiter: _Waiter) -> None:
+    """Take a waiter that gave up out of its queue, and wake the new head if it was first."""
+    queue = waiter.state.queue
+    try:
+        index = queue.index(waiter)
+    except ValueError:
+        return
+    del queue[index]
+    if index == 0:
+        waiter.state.wake_head()
+
+
+def _circuit_open(model: str, failures: int, when: str) -> LLMError:
+    return LLMError(
+        f"circuit open for {model} after {failures} consecutive failures; {when}. Calls to "
+        f"{model} fail fast until then: check the provider's status, or tune the breaker with "
+        f"Limits(..., breaker=Breaker(failures=..., cooldown=...)) (breaker=None turns it off)",
+        model=model,
+        retryable=False,
+    )
+
+
+_REGISTRY = LimitRegistry()
+
+
+def registry() -> LimitRegistry:
+    """The process-wide registry every crew's calls go through."""
+    return _REGISTRY
+
+
+def set_limits(limits: Limits) -> None:
+    """Declare limits for the whole process (the most recent declaration of a key wins).
+
+    Example:
+        ```python
+        crewflow.set_limits(Limits({"openai/gpt-4o-mini": Limit(rpm=500, tpm=200_000)}))
+        ```
+    """
+    _REGISTRY.configure(limits)
