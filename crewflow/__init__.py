@@ -15,8 +15,7 @@ error tree, `crewflow.events` the run events, and `crewflow.testing` test double
 
 import typing
 
-from crewflow._runtime.limiter import set_limits
-from crewflow._runtime.limits import Breaker, Limit, Limits
+from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
 from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
 from crewflow._runtime.retry import RetryPolicy
 from crewflow._version import __version__

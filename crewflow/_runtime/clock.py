@@ -7,7 +7,7 @@ affects the current task and the tasks it starts, nothing else.
 
 from __future__ import annotations
 
-import asyncio
+import sys
 import time
 from contextvars import ContextVar, Token
 from typing import Protocol
@@ -35,10 +35,14 @@ class SystemClock:
 
     def now(self) -> float:
         """Seconds on the running loop's monotonic clock (`time.monotonic` outside a loop)."""
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:
-            return time.monotonic()
+        # Without asyncio imported there is no running loop (and no need to import it here).
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None:
+            try:
+                return float(asyncio.get_running_loop().time())
+            except RuntimeError:
+                pass
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep for real."""

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 from crewflow._runtime.limits import _DEFAULT_BREAKER, Breaker, Limit, Limits
 
-__all__ = ["LimitRegistry", "Permit", "registry", "set_limits"]
+__all__ = ["LimitRegistry", "Permit", "registry"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -583,14 +583,3 @@ _REGISTRY = LimitRegistry()
 def registry() -> LimitRegistry:
     """The process-wide registry every crew's calls go through."""
     return _REGISTRY
-
-
-def set_limits(limits: Limits) -> None:
-    """Declare limits for the whole process (the most recent declaration of a key wins).
-
-    Example:
-        ```python
-        crewflow.set_limits(Limits({"openai/gpt-4o-mini": Limit(rpm=500, tpm=200_000)}))
-        ```
-    """
-    _REGISTRY.configure(limits)

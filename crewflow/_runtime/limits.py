@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 from crewflow.exceptions import ConfigurationError
 
-__all__ = ["Breaker", "Limit", "Limits"]
+__all__ = ["Breaker", "Limit", "Limits", "set_limits"]
 
 
 def _is_number(value: object) -> bool:
@@ -262,3 +262,16 @@ class Limits(Mapping[str, Limit]):
 
     def __repr__(self) -> str:
         return f"Limits({self._limits!r}, breaker={self._breaker!r})"
+
+
+def set_limits(limits: Limits) -> None:
+    """Declare limits for the whole process (the most recent declaration of a key wins).
+
+    Example:
+        ```python
+        crewflow.set_limits(Limits({"openai/gpt-4o-mini": Limit(rpm=500, tpm=200_000)}))
+        ```
+    """
+    from crewflow._runtime.limiter import registry
+
+    registry().configure(limits)
