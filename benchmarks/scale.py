@@ -10,6 +10,9 @@ I/O, so all the time measured is crewflow's (plus the offline model's own small 
   (goal <= 0.2 ms at 10k); also the process's CPU time per task, which other load on the
   machine disturbs less than the wall clock; and one ``kickoff_sync()`` (what a script calls),
   whose event loop returns the `CrewResult` itself (``run`` awaits ``kickoff`` inside one loop);
+  the run again with the cyclic garbage collector off (``gc.disable()``: the part of the time
+  that grows with the heap); and, for reference, an anyio task group running as many no-op
+  tasks (the parallel process spawns one task per crew task: this part of the cost is anyio's);
 - memory: the peak resident set of the process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``),
   in a fresh subprocess per size, after a warm-up crew has loaded every module; reported as the
   total peak (goal <= 300 MB at 10k) and as the growth over the warm process, per task.
@@ -89,6 +92,13 @@ def child(size: int, seed: int, repeats: int) -> dict[str, float]:
 
     timings = asyncio.run(runs())
     peak = rss_mb()
+    spawn = median([asyncio.run(anyio_spawn(size)) for _ in range(3)])
+    gc.collect()
+    gc.disable()  # how much of the run is the cyclic garbage collector, which grows with the heap
+    try:
+        no_gc = median([wall for wall, _ in asyncio.run(runs())])
+    finally:
+        gc.enable()
     started = time.perf_counter()
     crew.kickoff_sync()  # what a script calls: its event loop returns the CrewResult
     sync = time.perf_counter() - started
@@ -99,9 +109,26 @@ def child(size: int, seed: int, repeats: int) -> dict[str, float]:
         "run": median([wall for wall, _ in timings]),
         "run_cpu": median([cpu for _, cpu in timings]),
         "sync": sync,
+        "spawn": spawn,
+        "no_gc": no_gc,
         "baseline_mb": baseline,
         "peak_mb": peak,
     }
+
+
+async def anyio_spawn(size: int) -> float:
+    """Seconds to run ``size`` no-op tasks in one anyio task group: what one task per crew task
+    costs by itself (the parallel process spawns one per task), and a gauge of this machine."""
+    import anyio
+
+    async def noop() -> None:
+        pass
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(size):
+            group.start_soon(noop)
+    return time.perf_counter() - started
 
 
 def measure(size: int, seed: int, repeats: int) -> dict[str, float]:
@@ -148,6 +175,8 @@ def main() -> None:
                 result["run"],
                 result["run"] / tasks * 1e3,
                 result["run_cpu"] / tasks * 1e3,
+                result["no_gc"] / tasks * 1e3,
+                result["spawn"] / tasks * 1e3,
                 result["sync"],
                 result["peak_mb"],
                 (result["peak_mb"] - result["baseline_mb"]) * 1024 / tasks,
@@ -166,6 +195,8 @@ def main() -> None:
                 "run s",
                 "run ms/task",
                 "run cpu ms/task",
+                "run ms/task, gc off",
+                "anyio spawn ms/task",
                 "kickoff_sync s",
                 "peak RSS MB",
                 "RSS growth KB/task",

@@ -10,8 +10,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from crewflow._runtime.limiter import LimitRegistry, Permit, registry, set_limits
-from crewflow._runtime.limits import Breaker, Limit, Limits
+from crewflow._runtime.limiter import LimitRegistry, Permit, registry
+from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
 from crewflow.exceptions import ConfigurationError, LLMError
 
 if TYPE_CHECKING:
