@@ -71,7 +71,7 @@ def _fmt(value: object) -> str:
 # stops the server when stdin closes. A prompt holding ``[[KEY]]`` (first occurrence in the last
 # user message) is answered after ``durations[KEY]`` seconds instead of the fixed latency.
 _COUNTING_SERVER = r"""
-import json, re, sys
+import json, re, sys, time
 from crewflow.testing import OpenAIServer, Slow, Text
 
 latency = float(sys.argv[1])
@@ -96,6 +96,10 @@ for line in sys.stdin:
         server.reset_counters()
         answer = {}
     elif command == "stats":
+        # The reply's bytes leave before the handler records its status: let handlers finish.
+        deadline = time.monotonic() + 2.0
+        while server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.001)
         requests = list(server.requests)
         answer = {
             "requests": len(requests),
@@ -165,8 +169,8 @@ class CountingServer:
         self._ask("reset")
 
     def stats(self) -> ServerStats:
-        """The server's counters since the last `reset` (a blocking round trip of a few ms:
-        call it outside timed code)."""
+        """The server's counters since the last `reset`, once the requests in flight have
+        ended (up to 2 s): a blocking round trip, to call outside timed code."""
         answer = self._ask("stats")
         return ServerStats(
             requests=answer["requests"],  # type: ignore[arg-type]

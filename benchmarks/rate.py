@@ -136,6 +136,9 @@ async def measure(
                 runs[name][1].append(stats.requests)
                 runs[name][2].append(stats.max_in_window(1.0))
                 runs[name][3].append(stats.errors)
+                others = [status for status in stats.statuses if status != 200]
+                if others:
+                    print(f"{name}: replies other than 200: {others}", file=sys.stderr)
     return runs
 
 
