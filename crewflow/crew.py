@@ -98,6 +98,13 @@ class CrewResult(BaseModel):
     def __str__(self) -> str:
         return self.output.text
 
+    def __repr__(self) -> str:
+        # Short: asyncio and debuggers repr results, and a full one of a big run is megabytes.
+        return (
+            f"CrewResult(run_id={self.run_id!r}, crew={self.crew!r}, process={self.process!r}, "
+            f"tasks={len(self.outputs)}, duration={self.duration:.3f})"
+        )
+
 
 class Crew(Spec):
     """Agents doing tasks under a process.

@@ -8,6 +8,7 @@ Edges come from declared ``context``; a process may add the implicit edge of seq
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,7 @@ class TaskGraph:
         self._dependants: dict[str, list[str]] = {}
         self._default_agent = agents[0] if len(agents) == 1 else None
         self._agent_count = len(agents)
-        self._graph: Any = nx.DiGraph()
+        self._nx: Any = None  # built on demand from the dicts (the dicts are the truth)
         for position, task in enumerate(tasks, start=1):
             self._register(task, position)
         for task in tasks:
@@ -87,8 +88,14 @@ class TaskGraph:
 
     @property
     def nx(self) -> Any:
-        """The underlying ``networkx.DiGraph`` (nodes are task names). Do not modify it."""
-        return self._graph
+        """The graph as a ``networkx.DiGraph`` (nodes are task names, in declaration order).
+        Built on first use; do not modify it."""
+        if self._nx is None:
+            graph = nx.DiGraph()
+            graph.add_nodes_from(self.names)
+            graph.add_edges_from((dep, name) for name in self.names for dep in self._deps[name])
+            self._nx = graph
+        return self._nx
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -186,7 +193,7 @@ class TaskGraph:
         clone._dependants = {name: list(deps) for name, deps in self._dependants.items()}
         clone._default_agent = self._default_agent
         clone._agent_count = self._agent_count
-        clone._graph = self._graph.copy()
+        clone._nx = None
         return clone
 
     # -- analysis ------------------------------------------------------------------------------
@@ -194,8 +201,7 @@ class TaskGraph:
     def topological_order(self) -> list[Task]:
         """Tasks in an order where each comes after its dependencies (declaration order breaks
         ties)."""
-        names = nx.lexicographical_topological_sort(self._graph, key=self._position.__getitem__)
-        return [self._by_name[n] for n in names]
+        return [self._by_name[n] for n in self._order()]
 
     def critical_path(
         self, durations: Mapping[str, float] | None = None
@@ -279,14 +285,14 @@ class TaskGraph:
         self._deps[name] = []
         self._dependants[name] = []
         self._position[name] = len(self._position)
-        self._graph.add_node(name)
+        self._nx = None
 
     def _forget(self, task: Task) -> None:
         name = self._names.pop(task.id)
         self._tasks.remove(task)
         del self._by_name[name], self._agents[task.id], self._deps[name], self._dependants[name]
         del self._position[name]
-        self._graph.remove_node(name)
+        self._nx = None
 
     def _resolve_context(self, task: Task) -> list[str]:
         return [self._ref_name(task, ref) for ref in task.context or ()]
@@ -323,7 +329,7 @@ class TaskGraph:
             self._deps[name].append(dep)
             self._dependants[dep].append(name)
             self._dependants[dep].sort(key=self._position.__getitem__)
-            self._graph.add_edge(dep, name)
+            self._nx = None
         self._deps[name].sort(key=self._position.__getitem__)
 
     def _chain_undeclared(self, tasks: Sequence[Task]) -> None:
@@ -334,14 +340,42 @@ class TaskGraph:
         """
         for previous, task in itertools.pairwise(tasks):
             name, before = self._names[task.id], self._names[previous.id]
-            if task.context is None and not nx.has_path(self._graph, name, before):
+            if task.context is None and not self._reaches(name, before):
                 self._connect(name, [before])
 
+    def _reaches(self, start: str, goal: str) -> bool:
+        """Whether ``goal`` depends, directly or not, on ``start``."""
+        seen, stack = {start}, [start]
+        while stack:
+            for dependant in self._dependants[stack.pop()]:
+                if dependant == goal:
+                    return True
+                if dependant not in seen:
+                    seen.add(dependant)
+                    stack.append(dependant)
+        return False
+
+    def _order(self) -> list[str]:
+        """Names in dependency order, declaration order breaking ties (Kahn's algorithm); a
+        shorter list than the tasks means a cycle."""
+        blocking = {name: len(deps) for name, deps in self._deps.items()}
+        position = self._position
+        ready = [(position[name], name) for name, count in blocking.items() if count == 0]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            name = heapq.heappop(ready)[1]
+            order.append(name)
+            for dependant in self._dependants[name]:
+                blocking[dependant] -= 1
+                if blocking[dependant] == 0:
+                    heapq.heappush(ready, (position[dependant], dependant))
+        return order
+
     def _check_acyclic(self) -> None:
-        try:
-            cycle = nx.find_cycle(self._graph)
-        except nx.NetworkXNoCycle:
+        if len(self._order()) == len(self._tasks):
             return
+        cycle = nx.find_cycle(self.nx)  # only to name the tasks on the cycle
         names = [edge[0] for edge in cycle] + [cycle[0][0]]
         raise ConfigurationError(
             f"the tasks' context forms a cycle: {' -> '.join(names)}; remove one of these "

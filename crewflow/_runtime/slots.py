@@ -62,7 +62,7 @@ class SlotPool:
         self.paused = False
         self._waiters: list[_Waiter] = []
         self._sequence = itertools.count()
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made only when someone waits
 
     # -- granting ------------------------------------------------------------------------------
 
@@ -103,6 +103,8 @@ class SlotPool:
 
     async def changed(self) -> None:
         """Return at the next release, resume or capacity change."""
+        if self._changed is None:
+            self._changed = anyio.Event()
         await self._changed.wait()
 
     # -- control -------------------------------------------------------------------------------
@@ -145,8 +147,9 @@ class SlotPool:
         return bool(self._waiters)
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     @staticmethod
     def _check(capacity: int | None) -> None:
