@@ -12,7 +12,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from typing import TYPE_CHECKING
 
-from crewflow.testing import FakeClock, OpenAIServer, use_clock
+from crewflow.testing import FakeClock, OpenAIServer, reset_limits, use_clock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -31,11 +31,9 @@ def _no_real_llm_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _fresh_limits() -> Iterator[None]:
     """Limits, Retry-After pauses and breakers are process-wide: each test starts clean."""
-    from crewflow._runtime.limiter import registry
-
-    registry().reset()
+    reset_limits()
     yield
-    registry().reset()
+    reset_limits()
 
 
 @pytest.fixture

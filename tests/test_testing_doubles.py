@@ -382,3 +382,17 @@ def test_forbid_real_llm_calls_allows_loopback_unless_told_not_to() -> None:
         pytest.raises(ConfigurationError, match="was blocked"),
     ):
         check_allowed("openai/m", "http://127.0.0.1:8000/v1")
+
+
+def test_reset_limits_forgets_declarations_and_pauses() -> None:
+    from crewflow import Limit, Limits, set_limits
+    from crewflow._runtime.limiter import registry
+    from crewflow.testing import reset_limits
+
+    set_limits(Limits({"openai/m": Limit(concurrency=1)}))
+    registry().pause("openai|x|m", 60)
+
+    reset_limits()
+
+    assert registry().state("openai/m")["limit"] is None
+    assert registry().state("openai|x|m")["paused_until"] is None

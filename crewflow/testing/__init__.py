@@ -30,6 +30,7 @@ from crewflow.testing._doubles import (
     ScriptExhausted,
     capture_events,
     forbid_real_llm_calls,
+    reset_limits,
     use_clock,
 )
 from crewflow.testing._server import (
@@ -65,6 +66,7 @@ __all__ = [
     "VirtualTimeLoop",
     "capture_events",
     "forbid_real_llm_calls",
+    "reset_limits",
     "run_virtual",
     "use_clock",
 ]

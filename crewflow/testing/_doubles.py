@@ -38,6 +38,7 @@ __all__ = [
     "ScriptedLLM",
     "capture_events",
     "forbid_real_llm_calls",
+    "reset_limits",
     "use_clock",
 ]
 
@@ -265,6 +266,17 @@ def capture_events() -> Iterator[EventCapture]:
         yield capture
     finally:
         release_sink(token)
+
+
+def reset_limits() -> None:
+    """Forget every declared limit, Retry-After pause, open circuit and bucket level.
+
+    The limits registry is process-wide and outlives runs and event loops; call this between
+    tests (e.g. from an autouse fixture) so that one test's limits never reach the next.
+    """
+    from crewflow._runtime.limiter import registry
+
+    registry().reset()
 
 
 @contextmanager
