@@ -50,8 +50,8 @@ class TaskAttempts:
         self.policy: RetryPolicy = task.retry or run.retry
         self.records: list[AttemptRecord] = []
         self.usage = Usage()
-        self.began = run.clock.now()
-        self.start = run.wall()
+        self.began = run.now()
+        self.start = run.wall(self.began)
         self._numbers = itertools.count(1)
 
     async def run_to_output(self) -> TaskOutput:
@@ -84,7 +84,8 @@ class TaskAttempts:
         while True:
             number = next(self._numbers)
             state = AttemptState(name, number, llm.model, self.policy, self._groups(agent))
-            began, began_at = run.clock.now(), run.wall()
+            began = run.now()
+            began_at = run.wall(began)
             run.log.info("task started", task=name, agent=agent.role, attempt=number)
             if run.listening:
                 run.emit(
@@ -166,12 +167,13 @@ class TaskAttempts:
             status = TaskStatus.FAILED
         else:
             status = TaskStatus.CANCELLED
+        now = self.run.now()
         self.records.append(
             AttemptRecord(
                 number=state.number,
                 start=began_at,
-                end=self.run.wall(),
-                duration=self.run.clock.now() - began,
+                end=self.run.wall(now),
+                duration=now - began,
                 status=status,
                 error_type=None if error is None else type(error).__name__,
                 error=None if error is None else str(error) or type(error).__name__,
@@ -183,14 +185,15 @@ class TaskAttempts:
         )
 
     def _record(self, agent: Agent, status: TaskStatus) -> None:
+        now = self.run.now()
         self.run.record(
             TaskRecord(
                 task=self.name,
                 agent=agent.role,
                 status=status,
                 start=self.start,
-                end=self.run.wall(),
-                duration=self.run.clock.now() - self.began,
+                end=self.run.wall(now),
+                duration=now - self.began,
                 attempts=self.records,
             )
         )
@@ -211,10 +214,10 @@ class TaskAttempts:
             run.emit(
                 events.TaskFinished(
                     run_id=run.run_id,
-                    time=run.clock.now(),
+                    time=run.now(),
                     task=self.name,
                     attempt=number,
-                    duration=run.clock.now() - self.began,
+                    duration=run.now() - self.began,
                     prompt_tokens=self.usage.prompt_tokens,
                     completion_tokens=self.usage.completion_tokens,
                 )
@@ -236,7 +239,7 @@ class TaskAttempts:
             run.emit(
                 events.TaskRetrying(
                     run_id=run.run_id,
-                    time=run.clock.now(),
+                    time=run.now(),
                     task=self.name,
                     attempt=number,
                     error=text,
@@ -258,7 +261,7 @@ class TaskAttempts:
             run.emit(
                 events.TaskFallback(
                     run_id=run.run_id,
-                    time=run.clock.now(),
+                    time=run.now(),
                     task=self.name,
                     agent=failed.role,
                     fallback=fallback.role,
@@ -281,7 +284,7 @@ class TaskAttempts:
             run.emit(
                 events.TaskFailed(
                     run_id=run.run_id,
-                    time=run.clock.now(),
+                    time=run.now(),
                     task=self.name,
                     attempts=attempts,
                     error_type=type(error).__name__,
@@ -307,7 +310,7 @@ class TaskAttempts:
             run.emit(
                 events.ToolCalled(
                     run_id=run.run_id,
-                    time=run.clock.now(),
+                    time=run.now(),
                     task=name,
                     tool=tool,
                     ok=ok,

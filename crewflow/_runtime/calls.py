@@ -75,13 +75,13 @@ class ManagedLLM(LLM):
                 run.emit(
                     events.LLMCallStarted(
                         run_id=run.run_id,
-                        time=run.clock.now(),
+                        time=run.now(),
                         task=attempt.task,
                         model=self.model,
                         attempt=attempt.number,
                     )
                 )
-            started = run.clock.now()
+            started = run.now()
             try:
                 response = await self.inner.complete(request)
             except LLMError as exc:
@@ -124,7 +124,7 @@ class ManagedLLM(LLM):
                 run.emit(
                     events.LimiterWait(
                         run_id=run.run_id,
-                        time=run.clock.now(),
+                        time=run.now(),
                         task=attempt.task,
                         model=self.model,
                         waited=permit.waited,
@@ -153,7 +153,7 @@ class ManagedLLM(LLM):
         async def on_delta(text: str) -> None:
             run.emit(
                 events.TokenDelta(
-                    run_id=run.run_id, time=run.clock.now(), task=task, model=model, text=text
+                    run_id=run.run_id, time=run.now(), task=task, model=model, text=text
                 )
             )
             if downstream is not None:
@@ -173,10 +173,10 @@ class ManagedLLM(LLM):
         run.emit(
             events.LLMCallFinished(
                 run_id=run.run_id,
-                time=run.clock.now(),
+                time=run.now(),
                 task=self._attempt.task,
                 model=self.model,
-                latency=run.clock.now() - started,
+                latency=run.now() - started,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 error=None if error is None else f"{type(error).__name__}: {error}",
@@ -196,7 +196,7 @@ class ManagedLLM(LLM):
             run.emit(
                 events.LLMCallRetrying(
                     run_id=run.run_id,
-                    time=run.clock.now(),
+                    time=run.now(),
                     task=self._attempt.task,
                     model=self.model,
                     call_attempt=call_attempt,

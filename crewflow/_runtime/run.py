@@ -10,9 +10,10 @@ All state here belongs to this run; two kickoffs of one crew share nothing mutab
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +21,7 @@ from crewflow import events
 from crewflow._logging import get_logger
 from crewflow._prompts import task_prompt
 from crewflow._runtime.attempts import TaskAttempts
-from crewflow._runtime.clock import current_clock
+from crewflow._runtime.clock import SystemClock, current_clock
 from crewflow._runtime.records import TaskRecord, TaskStatus
 from crewflow._runtime.slots import Slot, SlotPool
 from crewflow._spec import new_id
@@ -29,7 +30,7 @@ from crewflow.llm._models import resolve_llm
 from crewflow.llm._types import Usage
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from crewflow._runtime.retry import RetryPolicy
     from crewflow.agent import Agent
@@ -96,9 +97,11 @@ class Run:
         self.retry = retry
         self.on_failure = on_failure
         self.clock = current_clock()
+        self.now: Callable[[], float] = self.clock.now
+        """Seconds on the run's clock (the running loop's time, unless a test swapped it)."""
         # Wall-clock times are derived from the run's clock, so that a timeline's start/end
         # agree with its durations (also on a fake or virtual clock).
-        self._wall_origin = (datetime.now(UTC), self.clock.now())
+        self._wall_origin = (datetime.now(UTC).timestamp(), self.now())
         self.usage = Usage()
         self.status: RunStatus = "pending"
         self.slots = SlotPool(max_concurrency)
@@ -241,17 +244,15 @@ class Run:
         self.log.info("task skipped", task=name, because=because)
         if self.listening:
             self.emit(
-                events.TaskSkipped(
-                    run_id=self.run_id, time=self.clock.now(), task=name, because=because
-                )
+                events.TaskSkipped(run_id=self.run_id, time=self.now(), task=name, because=because)
             )
 
     # -- what the runtime's parts use ----------------------------------------------------------
 
-    def wall(self) -> datetime:
-        """The current time in UTC, as the run's clock sees it."""
+    def wall(self, now: float | None = None) -> datetime:
+        """The time in UTC at ``now`` on the run's clock (default: now)."""
         origin, at = self._wall_origin
-        return origin + timedelta(seconds=self.clock.now() - at)
+        return datetime.fromtimestamp(origin + ((self.now() if now is None else now) - at), UTC)
 
     def record(self, record: TaskRecord) -> None:
         """Keep a task's timeline record (the last one for a task wins)."""
@@ -322,7 +323,7 @@ class Run:
     def _control_event(self, kind: type[events.RunPaused | events.RunResumed]) -> None:
         self.log.info(kind.__name__)
         if self.listening:
-            self.emit(kind(run_id=self.run_id, time=self.clock.now()))
+            self.emit(kind(run_id=self.run_id, time=self.now()))
 
     # -- the run as a whole --------------------------------------------------------------------
 
@@ -347,9 +348,12 @@ class Run:
                 (`CrewPartialFailure` when ``on_failure="continue"`` and some tasks failed).
             ConfigurationError: A client could not be opened (e.g. a missing API key).
         """
+        if isinstance(self.clock, SystemClock):
+            # The loop's own clock, without looking the loop up on every reading.
+            self.now = asyncio.get_running_loop().time
         self.status = "paused" if self.slots.paused else "running"
         self.start = self.wall()
-        began = self.clock.now()
+        began = self.now()
         self.log.info("run started", process=self.process.name, tasks=len(self.graph))
         if self.listening:
             self.emit(
@@ -439,7 +443,7 @@ class Run:
     def _finish(self, status: RunStatus, began: float, error: BaseException | None) -> None:
         self.status = status
         self.end = self.wall()
-        self.duration = self.clock.now() - began
+        self.duration = self.now() - began
         # A failed task was already logged as an error and the caller gets the exception:
         # the run's own line stays at INFO so a failure is not reported twice.
         self.log.info(
@@ -452,7 +456,7 @@ class Run:
             self.emit(
                 events.RunFinished(
                     run_id=self.run_id,
-                    time=self.clock.now(),
+                    time=self.now(),
                     status=status,
                     duration=self.duration,
                     error=None if error is None else str(error),

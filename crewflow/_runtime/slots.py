@@ -82,8 +82,7 @@ class SlotPool:
         """Wait for a slot: higher ``priority`` first, then smaller ``tie``, then arrival."""
         slot = self.try_acquire()
         if slot is not None:
-            await anyio.lowlevel.checkpoint()
-            return slot
+            return slot  # no extra loop turn: the task's own awaits follow at once
         waiter = _Waiter((-priority, tie, next(self._sequence)), anyio.Event())
         heapq.heappush(self._waiters, waiter)
         try:
