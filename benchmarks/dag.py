@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import counting_server, median, table, user_message
+from _common import counting_server, median, table, timed_kickoff, user_message
 
 from crewflow import Agent, Crew, Task
 from crewflow.llm.openai import OpenAIChat
@@ -139,14 +139,6 @@ def build_crew(base_url: str, dag: Dag, concurrency: int | None) -> Crew:
     )
 
 
-async def crewflow_dag(crew: Crew) -> float:
-    started = time.perf_counter()
-    result = await crew.kickoff()
-    elapsed = time.perf_counter() - started
-    assert len(result.outputs) == len(crew.tasks)
-    return elapsed
-
-
 async def measure(
     server: CountingServer, dag: Dag, concurrency: int | None, repeats: int
 ) -> dict[str, tuple[list[float], list[int]]]:
@@ -159,7 +151,7 @@ async def measure(
     async with AsyncOpenAI(base_url=server.base_url, api_key="bench", max_retries=0) as client:
         runners = {
             "floor": lambda: bare_dag(client, dag, concurrency),
-            "crewflow": lambda: crewflow_dag(crew),
+            "crewflow": lambda: timed_kickoff(crew),
         }
         for runner in runners.values():
             await runner()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import counting_server, median, spread, table, user_message
+from _common import counting_server, median, spread, table, timed_kickoff, user_message
 
 from crewflow import Agent, Crew, Task
 from crewflow.llm.openai import OpenAIChat
@@ -95,14 +95,6 @@ def build_crew(base_url: str, tasks: int, concurrency: int) -> Crew:
     )
 
 
-async def crewflow_fanout(crew: Crew) -> float:
-    started = time.perf_counter()
-    result = await crew.kickoff()
-    elapsed = time.perf_counter() - started
-    assert len(result.outputs) == len(crew.tasks)
-    return elapsed
-
-
 async def measure(
     server: CountingServer, tasks: int, concurrency: int, repeats: int
 ) -> dict[str, tuple[list[float], list[int], list[int]]]:
@@ -120,7 +112,7 @@ async def measure(
     async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
         runners = {
             "floor": lambda: bare_fanout(client, tasks, concurrency),
-            "crewflow": lambda: crewflow_fanout(crew),
+            "crewflow": lambda: timed_kickoff(crew),
             "floor, new client": lambda: bare_fanout_new_client(base_url, tasks, concurrency),
         }
         for runner in runners.values():

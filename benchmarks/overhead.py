@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import loopback_server, median, table
+from _common import loopback_server, median, table, timed_kickoff
 
 from crewflow import Agent, Crew, Task
 from crewflow.llm.openai import OpenAIChat
@@ -67,15 +67,6 @@ def build_crew(base_url: str, tasks: int) -> Crew:
     )
 
 
-async def crewflow_chain(crew: Crew) -> float:
-    """crewflow: one kickoff of the chained crew."""
-    started = time.perf_counter()
-    result = await crew.kickoff()
-    elapsed = time.perf_counter() - started
-    assert len(result.outputs) == len(crew.tasks)
-    return elapsed
-
-
 async def measure(base_url: str, tasks: int, repeats: int) -> tuple[float, float]:
     """Median seconds of the floor and of crewflow, alternating runs after a warm-up."""
     from openai import AsyncOpenAI
@@ -84,10 +75,10 @@ async def measure(base_url: str, tasks: int, repeats: int) -> tuple[float, float
     floor, ours = [], []
     async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
         await bare_chain(client, tasks)
-        await crewflow_chain(crew)
+        await timed_kickoff(crew)
         for _ in range(repeats):
             floor.append(await bare_chain(client, tasks))
-            ours.append(await crewflow_chain(crew))
+            ours.append(await timed_kickoff(crew))
     return median(floor), median(ours)
 
 

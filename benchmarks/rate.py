@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import counting_server, median, spread, table
+from _common import counting_server, median, spread, table, timed_kickoff
 
 from crewflow import Agent, Crew, Limit, Limits, Task
 from crewflow.llm.openai import OpenAIChat
@@ -100,11 +100,7 @@ def build_crew(base_url: str, tasks: int, rpm: float) -> Crew:
 
 async def crewflow_rate(crew: Crew) -> float:
     await asyncio.sleep(1.5)  # let the shared bucket refill (1 s at 10/s), outside the timing
-    started = time.perf_counter()
-    result = await crew.kickoff()
-    elapsed = time.perf_counter() - started
-    assert len(result.outputs) == len(crew.tasks)
-    return elapsed
+    return await timed_kickoff(crew)
 
 
 async def measure(
