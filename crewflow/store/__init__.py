@@ -1,0 +1,54 @@
+"""Run records and checkpoints: where every run, task attempt and finished output is kept.
+
+`SQLiteStore` is the default (one file, safe for several processes at once); `MemoryStore`
+keeps the same records in memory for tests. Both implement the `Store` ABC, whose records are
+pydantic models stored as JSON, never pickled. No record holds a secret: nothing here takes API
+keys, headers or client settings.
+
+Importing this package does no I/O: a store opens its database on first use.
+
+```
+StoreError                 (a CrewflowError)
+├── UnknownRunError        (also a LookupError) .run_id: nothing recorded under that id
+├── DuplicateRunError      (also a ValueError) .run_id: start_run with an id already used
+└── SchemaVersionError     .found, .supported: the database is newer than this crewflow
+```
+"""
+
+from crewflow.store._base import (
+    DuplicateRunError,
+    SchemaVersionError,
+    Store,
+    StoreError,
+    UnknownRunError,
+    default_store_path,
+)
+from crewflow.store._records import (
+    AttemptRow,
+    AttemptStatus,
+    OutputRow,
+    RunRecord,
+    RunSource,
+    RunStatus,
+    UsageRecord,
+)
+from crewflow.store.memory import MemoryStore
+from crewflow.store.sqlite import SQLiteStore
+
+__all__ = [
+    "AttemptRow",
+    "AttemptStatus",
+    "DuplicateRunError",
+    "MemoryStore",
+    "OutputRow",
+    "RunRecord",
+    "RunSource",
+    "RunStatus",
+    "SQLiteStore",
+    "SchemaVersionError",
+    "Store",
+    "StoreError",
+    "UnknownRunError",
+    "UsageRecord",
+    "default_store_path",
+]

@@ -1,0 +1,213 @@
+"""The `Store` ABC every store implements, its errors, and where the default database lives."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+from crewflow.exceptions import CrewflowError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+    from types import TracebackType
+
+    from crewflow.llm._types import Usage
+    from crewflow.store._records import (
+        AttemptRow,
+        OutputRow,
+        RunRecord,
+        RunStatus,
+        UsageRecord,
+    )
+
+__all__ = [
+    "DuplicateRunError",
+    "SchemaVersionError",
+    "Store",
+    "StoreError",
+    "UnknownRunError",
+    "default_store_path",
+]
+
+
+class StoreError(CrewflowError):
+    """Something went wrong reading or writing run records."""
+
+
+class UnknownRunError(StoreError, LookupError):
+    """No run with this id is in the store.
+
+    Attributes:
+        run_id: The id that was asked for.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"no run {run_id!r} in the store; `crewflow runs` lists the runs it holds, "
+            "and start_run() must come before anything is recorded for a run"
+        )
+        self.run_id = run_id
+
+
+class DuplicateRunError(StoreError, ValueError):
+    """A run with this id was already started.
+
+    Attributes:
+        run_id: The id that was reused.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"a run {run_id!r} is already in the store; run ids must be unique")
+        self.run_id = run_id
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a newer crewflow whose schema this version cannot read.
+
+    Attributes:
+        found: The database's schema version.
+        supported: The newest version this crewflow knows.
+    """
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        super().__init__(
+            f"the run database {path} has schema version {found}, but this crewflow only knows "
+            f"versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME elsewhere"
+        )
+        self.found = found
+        self.supported = supported
+
+
+def default_store_path() -> Path:
+    """Where the default run database lives: ``runs.db`` in ``CREWFLOW_HOME`` if set, else in
+    the platform's user data directory (e.g. ``~/.local/share/crewflow`` on Linux).
+
+    Only computes the path: the directory is created when a store first opens the file.
+    """
+    home = os.environ.get("CREWFLOW_HOME")
+    if home:
+        return Path(home).expanduser() / "runs.db"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("crewflow", appauthor=False)) / "runs.db"
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a ``list_runs`` limit below 1 (``None`` means no limit)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or None for every run), not {limit}")
+
+
+class Store(ABC):
+    """Where runs, task attempts, finished outputs and cached replies are kept.
+
+    All methods are async; implementations never block the event loop. Records are pydantic
+    models stored as JSON. A store never receives secrets (no record has a field for them).
+    ``save_output`` is the checkpoint: when it returns, the output is committed and a resumed
+    run will find it, even if the process is killed the next instant.
+
+    Subclasses implement the abstract methods; the others have defaults that later versions may
+    add to without breaking existing stores.
+
+    Example:
+        ```python
+        async with SQLiteStore(path) as store:
+            for run in await store.list_runs(crew="research", limit=5):
+                print(run.run_id, run.status)
+        ```
+    """
+
+    @abstractmethod
+    async def start_run(self, record: RunRecord) -> None:
+        """Record a new run.
+
+        Raises:
+            DuplicateRunError: A run with this id is already stored.
+        """
+
+    @abstractmethod
+    async def finish_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        ended: datetime,
+        usage: Usage | UsageRecord,
+    ) -> None:
+        """Mark a run as ended, with its final status and usage.
+
+        Raises:
+            UnknownRunError: No such run.
+        """
+
+    @abstractmethod
+    async def record_attempt(self, row: AttemptRow) -> None:
+        """Record one attempt of a task (replacing an earlier row for the same attempt).
+
+        Raises:
+            UnknownRunError: The row's run was never started.
+        """
+
+    @abstractmethod
+    async def save_output(self, row: OutputRow) -> None:
+        """Commit a finished task's output before returning (the checkpoint).
+
+        Raises:
+            UnknownRunError: The row's run was never started.
+        """
+
+    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRow] = ()) -> None:
+        """Record a finished task's attempts and commit its output, as one checkpoint.
+
+        What the runtime calls when a task finishes; a store may do it in one transaction
+        (`SQLiteStore` does). The default records each attempt, then saves the output.
+
+        Raises:
+            UnknownRunError: A row's run was never started.
+        """
+        for row in attempts:
+            await self.record_attempt(row)
+        await self.save_output(output)
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run with this id, or ``None``."""
+
+    @abstractmethod
+    async def outputs(self, run_id: str) -> dict[str, OutputRow]:
+        """The run's finished outputs by task name, in the order they finished."""
+
+    @abstractmethod
+    async def attempts(self, run_id: str) -> list[AttemptRow]:
+        """The run's attempts, by start time (then task and attempt number)."""
+
+    @abstractmethod
+    async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
+        """Runs, newest first; only ``crew``'s when given; at most ``limit`` (``None``: all)."""
+
+    async def cache_get(self, key: str) -> str | None:
+        """The cached value for ``key``, or ``None``. The default store caches nothing."""
+        return None
+
+    async def cache_put(self, key: str, value: str) -> None:  # noqa: B027 - optional hook
+        """Keep ``value`` under ``key`` (replacing it). The default store drops it."""
+
+    async def cache_clear(self) -> int:
+        """Remove every cached value; return how many there were."""
+        return 0
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the store's resources (connections, files). The default has none."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

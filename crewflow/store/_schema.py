@@ -1,0 +1,87 @@
+"""The SQLite schema and its forward migrations.
+
+``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``; a new version appends a
+function and never edits an old one. Each runs inside the ``BEGIN IMMEDIATE`` transaction that
+also updates ``schema_version``, so a migration is applied entirely or not at all, once, even
+when several processes open the database at the same moment.
+
+Datetimes are stored twice: as ISO 8601 text with their offset (what is read back) and as
+epoch seconds in ``*_ts`` columns (what is sorted and indexed). JSON columns are TEXT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite3
+
+__all__ = ["MIGRATIONS", "Migration"]
+
+Migration = Callable[["sqlite3.Connection"], None]
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    statements = (
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY NOT NULL,
+            crew TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            source TEXT,                -- JSON object or NULL
+            process TEXT NOT NULL,
+            process_reason TEXT NOT NULL,
+            inputs TEXT NOT NULL,       -- JSON object
+            status TEXT NOT NULL,
+            started TEXT NOT NULL,
+            started_ts REAL NOT NULL,
+            ended TEXT,
+            usage TEXT NOT NULL         -- JSON object
+        )""",
+        "CREATE INDEX runs_by_crew ON runs (crew, started_ts DESC)",
+        "CREATE INDEX runs_by_start ON runs (started_ts DESC)",
+        """CREATE TABLE attempts (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            task TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            start TEXT NOT NULL,
+            start_ts REAL NOT NULL,
+            "end" TEXT,
+            status TEXT NOT NULL,
+            error_type TEXT,
+            error TEXT,
+            model TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost REAL,
+            cache_hit INTEGER NOT NULL,
+            llm_retries INTEGER NOT NULL,
+            limit_wait REAL NOT NULL,
+            PRIMARY KEY (run_id, task, attempt)
+        )""",
+        "CREATE INDEX attempts_by_run ON attempts (run_id, start_ts)",
+        """CREATE TABLE outputs (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            task TEXT NOT NULL,
+            text TEXT NOT NULL,
+            data TEXT,                  -- JSON, NULL when the task has no structured output
+            agent TEXT NOT NULL,
+            model TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            finished_ts REAL NOT NULL,
+            PRIMARY KEY (run_id, task)
+        )""",
+        "CREATE INDEX outputs_by_run ON outputs (run_id, finished_ts)",
+        """CREATE TABLE cache (
+            key TEXT PRIMARY KEY NOT NULL,
+            value TEXT NOT NULL,
+            created_ts REAL NOT NULL
+        )""",
+    )
+    for statement in statements:
+        conn.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [_v1]

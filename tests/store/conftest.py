@@ -1,0 +1,34 @@
+"""Fixtures for the store tests: every behaviour test runs against each store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from crewflow.store import MemoryStore, RunRecord, SQLiteStore, Store
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    """A UTC datetime ``seconds`` after a fixed start."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def run_record(run_id: str = "run-1", *, crew: str = "research", started: float = 0) -> RunRecord:
+    """A minimal running run record."""
+    return RunRecord(run_id=run_id, crew=crew, started=at(started))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each store in turn, opened and closed around the test."""
+    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "runs.db")
+    async with made:
+        yield made

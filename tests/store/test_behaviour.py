@@ -1,0 +1,290 @@
+"""The behaviour every store shares, checked against `MemoryStore` and `SQLiteStore` alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from crewflow.llm._types import Usage
+from crewflow.store import (
+    AttemptRow,
+    AttemptStatus,
+    DuplicateRunError,
+    OutputRow,
+    RunRecord,
+    RunSource,
+    RunStatus,
+    Store,
+    UnknownRunError,
+    UsageRecord,
+)
+from tests.store.conftest import at, run_record
+
+IST = timezone(timedelta(hours=5, minutes=30))
+
+
+def full_run() -> RunRecord:
+    return RunRecord(
+        run_id="run-ü-1",
+        crew="recherche",
+        fingerprint="sha256:abc",
+        source=RunSource(file="examples/research.py", attribute="crew"),
+        process="parallel",
+        process_reason="3 independent branches; measured critical path 12 s vs 30 s sequential",
+        inputs={"topic": "batteries au sodium 🔋", "n": 3, "tags": ["a", None], "deep": {"x": 1.5}},
+        status=RunStatus.RUNNING,
+        started=datetime(2026, 3, 1, 17, 30, 0, 123456, tzinfo=IST),
+        usage=UsageRecord(requests=2, prompt_tokens=10, completion_tokens=5, cost=0.0125),
+    )
+
+
+def full_attempt(**changes: object) -> AttemptRow:
+    data: dict[str, object] = {
+        "run_id": "run-1",
+        "task": "facts",
+        "attempt": 2,
+        "agent": "Chercheur",
+        "start": datetime(2026, 3, 1, 7, 0, tzinfo=ZoneInfo("America/New_York")),
+        "end": at(7.25),
+        "status": AttemptStatus.FAILED,
+        "error_type": "LLMError",
+        "error": "429 trop de requêtes",
+        "model": "openai/gpt-4o-mini",
+        "requests": 3,
+        "prompt_tokens": 120,
+        "completion_tokens": 40,
+        "cost": 0.000321,
+        "cache_hit": True,
+        "llm_retries": 2,
+        "limit_wait": 1.75,
+    }
+    data.update(changes)
+    return AttemptRow.model_validate(data)
+
+
+async def test_a_run_record_round_trips_with_every_field(store: Store) -> None:
+    record = full_run()
+    await store.start_run(record)
+
+    loaded = await store.get_run(record.run_id)
+
+    assert loaded == record
+    assert loaded is not None
+    assert loaded.started.utcoffset() == timedelta(hours=5, minutes=30)
+
+
+async def test_an_unknown_run_is_none(store: Store) -> None:
+    assert await store.get_run("nope") is None
+    assert await store.outputs("nope") == {}
+    assert await store.attempts("nope") == []
+
+
+async def test_starting_a_run_twice_is_refused_and_keeps_the_first(store: Store) -> None:
+    await store.start_run(run_record(crew="first"))
+
+    with pytest.raises(DuplicateRunError) as caught:
+        await store.start_run(run_record(crew="second"))
+
+    assert caught.value.run_id == "run-1"
+    loaded = await store.get_run("run-1")
+    assert loaded is not None
+    assert loaded.crew == "first"
+
+
+async def test_finishing_a_run_sets_status_end_and_usage(store: Store) -> None:
+    await store.start_run(full_run())
+
+    await store.finish_run("run-ü-1", RunStatus.COMPLETED, at(90), Usage(4, 100, 50, 0.5))
+
+    loaded = await store.get_run("run-ü-1")
+    assert loaded is not None
+    assert loaded.status is RunStatus.COMPLETED
+    assert loaded.ended == at(90)
+    assert loaded.usage == UsageRecord(
+        requests=4, prompt_tokens=100, completion_tokens=50, cost=0.5
+    )
+    assert loaded.model_copy(update={"status": "x", "ended": None, "usage": None}) == (
+        full_run().model_copy(update={"status": "x", "ended": None, "usage": None})
+    )
+
+
+async def test_finishing_an_unknown_run_fails(store: Store) -> None:
+    with pytest.raises(UnknownRunError):
+        await store.finish_run("nope", RunStatus.FAILED, at(1), UsageRecord())
+
+
+async def test_an_attempt_round_trips_with_every_field(store: Store) -> None:
+    await store.start_run(run_record())
+    row = full_attempt()
+
+    await store.record_attempt(row)
+
+    assert await store.attempts("run-1") == [row]
+
+
+async def test_recording_the_same_attempt_again_replaces_it(store: Store) -> None:
+    await store.start_run(run_record())
+    await store.record_attempt(full_attempt(status="running", end=None, error=None))
+
+    await store.record_attempt(full_attempt(status="completed", error=None))
+
+    [row] = await store.attempts("run-1")
+    assert row.status is AttemptStatus.COMPLETED
+    assert row.end == at(7.25)
+
+
+async def test_attempts_come_back_by_start_time_for_their_run_only(store: Store) -> None:
+    await store.start_run(run_record("run-1"))
+    await store.start_run(run_record("run-2"))
+    late = full_attempt(task="draft", attempt=1, start=at(50))
+    early = full_attempt(task="facts", attempt=1, start=at(10))
+    retry = full_attempt(task="facts", attempt=2, start=at(20))
+    for row in (late, retry, early, full_attempt(run_id="run-2", start=at(0))):
+        await store.record_attempt(row)
+
+    assert await store.attempts("run-1") == [early, retry, late]
+
+
+async def test_recording_for_an_unknown_run_fails(store: Store) -> None:
+    with pytest.raises(UnknownRunError) as caught:
+        await store.record_attempt(full_attempt(run_id="ghost"))
+    assert caught.value.run_id == "ghost"
+    with pytest.raises(UnknownRunError):
+        await store.save_output(OutputRow(run_id="ghost", task="t", text="", finished_at=at(0)))
+
+
+async def test_outputs_round_trip_with_structured_data_and_unicode(store: Store) -> None:
+    await store.start_run(run_record())
+    structured = OutputRow(
+        run_id="run-1",
+        task="draft",
+        text='{"title": "Natrium – 钠"}',
+        data={"title": "Natrium – 钠", "bullets": ["a", "b"], "score": 0.5, "ok": True, "n": None},
+        agent="Writer",
+        model="anthropic/claude-sonnet-4",
+        finished_at=datetime(2026, 3, 1, 13, 1, tzinfo=timezone(timedelta(hours=1))),
+    )
+    plain = OutputRow(run_id="run-1", task="facts", text="5 bullets 🙂", finished_at=at(30))
+    empty = OutputRow(run_id="run-1", task="empty", text="", data=[], finished_at=at(45))
+
+    for row in (structured, plain, empty):
+        await store.save_output(row)
+
+    outputs = await store.outputs("run-1")
+    assert outputs == {"facts": plain, "empty": empty, "draft": structured}
+    assert list(outputs) == ["facts", "empty", "draft"], "in the order they finished"
+    assert outputs["facts"].data is None
+    assert outputs["empty"].data == []
+
+
+async def test_saving_an_output_again_replaces_it(store: Store) -> None:
+    await store.start_run(run_record())
+    await store.save_output(OutputRow(run_id="run-1", task="t", text="old", finished_at=at(1)))
+
+    await store.save_output(OutputRow(run_id="run-1", task="t", text="new", finished_at=at(2)))
+
+    assert [row.text for row in (await store.outputs("run-1")).values()] == ["new"]
+
+
+async def test_list_runs_is_newest_first_by_start_instant(store: Store) -> None:
+    # Inserted out of order, and with offsets: 12:30+02:00 is 10:30 UTC, before 11:00 UTC.
+    offset = timezone(timedelta(hours=2))
+    starts = {
+        "middle": datetime(2026, 3, 1, 11, 0, tzinfo=UTC),
+        "oldest": datetime(2026, 3, 1, 12, 30, tzinfo=offset),
+        "newest": datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+    }
+    for run_id, started in starts.items():
+        await store.start_run(RunRecord(run_id=run_id, crew="c", started=started))
+
+    runs = await store.list_runs()
+
+    assert [run.run_id for run in runs] == ["newest", "middle", "oldest"]
+
+
+async def test_list_runs_breaks_ties_by_the_later_insert(store: Store) -> None:
+    for run_id in ("a", "b", "c"):
+        await store.start_run(run_record(run_id, started=5))
+
+    assert [run.run_id for run in await store.list_runs()] == ["c", "b", "a"]
+
+
+async def test_list_runs_filters_by_crew_and_limits(store: Store) -> None:
+    for index in range(30):
+        crew = "alpha" if index % 3 else "beta"
+        await store.start_run(run_record(f"run-{index:02}", crew=crew, started=index))
+
+    default = await store.list_runs()
+    alpha = await store.list_runs(crew="alpha", limit=3)
+    everything = await store.list_runs(limit=None)
+
+    assert [run.run_id for run in default] == [f"run-{i:02}" for i in range(29, 9, -1)]
+    assert [run.run_id for run in alpha] == ["run-29", "run-28", "run-26"]
+    assert len(everything) == 30
+    assert await store.list_runs(crew="nobody") == []
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+async def test_list_runs_refuses_a_limit_below_one(store: Store, limit: int) -> None:
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        await store.list_runs(limit=limit)
+
+
+async def test_the_cache_keeps_replaces_and_clears_values(store: Store) -> None:
+    assert await store.cache_get("k1") is None
+    await store.cache_put("k1", "réponse 1")
+    await store.cache_put("k2", "v2")
+    await store.cache_put("k1", "réponse 2")
+
+    assert await store.cache_get("k1") == "réponse 2"
+    assert await store.cache_clear() == 2
+    assert await store.cache_get("k1") is None
+    assert await store.cache_clear() == 0
+
+
+async def test_inputs_json_cannot_hold_are_stored_as_text(store: Store) -> None:
+    class Topic:
+        def __repr__(self) -> str:
+            return "Topic('sodium')"
+
+    await store.start_run(
+        RunRecord(run_id="r", crew="c", started=at(0), inputs={"topic": Topic(), "n": (1, 2)})
+    )
+
+    loaded = await store.get_run("r")
+    assert loaded is not None
+    assert loaded.inputs == {"topic": "Topic('sodium')", "n": [1, 2]}
+
+
+async def test_a_store_works_again_after_close(store: Store) -> None:
+    await store.start_run(run_record())
+    await store.close()
+
+    await store.cache_put("k", "v")
+
+    assert await store.cache_get("k") == "v"
+
+
+async def test_save_task_records_attempts_and_output_together(store: Store) -> None:
+    await store.start_run(run_record())
+    first = full_attempt(task="t", attempt=1, start=at(1))
+    second = full_attempt(task="t", attempt=2, start=at(2), status="completed", error=None)
+    output = OutputRow(run_id="run-1", task="t", text="done", data={"ok": True}, finished_at=at(3))
+
+    await store.save_task(output, [first, second])
+
+    assert await store.attempts("run-1") == [first, second]
+    assert await store.outputs("run-1") == {"t": output}
+
+
+async def test_save_task_for_an_unknown_run_records_nothing(store: Store) -> None:
+    await store.start_run(run_record())
+    attempt = full_attempt(task="t", attempt=1, start=at(1))
+    output = OutputRow(run_id="ghost", task="t", text="x", finished_at=at(2))
+
+    with pytest.raises(UnknownRunError):
+        await store.save_task(output, [attempt])
+
+    assert await store.attempts("run-1") == []

@@ -1,0 +1,380 @@
+"""What only `SQLiteStore` promises: a real file, WAL, migrations, durability, many processes,
+and never a blocking call on the event loop."""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from crewflow.store import (
+    AttemptRow,
+    OutputRow,
+    RunStatus,
+    SchemaVersionError,
+    SQLiteStore,
+    StoreError,
+    UsageRecord,
+    _schema,
+)
+from tests.store.conftest import at, run_record
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        found = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    conn.close()
+    return {name for (name,) in found}
+
+
+def version_rows(path: Path) -> list[tuple[int]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT version FROM schema_version").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_wal_normal_sync_busy_timeout_and_foreign_keys_are_in_effect(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "runs.db", timeout=12.5) as store:
+        pragmas = await store.pragmas()
+
+    assert pragmas == {
+        "journal_mode": "wal",
+        "synchronous": 1,  # NORMAL
+        "busy_timeout": 12500,
+        "foreign_keys": 1,
+    }
+    # WAL is a property of the file: a fresh connection sees it too.
+    conn = sqlite3.connect(tmp_path / "runs.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+async def test_records_survive_closing_and_reopening_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    attempt = AttemptRow(
+        run_id="run-1", task="t", attempt=1, start=at(1), end=at(2), status="completed"
+    )
+    output = OutputRow(run_id="run-1", task="t", text="done", data={"k": 1}, finished_at=at(2))
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+        await store.record_attempt(attempt)
+        await store.save_output(output)
+        await store.finish_run("run-1", RunStatus.COMPLETED, at(3), UsageRecord(requests=1))
+        await store.cache_put("key", "value")
+
+    async with SQLiteStore(path) as reopened:
+        run = await reopened.get_run("run-1")
+        assert run is not None
+        assert run.status is RunStatus.COMPLETED
+        assert await reopened.attempts("run-1") == [attempt]
+        assert await reopened.outputs("run-1") == {"t": output}
+        assert await reopened.cache_get("key") == "value"
+
+
+async def test_an_output_is_committed_when_save_output_returns(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+        await store.save_output(OutputRow(run_id="run-1", task="t", text="x", finished_at=at(1)))
+
+        # Another connection (as another process would) sees it while the store is still open.
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("SELECT task, text FROM outputs").fetchall() == [("t", "x")]
+        finally:
+            conn.close()
+
+
+async def test_an_empty_file_is_migrated_to_version_1(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    path.touch()
+
+    async with SQLiteStore(path) as store:
+        assert await store.schema_version() == 1
+
+    assert version_rows(path) == [(1,)]
+    assert {"schema_version", "runs", "attempts", "outputs", "cache"} <= tables(path)
+
+
+async def test_a_version_0_database_with_other_tables_is_migrated_and_keeps_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+
+    assert version_rows(path) == [(1,)]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT text FROM notes").fetchall() == [("keep me",)]
+    finally:
+        conn.close()
+
+
+async def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+    schema_before = _schema_sql(path)
+
+    for _ in range(2):
+        async with SQLiteStore(path) as store:
+            assert await store.get_run("run-1") is not None
+
+    assert version_rows(path) == [(1,)]
+    assert _schema_sql(path) == schema_before
+
+
+async def test_an_appended_migration_upgrades_an_existing_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "runs.db"
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+
+    def v2(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE runs ADD COLUMN note TEXT NOT NULL DEFAULT 'v2'")
+
+    monkeypatch.setattr(_schema, "MIGRATIONS", [*_schema.MIGRATIONS, v2])
+    monkeypatch.setattr("crewflow.store.sqlite.MIGRATIONS", _schema.MIGRATIONS)
+    async with SQLiteStore(path) as store:
+        assert await store.schema_version() == 2
+        assert await store.get_run("run-1") is not None
+
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT note FROM runs").fetchall() == [("v2",)]
+    finally:
+        conn.close()
+    assert version_rows(path) == [(2,)]
+
+
+async def test_a_database_from_a_newer_crewflow_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (99)")
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(path)
+    with pytest.raises(SchemaVersionError, match="schema version 99") as caught:
+        await store.get_run("x")
+    await store.close()
+
+    assert (caught.value.found, caught.value.supported) == (99, 1)
+
+
+async def test_a_file_that_is_not_a_database_fails_with_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+
+    store = SQLiteStore(path)
+    with pytest.raises(StoreError, match=str(path)):
+        await store.list_runs()
+    await store.close()
+
+
+async def test_list_runs_and_per_run_lookups_use_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+
+    queries = {
+        "SELECT * FROM runs WHERE crew = 'c' ORDER BY started_ts DESC, rowid DESC LIMIT 20": (
+            "runs_by_crew"
+        ),
+        "SELECT * FROM runs ORDER BY started_ts DESC, rowid DESC LIMIT 20": "runs_by_start",
+        "SELECT * FROM attempts WHERE run_id = 'r' ORDER BY start_ts, task, attempt": (
+            "attempts_by_run"
+        ),
+        "SELECT * FROM outputs WHERE run_id = 'r' ORDER BY finished_ts, rowid": "outputs_by_run",
+    }
+    conn = sqlite3.connect(path)
+    try:
+        for query, index in queries.items():
+            plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+            assert f"USING INDEX {index}" in plan, plan
+            # Only ties on the timestamp may be sorted, never the whole result.
+            assert "TEMP B-TREE FOR ORDER BY" not in plan, plan
+    finally:
+        conn.close()
+
+
+async def test_nothing_touches_the_disk_before_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "runs.db"
+
+    store = SQLiteStore(path)
+    assert not path.parent.exists()
+
+    async with store:
+        await store.list_runs()
+    assert path.exists()
+
+
+async def test_no_sqlite_call_runs_on_the_event_loop_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    callers: list[tuple[str, int]] = []
+
+    def noting(name: str) -> Any:
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            callers.append((name, threading.get_ident()))
+            return getattr(super(type(self), self), name)(*args, **kwargs)
+
+        return method
+
+    watched = ("execute", "executemany", "executescript", "commit", "rollback", "close", "cursor")
+    checking = type("CheckingConnection", (sqlite3.Connection,), {n: noting(n) for n in watched})
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        callers.append(("connect", threading.get_ident()))
+        return real_connect(*args, factory=checking, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    await store.start_run(run_record())
+    await store.record_attempt(
+        AttemptRow(run_id="run-1", task="t", attempt=1, start=at(0), status="running")
+    )
+    await store.save_output(OutputRow(run_id="run-1", task="t", text="x", finished_at=at(1)))
+    await store.save_task(
+        OutputRow(run_id="run-1", task="u", text="y", finished_at=at(2)),
+        [AttemptRow(run_id="run-1", task="u", attempt=1, start=at(1), status="completed")],
+    )
+    await store.finish_run("run-1", RunStatus.COMPLETED, at(2), UsageRecord())
+    await store.get_run("run-1")
+    await store.outputs("run-1")
+    await store.attempts("run-1")
+    await store.list_runs(crew="research")
+    await store.cache_put("k", "v")
+    await store.cache_get("k")
+    await store.cache_clear()
+    await store.close()
+
+    names = {name for name, _ in callers}
+    assert {"connect", "execute", "executemany", "close"} <= names, (
+        "the check must have seen the calls"
+    )
+    on_loop = [name for name, thread in callers if thread == loop_thread]
+    assert on_loop == []
+
+
+async def test_closing_leaves_no_resource_warning(tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = SQLiteStore(tmp_path / "runs.db")
+        await store.start_run(run_record())
+        await store.close()
+        del store
+        gc.collect()
+
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+_WRITER = """
+import sys
+from datetime import UTC, datetime
+
+import anyio
+
+from crewflow.store import AttemptRow, RunRecord, SQLiteStore
+
+path, index, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()  # every writer starts at once
+
+
+async def main() -> None:
+    run_id = f"run-{index}"
+    async with SQLiteStore(path) as store:
+        await store.start_run(RunRecord(run_id=run_id, crew="load", started=datetime.now(UTC)))
+        for number in range(1, count + 1):
+            now = datetime.now(UTC)
+            await store.record_attempt(
+                AttemptRow(
+                    run_id=run_id, task=f"task-{number % 7}", attempt=number, start=now, end=now,
+                    status="completed", prompt_tokens=number,
+                )
+            )
+
+
+anyio.run(main)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_writers_in_separate_processes_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "fresh" / "runs.db"  # not created yet: the writers also race to migrate
+    writers, count = 4, 200
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(index), str(count)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(writers)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "ready\n"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        results = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+    for process, (out, err) in zip(processes, results, strict=True):
+        assert (process.returncode, out, err) == (0, "done\n", "")
+
+    async def check() -> None:
+        async with SQLiteStore(path) as store:
+            runs = await store.list_runs(crew="load", limit=None)
+            assert sorted(run.run_id for run in runs) == [f"run-{i}" for i in range(writers)]
+            for run in runs:
+                attempts = await store.attempts(run.run_id)
+                assert sorted(row.attempt for row in attempts) == list(range(1, count + 1))
+            assert await store.schema_version() == 1
+
+    anyio.run(check)
+
+
+def _schema_sql(path: Path) -> list[tuple[str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+    finally:
+        conn.close()

@@ -1,0 +1,169 @@
+"""The package's public face: records, the `Store` ABC's defaults, the default path, imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import platformdirs
+import pydantic
+import pytest
+
+import crewflow.store
+from crewflow.store import (
+    AttemptRow,
+    OutputRow,
+    RunRecord,
+    RunStatus,
+    SQLiteStore,
+    Store,
+    UsageRecord,
+    default_store_path,
+)
+from tests.store.conftest import at, run_record
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in vars(crewflow.store) if not name.startswith("_")}
+    modules = {"memory", "sqlite"}
+    assert set(crewflow.store.__all__) == public - modules
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RunRecord(run_id="r", crew="c", started=datetime(2026, 1, 1)),
+        lambda: AttemptRow(
+            run_id="r", task="t", attempt=1, start=datetime(2026, 1, 1), status="completed"
+        ),
+        lambda: OutputRow(run_id="r", task="t", text="", finished_at=datetime(2026, 1, 1)),
+    ],
+)
+def test_records_refuse_datetimes_without_a_timezone(make: Any) -> None:
+    with pytest.raises(pydantic.ValidationError, match="timezone"):
+        make()
+
+
+def test_records_refuse_unknown_fields_and_bad_statuses() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        RunRecord(run_id="r", crew="c", started=at(0), api_key="sk-secret")  # type: ignore[call-arg]
+    with pytest.raises(pydantic.ValidationError):
+        AttemptRow(run_id="r", task="t", attempt=1, start=at(0), status="exploded")
+    with pytest.raises(pydantic.ValidationError):
+        AttemptRow(run_id="r", task="t", attempt=0, start=at(0), status="completed")
+
+
+def test_records_round_trip_through_json() -> None:
+    records: list[pydantic.BaseModel] = [
+        run_record().model_copy(update={"status": RunStatus.FAILED, "ended": at(9)}),
+        AttemptRow(run_id="r", task="t", attempt=1, start=at(0), status="failed", cost=0.1),
+        OutputRow(run_id="r", task="t", text="ü", data={"a": [1, {"b": None}]}, finished_at=at(1)),
+        UsageRecord(requests=1, cost=None),
+    ]
+    for record in records:
+        assert type(record).model_validate_json(record.model_dump_json()) == record
+
+
+class _Minimal(Store):
+    """A store implementing only the abstract methods."""
+
+    closed = False
+
+    async def start_run(self, record: RunRecord) -> None: ...
+    async def finish_run(self, *args: Any) -> None: ...
+    async def record_attempt(self, row: AttemptRow) -> None: ...
+    async def save_output(self, row: OutputRow) -> None: ...
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return None
+
+    async def outputs(self, run_id: str) -> dict[str, OutputRow]:
+        return {}
+
+    async def attempts(self, run_id: str) -> list[AttemptRow]:
+        return []
+
+    async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
+        return []
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_store_without_a_cache_never_hits_and_closes_as_a_context_manager() -> None:
+    async with _Minimal() as store:
+        await store.cache_put("k", "v")
+        assert await store.cache_get("k") is None
+        assert await store.cache_clear() == 0
+    assert store.closed
+
+
+def test_the_default_path_is_in_crewflow_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CREWFLOW_HOME", str(tmp_path / "home"))
+
+    assert default_store_path() == tmp_path / "home" / "runs.db"
+    assert SQLiteStore().path == tmp_path / "home" / "runs.db"
+    assert not (tmp_path / "home").exists(), "computing the path creates nothing"
+
+
+def test_without_crewflow_home_the_default_path_is_the_user_data_dir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CREWFLOW_HOME", raising=False)
+
+    expected = Path(platformdirs.user_data_dir("crewflow", appauthor=False)) / "runs.db"
+    assert default_store_path() == expected
+
+
+def test_importing_the_store_does_no_io(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    code = "import crewflow.store, sys; store = crewflow.store.SQLiteStore(); print(store.path)"
+    env = {**os.environ, "CREWFLOW_HOME": str(home)}
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+
+    assert done.stdout.strip() == str(home / "runs.db")
+    assert not home.exists()
+
+
+async def test_a_cancelled_save_output_still_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Pausing(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql.startswith("INSERT OR REPLACE INTO outputs"):
+                entered.set()
+                release.wait(30)
+            return super().execute(sql, *args)
+
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real_connect(*a, factory=Pausing, **k))
+    store = SQLiteStore(tmp_path / "runs.db")
+    await store.start_run(run_record())
+    row = OutputRow(run_id="run-1", task="t", text="kept", finished_at=at(1))
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+            group.start_soon(store.save_output, row)
+            await anyio.to_thread.run_sync(entered.wait)
+            scope.cancel()
+            release.set()
+
+    assert scope.cancelled_caught
+    assert await store.outputs("run-1") == {"t": row}
+    await store.close()
