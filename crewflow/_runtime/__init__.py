@@ -3,14 +3,20 @@
 A process decides *what* runs and in what order; the runtime decides *how* (DESIGN.md, "the one
 rule"). Two layers:
 
-- Per task (`Run.execute` in `run.py`): context from dependencies, the prompt, attempts under the
-  `RetryPolicy`, the task's timeout per attempt, the timeline record, usage, task events.
-- Per LLM call (`ManagedLLM` in `calls.py`): the LLM the agent loop is handed. It retries
-  retryable provider errors (429 with Retry-After, 5xx, timeouts, connection errors) with
-  exponential backoff and jitter, adds up usage and emits LLM events. Provider clients are
-  created with their SDK's own retries off: retrying happens here only.
+- Per task (`Run.execute` in `run.py`, `TaskAttempts` in `attempts.py`): a scheduling slot
+  (`slots.py`: ``max_concurrency``, priority order, pause/resume, scaling), the context from
+  dependencies, the prompt, attempts under the `RetryPolicy`, the task's timeout per attempt,
+  the fallback agent, the failure policy (``on_failure``: stop, or continue and skip
+  dependants), the timeline record, usage, task events.
+- Per LLM call (`ManagedLLM` in `calls.py`): the LLM the agent loop is handed. It waits for the
+  limits shared by every crew of the process (`limits.py` declares them, `limiter.py` holds
+  their state: concurrency, rpm/tpm buckets, Retry-After pauses, circuit breakers), retries
+  retryable provider errors with exponential backoff and jitter, adds up usage and emits LLM
+  events (token deltas when streaming). Provider clients are created with their SDK's own
+  retries off: retrying happens here only.
 
 Processes are written against `Run` (``graph``, ``execute``, ``ready``, ``add_task``,
-``outputs``) and `crewflow.processes.Process`; nothing here knows which process called it.
-Backoff waits go through the clock of `clock.py`, which tests can replace.
+``outputs``, ``slots``) and `crewflow.processes.Process`; nothing here knows which process
+called it. `handle.py` is the background form of a run (``crew.start``). Waits go through the
+clock of `clock.py` (the running loop's time), which tests can replace.
 """
