@@ -87,12 +87,7 @@ class TaskAttempts:
             began = run.now()
             began_at = run.wall(began)
             run.log.info("task started", task=name, agent=agent.role, attempt=number)
-            if run.listening:
-                run.emit(
-                    events.TaskStarted(
-                        run_id=run.run_id, time=began, task=name, agent=agent.role, attempt=number
-                    )
-                )
+            run.publish(events.TaskStarted, task=name, agent=agent.role, attempt=number, at=began)
             try:
                 answer = await self._attempt(agent, ManagedLLM(llm, run, state))
             except Exception as exc:
@@ -210,18 +205,14 @@ class TaskAttempts:
         )
         self._record(agent, TaskStatus.COMPLETED)
         run.log.info("task finished", task=self.name, agent=agent.role, attempt=number)
-        if run.listening:
-            run.emit(
-                events.TaskFinished(
-                    run_id=run.run_id,
-                    time=run.now(),
-                    task=self.name,
-                    attempt=number,
-                    duration=run.now() - self.began,
-                    prompt_tokens=self.usage.prompt_tokens,
-                    completion_tokens=self.usage.completion_tokens,
-                )
-            )
+        run.publish(
+            events.TaskFinished,
+            task=self.name,
+            attempt=number,
+            duration=run.now() - self.began,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
+        )
         return output
 
     def _retrying(self, agent: Agent, number: int, error: Exception, delay: float) -> None:
@@ -235,17 +226,7 @@ class TaskAttempts:
             error=text,
             delay=round(delay, 3),
         )
-        if run.listening:
-            run.emit(
-                events.TaskRetrying(
-                    run_id=run.run_id,
-                    time=run.now(),
-                    task=self.name,
-                    attempt=number,
-                    error=text,
-                    delay=delay,
-                )
-            )
+        run.publish(events.TaskRetrying, task=self.name, attempt=number, error=text, delay=delay)
 
     def _falling_back(self, failed: Agent, fallback: Agent, error: Exception | None) -> None:
         run = self.run
@@ -257,17 +238,13 @@ class TaskAttempts:
             fallback=fallback.role,
             error=text,
         )
-        if run.listening:
-            run.emit(
-                events.TaskFallback(
-                    run_id=run.run_id,
-                    time=run.now(),
-                    task=self.name,
-                    agent=failed.role,
-                    fallback=fallback.role,
-                    error=text,
-                )
-            )
+        run.publish(
+            events.TaskFallback,
+            task=self.name,
+            agent=failed.role,
+            fallback=fallback.role,
+            error=text,
+        )
 
     def _failed(self, agent: Agent, error: Exception) -> TaskFailed:
         run = self.run
@@ -280,17 +257,13 @@ class TaskAttempts:
             attempt=attempts,
             error=f"{type(error).__name__}: {error}",
         )
-        if run.listening:
-            run.emit(
-                events.TaskFailed(
-                    run_id=run.run_id,
-                    time=run.now(),
-                    task=self.name,
-                    attempts=attempts,
-                    error_type=type(error).__name__,
-                    error=str(error),
-                )
-            )
+        run.publish(
+            events.TaskFailed,
+            task=self.name,
+            attempts=attempts,
+            error_type=type(error).__name__,
+            error=str(error),
+        )
         plural = "s" if attempts > 1 else ""
         retries = sum(record.llm_retries for record in self.records)
         retried = f", {retries} provider call(s) retried" if retries else ""

@@ -71,16 +71,12 @@ class ManagedLLM(LLM):
         call_attempt = 1
         while True:
             permit = await self._permit(request)
-            if run.listening:
-                run.emit(
-                    events.LLMCallStarted(
-                        run_id=run.run_id,
-                        time=run.now(),
-                        task=attempt.task,
-                        model=self.model,
-                        attempt=attempt.number,
-                    )
-                )
+            run.publish(
+                events.LLMCallStarted,
+                task=attempt.task,
+                model=self.model,
+                attempt=attempt.number,
+            )
             started = run.now()
             try:
                 response = await self.inner.complete(request)
@@ -120,17 +116,13 @@ class ManagedLLM(LLM):
         )
         if permit.waited > 0:
             attempt.limit_wait += permit.waited
-            if run.listening:
-                run.emit(
-                    events.LimiterWait(
-                        run_id=run.run_id,
-                        time=run.now(),
-                        task=attempt.task,
-                        model=self.model,
-                        waited=permit.waited,
-                        reasons=list(permit.reasons),
-                    )
-                )
+            run.publish(
+                events.LimiterWait,
+                task=attempt.task,
+                model=self.model,
+                waited=permit.waited,
+                reasons=list(permit.reasons),
+            )
         return permit
 
     def _retry_delay(self, error: LLMError, call_attempt: int) -> float | None:
@@ -192,18 +184,14 @@ class ManagedLLM(LLM):
             status_code=error.status_code,
             delay=round(delay, 3),
         )
-        if run.listening:
-            run.emit(
-                events.LLMCallRetrying(
-                    run_id=run.run_id,
-                    time=run.now(),
-                    task=self._attempt.task,
-                    model=self.model,
-                    call_attempt=call_attempt,
-                    status_code=error.status_code,
-                    delay=delay,
-                )
-            )
+        run.publish(
+            events.LLMCallRetrying,
+            task=self._attempt.task,
+            model=self.model,
+            call_attempt=call_attempt,
+            status_code=error.status_code,
+            delay=delay,
+        )
 
 
 def _health(error: LLMError) -> bool | None:

@@ -242,10 +242,7 @@ class Run:
         agent = self.graph.agent_of(task)
         self.record(TaskRecord(task=name, agent=agent.role, status=TaskStatus.SKIPPED))
         self.log.info("task skipped", task=name, because=because)
-        if self.listening:
-            self.emit(
-                events.TaskSkipped(run_id=self.run_id, time=self.now(), task=name, because=because)
-            )
+        self.publish(events.TaskSkipped, task=name, because=because)
 
     # -- what the runtime's parts use ----------------------------------------------------------
 
@@ -267,6 +264,14 @@ class Run:
             self._opened.add(id(llm))
             await self._stack.enter_async_context(llm)
         return llm
+
+    def publish(
+        self, kind: type[events.Event], /, *, at: float | None = None, **fields: Any
+    ) -> None:
+        """Build a ``kind`` event for this run (``at``: its clock time, default now) and send it
+        to every listener; nothing is built when nobody listens."""
+        if self.listening:
+            self.emit(kind(run_id=self.run_id, time=self.now() if at is None else at, **fields))
 
     def emit(self, event: events.Event) -> None:
         """Send ``event`` to every listener of this run.
@@ -322,8 +327,7 @@ class Run:
 
     def _control_event(self, kind: type[events.RunPaused | events.RunResumed]) -> None:
         self.log.info(kind.__name__)
-        if self.listening:
-            self.emit(kind(run_id=self.run_id, time=self.now()))
+        self.publish(kind)
 
     # -- the run as a whole --------------------------------------------------------------------
 
@@ -355,16 +359,13 @@ class Run:
         self.start = self.wall()
         began = self.now()
         self.log.info("run started", process=self.process.name, tasks=len(self.graph))
-        if self.listening:
-            self.emit(
-                events.RunStarted(
-                    run_id=self.run_id,
-                    time=began,
-                    crew=self.crew_name,
-                    process=self.process.name,
-                    tasks=len(self.graph),
-                )
-            )
+        self.publish(
+            events.RunStarted,
+            crew=self.crew_name,
+            process=self.process.name,
+            tasks=len(self.graph),
+            at=began,
+        )
         try:
             async with AsyncExitStack() as stack:
                 self._stack = stack
@@ -452,16 +453,12 @@ class Run:
             duration=round(self.duration, 3),
             error=None if error is None else f"{type(error).__name__}: {error}",
         )
-        if self.listening:
-            self.emit(
-                events.RunFinished(
-                    run_id=self.run_id,
-                    time=self.now(),
-                    status=status,
-                    duration=self.duration,
-                    error=None if error is None else str(error),
-                )
-            )
+        self.publish(
+            events.RunFinished,
+            status=status,
+            duration=self.duration,
+            error=None if error is None else str(error),
+        )
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
