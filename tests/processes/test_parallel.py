@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -200,20 +201,30 @@ def test_max_concurrency_is_a_ceiling_and_work_conserving() -> None:
     assert result.duration == pytest.approx(0.7)
 
 
-def test_a_group_limit_is_shared_by_the_agents_of_the_group() -> None:
-    in_flight = most = 0
+@dataclass
+class InFlight:
+    now: int = 0
+    most: int = 0
+
+
+def counting_llm() -> tuple[FunctionLLM, InFlight]:
+    """An LLM whose calls each take 0.1 s, counting how many are in flight at once."""
+    calls = InFlight()
 
     async def answer(request: LLMRequest) -> str:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
+        calls.now += 1
+        calls.most = max(calls.most, calls.now)
         try:
             await anyio.sleep(0.1)
         finally:
-            in_flight -= 1
+            calls.now -= 1
         return "done"
 
-    llm = FunctionLLM(answer)
+    return FunctionLLM(answer), calls
+
+
+def test_a_group_limit_is_shared_by_the_agents_of_the_group() -> None:
+    llm, calls = counting_llm()
     one = Agent(role="One", goal="G", llm=llm, group="g")
     two = Agent(role="Two", goal="G", llm=llm, group="g")
     tasks = [Task(f"t{i}", agent=one if i % 2 else two) for i in range(5)]
@@ -221,30 +232,19 @@ def test_a_group_limit_is_shared_by_the_agents_of_the_group() -> None:
 
     result, _ = kickoff_virtual(crew)
 
-    assert most == 2
+    assert calls.most == 2
     assert result.duration == pytest.approx(0.3)  # 5 calls, 2 at a time
 
 
 def test_a_task_group_limits_like_an_agent_group() -> None:
-    in_flight = most = 0
-
-    async def answer(request: LLMRequest) -> str:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        try:
-            await anyio.sleep(0.1)
-        finally:
-            in_flight -= 1
-        return "done"
-
-    agent = Agent(role="W", goal="G", llm=FunctionLLM(answer))
+    llm, calls = counting_llm()
+    agent = Agent(role="W", goal="G", llm=llm)
     tasks = [Task(f"t{i}", agent=agent, group="search") for i in range(4)]
     crew = Crew(tasks=tasks, process="parallel", limits=Limits(search=Limit(concurrency=1)))
 
     result, _ = kickoff_virtual(crew)
 
-    assert most == 1
+    assert calls.most == 1
     assert result.duration == pytest.approx(0.4)
 
 
