@@ -104,6 +104,10 @@ class RunRecord(_Record):
         started: When it began.
         ended: When it ended, ``None`` while running.
         usage: Requests, tokens and cost of the whole run.
+        graph: Each task's name with the names of the tasks it depends on, in declaration
+            order (the optimizer's critical path and what-if estimates use it).
+        max_concurrency: The crew's ``max_concurrency`` (``None``: unbounded).
+        resumed: How many times the run was resumed.
     """
 
     run_id: str = Field(min_length=1)
@@ -117,6 +121,9 @@ class RunRecord(_Record):
     started: AwareDatetime
     ended: AwareDatetime | None = None
     usage: UsageRecord = Field(default_factory=UsageRecord)
+    graph: dict[str, list[str]] = Field(default_factory=dict)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    resumed: int = Field(default=0, ge=0)
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -150,6 +157,8 @@ class AttemptRow(_Record):
         cache_hit: The reply came from the cache.
         llm_retries: Provider calls retried inside this attempt.
         limit_wait: Seconds its calls waited for limits (concurrency, rpm, tpm, Retry-After).
+        limit_waits: Those seconds by the limit that held the call, e.g.
+            ``{"concurrency:search": 1.5}`` (a wait held by two limits counts for both).
     """
 
     run_id: str = Field(min_length=1)
@@ -169,6 +178,7 @@ class AttemptRow(_Record):
     cache_hit: bool = False
     llm_retries: int = Field(default=0, ge=0)
     limit_wait: float = Field(default=0.0, ge=0)
+    limit_waits: dict[str, float] = Field(default_factory=dict)
 
 
 class OutputRow(_Record):

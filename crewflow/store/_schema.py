@@ -84,4 +84,17 @@ def _v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: list[Migration] = [_v1]
+def _v2(conn: sqlite3.Connection) -> None:
+    # What the optimizer and resume need: the task graph and concurrency of each run, how
+    # often it was resumed, and which limits each attempt waited for.
+    statements = (
+        "ALTER TABLE runs ADD COLUMN graph TEXT NOT NULL DEFAULT '{}'",  # JSON object
+        "ALTER TABLE runs ADD COLUMN max_concurrency INTEGER",
+        "ALTER TABLE runs ADD COLUMN resumed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE attempts ADD COLUMN limit_waits TEXT NOT NULL DEFAULT '{}'",  # JSON
+    )
+    for statement in statements:
+        conn.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2]

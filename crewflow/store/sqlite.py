@@ -54,12 +54,13 @@ _T = TypeVar("_T")
 
 _RUN_COLUMNS = (
     "run_id, crew, fingerprint, source, process, process_reason, inputs, status, started, "
-    "ended, usage"
+    "ended, usage, graph, max_concurrency, resumed"
 )
 _ATTEMPT_COLUMNS = (
     'run_id, task, attempt, agent, start, "end", status, error_type, error, model, requests, '
-    "prompt_tokens, completion_tokens, cost, cache_hit, llm_retries, limit_wait"
+    "prompt_tokens, completion_tokens, cost, cache_hit, llm_retries, limit_wait, limit_waits"
 )
+_RUN_MARKS = ", ".join("?" * (len(_RUN_COLUMNS.split(",")) + 1))
 _OUTPUT_COLUMNS = "run_id, task, text, data, agent, model, finished_at"
 _INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts ({}, start_ts) VALUES ({})".format(
     _ATTEMPT_COLUMNS, ", ".join("?" * (len(_ATTEMPT_COLUMNS.split(",")) + 1))
@@ -103,8 +104,7 @@ class SQLiteStore(Store):
                 if _run_exists(conn, record.run_id):
                     raise DuplicateRunError(record.run_id)
                 conn.execute(
-                    f"INSERT INTO runs ({_RUN_COLUMNS}, started_ts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO runs ({_RUN_COLUMNS}, started_ts) VALUES ({_RUN_MARKS})",
                     values,
                 )
 
@@ -202,11 +202,7 @@ class SQLiteStore(Store):
                 (run_id,),
             ).fetchall()
 
-        names = _names(_ATTEMPT_COLUMNS)
-        return [
-            AttemptRow.model_validate(dict(zip(names, found, strict=True)))
-            for found in await self._call(select)
-        ]
+        return [_attempt_from_row(found) for found in await self._call(select)]
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         check_limit(limit)
@@ -377,7 +373,7 @@ def _json(value: Any) -> str:
 
 def _run_values(record: RunRecord) -> tuple[Any, ...]:
     data = record.model_dump(mode="json")
-    for name in ("inputs", "usage"):
+    for name in ("inputs", "usage", "graph"):
         data[name] = _json(data[name])
     data["source"] = None if record.source is None else _json(data["source"])
     return (*(data[name] for name in _names(_RUN_COLUMNS)), record.started.timestamp())
@@ -385,6 +381,7 @@ def _run_values(record: RunRecord) -> tuple[Any, ...]:
 
 def _attempt_values(row: AttemptRow) -> tuple[Any, ...]:
     data = row.model_dump(mode="json")
+    data["limit_waits"] = _json(data["limit_waits"])
     return (*(data[name] for name in _names(_ATTEMPT_COLUMNS)), row.start.timestamp())
 
 
@@ -396,10 +393,16 @@ def _output_values(row: OutputRow) -> tuple[Any, ...]:
 
 def _run_from_row(found: tuple[Any, ...]) -> RunRecord:
     data = dict(zip(_names(_RUN_COLUMNS), found, strict=True))
-    for name in ("inputs", "usage"):
+    for name in ("inputs", "usage", "graph"):
         data[name] = json.loads(data[name])
     data["source"] = None if data["source"] is None else json.loads(data["source"])
     return RunRecord.model_validate(data)
+
+
+def _attempt_from_row(found: tuple[Any, ...]) -> AttemptRow:
+    data = dict(zip(_names(_ATTEMPT_COLUMNS), found, strict=True))
+    data["limit_waits"] = json.loads(data["limit_waits"])
+    return AttemptRow.model_validate(data)
 
 
 def _output_from_row(found: tuple[Any, ...]) -> OutputRow:

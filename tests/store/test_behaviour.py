@@ -37,6 +37,9 @@ def full_run() -> RunRecord:
         status=RunStatus.RUNNING,
         started=datetime(2026, 3, 1, 17, 30, 0, 123456, tzinfo=IST),
         usage=UsageRecord(requests=2, prompt_tokens=10, completion_tokens=5, cost=0.0125),
+        graph={"faits": [], "brouillon": ["faits"], "critique": ["faits", "brouillon"]},
+        max_concurrency=4,
+        resumed=1,
     )
 
 
@@ -59,6 +62,7 @@ def full_attempt(**changes: object) -> AttemptRow:
         "cache_hit": True,
         "llm_retries": 2,
         "limit_wait": 1.75,
+        "limit_waits": {"concurrency:search": 1.5, "rpm:openai|default|gpt-4o-mini": 0.25},
     }
     data.update(changes)
     return AttemptRow.model_validate(data)

@@ -27,6 +27,8 @@ from crewflow.store import (
 )
 from tests.store.conftest import at, run_record
 
+LATEST = len(_schema.MIGRATIONS)
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -99,14 +101,14 @@ async def test_an_output_is_committed_when_save_output_returns(tmp_path: Path) -
             conn.close()
 
 
-async def test_an_empty_file_is_migrated_to_version_1(tmp_path: Path) -> None:
+async def test_an_empty_file_is_migrated_to_the_latest_version(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     path.touch()
 
     async with SQLiteStore(path) as store:
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == LATEST
 
-    assert version_rows(path) == [(1,)]
+    assert version_rows(path) == [(LATEST,)]
     assert {"schema_version", "runs", "attempts", "outputs", "cache"} <= tables(path)
 
 
@@ -123,7 +125,7 @@ async def test_a_version_0_database_with_other_tables_is_migrated_and_keeps_them
     async with SQLiteStore(path) as store:
         await store.start_run(run_record())
 
-    assert version_rows(path) == [(1,)]
+    assert version_rows(path) == [(LATEST,)]
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("SELECT text FROM notes").fetchall() == [("keep me",)]
@@ -141,7 +143,7 @@ async def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path)
         async with SQLiteStore(path) as store:
             assert await store.get_run("run-1") is not None
 
-    assert version_rows(path) == [(1,)]
+    assert version_rows(path) == [(LATEST,)]
     assert _schema_sql(path) == schema_before
 
 
@@ -152,21 +154,46 @@ async def test_an_appended_migration_upgrades_an_existing_database(
     async with SQLiteStore(path) as store:
         await store.start_run(run_record())
 
-    def v2(conn: sqlite3.Connection) -> None:
-        conn.execute("ALTER TABLE runs ADD COLUMN note TEXT NOT NULL DEFAULT 'v2'")
+    def later(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE runs ADD COLUMN note TEXT NOT NULL DEFAULT 'later'")
 
-    monkeypatch.setattr(_schema, "MIGRATIONS", [*_schema.MIGRATIONS, v2])
+    monkeypatch.setattr(_schema, "MIGRATIONS", [*_schema.MIGRATIONS, later])
     monkeypatch.setattr("crewflow.store.sqlite.MIGRATIONS", _schema.MIGRATIONS)
     async with SQLiteStore(path) as store:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == LATEST + 1
         assert await store.get_run("run-1") is not None
 
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT note FROM runs").fetchall() == [("v2",)]
+        assert conn.execute("SELECT note FROM runs").fetchall() == [("later",)]
     finally:
         conn.close()
-    assert version_rows(path) == [(2,)]
+    assert version_rows(path) == [(LATEST + 1,)]
+
+
+async def test_a_version_1_database_keeps_its_runs_and_gains_the_version_2_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "runs.db"
+    monkeypatch.setattr("crewflow.store.sqlite.MIGRATIONS", _schema.MIGRATIONS[:1])
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    _schema.MIGRATIONS[0](conn)
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute(
+        "INSERT INTO runs (run_id, crew, fingerprint, source, process, process_reason, inputs, "
+        "status, started, started_ts, ended, usage) VALUES ('old', 'c', 'f', NULL, 'sequential', "
+        "'', '{}', 'completed', '2026-01-01T00:00:00+00:00', 1767225600, NULL, '{}')"
+    )
+    conn.close()
+    monkeypatch.undo()
+
+    async with SQLiteStore(path) as store:
+        assert await store.schema_version() == 2
+        old = await store.get_run("old")
+
+    assert old is not None
+    assert (old.crew, old.graph, old.max_concurrency, old.resumed) == ("c", {}, None, 0)
 
 
 async def test_a_database_from_a_newer_crewflow_is_refused(tmp_path: Path) -> None:
@@ -182,7 +209,7 @@ async def test_a_database_from_a_newer_crewflow_is_refused(tmp_path: Path) -> No
         await store.get_run("x")
     await store.close()
 
-    assert (caught.value.found, caught.value.supported) == (99, 1)
+    assert (caught.value.found, caught.value.supported) == (99, LATEST)
 
 
 async def test_a_file_that_is_not_a_database_fails_with_a_store_error(tmp_path: Path) -> None:
@@ -367,7 +394,7 @@ def test_writers_in_separate_processes_lose_nothing(tmp_path: Path) -> None:
             for run in runs:
                 attempts = await store.attempts(run.run_id)
                 assert sorted(row.attempt for row in attempts) == list(range(1, count + 1))
-            assert await store.schema_version() == 1
+            assert await store.schema_version() == LATEST
 
     anyio.run(check)
 
