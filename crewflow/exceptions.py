@@ -8,6 +8,11 @@ output that finished before the failure, so that nothing finished is ever lost.
 ```
 CrewflowError
 ├── ConfigurationError            (also a ValueError) bad specs, templates, models, inputs
+│   └── CrewChanged               .run_id, .changes: resume refused, the crew is not the same
+├── StoreError                    reading or writing run records failed
+│   ├── UnknownRunError           (also a LookupError) .run_id: no run with that id is stored
+│   ├── DuplicateRunError         (also a ValueError) .run_id: a run with that id already exists
+│   └── SchemaVersionError        .found, .supported: the database is newer than this crewflow
 └── CrewRunError                  .outputs: every TaskOutput that finished, by task name
     ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
     ├── CrewPartialFailure        .failures, .skipped: on_failure="continue" and some tasks failed
@@ -35,17 +40,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "CrewChanged",
     "CrewPartialFailure",
     "CrewRunError",
     "CrewflowError",
+    "DuplicateRunError",
     "KickoffsFailed",
     "LLMError",
     "MaxIterationsExceeded",
     "OutputValidationError",
     "RunCancelled",
+    "SchemaVersionError",
+    "StoreError",
     "TaskFailed",
     "TaskTimeout",
     "ToolError",
+    "UnknownRunError",
 ]
 
 _EMPTY: Mapping[str, TaskOutput] = MappingProxyType({})
@@ -77,6 +87,67 @@ class ConfigurationError(CrewflowError, ValueError):
     Raised at construction where possible (`Agent(...)`, `Task(...)`, `Crew(...)`), otherwise at
     the start of `kickoff` (missing template inputs, inputs that are not JSON-serialisable).
     """
+
+
+class CrewChanged(ConfigurationError):
+    """`Crew.resume` refused: the crew's fingerprint (tasks, agents, models, process) is not the
+    one recorded for the run, so the saved outputs may not fit it.
+
+    Attributes:
+        run_id: The run that was to be resumed.
+        changes: What differs, as far as the record tells (tasks added or removed, changed
+            dependencies; else that a description, agent, model or the process changed).
+    """
+
+    def __init__(self, message: str, *, run_id: str, changes: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.changes = list(changes)
+
+
+class StoreError(CrewflowError):
+    """Something went wrong reading or writing run records."""
+
+
+class UnknownRunError(StoreError, LookupError):
+    """No run with this id is in the store.
+
+    Attributes:
+        run_id: The id that was asked for.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r} in the store; `crewflow runs` lists the runs it holds")
+        self.run_id = run_id
+
+
+class DuplicateRunError(StoreError, ValueError):
+    """A run with this id was already started.
+
+    Attributes:
+        run_id: The id that was reused.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"a run {run_id!r} is already in the store; run ids must be unique")
+        self.run_id = run_id
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a newer crewflow whose schema this version cannot read.
+
+    Attributes:
+        found: The database's schema version.
+        supported: The newest version this crewflow knows.
+    """
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        super().__init__(
+            f"the run database {path} has schema version {found}, but this crewflow only knows "
+            f"versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME elsewhere"
+        )
+        self.found = found
+        self.supported = supported
 
 
 class CrewRunError(CrewflowError):

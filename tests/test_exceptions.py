@@ -12,17 +12,22 @@ import pytest
 from crewflow import exceptions
 from crewflow.exceptions import (
     ConfigurationError,
+    CrewChanged,
     CrewflowError,
     CrewPartialFailure,
     CrewRunError,
+    DuplicateRunError,
     KickoffsFailed,
     LLMError,
     MaxIterationsExceeded,
     OutputValidationError,
     RunCancelled,
+    SchemaVersionError,
+    StoreError,
     TaskFailed,
     TaskTimeout,
     ToolError,
+    UnknownRunError,
 )
 from crewflow.task import TaskOutput
 
@@ -48,6 +53,11 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         KickoffsFailed: KickoffsFailed(
             "1 of 2 failed", results=[None, failed], failures={1: failed}
         ),
+        CrewChanged: CrewChanged("changed", run_id="r1", changes=["task 'x' was added"]),
+        StoreError: StoreError("disk full"),
+        UnknownRunError: UnknownRunError("r1"),
+        DuplicateRunError: DuplicateRunError("r1"),
+        SchemaVersionError: SchemaVersionError("runs.db", 9, 2),
     }
     return factories[cls]
 

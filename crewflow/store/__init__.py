@@ -5,14 +5,8 @@ keeps the same records in memory for tests. Both implement the `Store` ABC, whos
 pydantic models stored as JSON, never pickled. No record holds a secret: nothing here takes API
 keys, headers or client settings.
 
-Importing this package does no I/O: a store opens its database on first use.
-
-```
-StoreError                 (a CrewflowError)
-├── UnknownRunError        (also a LookupError) .run_id: nothing recorded under that id
-├── DuplicateRunError      (also a ValueError) .run_id: start_run with an id already used
-└── SchemaVersionError     .found, .supported: the database is newer than this crewflow
-```
+Importing this package does no I/O: a store opens its database on first use. Its errors
+(`StoreError` and below) are part of the one tree in `crewflow.exceptions`.
 """
 
 from crewflow.store._base import (

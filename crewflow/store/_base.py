@@ -7,7 +7,12 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from crewflow.exceptions import CrewflowError
+from crewflow.exceptions import (
+    DuplicateRunError,
+    SchemaVersionError,
+    StoreError,
+    UnknownRunError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -31,54 +36,6 @@ __all__ = [
     "UnknownRunError",
     "default_store_path",
 ]
-
-
-class StoreError(CrewflowError):
-    """Something went wrong reading or writing run records."""
-
-
-class UnknownRunError(StoreError, LookupError):
-    """No run with this id is in the store.
-
-    Attributes:
-        run_id: The id that was asked for.
-    """
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(
-            f"no run {run_id!r} in the store; `crewflow runs` lists the runs it holds, "
-            "and start_run() must come before anything is recorded for a run"
-        )
-        self.run_id = run_id
-
-
-class DuplicateRunError(StoreError, ValueError):
-    """A run with this id was already started.
-
-    Attributes:
-        run_id: The id that was reused.
-    """
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"a run {run_id!r} is already in the store; run ids must be unique")
-        self.run_id = run_id
-
-
-class SchemaVersionError(StoreError):
-    """The database was written by a newer crewflow whose schema this version cannot read.
-
-    Attributes:
-        found: The database's schema version.
-        supported: The newest version this crewflow knows.
-    """
-
-    def __init__(self, path: str, found: int, supported: int) -> None:
-        super().__init__(
-            f"the run database {path} has schema version {found}, but this crewflow only knows "
-            f"versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME elsewhere"
-        )
-        self.found = found
-        self.supported = supported
 
 
 def default_store_path() -> Path:
