@@ -99,6 +99,16 @@ class Store(ABC):
             UnknownRunError: No such run.
         """
 
+    async def reopen_run(self, run_id: str) -> None:
+        """Mark an ended (or killed) run as running again and count the resume
+        (`Crew.resume` calls it before re-running what had not finished).
+
+        Raises:
+            UnknownRunError: No such run.
+            StoreError: This store cannot resume runs (the default; both built-in stores can).
+        """
+        raise StoreError(f"{type(self).__name__} cannot resume runs (it has no reopen_run)")
+
     @abstractmethod
     async def record_attempt(self, row: AttemptRow) -> None:
         """Record one attempt of a task (replacing an earlier row for the same attempt).

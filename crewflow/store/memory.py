@@ -63,6 +63,14 @@ class MemoryStore(Store):
         sequence = self._runs[run_id][0]
         self._runs[run_id] = (sequence, updated.model_dump_json())
 
+    async def reopen_run(self, run_id: str) -> None:
+        current = self._load_run(run_id)
+        updated = current.model_copy(
+            update={"status": RunStatus.RUNNING, "ended": None, "resumed": current.resumed + 1}
+        )
+        sequence = self._runs[run_id][0]
+        self._runs[run_id] = (sequence, updated.model_dump_json())
+
     async def record_attempt(self, row: AttemptRow) -> None:
         self._require_run(row.run_id)
         self._attempts[(row.run_id, row.task, row.attempt)] = row.model_dump_json()

@@ -138,6 +138,19 @@ class SQLiteStore(Store):
 
         await self._call(update)
 
+    async def reopen_run(self, run_id: str) -> None:
+        def update(conn: sqlite3.Connection) -> None:
+            with _write(conn):
+                cursor = conn.execute(
+                    "UPDATE runs SET status = ?, ended = NULL, resumed = resumed + 1 "
+                    "WHERE run_id = ?",
+                    (RunStatus.RUNNING.value, run_id),
+                )
+                if cursor.rowcount == 0:
+                    raise UnknownRunError(run_id)
+
+        await self._call(update)
+
     async def record_attempt(self, row: AttemptRow) -> None:
         values = _attempt_values(row)
 

@@ -292,3 +292,21 @@ async def test_save_task_for_an_unknown_run_records_nothing(store: Store) -> Non
         await store.save_task(output, [attempt])
 
     assert await store.attempts("run-1") == []
+
+
+async def test_reopening_a_run_marks_it_running_and_counts_the_resume(store: Store) -> None:
+    await store.start_run(run_record())
+    await store.finish_run("run-1", RunStatus.FAILED, at(5), UsageRecord(requests=3))
+
+    await store.reopen_run("run-1")
+    await store.reopen_run("run-1")
+
+    reopened = await store.get_run("run-1")
+    assert reopened is not None
+    assert (reopened.status, reopened.ended, reopened.resumed) == (RunStatus.RUNNING, None, 2)
+    assert reopened.usage.requests == 3
+
+
+async def test_reopening_an_unknown_run_fails(store: Store) -> None:
+    with pytest.raises(UnknownRunError):
+        await store.reopen_run("nope")
