@@ -1,0 +1,552 @@
+"""The optimizer reads recorded runs and reports what they measured and what to change.
+
+Every history here is written straight into a store with chosen times, so each number the
+report holds can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from rich.console import Console
+
+from crewflow import Agent, Crew, Task
+from crewflow.optimizer import (
+    RecommendationKind,
+    Report,
+    analyze,
+    critical_path,
+    estimate_duration,
+    expected_durations,
+    percentile,
+    render,
+)
+from crewflow.store import (
+    AttemptRow,
+    AttemptStatus,
+    MemoryStore,
+    RunRecord,
+    RunStatus,
+    SQLiteStore,
+    UsageRecord,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from crewflow.store import Store
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+FAN_OUT = {"a": [], "b": [], "c": [], "d": [], "join": ["a", "b", "c", "d"]}
+DIAMOND = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+
+
+def at(seconds: float) -> datetime:
+    """A UTC datetime ``seconds`` after a fixed start."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def attempt(
+    task: str, start: float, end: float | None, *, number: int = 1, ok: bool = True, **fields: Any
+) -> dict[str, Any]:
+    """One attempt's fields (the run id is added by `add_run`)."""
+    status = AttemptStatus.COMPLETED if ok else AttemptStatus.FAILED
+    if end is None:
+        status = AttemptStatus.RUNNING
+    return {
+        "task": task,
+        "attempt": number,
+        "start": at(start),
+        "end": None if end is None else at(end),
+        "status": fields.pop("status", status),
+        **fields,
+    }
+
+
+async def add_run(
+    store: Store,
+    run_id: str,
+    attempts: list[dict[str, Any]],
+    *,
+    started: float = 0.0,
+    ended: float | None = None,
+    graph: dict[str, list[str]] | None = None,
+    status: RunStatus = RunStatus.COMPLETED,
+    **fields: Any,
+) -> None:
+    """Record a run with its attempts; it ends when its last attempt does, unless told."""
+    if ended is None:
+        ended = max((row["end"] for row in attempts if row["end"]), default=at(started))
+        ended_at = ended
+    else:
+        ended_at = at(ended)
+    record = RunRecord(
+        run_id=run_id,
+        crew=fields.pop("crew", "research"),
+        fingerprint=fields.pop("fingerprint", "v1"),
+        process=fields.pop("process", "sequential"),
+        started=at(started),
+        graph=graph if graph is not None else {row["task"]: [] for row in attempts},
+        **fields,
+    )
+    await store.start_run(record)
+    for row in attempts:
+        await store.record_attempt(AttemptRow(run_id=run_id, **row))
+    if status != RunStatus.RUNNING:
+        await store.finish_run(run_id, status, ended_at, record.usage)
+
+
+async def sequential_fan_out(store: Store, runs: int = 3, **fields: Any) -> None:
+    """Sequential runs of four independent 10 s tasks and a 2 s join: 42 s each."""
+    for index in range(runs):
+        base = 100.0 * index
+        rows = [attempt(name, base + 10 * i, base + 10 * (i + 1)) for i, name in enumerate("abcd")]
+        rows.append(attempt("join", base + 40, base + 42))
+        await add_run(store, f"seq-{index}", rows, started=base, graph=FAN_OUT, **fields)
+
+
+def text_of(report: Report) -> str:
+    console = Console(file=io.StringIO(), width=120, record=True)
+    render(report, console)
+    return console.export_text()
+
+
+# -- arithmetic ------------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_linearly_between_ranks() -> None:
+    assert percentile([4, 1, 3, 2], 0.5) == 2.5
+    assert percentile(range(1, 21), 0.95) == pytest.approx(19.05)
+    assert percentile([7.0], 0.95) == 7.0
+    assert percentile([3, 9], 0.0) == 3
+    assert percentile([3, 9], 1.0) == 9
+    assert percentile([], 0.5) is None
+
+
+def test_critical_path_of_a_diamond_follows_the_longer_branch() -> None:
+    assert critical_path(DIAMOND, {"a": 1, "b": 5, "c": 2, "d": 1}) == (7.0, ["a", "b", "d"])
+    assert critical_path(DIAMOND, {"a": 1, "b": 2, "c": 5, "d": 1}) == (7.0, ["a", "c", "d"])
+    assert critical_path({}, {}) == (0.0, [])
+
+
+def test_estimate_of_a_fan_out_depends_on_the_slots() -> None:
+    durations = {"a": 10, "b": 10, "c": 10, "d": 10, "join": 2}
+    assert estimate_duration(FAN_OUT, durations, max_concurrency=1) == 42.0
+    assert estimate_duration(FAN_OUT, durations, max_concurrency=2) == 22.0
+    assert estimate_duration(FAN_OUT, durations, max_concurrency=3) == 22.0
+    assert estimate_duration(FAN_OUT, durations, max_concurrency=4) == 12.0
+    assert estimate_duration(FAN_OUT, durations) == 12.0
+
+
+def test_estimate_runs_the_longest_remaining_path_first() -> None:
+    # Declaration order first would run x and y, then the chain: 16 s.
+    graph = {"x": [], "y": [], "z1": [], "z2": ["z1"]}
+    durations = {"x": 5, "y": 5, "z1": 1, "z2": 10}
+    assert estimate_duration(graph, durations, max_concurrency=2) == 11.0
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+async def test_process_stats_count_success_and_duration_percentiles() -> None:
+    store = MemoryStore()
+    usage = UsageRecord(requests=2, prompt_tokens=100, completion_tokens=50, cost=0.01)
+    for index, length in enumerate([40, 42, 44]):
+        await add_run(
+            store,
+            f"ok-{index}",
+            [attempt("a", 100 * index, 100 * index + length)],
+            started=100 * index,
+            usage=usage,
+        )
+    await add_run(
+        store,
+        "bad",
+        [attempt("a", 500, 501, ok=False)],
+        started=500,
+        status=RunStatus.FAILED,
+        usage=usage,
+    )
+    await add_run(store, "par", [attempt("a", 600, 610)], started=600, process="parallel")
+
+    report = await analyze(store, "research")
+
+    sequential, parallel = sorted(report.processes, key=lambda stats: stats.process, reverse=True)
+    assert (sequential.process, sequential.runs, sequential.completed) == ("sequential", 4, 3)
+    assert sequential.success_rate == 0.75
+    assert sequential.p50_seconds == 42.0
+    assert sequential.p95_seconds == pytest.approx(43.8)
+    assert sequential.tokens == 600
+    assert sequential.tokens_per_run == 150.0
+    assert sequential.cost == pytest.approx(0.04)
+    assert (parallel.runs, parallel.success_rate, parallel.p50_seconds) == (1, 1.0, 10.0)
+    assert parallel.cost is None
+    assert report.runs == 5
+    assert (report.since, report.until) == (at(0), at(610))
+
+
+async def test_task_stats_count_failures_retries_cache_hits_and_waits() -> None:
+    store = MemoryStore()
+    runs = [
+        [attempt("flaky", 0, 2, ok=False), attempt("flaky", 3, 5, number=2, cache_hit=True)],
+        [attempt("flaky", 100, 104, llm_retries=2, limit_wait=1.5)],
+        [
+            attempt("flaky", 200, 201, ok=False),
+            attempt("flaky", 202, 203, number=2, ok=False),
+            attempt("flaky", 204, 210, number=3, cache_hit=True, limit_wait=0.5),
+        ],
+        [attempt("flaky", 300, 303, prompt_tokens=10, completion_tokens=5, cost=0.5)],
+    ]
+    for index, rows in enumerate(runs):
+        await add_run(store, f"run-{index}", rows, started=100 * index)
+
+    (stats,) = (await analyze(store)).tasks
+
+    assert (stats.crew, stats.task, stats.runs) == ("research", "flaky", 4)
+    assert (stats.attempts, stats.failed) == (7, 3)
+    assert stats.failure_rate == pytest.approx(3 / 7)
+    assert stats.retries == 3 + 2  # extra attempts, then provider retries
+    assert stats.cache_hit_rate == pytest.approx(2 / 7)
+    # First attempt's start to last attempt's end: 5, 4, 10 and 3 s.
+    assert stats.p50_seconds == 4.5
+    assert stats.p95_seconds == pytest.approx(9.25)
+    assert (stats.limit_wait, stats.limit_wait_per_run) == (2.0, 0.5)
+    assert (stats.tokens, stats.cost) == (15, 0.5)
+
+
+async def test_a_resumed_run_counts_only_the_last_attempt_and_not_its_own_duration() -> None:
+    store = MemoryStore()
+    rows = [attempt("a", 0, None), attempt("a", 3600, 3610, number=2)]
+    await add_run(store, "resumed", rows, ended=3610, resumed=1)
+
+    report = await analyze(store)
+
+    assert report.tasks[0].p50_seconds == 10.0
+    assert report.processes[0].p50_seconds is None
+    assert report.tasks[0].attempts == 1  # the attempt still marked running never ended
+
+
+async def test_the_critical_path_uses_median_task_durations_of_the_latest_version() -> None:
+    store = MemoryStore()
+    # b is the longer branch in the median run, although c is longer in the last run.
+    for index, (b, c) in enumerate([(5, 2), (6, 3), (4, 8)]):
+        base = 100.0 * index
+        rows = [
+            attempt("a", base, base + 1),
+            attempt("b", base + 1, base + 1 + b),
+            attempt("c", base + 1, base + 1 + c),
+            attempt("d", base + 1 + max(b, c), base + 2 + max(b, c)),
+        ]
+        await add_run(store, f"run-{index}", rows, started=base, graph=DIAMOND)
+    # An older version with another shape does not count.
+    await add_run(store, "old", [attempt("a", -100, -50)], started=-100, fingerprint="v0")
+
+    (path,) = (await analyze(store, "research")).bottlenecks.critical_paths
+
+    assert [(step.task, step.seconds) for step in path.tasks] == [
+        ("a", 1.0),
+        ("b", 5.0),
+        ("d", 1.0),
+    ]
+    assert (path.seconds, path.work_seconds) == (7.0, 10.0)
+    assert (path.fingerprint, path.runs) == ("v1", 3)
+
+
+# -- recommendations -------------------------------------------------------------------------------
+
+
+async def test_a_sequential_fan_out_is_advised_to_go_parallel() -> None:
+    store = MemoryStore()
+    await sequential_fan_out(store)
+
+    report = await analyze(store, "research")
+
+    (advice,) = report.recommendations
+    assert advice.kind == RecommendationKind.SWITCH_PROCESS
+    assert advice.target == "parallel"
+    assert advice.saving_seconds == 30.0
+    assert "about 12.0 s instead of 42.0 s" in advice.message
+    assert "critical path 12.0 s: a → join" in advice.evidence
+    assert "saving about 30.0 s per run (71 %)" in advice.evidence
+
+
+async def test_the_parallel_estimate_respects_the_recorded_max_concurrency() -> None:
+    store = MemoryStore()
+    await sequential_fan_out(store, max_concurrency=2)
+
+    (advice,) = (await analyze(store, "research")).recommendations
+
+    assert advice.kind == RecommendationKind.SWITCH_PROCESS
+    assert advice.saving_seconds == 20.0
+    assert "about 22.0 s instead of 42.0 s" in advice.message
+
+
+async def test_a_chain_is_not_advised_to_go_parallel() -> None:
+    store = MemoryStore()
+    rows = [attempt("a", 0, 10), attempt("b", 10, 20)]
+    await add_run(store, "chain", rows, graph={"a": [], "b": ["a"]})
+
+    assert (await analyze(store, "research")).recommendations == []
+
+
+async def test_a_bounded_parallel_run_is_advised_to_raise_max_concurrency() -> None:
+    store = MemoryStore()
+    for index in range(2):
+        base = 100.0 * index
+        rows = [
+            attempt(n, base + 10 * (i // 2), base + 10 * (i // 2 + 1)) for i, n in enumerate("abcd")
+        ]
+        rows.append(attempt("join", base + 20, base + 22))
+        await add_run(
+            store,
+            f"par-{index}",
+            rows,
+            started=base,
+            graph=FAN_OUT,
+            process="parallel",
+            max_concurrency=2,
+        )
+
+    (advice,) = (await analyze(store, "research")).recommendations
+
+    assert advice.kind == RecommendationKind.RAISE_MAX_CONCURRENCY
+    assert advice.message.startswith("Raise max_concurrency of research from 2 to 4")
+    assert "about 12.0 s instead of 22.0 s" in advice.message
+    assert advice.saving_seconds == 10.0
+
+
+async def test_a_limit_that_holds_runs_back_is_reported_with_its_share() -> None:
+    store = MemoryStore()
+    rpm = "rpm:openai|https://api.openai.com/v1|gpt-4o"
+    for index in range(5):
+        base = 100.0 * index
+        waits = {"concurrency:search": 4.0, rpm: 0.2}
+        rows = [attempt("search", base, base + 10, limit_wait=4.2, limit_waits=waits)]
+        await add_run(store, f"run-{index}", rows, started=base)
+
+    report = await analyze(store, "research")
+
+    search, model = report.bottlenecks.limits
+    assert (search.kind, search.target, search.seconds, search.runs) == (
+        "concurrency",
+        "search",
+        20.0,
+        5,
+    )
+    assert search.share == pytest.approx(0.4)
+    assert [(t.task, t.seconds) for t in search.tasks] == [("search", 20.0)]
+    assert (model.kind, model.target) == ("rpm", "openai|https://api.openai.com/v1|gpt-4o")
+    assert model.share == pytest.approx(0.02)
+    (advice,) = report.recommendations  # 2 % of run time is below the threshold
+    assert advice.kind == RecommendationKind.RAISE_LIMIT
+    assert advice.target == "concurrency:search"
+    assert advice.evidence[0] == (
+        "40 % of run time spent waiting on concurrency:search (20.0 s over 5 runs)"
+    )
+
+
+async def test_retry_after_pauses_are_advised_a_rate_limit() -> None:
+    store = MemoryStore()
+    waits = {"retry_after:openai|https://api.openai.com/v1|gpt-4o": 3.0}
+    await add_run(store, "run", [attempt("a", 0, 10, limit_waits=waits)])
+
+    (advice,) = (await analyze(store)).recommendations
+
+    assert advice.kind == RecommendationKind.ADD_RATE_LIMIT
+    assert advice.target == "openai|https://api.openai.com/v1|gpt-4o"
+    assert advice.evidence[0].startswith("30 % of run time")
+
+
+async def flaky_history(store: Store, *, error_type: str = "LLMError") -> None:
+    """Seven runs of task ``flaky``: three fail once then succeed (3 of 10 attempts fail)."""
+    for index in range(7):
+        base = 100.0 * index
+        if index < 3:
+            rows = [
+                attempt("flaky", base, base + 1, ok=False, error_type=error_type),
+                attempt("flaky", base + 2, base + 4, number=2),
+            ]
+        else:
+            rows = [attempt("flaky", base, base + 2)]
+        await add_run(store, f"run-{index}", rows, started=base)
+
+
+def research_crew(*, fallback: bool) -> Crew:
+    researcher = Agent(role="Researcher", goal="Find facts", llm="offline")
+    backup = Agent(role="Backup", goal="Find facts", llm="offline")
+    task = Task(
+        "Find facts", agent=researcher, name="flaky", fallback_agent=backup if fallback else None
+    )
+    return Crew(tasks=[task], name="research")
+
+
+async def test_a_task_that_often_fails_is_advised_a_fallback() -> None:
+    store = MemoryStore()
+    await flaky_history(store)
+
+    (advice,) = (await analyze(store, "research")).recommendations
+
+    assert advice.kind == RecommendationKind.ADD_FALLBACK
+    assert advice.target == "flaky"
+    assert "fails 30 % of attempts" in advice.message
+    assert advice.evidence[:3] == [
+        "fails 30 % of attempts (3 of 10, over 7 runs)",
+        "errors: LLMError ×3",
+        "still failed after its last attempt in 0 of 7 runs",
+    ]
+    assert "check it has none" in advice.evidence[-1]
+
+
+async def test_the_crew_tells_whether_the_task_already_has_a_fallback() -> None:
+    store = MemoryStore()
+    await flaky_history(store)
+
+    without = await analyze(store, research_crew(fallback=False))
+    with_one = await analyze(store, research_crew(fallback=True))
+
+    (advice,) = without.recommendations
+    assert advice.kind == RecommendationKind.ADD_FALLBACK
+    assert not any("check it has none" in line for line in advice.evidence)
+    assert with_one.crew == "research"
+    assert with_one.recommendations == []
+
+
+async def test_a_task_that_keeps_timing_out_is_advised_a_longer_timeout() -> None:
+    store = MemoryStore()
+    await flaky_history(store, error_type="TaskTimeout")
+
+    (advice,) = (await analyze(store, research_crew(fallback=True))).recommendations
+
+    assert advice.kind == RecommendationKind.RAISE_TIMEOUT
+    assert "3 of its 10 attempts timed out" in advice.message
+    assert "completed attempts took p50 2.0 s, p95 2.0 s" in advice.evidence
+
+
+async def test_rare_failures_or_few_attempts_bring_no_advice() -> None:
+    store = MemoryStore()
+    rows = [attempt("flaky", 0, 1, ok=False), attempt("flaky", 1, 2, number=2)]
+    await add_run(store, "run", rows)
+
+    report = await analyze(store)
+
+    assert report.tasks[0].failure_rate == 0.5
+    assert report.recommendations == []
+
+
+# -- expected durations ----------------------------------------------------------------------------
+
+
+async def test_expected_durations_are_medians_of_completed_runs() -> None:
+    store = MemoryStore()
+    for index, (seconds, fingerprint) in enumerate([(2, "v1"), (4, "v1"), (6, "v1"), (10, "v2")]):
+        base = 100.0 * index
+        rows = [attempt("a", base, base + seconds), attempt("b", base + seconds, base + 11)]
+        await add_run(store, f"run-{index}", rows, started=base, fingerprint=fingerprint)
+    await add_run(
+        store,
+        "failed",
+        [attempt("a", 900, 990, ok=False)],
+        started=900,
+        status=RunStatus.FAILED,
+        fingerprint="v1",
+    )
+
+    assert await expected_durations(store, "research") == {"a": 5.0, "b": 6.0}
+    assert await expected_durations(store, "research", fingerprint="v1") == {"a": 4.0, "b": 7.0}
+    assert await expected_durations(store, "research", fingerprint="v2") == {"a": 10.0, "b": 1.0}
+    assert await expected_durations(store, "research", runs=1) == {"a": 10.0, "b": 1.0}
+    assert await expected_durations(store, "other") == {}
+
+
+async def test_expected_durations_look_past_runs_of_other_versions() -> None:
+    store = MemoryStore()
+    await add_run(store, "old", [attempt("a", 0, 3)], fingerprint="v1")
+    for index in range(1, 6):
+        await add_run(
+            store,
+            f"new-{index}",
+            [attempt("a", 100 * index, 100 * index + 1)],
+            started=100 * index,
+            fingerprint="v2",
+        )
+
+    assert await expected_durations(store, "research", fingerprint="v1", runs=1) == {"a": 3.0}
+
+
+# -- edges and output ------------------------------------------------------------------------------
+
+
+async def test_an_empty_store_gives_an_empty_report() -> None:
+    report = await analyze(MemoryStore(), "research")
+
+    assert report.crew == "research"
+    assert (report.runs, report.since, report.until) == (0, None, None)
+    assert report.processes == report.tasks == report.recommendations == []
+    assert report.bottlenecks.critical_paths == report.bottlenecks.limits == []
+    assert Report.model_validate_json(report.model_dump_json()) == report
+    assert "No runs recorded for crew research" in text_of(report)
+
+
+async def test_runs_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        await analyze(MemoryStore(), runs=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        await expected_durations(MemoryStore(), "research", runs=0)
+
+
+async def test_analyze_reads_only_the_newest_runs_of_the_crew() -> None:
+    store = MemoryStore()
+    await sequential_fan_out(store, runs=3)
+    await add_run(store, "other", [attempt("x", 0, 1)], crew="other")
+
+    report = await analyze(store, "research", runs=2)
+    everything = await analyze(store)
+
+    assert report.runs == 2
+    assert {stats.crew for stats in report.tasks} == {"research"}
+    assert [stats.task for stats in report.tasks] == ["a", "b", "c", "d", "join"]
+    assert everything.runs == 4
+    assert {path.crew for path in everything.bottlenecks.critical_paths} == {"research", "other"}
+
+
+async def test_a_sqlite_history_gives_the_same_report(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "runs.db") as store:
+        await sequential_fan_out(store)
+        report = await analyze(store, "research")
+
+    assert report.processes[0].p50_seconds == 42.0
+    assert report.bottlenecks.critical_paths[0].seconds == 12.0
+    assert [advice.saving_seconds for advice in report.recommendations] == [30.0]
+    assert Report.model_validate_json(report.model_dump_json()) == report
+
+
+async def test_render_prints_the_key_numbers() -> None:
+    store = MemoryStore()
+    await sequential_fan_out(store)
+    waits = {"concurrency:[search]": 30.0}
+    rows = [attempt("a", -1000, -900, limit_waits=waits)]
+    await add_run(store, "waiting", rows, started=-1000, fingerprint="v0")
+
+    text = text_of(await analyze(store, "research"))
+
+    assert "4 runs of crew research" in text
+    assert "42.0 s" in text  # the sequential runs' median
+    assert "a 10.0 s → join 2.0 s = 12.0 s" in text
+    assert "concurrency:[search]" in text  # brackets are not taken for markup
+    assert "[switch_process]" in text
+    assert "about 12.0 s instead of 42.0 s" in text
+    assert "13 % of run time spent waiting on concurrency:[search]" in text
+
+
+def test_importing_the_optimizer_loads_no_heavy_library() -> None:
+    code = (
+        "import sys, crewflow.optimizer; "
+        "print(sorted({'rich', 'typer', 'networkx', 'openai', 'litellm'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
