@@ -286,6 +286,20 @@ async def test_the_parallel_estimate_respects_the_recorded_max_concurrency() -> 
     assert "about 22.0 s instead of 42.0 s" in advice.message
 
 
+async def test_a_crew_already_declared_parallel_is_not_advised_to_switch() -> None:
+    store = MemoryStore()
+    await sequential_fan_out(store)
+    agent = Agent(role="Researcher", goal="Find facts", llm="offline")
+    tasks = [Task(f"Part {name}", agent=agent, name=name, context=[]) for name in "abcd"]
+    join = Task("Join", agent=agent, name="join", context=tasks)
+    crew = Crew(tasks=[*tasks, join], name="research", process="parallel")
+
+    report = await analyze(store, crew)
+
+    assert report.recommendations == []
+    assert report.bottlenecks.critical_paths[0].seconds == 12.0
+
+
 async def test_a_chain_is_not_advised_to_go_parallel() -> None:
     store = MemoryStore()
     rows = [attempt("a", 0, 10), attempt("b", 10, 20)]
