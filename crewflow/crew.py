@@ -29,8 +29,10 @@ from crewflow.task import Task, TaskOutput
 if TYPE_CHECKING:
     # Not at runtime: networkx loads when a crew is built, not on `import crewflow`.
     from crewflow._runtime.handle import RunHandle
+    from crewflow._runtime.recording import Recorder, Resumption
     from crewflow._runtime.run import Run
     from crewflow.graph import TaskGraph  # noqa: TC004
+    from crewflow.store import Store
 
 __all__ = ["Crew", "CrewResult"]
 
@@ -48,6 +50,7 @@ class CrewResult(BaseModel):
         start: When the run began (UTC).
         end: When it ended (UTC).
         duration: Seconds it took.
+        restored: Tasks whose outputs came from the store instead of running (`Crew.resume`).
 
     Example:
         ```python
@@ -69,6 +72,7 @@ class CrewResult(BaseModel):
     start: datetime
     end: datetime
     duration: float
+    restored: list[str] = Field(default_factory=list)
 
     @property
     def output(self) -> TaskOutput:
@@ -135,6 +139,11 @@ class Crew(Spec):
         limits: Concurrency and rate limits per model or group (`crewflow.Limits`), shared
             with every crew of the process that uses the same models or groups.
         on_event: Called with every `crewflow.events.Event` of every run of this crew.
+        store: Where runs are recorded and checkpointed: ``"default"`` (``runs.db`` in
+            ``CREWFLOW_HOME``, else the user data directory), the path of a SQLite file, a
+            `crewflow.store.Store`, or ``None`` to record nothing (no resume then).
+        cache: Reuse LLM replies to identical calls (a task's own ``cache`` wins); kept in the
+            store, or in memory for the run when ``store=None``.
 
     Raises:
         ConfigurationError: A cycle, unknown context, duplicate names, a task with no agent to
@@ -151,9 +160,28 @@ class Crew(Spec):
     on_failure: Literal["stop", "continue"] = "stop"
     limits: Limits | None = None
     on_event: Callable[[Event], None] | None = None
+    store: Any = "default"
+    cache: bool = False
 
     _process: Process = PrivateAttr()
     _graph: TaskGraph = PrivateAttr()
+    _fingerprint: str | None = PrivateAttr(default=None)
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _check_store(cls, value: Any) -> Any:
+        import os
+
+        from crewflow.store import Store
+
+        if value is None or isinstance(value, (Store, os.PathLike)):
+            return value
+        if isinstance(value, str) and value.strip():
+            return value
+        raise ValueError(
+            'store must be "default", the path of a SQLite file, a crewflow.store.Store, or '
+            f"None to record nothing, not {value!r}"
+        )
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -185,6 +213,66 @@ class Crew(Spec):
     def process_name(self) -> str:
         """The name of the process this crew runs under."""
         return self._process.name
+
+    def resolved_store(self) -> Store | None:
+        """The store this crew records its runs in (``None`` when ``store=None``)."""
+        from crewflow.store import resolve_store
+
+        return resolve_store(self.store)
+
+    def fingerprint(self, llm: str | LLM | None = None) -> str:
+        """A hash of the crew's tasks, agents, models and process (what `resume` compares).
+
+        Args:
+            llm: The model a kickoff makes every agent use, if any.
+        """
+        from crewflow._runtime.recording import fingerprint
+
+        if llm is not None:
+            return fingerprint(self._graph, self._process.name, llm)
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self._graph, self._process.name)
+        return self._fingerprint
+
+    async def resume(
+        self, run_id: str, *, force: bool = False, llm: str | LLM | None = None
+    ) -> CrewResult:
+        """Finish an earlier run of this crew: re-run only the tasks that had not finished.
+
+        The run keeps its id, inputs and finished outputs (read from the crew's store); its
+        record is marked running again and then completed (or failed). Works after a crash,
+        a ``kill -9``, a failure or a cancellation, with every process.
+
+        Args:
+            run_id: The run to finish (`CrewResult.run_id`, ``crewflow runs``).
+            force: Resume even if the crew changed since the run was recorded.
+            llm: As in `kickoff` (the fingerprint includes it: pass the same one).
+
+        Returns:
+            The whole run's result; `CrewResult.restored` names the tasks that did not run
+            again.
+
+        Raises:
+            ConfigurationError: The crew has ``store=None``.
+            UnknownRunError: The store has no run ``run_id``.
+            CrewChanged: The crew's tasks, agents, models or process differ from the recorded
+                ones (``force=True`` to resume anyway).
+            CrewRunError: As `kickoff`.
+        """
+        from crewflow._runtime.recording import load_resumption
+
+        store = self.resolved_store()
+        if store is None:
+            raise ConfigurationError(
+                "this crew has store=None, so no run of it was recorded; give it a store to "
+                "make its runs resumable"
+            )
+        override = self._override(llm)
+        loaded = await load_resumption(
+            store, run_id, self._graph, self.fingerprint(override), force=force
+        )
+        run = self._new_run(loaded.record.inputs, llm, resumption=loaded)
+        return await self._finish(run)
 
     async def kickoff(
         self, inputs: Mapping[str, Any] | None = None, *, llm: str | LLM | None = None
@@ -296,16 +384,26 @@ class Crew(Spec):
             )
         return results
 
-    def _new_run(self, inputs: Mapping[str, Any] | None, llm: str | LLM | None) -> Run:
-        from crewflow._runtime.limiter import registry
-        from crewflow._runtime.run import Run
+    def _override(self, llm: str | LLM | None) -> LLM | None:
         from crewflow.llm._models import check_model, resolve_llm
 
+        return resolve_llm(check_model(llm) if isinstance(llm, str) else llm) if llm else None
+
+    def _new_run(
+        self,
+        inputs: Mapping[str, Any] | None,
+        llm: str | LLM | None,
+        *,
+        resumption: Resumption | None = None,
+    ) -> Run:
+        from crewflow._runtime.limiter import registry
+        from crewflow._runtime.run import Run
+
         values = self._check_inputs(inputs)
-        override = resolve_llm(check_model(llm) if isinstance(llm, str) else llm) if llm else None
+        override = self._override(llm)
         if self.limits is not None:
             registry().configure(self.limits)
-        return Run(
+        run = Run(
             graph=self._graph.copy(),
             process=self._process,
             crew_name=self.name,
@@ -316,7 +414,39 @@ class Crew(Spec):
             llm_override=override,
             on_event=self.on_event,
             verbose=self.verbose,
+            cache=self.cache,
+            **({} if resumption is None else resumption.run_state()),
         )
+        store = self.resolved_store()
+        if store is not None:
+            run.recorder = self._recorder(store, run, override, resumption)
+        if self.cache or any(task.cache for task in self._graph.tasks):
+            from crewflow._runtime.cache import ReplyCache
+
+            run.replies = ReplyCache(store)
+        return run
+
+    def _recorder(
+        self, store: Store, run: Run, override: LLM | None, resumption: Resumption | None
+    ) -> Recorder:
+        from crewflow._runtime.recording import Recorder, current_source, graph_record
+        from crewflow.store import RunRecord
+
+        if resumption is not None:
+            return Recorder(store, resumption.record, resuming=True)
+        record = RunRecord(
+            run_id=run.run_id,
+            crew=self.name,
+            fingerprint=self.fingerprint(override),
+            source=current_source(),
+            process=self._process.name,
+            process_reason=run.process_reason,
+            inputs=run.inputs,
+            started=run.wall(),
+            graph=graph_record(self._graph),
+            max_concurrency=self.max_concurrency,
+        )
+        return Recorder(store, record)
 
     async def _finish(self, run: Run) -> CrewResult:
         await run.drive()
@@ -332,6 +462,7 @@ class Crew(Spec):
             start=run.start,
             end=run.end,
             duration=run.duration,
+            restored=run.restored,
         )
 
     def kickoff_sync(

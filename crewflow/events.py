@@ -176,7 +176,8 @@ class LLMCallStarted(Event):
 
 
 class LLMCallFinished(Event):
-    """A provider call ended, with its tokens and latency (``error`` set when it failed)."""
+    """A provider call ended, with its tokens and latency (``error`` set when it failed;
+    ``cached`` when the reply came from the cache and no request was made)."""
 
     kind: Literal["llm_call_finished"] = "llm_call_finished"
     task: str
@@ -185,6 +186,7 @@ class LLMCallFinished(Event):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    cached: bool = False
 
 
 class LLMCallRetrying(Event):

@@ -51,6 +51,8 @@ class Task(Spec):
         group: A limit group for this task's LLM calls (see `crewflow.Limits`).
         priority: Among ready tasks competing for slots, higher runs first (default 0; the
             parallel process then prefers the longest remaining path).
+        cache: Reuse an LLM reply when the model, messages, tools, output schema and sampling
+            settings are identical to an earlier call's (``None``: the crew's ``cache``).
     """
 
     description: str = Field(min_length=1)
@@ -64,6 +66,7 @@ class Task(Spec):
     fallback_agent: Agent | None = None
     group: str | None = Field(default=None, min_length=1)
     priority: int = 0
+    cache: bool | None = None
 
     def __init__(self, description: str | None = None, /, **data: Any) -> None:
         if description is not None:

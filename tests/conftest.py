@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 # Before anything imports litellm: never load a .env, never fetch a price map.
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Crews record their runs in the default store: the tests' runs (and the examples' they start)
+# go to a database of this session, never to the developer's own; each test gets its own (below).
+os.environ["CREWFLOW_HOME"] = tempfile.mkdtemp(prefix="crewflow-tests-")
 
 from typing import TYPE_CHECKING
 
 from crewflow.testing import FakeClock, OpenAIServer, reset_limits, use_clock
+from tests.stores import close_default_stores
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +32,15 @@ def _no_real_llm_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CREWFLOW_FORBID_REAL_LLM_CALLS", "1")
     return
+
+
+@pytest.fixture(autouse=True)
+def _own_run_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test: the default store is a database of its own, so that what one test's runs
+    recorded (measured durations, cached replies) never steers another's."""
+    monkeypatch.setenv("CREWFLOW_HOME", str(tmp_path / "crewflow-home"))
+    yield
+    close_default_stores()
 
 
 @pytest.fixture(autouse=True)

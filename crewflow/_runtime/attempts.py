@@ -16,6 +16,7 @@ from crewflow.task import TaskOutput
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.retry import RetryPolicy
     from crewflow._runtime.run import Run
     from crewflow.agent import Agent, AgentAnswer, ToolObserver
@@ -52,7 +53,7 @@ class TaskAttempts:
         self.usage = Usage()
         self.began = run.now()
         self.start = run.wall(self.began)
-        self._numbers = itertools.count(1)
+        self._numbers = itertools.count(run.attempts_before(name) + 1)
 
     async def run_to_output(self) -> TaskOutput:
         """Attempts until an output; the fallback agent takes over when the agent's are spent.
@@ -83,7 +84,9 @@ class TaskAttempts:
         failures = 0
         while True:
             number = next(self._numbers)
-            state = AttemptState(name, number, llm.model, self.policy, self._groups(agent))
+            state = AttemptState(
+                name, number, llm.model, self.policy, self._groups(agent), self._cache(number)
+            )
             began = run.now()
             began_at = run.wall(began)
             run.log.info("task started", task=name, agent=agent.role, attempt=number)
@@ -91,7 +94,7 @@ class TaskAttempts:
             try:
                 answer = await self._attempt(agent, ManagedLLM(llm, run, state))
             except Exception as exc:
-                self._close(state, began, began_at, exc)
+                self._close(agent, state, began, began_at, exc)
                 failures += 1
                 delay = self._retry_delay(exc, failures)
                 if delay is None:
@@ -104,10 +107,10 @@ class TaskAttempts:
                     raise
                 continue
             except BaseException as exc:
-                self._close(state, began, began_at, exc)
+                self._close(agent, state, began, began_at, exc)
                 self._record(agent, TaskStatus.CANCELLED)
                 raise
-            self._close(state, began, began_at, None)
+            self._close(agent, state, began, began_at, None)
             return self._finished(agent, llm.model, answer, number)
 
     async def _attempt(self, agent: Agent, llm: ManagedLLM) -> AgentAnswer:
@@ -145,13 +148,27 @@ class TaskAttempts:
             return None
         return policy.delay(failures)
 
+    def _cache(self, number: int) -> ReplyCache | None:
+        """The reply cache for attempt ``number``: only a task's first attempt in a run reads
+        it (a retry after a failure must not be served the replies that led to it)."""
+        run = self.run
+        wanted = self.task.cache if self.task.cache is not None else run.cache
+        if not wanted or run.replies is None or number != run.attempts_before(self.name) + 1:
+            return None
+        return run.replies
+
     def _groups(self, agent: Agent) -> tuple[str, ...]:
         return tuple(g for g in (self.task.group, agent.group) if g)
 
     # -- records and events --------------------------------------------------------------------
 
     def _close(
-        self, state: AttemptState, began: float, began_at: datetime, error: BaseException | None
+        self,
+        agent: Agent,
+        state: AttemptState,
+        began: float,
+        began_at: datetime,
+        error: BaseException | None,
     ) -> None:
         """Account an ended attempt's usage (task and run) and record it."""
         self.usage.add(state.usage)
@@ -166,6 +183,7 @@ class TaskAttempts:
         self.records.append(
             AttemptRecord(
                 number=state.number,
+                agent=agent.role,
                 start=began_at,
                 end=self.run.wall(now),
                 duration=now - began,
@@ -176,6 +194,8 @@ class TaskAttempts:
                 usage=state.usage,
                 llm_retries=state.llm_retries,
                 limit_wait=state.limit_wait,
+                limit_waits=state.limit_waits,
+                cache_hits=state.cache_hits,
             )
         )
 

@@ -39,6 +39,7 @@ from dataclasses import fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from crewflow._logging import get_logger
+from crewflow._runtime.clock import real_work
 from crewflow.exceptions import StoreError
 from crewflow.llm._types import LLMResponse, ToolCall, Usage
 
@@ -293,7 +294,11 @@ class ReplyCache:
     async def get(self, key: str) -> LLMResponse | None:
         """The reply kept under ``key`` with its original usage, or ``None`` (a miss)."""
         try:
-            text = self._memory.get(key) if self.store is None else await self.store.cache_get(key)
+            if self.store is None:
+                text = self._memory.get(key)
+            else:
+                with real_work():
+                    text = await self.store.cache_get(key)
         except StoreError as exc:
             self._warn("reply cache read failed", key, exc)
             text = None
@@ -316,7 +321,8 @@ class ReplyCache:
             self._memory[key] = text
             return
         try:
-            await self.store.cache_put(key, text)
+            with real_work():
+                await self.store.cache_put(key, text)
         except StoreError as exc:
             self._warn("reply cache write failed", key, exc)
 

@@ -3,12 +3,15 @@
 The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is handed is a
 `ManagedLLM`, which for every call:
 
-1. waits for the model's (and the task's groups') limits — concurrency, rpm and tpm token
+1. answers from the reply cache when the task uses one and an identical call was answered
+   before (no request, no limits, nothing billed; the attempt counts a cache hit);
+2. waits for the model's (and the task's groups') limits — concurrency, rpm and tpm token
    buckets, a Retry-After pause — and fails fast while the model's circuit breaker is open
    (`limits.py`, shared by every crew in the process); the time waited is the attempt's;
-2. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
+3. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
    Retry-After pauses the model for every caller, not just this one);
-3. adds up usage, and emits LLM events (token deltas when the agent streams).
+4. adds up usage, keeps a cacheable reply in the cache, and emits LLM events (token deltas
+   when the agent streams).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from crewflow import events
+from crewflow._runtime.cache import as_cached, cache_key, cacheable, replay_deltas
 from crewflow._runtime.limiter import registry
 from crewflow.exceptions import LLMError
 from crewflow.llm._base import LLM
 from crewflow.llm._types import Usage, estimate_prompt_tokens
 
 if TYPE_CHECKING:
+    from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.limiter import Permit
     from crewflow._runtime.retry import RetryPolicy
     from crewflow._runtime.run import Run
@@ -39,9 +44,12 @@ class AttemptState:
     model: str
     policy: RetryPolicy
     groups: tuple[str, ...] = ()
+    cache: ReplyCache | None = None
     usage: Usage = field(default_factory=Usage)
     llm_retries: int = 0
     limit_wait: float = 0.0
+    limit_waits: dict[str, float] = field(default_factory=dict)
+    cache_hits: int = 0
 
 
 class ManagedLLM(LLM):
@@ -68,6 +76,12 @@ class ManagedLLM(LLM):
         run, attempt = self._run, self._attempt
         if request.stream and run.listening:
             request = replace(request, on_delta=self._deltas(request))
+        key = None
+        if attempt.cache is not None:
+            key = cache_key(self.inner.limit_key, request)
+            cached = await self._cached(key, request)
+            if cached is not None:
+                return cached
         call_attempt = 1
         while True:
             permit = await self._permit(request)
@@ -104,7 +118,28 @@ class ManagedLLM(LLM):
             permit.release(tokens=response.usage.total_tokens, ok=True)
             attempt.usage.add(response.usage)
             self._finished(started, response, None)
+            if key is not None and attempt.cache is not None and cacheable(response, request):
+                await attempt.cache.put(key, response)
             return response
+
+    async def _cached(self, key: str, request: LLMRequest) -> LLMResponse | None:
+        """The cached reply to ``request``, counted as a hit of the attempt, or ``None``."""
+        attempt, run = self._attempt, self._run
+        assert attempt.cache is not None
+        found = await attempt.cache.get(key)
+        if found is None:
+            return None
+        attempt.cache_hits += 1
+        response = as_cached(found)
+        await replay_deltas(request, response)
+        run.publish(
+            events.LLMCallFinished,
+            task=attempt.task,
+            model=self.model,
+            latency=0.0,
+            cached=True,
+        )
+        return response
 
     async def _permit(self, request: LLMRequest) -> Permit:
         attempt, run = self._attempt, self._run
@@ -116,6 +151,9 @@ class ManagedLLM(LLM):
         )
         if permit.waited > 0:
             attempt.limit_wait += permit.waited
+            waits = attempt.limit_waits
+            for reason in permit.reasons:
+                waits[reason] = waits.get(reason, 0.0) + permit.waited
             run.publish(
                 events.LimiterWait,
                 task=attempt.task,

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 class Clock(Protocol):
@@ -68,3 +72,26 @@ def set_clock(clock: Clock) -> Token[Clock | None]:
 def reset_clock(token: Token[Clock | None]) -> None:
     """Undo a `set_clock`."""
     _clock.reset(token)
+
+
+_real_work = 0
+
+
+@contextmanager
+def real_work() -> Iterator[None]:
+    """Mark an await on work done outside the event loop (a store's thread) for its duration.
+
+    That work takes real time, so a virtual-time loop (`crewflow.testing.run_virtual`) must
+    wait for it rather than jump its clock ahead while it runs.
+    """
+    global _real_work
+    _real_work += 1
+    try:
+        yield
+    finally:
+        _real_work -= 1
+
+
+def real_work_in_flight() -> bool:
+    """Whether some `real_work` is being awaited."""
+    return _real_work > 0

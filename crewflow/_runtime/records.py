@@ -27,7 +27,8 @@ class AttemptRecord(BaseModel):
     """One attempt of one task.
 
     Attributes:
-        number: 1 for the first attempt.
+        number: 1 for the first attempt (a resumed run numbers on from the recorded ones).
+        agent: The role of the agent that made it (the fallback agent's on a fallback attempt).
         start: When it began (UTC).
         end: When it ended (UTC).
         duration: Seconds, on the monotonic clock.
@@ -39,11 +40,15 @@ class AttemptRecord(BaseModel):
         llm_retries: Provider calls retried inside this attempt.
         limit_wait: Seconds this attempt's calls waited for limits (concurrency, rpm, tpm,
             Retry-After pauses).
+        limit_waits: Those seconds by the limit that held the calls, e.g.
+            ``{"concurrency:search": 1.5}`` (a wait held by two limits counts for both).
+        cache_hits: Calls answered from the cache (no request made).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
     number: int
+    agent: str = ""
     start: datetime
     end: datetime
     duration: float
@@ -54,6 +59,8 @@ class AttemptRecord(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     llm_retries: int = 0
     limit_wait: float = 0.0
+    limit_waits: dict[str, float] = Field(default_factory=dict)
+    cache_hits: int = 0
 
 
 class TaskRecord(BaseModel):

@@ -21,7 +21,7 @@ from crewflow import events
 from crewflow._logging import get_logger
 from crewflow._prompts import task_prompt
 from crewflow._runtime.attempts import TaskAttempts
-from crewflow._runtime.clock import SystemClock, current_clock
+from crewflow._runtime.clock import SystemClock, current_clock, real_work
 from crewflow._runtime.records import TaskRecord, TaskStatus
 from crewflow._runtime.slots import Slot, SlotPool
 from crewflow._spec import new_id
@@ -32,6 +32,8 @@ from crewflow.llm._types import Usage
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from crewflow._runtime.cache import ReplyCache
+    from crewflow._runtime.recording import Recorder
     from crewflow._runtime.retry import RetryPolicy
     from crewflow.agent import Agent
     from crewflow.events import EventSink
@@ -72,6 +74,13 @@ class Run:
         slots: The run's task slots (``max_concurrency``, pause, resume).
         durations: Expected seconds per task name, where earlier runs measured them (else
             empty: processes then treat tasks as equally long).
+        process_reason: Why this process runs the crew (a process that chooses, like the
+            adaptive one, replaces it with its reasons; it is recorded with the run).
+        recorder: Writes the run's records and checkpoints to the crew's store (``None``: no
+            store).
+        cache: Whether tasks that do not say otherwise reuse cached LLM replies.
+        replies: The reply cache, when some task uses one.
+        restored: Tasks whose outputs a resumed run read from the store.
     """
 
     def __init__(
@@ -88,6 +97,11 @@ class Run:
         on_event: EventSink | None = None,
         verbose: bool = False,
         run_id: str | None = None,
+        cache: bool = False,
+        recorder: Recorder | None = None,
+        restored: Mapping[str, tuple[TaskOutput, TaskRecord]] | None = None,
+        attempts_before: Mapping[str, int] | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self.run_id = run_id or new_id()
         self.graph = graph
@@ -102,10 +116,17 @@ class Run:
         # Wall-clock times are derived from the run's clock, so that a timeline's start/end
         # agree with its durations (also on a fake or virtual clock).
         self._wall_origin = (datetime.now(UTC).timestamp(), self.now())
-        self.usage = Usage()
+        self.usage = usage or Usage()
         self.status: RunStatus = "pending"
         self.slots = SlotPool(max_concurrency)
         self.durations: Mapping[str, float] = {}
+        self.process_reason = f"the crew's process is {process.name!r}"
+        self.recorder = recorder
+        self.cache = cache
+        self.replies: ReplyCache | None = None
+        self.restored = list(restored or ())
+        self._attempts_before = dict(attempts_before or {})
+        self._saved: set[str] = set()
         self.start: datetime | None = None
         self.end: datetime | None = None
         self.duration = 0.0
@@ -115,6 +136,10 @@ class Run:
         self._failures: dict[str, TaskFailed] = {}
         self._skipped: list[str] = []
         self._records: dict[str, TaskRecord] = {}
+        for name, (output, record) in (restored or {}).items():
+            self._outputs[name] = output
+            self._records[name] = record
+            self._saved.add(name)
         self._running: set[str] = set()
         self._stack: AsyncExitStack | None = None
         self._opened: set[int] = set()
@@ -212,15 +237,58 @@ class Run:
     ) -> TaskOutput | None:
         description, expected = task.render(self.inputs)
         prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
+        attempts = TaskAttempts(self, task, name, prompt)
         try:
-            output = await TaskAttempts(self, task, name, prompt).run_to_output()
+            output = await attempts.run_to_output()
         except TaskFailed as failure:
+            await self._save_attempts(name, attempts)
             if self.on_failure == "stop":
                 raise
             self._failures[name] = failure
             return None
+        if self.recorder is not None:
+            await self._checkpoint(output, attempts)
         self._outputs[name] = output
         return output
+
+    async def _checkpoint(self, output: TaskOutput, attempts: TaskAttempts) -> None:
+        """Commit a finished task's output and attempts before anything depending on it starts.
+
+        Raises:
+            CrewRunError: The store failed; the output stays in the run's outputs.
+        """
+        assert self.recorder is not None
+        try:
+            await self.recorder.task_finished(output, attempts.records)
+        except CrewflowError as exc:
+            self._outputs[output.task] = output
+            raise CrewRunError(
+                f"task {output.task!r} finished but could not be checkpointed: {exc}",
+                outputs=self._outputs,
+            ) from exc
+        except BaseException:
+            # Cancelled while the checkpoint was written (it commits or rolls back as a whole
+            # first): the output is finished all the same, and the error must carry it.
+            self._outputs[output.task] = output
+            self._saved.add(output.task)
+            raise
+        self._saved.add(output.task)
+
+    async def _save_attempts(self, name: str, attempts: TaskAttempts) -> None:
+        """Record the attempts of a task that failed (a failed store write is only logged: the
+        run's own error matters more)."""
+        if self.recorder is None or not attempts.records:
+            return
+        self._saved.add(name)
+        try:
+            await self.recorder.attempts_ended(name, attempts.records)
+        except CrewflowError as exc:
+            self.log.error("could not record the attempts", task=name, error=str(exc))
+
+    def attempts_before(self, name: str) -> int:
+        """How many attempts of task ``name`` earlier runs of this run recorded (a resumed run
+        numbers its attempts on from them)."""
+        return self._attempts_before.get(name, 0)
 
     def _context_or_skip(self, task: Task, name: str) -> list[TaskOutput] | None:
         """The dependencies' outputs, or ``None`` after recording the task as skipped."""
@@ -367,6 +435,9 @@ class Run:
             at=began,
         )
         try:
+            if self.recorder is not None:
+                await self.recorder.started()
+                await self._measured_durations()
             async with AsyncExitStack() as stack:
                 self._stack = stack
                 try:
@@ -379,11 +450,49 @@ class Run:
         except BaseException as exc:
             error = self._as_run_error(exc)
             self._finish("cancelled" if error is None else "failed", began, error)
+            await self._record_end()
             if error is None or error is exc:
                 raise
             # Not "from exc": an error out of a group keeps its own cause (TaskFailed -> LLMError).
             raise error  # noqa: B904
         self._finish("completed", began, None)
+        await self._record_end()
+
+    async def _measured_durations(self) -> None:
+        """Give a process that orders tasks by duration what earlier runs of this version of
+        the crew measured (only worth a read when slots are scarce)."""
+        assert self.recorder is not None
+        if not self.process.uses_durations or self.slots.capacity is None:
+            return
+        from crewflow.optimizer import expected_durations
+
+        record = self.recorder.record
+        try:
+            with real_work():
+                self.durations = await expected_durations(
+                    self.recorder.store, record.crew, fingerprint=record.fingerprint
+                )
+        except CrewflowError as exc:
+            self.log.warning("could not read measured durations", error=str(exc))
+
+    async def _record_end(self) -> None:
+        """Record the attempts not recorded yet (tasks cancelled in flight) and how the run
+        ended; shielded from the cancellation that may be ending it."""
+        recorder = self.recorder
+        if recorder is None or self.end is None:
+            return
+        import anyio
+
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_RECORD_END_TIMEOUT):
+            try:
+                for name, record in self._records.items():
+                    if name not in self._saved and record.attempts:
+                        await recorder.attempts_ended(name, record.attempts)
+                await recorder.finished(self.status, self.end, self.usage)
+            except CrewflowError as exc:
+                # The outputs are checkpointed already; a run record left "running" is the
+                # only loss, and the caller's result or error matters more.
+                self.log.error("could not record the end of the run", error=str(exc))
 
     def _all_agents(self) -> list[Agent]:
         """Every agent the run may need, fallbacks included, so clients open before any task."""
@@ -459,6 +568,10 @@ class Run:
             duration=self.duration,
             error=None if error is None else str(error),
         )
+
+
+_RECORD_END_TIMEOUT = 30.0
+"""Seconds the end of a run may wait for the store (e.g. another process's write lock)."""
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -48,6 +48,11 @@ class Process(ABC):
     chains_undeclared_context: ClassVar[bool] = False
     """Whether a task with undeclared context depends on the task before it (sequential)."""
 
+    uses_durations: ClassVar[bool] = False
+    """Whether the process orders tasks by `Run.durations`; the runtime then reads the
+    durations earlier runs measured from the store before the run starts (when slots are
+    scarce, i.e. ``max_concurrency`` is set)."""
+
     @abstractmethod
     async def run(self, run: Run) -> None:
         """Run the crew's tasks through ``run.execute`` until every task has finished.

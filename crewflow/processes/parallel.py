@@ -29,6 +29,7 @@ class Parallel(Process):
     """Run tasks concurrently as their dependencies allow, most urgent first."""
 
     name: ClassVar[str] = "parallel"
+    uses_durations: ClassVar[bool] = True
 
     async def run(self, run: Run) -> None:
         """Dispatch ready tasks into free slots until every task has ended.

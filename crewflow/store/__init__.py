@@ -16,6 +16,7 @@ from crewflow.store._base import (
     StoreError,
     UnknownRunError,
     default_store_path,
+    resolve_store,
 )
 from crewflow.store._records import (
     AttemptRow,
@@ -45,4 +46,5 @@ __all__ = [
     "UnknownRunError",
     "UsageRecord",
     "default_store_path",
+    "resolve_store",
 ]

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
         UsageRecord,
     )
 
+_opened: dict[str, Store] = {}
+"""The SQLite stores `resolve_store` opened, by resolved path (one per database file)."""
+
 __all__ = [
     "DuplicateRunError",
     "SchemaVersionError",
@@ -35,6 +38,7 @@ __all__ = [
     "StoreError",
     "UnknownRunError",
     "default_store_path",
+    "resolve_store",
 ]
 
 
@@ -50,6 +54,26 @@ def default_store_path() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("crewflow", appauthor=False)) / "runs.db"
+
+
+def resolve_store(store: Store | str | os.PathLike[str] | None) -> Store | None:
+    """The store a crew's ``store`` setting names.
+
+    ``"default"`` is the database at `default_store_path()` (looked up now, so a changed
+    ``CREWFLOW_HOME`` takes effect); another string or a path is a SQLite database file; a
+    `Store` is itself; ``None`` is no store. Crews naming the same file share one
+    `SQLiteStore` (one connection) in a process.
+    """
+    if store is None or isinstance(store, Store):
+        return store
+    from crewflow.store.sqlite import SQLiteStore
+
+    path = default_store_path() if store == "default" else Path(store).expanduser()
+    key = str(path.resolve())
+    opened = _opened.get(key)
+    if opened is None:
+        opened = _opened[key] = SQLiteStore(path)
+    return opened
 
 
 def check_limit(limit: int | None) -> None:

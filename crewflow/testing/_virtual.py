@@ -43,11 +43,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
 
 def _threads_busy() -> bool:
-    """Whether anyio worker threads (sync tools) are at work: their time is real, so the loop
-    must wait for them rather than jump ahead."""
+    """Whether anyio worker threads (sync tools) or a store's thread are at work: their time
+    is real, so the loop must wait for them rather than jump ahead."""
     import anyio.to_thread
     import sniffio
 
+    from crewflow._runtime.clock import real_work_in_flight
+
+    if real_work_in_flight():
+        return True
     # Between callbacks no task is current, so tell anyio which library runs this loop.
     token = sniffio.current_async_library_cvar.set("asyncio")
     try:
