@@ -115,7 +115,8 @@ def test_a_crew_named_in_its_file_keeps_its_name() -> None:
 
 
 def test_naming_the_crew_after_its_file_leaves_the_users_crew_unchanged() -> None:
-    with cli.crew_from_file(CREWS / "offline_crew.py") as crew:
+    with cli.crew_from_file(CREWS / "offline_crew.py") as loaded:
+        crew = loaded.crew
         original = sys.modules["offline_crew"].crew
 
         assert crew.name == "offline_crew"

@@ -1,0 +1,661 @@
+"""The ``crewflow`` commands that read and use the run database: ``runs``, ``show``, ``resume``,
+``optimize`` and ``cache clear``.
+
+Most tests fill a `SQLiteStore` with records directly (no crew runs); the end-to-end ones run
+the offline crews in ``tests/cli_crews/`` with ``crewflow run`` and read what they recorded.
+Every test has its own ``CREWFLOW_HOME``, so the default database is a fresh file.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+from typer.testing import CliRunner, Result
+
+from crewflow import cli
+from crewflow.store import (
+    AttemptRow,
+    AttemptStatus,
+    OutputRow,
+    RunRecord,
+    RunSource,
+    RunStatus,
+    SQLiteStore,
+    UsageRecord,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+CREWS = Path(__file__).parent / "cli_crews"
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``CREWFLOW_HOME``: the default database is ``home / "runs.db"``, not yet there."""
+    monkeypatch.setenv("CREWFLOW_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def invoke(*args: str) -> Result:
+    # Wide enough that rich never wraps a line the assertions look for.
+    return CliRunner().invoke(cli.app, list(args), env={"COLUMNS": "250"})
+
+
+def invoke_json(*args: str) -> Any:
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def record(
+    run_id: str,
+    *,
+    crew: str = "research",
+    minute: int = 0,
+    status: RunStatus = RunStatus.COMPLETED,
+    seconds: float | None = 12.5,
+    graph: dict[str, list[str]] | None = None,
+    cost: float | None = None,
+    source: RunSource | None = None,
+) -> RunRecord:
+    started = T0 + timedelta(minutes=minute)
+    return RunRecord(
+        run_id=run_id,
+        crew=crew,
+        fingerprint="f1",
+        source=source,
+        process="parallel",
+        process_reason="wide graph",
+        inputs={"topic": "batteries"},
+        status=status,
+        started=started,
+        ended=None if seconds is None else started + timedelta(seconds=seconds),
+        usage=UsageRecord(requests=3, prompt_tokens=1200, completion_tokens=34, cost=cost),
+        graph={"facts": [], "draft": ["facts"]} if graph is None else graph,
+    )
+
+
+def attempt(
+    run_id: str, task: str, number: int, start: float, end: float | None, **fields: Any
+) -> AttemptRow:
+    return AttemptRow(
+        run_id=run_id,
+        task=task,
+        attempt=number,
+        agent="Writer",
+        start=T0 + timedelta(seconds=start),
+        end=None if end is None else T0 + timedelta(seconds=end),
+        model="openai/gpt-4o-mini",
+        **{"status": AttemptStatus.COMPLETED, **fields},
+    )
+
+
+def output(run_id: str, task: str, text: str, at: float) -> OutputRow:
+    return OutputRow(
+        run_id=run_id,
+        task=task,
+        text=text,
+        agent="Writer",
+        model="openai/gpt-4o-mini",
+        finished_at=T0 + timedelta(seconds=at),
+    )
+
+
+def fill(
+    path: Path,
+    runs: Sequence[RunRecord],
+    attempts: Sequence[AttemptRow] = (),
+    outputs: Sequence[OutputRow] = (),
+    cached: int = 0,
+) -> None:
+    async def write() -> None:
+        async with SQLiteStore(path) as store:
+            for run in runs:
+                await store.start_run(run)
+            for row in attempts:
+                await store.record_attempt(row)
+            for item in outputs:
+                await store.save_output(item)
+            for number in range(cached):
+                await store.cache_put(f"key-{number}", "reply")
+
+    anyio.run(write)
+
+
+def local(moment: datetime) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- crewflow runs ------------------------------------------------------------------------------
+
+
+def test_runs_without_a_database_says_so_and_creates_nothing(home: Path) -> None:
+    result = invoke("runs")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"no runs recorded yet (database: {home / 'runs.db'})"
+    assert not home.exists()
+
+
+def test_runs_json_without_a_database_is_an_empty_list(home: Path) -> None:
+    assert invoke_json("runs") == []
+    assert not home.exists()
+
+
+def test_runs_json_lists_the_records_newest_first(home: Path) -> None:
+    fill(
+        home / "runs.db",
+        [record("old", minute=0), record("new", minute=2), record("mid", minute=1, crew="other")],
+    )
+
+    listed = invoke_json("runs")
+
+    assert [run["run_id"] for run in listed] == ["new", "mid", "old"]
+    assert listed[0] == record("new", minute=2).model_dump(mode="json")
+
+
+def test_runs_crew_keeps_only_that_crews_runs(home: Path) -> None:
+    fill(
+        home / "runs.db",
+        [record("a", minute=0), record("b", minute=1, crew="other"), record("c", minute=2)],
+    )
+
+    assert [run["run_id"] for run in invoke_json("runs", "--crew", "research")] == ["c", "a"]
+    assert [run["run_id"] for run in invoke_json("runs", "-c", "other")] == ["b"]
+
+
+def test_runs_of_an_unknown_crew_says_none_were_recorded(home: Path) -> None:
+    fill(home / "runs.db", [record("a")])
+
+    result = invoke("runs", "--crew", "nobody")
+
+    assert result.exit_code == 0
+    assert "no runs of crew 'nobody' recorded yet" in result.stdout
+
+
+def test_runs_shows_twenty_by_default_and_limit_changes_it(home: Path) -> None:
+    fill(home / "runs.db", [record(f"run-{n:02d}", minute=n) for n in range(25)])
+
+    default = invoke_json("runs")
+    two = invoke_json("runs", "--limit", "2")
+
+    assert len(default) == 20
+    assert default[0]["run_id"] == "run-24"
+    assert [run["run_id"] for run in two] == ["run-24", "run-23"]
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_runs_refuses_a_limit_below_one(home: Path, limit: str) -> None:
+    result = invoke("runs", "--limit", limit)
+
+    assert result.exit_code == 2
+    assert "--limit" in result.output
+    assert "greater than or equal to 1" in result.output
+
+
+def test_runs_table_has_a_row_per_run_with_status_duration_size_and_usage(home: Path) -> None:
+    fill(
+        home / "runs.db",
+        [
+            record("done-run", minute=0, cost=0.01234),
+            record("failed-run", minute=1, status=RunStatus.FAILED, seconds=75),
+            record("live-run", minute=2, status=RunStatus.RUNNING, seconds=None),
+        ],
+    )
+
+    result = invoke("runs")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "run id" in line)
+    for column in ("crew", "process", "status", "started", "duration", "tasks", "tokens", "cost"):
+        assert column in header
+    done = next(line for line in lines if line.startswith("done-run"))
+    failed = next(line for line in lines if line.startswith("failed-run"))
+    live = next(line for line in lines if line.startswith("live-run"))
+    assert lines.index(live) < lines.index(failed) < lines.index(done)  # newest first
+    assert done.split()[1:4] == ["research", "parallel", "completed"]
+    assert local(T0)[:16] in done  # local time, to the minute
+    assert "12.5 s" in done
+    assert "1,234" in done  # prompt + completion tokens
+    assert "$0.0123" in done
+    assert " 2 " in done  # tasks in the run's graph
+    assert failed.split()[3] == "failed"
+    assert "1m 15s" in failed
+    assert "running" in live
+
+
+def test_runs_reads_the_database_given_with_db(home: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "my.db"
+    fill(elsewhere, [record("there")])
+
+    assert [run["run_id"] for run in invoke_json("runs", "--db", str(elsewhere))] == ["there"]
+    assert invoke_json("runs") == []
+
+
+def test_a_file_that_is_not_a_database_exits_2_in_one_line(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.db"
+    bogus.write_text("this is not SQLite, just text that is long enough to be read as a header")
+
+    result = invoke("runs", "--db", str(bogus))
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: the run database {bogus} failed")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- crewflow show ------------------------------------------------------------------------------
+
+
+def fill_failed_run(path: Path, *, long_output: bool = False) -> None:
+    """A failed run: ``facts`` completed, ``draft`` failed twice, ``post`` never ran."""
+    text = "\n".join(f"fact {n}" for n in range(30)) if long_output else "five facts"
+    failed: dict[str, Any] = {"status": AttemptStatus.FAILED, "error_type": "LLMError"}
+    rejected = "HTTP 400: the request was rejected"
+    fill(
+        path,
+        [
+            record(
+                "r1",
+                status=RunStatus.FAILED,
+                seconds=75,
+                graph={"facts": [], "draft": ["facts"], "post": ["draft"]},
+                cost=0.5,
+                source=RunSource(file="/crews/research.py", attribute="crew"),
+            )
+        ],
+        [
+            attempt("r1", "facts", 1, 0, 2, prompt_tokens=100, completion_tokens=20, cost=0.25),
+            attempt("r1", "draft", 1, 2.5, 3, error="HTTP 503", limit_wait=1.5, **failed),
+            attempt("r1", "draft", 2, 4, 9, error=rejected, cache_hit=True, **failed),
+        ],
+        [output("r1", "facts", text, 2)],
+    )
+
+
+def test_show_prints_the_header_with_process_reason_source_inputs_and_usage(home: Path) -> None:
+    fill_failed_run(home / "runs.db")
+
+    result = invoke("show", "r1")
+
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    for expected in (
+        "run id r1",
+        "crew research",
+        "process parallel (wide graph)",
+        "status failed",
+        f"started {local(T0)}",
+        f"ended {local(T0 + timedelta(seconds=75))}",
+        "duration 1m 15s",
+        "source /crews/research.py (crew)",
+        'inputs {"topic": "batteries"}',
+        "requests 3",
+        "prompt tokens 1,200",
+        "completion tokens 34",
+        "cost $0.5000",
+    ):
+        assert expected in lines
+
+
+def test_show_lists_the_tasks_in_graph_order_with_their_attempts(home: Path) -> None:
+    fill_failed_run(home / "runs.db")
+
+    result = invoke("show", "r1")
+
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    header = next(line for line in lines if line.startswith("task "))
+    assert header == ("task status attempts start duration model tokens cost cache hits limit wait")
+    tasks = [line for line in lines if line.split(" ")[0] in ("facts", "draft", "post")]
+    assert tasks == [
+        "facts completed 1 +0.00 s 2.00 s openai/gpt-4o-mini 120 $0.2500",
+        "draft failed 2 +2.50 s 6.50 s openai/gpt-4o-mini 0 1 1.50 s",
+        "post not run",
+    ]
+
+
+def test_show_prints_each_failed_attempts_error(home: Path) -> None:
+    fill_failed_run(home / "runs.db")
+
+    result = invoke("show", "r1")
+
+    assert "draft: attempt 1 failed: LLMError: HTTP 503" in result.stdout
+    assert "draft: attempt 2 failed: LLMError: HTTP 400: the request was rejected" in result.stdout
+
+
+def test_show_prints_the_outputs_titled_by_task_agent_and_model(home: Path) -> None:
+    fill_failed_run(home / "runs.db")
+
+    result = invoke("show", "r1")
+
+    assert "─ facts ─" in result.stdout
+    assert "│ five facts " in result.stdout
+    assert "Writer · openai/gpt-4o-mini" in result.stdout
+
+
+def test_show_cuts_a_long_output_unless_full(home: Path) -> None:
+    fill_failed_run(home / "runs.db", long_output=True)
+
+    cut = invoke("show", "r1").stdout
+    full = invoke("show", "r1", "--full").stdout
+
+    assert "fact 19" in cut
+    assert "fact 20" not in cut
+    assert "… 10 more lines; --full shows all" in cut
+    assert "fact 29" in full
+    assert "more lines" not in full
+
+
+def test_show_json_holds_the_run_its_attempts_and_outputs(home: Path) -> None:
+    fill_failed_run(home / "runs.db")
+
+    shown = invoke_json("show", "r1")
+
+    assert set(shown) == {"run", "attempts", "outputs"}
+    assert shown["run"]["run_id"] == "r1"
+    assert shown["run"]["source"] == {"file": "/crews/research.py", "attribute": "crew"}
+    assert [(row["task"], row["attempt"]) for row in shown["attempts"]] == [
+        ("facts", 1),
+        ("draft", 1),
+        ("draft", 2),
+    ]
+    assert shown["attempts"][2]["error"] == "HTTP 400: the request was rejected"
+    assert shown["outputs"]["facts"]["text"] == "five facts"
+
+
+def test_show_of_a_running_run_marks_the_tasks_not_started_as_pending(home: Path) -> None:
+    fill(
+        home / "runs.db",
+        [record("live", status=RunStatus.RUNNING, seconds=None)],
+        [attempt("live", "facts", 1, 0, None, status=AttemptStatus.RUNNING)],
+    )
+
+    result = invoke("show", "live")
+
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "status running" in lines
+    assert "facts running 1 +0.00 s openai/gpt-4o-mini 0" in lines
+    assert "draft pending" in lines
+
+
+def test_show_of_an_unknown_run_exits_2_naming_it(home: Path) -> None:
+    fill(home / "runs.db", [record("r1")])
+
+    result = invoke("show", "nope")
+
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: no run 'nope' in the store; `crewflow runs` lists the runs it holds"
+    )
+    assert result.stdout == ""
+
+
+def test_show_without_a_database_exits_2_and_creates_nothing(home: Path) -> None:
+    result = invoke("show", "nope")
+
+    assert result.exit_code == 2
+    assert "no run 'nope' in the store" in result.stderr
+    assert not home.exists()
+
+
+def test_show_reads_the_database_given_with_db(home: Path, tmp_path: Path) -> None:
+    fill_failed_run(tmp_path / "other.db")
+
+    assert invoke_json("show", "r1", "--db", str(tmp_path / "other.db"))["run"]["crew"] == (
+        "research"
+    )
+
+
+# -- crewflow cache clear -----------------------------------------------------------------------
+
+
+def test_cache_clear_says_how_many_replies_it_removed(home: Path) -> None:
+    fill(home / "runs.db", [], cached=3)
+
+    first = invoke("cache", "clear")
+    second = invoke("cache", "clear")
+
+    assert first.exit_code == 0, first.output
+    assert first.stdout.strip() == f"removed 3 cached replies (database: {home / 'runs.db'})"
+    assert second.stdout.startswith("removed 0 cached replies")
+
+
+def test_cache_clear_without_a_database_removes_nothing_and_creates_nothing(home: Path) -> None:
+    result = invoke("cache", "clear")
+
+    assert result.exit_code == 0
+    assert result.stdout.startswith("removed 0 cached replies")
+    assert not home.exists()
+
+
+def test_cache_clear_clears_the_database_given_with_db(home: Path, tmp_path: Path) -> None:
+    fill(tmp_path / "other.db", [], cached=1)
+
+    result = invoke("cache", "clear", "--db", str(tmp_path / "other.db"))
+
+    assert result.stdout.startswith("removed 1 cached reply (database:")
+
+
+# -- crewflow optimize --------------------------------------------------------------------------
+
+
+def fill_history(path: Path) -> None:
+    """Three completed runs of ``research`` (facts 2 s, then draft 4 s) and one of ``other``."""
+    runs, attempts = [], []
+    for number in range(3):
+        run_id = f"h{number}"
+        runs.append(record(run_id, minute=number, seconds=6))
+        base = number * 60
+        attempts += [
+            attempt(run_id, "facts", 1, base, base + 2),
+            attempt(run_id, "draft", 1, base + 2, base + 6),
+        ]
+    runs.append(record("x", crew="other", minute=5, graph={"solo": []}))
+    fill(path, runs, attempts)
+
+
+def test_optimize_prints_the_report_of_every_crew(home: Path) -> None:
+    fill_history(home / "runs.db")
+
+    result = invoke("optimize")
+
+    assert result.exit_code == 0, result.output
+    assert "4 runs of every crew" in result.stdout
+    assert "Processes" in result.stdout
+    assert "research" in result.stdout
+    assert "other" in result.stdout
+
+
+def test_optimize_json_for_one_crew(home: Path) -> None:
+    fill_history(home / "runs.db")
+
+    report = invoke_json("optimize", "--crew", "research")
+
+    assert report["crew"] == "research"
+    assert report["runs"] == 3
+    assert [(stats["crew"], stats["runs"]) for stats in report["processes"]] == [("research", 3)]
+    assert {stats["task"] for stats in report["tasks"]} == {"facts", "draft"}
+
+
+def test_optimize_runs_limits_how_many_runs_are_read(home: Path) -> None:
+    fill_history(home / "runs.db")
+
+    assert invoke_json("optimize", "--runs", "2")["runs"] == 2
+    assert invoke("optimize", "--runs", "0").exit_code == 2
+
+
+def test_optimize_without_a_database_says_nothing_was_recorded(home: Path) -> None:
+    result = invoke("optimize")
+
+    assert result.exit_code == 0, result.output
+    assert "No runs recorded for every crew" in result.stdout
+    assert invoke_json("optimize")["runs"] == 0
+    assert not home.exists()
+
+
+# -- end to end: crewflow run records, crewflow resume finishes ---------------------------------
+
+RESUMABLE = CREWS / "resumable.py"
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The directory where resumable.py logs its calls and looks for its ``fail`` switch."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    monkeypatch.setenv("CLI_TEST_STATE", str(directory))
+    monkeypatch.delenv("CLI_TEST_DRAFT", raising=False)
+    return directory
+
+
+def calls(state: Path) -> list[str]:
+    return (state / "calls").read_text().split()
+
+
+def failed_run(state: Path, *args: str, file: Path = RESUMABLE) -> str:
+    """Run resumable.py with draft failing; the run's id."""
+    (state / "fail").touch()
+    result = invoke("run", str(file), "-i", "topic=batteries", *args)
+    (state / "fail").unlink()
+    assert result.exit_code == 1, result.output
+    assert "finished before the failure: facts" in result.stderr
+    run_id: str = invoke_json("runs", *args)[0]["run_id"]
+    return run_id
+
+
+def test_run_records_the_absolute_file_and_the_crews_attribute(
+    home: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(CREWS)
+
+    ran = invoke_json("run", "resumable.py", "-i", "topic=batteries")
+    listed = invoke_json("runs")
+
+    assert [run["run_id"] for run in listed] == [ran["run_id"]]
+    assert listed[0]["source"] == {"file": str(RESUMABLE.resolve()), "attribute": "resumable"}
+    assert listed[0]["crew"] == "resumable"
+    assert listed[0]["status"] == "completed"
+    assert listed[0]["inputs"] == {"topic": "batteries"}
+
+
+def test_show_reads_back_a_recorded_run(home: Path, state: Path) -> None:
+    run_id = failed_run(state)
+
+    shown = invoke_json("show", run_id)
+    table = invoke("show", run_id).stdout
+
+    assert shown["run"]["status"] == "failed"
+    assert list(shown["outputs"]) == ["facts"]
+    assert [(row["task"], row["status"]) for row in shown["attempts"]] == [
+        ("facts", "completed"),
+        ("draft", "failed"),
+    ]
+    assert "draft: attempt 1 failed: LLMError: fn/draft: HTTP 400: the writer is out" in table
+
+
+def test_resume_runs_only_the_unfinished_tasks_from_any_directory(
+    home: Path, state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = failed_run(state)
+    monkeypatch.chdir(tmp_path)  # the recorded path is absolute
+
+    result = invoke("resume", run_id)
+
+    assert result.exit_code == 0, result.output
+    assert calls(state) == ["facts", "draft", "draft"]  # facts did not run again
+    assert "a draft" in result.stdout
+    assert "restored" in result.stdout
+    assert "draft finished" in result.stderr
+    assert "facts running" not in result.stderr
+    [run] = invoke_json("runs")
+    assert run["run_id"] == run_id
+    assert run["status"] == "completed"
+    assert run["resumed"] == 1
+
+
+def test_resume_json_prints_the_whole_runs_result(home: Path, state: Path) -> None:
+    run_id = failed_run(state)
+
+    resumed = invoke_json("resume", run_id)
+
+    assert resumed["run_id"] == run_id
+    assert resumed["restored"] == ["facts"]
+    assert [item["task"] for item in resumed["outputs"]] == ["facts", "draft"]
+
+
+def test_resume_of_a_changed_crew_exits_2_suggesting_force(
+    home: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = failed_run(state)
+    monkeypatch.setenv("CLI_TEST_DRAFT", "Write it up differently")
+
+    refused = invoke("resume", run_id)
+    forced = invoke("resume", run_id, "--force")
+
+    assert refused.exit_code == 2
+    assert refused.stderr.startswith("error: ")
+    assert "was recorded for a different crew" in refused.stderr
+    assert refused.stderr.count("--force") == 1
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert forced.exit_code == 0, forced.output
+    assert calls(state) == ["facts", "draft", "draft"]
+
+
+def test_resume_of_an_unknown_run_exits_2(home: Path, state: Path) -> None:
+    failed_run(state)
+
+    result = invoke("resume", "nope")
+
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: no run 'nope' in the store; `crewflow runs` lists the runs it holds"
+    )
+
+
+def test_resume_of_a_run_started_from_code_asks_for_the_file(home: Path) -> None:
+    fill(home / "runs.db", [record("coded")])
+
+    result = invoke("resume", "coded")
+
+    assert result.exit_code == 2
+    assert "run 'coded' was started from code, not by `crewflow run`" in result.stderr
+    assert "pass --file FILE.py" in result.stderr
+
+
+def test_resume_file_loads_the_crew_from_another_file(
+    home: Path, state: Path, tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved.py"
+    moved.write_text(RESUMABLE.read_text())
+    run_id = failed_run(state, file=moved)
+    moved.unlink()
+
+    missing = invoke("resume", run_id)
+    resumed = invoke("resume", run_id, "--file", str(RESUMABLE))
+
+    assert missing.exit_code == 2
+    assert f"{moved}, where run {run_id!r} was started, does not exist any more" in missing.stderr
+    assert resumed.exit_code == 0, resumed.output
+    assert calls(state) == ["facts", "draft", "draft"]
+
+
+def test_run_and_resume_record_in_the_database_given_with_db(
+    home: Path, state: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.db"
+    run_id = failed_run(state, "--db", str(other))
+
+    elsewhere = invoke("resume", run_id)
+    there = invoke("resume", run_id, "--db", str(other))
+
+    assert invoke_json("runs") == []
+    assert elsewhere.exit_code == 2
+    assert there.exit_code == 0, there.output
+    assert invoke_json("runs", "--db", str(other))[0]["status"] == "completed"
