@@ -154,12 +154,20 @@ class Recorder:
         self.record = record
         self.resuming = resuming
 
-    async def started(self) -> None:
-        """Record the run as running (a new record, or the recorded one reopened)."""
+    async def started(self, at: datetime, process_reason: str) -> None:
+        """Record the run as running (a new record, or the recorded one reopened).
+
+        Args:
+            at: When the run began.
+            process_reason: Why its process runs it.
+        """
         if self.resuming:
             with real_work():
                 await self.store.reopen_run(self.record.run_id)
         else:
+            self.record = self.record.model_copy(
+                update={"started": at, "process_reason": process_reason}
+            )
             with real_work():
                 await self.store.start_run(self.record)
 

@@ -436,7 +436,7 @@ class Run:
         )
         try:
             if self.recorder is not None:
-                await self.recorder.started()
+                await self.recorder.started(self.start, self.process_reason)
                 await self._measured_durations()
             async with AsyncExitStack() as stack:
                 self._stack = stack
