@@ -4,27 +4,34 @@ and never a blocking call on the event loop."""
 from __future__ import annotations
 
 import gc
+import json
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import warnings
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
 
 from crewflow.store import (
     AttemptRow,
+    DuplicateRunError,
     OutputRow,
     RunStatus,
     SchemaVersionError,
     SQLiteStore,
     StoreError,
+    UnknownRunError,
     UsageRecord,
     _schema,
 )
+from crewflow.store import sqlite as sqlite_module
 from tests.store.conftest import at, run_record
 
 LATEST = len(_schema.MIGRATIONS)
@@ -303,9 +310,7 @@ async def test_no_sqlite_call_runs_on_the_event_loop_thread(
     await store.close()
 
     names = {name for name, _ in callers}
-    assert {"connect", "execute", "executemany", "close"} <= names, (
-        "the check must have seen the calls"
-    )
+    assert {"connect", "execute", "close"} <= names, "the check must have seen the calls"
     on_loop = [name for name, thread in callers if thread == loop_thread]
     assert on_loop == []
 
@@ -403,5 +408,334 @@ def _schema_sql(path: Path) -> list[tuple[str]]:
     conn = sqlite3.connect(path)
     try:
         return conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+    finally:
+        conn.close()
+
+
+# -- the store's thread: group commit, loops, threads, cancellation, closing ---------------------
+
+
+def output(task: str, run_id: str = "run-1", text: str = "x") -> OutputRow:
+    return OutputRow(run_id=run_id, task=task, text=text, finished_at=at(1))
+
+
+def attempt(task: str, run_id: str = "run-1") -> AttemptRow:
+    return AttemptRow(
+        run_id=run_id, task=task, attempt=1, start=at(0), end=at(1), status="completed"
+    )
+
+
+def stored_tasks(path: Path) -> set[str]:
+    """The tasks with an output in the file, as another process would see them."""
+    conn = sqlite3.connect(path)
+    try:
+        return {task for (task,) in conn.execute("SELECT task FROM outputs")}
+    finally:
+        conn.close()
+
+
+class _WriteLock:
+    """Holds the database's write lock from another connection (as another process would) until
+    released, so that the store's writes queue up behind it."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        self._conn.execute("COMMIT")
+        self._conn.close()
+
+
+@pytest.fixture
+def commits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per COMMIT run by a store's thread (the test's own connections, on the test's
+    thread, are not counted)."""
+    seen: list[int] = []
+    test_thread = threading.get_ident()
+
+    class Counting(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql == "COMMIT" and threading.get_ident() != test_thread:
+                seen.append(threading.get_ident())
+            return super().execute(sql, *args)
+
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, factory=Counting, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    return seen
+
+
+async def test_concurrent_checkpoints_share_commits_and_each_is_visible_when_it_returns(
+    tmp_path: Path, commits: list[int]
+) -> None:
+    path = tmp_path / "runs.db"
+    count = 200
+    not_visible: list[str] = []
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+        before = len(commits)
+        checker = sqlite3.connect(path)
+
+        async def save(index: int) -> None:
+            task = f"t{index}"
+            await store.save_task(output(task), [attempt(task)])
+            found = checker.execute("SELECT 1 FROM outputs WHERE task = ?", (task,)).fetchone()
+            if found is None:
+                not_visible.append(task)
+
+        async with anyio.create_task_group() as group:
+            for index in range(count):
+                group.start_soon(save, index)
+        checker.close()
+        assert not_visible == []
+        assert len(await store.outputs("run-1")) == count
+        assert len(await store.attempts("run-1")) == count
+        # Far fewer transactions than writes: concurrent writes were committed together.
+        assert len(commits) - before < count / 4
+
+
+async def test_a_failing_write_in_a_shared_transaction_fails_only_its_caller(
+    tmp_path: Path, commits: list[int]
+) -> None:
+    path = tmp_path / "runs.db"
+    failures: dict[str, BaseException] = {}
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+        lock = _WriteLock(path)
+
+        async def write(name: str, operation: Any) -> None:
+            try:
+                await operation
+            except StoreError as exc:
+                failures[name] = exc
+
+        async with anyio.create_task_group() as group:
+            # The first write waits for the lock; every other one queues behind it and they
+            # are committed together once the lock is released.
+            group.start_soon(write, "first", store.save_output(output("first")))
+            await anyio.sleep(0.05)
+            before = len(commits)
+            for index in range(10):
+                group.start_soon(write, f"a{index}", store.save_task(output(f"a{index}")))
+            group.start_soon(write, "unknown", store.save_task(output("u", run_id="nope")))
+            group.start_soon(write, "duplicate", store.start_run(run_record()))
+            group.start_soon(write, "attempt", store.record_attempt(attempt("b")))
+            for index in range(10):
+                group.start_soon(write, f"c{index}", store.save_output(output(f"c{index}")))
+            await anyio.sleep(0.05)
+            lock.release()
+
+        assert set(failures) == {"unknown", "duplicate"}
+        assert isinstance(failures["unknown"], UnknownRunError)
+        assert failures["unknown"].run_id == "nope"
+        assert isinstance(failures["duplicate"], DuplicateRunError)
+        assert len(commits) - before <= 2  # "first" alone, then everything else at once
+        assert stored_tasks(path) == {"first"} | {f"{p}{i}" for p in "ac" for i in range(10)}
+        assert [row.task for row in await store.attempts("run-1")] == ["b"]
+
+
+async def test_a_cancelled_caller_returns_only_once_its_write_has_committed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+        lock = _WriteLock(path)
+        releaser = threading.Timer(0.3, lock.release)
+        releaser.start()
+        started = time.monotonic()
+        with anyio.move_on_after(0.05) as scope:
+            await store.save_task(output("t"), [attempt("t")])
+        waited = time.monotonic() - started
+        releaser.join()
+
+        assert scope.cancelled_caught
+        assert waited >= 0.25, "the cancellation must wait for the write to settle"
+        assert stored_tasks(path) == {"t"}
+        assert [row.task for row in await store.attempts("run-1")] == ["t"]
+
+
+def test_one_store_serves_successive_event_loops(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+
+    async def first() -> None:
+        await store.start_run(run_record())
+        await store.save_output(output("a"))
+
+    async def second() -> list[str]:
+        await store.save_output(output("b"))
+        return list(await store.outputs("run-1"))
+
+    anyio.run(first)
+    assert anyio.run(second) == ["a", "b"]
+    anyio.run(store.close)
+
+
+def test_one_store_serves_several_threads_at_once(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    anyio.run(store.start_run, run_record())
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        async def write() -> None:
+            for number in range(25):
+                await store.save_task(output(f"w{index}-{number}"), [attempt(f"w{index}-{number}")])
+
+        try:
+            anyio.run(write)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert len(anyio.run(store.outputs, "run-1")) == 100
+    anyio.run(store.close)
+
+
+def store_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("crewflow-store")]
+
+
+async def wait_for_no_store_thread() -> None:
+    def join() -> None:
+        for thread in store_threads():
+            thread.join(timeout=5)
+
+    await anyio.to_thread.run_sync(join)
+    assert store_threads() == []
+
+
+async def test_close_stops_the_thread_and_a_later_call_opens_the_file_again(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    await store.start_run(run_record())
+    await store.close()
+    await wait_for_no_store_thread()
+    await store.close()  # closing twice is harmless
+
+    await store.save_output(output("again"))
+    assert list(await store.outputs("run-1")) == ["again"]
+    await store.close()
+    await wait_for_no_store_thread()
+
+
+async def test_an_idle_store_stops_its_thread_and_starts_it_again_when_called(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_IDLE_SECONDS", 0.05)
+    async with SQLiteStore(tmp_path / "runs.db") as store:
+        await store.start_run(run_record())
+        await wait_for_no_store_thread()
+
+        await store.save_output(output("later"))
+        assert list(await store.outputs("run-1")) == ["later"]
+
+
+_UNCLOSED = """
+import sys
+import anyio
+from crewflow.store import SQLiteStore
+from tests.store.conftest import run_record
+
+store = SQLiteStore(sys.argv[1])
+anyio.run(store.start_run, run_record())
+"""
+
+
+@pytest.mark.slow
+def test_an_unclosed_store_does_not_keep_the_interpreter_alive(tmp_path: Path) -> None:
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", _UNCLOSED, str(tmp_path / "runs.db")],
+        cwd=REPO,
+        check=True,
+        timeout=30,
+    )
+    assert time.monotonic() - started < 5  # the thread would otherwise idle for 10 s
+
+    async def check() -> None:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            assert await store.get_run("run-1") is not None
+
+    anyio.run(check)
+
+
+async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    moments = [
+        datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0, 0, 120000, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        datetime(2026, 7, 1, 12, 0, tzinfo=ZoneInfo("Europe/Paris")),
+        datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(seconds=30))),
+    ]
+    attempts = [
+        AttemptRow(
+            run_id="run-1",
+            task=f"t{index}",
+            attempt=1,
+            agent="Chercheur",
+            start=moment,
+            end=None if index % 2 else moment + timedelta(seconds=1.5),
+            status="failed" if index % 2 else "completed",
+            error_type="LLMError" if index % 2 else None,
+            error="trop de requêtes 🔋" if index % 2 else None,
+            model="m",
+            requests=index,
+            cost=None if index % 2 else 0.25,
+            cache_hit=bool(index % 2),
+            limit_wait=1.5 * index,
+            limit_waits={"rpm:m": 1.5 * index} if index else {},
+        )
+        for index, moment in enumerate(moments)
+    ]
+    outputs = [
+        OutputRow(
+            run_id="run-1",
+            task=f"t{index}",
+            text="réponse",
+            data=None if index % 2 else {"k": [1, 2.5, None, "é"], "n": {"x": True}},
+            agent="Chercheur",
+            model="m",
+            finished_at=moment,
+        )
+        for index, moment in enumerate(moments)
+    ]
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record())
+        await store.save_task(outputs[0], attempts[:1])  # alone
+        async with anyio.create_task_group() as group:  # and together
+            for row, tried in zip(outputs[1:], attempts[1:], strict=True):
+                group.start_soon(store.save_task, row, [tried])
+        assert len(await store.attempts("run-1")) == len(attempts)
+
+    def dumped(row: AttemptRow | OutputRow) -> dict[str, Any]:
+        data = row.model_dump(mode="json")
+        for name in ("limit_waits", "data"):
+            if name in data and data[name] is not None:
+                data[name] = json.dumps(data[name], ensure_ascii=False, allow_nan=False)
+        return data
+
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        for table, rows in (("attempts", attempts), ("outputs", outputs)):
+            stored = {r["task"]: dict(r) for r in conn.execute(f"SELECT * FROM {table}")}
+            for row in rows:
+                expected = dumped(row)
+                found = {name: stored[row.task][name] for name in expected}
+                if "cache_hit" in found:
+                    found["cache_hit"] = bool(found["cache_hit"])
+                assert found == expected
     finally:
         conn.close()
