@@ -1,0 +1,151 @@
+"""A crew killed with SIGKILL at different moments resumes: nothing finished is lost or redone.
+
+The crew runs in its own OS process (``crewflow run``) against the loopback server, which counts
+requests per task and holds chosen requests in flight, so the kill lands at a known moment
+without sleeping: when the server receives the request of task X, every task X depends on has
+already been checkpointed (a finished output is committed before any dependant starts). After
+``kill -9``, ``crewflow resume RUN_ID`` finishes the run in a new process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from crewflow.store import SQLiteStore
+from crewflow.testing import OpenAIServer, Text
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from crewflow.testing.server import ReceivedRequest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+
+CREW_FILE = """
+import os
+
+from crewflow import Agent, Crew, Task
+
+agent = Agent(role="Worker", goal="Work", llm="openai/loop-model")
+names = os.environ["KILL_TASKS"].split(",")
+edges = dict(pair.split(":") for pair in os.environ["KILL_EDGES"].split(",") if pair)
+tasks = {}
+for name in names:
+    context = [tasks[dep] for dep in edges.get(name, "").split("+") if dep]
+    tasks[name] = Task(f"do {name}", agent=agent, name=name, context=context)
+crew = Crew(tasks=list(tasks.values()), name="killed", process=os.environ["KILL_PROCESS"])
+"""
+
+# Each case: process, tasks, dependencies ("task:dep+dep"), and the task whose request arriving
+# is the moment of the kill (held in flight meanwhile), with the tasks held with it.
+CASES = {
+    "before anything finished": ("sequential", "alpha,bravo,charlie", "", "alpha", ()),
+    "in the middle of a chain": ("sequential", "alpha,bravo,charlie,delta", "", "charlie", ()),
+    "parallel, with work in flight": (
+        "parallel",
+        "alpha,bravo,charlie,join",
+        "join:alpha+bravo",
+        "join",
+        ("charlie",),
+    ),
+    "parallel, before the join": (
+        "parallel",
+        "alpha,bravo,join",
+        "join:alpha+bravo",
+        "bravo",
+        (),
+    ),
+}
+
+
+def task_of(request: ReceivedRequest) -> str:
+    return request.last_user_message.split("do ", 1)[1].split()[0]
+
+
+def crewflow(*args: str) -> list[str]:
+    return [sys.executable, "-m", "crewflow", *args]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_a_crew_killed_at_any_moment_resumes_without_redoing_finished_work(
+    case: str, tmp_path: Path
+) -> None:
+    process, names, edges, kill_at, held = CASES[case]
+    crew_file = tmp_path / "killed.py"
+    crew_file.write_text(textwrap.dedent(CREW_FILE))
+    home = tmp_path / "home"
+    arrived = anyio.Event()
+    killed = {"done": False}
+    requests: dict[str, int] = {}
+
+    async def respond(request: ReceivedRequest) -> Text:
+        name = task_of(request)
+        requests[name] = requests.get(name, 0) + 1
+        if not killed["done"] and (name == kill_at or name in held):
+            if name == kill_at:
+                arrived.set()
+            await anyio.sleep_forever()  # held in flight until the process dies
+        return Text(f"result of {name}")
+
+    async with OpenAIServer(responder=respond) as server:
+        env = {
+            **os.environ,
+            "CREWFLOW_HOME": str(home),
+            "OPENAI_BASE_URL": server.base_url,
+            "OPENAI_API_KEY": "sk-loopback-test",
+            "KILL_TASKS": names,
+            "KILL_EDGES": edges,
+            "KILL_PROCESS": process,
+        }
+        with anyio.fail_after(60):
+            child = await anyio.open_process(
+                crewflow("run", str(crew_file)),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            async with child:
+                await arrived.wait()
+                child.send_signal(signal.SIGKILL)
+                assert await child.wait() == -signal.SIGKILL
+            killed["done"] = True
+
+            async with SQLiteStore(home / "runs.db") as store:
+                (run,) = await store.list_runs()
+                assert run.status == "running"  # it never got to say otherwise
+                finished_before = set(await store.outputs(run.run_id))
+                sent_before = dict(requests)
+
+            resumed = await anyio.run_process(crewflow("resume", run.run_id), env=env, check=False)
+        assert resumed.returncode == 0, resumed.stderr.decode()
+
+    every = names.split(",")
+    async with SQLiteStore(home / "runs.db") as store:
+        record = await store.get_run(run.run_id)
+        outputs = await store.outputs(run.run_id)
+    assert record is not None
+    assert (record.status, record.resumed) == ("completed", 1)
+    assert sorted(outputs) == sorted(every)
+    assert all(outputs[name].text == f"result of {name}" for name in every)
+    # Nothing that had finished was sent to the LLM again; everything else was, once more.
+    for name in every:
+        expected = sent_before.get(name, 0) + (0 if name in finished_before else 1)
+        assert requests.get(name, 0) == expected, (name, requests, finished_before)
+    assert kill_at not in finished_before
+    # The kill came after the request of `kill_at`: what it depends on had been checkpointed.
+    assert finished_before >= dependencies(process, every, edges, kill_at)
+
+
+def dependencies(process: str, names: list[str], edges: str, task: str) -> set[str]:
+    if process == "sequential":
+        return set(names[: names.index(task)])
+    declared = dict(pair.split(":") for pair in edges.split(",") if pair)
+    return set(declared.get(task, "").split("+")) - {""}
