@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -56,7 +57,6 @@ from crewflow.store._records import AttemptRow, OutputRow, RunRecord, RunStatus,
 from crewflow.store._schema import MIGRATIONS
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from datetime import datetime
 
@@ -81,6 +81,7 @@ _IDLE_SECONDS = 10.0  # an idle store's thread stops after this long (the next c
 _MAX_BATCH = 256  # writes committed together at most, so the first of them is not held long
 
 _Kind = Literal["read", "write", "close"]
+_INHERITED: list[sqlite3.Connection | None] = []  # connections a forked child must not close
 
 
 class SQLiteStore(Store):
@@ -107,6 +108,7 @@ class SQLiteStore(Store):
         self._thread_lock = threading.Lock()  # guards starting and stopping self._thread
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None  # used only by self._thread
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -264,6 +266,8 @@ class SQLiteStore(Store):
     async def _call(
         self, operation: Callable[[sqlite3.Connection], _T], kind: _Kind = "read"
     ) -> _T:
+        if self._pid != os.getpid():
+            self._forget_parent()
         call = _Call(operation, kind, asyncio.get_running_loop())
         with self._thread_lock:
             self._calls.put(call)
@@ -282,6 +286,17 @@ class SQLiteStore(Store):
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     await call.future
             raise
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's thread is not here, its lock may be held forever,
+        and SQLite forbids using a connection across fork. Start afresh, and keep the
+        inherited connection unclosed (closing it could touch the parent's locks)."""
+        _INHERITED.append(self._conn)
+        self._pid = os.getpid()
+        self._calls = queue.SimpleQueue()
+        self._thread_lock = threading.Lock()
+        self._thread = None
+        self._conn = None
 
     def _serve(self) -> None:
         """The thread's loop: take every call waiting, run them (writes in one transaction),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -521,7 +523,9 @@ async def test_a_failing_write_in_a_shared_transaction_fails_only_its_caller(
             before = len(commits)
             for index in range(10):
                 group.start_soon(write, f"a{index}", store.save_task(output(f"a{index}")))
-            group.start_soon(write, "unknown", store.save_task(output("u", run_id="nope")))
+            # Its attempt (of a known run) is written before its output fails: undone too.
+            unknown = store.save_task(output("u", run_id="nope"), [attempt("u")])
+            group.start_soon(write, "unknown", unknown)
             group.start_soon(write, "duplicate", store.start_run(run_record()))
             group.start_soon(write, "attempt", store.record_attempt(attempt("b")))
             for index in range(10):
@@ -639,6 +643,29 @@ async def test_an_idle_store_stops_its_thread_and_starts_it_again_when_called(
 
         await store.save_output(output("later"))
         assert list(await store.outputs("run-1")) == ["later"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_uses_the_store_with_its_own_thread_and_connection(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    anyio.run(store.start_run, run_record())  # the parent's thread and connection are live
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        signal.alarm(20)  # a child left waiting for the parent's thread dies instead
+        code = 1
+        try:
+            anyio.run(store.save_output, output("child"))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    anyio.run(store.save_output, output("parent"))
+    assert set(anyio.run(store.outputs, "run-1")) == {"child", "parent"}
+    anyio.run(store.close)
 
 
 _UNCLOSED = """
