@@ -18,6 +18,7 @@ BENCHMARKS = (
     "dag.py",
     "scale.py",
     "rate.py",
+    "store.py",
 )
 
 

@@ -1,0 +1,296 @@
+"""Store: what recording every run in SQLite costs, and how fast ``crewflow runs`` reads it.
+
+Three measurements, each on a fresh database in a temporary directory:
+
+- the store alone: ``SQLiteStore.save_task`` (one output and one attempt, what the runtime
+  writes per finished task) awaited one after another, and 1,000 in flight at once (a parallel
+  crew: they share transactions);
+- recording overhead: 1,000-task crews on ``OfflineLLM(latency=0)`` (nothing waits on I/O, so
+  the difference is all recording), with ``store=SQLiteStore(path)`` vs ``store=None``, run
+  alternately: a chain (``sequential``: each task waits for the previous one's checkpoint) and
+  a fan-out (``parallel``, 1,000 independent tasks). Goal: <= 0.25 ms per task, so that
+  ``overhead.py``'s 1.15x the bare client still holds with the store on by default;
+- ``crewflow runs --db PATH`` end to end (a fresh interpreter, as a user types it) on a
+  database of 10,000 runs, made through ``SQLiteStore.start_run`` (concurrent calls, so they
+  are committed in batches). Goal: < 0.5 s. When missed, the slowest imports of the command
+  (``python -X importtime``) are listed.
+
+Run: ``python benchmarks/store.py [--tasks 1000] [--repeats 5] [--runs 10000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import median, table
+
+from crewflow.store import AttemptRow, OutputRow, RunRecord, RunStatus, SQLiteStore, UsageRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+GOAL_MS_PER_TASK = 0.25
+GOAL_RUNS_SECONDS = 0.5
+
+
+# -- the store alone -----------------------------------------------------------------------------
+
+
+def task_rows(run_id: str, index: int) -> tuple[OutputRow, list[AttemptRow]]:
+    """What the runtime saves when a task finishes: its output and its one attempt."""
+    now = datetime.now(UTC)
+    task = f"task_{index}"
+    output = OutputRow(
+        run_id=run_id, task=task, text="an answer " * 30, agent="Worker", model="offline",
+        finished_at=now,
+    )  # fmt: skip
+    attempt = AttemptRow(
+        run_id=run_id, task=task, attempt=1, agent="Worker", start=now - timedelta(seconds=1),
+        end=now, status="completed", model="offline", requests=1, prompt_tokens=120,
+        completion_tokens=60,
+    )  # fmt: skip
+    return output, [attempt]
+
+
+async def store_alone(folder: Path, calls: int, repeats: int) -> tuple[float, float]:
+    """Median microseconds per ``save_task``: awaited one by one, and ``calls`` at once."""
+    import anyio
+
+    one_by_one, at_once = [], []
+    async with SQLiteStore(folder / "alone.db") as store:
+        for repeat in range(repeats + 1):  # the first round warms up
+            run_id = f"run-{repeat}"
+            await store.start_run(RunRecord(run_id=run_id, crew="bench", started=datetime.now(UTC)))
+            rows = [task_rows(run_id, index) for index in range(2 * calls)]
+            started = time.perf_counter()
+            for output, attempts in rows[:calls]:
+                await store.save_task(output, attempts)
+            sequential = time.perf_counter() - started
+            started = time.perf_counter()
+            async with anyio.create_task_group() as group:
+                for output, attempts in rows[calls:]:
+                    group.start_soon(store.save_task, output, attempts)
+            concurrent = time.perf_counter() - started
+            if repeat:
+                one_by_one.append(sequential / calls * 1e6)
+                at_once.append(concurrent / calls * 1e6)
+    return median(one_by_one), median(at_once)
+
+
+# -- recording overhead in a crew ----------------------------------------------------------------
+
+
+def crew_has_store() -> bool:
+    from crewflow import Crew
+
+    return "store" in Crew.model_fields
+
+
+async def crew_overhead(folder: Path, tasks: int, repeats: int) -> list[list[object]]:
+    """Per shape: median ms/task without a store and with SQLite, and the overhead."""
+    from crewflow import Agent, Crew, Task
+    from crewflow.llm.offline import OfflineLLM
+
+    agent = Agent(role="Worker", goal="Do one step", llm=OfflineLLM(latency=0))
+    shapes: dict[str, tuple[str, Callable[[int], Task]]] = {
+        "chain": ("sequential", lambda i: Task(f"Step {i}", name=f"step_{i}")),
+        "fan-out": ("parallel", lambda i: Task(f"Item {i}", name=f"item_{i}", context=[])),
+    }
+    rows: list[list[object]] = []
+    for shape, (process, make) in shapes.items():
+        crew_tasks = [make(i) for i in range(tasks)]
+        store = SQLiteStore(folder / f"{shape}.db")
+        crews = {
+            "none": Crew(tasks=crew_tasks, agents=[agent], process=process, store=None),
+            "sqlite": Crew(tasks=crew_tasks, agents=[agent], process=process, store=store),
+        }
+        times: dict[str, list[float]] = {"none": [], "sqlite": []}
+        for crew in crews.values():  # warm up both
+            await crew.kickoff()
+        for _ in range(repeats):
+            for name, crew in crews.items():  # alternate, so that drift hits both alike
+                started = time.perf_counter()
+                result = await crew.kickoff()
+                times[name].append(time.perf_counter() - started)
+                assert len(result.outputs) == tasks
+        await store.close()
+        bare = median(times["none"]) / tasks * 1e3
+        recorded = median(times["sqlite"]) / tasks * 1e3
+        # The median of paired differences: a slow moment of the machine hits both of a pair.
+        pairs = zip(times["sqlite"], times["none"], strict=True)
+        extra = median([with_store - without for with_store, without in pairs]) / tasks * 1e3
+        rows.append(
+            [
+                f"{shape} ({process})",
+                bare,
+                recorded,
+                extra,
+                recorded / bare,
+                f"{'met' if extra <= GOAL_MS_PER_TASK else 'MISSED'} (<= {GOAL_MS_PER_TASK})",
+            ]
+        )
+    return rows
+
+
+# -- crewflow runs on a large database -----------------------------------------------------------
+
+
+async def fill(path: Path, runs: int) -> float:
+    """Seconds to record ``runs`` finished runs through the store (concurrent ``start_run``
+    calls, 500 at a time, so that the store commits them in batches)."""
+    import anyio
+
+    started_at = datetime(2026, 1, 1, tzinfo=UTC)
+    graph = {"facts": [], "draft": ["facts"], "review": ["draft"]}
+    started = time.perf_counter()
+    async with SQLiteStore(path) as store:
+        for first in range(0, runs, 500):
+            async with anyio.create_task_group() as group:
+                for index in range(first, min(first + 500, runs)):
+                    begun = started_at + timedelta(minutes=index)
+                    record = RunRecord(
+                        run_id=f"run-{index:05d}", crew=f"crew-{index % 7}",
+                        fingerprint="sha256:" + "ab" * 32, process="sequential",
+                        process_reason="3 tasks in a chain", inputs={"topic": f"topic {index}"},
+                        status=RunStatus.COMPLETED, started=begun,
+                        ended=begun + timedelta(seconds=42),
+                        usage=UsageRecord(requests=3, prompt_tokens=900, completion_tokens=300),
+                        graph=graph,
+                    )  # fmt: skip
+                    group.start_soon(store.start_run, record)
+    return time.perf_counter() - started
+
+
+def timed_command(
+    command: list[str], repeats: int
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Median wall-clock seconds of ``command`` in a fresh interpreter (after one warm-up)."""
+    times = []
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for _ in range(repeats):
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        times.append(time.perf_counter() - started)
+    return median(times), done
+
+
+def slowest_imports(command: list[str], count: int = 10) -> list[list[object]]:
+    """The ``count`` imports with the largest cumulative time under ``python -X importtime``."""
+    stderr = subprocess.run(
+        [command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True, check=False
+    ).stderr
+    found: list[tuple[int, int, str]] = []
+    for line in stderr.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (.*)$", line)
+        if match:
+            found.append((int(match[2]), int(match[1]), match[3].rstrip()))
+    found.sort(reverse=True)
+    return [[name.strip(), cumulative / 1e3, own / 1e3] for cumulative, own, name in found[:count]]
+
+
+def runs_command(folder: Path, runs: int, repeats: int) -> None:
+    path = folder / "many.db"
+    setup = asyncio.run(fill(path, runs))
+    command = [sys.executable, "-m", "crewflow", "runs", "--db", str(path)]
+    seconds, done = timed_command(command, repeats)
+    if done.returncode != 0:
+        print(
+            f"`crewflow runs --db` is not available yet (exit {done.returncode}): "
+            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}; not measured."
+        )
+        return
+    python, _ = timed_command([sys.executable, "-c", "pass"], repeats)
+    imports, _ = timed_command([sys.executable, "-c", "import crewflow.cli"], repeats)
+    listed = sum(1 for line in done.stdout.splitlines() if "run-" in line)
+    print(
+        table(
+            f"`crewflow runs --db PATH` on {runs:,} runs, fresh interpreter, median of {repeats}",
+            [
+                "runs in db",
+                "setup s (batched start_run)",
+                "crewflow runs s",
+                "python -c pass s",
+                "import crewflow.cli s",
+                "runs listed",
+                "goal",
+            ],
+            [
+                [
+                    runs,
+                    setup,
+                    seconds,
+                    python,
+                    imports,
+                    listed,
+                    f"{'met' if seconds < GOAL_RUNS_SECONDS else 'MISSED'} (< {GOAL_RUNS_SECONDS})",
+                ]
+            ],
+        )
+    )
+    if seconds >= GOAL_RUNS_SECONDS:
+        print()
+        print(
+            table(
+                "slowest imports of `crewflow runs` (python -X importtime, top 10 cumulative)",
+                ["module", "cumulative ms", "self ms"],
+                slowest_imports(command),
+            )
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        sequential, concurrent = asyncio.run(store_alone(folder, args.tasks, args.repeats))
+        print(
+            table(
+                f"store alone: SQLiteStore.save_task (1 output + 1 attempt), "
+                f"{args.tasks} calls, median of {args.repeats}",
+                ["awaited one by one us/call", f"{args.tasks} at once us/call", "at once calls/s"],
+                [[sequential, concurrent, f"{1e6 / concurrent:,.0f}"]],
+            )
+        )
+        print()
+        if crew_has_store():
+            rows: list[Any] = asyncio.run(crew_overhead(folder, args.tasks, args.repeats))
+            print(
+                table(
+                    f"recording overhead: {args.tasks}-task crews, OfflineLLM(latency=0), "
+                    f"median of {args.repeats} kickoffs each, alternating",
+                    [
+                        "crew",
+                        "store=None ms/task",
+                        "SQLiteStore ms/task",
+                        "overhead ms/task (paired)",
+                        "ratio",
+                        "goal",
+                    ],
+                    rows,
+                )
+            )
+        else:
+            print(
+                "Crew(store=...) is not available yet: recording overhead in a crew not measured."
+            )
+        print()
+        runs_command(folder, args.runs, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
