@@ -1,0 +1,73 @@
+"""The optimizer: what a crew's recorded runs say, and what to change.
+
+It reads only run records (`crewflow.store`): each run's process, status, times, usage, task
+graph and ``max_concurrency``, and each task attempt's times, status, tokens, cache hits, retries
+and waits for limits. `analyze` turns the last runs into a typed `Report`:
+
+- **processes**: per crew and process, runs, success rate, p50/p95 duration, tokens, cost;
+- **tasks**: per task, duration, failure rate, retries, cache hit rate, time waited for limits;
+- **bottlenecks**: the measured critical path of a typical run, and the limits tasks waited on;
+- **recommendations**, each with the numbers behind it.
+
+`expected_durations` is the cheap part the runtime needs before a kickoff: each task's median
+measured duration, which the parallel process uses to put the longest remaining path first.
+
+Definitions used throughout:
+
+- A task's **duration** in a run runs from its first attempt's start to its last attempt's end,
+  and is measured only when that last attempt completed. In a resumed run only the last
+  attempt counts (earlier ones may predate the restart), and the run's own duration is not
+  measured at all (its clock includes the time it lay dead).
+- **Percentiles** interpolate linearly between the closest ranks (numpy's default method).
+- A **typical run** of a crew uses the median duration of each task over the completed runs
+  that have the crew's latest fingerprint, on the task graph of the newest of them.
+
+The thresholds that make a finding a recommendation are constants of this package
+(`MIN_SAVING_SHARE`, `MIN_SAVING_SECONDS`, `LIMIT_WAIT_SHARE`, `FAILURE_RATE`, `MIN_ATTEMPTS`).
+"""
+
+from crewflow.optimizer._analyze import (
+    FAILURE_RATE,
+    LIMIT_WAIT_SHARE,
+    MIN_ATTEMPTS,
+    MIN_SAVING_SECONDS,
+    MIN_SAVING_SHARE,
+    analyze,
+    expected_durations,
+)
+from crewflow.optimizer._graph import critical_path, estimate_duration, percentile
+from crewflow.optimizer._render import render
+from crewflow.optimizer._report import (
+    Bottlenecks,
+    CriticalPath,
+    LimitWait,
+    ProcessStats,
+    Recommendation,
+    RecommendationKind,
+    Report,
+    TaskStats,
+    TaskTime,
+)
+
+__all__ = [
+    "FAILURE_RATE",
+    "LIMIT_WAIT_SHARE",
+    "MIN_ATTEMPTS",
+    "MIN_SAVING_SECONDS",
+    "MIN_SAVING_SHARE",
+    "Bottlenecks",
+    "CriticalPath",
+    "LimitWait",
+    "ProcessStats",
+    "Recommendation",
+    "RecommendationKind",
+    "Report",
+    "TaskStats",
+    "TaskTime",
+    "analyze",
+    "critical_path",
+    "estimate_duration",
+    "expected_durations",
+    "percentile",
+    "render",
+]

@@ -1,0 +1,207 @@
+"""The optimizer's report: frozen pydantic models of what `analyze` found."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Bottlenecks",
+    "CriticalPath",
+    "LimitWait",
+    "ProcessStats",
+    "Recommendation",
+    "RecommendationKind",
+    "Report",
+    "TaskStats",
+    "TaskTime",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProcessStats(_Model):
+    """How one crew's runs went under one process.
+
+    Attributes:
+        crew: The crew's name.
+        process: The process's name.
+        runs: Runs analysed.
+        completed: Runs that completed.
+        success_rate: Completed runs over runs that ended (``None`` while none has).
+        p50_seconds: Median duration of completed runs (``None``: none measured).
+        p95_seconds: 95th percentile of the same.
+        tokens: Prompt and completion tokens of every run.
+        tokens_per_run: ``tokens`` over ``runs``.
+        cost: USD over the runs whose cost is known (``None``: none is).
+    """
+
+    crew: str
+    process: str
+    runs: int
+    completed: int
+    success_rate: float | None
+    p50_seconds: float | None
+    p95_seconds: float | None
+    tokens: int
+    tokens_per_run: float
+    cost: float | None
+
+
+class TaskStats(_Model):
+    """How one task went over the runs analysed.
+
+    Attributes:
+        crew: The crew's name.
+        task: The task's name.
+        runs: Runs in which it made at least one attempt.
+        attempts: Its attempts that ended.
+        failed: Those that failed.
+        failure_rate: ``failed`` over ``attempts`` (0 without attempts).
+        retries: Attempts beyond the first of each run, plus provider calls retried inside
+            attempts.
+        cache_hit_rate: Attempts answered from the cache, over ``attempts``.
+        p50_seconds: Median duration over the runs where it completed (``None``: none did).
+        p95_seconds: 95th percentile of the same.
+        limit_wait: Seconds its calls waited for limits, over every run.
+        limit_wait_per_run: ``limit_wait`` over ``runs``.
+        tokens: Prompt and completion tokens of every attempt.
+        cost: USD over the attempts whose cost is known (``None``: none is).
+    """
+
+    crew: str
+    task: str
+    runs: int
+    attempts: int
+    failed: int
+    failure_rate: float
+    retries: int
+    cache_hit_rate: float
+    p50_seconds: float | None
+    p95_seconds: float | None
+    limit_wait: float
+    limit_wait_per_run: float
+    tokens: int
+    cost: float | None
+
+
+class TaskTime(_Model):
+    """A task with seconds measured for it (its median duration, or its wait on a limit)."""
+
+    task: str
+    seconds: float
+
+
+class CriticalPath(_Model):
+    """The longest chain of dependent tasks in a typical run of a crew.
+
+    Attributes:
+        crew: The crew's name.
+        fingerprint: The crew version measured (its latest).
+        runs: Completed runs measured.
+        tasks: The chain, first to last.
+        seconds: Its length: what the run takes with unbounded concurrency.
+        work_seconds: The sum of every task's median: what it takes one task at a time.
+    """
+
+    crew: str
+    fingerprint: str
+    runs: int
+    tasks: list[TaskTime]
+    seconds: float
+    work_seconds: float
+
+
+class LimitWait(_Model):
+    """Time tasks spent waiting on one limit.
+
+    Attributes:
+        key: As recorded, e.g. ``"concurrency:search"``.
+        kind: What held the calls: ``concurrency``, ``rpm``, ``tpm`` or ``retry_after``.
+        target: The group name or the model's limit key.
+        seconds: Total wait over the runs analysed.
+        runs: Runs in which some call waited on it.
+        share: ``seconds`` over the summed duration of the runs analysed. Tasks running at once
+            wait at once, so in parallel runs it can exceed 1.
+        tasks: The tasks that waited on it longest (at most three), longest first.
+    """
+
+    key: str
+    kind: str
+    target: str
+    seconds: float
+    runs: int
+    share: float
+    tasks: list[TaskTime]
+
+
+class Bottlenecks(_Model):
+    """What held runs back.
+
+    Attributes:
+        critical_paths: The measured critical path of each crew's typical run.
+        limits: The limits waited on, longest total wait first.
+    """
+
+    critical_paths: list[CriticalPath]
+    limits: list[LimitWait]
+
+
+class RecommendationKind(StrEnum):
+    """What a recommendation asks for."""
+
+    SWITCH_PROCESS = "switch_process"
+    RAISE_MAX_CONCURRENCY = "raise_max_concurrency"
+    RAISE_LIMIT = "raise_limit"
+    ADD_RATE_LIMIT = "add_rate_limit"
+    ADD_FALLBACK = "add_fallback"
+    RAISE_TIMEOUT = "raise_timeout"
+
+
+class Recommendation(_Model):
+    """One change worth making, with its evidence.
+
+    Attributes:
+        kind: What to change.
+        crew: The crew it concerns (``None``: limits, which every crew of a process shares,
+            when the report covers every crew).
+        target: What to change it on: a process, a limit key, a task.
+        message: The advice, in one line.
+        evidence: The measured numbers behind it.
+        saving_seconds: Estimated seconds saved per run, where the records allow an estimate.
+    """
+
+    kind: RecommendationKind
+    crew: str | None
+    target: str
+    message: str
+    evidence: list[str]
+    saving_seconds: float | None = None
+
+
+class Report(_Model):
+    """What `analyze` found.
+
+    Attributes:
+        crew: The crew analysed, or ``None`` for every crew in the store.
+        runs: Runs analysed.
+        since: When the oldest of them started (``None`` without runs).
+        until: When the newest of them ended, or started if it has not ended.
+        processes: Per crew and process, newest first.
+        tasks: Per task, in each crew's latest declaration order.
+        bottlenecks: Critical paths and limit waits.
+        recommendations: Changes worth making, with their evidence.
+    """
+
+    crew: str | None
+    runs: int
+    since: datetime | None
+    until: datetime | None
+    processes: list[ProcessStats]
+    tasks: list[TaskStats]
+    bottlenecks: Bottlenecks
+    recommendations: list[Recommendation]
