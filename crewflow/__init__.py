@@ -15,17 +15,17 @@ error tree, `crewflow.events` the run events, and `crewflow.testing` test double
 
 import typing
 
-from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
-from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
-from crewflow._runtime.retry import RetryPolicy
 from crewflow._version import __version__
-from crewflow.agent import Agent
-from crewflow.crew import Crew, CrewResult
-from crewflow.task import Task, TaskOutput
-from crewflow.tools import Tool, tool
 
 if typing.TYPE_CHECKING:
     from crewflow._runtime.handle import RunHandle
+    from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
+    from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
+    from crewflow._runtime.retry import RetryPolicy
+    from crewflow.agent import Agent
+    from crewflow.crew import Crew, CrewResult
+    from crewflow.task import Task, TaskOutput
+    from crewflow.tools import Tool, tool
 
 __all__ = [
     "Agent",
@@ -47,11 +47,38 @@ __all__ = [
     "tool",
 ]
 
+# Each public name loads its module when first used, so that ``import crewflow`` (and tools
+# that need one corner of it, like ``crewflow runs`` reading the store) load only what they use.
+_WHERE = {
+    "Agent": "crewflow.agent",
+    "AttemptRecord": "crewflow._runtime.records",
+    "Breaker": "crewflow._runtime.limits",
+    "Crew": "crewflow.crew",
+    "CrewResult": "crewflow.crew",
+    "Limit": "crewflow._runtime.limits",
+    "Limits": "crewflow._runtime.limits",
+    "RetryPolicy": "crewflow._runtime.retry",
+    "RunHandle": "crewflow._runtime.handle",
+    "Task": "crewflow.task",
+    "TaskOutput": "crewflow.task",
+    "TaskRecord": "crewflow._runtime.records",
+    "TaskStatus": "crewflow._runtime.records",
+    "Tool": "crewflow.tools",
+    "set_limits": "crewflow._runtime.limits",
+    "tool": "crewflow.tools",
+}
+
 
 def __getattr__(name: str) -> typing.Any:
-    # RunHandle needs anyio at import; it loads when first asked for, not with crewflow.
-    if name == "RunHandle":
-        from crewflow._runtime.handle import RunHandle
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crewflow' has no attribute {name!r}")
+    import importlib
 
-        return RunHandle
-    raise AttributeError(f"module 'crewflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
