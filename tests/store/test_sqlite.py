@@ -668,6 +668,30 @@ def test_a_forked_child_uses_the_store_with_its_own_thread_and_connection(tmp_pa
     anyio.run(store.close)
 
 
+async def test_the_wal_is_checkpointed_in_the_background_and_close_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "runs.db"
+    checkpoints: list[tuple[Path, str]] = []
+    real_checkpoint = sqlite_module._checkpoint
+
+    def checkpoint(where: Path) -> None:
+        time.sleep(0.1)  # still running when the store is closed
+        real_checkpoint(where)
+        checkpoints.append((where, threading.current_thread().name))
+
+    monkeypatch.setattr(sqlite_module, "_checkpoint", checkpoint)
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_EVERY", 4)
+    store = SQLiteStore(path)
+    await store.start_run(run_record())
+    for index in range(4):
+        await store.save_task(output(f"t{index}"), [attempt(f"t{index}")])
+    await store.close()
+
+    assert checkpoints == [(path, "crewflow-store-checkpoint runs.db")]
+    assert len(stored_tasks(path)) == 4
+
+
 _UNCLOSED = """
 import sys
 import anyio
