@@ -21,7 +21,7 @@ How it stays correct, off the event loop and cheap enough to record every task:
   for every other kind of write, each write runs in its own savepoint, so one that fails (an
   unknown run) is undone alone and fails only its own caller. Every caller hears back only
   after the ``COMMIT``.
-- **Checkpoints in the background.** Every few dozen writes a helper thread runs a
+- **Checkpoints in the background.** Every few dozen commits a helper thread runs a
   ``PASSIVE`` WAL checkpoint on its own connection (it neither waits for nor blocks the
   store's), so that SQLite's automatic checkpoint, which runs inside a commit and must first
   sync the whole WAL to disk, finds little left to do.
@@ -83,7 +83,7 @@ _OUTPUT_COLUMNS = "run_id, task, text, data, agent, model, finished_at"
 
 _IDLE_SECONDS = 10.0  # an idle store's thread stops after this long (the next call restarts it)
 _MAX_BATCH = 256  # writes committed together at most, so the first of them is not held long
-_CHECKPOINT_EVERY = 64  # committed writes between two checkpoints in the background
+_CHECKPOINT_EVERY = 64  # commits between two checkpoints in the background (~400 pages)
 
 _Kind = Literal["read", "write", "close"]
 _INHERITED: list[sqlite3.Connection | None] = []  # connections a forked child must not close
@@ -113,7 +113,7 @@ class SQLiteStore(Store):
         self._thread_lock = threading.Lock()  # guards starting and stopping self._thread
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None  # used only by self._thread
-        self._writes = 0  # committed since the last background checkpoint (self._thread's)
+        self._commits = 0  # since the last background checkpoint (self._thread's)
         self._checkpointer: threading.Thread | None = None  # started by self._thread
         self._pid = os.getpid()
 
@@ -396,21 +396,22 @@ class SQLiteStore(Store):
             undone = outcome.error is None and committed.error is not None
             call.outcome = self._wrapped(committed if undone else outcome)
         if committed.error is None:
-            self._checkpoint_soon(len(ran))
+            self._checkpoint_soon()
 
-    def _checkpoint_soon(self, written: int) -> None:
-        """Every few dozen writes, checkpoint the WAL from a helper thread (own connection).
+    def _checkpoint_soon(self) -> None:
+        """Every few dozen commits, checkpoint the WAL from a helper thread (own connection).
 
         A checkpoint first syncs the WAL to disk, which is what makes it slow (about 16 ms per
         1,000 pages on the benchmark machine), and SQLite runs one inside a commit every 1,000
-        pages (every ~160 recorded tasks). A ``PASSIVE`` checkpoint elsewhere neither waits for
-        nor blocks this connection and leaves the automatic one little to do; it writes
-        nothing SQLite would not write itself."""
-        self._writes += written
-        if self._writes < _CHECKPOINT_EVERY or str(self.path) == ":memory:":
+        pages: every ~160 tasks recorded one by one (~6 pages a commit), far more rarely per
+        task when they share commits. A ``PASSIVE`` checkpoint elsewhere neither waits for nor
+        blocks this connection and leaves the automatic one little to do; it writes nothing
+        SQLite would not write itself."""
+        self._commits += 1
+        if self._commits < _CHECKPOINT_EVERY or str(self.path) == ":memory:":
             return
         if self._checkpointer is None or not self._checkpointer.is_alive():
-            self._writes = 0
+            self._commits = 0
             self._checkpointer = threading.Thread(
                 target=_checkpoint,
                 args=(self.path,),
