@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -173,22 +174,26 @@ async def fill(path: Path, runs: int) -> float:
 
 
 def timed_command(
-    command: list[str], repeats: int
+    command: list[str], repeats: int, env: dict[str, str]
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Median wall-clock seconds of ``command`` in a fresh interpreter (after one warm-up)."""
     times = []
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     for _ in range(repeats):
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         times.append(time.perf_counter() - started)
     return median(times), done
 
 
-def slowest_imports(command: list[str], count: int = 10) -> list[list[object]]:
+def slowest_imports(command: list[str], env: dict[str, str], count: int = 10) -> list[list[object]]:
     """The ``count`` imports with the largest cumulative time under ``python -X importtime``."""
     stderr = subprocess.run(
-        [command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True, check=False
+        [command[0], "-X", "importtime", *command[1:]],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     ).stderr
     found: list[tuple[int, int, str]] = []
     for line in stderr.splitlines():
@@ -199,52 +204,57 @@ def slowest_imports(command: list[str], count: int = 10) -> list[list[object]]:
     return [[name.strip(), cumulative / 1e3, own / 1e3] for cumulative, own, name in found[:count]]
 
 
+def environments(folder: Path) -> dict[str, dict[str, str]]:
+    """Bytecode compiled once and cached (as an installed package is: pip compiles it; here in
+    a temporary folder, so the checkout stays clean), and this environment as it is (which may
+    set ``PYTHONDONTWRITEBYTECODE``: every module compiled on every run)."""
+    cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cached["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+    as_is = "no bytecode cache" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "as set here"
+    return {"bytecode cached": cached, as_is: dict(os.environ)}
+
+
 def runs_command(folder: Path, runs: int, repeats: int) -> None:
     path = folder / "many.db"
     setup = asyncio.run(fill(path, runs))
     command = [sys.executable, "-m", "crewflow", "runs", "--db", str(path)]
-    seconds, done = timed_command(command, repeats)
-    if done.returncode != 0:
-        print(
-            f"`crewflow runs --db` is not available yet (exit {done.returncode}): "
-            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}; not measured."
-        )
-        return
-    python, _ = timed_command([sys.executable, "-c", "pass"], repeats)
-    imports, _ = timed_command([sys.executable, "-c", "import crewflow.cli"], repeats)
-    listed = sum(1 for line in done.stdout.splitlines() if "run-" in line)
+    rows: list[list[object]] = []
+    for label, env in environments(folder).items():
+        seconds, done = timed_command(command, repeats, env)
+        if done.returncode != 0:
+            last = (done.stderr or done.stdout).strip().splitlines()[-1:]
+            print(f"`crewflow runs --db` failed (exit {done.returncode}): {last}; not measured.")
+            return
+        python, _ = timed_command([sys.executable, "-c", "pass"], repeats, env)
+        imports, _ = timed_command([sys.executable, "-c", "import crewflow.cli"], repeats, env)
+        listed = sum(1 for line in done.stdout.splitlines() if "run-" in line)
+        rows.append([label, seconds, python, imports, listed])
+    seconds = float(rows[0][1])  # type: ignore[arg-type]  # the goal is for an install
+    rows[0].append(f"{'met' if seconds < GOAL_RUNS_SECONDS else 'MISSED'} (< {GOAL_RUNS_SECONDS})")
+    rows[1].append("-")
     print(
         table(
-            f"`crewflow runs --db PATH` on {runs:,} runs, fresh interpreter, median of {repeats}",
+            f"`crewflow runs --db PATH` on {runs:,} runs (made in {setup:.1f} s by concurrent "
+            f"start_run calls), fresh interpreter, median of {repeats}",
             [
-                "runs in db",
-                "setup s (batched start_run)",
+                "python",
                 "crewflow runs s",
                 "python -c pass s",
                 "import crewflow.cli s",
                 "runs listed",
                 "goal",
             ],
-            [
-                [
-                    runs,
-                    setup,
-                    seconds,
-                    python,
-                    imports,
-                    listed,
-                    f"{'met' if seconds < GOAL_RUNS_SECONDS else 'MISSED'} (< {GOAL_RUNS_SECONDS})",
-                ]
-            ],
+            rows,
         )
     )
     if seconds >= GOAL_RUNS_SECONDS:
         print()
         print(
             table(
-                "slowest imports of `crewflow runs` (python -X importtime, top 10 cumulative)",
+                "slowest imports of `crewflow runs`, bytecode cached (python -X importtime, top 10 "
+                "cumulative)",
                 ["module", "cumulative ms", "self ms"],
-                slowest_imports(command),
+                slowest_imports(command, environments(folder)["bytecode cached"]),
             )
         )
 
