@@ -356,7 +356,7 @@ class SQLiteStore(Store):
             if self._checkpointer is not None:  # a closed store leaves no thread behind
                 self._checkpointer.join()
             conn, self._conn = self._conn, None
-            outcome = _Outcome.of(conn.close if conn is not None else _nothing)
+            outcome = _Outcome() if conn is None else _Outcome.of(conn.close)
         else:
             outcome = _Outcome.of(lambda: call.operation(self._connection()))
         call.outcome = self._wrapped(outcome)
@@ -565,10 +565,6 @@ def _checkpoint(path: Path) -> None:
 
 
 def _no_operation(conn: sqlite3.Connection) -> None:
-    pass
-
-
-def _nothing() -> None:
     pass
 
 
