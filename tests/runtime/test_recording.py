@@ -22,8 +22,9 @@ from crewflow.exceptions import (
     TaskFailed,
     UnknownRunError,
 )
+from crewflow.llm import OpenAIChat
 from crewflow.store import MemoryStore, RunStatus, SQLiteStore, default_store_path
-from crewflow.testing import FunctionLLM, capture_events
+from crewflow.testing import Error, FunctionLLM, OpenAIServer, Text, capture_events
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -505,3 +506,36 @@ async def test_measured_durations_order_the_parallel_process() -> None:
     await crew.kickoff()  # "long" measured longer: it goes first
 
     assert order == ["short", "long", "long", "short"]
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+
+async def test_no_api_key_reaches_the_database(server: OpenAIServer, tmp_path: Path) -> None:
+    canary = "sk-canary-0a1b2c3d4e5f60718293"
+    server.enqueue(Text("first"), Error(401, f"bad key {canary}"))
+    llm = OpenAIChat("loop-model", base_url=server.base_url, api_key=canary)
+    agent = Agent(role="W", goal="G", llm=llm)
+    path = tmp_path / "runs.db"
+    crew = Crew(
+        tasks=[Task("do one", agent=agent), Task("do two", agent=agent)],
+        store=str(path),
+        cache=True,
+        on_failure="continue",
+    )
+
+    with pytest.raises(CrewPartialFailure):
+        await crew.kickoff({})
+    await crew.resolved_store().close()  # type: ignore[union-attr]
+
+    assert server.requests[0].has_auth  # the key was used...
+    assert files_holding(tmp_path, canary) == []  # ...and is in no file (the WAL included)
+    async with SQLiteStore(path) as store:
+        (run,) = await store.list_runs()
+        rows = await store.attempts(run.run_id)
+    assert rows[-1].error is not None
+    assert "401" in rows[-1].error
+
+
+def files_holding(directory: Path, text: str) -> list[str]:
+    return [file.name for file in directory.iterdir() if text.encode() in file.read_bytes()]
