@@ -178,7 +178,9 @@ class Recorder:
         data = output.data
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json")
-        row = OutputRow(
+        # Built without validation: every value comes from the runtime's own typed records
+        # (validating them again was a sizeable part of recording a task).
+        row = OutputRow.model_construct(
             run_id=self.record.run_id,
             task=output.task,
             text=output.text,
@@ -204,17 +206,17 @@ class Recorder:
             await self.store.finish_run(self.record.run_id, RunStatus(status), ended, usage)
 
     def _row(self, task: str, attempt: AttemptRecord) -> AttemptRow:
-        from crewflow.store import AttemptRow
+        from crewflow.store import AttemptRow, AttemptStatus
 
         usage = attempt.usage
-        return AttemptRow(
+        return AttemptRow.model_construct(
             run_id=self.record.run_id,
             task=task,
             attempt=attempt.number,
             agent=attempt.agent,
             start=attempt.start,
             end=attempt.end,
-            status=_ATTEMPT_STATUS.get(attempt.status, "failed"),
+            status=AttemptStatus(attempt.status.value),  # completed, failed or cancelled
             error_type=attempt.error_type,
             error=attempt.error,
             model=attempt.model,
@@ -227,9 +229,6 @@ class Recorder:
             limit_wait=attempt.limit_wait,
             limit_waits=attempt.limit_waits,
         )
-
-
-_ATTEMPT_STATUS = {"completed": "completed", "failed": "failed", "cancelled": "cancelled"}
 
 
 @dataclass(frozen=True, slots=True)
