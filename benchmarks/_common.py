@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Crews record into the default store, as they do for users (that cost is part of what the
+# benchmarks measure), but into a database of this run, not the user's own.
+os.environ.setdefault("CREWFLOW_HOME", tempfile.mkdtemp(prefix="crewflow-bench-"))
 
 
 @contextlib.contextmanager

@@ -199,7 +199,7 @@ def main() -> None:
         table(
             f"dag: {len(dag.names)} tasks in {LAYERS} layers, {dag.edges} edges, 50-400 ms each "
             f"(seed {args.seed}; critical path {path:.3f} s, work {work:.3f} s), parallel, "
-            f"median of {args.repeats} (store: none yet)",
+            f"median of {args.repeats} (store: SQLite, the default)",
             [
                 "runner",
                 "max_concurrency",

@@ -167,7 +167,7 @@ def main() -> None:
         table(
             f"rate: {args.tasks} single-call tasks, Limit(rpm={args.rpm:g}) (burst {burst:g}), "
             f"parallel, unbounded concurrency, 0 ms server, median of {args.repeats} "
-            "(store: none yet)",
+            "(store: SQLite, the default)",
             [
                 "runner",
                 "seconds",

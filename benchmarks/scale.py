@@ -186,7 +186,7 @@ def main() -> None:
         table(
             f"scale: random DAG, ~2 deps/task, OfflineLLM(latency=0), parallel, no HTTP; run = "
             f"median of {args.repeats} kickoffs; RSS = ru_maxrss peak of a fresh subprocess per "
-            "size (store: none yet)",
+            "size (store: SQLite, the default)",
             [
                 "tasks",
                 "edges",
