@@ -48,6 +48,14 @@ MARKERS: dict[str, list[str]] = {
         "skipped:\n  discount, summary",
         "stopped: 'pricing' failed",
     ],
+    "resume_a_run.py": [
+        "checkpointed before the failure: ['costs', 'efficiency', 'installation']",
+        "restored ['costs', 'efficiency', 'installation'], ran the rest",
+        "report: The report.",
+        "4 replies from the cache, 0 requests",
+        "'completed', 1)]",
+        "Critical path of heat-pump-report",
+    ],
 }
 TIMEOUT = 60
 
