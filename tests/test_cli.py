@@ -243,7 +243,7 @@ def test_an_unexpected_error_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPa
     def explode(*args: object) -> None:
         raise ValueError("something odd")
 
-    monkeypatch.setattr(cli, "kickoff", explode)
+    monkeypatch.setattr("crewflow.cli._run.kickoff", explode)
 
     result = invoke("run", str(CREWS / "offline_crew.py"), "-i", "topic=x")
 
@@ -255,7 +255,7 @@ def test_ctrl_c_exits_130_saying_cancelled(monkeypatch: pytest.MonkeyPatch) -> N
     def interrupt(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "kickoff", interrupt)
+    monkeypatch.setattr("crewflow.cli._run.kickoff", interrupt)
 
     result = invoke("run", str(CREWS / "offline_crew.py"), "-i", "topic=x")
 

@@ -9,6 +9,8 @@ Every test has its own ``CREWFLOW_HOME``, so the default database is a fresh fil
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -659,3 +661,57 @@ def test_run_and_resume_record_in_the_database_given_with_db(
     assert elsewhere.exit_code == 2
     assert there.exit_code == 0, there.output
     assert invoke_json("runs", "--db", str(other))[0]["status"] == "completed"
+
+
+# -- what the store commands load ---------------------------------------------------------------
+
+HEAVY = (
+    "crewflow.agent",
+    "crewflow.crew",
+    "crewflow.graph",
+    "crewflow.llm",
+    "crewflow.optimizer",
+    "crewflow.task",
+    "crewflow.tools",
+    "httpx",
+    "litellm",
+    "networkx",
+    "openai",
+)
+LOADED = f"""
+import sys
+from crewflow.cli import main
+try:
+    main()
+except SystemExit as done:
+    code = done.code
+heavy = {HEAVY!r}
+loaded = sorted(n for n in sys.modules if any(n == h or n.startswith(h + ".") for h in heavy))
+print("exit", code, "loaded", loaded)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command", [["runs"], ["runs", "--json"], ["show", "one"], ["cache", "clear"]]
+)
+def test_the_store_commands_load_none_of_the_crew_machinery(
+    home: Path, tmp_path: Path, command: list[str]
+) -> None:
+    # `crewflow runs` must start fast: the CLI imports the crew, its LLM clients and the
+    # optimizer only in the commands that use them, and `import crewflow` is lazy.
+    path = tmp_path / "runs.db"
+    fill(
+        path, [record("one")], [attempt("one", "facts", 1, 0, 2)], [output("one", "facts", "x", 2)]
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED, *command, "--db", str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 loaded []", done.stdout + done.stderr

@@ -1,0 +1,201 @@
+"""The typer app: the commands, their options and help, and the console script `main`.
+
+Each command imports the module that does its work when it runs, so that registering them all
+costs only typer: ``crewflow runs`` never loads the crew machinery that ``crewflow run`` needs.
+Typer reads the commands' annotations at runtime, so this module does not postpone them.
+"""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crewflow._logging import LEVEL_ENV
+from crewflow._version import __version__
+from crewflow.cli._common import EXIT_OK
+
+app = typer.Typer(
+    name="crewflow",
+    help="Run crews of LLM agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Typer's pretty exceptions print tracebacks with local variables (API keys, prompts):
+    # every error is caught and reported as one line instead.
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"crewflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run crews of LLM agents."""
+
+
+_JSON_HELP = "Print only JSON (for scripts)."
+Database = Annotated[
+    Path | None,
+    typer.Option(
+        "--db",
+        metavar="PATH",
+        help="The run database (default: runs.db in CREWFLOW_HOME or the user data directory).",
+    ),
+]
+
+
+@app.command()
+def run(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE.py", help="A Python file defining a Crew (named `crew` if several)."
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help='Use this model for every agent, e.g. "offline" or "openai/gpt-4o-mini".',
+        ),
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="KEY=VALUE",
+            help="A template input (repeatable); VALUE is parsed as JSON when it is JSON.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print only the result as JSON (for scripts).")
+    ] = False,
+    db: Database = None,
+) -> None:
+    """Run the crew defined in FILE and show its progress and final output."""
+    from crewflow.cli._run import run_file
+
+    _exit(run_file(file, model=model, inputs=inputs or [], as_json=as_json, db=db))
+
+
+@app.command("resume")
+def resume_command(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to resume.")],
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            metavar="FILE.py",
+            help="Load the crew from this file instead of the one the run was started from.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume even if the crew changed since the run.")
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="The --model the run was started with, if it was given one."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    db: Database = None,
+) -> None:
+    """Finish a failed or interrupted run: only the tasks that had not finished run again.
+
+    The crew is loaded from the file the run was started from (`crewflow run` recorded it).
+    """
+    from crewflow.cli._run import resume_run
+
+    _exit(resume_run(run_id, file=file, force=force, model=model, as_json=as_json, db=db))
+
+
+@app.command("runs")
+def runs_command(
+    crew: Annotated[
+        str | None, typer.Option("--crew", "-c", metavar="NAME", help="Only this crew's runs.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, metavar="N", help="Show at most N runs.")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    db: Database = None,
+) -> None:
+    """List the recorded runs, newest first."""
+    from crewflow.cli._store import list_runs
+
+    _exit(list_runs(crew=crew, limit=limit, as_json=as_json, db=db))
+
+
+@app.command("show")
+def show_command(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to show.")],
+    full: Annotated[
+        bool, typer.Option("--full", help="Print every output whole, however long.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    db: Database = None,
+) -> None:
+    """Show one run: its tasks, attempts, timing, usage and outputs."""
+    from crewflow.cli._store import show_run
+
+    _exit(show_run(run_id, as_json=as_json, full=full, db=db))
+
+
+@app.command("optimize")
+def optimize_command(
+    crew: Annotated[
+        str | None, typer.Option("--crew", "-c", metavar="NAME", help="Only this crew's runs.")
+    ] = None,
+    runs: Annotated[
+        int, typer.Option("--runs", "-n", min=1, metavar="N", help="Analyse the last N runs.")
+    ] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    db: Database = None,
+) -> None:
+    """Analyse the recorded runs: per-process and per-task statistics, bottlenecks, advice."""
+    from crewflow.cli._store import optimize_runs
+
+    _exit(optimize_runs(crew=crew, runs=runs, as_json=as_json, db=db))
+
+
+cache_app = typer.Typer(name="cache", help="The cache of LLM replies.", no_args_is_help=True)
+app.add_typer(cache_app)
+
+
+@cache_app.command("clear")
+def cache_clear_command(db: Database = None) -> None:
+    """Remove every cached LLM reply."""
+    from crewflow.cli._store import clear_cache
+
+    _exit(clear_cache(db=db))
+
+
+def _exit(code: int) -> None:
+    if code != EXIT_OK:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    """The console script: ``crewflow ...``.
+
+    The CLI shows progress and errors itself, so the library's own log lines are off unless
+    ``CREWFLOW_LOG_LEVEL`` asks for them (e.g. ``CREWFLOW_LOG_LEVEL=INFO crewflow run ...``).
+    """
+    os.environ.setdefault(LEVEL_ENV, "CRITICAL")
+    app(prog_name="crewflow")

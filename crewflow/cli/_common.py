@@ -1,0 +1,113 @@
+"""What every command shares: exit codes, the one-line error report, the run database.
+
+Light on purpose (rich and the exception tree; the store only when a command opens it): the
+store commands import this on the way to ``crewflow runs``, which must start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+from rich.text import Text
+
+from crewflow.exceptions import (
+    ConfigurationError,
+    CrewChanged,
+    CrewflowError,
+    CrewPartialFailure,
+    CrewRunError,
+    StoreError,
+    TaskFailed,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from crewflow.store import Store
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+_T = TypeVar("_T")
+
+
+class UsageProblem(Exception):
+    """A problem with the command line or the crew file (exit code 2)."""
+
+
+def format_seconds(value: float) -> str:
+    """``1.23 s`` below ten seconds, ``12.3 s`` above."""
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def print_error(console: Console, message: str) -> None:
+    """``error: message`` in bold red, on one line."""
+    # Text, not markup: messages hold brackets ("tasks: ['a']") that rich would swallow.
+    console.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+
+
+def show_failure(console: Console, error: CrewRunError) -> None:
+    """Why the run failed, and which tasks had finished (their outputs are not lost)."""
+    print_error(console, f"run failed: {error}")
+    if isinstance(error, TaskFailed):
+        console.print(Text(f"failed task: {error.task}"), soft_wrap=True)
+    if isinstance(error, CrewPartialFailure) and error.skipped:
+        console.print(Text(f"skipped: {', '.join(error.skipped)}"), soft_wrap=True)
+    finished = ", ".join(error.outputs) if error.outputs else "none"
+    console.print(Text(f"finished before the failure: {finished}"), soft_wrap=True)
+
+
+def exit_code(err: Console, exc: BaseException) -> int:
+    """Report ``exc`` on ``err`` in one line (a run failure with its finished tasks); its code."""
+    if isinstance(exc, KeyboardInterrupt):
+        print_error(err, "cancelled")
+        return EXIT_CANCELLED
+    if isinstance(exc, CrewChanged) and "--force" not in str(exc):
+        print_error(err, f"{exc}; pass --force to resume it anyway")
+        return EXIT_USAGE
+    if isinstance(exc, UsageProblem | ConfigurationError | StoreError):
+        print_error(err, str(exc))
+        return EXIT_USAGE
+    if isinstance(exc, CrewRunError):
+        show_failure(err, exc)
+        return EXIT_RUN_FAILED
+    if isinstance(exc, CrewflowError):
+        print_error(err, str(exc))
+        return EXIT_RUN_FAILED
+    print_error(err, f"unexpected {type(exc).__name__}: {exc}")
+    return EXIT_RUN_FAILED
+
+
+def print_json(out: Console, text: str) -> None:
+    """``text`` and a newline, straight to ``out``'s file."""
+    # Straight to the file: rich would wrap long lines and colour the JSON.
+    out.file.write(text + "\n")
+    out.file.flush()
+
+
+# -- the run database ---------------------------------------------------------------------------
+
+
+def database_path(db: Path | None) -> Path:
+    """``--db`` as given, else the default database (which may not exist yet)."""
+    from crewflow.store import default_store_path
+
+    return (db if db is not None else default_store_path()).expanduser()
+
+
+def read_store(path: Path, read: Callable[[Store], Awaitable[_T]]) -> _T:
+    """Open the database at ``path`` (which exists), ``read`` it, close it."""
+    import anyio
+
+    from crewflow.store import SQLiteStore
+
+    async def session() -> _T:
+        async with SQLiteStore(path) as store:
+            return await read(store)
+
+    return anyio.run(session)

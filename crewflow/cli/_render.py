@@ -1,0 +1,312 @@
+"""How ``crewflow runs`` and ``crewflow show`` draw the run records: borderless tables that fit
+the terminal, the run's header, its tasks and its outputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rich import box
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from crewflow.cli._common import format_seconds
+from crewflow.store import RunStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from rich.console import Console, RenderableType
+
+    from crewflow.cli._store import RunDetails
+    from crewflow.store import AttemptRow, OutputRow, RunRecord
+
+_RUN_STYLES: dict[str, str] = {
+    RunStatus.RUNNING: "cyan",
+    RunStatus.COMPLETED: "green",
+    RunStatus.FAILED: "red",
+    RunStatus.CANCELLED: "yellow",
+    "pending": "dim",
+    "not run": "dim",
+}
+
+
+def _when(moment: datetime, *, seconds: bool = True) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def _span(start: datetime, end: datetime | None) -> str:
+    return "" if end is None else _duration((end - start).total_seconds())
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return format_seconds(seconds)
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {rest:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def _cost(cost: float | None) -> str:
+    return "" if cost is None else f"${cost:.4f}"
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_RUN_STYLES.get(status, ""))
+
+
+_Cell = Text | str
+_GAP = 2
+"""Columns are this far apart (one space of padding, one of rule)."""
+
+
+def print_table(
+    console: Console,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[_Cell]],
+    optional: Sequence[str] = (),
+) -> None:
+    """Print a borderless table: a header ending in ``>`` is right-aligned, one ending in ``~``
+    is narrowed first when the terminal is too narrow.
+
+    On a terminal, the ``optional`` columns are left out, in that order, until the table fits.
+    Elsewhere (a pipe, a file) every row is printed whole, however wide.
+    """
+    # Text, not str: no markup or emoji parsing of the user's names (and it is faster).
+    cells = [[cell if isinstance(cell, Text) else Text(cell) for cell in row] for row in rows]
+    keep = list(range(len(columns)))
+    widths = [
+        max([len(columns[index].rstrip(">~")), *(row[index].cell_len for row in cells)])
+        for index in keep
+    ]
+
+    def needed() -> int:
+        return sum(widths[index] for index in keep) + _GAP * (len(keep) - 1)
+
+    if console.is_terminal:
+        for name in optional:
+            if needed() <= console.width:
+                break
+            keep.remove(columns.index(name))
+    if _fits(console, cells, keep, needed()):
+        console.print(_aligned(columns, cells, keep, widths), soft_wrap=True)
+    elif console.is_terminal:
+        console.print(_table(columns, cells, keep))  # rich narrows the "~" columns to fit
+    else:
+        width = console.width
+        console.width = max(needed(), width)  # print(width=...) would not go past the console's
+        try:
+            console.print(_table(columns, cells, keep))
+        finally:
+            console.width = width
+
+
+def _fits(
+    console: Console, rows: Sequence[Sequence[Text]], keep: Sequence[int], width: int
+) -> bool:
+    """Whether every cell shows whole on one line, so `_aligned` draws what `_table` would."""
+    if not keep or (console.is_terminal and width > console.width):
+        return False
+    return not any("\n" in cell.plain or "\t" in cell.plain for row in rows for cell in row)
+
+
+def _aligned(
+    columns: Sequence[str], rows: Sequence[Sequence[Text]], keep: Sequence[int], widths: list[int]
+) -> Text:
+    """What `_table` draws when every column is wide enough, padded here: rich's table layout
+    takes longer than the rest of ``crewflow runs`` after its imports."""
+
+    def line(cells: Sequence[Text]) -> Text:
+        parts = []
+        for index in keep:
+            cell, pad = cells[index], Text(" " * (widths[index] - cells[index].cell_len))
+            pad.stylize(cell.style)
+            parts.append(Text.assemble(pad, cell) if columns[index].endswith(">") else cell + pad)
+        return Text(" " * _GAP).join(parts)
+
+    header = line([Text(name.rstrip(">~"), style="bold") for name in columns])
+    rule = Text("─" * header.cell_len)
+    return Text("\n").join([header, rule, *(line(row) for row in rows)])
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Text]], keep: Sequence[int]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for index in keep:
+        header = columns[index]
+        table.add_column(
+            Text(header.rstrip(">~")),
+            justify="right" if header.endswith(">") else "left",
+            # Rich narrows the columns that may wrap first; those are cut, never wrapped.
+            no_wrap=not header.endswith("~"),
+            overflow="ellipsis",
+            header_style="bold",
+        )
+    for row in rows:
+        table.add_row(*(row[index] for index in keep))
+    return table
+
+
+def show_runs(console: Console, records: Sequence[RunRecord]) -> None:
+    """One row per run: id, crew, process, status, start (local time), duration, size, usage.
+
+    The cost column is there when some run's cost is known.
+    """
+    costs = any(run.usage.cost is not None for run in records)
+    columns = ["run id", "crew~", "process~", "status", "started", "duration>", "tasks>"]
+    columns += ["tokens>", *(["cost>"] if costs else [])]
+    rows: list[list[_Cell]] = []
+    for run in records:
+        usage = run.usage
+        cells: list[_Cell] = [
+            Text(run.run_id),
+            Text(run.crew),
+            Text(run.process),
+            _status(run.status),
+            _when(run.started, seconds=False),
+            _span(run.started, run.ended) if run.ended else _status("running"),
+            f"{len(run.graph)}" if run.graph else "",
+            f"{usage.prompt_tokens + usage.completion_tokens:,}",
+        ]
+        rows.append([*cells, *([_cost(usage.cost)] if costs else [])])
+    print_table(console, columns, rows, optional=["process~", "tasks>", "cost>", "duration>"])
+
+
+@dataclass
+class _TaskSummary:
+    name: str
+    status: str
+    attempts: list[AttemptRow]
+    output: OutputRow | None
+
+
+def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
+    """Every task of the run in graph order (then tasks added while it ran, in order seen)."""
+    names = dict.fromkeys(details.run.graph)
+    names.update(dict.fromkeys(row.task for row in details.attempts))
+    names.update(dict.fromkeys(details.outputs))
+    summaries = []
+    for name in names:
+        attempts = [row for row in details.attempts if row.task == name]
+        output = details.outputs.get(name)
+        if output is not None:
+            status = "completed"
+        elif attempts:
+            status = attempts[-1].status
+        else:
+            status = "pending" if details.run.status == RunStatus.RUNNING else "not run"
+        summaries.append(_TaskSummary(name, status, attempts, output))
+    return summaries
+
+
+def show_details(console: Console, details: RunDetails, *, full: bool = False) -> None:
+    """The run's header, a table of its tasks, their errors, then each output."""
+    console.print(_header(details.run))
+    tasks = _task_summaries(details)
+    _show_tasks(console, details.run, tasks)
+    for task in tasks:
+        for row in task.attempts:
+            if row.error_type or row.error:
+                problem = ": ".join(part for part in (row.error_type, row.error) if part)
+                line = f"{task.name}: attempt {row.attempt} {row.status}: {problem}"
+                console.print(Text(line, style="red"), soft_wrap=True)
+    for task in tasks:
+        if task.output is not None:
+            console.print(_output_panel(task.output, full=full, width=console.width))
+
+
+def _header(run: RunRecord) -> Table:
+    table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    usage = run.usage
+    reason = f" ({run.process_reason})" if run.process_reason else ""
+    rows: list[tuple[str, RenderableType]] = [
+        ("run id", Text(run.run_id)),
+        ("crew", Text(run.crew)),
+        ("process", Text(f"{run.process}{reason}")),
+        ("status", _status(run.status)),
+        ("started", _when(run.started)),
+        ("ended", _when(run.ended) if run.ended else ""),
+        ("duration", _span(run.started, run.ended)),
+    ]
+    if run.resumed:
+        rows.append(("resumed", f"{run.resumed} time{'s' if run.resumed != 1 else ''}"))
+    if run.source is not None:
+        attribute = f" ({run.source.attribute})" if run.source.attribute else ""
+        rows.append(("source", Text(f"{run.source.file}{attribute}")))
+    if run.inputs:
+        rows.append(("inputs", Text(json.dumps(run.inputs, ensure_ascii=False))))
+    rows += [
+        ("requests", f"{usage.requests:,}"),
+        ("prompt tokens", f"{usage.prompt_tokens:,}"),
+        ("completion tokens", f"{usage.completion_tokens:,}"),
+    ]
+    if usage.cost is not None:
+        rows.append(("cost", _cost(usage.cost)))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _show_tasks(console: Console, run: RunRecord, tasks: Sequence[_TaskSummary]) -> None:
+    costs = any(row.cost is not None for task in tasks for row in task.attempts)
+    columns = ["task~", "status", "attempts>", "start>", "duration>", "model~", "tokens>"]
+    columns += [*(["cost>"] if costs else []), "cache hits>", "limit wait>"]
+    rows: list[list[_Cell]] = []
+    for task in tasks:
+        attempts = task.attempts
+        if not attempts:
+            rows.append([Text(task.name), _status(task.status), *[""] * (len(columns) - 2)])
+            continue
+        # From the first attempt's start to the last one's end; in a resumed run only the last
+        # attempt is timed (the earlier ones may predate the restart), as the optimizer does.
+        timed = attempts[-1:] if run.resumed else attempts
+        first = timed[0]
+        end = timed[-1].end if all(row.end for row in timed) else None
+        model = task.output.model if task.output else attempts[-1].model
+        known = [row.cost for row in attempts if row.cost is not None]
+        cached = sum(row.cache_hit for row in attempts)
+        waited = sum(row.limit_wait for row in attempts)
+        cells: list[_Cell] = [
+            Text(task.name),
+            _status(task.status),
+            f"{len(attempts)}",
+            f"+{_duration((first.start - run.started).total_seconds())}",
+            _span(first.start, end),
+            Text(model),
+            f"{sum(row.prompt_tokens + row.completion_tokens for row in attempts):,}",
+        ]
+        if costs:
+            cells.append(_cost(sum(known)) if known else "")
+        rows.append(
+            [*cells, f"{cached}" if cached else "", format_seconds(waited) if waited else ""]
+        )
+    optional = ["cache hits>", "limit wait>", "start>", "cost>"]
+    print_table(console, columns, rows, optional=optional)
+
+
+OUTPUT_LINES = 20
+"""Lines of each output ``crewflow show`` prints unless ``--full``."""
+
+
+def _output_panel(output: OutputRow, *, full: bool, width: int) -> Panel:
+    lines = output.text.splitlines()
+    text = Text(output.text)
+    if not full and len(lines) > OUTPUT_LINES:
+        hidden = len(lines) - OUTPUT_LINES
+        text = Text("\n".join(lines[:OUTPUT_LINES]))
+        text.append(f"\n… {hidden} more line{'s' if hidden != 1 else ''}; --full shows all", "dim")
+    by = Text(" · ".join(part for part in (output.agent, output.model) if part), style="dim")
+    # As wide as the text needs, but never so narrow that the subtitle is cut.
+    widest = max((line.cell_len for line in text.split()), default=0)
+    needed = max(widest, by.cell_len + 4) + 4  # 4: the borders and their padding
+    return Panel(
+        text,
+        title=Text(output.task, style="bold"),
+        subtitle=by if by.plain else None,
+        width=min(needed, width),
+    )

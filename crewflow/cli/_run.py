@@ -1,0 +1,196 @@
+"""``crewflow run`` and ``crewflow resume``: load the crew, run it on its own event loop with
+live progress, then show its result (or why it failed) and return the exit code.
+
+Imported only by those two commands: it loads the crew machinery.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from rich import box
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from crewflow._runtime.recording import run_source
+from crewflow.cli._common import (
+    EXIT_OK,
+    UsageProblem,
+    database_path,
+    exit_code,
+    format_seconds,
+    print_json,
+    read_store,
+)
+from crewflow.cli._load import check_inputs, crew_from_file, parse_inputs
+from crewflow.cli._progress import ProgressView
+from crewflow.exceptions import UnknownRunError
+from crewflow.llm._models import check_model
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from crewflow import events
+    from crewflow.crew import Crew, CrewResult
+    from crewflow.events import EventSink
+    from crewflow.store import RunRecord, Store
+
+
+def show_result(console: Console, result: CrewResult) -> None:
+    """The final output in a panel titled with its task, then a small usage table."""
+    final = result.output
+    console.print(Panel(Text(final.text), title=Text(final.task, style="bold"), expand=False))
+    usage = result.usage
+    table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    table.add_row("crew", f"{result.crew} ({result.process})")
+    table.add_row("requests", f"{usage.requests:,}")
+    table.add_row("prompt tokens", f"{usage.prompt_tokens:,}")
+    table.add_row("completion tokens", f"{usage.completion_tokens:,}")
+    if usage.cost is not None:
+        table.add_row("cost", f"${usage.cost:.4f}")
+    table.add_row("duration", format_seconds(result.duration))
+    if result.restored:
+        table.add_row("restored", Text(", ".join(result.restored)))
+    table.add_row("run id", result.run_id)
+    console.print(table)
+
+
+def run_file(
+    file: Path,
+    *,
+    model: str | None = None,
+    inputs: Sequence[str] = (),
+    as_json: bool = False,
+    db: Path | None = None,
+    stdout: Console | None = None,
+    stderr: Console | None = None,
+) -> int:
+    """What ``crewflow run`` does; returns the exit code instead of raising."""
+    out = stdout or Console(highlight=False)
+    err = stderr or Console(stderr=True, highlight=False)
+    try:
+        values = parse_inputs(inputs)
+        llm = check_model(model) if model is not None else None
+        with crew_from_file(file) as loaded:
+            check_inputs(loaded.crew, values)
+            view = None if as_json else ProgressView(err)
+            # The absolute path: `crewflow resume` finds the file again from any directory.
+            with run_source(str(loaded.path), loaded.attribute):
+                result = kickoff(_recording_in(loaded.crew, db), values, llm, view)
+    except (Exception, KeyboardInterrupt) as exc:
+        return exit_code(err, exc)
+    _print_result(out, result, as_json=as_json)
+    return EXIT_OK
+
+
+def resume_run(
+    run_id: str,
+    *,
+    file: Path | None = None,
+    force: bool = False,
+    model: str | None = None,
+    as_json: bool = False,
+    db: Path | None = None,
+    stdout: Console | None = None,
+    stderr: Console | None = None,
+) -> int:
+    """What ``crewflow resume`` does; returns the exit code instead of raising."""
+    out = stdout or Console(highlight=False)
+    err = stderr or Console(stderr=True, highlight=False)
+    try:
+        llm = check_model(model) if model is not None else None
+        path, attribute = _resume_source(run_id, file, db)
+        with crew_from_file(path, attribute) as loaded:
+            view = None if as_json else ProgressView(err)
+            with run_source(str(loaded.path), loaded.attribute):
+                result = resume(_recording_in(loaded.crew, db), run_id, force, llm, view)
+    except (Exception, KeyboardInterrupt) as exc:
+        return exit_code(err, exc)
+    _print_result(out, result, as_json=as_json)
+    return EXIT_OK
+
+
+def _resume_source(run_id: str, file: Path | None, db: Path | None) -> tuple[Path, str | None]:
+    """The file to load the run's crew from, and the crew's recorded attribute in it."""
+    path = database_path(db)
+    record = read_store(path, partial(_get_run, run_id=run_id)) if path.exists() else None
+    source = record.source if record is not None else None
+    if file is not None:
+        return file, source.attribute if source is not None else None
+    if record is None:
+        raise UnknownRunError(run_id)
+    if source is None:
+        raise UsageProblem(
+            f"run {run_id!r} was started from code, not by `crewflow run`; pass --file FILE.py "
+            "to resume it with the crew in that file"
+        )
+    recorded = Path(source.file)
+    if not recorded.is_file():
+        raise UsageProblem(
+            f"{recorded}, where run {run_id!r} was started, does not exist any more; pass "
+            "--file FILE.py to resume it with the crew in another file"
+        )
+    return recorded, source.attribute
+
+
+async def _get_run(store: Store, *, run_id: str) -> RunRecord | None:
+    return await store.get_run(run_id)
+
+
+def kickoff(
+    crew: Crew, inputs: dict[str, Any], llm: str | None, view: ProgressView | None
+) -> CrewResult:
+    """Run ``crew`` on its own event loop (``anyio.run``), showing progress on ``view``."""
+    return _watching(crew, view, lambda watched: watched.kickoff(inputs, llm=llm))
+
+
+def resume(
+    crew: Crew, run_id: str, force: bool, llm: str | None, view: ProgressView | None
+) -> CrewResult:
+    """Resume the run ``run_id`` of ``crew`` on its own event loop, showing progress."""
+    return _watching(crew, view, lambda watched: watched.resume(run_id, force=force, llm=llm))
+
+
+def _recording_in(crew: Crew, db: Path | None) -> Crew:
+    """``crew`` recording its runs in the database ``db`` (a copy), or as it is without one."""
+    return crew if db is None else crew.model_copy(update={"store": str(db.expanduser())})
+
+
+def _watching(
+    crew: Crew, view: ProgressView | None, start: Callable[[Crew], Awaitable[CrewResult]]
+) -> CrewResult:
+    watched = crew
+    showing: AbstractContextManager[None] = nullcontext()
+    if view is not None:
+        # The crew's public event hook, on a copy: the user's Crew (frozen) is left as it was
+        # and its own on_event still gets every event.
+        watched = crew.model_copy(update={"on_event": _chain(view, crew.on_event)})
+        showing = view.showing()
+    with showing:
+        return anyio.run(start, watched)
+
+
+def _chain(first: EventSink, then: EventSink | None) -> EventSink:
+    if then is None:
+        return first
+
+    def sink(event: events.Event, /) -> None:
+        first(event)
+        then(event)
+
+    return sink
+
+
+def _print_result(out: Console, result: CrewResult, *, as_json: bool) -> None:
+    if as_json:
+        print_json(out, result.model_dump_json(indent=2))
+    else:
+        show_result(out, result)
