@@ -33,7 +33,7 @@ from crewflow.store import (
     UsageRecord,
     _schema,
 )
-from crewflow.store import sqlite as sqlite_module
+from crewflow.store import _writer as writer_module
 from tests.store.conftest import at, run_record
 
 LATEST = len(_schema.MIGRATIONS)
@@ -636,7 +636,7 @@ async def test_close_stops_the_thread_and_a_later_call_opens_the_file_again(
 async def test_an_idle_store_stops_its_thread_and_starts_it_again_when_called(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(writer_module, "_IDLE_SECONDS", 0.05)
     async with SQLiteStore(tmp_path / "runs.db") as store:
         await store.start_run(run_record())
         await wait_for_no_store_thread()
@@ -673,15 +673,15 @@ async def test_the_wal_is_checkpointed_in_the_background_and_close_waits_for_it(
 ) -> None:
     path = tmp_path / "runs.db"
     checkpoints: list[tuple[Path, str]] = []
-    real_checkpoint = sqlite_module._checkpoint
+    real_checkpoint = writer_module._checkpoint
 
     def checkpoint(where: Path) -> None:
         time.sleep(0.1)  # still running when the store is closed
         real_checkpoint(where)
         checkpoints.append((where, threading.current_thread().name))
 
-    monkeypatch.setattr(sqlite_module, "_checkpoint", checkpoint)
-    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(writer_module, "_checkpoint", checkpoint)
+    monkeypatch.setattr(writer_module, "_CHECKPOINT_EVERY", 4)
     store = SQLiteStore(path)
     await store.start_run(run_record())
     for index in range(4):

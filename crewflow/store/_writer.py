@@ -1,0 +1,377 @@
+"""The thread that owns a `SQLiteStore`'s connection (see `crewflow.store.sqlite` for why).
+
+Callers put operations on a queue and await asyncio futures; the thread runs them, every write
+waiting at the time in one transaction (each in its own savepoint), resolves the futures through
+``call_soon_threadsafe``, checkpoints the WAL in the background, stops when idle or closed, and
+starts afresh in a forked child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+
+import anyio
+
+from crewflow.store._base import StoreError
+from crewflow.store._rows import ATTEMPTS, OUTPUTS, TaskRows
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+_T = TypeVar("_T")
+
+_IDLE_SECONDS = 10.0  # an idle store's thread stops after this long (the next call restarts it)
+_MAX_BATCH = 256  # writes committed together at most, so the first of them is not held long
+_CHECKPOINT_EVERY = 64  # commits between two checkpoints in the background (~400 pages)
+
+_Kind = Literal["read", "write", "close"]
+_INHERITED: list[sqlite3.Connection | None] = []  # connections a forked child must not close
+
+
+class Writer:
+    """A store's thread and its connection: runs operations on the connection, in order.
+
+    Args:
+        path: The database file, for thread names, background checkpoints and error messages.
+        open_connection: Opens and prepares the connection; called in the thread on first use
+            (and again after ``close()``).
+    """
+
+    def __init__(self, path: Path, open_connection: Callable[[], sqlite3.Connection]) -> None:
+        self.path = path
+        self._open = open_connection
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._thread_lock = threading.Lock()  # guards starting and stopping self._thread
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None  # used only by self._thread
+        self._commits = 0  # since the last background checkpoint (self._thread's)
+        self._checkpointer: threading.Thread | None = None  # started by self._thread
+        self._pid = os.getpid()
+
+    async def call(self, operation: Callable[[sqlite3.Connection], _T], kind: _Kind = "read") -> _T:
+        """Run ``operation`` with the connection in the thread (a write in a transaction) and
+        return what it returns, or raise what it raised (`sqlite3.Error` as `StoreError`)."""
+        if self._pid != os.getpid():
+            self._forget_parent()
+        call = _Call(operation, kind, asyncio.get_running_loop())
+        with self._thread_lock:
+            self._calls.put(call)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name=f"crewflow-store {self.path.name}", daemon=True
+                )
+                self._thread.start()
+        try:
+            return await call.future  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            if not call.settled:
+                # Like anyio.to_thread.run_sync: the cancellation is seen once the operation
+                # has committed or rolled back, never while it may still be running.
+                call.future = call.loop.create_future()
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await call.future
+            raise
+
+    async def close(self) -> None:
+        """Close the connection once every call made before has finished, and stop the thread."""
+        if self._thread is None and self._conn is None:
+            return
+        await self.call(_no_operation, "close")
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's thread is not here, its lock may be held forever,
+        and SQLite forbids using a connection across fork. Start afresh, and keep the
+        inherited connection unclosed (closing it could touch the parent's locks)."""
+        _INHERITED.append(self._conn)
+        self._pid = os.getpid()
+        self._calls = queue.SimpleQueue()
+        self._thread_lock = threading.Lock()
+        self._thread = None
+        self._conn = None
+        self._checkpointer = None
+
+    def _serve(self) -> None:
+        """The thread's loop: take every call waiting, run them (writes in one transaction),
+        until the store is closed or idle."""
+        while True:
+            try:
+                batch = [self._calls.get(timeout=_IDLE_SECONDS)]
+            except queue.Empty:
+                batch = []
+            else:
+                with contextlib.suppress(queue.Empty):
+                    while len(batch) < _MAX_BATCH:
+                        batch.append(self._calls.get_nowait())
+                try:
+                    closed = self._run(batch)
+                except BaseException as exc:  # a bug here must not leave a caller waiting
+                    closed = False
+                    for call in batch:
+                        call.outcome = call.outcome or _Outcome(error=exc)
+                _reply(batch)
+                if not closed:
+                    continue
+            with self._thread_lock:  # no call can be queued while the thread decides to stop
+                if self._calls.empty():
+                    self._thread = None
+                    return
+
+    def _run(self, batch: list[_Call]) -> bool:
+        """Run a batch in order: each run of consecutive writes in one transaction, reads and
+        closing on their own. True when the batch closed the connection."""
+        writes: list[_Call] = []
+        closed = False
+        for call in batch:
+            if call.kind == "write":
+                writes.append(call)
+                continue
+            if writes:
+                self._commit(writes)
+                writes = []
+            self._run_alone(call)
+            closed = call.kind == "close"
+        if writes:
+            self._commit(writes)
+            closed = False
+        return closed
+
+    def _run_alone(self, call: _Call) -> None:
+        if call.kind == "close":
+            if self._checkpointer is not None:  # a closed store leaves no thread behind
+                self._checkpointer.join()
+            conn, self._conn = self._conn, None
+            outcome = _Outcome() if conn is None else _Outcome.of(conn.close)
+        else:
+            outcome = _Outcome.of(lambda: call.operation(self._connection()))
+        call.outcome = self._wrapped(outcome)
+
+    def _commit(self, calls: list[_Call]) -> None:
+        """Run ``calls`` in one transaction; each call's outcome is known once it has committed
+        (or failed). Consecutive task checkpoints are inserted together, a few statements for
+        the whole group (each statement lets go of the GIL, and getting it back from a busy
+        event loop is what costs); other writes, or a group that fails, run one by one, each in
+        its own savepoint when there are several, so that a failing write is undone alone."""
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            for call in calls:
+                call.outcome = self._wrapped(_Outcome(error=exc))
+            return
+        ran: list[tuple[_Call, _Outcome]] = []
+        for start, group in _groups(calls):
+            if len(group) > 1:
+                outcomes = _insert_together(conn, group)
+            elif len(calls) > 1:
+                outcomes = [_run_in_savepoint(conn, group[0])]
+            else:
+                outcomes = [_run_in(conn, group[0])]
+            if not conn.in_transaction:
+                again = self._settle_lost(list(zip(group, outcomes, strict=True)))
+                rest = [call for call, _ in ran] + again + calls[start + len(group) :]
+                if rest:
+                    self._commit(rest)
+                return
+            ran.extend(zip(group, outcomes, strict=True))
+        committed = _Outcome.of(lambda: conn.execute("COMMIT"))
+        if committed.error is not None:
+            _roll_back(conn)
+        for call, outcome in ran:
+            undone = outcome.error is None and committed.error is not None
+            call.outcome = self._wrapped(committed if undone else outcome)
+        if committed.error is None:
+            self._checkpoint_soon()
+
+    def _checkpoint_soon(self) -> None:
+        """Every few dozen commits, checkpoint the WAL from a helper thread (own connection).
+
+        A checkpoint first syncs the WAL to disk, which is what makes it slow (about 16 ms per
+        1,000 pages on the benchmark machine), and SQLite runs one inside a commit every 1,000
+        pages: every ~160 tasks recorded one by one (~6 pages a commit), far more rarely per
+        task when they share commits. A ``PASSIVE`` checkpoint elsewhere neither waits for nor
+        blocks this connection and leaves the automatic one little to do; it writes nothing
+        SQLite would not write itself."""
+        self._commits += 1
+        if self._commits < _CHECKPOINT_EVERY or str(self.path) == ":memory:":
+            return
+        if self._checkpointer is None or not self._checkpointer.is_alive():
+            self._commits = 0
+            self._checkpointer = threading.Thread(
+                target=_checkpoint,
+                args=(self.path,),
+                name=f"crewflow-store-checkpoint {self.path.name}",
+                daemon=True,
+            )
+            self._checkpointer.start()
+
+    def _settle_lost(self, group: list[tuple[_Call, _Outcome]]) -> list[_Call]:
+        """A failure in ``group`` ended the whole transaction (e.g. disk full), undoing every
+        write before it too. The writes that failed keep their outcome; those that succeeded
+        are returned, to run again (all fail when none did: the cause is unknown)."""
+        failed = [(call, outcome) for call, outcome in group if outcome.error is not None]
+        if not failed:
+            lost = StoreError(f"the run database {self.path} ended a transaction unexpectedly")
+            failed = [(call, _Outcome(error=lost)) for call, _ in group]
+        for call, outcome in failed:
+            call.outcome = self._wrapped(outcome)
+        return [call for call, _ in group if call.outcome is None]
+
+    def _wrapped(self, outcome: _Outcome) -> _Outcome:
+        if isinstance(outcome.error, sqlite3.Error):
+            error = StoreError(f"the run database {self.path} failed: {outcome.error}")
+            error.__cause__ = outcome.error
+            return _Outcome(error=error)
+        return outcome
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+
+class _Outcome:
+    """What an operation returned, or the exception it raised."""
+
+    __slots__ = ("error", "result")
+
+    def __init__(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result = result
+        self.error = error
+
+    @classmethod
+    def of(cls, function: Callable[[], Any]) -> _Outcome:
+        try:
+            return cls(function())
+        except BaseException as exc:  # handed to the caller, whatever it is
+            return cls(error=exc)
+
+
+class _Call:
+    """One operation handed to a store's thread, and the future its caller awaits."""
+
+    __slots__ = ("future", "kind", "loop", "operation", "outcome", "settled")
+
+    def __init__(
+        self,
+        operation: Callable[[sqlite3.Connection], Any],
+        kind: _Kind,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.operation = operation
+        self.kind = kind
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.outcome: _Outcome | None = None  # set by the store's thread, then read on the loop
+        self.settled = False  # read and written on the caller's loop only
+
+
+def _reply(batch: list[_Call]) -> None:
+    """Hand each caller its outcome on its own loop: one wake-up per loop for the batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
+    for call in batch:
+        by_loop.setdefault(call.loop, []).append(call)
+    for loop, calls in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, calls)
+
+
+def _settle(calls: list[_Call]) -> None:
+    for call in calls:
+        call.settled = True
+        if call.future.done():  # the caller was cancelled and waits on a new future
+            continue
+        outcome = call.outcome or _Outcome(error=StoreError("the store's thread gave no answer"))
+        if outcome.error is None:
+            call.future.set_result(outcome.result)
+        else:
+            call.future.set_exception(outcome.error)
+
+
+def _run_in(conn: sqlite3.Connection, call: _Call) -> _Outcome:
+    """Run a write alone in the open transaction; roll the transaction back if it fails."""
+    outcome = _Outcome.of(lambda: call.operation(conn))
+    if outcome.error is not None:
+        _roll_back(conn)
+    return outcome
+
+
+def _run_in_savepoint(conn: sqlite3.Connection, call: _Call) -> _Outcome:
+    """Run one write of a batch; if it fails, undo only its own changes."""
+    outcome = _Outcome.of(lambda: conn.execute("SAVEPOINT write"))
+    if outcome.error is None:
+        outcome = _Outcome.of(lambda: call.operation(conn))
+        try:
+            if outcome.error is not None and conn.in_transaction:
+                conn.execute("ROLLBACK TO write")
+            if conn.in_transaction:
+                conn.execute("RELEASE write")
+        except sqlite3.Error:
+            _roll_back(conn)  # the whole batch is run again without this write
+    return outcome
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _checkpoint(path: Path) -> None:
+    """Checkpoint as much of the WAL as no reader or writer holds up (a helper thread's work:
+    it is an optimisation, so a busy or failing database just skips it)."""
+    with contextlib.suppress(sqlite3.Error):
+        conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            conn.close()
+
+
+def _no_operation(conn: sqlite3.Connection) -> None:
+    pass
+
+
+def _groups(calls: list[_Call]) -> Iterator[tuple[int, list[_Call]]]:
+    """``calls`` in order, as (index, group): consecutive task checkpoints together, every
+    other write alone."""
+    group: list[_Call] = []
+    for index, call in enumerate(calls):
+        if not isinstance(call.operation, TaskRows):
+            if group:
+                yield index - len(group), group
+                group = []
+            yield index, [call]
+        else:
+            group.append(call)
+    if group:
+        yield len(calls) - len(group), group
+
+
+def _insert_together(conn: sqlite3.Connection, group: list[_Call]) -> list[_Outcome]:
+    """Insert several task checkpoints at once; if that fails, insert each alone."""
+    rows = [cast("TaskRows", call.operation) for call in group]
+    try:
+        conn.execute("SAVEPOINT rows")
+        try:
+            ATTEMPTS.insert(conn, [values for row in rows for values in row.attempts])
+            OUTPUTS.insert(conn, [row.output for row in rows if row.output is not None])
+        except sqlite3.Error:
+            if not conn.in_transaction:
+                raise
+            conn.execute("ROLLBACK TO rows")
+            conn.execute("RELEASE rows")
+        else:
+            conn.execute("RELEASE rows")
+            return [_Outcome() for _ in group]
+    except sqlite3.Error as exc:
+        _roll_back(conn)
+        return [_Outcome(error=exc) for _ in group]
+    # E.g. a row of an unknown run: each write alone tells which one fails.
+    return [_run_in_savepoint(conn, call) for call in group]
