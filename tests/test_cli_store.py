@@ -529,6 +529,9 @@ def failed_run(state: Path, *args: str, file: Path = RESUMABLE) -> str:
     assert result.exit_code == 1, result.output
     assert "finished before the failure: facts" in result.stderr
     run_id: str = invoke_json("runs", *args)[0]["run_id"]
+    assert f"finish it later with: crewflow resume {run_id}{' '.join(('', *args))}" in (
+        result.stderr
+    )
     return run_id
 
 

@@ -30,7 +30,7 @@ from crewflow.cli._common import (
 )
 from crewflow.cli._load import check_inputs, crew_from_file, parse_inputs
 from crewflow.cli._progress import ProgressView
-from crewflow.exceptions import UnknownRunError
+from crewflow.exceptions import CrewRunError, UnknownRunError
 from crewflow.llm._models import check_model
 
 if TYPE_CHECKING:
@@ -76,17 +76,22 @@ def run_file(
     """What ``crewflow run`` does; returns the exit code instead of raising."""
     out = stdout or Console(highlight=False)
     err = stderr or Console(stderr=True, highlight=False)
+    recorded = False
     try:
         values = parse_inputs(inputs)
         llm = check_model(model) if model is not None else None
         with crew_from_file(file) as loaded:
             check_inputs(loaded.crew, values)
             view = None if as_json else ProgressView(err)
+            crew = _recording_in(loaded.crew, db)
+            recorded = crew.store is not None
             # The absolute path: `crewflow resume` finds the file again from any directory.
             with run_source(str(loaded.path), loaded.attribute):
-                result = kickoff(_recording_in(loaded.crew, db), values, llm, view)
+                result = kickoff(crew, values, llm, view)
     except (Exception, KeyboardInterrupt) as exc:
-        return exit_code(err, exc)
+        code = exit_code(err, exc)
+        _resume_hint(err, exc, recorded=recorded, model=model, db=db)
+        return code
     _print_result(out, result, as_json=as_json)
     return EXIT_OK
 
@@ -113,9 +118,25 @@ def resume_run(
             with run_source(str(loaded.path), loaded.attribute):
                 result = resume(_recording_in(loaded.crew, db), run_id, force, llm, view)
     except (Exception, KeyboardInterrupt) as exc:
-        return exit_code(err, exc)
+        code = exit_code(err, exc)
+        _resume_hint(err, exc, recorded=True, model=model, db=db)
+        return code
     _print_result(out, result, as_json=as_json)
     return EXIT_OK
+
+
+def _resume_hint(
+    err: Console, exc: BaseException, *, recorded: bool, model: str | None, db: Path | None
+) -> None:
+    """After a failed run that was recorded: the command that finishes it."""
+    if not recorded or not isinstance(exc, CrewRunError) or not exc.run_id:
+        return
+    command = f"crewflow resume {exc.run_id}"
+    if model is not None:
+        command += f" --model {model}"
+    if db is not None:
+        command += f" --db {db}"
+    err.print(Text(f"finish it later with: {command}"), soft_wrap=True)
 
 
 def _resume_source(run_id: str, file: Path | None, db: Path | None) -> tuple[Path, str | None]:
