@@ -154,7 +154,7 @@ def main() -> None:
     print(
         table(
             f"fanout: {args.tasks} x {LATENCY * 1000:.0f} ms tasks + 1 aggregator, parallel, "
-            f"max_concurrency={args.concurrency}, median of {args.repeats} (store: SQLite, the default)",
+            f"max_concurrency={args.concurrency}, median of {args.repeats} (store: SQLite)",
             [
                 "runner",
                 "seconds",

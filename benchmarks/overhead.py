@@ -123,7 +123,7 @@ def main() -> None:
         )
     print(
         table(
-            f"overhead: {args.tasks}-task chain, median of {args.repeats} (store: SQLite, the default)",
+            f"overhead: {args.tasks}-task chain, median of {args.repeats} (store: SQLite)",
             [
                 "reply latency",
                 "floor ms/task",
