@@ -224,9 +224,17 @@ class Writer:
         return [call for call, _ in group if call.outcome is None]
 
     def _wrapped(self, outcome: _Outcome) -> _Outcome:
-        if isinstance(outcome.error, sqlite3.Error):
-            error = StoreError(f"the run database {self.path} failed: {outcome.error}")
-            error.__cause__ = outcome.error
+        found = outcome.error
+        if isinstance(found, (sqlite3.Error, OSError)):
+            hint = ""
+            text = str(found)
+            if isinstance(found, OSError) or "unable to open" in text or "readonly" in text:
+                hint = (
+                    "; point CREWFLOW_HOME at a writable directory, give the crew another "
+                    "store=..., or store=None to record nothing"
+                )
+            error = StoreError(f"the run database {self.path} failed: {text}{hint}")
+            error.__cause__ = found
             return _Outcome(error=error)
         return outcome
 

@@ -19,6 +19,7 @@ from crewflow.exceptions import (
     CrewPartialFailure,
     OutputValidationError,
     RunCancelled,
+    StoreError,
     TaskFailed,
     UnknownRunError,
 )
@@ -539,3 +540,12 @@ async def test_no_api_key_reaches_the_database(server: OpenAIServer, tmp_path: P
 
 def files_holding(directory: Path, text: str) -> list[str]:
     return [file.name for file in directory.iterdir() if text.encode() in file.read_bytes()]
+
+
+async def test_a_database_that_cannot_be_created_fails_the_kickoff_clearly(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the database's directory should be")
+    crew = chain(Calls(), "a", store=str(blocker / "runs.db"))
+
+    with pytest.raises(StoreError, match="store=None to record nothing"):
+        await crew.kickoff()
