@@ -178,9 +178,7 @@ class Recorder:
         data = output.data
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json")
-        # Built without validation: every value comes from the runtime's own typed records
-        # (validating them again was a sizeable part of recording a task).
-        row = OutputRow.model_construct(
+        row = OutputRow(
             run_id=self.record.run_id,
             task=output.task,
             text=output.text,
@@ -209,7 +207,7 @@ class Recorder:
         from crewflow.store import AttemptRow, AttemptStatus
 
         usage = attempt.usage
-        return AttemptRow.model_construct(
+        return AttemptRow(
             run_id=self.record.run_id,
             task=task,
             attempt=attempt.number,
