@@ -25,10 +25,16 @@ from crewflow.exceptions import (
 )
 from crewflow.llm import OpenAIChat
 from crewflow.store import MemoryStore, RunStatus, SQLiteStore, default_store_path
-from crewflow.testing import Error, FunctionLLM, OpenAIServer, Text, capture_events
+from crewflow.testing import (
+    Error,
+    FunctionLLM,
+    OpenAIServer,
+    Text,
+    capture_events,
+    run_virtual,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
     from crewflow.llm._types import LLMRequest
@@ -139,7 +145,7 @@ async def test_the_default_store_is_the_database_in_crewflow_home() -> None:
     assert record.status == "completed"
 
 
-async def test_store_none_records_nothing(tmp_path: Path) -> None:
+async def test_store_none_records_nothing() -> None:
     result = await chain(Calls(), "a", store=None).kickoff()
 
     assert result.output.text == "a done"
@@ -399,12 +405,9 @@ async def test_resume_after_continue_reruns_the_failed_and_skipped_tasks_only() 
 # -- the reply cache ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("store", [MemoryStore, lambda: "sqlite"], ids=["memory", "sqlite"])
-async def test_a_cached_crew_makes_no_call_the_second_time(
-    store: Callable[[], Any], tmp_path: Path
-) -> None:
-    made = store()
-    chosen = str(tmp_path / "runs.db") if made == "sqlite" else made
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_cached_crew_makes_no_call_the_second_time(kind: str, tmp_path: Path) -> None:
+    chosen = MemoryStore() if kind == "memory" else str(tmp_path / "runs.db")
     calls = Calls()
     crew = chain(calls, "a", "b", store=chosen, cache=True)
 
@@ -488,9 +491,9 @@ async def test_a_retry_after_a_failure_is_not_served_from_the_cache() -> None:
 # -- measured durations -------------------------------------------------------------------------
 
 
-async def test_measured_durations_order_the_parallel_process() -> None:
+def test_measured_durations_order_the_parallel_process() -> None:
     store = MemoryStore()
-    seconds = {"short": 0.001, "long": 0.05}
+    seconds = {"short": 1.0, "long": 5.0}  # virtual seconds: exact, and no real wait
     order: list[str] = []
 
     async def answer(request: LLMRequest) -> str:
@@ -503,8 +506,8 @@ async def test_measured_durations_order_the_parallel_process() -> None:
     tasks = [Task(f"do {n}", agent=agent, name=n, context=[]) for n in ("short", "long")]
     crew = Crew(tasks=tasks, process="parallel", max_concurrency=1, store=store)
 
-    await crew.kickoff()  # nothing measured yet: declaration order
-    await crew.kickoff()  # "long" measured longer: it goes first
+    run_virtual(crew.kickoff)  # nothing measured yet: declaration order
+    run_virtual(crew.kickoff)  # "long" measured longer: it goes first
 
     assert order == ["short", "long", "long", "short"]
 
