@@ -39,14 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import median, table
 
+from crewflow.llm._types import Usage
 from crewflow.store import (
-    AttemptRow,
+    AttemptRecord,
     MemoryStore,
     OutputRow,
     RunRecord,
     RunStatus,
     SQLiteStore,
-    UsageRecord,
 )
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ GOAL_RUNS_SECONDS = 0.5
 # -- the store alone -----------------------------------------------------------------------------
 
 
-def task_rows(run_id: str, index: int) -> tuple[OutputRow, list[AttemptRow]]:
+def task_rows(run_id: str, index: int) -> tuple[OutputRow, list[AttemptRecord]]:
     """What the runtime saves when a task finishes: its output and its one attempt."""
     now = datetime.now(UTC)
     task = f"task_{index}"
@@ -67,10 +67,10 @@ def task_rows(run_id: str, index: int) -> tuple[OutputRow, list[AttemptRow]]:
         run_id=run_id, task=task, text="an answer " * 30, agent="Worker", model="offline",
         finished_at=now,
     )  # fmt: skip
-    attempt = AttemptRow(
-        run_id=run_id, task=task, attempt=1, agent="Worker", start=now - timedelta(seconds=1),
-        end=now, status="completed", model="offline", requests=1, prompt_tokens=120,
-        completion_tokens=60,
+    attempt = AttemptRecord(
+        task=task, number=1, agent="Worker", start=now - timedelta(seconds=1), end=now,
+        duration=1.0, status="completed", model="offline",
+        usage=Usage(requests=1, prompt_tokens=120, completion_tokens=60),
     )  # fmt: skip
     return output, [attempt]
 
@@ -183,7 +183,7 @@ async def fill(path: Path, runs: int) -> float:
                         process_reason="3 tasks in a chain", inputs={"topic": f"topic {index}"},
                         status=RunStatus.COMPLETED, started=begun,
                         ended=begun + timedelta(seconds=42),
-                        usage=UsageRecord(requests=3, prompt_tokens=900, completion_tokens=300),
+                        usage=Usage(requests=3, prompt_tokens=900, completion_tokens=300),
                         graph=graph,
                     )  # fmt: skip
                     group.start_soon(store.start_run, record)

@@ -18,9 +18,9 @@ import typing
 from crewflow._version import __version__
 
 if typing.TYPE_CHECKING:
+    from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
     from crewflow._runtime.handle import RunHandle
     from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
-    from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
     from crewflow._runtime.retry import RetryPolicy
     from crewflow.agent import Agent
     from crewflow.crew import Crew, CrewResult
@@ -51,7 +51,7 @@ __all__ = [
 # that need one corner of it, like ``crewflow runs`` reading the store) load only what they use.
 _WHERE = {
     "Agent": "crewflow.agent",
-    "AttemptRecord": "crewflow._runtime.records",
+    "AttemptRecord": "crewflow._records",
     "Breaker": "crewflow._runtime.limits",
     "Crew": "crewflow.crew",
     "CrewResult": "crewflow.crew",
@@ -61,8 +61,8 @@ _WHERE = {
     "RunHandle": "crewflow._runtime.handle",
     "Task": "crewflow.task",
     "TaskOutput": "crewflow.task",
-    "TaskRecord": "crewflow._runtime.records",
-    "TaskStatus": "crewflow._runtime.records",
+    "TaskRecord": "crewflow._records",
+    "TaskStatus": "crewflow._records",
     "Tool": "crewflow.tools",
     "set_limits": "crewflow._runtime.limits",
     "tool": "crewflow.tools",

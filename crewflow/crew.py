@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from crewflow._records import TaskKind, TaskRecord
 from crewflow._runtime.limits import Limits
-from crewflow._runtime.records import TaskRecord
 from crewflow._runtime.retry import RetryPolicy
 from crewflow._spec import Spec
 from crewflow.agent import Agent
@@ -28,6 +28,7 @@ from crewflow.task import Task, TaskOutput
 
 if TYPE_CHECKING:
     # Not at runtime: networkx loads when a crew is built, not on `import crewflow`.
+    from crewflow._fingerprint import Fingerprint  # noqa: TC004
     from crewflow._runtime.handle import RunHandle
     from crewflow._runtime.recording import Recorder, Resumption
     from crewflow._runtime.run import Run
@@ -44,9 +45,14 @@ class CrewResult(BaseModel):
         run_id: The run's id (as in logs and events).
         crew: The crew's name.
         process: The process that ran it.
-        outputs: Every task's output, in the order the crew declares its tasks.
+        outputs: The output of each of the crew's tasks (its deliverables), in the order the
+            crew declares them.
+        internal: The outputs of the tasks the process added while it ran (a manager's plan,
+            plan steps, reviews), in the order they were added.
+        final_task: The name of the task whose output is the run's final one (`output`).
         usage: Requests, tokens and cost of the whole run.
-        timeline: Each task's start, end, attempts and status, in declaration order.
+        timeline: Each task's start, end, attempts, status and kind: the crew's tasks in
+            declaration order, then the process's in the order added.
         start: When the run began (UTC).
         end: When it ended (UTC).
         duration: Seconds it took.
@@ -55,8 +61,8 @@ class CrewResult(BaseModel):
     Example:
         ```python
         result = await crew.kickoff(inputs={"topic": "batteries"})
-        result.output.text       # the last task's answer
-        result["facts"].text     # any task's, by name
+        result.output.text       # the final answer (by default the last task's)
+        result["facts"].text     # any task's, by name (the process's too)
         result.usage.total_tokens
         ```
     """
@@ -67,6 +73,8 @@ class CrewResult(BaseModel):
     crew: str
     process: str
     outputs: list[TaskOutput]
+    internal: list[TaskOutput] = Field(default_factory=list)
+    final_task: str = ""
     usage: Usage
     timeline: list[TaskRecord]
     start: datetime
@@ -76,22 +84,26 @@ class CrewResult(BaseModel):
 
     @property
     def output(self) -> TaskOutput:
-        """The output of the crew's last task (by declaration)."""
+        """The run's final output: what the process calls final (by default the output of the
+        crew's last task, by declaration)."""
+        if self.final_task:
+            return self[self.final_task]
         return self.outputs[-1]
 
     @property
     def text(self) -> str:
-        """The last task's answer as text."""
+        """The final answer as text."""
         return self.output.text
 
     def __getitem__(self, name: str) -> TaskOutput:
-        for output in self.outputs:
+        for output in (*self.outputs, *self.internal):
             if output.task == name:
                 return output
-        raise KeyError(f"no task named {name!r}; tasks: {[o.task for o in self.outputs]}")
+        names = [o.task for o in (*self.outputs, *self.internal)]
+        raise KeyError(f"no task named {name!r}; tasks: {names}")
 
     def __contains__(self, name: object) -> bool:
-        return any(output.task == name for output in self.outputs)
+        return any(output.task == name for output in (*self.outputs, *self.internal))
 
     def __iter__(self) -> Iterator[TaskOutput]:  # type: ignore[override]
         return iter(self.outputs)
@@ -165,7 +177,7 @@ class Crew(Spec):
 
     _process: Process = PrivateAttr()
     _graph: TaskGraph = PrivateAttr()
-    _fingerprint: str | None = PrivateAttr(default=None)
+    _fingerprint: Fingerprint | None = PrivateAttr(default=None)
 
     @field_validator("store", mode="before")
     @classmethod
@@ -197,11 +209,8 @@ class Crew(Spec):
 
         self._process = get_process(self.process)
         agents = self.agents if self.agents is not None else _task_agents(self.tasks)
-        self._graph = TaskGraph(
-            self.tasks,
-            agents=agents,
-            chain_undeclared=self._process.chains_undeclared_context,
-        )
+        self._graph = TaskGraph(self.tasks, agents=agents)
+        self._process.prepare_graph(self._graph)
         self._process.validate(self._graph)
 
     @property
@@ -220,18 +229,21 @@ class Crew(Spec):
 
         return resolve_store(self.store)
 
-    def fingerprint(self, llm: str | LLM | None = None) -> str:
-        """A hash of the crew's tasks, agents, models and process (what `resume` compares).
+    def fingerprint(self, llm: str | LLM | None = None) -> Fingerprint:
+        """What the crew's runs compute from, as hashes: one per task (templates, dependencies,
+        output schema, agent, model, tools), the process with its configuration, and two
+        digests: ``crew_key`` (the tasks alone) and ``digest`` (what `resume` compares).
 
         Args:
             llm: The model a kickoff makes every agent use, if any.
         """
-        from crewflow._runtime.recording import fingerprint
+        from crewflow._fingerprint import fingerprint
 
+        process = self._process
         if llm is not None:
-            return fingerprint(self._graph, self._process.name, llm)
+            return fingerprint(self._graph, process.name, process.config(), llm)
         if self._fingerprint is None:
-            self._fingerprint = fingerprint(self._graph, self._process.name)
+            self._fingerprint = fingerprint(self._graph, process.name, process.config())
         return self._fingerprint
 
     async def resume(
@@ -269,7 +281,7 @@ class Crew(Spec):
             )
         override = self._override(llm)
         loaded = await load_resumption(
-            store, run_id, self._graph, self.fingerprint(override), force=force
+            store, run_id, self.fingerprint(override), self._graph, force=force
         )
         run = self._new_run(loaded.record.inputs, llm, resumption=loaded)
         return await self._finish(run)
@@ -415,7 +427,8 @@ class Crew(Spec):
             on_event=self.on_event,
             verbose=self.verbose,
             cache=self.cache,
-            **({} if resumption is None else resumption.run_state()),
+            run_id=None if resumption is None else resumption.record.run_id,
+            resumption=resumption,
         )
         store = self.resolved_store()
         if store is not None:
@@ -434,13 +447,17 @@ class Crew(Spec):
 
         if resumption is not None:
             return Recorder(store, resumption.record, resuming=True)
+        fingerprint = self.fingerprint(override)
         record = RunRecord(
             run_id=run.run_id,
             crew=self.name,
-            fingerprint=self.fingerprint(override),
+            fingerprint=fingerprint.digest,
+            crew_key=fingerprint.crew_key,
+            task_hashes=fingerprint.tasks,
+            process_config=fingerprint.process_config,
             source=current_source(),
             process=self._process.name,
-            process_reason=run.process_reason,
+            process_reason=f"the crew's process is {self._process.name!r}",
             inputs=run.inputs,
             started=run.wall(),
             graph=graph_record(self._graph),
@@ -452,11 +469,15 @@ class Crew(Spec):
         await run.drive()
         assert run.start is not None
         assert run.end is not None
+        graph, outputs = run.graph, run.outputs
+        internal = [name for name in graph.names if graph.kind(name) == TaskKind.INTERNAL]
         return CrewResult(
             run_id=run.run_id,
             crew=self.name,
             process=self._process.name,
-            outputs=[run.outputs[name] for name in run.graph.names],
+            outputs=[outputs[name] for name in graph.deliverables],
+            internal=[outputs[name] for name in internal if name in outputs],
+            final_task=run.final.task if run.final is not None else graph.deliverables[-1],
             usage=run.usage,
             timeline=run.timeline,
             start=run.start,

@@ -30,10 +30,12 @@ __all__ = [
     "LLMCallRetrying",
     "LLMCallStarted",
     "LimiterWait",
+    "ProcessChosen",
     "RunFinished",
     "RunPaused",
     "RunResumed",
     "RunStarted",
+    "TaskAdded",
     "TaskFailed",
     "TaskFallback",
     "TaskFinished",
@@ -72,6 +74,25 @@ class RunFinished(Event):
     status: Literal["completed", "failed", "cancelled"]
     duration: float
     error: str | None = None
+
+
+class TaskAdded(Event):
+    """The process added a task to the run while it ran: a manager's question (``step`` is
+    ``"ask"``) or a step of its plan (``"task"``); live views show it as it comes."""
+
+    kind: Literal["task_added"] = "task_added"
+    task: str
+    agent: str
+    step: Literal["task", "ask"]
+    depends_on: list[str]
+
+
+class ProcessChosen(Event):
+    """A choosing process (adaptive) picked the process that runs the crew, and why."""
+
+    kind: Literal["process_chosen"] = "process_chosen"
+    process: str
+    reason: str
 
 
 class TaskStarted(Event):

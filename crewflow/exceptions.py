@@ -16,6 +16,7 @@ CrewflowError
 └── CrewRunError                  .outputs: every TaskOutput that finished, by task name
     ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
     ├── CrewPartialFailure        .failures, .skipped: on_failure="continue" and some tasks failed
+    ├── InvalidPlan               .problems, .plan: a process's plan cannot be added to the run
     ├── RunCancelled              the run was cancelled through its handle before it finished
     ├── KickoffsFailed            .results, .failures: some kickoffs of kickoff_for_each failed
     ├── TaskTimeout               (also a TimeoutError) .task, .timeout: one attempt ran too long
@@ -36,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from crewflow.task import TaskOutput
+    from crewflow._plan import PlanProblem
+    from crewflow.task import Task, TaskOutput
 
 __all__ = [
     "ConfigurationError",
@@ -45,6 +47,7 @@ __all__ = [
     "CrewRunError",
     "CrewflowError",
     "DuplicateRunError",
+    "InvalidPlan",
     "KickoffsFailed",
     "LLMError",
     "MaxIterationsExceeded",
@@ -297,6 +300,30 @@ class CrewPartialFailure(CrewRunError):
         super().__init__(message, outputs=outputs)
         self.failures = dict(failures)
         self.skipped = list(skipped)
+
+
+class InvalidPlan(CrewRunError):
+    """Tasks a process wanted to add to a running crew (a manager's plan) cannot be added: a
+    missing or taken name, an unknown dependency, a cycle, no agent. A run-time failure of the
+    process, not a `ConfigurationError`: the crew itself was valid.
+
+    Attributes:
+        problems: Each `crewflow.processes.PlanProblem` found (``problem.describe()`` is a line
+            to show a model that should plan again).
+        plan: The tasks that were to be added.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: Sequence[PlanProblem],
+        plan: Sequence[Task] = (),
+        outputs: Mapping[str, TaskOutput] | None = None,
+    ) -> None:
+        super().__init__(message, outputs=outputs)
+        self.problems = list(problems)
+        self.plan = list(plan)
 
 
 class RunCancelled(CrewRunError):

@@ -3,7 +3,12 @@
 Built when a `Crew` is constructed, so that mistakes surface there: duplicate names, context that
 refers to a task outside the crew, cycles (the error names the tasks on it), tasks nobody can do.
 Edges come from declared ``context``; a process may add the implicit edge of sequential crews
-(a task with undeclared context depends on the one before it), which is then a real edge here.
+(a task with undeclared context depends on the one before it, `TaskGraph.chain_undeclared`),
+which is then a real edge here.
+
+A run works on its own copy, which may grow while the run goes on: a process adds whole plans
+at once (`TaskGraph.check_tasks` says what is wrong with one, as `PlanProblem` values), and the
+added tasks are ``internal`` where the crew's own are ``deliverable``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from crewflow._plan import PlanProblem, ProblemKind
+from crewflow._records import TaskKind
 from crewflow.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -31,8 +38,6 @@ class TaskGraph:
     Args:
         tasks: The tasks, in the order the crew declares them.
         agents: The crew's agents; when there is exactly one, tasks without an agent get it.
-        chain_undeclared: Add an edge from the previous task to each task whose ``context`` is
-            not declared (``None``), as the sequential process does.
 
     Raises:
         ConfigurationError: Duplicate tasks or names, unknown context, a cycle, or a task with no
@@ -44,7 +49,6 @@ class TaskGraph:
         tasks: Sequence[Task],
         *,
         agents: Sequence[Agent] = (),
-        chain_undeclared: bool = False,
     ) -> None:
         if not tasks:
             raise ConfigurationError("a crew needs at least one task: Crew(tasks=[...])")
@@ -55,6 +59,7 @@ class TaskGraph:
         self._deps: dict[str, list[str]] = {}
         self._position: dict[str, int] = {}
         self._dependants: dict[str, list[str]] = {}
+        self._internal: set[str] = set()
         self._default_agent = agents[0] if len(agents) == 1 else None
         self._agent_count = len(agents)
         self._nx: Any = None  # built on demand from the dicts (the dicts are the truth)
@@ -63,8 +68,6 @@ class TaskGraph:
         for task in tasks:
             self._connect(self._names[task.id], self._resolve_context(task))
         self._check_acyclic()
-        if chain_undeclared:
-            self._chain_undeclared(tasks)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -75,8 +78,17 @@ class TaskGraph:
 
     @property
     def names(self) -> list[str]:
-        """The task names in declaration order."""
+        """The task names: the crew's in declaration order, then added ones in the order added."""
         return [self._names[t.id] for t in self._tasks]
+
+    @property
+    def deliverables(self) -> list[str]:
+        """The names of the crew's own tasks, in declaration order."""
+        return [name for name in self.names if name not in self._internal]
+
+    def kind(self, name: str) -> TaskKind:
+        """Whether the task called ``name`` is the crew's (deliverable) or the process's."""
+        return TaskKind.INTERNAL if name in self._internal else TaskKind.DELIVERABLE
 
     @property
     def agents(self) -> list[Agent]:
@@ -152,34 +164,59 @@ class TaskGraph:
 
     # -- changes -------------------------------------------------------------------------------
 
-    def add_task(self, task: Task, depends_on: Iterable[Task | str] = ()) -> str:
-        """Add a task while a run is under way (e.g. a manager's plan step); return its name.
+    def chain_undeclared(self) -> None:
+        """Make each crew task whose ``context`` is not declared (``None``) depend on the task
+        before it, as the sequential process does (from `Process.prepare_graph`, at crew
+        construction).
 
-        Its dependencies are ``depends_on`` plus its declared ``context``; all must already be in
-        the graph, so the graph stays acyclic. When one is not, the graph is left as it was.
+        Not when the task before already needs this one (through declared context): that edge
+        would close a cycle the user never wrote; the process reports the ordering instead.
+        """
+        tasks = [task for task in self._tasks if self._names[task.id] not in self._internal]
+        for previous, task in itertools.pairwise(tasks):
+            name, before = self._names[task.id], self._names[previous.id]
+            if task.context is None and not self._reaches(name, before):
+                self._connect(name, [before])
+
+    def check_tasks(
+        self, tasks: Sequence[Task], *, inputs: Mapping[str, Any] | None = None
+    ) -> list[PlanProblem]:
+        """What stops ``tasks`` from being added to this graph, as a whole (empty: nothing).
+
+        Each task needs a name of its own (its name in the run, stable across a resume), an
+        agent (its own, or the crew's only one), and dependencies (its ``context``) that are in
+        the graph or among ``tasks`` (in any order), without a cycle. With ``inputs``, its
+        templates' placeholders must be among them.
+        """
+        problems: list[PlanProblem] = []
+        names: dict[str, Task] = {}
+        ids: set[str] = set()
+        for task in tasks:
+            problems += self._check_identity(task, names, ids)
+        for task in tasks:
+            problems += self._check_needs(task, names, ids, inputs)
+        if not problems:
+            problems += self._plan_cycles(tasks)
+        return problems
+
+    def _extend(self, tasks: Sequence[Task], *, kind: TaskKind = TaskKind.INTERNAL) -> list[str]:
+        """Add a whole plan to this graph (a run's copy) and return the tasks' names. The
+        runtime's: a process adds tasks with ``ProcessContext.add_tasks``, which records them.
 
         Raises:
-            ConfigurationError: A duplicate task or name, or a dependency not in the graph.
+            ValueError: `check_tasks` finds a problem; the graph is left as it was.
         """
-        self._register(task, len(self._tasks) + 1)
-        name = self._names[task.id]
-        try:
-            wanted = self._resolve_context(task)
-            for dependency in depends_on:
-                if isinstance(dependency, str) and dependency not in self._by_name:
-                    raise ConfigurationError(
-                        f"task {name!r} depends on unknown task {dependency!r}; add that task "
-                        f"first. Task names: {', '.join(self.names)}"
-                    )
-                wanted.append(
-                    dependency if isinstance(dependency, str) else self._ref_name(task, dependency)
-                )
-            self._check_not_self(name, wanted)
-        except ConfigurationError:
-            self._forget(task)
-            raise
-        self._connect(name, wanted)
-        return name
+        problems = self.check_tasks(tasks)
+        if problems:
+            raise ValueError("; ".join(problem.message for problem in problems))
+        start = len(self._tasks) + 1
+        for position, task in enumerate(tasks, start=start):
+            self._register(task, position)
+            if kind == TaskKind.INTERNAL:
+                self._internal.add(self._names[task.id])
+        for task in tasks:
+            self._connect(self._names[task.id], self._resolve_context(task))
+        return [self._names[task.id] for task in tasks]
 
     def copy(self) -> TaskGraph:
         """An independent copy (a run adds tasks to its own copy, never to the crew's graph)."""
@@ -191,6 +228,7 @@ class TaskGraph:
         clone._deps = {name: list(deps) for name, deps in self._deps.items()}
         clone._position = dict(self._position)
         clone._dependants = {name: list(deps) for name, deps in self._dependants.items()}
+        clone._internal = set(self._internal)
         clone._default_agent = self._default_agent
         clone._agent_count = self._agent_count
         clone._nx = None
@@ -287,12 +325,85 @@ class TaskGraph:
         self._position[name] = len(self._position)
         self._nx = None
 
-    def _forget(self, task: Task) -> None:
-        name = self._names.pop(task.id)
-        self._tasks.remove(task)
-        del self._by_name[name], self._agents[task.id], self._deps[name], self._dependants[name]
-        del self._position[name]
-        self._nx = None
+    def _check_identity(
+        self, task: Task, planned: dict[str, Task], ids: set[str]
+    ) -> list[PlanProblem]:
+        """Problems with ``task``'s name and identity; adds it to ``planned`` and ``ids``."""
+        found: list[PlanProblem] = []
+        label = _label(task)
+        if task.name is None:
+            message = (
+                "has no name; give every added task a name= (its name in the run, the same on "
+                "every resume), e.g. 'research.1'"
+            )
+            found.append(PlanProblem(ProblemKind.UNNAMED, label, message))
+        elif task.name in self._by_name or task.name in planned:
+            message = f"the name {task.name!r} is taken by another task of the run; choose another"
+            found.append(PlanProblem(ProblemKind.DUPLICATE, label, message))
+        else:
+            planned[task.name] = task
+        if task.id in self._names or task.id in ids:
+            message = "this task is in the run already; add each task once"
+            found.append(PlanProblem(ProblemKind.DUPLICATE, label, message))
+        ids.add(task.id)
+        return found
+
+    def _check_needs(
+        self,
+        task: Task,
+        planned: Mapping[str, Task],
+        ids: set[str],
+        inputs: Mapping[str, Any] | None,
+    ) -> list[PlanProblem]:
+        """Problems with what ``task`` needs: an agent, its dependencies, its inputs."""
+        found: list[PlanProblem] = []
+        label = _label(task)
+        if (task.agent or self._default_agent) is None:
+            message = (
+                f"has no agent and the crew has {self._agent_count} to choose from; set "
+                "Task(agent=...)"
+            )
+            found.append(PlanProblem(ProblemKind.NO_AGENT, label, message))
+        for ref in task.context or ():
+            if isinstance(ref, str):
+                itself, known = ref == task.name, ref in self._by_name or ref in planned
+            else:
+                itself, known = ref.id == task.id, ref.id in self._names or ref.id in ids
+            if itself:
+                found.append(PlanProblem(ProblemKind.SELF_DEPENDENCY, label, "depends on itself"))
+            elif not known:
+                message = f"depends on {ref!r}, which is neither a task of the run nor of this plan"
+                found.append(PlanProblem(ProblemKind.UNKNOWN_DEPENDENCY, label, message))
+        if inputs is not None:
+            missing = sorted(task.placeholders - set(inputs))
+            if missing:
+                message = (
+                    f"its templates need inputs the run was not given: {', '.join(missing)}; "
+                    "write {{name}} for a literal brace"
+                )
+                found.append(PlanProblem(ProblemKind.MISSING_INPUT, label, message))
+        return found
+
+    def _plan_cycles(self, tasks: Sequence[Task]) -> list[PlanProblem]:
+        """A problem per cycle among the plan's own dependencies (the plan is otherwise
+        valid, so every reference resolves)."""
+        ids = {task.id: task.name or "" for task in tasks}
+        by_name = {task.name: task.name for task in tasks if task.name}
+        edges = []
+        for task in tasks:
+            for ref in task.context or ():
+                dep = by_name.get(ref) if isinstance(ref, str) else ids.get(ref.id)
+                if dep:
+                    edges.append((dep, task.name))
+        graph = nx.DiGraph(edges)
+        return [
+            PlanProblem(
+                ProblemKind.CYCLE,
+                cycle[0],
+                "depends on itself through " + " -> ".join([*cycle, cycle[0]]),
+            )
+            for cycle in nx.simple_cycles(graph)
+        ]
 
     def _resolve_context(self, task: Task) -> list[str]:
         return [self._ref_name(task, ref) for ref in task.context or ()]
@@ -332,17 +443,6 @@ class TaskGraph:
             self._nx = None
         self._deps[name].sort(key=self._position.__getitem__)
 
-    def _chain_undeclared(self, tasks: Sequence[Task]) -> None:
-        """Make each task with undeclared context depend on the task before it.
-
-        Not when the task before already needs this one (through declared context): that edge
-        would close a cycle the user never wrote; the process reports the ordering instead.
-        """
-        for previous, task in itertools.pairwise(tasks):
-            name, before = self._names[task.id], self._names[previous.id]
-            if task.context is None and not self._reaches(name, before):
-                self._connect(name, [before])
-
     def _reaches(self, start: str, goal: str) -> bool:
         """Whether ``goal`` depends, directly or not, on ``start``."""
         seen, stack = {start}, [start]
@@ -381,3 +481,8 @@ class TaskGraph:
             f"the tasks' context forms a cycle: {' -> '.join(names)}; remove one of these "
             "context references so that the tasks can run in some order"
         )
+
+
+def _label(task: Task) -> str:
+    """How a problem names a task: its name, else the start of its description."""
+    return task.name or repr(" ".join(task.description.split())[:60])

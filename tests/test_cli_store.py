@@ -20,19 +20,21 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from crewflow import cli
+from crewflow.llm._types import Usage
 from crewflow.store import (
-    AttemptRow,
-    AttemptStatus,
+    AddedTaskRecord,
+    AttemptRecord,
     OutputRow,
     RunRecord,
     RunSource,
     RunStatus,
     SQLiteStore,
-    UsageRecord,
+    TaskKind,
+    TaskStatus,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 CREWS = Path(__file__).parent / "cli_crews"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -79,23 +81,21 @@ def record(
         status=status,
         started=started,
         ended=None if seconds is None else started + timedelta(seconds=seconds),
-        usage=UsageRecord(requests=3, prompt_tokens=1200, completion_tokens=34, cost=cost),
+        usage=Usage(requests=3, prompt_tokens=1200, completion_tokens=34, cost=cost),
         graph={"facts": [], "draft": ["facts"]} if graph is None else graph,
     )
 
 
-def attempt(
-    run_id: str, task: str, number: int, start: float, end: float | None, **fields: Any
-) -> AttemptRow:
-    return AttemptRow(
-        run_id=run_id,
+def attempt(task: str, number: int, start: float, end: float, **fields: Any) -> AttemptRecord:
+    return AttemptRecord(
         task=task,
-        attempt=number,
+        number=number,
         agent="Writer",
         start=T0 + timedelta(seconds=start),
-        end=None if end is None else T0 + timedelta(seconds=end),
+        end=T0 + timedelta(seconds=end),
+        duration=end - start,
         model="openai/gpt-4o-mini",
-        **{"status": AttemptStatus.COMPLETED, **fields},
+        **{"status": TaskStatus.COMPLETED, **fields},
     )
 
 
@@ -113,16 +113,23 @@ def output(run_id: str, task: str, text: str, at: float) -> OutputRow:
 def fill(
     path: Path,
     runs: Sequence[RunRecord],
-    attempts: Sequence[AttemptRow] = (),
+    attempts: Mapping[str, Sequence[AttemptRecord]] | None = None,
     outputs: Sequence[OutputRow] = (),
     cached: int = 0,
+    added: Mapping[str, Sequence[AddedTaskRecord]] | None = None,
 ) -> None:
+    """Write the runs, then each run's added tasks and attempts (by run id), outputs and as
+    many cached replies as asked."""
+
     async def write() -> None:
         async with SQLiteStore(path) as store:
             for run in runs:
                 await store.start_run(run)
-            for row in attempts:
-                await store.record_attempt(row)
+            for run_id, tasks in (added or {}).items():
+                await store.add_tasks(run_id, tasks)
+            for run_id, rows in (attempts or {}).items():
+                for row in rows:
+                    await store.record_attempt(run_id, row)
             for item in outputs:
                 await store.save_output(item)
             for number in range(cached):
@@ -259,7 +266,7 @@ def test_a_file_that_is_not_a_database_exits_2_in_one_line(tmp_path: Path) -> No
 def fill_failed_run(path: Path, *, long_output: bool = False) -> None:
     """A failed run: ``facts`` completed, ``draft`` failed twice, ``post`` never ran."""
     text = "\n".join(f"fact {n}" for n in range(30)) if long_output else "five facts"
-    failed: dict[str, Any] = {"status": AttemptStatus.FAILED, "error_type": "LLMError"}
+    failed: dict[str, Any] = {"status": TaskStatus.FAILED, "error_type": "LLMError"}
     rejected = "HTTP 400: the request was rejected"
     fill(
         path,
@@ -273,11 +280,19 @@ def fill_failed_run(path: Path, *, long_output: bool = False) -> None:
                 source=RunSource(file="/crews/research.py", attribute="crew"),
             )
         ],
-        [
-            attempt("r1", "facts", 1, 0, 2, prompt_tokens=100, completion_tokens=20, cost=0.25),
-            attempt("r1", "draft", 1, 2.5, 3, error="HTTP 503", limit_wait=1.5, **failed),
-            attempt("r1", "draft", 2, 4, 9, error=rejected, cache_hit=True, **failed),
-        ],
+        {
+            "r1": [
+                attempt(
+                    "facts",
+                    1,
+                    0,
+                    2,
+                    usage=Usage(prompt_tokens=100, completion_tokens=20, cost=0.25),
+                ),
+                attempt("draft", 1, 2.5, 3, error="HTTP 503", limit_wait=1.5, **failed),
+                attempt("draft", 2, 4, 9, error=rejected, cache_hits=1, **failed),
+            ]
+        },
         [output("r1", "facts", text, 2)],
     )
 
@@ -360,10 +375,11 @@ def test_show_json_holds_the_run_its_attempts_and_outputs(home: Path) -> None:
 
     shown = invoke_json("show", "r1")
 
-    assert set(shown) == {"run", "attempts", "outputs"}
+    assert set(shown) == {"run", "added", "attempts", "outputs"}
     assert shown["run"]["run_id"] == "r1"
     assert shown["run"]["source"] == {"file": "/crews/research.py", "attribute": "crew"}
-    assert [(row["task"], row["attempt"]) for row in shown["attempts"]] == [
+    assert shown["added"] == []
+    assert [(row["task"], row["number"]) for row in shown["attempts"]] == [
         ("facts", 1),
         ("draft", 1),
         ("draft", 2),
@@ -376,15 +392,108 @@ def test_show_of_a_running_run_marks_the_tasks_not_started_as_pending(home: Path
     fill(
         home / "runs.db",
         [record("live", status=RunStatus.RUNNING, seconds=None)],
-        [attempt("live", "facts", 1, 0, None, status=AttemptStatus.RUNNING)],
+        {"live": [attempt("facts", 1, 0, 2)]},
+        [output("live", "facts", "five facts", 2)],
     )
 
     result = invoke("show", "live")
 
     lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
     assert "status running" in lines
-    assert "facts running 1 +0.00 s openai/gpt-4o-mini 0" in lines
+    assert "facts completed 1 +0.00 s 2.00 s openai/gpt-4o-mini 0" in lines
     assert "draft pending" in lines
+
+
+def chosen_run(run_id: str = "chosen", **fields: Any) -> RunRecord:
+    """A completed run of the adaptive process, which chose parallel, and was paused once."""
+    update = {"process": "adaptive", "chosen": "parallel", "paused": True, **fields}
+    return record(run_id).model_copy(update=update)
+
+
+def test_show_prints_the_process_chosen_and_that_the_run_was_paused(home: Path) -> None:
+    fill(home / "runs.db", [chosen_run(), record("plain")])
+
+    chosen = [" ".join(line.split()) for line in invoke("show", "chosen").stdout.splitlines()]
+    plain = [" ".join(line.split()) for line in invoke("show", "plain").stdout.splitlines()]
+
+    assert "process adaptive → parallel (wide graph)" in chosen
+    assert "paused yes (its duration is not a measure of its process)" in chosen
+    assert "process parallel (wide graph)" in plain
+    assert not any(line.startswith("paused") for line in plain)
+
+
+def test_runs_shows_the_process_a_choosing_process_picked(home: Path) -> None:
+    fill(home / "runs.db", [chosen_run(), record("plain", minute=1)])
+
+    lines = invoke("runs").stdout.splitlines()
+
+    chosen = next(line for line in lines if line.startswith("chosen"))
+    plain = next(line for line in lines if line.startswith("plain"))
+    assert chosen.split()[1:5] == ["research", "adaptive", "→", "parallel"]
+    assert plain.split()[1:3] == ["research", "parallel"]
+    assert invoke_json("runs")[1]["chosen"] == "parallel"
+
+
+def fill_run_with_added_tasks(path: Path) -> None:
+    """A completed run of facts and draft, to which its process added ``review`` (which ran
+    first) and then ``plan`` (which never ran)."""
+    added = [
+        AddedTaskRecord(name="review", agent="Critic", depends_on=["draft"], added=T0),
+        AddedTaskRecord(
+            name="plan",
+            kind=TaskKind.DELIVERABLE,
+            step="ask",
+            agent="Lead",
+            spec_hash="sha256:p",
+            added=T0 + timedelta(seconds=1),
+        ),
+    ]
+    attempts = [attempt("review", 1, 0, 1), attempt("facts", 1, 1, 3), attempt("draft", 1, 3, 6)]
+    fill(path, [record("grown")], {"grown": attempts}, added={"grown": added})
+
+
+def test_show_lists_the_tasks_the_process_added_after_the_crews_in_the_order_added(
+    home: Path,
+) -> None:
+    fill_run_with_added_tasks(home / "runs.db")
+
+    result = invoke("show", "grown")
+
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    tasks = [line for line in lines if line.split(" ")[0] in ("facts", "draft", "review", "plan")]
+    assert tasks == [
+        "facts completed 1 +1.00 s 2.00 s openai/gpt-4o-mini 0",
+        "draft completed 1 +3.00 s 3.00 s openai/gpt-4o-mini 0",
+        "review completed 1 +0.00 s 1.00 s openai/gpt-4o-mini 0",
+        "plan not run",
+    ]
+
+
+def test_show_json_holds_the_added_tasks(home: Path) -> None:
+    fill_run_with_added_tasks(home / "runs.db")
+
+    shown = invoke_json("show", "grown")
+
+    assert shown["added"] == [
+        {
+            "name": "review",
+            "kind": "internal",
+            "step": "task",
+            "agent": "Critic",
+            "depends_on": ["draft"],
+            "spec_hash": "",
+            "added": "2024-05-01T12:00:00Z",
+        },
+        {
+            "name": "plan",
+            "kind": "deliverable",
+            "step": "ask",
+            "agent": "Lead",
+            "depends_on": [],
+            "spec_hash": "sha256:p",
+            "added": "2024-05-01T12:00:01Z",
+        },
+    ]
 
 
 def test_show_of_an_unknown_run_exits_2_naming_it(home: Path) -> None:
@@ -450,14 +559,15 @@ def test_cache_clear_clears_the_database_given_with_db(home: Path, tmp_path: Pat
 
 def fill_history(path: Path) -> None:
     """Three completed runs of ``research`` (facts 2 s, then draft 4 s) and one of ``other``."""
-    runs, attempts = [], []
+    runs: list[RunRecord] = []
+    attempts: dict[str, list[AttemptRecord]] = {}
     for number in range(3):
         run_id = f"h{number}"
         runs.append(record(run_id, minute=number, seconds=6))
         base = number * 60
-        attempts += [
-            attempt(run_id, "facts", 1, base, base + 2),
-            attempt(run_id, "draft", 1, base + 2, base + 6),
+        attempts[run_id] = [
+            attempt("facts", 1, base, base + 2),
+            attempt("draft", 1, base + 2, base + 6),
         ]
     runs.append(record("x", crew="other", minute=5, graph={"solo": []}))
     fill(path, runs, attempts)
@@ -705,7 +815,11 @@ def test_the_store_commands_load_none_of_the_crew_machinery(
     # optimizer only in the commands that use them, and `import crewflow` is lazy.
     path = tmp_path / "runs.db"
     fill(
-        path, [record("one")], [attempt("one", "facts", 1, 0, 2)], [output("one", "facts", "x", 2)]
+        path,
+        [record("one")],
+        {"one": [attempt("facts", 1, 0, 2)]},
+        [output("one", "facts", "x", 2)],
+        added={"one": [AddedTaskRecord(name="review", added=T0)]},
     )
 
     done = subprocess.run(

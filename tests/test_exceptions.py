@@ -17,6 +17,7 @@ from crewflow.exceptions import (
     CrewPartialFailure,
     CrewRunError,
     DuplicateRunError,
+    InvalidPlan,
     KickoffsFailed,
     LLMError,
     MaxIterationsExceeded,
@@ -29,7 +30,8 @@ from crewflow.exceptions import (
     ToolError,
     UnknownRunError,
 )
-from crewflow.task import TaskOutput
+from crewflow.processes import PlanProblem, ProblemKind
+from crewflow.task import Task, TaskOutput
 
 OUTPUT = TaskOutput(task="facts", agent="Researcher", text="five facts")
 
@@ -50,6 +52,11 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
         MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
         RunCancelled: RunCancelled("cancelled"),
+        InvalidPlan: InvalidPlan(
+            "bad plan",
+            problems=[PlanProblem(ProblemKind.CYCLE, "p.1", "depends on itself through p.2")],
+            plan=[Task("step", name="p.1")],
+        ),
         KickoffsFailed: KickoffsFailed(
             "1 of 2 failed", results=[None, failed], failures={1: failed}
         ),

@@ -7,8 +7,10 @@ import re
 import pytest
 
 from crewflow import Agent, Task
+from crewflow._records import TaskKind
 from crewflow.exceptions import ConfigurationError
 from crewflow.graph import TaskGraph
+from crewflow.processes import PlanProblem, ProblemKind
 
 
 @pytest.fixture
@@ -18,6 +20,13 @@ def agent() -> Agent:
 
 def names(tasks: list[Task], graph: TaskGraph) -> list[str]:
     return [graph.name_of(task) for task in tasks]
+
+
+def chained(tasks: list[Task]) -> TaskGraph:
+    """A graph prepared as the sequential process prepares its crew's."""
+    graph = TaskGraph(tasks)
+    graph.chain_undeclared()
+    return graph
 
 
 # -- names and lookups ----------------------------------------------------------------------------
@@ -110,7 +119,7 @@ def test_context_listing_one_task_twice_makes_one_edge(agent: Agent) -> None:
 def test_undeclared_context_chains_to_the_previous_task_as_a_real_edge(agent: Agent) -> None:
     tasks = [Task("a", agent=agent), Task("b", agent=agent), Task("c", agent=agent)]
 
-    graph = TaskGraph(tasks, chain_undeclared=True)
+    graph = chained(tasks)
 
     assert graph.dependency_names("task_2") == ["task_1"]
     assert graph.dependency_names("task_3") == ["task_2"]
@@ -121,7 +130,7 @@ def test_undeclared_context_chains_to_the_previous_task_as_a_real_edge(agent: Ag
 def test_empty_context_means_no_dependency_even_when_chaining(agent: Agent) -> None:
     tasks = [Task("a", agent=agent), Task("b", agent=agent, context=[])]
 
-    graph = TaskGraph(tasks, chain_undeclared=True)
+    graph = chained(tasks)
 
     assert graph.dependency_names("task_2") == []
     assert not graph.nx.has_edge("task_1", "task_2")
@@ -138,7 +147,7 @@ def test_no_implicit_edge_to_a_previous_task_that_needs_this_one(agent: Agent) -
     draft = Task("a", agent=agent, name="draft", context=["facts"])
     facts = Task("b", agent=agent, name="facts")
 
-    graph = TaskGraph([draft, facts], chain_undeclared=True)
+    graph = chained([draft, facts])
 
     # No cycle the user never wrote: facts simply does not follow draft.
     assert graph.dependency_names("facts") == []
@@ -149,7 +158,7 @@ def test_dependants_are_in_declaration_order(agent: Agent) -> None:
     root = Task("a", agent=agent, name="root")
     tasks = [root, Task("b", agent=agent, name="b"), Task("c", agent=agent, context=[root])]
 
-    graph = TaskGraph(tasks, chain_undeclared=True)
+    graph = chained(tasks)
 
     assert [graph.name_of(t) for t in graph.dependants(root)] == ["b", "task_3"]
 
@@ -158,7 +167,7 @@ def test_declared_context_replaces_the_implicit_previous_task(agent: Agent) -> N
     first = Task("a", agent=agent, name="first")
     tasks = [first, Task("b", agent=agent), Task("c", agent=agent, context=[first])]
 
-    graph = TaskGraph(tasks, chain_undeclared=True)
+    graph = chained(tasks)
 
     assert graph.dependency_names("task_3") == ["first"]
 
@@ -330,74 +339,108 @@ def test_to_mermaid_draws_every_task_with_its_agent_and_every_edge(agent: Agent)
     assert edges == ["    t0 --> t1"]
 
 
-# -- adding tasks -------------------------------------------------------------------------------
+# -- adding tasks: plans checked as a whole ----------------------------------------------------
 
 
-def test_add_task_appends_a_task_after_its_dependencies(agent: Agent) -> None:
+def kinds(problems: list[PlanProblem]) -> list[tuple[ProblemKind, str]]:
+    return [(problem.kind, problem.task) for problem in problems]
+
+
+def test_a_plan_is_added_after_its_dependencies_as_internal_tasks(agent: Agent) -> None:
     first = Task("a", agent=agent, name="first")
     graph = TaskGraph([first])
-    step = Task("step", agent=agent)
+    step = Task("step", agent=agent, name="plan.1", context=[first])
+    later = Task("later", agent=agent, name="plan.2", context=["plan.1"])
 
-    name = graph.add_task(step, depends_on=[first])
+    added = graph._extend([later, step])  # in any order: a plan is checked as a whole
 
-    assert name == "task_2"
-    assert graph.names == ["first", "task_2"]
+    assert added == ["plan.2", "plan.1"]
+    assert graph.names == ["first", "plan.2", "plan.1"]
+    assert graph.deliverables == ["first"]
+    assert graph.kind("plan.1") == TaskKind.INTERNAL
+    assert graph.kind("first") == TaskKind.DELIVERABLE
     assert graph.dependencies(step) == [first]
-    assert graph.nx.has_edge("first", "task_2")
+    assert graph.dependency_names("plan.2") == ["plan.1"]
+    assert graph.nx.has_edge("first", "plan.1")
+    assert graph.remaining_paths()["first"] == 3.0  # the added tasks lengthen its path
 
 
-def test_add_task_takes_dependencies_by_name_and_from_its_context(agent: Agent) -> None:
-    first = Task("a", agent=agent, name="first")
-    second = Task("b", agent=agent, name="second")
-    graph = TaskGraph([first, second])
+def test_a_valid_plan_has_no_problems(agent: Agent) -> None:
+    graph = TaskGraph([Task("a", agent=agent, name="first")], agents=[agent])
 
-    graph.add_task(Task("c", agent=agent, name="third", context=[first]), depends_on=["second"])
+    plan = [Task("b", agent=agent, name="x.1", context=["first"]), Task("c {topic}", name="x.2")]
 
-    assert graph.dependency_names("third") == ["first", "second"]
+    assert graph.check_tasks(plan, inputs={"topic": "tides"}) == []
 
 
-@pytest.mark.parametrize(
-    ("context", "depends_on", "message"),
-    [
-        (None, ["missing"], "unknown task 'missing'"),
-        (["missing"], (), "no task in this crew has that name"),
-        (None, ["new"], "itself"),
-    ],
-)
-def test_add_task_with_a_bad_dependency_leaves_the_graph_unchanged(
-    agent: Agent, context: list[str] | None, depends_on: list[str], message: str
-) -> None:
+def test_every_problem_of_a_plan_is_found_at_once(agent: Agent) -> None:
+    other = Agent(role="Other", goal="g")
+    graph = TaskGraph([Task("a", agent=agent, name="first"), Task("b", agent=other)])
+    stranger = Task("not in the run", agent=agent)
+
+    problems = graph.check_tasks(
+        [
+            Task("no name", agent=agent),
+            Task("taken", agent=agent, name="first"),
+            Task("no agent", name="p.1"),
+            Task("unknown", agent=agent, name="p.2", context=["missing", stranger]),
+            Task("itself", agent=agent, name="p.3", context=["p.3"]),
+            Task("needs {topic}", agent=agent, name="p.4"),
+        ],
+        inputs={},
+    )
+
+    assert kinds(problems) == [
+        (ProblemKind.UNNAMED, "'no name'"),
+        (ProblemKind.DUPLICATE, "first"),
+        (ProblemKind.NO_AGENT, "p.1"),
+        (ProblemKind.UNKNOWN_DEPENDENCY, "p.2"),
+        (ProblemKind.UNKNOWN_DEPENDENCY, "p.2"),
+        (ProblemKind.SELF_DEPENDENCY, "p.3"),
+        (ProblemKind.MISSING_INPUT, "p.4"),
+    ]
+    assert "'missing'" in problems[3].message
+    assert problems[6].describe() == (
+        "- p.4: its templates need inputs the run was not given: topic; write {{name}} for a "
+        "literal brace"
+    )
+
+
+def test_a_cycle_inside_a_plan_is_a_problem_naming_it(agent: Agent) -> None:
+    graph = TaskGraph([Task("a", agent=agent, name="first")])
+
+    problems = graph.check_tasks(
+        [
+            Task("x", agent=agent, name="p.1", context=["p.2"]),
+            Task("y", agent=agent, name="p.2", context=["p.1"]),
+        ]
+    )
+
+    assert [problem.kind for problem in problems] == [ProblemKind.CYCLE]
+    assert "p.1" in problems[0].message
+    assert "p.2" in problems[0].message
+
+
+def test_a_task_or_name_twice_in_one_plan_is_a_duplicate(agent: Agent) -> None:
+    graph = TaskGraph([Task("a", agent=agent, name="first")])
+    step = Task("x", agent=agent, name="p.1")
+
+    problems = graph.check_tasks([step, Task("y", agent=agent, name="p.1"), step])
+
+    assert [problem.kind for problem in problems] == [ProblemKind.DUPLICATE] * 3
+
+
+def test_a_plan_with_problems_leaves_the_graph_unchanged(agent: Agent) -> None:
     first = Task("a", agent=agent, name="first")
     graph = TaskGraph([first])
 
-    with pytest.raises(ConfigurationError, match=message):
-        graph.add_task(Task("x", agent=agent, name="new", context=context), depends_on)
+    with pytest.raises(ValueError, match="neither a task of the run nor of this plan"):
+        graph._extend([Task("x", agent=agent, name="ok"), Task("y", agent=agent, context=["z"])])
 
     assert graph.names == ["first"]
     assert list(graph.nx.nodes) == ["first"]
     assert graph.dependants(first) == []
-    # The name is free again: a corrected task can be added under it.
-    assert graph.add_task(Task("x", agent=agent, name="new"), ["first"]) == "new"
-
-
-def test_add_task_with_a_dependency_task_outside_the_graph_leaves_it_unchanged(
-    agent: Agent,
-) -> None:
-    graph = TaskGraph([Task("a", agent=agent, name="first")])
-
-    with pytest.raises(ConfigurationError, match="not in this crew"):
-        graph.add_task(Task("x", agent=agent), [Task("stranger", agent=agent)])
-
-    assert graph.names == ["first"]
-
-
-def test_add_task_rejects_a_duplicate_name(agent: Agent) -> None:
-    graph = TaskGraph([Task("a", agent=agent, name="first")])
-
-    with pytest.raises(ConfigurationError, match="two tasks are named 'first'"):
-        graph.add_task(Task("again", agent=agent, name="first"))
-
-    assert len(graph) == 1
+    assert graph._extend([Task("x", agent=agent, name="ok")]) == ["ok"]
 
 
 def test_copy_is_independent_of_the_original(agent: Agent) -> None:
@@ -405,9 +448,10 @@ def test_copy_is_independent_of_the_original(agent: Agent) -> None:
     graph = TaskGraph([first], agents=[agent])
 
     copy = graph.copy()
-    copy.add_task(Task("b", name="second"), ["first"])
+    copy._extend([Task("b", name="second", context=["first"])])
 
     assert graph.names == ["first"]
     assert graph.dependants(first) == []
     assert copy.names == ["first", "second"]
     assert copy.agent_of(copy.task("second")) is agent
+    assert copy.kind("second") == TaskKind.INTERNAL

@@ -9,6 +9,7 @@ already been checkpointed (a finished output is committed before any dependant s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 CREW_FILE = """
+import json
 import os
 
 from crewflow import Agent, Crew, Task
@@ -149,3 +151,131 @@ def dependencies(process: str, names: list[str], edges: str, task: str) -> set[s
         return set(names[: names.index(task)])
     declared = dict(pair.split(":") for pair in edges.split(",") if pair)
     return set(declared.get(task, "").split("+")) - {""}
+
+
+PLANNING_FILE = """
+from pydantic import BaseModel
+
+from crewflow import Agent, Crew, Task
+from crewflow.processes import Process, ProcessContext
+
+
+class Step(BaseModel):
+    name: str
+    after: list[str]
+
+
+class Plan(BaseModel):
+    steps: list[Step]
+
+
+class Planner(Process):
+    \"\"\"Asks a planner for steps, adds them, and runs them with the crew's task.\"\"\"
+
+    name = "planner"
+
+    async def run(self, ctx: ProcessContext) -> None:
+        plan = await ctx.ask("plan", planner, "do plan: list the steps", output_model=Plan)
+        steps = [
+            Task(f"do {step.name}", name=step.name, agent=worker, context=step.after)
+            for step in plan.data.steps
+        ]
+        await ctx.add_tasks(steps)
+        await ctx.run_ready()
+
+
+planner = Agent(role="Planner", goal="Plan", llm="openai/loop-model")
+worker = Agent(role="Worker", goal="Work", llm="openai/loop-model")
+crew = Crew(
+    tasks=[Task("do brief", agent=worker, name="brief")],
+    name="planned",
+    process=Planner(),
+    max_concurrency=2,
+)
+"""
+
+PLAN = {
+    "steps": [
+        {"name": "step.1", "after": []},
+        {"name": "step.2", "after": []},
+        {"name": "step.3", "after": ["step.1", "step.2"]},
+        {"name": "step.4", "after": ["step.3"]},
+    ]
+}
+
+# Each case: the request whose arrival is the moment of the kill (held in flight meanwhile),
+# and the tasks that have finished by then for certain.
+PLANNING_CASES = {
+    "after the plan": ("step.1", {"plan"}),
+    "halfway through the added steps": ("step.3", {"plan", "step.1", "step.2"}),
+}
+
+
+@pytest.mark.parametrize("case", list(PLANNING_CASES))
+async def test_a_process_that_adds_tasks_resumes_without_asking_for_its_plan_again(
+    case: str, tmp_path: Path
+) -> None:
+    kill_at, finished = PLANNING_CASES[case]
+    crew_file = tmp_path / "planned.py"
+    crew_file.write_text(textwrap.dedent(PLANNING_FILE))
+    home = tmp_path / "home"
+    arrived = anyio.Event()
+    killed = {"done": False}
+    requests: dict[str, int] = {}
+
+    async def respond(request: ReceivedRequest) -> Text:
+        name = task_of(request).rstrip(":")
+        requests[name] = requests.get(name, 0) + 1
+        if not killed["done"] and name == kill_at:
+            arrived.set()
+            await anyio.sleep_forever()  # held in flight until the process dies
+        return Text(json.dumps(PLAN) if name == "plan" else f"result of {name}")
+
+    async with OpenAIServer(responder=respond) as server:
+        env = {
+            **os.environ,
+            "CREWFLOW_HOME": str(home),
+            "OPENAI_BASE_URL": server.base_url,
+            "OPENAI_API_KEY": "sk-loopback-test",
+        }
+        with anyio.fail_after(60):
+            child = await anyio.open_process(
+                crewflow("run", str(crew_file)),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            async with child:
+                await arrived.wait()
+                child.send_signal(signal.SIGKILL)
+                assert await child.wait() == -signal.SIGKILL
+            killed["done"] = True
+
+            async with SQLiteStore(home / "runs.db") as store:
+                (run,) = await store.list_runs()
+                finished_before = set(await store.outputs(run.run_id))
+                added_before = [task.name for task in await store.added_tasks(run.run_id)]
+                sent_before = dict(requests)
+
+            resumed = await anyio.run_process(crewflow("resume", run.run_id), env=env, check=False)
+        assert resumed.returncode == 0, resumed.stderr.decode()
+
+    steps = [step["name"] for step in PLAN["steps"]]
+    async with SQLiteStore(home / "runs.db") as store:
+        record = await store.get_run(run.run_id)
+        outputs = await store.outputs(run.run_id)
+        added = await store.added_tasks(run.run_id)
+    assert record is not None
+    assert (record.status, record.resumed) == ("completed", 1)
+    # The plan and its steps were recorded as they were added, before the kill.
+    assert added_before == ["plan", *steps]
+    assert [task.name for task in added] == ["plan", *steps]
+    assert [task.step for task in added] == ["ask", "task", "task", "task", "task"]
+    assert sorted(outputs) == sorted(["brief", "plan", *steps])
+    assert finished_before >= finished
+    assert kill_at not in finished_before
+    # The plan was asked for once, and no finished step was sent again.
+    assert requests["plan"] == 1
+    for name in ["brief", *steps]:
+        expected = sent_before.get(name, 0) + (0 if name in finished_before else 1)
+        assert requests.get(name, 0) == expected, (name, requests, finished_before)

@@ -16,24 +16,24 @@ import pytest
 from rich.console import Console
 
 from crewflow import Agent, Crew, Task
+from crewflow.llm._types import Usage
 from crewflow.optimizer import (
     RecommendationKind,
     Report,
     analyze,
     critical_path,
     estimate_duration,
-    expected_durations,
     percentile,
     render,
 )
 from crewflow.store import (
-    AttemptRow,
-    AttemptStatus,
+    AttemptRecord,
     MemoryStore,
     RunRecord,
     RunStatus,
     SQLiteStore,
-    UsageRecord,
+    TaskStatus,
+    read_history,
 )
 
 if TYPE_CHECKING:
@@ -52,26 +52,25 @@ def at(seconds: float) -> datetime:
 
 
 def attempt(
-    task: str, start: float, end: float | None, *, number: int = 1, ok: bool = True, **fields: Any
-) -> dict[str, Any]:
-    """One attempt's fields (the run id is added by `add_run`)."""
-    status = AttemptStatus.COMPLETED if ok else AttemptStatus.FAILED
-    if end is None:
-        status = AttemptStatus.RUNNING
-    return {
-        "task": task,
-        "attempt": number,
-        "start": at(start),
-        "end": None if end is None else at(end),
-        "status": fields.pop("status", status),
+    task: str, start: float, end: float, *, number: int = 1, ok: bool = True, **fields: Any
+) -> AttemptRecord:
+    """One finished attempt (`add_run` records it under its run)."""
+    status = TaskStatus.COMPLETED if ok else TaskStatus.FAILED
+    return AttemptRecord(
+        task=task,
+        number=number,
+        start=at(start),
+        end=at(end),
+        duration=end - start,
+        status=fields.pop("status", status),
         **fields,
-    }
+    )
 
 
 async def add_run(
     store: Store,
     run_id: str,
-    attempts: list[dict[str, Any]],
+    attempts: list[AttemptRecord],
     *,
     started: float = 0.0,
     ended: float | None = None,
@@ -81,8 +80,7 @@ async def add_run(
 ) -> None:
     """Record a run with its attempts; it ends when its last attempt does, unless told."""
     if ended is None:
-        ended = max((row["end"] for row in attempts if row["end"]), default=at(started))
-        ended_at = ended
+        ended_at = max((row.end for row in attempts), default=at(started))
     else:
         ended_at = at(ended)
     record = RunRecord(
@@ -91,12 +89,12 @@ async def add_run(
         fingerprint=fields.pop("fingerprint", "v1"),
         process=fields.pop("process", "sequential"),
         started=at(started),
-        graph=graph if graph is not None else {row["task"]: [] for row in attempts},
+        graph=graph if graph is not None else {row.task: [] for row in attempts},
         **fields,
     )
     await store.start_run(record)
     for row in attempts:
-        await store.record_attempt(AttemptRow(run_id=run_id, **row))
+        await store.record_attempt(run_id, row)
     if status != RunStatus.RUNNING:
         await store.finish_run(run_id, status, ended_at, record.usage)
 
@@ -155,7 +153,7 @@ def test_estimate_runs_the_longest_remaining_path_first() -> None:
 
 async def test_process_stats_count_success_and_duration_percentiles() -> None:
     store = MemoryStore()
-    usage = UsageRecord(requests=2, prompt_tokens=100, completion_tokens=50, cost=0.01)
+    usage = Usage(requests=2, prompt_tokens=100, completion_tokens=50, cost=0.01)
     for index, length in enumerate([40, 42, 44]):
         await add_run(
             store,
@@ -190,17 +188,50 @@ async def test_process_stats_count_success_and_duration_percentiles() -> None:
     assert (report.since, report.until) == (at(0), at(610))
 
 
+async def test_process_stats_measure_only_clean_runs_and_rate_only_settled_ones() -> None:
+    store = MemoryStore()
+    for index, length in enumerate([40, 42, 44]):
+        base = 100 * index
+        await add_run(store, f"ok-{index}", [attempt("a", base, base + length)], started=base)
+    await add_run(store, "bad", [attempt("a", 500, 501, ok=False)], status=RunStatus.FAILED)
+    # Neither settled nor clean: still running, paused once, resumed once.
+    await add_run(store, "live", [attempt("a", 600, 601)], status=RunStatus.RUNNING)
+    await add_run(store, "paused", [attempt("a", 700, 1700)], started=700, paused=True)
+    await add_run(store, "resumed", [attempt("a", 800, 1800)], started=800, resumed=1)
+    failed_after_pause = [attempt("a", 900, 901, ok=False)]
+    await add_run(store, "paused-bad", failed_after_pause, status=RunStatus.FAILED, paused=True)
+
+    (stats,) = (await analyze(store, "research")).processes
+
+    assert (stats.runs, stats.completed) == (8, 3)
+    assert stats.success_rate == 0.75  # 3 clean of 4 settled
+    assert stats.p50_seconds == 42.0
+    assert stats.p95_seconds == pytest.approx(43.8)
+
+
+async def test_a_run_of_a_choosing_process_counts_for_the_process_it_chose() -> None:
+    store = MemoryStore()
+    await add_run(store, "chose", [attempt("a", 0, 10)], process="adaptive", chosen="parallel")
+    await add_run(store, "par", [attempt("a", 100, 120)], started=100, process="parallel")
+    await add_run(store, "seq", [attempt("a", 200, 230)], started=200, process="sequential")
+
+    report = await analyze(store, "research")
+
+    by_process = {stats.process: (stats.runs, stats.p50_seconds) for stats in report.processes}
+    assert by_process == {"parallel": (2, 15.0), "sequential": (1, 30.0)}
+
+
 async def test_task_stats_count_failures_retries_cache_hits_and_waits() -> None:
     store = MemoryStore()
     runs = [
-        [attempt("flaky", 0, 2, ok=False), attempt("flaky", 3, 5, number=2, cache_hit=True)],
+        [attempt("flaky", 0, 2, ok=False), attempt("flaky", 3, 5, number=2, cache_hits=1)],
         [attempt("flaky", 100, 104, llm_retries=2, limit_wait=1.5)],
         [
             attempt("flaky", 200, 201, ok=False),
             attempt("flaky", 202, 203, number=2, ok=False),
-            attempt("flaky", 204, 210, number=3, cache_hit=True, limit_wait=0.5),
+            attempt("flaky", 204, 210, number=3, cache_hits=3, limit_wait=0.5),
         ],
-        [attempt("flaky", 300, 303, prompt_tokens=10, completion_tokens=5, cost=0.5)],
+        [attempt("flaky", 300, 303, usage=Usage(prompt_tokens=10, completion_tokens=5, cost=0.5))],
     ]
     for index, rows in enumerate(runs):
         await add_run(store, f"run-{index}", rows, started=100 * index)
@@ -211,7 +242,7 @@ async def test_task_stats_count_failures_retries_cache_hits_and_waits() -> None:
     assert (stats.attempts, stats.failed) == (7, 3)
     assert stats.failure_rate == pytest.approx(3 / 7)
     assert stats.retries == 3 + 2  # extra attempts, then provider retries
-    assert stats.cache_hit_rate == pytest.approx(2 / 7)
+    assert stats.cache_hit_rate == pytest.approx(2 / 7), "attempts with a hit, not hits"
     # First attempt's start to last attempt's end: 5, 4, 10 and 3 s.
     assert stats.p50_seconds == 4.5
     assert stats.p95_seconds == pytest.approx(9.25)
@@ -221,14 +252,16 @@ async def test_task_stats_count_failures_retries_cache_hits_and_waits() -> None:
 
 async def test_a_resumed_run_counts_only_the_last_attempt_and_not_its_own_duration() -> None:
     store = MemoryStore()
-    rows = [attempt("a", 0, None), attempt("a", 3600, 3610, number=2)]
+    # The first attempt died with its process: a store reads it back cancelled, ended at start.
+    killed = attempt("a", 0, 0, status=TaskStatus.CANCELLED)
+    rows = [killed, attempt("a", 3600, 3610, number=2)]
     await add_run(store, "resumed", rows, ended=3610, resumed=1)
 
     report = await analyze(store)
 
     assert report.tasks[0].p50_seconds == 10.0
     assert report.processes[0].p50_seconds is None
-    assert report.tasks[0].attempts == 1  # the attempt still marked running never ended
+    assert (report.tasks[0].attempts, report.tasks[0].failed) == (2, 0)
 
 
 async def test_the_critical_path_uses_median_task_durations_of_the_latest_version() -> None:
@@ -452,44 +485,58 @@ async def test_rare_failures_or_few_attempts_bring_no_advice() -> None:
     assert report.recommendations == []
 
 
-# -- expected durations ----------------------------------------------------------------------------
+# -- task durations from history (what the runtime's history() reads) ----------------------------
 
 
-async def test_expected_durations_are_medians_of_completed_runs() -> None:
+async def test_task_seconds_are_medians_of_the_clean_runs_of_the_crew_key() -> None:
     store = MemoryStore()
-    for index, (seconds, fingerprint) in enumerate([(2, "v1"), (4, "v1"), (6, "v1"), (10, "v2")]):
+    runs = [(2, "k1", "sequential"), (4, "k1", "parallel"), (6, "k1", "sequential"), (10, "k2", "")]
+    for index, (seconds, key, process) in enumerate(runs):
         base = 100.0 * index
         rows = [attempt("a", base, base + seconds), attempt("b", base + seconds, base + 11)]
-        await add_run(store, f"run-{index}", rows, started=base, fingerprint=fingerprint)
+        await add_run(store, f"run-{index}", rows, started=base, crew_key=key, process=process)
     await add_run(
         store,
         "failed",
         [attempt("a", 900, 990, ok=False)],
         started=900,
         status=RunStatus.FAILED,
-        fingerprint="v1",
+        crew_key="k1",
     )
+    # Completed, but not clean: a paused or resumed run's durations measure nothing.
+    unclean: list[dict[str, Any]] = [{"paused": True}, {"resumed": 1}]
+    for index, flags in enumerate(unclean):
+        base = 1000.0 + 100 * index
+        rows = [attempt("a", base, base + 90), attempt("b", base + 90, base + 95)]
+        await add_run(store, f"unclean-{index}", rows, started=base, crew_key="k1", **flags)
 
-    assert await expected_durations(store, "research") == {"a": 5.0, "b": 6.0}
-    assert await expected_durations(store, "research", fingerprint="v1") == {"a": 4.0, "b": 7.0}
-    assert await expected_durations(store, "research", fingerprint="v2") == {"a": 10.0, "b": 1.0}
-    assert await expected_durations(store, "research", runs=1) == {"a": 10.0, "b": 1.0}
-    assert await expected_durations(store, "other") == {}
+    # Whichever process ran them: a crew key leaves the process out.
+    assert (await read_history(store, "k1")).task_seconds == {"a": 4.0, "b": 7.0}
+    assert (await read_history(store, "k2")).task_seconds == {"a": 10.0, "b": 1.0}
+    assert (await read_history(store, "k1", task_runs=1)).task_seconds == {"a": 6.0, "b": 5.0}
+    assert (await read_history(store, "other")).task_seconds == {}
+    assert (await read_history(store, "")).task_seconds == {}
 
 
-async def test_expected_durations_look_past_runs_of_other_versions() -> None:
+async def test_task_seconds_look_past_runs_of_other_keys_and_runs_that_are_not_clean() -> None:
     store = MemoryStore()
-    await add_run(store, "old", [attempt("a", 0, 3)], fingerprint="v1")
+    await add_run(store, "old", [attempt("a", 0, 3)], crew_key="k1")
     for index in range(1, 6):
+        base = 100 * index
+        rows = [attempt("a", base, base + 1)]
+        await add_run(store, f"new-{index}", rows, started=base, crew_key="k2")
+        rows = [attempt("a", base + 50, base + 51, ok=False)]
         await add_run(
             store,
-            f"new-{index}",
-            [attempt("a", 100 * index, 100 * index + 1)],
-            started=100 * index,
-            fingerprint="v2",
+            f"failed-{index}",
+            rows,
+            started=base + 50,
+            status=RunStatus.FAILED,
+            crew_key="k1",
         )
 
-    assert await expected_durations(store, "research", fingerprint="v1", runs=1) == {"a": 3.0}
+    assert (await read_history(store, "k1", task_runs=1)).task_seconds == {"a": 3.0}
+    assert (await read_history(store, "k2", task_runs=1)).task_seconds == {"a": 1.0}
 
 
 # -- edges and output ------------------------------------------------------------------------------
@@ -510,7 +557,7 @@ async def test_runs_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         await analyze(MemoryStore(), runs=0)
     with pytest.raises(ValueError, match="at least 1"):
-        await expected_durations(MemoryStore(), "research", runs=0)
+        await read_history(MemoryStore(), "k1", runs=0)
 
 
 async def test_analyze_reads_only_the_newest_runs_of_the_crew() -> None:

@@ -7,8 +7,8 @@ import itertools
 from typing import TYPE_CHECKING
 
 from crewflow import events
-from crewflow._runtime.calls import AttemptState, ManagedLLM
-from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
+from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
+from crewflow._runtime.calls import AttemptBuilder, ManagedLLM
 from crewflow.exceptions import LLMError, TaskFailed, TaskTimeout
 from crewflow.llm._types import Usage
 from crewflow.task import TaskOutput
@@ -41,13 +41,15 @@ class TaskAttempts:
         task: The task.
         name: Its name in the run.
         prompt: The rendered user message.
+        agent: The agent that does it (the fallback agent takes over after it).
     """
 
-    def __init__(self, run: Run, task: Task, name: str, prompt: str) -> None:
+    def __init__(self, run: Run, task: Task, name: str, prompt: str, agent: Agent) -> None:
         self.run = run
         self.task = task
         self.name = name
         self.prompt = prompt
+        self.agent = agent
         self.policy: RetryPolicy = task.retry or run.retry
         self.records: list[AttemptRecord] = []
         self.usage = Usage()
@@ -61,7 +63,7 @@ class TaskAttempts:
         Raises:
             TaskFailed: Every attempt of every agent failed.
         """
-        primary = self.run.graph.agent_of(self.task)
+        primary = self.agent
         agents = (
             [primary] if self.task.fallback_agent is None else [primary, self.task.fallback_agent]
         )
@@ -84,8 +86,14 @@ class TaskAttempts:
         failures = 0
         while True:
             number = next(self._numbers)
-            state = AttemptState(
-                name, number, llm.model, self.policy, self._groups(agent), self._cache(number)
+            state = AttemptBuilder(
+                name,
+                number,
+                agent.role,
+                llm.model,
+                self.policy,
+                self._groups(agent),
+                self._cache(number),
             )
             began = run.now()
             began_at = run.wall(began)
@@ -94,7 +102,7 @@ class TaskAttempts:
             try:
                 answer = await self._attempt(agent, ManagedLLM(llm, run, state))
             except Exception as exc:
-                self._close(agent, state, began, began_at, exc)
+                self._close(state, began, began_at, exc)
                 failures += 1
                 delay = self._retry_delay(exc, failures)
                 if delay is None:
@@ -107,10 +115,10 @@ class TaskAttempts:
                     raise
                 continue
             except BaseException as exc:
-                self._close(agent, state, began, began_at, exc)
+                self._close(state, began, began_at, exc)
                 self._record(agent, TaskStatus.CANCELLED)
                 raise
-            self._close(agent, state, began, began_at, None)
+            self._close(state, began, began_at, None)
             return self._finished(agent, llm.model, answer, number)
 
     async def _attempt(self, agent: Agent, llm: ManagedLLM) -> AgentAnswer:
@@ -164,8 +172,7 @@ class TaskAttempts:
 
     def _close(
         self,
-        agent: Agent,
-        state: AttemptState,
+        state: AttemptBuilder,
         began: float,
         began_at: datetime,
         error: BaseException | None,
@@ -181,21 +188,12 @@ class TaskAttempts:
             status = TaskStatus.CANCELLED
         now = self.run.now()
         self.records.append(
-            AttemptRecord(
-                number=state.number,
-                agent=agent.role,
+            state.finish(
                 start=began_at,
                 end=self.run.wall(now),
                 duration=now - began,
                 status=status,
-                error_type=None if error is None else type(error).__name__,
-                error=None if error is None else str(error) or type(error).__name__,
-                model=state.model,
-                usage=state.usage,
-                llm_retries=state.llm_retries,
-                limit_wait=state.limit_wait,
-                limit_waits=state.limit_waits,
-                cache_hits=state.cache_hits,
+                error=error,
             )
         )
 
@@ -206,10 +204,11 @@ class TaskAttempts:
                 task=self.name,
                 agent=agent.role,
                 status=status,
+                kind=self.run.graph.kind(self.name),
                 start=self.start,
                 end=self.run.wall(now),
                 duration=now - self.began,
-                attempts=self.records,
+                attempts=tuple(self.records),
             )
         )
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from crewflow import events
+from crewflow._records import AttemptRecord
 from crewflow._runtime.cache import as_cached, cache_key, cacheable, replay_deltas
 from crewflow._runtime.limiter import registry
 from crewflow.exceptions import LLMError
@@ -28,6 +29,9 @@ from crewflow.llm._base import LLM
 from crewflow.llm._types import Usage, estimate_prompt_tokens
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from crewflow._records import TaskStatus
     from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.limiter import Permit
     from crewflow._runtime.retry import RetryPolicy
@@ -36,11 +40,13 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
-class AttemptState:
-    """What one attempt of one task has spent so far, and the rules it runs under."""
+class AttemptBuilder:
+    """One attempt of one task while it runs: what it has spent so far, and the rules it runs
+    under; `finish` makes its `AttemptRecord`."""
 
     task: str
     number: int
+    agent: str
     model: str
     policy: RetryPolicy
     groups: tuple[str, ...] = ()
@@ -51,11 +57,40 @@ class AttemptState:
     limit_waits: dict[str, float] = field(default_factory=dict)
     cache_hits: int = 0
 
+    def finish(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        duration: float,
+        status: TaskStatus,
+        error: BaseException | None,
+    ) -> AttemptRecord:
+        """The record of this attempt, ended with ``status`` (``error``: why it did not
+        complete)."""
+        return AttemptRecord(
+            task=self.task,
+            number=self.number,
+            agent=self.agent,
+            start=start,
+            end=end,
+            duration=max(0.0, duration),
+            status=status,
+            error_type=None if error is None else type(error).__name__,
+            error=None if error is None else str(error) or type(error).__name__,
+            model=self.model,
+            usage=self.usage,
+            llm_retries=self.llm_retries,
+            limit_wait=self.limit_wait,
+            limit_waits=self.limit_waits,
+            cache_hits=self.cache_hits,
+        )
+
 
 class ManagedLLM(LLM):
     """The LLM an agent sees inside a run: ``inner`` plus the runtime's per-call work."""
 
-    def __init__(self, inner: LLM, run: Run, attempt: AttemptState) -> None:
+    def __init__(self, inner: LLM, run: Run, attempt: AttemptBuilder) -> None:
         self.inner = inner
         self.model = inner.model
         self._run = run

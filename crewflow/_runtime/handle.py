@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from crewflow._records import RunStatus
 from crewflow.exceptions import RunCancelled
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from crewflow._runtime.run import Run, RunStatus
+    from crewflow._runtime.run import Run
     from crewflow.crew import CrewResult
     from crewflow.events import Event
 
@@ -68,8 +69,8 @@ class RunHandle:
     def status(self) -> RunStatus:
         """``pending``, ``running``, ``paused``, ``completed``, ``failed`` or ``cancelled``."""
         status = self._run.status
-        if self._task.done() and status in ("pending", "running", "paused"):
-            return "cancelled"  # cancelled before the run could record how it ended
+        if self._task.done() and status in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED):
+            return RunStatus.CANCELLED  # cancelled before the run could record how it ended
         return status
 
     @property

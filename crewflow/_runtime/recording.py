@@ -1,4 +1,5 @@
-"""How a run is recorded in the store: the run record, a checkpoint per finished task, the end.
+"""How a run is recorded in the store: the run record, the tasks its process adds, a checkpoint per
+finished task, the process chosen, the end; and what a resumed run reads back.
 
 `Recorder` is what `Run` calls; it knows the store's records, the run knows nothing of them.
 `run_source` tells the runs started inside it how they were started (``crewflow run`` sets it,
@@ -7,8 +8,6 @@ so that ``crewflow resume`` can find the crew again).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,24 +17,22 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from crewflow._runtime.clock import real_work
+from crewflow.llm._types import Usage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from crewflow._runtime.records import AttemptRecord, TaskRecord
-    from crewflow.agent import Agent
+    from crewflow._fingerprint import Fingerprint
+    from crewflow._records import AttemptRecord, RunStatus, TaskKind, TaskRecord
     from crewflow.graph import TaskGraph
-    from crewflow.llm._base import LLM
-    from crewflow.llm._types import Usage
-    from crewflow.store import AttemptRow, RunRecord, RunSource, Store
-    from crewflow.task import TaskOutput
+    from crewflow.store import AddedTaskRecord, OutputRow, RunRecord, RunSource, Store
+    from crewflow.task import Task, TaskOutput
 
 __all__ = [
     "Recorder",
     "Resumption",
     "changes",
     "current_source",
-    "fingerprint",
     "graph_record",
     "load_resumption",
     "run_source",
@@ -68,80 +65,51 @@ def current_source() -> RunSource | None:
     return _source.get()
 
 
-def fingerprint(graph: TaskGraph, process: str, llm: str | LLM | None = None) -> str:
-    """A hash of what a run's outputs depend on: every task (name, templates, dependencies,
-    output schema), the agents doing them (role, goal, backstory, model, tools, fallbacks) and
-    the process. `Crew.resume` refuses a run whose crew no longer has the recorded one.
-
-    Args:
-        graph: The crew's task graph.
-        process: The process's name.
-        llm: The model every agent is made to use (``kickoff(llm=...)``), if any.
-    """
-    from crewflow.llm._models import default_model
-
-    def model(of: str | LLM | None) -> str:
-        chosen = llm if llm is not None else of
-        if chosen is None:
-            return default_model()
-        return chosen if isinstance(chosen, str) else chosen.model
-
-    def agent(spec: Agent | None) -> dict[str, Any] | None:
-        if spec is None:
-            return None
-        return {
-            "role": spec.role,
-            "goal": spec.goal,
-            "backstory": spec.backstory,
-            "model": model(spec.llm),
-            "tools": [[tool.name, tool.description, tool.parameters] for tool in spec.tools],
-            "max_iterations": spec.max_iterations,
-        }
-
-    tasks = []
-    for task, name in zip(graph.tasks, graph.names, strict=True):
-        schema = task.output_model.model_json_schema() if task.output_model else None
-        tasks.append(
-            {
-                "name": name,
-                "description": task.description,
-                "expected_output": task.expected_output,
-                "depends_on": list(graph.dependency_names(name)),
-                "output_schema": schema,
-                "agent": agent(graph.agent_of(task)),
-                "fallback_agent": agent(task.fallback_agent),
-            }
-        )
-    text = json.dumps(
-        {"process": process, "tasks": tasks}, sort_keys=True, ensure_ascii=False, default=repr
-    )
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
 def graph_record(graph: TaskGraph) -> dict[str, list[str]]:
-    """Each task's name with its dependencies' names, in declaration order (as recorded)."""
-    return {name: list(graph.dependency_names(name)) for name in graph.names}
+    """Each crew task's name with its dependencies' names, in declaration order (as recorded)."""
+    return {name: list(graph.dependency_names(name)) for name in graph.deliverables}
 
 
-def changes(recorded: RunRecord, graph: TaskGraph) -> list[str]:
-    """What differs between a recorded run's graph and ``graph``, as far as the record tells."""
-    now = graph_record(graph)
-    found = [f"task {name!r} was added" for name in now if name not in recorded.graph]
-    found += [f"task {name!r} was removed" for name in recorded.graph if name not in now]
-    found += [
-        f"task {name!r} now depends on {now[name]} instead of {deps}"
-        for name, deps in recorded.graph.items()
-        if name in now and now[name] != deps
-    ]
-    return found or [
+def changes(recorded: RunRecord, now: Fingerprint, graph: TaskGraph) -> list[str]:
+    """What differs between a recorded run's crew and the crew ``now``, task by task where the
+    record tells (runs recorded before tasks had hashes tell tasks and dependencies only)."""
+    if recorded.task_hashes:
+        before = recorded.task_hashes
+        found = [f"task {name!r} was added" for name in now.tasks if name not in before]
+        found += [f"task {name!r} was removed" for name in before if name not in now.tasks]
+        found += [
+            f"task {name!r} changed (its description, expected output, output model, "
+            "dependencies, agent, model or tools)"
+            for name, digest in now.tasks.items()
+            if name in before and before[name] != digest
+        ]
+    else:
+        graph_now = graph_record(graph)
+        found = [f"task {name!r} was added" for name in graph_now if name not in recorded.graph]
+        found += [f"task {name!r} was removed" for name in recorded.graph if name not in graph_now]
+        found += [
+            f"task {name!r} now depends on {graph_now[name]} instead of {deps}"
+            for name, deps in recorded.graph.items()
+            if name in graph_now and graph_now[name] != deps
+        ]
+    if found:
+        return found
+    if recorded.process != now.process:
+        return [f"the process changed from {recorded.process!r} to {now.process!r}"]
+    if recorded.task_hashes and recorded.process_config != now.process_config:
+        return [
+            f"the process's configuration changed from {recorded.process_config} to "
+            f"{now.process_config}"
+        ]
+    return [
         "a task's description, expected output or output model, an agent, a model, a tool or "
         "the process changed"
     ]
 
 
 class Recorder:
-    """Writes one run's records: the run, a checkpoint per finished task, failed attempts, the
-    end. `Run` calls it; a resumed run numbers attempts on from the recorded ones.
+    """Writes one run's records: the run, the tasks its process adds, a checkpoint per finished
+    task, failed attempts, the process chosen, the end. `Run` calls it.
 
     Args:
         store: Where the records go.
@@ -154,20 +122,13 @@ class Recorder:
         self.record = record
         self.resuming = resuming
 
-    async def started(self, at: datetime, process_reason: str) -> None:
-        """Record the run as running (a new record, or the recorded one reopened).
-
-        Args:
-            at: When the run began.
-            process_reason: Why its process runs it.
-        """
+    async def started(self, at: datetime) -> None:
+        """Record the run as running (a new record, or the recorded one reopened)."""
         if self.resuming:
             with real_work():
                 await self.store.reopen_run(self.record.run_id)
         else:
-            self.record = self.record.model_copy(
-                update={"started": at, "process_reason": process_reason}
-            )
+            self.record = self.record.model_copy(update={"started": at})
             with real_work():
                 await self.store.start_run(self.record)
 
@@ -188,100 +149,122 @@ class Recorder:
             finished_at=attempts[-1].end if attempts else datetime.now(UTC),
         )
         with real_work():
-            await self.store.save_task(row, [self._row(output.task, a) for a in attempts])
+            await self.store.save_task(row, attempts)
 
-    async def attempts_ended(self, task: str, attempts: Sequence[AttemptRecord]) -> None:
+    async def attempts_ended(self, attempts: Sequence[AttemptRecord]) -> None:
         """Record the attempts of a task that did not finish (failed or cancelled)."""
         for attempt in attempts:
             with real_work():
-                await self.store.record_attempt(self._row(task, attempt))
+                await self.store.record_attempt(self.record.run_id, attempt)
 
-    async def finished(self, status: str, ended: datetime, usage: Usage) -> None:
-        """Record how the run ended."""
-        from crewflow.store import RunStatus
-
+    async def tasks_added(self, tasks: Sequence[AddedTaskRecord]) -> None:
+        """Record tasks the process added to the run."""
         with real_work():
-            await self.store.finish_run(self.record.run_id, RunStatus(status), ended, usage)
+            await self.store.add_tasks(self.record.run_id, tasks)
 
-    def _row(self, task: str, attempt: AttemptRecord) -> AttemptRow:
-        from crewflow.store import AttemptRow, AttemptStatus
+    async def chosen(self, process: str, reason: str) -> None:
+        """Record the process a choosing process picked, and why."""
+        with real_work():
+            await self.store.record_choice(self.record.run_id, process, reason)
 
-        usage = attempt.usage
-        return AttemptRow(
-            run_id=self.record.run_id,
-            task=task,
-            attempt=attempt.number,
-            agent=attempt.agent,
-            start=attempt.start,
-            end=attempt.end,
-            status=AttemptStatus(attempt.status.value),  # completed, failed or cancelled
-            error_type=attempt.error_type,
-            error=attempt.error,
-            model=attempt.model,
-            requests=usage.requests,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost=usage.cost,
-            cache_hit=attempt.cache_hits > 0,
-            llm_retries=attempt.llm_retries,
-            limit_wait=attempt.limit_wait,
-            limit_waits=attempt.limit_waits,
-        )
+    async def finished(
+        self, status: RunStatus, ended: datetime, usage: Usage, *, paused: bool
+    ) -> None:
+        """Record how the run ended (and that it was paused, if it was)."""
+        with real_work():
+            if paused:
+                await self.store.record_pause(self.record.run_id)
+            await self.store.finish_run(self.record.run_id, status, ended, usage)
 
 
 @dataclass(frozen=True, slots=True)
 class Resumption:
-    """What a resumed run starts from: its record and the tasks that had finished.
+    """What a resumed run starts from: its record and everything it had finished.
 
     Attributes:
         record: The run as recorded.
-        restored: Each finished task's output and timeline record, by name.
-        attempts_before: How many attempts each task already has on record.
+        outputs: Every finished task's output, the crew's and the process's, by name.
+        attempts: Every recorded attempt, by task name, in order.
+        specs: The spec hash of each task the process had added, by name.
         usage: What the recorded attempts spent (the resumed run adds to it).
+        force: Resume even where a task differs from the recorded one (it runs again).
     """
 
     record: RunRecord
-    restored: dict[str, tuple[TaskOutput, TaskRecord]]
-    attempts_before: dict[str, int]
+    outputs: dict[str, OutputRow]
+    attempts: dict[str, list[AttemptRecord]]
+    specs: dict[str, str]
     usage: Usage
+    force: bool = False
 
-    def run_state(self) -> dict[str, Any]:
-        """The `Run` arguments that make a run continue this one."""
-        return {
-            "run_id": self.record.run_id,
-            "restored": self.restored,
-            "attempts_before": self.attempts_before,
-            "usage": self.usage.copy(),
-        }
+    def attempts_before(self, name: str) -> int:
+        """How many attempts of task ``name`` are on record."""
+        attempts = self.attempts.get(name)
+        return max(attempt.number for attempt in attempts) if attempts else 0
+
+    def restore(
+        self, name: str, task: Task, kind: TaskKind
+    ) -> tuple[TaskOutput, TaskRecord] | None:
+        """Task ``name``'s recorded output and timeline line, or ``None`` when it has none (or
+        its structured output no longer fits its ``output_model``: it then runs again)."""
+        from crewflow._records import TaskRecord, TaskStatus
+        from crewflow.task import TaskOutput
+
+        saved = self.outputs.get(name)
+        if saved is None:
+            return None
+        data: Any = saved.data
+        if task.output_model is not None and data is not None:
+            try:
+                data = task.output_model.model_validate(data)
+            except ValueError:
+                return None
+        attempts = self.attempts.get(name, [])
+        usage = Usage()
+        for attempt in attempts:
+            usage.add(attempt.usage)
+        output = TaskOutput(
+            task=name, agent=saved.agent, text=saved.text, data=data, usage=usage, model=saved.model
+        )
+        start = attempts[0].start if attempts else saved.finished_at
+        record = TaskRecord(
+            task=name,
+            agent=saved.agent,
+            status=TaskStatus.COMPLETED,
+            kind=kind,
+            start=start,
+            end=saved.finished_at,
+            duration=max(0.0, (saved.finished_at - start).total_seconds()),
+            attempts=tuple(attempts),
+        )
+        return output, record
 
 
 async def load_resumption(
-    store: Store, run_id: str, graph: TaskGraph, current: str, *, force: bool = False
+    store: Store, run_id: str, now: Fingerprint, graph: TaskGraph, *, force: bool = False
 ) -> Resumption:
     """Read what run ``run_id`` finished, for `Crew.resume`.
 
     Args:
         store: The crew's store.
         run_id: The run to resume.
+        now: The crew's fingerprint now.
         graph: The crew's graph now.
-        current: The crew's fingerprint now.
         force: Resume even if the fingerprint differs (outputs of tasks the crew no longer
-            has are ignored; a structured output that no longer fits its model re-runs).
+            has are ignored; a task that differs, or a structured output that no longer fits
+            its model, runs again).
 
     Raises:
         UnknownRunError: No such run in the store.
         CrewChanged: The crew's fingerprint is not the recorded one (and not ``force``).
     """
-    from crewflow._runtime.records import AttemptRecord, TaskRecord, TaskStatus
     from crewflow.exceptions import CrewChanged, UnknownRunError
-    from crewflow.llm._types import Usage
-    from crewflow.task import TaskOutput
 
     record = await store.get_run(run_id)
     if record is None:
         raise UnknownRunError(run_id)
-    if record.fingerprint != current and not force:
-        found = changes(record, graph)
+    if record.fingerprint != now.digest and not force:
+        found = changes(record, now, graph)
         raise CrewChanged(
             f"run {run_id!r} was recorded for a different crew ({'; '.join(found)}), so its "
             "saved outputs may not fit this one; pass force=True (crewflow resume --force) to "
@@ -289,78 +272,12 @@ async def load_resumption(
             run_id=run_id,
             changes=found,
         )
-    outputs = await store.outputs(run_id)
-    rows = await store.attempts(run_id)
-    by_task: dict[str, list[AttemptRow]] = {}
-    for row in rows:
-        by_task.setdefault(row.task, []).append(row)
+    attempts: dict[str, list[AttemptRecord]] = {}
     usage = Usage()
-    timelines: dict[str, list[AttemptRecord]] = {}
-    for name, task_rows in by_task.items():
-        timelines[name] = []
-        for row in task_rows:
-            spent = Usage(
-                requests=row.requests,
-                prompt_tokens=row.prompt_tokens,
-                completion_tokens=row.completion_tokens,
-                cost=row.cost,
-            )
-            usage.add(spent)
-            end = row.end or row.start
-            timelines[name].append(
-                AttemptRecord(
-                    number=row.attempt,
-                    agent=row.agent,
-                    start=row.start,
-                    end=end,
-                    duration=(end - row.start).total_seconds(),
-                    status=TaskStatus(row.status if row.status != "running" else "cancelled"),
-                    error_type=row.error_type,
-                    error=row.error,
-                    model=row.model,
-                    usage=spent,
-                    llm_retries=row.llm_retries,
-                    limit_wait=row.limit_wait,
-                    limit_waits=row.limit_waits,
-                    cache_hits=int(row.cache_hit),
-                )
-            )
-    restored: dict[str, tuple[TaskOutput, TaskRecord]] = {}
-    names = set(graph.names)
-    for name, saved in outputs.items():
-        if name not in names:
-            continue
-        model = graph.task(name).output_model
-        data: Any = saved.data
-        if model is not None and data is not None:
-            try:
-                data = model.model_validate(data)
-            except ValueError:
-                continue  # only with force: the model changed, so the task runs again
-        attempts = timelines.get(name, [])
-        task_usage = Usage()
-        for attempt in attempts:
-            task_usage.add(attempt.usage)
-        output = TaskOutput(
-            task=name,
-            agent=saved.agent,
-            text=saved.text,
-            data=data,
-            usage=task_usage,
-            model=saved.model,
-        )
-        start = attempts[0].start if attempts else saved.finished_at
-        timeline = TaskRecord(
-            task=name,
-            agent=saved.agent,
-            status=TaskStatus.COMPLETED,
-            start=start,
-            end=saved.finished_at,
-            duration=(saved.finished_at - start).total_seconds(),
-            attempts=attempts,
-        )
-        restored[name] = (output, timeline)
-    attempts_before = {
-        name: max(row.attempt for row in task_rows) for name, task_rows in by_task.items()
-    }
-    return Resumption(record, restored, attempts_before, usage)
+    for attempt in await store.attempts(run_id):
+        attempts.setdefault(attempt.task, []).append(attempt)
+        usage.add(attempt.usage)
+    for task_attempts in attempts.values():
+        task_attempts.sort(key=lambda attempt: attempt.number)
+    specs = {task.name: task.spec_hash for task in await store.added_tasks(run_id)}
+    return Resumption(record, await store.outputs(run_id), attempts, specs, usage, force)

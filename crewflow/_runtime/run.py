@@ -1,11 +1,16 @@
-"""`Run`: one execution of a crew — what processes are written against.
+"""`Run`: one execution of a crew, and what its process's `ProcessContext` stands on.
 
-A process decides what runs and in what order; a `Run` decides how. ``execute(task)`` is the one
-place that runs a task: a scheduling slot, the context, the prompt, then the attempts of
-`attempts.TaskAttempts` (retries, timeout, fallback, records, events). The failure policy lives
-here too: with ``on_failure="continue"`` a failed task returns ``None`` and every task that
-depends on it is skipped when its turn comes, so processes need no failure logic of their own.
-All state here belongs to this run; two kickoffs of one crew share nothing mutable.
+A process decides what runs and in what order; a `Run` decides how. ``execute`` is the one place
+that runs a task: a scheduling slot, the context, the prompt, then the attempts of
+`attempts.TaskAttempts` (retries, timeout, fallback, records, events), then the checkpoint. The
+failure policy lives here too: with ``on_failure="continue"`` a failed task returns ``None`` and
+every task that depends on it is skipped when its turn comes, so processes need no failure logic
+of their own.
+
+The run's graph grows while it runs (`add_tasks`, `ask`): added tasks are recorded as they are
+added, and on resume the process is replayed: a task that finished under the same name and spec
+hash is restored instead of run. All state here belongs to this run; two kickoffs of one crew
+share nothing mutable.
 """
 
 from __future__ import annotations
@@ -18,33 +23,47 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from crewflow import events
+from crewflow._fingerprint import task_hash
 from crewflow._logging import get_logger
 from crewflow._prompts import task_prompt
+from crewflow._records import RunStatus, TaskRecord, TaskStatus
 from crewflow._runtime.attempts import TaskAttempts
 from crewflow._runtime.clock import SystemClock, current_clock, real_work
-from crewflow._runtime.records import TaskRecord, TaskStatus
+from crewflow._runtime.context import RunContext
+from crewflow._runtime.dispatch import Dispatcher
 from crewflow._runtime.slots import Slot, SlotPool
 from crewflow._spec import new_id
-from crewflow.exceptions import CrewflowError, CrewPartialFailure, CrewRunError, TaskFailed
+from crewflow.exceptions import (
+    CrewChanged,
+    CrewflowError,
+    CrewPartialFailure,
+    CrewRunError,
+    InvalidPlan,
+    TaskFailed,
+)
 from crewflow.llm._models import resolve_llm
 from crewflow.llm._types import Usage
+from crewflow.store import AddedTaskRecord, History, read_history
+from crewflow.task import Task
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+    from pydantic import BaseModel
+
+    from crewflow._plan import PlanProblem
     from crewflow._runtime.cache import ReplyCache
-    from crewflow._runtime.recording import Recorder
+    from crewflow._runtime.recording import Recorder, Resumption
     from crewflow._runtime.retry import RetryPolicy
     from crewflow.agent import Agent
     from crewflow.events import EventSink
     from crewflow.graph import TaskGraph
     from crewflow.llm._base import LLM
     from crewflow.processes import Process
-    from crewflow.task import Task, TaskOutput
+    from crewflow.task import TaskOutput
 
 __all__ = ["Run", "capture_sink", "release_sink"]
 
-RunStatus = Literal["pending", "running", "paused", "completed", "failed", "cancelled"]
 OnFailure = Literal["stop", "continue"]
 
 _capture_sinks: ContextVar[tuple[EventSink, ...]] = ContextVar("crewflow_sinks", default=())
@@ -62,25 +81,22 @@ def release_sink(token: object) -> None:
 
 
 class Run:
-    """One execution of a crew: what processes are written against.
+    """One execution of a crew (private: processes see its `RunContext`).
 
     Attributes:
         run_id: This run's id.
-        graph: The validated task graph (this run's own copy).
+        graph: The validated task graph (this run's own copy, which may grow).
         process: The process driving the run.
         inputs: The kickoff inputs (a private copy).
         usage: Requests, tokens and cost so far, over every task and attempt.
-        status: ``pending``, ``running``, ``paused``, ``completed``, ``failed`` or ``cancelled``.
+        status: Where the run is (`RunStatus`).
         slots: The run's task slots (``max_concurrency``, pause, resume).
-        durations: Expected seconds per task name, where earlier runs measured them (else
-            empty: processes then treat tasks as equally long).
-        process_reason: Why this process runs the crew (a process that chooses, like the
-            adaptive one, replaces it with its reasons; it is recorded with the run).
         recorder: Writes the run's records and checkpoints to the crew's store (``None``: no
             store).
         cache: Whether tasks that do not say otherwise reuse cached LLM replies.
         replies: The reply cache, when some task uses one.
         restored: Tasks whose outputs a resumed run read from the store.
+        final: The output the process calls its final one (`Process.final_output`).
     """
 
     def __init__(
@@ -98,16 +114,14 @@ class Run:
         verbose: bool = False,
         run_id: str | None = None,
         cache: bool = False,
-        recorder: Recorder | None = None,
-        restored: Mapping[str, tuple[TaskOutput, TaskRecord]] | None = None,
-        attempts_before: Mapping[str, int] | None = None,
-        usage: Usage | None = None,
+        resumption: Resumption | None = None,
     ) -> None:
         self.run_id = run_id or new_id()
         self.graph = graph
         self.process = process
         self.crew_name = crew_name
         self.inputs = inputs
+        self.inputs_view: Mapping[str, Any] = MappingProxyType(dict(inputs))
         self.retry = retry
         self.on_failure = on_failure
         self.clock = current_clock()
@@ -116,39 +130,44 @@ class Run:
         # Wall-clock times are derived from the run's clock, so that a timeline's start/end
         # agree with its durations (also on a fake or virtual clock).
         self._wall_origin = (datetime.now(UTC).timestamp(), self.now())
-        self.usage = usage or Usage()
-        self.status: RunStatus = "pending"
+        self.usage = resumption.usage.copy() if resumption else Usage()
+        self.status = RunStatus.PENDING
         self.slots = SlotPool(max_concurrency)
-        self.durations: Mapping[str, float] = {}
-        self.process_reason = f"the crew's process is {process.name!r}"
-        self.recorder = recorder
+        self.recorder: Recorder | None = None
         self.cache = cache
         self.replies: ReplyCache | None = None
-        self.restored = list(restored or ())
-        self._attempts_before = dict(attempts_before or {})
-        self._saved: set[str] = set()
+        self.restored: list[str] = []
+        self.final: TaskOutput | None = None
         self.start: datetime | None = None
         self.end: datetime | None = None
         self.duration = 0.0
+        self.context = RunContext(self)
+        self.running: set[str] = set()
+        """Names of the tasks running now."""
+        self.unended = len(graph)
+        """How many tasks of the graph have not ended."""
+        self._resumption = resumption
         self._llm_override = llm_override
         self._llms: dict[str, LLM] = {}
         self._outputs: dict[str, TaskOutput] = {}
         self._failures: dict[str, TaskFailed] = {}
         self._skipped: list[str] = []
         self._records: dict[str, TaskRecord] = {}
-        for name, (output, record) in (restored or {}).items():
-            self._outputs[name] = output
-            self._records[name] = record
-            self._saved.add(name)
-        self._running: set[str] = set()
+        self._saved: set[str] = set()
+        self._dispatcher: Dispatcher | None = None
+        self._history: History | None = None
+        self._paused = False
         self._stack: AsyncExitStack | None = None
         self._opened: set[int] = set()
         sinks = _capture_sinks.get()
         self._sinks: tuple[EventSink, ...] = (*sinks, on_event) if on_event else sinks
         self.listening = bool(self._sinks)
         self.log = get_logger(verbose=verbose, run_id=self.run_id, crew=crew_name)
+        if resumption is not None:
+            for name in graph.deliverables:
+                self._restore(name, graph.task(name))
 
-    # -- what processes use --------------------------------------------------------------------
+    # -- what the process context forwards -----------------------------------------------------
 
     @property
     def outputs(self) -> Mapping[str, TaskOutput]:
@@ -159,85 +178,218 @@ class Run:
         """Whether the task called ``name`` finished, failed or was skipped."""
         return name in self._outputs or name in self._failures or name in self._records
 
-    def ready(self) -> list[Task]:
-        """Tasks not started whose dependencies have all ended, in declaration order.
+    def is_running(self, name: str) -> bool:
+        """Whether the task called ``name`` is running now."""
+        return name in self.running
 
-        With ``on_failure="continue"``, a task whose dependency failed is ready too:
-        executing it records it as skipped.
-        """
+    def ready(self) -> list[Task]:
+        """Tasks not started whose dependencies have all ended, in graph order."""
         graph = self.graph
         return [
             task
             for task, name in zip(graph.tasks, graph.names, strict=True)
             if not self.ended(name)
-            and name not in self._running
+            and name not in self.running
             and all(self.ended(dep) for dep in graph.dependency_names(name))
         ]
-
-    def add_task(self, task: Task, depends_on: Sequence[Task | str] = ()) -> str:
-        """Add a task to this run's graph (not the crew's), e.g. a step of a manager's plan.
-
-        Returns:
-            The task's name in this run.
-        """
-        return self.graph.add_task(task, depends_on)
 
     async def execute(
         self,
         task: Task,
         *,
         context: Sequence[TaskOutput] | None = None,
-        priority: float = 0.0,
-        slot: Slot | None = None,
+        agent: Agent | None = None,
+        priority: float = 0,
     ) -> TaskOutput | None:
-        """Run one task to its output, in a slot: attempts, timeout, fallback, records, events.
+        """Run one task of the graph to its output (see `ProcessContext.execute`)."""
+        name = self.graph.name_of(task)
+        return await self.execute_named(name, context=context, agent=agent, priority=priority)
 
-        A task that already finished returns its output without running again.
-
-        Args:
-            task: A task of this run's graph.
-            context: Outputs to give the task instead of its dependencies' outputs.
-            priority: When slots are scarce, higher goes first (ties: declaration order).
-            slot: A slot the process already took with ``run.slots.try_acquire()``; it is
-                released when the task ends.
-
-        Returns:
-            The output; ``None`` when, with ``on_failure="continue"``, the task failed or was
-            skipped because a task it depends on failed.
-
-        Raises:
-            TaskFailed: Every attempt failed (``on_failure="stop"``); carries the outputs
-                finished so far.
-        """
+    async def execute_named(
+        self,
+        name: str,
+        *,
+        context: Sequence[TaskOutput] | None = None,
+        agent: Agent | None = None,
+        priority: float = 0,
+        slot: Slot | None = None,
+        prompt: str | None = None,
+    ) -> TaskOutput | None:
+        """`execute` by name; ``slot``: one the dispatcher took already (released when the
+        task ends); ``prompt``: the whole user message instead of the task's rendered one."""
         try:
-            name = self.graph.name_of(task)
-            if name in self._running:
+            if name in self.running:
                 raise RuntimeError(f"task {name!r} is already running in this run")
             if self.ended(name):
                 return self._outputs.get(name)
+            task = self.graph.task(name)
             if context is None:
                 context = self._context_or_skip(task, name)
                 if context is None:
                     return None
-            self._running.add(name)
+            self.running.add(name)
             try:
                 if slot is None:
                     slot = await self.slots.acquire(priority, self.graph.position(name))
                 # A slot taken just before a pause does not start its task until the resume.
                 await self.slots.unpaused()
-                return await self._run_task(task, name, context)
+                return await self._run_task(task, name, context, agent, prompt)
             finally:
-                self._running.discard(name)
+                self.running.discard(name)
+                if self.ended(name):
+                    self._ended(name)
         finally:
             if slot is not None:
                 slot.release()
 
+    def check_plan(self, tasks: Sequence[Task]) -> list[PlanProblem]:
+        """What stops ``tasks`` from being added (see `ProcessContext.check_plan`)."""
+        return self.graph.check_tasks(tasks, inputs=self.inputs)
+
+    async def add_tasks(self, tasks: Sequence[Task]) -> list[str]:
+        """Add a whole plan to the run (see `ProcessContext.add_tasks`)."""
+        return await self._grow(tasks, "task")
+
+    async def ask(
+        self,
+        key: str,
+        agent: Agent,
+        prompt: str,
+        *,
+        output_model: type[BaseModel] | None = None,
+    ) -> TaskOutput:
+        """One recorded LLM step of the process itself (see `ProcessContext.ask`)."""
+        task = Task(prompt, agent=agent, output_model=output_model, name=key, context=[])
+        await self._grow([task], "ask")
+        output = await self.execute_named(key, context=(), prompt=prompt)
+        if output is None:
+            raise self._failures[key]  # on_failure="continue" kept it; a process cannot
+        return output
+
+    async def run_ready(self) -> None:
+        """Run every task of the graph as its dependencies allow (see
+        `ProcessContext.run_ready`)."""
+        if self._dispatcher is None:
+            durations: Mapping[str, float] = {}
+            if self.slots.capacity is not None:  # only then does an order matter
+                durations = (await self.history()).task_seconds
+            self._dispatcher = Dispatcher(self, durations)
+        await self._dispatcher.run_ready()
+
+    async def history(self) -> History:
+        """Earlier settled runs of this crew's key (see `ProcessContext.history`)."""
+        if self._history is None:
+            self._history = History()
+            recorder = self.recorder
+            if recorder is not None:
+                try:
+                    with real_work():
+                        self._history = await read_history(recorder.store, recorder.record.crew_key)
+                except CrewflowError as exc:
+                    self.log.warning("could not read the crew's history", error=str(exc))
+        return self._history
+
+    async def choose(self, process: str, reason: str) -> None:
+        """Record the process chosen to run the crew (see `ProcessContext.choose`)."""
+        self.log.info("process chosen", chosen=process, reason=reason)
+        self.publish(events.ProcessChosen, process=process, reason=reason)
+        if self.recorder is not None:
+            await self._store_write(
+                "record the process chosen", self.recorder.chosen(process, reason)
+            )
+
+    # -- growing the graph, and replaying it on resume -----------------------------------------
+
+    async def _grow(self, tasks: Sequence[Task], step: Literal["task", "ask"]) -> list[str]:
+        """Add ``tasks`` to the graph as a whole, record them, and restore those a resumed run
+        finished under the same name and spec."""
+        problems = self.graph.check_tasks(tasks, inputs=self.inputs if step == "task" else None)
+        if problems:
+            listed = "; ".join(f"{p.task}: {p.message}" for p in problems)
+            raise InvalidPlan(
+                f"process {self.process.name!r} cannot add {len(tasks)} task(s): {listed}",
+                problems=problems,
+                plan=tasks,
+                outputs=self._outputs,
+            )
+        names = self.graph._extend(tasks)
+        self.unended += len(names)
+        now = self.wall()
+        added = []
+        for task, name in zip(tasks, names, strict=True):
+            agent = self.graph.agent_of(task)
+            depends_on = self.graph.dependency_names(name)
+            spec = task_hash(name, task, agent, depends_on, self._llm_override)
+            added.append(
+                AddedTaskRecord(
+                    name=name,
+                    step=step,
+                    agent=agent.role,
+                    depends_on=list(depends_on),
+                    spec_hash=spec,
+                    added=now,
+                )
+            )
+            self.publish(
+                events.TaskAdded, task=name, agent=agent.role, step=step, depends_on=depends_on
+            )
+            self._replay(name, task, spec)
+        if self.recorder is not None:
+            await self._store_write("record the tasks added", self.recorder.tasks_added(added))
+        if self._dispatcher is not None:
+            self._dispatcher.added(names)
+            self.slots.wake()
+        return names
+
+    def _replay(self, name: str, task: Task, spec: str) -> None:
+        """Restore task ``name`` from the run this one resumes, if it finished there as the
+        same task (a different one is `CrewChanged`, or runs again with ``force``)."""
+        resumption = self._resumption
+        if resumption is None or name not in resumption.outputs:
+            return
+        recorded = resumption.specs.get(name)
+        if recorded is not None and recorded != spec:
+            if resumption.force:
+                return
+            raise CrewChanged(
+                f"resuming run {self.run_id!r}, process {self.process.name!r} added task "
+                f"{name!r}, which differs from the task recorded under that name (its "
+                "description, agent, model, dependencies or output model); pass force=True "
+                "(crewflow resume --force) to run it again",
+                run_id=self.run_id,
+                changes=[f"task {name!r} changed"],
+            )
+        self._restore(name, task)
+
+    def _restore(self, name: str, task: Task) -> None:
+        assert self._resumption is not None
+        found = self._resumption.restore(name, task, self.graph.kind(name))
+        if found is None:
+            return
+        self._outputs[name], self._records[name] = found
+        self._saved.add(name)
+        self.restored.append(name)
+        self.unended -= 1
+
+    def attempts_before(self, name: str) -> int:
+        """How many attempts of task ``name`` earlier runs of this run recorded (a resumed run
+        numbers its attempts on from them)."""
+        return 0 if self._resumption is None else self._resumption.attempts_before(name)
+
+    # -- running one task ----------------------------------------------------------------------
+
     async def _run_task(
-        self, task: Task, name: str, context: Sequence[TaskOutput]
+        self,
+        task: Task,
+        name: str,
+        context: Sequence[TaskOutput],
+        agent: Agent | None,
+        prompt: str | None,
     ) -> TaskOutput | None:
-        description, expected = task.render(self.inputs)
-        prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
-        attempts = TaskAttempts(self, task, name, prompt)
+        if prompt is None:
+            description, expected = task.render(self.inputs)
+            prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
+        attempts = TaskAttempts(self, task, name, prompt, agent or self.graph.agent_of(task))
         try:
             output = await attempts.run_to_output()
         except TaskFailed as failure:
@@ -281,14 +433,16 @@ class Run:
             return
         self._saved.add(name)
         try:
-            await self.recorder.attempts_ended(name, attempts.records)
+            await self.recorder.attempts_ended(attempts.records)
         except CrewflowError as exc:
             self.log.error("could not record the attempts", task=name, error=str(exc))
 
-    def attempts_before(self, name: str) -> int:
-        """How many attempts of task ``name`` earlier runs of this run recorded (a resumed run
-        numbers its attempts on from them)."""
-        return self._attempts_before.get(name, 0)
+    async def _store_write(self, what: str, write: Awaitable[None]) -> None:
+        """Await a record's write; a store that fails it fails the run, with every output."""
+        try:
+            await write
+        except CrewflowError as exc:
+            raise CrewRunError(f"could not {what}: {exc}", outputs=self._outputs) from exc
 
     def _context_or_skip(self, task: Task, name: str) -> list[TaskOutput] | None:
         """The dependencies' outputs, or ``None`` after recording the task as skipped."""
@@ -308,9 +462,24 @@ class Run:
     def _skip(self, task: Task, name: str, because: list[str]) -> None:
         self._skipped.append(name)
         agent = self.graph.agent_of(task)
-        self.record(TaskRecord(task=name, agent=agent.role, status=TaskStatus.SKIPPED))
+        self.record(
+            TaskRecord(
+                task=name,
+                agent=agent.role,
+                status=TaskStatus.SKIPPED,
+                kind=self.graph.kind(name),
+            )
+        )
+        self._ended(name)
         self.log.info("task skipped", task=name, because=because)
         self.publish(events.TaskSkipped, task=name, because=because)
+
+    def _ended(self, name: str) -> None:
+        """Task ``name`` ended: one fewer to wait for, and its dependants may be ready."""
+        self.unended -= 1
+        if self._dispatcher is not None:
+            self._dispatcher.ended(name)
+            self.slots.wake()
 
     # -- what the runtime's parts use ----------------------------------------------------------
 
@@ -374,17 +543,18 @@ class Run:
 
         Works before the run has begun too (``crew.start()`` then ``pause()`` at once).
         """
-        if self.status not in ("pending", "running"):
+        if self.status not in (RunStatus.PENDING, RunStatus.RUNNING):
             return
         self.slots.pause()
-        self.status = "paused"
+        self.status = RunStatus.PAUSED
+        self._paused = True
         self._control_event(events.RunPaused)
 
     def resume(self) -> None:
         """Start tasks again after `pause`."""
-        if self.status != "paused":
+        if self.status != RunStatus.PAUSED:
             return
-        self.status = "running"
+        self.status = RunStatus.RUNNING
         self.slots.resume()
         self._control_event(events.RunResumed)
 
@@ -401,15 +571,17 @@ class Run:
 
     @property
     def timeline(self) -> list[TaskRecord]:
-        """Every task's record, in declaration order (tasks that never started: pending)."""
+        """Every task's record in graph order (tasks that never started: pending)."""
+        graph = self.graph
         return [
             self._records.get(name)
             or TaskRecord(
                 task=name,
-                agent=self.graph.agent_of(task).role,
-                status=TaskStatus.RUNNING if name in self._running else TaskStatus.PENDING,
+                agent=graph.agent_of(task).role,
+                status=TaskStatus.RUNNING if name in self.running else TaskStatus.PENDING,
+                kind=graph.kind(name),
             )
-            for task, name in zip(self.graph.tasks, self.graph.names, strict=True)
+            for task, name in zip(graph.tasks, graph.names, strict=True)
         ]
 
     async def drive(self) -> None:
@@ -423,7 +595,7 @@ class Run:
         if isinstance(self.clock, SystemClock):
             # The loop's own clock, without looking the loop up on every reading.
             self.now = asyncio.get_running_loop().time
-        self.status = "paused" if self.slots.paused else "running"
+        self.status = RunStatus.PAUSED if self.slots.paused else RunStatus.RUNNING
         self.start = self.wall()
         began = self.now()
         self.log.info("run started", process=self.process.name, tasks=len(self.graph))
@@ -436,44 +608,28 @@ class Run:
         )
         try:
             if self.recorder is not None:
-                await self.recorder.started(self.start, self.process_reason)
-                await self._measured_durations()
+                await self.recorder.started(self.start)
             async with AsyncExitStack() as stack:
                 self._stack = stack
                 try:
                     for agent in self._all_agents():
                         await self.llm_for(agent)
-                    await self.process.run(self)
+                    await self.process.run(self.context)
+                    self.final = self.process.final_output(self.context)
                 finally:
                     self._stack = None
             self._check_complete()
         except BaseException as exc:
             error = self._as_run_error(exc)
-            self._finish("cancelled" if error is None else "failed", began, error)
+            status = RunStatus.CANCELLED if error is None else RunStatus.FAILED
+            self._finish(status, began, error)
             await self._record_end()
             if error is None or error is exc:
                 raise
             # Not "from exc": an error out of a group keeps its own cause (TaskFailed -> LLMError).
             raise error  # noqa: B904
-        self._finish("completed", began, None)
+        self._finish(RunStatus.COMPLETED, began, None)
         await self._record_end()
-
-    async def _measured_durations(self) -> None:
-        """Give a process that orders tasks by duration what earlier runs of this version of
-        the crew measured (only worth a read when slots are scarce)."""
-        assert self.recorder is not None
-        if not self.process.uses_durations or self.slots.capacity is None:
-            return
-        from crewflow.optimizer import expected_durations
-
-        record = self.recorder.record
-        try:
-            with real_work():
-                self.durations = await expected_durations(
-                    self.recorder.store, record.crew, fingerprint=record.fingerprint
-                )
-        except CrewflowError as exc:
-            self.log.warning("could not read measured durations", error=str(exc))
 
     async def _record_end(self) -> None:
         """Record the attempts not recorded yet (tasks cancelled in flight) and how the run
@@ -487,8 +643,8 @@ class Run:
             try:
                 for name, record in self._records.items():
                     if name not in self._saved and record.attempts:
-                        await recorder.attempts_ended(name, record.attempts)
-                await recorder.finished(self.status, self.end, self.usage)
+                        await recorder.attempts_ended(record.attempts)
+                await recorder.finished(self.status, self.end, self.usage, paused=self._paused)
             except CrewflowError as exc:
                 # The outputs are checkpointed already; a run record left "running" is the
                 # only loss, and the caller's result or error matters more.
@@ -558,13 +714,13 @@ class Run:
         # the run's own line stays at INFO so a failure is not reported twice.
         self.log.info(
             "run finished",
-            status=status,
+            status=status.value,
             duration=round(self.duration, 3),
             error=None if error is None else f"{type(error).__name__}: {error}",
         )
         self.publish(
             events.RunFinished,
-            status=status,
+            status=status.value,
             duration=self.duration,
             error=None if error is None else str(error),
         )

@@ -7,12 +7,12 @@ or down while running (down: no new grant until enough slots are released).
 Two ways in, for two kinds of process:
 
 - ``await pool.acquire(priority, tie)`` waits its turn: the highest priority first, then the
-  smallest ``tie`` (the runtime passes declaration order). Sequential and simple plug-ins use it
-  through ``run.execute``.
-- ``pool.try_acquire()`` never waits. A dispatching process (parallel) keeps its own ready
-  queue, takes slots while there are any, and waits on ``pool.changed()``; because it looks at
-  its queue only when woken, a task that becomes ready at the instant a slot frees competes for
-  that slot on priority instead of losing it to whoever asked first.
+  smallest ``tie`` (the runtime passes graph order). Sequential and simple plug-ins use it
+  through ``ctx.execute``.
+- ``pool.try_acquire()`` never waits. The run's dispatcher (``run_ready``, `dispatch.py`) keeps
+  its own ready queue, takes slots while there are any, and waits on ``pool.changed()``; because
+  it looks at its queue only when woken, a task that becomes ready at the instant a slot frees
+  competes for that slot on priority instead of losing it to whoever asked first.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class SlotPool:
             await self.changed()
 
     async def changed(self) -> None:
-        """Return at the next release, resume or capacity change."""
+        """Return at the next release, resume, capacity change or `wake`."""
         if self._changed is None:
             self._changed = anyio.Event()
         await self._changed.wait()
@@ -124,6 +124,11 @@ class SlotPool:
         self._check(capacity)
         self.capacity = capacity
         self._grant()
+        self._notify()
+
+    def wake(self) -> None:
+        """Wake whoever waits in `changed` (the run's tasks changed: some ended or were
+        added, so a dispatcher has something new to look at)."""
         self._notify()
 
     # -- internals -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from crewflow.cli._store import RunDetails
-    from crewflow.store import AttemptRow, OutputRow, RunRecord
+    from crewflow.store import AttemptRecord, OutputRow, RunRecord
 
 _RUN_STYLES: dict[str, str] = {
     RunStatus.RUNNING: "cyan",
@@ -164,7 +164,7 @@ def show_runs(console: Console, records: Sequence[RunRecord]) -> None:
         cells: list[_Cell] = [
             Text(run.run_id),
             Text(run.crew),
-            Text(run.process),
+            Text(f"{run.process} → {run.chosen}" if run.chosen else run.process),
             _status(run.status),
             _when(run.started, seconds=False),
             _span(run.started, run.ended) if run.ended else _status("running"),
@@ -179,13 +179,15 @@ def show_runs(console: Console, records: Sequence[RunRecord]) -> None:
 class _TaskSummary:
     name: str
     status: str
-    attempts: list[AttemptRow]
+    attempts: list[AttemptRecord]
     output: OutputRow | None
 
 
 def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
-    """Every task of the run in graph order (then tasks added while it ran, in order seen)."""
+    """Every task of the run in graph order, then the tasks its process added, in the order
+    added (then any other task its records name)."""
     names = dict.fromkeys(details.run.graph)
+    names.update(dict.fromkeys(task.name for task in details.added))
     names.update(dict.fromkeys(row.task for row in details.attempts))
     names.update(dict.fromkeys(details.outputs))
     summaries = []
@@ -211,7 +213,7 @@ def show_details(console: Console, details: RunDetails, *, full: bool = False) -
         for row in task.attempts:
             if row.error_type or row.error:
                 problem = ": ".join(part for part in (row.error_type, row.error) if part)
-                line = f"{task.name}: attempt {row.attempt} {row.status}: {problem}"
+                line = f"{task.name}: attempt {row.number} {row.status}: {problem}"
                 console.print(Text(line, style="red"), soft_wrap=True)
     for task in tasks:
         if task.output is not None:
@@ -224,10 +226,11 @@ def _header(run: RunRecord) -> Table:
     table.add_column()
     usage = run.usage
     reason = f" ({run.process_reason})" if run.process_reason else ""
+    process = f"{run.process} → {run.chosen}" if run.chosen else run.process
     rows: list[tuple[str, RenderableType]] = [
         ("run id", Text(run.run_id)),
         ("crew", Text(run.crew)),
-        ("process", Text(f"{run.process}{reason}")),
+        ("process", Text(f"{process}{reason}")),
         ("status", _status(run.status)),
         ("started", _when(run.started)),
         ("ended", _when(run.ended) if run.ended else ""),
@@ -235,6 +238,8 @@ def _header(run: RunRecord) -> Table:
     ]
     if run.resumed:
         rows.append(("resumed", f"{run.resumed} time{'s' if run.resumed != 1 else ''}"))
+    if run.paused:
+        rows.append(("paused", "yes (its duration is not a measure of its process)"))
     if run.source is not None:
         attribute = f" ({run.source.attribute})" if run.source.attribute else ""
         rows.append(("source", Text(f"{run.source.file}{attribute}")))
@@ -253,7 +258,7 @@ def _header(run: RunRecord) -> Table:
 
 
 def _show_tasks(console: Console, run: RunRecord, tasks: Sequence[_TaskSummary]) -> None:
-    costs = any(row.cost is not None for task in tasks for row in task.attempts)
+    costs = any(row.usage.cost is not None for task in tasks for row in task.attempts)
     columns = ["task~", "status", "attempts>", "start>", "duration>", "model~", "tokens>"]
     columns += [*(["cost>"] if costs else []), "cache hits>", "limit wait>"]
     rows: list[list[_Cell]] = []
@@ -266,10 +271,10 @@ def _show_tasks(console: Console, run: RunRecord, tasks: Sequence[_TaskSummary])
         # attempt is timed (the earlier ones may predate the restart), as the optimizer does.
         timed = attempts[-1:] if run.resumed else attempts
         first = timed[0]
-        end = timed[-1].end if all(row.end for row in timed) else None
+        end = timed[-1].end
         model = task.output.model if task.output else attempts[-1].model
-        known = [row.cost for row in attempts if row.cost is not None]
-        cached = sum(row.cache_hit for row in attempts)
+        known = [row.usage.cost for row in attempts if row.usage.cost is not None]
+        cached = sum(row.cache_hits for row in attempts)
         waited = sum(row.limit_wait for row in attempts)
         cells: list[_Cell] = [
             Text(task.name),
@@ -278,7 +283,7 @@ def _show_tasks(console: Console, run: RunRecord, tasks: Sequence[_TaskSummary])
             f"+{_duration((first.start - run.started).total_seconds())}",
             _span(first.start, end),
             Text(model),
-            f"{sum(row.prompt_tokens + row.completion_tokens for row in attempts):,}",
+            f"{sum(row.usage.total_tokens for row in attempts):,}",
         ]
         if costs:
             cells.append(_cost(sum(known)) if known else "")

@@ -23,22 +23,26 @@ from crewflow.store import MemoryStore
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from crewflow.store import AttemptRow, OutputRow, RunRecord, Store
+    from crewflow.store import AddedTaskRecord, AttemptRecord, OutputRow, RunRecord, Store
 
 
 @dataclass(frozen=True)
 class RunDetails:
-    """What ``crewflow show`` shows: the run's record, its attempts and its outputs."""
+    """What ``crewflow show`` shows: the run's record, the tasks its process added, its
+    attempts and its outputs."""
 
     run: RunRecord
-    attempts: list[AttemptRow]
+    added: list[AddedTaskRecord]
+    attempts: list[AttemptRecord]
     outputs: dict[str, OutputRow]
 
     def to_json(self) -> str:
-        """``{"run": ..., "attempts": [...], "outputs": {task: ...}}``, indented."""
+        """``{"run": ..., "added": [...], "attempts": [...], "outputs": {task: ...}}``,
+        indented."""
         return json.dumps(
             {
                 "run": self.run.model_dump(mode="json"),
+                "added": [task.model_dump(mode="json") for task in self.added],
                 "attempts": [row.model_dump(mode="json") for row in self.attempts],
                 "outputs": {
                     name: row.model_dump(mode="json") for name, row in self.outputs.items()
@@ -53,7 +57,12 @@ async def _details(store: Store, *, run_id: str) -> RunDetails:
     run = await store.get_run(run_id)
     if run is None:
         raise UnknownRunError(run_id)
-    return RunDetails(run, await store.attempts(run_id), await store.outputs(run_id))
+    return RunDetails(
+        run,
+        await store.added_tasks(run_id),
+        await store.attempts(run_id),
+        await store.outputs(run_id),
+    )
 
 
 def list_runs(

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from crewflow._usage import Usage as Usage  # re-exported: every response carries one
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -94,40 +96,6 @@ class OutputSchema:
 
     name: str
     schema: dict[str, Any]
-
-
-@dataclass(slots=True)
-class Usage:
-    """Token usage and cost, added up over calls.
-
-    Attributes:
-        requests: Provider calls made (retries included).
-        prompt_tokens: Input tokens reported by the provider (or estimated).
-        completion_tokens: Output tokens.
-        cost: Cost in USD when the provider or LiteLLM's price table knows it, else ``None``.
-    """
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = None
-
-    @property
-    def total_tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-    def add(self, other: Usage) -> None:
-        """Add ``other`` into this usage, in place."""
-        self.requests += other.requests
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        if other.cost is not None:
-            self.cost = (self.cost or 0.0) + other.cost
-
-    def copy(self) -> Usage:
-        """An independent copy."""
-        return Usage(self.requests, self.prompt_tokens, self.completion_tokens, self.cost)
 
 
 DeltaCallback = Callable[[str], Awaitable[None] | None]

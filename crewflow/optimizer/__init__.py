@@ -9,18 +9,17 @@ and waits for limits. `analyze` turns the last runs into a typed `Report`:
 - **bottlenecks**: the measured critical path of a typical run, and the limits tasks waited on;
 - **recommendations**, each with the numbers behind it.
 
-`expected_durations` is the cheap part the runtime needs before a kickoff: each task's median
-measured duration, which the parallel process uses to put the longest remaining path first.
+Definitions used throughout are those of `crewflow.store.read_history`, which the runtime's
+``history()`` uses too (the same module counts the same runs the same way):
 
-Definitions used throughout:
-
+- A run is **clean** when it completed by itself, never paused or resumed: only a clean run's
+  duration measures its process (a resumed run's clock includes the time it lay dead).
 - A task's **duration** in a run runs from its first attempt's start to its last attempt's end,
   and is measured only when that last attempt completed. In a resumed run only the last
-  attempt counts (earlier ones may predate the restart), and the run's own duration is not
-  measured at all (its clock includes the time it lay dead).
+  attempt counts (earlier ones may predate the restart).
 - **Percentiles** interpolate linearly between the closest ranks (numpy's default method).
-- A **typical run** of a crew uses the median duration of each task over the completed runs
-  that have the crew's latest fingerprint, on the task graph of the newest of them.
+- A **typical run** of a crew uses the median duration of each task over the clean runs that
+  have the crew's latest fingerprint, on the task graph of the newest of them.
 
 The thresholds that make a finding a recommendation are constants of this package
 (`MIN_SAVING_SHARE`, `MIN_SAVING_SECONDS`, `LIMIT_WAIT_SHARE`, `FAILURE_RATE`, `MIN_ATTEMPTS`).
@@ -33,9 +32,8 @@ from crewflow.optimizer._analyze import (
     MIN_SAVING_SECONDS,
     MIN_SAVING_SHARE,
     analyze,
-    expected_durations,
 )
-from crewflow.optimizer._graph import critical_path, estimate_duration, percentile
+from crewflow.optimizer._graph import critical_path, estimate_duration
 from crewflow.optimizer._render import render
 from crewflow.optimizer._report import (
     Bottlenecks,
@@ -48,6 +46,7 @@ from crewflow.optimizer._report import (
     TaskStats,
     TaskTime,
 )
+from crewflow.store._history import percentile
 
 __all__ = [
     "FAILURE_RATE",
@@ -67,7 +66,6 @@ __all__ = [
     "analyze",
     "critical_path",
     "estimate_duration",
-    "expected_durations",
     "percentile",
     "render",
 ]

@@ -1,11 +1,12 @@
-"""`analyze` and `expected_durations`, and the rules that turn statistics into recommendations."""
+"""`analyze`, and the rules that turn statistics into recommendations."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from crewflow.optimizer._graph import critical_path, estimate_duration, percentile
+from crewflow._records import TaskStatus
+from crewflow.optimizer._graph import critical_path, estimate_duration
 from crewflow.optimizer._report import (
     Bottlenecks,
     LimitWait,
@@ -17,17 +18,19 @@ from crewflow.optimizer._report import (
 from crewflow.optimizer._stats import (
     _critical_path,
     _limit_waits,
-    _load,
-    _median,
-    _medians,
     _pct,
     _process_stats,
-    _Run,
     _task_entries,
     _task_stats,
     _typical_runs,
 )
-from crewflow.store import AttemptStatus, RunStatus
+from crewflow.store._history import (
+    RunAttempts,
+    load_attempts,
+    median,
+    median_task_seconds,
+    percentile,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,7 +45,6 @@ __all__ = [
     "MIN_SAVING_SECONDS",
     "MIN_SAVING_SHARE",
     "analyze",
-    "expected_durations",
 ]
 
 MIN_SAVING_SHARE = 0.20
@@ -57,12 +59,11 @@ MIN_ATTEMPTS = 5
 """Attempts a task needs before its failure rate counts."""
 
 _TIMEOUT_ERROR = "TaskTimeout"
-_SCAN_LIMIT = 1000  # runs expected_durations looks back through, at most
 
 
 # -- recommendations -----------------------------------------------------------------------------
 def _process_advice(
-    crew: str, typical: Sequence[_Run], process: str | None
+    crew: str, typical: Sequence[RunAttempts], process: str | None
 ) -> Recommendation | None:
     """Switch sequential to parallel, or raise a parallel run's ``max_concurrency``, when the
     typical run's graph says it saves enough."""
@@ -72,7 +73,7 @@ def _process_advice(
     if not measured:
         return None
     graph, bound = same[0].record.graph, same[0].record.max_concurrency
-    durations = _medians(typical)
+    durations = median_task_seconds(typical)
     if process == "sequential":
         current = estimate_duration(graph, durations, max_concurrency=1)
         better = estimate_duration(graph, durations, max_concurrency=bound)
@@ -81,7 +82,7 @@ def _process_advice(
         better = estimate_duration(graph, durations)
     else:
         return None
-    now = _median(measured)
+    now = median(measured)
     # Keep what the schedule does not explain (overheads, waits) in the estimate too.
     then = max(better, now - (current - better))
     saving = now - then
@@ -156,7 +157,7 @@ def _limit_advice(limit: LimitWait, runs: int, crew: str | None) -> Recommendati
     )
 
 
-def _has_fallback(spec: Crew | None, task: str, runs: Sequence[_Run]) -> bool | None:
+def _has_fallback(spec: Crew | None, task: str, runs: Sequence[RunAttempts]) -> bool | None:
     """Whether the task has a fallback agent: from the crew when given, else from a recorded
     attempt by another agent; ``None`` when neither tells."""
     if spec is not None:
@@ -170,15 +171,13 @@ def _has_fallback(spec: Crew | None, task: str, runs: Sequence[_Run]) -> bool | 
 
 
 def _failure_advice(
-    stats: TaskStats, runs: Sequence[_Run], spec: Crew | None
+    stats: TaskStats, runs: Sequence[RunAttempts], spec: Crew | None
 ) -> Recommendation | None:
     if stats.attempts < MIN_ATTEMPTS or stats.failure_rate < FAILURE_RATE:
         return None
     rows = [row for run in runs for row in run.attempts[stats.task]]
-    errors = Counter(
-        row.error_type or "unknown" for row in rows if row.status == AttemptStatus.FAILED
-    )
-    gave_up = sum(run.attempts[stats.task][-1].status == AttemptStatus.FAILED for run in runs)
+    errors = Counter(row.error_type or "unknown" for row in rows if row.status == TaskStatus.FAILED)
+    gave_up = sum(run.attempts[stats.task][-1].status == TaskStatus.FAILED for run in runs)
     evidence = [
         f"fails {_pct(stats.failure_rate)} of attempts ({stats.failed} of {stats.attempts}, "
         f"over {stats.runs} runs)",
@@ -190,11 +189,11 @@ def _failure_advice(
         spans = [
             (row.end - row.start).total_seconds()
             for row in rows
-            if row.status == AttemptStatus.COMPLETED and row.end is not None
+            if row.status == TaskStatus.COMPLETED and row.end is not None
         ]
         if spans:
             evidence.append(
-                f"completed attempts took p50 {_median(spans):.1f} s, "
+                f"completed attempts took p50 {median(spans):.1f} s, "
                 f"p95 {percentile(spans, 0.95) or 0.0:.1f} s"
             )
         return Recommendation(
@@ -250,7 +249,7 @@ async def analyze(store: Store, crew: str | Crew | None = None, *, runs: int = 1
         raise ValueError(f"runs must be at least 1, not {runs}")
     spec = None if crew is None or isinstance(crew, str) else crew
     name = spec.name if spec is not None else crew if isinstance(crew, str) else None
-    history = await _load(store, await store.list_runs(crew=name, limit=runs))
+    history = await load_attempts(store, await store.list_runs(crew=name, limit=runs))
     entries = _task_entries(history)
     tasks = [_task_stats(crew_name, task, group) for (crew_name, task), group in entries.items()]
     typical = _typical_runs(history)
@@ -280,46 +279,3 @@ async def analyze(store: Store, crew: str | Crew | None = None, *, runs: int = 1
         ),
         recommendations=[item for item in advice if item is not None],
     )
-
-
-async def expected_durations(
-    store: Store, crew: str, *, fingerprint: str | None = None, runs: int = 20
-) -> dict[str, float]:
-    """Each task's median measured duration over the crew's last ``runs`` completed runs.
-
-    What the parallel process ranks ready tasks by (longest remaining path first) and the
-    adaptive process estimates with. Reads only what it needs: the newest runs (at most 1000
-    looked through) and their attempts.
-
-    Example:
-        ```python
-        durations = await expected_durations(store, "research", fingerprint=crew_fingerprint)
-        ```
-
-    Args:
-        store: Where the runs are recorded.
-        crew: The crew's name.
-        fingerprint: Only runs of this version of the crew.
-        runs: How many completed runs to take the median over.
-
-    Returns:
-        Seconds per task name; empty when no completed run was recorded.
-
-    Raises:
-        ValueError: ``runs`` is below 1.
-    """
-    if runs < 1:
-        raise ValueError(f"runs must be at least 1, not {runs}")
-    limit = runs
-    while True:
-        records = await store.list_runs(crew=crew, limit=limit)
-        chosen = [
-            record
-            for record in records
-            if record.status == RunStatus.COMPLETED
-            and (fingerprint is None or record.fingerprint == fingerprint)
-        ][:runs]
-        if len(chosen) == runs or len(records) < limit or limit >= _SCAN_LIMIT:
-            break
-        limit = min(limit * 4, _SCAN_LIMIT)
-    return _medians(await _load(store, chosen))

@@ -1,4 +1,4 @@
-"""Graph arithmetic on task graphs: percentiles, the critical path, scheduled run lengths.
+"""Graph arithmetic on recorded task graphs: the critical path, scheduled run lengths.
 
 Pure functions of a task graph (each task's dependencies) and seconds per task.
 """
@@ -6,36 +6,13 @@ Pure functions of a task graph (each task's dependencies) and seconds per task.
 from __future__ import annotations
 
 import heapq
-import math
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
-__all__ = ["critical_path", "estimate_duration", "percentile"]
-
-
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """The ``q``-quantile (0 to 1) of ``values`` by linear interpolation between closest ranks.
-
-    The method numpy calls ``linear``: rank ``q * (n - 1)`` of the sorted values, interpolated.
-
-    Example:
-        ```python
-        percentile([1, 2, 3, 4], 0.5)  # 2.5
-        ```
-
-    Returns:
-        ``None`` when there are no values.
-    """
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    rank = q * (len(ordered) - 1)
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+__all__ = ["critical_path", "estimate_duration"]
 
 
 def _dependencies(graph: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

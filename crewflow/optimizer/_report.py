@@ -31,9 +31,10 @@ class ProcessStats(_Model):
         crew: The crew's name.
         process: The process's name.
         runs: Runs analysed.
-        completed: Runs that completed.
-        success_rate: Completed runs over runs that ended (``None`` while none has).
-        p50_seconds: Median duration of completed runs (``None``: none measured).
+        completed: Clean runs: completed by themselves, never paused or resumed.
+        success_rate: Clean runs over settled ones (completed or failed, never paused or
+            resumed); ``None`` while none has settled.
+        p50_seconds: Median duration of the clean runs (``None``: none measured).
         p95_seconds: 95th percentile of the same.
         tokens: Prompt and completion tokens of every run.
         tokens_per_run: ``tokens`` over ``runs``.

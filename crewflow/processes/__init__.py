@@ -1,18 +1,24 @@
 """Processes: strategies that decide which task runs next.
 
-A process never retries, limits, times out, records or emits events by itself: it calls
-``run.execute(task)`` and the runtime does the rest, the same way for every process. Built-in
-processes are named by string (``Crew(process="sequential")``); plug-ins register a `Process`
-subclass under the ``crewflow.processes`` entry-point group, or are passed as objects.
+A process sees one object, the run's `ProcessContext`, and nothing else: not the run, not the
+store, not a bare LLM client. It never retries, limits, times out, records or emits events by
+itself: it calls ``ctx.execute(task)``, ``ctx.run_ready()`` or ``ctx.ask(...)`` and the runtime
+does the rest, the same way for every process. Built-in processes are named by string
+(``Crew(process="sequential")``); plug-ins register a `Process` subclass under the
+``crewflow.processes`` entry-point group, or are passed as objects.
+
+Resume is replay: a resumed run runs its process again from the start, and every task that
+finished returns its recorded output at once. A process must therefore be deterministic given
+the outputs it gets (see `ProcessContext`).
 
 Example:
     ```python
     class Reversed(Process):
         name = "reversed"
 
-        async def run(self, run: Run) -> None:
-            for task in reversed(run.graph.tasks):
-                await run.execute(task)
+        async def run(self, ctx: ProcessContext) -> None:
+            for task in reversed(ctx.graph.tasks):
+                await ctx.execute(task, context=[])
     ```
 """
 
@@ -23,13 +29,29 @@ import inspect
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from crewflow.exceptions import ConfigurationError
+from crewflow._plan import PlanProblem, ProblemKind
+from crewflow._runtime.context import ProcessContext
+from crewflow.exceptions import ConfigurationError, InvalidPlan
 
 if TYPE_CHECKING:
-    from crewflow._runtime.run import Run
-    from crewflow.graph import TaskGraph
+    from pydantic import JsonValue
 
-__all__ = ["ENTRY_POINT_GROUP", "Process", "Run", "available_processes", "get_process"]
+    from crewflow.graph import TaskGraph
+    from crewflow.store import History, ProcessHistory
+    from crewflow.task import TaskOutput
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "History",
+    "InvalidPlan",
+    "PlanProblem",
+    "ProblemKind",
+    "Process",
+    "ProcessContext",
+    "ProcessHistory",
+    "available_processes",
+    "get_process",
+]
 
 ENTRY_POINT_GROUP = "crewflow.processes"
 
@@ -40,25 +62,26 @@ _BUILTIN = {
 
 
 class Process(ABC):
-    """How a crew's tasks are scheduled. Subclass it and implement `run`."""
+    """How a crew's tasks are scheduled. Subclass it and implement `run`.
+
+    The runtime reads nothing off the class but ``name``: what a process needs of the graph
+    it asks for in `prepare_graph`, what it is configured with it says in `config`.
+    """
 
     name: ClassVar[str]
     """The name users pass as ``Crew(process=...)``."""
 
-    chains_undeclared_context: ClassVar[bool] = False
-    """Whether a task with undeclared context depends on the task before it (sequential)."""
-
-    uses_durations: ClassVar[bool] = False
-    """Whether the process orders tasks by `Run.durations`; the runtime then reads the
-    durations earlier runs measured from the store before the run starts (when slots are
-    scarce, i.e. ``max_concurrency`` is set)."""
-
     @abstractmethod
-    async def run(self, run: Run) -> None:
-        """Run the crew's tasks through ``run.execute`` until every task has finished.
+    async def run(self, ctx: ProcessContext) -> None:
+        """Run the crew's tasks through ``ctx`` until every task of the graph has ended.
 
         Raise (or let propagate) the runtime's errors; the crew turns them into its result.
         """
+
+    def prepare_graph(self, graph: TaskGraph) -> None:  # noqa: B027 - an optional hook
+        """Shape the crew's graph at construction, before `validate` (e.g. sequential calls
+        ``graph.chain_undeclared()``), so that ``crew.graph``, the fingerprint and the recorded
+        graph have every edge before any kickoff."""
 
     def validate(self, graph: TaskGraph) -> None:  # noqa: B027 - an optional hook with a default
         """Check at crew construction that this process can run ``graph``.
@@ -66,6 +89,17 @@ class Process(ABC):
         Raises:
             ConfigurationError: It cannot; the message says why and how to fix it.
         """
+
+    def config(self) -> dict[str, JsonValue]:
+        """What this process is configured with (e.g. a manager's model), as JSON: part of
+        the crew's fingerprint, so a run resumes only under the same configuration. Default:
+        nothing."""
+        return {}
+
+    def final_output(self, ctx: ProcessContext) -> TaskOutput | None:
+        """The run's final output, `CrewResult.output` (default: the last crew task's)."""
+        deliverables = ctx.graph.deliverables
+        return ctx.outputs.get(deliverables[-1]) if deliverables else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -141,9 +175,10 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 
 
 def __getattr__(name: str) -> Any:
-    # `Run` is what plug-ins are written against; loaded on first use, not at import.
-    if name == "Run":
-        from crewflow._runtime.run import Run
+    # What `ProcessContext.history()` returns, loaded with the store on first use: crews are
+    # built without loading the store's modules.
+    if name in ("History", "ProcessHistory"):
+        import crewflow.store
 
-        return Run
+        return getattr(crewflow.store, name)
     raise AttributeError(f"module 'crewflow.processes' has no attribute {name!r}")

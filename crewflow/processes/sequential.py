@@ -12,8 +12,8 @@ from crewflow.exceptions import ConfigurationError
 from crewflow.processes import Process
 
 if TYPE_CHECKING:
-    from crewflow._runtime.run import Run
     from crewflow.graph import TaskGraph
+    from crewflow.processes import ProcessContext
 
 __all__ = ["Sequential"]
 
@@ -22,7 +22,10 @@ class Sequential(Process):
     """Run tasks in list order, one at a time."""
 
     name: ClassVar[str] = "sequential"
-    chains_undeclared_context: ClassVar[bool] = True
+
+    def prepare_graph(self, graph: TaskGraph) -> None:
+        """A task whose context is not declared depends on the task before it."""
+        graph.chain_undeclared()
 
     def validate(self, graph: TaskGraph) -> None:
         """Every task must come after the tasks its context names."""
@@ -36,7 +39,7 @@ class Sequential(Process):
                         f"{dependency!r} before {name!r}"
                     )
 
-    async def run(self, run: Run) -> None:
+    async def run(self, ctx: ProcessContext) -> None:
         """Execute each task in turn; the first failure ends the run."""
-        for task in run.graph.tasks:
-            await run.execute(task)
+        for task in ctx.graph.tasks:
+            await ctx.execute(task)

@@ -9,6 +9,7 @@ Importing this package does no I/O: a store opens its database on first use. Its
 (`StoreError` and below) are part of the one tree in `crewflow.exceptions`.
 """
 
+from crewflow._records import AttemptRecord, RunStatus, TaskKind, TaskStatus
 from crewflow.store._base import (
     DuplicateRunError,
     SchemaVersionError,
@@ -18,24 +19,19 @@ from crewflow.store._base import (
     default_store_path,
     resolve_store,
 )
-from crewflow.store._records import (
-    AttemptRow,
-    AttemptStatus,
-    OutputRow,
-    RunRecord,
-    RunSource,
-    RunStatus,
-    UsageRecord,
-)
+from crewflow.store._history import History, ProcessHistory, read_history
+from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord, RunSource
 from crewflow.store.memory import MemoryStore
 from crewflow.store.sqlite import SQLiteStore
 
 __all__ = [
-    "AttemptRow",
-    "AttemptStatus",
+    "AddedTaskRecord",
+    "AttemptRecord",
     "DuplicateRunError",
+    "History",
     "MemoryStore",
     "OutputRow",
+    "ProcessHistory",
     "RunRecord",
     "RunSource",
     "RunStatus",
@@ -43,8 +39,10 @@ __all__ = [
     "SchemaVersionError",
     "Store",
     "StoreError",
+    "TaskKind",
+    "TaskStatus",
     "UnknownRunError",
-    "UsageRecord",
     "default_store_path",
+    "read_history",
     "resolve_store",
 ]

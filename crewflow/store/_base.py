@@ -19,14 +19,9 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
-    from crewflow.llm._types import Usage
-    from crewflow.store._records import (
-        AttemptRow,
-        OutputRow,
-        RunRecord,
-        RunStatus,
-        UsageRecord,
-    )
+    from crewflow._records import AttemptRecord, RunStatus
+    from crewflow._usage import Usage
+    from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
 _opened: dict[str, Store] = {}
 """The SQLite stores `resolve_store` opened, by resolved path (one per database file)."""
@@ -111,11 +106,7 @@ class Store(ABC):
 
     @abstractmethod
     async def finish_run(
-        self,
-        run_id: str,
-        status: RunStatus,
-        ended: datetime,
-        usage: Usage | UsageRecord,
+        self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
     ) -> None:
         """Mark a run as ended, with its final status and usage.
 
@@ -133,12 +124,45 @@ class Store(ABC):
         """
         raise StoreError(f"{type(self).__name__} cannot resume runs (it has no reopen_run)")
 
-    @abstractmethod
-    async def record_attempt(self, row: AttemptRow) -> None:
-        """Record one attempt of a task (replacing an earlier row for the same attempt).
+    async def record_choice(self, run_id: str, process: str, reason: str) -> None:  # noqa: B027
+        """Record the process a choosing process (adaptive) picked for the run, and why.
+
+        The default keeps nothing (the run record then shows the crew's process only).
 
         Raises:
-            UnknownRunError: The row's run was never started.
+            UnknownRunError: No such run.
+        """
+
+    async def record_pause(self, run_id: str) -> None:  # noqa: B027 - an optional hook
+        """Record that the run was paused (its duration then says little about its speed).
+
+        The default keeps nothing.
+
+        Raises:
+            UnknownRunError: No such run.
+        """
+
+    async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:  # noqa: B027
+        """Record tasks a process added to the run while it ran, as one write.
+
+        The default keeps nothing: a resumed run then re-adds its process's tasks without
+        checking them against what ran before.
+
+        Raises:
+            UnknownRunError: No such run.
+        """
+
+    async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
+        """The tasks the run's process added, in the order they were added (default: none)."""
+        return []
+
+    @abstractmethod
+    async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
+        """Record one finished attempt of a task of run ``run_id`` (replacing an earlier record
+        of the same task and attempt number).
+
+        Raises:
+            UnknownRunError: The run was never started.
         """
 
     @abstractmethod
@@ -149,17 +173,17 @@ class Store(ABC):
             UnknownRunError: The row's run was never started.
         """
 
-    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRow] = ()) -> None:
+    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRecord] = ()) -> None:
         """Record a finished task's attempts and commit its output, as one checkpoint.
 
         What the runtime calls when a task finishes; a store may do it in one transaction
         (`SQLiteStore` does). The default records each attempt, then saves the output.
 
         Raises:
-            UnknownRunError: A row's run was never started.
+            UnknownRunError: The output's run was never started.
         """
-        for row in attempts:
-            await self.record_attempt(row)
+        for attempt in attempts:
+            await self.record_attempt(output.run_id, attempt)
         await self.save_output(output)
 
     @abstractmethod
@@ -171,12 +195,21 @@ class Store(ABC):
         """The run's finished outputs by task name, in the order they finished."""
 
     @abstractmethod
-    async def attempts(self, run_id: str) -> list[AttemptRow]:
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
         """The run's attempts, by start time (then task and attempt number)."""
 
     @abstractmethod
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         """Runs, newest first; only ``crew``'s when given; at most ``limit`` (``None``: all)."""
+
+    async def runs_of_key(self, crew_key: str, limit: int | None = 50) -> list[RunRecord]:
+        """The runs of one crew key (`RunRecord.crew_key`), newest first, at most ``limit``.
+
+        The default filters `list_runs`; a store with an index on the key does better.
+        """
+        check_limit(limit)
+        found = [run for run in await self.list_runs(limit=None) if run.crew_key == crew_key]
+        return found[:limit]
 
     async def cache_get(self, key: str) -> str | None:
         """The cached value for ``key``, or ``None``. The default store caches nothing."""

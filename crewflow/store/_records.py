@@ -1,80 +1,26 @@
-"""The records a store keeps: runs, task attempts, finished outputs.
+"""The records a store keeps: runs, the tasks a process added, task attempts, finished outputs.
 
 Frozen pydantic models, serialised as JSON (never pickled), so that any store, the CLI and the
-optimizer read the same shapes. Datetimes must carry a timezone. Nothing here holds secrets: no
-record has a field for API keys, headers or client settings, and a store never takes any.
+optimizer read the same shapes. Attempts are the runtime's own `AttemptRecord`, kept unchanged.
+Datetimes must carry a timezone. Nothing here holds secrets: no record has a field for API keys,
+headers or client settings, and a store never takes any.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic_core import to_jsonable_python
 
-if TYPE_CHECKING:
-    from crewflow.llm._types import Usage
+from crewflow._records import RunStatus, TaskKind
+from crewflow._usage import Usage
 
-__all__ = [
-    "AttemptRow",
-    "AttemptStatus",
-    "OutputRow",
-    "RunRecord",
-    "RunSource",
-    "RunStatus",
-    "UsageRecord",
-]
-
-
-class RunStatus(StrEnum):
-    """Where a run is: ``running`` until it ends as ``completed``, ``failed`` or ``cancelled``."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class AttemptStatus(StrEnum):
-    """How one attempt of a task ended (``running`` while it is still going)."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+__all__ = ["AddedTaskRecord", "OutputRow", "RunRecord", "RunSource"]
 
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-
-class UsageRecord(_Record):
-    """Requests, tokens and cost, as stored.
-
-    Attributes:
-        requests: Provider calls made (retries included).
-        prompt_tokens: Input tokens.
-        completion_tokens: Output tokens.
-        cost: Cost in USD when known, else ``None``.
-    """
-
-    requests: int = Field(default=0, ge=0)
-    prompt_tokens: int = Field(default=0, ge=0)
-    completion_tokens: int = Field(default=0, ge=0)
-    cost: float | None = None
-
-    @classmethod
-    def from_usage(cls, usage: Usage | UsageRecord) -> UsageRecord:
-        """The stored form of the runtime's `crewflow.llm.Usage` (a record is returned as is)."""
-        if isinstance(usage, UsageRecord):
-            return usage
-        return cls(
-            requests=usage.requests,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost=usage.cost,
-        )
 
 
 class RunSource(_Record):
@@ -95,35 +41,53 @@ class RunRecord(_Record):
     Attributes:
         run_id: The run's id (as in logs, events and `CrewResult.run_id`).
         crew: The crew's name.
-        fingerprint: A hash of the crew's tasks, agents, models and process; resume compares it.
+        fingerprint: A hash of the crew's tasks, agents, models, process and its configuration;
+            resume compares it.
+        crew_key: A hash of the crew's tasks, agents and models without the process: the runs
+            of one crew key computed the same things, whichever process ran them (the process
+            context's ``history()`` reads them).
+        task_hashes: Each crew task's own hash, by name, in declaration order (a resume that
+            finds the fingerprint changed names the tasks that did).
+        process_config: The process's configuration as it ran (``Process.config()``).
         source: How the CLI started it, or ``None`` when started from code.
-        process: The process that ran it.
-        process_reason: Why that process was chosen (the adaptive process explains itself).
+        process: The crew's process.
+        chosen: The process a choosing process (adaptive) picked to run the crew, when one did.
+        process_reason: Why the crew ran under that process (a choosing process explains
+            itself, recorded when it chooses).
         inputs: The kickoff inputs, as JSON (values JSON cannot hold are stored as text).
         status: ``running``, ``completed``, ``failed`` or ``cancelled``.
         started: When it began.
         ended: When it ended, ``None`` while running.
         usage: Requests, tokens and cost of the whole run.
-        graph: Each task's name with the names of the tasks it depends on, in declaration
-            order (the optimizer's critical path and what-if estimates use it).
+        graph: Each crew task's name with the names of the tasks it depends on, in declaration
+            order (the optimizer's critical path and what-if estimates use it). Tasks the
+            process added are `AddedTaskRecord` rows.
         max_concurrency: The crew's ``max_concurrency`` (``None``: unbounded).
         resumed: How many times the run was resumed.
+        paused: Whether the run was ever paused (its duration then says little about speed).
+        details: More about the run, for features that need no query of their own.
     """
 
     run_id: str = Field(min_length=1)
     crew: str
     fingerprint: str = ""
+    crew_key: str = ""
+    task_hashes: dict[str, str] = Field(default_factory=dict)
+    process_config: dict[str, JsonValue] = Field(default_factory=dict)
     source: RunSource | None = None
     process: str = ""
+    chosen: str | None = None
     process_reason: str = ""
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
     status: RunStatus = RunStatus.RUNNING
     started: AwareDatetime
     ended: AwareDatetime | None = None
-    usage: UsageRecord = Field(default_factory=UsageRecord)
+    usage: Usage = Field(default_factory=Usage)
     graph: dict[str, list[str]] = Field(default_factory=dict)
     max_concurrency: int | None = Field(default=None, ge=1)
     resumed: int = Field(default=0, ge=0)
+    paused: bool = False
+    details: dict[str, JsonValue] = Field(default_factory=dict)
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -131,54 +95,39 @@ class RunRecord(_Record):
         # Inputs are user values of any type; a record must hold them as JSON, never pickled.
         return to_jsonable_python(value, fallback=repr)
 
+    @property
+    def ran(self) -> str:
+        """The process that ran the tasks: the chosen one, else the crew's."""
+        return self.chosen or self.process
 
-class AttemptRow(_Record):
-    """One attempt of one task in one run.
 
-    A store keeps one row per ``(run_id, task, attempt)``: recording the same attempt again
-    replaces it (e.g. a ``running`` row updated when the attempt ends), so a resumed run must
-    number its attempts on from the ones already recorded.
+class AddedTaskRecord(_Record):
+    """A task a process added to a run while it ran (a plan step, a manager's question).
+
+    A resumed run replays its process, which adds the same tasks again under the same names;
+    each is checked against its ``spec_hash`` here, so a finished one is never redone for a
+    different task.
 
     Attributes:
-        run_id: The run it belongs to.
-        task: The task's name.
-        attempt: 1 for the first attempt.
-        agent: The role of the agent that made it (the fallback agent's on a fallback attempt).
-        start: When it began.
-        end: When it ended, ``None`` while running.
-        status: ``running``, ``completed``, ``failed`` or ``cancelled``.
-        error_type: The exception's class name when it failed.
-        error: The error message when it failed.
-        model: The model the agent used.
-        requests: Provider calls of this attempt.
-        prompt_tokens: Input tokens of this attempt.
-        completion_tokens: Output tokens of this attempt.
-        cost: Cost in USD when known.
-        cache_hit: The reply came from the cache.
-        llm_retries: Provider calls retried inside this attempt.
-        limit_wait: Seconds its calls waited for limits (concurrency, rpm, tpm, Retry-After).
-        limit_waits: Those seconds by the limit that held the call, e.g.
-            ``{"concurrency:search": 1.5}`` (a wait held by two limits counts for both).
+        name: The task's name in the run (chosen by the process, e.g. ``"plan"``,
+            ``"research.1"``).
+        kind: ``internal`` (the process's own work) or ``deliverable``.
+        step: ``"task"`` for a task added with ``add_tasks``, ``"ask"`` for a question asked
+            with ``ask``.
+        agent: The role of the agent that does it.
+        depends_on: The names of the tasks it depends on.
+        spec_hash: A hash of what the task is (description, agent, model, dependencies,
+            output schema).
+        added: When it was added.
     """
 
-    run_id: str = Field(min_length=1)
-    task: str
-    attempt: int = Field(ge=1)
+    name: str = Field(min_length=1)
+    kind: TaskKind = TaskKind.INTERNAL
+    step: Literal["task", "ask"] = "task"
     agent: str = ""
-    start: AwareDatetime
-    end: AwareDatetime | None = None
-    status: AttemptStatus
-    error_type: str | None = None
-    error: str | None = None
-    model: str = ""
-    requests: int = Field(default=0, ge=0)
-    prompt_tokens: int = Field(default=0, ge=0)
-    completion_tokens: int = Field(default=0, ge=0)
-    cost: float | None = None
-    cache_hit: bool = False
-    llm_retries: int = Field(default=0, ge=0)
-    limit_wait: float = Field(default=0.0, ge=0)
-    limit_waits: dict[str, float] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    spec_hash: str = ""
+    added: AwareDatetime
 
 
 class OutputRow(_Record):

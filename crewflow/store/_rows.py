@@ -8,20 +8,26 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 
+from crewflow._records import AttemptRecord, TaskStatus
+from crewflow._usage import Usage
 from crewflow.store._base import UnknownRunError
-from crewflow.store._records import AttemptRow, OutputRow, RunRecord
+from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 RUN_COLUMNS = (
-    "run_id, crew, fingerprint, source, process, process_reason, inputs, status, started, "
-    "ended, usage, graph, max_concurrency, resumed"
+    "run_id, crew, fingerprint, crew_key, task_hashes, process_config, source, process, chosen, "
+    "process_reason, inputs, status, started, ended, usage, graph, max_concurrency, resumed, "
+    "paused, details"
 )
+_RUN_JSON = ("task_hashes", "process_config", "inputs", "usage", "graph", "details")
 ATTEMPT_COLUMNS = (
-    'run_id, task, attempt, agent, start, "end", status, error_type, error, model, requests, '
-    "prompt_tokens, completion_tokens, cost, cache_hit, llm_retries, limit_wait, limit_waits"
+    'run_id, task, attempt, agent, start, "end", duration, status, error_type, error, model, '
+    "requests, prompt_tokens, completion_tokens, cost, cache_hits, llm_retries, limit_wait, "
+    "limit_waits, details"
 )
+TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
 OUTPUT_COLUMNS = "run_id, task, text, data, agent, model, finished_at"
 
@@ -34,8 +40,10 @@ class TaskRows:
 
     __slots__ = ("attempts", "output")
 
-    def __init__(self, output: OutputRow | None, attempts: Iterable[AttemptRow]) -> None:
-        self.attempts = [_attempt_values(row) for row in attempts]
+    def __init__(
+        self, run_id: str, output: OutputRow | None, attempts: Iterable[AttemptRecord]
+    ) -> None:
+        self.attempts = [_attempt_values(run_id, attempt) for attempt in attempts]
         self.output = None if output is None else _output_values(output)
 
     def __call__(self, conn: sqlite3.Connection) -> None:
@@ -76,6 +84,7 @@ class _Insert:
 
 ATTEMPTS = _Insert("attempts", ATTEMPT_COLUMNS + ", start_ts")
 OUTPUTS = _Insert("outputs", OUTPUT_COLUMNS + ", finished_ts")
+TASKS = _Insert("tasks", TASK_COLUMNS + ", added_ts")
 
 
 def run_exists(conn: sqlite3.Connection, run_id: str) -> bool:
@@ -102,33 +111,50 @@ _when = to_jsonable_python
 
 def run_values(record: RunRecord) -> tuple[Any, ...]:
     data = record.model_dump(mode="json")
-    for name in ("inputs", "usage", "graph"):
+    for name in _RUN_JSON:
         data[name] = to_json(data[name])
     data["source"] = None if record.source is None else to_json(data["source"])
     return (*(data[name] for name in _names(RUN_COLUMNS)), record.started.timestamp())
 
 
-def _attempt_values(row: AttemptRow) -> tuple[Any, ...]:
+def _attempt_values(run_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:
+    usage = attempt.usage
     return (
-        row.run_id,
-        row.task,
-        row.attempt,
-        row.agent,
-        _when(row.start),
-        None if row.end is None else _when(row.end),
-        row.status.value,
-        row.error_type,
-        row.error,
-        row.model,
-        row.requests,
-        row.prompt_tokens,
-        row.completion_tokens,
-        row.cost,
-        row.cache_hit,
-        row.llm_retries,
-        row.limit_wait,
-        to_json(row.limit_waits) if row.limit_waits else "{}",
-        row.start.timestamp(),
+        run_id,
+        attempt.task,
+        attempt.number,
+        attempt.agent,
+        _when(attempt.start),
+        _when(attempt.end),
+        attempt.duration,
+        attempt.status.value,
+        attempt.error_type,
+        attempt.error,
+        attempt.model,
+        usage.requests,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cost,
+        attempt.cache_hits,
+        attempt.llm_retries,
+        attempt.limit_wait,
+        to_json(attempt.limit_waits) if attempt.limit_waits else "{}",
+        to_json(attempt.details) if attempt.details else "{}",
+        attempt.start.timestamp(),
+    )
+
+
+def task_values(run_id: str, task: AddedTaskRecord) -> tuple[Any, ...]:
+    return (
+        run_id,
+        task.name,
+        task.kind.value,
+        task.step,
+        task.agent,
+        to_json(task.depends_on),
+        task.spec_hash,
+        _when(task.added),
+        task.added.timestamp(),
     )
 
 
@@ -147,16 +173,40 @@ def _output_values(row: OutputRow) -> tuple[Any, ...]:
 
 def run_from_row(found: tuple[Any, ...]) -> RunRecord:
     data = dict(zip(_names(RUN_COLUMNS), found, strict=True))
-    for name in ("inputs", "usage", "graph"):
+    for name in _RUN_JSON:
         data[name] = json.loads(data[name])
     data["source"] = None if data["source"] is None else json.loads(data["source"])
     return RunRecord.model_validate(data)
 
 
-def attempt_from_row(found: tuple[Any, ...]) -> AttemptRow:
+def attempt_from_row(found: tuple[Any, ...]) -> AttemptRecord:
     data = dict(zip(_names(ATTEMPT_COLUMNS), found, strict=True))
+    data["number"] = data.pop("attempt")
+    del data["run_id"]
+    data["usage"] = Usage(
+        data.pop("requests"),
+        data.pop("prompt_tokens"),
+        data.pop("completion_tokens"),
+        data.pop("cost"),
+    )
     data["limit_waits"] = json.loads(data["limit_waits"])
-    return AttemptRow.model_validate(data)
+    data["details"] = json.loads(data["details"])
+    if data["end"] is None:
+        # Recorded as running by an older crewflow and never ended: it died with its process.
+        data["end"] = data["start"]
+        data["status"] = TaskStatus.CANCELLED
+    record = AttemptRecord.model_validate(data | {"duration": data["duration"] or 0.0})
+    if data["duration"] is None:  # recorded before attempts kept their own duration
+        seconds = max(0.0, (record.end - record.start).total_seconds())
+        record = record.model_copy(update={"duration": seconds})
+    return record
+
+
+def task_from_row(found: tuple[Any, ...]) -> AddedTaskRecord:
+    data = dict(zip(_names(TASK_COLUMNS), found, strict=True))
+    del data["run_id"]
+    data["depends_on"] = json.loads(data["depends_on"])
+    return AddedTaskRecord.model_validate(data)
 
 
 def output_from_row(found: tuple[Any, ...]) -> OutputRow:

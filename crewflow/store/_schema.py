@@ -105,4 +105,39 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS outputs_by_run")
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3]
+def _v4(conn: sqlite3.Connection) -> None:
+    # Graphs that grow while they run: the tasks a process adds (and its questions) with their
+    # spec hashes, so that a resumed run replays them; the structured fingerprint (a hash per
+    # task, the crew key without the process, the process's configuration), the process a
+    # choosing process picked, whether a run was paused; cache hits counted, not flagged; an
+    # attempt's own duration; and a JSON ``details`` column per run and per attempt for fields
+    # that are never queried, so later features need no migration of their own.
+    statements = (
+        "ALTER TABLE runs ADD COLUMN crew_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE runs ADD COLUMN task_hashes TEXT NOT NULL DEFAULT '{}'",  # JSON object
+        "ALTER TABLE runs ADD COLUMN process_config TEXT NOT NULL DEFAULT '{}'",  # JSON object
+        "ALTER TABLE runs ADD COLUMN chosen TEXT",
+        "ALTER TABLE runs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN details TEXT NOT NULL DEFAULT '{}'",  # JSON object
+        "CREATE INDEX runs_by_key ON runs (crew_key, started_ts DESC)",
+        "ALTER TABLE attempts RENAME COLUMN cache_hit TO cache_hits",
+        "ALTER TABLE attempts ADD COLUMN duration REAL",  # NULL: from start and end
+        "ALTER TABLE attempts ADD COLUMN details TEXT NOT NULL DEFAULT '{}'",  # JSON object
+        """CREATE TABLE tasks (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            step TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            depends_on TEXT NOT NULL,   -- JSON list of task names
+            spec_hash TEXT NOT NULL,
+            added TEXT NOT NULL,
+            added_ts REAL NOT NULL,
+            PRIMARY KEY (run_id, name)
+        )""",
+    )
+    for statement in statements:
+        conn.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]

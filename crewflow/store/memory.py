@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from crewflow._records import AttemptRecord, RunStatus
 from crewflow.store._base import DuplicateRunError, Store, UnknownRunError, check_limit
-from crewflow.store._records import AttemptRow, OutputRow, RunRecord, RunStatus, UsageRecord
+from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    from crewflow.llm._types import Usage
+    from crewflow._usage import Usage
 
 __all__ = ["MemoryStore"]
 
@@ -34,6 +35,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._runs: dict[str, tuple[int, str]] = {}
         self._attempts: dict[tuple[str, str, int], str] = {}
+        self._tasks: dict[tuple[str, str], str] = {}
         self._outputs: dict[tuple[str, str], str] = {}
         self._cache: dict[str, str] = {}
         self._sequence = 0
@@ -45,35 +47,39 @@ class MemoryStore(Store):
         self._runs[record.run_id] = (self._sequence, record.model_dump_json())
 
     async def finish_run(
-        self,
-        run_id: str,
-        status: RunStatus,
-        ended: datetime,
-        usage: Usage | UsageRecord,
+        self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
     ) -> None:
-        current = self._load_run(run_id)
-        updated = RunRecord.model_validate(
-            {
-                **current.model_dump(),
-                "status": RunStatus(status),
-                "ended": ended,
-                "usage": UsageRecord.from_usage(usage),
-            }
-        )
-        sequence = self._runs[run_id][0]
-        self._runs[run_id] = (sequence, updated.model_dump_json())
+        self._update_run(run_id, status=RunStatus(status), ended=ended, usage=usage)
 
     async def reopen_run(self, run_id: str) -> None:
-        current = self._load_run(run_id)
-        updated = current.model_copy(
-            update={"status": RunStatus.RUNNING, "ended": None, "resumed": current.resumed + 1}
-        )
-        sequence = self._runs[run_id][0]
-        self._runs[run_id] = (sequence, updated.model_dump_json())
+        resumed = self._load_run(run_id).resumed + 1
+        self._update_run(run_id, status=RunStatus.RUNNING, ended=None, resumed=resumed)
 
-    async def record_attempt(self, row: AttemptRow) -> None:
-        self._require_run(row.run_id)
-        self._attempts[(row.run_id, row.task, row.attempt)] = row.model_dump_json()
+    async def record_choice(self, run_id: str, process: str, reason: str) -> None:
+        self._update_run(run_id, chosen=process, process_reason=reason)
+
+    async def record_pause(self, run_id: str) -> None:
+        self._update_run(run_id, paused=True)
+
+    async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:
+        self._require_run(run_id)
+        for task in tasks:
+            # A task added again counts as added now, as in the database.
+            self._tasks.pop((run_id, task.name), None)
+            self._tasks[(run_id, task.name)] = task.model_dump_json()
+
+    async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
+        found = [
+            AddedTaskRecord.model_validate_json(text)
+            for (run, _), text in self._tasks.items()
+            if run == run_id
+        ]
+        found.sort(key=lambda task: task.added.timestamp())  # stable: then in insertion order
+        return found
+
+    async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
+        self._require_run(run_id)
+        self._attempts[(run_id, attempt.task, attempt.number)] = attempt.model_dump_json()
 
     async def save_output(self, row: OutputRow) -> None:
         self._require_run(row.run_id)
@@ -82,12 +88,11 @@ class MemoryStore(Store):
         self._outputs.pop(key, None)
         self._outputs[key] = row.model_dump_json()
 
-    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRow] = ()) -> None:
+    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRecord] = ()) -> None:
         # All or nothing, as one transaction in the database.
-        for run_id in {output.run_id, *(row.run_id for row in attempts)}:
-            self._require_run(run_id)
-        for row in attempts:
-            await self.record_attempt(row)
+        self._require_run(output.run_id)
+        for attempt in attempts:
+            await self.record_attempt(output.run_id, attempt)
         await self.save_output(output)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -104,14 +109,14 @@ class MemoryStore(Store):
         rows.sort(key=lambda row: row.finished_at.timestamp())
         return {row.task: row for row in rows}
 
-    async def attempts(self, run_id: str) -> list[AttemptRow]:
-        rows = [
-            AttemptRow.model_validate_json(text)
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        found = [
+            AttemptRecord.model_validate_json(text)
             for (run, _, _), text in self._attempts.items()
             if run == run_id
         ]
-        rows.sort(key=lambda row: (row.start.timestamp(), row.task, row.attempt))
-        return rows
+        found.sort(key=lambda attempt: (attempt.start.timestamp(), attempt.task, attempt.number))
+        return found
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         check_limit(limit)
@@ -141,6 +146,12 @@ class MemoryStore(Store):
     def _require_run(self, run_id: str) -> None:
         if run_id not in self._runs:
             raise UnknownRunError(run_id)
+
+    def _update_run(self, run_id: str, **changes: object) -> None:
+        # Validated again, so that a bad value fails here as it would in the database.
+        updated = RunRecord.model_validate({**self._load_run(run_id).model_dump(), **changes})
+        sequence = self._runs[run_id][0]
+        self._runs[run_id] = (sequence, updated.model_dump_json())
 
     def _load_run(self, run_id: str) -> RunRecord:
         self._require_run(run_id)

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crewflow._records import AttemptRecord, RunStatus
 from crewflow.store._base import (
     DuplicateRunError,
     SchemaVersionError,
@@ -47,18 +48,22 @@ from crewflow.store._base import (
     check_limit,
     default_store_path,
 )
-from crewflow.store._records import AttemptRow, OutputRow, RunRecord, RunStatus, UsageRecord
+from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 from crewflow.store._rows import (
     ATTEMPT_COLUMNS,
     OUTPUT_COLUMNS,
     RUN_COLUMNS,
     RUN_MARKS,
+    TASK_COLUMNS,
+    TASKS,
     TaskRows,
     attempt_from_row,
     output_from_row,
     run_exists,
     run_from_row,
     run_values,
+    task_from_row,
+    task_values,
     to_json,
 )
 from crewflow.store._schema import MIGRATIONS
@@ -69,7 +74,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    from crewflow.llm._types import Usage
+    from crewflow._usage import Usage
 
 __all__ = ["SQLiteStore"]
 
@@ -112,11 +117,7 @@ class SQLiteStore(Store):
         await self._writer.call(insert, "write")
 
     async def finish_run(
-        self,
-        run_id: str,
-        status: RunStatus,
-        ended: datetime,
-        usage: Usage | UsageRecord,
+        self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
     ) -> None:
         # Validate through the record so that a bad value fails here, as in MemoryStore.
         checked = RunRecord(
@@ -125,40 +126,64 @@ class SQLiteStore(Store):
             started=ended,
             status=RunStatus(status),
             ended=ended,
-            usage=UsageRecord.from_usage(usage),
+            usage=usage,
         ).model_dump(mode="json")
-        values = (checked["status"], checked["ended"], to_json(checked["usage"]), run_id)
-
-        def update(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
-                "UPDATE runs SET status = ?, ended = ?, usage = ? WHERE run_id = ?", values
-            )
-            if cursor.rowcount == 0:
-                raise UnknownRunError(run_id)
-
-        await self._writer.call(update, "write")
+        await self._update(
+            run_id,
+            "status = ?, ended = ?, usage = ?",
+            (checked["status"], checked["ended"], to_json(checked["usage"])),
+        )
 
     async def reopen_run(self, run_id: str) -> None:
+        await self._update(
+            run_id, "status = ?, ended = NULL, resumed = resumed + 1", (RunStatus.RUNNING.value,)
+        )
+
+    async def record_choice(self, run_id: str, process: str, reason: str) -> None:
+        await self._update(run_id, "chosen = ?, process_reason = ?", (process, reason))
+
+    async def record_pause(self, run_id: str) -> None:
+        await self._update(run_id, "paused = 1", ())
+
+    async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:
+        values = [task_values(run_id, task) for task in tasks]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if not run_exists(conn, run_id):
+                raise UnknownRunError(run_id)
+            TASKS.insert(conn, values)
+
+        await self._writer.call(insert, "write")
+
+    async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY added_ts, rowid",
+                (run_id,),
+            ).fetchall()
+
+        return [task_from_row(found) for found in await self._writer.call(select)]
+
+    async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
+        await self._writer.call(TaskRows(run_id, None, (attempt,)), "write")
+
+    async def save_output(self, row: OutputRow) -> None:
+        await self._writer.call(TaskRows(row.run_id, row, ()), "write")
+
+    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRecord] = ()) -> None:
+        # One hop to the store's thread for the whole task, in a transaction shared with every
+        # other write waiting at the time.
+        await self._writer.call(TaskRows(output.run_id, output, attempts), "write")
+
+    async def _update(self, run_id: str, assignments: str, values: tuple[Any, ...]) -> None:
+        """``UPDATE runs SET <assignments>`` for one run that must exist."""
+        statement = f"UPDATE runs SET {assignments} WHERE run_id = ?"
+
         def update(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
-                "UPDATE runs SET status = ?, ended = NULL, resumed = resumed + 1 WHERE run_id = ?",
-                (RunStatus.RUNNING.value, run_id),
-            )
-            if cursor.rowcount == 0:
+            if conn.execute(statement, (*values, run_id)).rowcount == 0:
                 raise UnknownRunError(run_id)
 
         await self._writer.call(update, "write")
-
-    async def record_attempt(self, row: AttemptRow) -> None:
-        await self._writer.call(TaskRows(None, (row,)), "write")
-
-    async def save_output(self, row: OutputRow) -> None:
-        await self._writer.call(TaskRows(row, ()), "write")
-
-    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRow] = ()) -> None:
-        # One hop to the store's thread for the whole task, in a transaction shared with every
-        # other write waiting at the time.
-        await self._writer.call(TaskRows(output, attempts), "write")
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def select(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
@@ -180,7 +205,7 @@ class SQLiteStore(Store):
         rows = [output_from_row(found) for found in await self._writer.call(select)]
         return {row.task: row for row in rows}
 
-    async def attempts(self, run_id: str) -> list[AttemptRow]:
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
                 f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? "
@@ -198,6 +223,19 @@ class SQLiteStore(Store):
             f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY started_ts DESC, rowid DESC LIMIT ?"
         )
         params.append(-1 if limit is None else limit)
+
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(query, params).fetchall()
+
+        return [run_from_row(found) for found in await self._writer.call(select)]
+
+    async def runs_of_key(self, crew_key: str, limit: int | None = 50) -> list[RunRecord]:
+        check_limit(limit)
+        query = (
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE crew_key = ? "
+            "ORDER BY started_ts DESC, rowid DESC LIMIT ?"
+        )
+        params = (crew_key, -1 if limit is None else limit)
 
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(query, params).fetchall()

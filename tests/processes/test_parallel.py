@@ -269,7 +269,6 @@ def test_parallel_does_not_chain_undeclared_context() -> None:
 
     result, events = kickoff_virtual(crew)
 
-    assert Parallel.chains_undeclared_context is False
     assert crew.graph.dependency_names("task_2") == []
     assert starts_of(events) == {"task_1": 0.0, "task_2": 0.0}
     assert result.duration == pytest.approx(0.1)

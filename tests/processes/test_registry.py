@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -12,14 +12,12 @@ from crewflow.exceptions import ConfigurationError
 from crewflow.processes import (
     ENTRY_POINT_GROUP,
     Process,
+    ProcessContext,
     available_processes,
     get_process,
 )
 from crewflow.processes.sequential import Sequential
 from crewflow.testing import FunctionLLM
-
-if TYPE_CHECKING:
-    from crewflow._runtime.run import Run
 
 
 class Backwards(Process):
@@ -27,13 +25,13 @@ class Backwards(Process):
 
     name: ClassVar[str] = "backwards"
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: ProcessContext) -> None:
         for task in reversed(run.graph.tasks):
             await run.execute(task)
 
 
 class Nameless(Process):
-    async def run(self, run: Run) -> None:  # pragma: no cover - never run
+    async def run(self, run: ProcessContext) -> None:  # pragma: no cover - never run
         pass
 
 

@@ -24,9 +24,19 @@ def prompt_of(request: LLMRequest) -> str:
     return content
 
 
-def test_sequential_chains_undeclared_context() -> None:
+def test_sequential_chains_undeclared_context_when_the_crew_is_built() -> None:
+    agent = Agent(role="W", goal="G")
+    tasks = [Task("a", agent=agent), Task("b", agent=agent), Task("c", agent=agent, context=[])]
+
+    crew = Crew(tasks=tasks, process="sequential")
+
     assert Sequential.name == "sequential"
-    assert Sequential.chains_undeclared_context is True
+    # A real edge before any kickoff: in the graph, the fingerprint and the recorded graph.
+    assert crew.graph.dependency_names("task_2") == ["task_1"]
+    assert crew.graph.dependency_names("task_3") == []
+    parallel = Crew(tasks=tasks, process="parallel")
+    assert crew.fingerprint().tasks["task_2"] != parallel.fingerprint().tasks["task_2"]
+    assert crew.fingerprint().tasks["task_3"] == parallel.fingerprint().tasks["task_3"]
 
 
 async def test_tasks_run_in_list_order_one_at_a_time() -> None:

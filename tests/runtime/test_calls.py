@@ -201,7 +201,7 @@ async def test_the_agent_sees_the_wrapped_llm_capabilities() -> None:
 
 
 def test_the_wrapped_llm_shares_the_limit_key_of_the_inner_one() -> None:
-    from crewflow._runtime.calls import AttemptState, ManagedLLM
+    from crewflow._runtime.calls import AttemptBuilder, ManagedLLM
     from crewflow._runtime.run import Run
     from crewflow.processes.sequential import Sequential
 
@@ -209,7 +209,8 @@ def test_the_wrapped_llm_shares_the_limit_key_of_the_inner_one() -> None:
     crew = one_task_crew(inner)
     run = Run(graph=crew.graph, process=Sequential(), crew_name="c", inputs={}, retry=RetryPolicy())
 
-    managed = ManagedLLM(inner, run, AttemptState("facts", 1, inner.model, RetryPolicy()))
+    attempt = AttemptBuilder("facts", 1, "Researcher", inner.model, RetryPolicy())
+    managed = ManagedLLM(inner, run, attempt)
 
     assert managed.limit_key == inner.limit_key == "provider/model"
     assert managed.model == "provider/model"

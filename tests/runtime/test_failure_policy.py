@@ -126,7 +126,7 @@ async def test_continue_records_failed_and_skipped_tasks(process: str) -> None:
         "solo_child": TaskStatus.COMPLETED,
     }
     skipped = next(r for r in run.timeline if r.task == "grandchild")
-    assert skipped.attempts == []
+    assert skipped.attempts == ()
     assert skipped.start is None
 
 

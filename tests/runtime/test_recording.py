@@ -86,7 +86,9 @@ async def test_a_run_records_its_run_attempts_and_outputs() -> None:
     record = await store.get_run(result.run_id)
     assert record is not None
     assert (record.crew, record.process, record.status) == ("chain", "parallel", "completed")
-    assert record.fingerprint == crew.fingerprint()
+    assert record.fingerprint == crew.fingerprint().digest
+    assert record.crew_key == crew.fingerprint().crew_key
+    assert list(record.task_hashes) == ["a", "b"]
     assert record.fingerprint.startswith("sha256:")
     assert record.graph == {"a": [], "b": ["a"]}
     assert record.max_concurrency == 3
@@ -96,7 +98,7 @@ async def test_a_run_records_its_run_attempts_and_outputs() -> None:
     outputs = await store.outputs(result.run_id)
     assert {name: row.text for name, row in outputs.items()} == {"a": "a done", "b": "b done"}
     attempts = await store.attempts(result.run_id)
-    assert [(row.task, row.attempt, row.status, row.agent, row.model) for row in attempts] == [
+    assert [(row.task, row.number, row.status, row.agent, row.model) for row in attempts] == [
         ("a", 1, "completed", "Worker", "calls"),
         ("b", 1, "completed", "Worker", "calls"),
     ]
@@ -178,7 +180,7 @@ async def test_failed_attempts_and_the_failed_run_are_recorded() -> None:
     assert record.status == "failed"
     assert record.ended is not None
     rows = await store.attempts(run_id)
-    assert [(r.task, r.attempt, r.status, r.error_type) for r in rows] == [
+    assert [(r.task, r.number, r.status, r.error_type) for r in rows] == [
         ("a", 1, "completed", None),
         ("b", 1, "failed", "ValueError"),
         ("b", 2, "failed", "ValueError"),
@@ -288,7 +290,7 @@ async def test_resume_runs_only_what_had_not_finished_under_the_same_run_id() ->
     assert (record.status, record.resumed) == (RunStatus.COMPLETED, 1)
     assert record.usage.requests == 4  # the failed run's calls count too
     rows = await store.attempts(run_id)
-    assert [(r.task, r.attempt, r.status) for r in rows] == [
+    assert [(r.task, r.number, r.status) for r in rows] == [
         ("a", 1, "completed"),
         ("b", 1, "failed"),
         ("b", 2, "completed"),
@@ -355,8 +357,15 @@ async def test_resume_refuses_a_changed_description_even_with_the_same_graph() -
         tasks.append(Task(f"do {name}", agent=agent, name=name, context=tasks[-1:]))
     other = Crew(tasks=tasks, name="chain", store=store)
 
-    with pytest.raises(CrewChanged, match="an agent, a model"):
+    with pytest.raises(CrewChanged, match="task 'a' changed") as caught:
         await other.resume(run_id)
+
+    # Each task's agent changed (its goal): each is named, with what may have changed.
+    assert [change.split(" (")[0] for change in caught.value.changes] == [
+        "task 'a' changed",
+        "task 'b' changed",
+        "task 'c' changed",
+    ]
 
 
 async def test_force_resumes_a_changed_crew() -> None:
@@ -422,7 +431,7 @@ async def test_a_cached_crew_makes_no_call_the_second_time(kind: str, tmp_path: 
     finished = events.of_type(LLMCallFinished)
     assert [e.cached for e in finished] == [True, True]
     rows = await crew.resolved_store().attempts(second.run_id)  # type: ignore[union-attr]
-    assert [r.cache_hit for r in rows] == [True, True]
+    assert [r.cache_hits for r in rows] == [1, 1]
 
 
 async def test_without_a_store_the_cache_lasts_one_run() -> None:

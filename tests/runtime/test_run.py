@@ -10,17 +10,19 @@ import pytest
 
 from crewflow import Agent, Crew, RetryPolicy, Task, TaskStatus
 from crewflow import events as ev
+from crewflow._records import TaskKind
 from crewflow._runtime.clock import SystemClock, current_clock, reset_clock, set_clock
 from crewflow._runtime.run import Run
 from crewflow.exceptions import (
     ConfigurationError,
     CrewRunError,
+    InvalidPlan,
     LLMError,
     OutputValidationError,
     TaskFailed,
     TaskTimeout,
 )
-from crewflow.processes import Process
+from crewflow.processes import ProblemKind, Process, ProcessContext
 from crewflow.processes.sequential import Sequential
 from crewflow.testing import Error, FunctionLLM, ScriptedLLM, Slow, capture_events
 
@@ -326,7 +328,7 @@ async def test_events_are_built_as_soon_as_someone_listens() -> None:
 class Reversed(Process):
     name: ClassVar[str] = "reversed"
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: ProcessContext) -> None:
         for task in reversed(run.graph.tasks):
             await run.execute(task)
 
@@ -345,7 +347,7 @@ async def test_a_process_that_skips_tasks_raises_naming_them() -> None:
     class Lazy(Process):
         name: ClassVar[str] = "lazy"
 
-        async def run(self, run: Run) -> None:
+        async def run(self, run: ProcessContext) -> None:
             await run.execute(run.graph.tasks[0])
 
     with pytest.raises(CrewRunError) as caught:
@@ -360,7 +362,7 @@ async def test_a_bare_exception_from_a_process_becomes_a_crew_run_error() -> Non
     class Broken(Process):
         name: ClassVar[str] = "broken"
 
-        async def run(self, run: Run) -> None:
+        async def run(self, run: ProcessContext) -> None:
             await run.execute(run.graph.tasks[0])
             raise KeyError("oops")
 
@@ -378,7 +380,7 @@ class InParallel(Process):
 
     name: ClassVar[str] = "all-at-once"
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: ProcessContext) -> None:
         async with anyio.create_task_group() as group:
             for task in run.ready():
                 group.start_soon(run.execute, task)
@@ -403,22 +405,42 @@ async def test_an_exception_group_from_a_process_is_unwrapped() -> None:
     assert list(error.outputs) == ["task_1"]  # finished while task 2 was running
 
 
-async def test_a_configuration_error_from_a_process_is_raised_as_is() -> None:
+async def test_an_invalid_plan_fails_the_run_with_its_problems_and_the_outputs() -> None:
     class Planner(Process):
         name: ClassVar[str] = "planner"
 
-        async def run(self, run: Run) -> None:
-            run.add_task(Task("extra", name="extra"), depends_on=["nothing"])
+        async def run(self, run: ProcessContext) -> None:
+            await run.execute(run.graph.tasks[0])
+            plan = [Task("extra", name="extra", context=["nothing"])]
+            assert [p.kind for p in run.check_plan(plan)] == [ProblemKind.UNKNOWN_DEPENDENCY]
+            await run.add_tasks(plan)
 
-    with pytest.raises(ConfigurationError, match="unknown task 'nothing'"):
-        await crew_of(ScriptedLLM([]), 1, process=Planner()).kickoff()
+    with pytest.raises(InvalidPlan, match="'nothing', which is neither a task") as caught:
+        await crew_of(ScriptedLLM(["one"]), 1, process=Planner()).kickoff()
+
+    error = caught.value
+    assert not isinstance(error, ConfigurationError)  # the crew was valid; the plan was not
+    assert [p.kind for p in error.problems] == [ProblemKind.UNKNOWN_DEPENDENCY]
+    assert [t.name for t in error.plan] == ["extra"]
+    assert error.outputs["task_1"].text == "one"  # nothing finished is lost
+
+
+async def test_a_configuration_error_from_a_process_is_raised_as_is() -> None:
+    class Misnamed(Process):
+        name: ClassVar[str] = "misnamed"
+
+        async def run(self, run: ProcessContext) -> None:
+            raise ConfigurationError("this process needs a manager: pass manager=...")
+
+    with pytest.raises(ConfigurationError, match="needs a manager"):
+        await crew_of(ScriptedLLM([]), 1, process=Misnamed()).kickoff()
 
 
 async def test_executing_a_task_before_its_dependencies_is_a_process_bug() -> None:
     class Hasty(Process):
         name: ClassVar[str] = "hasty"
 
-        async def run(self, run: Run) -> None:
+        async def run(self, run: ProcessContext) -> None:
             await run.execute(run.graph.tasks[-1])
 
     agent = Agent(role="Worker", goal="Work", llm=ScriptedLLM([]))
@@ -438,7 +460,7 @@ class Stepwise(Process):
     name: ClassVar[str] = "stepwise"
     seen: ClassVar[list[list[str]]] = []
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: ProcessContext) -> None:
         while ready := run.ready():
             type(self).seen.append([run.graph.name_of(t) for t in ready])
             await run.execute(ready[0])
@@ -468,7 +490,7 @@ async def test_execute_returns_a_finished_output_without_running_again() -> None
     class Twice(Process):
         name: ClassVar[str] = "twice"
 
-        async def run(self, run: Run) -> None:
+        async def run(self, run: ProcessContext) -> None:
             task = run.graph.tasks[0]
             outputs.append(await run.execute(task))
             outputs.append(await run.execute(task))
@@ -484,7 +506,7 @@ async def test_execute_with_explicit_context_uses_it_instead_of_dependencies() -
     class Briefed(Process):
         name: ClassVar[str] = "briefed"
 
-        async def run(self, run: Run) -> None:
+        async def run(self, run: ProcessContext) -> None:
             first, second = run.graph.tasks
             brief = await run.execute(first)
             await run.execute(second, context=[brief, brief.model_copy(update={"task": "note"})])
@@ -501,7 +523,7 @@ async def test_executing_a_running_task_again_is_refused() -> None:
     class Doubled(Process):
         name: ClassVar[str] = "doubled"
 
-        async def run(self, run: Run) -> None:
+        async def run(self, run: ProcessContext) -> None:
             task = run.graph.tasks[0]
             async with anyio.create_task_group() as group:
                 group.start_soon(run.execute, task)
@@ -533,7 +555,7 @@ class CountingLLM(ScriptedLLM):
         return await super().complete(request)
 
 
-async def test_add_task_runs_a_planned_step_in_this_run_only() -> None:
+async def test_added_tasks_are_internal_steps_of_this_run_only() -> None:
     planner_llm = CountingLLM(["plan", "plan again"])
     helper_llm = CountingLLM(["helped"])
     helper = Agent(role="Helper", goal="Help", llm=helper_llm)
@@ -541,13 +563,13 @@ async def test_add_task_runs_a_planned_step_in_this_run_only() -> None:
     class Planning(Process):
         name: ClassVar[str] = "planning"
 
-        async def run(self, run: Run) -> None:
+        async def run(self, run: ProcessContext) -> None:
             first = run.graph.tasks[0]
             await run.execute(first)
             if len(run.outputs) == 1 and run.outputs[run.graph.name_of(first)].text == "plan":
-                name = run.add_task(Task("help", agent=helper), depends_on=[first])
-                assert [run.graph.name_of(t) for t in run.ready()] == [name]
-                await run.execute(run.graph.task(name))
+                names = await run.add_tasks([Task("help", agent=helper, name="step.1")])
+                assert [run.graph.name_of(t) for t in run.ready()] == names
+                await run.execute(run.graph.task(names[0]))
 
     agent = Agent(role="Planner", goal="Plan", llm=planner_llm)
     crew = Crew(tasks=[Task("Plan", agent=agent, name="plan")], process=Planning())
@@ -555,11 +577,19 @@ async def test_add_task_runs_a_planned_step_in_this_run_only() -> None:
     first = await crew.kickoff()
     second = await crew.kickoff()
 
-    assert [o.task for o in first.outputs] == ["plan", "task_2"]
-    assert first["task_2"].text == "helped"
-    assert first["task_2"].agent == "Helper"
+    # The crew's task is the deliverable, and the final output; the step is internal.
+    assert [o.task for o in first.outputs] == ["plan"]
+    assert [o.task for o in first.internal] == ["step.1"]
+    assert first.output.task == "plan"
+    assert first["step.1"].text == "helped"
+    assert first["step.1"].agent == "Helper"
+    assert [(r.task, r.kind) for r in first.timeline] == [
+        ("plan", TaskKind.DELIVERABLE),
+        ("step.1", TaskKind.INTERNAL),
+    ]
     # The step was added to that run's graph, not to the crew's.
     assert [o.task for o in second.outputs] == ["plan"]
+    assert second.internal == []
     assert crew.graph.names == ["plan"]
     # The added agent's LLM was opened for its call and closed with the run.
     assert (helper_llm.opened, helper_llm.closed) == (1, 1)
@@ -672,15 +702,16 @@ async def test_an_added_task_without_agent_goes_to_the_single_crew_agent() -> No
     class Extend(Process):
         name: ClassVar[str] = "extend"
 
-        async def run(self, run: Run) -> None:
+        async def run(self, run: ProcessContext) -> None:
             first = run.graph.tasks[0]
             await run.execute(first)
-            await run.execute(run.graph.task(run.add_task(Task("Extra"), [first])))
+            (name,) = await run.add_tasks([Task("Extra", name="extra", context=[first])])
+            await run.execute(run.graph.task(name))
 
     result = await crew_of(llm, 1, process=Extend()).kickoff()
 
-    assert [o.text for o in result] == ["first", "extra"]
-    assert result["task_2"].agent == "Worker"
+    assert [o.text for o in (*result.outputs, *result.internal)] == ["first", "extra"]
+    assert result["extra"].agent == "Worker"
     assert (llm.opened, llm.closed) == (1, 1)
 
 

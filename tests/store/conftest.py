@@ -21,9 +21,11 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def run_record(run_id: str = "run-1", *, crew: str = "research", started: float = 0) -> RunRecord:
+def run_record(
+    run_id: str = "run-1", *, crew: str = "research", started: float = 0, crew_key: str = ""
+) -> RunRecord:
     """A minimal running run record."""
-    return RunRecord(run_id=run_id, crew=crew, started=at(started))
+    return RunRecord(run_id=run_id, crew=crew, crew_key=crew_key, started=at(started))
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -21,16 +21,18 @@ from zoneinfo import ZoneInfo
 import anyio
 import pytest
 
+from crewflow.llm._types import Usage
 from crewflow.store import (
-    AttemptRow,
+    AddedTaskRecord,
+    AttemptRecord,
     DuplicateRunError,
     OutputRow,
     RunStatus,
     SchemaVersionError,
     SQLiteStore,
     StoreError,
+    TaskStatus,
     UnknownRunError,
-    UsageRecord,
     _schema,
 )
 from crewflow.store import _writer as writer_module
@@ -76,15 +78,15 @@ async def test_wal_normal_sync_busy_timeout_and_foreign_keys_are_in_effect(tmp_p
 
 async def test_records_survive_closing_and_reopening_the_file(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
-    attempt = AttemptRow(
-        run_id="run-1", task="t", attempt=1, start=at(1), end=at(2), status="completed"
+    attempt = AttemptRecord(
+        task="t", number=1, start=at(1), end=at(2), duration=1.0, status="completed"
     )
     output = OutputRow(run_id="run-1", task="t", text="done", data={"k": 1}, finished_at=at(2))
     async with SQLiteStore(path) as store:
         await store.start_run(run_record())
-        await store.record_attempt(attempt)
+        await store.record_attempt("run-1", attempt)
         await store.save_output(output)
-        await store.finish_run("run-1", RunStatus.COMPLETED, at(3), UsageRecord(requests=1))
+        await store.finish_run("run-1", RunStatus.COMPLETED, at(3), Usage(requests=1))
         await store.cache_put("key", "value")
 
     async with SQLiteStore(path) as reopened:
@@ -118,7 +120,7 @@ async def test_an_empty_file_is_migrated_to_the_latest_version(tmp_path: Path) -
         assert await store.schema_version() == LATEST
 
     assert version_rows(path) == [(LATEST,)]
-    assert {"schema_version", "runs", "attempts", "outputs", "cache"} <= tables(path)
+    assert {"schema_version", "runs", "attempts", "outputs", "cache", "tasks"} <= tables(path)
 
 
 async def test_a_version_0_database_with_other_tables_is_migrated_and_keeps_them(
@@ -203,6 +205,61 @@ async def test_a_version_1_database_keeps_its_runs_and_gains_the_version_2_colum
 
     assert old is not None
     assert (old.crew, old.graph, old.max_concurrency, old.resumed) == ("c", {}, None, 0)
+    assert (old.crew_key, old.chosen, old.paused, old.details) == ("", None, False, {})
+
+
+async def test_version_3_attempts_are_read_back_as_finished_attempts(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for migration in _schema.MIGRATIONS[:3]:
+        migration(conn)
+    conn.execute("INSERT INTO schema_version VALUES (3)")
+    conn.execute(
+        "INSERT INTO runs (run_id, crew, fingerprint, source, process, process_reason, inputs, "
+        "status, started, started_ts, ended, usage) VALUES ('run-1', 'c', 'f', NULL, "
+        "'sequential', '', '{}', 'running', ?, ?, NULL, '{}')",
+        (at(0).isoformat(), at(0).timestamp()),
+    )
+    columns = (
+        'run_id, task, attempt, agent, start, start_ts, "end", status, error_type, error, model, '
+        "requests, prompt_tokens, completion_tokens, cost, cache_hit, llm_retries, limit_wait, "
+        "limit_waits"
+    )
+    rows = [  # one that ended (from the cache), and one its process never ended (killed)
+        ("run-1", "facts", 1, "R", at(0).isoformat(), at(0).timestamp(), at(2.5).isoformat(),
+         "completed", None, None, "m", 1, 10, 5, 0.25, 1, 0, 0.5, '{"rpm:m": 0.5}'),
+        ("run-1", "draft", 1, "W", at(3).isoformat(), at(3).timestamp(), None,
+         "running", None, None, "m", 0, 0, 0, None, 0, 0, 0.0, "{}"),
+    ]  # fmt: skip
+    conn.executemany(f"INSERT INTO attempts ({columns}) VALUES ({', '.join('?' * 19)})", rows)
+    conn.close()
+
+    async with SQLiteStore(path) as store:
+        assert await store.schema_version() == LATEST
+        ended, killed = await store.attempts("run-1")
+
+    assert ended == AttemptRecord(
+        task="facts",
+        number=1,
+        agent="R",
+        start=at(0),
+        end=at(2.5),
+        duration=2.5,  # from its start and end: version 3 kept no duration
+        status=TaskStatus.COMPLETED,
+        model="m",
+        usage=Usage(requests=1, prompt_tokens=10, completion_tokens=5, cost=0.25),
+        cache_hits=1,
+        limit_wait=0.5,
+        limit_waits={"rpm:m": 0.5},
+    )
+    # Recorded as running by an older crewflow and never ended: it died with its process.
+    assert (killed.task, killed.status, killed.end, killed.duration) == (
+        "draft",
+        TaskStatus.CANCELLED,
+        at(3),
+        0.0,
+    )
 
 
 async def test_a_database_from_a_newer_crewflow_is_refused(tmp_path: Path) -> None:
@@ -236,8 +293,9 @@ async def test_list_runs_and_per_run_lookups_use_indexes(tmp_path: Path) -> None
     async with SQLiteStore(path) as store:
         await store.start_run(run_record())
 
-    # Listing runs never sorts the table; a run's attempts and outputs are found through the
-    # primary key's run_id prefix and only that run's rows are sorted.
+    # Listing runs (all, a crew's, a crew key's) never sorts the table; a run's added tasks,
+    # attempts and outputs are found through the primary key's run_id prefix and only that
+    # run's rows are sorted.
     queries = {
         "SELECT * FROM runs WHERE crew = 'c' ORDER BY started_ts DESC, rowid DESC LIMIT 20": (
             "runs_by_crew",
@@ -246,6 +304,14 @@ async def test_list_runs_and_per_run_lookups_use_indexes(tmp_path: Path) -> None
         "SELECT * FROM runs ORDER BY started_ts DESC, rowid DESC LIMIT 20": (
             "runs_by_start",
             False,
+        ),
+        "SELECT * FROM runs WHERE crew_key = 'k' ORDER BY started_ts DESC, rowid DESC LIMIT 50": (
+            "runs_by_key",
+            False,
+        ),
+        "SELECT * FROM tasks WHERE run_id = 'r' ORDER BY added_ts, rowid": (
+            "sqlite_autoindex_tasks_1 (run_id=?)",
+            True,
         ),
         "SELECT * FROM attempts WHERE run_id = 'r' ORDER BY start_ts, task, attempt": (
             "sqlite_autoindex_attempts_1 (run_id=?)",
@@ -319,19 +385,22 @@ async def test_no_sqlite_call_runs_on_the_event_loop_thread(
 
     store = SQLiteStore(tmp_path / "runs.db")
     await store.start_run(run_record())
-    await store.record_attempt(
-        AttemptRow(run_id="run-1", task="t", attempt=1, start=at(0), status="running")
-    )
+    await store.record_attempt("run-1", attempt("t"))
     await store.save_output(OutputRow(run_id="run-1", task="t", text="x", finished_at=at(1)))
     await store.save_task(
-        OutputRow(run_id="run-1", task="u", text="y", finished_at=at(2)),
-        [AttemptRow(run_id="run-1", task="u", attempt=1, start=at(1), status="completed")],
+        OutputRow(run_id="run-1", task="u", text="y", finished_at=at(2)), [attempt("u")]
     )
-    await store.finish_run("run-1", RunStatus.COMPLETED, at(2), UsageRecord())
+    await store.record_choice("run-1", "parallel", "wide")
+    await store.record_pause("run-1")
+    await store.add_tasks("run-1", [AddedTaskRecord(name="plan", added=at(1))])
+    await store.finish_run("run-1", RunStatus.COMPLETED, at(2), Usage())
+    await store.reopen_run("run-1")
     await store.get_run("run-1")
     await store.outputs("run-1")
     await store.attempts("run-1")
+    await store.added_tasks("run-1")
     await store.list_runs(crew="research")
+    await store.runs_of_key("key")
     await store.cache_put("k", "v")
     await store.cache_get("k")
     await store.cache_clear()
@@ -361,7 +430,8 @@ from datetime import UTC, datetime
 
 import anyio
 
-from crewflow.store import AttemptRow, RunRecord, SQLiteStore
+from crewflow.llm._types import Usage
+from crewflow.store import AttemptRecord, RunRecord, SQLiteStore
 
 path, index, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 print("ready", flush=True)
@@ -375,10 +445,11 @@ async def main() -> None:
         for number in range(1, count + 1):
             now = datetime.now(UTC)
             await store.record_attempt(
-                AttemptRow(
-                    run_id=run_id, task=f"task-{number % 7}", attempt=number, start=now, end=now,
-                    status="completed", prompt_tokens=number,
-                )
+                run_id,
+                AttemptRecord(
+                    task=f"task-{number % 7}", number=number, start=now, end=now, duration=0.0,
+                    status="completed", usage=Usage(prompt_tokens=number),
+                ),
             )
 
 
@@ -426,7 +497,7 @@ def test_writers_in_separate_processes_lose_nothing(tmp_path: Path) -> None:
             assert sorted(run.run_id for run in runs) == [f"run-{i}" for i in range(writers)]
             for run in runs:
                 attempts = await store.attempts(run.run_id)
-                assert sorted(row.attempt for row in attempts) == list(range(1, count + 1))
+                assert sorted(row.number for row in attempts) == list(range(1, count + 1))
             assert await store.schema_version() == LATEST
 
     anyio.run(check)
@@ -447,9 +518,9 @@ def output(task: str, run_id: str = "run-1", text: str = "x") -> OutputRow:
     return OutputRow(run_id=run_id, task=task, text=text, finished_at=at(1))
 
 
-def attempt(task: str, run_id: str = "run-1") -> AttemptRow:
-    return AttemptRow(
-        run_id=run_id, task=task, attempt=1, start=at(0), end=at(1), status="completed"
+def attempt(task: str) -> AttemptRecord:
+    return AttemptRecord(
+        task=task, number=1, start=at(0), end=at(1), duration=1.0, status="completed"
     )
 
 
@@ -549,11 +620,11 @@ async def test_a_failing_write_in_a_shared_transaction_fails_only_its_caller(
             before = len(commits)
             for index in range(10):
                 group.start_soon(write, f"a{index}", store.save_task(output(f"a{index}")))
-            # Its attempt (of a known run) is written before its output fails: undone too.
+            # Its attempt is written with its output, in its savepoint: undone too.
             unknown = store.save_task(output("u", run_id="nope"), [attempt("u")])
             group.start_soon(write, "unknown", unknown)
             group.start_soon(write, "duplicate", store.start_run(run_record()))
-            group.start_soon(write, "attempt", store.record_attempt(attempt("b")))
+            group.start_soon(write, "attempt", store.record_attempt("run-1", attempt("b")))
             for index in range(10):
                 group.start_soon(write, f"c{index}", store.save_output(output(f"c{index}")))
             await anyio.sleep(0.05)
@@ -757,22 +828,22 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
         datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(seconds=30))),
     ]
     attempts = [
-        AttemptRow(
-            run_id="run-1",
+        AttemptRecord(
             task=f"t{index}",
-            attempt=1,
+            number=1,
             agent="Chercheur",
             start=moment,
-            end=None if index % 2 else moment + timedelta(seconds=1.5),
+            end=moment + timedelta(seconds=1.5 * (index % 2)),
+            duration=1.5 * (index % 2),
             status="failed" if index % 2 else "completed",
             error_type="LLMError" if index % 2 else None,
             error="trop de requêtes 🔋" if index % 2 else None,
             model="m",
-            requests=index,
-            cost=None if index % 2 else 0.25,
-            cache_hit=bool(index % 2),
+            usage=Usage(requests=index, prompt_tokens=10 * index, cost=None if index % 2 else 0.25),
+            cache_hits=index,
             limit_wait=1.5 * index,
             limit_waits={"rpm:m": 1.5 * index} if index else {},
+            details={"tools": ["search"], "note": "é"} if index % 2 else {},
         )
         for index, moment in enumerate(moments)
     ]
@@ -796,9 +867,11 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
                 group.start_soon(store.save_task, row, [tried])
         assert len(await store.attempts("run-1")) == len(attempts)
 
-    def dumped(row: AttemptRow | OutputRow) -> dict[str, Any]:
+    def dumped(row: AttemptRecord | OutputRow) -> dict[str, Any]:
         data = row.model_dump(mode="json")
-        for name in ("limit_waits", "data"):
+        if isinstance(row, AttemptRecord):  # a column per usage field; the run id and number
+            data |= {"run_id": "run-1", "attempt": data.pop("number"), **data.pop("usage")}
+        for name in ("limit_waits", "details", "data"):
             if name in data and data[name] is not None:
                 data[name] = json.dumps(data[name], ensure_ascii=False, allow_nan=False)
         return data
@@ -811,8 +884,6 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
             for row in rows:
                 expected = dumped(row)
                 found = {name: stored[row.task][name] for name in expected}
-                if "cache_hit" in found:
-                    found["cache_hit"] = bool(found["cache_hit"])
                 assert found == expected
     finally:
         conn.close()

@@ -15,15 +15,19 @@ import platformdirs
 import pydantic
 import pytest
 
+import crewflow
 import crewflow.store
+from crewflow.llm._types import Usage
 from crewflow.store import (
-    AttemptRow,
+    AddedTaskRecord,
+    AttemptRecord,
     OutputRow,
     RunRecord,
     RunStatus,
     SQLiteStore,
     Store,
-    UsageRecord,
+    StoreError,
+    TaskKind,
     default_store_path,
 )
 from tests.store.conftest import at, run_record
@@ -37,14 +41,27 @@ def test_all_lists_exactly_the_public_names() -> None:
     assert set(crewflow.store.__all__) == public - modules
 
 
+def test_the_store_keeps_the_runtimes_own_attempt_record() -> None:
+    # One model per concept: what the runtime builds is what the store keeps and returns.
+    assert crewflow.store.AttemptRecord is crewflow.AttemptRecord
+    for gone in ("AttemptRow", "AttemptStatus", "UsageRecord"):
+        assert not hasattr(crewflow.store, gone)
+
+
+def finished(**changes: Any) -> AttemptRecord:
+    """A completed first attempt of ``t``, one second long, with ``changes``."""
+    data = {"task": "t", "number": 1, "start": at(0), "end": at(1), "duration": 1.0}
+    return AttemptRecord.model_validate({**data, "status": "completed", **changes})
+
+
 @pytest.mark.parametrize(
     "make",
     [
         lambda: RunRecord(run_id="r", crew="c", started=datetime(2026, 1, 1)),
-        lambda: AttemptRow(
-            run_id="r", task="t", attempt=1, start=datetime(2026, 1, 1), status="completed"
-        ),
+        lambda: finished(start=datetime(2026, 1, 1)),
+        lambda: finished(end=datetime(2026, 1, 1)),
         lambda: OutputRow(run_id="r", task="t", text="", finished_at=datetime(2026, 1, 1)),
+        lambda: AddedTaskRecord(name="plan", added=datetime(2026, 1, 1)),
     ],
 )
 def test_records_refuse_datetimes_without_a_timezone(make: Any) -> None:
@@ -56,17 +73,37 @@ def test_records_refuse_unknown_fields_and_bad_statuses() -> None:
     with pytest.raises(pydantic.ValidationError):
         RunRecord(run_id="r", crew="c", started=at(0), api_key="sk-secret")  # type: ignore[call-arg]
     with pytest.raises(pydantic.ValidationError):
-        AttemptRow(run_id="r", task="t", attempt=1, start=at(0), status="exploded")
+        finished(status="exploded")
     with pytest.raises(pydantic.ValidationError):
-        AttemptRow(run_id="r", task="t", attempt=0, start=at(0), status="completed")
+        finished(number=0)
+    with pytest.raises(pydantic.ValidationError):
+        finished(run_id="r")  # the run is the store call's argument, not the record's
+    with pytest.raises(pydantic.ValidationError):
+        finished(duration=-0.5)
+    with pytest.raises(pydantic.ValidationError):
+        finished(cache_hits=-1)
+    with pytest.raises(pydantic.ValidationError):
+        AddedTaskRecord.model_validate({"name": "plan", "added": at(0), "step": "guess"})
+    with pytest.raises(pydantic.ValidationError):
+        AddedTaskRecord(name="", added=at(0))
+
+
+@pytest.mark.parametrize("missing", ["end", "duration"])
+def test_an_attempt_record_is_a_finished_attempt(missing: str) -> None:
+    data = finished().model_dump()
+    del data[missing]
+
+    with pytest.raises(pydantic.ValidationError, match=missing):
+        AttemptRecord.model_validate(data)
 
 
 def test_records_round_trip_through_json() -> None:
     records: list[pydantic.BaseModel] = [
         run_record().model_copy(update={"status": RunStatus.FAILED, "ended": at(9)}),
-        AttemptRow(run_id="r", task="t", attempt=1, start=at(0), status="failed", cost=0.1),
+        run_record().model_copy(update={"usage": Usage(requests=1, cost=None), "paused": True}),
+        finished(status="failed", usage=Usage(1, 2, 3, 0.1), cache_hits=2, details={"k": [1]}),
         OutputRow(run_id="r", task="t", text="ü", data={"a": [1, {"b": None}]}, finished_at=at(1)),
-        UsageRecord(requests=1, cost=None),
+        AddedTaskRecord(name="ask.1", kind=TaskKind.DELIVERABLE, step="ask", added=at(2)),
     ]
     for record in records:
         assert type(record).model_validate_json(record.model_dump_json()) == record
@@ -79,7 +116,7 @@ class _Minimal(Store):
 
     async def start_run(self, record: RunRecord) -> None: ...
     async def finish_run(self, *args: Any) -> None: ...
-    async def record_attempt(self, row: AttemptRow) -> None: ...
+    async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None: ...
     async def save_output(self, row: OutputRow) -> None: ...
     async def get_run(self, run_id: str) -> RunRecord | None:
         return None
@@ -87,11 +124,16 @@ class _Minimal(Store):
     async def outputs(self, run_id: str) -> dict[str, OutputRow]:
         return {}
 
-    async def attempts(self, run_id: str) -> list[AttemptRow]:
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
         return []
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
-        return []
+        runs = [
+            run_record("a", started=1, crew_key="k"),
+            run_record("b", started=2, crew_key="other"),
+            run_record("c", started=3, crew_key="k"),
+        ]
+        return runs[::-1][:limit]
 
     async def close(self) -> None:
         self.closed = True
@@ -103,6 +145,28 @@ async def test_a_store_without_a_cache_never_hits_and_closes_as_a_context_manage
         assert await store.cache_get("k") is None
         assert await store.cache_clear() == 0
     assert store.closed
+
+
+async def test_a_store_without_the_optional_methods_keeps_no_choice_pause_or_added_task() -> None:
+    store = _Minimal()
+
+    await store.record_choice("r", "parallel", "why")
+    await store.record_pause("r")
+    await store.add_tasks("r", [AddedTaskRecord(name="plan", added=at(0))])
+
+    assert await store.added_tasks("r") == []
+    with pytest.raises(StoreError, match="_Minimal cannot resume runs"):
+        await store.reopen_run("r")
+
+
+async def test_the_default_runs_of_key_filters_every_run_newest_first() -> None:
+    store = _Minimal()
+
+    assert [run.run_id for run in await store.runs_of_key("k")] == ["c", "a"]
+    assert [run.run_id for run in await store.runs_of_key("k", limit=1)] == ["c"]
+    assert await store.runs_of_key("nope") == []
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        await store.runs_of_key("k", limit=0)
 
 
 def test_the_default_path_is_in_crewflow_home(

@@ -1,0 +1,117 @@
+"""What a run records: how runs and tasks end, each finished attempt, each task's timeline line.
+
+One model per concept, used unchanged by the runtime (which builds them), the result's
+timeline, the store (which keeps them as JSON) and the CLI (which shows them).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+from crewflow._usage import Usage
+
+__all__ = ["AttemptRecord", "RunStatus", "TaskKind", "TaskRecord", "TaskStatus"]
+
+
+class RunStatus(StrEnum):
+    """Where a run is. A store keeps ``running`` until the run ends as ``completed``,
+    ``failed`` or ``cancelled``; ``pending`` and ``paused`` are seen on a live run's handle."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskStatus(StrEnum):
+    """Where a task is, or how it (or one of its attempts) ended."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class TaskKind(StrEnum):
+    """Whose a task is: the crew's (``deliverable``: declared in ``Crew(tasks=...)``, its output
+    is in `CrewResult.outputs`) or the process's (``internal``: a manager's plan, a plan step, a
+    review; in `CrewResult.internal`)."""
+
+    DELIVERABLE = "deliverable"
+    INTERNAL = "internal"
+
+
+class AttemptRecord(BaseModel):
+    """One finished attempt of one task.
+
+    Attributes:
+        task: The task's name.
+        number: 1 for the first attempt (a resumed run numbers on from the recorded ones).
+        agent: The role of the agent that made it (the fallback agent's on a fallback attempt).
+        start: When it began (UTC).
+        end: When it ended (UTC).
+        duration: Seconds it took, on the run's monotonic clock.
+        status: ``completed``, ``failed`` or ``cancelled``.
+        error_type: The exception's class name when it failed.
+        error: The error message when it failed.
+        model: The model the agent used.
+        usage: Requests, tokens and cost of this attempt.
+        llm_retries: Provider calls retried inside this attempt.
+        limit_wait: Seconds this attempt's calls waited for limits (concurrency, rpm, tpm,
+            Retry-After pauses).
+        limit_waits: Those seconds by the limit that held the calls, e.g.
+            ``{"concurrency:search": 1.5}`` (a wait held by two limits counts for both).
+        cache_hits: Calls answered from the reply cache (no request made).
+        details: More about the attempt, for features that need no query of their own.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    task: str
+    number: int = Field(ge=1)
+    agent: str = ""
+    start: AwareDatetime
+    end: AwareDatetime
+    duration: float = Field(ge=0)
+    status: TaskStatus
+    error_type: str | None = None
+    error: str | None = None
+    model: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    llm_retries: int = Field(default=0, ge=0)
+    limit_wait: float = Field(default=0.0, ge=0)
+    limit_waits: dict[str, float] = Field(default_factory=dict)
+    cache_hits: int = Field(default=0, ge=0)
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class TaskRecord(BaseModel):
+    """A task's line on the timeline.
+
+    Attributes:
+        task: The task's name.
+        agent: The agent's role.
+        status: Where it is, or how it ended.
+        kind: ``deliverable`` (a crew task) or ``internal`` (added by the process).
+        start: When its first attempt began (UTC), ``None`` if it never started.
+        end: When it ended (UTC).
+        duration: Seconds from first start to end.
+        attempts: Every attempt, in order.
+    """
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    task: str
+    agent: str
+    status: TaskStatus
+    kind: TaskKind = TaskKind.DELIVERABLE
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+    duration: float = 0.0
+    attempts: tuple[AttemptRecord, ...] = ()

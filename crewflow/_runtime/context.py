@@ -1,0 +1,231 @@
+"""`ProcessContext`: the one object a process sees of the run it drives.
+
+A process decides what runs and in what order; everything about *how* (slots, limits, retries,
+timeouts, fallbacks, checkpoints, records, events) is the runtime's, behind these members. The
+runtime hands each process a `ProcessContext` and nothing else: not the run, not the store, not
+a bare LLM client.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from pydantic import BaseModel
+
+    from crewflow._plan import PlanProblem
+    from crewflow._runtime.run import Run
+    from crewflow.agent import Agent
+    from crewflow.graph import TaskGraph
+    from crewflow.store import History
+    from crewflow.task import Task, TaskOutput
+
+__all__ = ["ProcessContext", "RunContext"]
+
+
+class ProcessContext(ABC):
+    """What a process sees of one run: read-only views, and the calls that run work.
+
+    **Resume is replay.** A resumed run runs its process again from the start: every `execute`
+    and `ask` of a task that already finished returns the recorded output without a request,
+    and tasks added with `add_tasks` come back under the same names (each is checked against
+    what was recorded under its name, `crewflow.exceptions.CrewChanged` if it differs). So a
+    process must be deterministic given those results: choose names and plans from the
+    outputs it gets, never from the clock or a random number it does not seed.
+
+    Example:
+        ```python
+        class Planned(Process):
+            name = "planned"
+
+            async def run(self, ctx: ProcessContext) -> None:
+                plan = await ctx.ask("plan", planner, "List three steps", output_model=Steps)
+                steps = [Task(text, name=f"step.{i}", agent=worker)
+                         for i, text in enumerate(plan.data.steps, 1)]
+                await ctx.add_tasks(steps)
+                await ctx.run_ready()   # the plan's steps and the crew's tasks, as ready
+        ```
+    """
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def graph(self) -> TaskGraph:
+        """This run's task graph (read it; grow it only with `add_tasks`): the crew's tasks
+        (deliverables) in declaration order, then the tasks the process added (internal)."""
+
+    @property
+    @abstractmethod
+    def outputs(self) -> Mapping[str, TaskOutput]:
+        """The outputs of the tasks finished so far, by task name (a read-only view)."""
+
+    @property
+    @abstractmethod
+    def inputs(self) -> Mapping[str, Any]:
+        """The kickoff inputs (a read-only view)."""
+
+    @abstractmethod
+    def ready(self) -> list[Task]:
+        """Tasks not started whose dependencies have all ended, in graph order.
+
+        With ``on_failure="continue"``, a task whose dependency failed is ready too: executing
+        it records it as skipped.
+        """
+
+    @abstractmethod
+    async def execute(
+        self,
+        task: Task,
+        *,
+        context: Sequence[TaskOutput] | None = None,
+        agent: Agent | None = None,
+        priority: float = 0,
+    ) -> TaskOutput | None:
+        """Run one task of the graph to its output, in a slot: attempts, timeout, fallback,
+        checkpoint, records, events. A task that already ended returns at once (its output,
+        or ``None``).
+
+        Args:
+            task: A task of `graph`.
+            context: Outputs to give the task instead of its dependencies' outputs.
+            agent: The agent to do it instead of its own.
+            priority: When slots are scarce, higher goes first (ties: graph order).
+
+        Returns:
+            The output; ``None`` when, with ``on_failure="continue"``, the task failed or was
+            skipped because a task it depends on failed.
+
+        Raises:
+            TaskFailed: Every attempt failed (``on_failure="stop"``).
+        """
+
+    @abstractmethod
+    def check_plan(self, tasks: Sequence[Task]) -> list[PlanProblem]:
+        """What stops ``tasks`` from being added as a whole (empty: nothing): a missing or
+        taken name, an unknown dependency, a cycle, no agent, a template input the run lacks.
+        Each `PlanProblem` has a ``describe()`` line to show a model that should plan again."""
+
+    @abstractmethod
+    async def add_tasks(self, tasks: Sequence[Task]) -> list[str]:
+        """Add a whole plan to the run: ``internal`` tasks, named by the process (namespaced,
+        e.g. ``"research.1"``), depending through their ``context`` on tasks of the graph or of
+        the plan. They are recorded as they are added and dispatched by `run_ready`.
+
+        Returns:
+            Their names, in order.
+
+        Raises:
+            InvalidPlan: `check_plan` found problems (``.problems``); nothing was added.
+            CrewChanged: Resuming, a task differs from the one recorded under its name.
+        """
+
+    @abstractmethod
+    async def ask(
+        self,
+        key: str,
+        agent: Agent,
+        prompt: str,
+        *,
+        output_model: type[BaseModel] | None = None,
+    ) -> TaskOutput:
+        """One recorded, checkpointed LLM step of the process itself (a plan, a review, an
+        answer): an internal task named ``key`` (unique in the run), run at once through the
+        runtime's slots, limits, retries and events. ``prompt`` is the whole user message, sent
+        as it is (no templates). On resume, a ``key`` that finished returns its recorded output.
+
+        Raises:
+            InvalidPlan: ``key`` is taken by another task of the run.
+            TaskFailed: Every attempt failed (whatever ``on_failure`` says: a process cannot go
+                on without its answer).
+        """
+
+    @abstractmethod
+    async def run_ready(self) -> None:
+        """Run every task of the graph as its dependencies allow, until all have ended.
+
+        Dependency-driven, never level by level: a task starts the moment its own dependencies
+        have ended and a slot is free. When slots are scarce, the ready task that matters most
+        goes first: higher ``Task.priority``, then the longest remaining path to the end of the
+        graph (in measured seconds where earlier runs measured them), then graph order. Tasks
+        added while it runs are dispatched too; it may be called again after more are added.
+        A task started directly with `execute` is never dispatched twice.
+        """
+
+    @abstractmethod
+    async def history(self) -> History:
+        """What the store knows of earlier settled runs of this crew's key (its tasks, agents
+        and models, under any process): per process, runs, p50/p95 duration, success rate,
+        tokens and cost; per task, the median duration. Read once per run; empty without a
+        store."""
+
+    @abstractmethod
+    async def choose(self, process: str, reason: str) -> None:
+        """Say which process runs the crew, and why (a choosing process, like adaptive):
+        recorded at once, shown by ``crewflow show``, sent as a `ProcessChosen` event."""
+
+
+class RunContext(ProcessContext):
+    """The `ProcessContext` of one `Run`: forwards each member to the run, and hides the rest
+    of it (its store, its clients, its controls) from the process."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    def __repr__(self) -> str:
+        return f"<ProcessContext of run {self._run.run_id}>"
+
+    @property
+    def graph(self) -> TaskGraph:
+        return self._run.graph
+
+    @property
+    def outputs(self) -> Mapping[str, TaskOutput]:
+        return self._run.outputs
+
+    @property
+    def inputs(self) -> Mapping[str, Any]:
+        return self._run.inputs_view
+
+    def ready(self) -> list[Task]:
+        return self._run.ready()
+
+    async def execute(
+        self,
+        task: Task,
+        *,
+        context: Sequence[TaskOutput] | None = None,
+        agent: Agent | None = None,
+        priority: float = 0,
+    ) -> TaskOutput | None:
+        return await self._run.execute(task, context=context, agent=agent, priority=priority)
+
+    def check_plan(self, tasks: Sequence[Task]) -> list[PlanProblem]:
+        return self._run.check_plan(tasks)
+
+    async def add_tasks(self, tasks: Sequence[Task]) -> list[str]:
+        return await self._run.add_tasks(tasks)
+
+    async def ask(
+        self,
+        key: str,
+        agent: Agent,
+        prompt: str,
+        *,
+        output_model: type[BaseModel] | None = None,
+    ) -> TaskOutput:
+        return await self._run.ask(key, agent, prompt, output_model=output_model)
+
+    async def run_ready(self) -> None:
+        await self._run.run_ready()
+
+    async def history(self) -> History:
+        return await self._run.history()
+
+    async def choose(self, process: str, reason: str) -> None:
+        await self._run.choose(process, reason)

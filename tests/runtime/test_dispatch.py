@@ -1,0 +1,184 @@
+"""`ProcessContext.run_ready()`: the shared dispatcher, with a graph that grows while it runs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import anyio
+import pytest
+
+from crewflow import Agent, Crew, Task
+from crewflow import events as ev
+from crewflow.exceptions import CrewRunError
+from crewflow.processes import Process, ProcessContext
+from crewflow.testing import FunctionLLM, capture_events, run_virtual
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from crewflow.crew import CrewResult
+    from crewflow.llm._types import LLMRequest
+
+
+def first_word(request: LLMRequest) -> str:
+    content = request.messages[1].content
+    assert content is not None
+    return content.split()[0]
+
+
+class Calls:
+    """An LLM whose every task takes one virtual second, counting the calls per task; a task
+    named in ``hold`` waits for its event first."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.hold: dict[str, anyio.Event] = {}
+        self.running = 0
+        self.most = 0
+
+    async def answer(self, request: LLMRequest) -> str:
+        name = first_word(request)
+        self.count[name] = self.count.get(name, 0) + 1
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            if name in self.hold:
+                await self.hold[name].wait()
+            await anyio.sleep(1)
+        finally:
+            self.running -= 1
+        return f"output of {name}"
+
+
+def crew_with(
+    calls: Calls,
+    names: list[str],
+    body: Callable[[ProcessContext, Agent], Awaitable[None]],
+    **options: object,
+) -> Crew:
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(calls.answer))
+
+    class Custom(Process):
+        name: ClassVar[str] = "custom"
+
+        async def run(self, ctx: ProcessContext) -> None:
+            await body(ctx, agent)
+
+    tasks = [Task(f"{name} task", agent=agent, name=name, context=[]) for name in names]
+    return Crew(tasks=tasks, process=Custom(), store=None, **options)  # type: ignore[arg-type]
+
+
+def kickoff(crew: Crew) -> tuple[CrewResult, list[ev.Event]]:
+    async def main() -> tuple[CrewResult, list[ev.Event]]:
+        with capture_events() as captured:
+            result = await crew.kickoff()
+        return result, captured.events
+
+    return run_virtual(main)
+
+
+def start_order(events: list[ev.Event]) -> list[str]:
+    return [e.task for e in events if isinstance(e, ev.TaskStarted)]
+
+
+def test_tasks_added_while_it_runs_are_dispatched_before_it_returns() -> None:
+    calls = Calls()
+    calls.hold["held"] = anyio.Event()
+    after: list[str] = []
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def dispatch() -> None:
+                await ctx.run_ready()
+                after.extend(sorted(ctx.outputs))  # what had ended when it returned
+
+            group.start_soon(dispatch)
+            await anyio.sleep(0.5)  # "free" is running; "held" waits for the plan
+            await ctx.add_tasks([Task("step.1 task", name="step.1", agent=agent, context=["free"])])
+            calls.hold["held"].set()
+
+    result, events = kickoff(crew_with(calls, ["free", "held"], body))
+
+    assert after == ["free", "held", "step.1"]
+    assert [o.task for o in result.internal] == ["step.1"]
+    assert calls.count == {"free": 1, "held": 1, "step.1": 1}
+    added = [e for e in events if isinstance(e, ev.TaskAdded)]
+    assert [(e.task, e.step, e.depends_on) for e in added] == [("step.1", "task", ["free"])]
+
+
+def test_it_may_be_called_again_after_more_tasks_are_added() -> None:
+    calls = Calls()
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        await ctx.run_ready()
+        assert sorted(ctx.outputs) == ["a", "b"]
+        await ctx.add_tasks([Task("more task", name="more", agent=agent, context=["a", "b"])])
+        assert [ctx.graph.name_of(task) for task in ctx.ready()] == ["more"]
+        await ctx.run_ready()
+
+    result, _ = kickoff(crew_with(calls, ["a", "b"], body))
+
+    assert result["more"].text == "output of more"
+    assert calls.count == {"a": 1, "b": 1, "more": 1}
+    assert result.duration == 2.0  # a and b together, then more
+
+
+def test_a_task_started_directly_is_never_dispatched_twice() -> None:
+    calls = Calls()
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(ctx.execute, ctx.graph.task("b"))
+            group.start_soon(ctx.run_ready)
+
+    result, events = kickoff(crew_with(calls, ["a", "b", "c"], body))
+
+    assert calls.count == {"a": 1, "b": 1, "c": 1}
+    assert sorted(start_order(events)) == ["a", "b", "c"]
+    assert len(result.outputs) == 3
+
+
+def test_priorities_are_recomputed_when_tasks_are_added() -> None:
+    # One slot. x goes first (declaration order); while it runs, a plan hangs a chain of two
+    # steps after z, so z's remaining path is now the longest and z goes before y.
+    calls = Calls()
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(ctx.run_ready)
+            await anyio.sleep(0.5)
+            await ctx.add_tasks(
+                [
+                    Task("p1 task", name="p.1", agent=agent, context=["z"]),
+                    Task("p2 task", name="p.2", agent=agent, context=["p.1"]),
+                ]
+            )
+
+    _, events = kickoff(crew_with(calls, ["x", "y", "z"], body, max_concurrency=1))
+
+    assert start_order(events) == ["x", "z", "p.1", "y", "p.2"]
+    assert calls.most == 1  # the slots hold for added tasks too
+
+
+def test_without_a_plan_the_declaration_order_breaks_ties() -> None:
+    calls = Calls()
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        await ctx.run_ready()
+
+    _, events = kickoff(crew_with(calls, ["x", "y", "z"], body, max_concurrency=1))
+
+    assert start_order(events) == ["x", "y", "z"]
+
+
+def test_two_dispatches_at_once_are_a_process_bug() -> None:
+    calls = Calls()
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(ctx.run_ready)
+            group.start_soon(ctx.run_ready)
+
+    with pytest.raises(CrewRunError, match="run_ready\\(\\) is already running"):
+        kickoff(crew_with(calls, ["a"], body))

@@ -1,0 +1,107 @@
+"""A run database written by an older crewflow opens, migrates forward, and its runs resume.
+
+``fixtures/runs_v3.db`` was written at schema v3 by ``fixtures/make_runs_v3.py``: a completed run
+and a run whose second task failed. Every later schema change extends this test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from crewflow import Agent, Crew, Task
+from crewflow._records import TaskStatus
+from crewflow.store import SQLiteStore
+from crewflow.store._schema import MIGRATIONS
+from crewflow.testing import FunctionLLM
+
+FIXTURE = Path(__file__).parent / "fixtures" / "runs_v3.db"
+COMPLETED = "cec061d10ac24096a09f1dd4cfff9e25"
+FAILED = "a5dbb0b1afcb4bc29896aad551ee935b"
+
+
+def v3_database(tmp_path: Path) -> Path:
+    path = tmp_path / "runs.db"
+    shutil.copy(FIXTURE, path)
+    return path
+
+
+def upgrade_crew(path: Path, calls: list[str]) -> Crew:
+    """The crew that recorded the fixture, as `make_runs_v3.py` built it."""
+
+    def facts(request: object) -> str:
+        calls.append("facts")
+        return "three facts about tides"
+
+    def draft(request: object) -> str:
+        calls.append("draft")
+        return "a draft"
+
+    researcher = Agent(
+        role="Researcher", goal="Find facts", llm=FunctionLLM(facts, model="fn/facts")
+    )
+    writer = Agent(role="Writer", goal="Write", llm=FunctionLLM(draft, model="fn/draft"))
+    return Crew(
+        tasks=[
+            Task("Collect facts about {topic}", agent=researcher, name="facts"),
+            Task("Write it up", agent=writer, name="draft"),
+        ],
+        name="upgrade",
+        store=path,
+    )
+
+
+async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
+    tmp_path: Path,
+) -> None:
+    async with SQLiteStore(v3_database(tmp_path)) as store:
+        assert await store.schema_version() == len(MIGRATIONS) == 4
+        runs = await store.list_runs()
+        attempts = await store.attempts(FAILED)
+        outputs = await store.outputs(FAILED)
+        added = await store.added_tasks(FAILED)
+
+    assert [(run.run_id, run.status) for run in runs] == [
+        (FAILED, "failed"),
+        (COMPLETED, "completed"),
+    ]
+    failed = runs[0]
+    # Columns added since v3 read as "not recorded then".
+    assert (failed.crew_key, failed.task_hashes, failed.chosen, failed.paused) == (
+        "",
+        {},
+        None,
+        False,
+    )
+    assert failed.details == {}
+    assert [(a.task, a.number, a.status, a.cache_hits) for a in attempts] == [
+        ("facts", 1, TaskStatus.COMPLETED, 0),
+        ("draft", 1, TaskStatus.FAILED, 0),
+    ]
+    # An attempt's duration, not kept by v3, comes from its start and end.
+    assert all(a.duration == (a.end - a.start).total_seconds() for a in attempts)
+    assert attempts[1].error == "fn/draft: HTTP 400: the writer is out"
+    assert list(outputs) == ["facts"]
+    assert added == []
+
+
+async def test_a_run_recorded_at_v3_resumes_with_the_same_crew(tmp_path: Path) -> None:
+    path = v3_database(tmp_path)
+    calls: list[str] = []
+    crew = upgrade_crew(path, calls)
+
+    result = await crew.resume(FAILED)
+
+    assert calls == ["draft"]  # facts was finished under v3: restored, not redone
+    assert result.restored == ["facts"]
+    assert [o.text for o in result.outputs] == ["three facts about tides", "a draft"]
+    async with SQLiteStore(path) as store:
+        record = await store.get_run(FAILED)
+        attempts = await store.attempts(FAILED)
+    assert record is not None
+    assert (record.status, record.resumed) == ("completed", 1)
+    assert [(a.task, a.number, a.status) for a in attempts] == [
+        ("facts", 1, "completed"),
+        ("draft", 1, "failed"),
+        ("draft", 2, "completed"),
+    ]
