@@ -48,6 +48,15 @@ MARKERS: dict[str, list[str]] = {
         "skipped:\n  discount, summary",
         "stopped: 'pricing' failed",
     ],
+    "custom_process.py": [
+        "  + step.3 (task, Researcher)",
+        "  ~ step.2: HTTP 503, retrying",
+        "failed at 'step.2'; finished: ['brief', 'plan.1', 'step.1', 'step.3']",
+        "restored ['brief', 'plan.1', 'step.1', 'step.3']",
+        "{'plan': 1, 'Survey': 1, 'sites': 1, 'costs': 3, 'ecology': 1, 'answer': 1}",
+        "recorded as added: ['plan.1', 'step.1', 'step.2', 'step.3', 'answer']",
+        "final output from 'answer'",
+    ],
     "resume_a_run.py": [
         "checkpointed before the failure: ['costs', 'efficiency', 'installation']",
         "restored ['costs', 'efficiency', 'installation'], ran the rest",
@@ -121,6 +130,25 @@ def test_quickstart_runs_under_the_cli_with_an_input() -> None:
     assert [o["task"] for o in result["outputs"]] == ["research", "outline", "article"]
     assert "[offline model]" in result["outputs"][-1]["text"]
     assert "tidal power" in result["outputs"][-1]["text"]
+
+
+def test_the_custom_process_example_runs_under_the_cli() -> None:
+    done = run(
+        "-m",
+        "crewflow",
+        "run",
+        "examples/custom_process.py",
+        "--input",
+        "audience=a council",
+        "--json",
+    )
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["process"] == "planner"
+    assert [o["task"] for o in result["outputs"]] == ["brief"]
+    assert result["final_task"] == "answer"
+    assert result["internal"][0]["task"] == "plan.1"
 
 
 def test_quickstart_fails_clearly_without_an_api_key_for_a_real_model() -> None:
