@@ -15,8 +15,11 @@ rule"). Two layers:
   events (token deltas when streaming). Provider clients are created with their SDK's own
   retries off: retrying happens here only.
 
-Processes are written against `Run` (``graph``, ``execute``, ``ready``, ``add_task``,
-``outputs``, ``slots``) and `crewflow.processes.Process`; nothing here knows which process
-called it. `handle.py` is the background form of a run (``crew.start``). Waits go through the
-clock of `clock.py` (the running loop's time), which tests can replace.
+A process sees only the run's `ProcessContext` (`context.py`; ``graph``, ``outputs``,
+``inputs``, ``ready``, ``execute``, ``check_plan``, ``add_tasks``, ``ask``, ``run_ready``,
+``history``, ``choose``), which forwards to the private `Run`; nothing here knows which process
+called it. ``run_ready`` is the shared dependency-driven dispatcher (`dispatch.py`); the graph a
+process grows is recorded as it grows, and a resumed run replays its process (`run.py`,
+`recording.py`). `handle.py` is the background form of a run (``crew.start``). Waits go through
+the clock of `clock.py` (the running loop's time), which tests can replace.
 """
