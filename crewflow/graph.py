@@ -385,25 +385,31 @@ class TaskGraph:
         return found
 
     def _plan_cycles(self, tasks: Sequence[Task]) -> list[PlanProblem]:
-        """A problem per cycle among the plan's own dependencies (the plan is otherwise
-        valid, so every reference resolves)."""
+        """A problem per group of plan tasks that depend on each other in a circle (the plan is
+        otherwise valid, so every reference resolves). Strongly connected components, not every
+        cycle: a model's plan may hold exponentially many."""
         ids = {task.id: task.name or "" for task in tasks}
-        by_name = {task.name: task.name for task in tasks if task.name}
-        edges = []
+        names = {task.name for task in tasks if task.name}
+        graph = nx.DiGraph()
+        graph.add_nodes_from(ids.values())
         for task in tasks:
             for ref in task.context or ():
-                dep = by_name.get(ref) if isinstance(ref, str) else ids.get(ref.id)
-                if dep:
-                    edges.append((dep, task.name))
-        graph = nx.DiGraph(edges)
-        return [
-            PlanProblem(
-                ProblemKind.CYCLE,
-                cycle[0],
-                "depends on itself through " + " -> ".join([*cycle, cycle[0]]),
-            )
-            for cycle in nx.simple_cycles(graph)
-        ]
+                dep = ref if isinstance(ref, str) else ids.get(ref.id)
+                if dep in names:
+                    graph.add_edge(dep, task.name)
+        order = {name: index for index, name in enumerate(ids.values())}
+        problems = []
+        for component in nx.strongly_connected_components(graph):
+            if len(component) > 1:
+                circle = sorted(component, key=order.__getitem__)
+                problems.append(
+                    PlanProblem(
+                        ProblemKind.CYCLE,
+                        circle[0],
+                        "depends on itself through a circle of tasks: " + ", ".join(circle),
+                    )
+                )
+        return sorted(problems, key=lambda problem: order[problem.task])
 
     def _resolve_context(self, task: Task) -> list[str]:
         return [self._ref_name(task, ref) for ref in task.context or ()]
