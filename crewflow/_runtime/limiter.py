@@ -1,6 +1,25 @@
 """The live side of the limits: the process-wide `LimitRegistry` that every LLM call asks for a
-`Permit`. What the limits mean (keys, buckets and bursts, pauses, the breaker, fair FIFO waiting,
-threads and loops, the fast path) is described in `crewflow._runtime.limits`.
+`Permit`, and `set_limits`. What the declared limits mean (keys, buckets and bursts, pauses, the
+breaker) is described in `crewflow.limits`; how the registry applies them is below.
+
+**Waiting.** Each key has a FIFO queue: only its head may take capacity, so waiting is fair and a
+newcomer never overtakes. The head sleeps on the runtime clock when it waits for a bucket and on
+an event when it waits for a slot; the others wait on events, so that only one waiter per key
+sleeps (a `FakeClock` sees each wait once). A call takes its groups' capacity in sorted order
+(not as given: two calls naming shared concurrency groups in different orders could otherwise
+each hold a slot the other waits for), then its model's, holding what it took while it waits for
+the next. Cancelled while waiting, a call gives back everything it took. After taking its
+limits, a call checks the pause again: one that began meanwhile sends it back to wait, giving
+its capacity back.
+
+**Threads and loops.** The registry outlives event loops (successive ``anyio.run`` calls) and
+may be used from several threads: its state is plain counters, buckets and queues behind one
+`threading.Lock`; nothing bound to a loop is kept except each waiter's own `anyio.Event`, made
+in the waiter's loop and set from another thread through ``loop.call_soon_threadsafe``. Time
+comes from `current_clock`, so tests run on a fake clock.
+
+**Fast path.** A call with no applicable limit, no state for its key (no pause, no failure ever
+counted) takes two dict lookups and no lock.
 """
 
 from __future__ import annotations
@@ -13,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crewflow._runtime.clock import current_clock
 from crewflow.exceptions import ConfigurationError, LLMError
+from crewflow.limits import _DEFAULT_BREAKER, Breaker, Limit, Limits
 
 if TYPE_CHECKING:
     import asyncio
@@ -22,9 +42,7 @@ if TYPE_CHECKING:
 
     from crewflow._runtime.clock import Clock
 
-from crewflow._runtime.limits import _DEFAULT_BREAKER, Breaker, Limit, Limits
-
-__all__ = ["LimitRegistry", "Permit", "registry"]
+__all__ = ["LimitRegistry", "Permit", "registry", "set_limits"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -583,3 +601,17 @@ _REGISTRY = LimitRegistry()
 def registry() -> LimitRegistry:
     """The process-wide registry every crew's calls go through."""
     return _REGISTRY
+
+
+def set_limits(limits: Limits) -> None:
+    """Declare limits for the whole process (the most recent declaration of a key wins).
+
+    Example:
+        ```python
+        crewflow.set_limits(Limits({"openai/gpt-4o-mini": Limit(rpm=500, tpm=200_000)}))
+        ```
+
+    Raises:
+        ConfigurationError: ``limits`` is not a `Limits`.
+    """
+    registry().configure(limits)

@@ -10,9 +10,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from crewflow._runtime.limiter import LimitRegistry, Permit, registry
-from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
+from crewflow._runtime.limiter import LimitRegistry, Permit, registry, set_limits
 from crewflow.exceptions import ConfigurationError, LLMError
+from crewflow.limits import Breaker, Limit, Limits
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -73,7 +73,7 @@ def test_waits_are_capped_at_max() -> None:
 def test_jitter_keeps_each_wait_between_half_and_all_of_it(
     monkeypatch: pytest.MonkeyPatch, draw: float, factor: float
 ) -> None:
-    monkeypatch.setattr("crewflow._runtime.retry.random.random", lambda: draw)
+    monkeypatch.setattr("crewflow.retry.random.random", lambda: draw)
     policy = RetryPolicy(initial=2.0, max=100.0)
 
     assert policy.delay(3) == pytest.approx(8.0 * factor, rel=1e-5)

@@ -1,4 +1,7 @@
-"""Retry policy: how many attempts, how long to wait between them, and what is worth retrying."""
+"""Retry policy: how many attempts, how long to wait between them, and what is worth retrying.
+
+A plain value, like `crewflow.limits`: the runtime applies it, specs (`Crew`, `Task`) carry it.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Shared limits of the runtime: concurrency, rate limits, Retry-After pauses, circuit breakers.
+"""Declared limits: concurrency, rate limits and the circuit breaker, as plain values.
 
-The one piece of state shared by every crew in the process (DESIGN.md): a `LimitRegistry` that the
-per-call layer asks for a `Permit` before each provider call and hands it back afterwards.
+These values say what the limits are; the runtime's registry (`crewflow.set_limits`, a crew's
+``limits``) applies them to every LLM call of the process, shared by every crew (DESIGN.md).
 
 **Keys.** A `Limit` is declared under a key of `Limits`: a model string (``"openai/gpt-4o"``,
 shared by every endpoint serving that model), an LLM's `limit_key`
@@ -28,25 +28,6 @@ the pause ends, whatever crew or task it belongs to. Pauses only ever extend.
 (the caller decides what counts: retryable provider errors other than 429) the circuit opens and
 calls fail fast with a non-retryable `LLMError`; after ``Breaker.cooldown`` seconds it half-opens
 and lets one trial call through; the trial's success closes it, its failure opens it again.
-
-**Waiting.** Each key has a FIFO queue: only its head may take capacity, so waiting is fair and a
-newcomer never overtakes. The head sleeps on the runtime clock when it waits for a bucket and on
-an event when it waits for a slot; the others wait on events, so that only one waiter per key
-sleeps (a `FakeClock` sees each wait once). A call takes its groups' capacity in sorted order
-(not as given: two calls naming shared concurrency groups in different orders could otherwise
-each hold a slot the other waits for), then its model's, holding what it took while it waits for
-the next. Cancelled while waiting, a call gives back everything it took. After taking its
-limits, a call checks the pause again: one that began meanwhile sends it back to wait, giving
-its capacity back.
-
-**Threads and loops.** The registry outlives event loops (successive ``anyio.run`` calls) and
-may be used from several threads: its state is plain counters, buckets and queues behind one
-`threading.Lock`; nothing bound to a loop is kept except each waiter's own `anyio.Event`, made
-in the waiter's loop and set from another thread through ``loop.call_soon_threadsafe``. Time
-comes from `current_clock`, so tests run on a fake clock.
-
-**Fast path.** A call with no applicable limit, no state for its key (no pause, no failure ever
-counted) takes two dict lookups and no lock.
 """
 
 from __future__ import annotations
@@ -57,7 +38,7 @@ from dataclasses import dataclass
 
 from crewflow.exceptions import ConfigurationError
 
-__all__ = ["Breaker", "Limit", "Limits", "set_limits"]
+__all__ = ["Breaker", "Limit", "Limits"]
 
 
 def _is_number(value: object) -> bool:
@@ -262,16 +243,3 @@ class Limits(Mapping[str, Limit]):
 
     def __repr__(self) -> str:
         return f"Limits({self._limits!r}, breaker={self._breaker!r})"
-
-
-def set_limits(limits: Limits) -> None:
-    """Declare limits for the whole process (the most recent declaration of a key wins).
-
-    Example:
-        ```python
-        crewflow.set_limits(Limits({"openai/gpt-4o-mini": Limit(rpm=500, tpm=200_000)}))
-        ```
-    """
-    from crewflow._runtime.limiter import registry
-
-    registry().configure(limits)
