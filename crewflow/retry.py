@@ -6,16 +6,18 @@ A plain value, like `crewflow.limits`: the runtime applies it, specs (`Crew`, `T
 from __future__ import annotations
 
 import random
-from collections.abc import Callable  # noqa: TC003 - pydantic evaluates this dataclass (Crew.retry)
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
+from pydantic import field_validator
+
+from crewflow._spec import Value
 from crewflow.exceptions import ConfigurationError, LLMError, TaskTimeout
 
 __all__ = ["RetryPolicy"]
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(Value):
     """Attempts with exponential backoff and jitter.
 
     The runtime applies it in two places. Provider errors are retried per LLM call, inside the
@@ -23,14 +25,23 @@ class RetryPolicy:
     honoured up to ``max`` seconds. Other retryable failures (by default a task attempt that hit
     its ``timeout``) re-run the task.
 
+    Example:
+        ```python
+        RetryPolicy(max_attempts=5, initial=0.5, retry_on=(TimeoutError, ConnectionError))
+        ```
+
     Args:
-        max_attempts: Attempts in all, the first included (1 disables retries).
-        initial: Seconds before the first retry; doubles on each retry.
-        max: Cap on one wait, Retry-After included.
+        max_attempts: Attempts in all, the first included (default 3; 1 disables retries).
+        initial: Seconds before the first retry (default 1.0); doubles on each retry.
+        max: Cap on one wait, Retry-After included (default 30.0).
         jitter: Randomise each wait between half and all of it, so that many callers that failed
-            together do not retry together.
+            together do not retry together (default ``True``).
         retry_on: Exception types (or a predicate) worth retrying. Default: retryable
             `LLMError` (429, 5xx, timeouts, connection errors) and `TaskTimeout`.
+
+    Raises:
+        ConfigurationError: No attempt at all, a negative wait, or a ``retry_on`` that is neither
+            exception types nor a predicate.
     """
 
     max_attempts: int = 3
@@ -39,11 +50,37 @@ class RetryPolicy:
     jitter: bool = True
     retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] | None = None
 
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
+    @field_validator("max_attempts")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
             raise ConfigurationError("RetryPolicy.max_attempts must be at least 1")
-        if self.initial < 0 or self.max < 0:
+        return value
+
+    @field_validator("initial", "max")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
             raise ConfigurationError("RetryPolicy waits (initial, max) must be >= 0")
+        return value
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _types_or_predicate(cls, value: Any) -> Any:
+        # A bare exception class is callable too: taken as a predicate, it would retry anything.
+        if isinstance(value, type) and issubclass(value, BaseException):
+            return (value,)
+        if isinstance(value, tuple | list) and all(
+            isinstance(item, type) and issubclass(item, BaseException) for item in value
+        ):
+            return tuple(value)
+        if value is None or (callable(value) and not isinstance(value, type)):
+            return value
+        raise ConfigurationError(
+            f"RetryPolicy(retry_on={value!r}): give exception types, e.g. "
+            f"retry_on=(TimeoutError, ConnectionError), or a predicate, e.g. "
+            f"retry_on=lambda error: isinstance(error, TimeoutError)"
+        )
 
     def should_retry(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt under this policy."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crewflow._runtime.clock import current_clock
 from crewflow.exceptions import ConfigurationError, LLMError
-from crewflow.limits import _DEFAULT_BREAKER, Breaker, Limit, Limits
+from crewflow.limits import Breaker, Limit, Limits
 
 if TYPE_CHECKING:
     import asyncio
@@ -193,7 +193,7 @@ class LimitRegistry:
         # Replaced, never mutated, so that the lock-free fast path reads a consistent dict.
         self._limits: dict[str, Limit] = {}
         self._states: dict[str, _KeyState] = {}
-        self._breaker: Breaker | None = _DEFAULT_BREAKER
+        self._breaker: Breaker | None = Breaker()
 
     def configure(self, limits: Limits) -> None:
         """Declare limits; the most recent declaration of a key wins, other keys stay.
@@ -216,7 +216,8 @@ class LimitRegistry:
                     _carry_buckets(state, self._limits.get(key), limit, current_clock().now())
                     state.wake_head()
             self._limits = {**self._limits, **limits}
-            if limits._breaker_given:
+            # Limits that do not mention a breaker leave the process's breaker as it is.
+            if "breaker" in limits.model_fields_set:
                 self._breaker = limits.breaker
 
     async def acquire(
@@ -303,7 +304,7 @@ class LimitRegistry:
             states = self._states
             self._states = {}
             self._limits = {}
-            self._breaker = _DEFAULT_BREAKER
+            self._breaker = Breaker()
             for state in states.values():
                 for waiter in state.queue:
                     waiter.wake()
