@@ -134,6 +134,33 @@ class _KeyState:
             return
 
 
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A declared `Limit` as the per-call path reads it: slots, and the bucket sizes worked out
+    once (reading a pydantic model's field costs several times a slot's)."""
+
+    limit: Limit | None  # as declared, for `LimitRegistry.state`
+    concurrency: int | None
+    rpm: float | None
+    tpm: float | None
+    request_capacity: float
+    token_capacity: float
+
+    @classmethod
+    def of(cls, limit: Limit) -> _Rule:
+        return cls(
+            limit,
+            limit.concurrency,
+            limit.rpm,
+            limit.tpm,
+            limit.request_capacity,
+            limit.token_capacity,
+        )
+
+
+_NO_RULE = _Rule(None, None, None, None, 0.0, 0.0)
+
+
 @dataclass(slots=True)
 class _Hold:
     key: str
@@ -191,7 +218,7 @@ class LimitRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Replaced, never mutated, so that the lock-free fast path reads a consistent dict.
-        self._limits: dict[str, Limit] = {}
+        self._limits: dict[str, _Rule] = {}
         self._states: dict[str, _KeyState] = {}
         self._breaker: Breaker | None = Breaker()
 
@@ -209,13 +236,14 @@ class LimitRegistry:
                 f"expected crewflow.Limits, got {type(limits).__name__}: "
                 f"wrap it, e.g. Limits({{'openai/gpt-4o': Limit(rpm=60)}})"
             )
+        rules = {key: _Rule.of(limit) for key, limit in limits.items()}
         with self._lock:
-            for key, limit in limits.items():
+            for key, rule in rules.items():
                 state = self._states.get(key)
                 if state is not None:
-                    _carry_buckets(state, self._limits.get(key), limit, current_clock().now())
+                    _carry_buckets(state, self._limits.get(key), rule, current_clock().now())
                     state.wake_head()
-            self._limits = {**self._limits, **limits}
+            self._limits = {**self._limits, **rules}
             # Limits that do not mention a breaker leave the process's breaker as it is.
             if "breaker" in limits.model_fields_set:
                 self._breaker = limits.breaker
@@ -284,7 +312,7 @@ class LimitRegistry:
                 breaker = "half_open" if self._breaker is not None else "closed"
             paused = state.paused_until
             return {
-                "limit": limit,
+                "limit": limit.limit if limit is not None else None,
                 "in_flight": state.in_flight,
                 "waiting": len(state.queue),
                 "rpm_tokens": _peek(state.requests, limit.rpm / 60, limit.request_capacity, now)
@@ -471,7 +499,7 @@ class LimitRegistry:
         """
         limit = self._limits.get(key)
         if limit is None:
-            limit = _NO_LIMIT
+            limit = _NO_RULE
         if limit.concurrency is not None and state.in_flight >= limit.concurrency:
             return None, "concurrency"
         if limit.rpm is not None:
@@ -549,10 +577,7 @@ class LimitRegistry:
             state.breaker, state.opened_at, state.trial = "open", now, False
 
 
-_NO_LIMIT = Limit()
-
-
-def _correct_tokens(state: _KeyState, limit: Limit, extra: float, now: float) -> None:
+def _correct_tokens(state: _KeyState, limit: _Rule, extra: float, now: float) -> None:
     """Charge ``extra`` more tokens (or refund, when negative, up to the capacity)."""
     assert limit.tpm is not None
     rate, capacity = limit.tpm / 60, limit.token_capacity
@@ -560,7 +585,7 @@ def _correct_tokens(state: _KeyState, limit: Limit, extra: float, now: float) ->
     bucket.level = min(capacity, bucket.level - extra) if extra < 0 else bucket.level - extra
 
 
-def _carry_buckets(state: _KeyState, old: Limit | None, new: Limit, now: float) -> None:
+def _carry_buckets(state: _KeyState, old: _Rule | None, new: _Rule, now: float) -> None:
     """Keep a re-declared key's bucket levels, brought up to now and capped at the new size."""
     if state.requests is not None and old is not None and old.rpm is not None and new.rpm:
         _refill(state.requests, old.rpm / 60, old.request_capacity, now)
