@@ -20,10 +20,11 @@ from crewflow._version import __version__
 if typing.TYPE_CHECKING:
     from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
     from crewflow._runtime.handle import RunHandle
-    from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
-    from crewflow._runtime.retry import RetryPolicy
+    from crewflow._runtime.limiter import set_limits
     from crewflow.agent import Agent
     from crewflow.crew import Crew, CrewResult
+    from crewflow.limits import Breaker, Limit, Limits
+    from crewflow.retry import RetryPolicy
     from crewflow.task import Task, TaskOutput
     from crewflow.tools import Tool, tool
 
@@ -52,19 +53,19 @@ __all__ = [
 _WHERE = {
     "Agent": "crewflow.agent",
     "AttemptRecord": "crewflow._records",
-    "Breaker": "crewflow._runtime.limits",
+    "Breaker": "crewflow.limits",
     "Crew": "crewflow.crew",
     "CrewResult": "crewflow.crew",
-    "Limit": "crewflow._runtime.limits",
-    "Limits": "crewflow._runtime.limits",
-    "RetryPolicy": "crewflow._runtime.retry",
+    "Limit": "crewflow.limits",
+    "Limits": "crewflow.limits",
+    "RetryPolicy": "crewflow.retry",
     "RunHandle": "crewflow._runtime.handle",
     "Task": "crewflow.task",
     "TaskOutput": "crewflow.task",
     "TaskRecord": "crewflow._records",
     "TaskStatus": "crewflow._records",
     "Tool": "crewflow.tools",
-    "set_limits": "crewflow._runtime.limits",
+    "set_limits": "crewflow._runtime.limiter",
     "tool": "crewflow.tools",
 }
 

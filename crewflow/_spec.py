@@ -1,9 +1,11 @@
-"""The base of crewflow's specs (`Agent`, `Task`, `Crew`): frozen pydantic models with identity.
+"""The bases of crewflow's models: specs (`Agent`, `Task`, `Crew`) and values (`RetryPolicy`,
+`Limit`), both frozen pydantic models.
 
 Two specs that look alike are still two specs: each gets a generated id at construction and
 compares and hashes by it, so tasks can be dictionary keys and graph nodes, and a copy made with
-``model_copy`` keeps the identity of its original. Pydantic's validation errors are turned into
-`ConfigurationError` naming the spec and the field.
+``model_copy`` keeps the identity of its original. Values are settings: two that look alike are
+equal and hash alike. Pydantic's validation errors are turned into `ConfigurationError` naming
+the model and the field.
 """
 
 from __future__ import annotations
@@ -41,19 +43,31 @@ class Spec(BaseModel):
         except ValidationError as exc:
             # A whole-spec check (``model_post_init``) raises a ConfigurationError that already
             # names what is wrong; pydantic would bury it under the whole input.
-            original = _whole_spec_error(exc)
-            if original is not None:
-                raise original from None
-            message = describe_validation_error(
-                type(self).__name__, exc, fields=type(self).model_fields
-            )
-            raise ConfigurationError(message) from None
+            raise _configuration_error(type(self), exc, anywhere=False) from None
 
     def __eq__(self, other: object) -> bool:
         return self is other or (isinstance(other, Spec) and other.id == self.id)
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+class Value(BaseModel):
+    """A frozen pydantic model compared and hashed by value: a setting users configure.
+
+    Its validators raise `ConfigurationError` with a message that says how to fix the value; that
+    error is raised as it is, wherever it was found, and pydantic's own errors are described
+    like a spec's.
+    """
+
+    # Schemas are built on first construction, not at import: `import crewflow` stays light.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _configuration_error(type(self), exc, anywhere=True) from None
 
 
 def describe_validation_error(
@@ -84,12 +98,18 @@ def describe_validation_error(
     return f"invalid {what}: " + "; ".join(problems) + count
 
 
-def _whole_spec_error(exc: ValidationError) -> ConfigurationError | None:
+def _configuration_error(
+    model: type[BaseModel], exc: ValidationError, *, anywhere: bool
+) -> ConfigurationError:
+    """The error to raise for ``exc``: a `ConfigurationError` one of our validators raised (the
+    whole model's, or ``anywhere``), else one describing pydantic's errors."""
     for error in exc.errors(include_url=False):
         cause = error.get("ctx", {}).get("error")
-        if not error["loc"] and isinstance(cause, ConfigurationError):
+        if (anywhere or not error["loc"]) and isinstance(cause, ConfigurationError):
             return cause
-    return None
+    return ConfigurationError(
+        describe_validation_error(model.__name__, exc, fields=model.model_fields)
+    )
 
 
 def _short_repr(value: object) -> str:

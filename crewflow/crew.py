@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from crewflow._records import TaskKind, TaskRecord
-from crewflow._runtime.limits import Limits
-from crewflow._runtime.retry import RetryPolicy
 from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.events import Event
 from crewflow.exceptions import ConfigurationError, CrewflowError, KickoffsFailed
+from crewflow.limits import Limits
 from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
 from crewflow.processes import Process, get_process
+from crewflow.retry import RetryPolicy
 from crewflow.task import Task, TaskOutput
 
 if TYPE_CHECKING:

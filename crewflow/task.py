@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from crewflow._runtime.retry import RetryPolicy
 from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.llm._types import Usage
+from crewflow.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -7,13 +7,24 @@ import re
 import pytest
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from crewflow._spec import Spec, describe_validation_error, new_id
+from crewflow._spec import Spec, Value, describe_validation_error, new_id
 from crewflow.exceptions import ConfigurationError
 
 
 class Sample(Spec):
     label: str = Field(min_length=1)
     size: int = Field(default=1, ge=1)
+
+
+class Setting(Value):
+    level: int = 1
+
+    @field_validator("level")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ConfigurationError(f"Setting(level={value}): use a level >= 1, e.g. level=2")
+        return value
 
 
 class Plain(BaseModel):
@@ -59,6 +70,28 @@ def test_specs_are_frozen() -> None:
 
     with pytest.raises(ValidationError, match="frozen"):
         spec.label = "y"  # type: ignore[misc]
+
+
+def test_values_that_look_alike_are_equal() -> None:
+    assert Setting(level=2) == Setting(level=2)
+    assert len({Setting(level=2), Setting(level=2), Setting(level=3)}) == 2
+
+
+def test_values_are_frozen() -> None:
+    with pytest.raises(ValidationError, match="frozen"):
+        Setting().level = 2  # type: ignore[misc]
+
+
+def test_a_values_own_error_is_raised_as_it_is() -> None:
+    with pytest.raises(ConfigurationError, match=r"^Setting\(level=0\): use a level") as caught:
+        Setting(level=0)
+
+    assert caught.value.__suppress_context__
+
+
+def test_pydantics_errors_on_a_value_name_the_field() -> None:
+    with pytest.raises(ConfigurationError, match=r"^invalid Setting: level: .*\(got 'high'\)$"):
+        Setting(level="high")  # type: ignore[arg-type]
 
 
 def test_the_id_is_not_part_of_a_dump() -> None:

@@ -5,12 +5,12 @@ rule"). Two layers:
 
 - Per task (`Run.execute` in `run.py`, `TaskAttempts` in `attempts.py`): a scheduling slot
   (`slots.py`: ``max_concurrency``, priority order, pause/resume, scaling), the context from
-  dependencies, the prompt, attempts under the `RetryPolicy`, the task's timeout per attempt,
-  the fallback agent, the failure policy (``on_failure``: stop, or continue and skip
-  dependants), the timeline record, usage, task events.
+  dependencies, the prompt, attempts under the `RetryPolicy` (`crewflow.retry`), the task's
+  timeout per attempt, the fallback agent, the failure policy (``on_failure``: stop, or
+  continue and skip dependants), the timeline record, usage, task events.
 - Per LLM call (`ManagedLLM` in `calls.py`): the LLM the agent loop is handed. It waits for the
-  limits shared by every crew of the process (`limits.py` declares them, `limiter.py` holds
-  their state: concurrency, rpm/tpm buckets, Retry-After pauses, circuit breakers), retries
+  limits shared by every crew of the process (`crewflow.limits` declares them, `limiter.py`
+  holds their state: concurrency, rpm/tpm buckets, Retry-After pauses, circuit breakers), retries
   retryable provider errors with exponential backoff and jitter, adds up usage and emits LLM
   events (token deltas when streaming). Provider clients are created with their SDK's own
   retries off: retrying happens here only.

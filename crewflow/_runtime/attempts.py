@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from crewflow._runtime.cache import ReplyCache
-    from crewflow._runtime.retry import RetryPolicy
     from crewflow._runtime.run import Run
     from crewflow.agent import Agent, AgentAnswer, ToolObserver
+    from crewflow.retry import RetryPolicy
     from crewflow.task import Task
 
 __all__ = ["TaskAttempts"]

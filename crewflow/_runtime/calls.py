@@ -7,7 +7,7 @@ The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is ha
    before (no request, no limits, nothing billed; the attempt counts a cache hit);
 2. waits for the model's (and the task's groups') limits — concurrency, rpm and tpm token
    buckets, a Retry-After pause — and fails fast while the model's circuit breaker is open
-   (`limits.py`, shared by every crew in the process); the time waited is the attempt's;
+   (`limiter.py`, shared by every crew in the process); the time waited is the attempt's;
 3. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
    Retry-After pauses the model for every caller, not just this one);
 4. adds up usage, keeps a cacheable reply in the cache, and emits LLM events (token deltas
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from crewflow._records import TaskStatus
     from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.limiter import Permit
-    from crewflow._runtime.retry import RetryPolicy
     from crewflow._runtime.run import Run
     from crewflow.llm._types import DeltaCallback, LLMRequest, LLMResponse
+    from crewflow.retry import RetryPolicy
 
 
 @dataclass(slots=True)

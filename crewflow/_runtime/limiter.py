@@ -1,6 +1,25 @@
 """The live side of the limits: the process-wide `LimitRegistry` that every LLM call asks for a
-`Permit`. What the limits mean (keys, buckets and bursts, pauses, the breaker, fair FIFO waiting,
-threads and loops, the fast path) is described in `crewflow._runtime.limits`.
+`Permit`, and `set_limits`. What the declared limits mean (keys, buckets and bursts, pauses, the
+breaker) is described in `crewflow.limits`; how the registry applies them is below.
+
+**Waiting.** Each key has a FIFO queue: only its head may take capacity, so waiting is fair and a
+newcomer never overtakes. The head sleeps on the runtime clock when it waits for a bucket and on
+an event when it waits for a slot; the others wait on events, so that only one waiter per key
+sleeps (a `FakeClock` sees each wait once). A call takes its groups' capacity in sorted order
+(not as given: two calls naming shared concurrency groups in different orders could otherwise
+each hold a slot the other waits for), then its model's, holding what it took while it waits for
+the next. Cancelled while waiting, a call gives back everything it took. After taking its
+limits, a call checks the pause again: one that began meanwhile sends it back to wait, giving
+its capacity back.
+
+**Threads and loops.** The registry outlives event loops (successive ``anyio.run`` calls) and
+may be used from several threads: its state is plain counters, buckets and queues behind one
+`threading.Lock`; nothing bound to a loop is kept except each waiter's own `anyio.Event`, made
+in the waiter's loop and set from another thread through ``loop.call_soon_threadsafe``. Time
+comes from `current_clock`, so tests run on a fake clock.
+
+**Fast path.** A call with no applicable limit, no state for its key (no pause, no failure ever
+counted) takes two dict lookups and no lock.
 """
 
 from __future__ import annotations
@@ -13,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crewflow._runtime.clock import current_clock
 from crewflow.exceptions import ConfigurationError, LLMError
+from crewflow.limits import Breaker, Limit, Limits
 
 if TYPE_CHECKING:
     import asyncio
@@ -22,9 +42,7 @@ if TYPE_CHECKING:
 
     from crewflow._runtime.clock import Clock
 
-from crewflow._runtime.limits import _DEFAULT_BREAKER, Breaker, Limit, Limits
-
-__all__ = ["LimitRegistry", "Permit", "registry"]
+__all__ = ["LimitRegistry", "Permit", "registry", "set_limits"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -116,6 +134,33 @@ class _KeyState:
             return
 
 
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A declared `Limit` as the per-call path reads it: slots, and the bucket sizes worked out
+    once (reading a pydantic model's field costs several times a slot's)."""
+
+    limit: Limit | None  # as declared, for `LimitRegistry.state`
+    concurrency: int | None
+    rpm: float | None
+    tpm: float | None
+    request_capacity: float
+    token_capacity: float
+
+    @classmethod
+    def of(cls, limit: Limit) -> _Rule:
+        return cls(
+            limit,
+            limit.concurrency,
+            limit.rpm,
+            limit.tpm,
+            limit.request_capacity,
+            limit.token_capacity,
+        )
+
+
+_NO_RULE = _Rule(None, None, None, None, 0.0, 0.0)
+
+
 @dataclass(slots=True)
 class _Hold:
     key: str
@@ -173,9 +218,9 @@ class LimitRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Replaced, never mutated, so that the lock-free fast path reads a consistent dict.
-        self._limits: dict[str, Limit] = {}
+        self._limits: dict[str, _Rule] = {}
         self._states: dict[str, _KeyState] = {}
-        self._breaker: Breaker | None = _DEFAULT_BREAKER
+        self._breaker: Breaker | None = Breaker()
 
     def configure(self, limits: Limits) -> None:
         """Declare limits; the most recent declaration of a key wins, other keys stay.
@@ -191,14 +236,16 @@ class LimitRegistry:
                 f"expected crewflow.Limits, got {type(limits).__name__}: "
                 f"wrap it, e.g. Limits({{'openai/gpt-4o': Limit(rpm=60)}})"
             )
+        rules = {key: _Rule.of(limit) for key, limit in limits.items()}
         with self._lock:
-            for key, limit in limits.items():
+            for key, rule in rules.items():
                 state = self._states.get(key)
                 if state is not None:
-                    _carry_buckets(state, self._limits.get(key), limit, current_clock().now())
+                    _carry_buckets(state, self._limits.get(key), rule, current_clock().now())
                     state.wake_head()
-            self._limits = {**self._limits, **limits}
-            if limits._breaker_given:
+            self._limits = {**self._limits, **rules}
+            # Limits that do not mention a breaker leave the process's breaker as it is.
+            if "breaker" in limits.model_fields_set:
                 self._breaker = limits.breaker
 
     async def acquire(
@@ -265,7 +312,7 @@ class LimitRegistry:
                 breaker = "half_open" if self._breaker is not None else "closed"
             paused = state.paused_until
             return {
-                "limit": limit,
+                "limit": limit.limit if limit is not None else None,
                 "in_flight": state.in_flight,
                 "waiting": len(state.queue),
                 "rpm_tokens": _peek(state.requests, limit.rpm / 60, limit.request_capacity, now)
@@ -285,7 +332,7 @@ class LimitRegistry:
             states = self._states
             self._states = {}
             self._limits = {}
-            self._breaker = _DEFAULT_BREAKER
+            self._breaker = Breaker()
             for state in states.values():
                 for waiter in state.queue:
                     waiter.wake()
@@ -452,7 +499,7 @@ class LimitRegistry:
         """
         limit = self._limits.get(key)
         if limit is None:
-            limit = _NO_LIMIT
+            limit = _NO_RULE
         if limit.concurrency is not None and state.in_flight >= limit.concurrency:
             return None, "concurrency"
         if limit.rpm is not None:
@@ -530,10 +577,7 @@ class LimitRegistry:
             state.breaker, state.opened_at, state.trial = "open", now, False
 
 
-_NO_LIMIT = Limit()
-
-
-def _correct_tokens(state: _KeyState, limit: Limit, extra: float, now: float) -> None:
+def _correct_tokens(state: _KeyState, limit: _Rule, extra: float, now: float) -> None:
     """Charge ``extra`` more tokens (or refund, when negative, up to the capacity)."""
     assert limit.tpm is not None
     rate, capacity = limit.tpm / 60, limit.token_capacity
@@ -541,7 +585,7 @@ def _correct_tokens(state: _KeyState, limit: Limit, extra: float, now: float) ->
     bucket.level = min(capacity, bucket.level - extra) if extra < 0 else bucket.level - extra
 
 
-def _carry_buckets(state: _KeyState, old: Limit | None, new: Limit, now: float) -> None:
+def _carry_buckets(state: _KeyState, old: _Rule | None, new: _Rule, now: float) -> None:
     """Keep a re-declared key's bucket levels, brought up to now and capped at the new size."""
     if state.requests is not None and old is not None and old.rpm is not None and new.rpm:
         _refill(state.requests, old.rpm / 60, old.request_capacity, now)
@@ -583,3 +627,17 @@ _REGISTRY = LimitRegistry()
 def registry() -> LimitRegistry:
     """The process-wide registry every crew's calls go through."""
     return _REGISTRY
+
+
+def set_limits(limits: Limits) -> None:
+    """Declare limits for the whole process (the most recent declaration of a key wins).
+
+    Example:
+        ```python
+        crewflow.set_limits(Limits({"openai/gpt-4o-mini": Limit(rpm=500, tpm=200_000)}))
+        ```
+
+    Raises:
+        ConfigurationError: ``limits`` is not a `Limits`.
+    """
+    registry().configure(limits)

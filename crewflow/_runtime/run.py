@@ -54,12 +54,12 @@ if TYPE_CHECKING:
     from crewflow._plan import PlanProblem
     from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.recording import Recorder, Resumption
-    from crewflow._runtime.retry import RetryPolicy
     from crewflow.agent import Agent
     from crewflow.events import EventSink
     from crewflow.graph import TaskGraph
     from crewflow.llm._base import LLM
     from crewflow.processes import Process
+    from crewflow.retry import RetryPolicy
     from crewflow.task import TaskOutput
 
 __all__ = ["Run", "capture_sink", "release_sink"]

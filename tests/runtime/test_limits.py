@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 import pytest
+from pydantic import ValidationError
 
-from crewflow._runtime.limiter import LimitRegistry, Permit, registry
-from crewflow._runtime.limits import Breaker, Limit, Limits, set_limits
+from crewflow import Agent, Crew, Task
+from crewflow._runtime.limiter import LimitRegistry, Permit, registry, set_limits
 from crewflow.exceptions import ConfigurationError, LLMError
+from crewflow.limits import Breaker, Limit, Limits
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -135,6 +137,8 @@ def test_limits_is_a_mapping_of_keys_to_limits() -> None:
         (lambda: Limits({"": Limit()}), "non-empty strings"),
         (lambda: Limits({"search": Limit()}, search=Limit()), "given twice"),
         (lambda: Limits(breaker=5), "breaker"),
+        (lambda: Limits([("search", Limit())]), "give limits by key"),  # type: ignore[arg-type]
+        (lambda: Limit(colour="red"), "unknown field; valid fields: burst, concurrency"),
     ],
 )
 def test_bad_limits_declarations_are_configuration_errors(
@@ -142,6 +146,33 @@ def test_bad_limits_declarations_are_configuration_errors(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         build()
+
+
+def test_declarations_are_frozen_values() -> None:
+    assert Limit(rpm=60) == Limit(rpm=60.0)
+    assert hash(Limit(rpm=60)) == hash(Limit(rpm=60.0))
+    assert Breaker(failures=2) == Breaker(failures=2, cooldown=30)
+    assert len({Limits(search=Limit(concurrency=1)), Limits({"search": Limit(concurrency=1)})}) == 1
+    with pytest.raises(ValidationError, match="frozen"):
+        Limit(rpm=60).rpm = 120  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        Limits().breaker = None  # type: ignore[misc]
+
+
+async def test_a_crew_takes_its_limits_as_a_plain_dict_too(limits: LimitRegistry) -> None:
+    task = Task("x", agent=Agent(role="r", goal="g"))
+    crew = Crew(tasks=[task], limits={"openai/o3": Limit(rpm=60), "search": Limit(concurrency=2)})
+    assert crew.limits == Limits({"openai/o3": Limit(rpm=60)}, search=Limit(concurrency=2))
+    with pytest.raises(ConfigurationError, match=r"use crewflow\.Limit"):
+        Crew(tasks=[task], limits={"search": {"concurrency": 2}})
+    # Like Limits(...) without a breaker, the dict leaves the process's breaker as it is.
+    limits.configure(Limits(breaker=None))
+    assert crew.limits is not None
+    limits.configure(crew.limits)
+
+    await fail(limits, 50)
+
+    assert limits.state(KEY)["breaker"] == "closed"
 
 
 def test_configure_takes_only_limits(limits: LimitRegistry) -> None:
@@ -677,10 +708,10 @@ async def _cancellable(scope_holder: anyio.CancelScope, limits: LimitRegistry) -
 async def test_a_trial_call_cancelled_while_waiting_frees_the_trial(
     limits: LimitRegistry, fake_clock: FakeClock
 ) -> None:
-    limits.configure(Limits({MODEL: Limit(concurrency=2)}, breaker=Breaker(1, cooldown=1)))
+    limits.configure(Limits({MODEL: Limit(concurrency=2)}, breaker=Breaker(failures=1, cooldown=1)))
     holder = await acquire(limits)
     (await acquire(limits)).release(ok=False)  # opens the circuit
-    limits.configure(Limits({MODEL: Limit(concurrency=1)}, breaker=Breaker(1, cooldown=1)))
+    limits.configure(Limits({MODEL: Limit(concurrency=1)}, breaker=Breaker(failures=1, cooldown=1)))
     fake_clock.advance(1)
 
     async with anyio.create_task_group() as group:

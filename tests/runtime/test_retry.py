@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from crewflow import RetryPolicy
+from crewflow import Agent, Crew, RetryPolicy, Task
 from crewflow.exceptions import ConfigurationError, LLMError, TaskTimeout, ToolError
 
 
@@ -73,7 +74,7 @@ def test_waits_are_capped_at_max() -> None:
 def test_jitter_keeps_each_wait_between_half_and_all_of_it(
     monkeypatch: pytest.MonkeyPatch, draw: float, factor: float
 ) -> None:
-    monkeypatch.setattr("crewflow._runtime.retry.random.random", lambda: draw)
+    monkeypatch.setattr("crewflow.retry.random.random", lambda: draw)
     policy = RetryPolicy(initial=2.0, max=100.0)
 
     assert policy.delay(3) == pytest.approx(8.0 * factor, rel=1e-5)
@@ -94,5 +95,44 @@ def test_retry_after_is_capped_at_max() -> None:
 def test_policies_are_immutable() -> None:
     policy = RetryPolicy()
 
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         policy.max_attempts = 5  # type: ignore[misc]
+
+
+def test_policies_are_equal_by_value() -> None:
+    assert RetryPolicy(max_attempts=2) == RetryPolicy(max_attempts=2)
+    assert hash(RetryPolicy(retry_on=(ValueError,))) == hash(RetryPolicy(retry_on=[ValueError]))
+    assert RetryPolicy(max_attempts=2) != RetryPolicy(max_attempts=3)
+
+
+def test_one_exception_type_is_retried_like_a_tuple_of_one() -> None:
+    # A class is callable too: taken as a predicate, it would have retried every error.
+    policy = RetryPolicy(retry_on=ValueError)
+
+    assert policy.retry_on == (ValueError,)
+    assert not policy.should_retry(RuntimeError("bug"))
+
+
+@pytest.mark.parametrize("retry_on", [(ValueError, "x"), "flaky", 3, int], ids=repr)
+def test_retry_on_takes_exception_types_or_a_predicate(retry_on: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"RetryPolicy\(retry_on=.*give exception types"):
+        RetryPolicy(retry_on=retry_on)  # type: ignore[arg-type]
+
+
+def test_wrong_types_are_configuration_errors_naming_the_field() -> None:
+    with pytest.raises(ConfigurationError, match=r"^invalid RetryPolicy: initial: .*'soon'\)$"):
+        RetryPolicy(initial="soon")  # type: ignore[arg-type]
+
+
+def test_crews_and_tasks_take_a_policy_and_check_it() -> None:
+    agent = Agent(role="r", goal="g")
+    task = Task("x", agent=agent, retry=RetryPolicy(max_attempts=1))
+    crew = Crew(tasks=[task], retry=RetryPolicy(max_attempts=4))
+
+    assert task.retry == RetryPolicy(max_attempts=1)
+    assert crew.retry.max_attempts == 4
+    assert Crew(tasks=[task]).retry == RetryPolicy()
+    with pytest.raises(ConfigurationError, match="invalid Crew: retry"):
+        Crew(tasks=[task], retry=3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="must be at least 1"):
+        Task("x", agent=agent, retry={"max_attempts": 0})

@@ -1,7 +1,7 @@
-"""Shared limits of the runtime: concurrency, rate limits, Retry-After pauses, circuit breakers.
+"""Declared limits: concurrency, rate limits and the circuit breaker, as plain values.
 
-The one piece of state shared by every crew in the process (DESIGN.md): a `LimitRegistry` that the
-per-call layer asks for a `Permit` before each provider call and hands it back afterwards.
+These values say what the limits are; the runtime's registry (`crewflow.set_limits`, a crew's
+``limits``) applies them to every LLM call of the process, shared by every crew (DESIGN.md).
 
 **Keys.** A `Limit` is declared under a key of `Limits`: a model string (``"openai/gpt-4o"``,
 shared by every endpoint serving that model), an LLM's `limit_key`
@@ -28,44 +28,27 @@ the pause ends, whatever crew or task it belongs to. Pauses only ever extend.
 (the caller decides what counts: retryable provider errors other than 429) the circuit opens and
 calls fail fast with a non-retryable `LLMError`; after ``Breaker.cooldown`` seconds it half-opens
 and lets one trial call through; the trial's success closes it, its failure opens it again.
-
-**Waiting.** Each key has a FIFO queue: only its head may take capacity, so waiting is fair and a
-newcomer never overtakes. The head sleeps on the runtime clock when it waits for a bucket and on
-an event when it waits for a slot; the others wait on events, so that only one waiter per key
-sleeps (a `FakeClock` sees each wait once). A call takes its groups' capacity in sorted order
-(not as given: two calls naming shared concurrency groups in different orders could otherwise
-each hold a slot the other waits for), then its model's, holding what it took while it waits for
-the next. Cancelled while waiting, a call gives back everything it took. After taking its
-limits, a call checks the pause again: one that began meanwhile sends it back to wait, giving
-its capacity back.
-
-**Threads and loops.** The registry outlives event loops (successive ``anyio.run`` calls) and
-may be used from several threads: its state is plain counters, buckets and queues behind one
-`threading.Lock`; nothing bound to a loop is kept except each waiter's own `anyio.Event`, made
-in the waiter's loop and set from another thread through ``loop.call_soon_threadsafe``. Time
-comes from `current_clock`, so tests run on a fake clock.
-
-**Fast path.** A call with no applicable limit, no state for its key (no pause, no failure ever
-counted) takes two dict lookups and no lock.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from typing import Any
 
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from crewflow._spec import Value
 from crewflow.exceptions import ConfigurationError
 
-__all__ = ["Breaker", "Limit", "Limits", "set_limits"]
+__all__ = ["Breaker", "Limit", "Limits"]
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@dataclass(frozen=True, slots=True)
-class Limit:
+class Limit(Value):
     """How much one key (a model, an endpoint, a group) may be used at once and per minute.
 
     Example:
@@ -73,6 +56,8 @@ class Limit:
         Limits({"openai/gpt-4o": Limit(concurrency=4, rpm=500, tpm=30_000)},
                search=Limit(concurrency=2))
         ```
+
+    Every argument defaults to ``None``: no such limit.
 
     Args:
         concurrency: Calls in flight at once.
@@ -94,22 +79,32 @@ class Limit:
     burst: float | None = None
     token_burst: float | None = None
 
-    def __post_init__(self) -> None:
-        concurrency = self.concurrency
-        if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    # "before" validators see what was given: pydantic would otherwise turn True into 1 and
+    # "1000" into 1000.0, and its messages would not say what the number means.
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ConfigurationError(
-                f"Limit(concurrency={concurrency!r}): concurrency counts calls in flight at once "
+                f"Limit(concurrency={value!r}): concurrency counts calls in flight at once "
                 f"and must be a whole number >= 1 (or None for no limit)"
             )
-        for name in ("rpm", "tpm", "burst", "token_burst"):
-            value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value > 0):
-                raise ConfigurationError(
-                    f"Limit({name}={value!r}): {name} must be a positive finite number "
-                    f"(or None for no limit)"
-                )
+        return value
+
+    @field_validator("rpm", "tpm", "burst", "token_burst", mode="before")
+    @classmethod
+    def _positive(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not (_is_number(value) and value > 0):
+            raise ConfigurationError(
+                f"Limit({info.field_name}={value!r}): {info.field_name} must be a positive "
+                f"finite number (or None for no limit)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _bursts_need_their_rates(self) -> Limit:
         if self.burst is not None:
             if self.rpm is None:
                 raise ConfigurationError(
@@ -125,6 +120,7 @@ class Limit:
                 "Limit(token_burst=...) sizes the tpm bucket: set tpm too, e.g. "
                 "Limit(tpm=60_000, token_burst=5_000)"
             )
+        return self
 
     @property
     def request_capacity(self) -> float:
@@ -141,13 +137,13 @@ class Limit:
         return float(self.token_burst) if self.token_burst is not None else max(1.0, self.tpm / 60)
 
 
-@dataclass(frozen=True, slots=True)
-class Breaker:
+class Breaker(Value):
     """The circuit breaker applied to every model (limit key).
 
     Args:
-        failures: Consecutive counted failures that open the circuit.
-        cooldown: Seconds the circuit stays open before one trial call is let through.
+        failures: Consecutive counted failures that open the circuit (default 5).
+        cooldown: Seconds the circuit stays open before one trial call is let through
+            (default 30.0).
 
     Raises:
         ConfigurationError: ``failures`` is not a whole number >= 1 or ``cooldown`` is negative.
@@ -156,20 +152,23 @@ class Breaker:
     failures: int = 5
     cooldown: float = 30.0
 
-    def __post_init__(self) -> None:
-        if isinstance(self.failures, bool) or not isinstance(self.failures, int):
-            raise ConfigurationError(
-                f"Breaker(failures={self.failures!r}) must be a whole number >= 1"
-            )
-        if self.failures < 1:
-            raise ConfigurationError(f"Breaker(failures={self.failures!r}) must be >= 1")
-        if not (_is_number(self.cooldown) and self.cooldown >= 0):
-            raise ConfigurationError(
-                f"Breaker(cooldown={self.cooldown!r}) must be a finite number of seconds >= 0"
-            )
+    @field_validator("failures", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigurationError(f"Breaker(failures={value!r}) must be a whole number >= 1")
+        if value < 1:
+            raise ConfigurationError(f"Breaker(failures={value!r}) must be >= 1")
+        return value
 
-
-_DEFAULT_BREAKER = Breaker()
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        if not (_is_number(value) and value >= 0):
+            raise ConfigurationError(
+                f"Breaker(cooldown={value!r}) must be a finite number of seconds >= 0"
+            )
+        return value
 
 
 class _Unset:
@@ -182,11 +181,13 @@ class _Unset:
 _UNSET = _Unset()
 
 
-class Limits(Mapping[str, Limit]):
+class Limits(Value, Mapping[str, Limit]):
     """A declaration of limits: key -> `Limit`, plus the circuit breaker.
 
     Keys are model strings (``"openai/gpt-4o-mini"``), LLM limit keys
-    (``"openai|https://api.openai.com/v1|gpt-4o-mini"``) or group names (``"search"``).
+    (``"openai|https://api.openai.com/v1|gpt-4o-mini"``) or group names (``"search"``). A
+    read-only mapping of keys to limits, equal to another with the same limits and breaker. A
+    crew's ``limits`` also takes a plain dict, as ``Limits(**that_dict)``.
 
     Example:
         ```python
@@ -204,7 +205,11 @@ class Limits(Mapping[str, Limit]):
         ConfigurationError: A value is not a `Limit`, a key is empty or given twice.
     """
 
-    __slots__ = ("_breaker", "_breaker_given", "_limits")
+    limits: dict[str, Limit] = Field(default_factory=dict)
+    """Limits by key."""
+    # A factory: building a Breaker here would build its schema at import.
+    breaker: Breaker | None = Field(default_factory=Breaker)
+    """The circuit breaker declared with these limits (``None``: no breakers)."""
 
     def __init__(
         self,
@@ -214,12 +219,28 @@ class Limits(Mapping[str, Limit]):
         breaker: Breaker | _Unset | None = _UNSET,
         **groups: Limit,
     ) -> None:
+        if limits is not None and not isinstance(limits, Mapping):
+            raise ConfigurationError(
+                f"Limits({limits!r}): give limits by key, e.g. Limits({{'search': Limit(rpm=60)}})"
+            )
         merged = dict(limits or {})
         twice = groups.keys() & merged.keys()
         if twice:
             raise ConfigurationError(f"Limits: {sorted(twice)} given twice; give each key once")
         merged.update(groups)
-        for key, limit in merged.items():
+        # Not given, the breaker stays out of `model_fields_set`: the registry then keeps the
+        # process's breaker.
+        if isinstance(breaker, _Unset):
+            super().__init__(limits=merged)
+        else:
+            super().__init__(limits=merged, breaker=breaker)
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limits_by_key(cls, value: dict[Any, Any]) -> dict[Any, Any]:
+        # Always the dict __init__ built: pydantic validates any input through the custom
+        # __init__, a parent model's too (``Crew(limits={...})`` is ``Limits(**{...})``).
+        for key, limit in value.items():
             if not isinstance(key, str) or not key:
                 raise ConfigurationError(f"Limits: keys are non-empty strings, not {key!r}")
             if not isinstance(limit, Limit):
@@ -227,51 +248,32 @@ class Limits(Mapping[str, Limit]):
                     f"Limits[{key!r}] is {limit!r}: use crewflow.Limit(...), "
                     f"e.g. Limit(concurrency=2, rpm=60)"
                 )
-        self._breaker_given = not isinstance(breaker, _Unset)
-        if isinstance(breaker, _Unset):
-            breaker = _DEFAULT_BREAKER
-        elif breaker is not None and not isinstance(breaker, Breaker):
-            raise ConfigurationError(f"Limits(breaker={breaker!r}): use crewflow.Breaker or None")
-        self._limits = merged
-        self._breaker = breaker
+        return value
 
-    @property
-    def breaker(self) -> Breaker | None:
-        """The circuit breaker declared with these limits (``None``: no breakers)."""
-        return self._breaker
+    @field_validator("breaker", mode="before")
+    @classmethod
+    def _breaker_or_none(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, Breaker):
+            raise ConfigurationError(f"Limits(breaker={value!r}): use crewflow.Breaker or None")
+        return value
 
     def __getitem__(self, key: str) -> Limit:
-        return self._limits[key]
+        return self.limits[key]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._limits)
+    # A mapping iterates over its keys (a pydantic model would give (field, value) pairs).
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return iter(self.limits)
 
     def __len__(self) -> int:
-        return len(self._limits)
+        return len(self.limits)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._limits
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Limits):
-            return NotImplemented
-        return self._limits == other._limits and self._breaker == other._breaker
+        return key in self.limits
 
     def __hash__(self) -> int:
-        return hash((frozenset(self._limits.items()), self._breaker))
+        return hash((frozenset(self.limits.items()), self.breaker))
 
-    def __repr__(self) -> str:
-        return f"Limits({self._limits!r}, breaker={self._breaker!r})"
-
-
-def set_limits(limits: Limits) -> None:
-    """Declare limits for the whole process (the most recent declaration of a key wins).
-
-    Example:
-        ```python
-        crewflow.set_limits(Limits({"openai/gpt-4o-mini": Limit(rpm=500, tpm=200_000)}))
-        ```
-    """
-    from crewflow._runtime.limiter import registry
-
-    registry().configure(limits)
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # As it is built: the limits by position (``limits=`` would name a group).
+        yield None, self.limits
+        yield "breaker", self.breaker
