@@ -202,6 +202,11 @@ class Run:
         priority: float = 0,
     ) -> TaskOutput | None:
         """Run one task of the graph to its output (see `ProcessContext.execute`)."""
+        if task not in self.graph:
+            raise RuntimeError(
+                f"process {self.process.name!r} executed {task!r}, which is not a task of this "
+                "run: add it with ctx.add_tasks([...]) first"
+            )
         name = self.graph.name_of(task)
         return await self.execute_named(name, context=context, agent=agent, priority=priority)
 

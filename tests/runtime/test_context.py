@@ -12,7 +12,7 @@ from crewflow import Agent, Crew, Task
 from crewflow import events as ev
 from crewflow._records import TaskKind
 from crewflow._runtime.run import Run
-from crewflow.exceptions import InvalidPlan, TaskFailed
+from crewflow.exceptions import CrewRunError, InvalidPlan, TaskFailed
 from crewflow.processes import ProblemKind, Process, ProcessContext
 from crewflow.store import MemoryStore, RunStatus
 from crewflow.testing import Error, FunctionLLM, ScriptedLLM, capture_events
@@ -303,3 +303,11 @@ def test_a_process_configuration_is_in_the_fingerprint_but_not_the_crew_key() ->
     assert one.crew_key == other.crew_key
     assert one.tasks == other.tasks
     assert one.process_config == {"manager": "openai/gpt-4o"}
+
+
+async def test_executing_a_task_that_was_never_added_says_how_to_add_it() -> None:
+    async def body(ctx: ProcessContext) -> None:
+        await ctx.execute(Task("stray", name="stray"))
+
+    with pytest.raises(CrewRunError, match=r"not a task of this run: add it with ctx\.add_tasks"):
+        await one_task_crew(ScriptedLLM([]), body).kickoff(inputs={"topic": "x"})
