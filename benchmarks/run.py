@@ -17,6 +17,7 @@ BENCHMARKS = (
     "fanout.py",
     "dag.py",
     "scale.py",
+    "graph.py",
     "rate.py",
     "store.py",
 )

@@ -154,6 +154,30 @@ def test_no_implicit_edge_to_a_previous_task_that_needs_this_one(agent: Agent) -
     assert graph.dependency_names("draft") == ["facts"]
 
 
+def test_no_implicit_edge_closes_a_cycle_through_earlier_implicit_edges(agent: Agent) -> None:
+    tasks = [
+        Task("u", agent=agent, name="u", context=["v"]),
+        Task("w", agent=agent, name="w", context=["z"]),
+        Task("v", agent=agent, name="v"),
+        Task("y", agent=agent, name="y"),
+        Task("z", agent=agent, name="z"),
+    ]
+
+    graph = chained(tasks)
+
+    # v follows w and y follows v (implicit edges); z must not follow y: z -> w -> v -> y.
+    assert graph.dependency_names("v") == ["w"]
+    assert graph.dependency_names("y") == ["v"]
+    assert graph.dependency_names("z") == []
+    assert [graph.name_of(task) for task in graph.topological_order()] == [
+        "z",
+        "w",
+        "v",
+        "u",
+        "y",
+    ]
+
+
 def test_dependants_are_in_declaration_order(agent: Agent) -> None:
     root = Task("a", agent=agent, name="root")
     tasks = [root, Task("b", agent=agent, name="b"), Task("c", agent=agent, context=[root])]
@@ -455,3 +479,17 @@ def test_copy_is_independent_of_the_original(agent: Agent) -> None:
     assert copy.names == ["first", "second"]
     assert copy.agent_of(copy.task("second")) is agent
     assert copy.kind("second") == TaskKind.INTERNAL
+
+
+def test_a_copy_shares_the_networkx_graph_until_it_changes(agent: Agent) -> None:
+    first = Task("a", agent=agent, name="first")
+    graph = TaskGraph([first], agents=[agent])
+    built = graph.nx
+
+    copy = graph.copy()
+    assert copy.nx is built
+    copy._extend([Task("b", name="second", context=["first"])])
+
+    assert list(copy.nx.edges) == [("first", "second")]
+    assert graph.nx is built
+    assert list(built.nodes) == ["first"]

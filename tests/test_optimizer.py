@@ -132,6 +132,22 @@ def test_critical_path_of_a_diamond_follows_the_longer_branch() -> None:
     assert critical_path({}, {}) == (0.0, [])
 
 
+def test_critical_path_counts_an_unmeasured_task_as_no_time() -> None:
+    graph = {"a": [], "b": ["a"], "side": [], "gone": ["unknown"]}
+
+    # Counted as 1.0 each, a and b would make the longer chain (2 s).
+    assert critical_path(graph, {"side": 1.5}) == (1.5, ["side"])
+
+
+def test_a_recorded_graph_with_a_cycle_is_refused_by_name() -> None:
+    graph = {"a": ["b"], "b": ["a"]}
+
+    with pytest.raises(ValueError, match="cycle: a -> b -> a"):
+        critical_path(graph, {})
+    with pytest.raises(ValueError, match="cycle"):
+        estimate_duration(graph, {})
+
+
 def test_estimate_of_a_fan_out_depends_on_the_slots() -> None:
     durations = {"a": 10, "b": 10, "c": 10, "d": 10, "join": 2}
     assert estimate_duration(FAN_OUT, durations, max_concurrency=1) == 42.0
