@@ -536,7 +536,7 @@ async def test_an_open_circuit_keeps_requests_off_the_wire() -> None:
 
 
 async def test_cancelling_a_started_run_aborts_its_http_request(server: OpenAIServer) -> None:
-    server.enqueue(Slow(5, Text("never sent")))
+    server.enqueue(Slow(3600, Text("never sent")))  # in flight until cancelled
     crew = Crew(tasks=[Task("Long job", agent=agent_on(server))], process="parallel")
 
     handle = crew.start()
@@ -629,7 +629,7 @@ async def test_on_failure_stop_aborts_the_requests_in_flight() -> None:
     async def respond(request: ReceivedRequest) -> Reply:
         if "Beta" in request.last_user_message:
             beta_arrived.set()
-            return Slow(5, Text("beta never finishes"))
+            return Slow(3600, Text("beta never finishes"))
         await beta_arrived.wait()  # fail only once Beta's request is on the server
         return Error(400, "alpha is malformed")
 
@@ -644,7 +644,7 @@ async def test_on_failure_stop_aborts_the_requests_in_flight() -> None:
             on_failure="stop",
             retry=FAST,
         )
-        with anyio.fail_after(4), pytest.raises(TaskFailed) as caught:
+        with anyio.fail_after(10), pytest.raises(TaskFailed) as caught:
             await crew.kickoff()
 
         beta = next(r for r in server.requests if "Beta" in r.last_user_message)
