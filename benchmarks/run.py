@@ -13,6 +13,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = (
     "import_time.py",
+    "cold_start.py",
     "overhead.py",
     "fanout.py",
     "dag.py",

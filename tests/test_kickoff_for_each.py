@@ -59,6 +59,7 @@ async def test_concurrency_bounds_the_kickoffs_in_flight() -> None:
     gates: defaultdict[str, anyio.Event] = defaultdict(anyio.Event)
     entered: list[str] = []
     in_flight = most = 0
+    three_in = anyio.Event()
 
     async def answer(request: LLMRequest) -> str:
         nonlocal in_flight, most
@@ -66,6 +67,8 @@ async def test_concurrency_bounds_the_kickoffs_in_flight() -> None:
         in_flight += 1
         most = max(most, in_flight)
         entered.append(topic)
+        if in_flight == 3:
+            three_in.set()
         try:
             await gates[topic].wait()
         finally:
@@ -83,6 +86,9 @@ async def test_concurrency_bounds_the_kickoffs_in_flight() -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             group.start_soon(run_all)
+            # Each kickoff records its run (in the store's thread) before its call: wait for
+            # the calls themselves, not for the tasks to look idle.
+            await three_in.wait()
             await anyio.wait_all_tasks_blocked()
             assert in_flight == 3
             for i in range(7):

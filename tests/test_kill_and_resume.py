@@ -114,10 +114,17 @@ async def test_a_crew_killed_at_any_moment_resumes_without_redoing_finished_work
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            async with child:
+            try:
                 await arrived.wait()
                 child.send_signal(signal.SIGKILL)
                 assert await child.wait() == -signal.SIGKILL
+            finally:
+                if child.returncode is None:
+                    # Interrupted (a failure, or pytest-timeout's signal, which is no
+                    # cancellation): the child waits on a held request, so closing would wait
+                    # for it for ever.
+                    child.kill()
+                await child.aclose()
             killed["done"] = True
 
             async with SQLiteStore(home / "runs.db") as store:

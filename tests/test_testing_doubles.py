@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import anyio
@@ -28,6 +29,7 @@ from crewflow.testing import (
     ToolCalls,
     capture_events,
     forbid_real_llm_calls,
+    run_virtual,
     use_clock,
 )
 
@@ -327,12 +329,16 @@ async def test_nested_captures_both_receive_events() -> None:
 # --- FakeClock and use_clock ------------------------------------------------------------------
 
 
-async def test_fake_clock_sleeps_return_at_once_and_move_time() -> None:
+def test_fake_clock_sleeps_return_at_once_and_move_time() -> None:
     clock = FakeClock(start=100.0)
 
-    with anyio.fail_after(1):
+    async def sleep() -> float:
         await clock.sleep(3600)
-    await clock.sleep(-5)
+        await clock.sleep(-5)
+        return asyncio.get_running_loop().time()
+
+    # On a virtual-time loop a real sleep would show as time passed: none did.
+    assert run_virtual(sleep) == 0.0
     clock.advance(0.5)
 
     assert clock.sleeps == [3600, -5]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import math
-import time
 import uuid
 from enum import Enum, IntEnum
 from typing import Annotated, Any, Literal
@@ -19,6 +19,7 @@ from crewflow._prompts import system_prompt, task_prompt
 from crewflow.exceptions import ConfigurationError, LLMError
 from crewflow.llm import LLMRequest, Message, OutputSchema, ToolCall, ToolSpec
 from crewflow.llm.offline import OfflineLLM
+from crewflow.testing import run_virtual
 
 
 def request_for(
@@ -367,13 +368,15 @@ async def test_no_latency_means_no_sleep(monkeypatch: pytest.MonkeyPatch) -> Non
     assert slept == []
 
 
-async def test_a_call_takes_at_least_its_latency() -> None:
-    started = time.monotonic()
+def test_a_call_takes_its_latency_on_the_loops_clock() -> None:
+    async def call() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await OfflineLLM(latency=0.05).complete(request_for())
+        return loop.time() - started
 
-    await OfflineLLM(latency=0.05).complete(request_for())
-
-    # asyncio may fire a timer up to one clock tick early.
-    assert time.monotonic() - started >= 0.05 - time.get_clock_info("monotonic").resolution
+    # Virtual time: exactly the latency, without waiting for it or measuring the machine.
+    assert run_virtual(call) == 0.05
 
 
 @pytest.mark.parametrize("latency", [-0.1, math.nan, math.inf])

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -546,38 +545,60 @@ class _WriteLock:
         self._conn.close()
 
 
+class Transactions:
+    """What a store's thread runs on its connection: the COMMITs it runs, and its latest
+    ``BEGIN IMMEDIATE``, which waits while another connection holds the write lock."""
+
+    def __init__(self) -> None:
+        self.commits: list[int] = []
+        self.began = threading.Event()
+
+    async def wait_for_begin(self) -> None:
+        """Wait until the store's thread has begun a transaction (since the last call)."""
+        began = await anyio.to_thread.run_sync(self.began.wait, 30)
+        assert began, "the store's thread began no transaction"
+        self.began.clear()
+
+
 @pytest.fixture
-def commits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per COMMIT run by a store's thread (the test's own connections, on the test's
+def transactions(monkeypatch: pytest.MonkeyPatch) -> Transactions:
+    """Watches the connections of the stores' threads (the test's own connections, on the test's
     thread, are not counted)."""
-    seen: list[int] = []
+    seen = Transactions()
     test_thread = threading.get_ident()
 
-    class Counting(sqlite3.Connection):
+    class Watched(sqlite3.Connection):
         def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-            if sql == "COMMIT" and threading.get_ident() != test_thread:
-                seen.append(threading.get_ident())
+            if threading.get_ident() != test_thread:
+                if sql == "COMMIT":
+                    seen.commits.append(threading.get_ident())
+                elif sql == "BEGIN IMMEDIATE":
+                    seen.began.set()
             return super().execute(sql, *args)
 
     real_connect = sqlite3.connect
 
     def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        return real_connect(*args, factory=Counting, **kwargs)
+        return real_connect(*args, factory=Watched, **kwargs)
 
     monkeypatch.setattr(sqlite3, "connect", connect)
     return seen
 
 
-async def test_concurrent_checkpoints_share_commits_and_each_is_visible_when_it_returns(
-    tmp_path: Path, commits: list[int]
+async def test_checkpoints_waiting_together_share_a_commit_and_each_is_visible_when_it_returns(
+    tmp_path: Path, transactions: Transactions
 ) -> None:
     path = tmp_path / "runs.db"
     count = 200
     not_visible: list[str] = []
     async with SQLiteStore(path) as store:
         await store.start_run(run_record())
-        before = len(commits)
         checker = sqlite3.connect(path)
+        # Another process holds the write lock: the first checkpoint waits for it in the store's
+        # thread, and every other one queues up meanwhile.
+        lock = _WriteLock(path)
+        transactions.began.clear()
+        before = len(transactions.commits)
 
         async def save(index: int) -> None:
             task = f"t{index}"
@@ -587,24 +608,29 @@ async def test_concurrent_checkpoints_share_commits_and_each_is_visible_when_it_
                 not_visible.append(task)
 
         async with anyio.create_task_group() as group:
-            for index in range(count):
+            group.start_soon(save, 0)
+            await transactions.wait_for_begin()
+            for index in range(1, count):
                 group.start_soon(save, index)
+            await anyio.wait_all_tasks_blocked()  # every checkpoint is queued
+            lock.release()
         checker.close()
         assert not_visible == []
         assert len(await store.outputs("run-1")) == count
         assert len(await store.attempts("run-1")) == count
-        # Far fewer transactions than writes: concurrent writes were committed together.
-        assert len(commits) - before < count / 4
+        # The first alone, then all the others that had queued behind it in one transaction.
+        assert len(transactions.commits) - before == 2
 
 
 async def test_a_failing_write_in_a_shared_transaction_fails_only_its_caller(
-    tmp_path: Path, commits: list[int]
+    tmp_path: Path, transactions: Transactions
 ) -> None:
     path = tmp_path / "runs.db"
     failures: dict[str, BaseException] = {}
     async with SQLiteStore(path) as store:
         await store.start_run(run_record())
         lock = _WriteLock(path)
+        transactions.began.clear()
 
         async def write(name: str, operation: Any) -> None:
             try:
@@ -616,8 +642,8 @@ async def test_a_failing_write_in_a_shared_transaction_fails_only_its_caller(
             # The first write waits for the lock; every other one queues behind it and they
             # are committed together once the lock is released.
             group.start_soon(write, "first", store.save_output(output("first")))
-            await anyio.sleep(0.05)
-            before = len(commits)
+            await transactions.wait_for_begin()
+            before = len(transactions.commits)
             for index in range(10):
                 group.start_soon(write, f"a{index}", store.save_task(output(f"a{index}")))
             # Its attempt is written with its output, in its savepoint: undone too.
@@ -627,36 +653,44 @@ async def test_a_failing_write_in_a_shared_transaction_fails_only_its_caller(
             group.start_soon(write, "attempt", store.record_attempt("run-1", attempt("b")))
             for index in range(10):
                 group.start_soon(write, f"c{index}", store.save_output(output(f"c{index}")))
-            await anyio.sleep(0.05)
+            await anyio.wait_all_tasks_blocked()  # every write is queued
             lock.release()
 
         assert set(failures) == {"unknown", "duplicate"}
         assert isinstance(failures["unknown"], UnknownRunError)
         assert failures["unknown"].run_id == "nope"
         assert isinstance(failures["duplicate"], DuplicateRunError)
-        assert len(commits) - before <= 2  # "first" alone, then everything else at once
+        assert len(transactions.commits) - before == 2  # "first" alone, then everything else
         assert stored_tasks(path) == {"first"} | {f"{p}{i}" for p in "ac" for i in range(10)}
         assert [row.task for row in await store.attempts("run-1")] == ["b"]
 
 
 async def test_a_cancelled_caller_returns_only_once_its_write_has_committed(
-    tmp_path: Path,
+    tmp_path: Path, transactions: Transactions
 ) -> None:
     path = tmp_path / "runs.db"
     async with SQLiteStore(path) as store:
         await store.start_run(run_record())
         lock = _WriteLock(path)
-        releaser = threading.Timer(0.3, lock.release)
-        releaser.start()
-        started = time.monotonic()
-        with anyio.move_on_after(0.05) as scope:
-            await store.save_task(output("t"), [attempt("t")])
-        waited = time.monotonic() - started
-        releaser.join()
+        transactions.began.clear()
+        scope = anyio.CancelScope()
+        stored_on_return: list[set[str]] = []
+
+        async def save() -> None:
+            with scope:
+                await store.save_task(output("t"), [attempt("t")])
+            stored_on_return.append(stored_tasks(path))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(save)
+            await transactions.wait_for_begin()  # the write waits for the lock
+            scope.cancel()
+            await anyio.wait_all_tasks_blocked()  # the cancellation has reached the caller...
+            assert stored_on_return == []  # ...which still waits for its write
+            lock.release()
 
         assert scope.cancelled_caught
-        assert waited >= 0.25, "the cancellation must wait for the write to settle"
-        assert stored_tasks(path) == {"t"}
+        assert stored_on_return == [{"t"}]
         assert [row.task for row in await store.attempts("run-1")] == ["t"]
 
 
@@ -770,10 +804,11 @@ async def test_the_wal_is_checkpointed_in_the_background_and_close_waits_for_it(
 ) -> None:
     path = tmp_path / "runs.db"
     checkpoints: list[tuple[Path, str]] = []
+    closing = threading.Event()
     real_checkpoint = writer_module._checkpoint
 
     def checkpoint(where: Path) -> None:
-        time.sleep(0.1)  # still running when the store is closed
+        closing.wait(30)  # still running when the store is closed
         real_checkpoint(where)
         checkpoints.append((where, threading.current_thread().name))
 
@@ -783,18 +818,29 @@ async def test_the_wal_is_checkpointed_in_the_background_and_close_waits_for_it(
     await store.start_run(run_record())
     for index in range(4):
         await store.save_task(output(f"t{index}"), [attempt(f"t{index}")])
-    await store.close()
+    done_on_close: list[tuple[Path, str]] = []
 
-    assert checkpoints == [(path, "crewflow-store-checkpoint runs.db")]
+    async def close() -> None:
+        await store.close()
+        done_on_close.extend(checkpoints)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(close)
+        await anyio.wait_all_tasks_blocked()  # close() waits...
+        closing.set()  # ...and the checkpoint can end
+
+    assert done_on_close == [(path, "crewflow-store-checkpoint runs.db")]
     assert len(stored_tasks(path)) == 4
 
 
 _UNCLOSED = """
 import sys
 import anyio
-from crewflow.store import SQLiteStore
+from crewflow.store import SQLiteStore, _writer
 from tests.store.conftest import run_record
 
+# An idle thread that kept the interpreter alive would now keep it alive for an hour.
+_writer._IDLE_SECONDS = 3600.0
 store = SQLiteStore(sys.argv[1])
 anyio.run(store.start_run, run_record())
 """
@@ -802,14 +848,12 @@ anyio.run(store.start_run, run_record())
 
 @pytest.mark.slow
 def test_an_unclosed_store_does_not_keep_the_interpreter_alive(tmp_path: Path) -> None:
-    started = time.monotonic()
     subprocess.run(
         [sys.executable, "-c", _UNCLOSED, str(tmp_path / "runs.db")],
         cwd=REPO,
         check=True,
-        timeout=30,
+        timeout=60,  # raises TimeoutExpired if the interpreter did not exit
     )
-    assert time.monotonic() - started < 5  # the thread would otherwise idle for 10 s
 
     async def check() -> None:
         async with SQLiteStore(tmp_path / "runs.db") as store:
