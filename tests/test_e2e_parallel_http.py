@@ -446,7 +446,7 @@ async def test_a_task_timeout_aborts_the_request_and_retries_the_task(
     # The aborted requests were sent (and may be billed): they count.
     (run,) = await store.list_runs()
     attempts = [a for a in await store.attempts(run.run_id) if a.task == "slow"]
-    assert [(a.error_type, a.requests) for a in attempts] == [("TaskTimeout", 1)] * 2
+    assert [(a.error_type, a.usage.requests) for a in attempts] == [("TaskTimeout", 1)] * 2
     assert server.count == 3
 
 

@@ -882,8 +882,14 @@ class OpenAIServer:
                 return False
             return await self._deliver(connection, received, reply, request.keep_alive)
         finally:
-            received.finished_at = time.monotonic()
-            with self._lock:
+            self._done(received)
+
+    def _done(self, received: ReceivedRequest) -> None:
+        """The request is no longer in flight (once: its reply is handed over, or it ended
+        without one)."""
+        with self._lock:
+            if received.finished_at is None:
+                received.finished_at = time.monotonic()
                 self.in_flight -= 1
 
     def _record(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> ReceivedRequest:
@@ -947,6 +953,8 @@ class OpenAIServer:
         if isinstance(reply, Disconnect):
             return False
         data, status = _render(received, reply, keep_alive=keep_alive)
+        # Done before the bytes go out: a client holding its reply never sees it in flight.
+        self._done(received)
         if not await connection.send(data):
             self._mark_disconnected(received)
             return False
