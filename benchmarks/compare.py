@@ -8,9 +8,9 @@
   (uncommitted changes included).
 - Each tree runs its *own* benchmark scripts with ``--json``, with the tree first on
   ``PYTHONPATH`` and as the working directory, so the scripts and every interpreter they start
-  (the loopback server, ``python -c`` probes, fresh subprocesses) import that tree's
-  ``crewflow``: checked once per side with ``python -c`` and on every run from the script's own
-  report. Each run records into a fresh ``CREWFLOW_HOME``.
+  (the loopback servers, ``python -c`` probes, fresh subprocesses) import that tree's
+  ``crewflow``: checked once per side (a ``python -c`` and the loopback servers it starts) and on
+  every run (from the script's own report). Each run records into a fresh ``CREWFLOW_HOME``.
 - Before the runs, each tree's ``crewflow/`` and ``benchmarks/`` are compiled to bytecode (as an
   install has it), so that neither side pays compilation that the other does not; the caches
   this makes in a tree that is not temporary are removed at the end.
@@ -109,28 +109,27 @@ def git(*args: str, cwd: Path) -> str:
 
 @contextlib.contextmanager
 def materialise(label: str, spec: str | None, repo: Path) -> Iterator[Side]:
-    """The tree of ``spec``: the working tree at ``repo`` (``None``), a directory, or a git ref
-    checked out in a temporary worktree for as long as the context lasts."""
+    """The tree of ``spec``: the working tree at ``repo`` (``None``), a git ref checked out in a
+    temporary worktree for as long as the context lasts, or else a directory."""
     if spec is None:
         yield Side(label, "working tree", repo)
-        return
-    if Path(spec).is_dir():
-        yield Side(label, spec, Path(spec).resolve())
         return
     try:
         commit = git("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", cwd=repo)
     except CompareError:
-        raise CompareError(
-            f"--{label} {spec}: neither a directory nor a commit of {repo}"
-        ) from None
+        if not Path(spec).is_dir():
+            raise CompareError(f"--{label} {spec}: neither a commit nor a directory") from None
+        yield Side(label, spec, Path(spec).resolve())
+        return
     folder = Path(tempfile.mkdtemp(prefix=f"crewflow-compare-{label}-"))
     tree = folder / "tree"
-    git("worktree", "add", "--detach", str(tree), commit, cwd=repo)
     try:
+        git("worktree", "add", "--detach", str(tree), commit, cwd=repo)
         yield Side(label, spec, tree, commit)
     finally:
-        with contextlib.suppress(CompareError):
-            git("worktree", "remove", "--force", str(tree), cwd=repo)
+        if tree.exists():
+            with contextlib.suppress(CompareError):
+                git("worktree", "remove", "--force", str(tree), cwd=repo)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -452,9 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(legend(rows, args.threshold, args.repeat))
     worse = [row.figure for row in rows if row.worse]
     print(
-        f"{len(worse)} of {len(rows)} figures worse by more than {args.threshold:g} %"
-        f"{': ' + ', '.join(worse) if worse else ''}; took {before.seconds + after.seconds:.0f} s "
-        f"of benchmarks"
+        f"worse by more than {args.threshold:g} %: {len(worse)} of {len(rows)} figures; the "
+        f"benchmarks took {before.seconds:.0f} s before and {after.seconds:.0f} s after"
     )
     if args.json is not None:
         write_json(args.json, before, after, rows, args)
