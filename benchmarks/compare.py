@@ -142,8 +142,9 @@ def check_support(sides: Sequence[Side], names: Sequence[str]) -> None:
                 raise CompareError(f"{side.describe()} has no benchmarks/{name}.py")
             if "--json" not in script.read_text():
                 raise CompareError(
-                    f"{side.describe()}: benchmarks/{name}.py has no --json option (the ref is "
-                    "older than the benchmarks' figures). Compare against a ref that has it."
+                    f"{side.describe()}: benchmarks/{name}.py has no --json option: this tree "
+                    "predates the benchmarks' figures, so there is nothing to compare. Use a ref "
+                    "that has them (any commit after bench-compare was merged)."
                 )
 
 
@@ -244,11 +245,11 @@ def run_all(
             print(f"[{index + 1}/{repeat}] {name:<12} {shown}", flush=True)
         if index == 0:
             took = time.perf_counter() - started
-            print(
-                f"one repetition took {took:.0f} s: --repeat {repeat} takes about "
-                f"{took * repeat / 60:.0f} min, --repeat 5 about {took * 5 / 60:.0f} min",
-                flush=True,
+            estimates = {f"--repeat {n}": took * n / 60 for n in sorted({repeat, 5})}
+            shown = ", ".join(
+                f"{what} about {minutes:.0f} min" for what, minutes in estimates.items()
             )
+            print(f"one repetition took {took:.0f} s: {shown}", flush=True)
 
 
 # -- the comparison ------------------------------------------------------------------------------
