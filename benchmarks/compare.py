@@ -1,7 +1,7 @@
 """Compare the benchmark figures of two source trees: did any get worse by more than 3 %?
 
 ``python benchmarks/compare.py --before GIT_REF [--after PATH_OR_REF] [--repeat 5]
-[--only NAME ...] [--threshold 3] [--json PATH] [--output DIR]``
+[--only NAME ...] [--threshold 3] [--order abab|abba] [--json PATH] [--output DIR]``
 
 - Each side is a source tree: a git ref becomes a temporary ``git worktree add --detach``
   (removed at the end); ``--after`` defaults to the working tree holding this script, as it is
@@ -14,8 +14,9 @@
 - Before the runs, each tree's ``crewflow/`` and ``benchmarks/`` are compiled to bytecode (as an
   install has it), so that neither side pays compilation that the other does not; the caches
   this makes in a tree that is not temporary are removed at the end.
-- Per repetition, per benchmark: before, then after (ABAB...), so that both sides see the same
-  machine; the median per figure over the repetitions is compared.
+- Per repetition, per benchmark: before, then after (ABAB...; ``--order abba`` swaps the two
+  every other repetition), so that both sides see the same machine; the median per figure over
+  the repetitions is compared.
 
 Prints one line per figure (before and after medians, the change, the spread of the runs) and
 flags each figure worse than its before median by more than the threshold, in the figure's
@@ -231,23 +232,26 @@ def run_benchmark(side: Side, name: str, python: str, output: Path | None) -> fl
     return seconds
 
 
-def run_all(
-    sides: Sequence[Side], names: Sequence[str], repeat: int, python: str, output: Path | None
-) -> None:
-    """Every benchmark on every side, ``repeat`` times, the sides alternating."""
+def run_all(sides: Sequence[Side], args: argparse.Namespace, python: str) -> None:
+    """Every benchmark on every side, ``args.repeat`` times, the sides alternating: before
+    first every time (``abab``), or first every other time (``abba``), so that a benefit of
+    running second (warm caches) does not always go to the same side."""
+    names, repeat = args.only, args.repeat
     for index in range(repeat):
         started = time.perf_counter()
         for side in sides:
             side.runs.append({})
+        order = sides if args.order == "abab" or index % 2 == 0 else sides[::-1]
         for name in names:
-            times = [run_benchmark(side, name, python, output) for side in sides]
-            shown = "   ".join(f"{s.label} {t:6.1f} s" for s, t in zip(sides, times, strict=True))
+            times = {side.label: run_benchmark(side, name, python, args.output) for side in order}
+            shown = "   ".join(f"{s.label} {times[s.label]:6.1f} s" for s in order)
             print(f"[{index + 1}/{repeat}] {name:<12} {shown}", flush=True)
         if index == 0:
             took = time.perf_counter() - started
             estimates = {f"--repeat {n}": took * n / 60 for n in sorted({repeat, 5})}
             shown = ", ".join(
-                f"{what} about {minutes:.0f} min" for what, minutes in estimates.items()
+                f"{what} about {minutes:.{0 if minutes >= 10 else 1}f} min"
+                for what, minutes in estimates.items()
             )
             print(f"one repetition took {took:.0f} s: {shown}", flush=True)
 
@@ -374,6 +378,7 @@ def write_json(path: Path, before: Side, after: Side, rows: Sequence[Row], args:
         "repeat": args.repeat,
         "threshold_pct": args.threshold,
         "benchmarks": args.only,
+        "order": args.order,
         "worse": [row.figure for row in rows if row.worse],
         "figures": {
             row.figure: {
@@ -411,6 +416,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threshold", type=float, default=3.0, help="percent worse that flags (default 3)"
     )
+    parser.add_argument(
+        "--order",
+        choices=("abab", "abba"),
+        default="abab",
+        help="abab: before first every time (default); abba: first every other repetition",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the comparison here")
     parser.add_argument(
         "--output", type=Path, metavar="DIR", help="keep each run's printed tables in DIR"
@@ -440,8 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 found = ", ".join(sorted(check_imports(side, python)))
                 print(f"{side.describe()}\n  crewflow from {found} (child and server processes)")
             runs = f"{args.repeat} run{'s' if args.repeat > 1 else ''} per side"
-            print(f"benchmarks: {' '.join(args.only)}; {runs}, before then after each time")
-            run_all([before, after], args.only, args.repeat, python, args.output)
+            order = "before first" if args.order == "abab" else "each first every other time"
+            print(f"benchmarks: {' '.join(args.only)}; {runs}, alternating, {order}")
+            run_all([before, after], args, python)
     except CompareError as error:
         print(f"compare: {error}", file=sys.stderr)
         return 2
