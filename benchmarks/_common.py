@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,8 +24,11 @@ if TYPE_CHECKING:
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # Crews record into the default store, as they do for users (that cost is part of what the
-# benchmarks measure), but into a database of this run, not the user's own.
-os.environ.setdefault("CREWFLOW_HOME", tempfile.mkdtemp(prefix="crewflow-bench-"))
+# benchmarks measure), but into a database of this run, not the user's own, removed when the run
+# ends (subprocesses inherit it and end first).
+if "CREWFLOW_HOME" not in os.environ:
+    os.environ["CREWFLOW_HOME"] = tempfile.mkdtemp(prefix="crewflow-bench-")
+    atexit.register(shutil.rmtree, os.environ["CREWFLOW_HOME"], ignore_errors=True)
 
 
 @contextlib.contextmanager
