@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,13 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Iterator, Mapping, Sequence
 
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # Crews record into the default store, as they do for users (that cost is part of what the
-# benchmarks measure), but into a database of this run, not the user's own.
-os.environ.setdefault("CREWFLOW_HOME", tempfile.mkdtemp(prefix="crewflow-bench-"))
+# benchmarks measure), but into a database of this run, not the user's own, removed when the run
+# ends (subprocesses inherit it and end first).
+if "CREWFLOW_HOME" not in os.environ:
+    os.environ["CREWFLOW_HOME"] = tempfile.mkdtemp(prefix="crewflow-bench-")
+    atexit.register(shutil.rmtree, os.environ["CREWFLOW_HOME"], ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -43,6 +50,55 @@ def loopback_server(latency: float = 0.0) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+class Figures:
+    """A benchmark's key figures, written by ``--json PATH`` for `compare.py`.
+
+    Each figure is crewflow's own cost (a ratio to the floor or the bound, a time per task, a
+    peak RSS, seconds), named ``<benchmark>.<case>.<metric>``: stable while the benchmark's
+    arguments are its defaults, and carrying its unit (``_s``, ``_ms_per_task``, ``_mb``...) or
+    being a ratio or a count. The file holds three keys: ``figures`` (a flat
+    ``{name: number}``), ``lower_is_better`` (``{name: bool}``, the direction of each) and
+    ``crewflow`` (the ``crewflow/__init__.py`` this process imported).
+    """
+
+    def __init__(self, benchmark: str) -> None:
+        self.benchmark = benchmark
+        self.values: dict[str, float] = {}
+        self.lower_is_better: dict[str, bool] = {}
+
+    def add(self, name: str, value: float, *, lower_is_better: bool = True) -> None:
+        """Record ``<benchmark>.<name>``."""
+        full = f"{self.benchmark}.{name}"
+        if full in self.values:
+            raise ValueError(f"figure {full!r} recorded twice")
+        if not math.isfinite(value):
+            raise ValueError(f"figure {full!r} is not a finite number: {value!r}")
+        self.values[full] = value
+        self.lower_is_better[full] = lower_is_better
+
+    def write(self, path: str | None) -> None:
+        """Write the figures to ``path`` as JSON (nothing when ``path`` is ``None``)."""
+        if path is None:
+            return
+        import crewflow
+
+        document = {
+            "figures": self.values,
+            "lower_is_better": self.lower_is_better,
+            "crewflow": crewflow.__file__,
+        }
+        Path(path).write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--json PATH`` option every benchmark takes."""
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the key figures to PATH as JSON (see _common.Figures)",
+    )
 
 
 def median(values: Sequence[float]) -> float:

@@ -18,7 +18,7 @@ Three measurements, each on a fresh database in a temporary directory:
   shown: this environment as it is, e.g. ``PYTHONDONTWRITEBYTECODE=1``). When missed, the
   slowest imports of the command (``python -X importtime``) are listed.
 
-Run: ``python benchmarks/store.py [--tasks 1000] [--repeats 5] [--runs 10000]``.
+Run: ``python benchmarks/store.py [--tasks 1000] [--repeats 5] [--runs 10000] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, table
+from _common import Figures, add_json_option, median, table
 
 from crewflow.llm._types import Usage
 from crewflow.store import (
@@ -114,7 +114,9 @@ def paired(slow: list[float], fast: list[float]) -> float:
     return median([one - other for one, other in zip(slow, fast, strict=True)])
 
 
-async def crew_overhead(folder: Path, tasks: int, repeats: int) -> list[list[object]]:
+async def crew_overhead(
+    folder: Path, tasks: int, repeats: int, figures: Figures
+) -> list[list[object]]:
     """Per shape: median ms/task without a store, with `MemoryStore` (the runtime's own part
     of recording: building the rows) and with SQLite, and the overheads."""
     from crewflow import Agent, Crew, Task
@@ -146,6 +148,7 @@ async def crew_overhead(folder: Path, tasks: int, repeats: int) -> list[list[obj
         await store.close()
         bare, in_memory, recorded = (median(times[n]) / tasks * 1e3 for n in stores)
         extra = paired(times["sqlite"], times["none"]) / tasks * 1e3
+        sqlite_part = paired(times["sqlite"], times["memory"]) / tasks * 1e3
         rows.append(
             [
                 f"{shape} ({process})",
@@ -153,11 +156,17 @@ async def crew_overhead(folder: Path, tasks: int, repeats: int) -> list[list[obj
                 in_memory,
                 recorded,
                 extra,
-                paired(times["sqlite"], times["memory"]) / tasks * 1e3,
+                sqlite_part,
                 recorded / bare,
                 f"{'met' if extra <= GOAL_MS_PER_TASK else 'MISSED'} (<= {GOAL_MS_PER_TASK})",
             ]
         )
+        case = f"{shape.replace('-', '')}{tasks}"
+        figures.add(f"{case}.no_store_ms_per_task", bare)
+        figures.add(f"{case}.memory_store_ms_per_task", in_memory)
+        figures.add(f"{case}.sqlite_ms_per_task", recorded)
+        figures.add(f"{case}.overhead_ms_per_task", extra)
+        figures.add(f"{case}.sqlite_part_ms_per_task", sqlite_part)
     return rows
 
 
@@ -231,9 +240,10 @@ def environments(folder: Path) -> dict[str, dict[str, str]]:
     return {"bytecode cached": cached, as_is: dict(os.environ)}
 
 
-def runs_command(folder: Path, runs: int, repeats: int) -> None:
+def runs_command(folder: Path, runs: int, repeats: int, figures: Figures) -> None:
     path = folder / "many.db"
     setup = asyncio.run(fill(path, runs))
+    figures.add(f"runs{runs}.start_run_all_s", setup)
     command = [sys.executable, "-m", "crewflow", "runs", "--db", str(path)]
     rows: list[list[object]] = []
     for label, env in environments(folder).items():
@@ -246,6 +256,9 @@ def runs_command(folder: Path, runs: int, repeats: int) -> None:
         imports, _ = timed_command([sys.executable, "-c", "import crewflow.cli"], repeats, env)
         listed = sum(1 for line in done.stdout.splitlines() if "run-" in line)
         rows.append([label, seconds, python, imports, listed])
+        key = "cached" if label == "bytecode cached" else "as_is"
+        figures.add(f"runs{runs}.crewflow_runs_{key}_s", seconds)
+        figures.add(f"runs{runs}.import_cli_{key}_s", imports)
     seconds = float(rows[0][1])  # type: ignore[arg-type]  # the goal is for an install
     rows[0].append(f"{'met' if seconds < GOAL_RUNS_SECONDS else 'MISSED'} (< {GOAL_RUNS_SECONDS})")
     rows[1].append("-")
@@ -281,10 +294,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10_000)
+    add_json_option(parser)
     args = parser.parse_args()
+    figures = Figures("store")
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         sequential, concurrent = asyncio.run(store_alone(folder, args.tasks, args.repeats))
+        figures.add(f"save_task{args.tasks}.one_by_one_us_per_call", sequential)
+        figures.add(f"save_task{args.tasks}.at_once_us_per_call", concurrent)
         print(
             table(
                 f"store alone: SQLiteStore.save_task (1 output + 1 attempt), "
@@ -295,7 +312,7 @@ def main() -> None:
         )
         print()
         if crew_has_store():
-            rows: list[Any] = asyncio.run(crew_overhead(folder, args.tasks, args.repeats))
+            rows: list[Any] = asyncio.run(crew_overhead(folder, args.tasks, args.repeats, figures))
             print(
                 table(
                     f"recording overhead: {args.tasks}-task crews, OfflineLLM(latency=0), "
@@ -318,7 +335,8 @@ def main() -> None:
                 "Crew(store=...) is not available yet: recording overhead in a crew not measured."
             )
         print()
-        runs_command(folder, args.runs, args.repeats)
+        runs_command(folder, args.runs, args.repeats, figures)
+    figures.write(args.json)
 
 
 if __name__ == "__main__":
