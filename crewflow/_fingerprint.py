@@ -95,9 +95,23 @@ def _entry(
     }
 
 
-def _hash(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
+
+
+def _digest(*parts: str) -> str:
+    """The hash of the text ``parts`` make together (fed in pieces: a 10,000-task crew's whole
+    JSON is never built as one string)."""
+    hashed = hashlib.sha256()
+    for part in parts:
+        hashed.update(part.encode())
+    return "sha256:" + hashed.hexdigest()
+
+
+def _task_digest(entry_json: str) -> str:
+    # 64 bits tell a changed task apart (one task against its own earlier self, not against
+    # every hash ever made); a run record keeps one per task, so they are kept short.
+    return "sha256:" + hashlib.sha256(entry_json.encode()).hexdigest()[:16]
 
 
 def task_hash(
@@ -109,7 +123,7 @@ def task_hash(
 ) -> str:
     """The hash of one task as it runs: ``name`` in the run, done by ``agent``, after the tasks
     named ``depends_on`` (``llm``: the model every agent is made to use, if any)."""
-    return _hash(_entry(name, task, agent, depends_on, llm))
+    return _task_digest(_json(_entry(name, task, agent, depends_on, llm)))
 
 
 def fingerprint(
@@ -126,24 +140,21 @@ def fingerprint(
         config: The process's configuration (``Process.config()``).
         llm: The model every agent is made to use (``kickoff(llm=...)``), if any.
     """
-    entries = [
-        _entry(
-            name,
-            graph.task(name),
-            graph.agent_of(graph.task(name)),
-            graph.dependency_names(name),
-            llm,
-        )
-        for name in graph.deliverables
-    ]
+    texts: dict[str, str] = {}
+    for name in graph.deliverables:
+        task = graph.task(name)
+        entry = _entry(name, task, graph.agent_of(task), graph.dependency_names(name), llm)
+        texts[name] = _json(entry)
+    # The JSON text of {"config": ..., "process": ..., "tasks": [...]} with sorted keys, as
+    # json.dumps writes it (and wrote it before tasks had hashes of their own: schema v3 runs'
+    # digests still match), fed to the hash piece by piece.
+    tasks = ", ".join(texts.values())
     config = dict(config or {})
-    whole: dict[str, Any] = {"process": process, "tasks": entries}
-    if config:
-        whole["config"] = config
+    head = f'"config": {_json(config)}, ' if config else ""
     return Fingerprint(
-        digest=_hash(whole),
-        crew_key=_hash({"tasks": entries}),
-        tasks={entry["name"]: _hash(entry) for entry in entries},
+        digest=_digest("{", head, f'"process": {_json(process)}, "tasks": [', tasks, "]}"),
+        crew_key=_digest('{"tasks": [', tasks, "]}"),
+        tasks={name: _task_digest(text) for name, text in texts.items()},
         process=process,
         process_config=config,
     )

@@ -167,6 +167,34 @@ def test_the_users_own_event_hook_still_gets_every_event() -> None:
     assert crew.on_event == seen.append  # the user's crew was not touched
 
 
+def test_tasks_a_process_adds_show_before_they_start() -> None:
+    view = cli.ProgressView(Console(file=io.StringIO(), width=200))
+
+    view(
+        events.TaskAdded(
+            run_id="r", time=0.0, task="plan", agent="Manager", step="ask", depends_on=[]
+        )
+    )
+    view(
+        events.TaskAdded(
+            run_id="r",
+            time=0.0,
+            task="research.1",
+            agent="Researcher",
+            step="task",
+            depends_on=["plan", "brief"],
+        )
+    )
+    view(events.TaskStarted(run_id="r", time=1.0, task="plan", agent="Manager", attempt=1))
+
+    printed = view.console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert printed == [
+        "+ plan added  asked of Manager",
+        "+ research.1 added  planned for Researcher, after plan, brief",
+        "▶ plan running  Manager",
+    ]
+
+
 def test_a_retried_provider_call_shows_as_retrying(fake_clock: FakeClock) -> None:
     result = invoke("run", str(CREWS / "flaky_crew.py"))
 

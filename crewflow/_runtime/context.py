@@ -203,7 +203,14 @@ class RunContext(ProcessContext):
         agent: Agent | None = None,
         priority: float = 0,
     ) -> TaskOutput | None:
-        return await self._run.execute(task, context=context, agent=agent, priority=priority)
+        run = self._run
+        if task not in run.graph:
+            raise RuntimeError(
+                f"process {run.process.name!r} executed {task!r}, which is not a task of this "
+                "run: add it with ctx.add_tasks([...]) first"
+            )
+        name = run.graph.name_of(task)
+        return await run.execute(name, context=context, agent=agent, priority=priority)
 
     def check_plan(self, tasks: Sequence[Task]) -> list[PlanProblem]:
         return self._run.check_plan(tasks)

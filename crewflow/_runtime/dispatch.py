@@ -128,7 +128,7 @@ class Dispatcher:
 
     async def _worker(self, name: str, slot: Slot) -> None:
         while True:
-            await self.run.execute_named(name, slot=slot)
+            await self.run.execute(name, slot=slot)
             self.in_flight -= 1
             if not self.jobs:
                 woken = anyio.Event()

@@ -141,7 +141,6 @@ class Run:
         self.start: datetime | None = None
         self.end: datetime | None = None
         self.duration = 0.0
-        self.context = RunContext(self)
         self.running: set[str] = set()
         """Names of the tasks running now."""
         self.unended = len(graph)
@@ -195,23 +194,6 @@ class Run:
 
     async def execute(
         self,
-        task: Task,
-        *,
-        context: Sequence[TaskOutput] | None = None,
-        agent: Agent | None = None,
-        priority: float = 0,
-    ) -> TaskOutput | None:
-        """Run one task of the graph to its output (see `ProcessContext.execute`)."""
-        if task not in self.graph:
-            raise RuntimeError(
-                f"process {self.process.name!r} executed {task!r}, which is not a task of this "
-                "run: add it with ctx.add_tasks([...]) first"
-            )
-        name = self.graph.name_of(task)
-        return await self.execute_named(name, context=context, agent=agent, priority=priority)
-
-    async def execute_named(
-        self,
         name: str,
         *,
         context: Sequence[TaskOutput] | None = None,
@@ -220,8 +202,16 @@ class Run:
         slot: Slot | None = None,
         prompt: str | None = None,
     ) -> TaskOutput | None:
-        """`execute` by name; ``slot``: one the dispatcher took already (released when the
-        task ends); ``prompt``: the whole user message instead of the task's rendered one."""
+        """Run task ``name`` of the graph to its output (see `ProcessContext.execute`).
+
+        Args:
+            name: The task's name in the run.
+            context: Outputs to give it instead of its dependencies'.
+            agent: The agent to do it instead of its own.
+            priority: When slots are scarce, higher goes first.
+            slot: A slot the dispatcher took already (released when the task ends).
+            prompt: The whole user message, instead of the task's rendered one (``ask``).
+        """
         try:
             if name in self.running:
                 raise RuntimeError(f"task {name!r} is already running in this run")
@@ -266,7 +256,7 @@ class Run:
         """One recorded LLM step of the process itself (see `ProcessContext.ask`)."""
         task = Task(prompt, agent=agent, output_model=output_model, name=key, context=[])
         await self._grow([task], "ask")
-        output = await self.execute_named(key, context=(), prompt=prompt)
+        output = await self.execute(key, context=(), prompt=prompt)
         if output is None:
             raise self._failures[key]  # on_failure="continue" kept it; a process cannot
         return output
@@ -619,10 +609,15 @@ class Run:
                 try:
                     for agent in self._all_agents():
                         await self.llm_for(agent)
-                    await self.process.run(self.context)
-                    self.final = self.process.final_output(self.context)
+                    # Made here, not kept: a run that held its context (or its dispatcher) would
+                    # be a reference cycle, and each run's outputs would wait for the garbage
+                    # collector to be freed.
+                    context = RunContext(self)
+                    await self.process.run(context)
+                    self.final = self.process.final_output(context)
                 finally:
                     self._stack = None
+                    self._dispatcher = None
             self._check_complete()
         except BaseException as exc:
             error = self._as_run_error(exc)

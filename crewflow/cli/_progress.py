@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
     from rich.console import Console, RenderableType
 
-_Status = Literal["running", "finished", "retrying", "waiting", "failed", "skipped"]
+_Status = Literal["added", "running", "finished", "retrying", "waiting", "failed", "skipped"]
 _SYMBOLS: dict[_Status, tuple[str, str]] = {
+    "added": ("+", "dim"),
     "running": ("▶", "cyan"),
     "finished": ("✓", "green"),
     "retrying": ("↻", "yellow"),
@@ -82,7 +83,8 @@ class ProgressView:
                 self.console.print(self._line(line, spinner=False), soft_wrap=True)
 
     def render(self) -> RenderableType:
-        """The current state: one line per task that has started."""
+        """The current state: one line per task that has started or was added by the
+        process."""
         return Group(*(self._line(line, spinner=True) for line in self._lines.values()))
 
     @staticmethod
@@ -96,6 +98,10 @@ class ProgressView:
 
     @staticmethod
     def _describe(event: events.Event) -> tuple[str, _Status, str] | None:
+        if isinstance(event, events.TaskAdded):
+            after = f", after {', '.join(event.depends_on)}" if event.depends_on else ""
+            what = "asked of" if event.step == "ask" else "planned for"
+            return event.task, "added", f"{what} {event.agent}{after}"
         if isinstance(event, events.TaskStarted):
             again = f", attempt {event.attempt}" if event.attempt > 1 else ""
             return event.task, "running", f"{event.agent}{again}"

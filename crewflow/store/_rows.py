@@ -110,11 +110,39 @@ _when = to_jsonable_python
 
 
 def run_values(record: RunRecord) -> tuple[Any, ...]:
-    data = record.model_dump(mode="json")
-    for name in _RUN_JSON:
-        data[name] = to_json(data[name])
-    data["source"] = None if record.source is None else to_json(data["source"])
-    return (*(data[name] for name in _names(RUN_COLUMNS)), record.started.timestamp())
+    # From the fields, as for attempts: a model_dump would copy a big crew's graph and task
+    # hashes once more before they are written as JSON.
+    usage = record.usage
+    return (
+        record.run_id,
+        record.crew,
+        record.fingerprint,
+        record.crew_key,
+        to_json(record.task_hashes),
+        to_json(record.process_config),
+        None if record.source is None else to_json(record.source.model_dump()),
+        record.process,
+        record.chosen,
+        record.process_reason,
+        to_json(record.inputs),
+        record.status.value,
+        _when(record.started),
+        None if record.ended is None else _when(record.ended),
+        to_json(
+            {
+                "requests": usage.requests,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cost": usage.cost,
+            }
+        ),
+        to_json(record.graph),
+        record.max_concurrency,
+        record.resumed,
+        record.paused,
+        to_json(record.details),
+        record.started.timestamp(),
+    )
 
 
 def _attempt_values(run_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:

@@ -24,6 +24,7 @@ from crewflow.exceptions import (
 )
 from crewflow.processes import ProblemKind, Process, ProcessContext
 from crewflow.processes.sequential import Sequential
+from crewflow.store import MemoryStore
 from crewflow.testing import Error, FunctionLLM, ScriptedLLM, Slow, capture_events, run_virtual
 
 if TYPE_CHECKING:
@@ -741,3 +742,24 @@ async def test_a_failing_event_listener_is_logged_and_the_run_goes_on(
     assert seen[0] == "run_started"
     assert seen[-1] == "run_finished"
     assert "event listener failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("process", ["sequential", "parallel"])
+async def test_a_finished_run_is_freed_without_the_garbage_collector(process: str) -> None:
+    # A run that held a reference cycle (its process context, its dispatcher) would keep every
+    # output of every run alive until the collector ran: memory that grows with each kickoff.
+    import gc
+
+    agent = Agent(role="Worker", goal="Work", llm=ScriptedLLM(["a", "b", "c"]))
+    first = Task("a", agent=agent)
+    tasks = [first, Task("b", agent=agent), Task("c", agent=agent, context=[first])]
+    crew = Crew(tasks=tasks, process=process, store=MemoryStore())
+    gc.collect()
+    gc.disable()
+    try:
+        await crew.kickoff()
+        alive = [obj for obj in gc.get_objects() if isinstance(obj, Run)]
+    finally:
+        gc.enable()
+
+    assert alive == []
