@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -24,6 +25,7 @@ from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, Text
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from crewflow.testing.server import ReceivedRequest
@@ -69,48 +71,75 @@ CASES = {
 
 
 def task_of(request: ReceivedRequest) -> str:
-    return request.last_user_message.split("do ", 1)[1].split()[0]
+    return request.last_user_message.split("do ", 1)[1].split()[0].rstrip(":")
 
 
 def crewflow(*args: str) -> list[str]:
     return [sys.executable, "-m", "crewflow", *args]
 
 
-@pytest.mark.parametrize("case", list(CASES))
-async def test_a_crew_killed_at_any_moment_resumes_without_redoing_finished_work(
-    case: str, tmp_path: Path
-) -> None:
-    process, names, edges, kill_at, held = CASES[case]
-    crew_file = tmp_path / "killed.py"
-    crew_file.write_text(textwrap.dedent(CREW_FILE))
-    home = tmp_path / "home"
+@dataclass
+class Killed:
+    """What a crew killed with SIGKILL and resumed by ``crewflow resume`` left to check.
+
+    Attributes:
+        run_id: The run.
+        requests: Requests the server received per task, in both processes.
+        sent_before: Those received before the kill.
+        finished_before: Tasks whose outputs were checkpointed before the kill.
+        added_before: Tasks the process had recorded as added before the kill.
+    """
+
+    run_id: str
+    requests: dict[str, int]
+    sent_before: dict[str, int]
+    finished_before: set[str]
+    added_before: list[str]
+
+    def assert_nothing_finished_was_sent_again(self, tasks: list[str]) -> None:
+        """Every task of ``tasks`` that had not finished was sent once more; none that had."""
+        for name in tasks:
+            again = 0 if name in self.finished_before else 1
+            expected = self.sent_before.get(name, 0) + again
+            assert self.requests.get(name, 0) == expected, (name, self.requests, self)
+
+
+async def kill_and_resume(
+    crew_file: Path,
+    home: Path,
+    kill_at: str,
+    *,
+    held: tuple[str, ...] = (),
+    reply: Callable[[str], Text] = lambda name: Text(f"result of {name}"),
+    env: dict[str, str] | None = None,
+) -> Killed:
+    """``crewflow run crew_file``, killed (SIGKILL) when the server receives the request of task
+    ``kill_at`` (held in flight, with those of ``held``), then ``crewflow resume RUN_ID``."""
     arrived = anyio.Event()
-    killed = {"done": False}
+    killed = False
     requests: dict[str, int] = {}
 
     async def respond(request: ReceivedRequest) -> Text:
         name = task_of(request)
         requests[name] = requests.get(name, 0) + 1
-        if not killed["done"] and (name == kill_at or name in held):
+        if not killed and (name == kill_at or name in held):
             if name == kill_at:
                 arrived.set()
             await anyio.sleep_forever()  # held in flight until the process dies
-        return Text(f"result of {name}")
+        return reply(name)
 
     async with OpenAIServer(responder=respond) as server:
-        env = {
+        environment = {
             **os.environ,
+            **(env or {}),
             "CREWFLOW_HOME": str(home),
             "OPENAI_BASE_URL": server.base_url,
             "OPENAI_API_KEY": "sk-loopback-test",
-            "KILL_TASKS": names,
-            "KILL_EDGES": edges,
-            "KILL_PROCESS": process,
         }
         with anyio.fail_after(60):
             child = await anyio.open_process(
                 crewflow("run", str(crew_file)),
-                env=env,
+                env=environment,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -125,32 +154,47 @@ async def test_a_crew_killed_at_any_moment_resumes_without_redoing_finished_work
                     # for it for ever.
                     child.kill()
                 await child.aclose()
-            killed["done"] = True
+            killed = True
 
             async with SQLiteStore(home / "runs.db") as store:
                 (run,) = await store.list_runs()
                 assert run.status == "running"  # it never got to say otherwise
                 finished_before = set(await store.outputs(run.run_id))
-                sent_before = dict(requests)
+                added_before = [task.name for task in await store.added_tasks(run.run_id)]
+            sent_before = dict(requests)
 
-            resumed = await anyio.run_process(crewflow("resume", run.run_id), env=env, check=False)
+            resumed = await anyio.run_process(
+                crewflow("resume", run.run_id), env=environment, check=False
+            )
         assert resumed.returncode == 0, resumed.stderr.decode()
+    return Killed(run.run_id, requests, sent_before, finished_before, added_before)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_a_crew_killed_at_any_moment_resumes_without_redoing_finished_work(
+    case: str, tmp_path: Path
+) -> None:
+    process, names, edges, kill_at, held = CASES[case]
+    crew_file = tmp_path / "killed.py"
+    crew_file.write_text(textwrap.dedent(CREW_FILE))
+    home = tmp_path / "home"
+
+    env = {"KILL_TASKS": names, "KILL_EDGES": edges, "KILL_PROCESS": process}
+    killed = await kill_and_resume(crew_file, home, kill_at, held=held, env=env)
 
     every = names.split(",")
     async with SQLiteStore(home / "runs.db") as store:
-        record = await store.get_run(run.run_id)
-        outputs = await store.outputs(run.run_id)
+        record = await store.get_run(killed.run_id)
+        outputs = await store.outputs(killed.run_id)
     assert record is not None
     assert (record.status, record.resumed) == ("completed", 1)
     assert sorted(outputs) == sorted(every)
     assert all(outputs[name].text == f"result of {name}" for name in every)
     # Nothing that had finished was sent to the LLM again; everything else was, once more.
-    for name in every:
-        expected = sent_before.get(name, 0) + (0 if name in finished_before else 1)
-        assert requests.get(name, 0) == expected, (name, requests, finished_before)
-    assert kill_at not in finished_before
+    killed.assert_nothing_finished_was_sent_again(every)
+    assert kill_at not in killed.finished_before
     # The kill came after the request of `kill_at`: what it depends on had been checkpointed.
-    assert finished_before >= dependencies(process, every, edges, kill_at)
+    assert killed.finished_before >= dependencies(process, every, edges, kill_at)
 
 
 def dependencies(process: str, names: list[str], edges: str, task: str) -> set[str]:
@@ -226,63 +270,26 @@ async def test_a_process_that_adds_tasks_resumes_without_asking_for_its_plan_aga
     crew_file = tmp_path / "planned.py"
     crew_file.write_text(textwrap.dedent(PLANNING_FILE))
     home = tmp_path / "home"
-    arrived = anyio.Event()
-    killed = {"done": False}
-    requests: dict[str, int] = {}
 
-    async def respond(request: ReceivedRequest) -> Text:
-        name = task_of(request).rstrip(":")
-        requests[name] = requests.get(name, 0) + 1
-        if not killed["done"] and name == kill_at:
-            arrived.set()
-            await anyio.sleep_forever()  # held in flight until the process dies
+    def reply(name: str) -> Text:
         return Text(json.dumps(PLAN) if name == "plan" else f"result of {name}")
 
-    async with OpenAIServer(responder=respond) as server:
-        env = {
-            **os.environ,
-            "CREWFLOW_HOME": str(home),
-            "OPENAI_BASE_URL": server.base_url,
-            "OPENAI_API_KEY": "sk-loopback-test",
-        }
-        with anyio.fail_after(60):
-            child = await anyio.open_process(
-                crewflow("run", str(crew_file)),
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            async with child:
-                await arrived.wait()
-                child.send_signal(signal.SIGKILL)
-                assert await child.wait() == -signal.SIGKILL
-            killed["done"] = True
-
-            async with SQLiteStore(home / "runs.db") as store:
-                (run,) = await store.list_runs()
-                finished_before = set(await store.outputs(run.run_id))
-                added_before = [task.name for task in await store.added_tasks(run.run_id)]
-                sent_before = dict(requests)
-
-            resumed = await anyio.run_process(crewflow("resume", run.run_id), env=env, check=False)
-        assert resumed.returncode == 0, resumed.stderr.decode()
+    killed = await kill_and_resume(crew_file, home, kill_at, reply=reply)
 
     steps = [step["name"] for step in PLAN["steps"]]
     async with SQLiteStore(home / "runs.db") as store:
-        record = await store.get_run(run.run_id)
-        outputs = await store.outputs(run.run_id)
-        added = await store.added_tasks(run.run_id)
+        record = await store.get_run(killed.run_id)
+        outputs = await store.outputs(killed.run_id)
+        added = await store.added_tasks(killed.run_id)
     assert record is not None
     assert (record.status, record.resumed) == ("completed", 1)
     # The plan and its steps were recorded as they were added, before the kill.
-    assert added_before == ["plan", *steps]
+    assert killed.added_before == ["plan", *steps]
     assert [task.name for task in added] == ["plan", *steps]
     assert [task.step for task in added] == ["ask", "task", "task", "task", "task"]
     assert sorted(outputs) == sorted(["brief", "plan", *steps])
-    assert finished_before >= finished
-    assert kill_at not in finished_before
+    assert killed.finished_before >= finished
+    assert kill_at not in killed.finished_before
     # The plan was asked for once, and no finished step was sent again.
-    assert requests["plan"] == 1
-    for name in ["brief", *steps]:
-        expected = sent_before.get(name, 0) + (0 if name in finished_before else 1)
-        assert requests.get(name, 0) == expected, (name, requests, finished_before)
+    assert killed.requests["plan"] == 1
+    killed.assert_nothing_finished_was_sent_again(["brief", *steps])
