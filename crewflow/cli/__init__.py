@@ -27,7 +27,8 @@ This package is imported only by the console script (and ``python -m crewflow``)
 - ``_load``: a crew from a Python file, ``--input`` values;
 - ``_progress``: `ProgressView`, the live per-task status lines;
 - ``_run``: ``run`` and ``resume`` (loads the crew machinery);
-- ``_store``: ``runs``, ``show``, ``cache clear``, ``optimize``; ``_render`` draws their tables.
+- ``_store``: ``runs``, ``show``, ``cache clear``, ``optimize``; ``_render`` draws what they show;
+- ``_table``: `print_table`, the borderless tables of every command.
 
 The other names below load their module on first use, like ``crewflow``'s own.
 """
@@ -54,9 +55,10 @@ if typing.TYPE_CHECKING:
         parse_inputs,
     )
     from crewflow.cli._progress import ProgressView
-    from crewflow.cli._render import OUTPUT_LINES, print_table, show_details, show_runs
+    from crewflow.cli._render import OUTPUT_LINES, show_details, show_runs
     from crewflow.cli._run import kickoff, resume, resume_run, run_file, show_result
     from crewflow.cli._store import RunDetails, clear_cache, list_runs, optimize_runs, show_run
+    from crewflow.cli._table import print_table
 
 __all__ = [
     "DEFAULT_CREW_NAME",
@@ -105,7 +107,6 @@ _WHERE = {
     "parse_inputs": "_load",
     "ProgressView": "_progress",
     "OUTPUT_LINES": "_render",
-    "print_table": "_render",
     "show_details": "_render",
     "show_runs": "_render",
     "kickoff": "_run",
@@ -118,6 +119,7 @@ _WHERE = {
     "list_runs": "_store",
     "optimize_runs": "_store",
     "show_run": "_store",
+    "print_table": "_table",
 }
 
 
