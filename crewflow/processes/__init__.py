@@ -214,7 +214,8 @@ class ProcessInfo(NamedTuple):
     name: str
     """The name users pass as ``Crew(process=...)``."""
     description: str
-    """The first line of the class's docstring, or why it cannot be used, on one line."""
+    """The summary of the class's docstring (up to its first blank line), or why it cannot be
+    used; on one line."""
     origin: str
     """``"built in"``, or the name of the distribution whose entry point provides it
     (``"plug-in"`` for an entry point of no known distribution)."""
@@ -224,8 +225,8 @@ _BUILT_IN = "built in"
 
 
 def describe_processes() -> list[ProcessInfo]:
-    """Every process a crew can name, with its description and origin: the built-in ones
-    first, then the plug-ins of the ``crewflow.processes`` entry-point group by name.
+    """Every process a crew can name, with its docstring's summary and its origin: the built-in
+    ones first, then the plug-ins of the ``crewflow.processes`` entry-point group by name.
 
     Each class is loaded to read its docstring, and nothing else is. A plug-in that fails to
     load, or is not a `Process` subclass, is listed with the error as its description; one
@@ -266,16 +267,17 @@ def _builtin_class(name: str) -> object:
 
 
 def _summary(load: Callable[[], object], target: str) -> str:
-    """The first line of the docstring of the class ``load`` returns, or why it cannot be used."""
+    """The summary of the docstring of the class ``load`` returns, or why it cannot be used."""
     try:
         loaded = load()
     except Exception as exc:  # a broken plug-in is listed, not fatal
         return " ".join(f"failed to load {target}: {type(exc).__name__}: {exc}".split())
     if not (isinstance(loaded, type) and issubclass(loaded, Process)):
         return f"not a Process subclass: {target}"
-    # The class's own docstring: inspect.getdoc would fall back on Process's.
-    lines = inspect.cleandoc(loaded.__doc__ or "").splitlines()
-    return lines[0].strip() if lines else ""
+    # The class's own docstring (inspect.getdoc would fall back on Process's); a summary may
+    # wrap over several lines.
+    summary = inspect.cleandoc(loaded.__doc__ or "").split("\n\n", 1)[0]
+    return " ".join(summary.split())
 
 
 def __getattr__(name: str) -> Any:

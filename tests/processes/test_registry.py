@@ -19,6 +19,7 @@ from crewflow.processes import (
 )
 from crewflow.processes.sequential import Sequential
 from crewflow.testing import FunctionLLM
+from tests.entry_points import install_entry_points
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,11 +59,7 @@ def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
         importlib.metadata.EntryPoint("broken", "no_such_module_xyz:Thing", ENTRY_POINT_GROUP),
         importlib.metadata.EntryPoint("other", f"{module}:Backwards", "some.other.group"),
     ]
-
-    def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
-        return [ep for ep in installed if ep.group == group]
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    install_entry_points(monkeypatch, installed)
 
 
 def test_a_builtin_name_gives_a_fresh_process() -> None:
@@ -181,7 +178,7 @@ def test_the_default_validate_accepts_any_graph() -> None:
 
 
 @pytest.mark.usefixtures("plugins")
-def test_processes_are_described_by_their_docstrings_first_line_builtins_first() -> None:
+def test_processes_are_described_by_their_docstrings_summary_builtins_first() -> None:
     described = describe_processes()
 
     origins = [info.origin for info in described]
@@ -201,6 +198,8 @@ def test_processes_are_described_by_their_docstrings_first_line_builtins_first()
         "plug-in",
     )
     assert by_name["nameless"].description == ""  # not Process's docstring
+    builtins = [info for info in described if info.origin == "built in"]
+    assert all(info.description.endswith(".") for info in builtins), builtins  # whole summaries
 
 
 @pytest.mark.usefixtures("plugins")
@@ -224,7 +223,7 @@ def test_a_failed_plugins_error_is_described_on_one_line(
     installed = [
         importlib.metadata.EntryPoint("crashing", "crashing_plugin_xyz:Thing", ENTRY_POINT_GROUP)
     ]
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda *, group: installed)
+    install_entry_points(monkeypatch, installed)
 
     (crashing,) = [info for info in describe_processes() if info.name == "crashing"]
 
@@ -243,7 +242,7 @@ def test_a_plugin_whose_name_is_taken_is_listed_as_not_used_and_not_loaded(
         importlib.metadata.EntryPoint("backwards", f"{__name__}:Backwards", ENTRY_POINT_GROUP),
         importlib.metadata.EntryPoint("backwards", "no_such_module_xyz:B", ENTRY_POINT_GROUP),
     ]
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda *, group: installed)
+    install_entry_points(monkeypatch, installed)
 
     described = describe_processes()
 

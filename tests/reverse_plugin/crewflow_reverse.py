@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 class Reverse(Process):
     """Run the crew's tasks last to first, each without the others' outputs.
 
-    Only the first line above is what ``crewflow processes`` shows.
+    Only the summary above is what ``crewflow processes`` shows.
     """
 
     name: ClassVar[str] = "reverse"
