@@ -44,7 +44,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("source") / "crewflow-reverse"
     shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path_factory.mktemp("site")
-    # No index, no build isolation: nothing is fetched; the pyproject's own backend builds it.
+    # No index, no build isolation: nothing is fetched; hatchling (a dev dependency) builds it.
     command = [sys.executable, "-m", "pip", "install", "--target", str(target), "--no-index"]
     command += ["--no-deps", "--no-build-isolation", "--no-cache-dir", "--no-compile"]
     command += ["--disable-pip-version-check", "--quiet", str(source)]
