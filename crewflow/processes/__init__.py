@@ -31,6 +31,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from crewflow._plan import PlanProblem, ProblemKind
+from crewflow._records import Prediction, ProcessChoice
 from crewflow._runtime.context import ProcessContext
 from crewflow.exceptions import ConfigurationError, InvalidPlan
 
@@ -46,14 +47,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Adaptive",
+    "Hierarchical",
     "History",
     "InvalidPlan",
+    "Parallel",
     "PlanProblem",
+    "Prediction",
     "ProblemKind",
     "Process",
+    "ProcessChoice",
     "ProcessContext",
     "ProcessHistory",
     "ProcessInfo",
+    "Sequential",
     "available_processes",
     "describe_processes",
     "get_process",
@@ -287,4 +294,8 @@ def __getattr__(name: str) -> Any:
         import crewflow.store
 
         return getattr(crewflow.store, name)
+    # The built-in processes, by class, loaded when first named.
+    for module, attribute in _BUILTIN.values():
+        if name == attribute:
+            return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'crewflow.processes' has no attribute {name!r}")

@@ -68,8 +68,9 @@ MANAGER_STEPS = 3
 
 
 class Adaptive(Process):
-    """Pick, for each kickoff, the candidate process predicted fastest from the crew's graph
-    and its recorded runs; explore within a seeded bound.
+    """Pick, per kickoff, the candidate process predicted fastest from the graph and past runs.
+
+    Exploration stays within a seeded, binding bound (see the module's docs).
 
     Example:
         ```python
