@@ -195,6 +195,29 @@ def test_tasks_a_process_adds_show_before_they_start() -> None:
     ]
 
 
+def test_a_delegated_task_shows_who_does_it_and_when_it_is_done() -> None:
+    view = cli.ProgressView(Console(file=io.StringIO(), width=200))
+
+    view(events.TaskDelegated(run_id="r", time=0.0, task="research", to="research.2"))
+    view(
+        events.TaskFinished(
+            run_id="r",
+            time=1.0,
+            task="research",
+            attempt=0,
+            duration=0.5,
+            prompt_tokens=0,
+            completion_tokens=0,
+        )
+    )
+
+    printed = view.console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert printed == [
+        "… research waiting  done by research.2",
+        "✓ research finished  by its delegate",
+    ]
+
+
 def test_a_retried_provider_call_shows_as_retrying(fake_clock: FakeClock) -> None:
     result = invoke("run", str(CREWS / "flaky_crew.py"))
 

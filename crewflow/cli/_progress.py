@@ -105,6 +105,10 @@ class ProgressView:
         if isinstance(event, events.TaskStarted):
             again = f", attempt {event.attempt}" if event.attempt > 1 else ""
             return event.task, "running", f"{event.agent}{again}"
+        if isinstance(event, events.TaskDelegated):
+            return event.task, "waiting", f"done by {event.to}"
+        if isinstance(event, events.TaskFinished) and event.attempt == 0:
+            return event.task, "finished", "by its delegate"
         if isinstance(event, events.TaskFinished):
             tokens = event.prompt_tokens + event.completion_tokens
             return event.task, "finished", f"in {format_seconds(event.duration)}, {tokens:,} tokens"

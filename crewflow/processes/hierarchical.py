@@ -325,10 +325,13 @@ def _with_schema(base: type[M], schema: dict[str, Any]) -> type[M]:
 def _plan_schema(ctx: ProcessContext, crew: list[str], roles: list[str]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for index, name in enumerate(crew):
+        # A task's own agent, if it names one, comes first: a hint, not a rule.
+        own = ctx.graph.agent_of(ctx.graph.task(name)).role
+        hinted = sorted(roles, key=lambda role: role != own)
         step: dict[str, Any] = {
             "type": "object",
             "properties": {
-                "worker": {"type": "string", "enum": roles, "description": "Who does it."},
+                "worker": {"type": "string", "enum": hinted, "description": "Who does it."},
                 "instructions": {"type": "string", "minLength": 1, "description": "What to do."},
             },
             "required": ["worker", "instructions"],
