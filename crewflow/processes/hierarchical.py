@@ -47,6 +47,9 @@ __all__ = ["Hierarchical", "Plan", "PlanStep", "Redo", "Review"]
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_STEPS = 10
+"""The most steps a plan may give one crew task (a bound on what one plan can cost)."""
+
 
 class PlanStep(BaseModel):
     """One step of a plan: who does it, what to do, and which earlier crew tasks it waits for."""
@@ -350,6 +353,7 @@ def _plan_schema(ctx: ProcessContext, crew: list[str], roles: list[str]) -> dict
             "type": "array",
             "items": step,
             "minItems": 1,
+            "maxItems": MAX_STEPS,
             "description": f"The steps of: {description[:200]}",
         }
     return {
@@ -431,6 +435,14 @@ def _problems(plan: Plan, crew: list[str], roles: list[str]) -> list[PlanProblem
                 PlanProblem(ProblemKind.UNCOVERED, name, "has no step: give it at least one")
             )
             continue
+        if len(steps) > MAX_STEPS:
+            problems.append(
+                PlanProblem(
+                    ProblemKind.UNCOVERED,
+                    name,
+                    f"has {len(steps)} steps; give it at most {MAX_STEPS}",
+                )
+            )
         for number, step in enumerate(steps, start=1):
             label = f"{name}.{number}"
             if step.worker not in roles:

@@ -490,3 +490,15 @@ async def test_the_offline_model_plans_reviews_and_answers_a_valid_run() -> None
 
 def test_valid_plan_is_the_default_of_the_scripted_manager() -> None:
     assert ScriptedManager()._plans == [VALID_PLAN]
+
+
+async def test_a_plan_with_too_many_steps_for_a_task_is_asked_for_again() -> None:
+    many = [{"worker": "Researcher", "instructions": f"step {n}"} for n in range(11)]
+    manager = ScriptedManager(plans=[{**PLAN, "research": many}, PLAN])
+    crew, _ = make_crew(manager)
+
+    await crew.kickoff({"topic": "tides"})
+
+    schema = manager.asked["plan"][0].output.schema  # type: ignore[union-attr]
+    assert schema["properties"]["research"]["maxItems"] == 10
+    assert "- research: has 11 steps; give it at most 10" in prompt_of(manager.asked["plan"][1])
