@@ -33,9 +33,11 @@ policy's (the one process that is fastest over all shapes together) on at least 
 constant policy's total is ``--runs`` times the mean of its direct runs (it learns nothing, so
 its runs are alike). Ratios, of the median of runs 6-8: to the bound (the best process's graph
 bound from the simulated latencies: the total work for sequential, the critical path for
-parallel) and to the floor. Also shown: the first kickoff of this fresh process (an adaptive
-crew of ``chain6`` on an empty store of its own, after the floor's warm-up has imported openai),
-apart from the measured runs.
+parallel) and to the floor. Each kickoff's lead-in (from the call to its first task's start:
+opening the store, reading the history, choosing) shows what deciding costs against the direct
+runs' own. Also shown: the first kickoff of this fresh process (an adaptive crew of ``chain6``
+on an empty store of its own, after the floor's warm-up has imported openai), apart from the
+measured runs.
 
 Run: ``python benchmarks/adaptive.py [--seed 7] [--adaptive-seed 0] [--direct 3] [--runs 8]
 [--only SHAPE ...] [--json PATH]``.
@@ -51,6 +53,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,13 +184,17 @@ def build_crew(shape: Shape, base_url: str, process: Any, store: Path) -> Crew:
     return Crew(tasks=list(tasks.values()), agents=[agent], process=process, store=str(store))
 
 
-async def timed(crew: Crew) -> tuple[float, CrewResult]:
-    """Seconds one kickoff takes, and its result (every task produced an output)."""
+async def timed(crew: Crew) -> tuple[float, CrewResult, float]:
+    """Seconds one kickoff takes, its result (every task produced an output), and its lead-in:
+    seconds from the call to its first task's start (opening the store, reading the history,
+    choosing)."""
+    called = datetime.now(UTC)
     started = time.perf_counter()
     result = await crew.kickoff()
     elapsed = time.perf_counter() - started
     assert len(result.outputs) == len(crew.tasks)
-    return elapsed, result
+    first = min(record.start for record in result.timeline if record.start is not None)
+    return elapsed, result, (first - called).total_seconds()
 
 
 async def bare_run(client: AsyncOpenAI, shape: Shape, order: str) -> float:
@@ -229,6 +236,7 @@ class Run:
 
     seconds: float
     rejected: int
+    lead_in: float | None = None  # from the kickoff call to the first task's start
     choice: Any = None  # adaptive's `result.process_choice`
 
 
@@ -277,9 +285,9 @@ class Outcome:
 
 async def _measured(server: CountingServer, runner: Any) -> tuple[Run, Any]:
     server.reset()
-    seconds, result = await runner()
+    seconds, result, lead_in = await runner()
     rejected = sum(1 for status in server.stats().statuses if status == 429)
-    return Run(seconds, rejected), result
+    return Run(seconds, rejected, lead_in), result
 
 
 async def measure(
@@ -294,7 +302,7 @@ async def measure(
         if first:
             await bare_run(client, shape, "sequential")  # imports openai, opens its connection
             warmup = build_crew(shape, url, Adaptive(seed=args.adaptive_seed), folder / "first.db")
-            outcome.first_kickoff, _ = await timed(warmup)
+            outcome.first_kickoff, _, _ = await timed(warmup)
         direct = {
             process: build_crew(shape, url, process, folder / "direct.db") for process in CANDIDATES
         }
@@ -317,16 +325,26 @@ async def measure(
     return outcome
 
 
-async def _floor(client: AsyncOpenAI, shape: Shape, order: str) -> tuple[float, None]:
-    return await bare_run(client, shape, order), None
+async def _floor(client: AsyncOpenAI, shape: Shape, order: str) -> tuple[float, None, None]:
+    return await bare_run(client, shape, order), None, None
 
 
 def _predictions(choice: Any) -> str:
     parts = []
     for prediction in choice.predictions:
         seconds = "?" if prediction.seconds is None else f"{prediction.seconds:.2f}"
-        parts.append(f"{prediction.process[:3]} {seconds} ({prediction.basis})")
+        hopeless = ", hopeless" if getattr(prediction, "hopeless", False) else ""
+        parts.append(f"{prediction.process[:3]} {seconds} ({prediction.basis}{hopeless})")
     return ", ".join(parts)
+
+
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def _median_lead_in(runs: list[Run]) -> float | None:
+    values = [run.lead_in for run in runs if run.lead_in is not None]
+    return median(values) if values else None
 
 
 def runs_table(outcomes: list[Outcome]) -> str:
@@ -344,6 +362,7 @@ def runs_table(outcomes: list[Outcome]) -> str:
                     run.seconds / outcome.best,
                     f"{run.seconds / outcome.best - 1:+.3f}",
                     run.rejected,
+                    _ms(run.lead_in),
                     _predictions(choice),
                     choice.reason,
                 ]
@@ -359,6 +378,7 @@ def runs_table(outcomes: list[Outcome]) -> str:
             "x best",
             "regret",
             "429s",
+            "lead-in ms",
             "predictions (s)",
             "reason",
         ],
@@ -384,6 +404,7 @@ def direct_table(outcomes: list[Outcome], repeats: int) -> str:
                 f"{bound:.3f} ({kind})",
                 median([run.seconds for run in outcome.floor]),
                 rejected,
+                "/".join(_ms(_median_lead_in(outcome.direct[process])) for process in CANDIDATES),
             ]
         )
     return table(
@@ -398,6 +419,7 @@ def direct_table(outcomes: list[Outcome], repeats: int) -> str:
             "bound s (best's)",
             "floor s",
             "429s seq/par",
+            "lead-in ms seq/par",
         ],
         rows,
     )
@@ -488,6 +510,9 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> Figures:
         figures.add(f"{case}.late_max_ratio_to_best", max(late))
         figures.add(f"{case}.late_runs_over_1_25x_best", sum(1 for r in late if r > LATE_MAX_GOAL))
         figures.add(f"{case}.mean_ratio_to_best", statistics.fmean(ratios))
+        lead_in = _median_lead_in(outcome.adaptive[-LATE:])
+        if lead_in is not None:
+            figures.add(f"{case}.late_lead_in_ms", lead_in * 1000)
         figures.add(f"{case}.ratio_to_bound", outcome.late_median / bound)
         figures.add(f"{case}.ratio_to_floor", outcome.late_median / floor)
         figures.add(
