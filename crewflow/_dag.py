@@ -26,6 +26,7 @@ __all__ = [
     "critical_path",
     "digraph",
     "find_cycle",
+    "list_schedule",
     "reaches",
     "remaining_paths",
     "topological_order",
@@ -168,3 +169,52 @@ def remaining_paths(
         after = max((remaining[dependant] for dependant in dependants[name]), default=0.0)
         remaining[name] = weights.get(name, default) + after
     return remaining
+
+
+def list_schedule(
+    graph: nx.DiGraph,
+    weights: Mapping[str, float],
+    *,
+    capacity: int | None,
+    default: float,
+) -> float:
+    """How long the graph takes when each task starts as soon as its dependencies are done and
+    one of ``capacity`` slots is free, the longest remaining path first (list scheduling, as
+    the parallel process does): the makespan of that schedule.
+
+    ``capacity=1`` gives the sum of the weights (one task at a time); ``None`` (no bound)
+    gives the critical path.
+
+    Args:
+        graph: A graph made by `digraph`.
+        weights: Seconds per task name (not negative).
+        capacity: Tasks at once (``None``: unbounded).
+        default: The weight of a task that ``weights`` does not hold.
+
+    Example:
+        >>> fan = digraph({"a": [], "b": [], "c": [], "join": ["a", "b", "c"]})
+        >>> list_schedule(fan, {}, capacity=2, default=1.0)
+        3.0
+    """
+    import heapq
+
+    order = topological_order(graph)
+    remaining = remaining_paths(graph.succ, order, weights, default=default)
+    position = {name: index for index, name in enumerate(graph)}
+    waiting = dict(graph.in_degree)
+    ready = [(-remaining[n], position[n], n) for n in graph if waiting[n] == 0]
+    heapq.heapify(ready)
+    running: list[tuple[float, int, str]] = []
+    now = 0.0
+    while ready or running:
+        while ready and (capacity is None or len(running) < capacity):
+            _, index, name = heapq.heappop(ready)
+            heapq.heappush(running, (now + weights.get(name, default), index, name))
+        now = running[0][0]
+        while running and running[0][0] <= now:  # everything ending now frees its slot first
+            _, _, name = heapq.heappop(running)
+            for dependant in graph.succ[name]:
+                waiting[dependant] -= 1
+                if waiting[dependant] == 0:
+                    heapq.heappush(ready, (-remaining[dependant], position[dependant], dependant))
+    return now

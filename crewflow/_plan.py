@@ -14,7 +14,9 @@ __all__ = ["PlanProblem", "ProblemKind"]
 
 
 class ProblemKind(StrEnum):
-    """What is wrong with a task of a plan (see `PlanProblem`)."""
+    """What is wrong with a task of a plan (see `PlanProblem`). ``uncovered`` and
+    ``unknown_task`` are a manager's: a crew task its plan has no step for, or a task the crew
+    does not have."""
 
     UNNAMED = "unnamed"
     DUPLICATE = "duplicate"
@@ -23,6 +25,8 @@ class ProblemKind(StrEnum):
     CYCLE = "cycle"
     NO_AGENT = "no_agent"
     MISSING_INPUT = "missing_input"
+    UNCOVERED = "uncovered"
+    UNKNOWN_TASK = "unknown_task"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,15 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
 from crewflow._usage import Usage
 
-__all__ = ["AttemptRecord", "RunStatus", "TaskKind", "TaskRecord", "TaskStatus"]
+__all__ = [
+    "AttemptRecord",
+    "Prediction",
+    "ProcessChoice",
+    "RunStatus",
+    "TaskKind",
+    "TaskRecord",
+    "TaskStatus",
+]
 
 
 class RunStatus(StrEnum):
@@ -115,3 +123,52 @@ class TaskRecord(BaseModel):
     end: AwareDatetime | None = None
     duration: float = 0.0
     attempts: tuple[AttemptRecord, ...] = ()
+
+
+class Prediction(BaseModel):
+    """What a choosing process (adaptive) expected of one candidate process.
+
+    Attributes:
+        process: The candidate.
+        seconds: Its predicted duration: the median of its measured runs, else an estimate from
+            the graph (in seconds where tasks were measured, else in "task units", each
+            unmeasured task counting 1).
+        lower_bound: The least the graph allows it (critical path, or work over the slots).
+        success: Its measured success rate (``None`` before it has settled runs).
+        tokens: Its mean tokens per clean run (``None`` before it has one).
+        runs: The measured (settled) runs the prediction rests on.
+        basis: ``"graph"`` or ``"N runs"``: where ``seconds`` comes from.
+        hopeless: Its lower bound is above 1.5x the best estimate: never explored.
+    """
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    process: str
+    seconds: float
+    lower_bound: float
+    success: float | None = None
+    tokens: float | None = None
+    runs: int = 0
+    basis: str = "graph"
+    hopeless: bool = False
+
+
+class ProcessChoice(BaseModel):
+    """The process a choosing process picked for one run, and why (`CrewResult.process_choice`).
+
+    Attributes:
+        process: The process that ran the crew.
+        reason: Why, in a sentence.
+        explored: Whether this run tried a candidate to measure it, rather than the best one.
+        features: What it looked at in the crew's graph (tasks, depth, width, work, critical
+            path, ...).
+        predictions: Each candidate's prediction, best first.
+    """
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    process: str
+    reason: str
+    explored: bool = False
+    features: dict[str, float] = Field(default_factory=dict)
+    predictions: list[Prediction] = Field(default_factory=list)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from crewflow._records import TaskKind, TaskRecord
+from crewflow._records import ProcessChoice, TaskKind, TaskRecord
 from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.events import Event
@@ -57,6 +57,10 @@ class CrewResult(BaseModel):
         end: When it ended (UTC).
         duration: Seconds it took.
         restored: Tasks whose outputs came from the store instead of running (`Crew.resume`).
+        plan: The plan the run followed, as data, when its process plans (hierarchical: the
+            manager's `crewflow.processes.hierarchical.Plan`), else ``None``.
+        process_choice: What a choosing process (adaptive) picked, why, what it looked at and
+            predicted (`crewflow.processes.ProcessChoice`), else ``None``.
 
     Example:
         ```python
@@ -81,6 +85,8 @@ class CrewResult(BaseModel):
     end: datetime
     duration: float
     restored: list[str] = Field(default_factory=list)
+    plan: BaseModel | None = None
+    process_choice: ProcessChoice | None = None
 
     @property
     def output(self) -> TaskOutput:
@@ -139,7 +145,14 @@ class Crew(Spec):
             previous output), ``"parallel"`` (each task as soon as its dependencies are done,
             most urgent first, at most ``max_concurrency`` at once), the name of an installed
             plug-in, or a
-            `crewflow.processes.Process` subclass or object.
+            `crewflow.processes.Process` subclass or object. ``"hierarchical"`` (a manager
+            plans the tasks as steps for the crew's agents, reviews and answers) and
+            ``"adaptive"`` (picks sequential or parallel per kickoff from the crew's recorded
+            runs) are built in too.
+        manager: The manager of a hierarchical crew: an `Agent`, or a model string for the
+            catalogue's ``manager`` agent (default: that agent on the default model). Builds
+            ``Hierarchical(manager=...)`` for ``process="hierarchical"``, and gives the
+            adaptive process its hierarchical candidate.
         name: Names the crew in results, logs and records (default ``"crew"``).
         max_concurrency: The most tasks running at once, for processes that run several.
         verbose: Log progress at INFO level when the application has not configured logging.
@@ -165,6 +178,7 @@ class Crew(Spec):
     tasks: tuple[Task, ...]
     agents: tuple[Agent, ...] | None = None
     process: str | Process | type[Process] = "sequential"
+    manager: Agent | str | None = None
     name: str = Field(default="crew", min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)
     verbose: bool = False
@@ -207,9 +221,12 @@ class Crew(Spec):
         from)."""
         from crewflow.graph import TaskGraph
 
-        self._process = get_process(self.process)
+        process = get_process(self.process)
+        if self.manager is not None:
+            process = process.with_manager(self.manager)
+        self._process = process
         agents = self.agents if self.agents is not None else _task_agents(self.tasks)
-        self._graph = TaskGraph(self.tasks, agents=agents)
+        self._graph = TaskGraph(self.tasks, agents=agents, default_agent=process.default_agent())
         self._process.prepare_graph(self._graph)
         self._process.validate(self._graph)
 
@@ -484,6 +501,8 @@ class Crew(Spec):
             end=run.end,
             duration=run.duration,
             restored=run.restored,
+            plan=run.plan,
+            process_choice=run.choice,
         )
 
     def kickoff_sync(

@@ -36,6 +36,7 @@ __all__ = [
     "RunResumed",
     "RunStarted",
     "TaskAdded",
+    "TaskDelegated",
     "TaskFailed",
     "TaskFallback",
     "TaskFinished",
@@ -85,6 +86,16 @@ class TaskAdded(Event):
     agent: str
     step: Literal["task", "ask"]
     depends_on: list[str]
+
+
+class TaskDelegated(Event):
+    """The process delegated a task to another (``to``): it is not run itself, and ends when
+    ``to`` does, with its output (a manager's plan delivers a crew task through its steps).
+    Its `TaskFinished` then says ``attempt=0``."""
+
+    kind: Literal["task_delegated"] = "task_delegated"
+    task: str
+    to: str
 
 
 class ProcessChosen(Event):

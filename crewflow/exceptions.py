@@ -310,7 +310,8 @@ class InvalidPlan(CrewRunError):
     Attributes:
         problems: Each `crewflow.processes.PlanProblem` found (``problem.describe()`` is a line
             to show a model that should plan again).
-        plan: The tasks that were to be added.
+        plan: The plan: the tasks that were to be added (a list of `crewflow.Task`), or the
+            manager's last `crewflow.processes.hierarchical.Plan`.
     """
 
     def __init__(
@@ -318,12 +319,12 @@ class InvalidPlan(CrewRunError):
         message: str,
         *,
         problems: Sequence[PlanProblem],
-        plan: Sequence[Task] = (),
+        plan: Sequence[Task] | object = (),
         outputs: Mapping[str, TaskOutput] | None = None,
     ) -> None:
         super().__init__(message, outputs=outputs)
         self.problems = list(problems)
-        self.plan = list(plan)
+        self.plan: list[Task] | object = list(plan) if isinstance(plan, list | tuple) else plan
 
 
 class RunCancelled(CrewRunError):

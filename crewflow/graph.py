@@ -42,6 +42,8 @@ class TaskGraph:
     Args:
         tasks: The tasks, in the order the crew declares them.
         agents: The crew's agents; when there is exactly one, tasks without an agent get it.
+        default_agent: The agent of tasks without one, instead (a hierarchical crew's
+            manager, who assigns their work).
 
     Raises:
         ConfigurationError: Duplicate tasks or names, unknown context, a cycle, or a task with no
@@ -53,6 +55,7 @@ class TaskGraph:
         tasks: Sequence[Task],
         *,
         agents: Sequence[Agent] = (),
+        default_agent: Agent | None = None,
     ) -> None:
         if not tasks:
             raise ConfigurationError("a crew needs at least one task: Crew(tasks=[...])")
@@ -64,7 +67,8 @@ class TaskGraph:
         self._position: dict[str, int] = {}
         self._dependants: dict[str, list[str]] = {}
         self._internal: set[str] = set()
-        self._default_agent = agents[0] if len(agents) == 1 else None
+        self._members = tuple(agents)
+        self._default_agent = default_agent or (agents[0] if len(agents) == 1 else None)
         self._agent_count = len(agents)
         self._nx: Any = None  # built on demand from the dicts (the dicts are the truth)
         for position, task in enumerate(tasks, start=1):
@@ -103,6 +107,12 @@ class TaskGraph:
         return list(seen.values())
 
     @property
+    def members(self) -> tuple[Agent, ...]:
+        """The crew's agents: those given as ``Crew(agents=...)``, else the tasks' own (a
+        hierarchical crew's workers)."""
+        return self._members
+
+    @property
     def nx(self) -> Any:
         """The graph as a ``networkx.DiGraph`` (nodes are task names, in declaration order).
         Built on first use; do not modify it."""
@@ -115,6 +125,10 @@ class TaskGraph:
 
     def __contains__(self, task: object) -> bool:
         return getattr(task, "id", None) in self._names
+
+    def has(self, name: str) -> bool:
+        """Whether a task of this graph is called ``name``."""
+        return name in self._by_name
 
     def name_of(self, task: Task) -> str:
         """The name of ``task`` in this graph (its own, or ``task_<position>``)."""
@@ -243,6 +257,7 @@ class TaskGraph:
         clone._position = dict(self._position)
         clone._dependants = {name: list(deps) for name, deps in self._dependants.items()}
         clone._internal = set(self._internal)
+        clone._members = self._members
         clone._default_agent = self._default_agent
         clone._agent_count = self._agent_count
         clone._nx = self._nx  # never modified, only dropped on change: safe to share

@@ -140,6 +140,19 @@ class TaskOutput(BaseModel):
         return self.text
 
 
+def literal_template(text: str) -> str:
+    """``text`` as a template that renders to itself: each ``{name}`` becomes ``{{name}}``.
+
+    For text a model wrote (a manager's instructions) that goes into a task's description:
+    its braces must never be taken for placeholders.
+
+    Example:
+        >>> fill_template(literal_template("use {topic} and {{x}}"), {"topic": "t"})
+        'use {topic} and {{x}}'
+    """
+    return _PLACEHOLDER.sub(lambda match: "{" + match.group(0) + "}", text)
+
+
 def fill_template(text: str, inputs: Mapping[str, Any]) -> str:
     """Replace each ``{name}`` in ``text`` with ``inputs[name]`` (``{{name}}`` stays ``{name}``).
 

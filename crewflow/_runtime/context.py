@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from crewflow._plan import PlanProblem
+    from crewflow._records import Prediction, ProcessChoice
     from crewflow._runtime.run import Run
     from crewflow.agent import Agent
     from crewflow.graph import TaskGraph
@@ -67,6 +68,18 @@ class ProcessContext(ABC):
     @abstractmethod
     def inputs(self) -> Mapping[str, Any]:
         """The kickoff inputs (a read-only view)."""
+
+    @property
+    @abstractmethod
+    def max_concurrency(self) -> int | None:
+        """The most tasks this run runs at once (``None``: no bound), as the crew set it."""
+
+    @property
+    @abstractmethod
+    def chosen(self) -> ProcessChoice | None:
+        """The choice `choose` recorded in this run, or, in a resumed run, the one the run
+        recorded before it stopped (a choosing process reuses it: no new prediction); ``None``
+        when no process chose."""
 
     @abstractmethod
     def ready(self) -> list[Task]:
@@ -144,6 +157,22 @@ class ProcessContext(ABC):
         """
 
     @abstractmethod
+    async def delegate(self, task: Task | str, to: Task | str) -> None:
+        """Let ``task`` (a crew task, usually) be done by ``to`` (usually a task the process
+        added, e.g. the last step of its plan for ``task``): ``task`` is never executed or
+        dispatched itself, and ends when ``to`` ends, with ``to``'s output (checkpointed under
+        ``task``'s name, no request made), or skipped if ``to`` failed or was skipped.
+
+        Delegating ``task`` again points it at another task (a manager's redo): its output
+        becomes the new one's when that ends. If ``to`` has ended already, ``task`` takes its
+        output at once (as on resume, when ``to`` was restored).
+
+        Raises:
+            RuntimeError: Either is not a task of the run, ``to`` depends on ``task``, or
+                ``task`` already started (or ended) on its own.
+        """
+
+    @abstractmethod
     async def run_ready(self) -> None:
         """Run every task of the graph as its dependencies allow, until all have ended.
 
@@ -163,9 +192,27 @@ class ProcessContext(ABC):
         store."""
 
     @abstractmethod
-    async def choose(self, process: str, reason: str) -> None:
+    async def choose(
+        self,
+        process: str,
+        reason: str,
+        *,
+        explored: bool = False,
+        features: Mapping[str, float] | None = None,
+        predictions: Sequence[Prediction] = (),
+    ) -> None:
         """Say which process runs the crew, and why (a choosing process, like adaptive):
-        recorded at once, shown by ``crewflow show``, sent as a `ProcessChosen` event."""
+        recorded at once with what it looked at and predicted, shown by ``crewflow show``,
+        sent as a `ProcessChosen` event, and kept as `chosen` (and
+        `CrewResult.process_choice`).
+
+        Args:
+            process: The process that will run the crew.
+            reason: Why, in one sentence.
+            explored: Whether this run tries a candidate to measure it rather than the best.
+            features: What the choice looked at (task count, depth, width, ...).
+            predictions: Each candidate's `Prediction`.
+        """
 
 
 class RunContext(ProcessContext):
@@ -191,6 +238,14 @@ class RunContext(ProcessContext):
     @property
     def inputs(self) -> Mapping[str, Any]:
         return self._run.inputs_view
+
+    @property
+    def max_concurrency(self) -> int | None:
+        return self._run.slots.capacity
+
+    @property
+    def chosen(self) -> ProcessChoice | None:
+        return self._run.choice
 
     def ready(self) -> list[Task]:
         return self._run.ready()
@@ -228,11 +283,33 @@ class RunContext(ProcessContext):
     ) -> TaskOutput:
         return await self._run.ask(key, agent, prompt, output_model=output_model)
 
+    async def delegate(self, task: Task | str, to: Task | str) -> None:
+        await self._run.delegate(self._name(task), self._name(to))
+
     async def run_ready(self) -> None:
         await self._run.run_ready()
 
     async def history(self) -> History:
         return await self._run.history()
 
-    async def choose(self, process: str, reason: str) -> None:
-        await self._run.choose(process, reason)
+    async def choose(
+        self,
+        process: str,
+        reason: str,
+        *,
+        explored: bool = False,
+        features: Mapping[str, float] | None = None,
+        predictions: Sequence[Prediction] = (),
+    ) -> None:
+        await self._run.choose(
+            process, reason, explored=explored, features=features, predictions=predictions
+        )
+
+    def _name(self, task: Task | str) -> str:
+        if isinstance(task, str):
+            return task
+        if task not in self._run.graph:
+            raise RuntimeError(
+                f"{task!r} is not a task of this run: add it with ctx.add_tasks([...]) first"
+            )
+        return self._run.graph.name_of(task)

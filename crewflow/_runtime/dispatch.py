@@ -101,8 +101,8 @@ class Dispatcher:
         while True:
             while self.heap:
                 name = self.heap[0][3]
-                if run.ended(name) or run.is_running(name):
-                    heapq.heappop(self.heap)  # started directly meanwhile, or done
+                if run.ended(name) or run.is_running(name) or name in run.delegated:
+                    heapq.heappop(self.heap)  # started directly meanwhile, done, or delegated
                     continue
                 slot = slots.try_acquire()
                 if slot is None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from crewflow._fingerprint import Fingerprint
-    from crewflow._records import AttemptRecord, RunStatus, TaskKind, TaskRecord
+    from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskRecord
     from crewflow.graph import TaskGraph
     from crewflow.store import AddedTaskRecord, OutputRow, RunRecord, RunSource, Store
     from crewflow.task import Task, TaskOutput
@@ -132,8 +132,15 @@ class Recorder:
             with real_work():
                 await self.store.start_run(self.record)
 
-    async def task_finished(self, output: TaskOutput, attempts: Sequence[AttemptRecord]) -> None:
-        """Checkpoint a finished task: its output and attempts, committed when this returns."""
+    async def task_finished(
+        self,
+        output: TaskOutput,
+        attempts: Sequence[AttemptRecord],
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        """Checkpoint a finished task: its output and attempts, committed when this returns
+        (``at``: when it finished, default its last attempt's end)."""
         from crewflow.store import OutputRow
 
         data = output.data
@@ -146,7 +153,7 @@ class Recorder:
             data=data,
             agent=output.agent,
             model=output.model,
-            finished_at=attempts[-1].end if attempts else datetime.now(UTC),
+            finished_at=at or (attempts[-1].end if attempts else datetime.now(UTC)),
         )
         with real_work():
             await self.store.save_task(row, attempts)
@@ -162,10 +169,13 @@ class Recorder:
         with real_work():
             await self.store.add_tasks(self.record.run_id, tasks)
 
-    async def chosen(self, process: str, reason: str) -> None:
-        """Record the process a choosing process picked, and why."""
+    async def chosen(self, choice: ProcessChoice) -> None:
+        """Record the process a choosing process picked, why, and what it predicted."""
+        details = {"choice": choice.model_dump(mode="json")}
         with real_work():
-            await self.store.record_choice(self.record.run_id, process, reason)
+            await self.store.record_choice(
+                self.record.run_id, choice.process, choice.reason, details
+            )
 
     async def finished(
         self, status: RunStatus, ended: datetime, usage: Usage, *, paused: bool

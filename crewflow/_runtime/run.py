@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from crewflow import events
+from crewflow import _dag, events
 from crewflow._fingerprint import task_hash
 from crewflow._logging import get_logger
 from crewflow._prompts import task_prompt
-from crewflow._records import RunStatus, TaskRecord, TaskStatus
+from crewflow._records import ProcessChoice, RunStatus, TaskRecord, TaskStatus
 from crewflow._runtime.attempts import TaskAttempts
 from crewflow._runtime.clock import SystemClock, current_clock, real_work
 from crewflow._runtime.context import RunContext
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from crewflow._plan import PlanProblem
+    from crewflow._records import Prediction
     from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.recording import Recorder, Resumption
     from crewflow.agent import Agent
@@ -138,6 +139,7 @@ class Run:
         self.replies: ReplyCache | None = None
         self.restored: list[str] = []
         self.final: TaskOutput | None = None
+        self.plan: BaseModel | None = None
         self.start: datetime | None = None
         self.end: datetime | None = None
         self.duration = 0.0
@@ -154,6 +156,12 @@ class Run:
         self._records: dict[str, TaskRecord] = {}
         self._saved: set[str] = set()
         self._dispatcher: Dispatcher | None = None
+        self.delegated: dict[str, str] = {}
+        """Tasks the process delegated (`delegate`), with the task each ends with."""
+        self._waiting_on: dict[str, list[str]] = {}
+        self.choice: ProcessChoice | None = None
+        """The process a choosing process picked (`choose`), or the one recorded before a
+        resume."""
         self._history: History | None = None
         self._paused = False
         self._stack: AsyncExitStack | None = None
@@ -165,6 +173,11 @@ class Run:
         if resumption is not None:
             for name in graph.deliverables:
                 self._restore(name, graph.task(name))
+            recorded = resumption.record
+            if recorded.chosen:
+                self.choice = recorded.choice or ProcessChoice(
+                    process=recorded.chosen, reason=recorded.process_reason
+                )
 
     # -- what the process context forwards -----------------------------------------------------
 
@@ -182,13 +195,15 @@ class Run:
         return name in self.running
 
     def ready(self) -> list[Task]:
-        """Tasks not started whose dependencies have all ended, in graph order."""
+        """Tasks not started whose dependencies have all ended, in graph order (not those
+        delegated to another task)."""
         graph = self.graph
         return [
             task
             for task, name in zip(graph.tasks, graph.names, strict=True)
             if not self.ended(name)
             and name not in self.running
+            and name not in self.delegated
             and all(self.ended(dep) for dep in graph.dependency_names(name))
         ]
 
@@ -212,11 +227,30 @@ class Run:
             slot: A slot the dispatcher took already (released when the task ends).
             prompt: The whole user message, instead of the task's rendered one (``ask``).
         """
+        output = await self._execute(name, context, agent, priority, slot, prompt)
+        if name in self._waiting_on:
+            await self._hand_over(name)
+        return output
+
+    async def _execute(
+        self,
+        name: str,
+        context: Sequence[TaskOutput] | None,
+        agent: Agent | None,
+        priority: float,
+        slot: Slot | None,
+        prompt: str | None,
+    ) -> TaskOutput | None:
         try:
             if name in self.running:
                 raise RuntimeError(f"task {name!r} is already running in this run")
             if self.ended(name):
                 return self._outputs.get(name)
+            if name in self.delegated:
+                raise RuntimeError(
+                    f"task {name!r} is delegated to {self.delegated[name]!r}: it ends when that "
+                    "task does, and is never executed itself"
+                )
             task = self.graph.task(name)
             if context is None:
                 context = self._context_or_skip(task, name)
@@ -284,14 +318,108 @@ class Run:
                     self.log.warning("could not read the crew's history", error=str(exc))
         return self._history
 
-    async def choose(self, process: str, reason: str) -> None:
+    async def choose(
+        self,
+        process: str,
+        reason: str,
+        *,
+        explored: bool = False,
+        features: Mapping[str, float] | None = None,
+        predictions: Sequence[Prediction] = (),
+    ) -> None:
         """Record the process chosen to run the crew (see `ProcessContext.choose`)."""
-        self.log.info("process chosen", chosen=process, reason=reason)
+        choice = ProcessChoice(
+            process=process,
+            reason=reason,
+            explored=explored,
+            features=dict(features or {}),
+            predictions=list(predictions),
+        )
+        self.choice = choice
+        self.log.info("process chosen", chosen=process, reason=reason, explored=explored)
         self.publish(events.ProcessChosen, process=process, reason=reason)
         if self.recorder is not None:
-            await self._store_write(
-                "record the process chosen", self.recorder.chosen(process, reason)
+            await self._store_write("record the process chosen", self.recorder.chosen(choice))
+
+    async def delegate(self, name: str, to: str) -> None:
+        """End task ``name`` with task ``to``'s output (see `ProcessContext.delegate`)."""
+        graph = self.graph
+        for each in (name, to):
+            if not graph.has(each):
+                raise RuntimeError(
+                    f"process {self.process.name!r} delegated {name!r} to {to!r}, but {each!r} "
+                    "is not a task of this run: add it with ctx.add_tasks([...]) first"
+                )
+        if name == to or _dag.reaches(graph.nx, name, to):
+            raise RuntimeError(
+                f"process {self.process.name!r} delegated {name!r} to {to!r}, which depends on "
+                f"{name!r}: {to!r} would wait for it for ever"
             )
+        if name in self.running or (
+            self.ended(name) and name not in self.delegated and name not in self.restored
+        ):
+            raise RuntimeError(
+                f"process {self.process.name!r} delegated {name!r}, which has already "
+                "started: delegate a task before it runs"
+            )
+        previous = self.delegated.get(name)
+        if previous is not None and name in self._waiting_on.get(previous, ()):
+            self._waiting_on[previous].remove(name)
+        self.delegated[name] = to
+        self.publish(events.TaskDelegated, task=name, to=to)
+        if self.ended(to):
+            await self._take_over(name, to)
+        else:
+            self._waiting_on.setdefault(to, []).append(name)
+
+    async def _hand_over(self, to: str) -> None:
+        """Task ``to`` ended: end the tasks delegated to it."""
+        for name in self._waiting_on.pop(to, ()):
+            await self._take_over(name, to)
+
+    async def _take_over(self, name: str, to: str) -> None:
+        """End (or, delegated again, update) task ``name`` with the end of task ``to``: its
+        output, checkpointed under ``name``; skipped if ``to`` failed or was skipped."""
+        was_ended = self.ended(name)
+        found = self._outputs.get(to)
+        if found is None:
+            if not was_ended:
+                self._skip(self.graph.task(name), name, [to])
+            return
+        current = self._outputs.get(name)
+        if current is not None and (current.text, current.data) == (found.text, found.data):
+            return  # replayed on resume: it already holds this output
+        output = found.model_copy(update={"task": name, "usage": Usage()})
+        source = self._records.get(to)
+        start = source.start if source is not None else None
+        end = source.end if source is not None else self.wall()
+        self._records[name] = TaskRecord(
+            task=name,
+            agent=output.agent,
+            status=TaskStatus.COMPLETED,
+            kind=self.graph.kind(name),
+            start=start,
+            end=end,
+            duration=source.duration if source is not None else 0.0,
+        )
+        if name in self._skipped:
+            self._skipped.remove(name)
+        self._outputs[name] = output
+        if self.recorder is not None:
+            await self._store_write(
+                f"checkpoint task {name!r}", self.recorder.task_finished(output, (), at=end)
+            )
+        self._saved.add(name)
+        self.publish(
+            events.TaskFinished,
+            task=name,
+            attempt=0,
+            duration=self._records[name].duration,
+            prompt_tokens=0,
+            completion_tokens=0,
+        )
+        if not was_ended:
+            self._ended(name)
 
     # -- growing the graph, and replaying it on resume -----------------------------------------
 
@@ -615,6 +743,7 @@ class Run:
                     context = RunContext(self)
                     await self.process.run(context)
                     self.final = self.process.final_output(context)
+                    self.plan = self.process.result_plan(context)
                 finally:
                     self._stack = None
                     self._dispatcher = None

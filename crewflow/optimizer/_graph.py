@@ -7,7 +7,6 @@ was not measured and counts 0 s here.
 
 from __future__ import annotations
 
-import heapq
 from typing import TYPE_CHECKING
 
 from crewflow import _dag
@@ -55,24 +54,6 @@ def estimate_duration(
         durations: Seconds per task name (missing tasks: 0 s).
         max_concurrency: Tasks at once (``None``: unbounded).
     """
-    dag = _dag.digraph(graph)
-    order = _dag.topological_order(dag)
-    remaining = _dag.remaining_paths(dag.succ, order, durations, default=UNMEASURED_SECONDS)
-    position = {name: index for index, name in enumerate(dag)}
-    waiting = dict(dag.in_degree)
-    ready = [(-remaining[n], position[n], n) for n in dag if waiting[n] == 0]
-    heapq.heapify(ready)
-    running: list[tuple[float, int, str]] = []
-    now = 0.0
-    while ready or running:
-        while ready and (max_concurrency is None or len(running) < max_concurrency):
-            _, index, name = heapq.heappop(ready)
-            heapq.heappush(running, (now + durations.get(name, UNMEASURED_SECONDS), index, name))
-        now = running[0][0]
-        while running and running[0][0] <= now:  # everything ending now frees its slot first
-            _, _, name = heapq.heappop(running)
-            for dependant in dag.succ[name]:
-                waiting[dependant] -= 1
-                if waiting[dependant] == 0:
-                    heapq.heappush(ready, (-remaining[dependant], position[dependant], dependant))
-    return now
+    return _dag.list_schedule(
+        _dag.digraph(graph), durations, capacity=max_concurrency, default=UNMEASURED_SECONDS
+    )

@@ -34,8 +34,9 @@ from crewflow._runtime.context import ProcessContext
 from crewflow.exceptions import ConfigurationError, InvalidPlan
 
 if TYPE_CHECKING:
-    from pydantic import JsonValue
+    from pydantic import BaseModel, JsonValue
 
+    from crewflow.agent import Agent
     from crewflow.graph import TaskGraph
     from crewflow.store import History, ProcessHistory
     from crewflow.task import TaskOutput
@@ -58,6 +59,8 @@ ENTRY_POINT_GROUP = "crewflow.processes"
 _BUILTIN = {
     "sequential": ("crewflow.processes.sequential", "Sequential"),
     "parallel": ("crewflow.processes.parallel", "Parallel"),
+    "hierarchical": ("crewflow.processes.hierarchical", "Hierarchical"),
+    "adaptive": ("crewflow.processes.adaptive", "Adaptive"),
 }
 
 
@@ -100,6 +103,32 @@ class Process(ABC):
         """The run's final output, `CrewResult.output` (default: the last crew task's)."""
         deliverables = ctx.graph.deliverables
         return ctx.outputs.get(deliverables[-1]) if deliverables else None
+
+    def result_plan(self, ctx: ProcessContext) -> BaseModel | None:
+        """The plan the run followed, as data (`CrewResult.plan`; default: none)."""
+        return None
+
+    def with_manager(self, manager: Agent | str) -> Process:
+        """This process with ``manager`` (``Crew(manager=...)``): a new object, this one is
+        left as it is.
+
+        Raises:
+            ConfigurationError: The process takes no manager (the default).
+        """
+        raise ConfigurationError(
+            f'the {self.name!r} process takes no manager: use process="hierarchical" (or '
+            '"adaptive" with hierarchical among its candidates), or drop manager='
+        )
+
+    def default_agent(self) -> Agent | None:
+        """The agent of crew tasks that name none (default: the crew's only agent, if it has
+        one; a hierarchical crew's manager, who assigns their work)."""
+        return None
+
+    def candidate_for(self, graph: TaskGraph) -> bool:
+        """Whether the adaptive process should consider this process for ``graph`` among its
+        default candidates (installed plug-ins say so here; default: no)."""
+        return False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -15,9 +15,11 @@ from crewflow.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from datetime import datetime
     from types import TracebackType
+
+    from pydantic import JsonValue
 
     from crewflow._records import AttemptRecord, RunStatus
     from crewflow._usage import Usage
@@ -124,8 +126,16 @@ class Store(ABC):
         """
         raise StoreError(f"{type(self).__name__} cannot resume runs (it has no reopen_run)")
 
-    async def record_choice(self, run_id: str, process: str, reason: str) -> None:  # noqa: B027
-        """Record the process a choosing process (adaptive) picked for the run, and why.
+    async def record_choice(  # noqa: B027 - an optional hook
+        self,
+        run_id: str,
+        process: str,
+        reason: str,
+        details: Mapping[str, JsonValue] | None = None,
+    ) -> None:
+        """Record the process a choosing process (adaptive) picked for the run, and why:
+        ``chosen`` and ``process_reason``, with ``details`` merged into the run's ``details``
+        (adaptive keeps its features and predictions there, under ``"choice"``).
 
         The default keeps nothing (the run record then shows the crew's process only).
 

@@ -191,6 +191,7 @@ class History(BaseModel):
         runs: Settled runs read (at most `HISTORY_RUNS`, the newest).
         processes: Per process that ran them, what its runs measured.
         task_seconds: Each task's median duration over the newest clean runs.
+        recent: The process that ran each of those settled runs, newest first.
     """
 
     model_config = ConfigDict(frozen=True, defer_build=True)
@@ -199,6 +200,7 @@ class History(BaseModel):
     runs: int = 0
     processes: dict[str, ProcessHistory] = Field(default_factory=dict)
     task_seconds: dict[str, float] = Field(default_factory=dict)
+    recent: list[str] = Field(default_factory=list)
 
 
 def process_history(process: str, records: Sequence[RunRecord]) -> ProcessHistory:
@@ -236,4 +238,5 @@ async def read_history(
         runs=len(records),
         processes={name: process_history(name, group) for name, group in by_process.items()},
         task_seconds=median_task_seconds(await load_attempts(store, clean[:task_runs])),
+        recent=[record.ran for record in records],
     )

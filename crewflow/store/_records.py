@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic_core import to_jsonable_python
 
-from crewflow._records import RunStatus, TaskKind
+from crewflow._records import ProcessChoice, RunStatus, TaskKind
 from crewflow._usage import Usage
 
 __all__ = ["AddedTaskRecord", "OutputRow", "RunRecord", "RunSource"]
@@ -94,6 +94,18 @@ class RunRecord(_Record):
     def _jsonable_inputs(cls, value: Any) -> Any:
         # Inputs are user values of any type; a record must hold them as JSON, never pickled.
         return to_jsonable_python(value, fallback=repr)
+
+    @property
+    def choice(self) -> ProcessChoice | None:
+        """What a choosing process (adaptive) recorded of its choice: its features and each
+        candidate's prediction (``None`` when no process chose)."""
+        found = self.details.get("choice")
+        if not isinstance(found, dict):
+            return None
+        try:
+            return ProcessChoice.model_validate(found)
+        except ValueError:
+            return None  # written by another version: the choice is still in `chosen`
 
     @property
     def ran(self) -> str:

@@ -9,8 +9,10 @@ from crewflow.store._base import DuplicateRunError, Store, UnknownRunError, chec
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from datetime import datetime
+
+    from pydantic import JsonValue
 
     from crewflow._usage import Usage
 
@@ -55,8 +57,16 @@ class MemoryStore(Store):
         resumed = self._load_run(run_id).resumed + 1
         self._update_run(run_id, status=RunStatus.RUNNING, ended=None, resumed=resumed)
 
-    async def record_choice(self, run_id: str, process: str, reason: str) -> None:
-        self._update_run(run_id, chosen=process, process_reason=reason)
+    async def record_choice(
+        self,
+        run_id: str,
+        process: str,
+        reason: str,
+        details: Mapping[str, JsonValue] | None = None,
+    ) -> None:
+        self._require_run(run_id)
+        merged = {**self._load_run(run_id).details, **(details or {})}
+        self._update_run(run_id, chosen=process, process_reason=reason, details=merged)
 
     async def record_pause(self, run_id: str) -> None:
         self._update_run(run_id, paused=True)

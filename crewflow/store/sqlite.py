@@ -71,8 +71,10 @@ from crewflow.store._writer import Writer
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from datetime import datetime
+
+    from pydantic import JsonValue
 
     from crewflow._usage import Usage
 
@@ -139,8 +141,18 @@ class SQLiteStore(Store):
             run_id, "status = ?, ended = NULL, resumed = resumed + 1", (RunStatus.RUNNING.value,)
         )
 
-    async def record_choice(self, run_id: str, process: str, reason: str) -> None:
-        await self._update(run_id, "chosen = ?, process_reason = ?", (process, reason))
+    async def record_choice(
+        self,
+        run_id: str,
+        process: str,
+        reason: str,
+        details: Mapping[str, JsonValue] | None = None,
+    ) -> None:
+        await self._update(
+            run_id,
+            "chosen = ?, process_reason = ?, details = json_patch(details, ?)",
+            (process, reason, to_json(dict(details or {}))),
+        )
 
     async def record_pause(self, run_id: str) -> None:
         await self._update(run_id, "paused = 1", ())
