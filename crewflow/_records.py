@@ -133,12 +133,14 @@ class Prediction(BaseModel):
         seconds: Its predicted duration: the median of its measured runs, else an estimate from
             the graph (in seconds where tasks were measured, else in "task units", each
             unmeasured task counting 1).
-        lower_bound: The least the graph allows it (critical path, or work over the slots).
+        lower_bound: The least the graph allows it (critical path, or work over the slots),
+            in task units (each task one unit, whatever was measured): what hopelessness is
+            judged on.
         success: Its measured success rate (``None`` before it has settled runs).
         tokens: Its mean tokens per clean run (``None`` before it has one).
         runs: The measured (settled) runs the prediction rests on.
         basis: ``"graph"`` or ``"N runs"``: where ``seconds`` comes from.
-        hopeless: Its lower bound is above 1.5x the best estimate: never explored.
+        hopeless: Its lower bound is above 1.5x the best graph estimate: never explored.
     """
 
     model_config = ConfigDict(frozen=True, defer_build=True)

@@ -16,6 +16,15 @@ alone, getting every runtime feature for free.
   runs. A run killed at any moment (``kill -9``) resumes the same way, with
   ``crewflow resume RUN_ID``.
 
+As a plug-in, so that ``Crew(process="planner")`` finds it by name and ``crewflow processes``
+lists it, a package registers the class in its pyproject.toml:
+
+    [project.entry-points."crewflow.processes"]
+    planner = "my_package.processes:Planner"
+
+A process named by a string is built with no arguments, so ``Planner`` would then need default
+agents; configured as here, it is passed as an object (``process=Planner(planner, worker)``).
+
 Offline, no API key, about a second:
 
     python examples/custom_process.py

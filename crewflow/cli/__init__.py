@@ -7,6 +7,7 @@ crewflow runs --crew research --limit 5          # recorded runs, newest first
 crewflow show RUN_ID                              # tasks, attempts, timing, usage, outputs
 crewflow resume RUN_ID                            # finish a failed or killed run
 crewflow optimize --crew research                 # the optimizer's report
+crewflow processes                                # built-in and plug-in processes
 crewflow cache clear
 crewflow --version
 ```
@@ -26,8 +27,10 @@ This package is imported only by the console script (and ``python -m crewflow``)
 - ``_common``: exit codes, `UsageProblem`, the one-line error report, opening the database;
 - ``_load``: a crew from a Python file, ``--input`` values;
 - ``_progress``: `ProgressView`, the live per-task status lines;
+- ``_processes``: ``processes``, the built-in and plug-in processes;
 - ``_run``: ``run`` and ``resume`` (loads the crew machinery);
-- ``_store``: ``runs``, ``show``, ``cache clear``, ``optimize``; ``_render`` draws their tables.
+- ``_store``: ``runs``, ``show``, ``cache clear``, ``optimize``; ``_render`` draws what they show;
+- ``_table``: `print_table`, the borderless tables of every command.
 
 The other names below load their module on first use, like ``crewflow``'s own.
 """
@@ -53,10 +56,12 @@ if typing.TYPE_CHECKING:
         find_crew,
         parse_inputs,
     )
+    from crewflow.cli._processes import list_processes, show_processes
     from crewflow.cli._progress import ProgressView
-    from crewflow.cli._render import OUTPUT_LINES, print_table, show_details, show_runs
+    from crewflow.cli._render import OUTPUT_LINES, show_details, show_runs
     from crewflow.cli._run import kickoff, resume, resume_run, run_file, show_result
     from crewflow.cli._store import RunDetails, clear_cache, list_runs, optimize_runs, show_run
+    from crewflow.cli._table import print_table
 
 __all__ = [
     "DEFAULT_CREW_NAME",
@@ -75,6 +80,7 @@ __all__ = [
     "crew_from_file",
     "find_crew",
     "kickoff",
+    "list_processes",
     "list_runs",
     "main",
     "optimize_runs",
@@ -85,6 +91,7 @@ __all__ = [
     "run_file",
     "show_details",
     "show_failure",
+    "show_processes",
     "show_result",
     "show_run",
     "show_runs",
@@ -103,9 +110,10 @@ _WHERE = {
     "crew_from_file": "_load",
     "find_crew": "_load",
     "parse_inputs": "_load",
+    "list_processes": "_processes",
+    "show_processes": "_processes",
     "ProgressView": "_progress",
     "OUTPUT_LINES": "_render",
-    "print_table": "_render",
     "show_details": "_render",
     "show_runs": "_render",
     "kickoff": "_run",
@@ -118,6 +126,7 @@ _WHERE = {
     "list_runs": "_store",
     "optimize_runs": "_store",
     "show_run": "_store",
+    "print_table": "_table",
 }
 
 

@@ -174,6 +174,16 @@ def optimize_command(
     _exit(optimize_runs(crew=crew, runs=runs, as_json=as_json, db=db))
 
 
+@app.command("processes")
+def processes_command(
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """List the processes a crew can name: built in, or installed as plug-ins."""
+    from crewflow.cli._processes import list_processes
+
+    _exit(list_processes(as_json=as_json))
+
+
 cache_app = typer.Typer(name="cache", help="The cache of LLM replies.", no_args_is_help=True)
 app.add_typer(cache_app)
 

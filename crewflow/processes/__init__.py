@@ -27,13 +27,17 @@ from __future__ import annotations
 import importlib
 import inspect
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from crewflow._plan import PlanProblem, ProblemKind
+from crewflow._records import Prediction, ProcessChoice
 from crewflow._runtime.context import ProcessContext
 from crewflow.exceptions import ConfigurationError, InvalidPlan
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pydantic import BaseModel, JsonValue
 
     from crewflow.agent import Agent
@@ -43,14 +47,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Adaptive",
+    "Hierarchical",
     "History",
     "InvalidPlan",
+    "Parallel",
     "PlanProblem",
+    "Prediction",
     "ProblemKind",
     "Process",
+    "ProcessChoice",
     "ProcessContext",
     "ProcessHistory",
+    "ProcessInfo",
+    "Sequential",
     "available_processes",
+    "describe_processes",
     "get_process",
 ]
 
@@ -203,6 +215,78 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
+class ProcessInfo(NamedTuple):
+    """One process a crew can name, as ``crewflow processes`` lists it."""
+
+    name: str
+    """The name users pass as ``Crew(process=...)``."""
+    description: str
+    """The summary of the class's docstring (up to its first blank line), or why it cannot be
+    used; on one line."""
+    origin: str
+    """``"built in"``, or the name of the distribution whose entry point provides it
+    (``"plug-in"`` for an entry point of no known distribution)."""
+
+
+_BUILT_IN = "built in"
+
+
+def describe_processes() -> list[ProcessInfo]:
+    """Every process a crew can name, with its docstring's summary and its origin: the built-in
+    ones first, then the plug-ins of the ``crewflow.processes`` entry-point group by name.
+
+    Each class is loaded to read its docstring, and nothing else is. A plug-in that fails to
+    load, or is not a `Process` subclass, is listed with the error as its description; one
+    whose name is already taken (by a built-in process or another plug-in) is listed as not
+    used, without being loaded, since ``Crew(process=name)`` never gets it.
+
+    Example:
+        ```python
+        for name, description, origin in describe_processes():
+            print(f"{name}: {description} ({origin})")
+        ```
+    """
+    described = [
+        ProcessInfo(name, _summary(partial(_builtin_class, name), ":".join(target)), _BUILT_IN)
+        for name, target in _BUILTIN.items()
+    ]
+    taken = {info.name: info.origin for info in described}
+    # Stable, so that of two plug-ins of one name the one `get_process` finds first is used.
+    for entry_point in sorted(_entry_points(), key=lambda found: found.name):
+        origin = entry_point.dist.name if entry_point.dist is not None else "plug-in"
+        if entry_point.name in taken:
+            first = taken[entry_point.name]
+            description = (
+                "not used: a built-in process has this name"
+                if first == _BUILT_IN
+                else f"not used: another plug-in has this name first ({first})"
+            )
+        else:
+            taken[entry_point.name] = origin
+            description = _summary(entry_point.load, entry_point.value)
+        described.append(ProcessInfo(entry_point.name, description, origin))
+    return described
+
+
+def _builtin_class(name: str) -> object:
+    module, attribute = _BUILTIN[name]
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _summary(load: Callable[[], object], target: str) -> str:
+    """The summary of the docstring of the class ``load`` returns, or why it cannot be used."""
+    try:
+        loaded = load()
+    except Exception as exc:  # a broken plug-in is listed, not fatal
+        return " ".join(f"failed to load {target}: {type(exc).__name__}: {exc}".split())
+    if not (isinstance(loaded, type) and issubclass(loaded, Process)):
+        return f"not a Process subclass: {target}"
+    # The class's own docstring (inspect.getdoc would fall back on Process's); a summary may
+    # wrap over several lines.
+    summary = inspect.cleandoc(loaded.__doc__ or "").split("\n\n", 1)[0]
+    return " ".join(summary.split())
+
+
 def __getattr__(name: str) -> Any:
     # What `ProcessContext.history()` returns, loaded with the store on first use: crews are
     # built without loading the store's modules.
@@ -210,4 +294,8 @@ def __getattr__(name: str) -> Any:
         import crewflow.store
 
         return getattr(crewflow.store, name)
+    # The built-in processes, by class, loaded when first named.
+    for module, attribute in _BUILTIN.values():
+        if name == attribute:
+            return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'crewflow.processes' has no attribute {name!r}")

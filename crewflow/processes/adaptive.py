@@ -16,8 +16,11 @@ then tokens, then the order of the candidates.
 
 **Exploration** (``explore=True``), a binding rule:
 
-- a candidate whose graph lower bound is above 1.5x the best prediction is hopeless, never tried;
-- every other candidate is measured at least twice first (the least measured goes next);
+- a candidate whose lower bound on the graph is above 1.5x the best graph estimate is hopeless,
+  never tried. Both are judged on the graph alone, each task one unit: task durations measured
+  under one candidate's contention must not rule another out before it was ever measured;
+- every other candidate is measured at least twice first (the least measured goes next; ties:
+  the better prediction);
 - then a run explores only when the 9 settled runs before it all ran the best candidate, so at
   most 1 run in 10 explores; it tries the other plausible candidate that ran least recently
   (ties: a draw seeded by ``seed`` and the number of runs).
@@ -52,7 +55,8 @@ if TYPE_CHECKING:
 __all__ = ["Adaptive"]
 
 HOPELESS = 1.5
-"""A candidate whose lower bound is above this many times the best prediction is never tried."""
+"""A candidate whose graph lower bound is above this many times the best graph estimate is
+never tried."""
 MEASURED_RUNS = 2
 """Settled runs of each plausible candidate before the adaptive process stops exploring."""
 EXPLORE_EVERY = 10
@@ -64,8 +68,9 @@ MANAGER_STEPS = 3
 
 
 class Adaptive(Process):
-    """Pick, for each kickoff, the candidate process predicted fastest from the crew's graph
-    and its recorded runs; explore within a seeded bound.
+    """Pick, per kickoff, the candidate process predicted fastest from the graph and past runs.
+
+    Exploration stays within a seeded, binding bound (see the module's docs).
 
     Example:
         ```python
@@ -205,8 +210,14 @@ class Adaptive(Process):
             for name in self.candidates
         ]
         best = min(p.seconds for p in predictions)
+        # Judged on the graph alone, each task one unit: task seconds measured under one
+        # process's contention must not rule another out before it was ever measured.
+        units = dict.fromkeys(ctx.graph.names, 1.0)
+        least = min(
+            _graph_estimate(p, ctx.graph, units, ctx.max_concurrency)[0] for p in self.candidates
+        )
         predictions = [
-            p.model_copy(update={"hopeless": p.lower_bound > HOPELESS * best}) for p in predictions
+            p.model_copy(update={"hopeless": p.lower_bound > HOPELESS * least}) for p in predictions
         ]
         ranked = sorted(predictions, key=lambda p: _rank(p, best, list(self.candidates)))
         top = ranked[0]
@@ -229,10 +240,10 @@ class Adaptive(Process):
 
     def _exploration(self, ranked: list[Prediction], history: History) -> Prediction | None:
         """The candidate this run measures instead of the best, if the rule says to explore."""
-        plausible = [p for p in ranked if not p.hopeless]
-        fewest = min(plausible, key=lambda p: (p.runs, list(self.candidates).index(p.process)))
+        plausible = [ranked[0], *(p for p in ranked[1:] if not p.hopeless)]
+        fewest = min(plausible, key=lambda p: p.runs)  # ties: the better prediction
         if fewest.runs < MEASURED_RUNS:
-            return fewest
+            return None if fewest is ranked[0] else fewest
         others = [p for p in plausible if p.process != ranked[0].process]
         recent = history.recent[: EXPLORE_EVERY - 1]
         if not others or len(recent) < EXPLORE_EVERY - 1:
@@ -286,6 +297,25 @@ def _features(
     return features
 
 
+def _graph_estimate(
+    process: str, graph: TaskGraph, weights: Mapping[str, float], slots: int | None
+) -> tuple[float, float]:
+    """``process``'s duration on ``graph`` by the graph alone, and its lower bound."""
+    dag = graph.nx
+    work = sum(weights.values())
+    critical, _ = _dag.critical_path(dag, weights, default=1.0)
+    spread = max(critical, work / slots) if slots else critical
+    if process == "sequential":
+        return work, work
+    if process in ("parallel", "hierarchical"):
+        estimate = _dag.list_schedule(dag, weights, capacity=slots, default=1.0)
+        if process == "parallel":
+            return estimate, spread
+        manager = MANAGER_STEPS * (work / len(weights) if weights else 1.0)
+        return estimate + manager, spread + manager
+    return work, critical  # a plug-in: the graph says only that it cannot beat the critical path
+
+
 def _predict(
     process: str,
     graph: TaskGraph,
@@ -293,21 +323,10 @@ def _predict(
     history: History,
     slots: int | None,
 ) -> Prediction:
-    dag = graph.nx
-    work = sum(seconds.values())
-    critical, _ = _dag.critical_path(dag, seconds, default=1.0)
-    spread = max(critical, work / slots) if slots else critical
-    if process == "sequential":
-        estimate = bound = work
-    elif process == "parallel":
-        estimate = _dag.list_schedule(dag, seconds, capacity=slots, default=1.0)
-        bound = spread
-    elif process == "hierarchical":
-        manager = MANAGER_STEPS * (work / len(seconds) if seconds else 1.0)
-        estimate = _dag.list_schedule(dag, seconds, capacity=slots, default=1.0) + manager
-        bound = spread + manager
-    else:  # a plug-in: the graph says only that it cannot beat the critical path
-        estimate, bound = work, critical
+    """What ``process`` should take: its measured runs' median, else the graph's estimate (in
+    measured task seconds); its lower bound in task units (see `Prediction`)."""
+    estimate, _ = _graph_estimate(process, graph, seconds, slots)
+    _, bound = _graph_estimate(process, graph, dict.fromkeys(graph.names, 1.0), slots)
     measured = history.processes.get(process)
     runs = measured.settled if measured is not None else 0
     if measured is not None and measured.p50_seconds is not None:
@@ -355,12 +374,13 @@ def _reason(
     if not others:
         return f"{chosen.process}: the only candidate; {shape}"
     other = others[0]
-    unit = "s" if chosen.basis != "graph" or other.basis != "graph" else " task units"
+    unit = " s" if chosen.basis != "graph" or other.basis != "graph" else " task units"
     if chosen.basis != "graph" and other.basis != "graph":
+        mine, theirs = chosen.basis.split()[0], other.basis.split()[0]
+        runs = f"{mine} runs each" if mine == theirs else f"{mine} and {theirs} runs"
         return (
             f"{chosen.process}: {shape}; measured {chosen.seconds:.3g}{unit} against "
-            f"{other.seconds:.3g}{unit} for {other.process} over {chosen.basis} and "
-            f"{other.basis}"
+            f"{other.seconds:.3g}{unit} for {other.process} over {runs}"
         )
     return (
         f"{chosen.process}: {shape}; predicted {chosen.seconds:.3g}{unit} ({chosen.basis}) "

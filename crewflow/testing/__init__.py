@@ -1,7 +1,8 @@
 """Test your crews without a network or an API key.
 
 - `ScriptedLLM` / `FunctionLLM`: LLMs that answer from a script or a function, recording every
-  request.
+  request. `ScriptedManager` scripts a hierarchical crew's manager: its plans (valid or not),
+  its reviews (accept, or `redo`) and its final answer.
 - `OpenAIServer`: a real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol
   (plain and streaming replies, tool calls, 429 with Retry-After, 5xx, slow replies, malformed
   JSON, dropped connections), so the real ``openai`` and ``litellm`` clients run over a socket.
@@ -33,6 +34,7 @@ from crewflow.testing._doubles import (
     reset_limits,
     use_clock,
 )
+from crewflow.testing._manager import VALID_PLAN, ScriptedManager, redo
 from crewflow.testing._server import (
     Disconnect,
     Error,
@@ -48,6 +50,7 @@ from crewflow.testing._server import (
 from crewflow.testing._virtual import VirtualTimeLoop, run_virtual
 
 __all__ = [
+    "VALID_PLAN",
     "Disconnect",
     "Error",
     "EventCapture",
@@ -59,6 +62,7 @@ __all__ = [
     "Reply",
     "ScriptExhausted",
     "ScriptedLLM",
+    "ScriptedManager",
     "Slow",
     "Text",
     "ToolCall",
@@ -66,6 +70,7 @@ __all__ = [
     "VirtualTimeLoop",
     "capture_events",
     "forbid_real_llm_calls",
+    "redo",
     "reset_limits",
     "run_virtual",
     "use_clock",

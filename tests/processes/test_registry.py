@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
@@ -14,10 +14,15 @@ from crewflow.processes import (
     Process,
     ProcessContext,
     available_processes,
+    describe_processes,
     get_process,
 )
 from crewflow.processes.sequential import Sequential
 from crewflow.testing import FunctionLLM
+from tests.entry_points import install_entry_points
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class Backwards(Process):
@@ -54,11 +59,7 @@ def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
         importlib.metadata.EntryPoint("broken", "no_such_module_xyz:Thing", ENTRY_POINT_GROUP),
         importlib.metadata.EntryPoint("other", f"{module}:Backwards", "some.other.group"),
     ]
-
-    def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
-        return [ep for ep in installed if ep.group == group]
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    install_entry_points(monkeypatch, installed)
 
 
 def test_a_builtin_name_gives_a_fresh_process() -> None:
@@ -171,3 +172,84 @@ def test_the_default_validate_accepts_any_graph() -> None:
     crew = Crew(tasks=[Task("c", agent=agent, context=[later]), first, later], process=Backwards())
 
     assert crew.process_name == "backwards"
+
+
+# -- describing them: what `crewflow processes` lists ------------------------------------------
+
+
+@pytest.mark.usefixtures("plugins")
+def test_processes_are_described_by_their_docstrings_summary_builtins_first() -> None:
+    described = describe_processes()
+
+    origins = [info.origin for info in described]
+    assert origins == sorted(origins, key=lambda origin: origin != "built in")
+    plugins = [info.name for info in described if info.origin != "built in"]
+    assert plugins == sorted(plugins)
+    assert {info.name for info in described} == set(available_processes())
+    by_name = {info.name: info for info in described}
+    assert by_name["sequential"] == (
+        "sequential",
+        "Run tasks in list order, one at a time.",
+        "built in",
+    )
+    assert by_name["backwards"] == (
+        "backwards",
+        "A plug-in: runs the tasks last to first.",
+        "plug-in",
+    )
+    assert by_name["nameless"].description == ""  # not Process's docstring
+    builtins = [info for info in described if info.origin == "built in"]
+    assert all(info.description.endswith(".") for info in builtins), builtins  # whole summaries
+
+
+@pytest.mark.usefixtures("plugins")
+def test_a_plugin_that_cannot_be_used_is_described_by_why() -> None:
+    by_name = {info.name: info.description for info in describe_processes()}
+
+    assert by_name["broken"] == (
+        "failed to load no_such_module_xyz:Thing: "
+        "ModuleNotFoundError: No module named 'no_such_module_xyz'"
+    )
+    assert by_name["bogus"] == f"not a Process subclass: {__name__}:NOT_A_PROCESS"
+
+
+def test_a_failed_plugins_error_is_described_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "crashing_plugin_xyz.py").write_text(
+        'raise RuntimeError("the config is missing:\\n  ~/.crashing.toml")\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    installed = [
+        importlib.metadata.EntryPoint("crashing", "crashing_plugin_xyz:Thing", ENTRY_POINT_GROUP)
+    ]
+    install_entry_points(monkeypatch, installed)
+
+    (crashing,) = [info for info in describe_processes() if info.name == "crashing"]
+
+    assert crashing.description == (
+        "failed to load crashing_plugin_xyz:Thing: "
+        "RuntimeError: the config is missing: ~/.crashing.toml"
+    )
+
+
+def test_a_plugin_whose_name_is_taken_is_listed_as_not_used_and_not_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The two shadowed ones cannot load: loading either would describe it as "failed to load".
+    installed = [
+        importlib.metadata.EntryPoint("sequential", "no_such_module_xyz:A", ENTRY_POINT_GROUP),
+        importlib.metadata.EntryPoint("backwards", f"{__name__}:Backwards", ENTRY_POINT_GROUP),
+        importlib.metadata.EntryPoint("backwards", "no_such_module_xyz:B", ENTRY_POINT_GROUP),
+    ]
+    install_entry_points(monkeypatch, installed)
+
+    described = describe_processes()
+
+    # Plug-ins by name; of two of one name, the one installed first is used.
+    plugins = [(info.name, info.description) for info in described if info.origin != "built in"]
+    assert plugins == [
+        ("backwards", "A plug-in: runs the tasks last to first."),
+        ("backwards", "not used: another plug-in has this name first (plug-in)"),
+        ("sequential", "not used: a built-in process has this name"),
+    ]

@@ -314,3 +314,97 @@ async def test_executing_a_task_that_was_never_added_says_how_to_add_it() -> Non
 
     with pytest.raises(CrewRunError, match=r"not a task of this run: add it with ctx\.add_tasks"):
         await one_task_crew(ScriptedLLM([]), body).kickoff(inputs={"topic": "x"})
+
+
+def two_task_crew(body: Callable[[ProcessContext], Awaitable[None]], **kw: Any) -> Crew:
+    llm = FunctionLLM(lambda request: f"out {(request.messages[1].content or '').split()[0]}")
+    agent = Agent(role="Worker", goal="Work", llm=llm)
+    first = Task("first", agent=agent, name="first", context=[])
+    second = Task("second", agent=agent, name="second", context=[first])
+    return Crew(tasks=[first, second], process=custom(body), **kw)
+
+
+async def test_a_delegated_task_ends_with_the_output_of_the_task_it_was_delegated_to() -> None:
+    async def body(ctx: ProcessContext) -> None:
+        await ctx.add_tasks([Task("draft", name="first.draft", context=[])])
+        await ctx.delegate("first", "first.draft")
+        assert "first" not in [ctx.graph.name_of(task) for task in ctx.ready()]
+        await ctx.run_ready()
+
+    store = MemoryStore()
+    with capture_events() as captured:
+        result = await two_task_crew(body, store=store).kickoff()
+
+    assert result["first"].text == "out draft"  # taken over, never run itself
+    assert result["second"].text == "out second"  # its dependant got that output
+    assert [e.task for e in captured.of_type(ev.TaskStarted)] == ["first.draft", "second"]
+    finished = {e.task: e.attempt for e in captured.of_type(ev.TaskFinished)}
+    assert finished["first"] == 0
+    assert (await store.outputs(result.run_id))["first"].text == "out draft"  # checkpointed
+    assert result.timeline[0].attempts == ()
+
+
+async def test_delegating_again_points_the_task_at_the_new_one() -> None:
+    async def body(ctx: ProcessContext) -> None:
+        await ctx.add_tasks([Task("one", name="v1", context=[])])
+        await ctx.delegate("first", "v1")
+        await ctx.run_ready()
+        await ctx.add_tasks([Task("two", name="v2", context=[])])
+        await ctx.delegate("first", "v2")
+        await ctx.run_ready()
+
+    store = MemoryStore()
+    result = await two_task_crew(body, store=store).kickoff()
+
+    assert result["first"].text == "out two"
+    assert (await store.outputs(result.run_id))["first"].text == "out two"
+
+
+async def test_a_task_delegated_to_one_that_fails_is_skipped() -> None:
+    def answer(request: LLMRequest) -> str | Error:
+        word = (request.messages[1].content or "").split()[0]
+        return Error(400, "no") if word == "broken" else f"out {word}"
+
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(answer))
+
+    async def body(ctx: ProcessContext) -> None:
+        await ctx.add_tasks([Task("broken", name="step", agent=agent, context=[])])
+        await ctx.delegate("first", "step")
+        await ctx.run_ready()
+
+    first = Task("first", agent=agent, name="first", context=[])
+    second = Task("second", agent=agent, name="second", context=[first])
+    crew = Crew(tasks=[first, second], process=custom(body), on_failure="continue", store=None)
+    with pytest.raises(CrewRunError) as raised:
+        await crew.kickoff()
+
+    statuses = {record.task: record.status for record in raised.value.timeline}
+    assert statuses == {"first": "skipped", "second": "skipped", "step": "failed"}
+
+
+@pytest.mark.parametrize(
+    ("delegation", "message"),
+    [
+        (("first", "nowhere"), "'nowhere' is not a task of this run"),
+        (("first", "second"), "which depends on 'first'"),
+        (("first", "first"), "which depends on 'first'"),
+    ],
+)
+async def test_a_delegation_that_cannot_end_is_refused(
+    delegation: tuple[str, str], message: str
+) -> None:
+    async def body(ctx: ProcessContext) -> None:
+        await ctx.delegate(*delegation)
+
+    with pytest.raises(CrewRunError, match=message):
+        await two_task_crew(body, store=None).kickoff()
+
+
+async def test_a_task_that_already_ran_cannot_be_delegated() -> None:
+    async def body(ctx: ProcessContext) -> None:
+        await ctx.execute(ctx.graph.task("first"))
+        await ctx.add_tasks([Task("late", name="late", context=[])])
+        await ctx.delegate("first", "late")
+
+    with pytest.raises(CrewRunError, match="delegated 'first', which has already started"):
+        await two_task_crew(body, store=None).kickoff()
