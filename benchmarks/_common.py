@@ -129,19 +129,25 @@ def _fmt(value: object) -> str:
 # Run with ``python -c``: the server runs on its own loop in a thread of that process; the main
 # thread answers one command per stdin line ("stats", "reset") with one JSON line on stdout, and
 # stops the server when stdin closes. A prompt holding ``[[KEY]]`` (first occurrence in the last
-# user message) is answered after ``durations[KEY]`` seconds instead of the fixed latency.
+# user message) is answered after ``durations[KEY]`` seconds instead of the fixed latency. With a
+# busy limit (argv[3]), a request that arrives while more than that many are in flight (itself
+# included) is answered 429 with Retry-After argv[4] seconds, as a provider's rate limit would.
 _COUNTING_SERVER = r"""
 import json, re, sys, time
-from crewflow.testing import OpenAIServer, Slow, Text
+from crewflow.testing import Error, OpenAIServer, Slow, Text
 
 latency = float(sys.argv[1])
 durations = {}
 if len(sys.argv) > 2 and sys.argv[2]:
     with open(sys.argv[2]) as file:
         durations = json.load(file)
+busy = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] else None
+retry_after = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
 key = re.compile(r"\[\[([^\]]+)\]\]")
 
 def responder(request):
+    if busy is not None and server.in_flight > busy:
+        return Error(429, "too many requests in flight", retry_after=retry_after)
     last = request.last_user_message
     match = key.search(last)
     if match is None or match.group(1) not in durations:
@@ -243,18 +249,32 @@ class CountingServer:
 
 @contextlib.contextmanager
 def counting_server(
-    latency: float = 0.0, durations: Mapping[str, float] | None = None
+    latency: float = 0.0,
+    durations: Mapping[str, float] | None = None,
+    *,
+    busy_limit: int | None = None,
+    retry_after: float = 1.0,
 ) -> Iterator[CountingServer]:
     """Like `loopback_server` (its own process, so timings do not share our GIL), but the
     handle also reads the server's own counters (`CountingServer.stats`), and a prompt holding
-    ``[[KEY]]`` is answered after ``durations[KEY]`` seconds instead of ``latency``."""
+    ``[[KEY]]`` is answered after ``durations[KEY]`` seconds instead of ``latency``. With
+    ``busy_limit``, a request arriving while more than ``busy_limit`` are in flight (itself
+    included) is answered 429 with a Retry-After of ``retry_after`` seconds."""
     with tempfile.TemporaryDirectory() as folder:
         path = ""
         if durations:
             path = str(Path(folder) / "durations.json")
             Path(path).write_text(json.dumps(dict(durations)))
         process = subprocess.Popen(
-            [sys.executable, "-c", _COUNTING_SERVER, str(latency), path],
+            [
+                sys.executable,
+                "-c",
+                _COUNTING_SERVER,
+                str(latency),
+                path,
+                "" if busy_limit is None else str(busy_limit),
+                str(retry_after),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

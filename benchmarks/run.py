@@ -17,6 +17,7 @@ BENCHMARKS = (
     "overhead.py",
     "fanout.py",
     "dag.py",
+    "adaptive.py",
     "scale.py",
     "graph.py",
     "rate.py",
