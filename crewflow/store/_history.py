@@ -130,13 +130,18 @@ class RunAttempts:
         end = self.record.ended or max(ends, default=self.record.started)
         return max(0.0, (end - self.record.started).total_seconds())
 
-    def task_duration(self, task: str) -> float | None:
-        """The task's measured duration, if its last attempt completed."""
+    def task_duration(self, task: str, *, waits: bool = True) -> float | None:
+        """The task's measured duration, if its last attempt completed; ``waits=False``: less
+        the time its calls waited for limits (Retry-After pauses, rate and concurrency
+        limits), which says how busy the provider was rather than how long the task is."""
         attempts = self.attempts.get(task)
         if not attempts or attempts[-1].status != TaskStatus.COMPLETED:
             return None
-        first = attempts[-1] if self.record.resumed else attempts[0]
-        return max(0.0, (attempts[-1].end - first.start).total_seconds())
+        counted = attempts[-1:] if self.record.resumed else attempts
+        seconds = (attempts[-1].end - counted[0].start).total_seconds()
+        if not waits:
+            seconds -= sum(attempt.limit_wait for attempt in counted)
+        return max(0.0, seconds)
 
 
 async def load_attempts(store: Store, records: Iterable[RunRecord]) -> list[RunAttempts]:
@@ -144,12 +149,13 @@ async def load_attempts(store: Store, records: Iterable[RunRecord]) -> list[RunA
     return [RunAttempts.of(record, await store.attempts(record.run_id)) for record in records]
 
 
-def median_task_seconds(runs: Iterable[RunAttempts]) -> dict[str, float]:
-    """Each task's median duration over ``runs``, in first-seen order."""
+def median_task_seconds(runs: Iterable[RunAttempts], *, waits: bool = True) -> dict[str, float]:
+    """Each task's median duration over ``runs``, in first-seen order (``waits=False``: less
+    its limit waits, see `RunAttempts.task_duration`)."""
     measured: dict[str, list[float]] = defaultdict(list)
     for run in runs:
         for task in dict.fromkeys([*run.record.graph, *run.attempts]):
-            seconds = run.task_duration(task)
+            seconds = run.task_duration(task, waits=waits)
             if seconds is not None:
                 measured[task].append(seconds)
     return {task: median(values) for task, values in measured.items()}
@@ -190,7 +196,9 @@ class History(BaseModel):
         crew_key: The crew key.
         runs: Settled runs read (at most `HISTORY_RUNS`, the newest).
         processes: Per process that ran them, what its runs measured.
-        task_seconds: Each task's median duration over the newest clean runs.
+        task_seconds: Each task's median duration over the newest clean runs, less the time
+            its calls waited for limits (how long the task takes, not how busy the provider
+            was while it ran).
         recent: The process that ran each of those settled runs, newest first.
     """
 
@@ -237,6 +245,8 @@ async def read_history(
         crew_key=crew_key,
         runs=len(records),
         processes={name: process_history(name, group) for name, group in by_process.items()},
-        task_seconds=median_task_seconds(await load_attempts(store, clean[:task_runs])),
+        task_seconds=median_task_seconds(
+            await load_attempts(store, clean[:task_runs]), waits=False
+        ),
         recent=[record.ran for record in records],
     )
