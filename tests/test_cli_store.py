@@ -9,6 +9,7 @@ Every test has its own ``CREWFLOW_HOME``, so the default database is a fresh fil
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 CREWS = Path(__file__).parent / "cli_crews"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.fixture
@@ -241,6 +243,31 @@ def test_runs_table_has_a_row_per_run_with_status_duration_size_and_usage(home: 
     assert "running" in live
 
 
+def on_terminal(width: int, *args: str) -> tuple[int, list[str]]:
+    """The command's exit code and output lines as a ``width``-column terminal shows them
+    (without the colour codes): there, tables leave out columns to fit."""
+    # TERM=dumb would make rich assume 80 columns.
+    env = {"COLUMNS": str(width), "TTY_COMPATIBLE": "1", "TERM": "xterm-256color"}
+    result = CliRunner().invoke(cli.app, list(args), env=env)
+    assert not result.exception or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, ANSI.sub("", result.stdout).splitlines()
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_runs_without_any_cost_fits_a_narrow_terminal(home: Path, width: int) -> None:
+    # No run has a cost, so there is no cost column to leave out (issue 11: it raised).
+    long_id = "0123456789abcdef0123456789abcdef"
+    fill(home / "runs.db", [record(long_id), record("other", minute=1, crew="a-long-crew-name")])
+
+    code, lines = on_terminal(width, "runs")
+
+    assert code == 0
+    assert lines[0].split()[:2] == ["run", "id"]
+    assert not any("cost" in line for line in lines)
+    assert any(line.startswith(long_id + " ") for line in lines)  # an id is never cut
+    assert max(len(line) for line in lines) <= width
+
+
 def test_runs_reads_the_database_given_with_db(home: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere" / "my.db"
     fill(elsewhere, [record("there")])
@@ -375,7 +402,8 @@ def test_show_json_holds_the_run_its_attempts_and_outputs(home: Path) -> None:
 
     shown = invoke_json("show", "r1")
 
-    assert set(shown) == {"run", "added", "attempts", "outputs"}
+    assert set(shown) == {"run", "added", "attempts", "outputs", "plan", "choice"}
+    assert shown["plan"] is shown["choice"] is None  # nothing planned, nothing chosen
     assert shown["run"]["run_id"] == "r1"
     assert shown["run"]["source"] == {"file": "/crews/research.py", "attribute": "crew"}
     assert shown["added"] == []

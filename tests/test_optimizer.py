@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from crewflow import Agent, Crew, Task
+from crewflow._records import Prediction, ProcessChoice
 from crewflow.llm._types import Usage
 from crewflow.optimizer import (
     RecommendationKind,
@@ -76,9 +77,11 @@ async def add_run(
     ended: float | None = None,
     graph: dict[str, list[str]] | None = None,
     status: RunStatus = RunStatus.COMPLETED,
+    choice: ProcessChoice | None = None,
     **fields: Any,
 ) -> None:
-    """Record a run with its attempts; it ends when its last attempt does, unless told."""
+    """Record a run with its attempts; it ends when its last attempt does, unless told. A
+    ``choice`` is recorded as a choosing process records it (``ctx.choose``)."""
     if ended is None:
         ended_at = max((row.end for row in attempts), default=at(started))
     else:
@@ -93,6 +96,9 @@ async def add_run(
         **fields,
     )
     await store.start_run(record)
+    if choice is not None:
+        details = {"choice": choice.model_dump(mode="json")}
+        await store.record_choice(run_id, choice.process, choice.reason, details)
     for row in attempts:
         await store.record_attempt(run_id, row)
     if status != RunStatus.RUNNING:
@@ -108,8 +114,8 @@ async def sequential_fan_out(store: Store, runs: int = 3, **fields: Any) -> None
         await add_run(store, f"seq-{index}", rows, started=base, graph=FAN_OUT, **fields)
 
 
-def text_of(report: Report) -> str:
-    console = Console(file=io.StringIO(), width=120, record=True)
+def text_of(report: Report, width: int = 120) -> str:
+    console = Console(file=io.StringIO(), width=width, record=True)
     render(report, console)
     return console.export_text()
 
@@ -553,6 +559,208 @@ async def test_task_seconds_look_past_runs_of_other_keys_and_runs_that_are_not_c
 
     assert (await read_history(store, "k1", task_runs=1)).task_seconds == {"a": 3.0}
     assert (await read_history(store, "k2", task_runs=1)).task_seconds == {"a": 1.0}
+
+
+# -- what a choosing process learned ---------------------------------------------------------------
+
+
+def chose(
+    process: str, predicted: dict[str, float], *, explored: bool = False, basis: str = "3 runs"
+) -> ProcessChoice:
+    """What adaptive records when it picks ``process``, having predicted those seconds."""
+    predictions = [
+        Prediction(process=name, seconds=seconds, lower_bound=1.0, basis=basis)
+        for name, seconds in sorted(predicted.items(), key=lambda item: item[1])
+    ]
+    return ProcessChoice(
+        process=process, reason=f"{process}: why", explored=explored, predictions=predictions
+    )
+
+
+async def adaptive_history(store: Store) -> None:
+    """Ten settled runs of crew key k1, one resumed, and runs of other keys.
+
+    Direct runs: sequential 10, 12, 14 s; parallel 4, 6 s. Adaptive runs: a1 chose parallel
+    (predicted 5 s, took 5 s), a2 explored sequential (predicted 12 s, took 10 s), a3 chose
+    parallel (predicted 4 s, took 8 s), a4 chose parallel and failed, a5 chose parallel on a
+    prediction in task units (took 6 s). So parallel's p50 is 6 s (4, 5, 6, 6, 8), sequential's
+    11 s (10, 10, 12, 14).
+    """
+    predicted = {"parallel": 5.0, "sequential": 12.0}
+    runs: list[tuple[str, str, float, dict[str, Any]]] = [
+        ("s1", "sequential", 10, {}),
+        ("s2", "sequential", 12, {}),
+        ("s3", "sequential", 14, {}),
+        ("p1", "parallel", 4, {}),
+        ("p2", "parallel", 6, {}),
+        ("a1", "adaptive", 5, {"choice": chose("parallel", predicted)}),
+        ("a2", "adaptive", 10, {"choice": chose("sequential", predicted, explored=True)}),
+        ("a3", "adaptive", 8, {"choice": chose("parallel", {**predicted, "parallel": 4.0})}),
+        ("a4", "adaptive", 3, {"choice": chose("parallel", predicted), "ok": False}),
+        (
+            "a5",
+            "adaptive",
+            6,
+            {"choice": chose("parallel", {"parallel": 2, "sequential": 3}, basis="graph")},
+        ),
+        # Not settled: resumed, so neither its duration nor its choice counts.
+        ("a6", "adaptive", 100, {"choice": chose("sequential", predicted), "resumed": 1}),
+    ]
+    for index, (run_id, process, seconds, extra) in enumerate(runs):
+        base, ok = 1000.0 * index, extra.pop("ok", True)
+        await add_run(
+            store,
+            run_id,
+            [attempt("a", base, base + seconds, ok=ok)],
+            started=base,
+            process=process,
+            crew_key="k1",
+            status=RunStatus.COMPLETED if ok else RunStatus.FAILED,
+            **extra,
+        )
+    # Other keys: direct runs only (no learning), and adaptive runs recorded without a key.
+    await add_run(store, "other-key", [attempt("a", 20000, 20001)], started=20000, crew_key="k2")
+    await add_run(
+        store,
+        "no-key",
+        [attempt("a", 21000, 21001)],
+        started=21000,
+        process="adaptive",
+        choice=chose("parallel", predicted),
+    )
+
+
+async def test_learning_measures_each_process_of_the_crew_key_as_history_does() -> None:
+    store = MemoryStore()
+    await adaptive_history(store)
+
+    (learning,) = (await analyze(store, "research")).learning
+
+    assert (learning.crew, learning.crew_key, learning.runs) == ("research", "k1", 10)
+    parallel, sequential = learning.processes  # fastest first
+    assert (parallel.process, parallel.runs, parallel.settled) == ("parallel", 5, 6)
+    assert parallel.success_rate == pytest.approx(5 / 6)
+    assert parallel.p50_seconds == 6.0
+    assert (parallel.chosen, parallel.explored) == (4, 0)
+    assert (sequential.process, sequential.runs, sequential.settled) == ("sequential", 4, 4)
+    assert sequential.p50_seconds == 11.0
+    assert (sequential.chosen, sequential.explored) == (1, 1)
+    history = await read_history(store, "k1")
+    assert {p.process: p.p50_seconds for p in learning.processes} == {
+        name: measured.p50_seconds for name, measured in history.processes.items()
+    }
+
+
+async def test_regret_compares_each_completed_adaptive_run_with_the_fastest_p50() -> None:
+    store = MemoryStore()
+    await adaptive_history(store)
+
+    (learning,) = (await analyze(store)).learning
+    (stats,) = learning.choices
+
+    assert (stats.process, stats.runs, stats.failed) == ("adaptive", 5, 1)
+    assert (stats.best_process, stats.best_p50_seconds) == ("parallel", 6.0)
+    regrets = {o.run_id: o.regret for o in stats.outcomes}
+    assert regrets == pytest.approx(
+        {"a5": 0.0, "a4": None, "a3": 8 / 6 - 1, "a2": 10 / 6 - 1, "a1": 5 / 6 - 1}
+    )
+    assert list(regrets) == ["a5", "a4", "a3", "a2", "a1"]  # newest first
+    assert (stats.regret_runs, stats.regret_explored) == (4, 1)
+    assert stats.regret_mean == pytest.approx((0 + 2 / 6 + 4 / 6 - 1 / 6) / 4)
+    assert stats.regret_max == pytest.approx(4 / 6)
+
+
+async def test_predictions_in_seconds_are_compared_with_the_measured_durations() -> None:
+    store = MemoryStore()
+    await adaptive_history(store)
+
+    (learning,) = (await analyze(store)).learning
+    (stats,) = learning.choices
+
+    outcomes = {o.run_id: o for o in stats.outcomes}
+    # a2 explored sequential: its prediction is sequential's (12 s), not the best one's.
+    assert [
+        (outcomes[r].predicted_seconds, outcomes[r].actual_seconds) for r in ("a1", "a2", "a3")
+    ] == [
+        (5.0, 5.0),
+        (12.0, 10.0),
+        (4.0, 8.0),
+    ]
+    assert outcomes["a2"].error == pytest.approx(0.2)
+    assert outcomes["a3"].error == pytest.approx(-0.5)
+    assert (outcomes["a4"].status, outcomes["a4"].actual_seconds, outcomes["a4"].error) == (
+        RunStatus.FAILED,
+        None,
+        None,
+    )
+    # a5's predictions rest on the graph alone: task units, not seconds.
+    assert (outcomes["a5"].predicted_seconds, outcomes["a5"].error) == (None, None)
+    assert stats.predicted_runs == 3
+    assert stats.prediction_error == pytest.approx((0 + 0.2 + 0.5) / 3)
+
+
+async def test_without_a_clean_run_there_is_no_regret_yet() -> None:
+    store = MemoryStore()
+    failing = chose("parallel", {"parallel": 1.0, "sequential": 2.0})
+    for index in range(2):
+        await add_run(
+            store,
+            f"f{index}",
+            [attempt("a", 10 * index, 10 * index + 1, ok=False)],
+            started=10 * index,
+            process="adaptive",
+            crew_key="k1",
+            status=RunStatus.FAILED,
+            choice=failing,
+        )
+
+    (learning,) = (await analyze(store)).learning
+    (stats,) = learning.choices
+
+    assert [(p.process, p.runs, p.settled, p.p50_seconds) for p in learning.processes] == [
+        ("parallel", 0, 2, None)
+    ]
+    assert (stats.runs, stats.failed, stats.best_process, stats.regret_runs) == (2, 2, None, 0)
+    assert (stats.regret_mean, stats.regret_max, stats.prediction_error) == (None, None, None)
+
+
+async def test_crews_without_a_choosing_process_have_no_learning() -> None:
+    store = MemoryStore()
+    await sequential_fan_out(store, crew_key="k1")
+
+    assert (await analyze(store)).learning == []
+
+
+async def test_a_sqlite_history_gives_the_same_learning(tmp_path: Path) -> None:
+    memory = MemoryStore()
+    await adaptive_history(memory)
+    async with SQLiteStore(tmp_path / "runs.db") as store:
+        await adaptive_history(store)
+        report = await analyze(store)
+
+    assert report.learning == (await analyze(memory)).learning
+    assert Report.model_validate_json(report.model_dump_json()) == report
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+async def test_render_shows_the_learning_at_any_width(width: int) -> None:
+    store = MemoryStore()
+    await adaptive_history(store)
+
+    text = text_of(await analyze(store, "research"), width=width)
+
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    assert "Learning of research (crew key k1): 10 settled runs" in lines
+    assert "parallel 5 83 % 6.0 s 4 0" in lines
+    assert "sequential 4 100 % 11.0 s 1 1" in lines
+    assert "adaptive: 5 settled runs, 1 failed" in lines
+    assert "fastest: parallel, p50 6.0 s" in lines
+    if width >= 80:  # at 60 columns the summary lines may wrap
+        assert "regret: mean +21 %, max +67 % over 4 runs, 1 explored" in lines
+        assert "prediction error: mean ±23 % over 3 runs" in lines
+    assert any(line.startswith("a2") and "sequential*" in line for line in lines)
+    assert "* explored: chosen to measure it, not as the best prediction" in lines
+    assert max(len(line) for line in text.splitlines()) <= width
 
 
 # -- edges and output ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from crewflow.cli._common import format_seconds
 from crewflow.cli._table import Cell as _Cell
 from crewflow.cli._table import print_table
 from crewflow.store import RunStatus
+from crewflow.store._history import run_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 
     from rich.console import Console, RenderableType
 
-    from crewflow.cli._store import RunDetails
+    from crewflow._records import ProcessChoice
+    from crewflow.cli._store import RecordedPlan, RunDetails
     from crewflow.store import AttemptRecord, OutputRow, RunRecord
 
 _RUN_STYLES: dict[str, str] = {
@@ -67,7 +69,7 @@ def show_runs(console: Console, records: Sequence[RunRecord]) -> None:
     The cost column is there when some run's cost is known.
     """
     costs = any(run.usage.cost is not None for run in records)
-    columns = ["run id", "crew~", "process~", "status", "started", "duration>", "tasks>"]
+    columns = ["run id!", "crew~", "process~", "status", "started", "duration>", "tasks>"]
     columns += ["tokens>", *(["cost>"] if costs else [])]
     rows: list[list[_Cell]] = []
     for run in records:
@@ -83,7 +85,8 @@ def show_runs(console: Console, records: Sequence[RunRecord]) -> None:
             f"{usage.prompt_tokens + usage.completion_tokens:,}",
         ]
         rows.append([*cells, *([_cost(usage.cost)] if costs else [])])
-    print_table(console, columns, rows, optional=["process~", "tasks>", "cost>", "duration>"])
+    optional = ["process~", "tasks>", "cost>", "duration>", "tokens>", "started"]
+    print_table(console, columns, rows, optional=optional)
 
 
 @dataclass
@@ -116,8 +119,14 @@ def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
 
 
 def show_details(console: Console, details: RunDetails, *, full: bool = False) -> None:
-    """The run's header, a table of its tasks, their errors, then each output."""
+    """The run's header; the choice of a choosing process (adaptive) and the plan of a planning
+    one (hierarchical); a table of its tasks, their errors, then each output."""
     console.print(_header(details.run))
+    choice, plan = details.choice, details.plan
+    if choice is not None:
+        _show_choice(console, details.run, choice)
+    if plan is not None:
+        _show_plan(console, plan)
     tasks = _task_summaries(details)
     _show_tasks(console, details.run, tasks)
     for task in tasks:
@@ -142,6 +151,7 @@ def _header(run: RunRecord) -> Table:
         ("run id", Text(run.run_id)),
         ("crew", Text(run.crew)),
         ("process", Text(f"{process}{reason}")),
+        *_explored_row(run.choice),
         ("status", _status(run.status)),
         ("started", _when(run.started)),
         ("ended", _when(run.ended) if run.ended else ""),
@@ -166,6 +176,75 @@ def _header(run: RunRecord) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _explored_row(choice: ProcessChoice | None) -> list[tuple[str, RenderableType]]:
+    if choice is None:
+        return []
+    if not choice.explored:
+        return [("explored", "no: it ran the best prediction")]
+    best = choice.predictions[0].process if choice.predictions else "another candidate"
+    return [("explored", Text(f"yes: it ran {choice.process} to measure it (best: {best})"))]
+
+
+def _in_seconds(choice: ProcessChoice) -> bool:
+    """Whether the predictions are seconds, not task units: graph estimates are in seconds
+    once some earlier run measured the tasks, and then some candidate has measured runs."""
+    return any(prediction.basis != "graph" for prediction in choice.predictions)
+
+
+def _predicted(seconds: float, in_seconds: bool) -> str:
+    return _duration(seconds) if in_seconds else f"{seconds:.3g} units"
+
+
+def _show_choice(console: Console, run: RunRecord, choice: ProcessChoice) -> None:
+    """What the choosing process predicted of each candidate, best first; for a clean run, the
+    chosen prediction against the measured duration."""
+    if not choice.predictions:
+        return
+    in_seconds = _in_seconds(choice)
+    unit = "" if in_seconds else " (task units: no task measured yet)"
+    console.print(Text(f"Predictions of {run.process}, best first{unit}", style="bold"))
+    columns = ["candidate~", "predicted>", "basis", "success>", "hopeless", "lower bound>"]
+    rows: list[list[_Cell]] = [
+        [
+            Text(f"{p.process} (ran)" if p.process == choice.process else p.process),
+            _predicted(p.seconds, in_seconds),
+            Text(p.basis),
+            "–" if p.success is None else f"{p.success * 100:.0f} %",
+            "yes" if p.hopeless else "",
+            _predicted(p.lower_bound, in_seconds),
+        ]
+        for p in choice.predictions
+    ]
+    print_table(console, columns, rows, optional=["lower bound>"])
+    actual = run_seconds(run)
+    chosen = next((p for p in choice.predictions if p.process == choice.process), None)
+    if actual is None or chosen is None or not in_seconds:
+        return
+    off = f": off by {(chosen.seconds - actual) / actual * 100:+.0f} %" if actual > 0 else ""
+    line = f"took {_duration(actual)}, predicted {_duration(chosen.seconds)}{off}"
+    console.print(Text(line), soft_wrap=True)
+
+
+def _show_plan(console: Console, plan: RecordedPlan) -> None:
+    """Each crew task with its steps (worker, the tasks it waits for, its instructions), one
+    line each, cut to the width."""
+    source = "fixed by the process's configuration" if plan.task is None else f"from {plan.task}"
+    console.print(Text(f"Plan ({source})", style="bold"))
+    for task, steps in plan.steps.items():
+        console.print(Text(f"  {task}"), soft_wrap=True)
+        for number, step in enumerate(steps, start=1):
+            after = f" (after {', '.join(step.after)})" if step.after else ""
+            line = Text.assemble(
+                f"    {number}. ",
+                (step.worker, "bold"),
+                after,
+                ": ",
+                " ".join(step.instructions.split()),  # one line: newlines become spaces
+            )
+            line.truncate(console.width, overflow="ellipsis")
+            console.print(line, soft_wrap=True)
 
 
 def _show_tasks(console: Console, run: RunRecord, tasks: Sequence[_TaskSummary]) -> None:

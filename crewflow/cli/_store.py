@@ -23,7 +23,46 @@ from crewflow.store import MemoryStore
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pydantic import JsonValue
+
+    from crewflow._records import ProcessChoice
     from crewflow.store import AddedTaskRecord, AttemptRecord, OutputRow, RunRecord, Store
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a recorded plan: who did it, what to do, the crew tasks it waited for."""
+
+    worker: str
+    instructions: str
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordedPlan:
+    """The plan a planning process (hierarchical) followed in a run.
+
+    Attributes:
+        task: The manager's answer it is: ``"plan"``, or ``"plan.N"`` when the plan was asked
+            for again (the last one asked); ``None`` when the process's configuration fixed it.
+        steps: Each crew task's steps, in order.
+    """
+
+    task: str | None
+    steps: dict[str, list[PlanStep]]
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """``{"task": ..., "steps": {crew_task: [{worker, instructions, after}]}}``."""
+        return {
+            "task": self.task,
+            "steps": {
+                name: [
+                    {"worker": s.worker, "instructions": s.instructions, "after": list(s.after)}
+                    for s in steps
+                ]
+                for name, steps in self.steps.items()
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -36,9 +75,29 @@ class RunDetails:
     attempts: list[AttemptRecord]
     outputs: dict[str, OutputRow]
 
+    @property
+    def choice(self) -> ProcessChoice | None:
+        """What a choosing process (adaptive) recorded of its choice, if one chose."""
+        return self.run.choice
+
+    @property
+    def plan(self) -> RecordedPlan | None:
+        """The plan the run followed, when its process planned: the manager's last answer to
+        ``plan`` (``plan.2``, ... when asked again), else a plan fixed in its configuration."""
+        asked = [name for name in self.outputs if _plan_number(name) and name not in self.run.graph]
+        last = max(asked, key=_plan_number, default=None)
+        steps = None if last is None else _plan_steps(self.outputs[last].data)
+        if steps is not None:
+            return RecordedPlan(last, steps)
+        config = _config_of_ran(self.run)
+        steps = _plan_steps(config.get("plan")) if config is not None else None
+        return None if steps is None else RecordedPlan(None, steps)
+
     def to_json(self) -> str:
-        """``{"run": ..., "added": [...], "attempts": [...], "outputs": {task: ...}}``,
-        indented."""
+        """``{"run": ..., "added": [...], "attempts": [...], "outputs": {task: ...}, "plan": ...,
+        "choice": ...}``, indented; ``plan`` is `RecordedPlan.to_json`, ``choice`` the
+        `ProcessChoice` (each ``null`` when the run has none)."""
+        choice, plan = self.choice, self.plan
         return json.dumps(
             {
                 "run": self.run.model_dump(mode="json"),
@@ -47,10 +106,59 @@ class RunDetails:
                 "outputs": {
                     name: row.model_dump(mode="json") for name, row in self.outputs.items()
                 },
+                "plan": None if plan is None else plan.to_json(),
+                "choice": None if choice is None else choice.model_dump(mode="json"),
             },
             indent=2,
             ensure_ascii=False,
         )
+
+
+def _plan_number(name: str) -> int:
+    """1 for ``plan``, N for ``plan.N``, 0 for any other name."""
+    if name == "plan":
+        return 1
+    prefix, _, number = name.partition(".")
+    return int(number) if prefix == "plan" and number.isdigit() else 0
+
+
+def _plan_steps(data: JsonValue) -> dict[str, list[PlanStep]] | None:
+    """A plan's steps from its JSON (``{crew_task: [{worker, instructions, after}]}``), or
+    ``None`` when ``data`` is not one."""
+    if not isinstance(data, dict) or not data:
+        return None
+    steps: dict[str, list[PlanStep]] = {}
+    for task, entries in data.items():
+        if not isinstance(entries, list):
+            return None
+        steps[task] = []
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("worker"), str):
+                return None
+            instructions, after = entry.get("instructions"), entry.get("after")
+            steps[task].append(
+                PlanStep(
+                    worker=str(entry["worker"]),
+                    instructions=instructions if isinstance(instructions, str) else "",
+                    after=tuple(a for a in after if isinstance(a, str))
+                    if isinstance(after, list)
+                    else (),
+                )
+            )
+    return steps
+
+
+def _config_of_ran(run: RunRecord) -> dict[str, JsonValue] | None:
+    """The configuration of the process that ran the tasks: a choosing process records its
+    candidates' (``{"candidates": [{"name": ..., "config": {...}}]}``)."""
+    if run.chosen is None:
+        return run.process_config
+    candidates = run.process_config.get("candidates")
+    for candidate in candidates if isinstance(candidates, list) else []:
+        if isinstance(candidate, dict) and candidate.get("name") == run.chosen:
+            config = candidate.get("config")
+            return config if isinstance(config, dict) else None
+    return None
 
 
 async def _details(store: Store, *, run_id: str) -> RunDetails:

@@ -30,16 +30,18 @@ def print_table(
     optional: Sequence[str] = (),
 ) -> None:
     """Print a borderless table: a header ending in ``>`` is right-aligned, one ending in ``~``
-    is narrowed first when the terminal is too narrow.
+    is narrowed first when the terminal is too narrow, one ending in ``!`` is never cut (an id
+    to copy).
 
-    On a terminal, the ``optional`` columns are left out, in that order, until the table fits.
-    Elsewhere (a pipe, a file) every row is printed whole, however wide.
+    On a terminal, the ``optional`` columns are left out, in that order, until the table fits
+    (an optional column the table does not have is passed over). Elsewhere (a pipe, a file)
+    every row is printed whole, however wide.
     """
     # Text, not str: no markup or emoji parsing of the user's names (and it is faster).
     cells = [[cell if isinstance(cell, Text) else Text(cell) for cell in row] for row in rows]
     keep = list(range(len(columns)))
     widths = [
-        max([len(columns[index].rstrip(">~")), *(row[index].cell_len for row in cells)])
+        max([len(_title(columns[index])), *(row[index].cell_len for row in cells)])
         for index in keep
     ]
 
@@ -47,19 +49,19 @@ def print_table(
         return sum(widths[index] for index in keep) + _GAP * (len(keep) - 1)
 
     if console.is_terminal:
-        for name in optional:
+        for name in (name for name in optional if name in columns):
             if needed() <= console.width:
                 break
             keep.remove(columns.index(name))
     if _fits(console, cells, keep, needed()):
         console.print(_aligned(columns, cells, keep, widths), soft_wrap=True)
     elif console.is_terminal:
-        console.print(_table(columns, cells, keep))  # rich narrows the "~" columns to fit
+        console.print(_table(columns, cells, keep, widths))  # rich narrows "~" columns first
     else:
         width = console.width
         console.width = max(needed(), width)  # print(width=...) would not go past the console's
         try:
-            console.print(_table(columns, cells, keep))
+            console.print(_table(columns, cells, keep, widths))
         finally:
             console.width = width
 
@@ -87,17 +89,28 @@ def _aligned(
             parts.append(Text.assemble(pad, cell) if columns[index].endswith(">") else cell + pad)
         return Text(" " * _GAP).join(parts)
 
-    header = line([Text(name.rstrip(">~"), style="bold") for name in columns])
+    header = line([Text(_title(name), style="bold") for name in columns])
     rule = Text("─" * header.cell_len)
     return Text("\n").join([header, rule, *(line(row) for row in rows)])
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Text]], keep: Sequence[int]) -> Table:
+def _title(header: str) -> str:
+    """A column's header without its layout mark (``>``, ``~`` or ``!``)."""
+    return header.rstrip(">~!")
+
+
+def _table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Text]],
+    keep: Sequence[int],
+    widths: Sequence[int],
+) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
     for index in keep:
         header = columns[index]
         table.add_column(
-            Text(header.rstrip(">~")),
+            Text(_title(header)),
+            min_width=widths[index] if header.endswith("!") else None,
             justify="right" if header.endswith(">") else "left",
             # Rich narrows the columns that may wrap first; those are cut, never wrapped.
             no_wrap=not header.endswith("~"),

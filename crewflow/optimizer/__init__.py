@@ -7,7 +7,10 @@ and waits for limits. `analyze` turns the last runs into a typed `Report`:
 - **processes**: per crew and process, runs, success rate, p50/p95 duration, tokens, cost;
 - **tasks**: per task, duration, failure rate, retries, cache hit rate, time waited for limits;
 - **bottlenecks**: the measured critical path of a typical run, and the limits tasks waited on;
-- **recommendations**, each with the numbers behind it.
+- **recommendations**, each with the numbers behind it;
+- **learning**: per crew key that a choosing process (adaptive) ran, each process's measured
+  p50, the regret of the choices (a run's duration over the fastest process's p50, minus 1) and
+  the chosen predictions against the measured durations.
 
 Definitions used throughout are those of `crewflow.store.read_history`, which the runtime's
 ``history()`` uses too (the same module counts the same runs the same way):
@@ -37,8 +40,12 @@ from crewflow.optimizer._graph import critical_path, estimate_duration
 from crewflow.optimizer._render import render
 from crewflow.optimizer._report import (
     Bottlenecks,
+    ChoiceOutcome,
+    ChoiceStats,
     CriticalPath,
+    Learning,
     LimitWait,
+    MeasuredProcess,
     ProcessStats,
     Recommendation,
     RecommendationKind,
@@ -55,8 +62,12 @@ __all__ = [
     "MIN_SAVING_SECONDS",
     "MIN_SAVING_SHARE",
     "Bottlenecks",
+    "ChoiceOutcome",
+    "ChoiceStats",
     "CriticalPath",
+    "Learning",
     "LimitWait",
+    "MeasuredProcess",
     "ProcessStats",
     "Recommendation",
     "RecommendationKind",

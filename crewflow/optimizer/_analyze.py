@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from crewflow._records import TaskStatus
 from crewflow.optimizer._graph import critical_path, estimate_duration
+from crewflow.optimizer._learning import learning
 from crewflow.optimizer._report import (
     Bottlenecks,
     LimitWait,
@@ -278,4 +279,5 @@ async def analyze(store: Store, crew: str | Crew | None = None, *, runs: int = 1
             limits=limits,
         ),
         recommendations=[item for item in advice if item is not None],
+        learning=learning([run.record for run in history]),
     )

@@ -10,8 +10,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from rich.console import Console
+    from rich.table import Table
 
-    from crewflow.optimizer._report import Report
+    from crewflow.optimizer._report import ChoiceStats, Learning, Report
 
 __all__ = ["render"]
 
@@ -82,8 +83,142 @@ def _recommendation_lines(report: Report) -> list[tuple[str, str]]:
     return lines
 
 
+def _signed(share: float | None) -> str:
+    return "–" if share is None else f"{share * 100:+.0f} %"
+
+
+def _short_key(crew_key: str) -> str:
+    return crew_key.partition(":")[2][:8] or crew_key[:8]
+
+
+def _learning_rows(learning: Learning) -> list[list[str]]:
+    return [
+        [
+            measured.process or "?",
+            str(measured.runs),
+            "–" if measured.success_rate is None else _pct(measured.success_rate),
+            _seconds(measured.p50_seconds),
+            str(measured.chosen),
+            str(measured.explored),
+        ]
+        for measured in learning.processes
+    ]
+
+
+def _choice_lines(stats: ChoiceStats) -> list[str]:
+    """A choosing process's summary for one crew key: runs, regret, prediction error."""
+    failed = f", {stats.failed} failed" if stats.failed else ""
+    lines = [f"{stats.process}: {stats.runs} settled runs{failed}"]
+    if stats.best_process is not None:
+        lines.append(f"  fastest: {stats.best_process}, p50 {_seconds(stats.best_p50_seconds)}")
+    if stats.regret_runs:
+        lines.append(
+            f"  regret: mean {_signed(stats.regret_mean)}, max {_signed(stats.regret_max)} "
+            f"over {stats.regret_runs} runs, {stats.regret_explored} explored"
+        )
+    else:
+        lines.append("  regret: no completed run to measure yet")
+    if stats.predicted_runs:
+        error = _pct(stats.prediction_error or 0.0)
+        lines.append(f"  prediction error: mean ±{error} over {stats.predicted_runs} runs")
+    else:
+        lines.append("  prediction error: no completed run predicted in seconds yet")
+    return lines
+
+
+OUTCOMES_SHOWN = 5
+"""The newest runs of a choosing process `render` lists per crew key (``--json``: all)."""
+
+
+def _outcome_table(stats: ChoiceStats) -> Table:
+    """The newest runs: the process chosen (``*``: explored), predicted against measured."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    made = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False)
+    # Only the run id (cut first) and the process (wrapped next) give way on a narrow terminal.
+    made.add_column("run", overflow="ellipsis", min_width=8)
+    made.add_column("chose")
+    for header in ("predicted", "took", "error", "regret"):
+        made.add_column(header, justify="right", no_wrap=True)
+    for outcome in stats.outcomes[:OUTCOMES_SHOWN]:
+        took = outcome.actual_seconds
+        made.add_row(
+            Text(outcome.run_id),
+            Text(outcome.chosen + ("*" if outcome.explored else "")),
+            _seconds(outcome.predicted_seconds),
+            _seconds(took) if took is not None else outcome.status,
+            _signed(outcome.error),
+            _signed(outcome.regret),
+        )
+    return made
+
+
+_GAP = 2
+"""Columns are this far apart (one space of padding, one of rule)."""
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    width: int | None = None,
+    optional: Sequence[str] = (),
+) -> Table:
+    """A borderless table; the ``optional`` columns are left out, in that order, until its
+    cells fit ``width`` whole."""
+    from rich import box
+    from rich.cells import cell_len
+    from rich.table import Table
+    from rich.text import Text
+
+    keep = list(range(len(headers)))
+    widths = [
+        max([cell_len(header), *(cell_len(row[i]) for row in rows)])
+        for i, header in enumerate(headers)
+    ]
+    for name in optional:
+        if width is None or sum(widths[i] + _GAP for i in keep) - _GAP <= width:
+            break
+        keep.remove(headers.index(name))
+    made = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False)
+    # The first column names things (a process, a task, a limit): the numbers wrap before it.
+    made.add_column(headers[0], no_wrap=True, min_width=min(widths[0], 30))
+    for index in keep[1:]:
+        made.add_column(headers[index], justify="right")
+    for row in rows:
+        made.add_row(*(Text(row[index]) for index in keep))  # Text: names may hold [brackets]
+    return made
+
+
+def _section(console: Console, title: str) -> None:
+    """A blank line, then ``title`` in bold."""
+    from rich.text import Text
+
+    console.print()
+    console.print(Text(title, style="bold"))
+
+
+def _render_learning(learning: Learning, console: Console) -> None:
+    from rich.text import Text
+
+    key = _short_key(learning.crew_key)
+    _section(console, f"Learning of {learning.crew} (crew key {key}): {learning.runs} settled runs")
+    headers = ["process", "runs", "success", "p50", "chosen", "explored"]
+    console.print(_table(headers, _learning_rows(learning)))
+    for stats in learning.choices:
+        console.print()
+        for line in _choice_lines(stats):
+            console.print(Text(line))
+        console.print(_outcome_table(stats))
+        if any(outcome.explored for outcome in stats.outcomes[:OUTCOMES_SHOWN]):
+            console.print(Text("* explored: chosen to measure it, not as the best prediction"))
+
+
 def render(report: Report, console: Console) -> None:
-    """Print ``report`` as rich tables: processes, tasks, bottlenecks, recommendations.
+    """Print ``report`` as rich tables: processes, tasks, bottlenecks, what a choosing process
+    learned, recommendations.
 
     Example:
         ```python
@@ -92,17 +227,7 @@ def render(report: Report, console: Console) -> None:
         render(await analyze(store, "research"), Console())
         ```
     """
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
-
-    def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
-        made = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-        for index, header in enumerate(headers):
-            made.add_column(header, justify="left" if index == 0 else "right")
-        for row in rows:
-            made.add_row(*(Text(cell) for cell in row))  # Text: names may hold [brackets]
-        return made
 
     scope = f"crew {report.crew}" if report.crew else "every crew"
     if not report.runs or report.since is None or report.until is None:
@@ -112,10 +237,17 @@ def render(report: Report, console: Console) -> None:
     console.print(Text(f"{report.runs} runs of {scope}, {span}", style="bold"))
     several = len({stats.crew for stats in report.processes}) > 1
     crew_column = ["crew"] if several else []
+    _section(console, "Processes")
     headers = [*crew_column, "process", "runs", "success", "p50", "p95", "tokens/run", "cost"]
-    console.print(table("Processes", headers, _process_rows(report, several)))
+    optional = ["p95", "cost", "tokens/run"]
+    console.print(
+        _table(headers, _process_rows(report, several), width=console.width, optional=optional)
+    )
+    _section(console, "Tasks")
     headers = ["task", "runs", "p50", "p95", "failed", "retries", "cache", "limit wait", "tokens"]
-    console.print(table("Tasks", headers, _task_rows(report, several)))
+    optional = ["cache", "retries", "p95", "limit wait", "tokens"]
+    rows = _task_rows(report, several)
+    console.print(_table(headers, rows, width=console.width, optional=optional))
     for path in report.bottlenecks.critical_paths:
         steps = " → ".join(f"{step.task} {step.seconds:.1f} s" for step in path.tasks)
         console.print(
@@ -125,11 +257,15 @@ def render(report: Report, console: Console) -> None:
             )
         )
     if report.bottlenecks.limits:
+        _section(console, "Limits waited on")
         headers = ["limit", "waited", "share of run time", "runs", "longest waits"]
-        console.print(table("Limits waited on", headers, _limit_rows(report)))
+        console.print(_table(headers, _limit_rows(report)))
+    for learning in report.learning:
+        _render_learning(learning, console)
     if not report.recommendations:
+        console.print()
         console.print(Text("No recommendations: nothing measured crosses a threshold."))
         return
-    console.print(Text("Recommendations", style="bold"))
+    _section(console, "Recommendations")
     for line, style in _recommendation_lines(report):
         console.print(Text(line, style=style))

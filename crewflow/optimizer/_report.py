@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from crewflow._records import RunStatus
 
 __all__ = [
     "Bottlenecks",
+    "ChoiceOutcome",
+    "ChoiceStats",
     "CriticalPath",
+    "Learning",
     "LimitWait",
+    "MeasuredProcess",
     "ProcessStats",
     "Recommendation",
     "RecommendationKind",
@@ -152,6 +158,112 @@ class Bottlenecks(_Model):
     limits: list[LimitWait]
 
 
+class MeasuredProcess(_Model):
+    """What the settled runs of one crew key measured of one process, counted as the process
+    context's ``history()`` counts them (`crewflow.store.read_history`): a choosing process's
+    run counts for the process it chose.
+
+    Attributes:
+        process: The process that ran the tasks.
+        runs: Clean runs (completed by themselves, never paused or resumed).
+        settled: Runs that ended by themselves (completed or failed), never paused or resumed.
+        success_rate: ``runs / settled`` (``None`` without a settled run).
+        p50_seconds: Median duration of the clean runs (``None`` without one).
+        chosen: Settled runs in which a choosing process (adaptive) picked it.
+        explored: Those of ``chosen`` that picked it to measure it, not as the best prediction.
+    """
+
+    process: str
+    runs: int
+    settled: int
+    success_rate: float | None
+    p50_seconds: float | None
+    chosen: int = 0
+    explored: int = 0
+
+
+class ChoiceOutcome(_Model):
+    """One settled run of a choosing process: what it predicted of the process it chose, and
+    what the run measured.
+
+    Attributes:
+        run_id: The run.
+        chosen: The process it chose.
+        explored: Whether it chose it to measure it.
+        status: ``completed`` or ``failed``.
+        predicted_seconds: The chosen candidate's predicted duration (``None``: none recorded,
+            or it was in task units because no task had been measured yet).
+        actual_seconds: The run's duration (``None`` unless it completed).
+        error: ``predicted / actual - 1`` (``None`` without both).
+        regret: ``actual / best_p50 - 1``, against the crew key's fastest process (``None``
+            without both): 0 is as fast as the best process's median, and a run faster than
+            that median is below 0.
+    """
+
+    run_id: str
+    chosen: str
+    explored: bool
+    status: RunStatus
+    predicted_seconds: float | None
+    actual_seconds: float | None
+    error: float | None
+    regret: float | None
+
+
+class ChoiceStats(_Model):
+    """How well one choosing process (adaptive) chose for one crew key.
+
+    Attributes:
+        process: The choosing process.
+        runs: Its settled runs.
+        failed: Those that failed.
+        best_process: The crew key's process with the lowest p50 (``None``: none measured).
+        best_p50_seconds: That p50.
+        regret_runs: Completed runs with a regret (see `ChoiceOutcome.regret`).
+        regret_explored: Those of ``regret_runs`` that explored.
+        regret_mean: Mean regret over ``regret_runs`` (``None`` without one).
+        regret_max: Largest regret.
+        predicted_runs: Completed runs whose chosen prediction was in seconds.
+        prediction_error: Mean absolute `ChoiceOutcome.error` over ``predicted_runs``, as a
+            fraction of the actual duration (``None`` without one).
+        outcomes: Each settled run, newest first.
+    """
+
+    process: str
+    runs: int
+    failed: int
+    best_process: str | None
+    best_p50_seconds: float | None
+    regret_runs: int
+    regret_explored: int
+    regret_mean: float | None
+    regret_max: float | None
+    predicted_runs: int
+    prediction_error: float | None
+    outcomes: list[ChoiceOutcome]
+
+
+class Learning(_Model):
+    """What the runs of one crew key taught: each process's measured speed, and how well a
+    choosing process (adaptive) chose between them. Only a crew key with a settled run of a
+    choosing process has one.
+
+    Attributes:
+        crew: The crew's name (as its newest run recorded it).
+        crew_key: The crew key (`crewflow.store.RunRecord.crew_key`): the same tasks, agents
+            and models, under any process.
+        runs: Settled runs of the key analysed.
+        processes: Per process that ran the tasks, fastest p50 first (unmeasured last).
+        choices: Per choosing process.
+    """
+
+    crew: str
+    crew_key: str
+    runs: int
+    processes: list[MeasuredProcess]
+    choices: list[ChoiceStats]
+
+
 class RecommendationKind(StrEnum):
     """What a recommendation asks for."""
 
@@ -196,6 +308,8 @@ class Report(_Model):
         tasks: Per task, in each crew's latest declaration order.
         bottlenecks: Critical paths and limit waits.
         recommendations: Changes worth making, with their evidence.
+        learning: Per crew key that a choosing process (adaptive) ran, each process's measured
+            speed and the regret of its choices, newest key first.
     """
 
     crew: str | None
@@ -206,3 +320,4 @@ class Report(_Model):
     tasks: list[TaskStats]
     bottlenecks: Bottlenecks
     recommendations: list[Recommendation]
+    learning: list[Learning] = Field(default_factory=list)
