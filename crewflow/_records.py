@@ -7,6 +7,7 @@ timeline, the store (which keeps them as JSON) and the CLI (which shows them).
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
@@ -131,8 +132,10 @@ class Prediction(BaseModel):
     Attributes:
         process: The candidate.
         seconds: Its predicted duration: the median of its measured runs, else an estimate from
-            the graph (in seconds where tasks were measured, else in "task units", each
-            unmeasured task counting 1).
+            the graph (in seconds where tasks were measured, else in task units, each
+            unmeasured task counting 1: see ``unit``).
+        unit: ``"s"``, or ``"task units"`` for a graph estimate made before any task was
+            measured.
         lower_bound: The least the graph allows it (critical path, or work over the slots),
             in task units (each task one unit, whatever was measured): what hopelessness is
             judged on.
@@ -147,6 +150,7 @@ class Prediction(BaseModel):
 
     process: str
     seconds: float
+    unit: Literal["s", "task units"] = "s"
     lower_bound: float
     success: float | None = None
     tokens: float | None = None

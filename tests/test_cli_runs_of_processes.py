@@ -74,6 +74,9 @@ def fill_hierarchical(path: Path) -> None:
 
 
 def predictions(*rows: tuple[str, float, str, float | None, bool]) -> list[Prediction]:
+    # Graph estimates are in task units only before any task was measured: when none of the
+    # candidates has measured runs either.
+    unit = "task units" if all(row[2] == "graph" for row in rows) else "s"
     return [
         Prediction(
             process=process,
@@ -81,6 +84,7 @@ def predictions(*rows: tuple[str, float, str, float | None, bool]) -> list[Predi
             lower_bound=seconds / 2,
             success=success,
             basis=basis,
+            unit=unit,
             hopeless=hopeless,
             runs=3,
         )

@@ -569,7 +569,13 @@ def chose(
 ) -> ProcessChoice:
     """What adaptive records when it picks ``process``, having predicted those seconds."""
     predictions = [
-        Prediction(process=name, seconds=seconds, lower_bound=1.0, basis=basis)
+        Prediction(
+            process=name,
+            seconds=seconds,
+            lower_bound=1.0,
+            basis=basis,
+            unit="task units" if basis == "graph" else "s",
+        )
         for name, seconds in sorted(predicted.items(), key=lambda item: item[1])
     ]
     return ProcessChoice(

@@ -188,9 +188,9 @@ def _explored_row(choice: ProcessChoice | None) -> list[tuple[str, RenderableTyp
 
 
 def _in_seconds(choice: ProcessChoice) -> bool:
-    """Whether the predictions are seconds, not task units: graph estimates are in seconds
-    once some earlier run measured the tasks, and then some candidate has measured runs."""
-    return any(prediction.basis != "graph" for prediction in choice.predictions)
+    """Whether the predictions are seconds, not task units (graph estimates made before any
+    task was measured)."""
+    return all(prediction.unit == "s" for prediction in choice.predictions)
 
 
 def _predicted(seconds: float, in_seconds: bool) -> str:

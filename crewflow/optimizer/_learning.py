@@ -112,8 +112,7 @@ def _explored(run: RunRecord) -> bool:
 
 def _predicted_seconds(choice: ProcessChoice | None) -> float | None:
     """The chosen candidate's predicted seconds; ``None`` when the predictions were in task
-    units. Graph estimates are in seconds once an earlier run measured the tasks, and then a
-    candidate has measured runs: predictions that all rest on the graph are in task units."""
-    if choice is None or all(p.basis == "graph" for p in choice.predictions):
+    units (graph estimates made before any task was measured)."""
+    if choice is None or any(p.unit != "s" for p in choice.predictions):
         return None
     return next((p.seconds for p in choice.predictions if p.process == choice.process), None)

@@ -340,8 +340,14 @@ def _predict(
             basis=f"{measured.runs} run{'s' if measured.runs != 1 else ''}",
         )
     success = measured.success_rate if measured is not None else None
+    unit = "s" if history.task_seconds else "task units"
     return Prediction(
-        process=process, seconds=estimate, lower_bound=bound, success=success, runs=runs
+        process=process,
+        seconds=estimate,
+        unit=unit,
+        lower_bound=bound,
+        success=success,
+        runs=runs,
     )
 
 
@@ -374,7 +380,7 @@ def _reason(
     if not others:
         return f"{chosen.process}: the only candidate; {shape}"
     other = others[0]
-    unit = " s" if chosen.basis != "graph" or other.basis != "graph" else " task units"
+    unit = " s" if chosen.unit == "s" else " task units"
     if chosen.basis != "graph" and other.basis != "graph":
         mine, theirs = chosen.basis.split()[0], other.basis.split()[0]
         runs = f"{mine} runs each" if mine == theirs else f"{mine} and {theirs} runs"
