@@ -48,6 +48,7 @@ class Dispatcher:
         self.blocking: dict[str, int] = {}
         self.heap: list[tuple[int, float, int, str]] = []
         self.active = False
+        self.over = False
         self.in_flight = 0
         self.jobs: deque[tuple[str, Slot]] = deque()
         self.idle: list[anyio.Event] = []
@@ -86,9 +87,13 @@ class Dispatcher:
         if self.active:
             raise RuntimeError("run_ready() is already running in this run; await that call")
         self.active = True
+        self.over = False
         try:
             async with anyio.create_task_group() as group:
                 await self._dispatch(group)
+                # A worker still busy (a task that ended may still hand its output over to a
+                # task delegated to it) finds the dispatch over when it is done, and returns.
+                self.over = True
                 for woken in self.idle:
                     woken.set()
         finally:
@@ -131,6 +136,8 @@ class Dispatcher:
             await self.run.execute(name, slot=slot)
             self.in_flight -= 1
             if not self.jobs:
+                if self.over:
+                    return
                 woken = anyio.Event()
                 self.idle.append(woken)
                 await woken.wait()

@@ -502,3 +502,44 @@ async def test_a_plan_with_too_many_steps_for_a_task_is_asked_for_again() -> Non
     schema = manager.asked["plan"][0].output.schema  # type: ignore[union-attr]
     assert schema["properties"]["research"]["maxItems"] == 10
     assert "- research: has 11 steps; give it at most 10" in prompt_of(manager.asked["plan"][1])
+
+
+class SlowCheckpoints(MemoryStore):
+    """A store whose checkpoints yield to the event loop before they are written, as a real
+    database's do."""
+
+    async def save_task(self, output: Any, attempts: Any = ()) -> None:
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        await super().save_task(output, attempts)
+
+
+async def test_a_redo_round_ends_while_the_redone_output_is_still_being_handed_over() -> None:
+    # The last redo step ends the round; its crew task takes the new output over with a store
+    # write, after the dispatcher found every task ended. The round must still return.
+    def answer(request: LLMRequest) -> Any:
+        if prompt_of(request).startswith("Review your team's results"):
+            return redo({"a": "again"})
+        return f"answer {len(llm.requests)}"  # each differs: each redo is checkpointed
+
+    llm = FunctionLLM(answer)
+    a = Task("Do a", name="a", context=[])
+    b = Task("Do b", name="b", context=[a])
+    crew = Crew(
+        tasks=[a, b],
+        agents=[Agent(role="Worker", goal="Work", llm=llm)],
+        process=Hierarchical(
+            Agent(role="Manager", goal="Lead", llm=llm),
+            plan={
+                "a": [{"worker": "Worker", "instructions": "do a"}],
+                "b": [{"worker": "Worker", "instructions": "do b"}],
+            },
+        ),
+        store=SlowCheckpoints(),
+    )
+
+    with anyio.fail_after(10):
+        result = await crew.kickoff()
+
+    assert result["b"].text == "answer 5"
+    assert result.output.text == "answer 6"
