@@ -112,15 +112,18 @@ async def kill_and_resume(
     held: tuple[str, ...] = (),
     reply: Callable[[str], Text] = lambda name: Text(f"result of {name}"),
     env: dict[str, str] | None = None,
+    name_of: Callable[[ReceivedRequest], str] = task_of,
 ) -> Killed:
     """``crewflow run crew_file``, killed (SIGKILL) when the server receives the request of task
-    ``kill_at`` (held in flight, with those of ``held``), then ``crewflow resume RUN_ID``."""
+    ``kill_at`` (held in flight, with those of ``held``), then ``crewflow resume RUN_ID``.
+
+    ``name_of`` names the task a request is for (default: the word after "do ")."""
     arrived = anyio.Event()
     killed = False
     requests: dict[str, int] = {}
 
     async def respond(request: ReceivedRequest) -> Text:
-        name = task_of(request)
+        name = name_of(request)
         requests[name] = requests.get(name, 0) + 1
         if not killed and (name == kill_at or name in held):
             if name == kill_at:
@@ -293,3 +296,137 @@ async def test_a_process_that_adds_tasks_resumes_without_asking_for_its_plan_aga
     # The plan was asked for once, and no finished step was sent again.
     assert killed.requests["plan"] == 1
     killed.assert_nothing_finished_was_sent_again(["brief", *steps])
+
+
+HIERARCHICAL_FILE = """
+from crewflow import Agent, Crew, Task
+
+manager = Agent(role="Manager", goal="Lead the team", llm="openai/loop-model")
+researcher = Agent(role="Researcher", goal="Find facts", llm="openai/loop-model")
+analyst = Agent(role="Analyst", goal="Weigh facts", llm="openai/loop-model")
+writer = Agent(role="Writer", goal="Write reports", llm="openai/loop-model")
+research = Task("Gather facts on tidal power", name="research", expected_output="Facts")
+analysis = Task(
+    "Weigh the facts", name="analysis", expected_output="An analysis", context=[research]
+)
+report = Task("Write it up", name="report", expected_output="A report", context=[analysis])
+crew = Crew(
+    tasks=[research, analysis, report],
+    agents=[researcher, analyst, writer],
+    name="managed",
+    process="hierarchical",
+    manager=manager,
+)
+"""
+
+# The manager's plan: every step's instructions start with "do <step>:", which names its
+# request (a redo round's steps get ".r1", see `hierarchical_task_of`).
+MANAGER_PLAN = {
+    "research": [
+        {"worker": "Researcher", "instructions": "do research.1: find sources"},
+        {"worker": "Researcher", "instructions": "do research.2: extract facts"},
+    ],
+    "analysis": [{"worker": "Analyst", "instructions": "do analysis.1: weigh", "after": []}],
+    "report": [
+        {"worker": "Writer", "instructions": "do report.1: draft", "after": []},
+        {"worker": "Writer", "instructions": "do report.2: polish", "after": []},
+    ],
+}
+# One review, which sends the analysis back: it and the report that depends on it run again.
+MANAGER_REVIEW = {"accept": False, "redo": [{"task": "analysis", "feedback": "weigh the costs"}]}
+FIRST_ROUND = ["research.1", "research.2", "analysis.1", "report.1", "report.2"]
+REDO_ROUND = ["analysis.1.r1", "report.1.r1", "report.2.r1"]
+EVERY_REQUEST = ["plan", *FIRST_ROUND, "review.1", *REDO_ROUND, "final_answer"]
+
+
+def hierarchical_task_of(request: ReceivedRequest) -> str:
+    """The internal task a request of the hierarchical crew is for."""
+    text = request.last_user_message
+    for opening, name in (
+        ("Plan your team's work", "plan"),
+        ("Review your team's results", "review.1"),
+        ("Write the final answer", "final_answer"),
+    ):
+        if text.startswith(opening):
+            return name
+    step = task_of(request)
+    # A redo's first step carries the manager's feedback; its later steps follow redone ones.
+    redone = "asks for a revision" in text or '.r1">' in text
+    return f"{step}.r1" if redone else step
+
+
+def manager_reply(name: str) -> Text:
+    if name == "plan":
+        return Text(json.dumps(MANAGER_PLAN))
+    if name == "review.1":
+        return Text(json.dumps(MANAGER_REVIEW))
+    return Text(f"result of {name}")
+
+
+# Each case: the request whose arrival is the moment of the kill (held in flight meanwhile).
+# Everything sent before it has finished by then: the requests of this crew form one chain.
+HIERARCHICAL_CASES = {
+    "while the plan is asked for": "plan",
+    "during a first-round step": "research.2",
+    "while the results are reviewed": "review.1",
+    "during a redone step": "report.1.r1",
+    "while the final answer is written": "final_answer",
+}
+
+
+# TEMPORARY (remove with the fix): with a store, a review that asks for a redo hangs the run.
+# Dispatcher.run_ready returns from _dispatch when run.unended hits 0, which happens as the
+# redo round's last step (report.2.r1) ends, before its execute() has handed its output over to
+# the crew task delegated to it (`report`, ended already in round 0, so the take-over does not
+# count); the hand-over awaits the store write, the dispatcher wakes its idle workers meanwhile,
+# and this worker then goes idle on an event nobody will set, so the task group never exits.
+# Each case fails at kill_and_resume's 60 s deadline.
+@pytest.mark.xfail(
+    strict=True,
+    reason="Dispatcher.run_ready hangs when the last task to end hands its output over to a "
+    "crew task that had already ended (a hierarchical redo round, with a store)",
+)
+@pytest.mark.parametrize("case", list(HIERARCHICAL_CASES))
+async def test_a_hierarchical_crew_killed_at_any_moment_resumes_from_its_recorded_plan(
+    case: str, tmp_path: Path
+) -> None:
+    kill_at = HIERARCHICAL_CASES[case]
+    crew_file = tmp_path / "managed.py"
+    crew_file.write_text(textwrap.dedent(HIERARCHICAL_FILE))
+    home = tmp_path / "home"
+
+    killed = await kill_and_resume(
+        crew_file, home, kill_at, reply=manager_reply, name_of=hierarchical_task_of
+    )
+
+    async with SQLiteStore(home / "runs.db") as store:
+        record = await store.get_run(killed.run_id)
+        outputs = await store.outputs(killed.run_id)
+        added = await store.added_tasks(killed.run_id)
+    assert record is not None
+    assert (record.status, record.resumed) == ("completed", 1)
+    # The manager's steps and the workers' were recorded as they were added, each once: the
+    # resumed run replayed the recorded ones instead of adding them again.
+    assert [task.name for task in added] == EVERY_REQUEST
+    assert killed.added_before == EVERY_REQUEST[: len(killed.added_before)]
+    assert kill_at in killed.added_before
+    # The kill came when `kill_at` was asked for: every request before it had been answered and
+    # checkpointed, none after it had been sent.
+    before = EVERY_REQUEST[: EVERY_REQUEST.index(kill_at)]
+    assert killed.finished_before >= set(before)
+    assert kill_at not in killed.finished_before
+    assert killed.sent_before == {name: 1 for name in [*before, kill_at]}
+    # The plan, the review and the answer were asked for once, or once more if the kill cut
+    # the request short; no finished step was sent again, and everything else once more.
+    for manager_step in ("plan", "review.1", "final_answer"):
+        assert killed.requests[manager_step] == (2 if manager_step == kill_at else 1)
+    killed.assert_nothing_finished_was_sent_again(EVERY_REQUEST)
+    assert sorted(killed.requests) == sorted(EVERY_REQUEST)
+    # Every crew task ends with its last step: the report and analysis with their redone ones.
+    assert {name: outputs[name].text for name in ("research", "analysis", "report")} == {
+        "research": "result of research.2",
+        "analysis": "result of analysis.1.r1",
+        "report": "result of report.2.r1",
+    }
+    assert outputs["final_answer"].text == "result of final_answer"
+    assert set(outputs) >= {*EVERY_REQUEST, "research", "analysis", "report"}
