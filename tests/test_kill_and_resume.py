@@ -374,18 +374,6 @@ HIERARCHICAL_CASES = {
 }
 
 
-# TEMPORARY (remove with the fix): with a store, a review that asks for a redo hangs the run.
-# Dispatcher.run_ready returns from _dispatch when run.unended hits 0, which happens as the
-# redo round's last step (report.2.r1) ends, before its execute() has handed its output over to
-# the crew task delegated to it (`report`, ended already in round 0, so the take-over does not
-# count); the hand-over awaits the store write, the dispatcher wakes its idle workers meanwhile,
-# and this worker then goes idle on an event nobody will set, so the task group never exits.
-# Each case fails at kill_and_resume's 60 s deadline.
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher.run_ready hangs when the last task to end hands its output over to a "
-    "crew task that had already ended (a hierarchical redo round, with a store)",
-)
 @pytest.mark.parametrize("case", list(HIERARCHICAL_CASES))
 async def test_a_hierarchical_crew_killed_at_any_moment_resumes_from_its_recorded_plan(
     case: str, tmp_path: Path
