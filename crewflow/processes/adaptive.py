@@ -190,7 +190,10 @@ class Adaptive(Process):
         return self.candidates.get(chosen.process) if chosen is not None else None
 
     def _offer_plugins(self, graph: TaskGraph) -> None:
+        """The default candidates, and the installed plug-ins that offer themselves for
+        ``graph`` (set afresh for each crew built with this object)."""
         builtin = {"sequential", "parallel", "hierarchical", "adaptive"}
+        self.candidates = {name: self.candidates[name] for name in ("sequential", "parallel")}
         for entry_point in _entry_points():
             if entry_point.name in builtin or entry_point.name in self.candidates:
                 continue

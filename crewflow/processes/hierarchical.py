@@ -24,6 +24,7 @@ resumed run never asks for them again and never redoes a finished step.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
@@ -207,6 +208,13 @@ class Hierarchical(Process):
                     f"two workers have the role {agent.role!r}; in a hierarchical crew the "
                     "manager assigns steps by role, so give each agent a role of its own"
                 )
+        for name in graph.deliverables:
+            owner = _owner(name, graph.deliverables)
+            if owner is not None:
+                raise ConfigurationError(
+                    f"task {name!r} has a name the hierarchical process gives its own steps "
+                    f"({owner}); rename it"
+                )
         if self.plan is not None:
             problems = _problems(self.plan, graph.deliverables, roles)
             if problems:
@@ -297,6 +305,21 @@ class Hierarchical(Process):
         if review.accept:
             return {}
         return {redo.task: redo.feedback for redo in review.redo if redo.task in crew}
+
+
+_OWN_STEP = re.compile(r"^(?:plan(?:\.\d+)?|review\.\d+|final_answer)$")
+_PLAN_STEP = re.compile(r"^(.+)\.\d+(?:\.r\d+)?$")
+
+
+def _owner(name: str, crew: list[str]) -> str | None:
+    """Whose name ``name`` is, if the process names one of its own steps so: the manager's
+    (plan, review, answer) or a step of another crew task (``research.1``)."""
+    if _OWN_STEP.match(name):
+        return "the manager's plan, reviews and answer are plan, plan.N, review.N, final_answer"
+    found = _PLAN_STEP.match(name)
+    if found and found.group(1) in crew:
+        return f"the steps of task {found.group(1)!r} are {found.group(1)}.1, .2, ..."
+    return None
 
 
 def _manager(manager: Agent | str | None) -> Agent:

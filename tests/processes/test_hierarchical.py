@@ -543,3 +543,10 @@ async def test_a_redo_round_ends_while_the_redone_output_is_still_being_handed_o
 
     assert result["b"].text == "answer 5"
     assert result.output.text == "answer 6"
+
+
+@pytest.mark.parametrize("name", ["plan", "plan.2", "review.1", "final_answer", "research.1"])
+def test_a_crew_task_may_not_take_a_name_the_process_gives_its_own_steps(name: str) -> None:
+    tasks = [Task("Research", name="research", context=[]), Task("Other", name=name, context=[])]
+    with pytest.raises(ConfigurationError, match=f"task '{name}' has a name the hierarchical"):
+        Crew(tasks=tasks, agents=[Agent(role="Worker", goal="g")], process="hierarchical")
