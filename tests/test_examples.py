@@ -57,6 +57,27 @@ MARKERS: dict[str, list[str]] = {
         "recorded as added: ['plan.1', 'step.1', 'step.2', 'step.3', 'answer']",
         "final output from 'answer'",
     ],
+    "hierarchical_report.py": [
+        "  ? plan           asked of Manager",
+        "  + analysis.2     Analyst after analysis.1",
+        "  + report.1       Writer after research.1, analysis.2",
+        "  → report         delivered by report.2",
+        "  analysis.2   Analyst     Weigh the figures",
+        "review.1: accepted",
+        "final answer (final_answer):",
+        "Manager on: Write the final answer",
+    ],
+    "adaptive.py": [
+        "  1  parallel    no",
+        "  2  sequential  yes",
+        "sequential: exploring, to measure it (0 settled runs so far); the best prediction is "
+        "parallel",
+        "  5  parallel    no",
+        "against 0.4",
+        "for sequential over 2 runs each",
+        "sequential 0.4",
+        "lower bound 4 task units",
+    ],
     "resume_a_run.py": [
         "checkpointed before the failure: ['costs', 'efficiency', 'installation']",
         "restored ['costs', 'efficiency', 'installation'], ran the rest",
@@ -149,6 +170,50 @@ def test_the_custom_process_example_runs_under_the_cli() -> None:
     assert [o["task"] for o in result["outputs"]] == ["brief"]
     assert result["final_task"] == "answer"
     assert result["internal"][0]["task"] == "plan.1"
+
+
+def test_the_hierarchical_example_runs_under_the_cli() -> None:
+    done = run(
+        "-m",
+        "crewflow",
+        "run",
+        "examples/hierarchical_report.py",
+        "--input",
+        "topic=tidal power",
+        "--json",
+    )
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["process"] == "hierarchical"
+    assert [o["task"] for o in result["outputs"]] == ["research", "analysis", "report"]
+    assert result["final_task"] == "final_answer"
+    internal = [o["task"] for o in result["internal"]]
+    assert internal[0] == "plan"
+    assert internal[-2:] == ["review.1", "final_answer"]
+    assert "analysis.2" in internal
+
+
+def test_the_adaptive_example_learns_across_cli_runs() -> None:
+    # Both runs record in this test's own run database: the second reads the first.
+    choices = []
+    for _ in range(2):
+        done = run(
+            "-m",
+            "crewflow",
+            "run",
+            "examples/adaptive.py",
+            "--input",
+            "topic=tidal power",
+            "--json",
+        )
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["process"] == "adaptive"
+        assert [o["task"] for o in result["outputs"]] == ["brief", "market", "tech", "report"]
+        choices.append((result["process_choice"]["process"], result["process_choice"]["explored"]))
+
+    assert choices == [("parallel", False), ("sequential", True)]
 
 
 def test_quickstart_fails_clearly_without_an_api_key_for_a_real_model() -> None:
