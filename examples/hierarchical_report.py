@@ -1,5 +1,5 @@
 """A hierarchical crew: a manager plans a report for a researcher, an analyst and a writer,
-reviews their work and writes the final answer.
+reviews their work, asks for one revision, and writes the final answer.
 
 What it shows: ``process=Hierarchical(manager, max_review_rounds=2)``. The crew's three tasks
 name no agent: the manager's plan splits each into steps for the crew's workers (by role), the
@@ -7,11 +7,13 @@ steps run on the shared dispatcher (``research.1``, ``analysis.1``, ``analysis.2
 each crew task is delegated to its last step, whose output becomes the task's. The run is
 watched through its events (``crew.start(...)`` and ``handle.events()``): the manager's steps
 as they are asked, the plan's steps as they are added, each crew task as it is delegated, and
-each step as it finishes. Then the plan (``result.plan``), the review's outcome (``review.1``)
-and the manager's final answer (``result.output``).
+each step as it finishes. ``review.1`` sends the analysis back with feedback: its steps run
+again (``analysis.1.r1``, ``analysis.2.r1``), and so do the report's, which need it; ``review.2``
+accepts. Then the plan (``result.plan``), each review's outcome, and the manager's final answer
+(``result.output``).
 
 Offline by default (no API key, well under a second): the workers are catalogue agents on the
-offline model; the manager is a stand-in that answers the plan and the review from a script
+offline model; the manager is a stand-in that answers the plan and the reviews from a script
 and writes its final answer with the offline model. Run it with:
 
     python examples/hierarchical_report.py
@@ -62,15 +64,21 @@ PLAN = Plan(
         ],
     }
 )
+REDO = Review(
+    accept=False,
+    redo=[{"task": "analysis", "feedback": "Quantify the risks; give a number for each."}],
+)
 
 
 async def stand_in_manager(request: LLMRequest) -> LLMResponse | Plan | Review:
-    """The offline manager: the plan above, a review that accepts the results, and the final
-    answer from the offline model."""
+    """The offline manager: the plan above; a first review that sends the analysis back, and
+    acceptance once the results are revisions (built on the ``.r1`` steps); the final answer
+    from the offline model."""
     if request.output is not None and request.output.name == "Plan":
         return PLAN
     if request.output is not None:
-        return Review(accept=True)
+        revised = ".r1" in (request.messages[-1].content or "")
+        return Review(accept=True) if revised else REDO
     return await OfflineLLM().complete(request)
 
 

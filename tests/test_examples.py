@@ -62,8 +62,12 @@ MARKERS: dict[str, list[str]] = {
         "  + analysis.2     Analyst after analysis.1",
         "  + report.1       Writer after research.1, analysis.2",
         "  → report         delivered by report.2",
+        "  + analysis.1.r1  Researcher after research.1, analysis.2",
+        "  + report.1.r1    Writer after research.1, report.2, analysis.2.r1",
+        "  → analysis       delivered by analysis.2.r1",
         "  analysis.2   Analyst     Weigh the figures",
-        "review.1: accepted",
+        "review.1: redo analysis: Quantify the risks",
+        "review.2: accepted",
         "final answer (final_answer):",
         "Manager on: Write the final answer",
     ],
@@ -190,8 +194,8 @@ def test_the_hierarchical_example_runs_under_the_cli() -> None:
     assert result["final_task"] == "final_answer"
     internal = [o["task"] for o in result["internal"]]
     assert internal[0] == "plan"
-    assert internal[-2:] == ["review.1", "final_answer"]
-    assert "analysis.2" in internal
+    assert internal[-2:] == ["review.2", "final_answer"]
+    assert {"review.1", "analysis.2", "analysis.2.r1", "report.2.r1"} <= set(internal)
 
 
 def test_the_adaptive_example_learns_across_cli_runs() -> None:
