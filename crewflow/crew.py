@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
 
 from crewflow._records import ProcessChoice, TaskKind, TaskRecord
 from crewflow._spec import Spec
@@ -85,7 +85,7 @@ class CrewResult(BaseModel):
     end: datetime
     duration: float
     restored: list[str] = Field(default_factory=list)
-    plan: BaseModel | None = None
+    plan: SerializeAsAny[BaseModel] | None = None
     process_choice: ProcessChoice | None = None
 
     @property

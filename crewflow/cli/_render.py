@@ -145,7 +145,9 @@ def _header(run: RunRecord) -> Table:
     table.add_column(style="dim")
     table.add_column()
     usage = run.usage
-    reason = f" ({run.process_reason})" if run.process_reason else ""
+    # "the crew's process is 'x'" next to x says nothing; a chosen process says why.
+    said = run.process_reason and run.process_reason != f"the crew's process is {run.process!r}"
+    reason = f" ({run.process_reason})" if said else ""
     process = f"{run.process} → {run.chosen}" if run.chosen else run.process
     rows: list[tuple[str, RenderableType]] = [
         ("run id", Text(run.run_id)),
@@ -213,7 +215,7 @@ def _show_choice(console: Console, run: RunRecord, choice: ProcessChoice) -> Non
             Text(p.basis),
             "–" if p.success is None else f"{p.success * 100:.0f} %",
             "yes" if p.hopeless else "",
-            _predicted(p.lower_bound, in_seconds),
+            _predicted(p.lower_bound, False),  # always in task units
         ]
         for p in choice.predictions
     ]

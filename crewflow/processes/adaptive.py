@@ -107,6 +107,12 @@ class Adaptive(Process):
         self.manager = manager
         self.candidates: dict[str, Process] = {}
         self._missing_manager = False
+        if manager is not None and "hierarchical" not in (self._specs or []):
+            raise ConfigurationError(
+                "the adaptive process uses a manager only for its hierarchical candidate: name "
+                'it, Adaptive(candidates=["sequential", "parallel", "hierarchical"]), or drop '
+                "manager="
+            )
         for spec in self._specs or ["sequential", "parallel"]:
             if spec == "hierarchical" and manager is None:
                 self._missing_manager = True  # the crew may give it: Crew(manager=...)
@@ -125,6 +131,11 @@ class Adaptive(Process):
         return f"Adaptive(candidates={list(self.candidates)}, seed={self.seed})"
 
     def with_manager(self, manager: Agent | str) -> Adaptive:
+        if self.manager is not None or "hierarchical" in self.candidates:
+            raise ConfigurationError(
+                "the manager is given twice, to the adaptive process (or its hierarchical "
+                "candidate) and to Crew(manager=...); give it once"
+            )
         return Adaptive(self._specs, seed=self.seed, explore=self.explore, manager=manager)
 
     def config(self) -> dict[str, JsonValue]:
@@ -138,16 +149,19 @@ class Adaptive(Process):
         """Declared context everywhere (each candidate then runs the same graph), and a graph
         every candidate can run. Installed plug-ins that offer themselves join the default
         candidates here."""
+        # The first task can need nothing else; any later one might be counting on sequential
+        # handing it the task before's output, which no candidate does here.
         undeclared = [
             name
-            for name, task in zip(graph.names, graph.tasks, strict=True)
+            for name, task in list(zip(graph.names, graph.tasks, strict=True))[1:]
             if task.context is None
         ]
-        if len(undeclared) > 1:
+        if undeclared:
             raise ConfigurationError(
                 f"under the adaptive process every candidate runs the same graph, so tasks must "
-                f"declare their context; {', '.join(map(repr, undeclared))} do not: give each "
-                "context=[...] (the tasks whose outputs it needs) or context=[] (none)"
+                f"declare their context; {', '.join(map(repr, undeclared))} "
+                f"{'does' if len(undeclared) == 1 else 'do'} not: give each context=[...] (the "
+                "tasks whose outputs it needs) or context=[] (none)"
             )
         if self._missing_manager:
             raise ConfigurationError(
@@ -383,18 +397,25 @@ def _reason(
     if not others:
         return f"{chosen.process}: the only candidate; {shape}"
     other = others[0]
-    unit = " s" if chosen.unit == "s" else " task units"
     if chosen.basis != "graph" and other.basis != "graph":
         mine, theirs = chosen.basis.split()[0], other.basis.split()[0]
-        runs = f"{mine} runs each" if mine == theirs else f"{mine} and {theirs} runs"
+        plural = "" if mine == theirs == "1" else "s"
+        runs = f"{mine} run{plural} each" if mine == theirs else f"{mine} and {theirs} runs"
         return (
-            f"{chosen.process}: {shape}; measured {chosen.seconds:.3g}{unit} against "
-            f"{other.seconds:.3g}{unit} for {other.process} over {runs}"
+            f"{chosen.process}: {shape}; measured {_amount(chosen)} against "
+            f"{_amount(other)} for {other.process} over {runs}"
         )
     return (
-        f"{chosen.process}: {shape}; predicted {chosen.seconds:.3g}{unit} ({chosen.basis}) "
-        f"against {other.seconds:.3g}{unit} for {other.process} ({other.basis})"
+        f"{chosen.process}: {shape}; predicted {_amount(chosen)} ({chosen.basis}) "
+        f"against {_amount(other)} for {other.process} ({other.basis})"
     )
+
+
+def _amount(prediction: Prediction) -> str:
+    value = f"{prediction.seconds:.3g}"
+    if prediction.unit == "s":
+        return f"{value} s"
+    return f"{value} task unit{'' if value == '1' else 's'}"
 
 
 def _shape(features: Mapping[str, float]) -> str:

@@ -208,8 +208,17 @@ class Hierarchical(Process):
                     f"two workers have the role {agent.role!r}; in a hierarchical crew the "
                     "manager assigns steps by role, so give each agent a role of its own"
                 )
-        for name in graph.deliverables:
-            owner = _owner(name, graph.deliverables)
+        crew = graph.deliverables
+        for index, name in enumerate(crew):
+            later = [need for need in graph.dependency_names(name) if need in crew[index:]]
+            if later:
+                # Then a step's `after` (earlier tasks only) can never close a cycle: every
+                # plan that fits the schema runs.
+                raise ConfigurationError(
+                    f"task {name!r} needs {later[0]!r}, which is listed after it; in a "
+                    "hierarchical crew list each task after the tasks it needs"
+                )
+            owner = _owner(name, crew)
             if owner is not None:
                 raise ConfigurationError(
                     f"task {name!r} has a name the hierarchical process gives its own steps "
@@ -358,7 +367,12 @@ def _plan_schema(ctx: ProcessContext, crew: list[str], roles: list[str]) -> dict
             "type": "object",
             "properties": {
                 "worker": {"type": "string", "enum": hinted, "description": "Who does it."},
-                "instructions": {"type": "string", "minLength": 1, "description": "What to do."},
+                "instructions": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": r"\S",
+                    "description": "What to do.",
+                },
             },
             "required": ["worker", "instructions"],
             "additionalProperties": False,

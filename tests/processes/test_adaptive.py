@@ -211,11 +211,27 @@ def test_the_choice_is_recorded_with_its_predictions() -> None:
 
 def test_tasks_must_declare_their_context() -> None:
     agent = Agent(role="Worker", goal="g")
-    tasks = [Task("a", name="a"), Task("b", name="b"), Task("c", name="c", context=[])]
-    with pytest.raises(ConfigurationError, match=r"'a', 'b' do not: give each context=\[\.\.\.\]"):
+    tasks = [Task("a", name="a"), Task("b", name="b"), Task("c", name="c")]
+    with pytest.raises(ConfigurationError, match=r"'b', 'c' do not: give each context=\[\.\.\.\]"):
         Crew(tasks=tasks, agents=[agent], process="adaptive")
-    # One undeclared task is fine: it needs nothing under every candidate.
-    Crew(tasks=tasks[1:], agents=[agent], process="adaptive")
+    # A later task with undeclared context might count on sequential's implicit output.
+    with pytest.raises(ConfigurationError, match="'b' does not"):
+        Crew(tasks=[tasks[0], tasks[1]], agents=[agent], process="adaptive")
+    # The first task has no task before it: it needs nothing, under every candidate.
+    Crew(tasks=[tasks[0], Task("d", name="d", context=[])], agents=[agent], process="adaptive")
+
+
+def test_a_manager_is_used_only_for_a_named_hierarchical_candidate_and_given_once() -> None:
+    agent = Agent(role="Worker", goal="g")
+    tasks = [Task("a", name="a", agent=agent, context=[])]
+    with pytest.raises(ConfigurationError, match="only for its hierarchical candidate"):
+        Crew(tasks=tasks, process="adaptive", manager="offline")
+    named = Adaptive(candidates=["parallel", "hierarchical"], manager="offline")
+    with pytest.raises(ConfigurationError, match="given twice"):
+        Crew(tasks=tasks, process=named, manager="offline")
+    built = Adaptive(candidates=["parallel", Hierarchical("offline")])
+    with pytest.raises(ConfigurationError, match="given twice"):
+        Crew(tasks=tasks, process=built, manager="offline")
 
 
 def test_a_candidate_that_cannot_run_the_crew_is_a_configuration_error() -> None:
@@ -241,9 +257,6 @@ def test_hierarchical_is_a_candidate_only_with_a_manager_and_by_name() -> None:
     assert isinstance(process, Adaptive)
     assert list(process.candidates) == ["sequential", "parallel", "hierarchical"]
     assert isinstance(process.candidates["hierarchical"], Hierarchical)
-    unnamed = Crew(tasks=tasks, process="adaptive", manager="offline")._process
-    assert isinstance(unnamed, Adaptive)
-    assert list(unnamed.candidates) == ["sequential", "parallel"]
     with pytest.raises(ConfigurationError, match="distinct processes"):
         Adaptive(candidates=["parallel", "parallel"])
 

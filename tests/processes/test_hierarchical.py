@@ -550,3 +550,10 @@ def test_a_crew_task_may_not_take_a_name_the_process_gives_its_own_steps(name: s
     tasks = [Task("Research", name="research", context=[]), Task("Other", name=name, context=[])]
     with pytest.raises(ConfigurationError, match=f"task '{name}' has a name the hierarchical"):
         Crew(tasks=tasks, agents=[Agent(role="Worker", goal="g")], process="hierarchical")
+
+
+def test_tasks_are_listed_after_the_tasks_they_need_so_no_plan_can_close_a_cycle() -> None:
+    first = Task("Sum up", name="b", context=["a"])
+    second = Task("Research", name="a", context=[])
+    with pytest.raises(ConfigurationError, match="task 'b' needs 'a', which is listed after it"):
+        Crew(tasks=[first, second], agents=[Agent(role="W", goal="g")], process="hierarchical")
