@@ -227,20 +227,7 @@ class Run:
             slot: A slot the dispatcher took already (released when the task ends).
             prompt: The whole user message, instead of the task's rendered one (``ask``).
         """
-        output = await self._execute(name, context, agent, priority, slot, prompt)
-        if name in self._waiting_on:
-            await self._hand_over(name)
-        return output
-
-    async def _execute(
-        self,
-        name: str,
-        context: Sequence[TaskOutput] | None,
-        agent: Agent | None,
-        priority: float,
-        slot: Slot | None,
-        prompt: str | None,
-    ) -> TaskOutput | None:
+        output: TaskOutput | None = None
         try:
             if name in self.running:
                 raise RuntimeError(f"task {name!r} is already running in this run")
@@ -254,22 +241,24 @@ class Run:
             task = self.graph.task(name)
             if context is None:
                 context = self._context_or_skip(task, name)
-                if context is None:
-                    return None
-            self.running.add(name)
-            try:
-                if slot is None:
-                    slot = await self.slots.acquire(priority, self.graph.position(name))
-                # A slot taken just before a pause does not start its task until the resume.
-                await self.slots.unpaused()
-                return await self._run_task(task, name, context, agent, prompt)
-            finally:
-                self.running.discard(name)
-                if self.ended(name):
-                    self._ended(name)
+            if context is not None:  # else skipped: a task it depends on failed
+                self.running.add(name)
+                try:
+                    if slot is None:
+                        slot = await self.slots.acquire(priority, self.graph.position(name))
+                    # A slot taken just before a pause does not start its task until the resume.
+                    await self.slots.unpaused()
+                    output = await self._run_task(task, name, context, agent, prompt)
+                finally:
+                    self.running.discard(name)
+                    if self.ended(name):
+                        self._ended(name)
         finally:
             if slot is not None:
                 slot.release()
+        if name in self._waiting_on:  # tasks delegated to this one end with it
+            await self._hand_over(name)
+        return output
 
     def check_plan(self, tasks: Sequence[Task]) -> list[PlanProblem]:
         """What stops ``tasks`` from being added (see `ProcessContext.check_plan`)."""
