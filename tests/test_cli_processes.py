@@ -19,6 +19,7 @@ from typer.testing import CliRunner, Result
 from crewflow import cli
 from crewflow.processes import ENTRY_POINT_GROUP, Process
 from tests.entry_points import install_entry_points
+from tests.test_cli_store import loaded_modules_script
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -123,17 +124,7 @@ HEAVY = (
     "networkx",
     "openai",
 )
-LOADED = f"""
-import sys
-from crewflow.cli import main
-try:
-    main()
-except SystemExit as done:
-    code = done.code
-heavy = {HEAVY!r}
-loaded = sorted(n for n in sys.modules if any(n == h or n.startswith(h + ".") for h in heavy))
-print("exit", code, "loaded", loaded)
-"""
+LOADED = loaded_modules_script(HEAVY)
 
 
 @pytest.mark.slow

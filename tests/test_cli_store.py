@@ -819,17 +819,25 @@ HEAVY = (
     "networkx",
     "openai",
 )
-LOADED = f"""
+
+
+def loaded_modules_script(heavy: tuple[str, ...]) -> str:
+    """A script that runs the CLI with its own argv, then prints its exit code and which of
+    ``heavy`` (modules and their submodules) it loaded."""
+    return f"""
 import sys
 from crewflow.cli import main
 try:
     main()
 except SystemExit as done:
     code = done.code
-heavy = {HEAVY!r}
+heavy = {heavy!r}
 loaded = sorted(n for n in sys.modules if any(n == h or n.startswith(h + ".") for h in heavy))
 print("exit", code, "loaded", loaded)
 """
+
+
+LOADED = loaded_modules_script(HEAVY)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ resumed run never asks for them again and never redoes a finished step.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
@@ -236,7 +237,7 @@ class Hierarchical(Process):
         workers = {agent.role: agent for agent in ctx.graph.members}
         plan = self.plan or await self._ask_plan(ctx, crew, workers)
         needs = _needs(ctx.graph, plan)
-        last = await _add_round(ctx, plan, crew, needs, workers, {}, 0, {})
+        last = await _Round(plan, needs, workers).add(ctx, crew)
         await ctx.run_ready()
         for round_ in range(1, self.max_review_rounds + 1):
             if not all(name in ctx.outputs for name in crew):
@@ -245,7 +246,7 @@ class Hierarchical(Process):
             if not redo:
                 break
             todo = _with_dependants(crew, needs, redo)
-            last = await _add_round(ctx, plan, todo, needs, workers, last, round_, redo)
+            last = await _Round(plan, needs, workers, round_, last, redo).add(ctx, todo)
             await ctx.run_ready()
         if all(name in ctx.outputs for name in crew):
             await ctx.ask("final_answer", self.manager, _answer_prompt(ctx, crew))
@@ -275,7 +276,7 @@ class Hierarchical(Process):
             problems = _problems(plan, crew, list(workers))
             if not problems:
                 needs = _needs(ctx.graph, plan)
-                steps = _steps(ctx, plan, crew, needs, workers, {}, 0, {})
+                steps = _Round(plan, needs, workers).steps(ctx, crew)
                 problems = ctx.check_plan(steps)
             if not problems:
                 return plan
@@ -532,75 +533,72 @@ def _with_dependants(
     return [name for name in crew if name in todo]
 
 
-def _steps(
-    ctx: ProcessContext,
-    plan: Plan,
-    todo: list[str],
-    needs: Mapping[str, list[str]],
-    workers: Mapping[str, Agent],
-    last: Mapping[str, str],
-    round_: int,
-    feedback: Mapping[str, str],
-) -> list[Task]:
-    """The step tasks of ``todo`` for one round (0: the plan; then each review's redo)."""
-    suffix = f".r{round_}" if round_ else ""
-    ends = {**last, **{name: f"{name}.{len(plan[name])}{suffix}" for name in todo}}
-    tasks = []
-    for name in todo:
-        crew_task = ctx.graph.task(name)
-        steps = plan[name]
-        for number, step in enumerate(steps, start=1):
-            final = number == len(steps)
-            if number == 1:
-                context = [ends[need] for need in needs[name]]
-                if round_:
-                    context.append(last[name])  # the result under review
-            else:
-                context = [f"{name}.{number - 1}{suffix}"]
-            description = (
-                f"{literal_template(step.instructions)}\n\n(Step {number} of {len(steps)} of "
-                f"the task {name!r}: {crew_task.description})"
-            )
-            if round_ and number == 1:
-                description += (
-                    "\nThe manager reviewed the earlier result of this task and asks for a "
-                    f"revision: {literal_template(feedback.get(name, 'a task it needs changed'))}"
-                )
-            tasks.append(
-                Task(
-                    description,
-                    name=f"{name}.{number}{suffix}",
-                    agent=workers.get(step.worker),
-                    context=context,
-                    expected_output=crew_task.expected_output if final else "",
-                    output_model=crew_task.output_model if final else None,
-                    timeout=crew_task.timeout,
-                    retry=crew_task.retry,
-                    fallback_agent=crew_task.fallback_agent,
-                    group=crew_task.group,
-                    priority=crew_task.priority,
-                    cache=crew_task.cache,
-                )
-            )
-    return tasks
+@dataclass(frozen=True)
+class _Round:
+    """One round of steps: the plan's (``number`` 0), or a review's redo (1, 2, ...)."""
 
+    plan: Plan
+    needs: Mapping[str, list[str]]
+    workers: Mapping[str, Agent]
+    number: int = 0
+    last: Mapping[str, str] = field(default_factory=dict)
+    """Each crew task's last step before this round."""
+    feedback: Mapping[str, str] = field(default_factory=dict)
 
-async def _add_round(
-    ctx: ProcessContext,
-    plan: Plan,
-    todo: list[str],
-    needs: Mapping[str, list[str]],
-    workers: Mapping[str, Agent],
-    last: Mapping[str, str],
-    round_: int,
-    feedback: Mapping[str, str],
-) -> dict[str, str]:
-    """Add one round's steps, delegate each crew task of it to its last step, and return each
-    crew task's last step so far."""
-    steps = _steps(ctx, plan, todo, needs, workers, last, round_, feedback)
-    await ctx.add_tasks(steps)
-    suffix = f".r{round_}" if round_ else ""
-    ends = {**last, **{name: f"{name}.{len(plan[name])}{suffix}" for name in todo}}
-    for name in todo:
-        await ctx.delegate(name, ends[name])
-    return ends
+    def ends(self, todo: list[str]) -> dict[str, str]:
+        """Each crew task's last step once this round has added ``todo``'s steps."""
+        suffix = f".r{self.number}" if self.number else ""
+        return {**self.last, **{name: f"{name}.{len(self.plan[name])}{suffix}" for name in todo}}
+
+    def steps(self, ctx: ProcessContext, todo: list[str]) -> list[Task]:
+        """The step tasks of ``todo`` in this round."""
+        suffix = f".r{self.number}" if self.number else ""
+        ends = self.ends(todo)
+        tasks = []
+        for name in todo:
+            crew_task = ctx.graph.task(name)
+            steps = self.plan[name]
+            for number, step in enumerate(steps, start=1):
+                final = number == len(steps)
+                if number == 1:
+                    context = [ends[need] for need in self.needs[name]]
+                    if self.number:
+                        context.append(self.last[name])  # the result under review
+                else:
+                    context = [f"{name}.{number - 1}{suffix}"]
+                description = (
+                    f"{literal_template(step.instructions)}\n\n(Step {number} of {len(steps)} "
+                    f"of the task {name!r}: {crew_task.description})"
+                )
+                if self.number and number == 1:
+                    asked = self.feedback.get(name, "a task it needs changed")
+                    description += (
+                        "\nThe manager reviewed the earlier result of this task and asks for a "
+                        f"revision: {literal_template(asked)}"
+                    )
+                tasks.append(
+                    Task(
+                        description,
+                        name=f"{name}.{number}{suffix}",
+                        agent=self.workers.get(step.worker),
+                        context=context,
+                        expected_output=crew_task.expected_output if final else "",
+                        output_model=crew_task.output_model if final else None,
+                        timeout=crew_task.timeout,
+                        retry=crew_task.retry,
+                        fallback_agent=crew_task.fallback_agent,
+                        group=crew_task.group,
+                        priority=crew_task.priority,
+                        cache=crew_task.cache,
+                    )
+                )
+        return tasks
+
+    async def add(self, ctx: ProcessContext, todo: list[str]) -> dict[str, str]:
+        """Add this round's steps for ``todo``, delegate each of those crew tasks to its last
+        step, and return each crew task's last step so far."""
+        await ctx.add_tasks(self.steps(ctx, todo))
+        ends = self.ends(todo)
+        for name in todo:
+            await ctx.delegate(name, ends[name])
+        return ends
