@@ -542,8 +542,13 @@ class Crew(Spec):
             if not isinstance(key, str):
                 raise ConfigurationError(f"input names must be strings, not {key!r}")
             try:
-                json.dumps(value)
-            except (TypeError, ValueError):
+                json.dumps(value, allow_nan=False)
+            except ValueError:
+                raise ConfigurationError(
+                    f"input {key!r} holds NaN or Infinity, which JSON (and so the run's record) "
+                    "cannot hold; pass a finite number, None, or a string such as 'NaN'"
+                ) from None
+            except TypeError:
                 raise ConfigurationError(
                     f"input {key!r} is not JSON-serialisable ({type(value).__name__}); pass "
                     "strings, numbers, booleans, None, or lists and dicts of them"

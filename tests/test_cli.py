@@ -79,6 +79,12 @@ def test_input_fills_the_task_templates() -> None:
     assert "Summarise sodium batteries in one line" in texts["summary"]
 
 
+def test_nan_and_infinity_on_the_command_line_are_text_since_json_has_neither() -> None:
+    inputs = cli.parse_inputs(["a=NaN", "b=Infinity", "c=-Infinity", "d=[1, NaN]", "e=1e999"])
+
+    assert inputs == {"a": "NaN", "b": "Infinity", "c": "-Infinity", "d": "[1, NaN]", "e": "1e999"}
+
+
 def test_input_values_are_json_when_they_parse_as_json_else_strings() -> None:
     inputs = cli.parse_inputs(
         ["n=3", "ratio=0.5", "on=true", 'tags=["a", "b"]', "topic=batteries", "q=a=b", "empty="]

@@ -11,6 +11,7 @@ from crewflow import Agent, Crew, CrewResult, Task, TaskStatus
 from crewflow.exceptions import ConfigurationError
 from crewflow.llm.offline import OfflineLLM
 from crewflow.processes.sequential import Sequential
+from crewflow.store import MemoryStore
 from crewflow.testing import FunctionLLM, ScriptedLLM
 
 if TYPE_CHECKING:
@@ -222,6 +223,23 @@ async def test_an_input_that_is_not_json_serialisable_is_named(agent: Agent) -> 
 
     with pytest.raises(ConfigurationError, match=r"input 'topic' is not JSON-serialisable \(set\)"):
         await crew.kickoff(inputs={"topic": {"a", "b"}})
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), -float("inf"), {"deep": [1.0, float("nan")]}]
+)
+async def test_nan_and_infinity_inputs_are_refused_before_anything_runs(value: Any) -> None:
+    calls: list[object] = []
+    agent = Agent(role="Writer", goal="Write", llm=FunctionLLM(lambda r: calls.append(r) or "x"))
+    crew = Crew(tasks=[Task("About {topic}", agent=agent)], store=MemoryStore())
+
+    with pytest.raises(ConfigurationError, match="input 'topic' holds NaN or Infinity"):
+        await crew.kickoff(inputs={"topic": value})
+    with pytest.raises(ConfigurationError, match=r"inputs\[0\]: input 'topic' holds NaN"):
+        await crew.kickoff_for_each([{"topic": value}])
+
+    assert calls == []
+    assert await crew.resolved_store().list_runs() == []  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("inputs", [["topic"], "topic=x", 42])

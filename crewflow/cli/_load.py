@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -40,10 +41,22 @@ def parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
                 f"--input {pair!r} is not KEY=VALUE; write e.g. --input topic=batteries"
             )
         try:
-            inputs[key] = json.loads(raw)
+            # JSON has no NaN or Infinity: such a value is the text as written.
+            inputs[key] = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
         except ValueError:
             inputs[key] = raw
     return inputs
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: a number JSON can write but no record can hold
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 @dataclass(frozen=True)
