@@ -4,7 +4,8 @@ What it shows: how to test your own crews with ``crewflow.testing``. `ScriptedLL
 a script (texts, tool calls, JSON, provider errors) and records every request; `capture_events`
 collects the typed events of every run started in its block; `FakeClock` makes retry waits
 instant; `forbid_real_llm_calls` makes sure nothing reaches a real provider (in a test suite,
-set ``CREWFLOW_FORBID_REAL_LLM_CALLS=1`` in an autouse fixture instead).
+set ``CREWFLOW_FORBID_REAL_LLM_CALLS=1`` in an autouse fixture instead). Each crew records into a
+`MemoryStore` of its own, so test runs never land in your real ``runs.db``.
 
 The file is a pytest module (``pytest examples/testing_your_crew.py``, with pytest-asyncio in
 auto mode, as in this repository), and also runs as a script:
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 
 from crewflow import Agent, Crew, Task, tool
 from crewflow.events import LLMCallRetrying, TaskFinished, ToolCalled
+from crewflow.store import MemoryStore
 from crewflow.testing import (
     Error,
     FakeClock,
@@ -48,7 +50,8 @@ def make_crew(llm: ScriptedLLM) -> Crew:
     writer = Agent(role="Writer", goal="Write clearly", llm=llm)
     facts = Task("Collect facts about {topic}", agent=researcher, name="facts")
     post = Task("Write a post about {topic}", agent=writer, name="post")
-    return Crew(tasks=[facts, post])
+    # A store of the test's own: test runs never land in the user's runs.db.
+    return Crew(tasks=[facts, post], store=MemoryStore())
 
 
 async def test_each_task_gets_the_previous_output_as_context() -> None:
@@ -110,7 +113,9 @@ class Summary(BaseModel):
 async def test_structured_output_is_parsed_into_the_output_model() -> None:
     llm = ScriptedLLM([{"title": "Tides", "bullet_points": ["twice a day", "moon"]}])
     writer = Agent(role="Writer", goal="Summarise", llm=llm)
-    crew = Crew(tasks=[Task("Summarise {topic}", agent=writer, output_model=Summary)])
+    crew = Crew(
+        tasks=[Task("Summarise {topic}", agent=writer, output_model=Summary)], store=MemoryStore()
+    )
     result = await crew.kickoff(inputs={"topic": "tides"})
 
     assert result.output.data == Summary(title="Tides", bullet_points=["twice a day", "moon"])

@@ -234,3 +234,30 @@ def test_the_testing_example_is_a_pytest_module() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout
     assert "failed" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["examples/testing_your_crew.py"],
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/testing_your_crew.py"],
+    ],
+    ids=["python", "pytest"],
+)
+def test_the_testing_example_records_nothing_in_the_users_database(
+    how: list[str], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = {**offline_env(), "CREWFLOW_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, *how],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (home / "runs.db").exists()  # it follows the testing docs' own advice
