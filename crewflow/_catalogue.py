@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ def load_agent_fields(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        stream = io.StringIO(path.read_text(encoding="utf-8"))
+        stream.name = str(path)  # YAML's error marks name the file, not "<unicode string>"
+        data = yaml.safe_load(stream)
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read agent file: {exc.strerror}") from None
     except UnicodeDecodeError:

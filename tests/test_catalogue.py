@@ -104,8 +104,12 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     file = tmp_path / "bad.yaml"
     file.write_text("role: [unclosed\n", encoding="utf-8")
 
-    with pytest.raises(ConfigurationError, match="^" + re.escape(str(file)) + ": invalid YAML: "):
+    with pytest.raises(
+        ConfigurationError, match="^" + re.escape(str(file)) + ": invalid YAML: "
+    ) as raised:
         load_agent_fields(file)
+    assert "<unicode string>" not in str(raised.value)
+    assert f'in "{file}", line 2' in str(raised.value)  # where in the file, by its name
 
 
 @pytest.mark.parametrize(("body", "kind"), [("- a\n- b\n", "list"), ("just text\n", "str")])

@@ -288,6 +288,18 @@ def test_an_llm_failure_exits_1_naming_the_task_without_a_traceback() -> None:
     assert result.stdout == ""
 
 
+def test_a_partial_failure_is_told_in_terminal_words_with_each_cause() -> None:
+    result = invoke("run", str(CREWS / "partly_failing.py"))
+
+    assert result.exit_code == 1
+    assert "run failed: 1 task(s) failed: broken" in result.stderr
+    assert "broken: LLMError: function: HTTP 400: the request was rejected" in result.stderr
+    assert "skipped: after" in result.stderr
+    assert "finished before the failure: fine" in result.stderr
+    assert ".outputs" not in result.stderr
+    assert ".failures" not in result.stderr
+
+
 def test_a_run_failure_names_the_tasks_that_finished_before_it() -> None:
     result = invoke("run", str(CREWS / "fails_second.py"))
 

@@ -868,3 +868,42 @@ def test_the_store_commands_load_none_of_the_crew_machinery(
     )
 
     assert done.stdout.strip().splitlines()[-1] == "exit 0 loaded []", done.stdout + done.stderr
+
+
+def test_a_db_that_cannot_be_opened_says_to_give_another_path_not_crewflow_home(
+    tmp_path: Path,
+) -> None:
+    result = invoke("runs", "--db", str(tmp_path))  # a directory, not a database
+
+    assert result.exit_code == 2
+    assert "unable to open database file" in result.output
+    assert "--db for crewflow's commands" in result.output
+    assert "CREWFLOW_HOME" not in result.output
+
+
+async def test_the_default_database_that_cannot_be_opened_says_to_move_crewflow_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crewflow.store import SQLiteStore, StoreError, default_store_path
+
+    monkeypatch.setenv("CREWFLOW_HOME", str(tmp_path / "home"))
+    default_store_path().mkdir(parents=True)  # a directory where the database should be
+    store = SQLiteStore(default_store_path())
+    with pytest.raises(StoreError, match="point CREWFLOW_HOME at a writable directory"):
+        await store.list_runs()
+    await store.close()
+
+
+def test_show_json_lists_outputs_in_crew_order_not_finish_order(home: Path) -> None:
+    run = record("ordered").model_copy(update={"graph": {"a": [], "b": [], "c": []}})
+    added = [
+        AddedTaskRecord(name="plan", step="ask", added=T0),
+        AddedTaskRecord(name="a.1", added=T0 + timedelta(seconds=1)),
+    ]
+    finished = [("c", 1), ("a.1", 2), ("b", 3), ("plan", 4), ("a", 5)]  # as they finished
+    rows = [output("ordered", name, f"out {name}", at) for name, at in finished]
+    fill(home / "runs.db", [run], outputs=rows, added={"ordered": added})
+
+    shown = invoke_json("show", "ordered")
+
+    assert list(shown["outputs"]) == ["a", "b", "c", "plan", "a.1"]

@@ -53,7 +53,16 @@ def print_error(console: Console, message: str) -> None:
 
 def show_failure(console: Console, error: CrewRunError) -> None:
     """Why the run failed, and which tasks had finished (their outputs are not lost)."""
-    print_error(console, f"run failed: {error}")
+    if isinstance(error, CrewPartialFailure):
+        # Its own message speaks Python (".outputs", ".failures"); say it as a terminal would.
+        failed = ", ".join(error.failures)
+        print_error(console, f"run failed: {len(error.failures)} task(s) failed: {failed}")
+        for name, failure in error.failures.items():
+            cause = failure.cause
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else str(failure)
+            console.print(Text(f"  {name}: {why}"), soft_wrap=True)
+    else:
+        print_error(console, f"run failed: {error}")
     if isinstance(error, TaskFailed):
         console.print(Text(f"failed task: {error.task}"), soft_wrap=True)
     if isinstance(error, CrewPartialFailure) and error.skipped:

@@ -165,12 +165,14 @@ async def _details(store: Store, *, run_id: str) -> RunDetails:
     run = await store.get_run(run_id)
     if run is None:
         raise UnknownRunError(run_id)
-    return RunDetails(
-        run,
-        await store.added_tasks(run_id),
-        await store.attempts(run_id),
-        await store.outputs(run_id),
-    )
+    added = await store.added_tasks(run_id)
+    outputs = await store.outputs(run_id)
+    # In crew order: the crew's tasks as declared, then the process's as added; a store gives
+    # them in the order they finished.
+    order = [*run.graph, *(task.name for task in added)]
+    rank = {name: index for index, name in enumerate(order)}
+    ordered = sorted(outputs, key=lambda name: rank.get(name, len(order)))
+    return RunDetails(run, added, await store.attempts(run_id), {n: outputs[n] for n in ordered})
 
 
 def list_runs(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
 
-from crewflow.store._base import StoreError
+from crewflow.store._base import StoreError, default_store_path
 from crewflow.store._rows import ATTEMPTS, OUTPUTS, TaskRows
 
 if TYPE_CHECKING:
@@ -229,10 +229,7 @@ class Writer:
             hint = ""
             text = str(found)
             if isinstance(found, OSError) or "unable to open" in text or "readonly" in text:
-                hint = (
-                    "; point CREWFLOW_HOME at a writable directory, give the crew another "
-                    "store=..., or store=None to record nothing"
-                )
+                hint = _open_hint(self.path)
             error = StoreError(f"the run database {self.path} failed: {text}{hint}")
             error.__cause__ = found
             return _Outcome(error=error)
@@ -383,3 +380,19 @@ def _insert_together(conn: sqlite3.Connection, group: list[_Call]) -> list[_Outc
         return [_Outcome(error=exc) for _ in group]
     # E.g. a row of an unknown run: each write alone tells which one fails.
     return [_run_in_savepoint(conn, call) for call in group]
+
+
+def _open_hint(path: Path) -> str:
+    """How to get past a database that cannot be opened or written: the default one is moved
+    with ``CREWFLOW_HOME``; a database named by path (``store=...``, ``--db``) needs a path to a
+    file in a directory this process can write."""
+    if path.expanduser().resolve() == default_store_path().expanduser().resolve():
+        return (
+            "; point CREWFLOW_HOME at a writable directory, give the crew another store=..., "
+            "or store=None to record nothing"
+        )
+    return (
+        f"; {path} must be a database file (or a new file's name) in a directory this process "
+        "can write: give another path (the crew's store=..., or --db for crewflow's "
+        "commands), or store=None to record nothing"
+    )
