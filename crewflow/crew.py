@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
 
-from crewflow._records import ProcessChoice, TaskKind, TaskRecord
+from crewflow._records import ProcessChoice, RunStatus, TaskKind, TaskRecord
 from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.events import Event
@@ -270,7 +270,9 @@ class Crew(Spec):
 
         The run keeps its id, inputs and finished outputs (read from the crew's store); its
         record is marked running again and then completed (or failed). Works after a crash,
-        a ``kill -9``, a failure or a cancellation, with every process.
+        a ``kill -9``, a failure or a cancellation, with every process. A run that completed
+        has nothing to resume: its result comes back from the records, which are left as they
+        are (to run the crew again, kick it off with the run's inputs).
 
         Args:
             run_id: The run to finish (`CrewResult.run_id`, ``crewflow runs``).
@@ -301,6 +303,9 @@ class Crew(Spec):
             store, run_id, self.fingerprint(override), self._graph, force=force
         )
         run = self._new_run(loaded.record.inputs, llm, resumption=loaded)
+        if loaded.record.status == RunStatus.COMPLETED:
+            # Nothing to resume: its result is replayed from the records, which stay as they are.
+            run.recorder = None
         return await self._finish(run)
 
     async def kickoff(

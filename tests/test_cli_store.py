@@ -723,6 +723,31 @@ def test_resume_runs_only_the_unfinished_tasks_from_any_directory(
     assert run["resumed"] == 1
 
 
+def test_resume_of_a_completed_run_changes_nothing_and_rerun_starts_a_new_run(
+    home: Path, state: Path
+) -> None:
+    run_id = failed_run(state)
+    assert invoke("resume", run_id).exit_code == 0
+    [before] = invoke_json("runs")
+    asked = calls(state)
+
+    again = invoke("resume", run_id)
+
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip().startswith(f"run {run_id} is complete; nothing to resume")
+    assert invoke_json("runs") == [before]  # not reopened, its end not rewritten
+    assert calls(state) == asked
+
+    rerun = invoke_json("resume", run_id, "--rerun")
+
+    assert rerun["run_id"] != run_id
+    runs = invoke_json("runs")
+    assert [run["run_id"] for run in runs] == [rerun["run_id"], run_id]
+    assert runs[0]["inputs"] == before["inputs"]
+    assert runs[0]["status"] == "completed"
+    assert runs[1] == before
+
+
 def test_resume_json_prints_the_whole_runs_result(home: Path, state: Path) -> None:
     run_id = failed_run(state)
 
@@ -763,7 +788,7 @@ def test_resume_of_an_unknown_run_exits_2(home: Path, state: Path) -> None:
 
 
 def test_resume_of_a_run_started_from_code_asks_for_the_file(home: Path) -> None:
-    fill(home / "runs.db", [record("coded")])
+    fill(home / "runs.db", [record("coded", status=RunStatus.FAILED)])
 
     result = invoke("resume", "coded")
 

@@ -107,6 +107,10 @@ def resume_command(
     force: Annotated[
         bool, typer.Option("--force", help="Resume even if the crew changed since the run.")
     ] = False,
+    rerun: Annotated[
+        bool,
+        typer.Option("--rerun", help="Run the crew again, as a new run with the recorded inputs."),
+    ] = False,
     model: Annotated[
         str | None,
         typer.Option(
@@ -118,11 +122,15 @@ def resume_command(
 ) -> None:
     """Finish a failed or interrupted run: only the tasks that had not finished run again.
 
-    The crew is loaded from the file the run was started from (`crewflow run` recorded it).
+    The crew is loaded from the file the run was started from (`crewflow run` recorded it). A
+    completed run is left as it is: there is nothing to resume (--rerun runs it again).
     """
     from crewflow.cli._run import resume_run
 
-    _exit(resume_run(run_id, file=file, force=force, model=model, as_json=as_json, db=db))
+    code = resume_run(
+        run_id, file=file, force=force, rerun=rerun, model=model, as_json=as_json, db=db
+    )
+    _exit(code)
 
 
 @app.command("runs")

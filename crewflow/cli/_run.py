@@ -18,6 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from crewflow._records import RunStatus
 from crewflow._runtime.recording import run_source
 from crewflow.cli._common import (
     EXIT_OK,
@@ -101,22 +102,42 @@ def resume_run(
     *,
     file: Path | None = None,
     force: bool = False,
+    rerun: bool = False,
     model: str | None = None,
     as_json: bool = False,
     db: Path | None = None,
     stdout: Console | None = None,
     stderr: Console | None = None,
 ) -> int:
-    """What ``crewflow resume`` does; returns the exit code instead of raising."""
+    """What ``crewflow resume`` does; returns the exit code instead of raising.
+
+    A completed run is left as it is ("nothing to resume"); ``rerun`` starts a new run of its
+    crew with the inputs it was recorded with.
+    """
     out = stdout or Console(highlight=False)
     err = stderr or Console(stderr=True, highlight=False)
     try:
         llm = check_model(model) if model is not None else None
-        path, attribute = _resume_source(run_id, file, db)
+        record = _recorded(run_id, db)
+        if record is not None and record.status == RunStatus.COMPLETED and not rerun:
+            out.print(
+                Text(
+                    f"run {run_id} is complete; nothing to resume (crewflow resume {run_id} "
+                    "--rerun runs its crew again with the same inputs)"
+                ),
+                soft_wrap=True,
+            )
+            return EXIT_OK
+        path, attribute = _resume_source(run_id, record, file)
         with crew_from_file(path, attribute) as loaded:
             view = None if as_json else ProgressView(err)
+            crew = _recording_in(loaded.crew, db)
             with run_source(str(loaded.path), loaded.attribute):
-                result = resume(_recording_in(loaded.crew, db), run_id, force, llm, view)
+                if rerun:
+                    assert record is not None  # _resume_source raised otherwise
+                    result = kickoff(crew, dict(record.inputs), llm, view)
+                else:
+                    result = resume(crew, run_id, force, llm, view)
     except (Exception, KeyboardInterrupt) as exc:
         code = exit_code(err, exc)
         _resume_hint(err, exc, recorded=True, model=model, db=db)
@@ -139,10 +160,16 @@ def _resume_hint(
     err.print(Text(f"finish it later with: {command}"), soft_wrap=True)
 
 
-def _resume_source(run_id: str, file: Path | None, db: Path | None) -> tuple[Path, str | None]:
-    """The file to load the run's crew from, and the crew's recorded attribute in it."""
+def _recorded(run_id: str, db: Path | None) -> RunRecord | None:
+    """The run's record in the database, if it has one."""
     path = database_path(db)
-    record = read_store(path, partial(_get_run, run_id=run_id)) if path.exists() else None
+    return read_store(path, partial(_get_run, run_id=run_id)) if path.exists() else None
+
+
+def _resume_source(
+    run_id: str, record: RunRecord | None, file: Path | None
+) -> tuple[Path, str | None]:
+    """The file to load the run's crew from, and the crew's recorded attribute in it."""
     source = record.source if record is not None else None
     if file is not None:
         return file, source.attribute if source is not None else None

@@ -124,3 +124,30 @@ async def test_force_runs_a_changed_added_task_again() -> None:
     assert script.calls == {"brief": 1, "plan": 1, "one": 2, "two": 2}
     assert result.restored == ["brief", "plan"]
     assert result["step.1"].text == "one done"
+
+
+async def test_resuming_a_completed_run_returns_its_result_and_changes_nothing() -> None:
+    from crewflow import Agent, Crew, Task
+    from crewflow.store import MemoryStore
+    from crewflow.testing import FunctionLLM
+
+    calls: list[str] = []
+
+    def answer(request: object) -> str:
+        calls.append("call")
+        return f"answer {len(calls)}"
+
+    agent = Agent(role="Writer", goal="Write", llm=FunctionLLM(answer))
+    store = MemoryStore()
+    crew = Crew(
+        tasks=[Task("a", name="a", agent=agent), Task("b", name="b", agent=agent)], store=store
+    )
+    first = await crew.kickoff()
+    before = await store.get_run(first.run_id)
+
+    again = await crew.resume(first.run_id)
+
+    assert len(calls) == 2  # no request
+    assert [o.text for o in again.outputs] == [o.text for o in first.outputs]
+    assert sorted(again.restored) == ["a", "b"]
+    assert await store.get_run(first.run_id) == before  # not reopened, its end not rewritten
