@@ -932,3 +932,14 @@ def test_show_json_lists_outputs_in_crew_order_not_finish_order(home: Path) -> N
     shown = invoke_json("show", "ordered")
 
     assert list(shown["outputs"]) == ["a", "b", "c", "plan", "a.1"]
+
+
+def test_ctrl_c_names_the_run_and_the_command_that_finishes_it(home: Path) -> None:
+    result = invoke("run", str(CREWS / "interrupted.py"))
+
+    assert result.exit_code == 130
+    [run] = invoke_json("runs")
+    assert run["status"] == "cancelled"
+    assert "error: cancelled" in result.stderr
+    assert f"run {run['run_id']} was cancelled" in result.stderr
+    assert f"finish it later with: crewflow resume {run['run_id']}" in result.stderr

@@ -40,6 +40,18 @@ class UsageProblem(Exception):
     """A problem with the command line or the crew file (exit code 2)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: which one, so that the command can say how to finish it.
+
+    Attributes:
+        run_id: The run that was stopped (``None`` if it had not started).
+    """
+
+    def __init__(self, run_id: str | None) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
 def format_seconds(value: float) -> str:
     """``1.23 s`` below ten seconds, ``12.3 s`` above."""
     return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"

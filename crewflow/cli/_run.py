@@ -6,7 +6,7 @@ Imported only by those two commands: it loads the crew machinery.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +18,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from crewflow import events
 from crewflow._records import RunStatus
 from crewflow._runtime.recording import run_source
 from crewflow.cli._common import (
     EXIT_OK,
+    Interrupted,
     UsageProblem,
     database_path,
     exit_code,
@@ -37,7 +39,6 @@ from crewflow.llm._models import check_model
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from crewflow import events
     from crewflow.crew import Crew, CrewResult
     from crewflow.events import EventSink
     from crewflow.store import RunRecord, Store
@@ -149,10 +150,13 @@ def resume_run(
 def _resume_hint(
     err: Console, exc: BaseException, *, recorded: bool, model: str | None, db: Path | None
 ) -> None:
-    """After a failed run that was recorded: the command that finishes it."""
-    if not recorded or not isinstance(exc, CrewRunError) or not exc.run_id:
+    """After a failed or interrupted run that was recorded: the command that finishes it."""
+    run_id = exc.run_id if isinstance(exc, CrewRunError | Interrupted) else None
+    if not recorded or not run_id:
         return
-    command = f"crewflow resume {exc.run_id}"
+    if isinstance(exc, Interrupted):
+        err.print(Text(f"run {run_id} was cancelled"), soft_wrap=True)
+    command = f"crewflow resume {run_id}"
     if model is not None:
         command += f" --model {model}"
     if db is not None:
@@ -215,15 +219,22 @@ def _recording_in(crew: Crew, db: Path | None) -> Crew:
 def _watching(
     crew: Crew, view: ProgressView | None, start: Callable[[Crew], Awaitable[CrewResult]]
 ) -> CrewResult:
-    watched = crew
-    showing: AbstractContextManager[None] = nullcontext()
-    if view is not None:
-        # The crew's public event hook, on a copy: the user's Crew (frozen) is left as it was
-        # and its own on_event still gets every event.
-        watched = crew.model_copy(update={"on_event": _chain(view, crew.on_event)})
-        showing = view.showing()
-    with showing:
-        return anyio.run(start, watched)
+    started: list[str] = []
+
+    def note(event: events.Event) -> None:
+        if isinstance(event, events.RunStarted):
+            started.append(event.run_id)
+
+    # The crew's public event hook, on a copy: the user's Crew (frozen) is left as it was and
+    # its own on_event still gets every event.
+    sink = _chain(note, crew.on_event if view is None else _chain(view, crew.on_event))
+    watched = crew.model_copy(update={"on_event": sink})
+    showing = view.showing() if view is not None else nullcontext()
+    try:
+        with showing:
+            return anyio.run(start, watched)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(started[-1] if started else None) from exc
 
 
 def _chain(first: EventSink, then: EventSink | None) -> EventSink:
