@@ -25,6 +25,7 @@ from crewflow.llm._types import Usage
 from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
+    MemoryStore,
     OutputRow,
     RunRecord,
     RunSource,
@@ -943,3 +944,46 @@ def test_ctrl_c_names_the_run_and_the_command_that_finishes_it(home: Path) -> No
     assert "error: cancelled" in result.stderr
     assert f"run {run['run_id']} was cancelled" in result.stderr
     assert f"finish it later with: crewflow resume {run['run_id']}" in result.stderr
+
+
+def test_show_and_resume_take_any_unique_prefix_of_four_characters_or_more(
+    home: Path, state: Path
+) -> None:
+    run_id = failed_run(state)
+
+    shown = invoke_json("show", run_id[:8])
+    resumed = invoke("resume", run_id[:4])
+
+    assert shown["run"]["run_id"] == run_id
+    assert resumed.exit_code == 0, resumed.output
+    [run] = invoke_json("runs")
+    assert (run["run_id"], run["status"], run["resumed"]) == (run_id, "completed", 1)
+    assert invoke("show", run_id[:3]).exit_code == 2  # too short to stand for a run
+
+
+def test_an_ambiguous_prefix_lists_the_runs_it_fits(home: Path) -> None:
+    fill(home / "runs.db", [record("abcd1111"), record("abcd2222"), record("abce3333")])
+
+    result = invoke("show", "abcd")
+
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: run id 'abcd' is ambiguous: abcd1111, abcd2222 start with it; give more of it"
+    )
+    assert invoke_json("show", "abcd2")["run"]["run_id"] == "abcd2222"
+    assert invoke_json("show", "abce")["run"]["run_id"] == "abce3333"
+
+
+@pytest.mark.parametrize("make", [MemoryStore, lambda: None], ids=["memory", "sqlite"])
+async def test_run_ids_starting_a_prefix_come_in_order_up_to_the_limit(
+    make: Any, tmp_path: Path
+) -> None:
+    store = make() or SQLiteStore(tmp_path / "runs.db")
+    for run_id in ["b2", "a1", "a3", "a2", "a~", "b"]:
+        await store.start_run(record(run_id))
+
+    assert await store.run_ids_starting("a") == ["a1", "a2"]
+    assert await store.run_ids_starting("a", limit=10) == ["a1", "a2", "a3", "a~"]
+    assert await store.run_ids_starting("b", limit=10) == ["b", "b2"]
+    assert await store.run_ids_starting("c") == []
+    await store.close()

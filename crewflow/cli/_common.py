@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from crewflow.store import Store
+    from crewflow.store import RunRecord, Store
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
@@ -132,3 +132,26 @@ def read_store(path: Path, read: Callable[[Store], Awaitable[_T]]) -> _T:
             return await read(store)
 
     return anyio.run(session)
+
+
+SHORT_ID = 4
+"""The fewest characters of a run id the commands take for the whole (git-style)."""
+
+
+async def find_run(store: Store, given: str) -> RunRecord | None:
+    """The run called ``given``, else the only run whose id starts with it (at least `SHORT_ID`
+    characters), else ``None``.
+
+    Raises:
+        UsageProblem: Several runs' ids start with ``given``.
+    """
+    record = await store.get_run(given)
+    if record is not None or len(given) < SHORT_ID:
+        return record
+    found = await store.run_ids_starting(given, limit=3)
+    if len(found) > 1:
+        listed = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+        raise UsageProblem(
+            f"run id {given!r} is ambiguous: {listed} start with it; give more of it"
+        )
+    return await store.get_run(found[0]) if found else None

@@ -27,6 +27,7 @@ from crewflow.cli._common import (
     UsageProblem,
     database_path,
     exit_code,
+    find_run,
     format_seconds,
     print_json,
     read_store,
@@ -120,6 +121,7 @@ def resume_run(
     try:
         llm = check_model(model) if model is not None else None
         record = _recorded(run_id, db)
+        run_id = record.run_id if record is not None else run_id  # a short id, made whole
         if record is not None and record.status == RunStatus.COMPLETED and not rerun:
             out.print(
                 Text(
@@ -194,7 +196,7 @@ def _resume_source(
 
 
 async def _get_run(store: Store, *, run_id: str) -> RunRecord | None:
-    return await store.get_run(run_id)
+    return await find_run(store, run_id)
 
 
 def kickoff(

@@ -15,7 +15,14 @@ import anyio
 from rich.console import Console
 from rich.text import Text
 
-from crewflow.cli._common import EXIT_OK, database_path, exit_code, print_json, read_store
+from crewflow.cli._common import (
+    EXIT_OK,
+    database_path,
+    exit_code,
+    find_run,
+    print_json,
+    read_store,
+)
 from crewflow.cli._render import show_details, show_runs
 from crewflow.exceptions import UnknownRunError
 from crewflow.store import MemoryStore
@@ -162,9 +169,10 @@ def _config_of_ran(run: RunRecord) -> dict[str, JsonValue] | None:
 
 
 async def _details(store: Store, *, run_id: str) -> RunDetails:
-    run = await store.get_run(run_id)
+    run = await find_run(store, run_id)
     if run is None:
         raise UnknownRunError(run_id)
+    run_id = run.run_id  # a short id, made whole
     added = await store.added_tasks(run_id)
     outputs = await store.outputs(run_id)
     # In crew order: the crew's tasks as declared, then the process's as added; a store gives

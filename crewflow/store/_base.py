@@ -200,6 +200,14 @@ class Store(ABC):
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run with this id, or ``None``."""
 
+    async def run_ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        """The ids of runs that start with ``prefix``, in order, at most ``limit`` of them (to
+        take a short run id, git-style). The default reads every run; stores override it with
+        an indexed lookup."""
+        return sorted(
+            r.run_id for r in await self.list_runs(limit=None) if r.run_id.startswith(prefix)
+        )[:limit]
+
     @abstractmethod
     async def outputs(self, run_id: str) -> dict[str, OutputRow]:
         """The run's finished outputs by task name, in the order they finished."""

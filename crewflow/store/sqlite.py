@@ -206,6 +206,24 @@ class SQLiteStore(Store):
         found = await self._writer.call(select)
         return None if found is None else run_from_row(found)
 
+    async def run_ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        check_limit(limit)
+        # A range on the primary key's index, not LIKE (which would scan every run).
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
+
+        def select(conn: sqlite3.Connection) -> list[str]:
+            if upper is None:
+                rows = conn.execute("SELECT run_id FROM runs ORDER BY run_id LIMIT ?", (limit,))
+            else:
+                rows = conn.execute(
+                    "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? "
+                    "ORDER BY run_id LIMIT ?",
+                    (prefix, upper, limit),
+                )
+            return [row[0] for row in rows]
+
+        return await self._writer.call(select)
+
     async def outputs(self, run_id: str) -> dict[str, OutputRow]:
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
