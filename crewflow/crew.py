@@ -169,6 +169,9 @@ class Crew(Spec):
             `crewflow.store.Store`, or ``None`` to record nothing (no resume then).
         cache: Reuse LLM replies to identical calls (a task's own ``cache`` wins); kept in the
             store, or in memory for the run when ``store=None``.
+        default_inputs: Inputs every kickoff gets unless it gives its own (``kickoff``,
+            ``start``, ``kickoff_for_each`` and ``crewflow run --input`` values win), so that a
+            crew runs as it is: ``Crew(..., default_inputs={"topic": "batteries"})``.
 
     Raises:
         ConfigurationError: A cycle, unknown context, duplicate names, a task with no agent to
@@ -188,6 +191,7 @@ class Crew(Spec):
     on_event: Callable[[Event], None] | None = None
     store: Any = "default"
     cache: bool = False
+    default_inputs: dict[str, Any] = Field(default_factory=dict)
 
     _process: Process = PrivateAttr()
     _graph: TaskGraph = PrivateAttr()
@@ -208,6 +212,19 @@ class Crew(Spec):
             'store must be "default", the path of a SQLite file, a crewflow.store.Store, or '
             f"None to record nothing, not {value!r}"
         )
+
+    @field_validator("default_inputs")
+    @classmethod
+    def _check_default_inputs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            try:
+                json.dumps(item, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"default input {key!r} must be JSON (strings, finite numbers, booleans, "
+                    f"None, lists and dicts of them), not {item!r}"
+                ) from None
+        return value
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -543,6 +560,8 @@ class Crew(Spec):
                 "inputs must be a mapping of names to values, e.g. {'topic': 'batteries'}, "
                 f"not {type(inputs).__name__}"
             )
+        if self.default_inputs:
+            inputs = {**self.default_inputs, **inputs}
         for key, value in inputs.items():
             if not isinstance(key, str):
                 raise ConfigurationError(f"input names must be strings, not {key!r}")

@@ -55,7 +55,13 @@ def make_crew(**options: Any) -> Crew:
     report = Task(
         "Write the report on {topic}", agent=writer, name="report", context=[market, tech]
     )
-    return Crew(tasks=[brief, market, tech, report], process="adaptive", name="adaptive", **options)
+    return Crew(
+        tasks=[brief, market, tech, report],
+        process="adaptive",
+        name="adaptive",
+        default_inputs={"topic": "tidal power"},
+        **options,
+    )
 
 
 # What `crewflow run examples/adaptive.py` runs, recorded in the default run database.

@@ -49,7 +49,13 @@ chapters = [
 book = Task("Edit the chapters into one book", agent=editor, name="book", context=chapters)
 
 # One chapter at a time to begin with; the handle scales it up while the run goes on.
-crew = Crew(tasks=[*chapters, book], process="parallel", max_concurrency=1, name="book")
+crew = Crew(
+    tasks=[*chapters, book],
+    process="parallel",
+    max_concurrency=1,
+    name="book",
+    default_inputs={"topic": "tides"},
+)
 
 
 def now() -> float:

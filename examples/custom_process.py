@@ -107,6 +107,7 @@ def make_crew(planner: Agent, worker: Agent, **options: Any) -> Crew:
         max_concurrency=2,
         limits=Limits(workers=Limit(concurrency=2)),
         retry=RetryPolicy(max_attempts=3, initial=0.01, jitter=False),
+        default_inputs={"audience": "a city council"},
         **options,
     )
 

@@ -74,6 +74,7 @@ def make_crew(on_failure: Literal["stop", "continue"] = "continue") -> Crew:
         retry=RetryPolicy(initial=0.02, jitter=False),  # short waits, for the demonstration
         on_event=narrate,
         name="feedback",
+        default_inputs={"product": PRODUCT},
     )
 
 

@@ -112,6 +112,7 @@ crew = Crew(
     agents=[researcher, analyst, writer],
     process=Hierarchical(manager, max_review_rounds=2),
     name="hierarchical_report",
+    default_inputs={"topic": "tidal power"},
 )
 
 

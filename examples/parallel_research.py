@@ -64,6 +64,7 @@ crew = Crew(
     process="parallel",
     max_concurrency=3,
     name="parallel_research",
+    default_inputs={"topic": "home batteries"},
 )
 
 

@@ -48,7 +48,11 @@ article = Task(
 )
 
 # No `context=` on the tasks: in a sequential crew each one receives the previous output.
-crew = Crew(tasks=[research, outline, article], name="quickstart")
+crew = Crew(
+    tasks=[research, outline, article],
+    name="quickstart",
+    default_inputs={"topic": "sodium-ion batteries"},  # --topic / --input topic=... win
+)
 
 
 def main(argv: list[str] | None = None) -> int:

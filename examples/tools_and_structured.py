@@ -71,7 +71,15 @@ def show_tool_calls(event: Event) -> None:
         print(f"tool called: {event.tool} (ok={event.ok}, {event.duration * 1000:.1f} ms)")
 
 
-crew = Crew(tasks=[triage], name="triage", on_event=show_tool_calls)
+crew = Crew(
+    tasks=[triage],
+    name="triage",
+    on_event=show_tool_calls,
+    default_inputs={
+        "email": "ana@example.com",
+        "ticket": "We were charged twice for November. Please refund one payment.",
+    },
+)
 
 
 def main(argv: list[str] | None = None) -> int:

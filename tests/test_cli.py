@@ -504,3 +504,23 @@ def test_skips_fallbacks_and_limit_waits_are_shown() -> None:
     assert "draft skipped  because facts failed" in printed
     assert "facts retrying  Researcher gave up; Backup takes over" in printed
     assert "notes waiting  waited 1.50 s for limits" in printed
+
+
+def test_default_inputs_count_as_given_on_the_command_line(tmp_path: Path) -> None:
+    crew_file = tmp_path / "defaults.py"
+    crew_file.write_text(
+        "from crewflow import Agent, Crew, Task\n"
+        "agent = Agent(role='Writer', goal='Write', llm='offline')\n"
+        "crew = Crew(tasks=[Task('About {topic} for {who}', agent=agent)],\n"
+        "            default_inputs={'topic': 'tides'})\n",
+        encoding="utf-8",
+    )
+
+    missing = invoke("run", str(crew_file))
+    given = invoke("run", str(crew_file), "--input", "who=sailors")
+
+    assert missing.exit_code == 2
+    assert "'who'" in missing.stderr
+    assert "'topic'" not in missing.stderr
+    assert given.exit_code == 0, given.output
+    assert "About tides for sailors" in given.stdout

@@ -537,3 +537,31 @@ async def test_kickoff_llm_override_rejects_a_bad_model_string(agent: Agent) -> 
 
     with pytest.raises(ConfigurationError, match="provider"):
         await crew.kickoff(llm="gpt-4o")
+
+
+async def test_default_inputs_fill_what_a_kickoff_does_not_give() -> None:
+    agent = Agent(role="Writer", goal="Write", llm=FunctionLLM(lambda r: r.messages[1].content))
+    crew = Crew(
+        tasks=[Task("About {topic} for {audience}", agent=agent)],
+        default_inputs={"topic": "tides", "audience": "children"},
+        store=MemoryStore(),
+    )
+
+    plain = await crew.kickoff()
+    given = await crew.kickoff({"topic": "waves"})
+    [each] = await crew.kickoff_for_each([{"audience": "sailors"}])
+
+    assert plain.text.startswith("About tides for children")
+    assert given.text.startswith("About waves for children")  # the kickoff's own wins
+    assert each.text.startswith("About tides for sailors")
+    runs = await crew.resolved_store().list_runs()  # type: ignore[union-attr]
+    assert {tuple(sorted(r.inputs.items())) for r in runs} == {
+        (("audience", "children"), ("topic", "tides")),
+        (("audience", "children"), ("topic", "waves")),
+        (("audience", "sailors"), ("topic", "tides")),
+    }
+
+
+def test_default_inputs_must_be_json() -> None:
+    with pytest.raises(ConfigurationError, match="default input 'n' must be JSON"):
+        Crew(tasks=[Task("a", agent=Agent(role="W", goal="g"))], default_inputs={"n": float("nan")})

@@ -261,3 +261,41 @@ def test_the_testing_example_records_nothing_in_the_users_database(
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (home / "runs.db").exists()  # it follows the testing docs' own advice
+
+
+# Examples that `crewflow run` cannot run as they are, and why.
+NOT_CLI_CREWS = {
+    "openai_compatible.py": "its crew is built around a local server that main() starts",
+    "resume_a_run.py": "its crews are built in main(), around a temporary store and a failure",
+    "testing_your_crew.py": "a pytest module: its crews are built by each test",
+}
+
+
+def test_the_examples_that_are_not_cli_crews_are_the_listed_ones() -> None:
+    without = {
+        p.name
+        for p in EXAMPLES
+        if not any(
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "crew" for t in node.targets)
+            for node in ast.parse(p.read_text(encoding="utf-8")).body
+        )
+    }
+
+    assert without == set(NOT_CLI_CREWS)
+
+
+@pytest.mark.parametrize(
+    "example",
+    [p for p in EXAMPLES if p.name not in NOT_CLI_CREWS],
+    ids=[p.name for p in EXAMPLES if p.name not in NOT_CLI_CREWS],
+)
+def test_crewflow_run_runs_every_example_crew_as_it_is(example: Path) -> None:
+    # No --input: each example crew carries default inputs.
+    done = run("-m", "crewflow", "run", str(example.relative_to(ROOT)))
+
+    # failures_and_fallbacks.py's crew fails on purpose (a provider is down): exit 1.
+    expected = 1 if example.name == "failures_and_fallbacks.py" else 0
+    assert done.returncode == expected, done.stderr
+    assert "missing inputs" not in done.stderr
+    assert done.stdout.strip()

@@ -174,7 +174,7 @@ def check_inputs(crew: Crew, inputs: dict[str, Any]) -> None:
         UsageProblem: Some ``{placeholders}`` have no ``--input``.
     """
     needed = crew.graph.placeholders
-    missing = sorted(set(needed) - set(inputs))
+    missing = sorted(set(needed) - set(inputs) - set(crew.default_inputs))
     if missing:
         detail = "; ".join(f"{name!r} (used by {', '.join(needed[name])})" for name in missing)
         example = " ".join(f"--input {name}=..." for name in missing)
