@@ -108,10 +108,14 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def run(*args: str, forbid: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, forbid: bool = True, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = offline_env()
     if not forbid:
         del env["CREWFLOW_FORBID_REAL_LLM_CALLS"]
+    if home is not None:
+        env["CREWFLOW_HOME"] = str(home)
     return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
@@ -248,16 +252,7 @@ def test_the_testing_example_records_nothing_in_the_users_database(
     how: list[str], tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    env = {**offline_env(), "CREWFLOW_HOME": str(home)}
-    done = subprocess.run(
-        [sys.executable, *how],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    done = run(*how, home=home)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (home / "runs.db").exists()  # it follows the testing docs' own advice
