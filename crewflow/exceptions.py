@@ -24,9 +24,11 @@ CrewflowError
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors: the answer never matched the task's output_model
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
+CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
 ```
 
 Messages say what was wrong and how to fix it; details live in fields, not packed into strings.
+`CrewflowWarning` is a warning, not an error: a tool parameter without a type hint, for one.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "CrewPartialFailure",
     "CrewRunError",
     "CrewflowError",
+    "CrewflowWarning",
     "DuplicateRunError",
     "InvalidPlan",
     "KickoffsFailed",
@@ -62,6 +65,10 @@ __all__ = [
 ]
 
 _EMPTY: Mapping[str, TaskOutput] = MappingProxyType({})
+
+
+class CrewflowWarning(UserWarning):
+    """A likely mistake crewflow can run with anyway (filter it with ``warnings`` as usual)."""
 
 
 class CrewflowError(Exception):

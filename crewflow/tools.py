@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import warnings
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, overload
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import to_jsonable_python
 
-from crewflow.exceptions import ConfigurationError, ToolError
+from crewflow.exceptions import ConfigurationError, CrewflowWarning, ToolError
 from crewflow.llm._types import ToolSpec
 
 if TYPE_CHECKING:
@@ -228,6 +229,15 @@ def _arguments_model(
                 f"tool {tool_name!r}: *{'*' if param.kind == param.VAR_KEYWORD else ''}"
                 f"{param.name} cannot be described to a model; declare each parameter"
             )
+        if param.name not in hints:
+            warnings.warn(
+                CrewflowWarning(
+                    f"tool {tool_name!r}: parameter {param.name!r} has no type hint, so the "
+                    f"model is told nothing of what to pass; annotate it (e.g. {param.name}: "
+                    "str)"
+                ),
+                stacklevel=_caller_level(),
+            )
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
         field = f"arg_{index}"
@@ -297,3 +307,15 @@ def _to_text(result: Any) -> str:
 
 
 ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside crewflow: a warning points at the user's
+    line (a ``@tool`` decorator, an ``Agent(tools=[...])``), however deep crewflow called."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    inside = ("crewflow.", "pydantic")  # pydantic: an agent's tools are validated into Tools
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(inside):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level

@@ -76,6 +76,8 @@ MODULE_CLASSES = {
     and issubclass(value, BaseException)
     and value.__module__ == exceptions.__name__
 }
+# The errors; the module also has a warning (CrewflowWarning), drawn beside the tree.
+ERRORS = {name: cls for name, cls in MODULE_CLASSES.items() if not issubclass(cls, Warning)}
 
 
 def drawn_tree() -> dict[str, tuple[str | None, str]]:
@@ -121,12 +123,14 @@ def test_the_drawing_tells_the_truth_about_builtin_bases() -> None:
 
 def test_the_fields_drawn_exist_on_instances() -> None:
     for name, (_, rest) in drawn_tree().items():
-        instance = make(MODULE_CLASSES[name])
+        if name not in ERRORS:
+            continue
+        instance = make(ERRORS[name])
         for field in re.findall(r"\.(\w+)", rest):
             assert hasattr(instance, field), f"{name}.{field}"
 
 
-@pytest.mark.parametrize("cls", list(MODULE_CLASSES.values()), ids=list(MODULE_CLASSES))
+@pytest.mark.parametrize("cls", list(ERRORS.values()), ids=list(ERRORS))
 def test_every_error_is_a_crewflow_error(cls: type[CrewflowError]) -> None:
     assert issubclass(cls, CrewflowError)
     assert isinstance(make(cls), CrewflowError)
@@ -173,7 +177,7 @@ def test_fields_are_kept_apart_from_the_message() -> None:
     )
 
 
-@pytest.mark.parametrize("cls", list(MODULE_CLASSES.values()), ids=list(MODULE_CLASSES))
+@pytest.mark.parametrize("cls", list(ERRORS.values()), ids=list(ERRORS))
 def test_errors_survive_pickling_with_their_fields(cls: type[CrewflowError]) -> None:
     error = make(cls)
     if isinstance(error, CrewRunError):

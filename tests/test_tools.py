@@ -15,7 +15,7 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from crewflow import Tool, tool
+from crewflow import CrewflowWarning, Tool, tool
 from crewflow.exceptions import ConfigurationError, ToolError
 from crewflow.tools import as_tool
 
@@ -156,7 +156,10 @@ def test_unannotated_parameters_accept_anything() -> None:
     def echo(value):  # type: ignore[no-untyped-def]
         return value
 
-    assert tool(echo).parameters["properties"]["value"] == {}
+    with pytest.warns(CrewflowWarning, match="parameter 'value' has no type hint"):
+        made = tool(echo)
+
+    assert made.parameters["properties"]["value"] == {}
 
 
 def test_parameters_named_like_pydantic_attributes_or_private_names_work() -> None:
@@ -425,3 +428,30 @@ async def test_results_json_cannot_encode_fall_back_to_their_str() -> None:
         return {"thing": Thing()}
 
     assert json.loads(await make.run({})) == {"thing": "a thing"}
+
+
+def test_a_parameter_without_a_type_hint_warns_naming_the_tool_and_the_parameter() -> None:
+    def lookup(query, limit: int = 3) -> str:  # type: ignore[no-untyped-def]
+        """Look things up."""
+        return f"{query} {limit}"
+
+    with pytest.warns(
+        CrewflowWarning, match="tool 'lookup': parameter 'query' has no type"
+    ) as seen:
+        made = tool(lookup)
+
+    assert len(seen) == 1  # `limit` is typed
+    assert seen[0].filename == __file__  # it points at the user's line, not at crewflow
+    assert made.parameters["properties"]["query"] == {}  # what the model is told: nothing
+
+
+def test_typed_parameters_warn_nothing() -> None:
+    import warnings
+
+    def lookup(query: str) -> str:
+        """Look things up."""
+        return query
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tool(lookup)
