@@ -258,14 +258,8 @@ class RunContext(ProcessContext):
         agent: Agent | None = None,
         priority: float = 0,
     ) -> TaskOutput | None:
-        run = self._run
-        if task not in run.graph:
-            raise RuntimeError(
-                f"process {run.process.name!r} executed {task!r}, which is not a task of this "
-                "run: add it with ctx.add_tasks([...]) first"
-            )
-        name = run.graph.name_of(task)
-        return await run.execute(name, context=context, agent=agent, priority=priority)
+        name = self._name(task, "executed")
+        return await self._run.execute(name, context=context, agent=agent, priority=priority)
 
     def check_plan(self, tasks: Sequence[Task]) -> list[PlanProblem]:
         return self._run.check_plan(tasks)
@@ -284,7 +278,7 @@ class RunContext(ProcessContext):
         return await self._run.ask(key, agent, prompt, output_model=output_model)
 
     async def delegate(self, task: Task | str, to: Task | str) -> None:
-        await self._run.delegate(self._name(task), self._name(to))
+        await self._run.delegate(self._name(task, "delegated"), self._name(to, "delegated to"))
 
     async def run_ready(self) -> None:
         await self._run.run_ready()
@@ -305,11 +299,14 @@ class RunContext(ProcessContext):
             process, reason, explored=explored, features=features, predictions=predictions
         )
 
-    def _name(self, task: Task | str) -> str:
+    def _name(self, task: Task | str, doing: str) -> str:
+        """The name of ``task`` in the run (a name is taken as it is: the run checks it)."""
+        run = self._run
         if isinstance(task, str):
             return task
-        if task not in self._run.graph:
+        if task not in run.graph:
             raise RuntimeError(
-                f"{task!r} is not a task of this run: add it with ctx.add_tasks([...]) first"
+                f"process {run.process.name!r} {doing} {task!r}, which is not a task of this "
+                "run: add it with ctx.add_tasks([...]) first"
             )
-        return self._run.graph.name_of(task)
+        return run.graph.name_of(task)

@@ -247,13 +247,9 @@ class Adaptive(Process):
         await ctx.choose(
             chosen.process, reason, explored=explored, features=features, predictions=ranked
         )
-        return ProcessChoice(
-            process=chosen.process,
-            reason=reason,
-            explored=explored,
-            features=features,
-            predictions=ranked,
-        )
+        recorded = ctx.chosen
+        assert recorded is not None  # choose() keeps it
+        return recorded
 
     def _exploration(self, ranked: list[Prediction], history: History) -> Prediction | None:
         """The candidate this run measures instead of the best, if the rule says to explore."""

@@ -521,15 +521,13 @@ def _needs(graph: TaskGraph, plan: Plan) -> dict[str, list[str]]:
 def _with_dependants(
     crew: list[str], needs: Mapping[str, list[str]], redo: Mapping[str, str]
 ) -> list[str]:
-    """The tasks to redo, and every crew task that waits on one of them, in crew order."""
+    """The tasks to redo, and every crew task that waits on one of them, in crew order (one
+    pass: a task needs only tasks listed before it, which `validate` and the plan's checks
+    make sure of)."""
     todo = set(redo)
-    grew = True
-    while grew:
-        grew = False
-        for name in crew:
-            if name not in todo and any(need in todo for need in needs[name]):
-                todo.add(name)
-                grew = True
+    for name in crew:
+        if any(need in todo for need in needs[name]):
+            todo.add(name)
     return [name for name in crew if name in todo]
 
 
