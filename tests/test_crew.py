@@ -242,6 +242,22 @@ async def test_nan_and_infinity_inputs_are_refused_before_anything_runs(value: A
     assert await crew.resolved_store().list_runs() == []  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("inputs", [{"topic": "caf\udce9"}, {"topic": ["a", {"b": "\ud800"}]}])
+async def test_text_that_is_not_unicode_is_refused_before_anything_runs(inputs: Any) -> None:
+    # A lone surrogate is what Python makes of argv bytes that are not UTF-8; no record can hold it.
+    calls: list[object] = []
+    agent = Agent(role="Writer", goal="Write", llm=FunctionLLM(lambda r: calls.append(r) or "x"))
+    crew = Crew(tasks=[Task("About {topic}", agent=agent)], store=MemoryStore())
+
+    with pytest.raises(ConfigurationError, match="input 'topic' holds text that is not valid Unic"):
+        await crew.kickoff(inputs=inputs)
+    with pytest.raises(ConfigurationError, match="default input 'topic' holds text that is not"):
+        Crew(tasks=[Task("About {topic}", agent=agent)], default_inputs=inputs)
+
+    assert calls == []
+    assert await crew.resolved_store().list_runs() == []  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("inputs", [["topic"], "topic=x", 42])
 async def test_inputs_that_are_not_a_mapping_are_rejected(agent: Agent, inputs: Any) -> None:
     crew = Crew(tasks=[Task("a", agent=agent)])
@@ -563,5 +579,7 @@ async def test_default_inputs_fill_what_a_kickoff_does_not_give() -> None:
 
 
 def test_default_inputs_must_be_json() -> None:
-    with pytest.raises(ConfigurationError, match="default input 'n' must be JSON"):
+    with pytest.raises(ConfigurationError, match="default input 'n' holds NaN or Infinity"):
         Crew(tasks=[Task("a", agent=Agent(role="W", goal="g"))], default_inputs={"n": float("nan")})
+    with pytest.raises(ConfigurationError, match="default input 'n' is not JSON-serialisable"):
+        Crew(tasks=[Task("a", agent=Agent(role="W", goal="g"))], default_inputs={"n": {1, 2}})
