@@ -154,3 +154,16 @@ def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_events_table_of_the_concepts_lists_every_event() -> None:
+    from crewflow import events
+
+    table = (ROOT / "docs" / "concepts" / "crews.md").read_text(encoding="utf-8")
+    missing = [
+        name
+        for name in events.__all__
+        if name not in ("Event", "EventSink")
+        and f"| `{name}` | `{getattr(events, name).model_fields['kind'].default}` |" not in table
+    ]
+    assert not missing, f"docs/concepts/crews.md#events lacks {missing}"
