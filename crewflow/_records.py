@@ -29,22 +29,34 @@ class RunStatus(StrEnum):
     ``failed`` or ``cancelled``; ``pending`` and ``paused`` are seen on a live run's handle."""
 
     PENDING = "pending"
+    """Started in the background (`Crew.start`) but not yet running."""
     RUNNING = "running"
+    """Running; also what the store says of a run that died before it ended (resume it)."""
     PAUSED = "paused"
+    """Paused through its handle: no new task starts until it is resumed."""
     COMPLETED = "completed"
+    """Ended with every task done."""
     FAILED = "failed"
+    """Ended with an error (a task failed, a plan could not be used...)."""
     CANCELLED = "cancelled"
+    """Ended because it was cancelled before it could finish (``handle.cancel()``, Ctrl-C)."""
 
 
 class TaskStatus(StrEnum):
     """Where a task is, or how it (or one of its attempts) ended."""
 
     PENDING = "pending"
+    """Not started yet."""
     RUNNING = "running"
+    """An attempt is running."""
     COMPLETED = "completed"
+    """Finished with an output."""
     FAILED = "failed"
+    """Failed: every attempt of the task, or this one attempt."""
     SKIPPED = "skipped"
+    """Never ran: a task it depends on failed or was skipped (``on_failure="continue"``)."""
     CANCELLED = "cancelled"
+    """Stopped by a cancellation (of the run, or because another task failed)."""
 
 
 class TaskKind(StrEnum):
@@ -53,7 +65,9 @@ class TaskKind(StrEnum):
     review; in `CrewResult.internal`)."""
 
     DELIVERABLE = "deliverable"
+    """One of the crew's tasks."""
     INTERNAL = "internal"
+    """A task the process added while it ran."""
 
 
 class AttemptRecord(BaseModel):
