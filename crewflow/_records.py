@@ -26,7 +26,12 @@ __all__ = [
 
 class RunStatus(StrEnum):
     """Where a run is. A store keeps ``running`` until the run ends as ``completed``,
-    ``failed`` or ``cancelled``; ``pending`` and ``paused`` are seen on a live run's handle."""
+    ``failed`` or ``cancelled``; ``pending`` and ``paused`` are seen on a live run's handle.
+
+    ``interrupted`` is never written: a store reports it for a run recorded ``running`` that
+    nothing executes any more, because its lease lapsed (its process was killed, or its host
+    stopped renewing it: see `crewflow.store.Lease`). `Crew.resume` finishes it, as it
+    finishes a failed run."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -34,6 +39,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
 
 
 class TaskStatus(StrEnum):

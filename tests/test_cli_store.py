@@ -25,6 +25,7 @@ from crewflow.llm._types import Usage
 from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
+    Lease,
     MemoryStore,
     OutputRow,
     RunRecord,
@@ -71,8 +72,13 @@ def record(
     graph: dict[str, list[str]] | None = None,
     cost: float | None = None,
     source: RunSource | None = None,
+    lease: Lease | None = None,
 ) -> RunRecord:
+    """A run's record; a running one is held by this process unless ``lease`` says otherwise
+    (as a run being executed is)."""
     started = T0 + timedelta(minutes=minute)
+    if lease is None and status == RunStatus.RUNNING:
+        lease = Lease.new()
     return RunRecord(
         run_id=run_id,
         crew=crew,
@@ -86,6 +92,7 @@ def record(
         ended=None if seconds is None else started + timedelta(seconds=seconds),
         usage=Usage(requests=3, prompt_tokens=1200, completion_tokens=34, cost=cost),
         graph={"facts": [], "draft": ["facts"]} if graph is None else graph,
+        lease=lease,
     )
 
 
@@ -241,7 +248,8 @@ def test_runs_table_has_a_row_per_run_with_status_duration_size_and_usage(home: 
     assert " 2 " in done  # tasks in the run's graph
     assert failed.split()[3] == "failed"
     assert "1m 15s" in failed
-    assert "running" in live
+    assert live.split()[3:5] == ["running", local(T0)[:10]]
+    assert live.count("running") == 2  # status, and no duration yet
 
 
 def on_terminal(width: int, *args: str) -> tuple[int, list[str]]:

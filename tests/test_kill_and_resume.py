@@ -25,7 +25,7 @@ from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, Text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from crewflow.testing.server import ReceivedRequest
@@ -113,11 +113,13 @@ async def kill_and_resume(
     reply: Callable[[str], Text] = lambda name: Text(f"result of {name}"),
     env: dict[str, str] | None = None,
     name_of: Callable[[ReceivedRequest], str] = task_of,
+    before_resume: Callable[[str], Awaitable[None]] | None = None,
 ) -> Killed:
     """``crewflow run crew_file``, killed (SIGKILL) when the server receives the request of task
     ``kill_at`` (held in flight, with those of ``held``), then ``crewflow resume RUN_ID``.
 
-    ``name_of`` names the task a request is for (default: the word after "do ")."""
+    ``name_of`` names the task a request is for (default: the word after "do ");
+    ``before_resume`` is awaited with the run's id between the kill and the resume."""
     arrived = anyio.Event()
     killed = False
     requests: dict[str, int] = {}
@@ -161,10 +163,15 @@ async def kill_and_resume(
 
             async with SQLiteStore(home / "runs.db") as store:
                 (run,) = await store.list_runs()
-                assert run.status == "running"  # it never got to say otherwise
+                # It never got to say so, but its lease tells: its process is gone.
+                assert run.status == "interrupted"
+                assert run.lease is not None
+                assert run.lease.owner.pid == child.pid
                 finished_before = set(await store.outputs(run.run_id))
                 added_before = [task.name for task in await store.added_tasks(run.run_id)]
             sent_before = dict(requests)
+            if before_resume is not None:
+                await before_resume(run.run_id)
 
             resumed = await anyio.run_process(
                 crewflow("resume", run.run_id), env=environment, check=False
