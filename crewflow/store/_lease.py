@@ -13,7 +13,8 @@ so its lease lapses:
 A store reports a run recorded ``running`` whose lease lapsed, or that holds none, as
 ``interrupted`` (see `observed`): nothing is executing it any more, and `Crew.resume` finishes
 it. A pid check alone would not do: a pid means nothing on another host, so there only the
-expiry counts.
+expiry counts, read on the reader's clock: machines that share a database keep their clocks in
+step (NTP does, far within the minute a lease lasts).
 """
 
 from __future__ import annotations
