@@ -26,12 +26,17 @@ __all__ = [
 
 class RunStatus(StrEnum):
     """Where a run is. A store keeps ``running`` until the run ends as ``completed``,
-    ``failed`` or ``cancelled``; ``pending`` and ``paused`` are seen on a live run's handle."""
+    ``failed`` or ``cancelled``; ``pending`` and ``paused`` are seen on a live run's handle.
+
+    ``interrupted`` is never written: a store reports it for a run recorded ``running`` that
+    nothing executes any more, because its lease lapsed (its process was killed, or its host
+    stopped renewing it: see `crewflow.store.Lease`). `Crew.resume` finishes it, as it
+    finishes a failed run."""
 
     PENDING = "pending"
     """Started in the background (`Crew.start`) but not yet running."""
     RUNNING = "running"
-    """Running; also what the store says of a run that died before it ended (resume it)."""
+    """Running, under a lease its process renews."""
     PAUSED = "paused"
     """Paused through its handle: no new task starts until it is resumed."""
     COMPLETED = "completed"
@@ -40,6 +45,8 @@ class RunStatus(StrEnum):
     """Ended with an error (a task failed, a plan could not be used...)."""
     CANCELLED = "cancelled"
     """Ended because it was cancelled before it could finish (``handle.cancel()``, Ctrl-C)."""
+    INTERRUPTED = "interrupted"
+    """Recorded as running, but nothing runs it any more: its lease lapsed (resume it)."""
 
 
 class TaskStatus(StrEnum):

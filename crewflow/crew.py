@@ -282,8 +282,9 @@ class Crew(Spec):
         """Finish an earlier run of this crew: re-run only the tasks that had not finished.
 
         The run keeps its id, inputs and finished outputs (read from the crew's store); its
-        record is marked running again and then completed (or failed). Works after a crash,
-        a ``kill -9``, a failure or a cancellation, with every process. A run that completed
+        record is marked running again, held by this process's lease, and then completed (or
+        failed). Works after a crash or a ``kill -9`` (the run reads as ``interrupted``), a
+        failure or a cancellation, with every process. A run that completed
         has nothing to resume: its result comes back from the records, which are left as they
         are (to run the crew again, kick it off with the run's inputs).
 
