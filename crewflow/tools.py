@@ -19,7 +19,6 @@ import inspect
 import json
 import re
 import threading
-import warnings
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar, copy_context
@@ -30,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import to_jsonable_python
 
+from crewflow._caller import warn
 from crewflow._logging import get_logger
-from crewflow.exceptions import ConfigurationError, CrewflowWarning, ToolError
+from crewflow.exceptions import ConfigurationError, ToolError
 from crewflow.llm._types import ToolSpec
 
 if TYPE_CHECKING:
@@ -430,13 +430,9 @@ def _arguments_model(
                 f"{param.name} cannot be described to a model; declare each parameter"
             )
         if param.name not in hints:
-            warnings.warn(
-                CrewflowWarning(
-                    f"tool {tool_name!r}: parameter {param.name!r} has no type hint, so the "
-                    f"model is told nothing of what to pass; annotate it (e.g. {param.name}: "
-                    "str)"
-                ),
-                stacklevel=_caller_level(),
+            warn(
+                f"tool {tool_name!r}: parameter {param.name!r} has no type hint, so the model is "
+                f"told nothing of what to pass; annotate it (e.g. {param.name}: str)"
             )
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
@@ -507,15 +503,3 @@ def _to_text(result: Any) -> str:
 
 
 ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside crewflow: a warning points at the user's
-    line (a ``@tool`` decorator, an ``Agent(tools=[...])``), however deep crewflow called."""
-    import sys
-
-    frame, level = sys._getframe(1), 1
-    inside = ("crewflow.", "pydantic")  # pydantic: an agent's tools are validated into Tools
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(inside):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level
