@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
 
+from crewflow._caller import CallerModule
 from crewflow._records import ProcessChoice, RunStatus, TaskKind, TaskRecord
 from crewflow._spec import Spec
 from crewflow.agent import Agent
@@ -36,6 +37,15 @@ if TYPE_CHECKING:
     from crewflow.store import Store
 
 __all__ = ["Crew", "CrewResult"]
+
+DEFAULT_NAME = "crew"
+"""The name of a crew built where there is no file to name it after (a notebook, a REPL,
+``python -c``)."""
+
+
+def _default_name() -> str:
+    module = CallerModule.find()
+    return module.stem if module is not None else DEFAULT_NAME
 
 
 class CrewResult(BaseModel):
@@ -153,7 +163,13 @@ class Crew(Spec):
             catalogue's ``manager`` agent (default: that agent on the default model). Builds
             ``Hierarchical(manager=...)`` for ``process="hierarchical"``, and gives the
             adaptive process its hierarchical candidate.
-        name: Names the crew in results, logs and records (default ``"crew"``).
+        name: Names the crew in results, logs and records; `crewflow runs`, `crewflow optimize`
+            and `crewflow.optimizer.analyze` tell crews apart by it. Default: the file name of
+            the module that builds the crew (``research`` for ``research.py``, however it is
+            run: ``python research.py``, ``crewflow run research.py`` or an import), followed by
+            the module attribute that holds it when the module holds several crews
+            (``research:draft``, settled when the crew first runs, once the module has built
+            them all); ``"crew"`` in a notebook, a REPL or ``python -c``.
         max_concurrency: The most tasks running at once, for processes that run several.
         verbose: Log progress at INFO level when the application has not configured logging.
         retry: How provider errors and timed-out attempts are retried (a task's own ``retry``
@@ -182,7 +198,7 @@ class Crew(Spec):
     agents: tuple[Agent, ...] | None = None
     process: str | Process | type[Process] = "sequential"
     manager: Agent | str | None = None
-    name: str = Field(default="crew", min_length=1)
+    name: str = Field(default_factory=_default_name, min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)
     verbose: bool = False
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -196,6 +212,8 @@ class Crew(Spec):
     _process: Process = PrivateAttr()
     _graph: TaskGraph = PrivateAttr()
     _fingerprint: Fingerprint | None = PrivateAttr(default=None)
+    # Where a crew with the default name was built, until its name is settled (`settled_name`).
+    _module: CallerModule | None = PrivateAttr(default=None)
 
     @field_validator("store", mode="before")
     @classmethod
@@ -234,6 +252,8 @@ class Crew(Spec):
         from)."""
         from crewflow.graph import TaskGraph
 
+        if "name" not in self.model_fields_set:
+            self._module = CallerModule.find()
         process = get_process(self.process)
         if self.manager is not None:
             process = process.with_manager(self.manager)
@@ -252,6 +272,18 @@ class Crew(Spec):
     def process_name(self) -> str:
         """The name of the process this crew runs under."""
         return self._process.name
+
+    def _settle_name(self) -> str:
+        """The crew's name, settled: a default name gets the attribute that holds the crew when
+        the module that built it holds several crews. Done when the crew first runs (or is
+        analysed), by when that module has built them all; the same for every copy."""
+        module, self._module = self._module, None
+        if module is not None and "name" not in self.model_fields_set:
+            attribute = module.attribute_of(self, Crew)
+            if attribute is not None:
+                # The one change to a built crew: the rest of its default name, known only now.
+                object.__setattr__(self, "name", f"{self.name}:{attribute}")
+        return self.name
 
     def resolved_store(self) -> Store | None:
         """The store this crew records its runs in (``None`` when ``store=None``)."""
@@ -449,6 +481,7 @@ class Crew(Spec):
 
         values = self._check_inputs(inputs)
         override = self._override(llm)
+        self._settle_name()
         if self.limits is not None:
             registry().configure(self.limits)
         run = Run(
