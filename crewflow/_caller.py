@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crewflow.exceptions import CrewflowWarning
@@ -39,7 +38,6 @@ def warn(message: str) -> None:
     warnings.warn(CrewflowWarning(message), stacklevel=level)
 
 
-@dataclass(frozen=True, eq=False)
 class CallerModule:
     """The module of the user's code that called crewflow: its file's name and its namespace.
 
@@ -49,8 +47,12 @@ class CallerModule:
         namespace: The module's globals, as they are now (the module may still be running).
     """
 
-    stem: str
-    namespace: dict[str, Any]
+    # A plain class: a dataclass costs a millisecond of `import crewflow`.
+    __slots__ = ("namespace", "stem")
+
+    def __init__(self, stem: str, namespace: dict[str, Any]) -> None:
+        self.stem = stem
+        self.namespace = namespace
 
     @classmethod
     def find(cls) -> CallerModule | None:

@@ -754,6 +754,66 @@ def test_optimize_json_for_one_crew(home: Path) -> None:
     assert {stats["task"] for stats in report["tasks"]} == {"facts", "draft"}
 
 
+def fill_two_crews_of_one_file(path: Path) -> None:
+    """Five runs each of ``reports:daily`` and ``reports:weekly``: the same tasks, facts 2 s
+    (a third of the run spent waiting on a concurrency limit), then draft 4 s."""
+    runs: list[RunRecord] = []
+    attempts: dict[str, list[AttemptRecord]] = {}
+    for crew in ("reports:daily", "reports:weekly"):
+        for number in range(5):
+            run_id = f"{crew}-{number}"
+            runs.append(record(run_id, crew=crew, minute=number, seconds=6))
+            base = number * 60
+            attempts[run_id] = [
+                attempt("facts", 1, base, base + 2, limit_waits={"concurrency:search": 2.0}),
+                attempt("draft", 1, base + 2, base + 6),
+            ]
+    fill(path, runs, attempts)
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_optimize_keeps_crews_of_one_file_apart_at_any_width(home: Path, width: int) -> None:
+    fill_two_crews_of_one_file(home / "runs.db")
+
+    code, lines = on_terminal(width, "optimize")
+
+    assert code == 0
+    text = "\n".join(lines)
+    for crew in ("reports:daily", "reports:weekly"):
+        assert any(line.split()[:2] == [crew, "parallel"] for line in lines)  # processes
+        assert f"{crew}:facts" in text  # tasks
+        assert any(line.startswith(crew) and "concurrency:search" in line for line in lines)
+        assert f"for search: {crew} waits on it 33 %" in " ".join(text.split())
+    assert max(len(line) for line in lines) <= width
+
+
+UNNAMED_CREW = """
+from crewflow import Agent, Crew, Task
+
+crew = Crew(tasks=[Task("{task}", agent=Agent(role="Writer", goal="Write", llm="offline"))])
+crew.kickoff_sync()
+"""
+
+
+@pytest.mark.slow
+def test_unnamed_crews_run_as_scripts_are_listed_and_analysed_apart(
+    home: Path, tmp_path: Path
+) -> None:
+    for stem in ("daily", "weekly"):
+        script = tmp_path / f"{stem}.py"
+        script.write_text(UNNAMED_CREW.format(task=f"Write the {stem} report"))
+        environment = {**os.environ, "CREWFLOW_HOME": str(home)}
+        subprocess.run([sys.executable, str(script)], env=environment, check=True, timeout=60)
+
+    listed = invoke_json("runs")
+    report = invoke_json("optimize")
+
+    assert sorted(run["crew"] for run in listed) == ["daily", "weekly"]
+    assert [run["crew"] for run in invoke_json("runs", "--crew", "daily")] == ["daily"]
+    assert sorted(stats["crew"] for stats in report["processes"]) == ["daily", "weekly"]
+    assert sorted(stats["crew"] for stats in report["tasks"]) == ["daily", "weekly"]
+
+
 def test_optimize_runs_limits_how_many_runs_are_read(home: Path) -> None:
     fill_history(home / "runs.db")
 
