@@ -163,13 +163,13 @@ class Crew(Spec):
             catalogue's ``manager`` agent (default: that agent on the default model). Builds
             ``Hierarchical(manager=...)`` for ``process="hierarchical"``, and gives the
             adaptive process its hierarchical candidate.
-        name: Names the crew in results, logs and records; `crewflow runs`, `crewflow optimize`
-            and `crewflow.optimizer.analyze` tell crews apart by it. Default: the file name of
-            the module that builds the crew (``research`` for ``research.py``, however it is
-            run: ``python research.py``, ``crewflow run research.py`` or an import), followed by
-            the module attribute that holds it when the module holds several crews
-            (``research:draft``, settled when the crew first runs, once the module has built
-            them all); ``"crew"`` in a notebook, a REPL or ``python -c``.
+        name: Names the crew in results, logs and records; ``crewflow runs``, ``crewflow
+            optimize`` and `crewflow.optimizer.analyze` tell crews apart by it. Default: the
+            file name of the module that builds the crew (``research`` for ``research.py``,
+            however it is run: ``python research.py``, ``crewflow run research.py`` or an
+            import), followed by the module attribute that holds it when the module holds
+            several crews (``research:draft``, settled when the crew first runs, once the
+            module has built them all); ``"crew"`` in a notebook, a REPL or ``python -c``.
         max_concurrency: The most tasks running at once, for processes that run several.
         verbose: Log progress at INFO level when the application has not configured logging.
         retry: How provider errors and timed-out attempts are retried (a task's own ``retry``
@@ -272,6 +272,11 @@ class Crew(Spec):
     def process_name(self) -> str:
         """The name of the process this crew runs under."""
         return self._process.name
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # A pickled crew leaves the module that built it behind: its name is settled first.
+        self._settle_name()
+        return super().__getstate__()
 
     def _settle_name(self) -> str:
         """The crew's name, settled: a default name gets the attribute that holds the crew when

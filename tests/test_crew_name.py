@@ -3,6 +3,7 @@ holds it when that module holds several crews; ``crew`` where there is no file."
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,18 @@ import pytest
 
 from crewflow import Agent, Crew, Task
 from crewflow.exceptions import TaskFailed
+from crewflow.optimizer import analyze
 from crewflow.store import MemoryStore
 from crewflow.testing import Error, ScriptedLLM
 
 AGENT = Agent(role="Writer", goal="Write", llm="offline")
 
 
-def module(path: str, source: str) -> dict[str, Any]:
+def module(path: str, source: str, **names: Any) -> dict[str, Any]:
     """Run ``source`` as the module of the file ``path`` (its namespace, as Python would make
-    it), and return its namespace."""
+    it, with ``names`` in it too), and return its namespace."""
     namespace: dict[str, Any] = {"__name__": "built", "Crew": Crew, "Task": Task, "agent": AGENT}
+    namespace.update(names)
     if path:
         namespace["__file__"] = path
     exec(compile(source, path or "<string>", "exec"), namespace)
@@ -75,6 +78,16 @@ async def test_several_crews_of_a_module_are_told_apart_by_attribute_when_they_r
     assert (await daily.kickoff()).crew == "reports:daily"  # settled once
 
 
+def test_a_pickled_crew_takes_its_settled_name_along() -> None:
+    built = module(
+        "/crews/reports.py",
+        "daily = Crew(tasks=[Task('Daily', agent=agent)], store=None)\n"
+        "weekly = Crew(tasks=[Task('Weekly', agent=agent)], store=None)\n",
+    )
+
+    assert pickle.loads(pickle.dumps(built["daily"])).name == "reports:daily"
+
+
 async def test_a_name_given_always_wins() -> None:
     built = module(
         "/crews/reports.py",
@@ -99,3 +112,17 @@ async def test_a_run_recorded_under_the_old_default_name_resumes_under_the_new_o
 
     assert result.text == "done"  # the name is no part of the fingerprint: not refused
     assert result.crew == Path(__file__).stem
+
+
+async def test_the_optimizer_finds_the_runs_of_a_crew_under_its_settled_name() -> None:
+    store = MemoryStore()
+    source = (
+        "daily = Crew(tasks=[Task('Daily', agent=agent)], store=store)\n"
+        "weekly = Crew(tasks=[Task('Weekly', agent=agent)], store=store)\n"
+    )
+    await module("/crews/reports.py", source, store=store)["daily"].kickoff()
+
+    # Later, in another process: the file is loaded again, and its crew analysed unrun.
+    report = await analyze(store, module("/crews/reports.py", source, store=store)["daily"])
+
+    assert (report.crew, report.runs) == ("reports:daily", 1)
