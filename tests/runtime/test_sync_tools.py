@@ -136,9 +136,9 @@ def test_a_parallel_crew_runs_its_other_tasks_while_a_sync_tool_blocks(held: Hel
     writer = Agent(role="Writer", goal="Write", llm=ScriptedLLM(["a written", "b written"]))
     crew = Crew(
         tasks=[
-            fetch_task(held, fetching("fetched")),
-            Task("Write A", agent=writer, name="a"),
-            Task("Write B", agent=writer, name="b"),
+            fetch_task(held, fetching("fetched"), context=[]),
+            Task("Write A", agent=writer, name="a", context=[]),
+            Task("Write B", agent=writer, name="b", context=[]),
         ],
         process="parallel",
         max_concurrency=3,
@@ -172,8 +172,8 @@ def test_a_timed_out_task_frees_its_slot_while_its_tool_thread_still_blocks(held
     other = Agent(role="Writer", goal="Write", llm=ScriptedLLM(["written"]))
     crew = Crew(
         tasks=[
-            fetch_task(held, fetching("fetched"), timeout=TIMEOUT, priority=1),  # goes first
-            Task("Write", agent=other, name="write"),
+            fetch_task(held, fetching("fetched"), timeout=TIMEOUT, priority=1, context=[]),
+            Task("Write", agent=other, name="write", context=[]),
         ],
         process="parallel",
         max_concurrency=1,
