@@ -233,13 +233,27 @@ class LLMCallRetrying(Event):
 
 
 class ToolCalled(Event):
-    """An agent called a tool (``ok`` is false when the tool raised; the model was told)."""
+    """An agent's tool call ended. A failed one was sent to the model as the tool's result (the
+    model may correct itself), logged at WARNING with its traceback, and recorded on the
+    attempt (`crewflow.store.ToolCallRecord`).
+
+    Attributes:
+        task: The task whose attempt made the call.
+        tool: The tool's name, as the model called it.
+        ok: Whether the tool returned a result.
+        duration: Seconds the call took.
+        error_type: When it failed, the class name of what the tool raised
+            (``"ToolError"`` for a tool the agent does not have; pydantic's
+            ``"ValidationError"`` for arguments that do not fit the tool's schema).
+        error: When it failed, what the model was told (at most 2 K characters).
+    """
 
     kind: Literal["tool_called"] = "tool_called"
     task: str
     tool: str
     ok: bool
     duration: float
+    error_type: str | None = None
     error: str | None = None
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from crewflow._records import AttemptRecord, RunStatus
+from pydantic import TypeAdapter
+
+from crewflow._records import AttemptRecord, PromptRecord, RunStatus
 from crewflow.store._base import DuplicateRunError, Store, UnknownRunError, check_limit
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from crewflow._usage import Usage
 
 __all__ = ["MemoryStore"]
+
+_PROMPTS = TypeAdapter(list[PromptRecord], config={"defer_build": True})
 
 
 class MemoryStore(Store):
@@ -37,6 +41,9 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._runs: dict[str, tuple[int, str]] = {}
         self._attempts: dict[tuple[str, str, int], str] = {}
+        self._prompts: dict[tuple[str, str, int], str] = {}
+        """Each attempt's prompts apart, as the database keeps them apart from what
+        `attempts` reads."""
         self._tasks: dict[tuple[str, str], str] = {}
         self._outputs: dict[tuple[str, str], str] = {}
         self._cache: dict[str, str] = {}
@@ -89,7 +96,12 @@ class MemoryStore(Store):
 
     async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
         self._require_run(run_id)
-        self._attempts[(run_id, attempt.task, attempt.number)] = attempt.model_dump_json()
+        key = (run_id, attempt.task, attempt.number)
+        self._attempts[key] = attempt.model_dump_json(exclude={"prompts"})
+        if attempt.prompts:
+            self._prompts[key] = _PROMPTS.dump_json(list(attempt.prompts)).decode()
+        else:
+            self._prompts.pop(key, None)
 
     async def save_output(self, row: OutputRow) -> None:
         self._require_run(row.run_id)
@@ -126,6 +138,14 @@ class MemoryStore(Store):
             if run == run_id
         ]
         found.sort(key=lambda attempt: (attempt.start.timestamp(), attempt.task, attempt.number))
+        return found
+
+    async def prompts(self, run_id: str) -> dict[tuple[str, int], list[PromptRecord]]:
+        found = {}
+        for attempt in await self.attempts(run_id):  # in the database's order
+            text = self._prompts.get((run_id, attempt.task, attempt.number))
+            if text is not None:
+                found[(attempt.task, attempt.number)] = _PROMPTS.validate_json(text)
         return found
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:

@@ -50,8 +50,9 @@ from crewflow.store._base import (
 )
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 from crewflow.store._rows import (
-    ATTEMPT_COLUMNS,
+    ATTEMPT_SELECT,
     OUTPUT_COLUMNS,
+    PROMPTS_JSON,
     RUN_COLUMNS,
     RUN_MARKS,
     TASK_COLUMNS,
@@ -59,6 +60,7 @@ from crewflow.store._rows import (
     TaskRows,
     attempt_from_row,
     output_from_row,
+    prompts_from_row,
     run_exists,
     run_from_row,
     run_values,
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
+    from crewflow._records import PromptRecord
     from crewflow._usage import Usage
 
 __all__ = ["SQLiteStore"]
@@ -238,12 +241,23 @@ class SQLiteStore(Store):
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
-                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? "
+                f"SELECT {ATTEMPT_SELECT} FROM attempts WHERE run_id = ? "
                 "ORDER BY start_ts, task, attempt",
                 (run_id,),
             ).fetchall()
 
         return [attempt_from_row(found) for found in await self._writer.call(select)]
+
+    async def prompts(self, run_id: str) -> dict[tuple[str, int], list[PromptRecord]]:
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                f"SELECT task, attempt, {PROMPTS_JSON} FROM attempts "
+                f"WHERE run_id = ? AND {PROMPTS_JSON} IS NOT NULL "
+                "ORDER BY start_ts, task, attempt",
+                (run_id,),
+            ).fetchall()
+
+        return dict(prompts_from_row(found) for found in await self._writer.call(select))
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         check_limit(limit)
