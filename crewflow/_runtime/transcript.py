@@ -17,7 +17,7 @@ from crewflow.exceptions import ToolError
 from crewflow.llm._types import Message
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from crewflow.llm._types import LLMRequest, LLMResponse, ToolCall
 
@@ -126,28 +126,40 @@ class PromptLog:
         """``messages`` with their texts within `PROMPT_LIMIT` together (the longest cut to an
         equal share of what the others leave), valid and redacted; and the characters left
         out."""
-        texts: list[str] = []
+        lengths: list[int] = []
         for message in messages:
-            texts.append(message.content or "")
-            texts.extend(call.arguments for call in message.tool_calls)
-        keeps = _shares([len(text) for text in texts], PROMPT_LIMIT)
-        left_out = sum(len(text) for text in texts) - sum(keeps)
-        done = iter(self._clean(text, keep) for text, keep in zip(texts, keeps, strict=True))
-        kept = []
-        for message in messages:
-            content = next(done)
-            calls = tuple(_call(call, next(done)) for call in message.tool_calls)
-            if message.content is not None and content is not message.content:
-                message = replace(message, content=content)
-            if any(new is not old for new, old in zip(calls, message.tool_calls, strict=True)):
-                message = replace(message, tool_calls=calls)
-            if message.name is not None or message.tool_call_id is not None:
-                message = _valid_names(message)
-            kept.append(message)
-        return kept, left_out
+            lengths.append(len(message.content or ""))
+            lengths.extend(len(call.arguments) for call in message.tool_calls)
+        total = sum(lengths)
+        if total <= PROMPT_LIMIT:  # the usual case: nothing to cut
+            return [self._kept(message, None) for message in messages], 0
+        keeps = _shares(lengths, PROMPT_LIMIT)
+        shares = iter(keeps)
+        return [self._kept(message, shares) for message in messages], total - sum(keeps)
 
-    def _clean(self, text: str, keep: int) -> str:
-        return self.redact(valid_text(cut(text, keep)))
+    def _kept(self, message: Message, shares: Iterator[int] | None) -> Message:
+        """``message`` as recorded: each text cut to its share (when ``shares`` gives them, in
+        the order `_bounded` counted them), valid and redacted; ``message`` itself when that
+        changes nothing."""
+        content, calls = message.content, message.tool_calls
+        keep = None if shares is None else next(shares)
+        if content is not None:
+            content = self._clean(content, keep)
+        if calls:
+            calls = tuple(
+                _call(call, self._clean(call.arguments, None if shares is None else next(shares)))
+                for call in calls
+            )
+            if all(new is old for new, old in zip(calls, message.tool_calls, strict=True)):
+                calls = message.tool_calls
+        if content is not message.content or calls is not message.tool_calls:
+            message = replace(message, content=content, tool_calls=calls)
+        if message.name is not None or message.tool_call_id is not None:
+            message = _valid_names(message)
+        return message
+
+    def _clean(self, text: str, keep: int | None) -> str:
+        return self.redact(valid_text(text if keep is None else cut(text, keep)))
 
 
 def _starts_with(messages: Sequence[Message], sent: Sequence[Message]) -> bool:
