@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from crewflow import _prompts
-from crewflow._logging import get_logger
 from crewflow._spec import Spec
 from crewflow.exceptions import (
     ConfigurationError,
@@ -301,6 +300,9 @@ class _LoggedTools:
 
     def __call__(self, tool: str, *, duration: float, error: BaseException | None) -> None:
         if isinstance(error, Exception):
+            # Here, not at the top: `from crewflow import Agent` must not load logging.
+            from crewflow._logging import get_logger
+
             get_logger().warning(
                 "tool call failed", agent=self.agent, tool=tool, error=str(error), exc_info=error
             )
