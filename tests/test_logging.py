@@ -235,3 +235,17 @@ async def test_an_agent_run_outside_a_crew_logs_a_failed_tool_call_too() -> None
         "lookup",
     )
     assert isinstance(entry["exc_info"], ToolError)
+
+
+async def test_a_call_of_a_tool_the_agent_lacks_is_a_warning_without_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    script = [ToolCalls([ToolCall("nowhere", {})]), "gave up"]
+    agent = Agent(role="Researcher", goal="G", llm=ScriptedLLM(script), tools=[lookup])
+
+    await Crew(tasks=[Task("Find facts", agent=agent)], store=None).kickoff()
+
+    err = capsys.readouterr().err
+    assert "tool call failed" in err
+    assert "error_type=ToolError" in err
+    assert "Traceback" not in err  # it would only show crewflow's own frames

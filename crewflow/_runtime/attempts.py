@@ -15,6 +15,7 @@ from crewflow.llm._types import Usage
 from crewflow.task import TaskOutput
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
     from crewflow._runtime.cache import ReplyCache
@@ -125,7 +126,7 @@ class TaskAttempts:
 
     async def _attempt(self, agent: Agent, llm: ManagedLLM, state: AttemptBuilder) -> AgentAnswer:
         task = self.task
-        on_tool = self._tool_observer(agent, state)
+        on_tool = self._tool_observer(agent, state, llm.redact)
         if task.timeout is None:
             return await agent.run(
                 self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
@@ -297,13 +298,16 @@ class TaskAttempts:
             outputs=run.outputs,
         )
 
-    def _tool_observer(self, agent: Agent, state: AttemptBuilder) -> ToolObserver:
+    def _tool_observer(
+        self, agent: Agent, state: AttemptBuilder, redact: Callable[[str], str]
+    ) -> ToolObserver:
         """Records each tool call on the attempt; a failed one is logged at WARNING with its
-        traceback, and each is a `ToolCalled` event."""
+        traceback (the tool's; a call of a tool the agent lacks has none), and each is a
+        `ToolCalled` event."""
         run, name = self.run, self.name
 
         def observe(tool: str, *, duration: float, error: BaseException | None) -> None:
-            record = tool_call_record(tool, duration, error)
+            record = tool_call_record(tool, duration, error, redact)
             state.tool_calls.append(record)
             if isinstance(error, Exception):
                 run.log.warning(
@@ -314,7 +318,7 @@ class TaskAttempts:
                     tool=record.tool,
                     error_type=record.error_type,
                     error=record.error,
-                    exc_info=error,
+                    exc_info=error if error.__cause__ is not None else None,
                 )
             if run.listening:
                 run.emit(

@@ -53,10 +53,15 @@ def cut(text: str, keep: int) -> str:
     return f"{text[:keep]}\n[… {len(text) - keep:,} more characters not recorded]"
 
 
-def tool_call_record(tool: str, duration: float, error: BaseException | None) -> ToolCallRecord:
+def tool_call_record(
+    tool: str,
+    duration: float,
+    error: BaseException | None,
+    redact: Callable[[str], str] = str,
+) -> ToolCallRecord:
     """The record of a tool call that took ``duration`` seconds and ended with ``error``
-    (``None``: it returned). The error's type is what the tool raised, not the `ToolError` that
-    carried it to the model."""
+    (``None``: it returned), its message passed through ``redact``. The error's type is what
+    the tool raised, not the `ToolError` that carried it to the model."""
     name = cut(valid_text(tool), _NAME_LIMIT)
     if error is None:
         return ToolCallRecord(tool=name, ok=True, duration=max(0.0, duration))
@@ -72,7 +77,7 @@ def tool_call_record(tool: str, duration: float, error: BaseException | None) ->
         ok=False,
         duration=max(0.0, duration),
         error_type=error_type,
-        error=cut(valid_text(message), TOOL_ERROR_LIMIT),
+        error=redact(cut(valid_text(message), TOOL_ERROR_LIMIT)),
     )
 
 

@@ -310,20 +310,34 @@ async def test_prompts_holding_surrogates_and_nul_are_recorded_in_sqlite(tmp_pat
 
 async def test_the_clients_api_key_is_never_recorded(server: OpenAIServer, tmp_path: Path) -> None:
     canary = "sk-canary-9f8e7d6c5b4a3"
-    server.enqueue(ToolCalls([ToolCall("search", {"query": "q"})], content=f"I see {canary}"))
+
+    @tool
+    def leaky(query: str) -> str:
+        """Fails, telling a key."""
+        raise PermissionError(f"{canary} may not search for {query}")
+
+    server.enqueue(ToolCalls([ToolCall("leaky", {"query": "q"})], content=f"I see {canary}"))
     server.enqueue(Text("done"))
     llm = OpenAIChat("m", base_url=server.base_url, api_key=canary)
-    agent = Agent(role="W", goal="G", llm=llm, tools=[search])
+    agent = Agent(role="W", goal="G", llm=llm, tools=[leaky])
     path = tmp_path / "runs.db"
-    leaky = Crew(tasks=[Task(f"Repeat {canary}", agent=agent, name="t")], store=path)
+    crew = Crew(tasks=[Task(f"Repeat {canary}", agent=agent, name="t")], store=path)
 
-    result = await leaky.kickoff()
-    await leaky.resolved_store().close()  # type: ignore[union-attr]
+    result = await crew.kickoff()
+    await crew.resolved_store().close()  # type: ignore[union-attr]
 
-    first, _ = only_attempt(result).prompts
+    attempt = only_attempt(result)
+    first, second = attempt.prompts
     assert first.messages[1].content == "Repeat ***"
     assert first.reply is not None
     assert first.reply.content == "I see ***"
+    assert second.messages[0].content == (
+        "Error: tool 'leaky' raised PermissionError: *** may not search for q"
+    )
+    assert (
+        attempt.tool_calls[0].error
+        == "tool 'leaky' raised PermissionError: *** may not search for q"
+    )
     assert await anyio.to_thread.run_sync(files_holding, tmp_path, canary) == []
 
 
