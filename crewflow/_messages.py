@@ -13,6 +13,7 @@ from typing import Any, Literal
 __all__ = ["Message", "Role", "ToolCall"]
 
 Role = Literal["system", "user", "assistant", "tool"]
+"""Who a `Message` is from."""
 
 
 @dataclass(frozen=True, slots=True)

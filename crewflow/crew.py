@@ -222,13 +222,9 @@ class Crew(Spec):
     @classmethod
     def _check_default_inputs(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key, item in value.items():
-            try:
-                json.dumps(item, allow_nan=False)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"default input {key!r} must be JSON (strings, finite numbers, booleans, "
-                    f"None, lists and dicts of them), not {item!r}"
-                ) from None
+            problem = _not_recordable(key, item)
+            if problem:
+                raise ValueError(f"default {problem}")
         return value
 
     @field_validator("tasks", mode="before")
@@ -291,8 +287,9 @@ class Crew(Spec):
         """Finish an earlier run of this crew: re-run only the tasks that had not finished.
 
         The run keeps its id, inputs and finished outputs (read from the crew's store); its
-        record is marked running again and then completed (or failed). Works after a crash,
-        a ``kill -9``, a failure or a cancellation, with every process. A run that completed
+        record is marked running again, held by this process's lease, and then completed (or
+        failed). Works after a crash or a ``kill -9`` (the run reads as ``interrupted``), a
+        failure or a cancellation, with every process. A run that completed
         has nothing to resume: its result comes back from the records, which are left as they
         are (to run the crew again, kick it off with the run's inputs).
 
@@ -569,20 +566,9 @@ class Crew(Spec):
         if self.default_inputs:
             inputs = {**self.default_inputs, **inputs}
         for key, value in inputs.items():
-            if not isinstance(key, str):
-                raise ConfigurationError(f"input names must be strings, not {key!r}")
-            try:
-                json.dumps(value, allow_nan=False)
-            except ValueError:
-                raise ConfigurationError(
-                    f"input {key!r} holds NaN or Infinity, which JSON (and so the run's record) "
-                    "cannot hold; pass a finite number, None, or a string such as 'NaN'"
-                ) from None
-            except TypeError:
-                raise ConfigurationError(
-                    f"input {key!r} is not JSON-serialisable ({type(value).__name__}); pass "
-                    "strings, numbers, booleans, None, or lists and dicts of them"
-                ) from None
+            problem = _not_recordable(key, value)
+            if problem:
+                raise ConfigurationError(problem)
         needed = self._graph.placeholders
         missing = sorted(set(needed) - set(inputs))
         if missing:
@@ -594,6 +580,35 @@ class Crew(Spec):
         # A private deep copy: a run must not see later changes to the caller's objects.
         copied: dict[str, Any] = json.loads(json.dumps(dict(inputs)))
         return copied
+
+
+def _not_recordable(key: object, value: Any) -> str | None:
+    """Why the input ``key`` = ``value`` cannot be recorded as it is, or None when it can.
+
+    A run's record is JSON in UTF-8: no NaN or Infinity, and no lone surrogate (which Python
+    makes of bytes that are not UTF-8, e.g. from a command line in another encoding).
+    """
+    if not isinstance(key, str):
+        return f"input names must be strings, not {key!r}"
+    try:
+        json.dumps({key: value}, allow_nan=False, ensure_ascii=False).encode()
+    except UnicodeEncodeError as error:
+        return (
+            f"input {key!r} holds text that is not valid Unicode (a lone surrogate, "
+            f"{error.object[error.start : error.end]!r}, often bytes in another encoding than "
+            "UTF-8); pass it as UTF-8 text"
+        )
+    except ValueError:
+        return (
+            f"input {key!r} holds NaN or Infinity, which JSON (and so the run's record) "
+            "cannot hold; pass a finite number, None, or a string such as 'NaN'"
+        )
+    except TypeError:
+        return (
+            f"input {key!r} is not JSON-serialisable ({type(value).__name__}); pass "
+            "strings, numbers, booleans, None, or lists and dicts of them"
+        )
+    return None
 
 
 def _task_agents(tasks: tuple[Task, ...]) -> tuple[Agent, ...]:

@@ -723,22 +723,8 @@ class Run:
         )
         try:
             if self.recorder is not None:
-                await self.recorder.started(self.start)
-            async with AsyncExitStack() as stack:
-                self._stack = stack
-                try:
-                    for agent in self._all_agents():
-                        await self.llm_for(agent)
-                    # Made here, not kept: a run that held its context (or its dispatcher) would
-                    # be a reference cycle, and each run's outputs would wait for the garbage
-                    # collector to be freed.
-                    context = RunContext(self)
-                    await self.process.run(context)
-                    self.final = self.process.final_output(context)
-                    self.plan = self.process.result_plan(context)
-                finally:
-                    self._stack = None
-                    self._dispatcher = None
+                await self.recorder.started(self.start, self.log)
+            await self._keeping_lease(self._run_process)
             self._check_complete()
         except BaseException as exc:
             error = self._as_run_error(exc)
@@ -751,6 +737,47 @@ class Run:
             raise error  # noqa: B904
         self._finish(RunStatus.COMPLETED, began, None)
         await self._record_end()
+
+    async def _run_process(self) -> None:
+        """Open the LLM clients, let the process run, and close the clients."""
+        async with AsyncExitStack() as stack:
+            self._stack = stack
+            try:
+                for agent in self._all_agents():
+                    await self.llm_for(agent)
+                # Made here, not kept: a run that held its context (or its dispatcher) would be
+                # a reference cycle, and each run's outputs would wait for the garbage collector
+                # to be freed.
+                context = RunContext(self)
+                await self.process.run(context)
+                self.final = self.process.final_output(context)
+                self.plan = self.process.result_plan(context)
+            finally:
+                self._stack = None
+                self._dispatcher = None
+
+    async def _keeping_lease(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Await ``body`` while the recorder renews the run's lease in the background, paused
+        or not; ``body``'s error comes out as it was raised, not wrapped in a group."""
+        recorder = self.recorder
+        if recorder is None:
+            await body()
+            return
+        import anyio
+
+        failure: BaseException | None = None
+        async with anyio.create_task_group() as renewing:
+            renewing.start_soon(recorder.keep_lease, self.log)
+            try:
+                await body()
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # raised below as it is (the renewal never fails)
+                failure = exc
+            finally:
+                renewing.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _record_end(self) -> None:
         """Record the attempts not recorded yet (tasks cancelled in flight) and how the run

@@ -52,6 +52,7 @@ class OutputSchema:
 
 
 DeltaCallback = Callable[[str], Awaitable[None] | None]
+"""Called with each piece of a streamed answer's text, as it arrives (sync or async)."""
 
 
 @dataclass(slots=True)

@@ -268,11 +268,17 @@ class RecommendationKind(StrEnum):
     """What a recommendation asks for."""
 
     SWITCH_PROCESS = "switch_process"
+    """Run the crew under another process (``target``)."""
     RAISE_MAX_CONCURRENCY = "raise_max_concurrency"
+    """Let more of the crew's tasks run at once."""
     RAISE_LIMIT = "raise_limit"
+    """Raise a declared limit (``target``) that held calls back."""
     ADD_RATE_LIMIT = "add_rate_limit"
+    """Declare an rpm/tpm limit under the provider's quota: its Retry-After pauses held calls."""
     ADD_FALLBACK = "add_fallback"
+    """Give a task that often fails (``target``) a fallback agent."""
     RAISE_TIMEOUT = "raise_timeout"
+    """Raise the timeout of a task (``target``) whose attempts time out."""
 
 
 class Recommendation(_Model):
