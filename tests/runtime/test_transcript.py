@@ -4,6 +4,7 @@ in the result's timeline and in the store."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -30,9 +31,11 @@ from crewflow.testing import (
     Text,
     ToolCall,
     ToolCalls,
+    VirtualTimeLoop,
     capture_events,
     run_virtual,
 )
+from tests.held import Held
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -175,6 +178,34 @@ def test_a_tool_call_cut_short_by_the_tasks_timeout_is_recorded_as_cancelled() -
     assert (call.tool, call.ok, call.error_type) == ("hangs", False, "CancelledError")
     assert call.error is not None
     assert call.error.startswith("cancelled before the tool returned")
+
+
+def test_a_sync_tool_call_abandoned_at_the_timeout_is_recorded_as_cancelled() -> None:
+    held = Held()
+    llm = ScriptedLLM([ToolCalls([ToolCall("fetch", {"url": "https://example.org"})])])
+    agent = Agent(role="Fetcher", goal="Fetch", llm=llm, tools=[held.tool])
+    store = MemoryStore()
+    crew = Crew(
+        tasks=[Task("Fetch", agent=agent, name="fetch", timeout=30)],
+        store=store,
+        retry=RetryPolicy(max_attempts=1),
+    )
+
+    async def main() -> None:
+        handle = crew.start()
+        await held.wait_started()
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        loop.advance(30)  # past the timeout, while the tool's thread blocks
+        await handle.result()
+
+    try:
+        with pytest.raises(TaskFailed):
+            run_virtual(main)
+        (call,) = run_virtual(only_recorded_attempt, store).tool_calls
+    finally:
+        held.settle()
+    assert (call.tool, call.ok, call.error_type) == ("fetch", False, "CancelledError")
 
 
 async def only_recorded_attempt(store: MemoryStore) -> AttemptRecord:
