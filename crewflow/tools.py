@@ -2,8 +2,8 @@
 
 `@tool` reads the function's signature and docstring into a JSON schema (via pydantic), so the
 model sees typed, described parameters and its arguments are validated before the function runs.
-Async functions are awaited; sync functions run in a worker thread so they never block the
-event loop.
+Async functions are awaited; sync functions run in a daemon thread of their own, so they never
+block the event loop, nor keep the process alive once nothing waits for them.
 
 A thread cannot be stopped. When the task waiting for a sync tool gives up on it (its timeout,
 a cancelled run), the wait ends at once and the thread is *abandoned*: it runs on until the
@@ -21,8 +21,8 @@ import re
 import threading
 import warnings
 from collections.abc import Awaitable, Callable
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar, copy_context
 from functools import partial
 from typing import TYPE_CHECKING, Any, overload
 
@@ -107,7 +107,7 @@ class Tool:
         """Validate ``arguments`` (JSON text or a dict), call the function, return its result
         as text (strings as they are, anything else as JSON).
 
-        A sync function runs in a worker thread. If the caller is cancelled meanwhile (a task's
+        A sync function runs in a daemon thread. If the caller is cancelled meanwhile (a task's
         timeout, a cancelled run), this returns at once and the thread is abandoned: it runs on
         until the function returns, a warning names the tool, and `abandoned` counts it.
 
@@ -150,9 +150,9 @@ class Tool:
 
         call = _ThreadCall(self, partial(self.fn, *args, **kwargs))
         try:
-            # Cancelling the wait does not wait for the thread: a hung tool cannot hold its
-            # task past the task's timeout, nor a cancelled run.
-            return await anyio.to_thread.run_sync(call.body, abandon_on_cancel=True)
+            # As many threads at once as anyio's own calls may use (the limit is per loop).
+            async with anyio.to_thread.current_default_thread_limiter():
+                return await _in_daemon_thread(call)
         finally:
             if call.leave():
                 _report_abandoned(call)
@@ -314,6 +314,44 @@ class _ThreadCall:
                 return False
             self.tool._abandoned += 1
             return True
+
+
+async def _in_daemon_thread(call: _ThreadCall) -> Any:
+    """Run ``call`` in a thread of its own and wait for it; cancelling the wait abandons it.
+
+    Not anyio's worker threads: the interpreter waits for those at exit, so one hung tool would
+    keep ``python crew.py`` and ``crewflow run`` from ever exiting. A daemon thread dies with
+    the process. Starting one costs tens of microseconds, next to a tool call's own I/O.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+    context = copy_context()  # the caller's context variables, as anyio's threads get them
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():  # the wait was cancelled: the call was abandoned
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def work() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = context.run(call.body)
+        except StopIteration as exc:  # a future cannot hold StopIteration
+            error = RuntimeError("the tool raised StopIteration")
+            error.__cause__ = exc
+        except BaseException as exc:  # handed to the waiter, which raises it
+            error = exc
+        with suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=f"crewflow tool {call.tool.name}", daemon=True).start()
+    return await done
 
 
 def _report_abandoned(call: _ThreadCall) -> None:

@@ -7,12 +7,12 @@ generous guard turns a hang into a failure.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.from_thread
 import structlog
 from structlog.testing import capture_logs
 
@@ -38,7 +38,8 @@ class Held:
         self.started = 0
         self.returned = 0
         self._returns = threading.Condition()
-        self._arrival: anyio.Event | None = None
+        # Set, on its loop, when a call arrives: (the loop, the event) of a waiting test.
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
         def fetch(url: str) -> str:
             """Fetch a page.
@@ -46,7 +47,11 @@ class Held:
             Args:
                 url: Its address.
             """
-            anyio.from_thread.run_sync(self._arrived)
+            with self._returns:
+                self.started += 1
+                if self._waiter is not None:
+                    loop, arrived = self._waiter
+                    loop.call_soon_threadsafe(arrived.set)
             self.release.wait()
             with self._returns:
                 self.returned += 1
@@ -60,17 +65,17 @@ class Held:
         self._watchdog.daemon = True
         self._watchdog.start()
 
-    def _arrived(self) -> None:
-        self.started += 1
-        if self._arrival is not None:
-            self._arrival.set()
-
     async def wait_started(self, count: int = 1) -> None:
         """Wait until ``count`` calls are inside the tool (blocked, unless released)."""
         with anyio.fail_after(GUARD):
-            while self.started < count:
-                self._arrival = anyio.Event()
-                await self._arrival.wait()
+            while True:
+                with self._returns:
+                    if self.started >= count:
+                        self._waiter = None
+                        return
+                    arrived = asyncio.Event()
+                    self._waiter = (asyncio.get_running_loop(), arrived)
+                await arrived.wait()
 
     def settle(self) -> None:
         """Release every call and wait until each thread has returned and its tool no longer

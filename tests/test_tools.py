@@ -533,3 +533,33 @@ def test_typed_parameters_warn_nothing() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tool(lookup)
+
+
+async def test_a_sync_tool_runs_in_a_daemon_thread_with_the_callers_context_variables() -> None:
+    # A daemon thread: one that never returns cannot keep the process from exiting.
+    from contextvars import ContextVar
+
+    request: ContextVar[str] = ContextVar("request", default="none")
+    seen: list[tuple[str, bool, bool]] = []
+
+    @tool
+    def lookup(query: str) -> str:
+        """Look something up."""
+        thread = threading.current_thread()
+        seen.append((request.get(), thread.daemon, thread is threading.main_thread()))
+        return query
+
+    request.set("r-1")
+    assert await lookup.run({"query": "q"}) == "q"
+
+    assert seen == [("r-1", True, False)]
+
+
+async def test_a_sync_tool_raising_stopiteration_is_a_tool_error() -> None:
+    @tool
+    def drained(query: str) -> str:
+        """Read the next item."""
+        return next(iter(()))
+
+    with pytest.raises(ToolError, match="tool 'drained' raised RuntimeError: the tool raised Sto"):
+        await drained.run({"query": "q"})

@@ -10,6 +10,8 @@ entered; the test then moves the clock past the timeout itself.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -33,6 +35,7 @@ from tests.held import Held, captured_logs
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
+    from pathlib import Path
 
     from crewflow._records import AttemptRecord
     from crewflow.llm import LLM
@@ -308,3 +311,52 @@ def test_cancelling_a_run_during_a_sync_tool_ends_it_at_once_and_abandons_the_th
     (attempt,) = run_virtual(recorded_attempts, store, run_id)
     assert attempt.status is TaskStatus.CANCELLED
     assert [entry["tool"] for entry in logs if entry["log_level"] == "warning"] == ["fetch"]
+
+
+HUNG_CREW = """
+import threading
+
+from crewflow import Agent, Crew, Task, tool
+
+never = threading.Event()
+
+
+@tool
+def stuck(query: str) -> str:
+    '''Never returns.'''
+    never.wait()
+    return "unreachable"
+
+
+agent = Agent(role="R", goal="G", llm="offline", tools=[stuck])
+crew = Crew(tasks=[Task("Do it", agent=agent, timeout=0.2)], store=None)
+
+if __name__ == "__main__":
+    import asyncio
+
+    try:
+        asyncio.run(crew.kickoff())
+    except Exception as error:
+        print("ended:", type(error).__name__)
+"""
+
+
+@pytest.mark.parametrize("how", ["python", "crewflow run"])
+def test_a_process_whose_tool_thread_never_returns_still_exits(tmp_path: Path, how: str) -> None:
+    # The interpreter waits at exit for every thread that is not a daemon: an abandoned tool
+    # thread in anyio's worker pool kept `python crew.py` and `crewflow run` from ever exiting.
+    script = tmp_path / "hung.py"
+    script.write_text(HUNG_CREW)
+    args = [str(script)] if how == "python" else ["-m", "crewflow", "run", str(script)]
+
+    # The guard only turns the bug (a process that never exits) into a failure.
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    if how == "python":
+        assert (done.returncode, done.stdout) == (0, "ended: TaskFailed\n")
+    else:
+        assert done.returncode == 1
+        assert "TaskTimeout" in done.stderr
+        assert "Tool 'stuck' was still running" in done.stderr
