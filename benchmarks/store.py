@@ -4,14 +4,18 @@ Three measurements, each on a fresh database in a temporary directory:
 
 - the store alone: ``SQLiteStore.save_task`` (one output and one attempt, what the runtime
   writes per finished task) awaited one after another, and 1,000 in flight at once (a parallel
-  crew: they share transactions);
+  crew: they share transactions); then the same with the attempt's prompts recorded (one LLM
+  call: a 200-character system message, a 2,000-character user message, a 1,000-character
+  reply), and the ratio;
 - recording overhead: 1,000-task crews on ``OfflineLLM(latency=0)`` (nothing waits on I/O, so
   the difference is all recording), with ``store=SQLiteStore(path)`` vs ``store=None``, run
   alternately: a chain (``sequential``: each task waits for the previous one's checkpoint) and
   a fan-out (``parallel``, 1,000 independent tasks). Goal: <= 0.25 ms per task, so that
   ``overhead.py``'s 1.15x the bare client still holds with the store on by default. A
-  ``MemoryStore`` run tells the runtime's own part (building the records) from SQLite's;
-  overheads are medians of the differences within each round of alternating kickoffs;
+  ``MemoryStore`` run tells the runtime's own part (building the records) from SQLite's, and a
+  SQLite run with ``record_prompts=False`` what recording each call's prompts costs (on by
+  default); overheads are medians of the differences within each round of alternating
+  kickoffs;
 - ``crewflow runs --db PATH`` end to end (a fresh interpreter, as a user types it) on a
   database of 10,000 runs, made through ``SQLiteStore.start_run`` (concurrent calls, so they
   are committed in batches). Goal: < 0.5 s, with bytecode cached as an install has it (also
@@ -59,8 +63,11 @@ GOAL_RUNS_SECONDS = 0.5
 # -- the store alone -----------------------------------------------------------------------------
 
 
-def task_rows(run_id: str, index: int) -> tuple[OutputRow, list[AttemptRecord]]:
-    """What the runtime saves when a task finishes: its output and its one attempt."""
+def task_rows(
+    run_id: str, index: int, *, prompts: bool = False
+) -> tuple[OutputRow, list[AttemptRecord]]:
+    """What the runtime saves when a task finishes: its output and its one attempt (with the
+    prompts of its one LLM call when ``prompts``)."""
     now = datetime.now(UTC)
     task = f"task_{index}"
     output = OutputRow(
@@ -72,19 +79,37 @@ def task_rows(run_id: str, index: int) -> tuple[OutputRow, list[AttemptRecord]]:
         duration=1.0, status="completed", model="offline",
         usage=Usage(requests=1, prompt_tokens=120, completion_tokens=60),
     )  # fmt: skip
+    if prompts and has_prompts():
+        from crewflow.llm import Message
+        from crewflow.store import PromptRecord
+
+        sent = PromptRecord(
+            messages=(Message("system", "s" * 200), Message("user", f"{index} " + "u" * 2_000)),
+            reply=Message("assistant", "r" * 1_000),
+        )
+        attempt = attempt.model_copy(update={"prompts": (sent,)})
     return output, [attempt]
 
 
-async def store_alone(folder: Path, calls: int, repeats: int) -> tuple[float, float]:
+def has_prompts() -> bool:
+    """Whether this crewflow records prompts (``Crew(record_prompts=...)``)."""
+    from crewflow import Crew
+
+    return "record_prompts" in Crew.model_fields
+
+
+async def store_alone(
+    folder: Path, calls: int, repeats: int, *, prompts: bool = False
+) -> tuple[float, float]:
     """Median microseconds per ``save_task``: awaited one by one, and ``calls`` at once."""
     import anyio
 
     one_by_one, at_once = [], []
-    async with SQLiteStore(folder / "alone.db") as store:
+    async with SQLiteStore(folder / f"alone{'-prompts' if prompts else ''}.db") as store:
         for repeat in range(repeats + 1):  # the first round warms up
             run_id = f"run-{repeat}"
             await store.start_run(RunRecord(run_id=run_id, crew="bench", started=datetime.now(UTC)))
-            rows = [task_rows(run_id, index) for index in range(2 * calls)]
+            rows = [task_rows(run_id, index, prompts=prompts) for index in range(2 * calls)]
             started = time.perf_counter()
             for output, attempts in rows[:calls]:
                 await store.save_task(output, attempts)
@@ -118,7 +143,8 @@ async def crew_overhead(
     folder: Path, tasks: int, repeats: int, figures: Figures
 ) -> list[list[object]]:
     """Per shape: median ms/task without a store, with `MemoryStore` (the runtime's own part
-    of recording: building the rows) and with SQLite, and the overheads."""
+    of recording: building the rows) and with SQLite, and the overheads; and with SQLite
+    without prompts (``record_prompts=False``): what recording them costs."""
     from crewflow import Agent, Crew, Task
     from crewflow.llm.offline import OfflineLLM
 
@@ -127,14 +153,21 @@ async def crew_overhead(
         "chain": ("sequential", lambda i: Task(f"Step {i}", name=f"step_{i}")),
         "fan-out": ("parallel", lambda i: Task(f"Item {i}", name=f"item_{i}", context=[])),
     }
+    prompts = has_prompts()
     rows: list[list[object]] = []
     for shape, (process, make) in shapes.items():
         crew_tasks = [make(i) for i in range(tasks)]
         store = SQLiteStore(folder / f"{shape}.db")
-        stores = {"none": None, "memory": MemoryStore(), "sqlite": store}
+        options: dict[str, dict[str, Any]] = {
+            "none": {"store": None},
+            "memory": {"store": MemoryStore()},
+            "sqlite": {"store": store},
+        }
+        if prompts:
+            options["sqlite, no prompts"] = {"store": store, "record_prompts": False}
         crews = {
-            name: Crew(tasks=crew_tasks, agents=[agent], process=process, store=chosen)
-            for name, chosen in stores.items()
+            name: Crew(tasks=crew_tasks, agents=[agent], process=process, **fields)
+            for name, fields in options.items()
         }
         times: dict[str, list[float]] = {name: [] for name in crews}
         for crew in crews.values():  # warm up both
@@ -146,9 +179,19 @@ async def crew_overhead(
                 times[name].append(time.perf_counter() - started)
                 assert len(result.outputs) == tasks
         await store.close()
-        bare, in_memory, recorded = (median(times[n]) / tasks * 1e3 for n in stores)
+        bare, in_memory, recorded = (
+            median(times[name]) / tasks * 1e3 for name in ("none", "memory", "sqlite")
+        )
         extra = paired(times["sqlite"], times["none"]) / tasks * 1e3
         sqlite_part = paired(times["sqlite"], times["memory"]) / tasks * 1e3
+        case = f"{shape.replace('-', '')}{tasks}"
+        prompt_cells: list[object] = ["-", "-"]
+        if prompts:
+            without = median(times["sqlite, no prompts"]) / tasks * 1e3
+            prompt_part = paired(times["sqlite"], times["sqlite, no prompts"]) / tasks * 1e3
+            prompt_cells = [prompt_part, recorded / without]
+            figures.add(f"{case}.prompts_ms_per_task", prompt_part)
+            figures.add(f"{case}.prompts_ratio", recorded / without)
         rows.append(
             [
                 f"{shape} ({process})",
@@ -157,11 +200,11 @@ async def crew_overhead(
                 recorded,
                 extra,
                 sqlite_part,
+                *prompt_cells,
                 recorded / bare,
                 f"{'met' if extra <= GOAL_MS_PER_TASK else 'MISSED'} (<= {GOAL_MS_PER_TASK})",
             ]
         )
-        case = f"{shape.replace('-', '')}{tasks}"
         figures.add(f"{case}.no_store_ms_per_task", bare)
         figures.add(f"{case}.memory_store_ms_per_task", in_memory)
         figures.add(f"{case}.sqlite_ms_per_task", recorded)
@@ -302,12 +345,38 @@ def main() -> None:
         sequential, concurrent = asyncio.run(store_alone(folder, args.tasks, args.repeats))
         figures.add(f"save_task{args.tasks}.one_by_one_us_per_call", sequential)
         figures.add(f"save_task{args.tasks}.at_once_us_per_call", concurrent)
+        alone: list[list[object]] = [
+            ["without prompts", sequential, concurrent, f"{1e6 / concurrent:,.0f}", "-", "-"]
+        ]
+        if has_prompts():
+            with_prompts = asyncio.run(store_alone(folder, args.tasks, args.repeats, prompts=True))
+            one, many = with_prompts
+            figures.add(f"save_task{args.tasks}.prompts_one_by_one_us_per_call", one)
+            figures.add(f"save_task{args.tasks}.prompts_at_once_us_per_call", many)
+            figures.add(f"save_task{args.tasks}.prompts_one_by_one_ratio", one / sequential)
+            alone.append(
+                [
+                    "with 3.2k chars of prompts",
+                    one,
+                    many,
+                    f"{1e6 / many:,.0f}",
+                    one / sequential,
+                    many / concurrent,
+                ]
+            )
         print(
             table(
                 f"store alone: SQLiteStore.save_task (1 output + 1 attempt), "
                 f"{args.tasks} calls, median of {args.repeats}",
-                ["awaited one by one us/call", f"{args.tasks} at once us/call", "at once calls/s"],
-                [[sequential, concurrent, f"{1e6 / concurrent:,.0f}"]],
+                [
+                    "attempt",
+                    "awaited one by one us/call",
+                    f"{args.tasks} at once us/call",
+                    "at once calls/s",
+                    "one by one ratio",
+                    "at once ratio",
+                ],
+                alone,
             )
         )
         print()
@@ -324,6 +393,8 @@ def main() -> None:
                         "SQLiteStore ms/task",
                         "overhead ms/task",
                         "of which SQLite ms/task",
+                        "of which prompts ms/task",
+                        "prompts on/off ratio",
                         "ratio",
                         "goal",
                     ],

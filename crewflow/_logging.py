@@ -32,7 +32,11 @@ def get_logger(*, verbose: bool = False, **context: Any) -> Any:
             processors=[
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.dev.ConsoleRenderer(colors=False),
+                # A plain traceback: rich's would print each frame's local variables, and
+                # those hold prompts, tool arguments and API keys.
+                structlog.dev.ConsoleRenderer(
+                    colors=False, exception_formatter=structlog.dev.plain_traceback
+                ),
             ],
             wrapper_class=structlog.make_filtering_bound_logger(level),
         )

@@ -1,4 +1,5 @@
-"""What a run records: how runs and tasks end, each finished attempt, each task's timeline line.
+"""What a run records: how runs and tasks end, each finished attempt (with its tool calls and
+the prompts its LLM calls sent), each task's timeline line.
 
 One model per concept, used unchanged by the runtime (which builds them), the result's
 timeline, the store (which keeps them as JSON) and the CLI (which shows them).
@@ -11,16 +12,19 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
+from crewflow._messages import Message
 from crewflow._usage import Usage
 
 __all__ = [
     "AttemptRecord",
     "Prediction",
     "ProcessChoice",
+    "PromptRecord",
     "RunStatus",
     "TaskKind",
     "TaskRecord",
     "TaskStatus",
+    "ToolCallRecord",
 ]
 
 
@@ -77,6 +81,70 @@ class TaskKind(StrEnum):
     """A task the process added while it ran."""
 
 
+class ToolCallRecord(BaseModel):
+    """One tool call of an attempt, as it ended. Its arguments are never recorded.
+
+    Attributes:
+        tool: The tool's name, as the model called it.
+        ok: Whether the tool returned a result.
+        duration: Seconds the call took.
+        error_type: When it failed, the class name of what the tool raised (``"ValueError"``);
+            ``"ValidationError"`` or ``"JSONDecodeError"`` for arguments that did not fit the
+            tool's schema; ``"ToolError"`` for a tool the agent does not have; the cancellation's
+            class for a call cut short by the attempt's timeout or a stopped run.
+        error: When it failed, what the model was told (``"tool 'search' raised ValueError:
+            ..."``), at most 2 K characters (cut with a note past that).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    tool: str
+    ok: bool
+    duration: float = Field(ge=0)
+    error_type: str | None = None
+    error: str | None = None
+
+
+class PromptRecord(BaseModel):
+    """One LLM call of an attempt: the messages it sent and the reply it got.
+
+    The calls of an attempt are one conversation that grows: each call sends the previous
+    call's messages and reply again, then what came since (tool results, a re-ask). Those are
+    not recorded twice: ``repeated`` counts them and ``messages`` holds the rest, so the whole
+    request of call *n* is the messages and replies of the calls before it, then its own
+    ``messages``. ``crewflow show RUN --prompts`` prints them.
+
+    A call's texts (message contents, tool calls' arguments, the reply) are kept up to 64 K
+    characters together; past that the longest are cut, each with a note of how much was left
+    out (``cut`` counts it). Lone surrogates and NUL become U+FFFD, and the API key of the
+    model's client, should a text hold it, becomes ``***``. Request headers and client settings
+    are never recorded.
+
+    Attributes:
+        repeated: How many messages at the start of the request were the previous call's
+            messages and reply, not recorded again (0 for an attempt's first call).
+        messages: The messages the call sent after those.
+        reply: What the model answered (role ``assistant``: its text, or the tools it called),
+            ``None`` when the call failed or was cancelled.
+        tools: The names of the tools the model was offered.
+        output: The name of the output schema the answer had to match, if any.
+        cached: The reply came from the reply cache: no request was made.
+        error: Why the call got no reply (``"LLMError: ..."``, or that it was cancelled).
+        cut: Characters left out of the call's texts to keep it within 64 K (0: whole).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    repeated: int = Field(default=0, ge=0)
+    messages: tuple[Message, ...] = ()
+    reply: Message | None = None
+    tools: tuple[str, ...] = ()
+    output: str | None = None
+    cached: bool = False
+    error: str | None = None
+    cut: int = Field(default=0, ge=0)
+
+
 class AttemptRecord(BaseModel):
     """One finished attempt of one task.
 
@@ -98,6 +166,10 @@ class AttemptRecord(BaseModel):
         limit_waits: Those seconds by the limit that held the calls, e.g.
             ``{"concurrency:search": 1.5}`` (a wait held by two limits counts for both).
         cache_hits: Calls answered from the reply cache (no request made).
+        tool_calls: Each tool call the attempt made, in the order they ended.
+        prompts: What each LLM call of the attempt sent and got back, in order. Empty when the
+            crew has ``record_prompts=False``, and as read by `crewflow.store.Store.attempts`
+            (prompts can be large: `crewflow.store.Store.prompts` reads them).
         details: More about the attempt, for features that need no query of their own.
     """
 
@@ -118,6 +190,8 @@ class AttemptRecord(BaseModel):
     limit_wait: float = Field(default=0.0, ge=0)
     limit_waits: dict[str, float] = Field(default_factory=dict)
     cache_hits: int = Field(default=0, ge=0)
+    tool_calls: tuple[ToolCallRecord, ...] = ()
+    prompts: tuple[PromptRecord, ...] = ()
     details: dict[str, JsonValue] = Field(default_factory=dict)
 
 

@@ -37,9 +37,13 @@ __all__ = ["Agent", "AgentAnswer", "ToolObserver"]
 
 
 class ToolObserver(Protocol):
-    """Told about every tool call the loop makes (the runtime turns this into events)."""
+    """Told about every tool call the loop makes, as it ends: the tool's name as the model
+    called it, the seconds it took, and what ended it when it did not return: the `ToolError`
+    whose message the model was sent (its ``__cause__`` is what the tool raised), or the
+    cancellation that cut it short. The runtime records it on the attempt, logs a failure and
+    emits a `crewflow.events.ToolCalled` event."""
 
-    def __call__(self, tool: str, *, ok: bool, duration: float, error: str | None) -> None: ...
+    def __call__(self, tool: str, *, duration: float, error: BaseException | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +189,8 @@ class Agent(Spec):
             prompt: The user message (the task, its expected output and context).
             llm: The model to call.
             output_model: The pydantic model the answer must match, if any.
-            on_tool: Told about each tool call.
+            on_tool: Told about each tool call. Without one, a failed tool call is logged at
+                WARNING with its traceback.
 
         Raises:
             MaxIterationsExceeded: ``max_iterations`` calls made without a final answer.
@@ -199,6 +204,8 @@ class Agent(Spec):
         messages = [Message("system", self.system_prompt), Message("user", prompt)]
         tools = {t.name: t for t in self.tools}
         specs: list[ToolSpec] = [t.spec for t in self.tools]
+        if on_tool is None:
+            on_tool = _LoggedTools(self.role)
         failures: list[ValidationError | ValueError] = []
         tool_calls = 0
         for iteration in range(1, self.max_iterations + 1):
@@ -248,7 +255,7 @@ def _output_schema(output_model: type[BaseModel] | None) -> OutputSchema | None:
 
 
 async def _call_tools(
-    calls: Sequence[ToolCall], tools: dict[str, Tool], on_tool: ToolObserver | None
+    calls: Sequence[ToolCall], tools: dict[str, Tool], on_tool: ToolObserver
 ) -> list[Message]:
     """Run one turn's tool calls (concurrently when several) and return their result messages."""
     if len(calls) == 1:
@@ -266,24 +273,41 @@ async def _call_tools(
     return [message for message in results if message is not None]
 
 
-async def _call_tool(
-    call: ToolCall, tools: dict[str, Tool], on_tool: ToolObserver | None
-) -> Message:
+async def _call_tool(call: ToolCall, tools: dict[str, Tool], on_tool: ToolObserver) -> Message:
     started = time.perf_counter()
     tool = tools.get(call.name)
-    error: str | None = None
-    if tool is None:
-        error = f"unknown tool {call.name!r}; available tools: {sorted(tools) or 'none'}"
-        content = f"Error: {error}"
-    else:
-        try:
-            content = await tool.run(call.arguments)
-        except ToolError as exc:
-            error = str(exc)
-            content = f"Error: {error}"
-    if on_tool is not None:
-        on_tool(call.name, ok=error is None, duration=time.perf_counter() - started, error=error)
+    error: ToolError | None = None
+    try:
+        if tool is None:
+            raise ToolError(
+                f"unknown tool {call.name!r}; available tools: {sorted(tools) or 'none'}",
+                tool=call.name,
+            )
+        content = await tool.run(call.arguments)
+    except ToolError as exc:
+        error = exc
+        content = f"Error: {exc}"
+    except BaseException as exc:  # cancelled while the tool ran: told, then on its way
+        on_tool(call.name, duration=time.perf_counter() - started, error=exc)
+        raise
+    on_tool(call.name, duration=time.perf_counter() - started, error=error)
     return Message("tool", content, tool_call_id=call.id, name=call.name)
+
+
+class _LoggedTools:
+    """The observer of an agent run outside a crew: logs failed tool calls."""
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+
+    def __call__(self, tool: str, *, duration: float, error: BaseException | None) -> None:
+        if isinstance(error, Exception):
+            # Here, not at the top: `from crewflow import Agent` must not load logging.
+            from crewflow._logging import get_logger
+
+            get_logger().warning(
+                "tool call failed", agent=self.agent, tool=tool, error=str(error), exc_info=error
+            )
 
 
 def _validation_error(

@@ -185,6 +185,10 @@ class Crew(Spec):
             `crewflow.store.Store`, or ``None`` to record nothing (no resume then).
         cache: Reuse LLM replies to identical calls (a task's own ``cache`` wins); kept in the
             store, or in memory for the run when ``store=None``.
+        record_prompts: Record what each LLM call sent and got back on its attempt
+            (`AttemptRecord.prompts`, ``crewflow show RUN --prompts``), up to 64 K characters
+            a call. ``False`` records none (for prompts that hold data which must not be
+            stored); outputs are the same either way, so it is not part of the fingerprint.
         default_inputs: Inputs every kickoff gets unless it gives its own (``kickoff``,
             ``start``, ``kickoff_for_each`` and ``crewflow run --input`` values win), so that a
             crew runs as it is: ``Crew(..., default_inputs={"topic": "batteries"})``.
@@ -207,6 +211,7 @@ class Crew(Spec):
     on_event: Callable[[Event], None] | None = None
     store: Any = "default"
     cache: bool = False
+    record_prompts: bool = True
     default_inputs: dict[str, Any] = Field(default_factory=dict)
 
     _process: Process = PrivateAttr()
@@ -501,6 +506,7 @@ class Crew(Spec):
             on_event=self.on_event,
             verbose=self.verbose,
             cache=self.cache,
+            record_prompts=self.record_prompts,
             run_id=None if resumption is None else resumption.record.run_id,
             resumption=resumption,
         )

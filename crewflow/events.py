@@ -345,15 +345,22 @@ class LLMCallRetrying(Event):
 
 
 class ToolCalled(Event):
-    """An agent called a tool.
+    """An agent's tool call ended. A failed one was sent to the model as the tool's result (the
+    model may correct itself), logged at WARNING with its traceback, and recorded on the
+    attempt (`crewflow.store.ToolCallRecord`).
 
     Attributes:
         task: The name of the task whose agent called it.
-        tool: The tool's name.
-        ok: False when the tool raised, or the model named no tool of the agent's (the model
-            was told the error).
-        duration: Seconds the tool took.
-        error: What went wrong when ``ok`` is false, else ``None``.
+        tool: The tool's name, as the model called it.
+        ok: False when the tool raised, got arguments that do not fit its schema, or the model
+            named no tool of the agent's (the model was told the error).
+        duration: Seconds the call took.
+        error_type: When ``ok`` is false, the class name of what the tool raised
+            (``"ToolError"`` for a tool the agent does not have; pydantic's
+            ``"ValidationError"`` for arguments that do not fit the tool's schema), else
+            ``None``.
+        error: When ``ok`` is false, what the model was told (at most 2 K characters), else
+            ``None``.
     """
 
     kind: Literal["tool_called"] = "tool_called"
@@ -361,6 +368,7 @@ class ToolCalled(Event):
     tool: str
     ok: bool
     duration: float
+    error_type: str | None = None
     error: str | None = None
 
 

@@ -58,9 +58,11 @@ class ToolLog:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, bool, float, str | None]] = []
+        self.errors: list[BaseException | None] = []
 
-    def __call__(self, tool: str, *, ok: bool, duration: float, error: str | None) -> None:
-        self.calls.append((tool, ok, duration, error))
+    def __call__(self, tool: str, *, duration: float, error: BaseException | None) -> None:
+        self.calls.append((tool, error is None, duration, None if error is None else str(error)))
+        self.errors.append(error)
 
 
 # --- construction -----------------------------------------------------------------------------

@@ -494,6 +494,53 @@ def test_importing_crewflow_does_not_import_the_cli(tmp_path: Path) -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_a_failed_tool_call_shows_on_its_tasks_line_and_is_counted_when_it_finishes() -> None:
+    result = invoke("run", str(CREWS / "tool_fails.py"))
+
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert (
+        "▶ facts running  a tool call failed: tool 'lookup' raised ConnectionError: the index "
+        "is down"
+    ) in lines
+    assert any(
+        line.startswith("✓ facts finished  in ") and line.endswith("tokens; 1 tool call failed")
+        for line in lines
+    )
+    assert "Tides: 42" in result.stdout
+
+
+def test_a_failed_tool_calls_error_shows_its_first_line_cut_to_fit() -> None:
+    view = cli.ProgressView(Console(file=io.StringIO(), width=200))
+    long = "x" * 300
+
+    for error in (f"first line\nsecond line {long}", long):
+        view(
+            events.ToolCalled(
+                run_id="r", time=0.0, task="facts", tool="t", ok=False, duration=0.1, error=error
+            )
+        )
+    view(events.ToolCalled(run_id="r", time=0.0, task="facts", tool="t", ok=True, duration=0.1))
+    view(
+        events.TaskFinished(
+            run_id="r",
+            time=1.0,
+            task="facts",
+            attempt=1,
+            duration=1.0,
+            prompt_tokens=10,
+            completion_tokens=2,
+        )
+    )
+
+    printed = view.console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert printed == [
+        "▶ facts running  a tool call failed: first line",
+        f"▶ facts running  a tool call failed: {'x' * 119}…",
+        "✓ facts finished  in 1.00 s, 12 tokens; 2 tool calls failed",
+    ]
+
+
 def test_skips_fallbacks_and_limit_waits_are_shown() -> None:
     view = cli.ProgressView(Console(file=io.StringIO(), width=200))
 

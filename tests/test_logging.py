@@ -10,11 +10,11 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from crewflow import Agent, Crew, RetryPolicy, Task
+from crewflow import Agent, Crew, RetryPolicy, Task, tool
 from crewflow._logging import LEVEL_ENV, _level, get_logger
 from crewflow.events import RunStarted
-from crewflow.exceptions import TaskFailed
-from crewflow.testing import Error, ScriptedLLM, capture_events
+from crewflow.exceptions import TaskFailed, ToolError
+from crewflow.testing import Error, ScriptedLLM, ToolCall, ToolCalls, capture_events
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -167,3 +167,85 @@ def test_the_fallback_logger_filters_below_its_level(capsys: pytest.CaptureFixtu
     assert "loud" in err
     assert "run_id=r1" in err
     assert "task=t" in err
+
+
+# -- failed tool calls --------------------------------------------------------------------------
+
+SECRET_ARGUMENT = "an-argument-value-nobody-may-read"
+
+
+@tool
+def lookup(key: str) -> str:
+    """Look KEY up."""
+    raise KeyError("no such entry")
+
+
+def tool_crew() -> Crew:
+    script = [ToolCalls([ToolCall("lookup", {"key": SECRET_ARGUMENT})]), "gave up"]
+    agent = Agent(role="Researcher", goal="G", llm=ScriptedLLM(script), tools=[lookup])
+    return Crew(tasks=[Task("Find facts", agent=agent, name="facts")], store=None)
+
+
+async def test_a_failed_tool_call_is_a_warning_with_its_traceback_and_no_locals(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result = await tool_crew().kickoff()
+
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "tool call failed" in line)
+    assert "[warning" in line
+    for field in (f"run_id={result.run_id}", "task=facts", "attempt=1", "tool=lookup"):
+        assert field in line
+    assert "error_type=KeyError" in line
+    # The traceback of what the tool raised, then of the ToolError the model was told...
+    assert "Traceback (most recent call last)" in err
+    assert "KeyError: 'no such entry'" in err
+    assert "ToolError: tool 'lookup' raised KeyError" in err
+    # ...without the frames' local variables, which hold the arguments.
+    assert SECRET_ARGUMENT not in err
+
+
+async def test_a_configured_structlog_gets_the_failed_tool_call_with_its_exception() -> None:
+    with capture_logs() as entries:
+        result = await tool_crew().kickoff()
+
+    (entry,) = [entry for entry in entries if entry["event"] == "tool call failed"]
+    assert entry["log_level"] == "warning"
+    assert (entry["run_id"], entry["task"], entry["agent"], entry["tool"]) == (
+        result.run_id,
+        "facts",
+        "Researcher",
+        "lookup",
+    )
+    assert isinstance(entry["exc_info"], ToolError)
+    assert isinstance(entry["exc_info"].__cause__, KeyError)
+
+
+async def test_an_agent_run_outside_a_crew_logs_a_failed_tool_call_too() -> None:
+    script = [ToolCalls([ToolCall("lookup", {"key": "k"})]), "gave up"]
+    agent = Agent(role="Researcher", goal="G", tools=[lookup])
+
+    with capture_logs() as entries:
+        await agent.run("Find it", llm=ScriptedLLM(script))
+
+    (entry,) = entries
+    assert (entry["event"], entry["log_level"], entry["tool"]) == (
+        "tool call failed",
+        "warning",
+        "lookup",
+    )
+    assert isinstance(entry["exc_info"], ToolError)
+
+
+async def test_a_call_of_a_tool_the_agent_lacks_is_a_warning_without_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    script = [ToolCalls([ToolCall("nowhere", {})]), "gave up"]
+    agent = Agent(role="Researcher", goal="G", llm=ScriptedLLM(script), tools=[lookup])
+
+    await Crew(tasks=[Task("Find facts", agent=agent)], store=None).kickoff()
+
+    err = capsys.readouterr().err
+    assert "tool call failed" in err
+    assert "error_type=ToolError" in err
+    assert "Traceback" not in err  # it would only show crewflow's own frames

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 from crewflow import events
 from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
 from crewflow._runtime.calls import AttemptBuilder, ManagedLLM
+from crewflow._runtime.transcript import PromptLog, tool_call_record
 from crewflow.exceptions import LLMError, TaskFailed, TaskTimeout
 from crewflow.llm._types import Usage
 from crewflow.task import TaskOutput
 from crewflow.tools import AbandonedCalls, watch_abandoned
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
     from crewflow._runtime.cache import ReplyCache
@@ -105,6 +107,7 @@ class TaskAttempts:
                 self.policy,
                 self._groups(agent),
                 self._cache(number),
+                prompts=PromptLog(llm.redact) if run.record_prompts else None,
             )
             began = run.now()
             began_at = run.wall(began)
@@ -113,7 +116,9 @@ class TaskAttempts:
             log = run.log.bind(task=name, agent=agent.role, attempt=number)
             try:
                 with watch_abandoned(log) as abandoned:
-                    answer = await self._attempt(agent, ManagedLLM(llm, run, state), abandoned)
+                    answer = await self._attempt(
+                        agent, ManagedLLM(llm, run, state), state, abandoned
+                    )
             except Exception as exc:
                 self._close(state, began, began_at, exc)
                 failures += 1
@@ -135,10 +140,10 @@ class TaskAttempts:
             return self._finished(agent, llm.model, answer, number)
 
     async def _attempt(
-        self, agent: Agent, llm: ManagedLLM, abandoned: AbandonedCalls
+        self, agent: Agent, llm: ManagedLLM, state: AttemptBuilder, abandoned: AbandonedCalls
     ) -> AgentAnswer:
-        task, run = self.task, self.run
-        on_tool = self._tool_observer() if run.listening else None
+        task = self.task
+        on_tool = self._tool_observer(agent, state, llm.redact)
         if task.timeout is None:
             return await agent.run(
                 self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
@@ -312,21 +317,41 @@ class TaskAttempts:
             outputs=run.outputs,
         )
 
-    def _tool_observer(self) -> ToolObserver:
+    def _tool_observer(
+        self, agent: Agent, state: AttemptBuilder, redact: Callable[[str], str]
+    ) -> ToolObserver:
+        """Records each tool call on the attempt; a failed one is logged at WARNING with its
+        traceback (the tool's; a call of a tool the agent lacks has none), and each is a
+        `ToolCalled` event."""
         run, name = self.run, self.name
 
-        def observe(tool: str, *, ok: bool, duration: float, error: str | None) -> None:
-            run.emit(
-                events.ToolCalled(
-                    run_id=run.run_id,
-                    time=run.now(),
+        def observe(tool: str, *, duration: float, error: BaseException | None) -> None:
+            record = tool_call_record(tool, duration, error, redact)
+            state.tool_calls.append(record)
+            if isinstance(error, Exception):
+                run.log.warning(
+                    "tool call failed",
                     task=name,
-                    tool=tool,
-                    ok=ok,
-                    duration=duration,
-                    error=error,
+                    agent=agent.role,
+                    attempt=state.number,
+                    tool=record.tool,
+                    error_type=record.error_type,
+                    error=record.error,
+                    exc_info=error if error.__cause__ is not None else None,
                 )
-            )
+            if run.listening:
+                run.emit(
+                    events.ToolCalled(
+                        run_id=run.run_id,
+                        time=run.now(),
+                        task=name,
+                        tool=record.tool,
+                        ok=record.ok,
+                        duration=record.duration,
+                        error_type=record.error_type,
+                        error=record.error,
+                    )
+                )
 
         return observe
 

@@ -11,7 +11,9 @@ The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is ha
 3. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
    Retry-After pauses the model for every caller, not just this one);
 4. adds up usage, keeps a cacheable reply in the cache, and emits LLM events (token deltas
-   when the agent streams).
+   when the agent streams);
+5. records what it sent and got back on the attempt (`transcript.PromptLog`), unless the crew
+   has ``record_prompts=False``.
 """
 
 from __future__ import annotations
@@ -31,18 +33,19 @@ from crewflow.llm._types import Usage, estimate_prompt_tokens
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from crewflow._records import TaskStatus
+    from crewflow._records import TaskStatus, ToolCallRecord
     from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.limiter import Permit
     from crewflow._runtime.run import Run
+    from crewflow._runtime.transcript import PromptLog
     from crewflow.llm._types import DeltaCallback, LLMRequest, LLMResponse
     from crewflow.retry import RetryPolicy
 
 
 @dataclass(slots=True)
 class AttemptBuilder:
-    """One attempt of one task while it runs: what it has spent so far, and the rules it runs
-    under; `finish` makes its `AttemptRecord`."""
+    """One attempt of one task while it runs: what it has spent and done so far, and the rules
+    it runs under; `finish` makes its `AttemptRecord`."""
 
     task: str
     number: int
@@ -56,6 +59,9 @@ class AttemptBuilder:
     limit_wait: float = 0.0
     limit_waits: dict[str, float] = field(default_factory=dict)
     cache_hits: int = 0
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    prompts: PromptLog | None = None
+    """Where its LLM calls are recorded (``None``: the crew records no prompts)."""
 
     def finish(
         self,
@@ -84,6 +90,8 @@ class AttemptBuilder:
             limit_wait=self.limit_wait,
             limit_waits=self.limit_waits,
             cache_hits=self.cache_hits,
+            tool_calls=tuple(self.tool_calls),
+            prompts=() if self.prompts is None else tuple(self.prompts.records),
         )
 
 
@@ -105,6 +113,10 @@ class ManagedLLM(LLM):
     def limit_key(self) -> str:
         """As the wrapped LLM."""
         return self.inner.limit_key
+
+    def redact(self, text: str) -> str:
+        """As the wrapped LLM."""
+        return self.inner.redact(text)
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         """Call the wrapped LLM under the limits, retrying retryable provider errors."""
@@ -133,6 +145,7 @@ class ManagedLLM(LLM):
                 permit.release(ok=_health(exc))
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
+                self._sent(request, None, exc)
                 delay = self._retry_delay(exc, call_attempt)
                 if delay is None:
                     raise
@@ -143,16 +156,19 @@ class ManagedLLM(LLM):
                 permit.release()
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
+                self._sent(request, None, exc)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 # Cancelled (a timeout, a stop, handle.cancel()): the request was started and
                 # may have been billed, so it counts.
                 permit.release()
                 attempt.usage.requests += 1
+                self._sent(request, None, exc)
                 raise
             permit.release(tokens=response.usage.total_tokens, ok=True)
             attempt.usage.add(response.usage)
             self._finished(started, response, None)
+            self._sent(request, response, None)
             if key is not None and attempt.cache is not None and cacheable(response, request):
                 await attempt.cache.put(key, response)
             return response
@@ -166,6 +182,8 @@ class ManagedLLM(LLM):
             return None
         attempt.cache_hits += 1
         response = as_cached(found)
+        if attempt.prompts is not None:
+            attempt.prompts.add(request, response, cached=True)
         await replay_deltas(request, response)
         run.publish(
             events.LLMCallFinished,
@@ -227,6 +245,21 @@ class ManagedLLM(LLM):
                     await result
 
         return on_delta
+
+    def _sent(
+        self, request: LLMRequest, response: LLMResponse | None, error: BaseException | None
+    ) -> None:
+        """Record the call on the attempt, when the crew records prompts."""
+        prompts = self._attempt.prompts
+        if prompts is None:
+            return
+        if error is None:
+            prompts.add(request, response)
+        elif isinstance(error, Exception):
+            prompts.add(request, None, error=f"{type(error).__name__}: {error}")
+        else:
+            why = "cancelled before the reply (the attempt timed out or the run stopped)"
+            prompts.add(request, None, error=f"{type(error).__name__}: {why}")
 
     def _finished(
         self, started: float, response: LLMResponse | None, error: Exception | None

@@ -95,6 +95,7 @@ class Run:
         recorder: Writes the run's records and checkpoints to the crew's store (``None``: no
             store).
         cache: Whether tasks that do not say otherwise reuse cached LLM replies.
+        record_prompts: Whether attempts record what their LLM calls sent and got back.
         replies: The reply cache, when some task uses one.
         restored: Tasks whose outputs a resumed run read from the store.
         final: The output the process calls its final one (`Process.final_output`).
@@ -115,6 +116,7 @@ class Run:
         verbose: bool = False,
         run_id: str | None = None,
         cache: bool = False,
+        record_prompts: bool = True,
         resumption: Resumption | None = None,
     ) -> None:
         self.run_id = run_id or new_id()
@@ -136,6 +138,7 @@ class Run:
         self.slots = SlotPool(max_concurrency)
         self.recorder: Recorder | None = None
         self.cache = cache
+        self.record_prompts = record_prompts
         self.replies: ReplyCache | None = None
         self.restored: list[str] = []
         self.final: TaskOutput | None = None

@@ -154,15 +154,22 @@ def runs_command(
 def show_command(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to show.")],
     full: Annotated[
-        bool, typer.Option("--full", help="Print every output whole, however long.")
+        bool,
+        typer.Option("--full", help="Print every output and tool error whole, however long."),
+    ] = False,
+    prompts: Annotated[
+        bool,
+        typer.Option(
+            "--prompts", help="Also print what each LLM call sent and got back (JSON too)."
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
     db: Database = None,
 ) -> None:
-    """Show one run: its tasks, attempts, timing, usage and outputs."""
+    """Show one run: its tasks, attempts, timing, usage, failed tool calls and outputs."""
     from crewflow.cli._store import show_run
 
-    _exit(show_run(run_id, as_json=as_json, full=full, db=db))
+    _exit(show_run(run_id, as_json=as_json, full=full, prompts=prompts, db=db))
 
 
 @app.command("optimize")

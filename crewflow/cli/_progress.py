@@ -1,4 +1,5 @@
-"""The live progress of a run: one status line per task, drawn from the run's events."""
+"""The live progress of a run: one status line per task, drawn from the run's events (a failed
+tool call shows on its task's line, and the count of them when the task finishes)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class ProgressView:
     def __init__(self, console: Console) -> None:
         self.console = console
         self._lines: dict[str, _TaskLine] = {}
+        self._tool_failures: dict[str, int] = {}
         self._lock = threading.Lock()  # sinks may be called from a sync tool's worker thread
         self._live: Live | None = None
 
@@ -68,11 +70,11 @@ class ProgressView:
                 self._live = None
 
     def __call__(self, event: events.Event, /) -> None:
-        update = self._describe(event)
-        if update is None:
-            return
-        name, status, detail = update
         with self._lock:
+            update = self._describe(event)
+            if update is None:
+                return
+            name, status, detail = update
             line = self._lines.get(name)
             if line is None:
                 line = self._lines[name] = _TaskLine(name, status, detail, Spinner("dots"))
@@ -96,8 +98,25 @@ class ProgressView:
             return line.spinner
         return Text.assemble((symbol, style), " ", text)
 
+    def _describe(self, event: events.Event) -> tuple[str, _Status, str] | None:
+        if isinstance(event, events.ToolCalled):
+            if event.ok:
+                return None
+            self._tool_failures[event.task] = self._tool_failures.get(event.task, 0) + 1
+            return event.task, "running", f"a tool call failed: {_first_line(event.error)}"
+        if isinstance(event, events.TaskFinished) and event.attempt:
+            failed = self._tool_failures.get(event.task, 0)
+            tokens = event.prompt_tokens + event.completion_tokens
+            of_tools = f"; {failed} tool call{'s' if failed != 1 else ''} failed" if failed else ""
+            return (
+                event.task,
+                "finished",
+                f"in {format_seconds(event.duration)}, {tokens:,} tokens{of_tools}",
+            )
+        return self._describe_task(event)
+
     @staticmethod
-    def _describe(event: events.Event) -> tuple[str, _Status, str] | None:
+    def _describe_task(event: events.Event) -> tuple[str, _Status, str] | None:
         if isinstance(event, events.TaskAdded):
             after = f", after {', '.join(event.depends_on)}" if event.depends_on else ""
             what = "asked of" if event.step == "ask" else "planned for"
@@ -107,11 +126,8 @@ class ProgressView:
             return event.task, "running", f"{event.agent}{again}"
         if isinstance(event, events.TaskDelegated):
             return event.task, "waiting", f"done by {event.to}"
-        if isinstance(event, events.TaskFinished) and event.attempt == 0:
-            return event.task, "finished", "by its delegate"
         if isinstance(event, events.TaskFinished):
-            tokens = event.prompt_tokens + event.completion_tokens
-            return event.task, "finished", f"in {format_seconds(event.duration)}, {tokens:,} tokens"
+            return event.task, "finished", "by its delegate"
         if isinstance(event, events.TaskRetrying):
             return (
                 event.task,
@@ -140,3 +156,13 @@ class ProgressView:
                 f"after {event.attempts} attempt{plural}: {event.error_type}: {event.error}",
             )
         return None
+
+
+_ERROR_WIDTH = 120
+"""Characters of a failed tool call's error shown on its task's line."""
+
+
+def _first_line(error: str | None) -> str:
+    """The first line of ``error``, cut to `_ERROR_WIDTH` characters."""
+    line = (error or "").strip().split("\n", 1)[0]
+    return line if len(line) <= _ERROR_WIDTH else line[: _ERROR_WIDTH - 1] + "…"

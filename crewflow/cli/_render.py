@@ -15,6 +15,7 @@ from rich.text import Text
 from crewflow.cli._common import format_seconds
 from crewflow.cli._table import Cell as _Cell
 from crewflow.cli._table import print_table
+from crewflow.cli._transcript import show_prompts
 from crewflow.store import RunStatus
 from crewflow.store._history import run_seconds
 from crewflow.store._lease import lapse_reason
@@ -170,7 +171,8 @@ def show_details(
 ) -> None:
     """The run's header (with the command that finishes an interrupted run: ``db`` is the
     database given with ``--db``); the choice of a choosing process (adaptive) and the plan of
-    a planning one (hierarchical); a table of its tasks, their errors, then each output."""
+    a planning one (hierarchical); a table of its tasks, their errors and failed tool calls,
+    then each output; then, when they were read, what each LLM call sent and got back."""
     console.print(_header(details.run))
     if details.run.status == RunStatus.INTERRUPTED:
         _show_interrupted(console, [details.run], db)
@@ -187,9 +189,34 @@ def show_details(
                 problem = ": ".join(part for part in (row.error_type, row.error) if part)
                 line = f"{task.name}: attempt {row.number} {row.status}: {problem}"
                 console.print(Text(line, style="red"), soft_wrap=True)
+    _show_failed_tools(console, tasks, full=full)
     for task in tasks:
         if task.output is not None:
             console.print(_output_panel(task.output, full=full, width=console.width))
+    if details.prompts is not None:
+        show_prompts(console, [row for task in tasks for row in task.attempts], details.prompts)
+
+
+def _show_failed_tools(console: Console, tasks: Sequence[_TaskSummary], *, full: bool) -> None:
+    """Each failed tool call: its task, attempt, tool, duration and error (its first line
+    unless ``full``), wrapped to the width."""
+    failed = [
+        (task.name, row.number, call)
+        for task in tasks
+        for row in task.attempts
+        for call in row.tool_calls
+        if not call.ok
+    ]
+    if not failed:
+        return
+    console.print(Text(f"Failed tool calls ({len(failed)})", style="bold"))
+    for task, number, call in failed:
+        error = call.error or call.error_type or ""
+        if not full:
+            first, _, rest = error.strip().partition("\n")
+            error = f"{first} …" if rest else first
+        where = Text(f"  {task}, attempt {number}, {call.tool} ({format_seconds(call.duration)}): ")
+        console.print(Text.assemble(where, (error, "yellow")))
 
 
 def _header(run: RunRecord) -> Table:
@@ -314,8 +341,10 @@ def _show_plan(console: Console, plan: RecordedPlan) -> None:
 
 def _show_tasks(console: Console, run: RunRecord, tasks: Sequence[_TaskSummary]) -> None:
     costs = any(row.usage.cost is not None for task in tasks for row in task.attempts)
+    tools = any(row.tool_calls for task in tasks for row in task.attempts)
     columns = ["task~", "status", "attempts>", "start>", "duration>", "model~", "tokens>"]
-    columns += [*(["cost>"] if costs else []), "cache hits>", "limit wait>"]
+    columns += [*(["cost>"] if costs else []), *(["tool calls>"] if tools else [])]
+    columns += ["cache hits>", "limit wait>"]
     rows: list[list[_Cell]] = []
     for task in tasks:
         attempts = task.attempts
@@ -342,11 +371,23 @@ def _show_tasks(console: Console, run: RunRecord, tasks: Sequence[_TaskSummary])
         ]
         if costs:
             cells.append(_cost(sum(known)) if known else "")
+        if tools:
+            cells.append(_tool_calls(attempts))
         rows.append(
             [*cells, f"{cached}" if cached else "", format_seconds(waited) if waited else ""]
         )
-    optional = ["cache hits>", "limit wait>", "start>", "cost>"]
+    # The failed tool calls are listed below the table, so their column may go.
+    optional = ["cache hits>", "limit wait>", "start>", "tool calls>", "cost>"]
     print_table(console, columns, rows, optional=optional)
+
+
+def _tool_calls(attempts: Sequence[AttemptRecord]) -> _Cell:
+    """``"3"``, or ``"3, 1 failed"`` (in yellow)."""
+    calls = [call for row in attempts for call in row.tool_calls]
+    failed = sum(not call.ok for call in calls)
+    if not failed:
+        return f"{len(calls)}" if calls else ""
+    return Text(f"{len(calls)}, {failed} failed", style="yellow")
 
 
 OUTPUT_LINES = 20

@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from crewflow._records import ProcessChoice
-    from crewflow.store import AddedTaskRecord, AttemptRecord, OutputRow, RunRecord, Store
+    from crewflow.store import (
+        AddedTaskRecord,
+        AttemptRecord,
+        OutputRow,
+        PromptRecord,
+        RunRecord,
+        Store,
+    )
 
 
 @dataclass(frozen=True)
@@ -75,12 +82,14 @@ class RecordedPlan:
 @dataclass(frozen=True)
 class RunDetails:
     """What ``crewflow show`` shows: the run's record, the tasks its process added, its
-    attempts and its outputs."""
+    attempts and its outputs; with ``--prompts``, what its LLM calls sent and got back."""
 
     run: RunRecord
     added: list[AddedTaskRecord]
     attempts: list[AttemptRecord]
     outputs: dict[str, OutputRow]
+    prompts: dict[tuple[str, int], list[PromptRecord]] | None = None
+    """By task and attempt number; ``None`` when not read."""
 
     @property
     def choice(self) -> ProcessChoice | None:
@@ -103,13 +112,14 @@ class RunDetails:
     def to_json(self) -> str:
         """``{"run": ..., "added": [...], "attempts": [...], "outputs": {task: ...}, "plan": ...,
         "choice": ...}``, indented; ``plan`` is `RecordedPlan.to_json`, ``choice`` the
-        `ProcessChoice` (each ``null`` when the run has none)."""
+        `ProcessChoice` (each ``null`` when the run has none). Each attempt holds its
+        ``prompts`` only when they were read (``--prompts``)."""
         choice, plan = self.choice, self.plan
         return json.dumps(
             {
                 "run": self.run.model_dump(mode="json"),
                 "added": [task.model_dump(mode="json") for task in self.added],
-                "attempts": [row.model_dump(mode="json") for row in self.attempts],
+                "attempts": [self._attempt_json(row) for row in self.attempts],
                 "outputs": {
                     name: row.model_dump(mode="json") for name, row in self.outputs.items()
                 },
@@ -119,6 +129,12 @@ class RunDetails:
             indent=2,
             ensure_ascii=False,
         )
+
+    def _attempt_json(self, row: AttemptRecord) -> dict[str, JsonValue]:
+        if self.prompts is None:
+            return row.model_dump(mode="json", exclude={"prompts"})
+        prompts = self.prompts.get((row.task, row.number), [])
+        return row.model_copy(update={"prompts": tuple(prompts)}).model_dump(mode="json")
 
 
 def _plan_number(name: str) -> int:
@@ -168,7 +184,7 @@ def _config_of_ran(run: RunRecord) -> dict[str, JsonValue] | None:
     return None
 
 
-async def _details(store: Store, *, run_id: str) -> RunDetails:
+async def _details(store: Store, *, run_id: str, prompts: bool = False) -> RunDetails:
     run = await find_run(store, run_id)
     if run is None:
         raise UnknownRunError(run_id)
@@ -180,7 +196,9 @@ async def _details(store: Store, *, run_id: str) -> RunDetails:
     order = [*run.graph, *(task.name for task in added)]
     rank = {name: index for index, name in enumerate(order)}
     ordered = sorted(outputs, key=lambda name: rank.get(name, len(order)))
-    return RunDetails(run, added, await store.attempts(run_id), {n: outputs[n] for n in ordered})
+    attempts = await store.attempts(run_id)
+    sent = await store.prompts(run_id) if prompts else None
+    return RunDetails(run, added, attempts, {n: outputs[n] for n in ordered}, sent)
 
 
 def list_runs(
@@ -208,7 +226,12 @@ async def _list(store: Store, *, crew: str | None, limit: int) -> list[RunRecord
 
 
 def show_run(
-    run_id: str, *, as_json: bool = False, full: bool = False, db: Path | None = None
+    run_id: str,
+    *,
+    as_json: bool = False,
+    full: bool = False,
+    prompts: bool = False,
+    db: Path | None = None,
 ) -> int:
     """What ``crewflow show`` does; returns the exit code."""
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
@@ -216,7 +239,7 @@ def show_run(
     try:
         if not path.exists():
             raise UnknownRunError(run_id)
-        details = read_store(path, partial(_details, run_id=run_id))
+        details = read_store(path, partial(_details, run_id=run_id, prompts=prompts))
     except (Exception, KeyboardInterrupt) as exc:
         return exit_code(err, exc)
     if as_json:

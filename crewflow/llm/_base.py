@@ -62,6 +62,13 @@ class LLM(ABC):
         provider + base URL + model, so two objects for one endpoint share them."""
         return self.model
 
+    def redact(self, text: str) -> str:
+        """``text`` without this client's secrets (its API key becomes ``***``): the runtime
+        passes every prompt and reply it records through it. The default changes nothing; a
+        client that holds a key overrides it.
+        """
+        return text
+
     async def open(self) -> None:  # noqa: B027 - an optional hook with a default
         """Prepare the client for the running event loop. Called by the runtime (or
         ``async with llm:``) before the first call; calls nest and must be balanced by `aclose`."""

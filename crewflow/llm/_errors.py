@@ -195,6 +195,14 @@ def scrub(text: str, secret: str | None) -> str:
     return _KEY_PATTERN.sub(_REDACTED, text)
 
 
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` replaced by ``***``: for recorded prompts, which must stay as
+    they were sent, so unlike `scrub` nothing merely shaped like a key is touched."""
+    if secret and secret in text:
+        return text.replace(secret, _REDACTED)
+    return text
+
+
 def scrub_exception(exc: BaseException, secret: str | None) -> None:
     """Scrub an SDK exception and the exceptions chained under it, in place: they become our
     error's ``__cause__`` and end up in tracebacks and logs (litellm chains the SDK's errors)."""

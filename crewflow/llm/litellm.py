@@ -33,6 +33,7 @@ from crewflow.llm._errors import (
     malformed_error,
     other_error,
     provider_detail,
+    redact,
     scrub,
     scrub_exception,
     sdk_errors,
@@ -236,6 +237,10 @@ class LiteLLM(LLM):
             float(cost) if isinstance(cost, int | float) else _price(litellm, self.model, usage)
         )
         return result
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key given to this client replaced by ``***``."""
+        return redact(text, self._api_key.get_secret_value() if self._api_key else None)
 
     # -- errors -----------------------------------------------------------------------------
 

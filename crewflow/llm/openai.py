@@ -32,6 +32,7 @@ from crewflow.llm._errors import (
     malformed_error,
     other_error,
     provider_detail,
+    redact,
     scrub,
     scrub_exception,
     sdk_errors,
@@ -236,6 +237,10 @@ class OpenAIChat(LLM):
             raise self._map_error(exc) from None
 
     # -- configuration ----------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key in use replaced by ``***``."""
+        return redact(text, self._secret())
 
     def _resolve_base_url(self) -> str:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL

@@ -10,7 +10,14 @@ Importing this package does no I/O: a store opens its database on first use. Its
 (`StoreError` and below) are part of the one tree in `crewflow.exceptions`.
 """
 
-from crewflow._records import AttemptRecord, RunStatus, TaskKind, TaskStatus
+from crewflow._records import (
+    AttemptRecord,
+    PromptRecord,
+    RunStatus,
+    TaskKind,
+    TaskStatus,
+    ToolCallRecord,
+)
 from crewflow.store._base import (
     DuplicateRunError,
     SchemaVersionError,
@@ -36,6 +43,7 @@ __all__ = [
     "MemoryStore",
     "OutputRow",
     "ProcessHistory",
+    "PromptRecord",
     "RunRecord",
     "RunSource",
     "RunStatus",
@@ -45,6 +53,7 @@ __all__ = [
     "StoreError",
     "TaskKind",
     "TaskStatus",
+    "ToolCallRecord",
     "UnknownRunError",
     "default_store_path",
     "read_history",

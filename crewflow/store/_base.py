@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
-    from crewflow._records import AttemptRecord, RunStatus
+    from crewflow._records import AttemptRecord, PromptRecord, RunStatus
     from crewflow._usage import Usage
     from crewflow.store._lease import Lease
     from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
@@ -248,7 +248,21 @@ class Store(ABC):
 
     @abstractmethod
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
-        """The run's attempts, by start time (then task and attempt number)."""
+        """The run's attempts, by start time (then task and attempt number), with their tool
+        calls but not their prompts (`AttemptRecord.prompts` is empty: they can be large, and
+        `prompts` reads them)."""
+
+    async def prompts(self, run_id: str) -> dict[tuple[str, int], list[PromptRecord]]:
+        """What each LLM call of the run's attempts sent and got back, by task name and attempt
+        number (attempts that recorded none are left out).
+
+        The default reads them off `attempts`, for a store that keeps them there.
+        """
+        return {
+            (attempt.task, attempt.number): list(attempt.prompts)
+            for attempt in await self.attempts(run_id)
+            if attempt.prompts
+        }
 
     @abstractmethod
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import pydantic_core
+from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
-from crewflow._records import AttemptRecord, TaskStatus
+from crewflow._records import AttemptRecord, PromptRecord, TaskStatus
 from crewflow._usage import Usage
 from crewflow.store._base import UnknownRunError
 from crewflow.store._lease import Lease, LeaseOwner
@@ -28,6 +31,12 @@ ATTEMPT_COLUMNS = (
     "requests, prompt_tokens, completion_tokens, cost, cache_hits, llm_retries, limit_wait, "
     "limit_waits, details"
 )
+# An attempt's tool calls and prompts are kept in its ``details`` JSON, under these keys.
+_TOOL_CALLS, _PROMPTS = "tool_calls", "prompts"
+ATTEMPT_SELECT = ATTEMPT_COLUMNS.replace("details", f"json_remove(details, '$.{_PROMPTS}')")
+"""What `Store.attempts` reads: every column, but the prompts (they can be large)."""
+PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
+"""An attempt's prompts, as the JSON text of a list (``NULL`` when it recorded none)."""
 TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
 LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires"
@@ -189,9 +198,22 @@ def _attempt_values(run_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:
         attempt.llm_retries,
         attempt.limit_wait,
         to_json(attempt.limit_waits) if attempt.limit_waits else "{}",
-        to_json(attempt.details) if attempt.details else "{}",
+        _attempt_details(attempt),
         attempt.start.timestamp(),
     )
+
+
+def _attempt_details(attempt: AttemptRecord) -> str:
+    """The ``details`` column: the attempt's details, its tool calls and its prompts."""
+    if not (attempt.tool_calls or attempt.prompts):
+        return to_json(attempt.details) if attempt.details else "{}"
+    details: dict[str, Any] = dict(attempt.details)
+    if attempt.tool_calls:
+        details[_TOOL_CALLS] = attempt.tool_calls
+    if attempt.prompts:
+        details[_PROMPTS] = attempt.prompts
+    # pydantic's encoder writes the records (and the messages in them) in one pass.
+    return pydantic_core.to_json(details, exclude_none=True).decode()
 
 
 def task_values(run_id: str, task: AddedTaskRecord) -> tuple[Any, ...]:
@@ -248,7 +270,9 @@ def attempt_from_row(found: tuple[Any, ...]) -> AttemptRecord:
         data.pop("cost"),
     )
     data["limit_waits"] = json.loads(data["limit_waits"])
-    data["details"] = json.loads(data["details"])
+    details = data["details"] = json.loads(data["details"])
+    data[_TOOL_CALLS] = details.pop(_TOOL_CALLS, ())
+    data[_PROMPTS] = details.pop(_PROMPTS, ())
     if data["end"] is None:
         # Recorded as running by an older crewflow and never ended: it died with its process.
         data["end"] = data["start"]
@@ -265,6 +289,19 @@ def task_from_row(found: tuple[Any, ...]) -> AddedTaskRecord:
     del data["run_id"]
     data["depends_on"] = json.loads(data["depends_on"])
     return AddedTaskRecord.model_validate(data)
+
+
+def prompts_from_row(found: tuple[Any, ...]) -> tuple[tuple[str, int], list[PromptRecord]]:
+    """The prompts of one attempt (a row of task, attempt and `PROMPTS_JSON`), by task and
+    attempt number."""
+    task, number, text = found
+    return (task, number), _prompt_list().validate_json(text)
+
+
+@cache
+def _prompt_list() -> TypeAdapter[list[PromptRecord]]:
+    # Built on first use: `crewflow runs` never reads prompts and must start fast.
+    return TypeAdapter(list[PromptRecord])
 
 
 def output_from_row(found: tuple[Any, ...]) -> OutputRow:

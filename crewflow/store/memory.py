@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from crewflow._records import AttemptRecord, RunStatus
+from pydantic import TypeAdapter
+
+from crewflow._records import AttemptRecord, PromptRecord, RunStatus
 from crewflow.store._base import DuplicateRunError, Store, UnknownRunError, check_limit
 from crewflow.store._lease import Lease, observed
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from crewflow._usage import Usage
 
 __all__ = ["MemoryStore"]
+
+_PROMPTS = TypeAdapter(list[PromptRecord], config={"defer_build": True})
 
 
 class MemoryStore(Store):
@@ -38,6 +42,9 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._runs: dict[str, tuple[int, str]] = {}
         self._attempts: dict[tuple[str, str, int], str] = {}
+        self._prompts: dict[tuple[str, str, int], str] = {}
+        """Each attempt's prompts apart, as the database keeps them apart from what
+        `attempts` reads."""
         self._tasks: dict[tuple[str, str], str] = {}
         self._outputs: dict[tuple[str, str], str] = {}
         self._cache: dict[str, str] = {}
@@ -114,7 +121,12 @@ class MemoryStore(Store):
 
     async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
         self._require_run(run_id)
-        self._attempts[(run_id, attempt.task, attempt.number)] = attempt.model_dump_json()
+        key = (run_id, attempt.task, attempt.number)
+        self._attempts[key] = attempt.model_dump_json(exclude={"prompts"})
+        if attempt.prompts:
+            self._prompts[key] = _PROMPTS.dump_json(list(attempt.prompts)).decode()
+        else:
+            self._prompts.pop(key, None)
 
     async def save_output(self, row: OutputRow) -> None:
         self._require_run(row.run_id)
@@ -151,6 +163,14 @@ class MemoryStore(Store):
             if run == run_id
         ]
         found.sort(key=lambda attempt: (attempt.start.timestamp(), attempt.task, attempt.number))
+        return found
+
+    async def prompts(self, run_id: str) -> dict[tuple[str, int], list[PromptRecord]]:
+        found = {}
+        for attempt in await self.attempts(run_id):  # in the database's order
+            text = self._prompts.get((run_id, attempt.task, attempt.number))
+            if text is not None:
+                found[(attempt.task, attempt.number)] = _PROMPTS.validate_json(text)
         return found
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:

@@ -54,9 +54,10 @@ from crewflow.store._base import (
 from crewflow.store._lease import Lease, observed
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 from crewflow.store._rows import (
-    ATTEMPT_COLUMNS,
+    ATTEMPT_SELECT,
     LEASE_WRITE,
     OUTPUT_COLUMNS,
+    PROMPTS_JSON,
     RUN_COLUMNS,
     RUN_MARKS,
     SELECT_RUNS,
@@ -66,6 +67,7 @@ from crewflow.store._rows import (
     attempt_from_row,
     lease_values,
     output_from_row,
+    prompts_from_row,
     run_exists,
     run_from_row,
     run_values,
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
 
     from pydantic import JsonValue
 
+    from crewflow._records import PromptRecord
     from crewflow._usage import Usage
 
 __all__ = ["SQLiteStore"]
@@ -277,12 +280,23 @@ class SQLiteStore(Store):
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
-                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? "
+                f"SELECT {ATTEMPT_SELECT} FROM attempts WHERE run_id = ? "
                 "ORDER BY start_ts, task, attempt",
                 (run_id,),
             ).fetchall()
 
         return [attempt_from_row(found) for found in await self._writer.call(select)]
+
+    async def prompts(self, run_id: str) -> dict[tuple[str, int], list[PromptRecord]]:
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                f"SELECT task, attempt, {PROMPTS_JSON} FROM attempts "
+                f"WHERE run_id = ? AND {PROMPTS_JSON} IS NOT NULL "
+                "ORDER BY start_ts, task, attempt",
+                (run_id,),
+            ).fetchall()
+
+        return dict(prompts_from_row(found) for found in await self._writer.call(select))
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         check_limit(limit)

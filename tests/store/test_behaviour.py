@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from crewflow.llm._types import Usage
+from crewflow.llm._types import Message, ToolCall, Usage
 from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
@@ -15,12 +15,14 @@ from crewflow.store import (
     Lease,
     LeaseOwner,
     OutputRow,
+    PromptRecord,
     RunRecord,
     RunSource,
     RunStatus,
     Store,
     TaskKind,
     TaskStatus,
+    ToolCallRecord,
     UnknownRunError,
 )
 from tests.store.conftest import at, run_record
@@ -151,6 +153,62 @@ async def test_an_attempt_round_trips_with_every_field(store: Store) -> None:
         "score": 0.5,
         "why": "ü",
     }
+
+
+def prompted(row: AttemptRecord) -> AttemptRecord:
+    """``row`` with two tool calls and two LLM calls recorded, in every shape a message takes."""
+    ask = ToolCall("call-1", "search", '{"q": "sodium 🔋"}')
+    return row.model_copy(
+        update={
+            "tool_calls": (
+                ToolCallRecord(tool="search", ok=True, duration=0.25),
+                ToolCallRecord(
+                    tool="fetch", ok=False, duration=1.5, error_type="ValueError", error="ü"
+                ),
+            ),
+            "prompts": (
+                PromptRecord(
+                    messages=(Message("system", "Tu es chercheur"), Message("user", "Trouve")),
+                    reply=Message("assistant", None, (ask,)),
+                    tools=("search", "fetch"),
+                    output="Facts",
+                ),
+                PromptRecord(
+                    repeated=3,
+                    messages=(Message("tool", "résultat", tool_call_id="call-1", name="search"),),
+                    error="LLMError: HTTP 500",
+                    cut=12,
+                ),
+            ),
+        }
+    )
+
+
+async def test_attempts_keep_their_tool_calls_and_prompts_come_apart(store: Store) -> None:
+    await store.start_run(run_record())
+    row = prompted(full_attempt())
+    plain = full_attempt(task="draft", number=2, start=at(30), end=at(31))
+    await store.save_task(OutputRow(run_id="run-1", task="t", text="", finished_at=at(0)), [row])
+    await store.record_attempt("run-1", plain)
+
+    loaded = await store.attempts("run-1")
+    prompts = await store.prompts("run-1")
+
+    # Prompts can be large: what the optimizer and history read leaves them out.
+    assert loaded == [row.model_copy(update={"prompts": ()}), plain]
+    assert loaded[0].details == full_attempt().details
+    assert prompts == {(row.task, row.number): list(row.prompts)}
+    assert await store.prompts("run-2") == {}
+
+
+async def test_recording_an_attempt_again_replaces_its_prompts(store: Store) -> None:
+    await store.start_run(run_record())
+    await store.record_attempt("run-1", prompted(full_attempt()))
+
+    await store.record_attempt("run-1", full_attempt())
+
+    assert await store.prompts("run-1") == {}
+    assert [row.tool_calls for row in await store.attempts("run-1")] == [()]
 
 
 async def test_recording_the_same_attempt_again_replaces_it(store: Store) -> None:

@@ -31,6 +31,7 @@ from crewflow.store import (
     SQLiteStore,
     StoreError,
     TaskStatus,
+    ToolCallRecord,
     UnknownRunError,
     _schema,
 )
@@ -888,6 +889,9 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
             limit_wait=1.5 * index,
             limit_waits={"rpm:m": 1.5 * index} if index else {},
             details={"tools": ["search"], "note": "é"} if index % 2 else {},
+            tool_calls=[ToolCallRecord(tool="search", ok=False, duration=0.5, error="é")]
+            if index % 3
+            else [],
         )
         for index, moment in enumerate(moments)
     ]
@@ -915,10 +919,18 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
         data = row.model_dump(mode="json")
         if isinstance(row, AttemptRecord):  # a column per usage field; the run id and number
             data |= {"run_id": "run-1", "attempt": data.pop("number"), **data.pop("usage")}
+            # Tool calls and prompts (none here) are in the details, without their Nones.
+            del data["tool_calls"], data["prompts"]
+            if row.tool_calls:
+                calls = [call.model_dump(mode="json", exclude_none=True) for call in row.tool_calls]
+                data["details"] |= {"tool_calls": calls}
         for name in ("limit_waits", "details", "data"):
             if name in data and data[name] is not None:
                 data[name] = json.dumps(data[name], ensure_ascii=False, allow_nan=False)
         return data
+
+    def parsed(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, **({"details": json.loads(row["details"])} if "details" in row else {})}
 
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
@@ -928,6 +940,6 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
             for row in rows:
                 expected = dumped(row)
                 found = {name: stored[row.task][name] for name in expected}
-                assert found == expected
+                assert parsed(found) == parsed(expected)
     finally:
         conn.close()

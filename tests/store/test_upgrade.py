@@ -63,6 +63,7 @@ async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
         attempts = await store.attempts(FAILED)
         outputs = await store.outputs(FAILED)
         added = await store.added_tasks(FAILED)
+        prompts = await store.prompts(FAILED)
 
     assert [(run.run_id, run.status) for run in runs] == [
         (FAILED, "failed"),
@@ -84,6 +85,9 @@ async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
     ]
     # An attempt's duration, not kept by v3, comes from its start and end.
     assert all(a.duration == (a.end - a.start).total_seconds() for a in attempts)
+    # Tool calls and prompts were not recorded then: none, in the attempts' details column.
+    assert [(a.tool_calls, a.prompts, a.details) for a in attempts] == [((), (), {})] * 2
+    assert prompts == {}
     assert attempts[1].error == "fn/draft: HTTP 400: the writer is out"
     assert list(outputs) == ["facts"]
     assert added == []
@@ -102,6 +106,7 @@ async def test_a_run_recorded_at_v3_resumes_with_the_same_crew(tmp_path: Path) -
     async with SQLiteStore(path) as store:
         record = await store.get_run(FAILED)
         attempts = await store.attempts(FAILED)
+        prompts = await store.prompts(FAILED)
     assert record is not None
     assert (record.status, record.resumed) == ("completed", 1)
     assert [(a.task, a.number, a.status) for a in attempts] == [
@@ -109,6 +114,11 @@ async def test_a_run_recorded_at_v3_resumes_with_the_same_crew(tmp_path: Path) -
         ("draft", 1, "failed"),
         ("draft", 2, "completed"),
     ]
+    # The new attempt records its prompts next to the attempts recorded at v3.
+    (sent,) = prompts[("draft", 2)]
+    assert sent.reply is not None
+    assert sent.reply.content == "a draft"
+    assert list(prompts) == [("draft", 2)]
 
 
 def left_running(path: Path, run_id: str) -> None:
