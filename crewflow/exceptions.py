@@ -21,6 +21,7 @@ CrewflowError
     ├── KickoffsFailed            .results, .failures: some kickoffs of kickoff_for_each failed
     ├── TaskTimeout               (also a TimeoutError) .task, .timeout: one attempt ran too long
     ├── LLMError                  .model, .status_code, .retryable: a provider call failed
+    │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors: the answer never matched the task's output_model
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "CredentialsError",
     "CrewChanged",
     "CrewPartialFailure",
     "CrewRunError",
@@ -207,6 +209,33 @@ class LLMError(CrewRunError):
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class CredentialsError(LLMError, ConfigurationError):
+    """A model cannot be used for want of credentials: no API key is set for it, or its
+    provider refused the key (HTTP 401).
+
+    A missing key is found when the run opens its clients, before the run is recorded, so
+    nothing is left behind. A key refused on a run's first calls, before any task finished,
+    ends the run with this error too (a `ConfigurationError`: ``crewflow run`` exits 2); once
+    tasks have finished, a refused key fails its task like any other provider error (a
+    `TaskFailed` whose ``cause`` is this error), and the run can be resumed with a valid key.
+
+    Attributes:
+        variables: The environment variables that would supply the key, as far as crewflow
+            (and LiteLLM) know them, e.g. ``("ANTHROPIC_API_KEY",)``; empty when unknown.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        variables: Sequence[str] = (),
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, model=model, status_code=status_code, retryable=False)
+        self.variables = tuple(variables)
 
 
 class ToolError(CrewRunError):
