@@ -34,8 +34,9 @@ Messages say what was wrong and how to fix it; details live in fields, not packe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigurationError",
     "CredentialsError",
+    "CrewChange",
     "CrewChanged",
     "CrewPartialFailure",
     "CrewRunError",
@@ -101,17 +103,54 @@ class ConfigurationError(CrewflowError, ValueError):
     """
 
 
+@dataclass(frozen=True, slots=True)
+class CrewChange:
+    """One way a crew differs from the crew a run was recorded with (`CrewChanged.changes`).
+
+    ``str(change)`` says it in a line: ``task 'draft': description, model changed``,
+    ``task 'notes' was added``, ``the process changed from 'sequential' to 'parallel'``.
+
+    Attributes:
+        kind: ``"added"``, ``"removed"`` or ``"changed"`` (a task), or ``"process"`` (the
+            process or its configuration).
+        task: The task's name (``None`` for the process, or when the record cannot say which
+            task changed).
+        aspects: What changed in a changed task, among ``"description"``, ``"expected output"``,
+            ``"dependencies"``, ``"output model"``, ``"agent"`` (role, goal, backstory,
+            iterations), ``"model"``, ``"tools"`` and ``"fallback agent"``; empty when the
+            run's record does not tell (runs recorded by crewflow before it kept them).
+        detail: More, in words: the dependencies before and after, what the process was.
+    """
+
+    kind: Literal["added", "removed", "changed", "process"]
+    task: str | None = None
+    aspects: tuple[str, ...] = ()
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.task is None:
+            return self.detail
+        if self.kind in ("added", "removed"):
+            return f"task {self.task!r} was {self.kind}"
+        what = f"{', '.join(self.aspects)} changed" if self.aspects else "changed"
+        said = f"task {self.task!r}: {what}" if self.aspects else f"task {self.task!r} {what}"
+        return f"{said} ({self.detail})" if self.detail else said
+
+
 class CrewChanged(ConfigurationError):
     """`Crew.resume` refused: the crew's fingerprint (tasks, agents, models, process) is not the
     one recorded for the run, so the saved outputs may not fit it.
 
+    The message names the first few changes and counts the rest; ``changes`` holds them all.
+
     Attributes:
         run_id: The run that was to be resumed.
-        changes: What differs, as far as the record tells (tasks added or removed, changed
-            dependencies; else that a description, agent, model or the process changed).
+        changes: Every difference the record tells (`CrewChange`): each task added, removed or
+            changed with what changed in it (its description, agent, model, tools, output model,
+            dependencies...), or the process.
     """
 
-    def __init__(self, message: str, *, run_id: str, changes: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, *, run_id: str, changes: Sequence[CrewChange] = ()) -> None:
         super().__init__(message)
         self.run_id = run_id
         self.changes = list(changes)

@@ -13,6 +13,7 @@ from crewflow import exceptions
 from crewflow.exceptions import (
     ConfigurationError,
     CredentialsError,
+    CrewChange,
     CrewChanged,
     CrewflowError,
     CrewPartialFailure,
@@ -64,7 +65,7 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         KickoffsFailed: KickoffsFailed(
             "1 of 2 failed", results=[None, failed], failures={1: failed}
         ),
-        CrewChanged: CrewChanged("changed", run_id="r1", changes=["task 'x' was added"]),
+        CrewChanged: CrewChanged("changed", run_id="r1", changes=[CrewChange("added", "x")]),
         StoreError: StoreError("disk full"),
         UnknownRunError: UnknownRunError("r1"),
         DuplicateRunError: DuplicateRunError("r1"),
@@ -103,9 +104,39 @@ def drawn_tree() -> dict[str, tuple[str | None, str]]:
     return tree
 
 
+# What an error carries that is not an error itself: exported beside the tree, not drawn in it.
+PAYLOADS = {"CrewChange": CrewChange}
+
+
 def test_every_class_of_the_module_is_exported_and_drawn() -> None:
-    assert set(MODULE_CLASSES) == set(exceptions.__all__)
+    assert set(MODULE_CLASSES) | set(PAYLOADS) == set(exceptions.__all__)
     assert set(drawn_tree()) == set(MODULE_CLASSES)
+    defined = {
+        name
+        for name, value in vars(exceptions).items()
+        if isinstance(value, type) and value.__module__ == exceptions.__name__
+    }
+    assert defined == set(exceptions.__all__)
+
+
+def test_a_crew_change_says_itself_in_a_line() -> None:
+    lines = [
+        str(CrewChange("changed", "draft", ("description", "model"))),
+        str(CrewChange("added", "notes")),
+        str(CrewChange("removed", "old")),
+        str(CrewChange("changed", "b", ("dependencies",), "it depends on ['a'] instead of []")),
+        str(CrewChange("changed", "c", detail="its description or agent")),
+        str(CrewChange("process", detail="the process changed from 'a' to 'b'")),
+    ]
+
+    assert lines == [
+        "task 'draft': description, model changed",
+        "task 'notes' was added",
+        "task 'old' was removed",
+        "task 'b': dependencies changed (it depends on ['a'] instead of [])",
+        "task 'c' changed (its description or agent)",
+        "the process changed from 'a' to 'b'",
+    ]
 
 
 def test_the_drawing_shows_each_class_under_its_real_parent() -> None:

@@ -35,6 +35,7 @@ from crewflow._runtime.slots import Slot, SlotPool
 from crewflow._spec import new_id
 from crewflow.exceptions import (
     CredentialsError,
+    CrewChange,
     CrewChanged,
     CrewflowError,
     CrewPartialFailure,
@@ -470,7 +471,7 @@ class Run:
                 "description, agent, model, dependencies or output model); pass force=True "
                 "(crewflow resume --force) to run it again",
                 run_id=self.run_id,
-                changes=[f"task {name!r} changed"],
+                changes=[CrewChange("changed", name)],
             )
         self._restore(name, task)
 
