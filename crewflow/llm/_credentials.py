@@ -74,8 +74,9 @@ def refused_error(
     """The error of a model whose provider refused its credentials (``status``: 401)."""
     if len(detail) > MAX_REFUSAL_DETAIL:
         detail = detail[: MAX_REFUSAL_DETAIL - 1].rstrip() + "…"
+    were = "were" if noun.endswith("credentials") else "was"
     return CredentialsError(
-        f"the {noun} for {model!r} was refused (HTTP {status} at {where}: {detail}): check "
+        f"the {noun} for {model!r} {were} refused (HTTP {status} at {where}: {detail}): check "
         f"{needs}, or pass {how}.",
         model=model,
         variables=variables,

@@ -17,6 +17,7 @@ import pytest
 
 from crewflow.exceptions import ConfigurationError, CredentialsError, LLMError
 from crewflow.llm import LLMRequest, Message
+from crewflow.llm._credentials import litellm_refused
 from crewflow.llm.litellm import LiteLLM, _import_litellm
 from crewflow.testing import Error, OpenAIServer
 
@@ -324,3 +325,23 @@ async def test_a_call_litellm_refuses_for_want_of_a_key_gives_the_open_message()
     assert error.status_code == 401
     assert str(at_open).startswith(str(error))
     assert error.variables == at_open.variables
+
+
+async def test_refused_cloud_credentials_say_what_to_check() -> None:
+    # What the client makes of Bedrock's 401 (no loopback server speaks Bedrock's protocol).
+    error = litellm_refused(
+        _import_litellm(),
+        "bedrock/anthropic.claude-3-haiku",
+        api_key_given=False,
+        params={},
+        status=401,
+        where="bedrock",
+        detail="The security token included in the request is invalid",
+    )
+
+    assert str(error).startswith(
+        "the AWS credentials for 'bedrock/anthropic.claude-3-haiku' were refused (HTTP 401 at "
+        "bedrock: The security token included in the request is invalid): check "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
+    assert error.status_code == 401
