@@ -58,7 +58,7 @@ async def main():
         llm = OpenAIChat("model-x", base_url=server.base_url, api_key="k")
         agent = Agent(role="Worker", goal="Answer", llm=llm)
         crew = Crew(
-            tasks=[Task(f"Job {i}", agent=agent) for i in range(5)],
+            tasks=[Task(f"Job {i}", agent=agent, context=[]) for i in range(5)],
             process="parallel",
             limits=Limits({"openai/model-x": Limit(rpm=600, burst=1)}),
             on_event=on_event,

@@ -23,6 +23,7 @@ if typing.TYPE_CHECKING:
     from crewflow._runtime.limiter import set_limits
     from crewflow.agent import Agent
     from crewflow.crew import Crew, CrewResult
+    from crewflow.exceptions import CrewflowWarning
     from crewflow.limits import Breaker, Limit, Limits
     from crewflow.retry import RetryPolicy
     from crewflow.task import Task, TaskOutput

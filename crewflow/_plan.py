@@ -19,14 +19,24 @@ class ProblemKind(StrEnum):
     does not have."""
 
     UNNAMED = "unnamed"
+    """The task has no name (an added task needs one, the same on every resume)."""
     DUPLICATE = "duplicate"
+    """Its name is taken by another task, or the task itself is in the run already."""
     UNKNOWN_DEPENDENCY = "unknown_dependency"
+    """Its context names a task that is neither in the run nor in the plan."""
     SELF_DEPENDENCY = "self_dependency"
+    """Its context names the task itself."""
     CYCLE = "cycle"
+    """Tasks of the plan depend on each other in a circle."""
     NO_AGENT = "no_agent"
+    """It has no agent, and the crew has no single agent to give it."""
     MISSING_INPUT = "missing_input"
+    """Its templates need inputs the run was not given."""
     UNCOVERED = "uncovered"
+    """A manager's plan does not cover a crew task: no step, too many, or one without
+    instructions."""
     UNKNOWN_TASK = "unknown_task"
+    """The manager's plan names a task the crew does not have."""
 
 
 @dataclass(frozen=True, slots=True)

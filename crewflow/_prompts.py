@@ -7,6 +7,7 @@ schema. What is here is what users pay tokens for on every call, so it stays sho
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,41 @@ def extract_json(text: str) -> str:
     fallback = blocks[0] if blocks else stripped
     start, end = fallback.find("{"), fallback.rfind("}")
     return fallback[start : end + 1] if 0 <= start < end else fallback
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _reject_constant(constant: str) -> Any:
+    raise _NotFinite(constant)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotFinite(text)
+    return value
+
+
+def check_finite(text: str) -> None:
+    """Refuse a JSON answer that holds NaN or Infinity (or a number too large for a float).
+
+    Python's JSON reader and pydantic's accept them, but JSON has no such numbers, and no
+    record could hold them: they count as an answer that does not validate, so the model is
+    asked again. Text that is not JSON at all passes here, for validation to describe.
+
+    Raises:
+        ValueError: The number that is not finite, as the answer wrote it.
+    """
+    try:
+        json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise ValueError(
+            f"{exc} is not a JSON number; every number must be finite (write null if unknown)"
+        ) from None
+    except ValueError:
+        pass
 
 
 def _first_json(text: str) -> str | None:

@@ -26,25 +26,44 @@ __all__ = [
 
 class RunStatus(StrEnum):
     """Where a run is. A store keeps ``running`` until the run ends as ``completed``,
-    ``failed`` or ``cancelled``; ``pending`` and ``paused`` are seen on a live run's handle."""
+    ``failed`` or ``cancelled``; ``pending`` and ``paused`` are seen on a live run's handle.
+
+    ``interrupted`` is never written: a store reports it for a run recorded ``running`` that
+    nothing executes any more, because its lease lapsed (its process was killed, or its host
+    stopped renewing it: see `crewflow.store.Lease`). `Crew.resume` finishes it, as it
+    finishes a failed run."""
 
     PENDING = "pending"
+    """Started in the background (`Crew.start`) but not yet running."""
     RUNNING = "running"
+    """Running, under a lease its process renews."""
     PAUSED = "paused"
+    """Paused through its handle: no new task starts until it is resumed."""
     COMPLETED = "completed"
+    """Ended with every task done."""
     FAILED = "failed"
+    """Ended with an error (a task failed, a plan could not be used...)."""
     CANCELLED = "cancelled"
+    """Ended because it was cancelled before it could finish (``handle.cancel()``, Ctrl-C)."""
+    INTERRUPTED = "interrupted"
+    """Recorded as running, but nothing runs it any more: its lease lapsed (resume it)."""
 
 
 class TaskStatus(StrEnum):
     """Where a task is, or how it (or one of its attempts) ended."""
 
     PENDING = "pending"
+    """Not started yet."""
     RUNNING = "running"
+    """An attempt is running."""
     COMPLETED = "completed"
+    """Finished with an output."""
     FAILED = "failed"
+    """Failed: every attempt of the task, or this one attempt."""
     SKIPPED = "skipped"
+    """Never ran: a task it depends on failed or was skipped (``on_failure="continue"``)."""
     CANCELLED = "cancelled"
+    """Stopped by a cancellation (of the run, or because another task failed)."""
 
 
 class TaskKind(StrEnum):
@@ -53,7 +72,9 @@ class TaskKind(StrEnum):
     review; in `CrewResult.internal`)."""
 
     DELIVERABLE = "deliverable"
+    """One of the crew's tasks."""
     INTERNAL = "internal"
+    """A task the process added while it ran."""
 
 
 class AttemptRecord(BaseModel):

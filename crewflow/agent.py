@@ -221,7 +221,9 @@ class Agent(Spec):
             if output_model is None:
                 return AgentAnswer(text, None, iteration, tool_calls)
             try:
-                data = output_model.model_validate_json(_prompts.extract_json(text))
+                answer = _prompts.extract_json(text)
+                _prompts.check_finite(answer)
+                data = output_model.model_validate_json(answer)
             except (ValidationError, ValueError) as exc:
                 failures.append(exc)
                 if len(failures) > self.output_retries or iteration == self.max_iterations:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
 
+from crewflow._caller import CallerModule
 from crewflow._records import ProcessChoice, RunStatus, TaskKind, TaskRecord
 from crewflow._spec import Spec
 from crewflow.agent import Agent
@@ -36,6 +37,15 @@ if TYPE_CHECKING:
     from crewflow.store import Store
 
 __all__ = ["Crew", "CrewResult"]
+
+DEFAULT_NAME = "crew"
+"""The name of a crew built where there is no file to name it after (a notebook, a REPL,
+``python -c``)."""
+
+
+def _default_name() -> str:
+    module = CallerModule.find()
+    return module.stem if module is not None else DEFAULT_NAME
 
 
 class CrewResult(BaseModel):
@@ -153,7 +163,13 @@ class Crew(Spec):
             catalogue's ``manager`` agent (default: that agent on the default model). Builds
             ``Hierarchical(manager=...)`` for ``process="hierarchical"``, and gives the
             adaptive process its hierarchical candidate.
-        name: Names the crew in results, logs and records (default ``"crew"``).
+        name: Names the crew in results, logs and records; ``crewflow runs``, ``crewflow
+            optimize`` and `crewflow.optimizer.analyze` tell crews apart by it. Default: the
+            file name of the module that builds the crew (``research`` for ``research.py``,
+            however it is run: ``python research.py``, ``crewflow run research.py`` or an
+            import), followed by the module attribute that holds it when the module holds
+            several crews (``research:draft``, settled when the crew first runs, once the
+            module has built them all); ``"crew"`` in a notebook, a REPL or ``python -c``.
         max_concurrency: The most tasks running at once, for processes that run several.
         verbose: Log progress at INFO level when the application has not configured logging.
         retry: How provider errors and timed-out attempts are retried (a task's own ``retry``
@@ -182,7 +198,7 @@ class Crew(Spec):
     agents: tuple[Agent, ...] | None = None
     process: str | Process | type[Process] = "sequential"
     manager: Agent | str | None = None
-    name: str = Field(default="crew", min_length=1)
+    name: str = Field(default_factory=_default_name, min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)
     verbose: bool = False
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -196,6 +212,8 @@ class Crew(Spec):
     _process: Process = PrivateAttr()
     _graph: TaskGraph = PrivateAttr()
     _fingerprint: Fingerprint | None = PrivateAttr(default=None)
+    # Where a crew with the default name was built, until its name is settled (`settled_name`).
+    _module: CallerModule | None = PrivateAttr(default=None)
 
     @field_validator("store", mode="before")
     @classmethod
@@ -217,13 +235,9 @@ class Crew(Spec):
     @classmethod
     def _check_default_inputs(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key, item in value.items():
-            try:
-                json.dumps(item, allow_nan=False)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"default input {key!r} must be JSON (strings, finite numbers, booleans, "
-                    f"None, lists and dicts of them), not {item!r}"
-                ) from None
+            problem = _not_recordable(key, item)
+            if problem:
+                raise ValueError(f"default {problem}")
         return value
 
     @field_validator("tasks", mode="before")
@@ -238,6 +252,8 @@ class Crew(Spec):
         from)."""
         from crewflow.graph import TaskGraph
 
+        if "name" not in self.model_fields_set:
+            self._module = CallerModule.find()
         process = get_process(self.process)
         if self.manager is not None:
             process = process.with_manager(self.manager)
@@ -256,6 +272,23 @@ class Crew(Spec):
     def process_name(self) -> str:
         """The name of the process this crew runs under."""
         return self._process.name
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # A pickled crew leaves the module that built it behind: its name is settled first.
+        self._settle_name()
+        return super().__getstate__()
+
+    def _settle_name(self) -> str:
+        """The crew's name, settled: a default name gets the attribute that holds the crew when
+        the module that built it holds several crews. Done when the crew first runs (or is
+        analysed), by when that module has built them all; the same for every copy."""
+        module, self._module = self._module, None
+        if module is not None and "name" not in self.model_fields_set:
+            attribute = module.attribute_of(self, Crew)
+            if attribute is not None:
+                # The one change to a built crew: the rest of its default name, known only now.
+                object.__setattr__(self, "name", f"{self.name}:{attribute}")
+        return self.name
 
     def resolved_store(self) -> Store | None:
         """The store this crew records its runs in (``None`` when ``store=None``)."""
@@ -286,8 +319,9 @@ class Crew(Spec):
         """Finish an earlier run of this crew: re-run only the tasks that had not finished.
 
         The run keeps its id, inputs and finished outputs (read from the crew's store); its
-        record is marked running again and then completed (or failed). Works after a crash,
-        a ``kill -9``, a failure or a cancellation, with every process. A run that completed
+        record is marked running again, held by this process's lease, and then completed (or
+        failed). Works after a crash or a ``kill -9`` (the run reads as ``interrupted``), a
+        failure or a cancellation, with every process. A run that completed
         has nothing to resume: its result comes back from the records, which are left as they
         are (to run the crew again, kick it off with the run's inputs).
 
@@ -452,6 +486,7 @@ class Crew(Spec):
 
         values = self._check_inputs(inputs)
         override = self._override(llm)
+        self._settle_name()
         if self.limits is not None:
             registry().configure(self.limits)
         run = Run(
@@ -569,20 +604,9 @@ class Crew(Spec):
         if self.default_inputs:
             inputs = {**self.default_inputs, **inputs}
         for key, value in inputs.items():
-            if not isinstance(key, str):
-                raise ConfigurationError(f"input names must be strings, not {key!r}")
-            try:
-                json.dumps(value, allow_nan=False)
-            except ValueError:
-                raise ConfigurationError(
-                    f"input {key!r} holds NaN or Infinity, which JSON (and so the run's record) "
-                    "cannot hold; pass a finite number, None, or a string such as 'NaN'"
-                ) from None
-            except TypeError:
-                raise ConfigurationError(
-                    f"input {key!r} is not JSON-serialisable ({type(value).__name__}); pass "
-                    "strings, numbers, booleans, None, or lists and dicts of them"
-                ) from None
+            problem = _not_recordable(key, value)
+            if problem:
+                raise ConfigurationError(problem)
         needed = self._graph.placeholders
         missing = sorted(set(needed) - set(inputs))
         if missing:
@@ -594,6 +618,35 @@ class Crew(Spec):
         # A private deep copy: a run must not see later changes to the caller's objects.
         copied: dict[str, Any] = json.loads(json.dumps(dict(inputs)))
         return copied
+
+
+def _not_recordable(key: object, value: Any) -> str | None:
+    """Why the input ``key`` = ``value`` cannot be recorded as it is, or None when it can.
+
+    A run's record is JSON in UTF-8: no NaN or Infinity, and no lone surrogate (which Python
+    makes of bytes that are not UTF-8, e.g. from a command line in another encoding).
+    """
+    if not isinstance(key, str):
+        return f"input names must be strings, not {key!r}"
+    try:
+        json.dumps({key: value}, allow_nan=False, ensure_ascii=False).encode()
+    except UnicodeEncodeError as error:
+        return (
+            f"input {key!r} holds text that is not valid Unicode (a lone surrogate, "
+            f"{error.object[error.start : error.end]!r}, often bytes in another encoding than "
+            "UTF-8); pass it as UTF-8 text"
+        )
+    except ValueError:
+        return (
+            f"input {key!r} holds NaN or Infinity, which JSON (and so the run's record) "
+            "cannot hold; pass a finite number, None, or a string such as 'NaN'"
+        )
+    except TypeError:
+        return (
+            f"input {key!r} is not JSON-serialisable ({type(value).__name__}); pass "
+            "strings, numbers, booleans, None, or lists and dicts of them"
+        )
+    return None
 
 
 def _task_agents(tasks: tuple[Task, ...]) -> tuple[Agent, ...]:

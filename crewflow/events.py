@@ -5,7 +5,8 @@ in tests, `crewflow.testing.capture_events`. Events are built only when someone 
 nobody watches pays nothing for them.
 
 Every event has ``kind`` (a stable string, handy for matching), ``run_id`` and ``time`` (seconds on
-the runtime's monotonic clock).
+the runtime's monotonic clock); each class below lists its own fields. A task is given by its
+name, an agent by its role, a model by its model string, and durations are in seconds.
 
 Example:
     ```python
@@ -49,7 +50,15 @@ __all__ = [
 
 
 class Event(BaseModel):
-    """Base of all run events."""
+    """Base of all run events.
+
+    Attributes:
+        kind: What happened, as a stable string: ``"task_finished"`` for `TaskFinished`, and so
+            on (one per class, handy in a ``match``).
+        run_id: The run it happened in (`CrewResult.run_id`).
+        time: When, in seconds on the runtime's monotonic clock: compare two events' times,
+            not a time with the wall clock.
+    """
 
     # Built on first use: a run nobody listens to never pays for the schemas.
     model_config = ConfigDict(frozen=True, defer_build=True)
@@ -60,7 +69,13 @@ class Event(BaseModel):
 
 
 class RunStarted(Event):
-    """A run began."""
+    """A run began.
+
+    Attributes:
+        crew: The crew's name.
+        process: The process that runs it.
+        tasks: How many tasks the crew has.
+    """
 
     kind: Literal["run_started"] = "run_started"
     crew: str
@@ -69,7 +84,13 @@ class RunStarted(Event):
 
 
 class RunFinished(Event):
-    """A run ended (``status`` is ``completed``, ``failed`` or ``cancelled``)."""
+    """A run ended.
+
+    Attributes:
+        status: ``completed``, ``failed`` or ``cancelled``.
+        duration: Seconds since the run began.
+        error: What made it fail (the error's message), else ``None``.
+    """
 
     kind: Literal["run_finished"] = "run_finished"
     status: Literal["completed", "failed", "cancelled"]
@@ -78,8 +99,15 @@ class RunFinished(Event):
 
 
 class TaskAdded(Event):
-    """The process added a task to the run while it ran: a manager's question (``step`` is
-    ``"ask"``) or a step of its plan (``"task"``); live views show it as it comes."""
+    """The process added a task to the run while it ran; live views show it as it comes.
+
+    Attributes:
+        task: The added task's name.
+        agent: The role of the agent that does it.
+        step: ``"ask"`` for a process's own question (a manager's plan, review or answer),
+            ``"task"`` for a task of its plan.
+        depends_on: The names of the tasks it depends on.
+    """
 
     kind: Literal["task_added"] = "task_added"
     task: str
@@ -89,9 +117,14 @@ class TaskAdded(Event):
 
 
 class TaskDelegated(Event):
-    """The process delegated a task to another (``to``): it is not run itself, and ends when
-    ``to`` does, with its output (a manager's plan delivers a crew task through its steps).
-    Its `TaskFinished` then says ``attempt=0``."""
+    """The process delegated a task to another: it is not run itself, and ends when the other
+    does, with its output (a manager's plan delivers a crew task through its steps). Its
+    `TaskFinished` then says ``attempt=0``.
+
+    Attributes:
+        task: The delegated task's name.
+        to: The name of the task that does it.
+    """
 
     kind: Literal["task_delegated"] = "task_delegated"
     task: str
@@ -99,7 +132,12 @@ class TaskDelegated(Event):
 
 
 class ProcessChosen(Event):
-    """A choosing process (adaptive) picked the process that runs the crew, and why."""
+    """A choosing process (adaptive) picked the process that runs the crew.
+
+    Attributes:
+        process: The process picked.
+        reason: Why, in a sentence.
+    """
 
     kind: Literal["process_chosen"] = "process_chosen"
     process: str
@@ -107,7 +145,13 @@ class ProcessChosen(Event):
 
 
 class TaskStarted(Event):
-    """An attempt of a task began."""
+    """An attempt of a task began.
+
+    Attributes:
+        task: The task's name.
+        agent: The role of the agent making the attempt (the fallback agent's, on a fallback).
+        attempt: 1 for the first attempt (a resumed run numbers on from the recorded ones).
+    """
 
     kind: Literal["task_started"] = "task_started"
     task: str
@@ -116,7 +160,15 @@ class TaskStarted(Event):
 
 
 class TaskFinished(Event):
-    """A task finished with an output."""
+    """A task finished with an output.
+
+    Attributes:
+        task: The task's name.
+        attempt: The attempt that produced the output (0: delegated, see `TaskDelegated`).
+        duration: Seconds since its first attempt began (retries and their waits included).
+        prompt_tokens: Prompt tokens of all its attempts.
+        completion_tokens: Completion tokens of all its attempts.
+    """
 
     kind: Literal["task_finished"] = "task_finished"
     task: str
@@ -127,7 +179,14 @@ class TaskFinished(Event):
 
 
 class TaskRetrying(Event):
-    """An attempt of a task failed and another one follows after ``delay`` seconds."""
+    """An attempt of a task failed, and another one follows.
+
+    Attributes:
+        task: The task's name.
+        attempt: The attempt that failed.
+        error: Its error, as ``"Type: message"``.
+        delay: Seconds until the next attempt.
+    """
 
     kind: Literal["task_retrying"] = "task_retrying"
     task: str
@@ -137,7 +196,14 @@ class TaskRetrying(Event):
 
 
 class TaskFailed(Event):
-    """A task failed after all its attempts."""
+    """A task failed after all its attempts.
+
+    Attributes:
+        task: The task's name.
+        attempts: How many attempts it made.
+        error_type: The last error's class name (e.g. ``"LLMError"``).
+        error: The last error's message.
+    """
 
     kind: Literal["task_failed"] = "task_failed"
     task: str
@@ -147,7 +213,12 @@ class TaskFailed(Event):
 
 
 class TaskSkipped(Event):
-    """A task did not run because a task it depends on failed (``on_failure="continue"``)."""
+    """A task did not run because a task it depends on failed (``on_failure="continue"``).
+
+    Attributes:
+        task: The task's name.
+        because: The names of the tasks it depends on that failed or were skipped.
+    """
 
     kind: Literal["task_skipped"] = "task_skipped"
     task: str
@@ -155,7 +226,14 @@ class TaskSkipped(Event):
 
 
 class TaskFallback(Event):
-    """A task's agent used up its attempts; its fallback agent takes over."""
+    """A task's agent used up its attempts; its fallback agent takes over.
+
+    Attributes:
+        task: The task's name.
+        agent: The role of the agent that used up its attempts.
+        fallback: The role of the fallback agent.
+        error: The last error, as ``"Type: message"``.
+    """
 
     kind: Literal["task_fallback"] = "task_fallback"
     task: str
@@ -179,7 +257,11 @@ class RunResumed(Event):
 class LimiterWait(Event):
     """A call waited for limits (concurrency, rpm, tpm, a Retry-After pause) before it was sent.
 
-    ``reasons`` names each limit that made it wait, e.g. ``"rpm:openai/gpt-4o-mini"``.
+    Attributes:
+        task: The name of the task making the call.
+        model: The model called.
+        waited: Seconds it waited.
+        reasons: Each limit that made it wait, e.g. ``"rpm:openai/gpt-4o-mini"``.
     """
 
     kind: Literal["limiter_wait"] = "limiter_wait"
@@ -190,7 +272,13 @@ class LimiterWait(Event):
 
 
 class TokenDelta(Event):
-    """A piece of streamed answer text (agents with ``stream=True``)."""
+    """A piece of streamed answer text (agents with ``stream=True``).
+
+    Attributes:
+        task: The name of the task being answered.
+        model: The model answering.
+        text: The new text, to append to what came before.
+    """
 
     kind: Literal["token_delta"] = "token_delta"
     task: str
@@ -199,7 +287,13 @@ class TokenDelta(Event):
 
 
 class LLMCallStarted(Event):
-    """A provider call began."""
+    """A provider call began.
+
+    Attributes:
+        task: The name of the task making the call.
+        model: The model called.
+        attempt: The task's attempt the call belongs to.
+    """
 
     kind: Literal["llm_call_started"] = "llm_call_started"
     task: str
@@ -208,8 +302,17 @@ class LLMCallStarted(Event):
 
 
 class LLMCallFinished(Event):
-    """A provider call ended, with its tokens and latency (``error`` set when it failed;
-    ``cached`` when the reply came from the cache and no request was made)."""
+    """A provider call ended, with its tokens and latency.
+
+    Attributes:
+        task: The name of the task that made the call.
+        model: The model called.
+        latency: Seconds the call took (0 for a cached reply).
+        prompt_tokens: Prompt tokens the provider reported.
+        completion_tokens: Completion tokens the provider reported.
+        error: Why it failed, as ``"Type: message"``, else ``None``.
+        cached: The reply came from the cache: no request was made.
+    """
 
     kind: Literal["llm_call_finished"] = "llm_call_finished"
     task: str
@@ -222,7 +325,16 @@ class LLMCallFinished(Event):
 
 
 class LLMCallRetrying(Event):
-    """A retryable provider error; the call is made again after ``delay`` seconds."""
+    """A retryable provider error; the call is made again.
+
+    Attributes:
+        task: The name of the task making the call.
+        model: The model called.
+        call_attempt: The attempt of this call that failed (1 for the first).
+        status_code: The HTTP status of the error (429, 503...), ``None`` without one (e.g. a
+            timeout or a dropped connection).
+        delay: Seconds until the call is made again.
+    """
 
     kind: Literal["llm_call_retrying"] = "llm_call_retrying"
     task: str
@@ -233,7 +345,16 @@ class LLMCallRetrying(Event):
 
 
 class ToolCalled(Event):
-    """An agent called a tool (``ok`` is false when the tool raised; the model was told)."""
+    """An agent called a tool.
+
+    Attributes:
+        task: The name of the task whose agent called it.
+        tool: The tool's name.
+        ok: False when the tool raised, or the model named no tool of the agent's (the model
+            was told the error).
+        duration: Seconds the tool took.
+        error: What went wrong when ``ok`` is false, else ``None``.
+    """
 
     kind: Literal["tool_called"] = "tool_called"
     task: str

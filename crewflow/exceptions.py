@@ -19,7 +19,7 @@ CrewflowError
     ├── InvalidPlan               .problems, .plan: a process's plan cannot be added to the run
     ├── RunCancelled              the run was cancelled through its handle before it finished
     ├── KickoffsFailed            .results, .failures: some kickoffs of kickoff_for_each failed
-    ├── TaskTimeout               (also a TimeoutError) .task, .timeout: one attempt ran too long
+    ├── TaskTimeout               (also a TimeoutError) .task, .timeout, .running_tools: too slow
     ├── LLMError                  .model, .status_code, .retryable: a provider call failed
     │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
@@ -324,12 +324,17 @@ class TaskTimeout(CrewRunError, TimeoutError):
     Attributes:
         task: The task's name.
         timeout: The limit in seconds.
+        running_tools: Sync tools whose call was still running in a thread when the attempt
+            ended: the threads are abandoned (they run on until the tools return).
     """
 
-    def __init__(self, message: str, *, task: str, timeout: float) -> None:
+    def __init__(
+        self, message: str, *, task: str, timeout: float, running_tools: Sequence[str] = ()
+    ) -> None:
         super().__init__(message)
         self.task = task
         self.timeout = timeout
+        self.running_tools = tuple(running_tools)
 
 
 class TaskFailed(CrewRunError):

@@ -2,8 +2,15 @@
 
 `@tool` reads the function's signature and docstring into a JSON schema (via pydantic), so the
 model sees typed, described parameters and its arguments are validated before the function runs.
-Async functions are awaited; sync functions run in a worker thread so they never block the
-event loop.
+Async functions are awaited; sync functions run in a daemon thread of their own, so they never
+block the event loop, nor keep the process alive once nothing waits for them.
+
+A thread cannot be stopped. When the task waiting for a sync tool gives up on it (its timeout,
+a cancelled run), the wait ends at once and the thread is *abandoned*: it runs on until the
+function returns, and is counted against its tool meanwhile. A tool with `MAX_ABANDONED` such
+threads still running is not called again until one returns, so a hung tool cannot take thread
+after thread. The runtime reads which calls an attempt abandoned (`watch_abandoned`) to decide
+whether the attempt may be retried.
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import warnings
+import threading
 from collections.abc import Awaitable, Callable
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar, copy_context
 from functools import partial
 from typing import TYPE_CHECKING, Any, overload
 
@@ -20,13 +29,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import to_jsonable_python
 
-from crewflow.exceptions import ConfigurationError, CrewflowWarning, ToolError
+from crewflow._caller import warn
+from crewflow._logging import get_logger
+from crewflow.exceptions import ConfigurationError, ToolError
 from crewflow.llm._types import ToolSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pydantic_core import CoreSchema
 
-__all__ = ["Tool", "tool"]
+__all__ = ["MAX_ABANDONED", "Tool", "tool"]
+
+MAX_ABANDONED = 3
+"""Abandoned calls of one sync tool that may be running at once; while that many are, further
+calls of the tool fail at once with `ToolError`."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
@@ -43,6 +60,8 @@ class Tool:
         name: The name the model calls it by.
         description: What it does, from the docstring's first paragraph.
         parameters: The JSON schema of its arguments.
+        idempotent: Calling it again with the same arguments is safe, even while an earlier
+            call still runs (see `tool`).
     """
 
     def __init__(
@@ -51,6 +70,7 @@ class Tool:
         *,
         name: str | None = None,
         description: str | None = None,
+        idempotent: bool = False,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(
@@ -71,13 +91,29 @@ class Tool:
         schema.pop("title", None)
         self.parameters: dict[str, Any] = schema
         self.spec = ToolSpec(self.name, self.description, self.parameters)
+        self.idempotent = idempotent
+        self._abandoned = 0
+
+    @property
+    def abandoned(self) -> int:
+        """Calls of this sync tool that were given up on (a timeout, a cancelled run) while their
+        thread ran, and whose thread is still running.
+
+        Counted across every run in the process that uses this tool, as the threads are.
+        """
+        return self._abandoned
 
     async def run(self, arguments: str | dict[str, Any]) -> str:
         """Validate ``arguments`` (JSON text or a dict), call the function, return its result
         as text (strings as they are, anything else as JSON).
 
+        A sync function runs in a daemon thread. If the caller is cancelled meanwhile (a task's
+        timeout, a cancelled run), this returns at once and the thread is abandoned: it runs on
+        until the function returns, a warning names the tool, and `abandoned` counts it.
+
         Raises:
-            ToolError: The arguments do not match the schema, or the function raised.
+            ToolError: The arguments do not match the schema, the function raised, or it is a
+                sync tool with `MAX_ABANDONED` abandoned calls still running.
         """
         try:
             raw = json.loads(arguments or "{}") if isinstance(arguments, str) else arguments
@@ -97,6 +133,8 @@ class Tool:
                 args.append(value)
             else:
                 kwargs[param] = value
+        if not self.is_async:
+            self._refuse_when_hung()
         try:
             result = await self._call(args, kwargs)
         except Exception as exc:
@@ -110,7 +148,24 @@ class Tool:
             return await self.fn(*args, **kwargs)
         import anyio.to_thread
 
-        return await anyio.to_thread.run_sync(partial(self.fn, *args, **kwargs))
+        call = _ThreadCall(self, partial(self.fn, *args, **kwargs))
+        try:
+            # As many threads at once as anyio's own calls may use (the limit is per loop).
+            async with anyio.to_thread.current_default_thread_limiter():
+                return await _in_daemon_thread(call)
+        finally:
+            if call.leave():
+                _report_abandoned(call)
+
+    def _refuse_when_hung(self) -> None:
+        running = self._abandoned
+        if running >= MAX_ABANDONED:
+            raise ToolError(
+                f"tool {self.name!r} is not called: {running} earlier calls of it were given up "
+                "on (timed out or cancelled) and their threads are still running; it is called "
+                "again once one returns. Make the tool return: give its blocking I/O a timeout",
+                tool=self.name,
+            )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the wrapped function directly, as if undecorated."""
@@ -124,7 +179,7 @@ class Tool:
 def tool(fn: Callable[..., Any], /) -> Tool: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None
+    *, name: str | None = None, description: str | None = None, idempotent: bool = False
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -132,6 +187,7 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
+    idempotent: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a tool from a sync or async function.
 
@@ -150,14 +206,22 @@ def tool(
             \"\"\"
         ```
 
+    Tools run at least once: a retried or resumed attempt may call a tool again. A sync tool's
+    thread cannot be stopped, so when an attempt times out (or its run is cancelled) while one
+    runs, the thread is abandoned and runs on; the attempt is then not retried while that
+    thread is alive, unless the tool is ``idempotent``.
+
     Args:
         fn: The function (when used as ``@tool``).
         name: The name the model sees (default: the function's name).
         description: Overrides the docstring's summary.
+        idempotent: Calling it again with the same arguments is safe, even while an earlier
+            call still runs (a lookup, a read): an attempt that timed out during a call of it
+            may be retried.
     """
 
     def wrap(func: Callable[..., Any]) -> Tool:
-        return Tool(func, name=name, description=description)
+        return Tool(func, name=name, description=description, idempotent=idempotent)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -167,6 +231,142 @@ def as_tool(value: Tool | Callable[..., Any]) -> Tool:
     if isinstance(value, Tool):
         return value
     return Tool(value)
+
+
+class AbandonedCalls:
+    """The sync tool calls abandoned inside one `watch_abandoned` block.
+
+    Args:
+        log: The logger that warns of each abandoned call (default: crewflow's).
+    """
+
+    def __init__(self, log: Any = None) -> None:
+        self.log = log
+        self._calls: list[_ThreadCall] = []
+
+    def running(self) -> tuple[Tool, ...]:
+        """The tools with a call abandoned here whose thread is still running, once each."""
+        return tuple(dict.fromkeys(call.tool for call in self._calls if call.alive))
+
+
+_watch: ContextVar[AbandonedCalls | None] = ContextVar("crewflow_abandoned_calls", default=None)
+
+
+@contextmanager
+def watch_abandoned(log: Any = None) -> Iterator[AbandonedCalls]:
+    """Collect the sync tool calls abandoned in this block (and the tasks it starts).
+
+    Args:
+        log: A logger to warn through, bound to the caller's context (run, task, attempt).
+    """
+    watch = AbandonedCalls(log)
+    token = _watch.set(watch)
+    try:
+        yield watch
+    finally:
+        _watch.reset(token)
+
+
+# Guards each call's state and each tool's count: worker threads and the loop both change them.
+# A condition, notified when an abandoned thread returns, so that waiting for it needs no polling.
+_lock = threading.Condition()
+
+
+class _ThreadCall:
+    """One call of a sync tool in a worker thread, as the thread and its waiter see it."""
+
+    __slots__ = ("abandoned", "function", "returned", "started", "tool")
+
+    def __init__(self, tool: Tool, function: Callable[[], Any]) -> None:
+        self.tool = tool
+        self.function = function
+        self.started = False
+        self.returned = False
+        self.abandoned = False
+
+    @property
+    def alive(self) -> bool:
+        """Abandoned while its thread ran, and the thread still runs."""
+        return self.abandoned and self.started and not self.returned
+
+    def body(self) -> Any:
+        """Run the function (in the worker thread), unless the waiter left before it began."""
+        with _lock:
+            if self.abandoned:
+                return None
+            self.started = True
+        try:
+            return self.function()
+        finally:
+            with _lock:
+                self.returned = True
+                if self.abandoned:
+                    self.tool._abandoned -= 1
+                    _lock.notify_all()
+
+    def leave(self) -> bool:
+        """The waiter is done (on the loop): whether it left the thread running."""
+        with _lock:
+            if self.returned:
+                return False
+            self.abandoned = True
+            if not self.started:
+                return False
+            self.tool._abandoned += 1
+            return True
+
+
+async def _in_daemon_thread(call: _ThreadCall) -> Any:
+    """Run ``call`` in a thread of its own and wait for it; cancelling the wait abandons it.
+
+    Not anyio's worker threads: the interpreter waits for those at exit, so one hung tool would
+    keep ``python crew.py`` and ``crewflow run`` from ever exiting. A daemon thread dies with
+    the process. Starting one costs tens of microseconds, next to a tool call's own I/O.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+    context = copy_context()  # the caller's context variables, as anyio's threads get them
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():  # the wait was cancelled: the call was abandoned
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def work() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = context.run(call.body)
+        except StopIteration as exc:  # a future cannot hold StopIteration
+            error = RuntimeError("the tool raised StopIteration")
+            error.__cause__ = exc
+        except BaseException as exc:  # handed to the waiter, which raises it
+            error = exc
+        with suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=f"crewflow tool {call.tool.name}", daemon=True).start()
+    return await done
+
+
+def _report_abandoned(call: _ThreadCall) -> None:
+    watch = _watch.get()
+    if watch is not None:
+        watch._calls.append(call)
+    log = watch.log if watch is not None and watch.log is not None else get_logger()
+    tool = call.tool
+    log.warning(
+        "tool call abandoned: its thread cannot be stopped and runs on until the tool returns",
+        tool=tool.name,
+        running=tool.abandoned,
+        limit=MAX_ABANDONED,
+        idempotent=tool.idempotent,
+    )
 
 
 class _NoFieldTitles(GenerateJsonSchema):
@@ -230,13 +430,9 @@ def _arguments_model(
                 f"{param.name} cannot be described to a model; declare each parameter"
             )
         if param.name not in hints:
-            warnings.warn(
-                CrewflowWarning(
-                    f"tool {tool_name!r}: parameter {param.name!r} has no type hint, so the "
-                    f"model is told nothing of what to pass; annotate it (e.g. {param.name}: "
-                    "str)"
-                ),
-                stacklevel=_caller_level(),
+            warn(
+                f"tool {tool_name!r}: parameter {param.name!r} has no type hint, so the model is "
+                f"told nothing of what to pass; annotate it (e.g. {param.name}: str)"
             )
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
@@ -307,15 +503,3 @@ def _to_text(result: Any) -> str:
 
 
 ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside crewflow: a warning points at the user's
-    line (a ``@tool`` decorator, an ``Agent(tools=[...])``), however deep crewflow called."""
-    import sys
-
-    frame, level = sys._getframe(1), 1
-    inside = ("crewflow.", "pydantic")  # pydantic: an agent's tools are validated into Tools
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(inside):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level

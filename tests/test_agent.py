@@ -573,6 +573,23 @@ async def test_an_answer_that_is_not_json_is_re_asked() -> None:
     assert "Invalid JSON" in feedback
 
 
+class Reading(BaseModel):
+    value: float
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+async def test_an_answer_with_a_number_json_cannot_hold_is_re_asked(number: str) -> None:
+    # Python's JSON reader and pydantic take NaN and Infinity; no record can hold them.
+    llm = ScriptedLLM([f'{{"value": {number}}}', '{"value": 2.5}'], supports_output_schema=False)
+
+    answer = await make_agent().run("Measure it", llm=llm, output_model=Reading)
+
+    assert answer.data == Reading(value=2.5)
+    feedback = llm.requests[1].messages[-1].content
+    assert feedback is not None
+    assert f"- {number} is not a JSON number; every number must be finite" in feedback
+
+
 async def test_an_answer_that_never_validates_raises_after_the_re_asks() -> None:
     llm = ScriptedLLM(
         [{"label": "meh", "score": 1}, {"label": "meh", "score": 2}, {"label": "meh", "score": 3}]

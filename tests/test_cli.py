@@ -122,15 +122,24 @@ def test_a_crew_named_in_its_file_keeps_its_name() -> None:
     assert run_json(str(CREWS / "sibling_crew.py"))["crew"] == "sibling-named"
 
 
-def test_naming_the_crew_after_its_file_leaves_the_users_crew_unchanged() -> None:
+def test_the_crew_of_a_file_is_named_after_it_by_construction_not_by_the_cli() -> None:
     with cli.crew_from_file(CREWS / "offline_crew.py") as loaded:
-        crew = loaded.crew
-        original = sys.modules["offline_crew"].crew
+        assert loaded.crew is sys.modules["offline_crew"].crew
+        assert loaded.crew.name == "offline_crew"
 
-        assert crew.name == "offline_crew"
-        assert original.name == "crew"
-        assert crew is not original
-        assert crew.graph is original.graph  # the copy kept what construction built
+
+@pytest.mark.slow
+def test_a_file_of_several_crews_names_each_after_its_attribute_as_python_does() -> None:
+    by_python = subprocess.run(
+        [sys.executable, str(CREWS / "several_crews.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+    assert json.loads(by_python.stdout) == ["several_crews:crew", "several_crews:side"]
+    assert run_json(str(CREWS / "several_crews.py"))["crew"] == "several_crews:crew"
 
 
 def test_the_file_directory_is_on_sys_path_only_while_it_runs() -> None:

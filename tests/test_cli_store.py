@@ -9,7 +9,9 @@ Every test has its own ``CREWFLOW_HOME``, so the default database is a fresh fil
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -25,6 +27,8 @@ from crewflow.llm._types import Usage
 from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
+    Lease,
+    LeaseOwner,
     MemoryStore,
     OutputRow,
     RunRecord,
@@ -71,8 +75,13 @@ def record(
     graph: dict[str, list[str]] | None = None,
     cost: float | None = None,
     source: RunSource | None = None,
+    lease: Lease | None = None,
 ) -> RunRecord:
+    """A run's record; a running one is held by this process unless ``lease`` says otherwise
+    (as a run being executed is)."""
     started = T0 + timedelta(minutes=minute)
+    if lease is None and status == RunStatus.RUNNING:
+        lease = Lease.new()
     return RunRecord(
         run_id=run_id,
         crew=crew,
@@ -86,6 +95,7 @@ def record(
         ended=None if seconds is None else started + timedelta(seconds=seconds),
         usage=Usage(requests=3, prompt_tokens=1200, completion_tokens=34, cost=cost),
         graph={"facts": [], "draft": ["facts"]} if graph is None else graph,
+        lease=lease,
     )
 
 
@@ -241,7 +251,8 @@ def test_runs_table_has_a_row_per_run_with_status_duration_size_and_usage(home: 
     assert " 2 " in done  # tasks in the run's graph
     assert failed.split()[3] == "failed"
     assert "1m 15s" in failed
-    assert "running" in live
+    assert live.split()[3:5] == ["running", local(T0)[:10]]
+    assert live.count("running") == 2  # status, and no duration yet
 
 
 def on_terminal(width: int, *args: str) -> tuple[int, list[str]]:
@@ -267,6 +278,122 @@ def test_runs_without_any_cost_fits_a_narrow_terminal(home: Path, width: int) ->
     assert not any("cost" in line for line in lines)
     assert any(line.startswith(long_id + " ") for line in lines)  # an id is never cut
     assert max(len(line) for line in lines) <= width
+
+
+def lapsed_lease() -> Lease:
+    """The lease of a process on another host, which expired a minute ago."""
+    owner = LeaseOwner(host="elsewhere", boot_id="another-boot", pid=4242)
+    return Lease(token="t-1", owner=owner, expires=datetime.now(UTC) - timedelta(minutes=1))
+
+
+def interrupted(run_id: str, *, minute: int = 0, from_file: bool = True) -> RunRecord:
+    """A run recorded running whose process stopped renewing its lease."""
+    source = RunSource(file="/crews/research.py", attribute="crew") if from_file else None
+    return record(
+        run_id,
+        minute=minute,
+        status=RunStatus.RUNNING,
+        seconds=None,
+        source=source,
+        lease=lapsed_lease(),
+    )
+
+
+def test_runs_shows_an_interrupted_run_with_the_command_that_finishes_it(home: Path) -> None:
+    fill(
+        home / "runs.db",
+        [
+            record("done-run"),
+            interrupted("dead-run", minute=1),
+            record("live-run", minute=2, status=RunStatus.RUNNING, seconds=None),
+        ],
+    )
+
+    result = invoke("runs")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    dead = next(line for line in lines if line.startswith("dead-run"))
+    live = next(line for line in lines if line.startswith("live-run"))
+    assert dead.split()[3] == "interrupted"
+    assert "running" not in dead
+    assert live.split()[3] == "running"
+    assert lines[-2:] == [
+        "1 run was interrupted (nothing executes it any more); finish it with:",
+        "  crewflow resume dead-run",
+    ]
+    listed = {run["run_id"]: run for run in invoke_json("runs")}
+    assert listed["dead-run"]["status"] == "interrupted"
+    assert listed["dead-run"]["lease"]["owner"]["host"] == "elsewhere"
+    assert listed["live-run"]["status"] == "running"
+
+
+def test_runs_names_the_database_and_the_file_a_run_started_from_code_needs(
+    home: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "my.db"
+    fill(db, [interrupted("from-code", from_file=False), interrupted("from-file", minute=1)])
+
+    result = invoke("runs", "--db", str(db))
+
+    lines = result.stdout.splitlines()
+    start = lines.index(
+        "2 runs were interrupted (nothing executes them any more); finish each with:"
+    )
+    assert lines[start + 1 : start + 3] == [
+        f"  crewflow resume from-file --db {db}",
+        f"  crewflow resume from-code --file FILE.py --db {db}",
+    ]
+    assert 'await crew.resume("RUN_ID")' in " ".join(lines[start + 3 :])
+
+
+def test_runs_prints_the_commands_of_five_interrupted_runs_and_counts_the_others(
+    home: Path,
+) -> None:
+    fill(home / "runs.db", [interrupted(f"dead-{n}", minute=n) for n in range(7)])
+
+    lines = invoke("runs").stdout.splitlines()
+
+    commands = [line for line in lines if line.startswith("  crewflow resume")]
+    assert commands == [f"  crewflow resume dead-{n}" for n in (6, 5, 4, 3, 2)]
+    assert lines[-1] == "  … and 2 more"
+
+
+def test_show_of_an_interrupted_run_says_why_and_how_to_finish_it(home: Path) -> None:
+    fill(
+        home / "runs.db",
+        [interrupted("dead-run")],
+        {"dead-run": [attempt("facts", 1, 0, 2)]},
+        [output("dead-run", "facts", "five facts", 2)],
+    )
+
+    result = invoke("show", "dead-run")
+
+    assert result.exit_code == 0, result.output
+    raw = result.stdout.splitlines()
+    lines = [" ".join(line.split()) for line in raw]
+    assert "status interrupted" in lines
+    why = next(line for line in lines if line.startswith("why "))
+    assert why.startswith("why its lease, held by elsewhere, pid 4242, expired at ")
+    assert "1 run was interrupted (nothing executes it any more); finish it with:" in raw
+    assert "  crewflow resume dead-run" in raw
+    assert "facts completed 1 +0.00 s 2.00 s openai/gpt-4o-mini 0" in lines
+    assert "draft not run" in lines  # nothing will run it unless the run is resumed
+    assert invoke_json("show", "dead-run")["run"]["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_an_interrupted_run_fits_a_narrow_terminal_in_runs_and_show(home: Path, width: int) -> None:
+    long_id = "0123456789abcdef0123456789abcdef"
+    fill(home / "runs.db", [interrupted(long_id), record("done-run", minute=1)])
+
+    for command in ("runs", "show"):
+        code, lines = on_terminal(width, command, *([long_id] if command == "show" else []))
+
+        assert code == 0
+        assert f"  crewflow resume {long_id}" in lines
+        assert any("interrupted" in line for line in lines[:-2])
+        assert max(len(line) for line in lines) <= width
 
 
 def test_runs_reads_the_database_given_with_db(home: Path, tmp_path: Path) -> None:
@@ -429,6 +556,8 @@ def test_show_of_a_running_run_marks_the_tasks_not_started_as_pending(home: Path
 
     lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
     assert "status running" in lines
+    owner = f"owner {socket.gethostname()}, pid {os.getpid()} (its lease runs until"
+    assert any(line.startswith(owner) for line in lines)  # this process holds it
     assert "facts completed 1 +0.00 s 2.00 s openai/gpt-4o-mini 0" in lines
     assert "draft pending" in lines
 
@@ -623,6 +752,66 @@ def test_optimize_json_for_one_crew(home: Path) -> None:
     assert report["runs"] == 3
     assert [(stats["crew"], stats["runs"]) for stats in report["processes"]] == [("research", 3)]
     assert {stats["task"] for stats in report["tasks"]} == {"facts", "draft"}
+
+
+def fill_two_crews_of_one_file(path: Path) -> None:
+    """Five runs each of ``reports:daily`` and ``reports:weekly``: the same tasks, facts 2 s
+    (a third of the run spent waiting on a concurrency limit), then draft 4 s."""
+    runs: list[RunRecord] = []
+    attempts: dict[str, list[AttemptRecord]] = {}
+    for crew in ("reports:daily", "reports:weekly"):
+        for number in range(5):
+            run_id = f"{crew}-{number}"
+            runs.append(record(run_id, crew=crew, minute=number, seconds=6))
+            base = number * 60
+            attempts[run_id] = [
+                attempt("facts", 1, base, base + 2, limit_waits={"concurrency:search": 2.0}),
+                attempt("draft", 1, base + 2, base + 6),
+            ]
+    fill(path, runs, attempts)
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_optimize_keeps_crews_of_one_file_apart_at_any_width(home: Path, width: int) -> None:
+    fill_two_crews_of_one_file(home / "runs.db")
+
+    code, lines = on_terminal(width, "optimize")
+
+    assert code == 0
+    text = "\n".join(lines)
+    for crew in ("reports:daily", "reports:weekly"):
+        assert any(line.split()[:2] == [crew, "parallel"] for line in lines)  # processes
+        assert f"{crew}:facts" in text  # tasks
+        assert any(line.startswith(crew) and "concurrency:search" in line for line in lines)
+        assert f"for search: {crew} waits on it 33 %" in " ".join(text.split())
+    assert max(len(line) for line in lines) <= width
+
+
+UNNAMED_CREW = """
+from crewflow import Agent, Crew, Task
+
+crew = Crew(tasks=[Task("{task}", agent=Agent(role="Writer", goal="Write", llm="offline"))])
+crew.kickoff_sync()
+"""
+
+
+@pytest.mark.slow
+def test_unnamed_crews_run_as_scripts_are_listed_and_analysed_apart(
+    home: Path, tmp_path: Path
+) -> None:
+    for stem in ("daily", "weekly"):
+        script = tmp_path / f"{stem}.py"
+        script.write_text(UNNAMED_CREW.format(task=f"Write the {stem} report"))
+        environment = {**os.environ, "CREWFLOW_HOME": str(home)}
+        subprocess.run([sys.executable, str(script)], env=environment, check=True, timeout=60)
+
+    listed = invoke_json("runs")
+    report = invoke_json("optimize")
+
+    assert sorted(run["crew"] for run in listed) == ["daily", "weekly"]
+    assert [run["crew"] for run in invoke_json("runs", "--crew", "daily")] == ["daily"]
+    assert sorted(stats["crew"] for stats in report["processes"]) == ["daily", "weekly"]
+    assert sorted(stats["crew"] for stats in report["tasks"]) == ["daily", "weekly"]
 
 
 def test_optimize_runs_limits_how_many_runs_are_read(home: Path) -> None:

@@ -8,13 +8,15 @@ import anyio
 import pytest
 
 from crewflow import Agent, Crew, CrewResult, Task, TaskStatus
-from crewflow.exceptions import ConfigurationError
+from crewflow.exceptions import ConfigurationError, CrewPartialFailure
 from crewflow.llm.offline import OfflineLLM
 from crewflow.processes.sequential import Sequential
 from crewflow.store import MemoryStore
 from crewflow.testing import FunctionLLM, ScriptedLLM
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from crewflow.llm._types import LLMRequest
 
 
@@ -237,6 +239,22 @@ async def test_nan_and_infinity_inputs_are_refused_before_anything_runs(value: A
         await crew.kickoff(inputs={"topic": value})
     with pytest.raises(ConfigurationError, match=r"inputs\[0\]: input 'topic' holds NaN"):
         await crew.kickoff_for_each([{"topic": value}])
+
+    assert calls == []
+    assert await crew.resolved_store().list_runs() == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("inputs", [{"topic": "caf\udce9"}, {"topic": ["a", {"b": "\ud800"}]}])
+async def test_text_that_is_not_unicode_is_refused_before_anything_runs(inputs: Any) -> None:
+    # A lone surrogate is what Python makes of argv bytes that are not UTF-8; no record can hold it.
+    calls: list[object] = []
+    agent = Agent(role="Writer", goal="Write", llm=FunctionLLM(lambda r: calls.append(r) or "x"))
+    crew = Crew(tasks=[Task("About {topic}", agent=agent)], store=MemoryStore())
+
+    with pytest.raises(ConfigurationError, match="input 'topic' holds text that is not valid Unic"):
+        await crew.kickoff(inputs=inputs)
+    with pytest.raises(ConfigurationError, match="default input 'topic' holds text that is not"):
+        Crew(tasks=[Task("About {topic}", agent=agent)], default_inputs=inputs)
 
     assert calls == []
     assert await crew.resolved_store().list_runs() == []  # type: ignore[union-attr]
@@ -563,5 +581,40 @@ async def test_default_inputs_fill_what_a_kickoff_does_not_give() -> None:
 
 
 def test_default_inputs_must_be_json() -> None:
-    with pytest.raises(ConfigurationError, match="default input 'n' must be JSON"):
+    with pytest.raises(ConfigurationError, match="default input 'n' holds NaN or Infinity"):
         Crew(tasks=[Task("a", agent=Agent(role="W", goal="g"))], default_inputs={"n": float("nan")})
+    with pytest.raises(ConfigurationError, match="default input 'n' is not JSON-serialisable"):
+        Crew(tasks=[Task("a", agent=Agent(role="W", goal="g"))], default_inputs={"n": {1, 2}})
+
+
+async def test_a_structured_answer_holding_nan_fails_its_task_not_the_run(tmp_path: Path) -> None:
+    # It once validated, then failed the whole run inside the store (JSON has no NaN).
+    from pydantic import BaseModel
+
+    from crewflow.store import SQLiteStore
+
+    class Reading(BaseModel):
+        value: float
+
+    agent = Agent(role="Meter", goal="Measure", llm=FunctionLLM(lambda r: '{"value": NaN}'))
+    other = Agent(role="Writer", goal="Write", llm=FunctionLLM(lambda r: "fine"))
+    store = SQLiteStore(tmp_path / "runs.db")
+    crew = Crew(
+        tasks=[
+            Task("Measure", agent=agent, output_model=Reading, name="measure", context=[]),
+            Task("Write", agent=other, name="write", context=[]),
+        ],
+        process="parallel",
+        on_failure="continue",
+        store=store,
+    )
+
+    with pytest.raises(CrewPartialFailure) as caught:
+        await crew.kickoff()
+
+    assert caught.value.outputs["write"].text == "fine"
+    assert list(caught.value.failures) == ["measure"]
+    assert "NaN is not a JSON number" in str(caught.value.failures["measure"])
+    [run] = await store.list_runs()
+    assert run.status == "failed"
+    assert list(await store.outputs(run.run_id)) == ["write"]

@@ -156,7 +156,7 @@ def has_tool_result(request: ReceivedRequest) -> bool:
 async def test_max_concurrency_is_exactly_what_the_server_sees() -> None:
     async with OpenAIServer(responder=in_waves(3)) as server:
         agent = agent_on(server)
-        tasks = [Task(f"Job {i}", agent=agent, name=f"job_{i}") for i in range(9)]
+        tasks = [Task(f"Job {i}", agent=agent, name=f"job_{i}", context=[]) for i in range(9)]
         crew = Crew(tasks=tasks, process="parallel", max_concurrency=3)
 
         with anyio.fail_after(10):  # a cap below 3 would leave a wave waiting for ever
@@ -179,7 +179,7 @@ async def test_a_model_concurrency_limit_holds_across_two_concurrent_crews() -> 
         def crew(label: str) -> Crew:
             # Each crew has its own agent and client: only the process-wide registry is shared.
             agent = agent_on(server, role=f"Worker {label}")
-            tasks = [Task(f"{label} job {i}", agent=agent) for i in range(4)]
+            tasks = [Task(f"{label} job {i}", agent=agent, context=[]) for i in range(4)]
             return Crew(tasks=tasks, process="parallel", max_concurrency=4, limits=limits)
 
         crews = {"A": crew("A"), "B": crew("B")}
@@ -248,7 +248,7 @@ async def test_a_429_retry_after_pauses_the_model_for_every_caller(
 
     async with OpenAIServer(responder=respond) as server:
         agent = agent_on(server, tools=[lookup])
-        tasks = [Task(f"Work on {n}", agent=agent, name=n.lower()) for n in names]
+        tasks = [Task(f"Work on {n}", agent=agent, name=n.lower(), context=[]) for n in names]
         crew = Crew(tasks=tasks, process="parallel", retry=FAST, on_event=on_event)
 
         with capture_events() as captured, anyio.fail_after(10):
@@ -290,7 +290,7 @@ async def test_an_rpm_limit_spaces_requests_at_the_server(manual_clock: ManualCl
 
     async with OpenAIServer(responder=respond) as server:
         agent = agent_on(server)
-        tasks = [Task(f"Job {i}", agent=agent) for i in range(5)]
+        tasks = [Task(f"Job {i}", agent=agent, context=[]) for i in range(5)]
         limits = Limits({f"openai/{MODEL}": Limit(rpm=600, burst=1)})
         crew = Crew(tasks=tasks, process="parallel", limits=limits)
 
@@ -348,7 +348,7 @@ async def main():
         llm = OpenAIChat("model-x", base_url=server.base_url, api_key="k")
         agent = Agent(role="Worker", goal="Answer", llm=llm)
         crew = Crew(
-            tasks=[Task(f"Job {i}", agent=agent) for i in range(TASKS)],
+            tasks=[Task(f"Job {i}", agent=agent, context=[]) for i in range(TASKS)],
             process="parallel",
             on_event=on_event,
         )
@@ -390,7 +390,10 @@ async def test_5xx_is_retried_over_http_while_other_branches_run(server: OpenAIS
     server.enqueue_for("Flaky", Error(500), Error(503))
     agent = agent_on(server)
     crew = Crew(
-        tasks=[Task("Flaky job", agent=agent, name="flaky"), Task("Steady job", agent=agent)],
+        tasks=[
+            Task("Flaky job", agent=agent, name="flaky", context=[]),
+            Task("Steady job", agent=agent, context=[]),
+        ],
         process="parallel",
         retry=FAST,
     )
@@ -420,8 +423,8 @@ async def test_a_task_timeout_aborts_the_request_and_retries_the_task(
     retry = RetryPolicy(max_attempts=2, initial=0.01, jitter=False)
     crew = Crew(
         tasks=[
-            Task("Slowpoke job", agent=agent, name="slow", timeout=0.2, retry=retry),
-            Task("Quick job", agent=agent, name="quick"),
+            Task("Slowpoke job", agent=agent, name="slow", timeout=0.2, retry=retry, context=[]),
+            Task("Quick job", agent=agent, name="quick", context=[]),
         ],
         process="parallel",
         on_failure="continue",
@@ -464,8 +467,8 @@ async def test_a_fallback_agent_on_a_second_model_answers_after_a_400() -> None:
         backup = agent_on(server, OTHER, role="Backup")
         crew = Crew(
             tasks=[
-                Task("Summarise", agent=primary, fallback_agent=backup, name="summary"),
-                Task("Also summarise", agent=backup, name="direct"),
+                Task("Summarise", agent=primary, fallback_agent=backup, name="summary", context=[]),
+                Task("Also summarise", agent=backup, name="direct", context=[]),
             ],
             process="parallel",
             retry=FAST,
@@ -510,8 +513,8 @@ async def test_an_open_circuit_keeps_requests_off_the_wire() -> None:
         y_agent = agent_on(server, OTHER, role="Y")
         crew = Crew(
             tasks=[
-                *(Task(f"X job {i}", agent=x_agent, name=f"x{i}") for i in range(3)),
-                Task("Y job", agent=y_agent, name="y"),
+                *(Task(f"X job {i}", agent=x_agent, name=f"x{i}", context=[]) for i in range(3)),
+                Task("Y job", agent=y_agent, name="y", context=[]),
             ],
             process="parallel",
             on_failure="continue",
@@ -562,7 +565,7 @@ async def test_pause_lets_the_request_in_flight_finish_and_starts_nothing_until_
 
     async with OpenAIServer(responder=respond) as server:
         agent = agent_on(server)
-        tasks = [Task(f"Job {i}", agent=agent, name=f"job_{i}") for i in range(3)]
+        tasks = [Task(f"Job {i}", agent=agent, name=f"job_{i}", context=[]) for i in range(3)]
         # An in-memory store: no thread of its own that the runtime could still be waiting for
         # when the test checks that nothing has started.
         crew = Crew(tasks=tasks, process="parallel", max_concurrency=1, store=MemoryStore())
@@ -637,8 +640,8 @@ async def test_on_failure_stop_aborts_the_requests_in_flight() -> None:
         agent = agent_on(server)
         crew = Crew(
             tasks=[
-                Task("Alpha job", agent=agent, name="alpha"),
-                Task("Beta job", agent=agent, name="beta"),
+                Task("Alpha job", agent=agent, name="alpha", context=[]),
+                Task("Beta job", agent=agent, name="beta", context=[]),
             ],
             process="parallel",
             on_failure="stop",
@@ -669,8 +672,8 @@ async def test_streaming_agents_emit_token_deltas_over_http(server: OpenAIServer
     agent = agent_on(server, stream=True)
     crew = Crew(
         tasks=[
-            Task("Alpha job", agent=agent, name="alpha"),
-            Task("Beta job", agent=agent, name="beta"),
+            Task("Alpha job", agent=agent, name="alpha", context=[]),
+            Task("Beta job", agent=agent, name="beta", context=[]),
         ],
         process="parallel",
     )

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
+from typer.testing import CliRunner
 
+from crewflow import cli
 from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, Text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from crewflow.testing.server import ReceivedRequest
@@ -113,11 +115,13 @@ async def kill_and_resume(
     reply: Callable[[str], Text] = lambda name: Text(f"result of {name}"),
     env: dict[str, str] | None = None,
     name_of: Callable[[ReceivedRequest], str] = task_of,
+    before_resume: Callable[[str], Awaitable[None]] | None = None,
 ) -> Killed:
     """``crewflow run crew_file``, killed (SIGKILL) when the server receives the request of task
     ``kill_at`` (held in flight, with those of ``held``), then ``crewflow resume RUN_ID``.
 
-    ``name_of`` names the task a request is for (default: the word after "do ")."""
+    ``name_of`` names the task a request is for (default: the word after "do ");
+    ``before_resume`` is awaited with the run's id between the kill and the resume."""
     arrived = anyio.Event()
     killed = False
     requests: dict[str, int] = {}
@@ -161,10 +165,15 @@ async def kill_and_resume(
 
             async with SQLiteStore(home / "runs.db") as store:
                 (run,) = await store.list_runs()
-                assert run.status == "running"  # it never got to say otherwise
+                # It never got to say so, but its lease tells: its process is gone.
+                assert run.status == "interrupted"
+                assert run.lease is not None
+                assert run.lease.owner.pid == child.pid
                 finished_before = set(await store.outputs(run.run_id))
                 added_before = [task.name for task in await store.added_tasks(run.run_id)]
             sent_before = dict(requests)
+            if before_resume is not None:
+                await before_resume(run.run_id)
 
             resumed = await anyio.run_process(
                 crewflow("resume", run.run_id), env=environment, check=False
@@ -198,6 +207,35 @@ async def test_a_crew_killed_at_any_moment_resumes_without_redoing_finished_work
     assert kill_at not in killed.finished_before
     # The kill came after the request of `kill_at`: what it depends on had been checkpointed.
     assert killed.finished_before >= dependencies(process, every, edges, kill_at)
+
+
+async def test_a_killed_run_is_shown_interrupted_with_the_command_that_finishes_it(
+    tmp_path: Path,
+) -> None:
+    crew_file = tmp_path / "killed.py"
+    crew_file.write_text(textwrap.dedent(CREW_FILE))
+    home = tmp_path / "home"
+    shown: dict[str, list[str]] = {}
+
+    async def look(run_id: str) -> None:
+        runner = CliRunner(env={"CREWFLOW_HOME": str(home), "COLUMNS": "200"})
+        for command in (["runs"], ["show", run_id]):
+            # In a thread: the commands run their own event loop.
+            result = await anyio.to_thread.run_sync(runner.invoke, cli.app, command)
+            assert result.exit_code == 0, result.output
+            shown[command[0]] = result.stdout.splitlines()
+
+    env = {"KILL_TASKS": "alpha,bravo", "KILL_EDGES": "", "KILL_PROCESS": "sequential"}
+    killed = await kill_and_resume(crew_file, home, "bravo", env=env, before_resume=look)
+
+    row = next(line for line in shown["runs"] if line.startswith(killed.run_id))
+    assert row.split()[3] == "interrupted"
+    assert f"  crewflow resume {killed.run_id}" in shown["runs"]
+    header = [" ".join(line.split()) for line in shown["show"]]
+    assert "status interrupted" in header
+    assert any(line.startswith("why its process (") and "is gone" in line for line in header)
+    assert f"  crewflow resume {killed.run_id}" in shown["show"]
+    killed.assert_nothing_finished_was_sent_again(["alpha", "bravo"])
 
 
 def dependencies(process: str, names: list[str], edges: str, task: str) -> set[str]:

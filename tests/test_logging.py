@@ -127,7 +127,7 @@ async def test_a_configured_structlog_receives_every_line_with_the_run_bound(
     assert "llm call retrying" in events
     assert events[-1] == "run finished"
     assert {entry["run_id"] for entry in entries} == {result.run_id}
-    assert {entry["crew"] for entry in entries} == {"crew"}
+    assert {entry["crew"] for entry in entries} == {"test_logging"}  # named after this file
     retry = next(entry for entry in entries if entry["event"] == "llm call retrying")
     assert (retry["task"], retry["status_code"], retry["log_level"]) == ("facts", 503, "info")
     started = next(entry for entry in entries if entry["event"] == "task started")

@@ -272,7 +272,7 @@ async def test_task_stats_count_failures_retries_cache_hits_and_waits() -> None:
     assert (stats.tokens, stats.cost) == (15, 0.5)
 
 
-async def test_a_resumed_run_counts_only_the_last_attempt_and_not_its_own_duration() -> None:
+async def test_a_resumed_run_counts_its_attempts_but_none_of_its_durations() -> None:
     store = MemoryStore()
     # The first attempt died with its process: a store reads it back cancelled, ended at start.
     killed = attempt("a", 0, 0, status=TaskStatus.CANCELLED)
@@ -281,9 +281,41 @@ async def test_a_resumed_run_counts_only_the_last_attempt_and_not_its_own_durati
 
     report = await analyze(store)
 
-    assert report.tasks[0].p50_seconds == 10.0
+    assert report.tasks[0].p50_seconds is None
     assert report.processes[0].p50_seconds is None
     assert (report.tasks[0].attempts, report.tasks[0].failed) == (2, 0)
+
+
+async def test_timing_statistics_leave_out_paused_cancelled_and_resumed_runs() -> None:
+    store = MemoryStore()
+    waits = {"concurrency:search": 2.0}
+    for index, seconds in enumerate([10, 12, 14]):
+        base = 100.0 * index
+        rows = [attempt("a", base, base + seconds, limit_wait=2.0, limit_waits=waits)]
+        await add_run(store, f"clean-{index}", rows, started=base)
+    # Each took 1000 s, waited 900 s of it, and none of that measures the crew.
+    slow = {"concurrency:search": 900.0}
+    unclean: list[dict[str, Any]] = [
+        {"paused": True},
+        {"resumed": 1},
+        {"status": RunStatus.CANCELLED},
+    ]
+    for index, flags in enumerate(unclean):
+        base = 1000.0 + 2000 * index
+        rows = [attempt("a", base, base + 1000, limit_wait=900.0, limit_waits=slow)]
+        await add_run(store, f"unclean-{index}", rows, started=base, **flags)
+
+    report = await analyze(store, "research")
+
+    (task,) = report.tasks
+    assert (task.runs, task.attempts) == (6, 6)  # counts come from every run
+    assert (task.p50_seconds, task.p95_seconds) == (12.0, pytest.approx(13.8))
+    assert (task.limit_wait, task.limit_wait_per_run) == (6.0, 2.0)
+    (limit,) = report.bottlenecks.limits
+    assert (limit.crew, limit.seconds, limit.runs) == ("research", 6.0, 3)
+    assert limit.share == pytest.approx(6.0 / 36.0)
+    (path,) = report.bottlenecks.critical_paths
+    assert (path.runs, path.seconds) == (3, 12.0)
 
 
 async def test_the_critical_path_uses_median_task_durations_of_the_latest_version() -> None:
@@ -414,9 +446,14 @@ async def test_a_limit_that_holds_runs_back_is_reported_with_its_share() -> None
     (advice,) = report.recommendations  # 2 % of run time is below the threshold
     assert advice.kind == RecommendationKind.RAISE_LIMIT
     assert advice.target == "concurrency:search"
-    assert advice.evidence[0] == (
-        "40 % of run time spent waiting on concurrency:search (20.0 s over 5 runs)"
+    assert advice.crew == "research"
+    assert advice.message == (
+        "Raise Limit(concurrency=...) for search: research waits on it 40 % of its run time"
     )
+    assert advice.evidence[:2] == [
+        "40 % of run time spent waiting on concurrency:search (20.0 s over 5 completed runs)",
+        "waited in 5 of 5 completed runs",
+    ]
 
 
 async def test_retry_after_pauses_are_advised_a_rate_limit() -> None:
@@ -505,6 +542,60 @@ async def test_rare_failures_or_few_attempts_bring_no_advice() -> None:
 
     assert report.tasks[0].failure_rate == 0.5
     assert report.recommendations == []
+
+
+async def test_every_recommendation_names_its_crew_and_crews_are_never_merged() -> None:
+    store = MemoryStore()
+    # Two crews of one file, with the same tasks (one crew key), each waiting on its own limit
+    # half of its run time, and failing 3 of 8 attempts.
+    rate = "retry_after:openai|https://api.openai.com/v1|gpt-4o"
+    crews = {"reports:daily": "concurrency:search", "reports:weekly": rate}
+    for crew, limit in crews.items():
+        for index in range(5):
+            base = 100.0 * index
+            rows = [attempt("a", base, base + 10, number=2, limit_waits={limit: 5.0})]
+            if index < 3:
+                rows.insert(0, attempt("a", base, base + 1, ok=False, error_type="LLMError"))
+            choice = chose("sequential", {"sequential": 10.0}) if index == 0 else None
+            process = "adaptive" if choice else "sequential"
+            await add_run(
+                store,
+                f"{crew}-{index}",
+                rows,
+                started=base,
+                crew=crew,
+                crew_key="k1",
+                process=process,
+                choice=choice,
+            )
+
+    report = await analyze(store)
+
+    assert sorted((stats.crew, stats.runs) for stats in report.processes) == [
+        ("reports:daily", 5),
+        ("reports:weekly", 5),
+    ]
+    assert sorted((stats.crew, stats.task) for stats in report.tasks) == [
+        ("reports:daily", "a"),
+        ("reports:weekly", "a"),
+    ]
+    assert sorted((wait.crew, wait.key, wait.share) for wait in report.bottlenecks.limits) == [
+        ("reports:daily", "concurrency:search", 0.5),
+        ("reports:weekly", rate, 0.5),
+    ]
+    assert sorted((advice.crew, advice.kind) for advice in report.recommendations) == [
+        ("reports:daily", RecommendationKind.ADD_FALLBACK),
+        ("reports:daily", RecommendationKind.RAISE_LIMIT),
+        ("reports:weekly", RecommendationKind.ADD_FALLBACK),
+        ("reports:weekly", RecommendationKind.ADD_RATE_LIMIT),
+    ]
+    assert all(advice.crew in advice.message for advice in report.recommendations)
+    assert sorted(
+        (learned.crew, learned.crew_key, learned.runs) for learned in report.learning
+    ) == [
+        ("reports:daily", "k1", 5),
+        ("reports:weekly", "k1", 5),
+    ]
 
 
 # -- task durations from history (what the runtime's history() reads) ----------------------------

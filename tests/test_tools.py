@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from crewflow import CrewflowWarning, Tool, tool
 from crewflow.exceptions import ConfigurationError, ToolError
-from crewflow.tools import as_tool
+from crewflow.tools import MAX_ABANDONED, as_tool
+from tests.held import Held, captured_logs
 
 
 class Filter(BaseModel):
@@ -374,6 +375,83 @@ async def test_async_tools_run_in_the_event_loops_thread() -> None:
     assert threads == [threading.current_thread()]
 
 
+# --- sync tools whose caller gives up ---------------------------------------------------------
+
+
+async def call_and_give_up(held: Held, calls: int) -> None:
+    """Call the tool, and cancel the call once ``calls`` calls are inside it."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(held.tool.run, {"url": "u"})
+        await held.wait_started(calls)
+        group.cancel_scope.cancel()
+
+
+async def test_a_cancelled_call_of_a_sync_tool_returns_at_once_and_abandons_its_thread() -> None:
+    held = Held()
+    try:
+        await call_and_give_up(held, 1)
+
+        assert held.returned == 0  # the caller is back while the thread still blocks
+        assert held.tool.abandoned == 1
+    finally:
+        held.settle()
+    assert held.tool.abandoned == 0  # it counts threads still running
+
+
+async def test_an_abandoned_call_warns_naming_the_tool() -> None:
+    held = Held("slow_lookup")
+    try:
+        with captured_logs() as logs:
+            await call_and_give_up(held, 1)
+    finally:
+        held.settle()
+
+    (warning,) = logs
+    assert (warning["log_level"], warning["tool"], warning["running"]) == (
+        "warning",
+        "slow_lookup",
+        1,
+    )
+    assert "abandoned" in warning["event"]
+
+
+async def test_with_three_abandoned_calls_running_the_next_call_fails_at_once() -> None:
+    held = Held("stuck")
+    try:
+        for calls in range(1, MAX_ABANDONED + 1):
+            await call_and_give_up(held, calls)
+        assert held.tool.abandoned == MAX_ABANDONED
+
+        with pytest.raises(ToolError, match="tool 'stuck' is not called: 3 earlier") as caught:
+            await held.tool.run({"url": "u"})
+
+        assert caught.value.tool == "stuck"
+        assert held.started == MAX_ABANDONED  # the refused call never reached the function
+    finally:
+        held.settle()
+    # Once the threads returned, the tool is called again.
+    assert await held.tool.run({"url": "u"}) == "the page at u"
+
+
+async def test_a_call_that_returned_is_not_counted_as_abandoned() -> None:
+    held = Held()
+    held.release.set()
+
+    assert await held.tool.run({"url": "u"}) == "the page at u"
+
+    assert held.tool.abandoned == 0
+    held.settle()
+
+
+def test_tools_are_not_idempotent_unless_marked() -> None:
+    def lookup(key: str) -> str:
+        return key
+
+    assert tool(lookup).idempotent is False
+    assert tool(idempotent=True)(lookup).idempotent is True
+    assert Tool(lookup, idempotent=True).idempotent is True
+
+
 async def test_positional_only_parameters_are_passed_by_position() -> None:
     @tool
     def power(base: int, exponent: int = 2, /) -> int:
@@ -455,3 +533,33 @@ def test_typed_parameters_warn_nothing() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tool(lookup)
+
+
+async def test_a_sync_tool_runs_in_a_daemon_thread_with_the_callers_context_variables() -> None:
+    # A daemon thread: one that never returns cannot keep the process from exiting.
+    from contextvars import ContextVar
+
+    request: ContextVar[str] = ContextVar("request", default="none")
+    seen: list[tuple[str, bool, bool]] = []
+
+    @tool
+    def lookup(query: str) -> str:
+        """Look something up."""
+        thread = threading.current_thread()
+        seen.append((request.get(), thread.daemon, thread is threading.main_thread()))
+        return query
+
+    request.set("r-1")
+    assert await lookup.run({"query": "q"}) == "q"
+
+    assert seen == [("r-1", True, False)]
+
+
+async def test_a_sync_tool_raising_stopiteration_is_a_tool_error() -> None:
+    @tool
+    def drained(query: str) -> str:
+        """Read the next item."""
+        return next(iter(()))
+
+    with pytest.raises(ToolError, match="tool 'drained' raised RuntimeError: the tool raised Sto"):
+        await drained.run({"query": "q"})

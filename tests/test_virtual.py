@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.from_thread
 import pytest
 
 from crewflow._runtime.clock import current_clock
@@ -204,3 +206,42 @@ def test_work_in_a_worker_thread_does_not_jump_virtual_time() -> None:
         return after_thread
 
     assert run_virtual(scenario) < 1.0
+
+
+def test_advance_moves_the_clock_past_a_timeout_while_a_worker_thread_blocks() -> None:
+    release = threading.Event()
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        entered = anyio.Event()
+
+        def blocking() -> None:
+            anyio.from_thread.run_sync(entered.set)
+            release.wait()
+
+        async def time_out() -> None:
+            await entered.wait()
+            loop.advance(30)  # the clock stood still while the thread worked
+
+        with anyio.move_on_after(30) as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(time_out)
+                await anyio.to_thread.run_sync(blocking, abandon_on_cancel=True)
+        assert scope.cancelled_caught
+        return loop.time()
+
+    try:
+        assert run_virtual(scenario) == 30.0
+    finally:
+        release.set()
+
+
+def test_time_never_moves_back() -> None:
+    loop = VirtualTimeLoop()
+    try:
+        with pytest.raises(ValueError, match="only moves forward"):
+            loop.advance(-1)
+        assert loop.time() == 0.0
+    finally:
+        loop.close()

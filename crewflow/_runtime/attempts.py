@@ -1,5 +1,10 @@
 """The attempts of one task: retries under the policy, the timeout per attempt, the fallback
-agent, the timeline record, usage and task events. Used by `Run.execute` only."""
+agent, the timeline record, usage and task events. Used by `Run.execute` only.
+
+An attempt that ends while a sync tool's thread it abandoned still runs is not followed by
+another attempt that could call that tool, unless the tool is idempotent: the tool may still
+act, and a second call beside it could act twice.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from crewflow._runtime.calls import AttemptBuilder, ManagedLLM
 from crewflow.exceptions import LLMError, TaskFailed, TaskTimeout
 from crewflow.llm._types import Usage
 from crewflow.task import TaskOutput
+from crewflow.tools import AbandonedCalls, watch_abandoned
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -21,16 +27,19 @@ if TYPE_CHECKING:
     from crewflow.agent import Agent, AgentAnswer, ToolObserver
     from crewflow.retry import RetryPolicy
     from crewflow.task import Task
+    from crewflow.tools import Tool
 
 __all__ = ["TaskAttempts"]
 
 
 class _Exhausted(Exception):
-    """One agent's attempts are used up; carries the last error."""
+    """One agent's attempts are used up; carries the last error and the tool calls its last
+    attempt abandoned."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, abandoned: AbandonedCalls) -> None:
         super().__init__(str(error))
         self.error = error
+        self.abandoned = abandoned
 
 
 class TaskAttempts:
@@ -75,8 +84,10 @@ class TaskAttempts:
                 return await self._with(agent)
             except _Exhausted as exhausted:
                 last = exhausted.error
+                if index + 1 < len(agents) and _unsafe(exhausted.abandoned, agents[index + 1]):
+                    break
         assert last is not None
-        raise self._failed(agents[-1], last) from last
+        raise self._failed(agents[index], last) from last
 
     # -- one agent's attempts ------------------------------------------------------------------
 
@@ -99,14 +110,16 @@ class TaskAttempts:
             began_at = run.wall(began)
             run.log.info("task started", task=name, agent=agent.role, attempt=number)
             run.publish(events.TaskStarted, task=name, agent=agent.role, attempt=number, at=began)
+            log = run.log.bind(task=name, agent=agent.role, attempt=number)
             try:
-                answer = await self._attempt(agent, ManagedLLM(llm, run, state))
+                with watch_abandoned(log) as abandoned:
+                    answer = await self._attempt(agent, ManagedLLM(llm, run, state), abandoned)
             except Exception as exc:
                 self._close(state, began, began_at, exc)
                 failures += 1
-                delay = self._retry_delay(exc, failures)
+                delay = None if _unsafe(abandoned, agent) else self._retry_delay(exc, failures)
                 if delay is None:
-                    raise _Exhausted(exc) from exc
+                    raise _Exhausted(exc, abandoned) from exc
                 self._retrying(agent, number, exc, delay)
                 try:
                     await run.clock.sleep(delay)
@@ -121,7 +134,9 @@ class TaskAttempts:
             self._close(state, began, began_at, None)
             return self._finished(agent, llm.model, answer, number)
 
-    async def _attempt(self, agent: Agent, llm: ManagedLLM) -> AgentAnswer:
+    async def _attempt(
+        self, agent: Agent, llm: ManagedLLM, abandoned: AbandonedCalls
+    ) -> AgentAnswer:
         task, run = self.task, self.run
         on_tool = self._tool_observer() if run.listening else None
         if task.timeout is None:
@@ -136,11 +151,13 @@ class TaskAttempts:
                     self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
                 )
         except TimeoutError as exc:
+            running = abandoned.running()
             raise TaskTimeout(
                 f"task {self.name!r} took longer than its timeout of {task.timeout:g} s; raise "
-                "Task(timeout=...) or make the task smaller",
+                f"Task(timeout=...) or make the task smaller{_still_running(running)}",
                 task=self.name,
                 timeout=task.timeout,
+                running_tools=tuple(tool.name for tool in running),
             ) from exc
 
     def _retry_delay(self, error: Exception, failures: int) -> float | None:
@@ -312,3 +329,26 @@ class TaskAttempts:
             )
 
         return observe
+
+
+def _unsafe(abandoned: AbandonedCalls, agent: Agent) -> bool:
+    """Whether another attempt by ``agent`` could call a tool that is not idempotent while an
+    abandoned call of it still runs."""
+    return any(not tool.idempotent and tool in agent.tools for tool in abandoned.running())
+
+
+def _still_running(tools: tuple[Tool, ...]) -> str:
+    if not tools:
+        return ""
+    names = ", ".join(repr(tool.name) for tool in tools)
+    text = (
+        f". Tool {names} was still running: its thread cannot be stopped and runs on"
+        if len(tools) == 1
+        else f". Tools {names} were still running: their threads cannot be stopped and run on"
+    )
+    if any(not tool.idempotent for tool in tools):
+        text += (
+            "; so that it cannot run twice at once, no other attempt that could call it is "
+            "made, unless the tool is marked @tool(idempotent=True)"
+        )
+    return text

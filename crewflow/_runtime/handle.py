@@ -33,7 +33,11 @@ __all__ = ["RunHandle"]
 class RunHandle:
     """A crew's run going on in the background.
 
-    Get one from `Crew.start`. Example:
+    Get one from `Crew.start` (imported as ``crewflow.RunHandle``, for type hints; it is not
+    built directly). ``async with`` it to cancel the run if the block exits before the run
+    ends; ``await handle`` is ``await handle.result()``.
+
+    Example:
         ```python
         async with crew.start({"topic": "tides"}) as handle:
             async for event in handle.events():

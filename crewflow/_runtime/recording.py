@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from crewflow._fingerprint import Fingerprint
     from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskRecord
     from crewflow.graph import TaskGraph
-    from crewflow.store import AddedTaskRecord, OutputRow, RunRecord, RunSource, Store
+    from crewflow.store import AddedTaskRecord, Lease, OutputRow, RunRecord, RunSource, Store
     from crewflow.task import Task, TaskOutput
 
 __all__ = [
@@ -160,29 +160,71 @@ def describe(found: Sequence[CrewChange], *, shown: int = 5) -> str:
 
 
 class Recorder:
-    """Writes one run's records: the run, the tasks its process adds, a checkpoint per finished
-    task, failed attempts, the process chosen, the end. `Run` calls it.
+    """Writes one run's records: the run and its lease, the tasks its process adds, a checkpoint
+    per finished task, failed attempts, the process chosen, the end. `Run` calls it.
 
     Args:
         store: Where the records go.
         record: The run's record as it starts (or as it was, when resuming).
         resuming: The run exists in the store already (`Crew.resume`).
+
+    Attributes:
+        lease: The run's lease, once it started (renewed by `keep_lease`).
     """
 
     def __init__(self, store: Store, record: RunRecord, *, resuming: bool = False) -> None:
         self.store = store
         self.record = record
         self.resuming = resuming
+        self.lease: Lease | None = None
 
-    async def started(self, at: datetime) -> None:
-        """Record the run as running (a new record, or the recorded one reopened)."""
+    async def started(self, at: datetime, log: Any) -> None:
+        """Record the run as running and held by this process: a new record with its lease, or
+        the recorded run taken over (its lease replaced, then reopened)."""
+        from crewflow.store import Lease
+
+        lease = Lease.new()
+        run_id = self.record.run_id
         if self.resuming:
+            held = self.record.lease
             with real_work():
-                await self.store.reopen_run(self.record.run_id)
+                taken = await self.store.take_lease(
+                    run_id, lease, replacing=None if held is None else held.token
+                )
+                await self.store.reopen_run(run_id)
+            if not taken:
+                # Another process took the run over since it was read; issue 12 refuses here.
+                log.warning("another process took the run over while it was resumed")
         else:
-            self.record = self.record.model_copy(update={"started": at})
+            self.record = self.record.model_copy(update={"started": at, "lease": lease})
             with real_work():
                 await self.store.start_run(self.record)
+        self.lease = lease
+
+    async def keep_lease(self, log: Any) -> None:
+        """Renew the run's lease every `RENEW_SECONDS` until cancelled (a run's background
+        task, pauses included). A renewal that fails is logged and tried again at the next
+        turn; when the lease is no longer this run's, renewing stops."""
+        import anyio
+
+        from crewflow.store._lease import RENEW_SECONDS, expiry
+
+        lease = self.lease
+        if lease is None:
+            return
+        run_id = self.record.run_id
+        while True:
+            # The loop's clock, not the run's: a test's fake clock would return at once.
+            await anyio.sleep(RENEW_SECONDS)
+            try:
+                with real_work():
+                    held = await self.store.renew_lease(run_id, lease.token, expiry())
+            except Exception as exc:  # losing a renewal must not end the run
+                log.warning("could not renew the run's lease", error=str(exc))
+                continue
+            if not held:
+                log.warning("the run's lease is held by another process now")
+                return
 
     async def task_finished(
         self,

@@ -722,14 +722,8 @@ class Run:
                         await self.llm_for(agent)
                     began = self._started()
                     if self.recorder is not None:
-                        await self.recorder.started(self.wall(began))
-                    # Made here, not kept: a run that held its context (or its dispatcher) would
-                    # be a reference cycle, and each run's outputs would wait for the garbage
-                    # collector to be freed.
-                    context = RunContext(self)
-                    await self.process.run(context)
-                    self.final = self.process.final_output(context)
-                    self.plan = self.process.result_plan(context)
+                        await self.recorder.started(self.wall(began), self.log)
+                    await self._keeping_lease(self._run_process)
                 finally:
                     self._stack = None
                     self._dispatcher = None
@@ -765,6 +759,39 @@ class Run:
             at=began,
         )
         return began
+
+    async def _run_process(self) -> None:
+        """Let the process run every task (the LLM clients are open)."""
+        # Made here, not kept: a run that held its context (or its dispatcher) would be a
+        # reference cycle, and each run's outputs would wait for the garbage collector to be
+        # freed.
+        context = RunContext(self)
+        await self.process.run(context)
+        self.final = self.process.final_output(context)
+        self.plan = self.process.result_plan(context)
+
+    async def _keeping_lease(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Await ``body`` while the recorder renews the run's lease in the background, paused
+        or not; ``body``'s error comes out as it was raised, not wrapped in a group."""
+        recorder = self.recorder
+        if recorder is None:
+            await body()
+            return
+        import anyio
+
+        failure: BaseException | None = None
+        async with anyio.create_task_group() as renewing:
+            renewing.start_soon(recorder.keep_lease, self.log)
+            try:
+                await body()
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # raised below as it is (the renewal never fails)
+                failure = exc
+            finally:
+                renewing.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _record_end(self) -> None:
         """Record the attempts not recorded yet (tasks cancelled in flight) and how the run

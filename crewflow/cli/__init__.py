@@ -49,7 +49,6 @@ if typing.TYPE_CHECKING:
         show_failure,
     )
     from crewflow.cli._load import (
-        DEFAULT_CREW_NAME,
         CrewFile,
         check_inputs,
         crew_from_file,
@@ -64,7 +63,6 @@ if typing.TYPE_CHECKING:
     from crewflow.cli._table import print_table
 
 __all__ = [
-    "DEFAULT_CREW_NAME",
     "EXIT_CANCELLED",
     "EXIT_OK",
     "EXIT_RUN_FAILED",
@@ -104,7 +102,6 @@ _WHERE = {
     "EXIT_USAGE": "_common",
     "UsageProblem": "_common",
     "show_failure": "_common",
-    "DEFAULT_CREW_NAME": "_load",
     "CrewFile": "_load",
     "check_inputs": "_load",
     "crew_from_file": "_load",

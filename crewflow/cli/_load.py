@@ -19,9 +19,6 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import ModuleType
 
-DEFAULT_CREW_NAME = "crew"
-"""``Crew.name``'s default: a crew still named this is named after its file by ``crewflow run``."""
-
 
 def parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
     """Turn ``KEY=VALUE`` strings into inputs; a VALUE that parses as JSON is used as JSON.
@@ -64,7 +61,8 @@ class CrewFile:
     """A crew loaded from a file by `crew_from_file`.
 
     Attributes:
-        crew: The crew, named after the file when it kept the default name.
+        crew: The crew, as the file defines it (a crew that kept the default name is named
+            after the module that built it, as under ``python FILE.py``).
         path: The file, absolute and resolved (what a run records, so that ``crewflow resume``
             finds it from any directory).
         attribute: The module attribute that holds the crew.
@@ -77,7 +75,7 @@ class CrewFile:
 
 @contextmanager
 def crew_from_file(path: Path, attribute: str | None = None) -> Iterator[CrewFile]:
-    """Import ``path`` as a module and yield its crew, named after the file by default.
+    """Import ``path`` as a module and yield its crew.
 
     The crew is the module's ``attribute`` when given and it holds a Crew, else the one
     `find_crew` picks. The file's directory goes first on ``sys.path`` (so its sibling imports
@@ -106,7 +104,7 @@ def crew_from_file(path: Path, attribute: str | None = None) -> Iterator[CrewFil
             name, crew = attribute, found
         else:
             name, crew = find_crew(module, path)
-        yield CrewFile(_named(crew, path.stem), path, name)
+        yield CrewFile(crew, path, name)
     finally:
         sys.modules.pop(module_name, None)
         if added_path:
@@ -179,11 +177,3 @@ def check_inputs(crew: Crew, inputs: dict[str, Any]) -> None:
         detail = "; ".join(f"{name!r} (used by {', '.join(needed[name])})" for name in missing)
         example = " ".join(f"--input {name}=..." for name in missing)
         raise UsageProblem(f"missing inputs for the task templates: {detail}; pass {example}")
-
-
-def _named(crew: Crew, stem: str) -> Crew:
-    # Crew is frozen: a copy, not a change to the user's object. model_copy keeps the private
-    # state built at construction (graph, process), so the copy runs exactly like the original.
-    if crew.name == DEFAULT_CREW_NAME and stem:
-        return crew.model_copy(update={"name": stem})
-    return crew

@@ -17,10 +17,12 @@ from crewflow.cli._table import Cell as _Cell
 from crewflow.cli._table import print_table
 from crewflow.store import RunStatus
 from crewflow.store._history import run_seconds
+from crewflow.store._lease import lapse_reason
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
+    from pathlib import Path
 
     from rich.console import Console, RenderableType
 
@@ -33,6 +35,7 @@ _RUN_STYLES: dict[str, str] = {
     RunStatus.COMPLETED: "green",
     RunStatus.FAILED: "red",
     RunStatus.CANCELLED: "yellow",
+    RunStatus.INTERRUPTED: "magenta",
     "pending": "dim",
     "not run": "dim",
 }
@@ -63,8 +66,10 @@ def _status(status: str) -> Text:
     return Text(status, style=_RUN_STYLES.get(status, ""))
 
 
-def show_runs(console: Console, records: Sequence[RunRecord]) -> None:
-    """One row per run: id, crew, process, status, start (local time), duration, size, usage.
+def show_runs(console: Console, records: Sequence[RunRecord], *, db: Path | None = None) -> None:
+    """One row per run: id, crew, process, status, start (local time), duration, size, usage;
+    then the command that finishes each interrupted run (``db``: the database given with
+    ``--db``, which the command names too).
 
     The cost column is there when some run's cost is known.
     """
@@ -80,13 +85,55 @@ def show_runs(console: Console, records: Sequence[RunRecord]) -> None:
             Text(f"{run.process} → {run.chosen}" if run.chosen else run.process),
             _status(run.status),
             _when(run.started, seconds=False),
-            _span(run.started, run.ended) if run.ended else _status("running"),
+            _span(run.started, run.ended) if run.ended else _live(run),
             f"{len(run.graph)}" if run.graph else "",
             f"{usage.prompt_tokens + usage.completion_tokens:,}",
         ]
         rows.append([*cells, *([_cost(usage.cost)] if costs else [])])
     optional = ["process~", "tasks>", "cost>", "duration>", "tokens>", "started"]
     print_table(console, columns, rows, optional=optional)
+    _show_interrupted(console, [run for run in records if run.status == RunStatus.INTERRUPTED], db)
+
+
+def _live(run: RunRecord) -> Text | str:
+    """The duration cell of a run that has not ended: it is running, or nothing is."""
+    return _status("running") if run.status == RunStatus.RUNNING else ""
+
+
+RESUME_LINES = 5
+"""Interrupted runs whose resume command ``crewflow runs`` prints (the rest are counted)."""
+
+
+def resume_command(run: RunRecord, db: Path | None = None) -> str:
+    """The command that finishes ``run``: ``crewflow resume RUN_ID``, with ``--file FILE.py``
+    for a run started from code (which recorded no file) and ``--db`` when one was given."""
+    command = f"crewflow resume {run.run_id}"
+    if run.source is None:
+        command += " --file FILE.py"
+    return command if db is None else f"{command} --db {db}"
+
+
+def _show_interrupted(console: Console, runs: Sequence[RunRecord], db: Path | None) -> None:
+    """How to finish the interrupted runs listed: a line per run's command, up to a few."""
+    if not runs:
+        return
+    many = len(runs) > 1
+    what = f"{len(runs)} runs were" if many else "1 run was"
+    line = f"{what} interrupted (nothing executes {'them' if many else 'it'} any more); finish "
+    line += "each with:" if many else "it with:"
+    console.print(Text(line, style=_RUN_STYLES[RunStatus.INTERRUPTED]))
+    for run in runs[:RESUME_LINES]:
+        console.print(Text(f"  {resume_command(run, db)}"), soft_wrap=True)
+    if len(runs) > RESUME_LINES:
+        console.print(Text(f"  … and {len(runs) - RESUME_LINES} more"))
+    if any(run.source is None for run in runs):
+        console.print(
+            Text(
+                "(--file FILE.py: a run started from code is resumed with the file that "
+                'defines its crew, or with await crew.resume("RUN_ID") in that code)',
+                style="dim",
+            )
+        )
 
 
 @dataclass
@@ -118,10 +165,15 @@ def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
     return summaries
 
 
-def show_details(console: Console, details: RunDetails, *, full: bool = False) -> None:
-    """The run's header; the choice of a choosing process (adaptive) and the plan of a planning
-    one (hierarchical); a table of its tasks, their errors, then each output."""
+def show_details(
+    console: Console, details: RunDetails, *, full: bool = False, db: Path | None = None
+) -> None:
+    """The run's header (with the command that finishes an interrupted run: ``db`` is the
+    database given with ``--db``); the choice of a choosing process (adaptive) and the plan of
+    a planning one (hierarchical); a table of its tasks, their errors, then each output."""
     console.print(_header(details.run))
+    if details.run.status == RunStatus.INTERRUPTED:
+        _show_interrupted(console, [details.run], db)
     choice, plan = details.choice, details.plan
     if choice is not None:
         _show_choice(console, details.run, choice)
@@ -155,6 +207,7 @@ def _header(run: RunRecord) -> Table:
         ("process", Text(f"{process}{reason}")),
         *_explored_row(run.choice),
         ("status", _status(run.status)),
+        *_lease_row(run),
         ("started", _when(run.started)),
         ("ended", _when(run.ended) if run.ended else ""),
         ("duration", _span(run.started, run.ended)),
@@ -178,6 +231,16 @@ def _header(run: RunRecord) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _lease_row(run: RunRecord) -> list[tuple[str, RenderableType]]:
+    """Who executes a running run, or why nothing executes an interrupted one."""
+    if run.status == RunStatus.INTERRUPTED:
+        return [("why", Text(lapse_reason(run)))]
+    if run.status == RunStatus.RUNNING and run.lease is not None:
+        until = _when(run.lease.expires)
+        return [("owner", Text(f"{run.lease.owner} (its lease runs until {until})"))]
+    return []
 
 
 def _explored_row(choice: ProcessChoice | None) -> list[tuple[str, RenderableType]]:

@@ -199,7 +199,7 @@ def list_runs(
         of = f" of crew {crew!r}" if crew is not None else ""
         out.print(Text(f"no runs{of} recorded yet (database: {path})"), soft_wrap=True)
     else:
-        show_runs(out, found)
+        show_runs(out, found, db=db)
     return EXIT_OK
 
 
@@ -222,7 +222,7 @@ def show_run(
     if as_json:
         print_json(out, details.to_json())
     else:
-        show_details(out, details, full=full)
+        show_details(out, details, full=full, db=db)
     return EXIT_OK
 
 

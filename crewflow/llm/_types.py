@@ -13,6 +13,7 @@ from typing import Any, Literal
 from crewflow._usage import Usage as Usage  # re-exported: every response carries one
 
 Role = Literal["system", "user", "assistant", "tool"]
+"""Who a `Message` is from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class OutputSchema:
 
 
 DeltaCallback = Callable[[str], Awaitable[None] | None]
+"""Called with each piece of a streamed answer's text, as it arrives (sync or async)."""
 
 
 @dataclass(slots=True)

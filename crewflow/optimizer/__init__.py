@@ -2,24 +2,27 @@
 
 It reads only run records (`crewflow.store`): each run's process, status, times, usage, task
 graph and ``max_concurrency``, and each task attempt's times, status, tokens, cache hits, retries
-and waits for limits. `analyze` turns the last runs into a typed `Report`:
+and waits for limits. `analyze` turns the last runs into a typed `Report`, per crew (crews are
+told apart by name, and never merged):
 
 - **processes**: per crew and process, runs, success rate, p50/p95 duration, tokens, cost;
 - **tasks**: per task, duration, failure rate, retries, cache hit rate, time waited for limits;
 - **bottlenecks**: the measured critical path of a typical run, and the limits tasks waited on;
-- **recommendations**, each with the numbers behind it;
-- **learning**: per crew key that a choosing process (adaptive) ran, each process's measured
-  p50, the regret of the choices (a run's duration over the fastest process's p50, minus 1) and
-  the chosen predictions against the measured durations.
+- **recommendations**, each naming its crew, with the numbers behind it;
+- **learning**: per crew and crew key that a choosing process (adaptive) ran, each process's
+  measured p50, the regret of the choices (a run's duration over the fastest process's p50,
+  minus 1) and the chosen predictions against the measured durations.
 
 Definitions used throughout are those of `crewflow.store.read_history`, which the runtime's
 ``history()`` uses too (the same module counts the same runs the same way):
 
-- A run is **clean** when it completed by itself, never paused or resumed: only a clean run's
-  duration measures its process (a resumed run's clock includes the time it lay dead).
-- A task's **duration** in a run runs from its first attempt's start to its last attempt's end,
-  and is measured only when that last attempt completed. In a resumed run only the last
-  attempt counts (earlier ones may predate the restart).
+- A run is **clean** when it completed by itself, never paused or resumed: every timing
+  statistic (run and task durations, critical paths, waits for limits and their share of run
+  time) is measured over clean runs only (a paused run's clock includes the pause, a resumed
+  one's the time it lay dead, a cancelled or failed one stopped early). Counts (runs, attempts,
+  failures, retries, cache hits, tokens) come from every run.
+- A task's **duration** in a clean run runs from its first attempt's start to its last
+  attempt's end, and is measured only when that last attempt completed.
 - **Percentiles** interpolate linearly between the closest ranks (numpy's default method).
 - A **typical run** of a crew uses the median duration of each task over the clean runs that
   have the crew's latest fingerprint, on the task graph of the newest of them.

@@ -131,11 +131,13 @@ def _process_advice(
     )
 
 
-def _limit_advice(limit: LimitWait, runs: int, crew: str | None) -> Recommendation:
+def _limit_advice(limit: LimitWait, runs: int) -> Recommendation:
+    """Advice on a limit ``limit.crew`` waited on, over its ``runs`` clean runs."""
+    crew = limit.crew
     evidence = [
         f"{_pct(limit.share)} of run time spent waiting on {limit.key} "
-        f"({limit.seconds:.1f} s over {runs} runs)",
-        f"waited in {limit.runs} of {runs} runs",
+        f"({limit.seconds:.1f} s over {runs} completed runs)",
+        f"waited in {limit.runs} of {runs} completed runs",
         "longest waits: " + ", ".join(f"{t.task} {t.seconds:.1f} s" for t in limit.tasks),
     ]
     if limit.kind == "retry_after":
@@ -144,7 +146,7 @@ def _limit_advice(limit: LimitWait, runs: int, crew: str | None) -> Recommendati
             crew=crew,
             target=limit.target,
             message=f"Declare an rpm/tpm Limit for {limit.target} just under the provider's "
-            f"quota (or ask for more): its Retry-After pauses held calls",
+            f"quota (or ask for more): its Retry-After pauses held the calls of {crew}",
             evidence=evidence,
         )
     what = "concurrency" if limit.kind == "concurrency" else limit.kind
@@ -153,7 +155,8 @@ def _limit_advice(limit: LimitWait, runs: int, crew: str | None) -> Recommendati
         kind=RecommendationKind.RAISE_LIMIT,
         crew=crew,
         target=limit.key,
-        message=f"Raise Limit({what}=...) for {limit.target}{quota}",
+        message=f"Raise Limit({what}=...) for {limit.target}{quota}: {crew} waits on it "
+        f"{_pct(limit.share)} of its run time",
         evidence=evidence,
     )
 
@@ -201,8 +204,8 @@ def _failure_advice(
             kind=RecommendationKind.RAISE_TIMEOUT,
             crew=stats.crew,
             target=stats.task,
-            message=f"Raise the timeout of task {stats.task} (or split its work): "
-            f"{timeouts} of its {stats.attempts} attempts timed out",
+            message=f"Raise the timeout of task {stats.task} of {stats.crew} (or split its "
+            f"work): {timeouts} of its {stats.attempts} attempts timed out",
             evidence=evidence,
         )
     has_fallback = _has_fallback(spec, stats.task, runs)
@@ -214,8 +217,8 @@ def _failure_advice(
         kind=RecommendationKind.ADD_FALLBACK,
         crew=stats.crew,
         target=stats.task,
-        message=f"Give task {stats.task} a fallback_agent (e.g. another model): it fails "
-        f"{_pct(stats.failure_rate)} of attempts",
+        message=f"Give task {stats.task} of {stats.crew} a fallback_agent (e.g. another "
+        f"model): it fails {_pct(stats.failure_rate)} of attempts",
         evidence=evidence,
     )
 
@@ -249,7 +252,8 @@ async def analyze(store: Store, crew: str | Crew | None = None, *, runs: int = 1
     if runs < 1:
         raise ValueError(f"runs must be at least 1, not {runs}")
     spec = None if crew is None or isinstance(crew, str) else crew
-    name = spec.name if spec is not None else crew if isinstance(crew, str) else None
+    # A crew that kept its default name settles it as a kickoff does (the runs recorded it so).
+    name = spec._settle_name() if spec is not None else crew if isinstance(crew, str) else None
     history = await load_attempts(store, await store.list_runs(crew=name, limit=runs))
     entries = _task_entries(history)
     tasks = [_task_stats(crew_name, task, group) for (crew_name, task), group in entries.items()]
@@ -259,8 +263,9 @@ async def analyze(store: Store, crew: str | Crew | None = None, *, runs: int = 1
     advice: list[Recommendation | None] = [
         _process_advice(crew_name, group, process) for crew_name, group in typical.items()
     ]
+    clean = Counter(run.record.crew for run in history if run.clean)
     advice += [
-        _limit_advice(limit, len(history), name)
+        _limit_advice(limit, clean[limit.crew])
         for limit in limits
         if limit.share >= LIMIT_WAIT_SHARE
     ]

@@ -3,7 +3,8 @@ regret of its choices, and its predictions against what its runs measured.
 
 Runs are counted as the process context's ``history()`` counts them (`crewflow.store.read_history`,
 the same functions): only settled runs (ended by themselves, never paused or resumed); durations
-from clean ones (completed); a choosing process's run counts for the process it chose.
+from clean ones (completed); a choosing process's run counts for the process it chose. Crews of
+different names are told apart, even with one crew key.
 """
 
 from __future__ import annotations
@@ -26,16 +27,21 @@ __all__ = ["learning"]
 
 
 def learning(records: Sequence[RunRecord]) -> list[Learning]:
-    """Per crew key with a settled run of a choosing process, newest key first: what its settled
-    ``records`` (newest first) measured of each process, and how well the choices went."""
-    by_key: dict[str, list[RunRecord]] = defaultdict(list)
+    """Per crew and crew key with a settled run of a choosing process, newest first: what its
+    settled ``records`` (newest first) measured of each process, and how well the choices
+    went."""
+    by_key: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
         if record.crew_key and is_settled(record):
-            by_key[record.crew_key].append(record)
-    return [_learning(key, runs) for key, runs in by_key.items() if any(run.chosen for run in runs)]
+            by_key[(record.crew, record.crew_key)].append(record)
+    return [
+        _learning(crew, key, runs)
+        for (crew, key), runs in by_key.items()
+        if any(run.chosen for run in runs)
+    ]
 
 
-def _learning(crew_key: str, runs: Sequence[RunRecord]) -> Learning:
+def _learning(crew: str, crew_key: str, runs: Sequence[RunRecord]) -> Learning:
     by_process: dict[str, list[RunRecord]] = defaultdict(list)
     for run in runs:
         by_process[run.ran].append(run)
@@ -59,7 +65,7 @@ def _learning(crew_key: str, runs: Sequence[RunRecord]) -> Learning:
         if run.chosen:
             choosers[run.process].append(run)
     return Learning(
-        crew=runs[0].crew,
+        crew=crew,
         crew_key=crew_key,
         runs=len(runs),
         processes=processes,

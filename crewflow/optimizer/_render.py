@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from crewflow.optimizer._stats import _label, _pct
+from crewflow.optimizer._stats import _pct
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from crewflow.optimizer._report import ChoiceStats, Learning, Report
 
 __all__ = ["render"]
+
+
+def _label(crew: str, task: str, several_crews: bool) -> str:
+    return f"{crew}:{task}" if several_crews else task
 
 
 def _seconds(value: float | None) -> str:
@@ -58,9 +62,10 @@ def _task_rows(report: Report, several: bool) -> list[list[str]]:
     ]
 
 
-def _limit_rows(report: Report) -> list[list[str]]:
+def _limit_rows(report: Report, several: bool) -> list[list[str]]:
     return [
         [
+            *([limit.crew] if several else []),
             limit.key,
             _seconds(limit.seconds),
             _pct(limit.share),
@@ -258,8 +263,10 @@ def render(report: Report, console: Console) -> None:
         )
     if report.bottlenecks.limits:
         _section(console, "Limits waited on")
-        headers = ["limit", "waited", "share of run time", "runs", "longest waits"]
-        console.print(_table(headers, _limit_rows(report)))
+        headers = [*crew_column, "limit", "waited", "share of run time", "runs", "longest waits"]
+        optional = ["longest waits", "runs", "waited"]
+        rows = _limit_rows(report, several)
+        console.print(_table(headers, rows, width=console.width, optional=optional))
     for learning in report.learning:
         _render_learning(learning, console)
     if not report.recommendations:

@@ -72,10 +72,11 @@ class TaskStats(_Model):
         retries: Attempts beyond the first of each run, plus provider calls retried inside
             attempts.
         cache_hit_rate: Attempts answered from the cache, over ``attempts``.
-        p50_seconds: Median duration over the runs where it completed (``None``: none did).
+        p50_seconds: Median duration over the clean runs (completed by themselves, never
+            paused or resumed) in which it completed (``None``: none).
         p95_seconds: 95th percentile of the same.
-        limit_wait: Seconds its calls waited for limits, over every run.
-        limit_wait_per_run: ``limit_wait`` over ``runs``.
+        limit_wait: Seconds its calls waited for limits, over the clean runs.
+        limit_wait_per_run: ``limit_wait`` over the clean runs in which it made attempts.
         tokens: Prompt and completion tokens of every attempt.
         cost: USD over the attempts whose cost is known (``None``: none is).
     """
@@ -124,19 +125,22 @@ class CriticalPath(_Model):
 
 
 class LimitWait(_Model):
-    """Time tasks spent waiting on one limit.
+    """Time one crew's tasks spent waiting on one limit, in its clean runs (completed by
+    themselves, never paused or resumed).
 
     Attributes:
+        crew: The crew's name.
         key: As recorded, e.g. ``"concurrency:search"``.
         kind: What held the calls: ``concurrency``, ``rpm``, ``tpm`` or ``retry_after``.
         target: The group name or the model's limit key.
-        seconds: Total wait over the runs analysed.
-        runs: Runs in which some call waited on it.
-        share: ``seconds`` over the summed duration of the runs analysed. Tasks running at once
-            wait at once, so in parallel runs it can exceed 1.
+        seconds: Total wait over the crew's clean runs analysed.
+        runs: Those of its clean runs in which some call waited on it.
+        share: ``seconds`` over the summed duration of the crew's clean runs analysed. Tasks
+            running at once wait at once, so in parallel runs it can exceed 1.
         tasks: The tasks that waited on it longest (at most three), longest first.
     """
 
+    crew: str
     key: str
     kind: str
     target: str
@@ -151,7 +155,7 @@ class Bottlenecks(_Model):
 
     Attributes:
         critical_paths: The measured critical path of each crew's typical run.
-        limits: The limits waited on, longest total wait first.
+        limits: Per crew, the limits it waited on, longest total wait first.
     """
 
     critical_paths: list[CriticalPath]
@@ -246,10 +250,11 @@ class ChoiceStats(_Model):
 class Learning(_Model):
     """What the runs of one crew key taught: each process's measured speed, and how well a
     choosing process (adaptive) chose between them. Only a crew key with a settled run of a
-    choosing process has one.
+    choosing process has one, per crew name: crews of different names are not merged (the
+    runtime's ``history()`` reads a key's runs under any name).
 
     Attributes:
-        crew: The crew's name (as its newest run recorded it).
+        crew: The crew's name.
         crew_key: The crew key (`crewflow.store.RunRecord.crew_key`): the same tasks, agents
             and models, under any process.
         runs: Settled runs of the key analysed.
@@ -268,11 +273,17 @@ class RecommendationKind(StrEnum):
     """What a recommendation asks for."""
 
     SWITCH_PROCESS = "switch_process"
+    """Run the crew under another process (``target``)."""
     RAISE_MAX_CONCURRENCY = "raise_max_concurrency"
+    """Let more of the crew's tasks run at once."""
     RAISE_LIMIT = "raise_limit"
+    """Raise a declared limit (``target``) that held calls back."""
     ADD_RATE_LIMIT = "add_rate_limit"
+    """Declare an rpm/tpm limit under the provider's quota: its Retry-After pauses held calls."""
     ADD_FALLBACK = "add_fallback"
+    """Give a task that often fails (``target``) a fallback agent."""
     RAISE_TIMEOUT = "raise_timeout"
+    """Raise the timeout of a task (``target``) whose attempts time out."""
 
 
 class Recommendation(_Model):
@@ -280,8 +291,7 @@ class Recommendation(_Model):
 
     Attributes:
         kind: What to change.
-        crew: The crew it concerns (``None``: limits, which every crew of a process shares,
-            when the report covers every crew).
+        crew: The crew it concerns (a limit's too: the crew whose runs waited on it).
         target: What to change it on: a process, a limit key, a task.
         message: The advice, in one line.
         evidence: The measured numbers behind it.
@@ -289,7 +299,7 @@ class Recommendation(_Model):
     """
 
     kind: RecommendationKind
-    crew: str | None
+    crew: str
     target: str
     message: str
     evidence: list[str]
@@ -308,8 +318,8 @@ class Report(_Model):
         tasks: Per task, in each crew's latest declaration order.
         bottlenecks: Critical paths and limit waits.
         recommendations: Changes worth making, with their evidence.
-        learning: Per crew key that a choosing process (adaptive) ran, each process's measured
-            speed and the regret of its choices, newest key first.
+        learning: Per crew and crew key that a choosing process (adaptive) ran, each
+            process's measured speed and the regret of its choices, newest first.
     """
 
     crew: str | None

@@ -1,6 +1,7 @@
 """Reading run records and the statistics `analyze` reports on them.
 
-The definitions (a task's duration, a typical run) are those of the `crewflow.optimizer` docstring.
+The definitions (a clean run, a task's duration, a typical run) are those of the
+`crewflow.optimizer` docstring. Everything is per crew: crews are told apart by name.
 """
 
 from __future__ import annotations
@@ -31,10 +32,6 @@ def _sum_known(values: Iterable[float | None]) -> float | None:
 
 def _tokens(item: RunRecord | AttemptRecord) -> int:
     return item.usage.total_tokens
-
-
-def _label(crew: str, task: str, several_crews: bool) -> str:
-    return f"{crew}:{task}" if several_crews else task
 
 
 def _pct(share: float) -> str:
@@ -87,8 +84,10 @@ def _task_stats(crew: str, task: str, runs: Sequence[RunAttempts]) -> TaskStats:
     rows = [row for run in runs for row in run.attempts[task]]
     ended = rows  # a record holds finished attempts only
     failed = sum(row.status == TaskStatus.FAILED for row in ended)
-    durations = [d for run in runs if (d := run.task_duration(task)) is not None]
-    wait = sum(row.limit_wait for row in rows)
+    # Counts come from every run, times from clean ones only.
+    clean = [run for run in runs if run.clean]
+    durations = [d for run in clean if (d := run.task_duration(task)) is not None]
+    wait = sum(row.limit_wait for run in clean for row in run.attempts[task])
     return TaskStats(
         crew=crew,
         task=task,
@@ -102,7 +101,7 @@ def _task_stats(crew: str, task: str, runs: Sequence[RunAttempts]) -> TaskStats:
         p50_seconds=percentile(durations, 0.5),
         p95_seconds=percentile(durations, 0.95),
         limit_wait=wait,
-        limit_wait_per_run=wait / len(runs),
+        limit_wait_per_run=wait / len(clean) if clean else 0.0,
         tokens=sum(_tokens(row) for row in rows),
         cost=_sum_known(row.usage.cost for row in rows),
     )
@@ -137,32 +136,37 @@ def _critical_path(crew: str, typical: Sequence[RunAttempts]) -> CriticalPath | 
 
 
 def _limit_waits(history: Sequence[RunAttempts]) -> list[LimitWait]:
-    several = len({run.record.crew for run in history}) > 1
-    total = sum(run.span() for run in history)
-    waits: dict[str, float] = defaultdict(float)
-    by_task: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    in_runs: dict[str, set[str]] = defaultdict(set)
+    """Per crew, each limit its clean runs waited on, longest total wait first."""
+    measured: dict[str, float] = defaultdict(float)  # per crew, its clean runs' summed durations
+    waits: dict[tuple[str, str], float] = defaultdict(float)
+    by_task: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    in_runs: dict[tuple[str, str], set[str]] = defaultdict(set)
     for run in history:
+        crew, seconds = run.record.crew, run.duration()
+        if seconds is None:
+            continue  # not clean: its clock may include a pause, or the time it lay dead
+        measured[crew] += seconds
         for task, rows in run.attempts.items():
             for row in rows:
-                for key, seconds in row.limit_waits.items():
-                    waits[key] += seconds
-                    by_task[key][_label(run.record.crew, task, several)] += seconds
-                    in_runs[key].add(run.record.run_id)
+                for key, wait in row.limit_waits.items():
+                    waits[(crew, key)] += wait
+                    by_task[(crew, key)][task] += wait
+                    in_runs[(crew, key)].add(run.record.run_id)
     limits = []
-    for key, seconds in sorted(waits.items(), key=lambda item: (-item[1], item[0])):
+    for (crew, key), seconds in sorted(waits.items(), key=lambda item: (-item[1], item[0])):
         if seconds <= 0:
             continue
         kind, _, target = key.partition(":")
-        top = sorted(by_task[key].items(), key=lambda item: (-item[1], item[0]))[:3]
+        top = sorted(by_task[(crew, key)].items(), key=lambda item: (-item[1], item[0]))[:3]
         limits.append(
             LimitWait(
+                crew=crew,
                 key=key,
                 kind=kind,
                 target=target,
                 seconds=seconds,
-                runs=len(in_runs[key]),
-                share=seconds / total if total > 0 else 0.0,
+                runs=len(in_runs[(crew, key)]),
+                share=seconds / measured[crew] if measured[crew] > 0 else 0.0,
                 tasks=[TaskTime(task=task, seconds=wait) for task, wait in top],
             )
         )

@@ -2,8 +2,9 @@
 
 `SQLiteStore` is the default (one file, safe for several processes at once); `MemoryStore`
 keeps the same records in memory for tests. Both implement the `Store` ABC, whose records are
-pydantic models stored as JSON, never pickled. No record holds a secret: nothing here takes API
-keys, headers or client settings.
+pydantic models stored as JSON, never pickled. A run being executed holds a `Lease` there, so
+that a run whose process died reads as ``interrupted``, not ``running``. No record holds a
+secret: nothing here takes API keys, headers or client settings.
 
 Importing this package does no I/O: a store opens its database on first use. Its errors
 (`StoreError` and below) are part of the one tree in `crewflow.exceptions`.
@@ -20,6 +21,7 @@ from crewflow.store._base import (
     resolve_store,
 )
 from crewflow.store._history import History, ProcessHistory, read_history
+from crewflow.store._lease import Lease, LeaseOwner
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord, RunSource
 from crewflow.store.memory import MemoryStore
 from crewflow.store.sqlite import SQLiteStore
@@ -29,6 +31,8 @@ __all__ = [
     "AttemptRecord",
     "DuplicateRunError",
     "History",
+    "Lease",
+    "LeaseOwner",
     "MemoryStore",
     "OutputRow",
     "ProcessHistory",

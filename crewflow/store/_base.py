@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from crewflow._records import AttemptRecord, RunStatus
     from crewflow._usage import Usage
+    from crewflow.store._lease import Lease
     from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
 _opened: dict[str, Store] = {}
@@ -87,6 +88,11 @@ class Store(ABC):
     ``save_output`` is the checkpoint: when it returns, the output is committed and a resumed
     run will find it, even if the process is killed the next instant.
 
+    A run being executed holds a lease (`Lease`) that its process renews: ``start_run`` records
+    the first one, ``take_lease`` takes a run over (a resume), ``renew_lease`` extends it, and
+    ``finish_run`` releases it. A run recorded ``running`` whose lease lapsed is read back as
+    ``interrupted``.
+
     Subclasses implement the abstract methods; the others have defaults that later versions may
     add to without breaking existing stores.
 
@@ -100,7 +106,7 @@ class Store(ABC):
 
     @abstractmethod
     async def start_run(self, record: RunRecord) -> None:
-        """Record a new run.
+        """Record a new run, with its lease (``record.lease``) when it has one, in one write.
 
         Raises:
             DuplicateRunError: A run with this id is already stored.
@@ -110,7 +116,7 @@ class Store(ABC):
     async def finish_run(
         self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
     ) -> None:
-        """Mark a run as ended, with its final status and usage.
+        """Mark a run as ended, with its final status and usage, and release its lease.
 
         Raises:
             UnknownRunError: No such run.
@@ -125,6 +131,31 @@ class Store(ABC):
             StoreError: This store cannot resume runs (the default; both built-in stores can).
         """
         raise StoreError(f"{type(self).__name__} cannot resume runs (it has no reopen_run)")
+
+    async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
+        """Make ``lease`` the run's lease if the one it holds now is the lease whose token is
+        ``replacing`` (``None``: if it holds none), as one write: of two processes that both
+        saw the same lease lapse, only one takes the run over.
+
+        The default keeps no lease (and always says it took it): a store that keeps none never
+        reports a run ``interrupted``.
+
+        Returns:
+            Whether ``lease`` now holds the run.
+
+        Raises:
+            UnknownRunError: No such run.
+        """
+        return True
+
+    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
+        """Move the run's lease's expiry to ``expires``, if it is still the lease with
+        ``token``.
+
+        Returns:
+            Whether it was (``False``: another process took the run over, or it ended).
+        """
+        return True
 
     async def record_choice(  # noqa: B027 - an optional hook
         self,
@@ -198,7 +229,10 @@ class Store(ABC):
 
     @abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None:
-        """The run with this id, or ``None``."""
+        """The run with this id, or ``None``.
+
+        Like every method that reads runs, it reads a run recorded ``running`` whose lease
+        lapsed (or that holds none) as ``interrupted`` (see `crewflow.store.Lease`)."""
 
     async def run_ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
         """The ids of runs that start with ``prefix``, in order, at most ``limit`` of them (to

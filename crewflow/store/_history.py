@@ -6,11 +6,11 @@ runs the same way:
 
 - A run is **settled** when it ended by itself (``completed`` or ``failed``) and was never
   paused or resumed: only such a run's outcome and duration say something about its process.
-- A run is **clean** when it is settled and ``completed``: durations, tokens and costs come from
-  clean runs only; a success rate is clean runs over settled ones.
-- A task's **duration** in a run runs from its first attempt's start to its last attempt's end,
-  and is measured only when that last attempt completed. In a resumed run only the last
-  attempt counts (earlier ones may predate the restart).
+- A run is **clean** when it is settled and ``completed``: durations (of runs and of tasks),
+  waits, tokens and costs come from clean runs only; a success rate is clean runs over settled
+  ones.
+- A task's **duration** in a clean run runs from its first attempt's start to its last
+  attempt's end, and is measured only when that last attempt completed.
 - **Percentiles** interpolate linearly between the closest ranks (numpy's default method).
 """
 
@@ -124,23 +124,17 @@ class RunAttempts:
         """Seconds of a clean run, else ``None``."""
         return run_seconds(self.record)
 
-    def span(self) -> float:
-        """Seconds from its start to its end, or to its last recorded activity."""
-        ends = [a.end for attempts in self.attempts.values() for a in attempts]
-        end = self.record.ended or max(ends, default=self.record.started)
-        return max(0.0, (end - self.record.started).total_seconds())
-
     def task_duration(self, task: str, *, waits: bool = True) -> float | None:
-        """The task's measured duration, if its last attempt completed; ``waits=False``: less
-        the time its calls waited for limits (Retry-After pauses, rate and concurrency
-        limits), which says how busy the provider was rather than how long the task is."""
+        """The task's measured duration, in a clean run where its last attempt completed
+        (else ``None``); ``waits=False``: less the time its calls waited for limits
+        (Retry-After pauses, rate and concurrency limits), which says how busy the provider
+        was rather than how long the task is."""
         attempts = self.attempts.get(task)
-        if not attempts or attempts[-1].status != TaskStatus.COMPLETED:
+        if not self.clean or not attempts or attempts[-1].status != TaskStatus.COMPLETED:
             return None
-        counted = attempts[-1:] if self.record.resumed else attempts
-        seconds = (attempts[-1].end - counted[0].start).total_seconds()
+        seconds = (attempts[-1].end - attempts[0].start).total_seconds()
         if not waits:
-            seconds -= sum(attempt.limit_wait for attempt in counted)
+            seconds -= sum(attempt.limit_wait for attempt in attempts)
         return max(0.0, seconds)
 
 
@@ -150,8 +144,8 @@ async def load_attempts(store: Store, records: Iterable[RunRecord]) -> list[RunA
 
 
 def median_task_seconds(runs: Iterable[RunAttempts], *, waits: bool = True) -> dict[str, float]:
-    """Each task's median duration over ``runs``, in first-seen order (``waits=False``: less
-    its limit waits, see `RunAttempts.task_duration`)."""
+    """Each task's median duration over the clean ones of ``runs``, in first-seen order
+    (``waits=False``: less its limit waits, see `RunAttempts.task_duration`)."""
     measured: dict[str, list[float]] = defaultdict(list)
     for run in runs:
         for task in dict.fromkeys([*run.record.graph, *run.attempts]):

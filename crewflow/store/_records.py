@@ -15,6 +15,7 @@ from pydantic_core import to_jsonable_python
 
 from crewflow._records import ProcessChoice, RunStatus, TaskKind
 from crewflow._usage import Usage
+from crewflow.store._lease import Lease
 
 __all__ = ["AddedTaskRecord", "OutputRow", "RunRecord", "RunSource"]
 
@@ -55,7 +56,8 @@ class RunRecord(_Record):
         process_reason: Why the crew ran under that process (a choosing process explains
             itself, recorded when it chooses).
         inputs: The kickoff inputs, as JSON (values JSON cannot hold are stored as text).
-        status: ``running``, ``completed``, ``failed`` or ``cancelled``.
+        status: ``running``, ``completed``, ``failed`` or ``cancelled``, as recorded; a store
+            reads a ``running`` run whose lease lapsed (or that holds none) as ``interrupted``.
         started: When it began.
         ended: When it ended, ``None`` while running.
         usage: Requests, tokens and cost of the whole run.
@@ -66,6 +68,8 @@ class RunRecord(_Record):
         resumed: How many times the run was resumed.
         paused: Whether the run was ever paused (its duration then says little about speed).
         details: More about the run, for features that need no query of their own.
+        lease: The lease of the process executing the run, while one is (`Lease`): its owner's
+            host and pid, and when it expires unless renewed. Writing the run's end releases it.
     """
 
     run_id: str = Field(min_length=1)
@@ -88,6 +92,7 @@ class RunRecord(_Record):
     resumed: int = Field(default=0, ge=0)
     paused: bool = False
     details: dict[str, JsonValue] = Field(default_factory=dict)
+    lease: Lease | None = None
 
     @field_validator("inputs", mode="before")
     @classmethod

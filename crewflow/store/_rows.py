@@ -11,6 +11,7 @@ from pydantic_core import to_jsonable_python
 from crewflow._records import AttemptRecord, TaskStatus
 from crewflow._usage import Usage
 from crewflow.store._base import UnknownRunError
+from crewflow.store._lease import Lease, LeaseOwner
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
 if TYPE_CHECKING:
@@ -29,6 +30,13 @@ ATTEMPT_COLUMNS = (
 )
 TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
+LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires"
+SELECT_RUNS = f"SELECT {RUN_COLUMNS}, {LEASE_COLUMNS} FROM runs LEFT JOIN leases USING (run_id)"
+"""Each run with its lease, if it holds one (``runs.rowid`` breaks ties between runs)."""
+LEASE_WRITE = (
+    f"INSERT OR REPLACE INTO leases (run_id, {LEASE_COLUMNS}, expires_ts) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 OUTPUT_COLUMNS = "run_id, task, text, data, agent, model, finished_at"
 
 
@@ -145,6 +153,20 @@ def run_values(record: RunRecord) -> tuple[Any, ...]:
     )
 
 
+def lease_values(run_id: str, lease: Lease) -> tuple[Any, ...]:
+    owner = lease.owner
+    return (
+        run_id,
+        lease.token,
+        owner.host,
+        owner.boot_id,
+        owner.pid,
+        owner.process_start,
+        _when(lease.expires),
+        lease.expires.timestamp(),
+    )
+
+
 def _attempt_values(run_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:
     usage = attempt.usage
     return (
@@ -199,11 +221,19 @@ def _output_values(row: OutputRow) -> tuple[Any, ...]:
     )
 
 
+_RUN_WIDTH = len(_names(RUN_COLUMNS))
+
+
 def run_from_row(found: tuple[Any, ...]) -> RunRecord:
-    data = dict(zip(_names(RUN_COLUMNS), found, strict=True))
+    """A run from a row of `SELECT_RUNS` (its columns, then its lease's)."""
+    data = dict(zip(_names(RUN_COLUMNS), found[:_RUN_WIDTH], strict=True))
     for name in _RUN_JSON:
         data[name] = json.loads(data[name])
     data["source"] = None if data["source"] is None else json.loads(data["source"])
+    token, host, boot_id, pid, process_start, expires = found[_RUN_WIDTH:]
+    if token is not None:
+        owner = LeaseOwner(host=host, boot_id=boot_id, pid=pid, process_start=process_start)
+        data["lease"] = Lease(token=token, owner=owner, expires=expires)
     return RunRecord.model_validate(data)
 
 

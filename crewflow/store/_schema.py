@@ -140,4 +140,25 @@ def _v4(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]
+def _v5(conn: sqlite3.Connection) -> None:
+    # The lease of the process executing a run. Its own table, not columns of ``runs`` nor
+    # JSON in ``details``: a run renews it every 20 s, and each renewal rewrites one small row
+    # here instead of the run's (which holds its whole graph and task hashes); a resume that
+    # takes a run over compares its token and replaces it under the write lock; and a finished
+    # run holds none, so the table only ever has a row per run in progress. Runs left
+    # ``running`` by earlier versions have no lease: they read as interrupted.
+    conn.execute(
+        """CREATE TABLE leases (
+            run_id TEXT PRIMARY KEY NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            token TEXT NOT NULL,
+            host TEXT NOT NULL,
+            boot_id TEXT,
+            pid INTEGER NOT NULL,
+            process_start TEXT,
+            expires TEXT NOT NULL,
+            expires_ts REAL NOT NULL
+        )"""
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]

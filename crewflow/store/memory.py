@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from crewflow._records import AttemptRecord, RunStatus
 from crewflow.store._base import DuplicateRunError, Store, UnknownRunError, check_limit
+from crewflow.store._lease import Lease, observed
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from datetime import datetime
 
     from pydantic import JsonValue
 
@@ -40,22 +41,46 @@ class MemoryStore(Store):
         self._tasks: dict[tuple[str, str], str] = {}
         self._outputs: dict[tuple[str, str], str] = {}
         self._cache: dict[str, str] = {}
+        self._leases: dict[str, str] = {}
         self._sequence = 0
 
     async def start_run(self, record: RunRecord) -> None:
         if record.run_id in self._runs:
             raise DuplicateRunError(record.run_id)
         self._sequence += 1
-        self._runs[record.run_id] = (self._sequence, record.model_dump_json())
+        # The lease apart, as in the database, where a renewal rewrites it alone.
+        bare = record.model_copy(update={"lease": None})
+        self._runs[record.run_id] = (self._sequence, bare.model_dump_json())
+        if record.lease is not None:
+            self._leases[record.run_id] = record.lease.model_dump_json()
 
     async def finish_run(
         self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
     ) -> None:
         self._update_run(run_id, status=RunStatus(status), ended=ended, usage=usage)
+        self._leases.pop(run_id, None)
 
     async def reopen_run(self, run_id: str) -> None:
         resumed = self._load_run(run_id).resumed + 1
         self._update_run(run_id, status=RunStatus.RUNNING, ended=None, resumed=resumed)
+
+    async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
+        self._require_run(run_id)
+        held = self._leases.get(run_id)
+        if (None if held is None else Lease.model_validate_json(held).token) != replacing:
+            return False
+        self._leases[run_id] = lease.model_dump_json()
+        return True
+
+    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
+        held = self._leases.get(run_id)
+        if held is None:
+            return False
+        lease = Lease.model_validate_json(held)
+        if lease.token != token:
+            return False
+        self._leases[run_id] = lease.model_copy(update={"expires": expires}).model_dump_json()
+        return True
 
     async def record_choice(
         self,
@@ -108,7 +133,7 @@ class MemoryStore(Store):
     async def get_run(self, run_id: str) -> RunRecord | None:
         if run_id not in self._runs:
             return None
-        return self._load_run(run_id)
+        return self._observed(self._load_run(run_id), datetime.now(UTC))
 
     async def outputs(self, run_id: str) -> dict[str, OutputRow]:
         rows = [
@@ -140,7 +165,8 @@ class MemoryStore(Store):
             if crew is None or record.crew == crew
         ]
         chosen.sort(key=lambda item: (item[0], item[1]), reverse=True)
-        return [record for _, _, record in chosen[:limit]]
+        now = datetime.now(UTC)
+        return [self._observed(record, now) for _, _, record in chosen[:limit]]
 
     async def cache_get(self, key: str) -> str | None:
         return self._cache.get(key)
@@ -152,6 +178,13 @@ class MemoryStore(Store):
         count = len(self._cache)
         self._cache.clear()
         return count
+
+    def _observed(self, record: RunRecord, now: datetime) -> RunRecord:
+        """The run with its lease, as a reader sees it at ``now`` (`observed`)."""
+        held = self._leases.get(record.run_id)
+        if held is not None:
+            record = record.model_copy(update={"lease": Lease.model_validate_json(held)})
+        return observed(record, now)
 
     def _require_run(self, run_id: str) -> None:
         if run_id not in self._runs:

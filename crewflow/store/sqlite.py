@@ -36,8 +36,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic_core import to_jsonable_python
 
 from crewflow._records import AttemptRecord, RunStatus
 from crewflow.store._base import (
@@ -48,16 +51,20 @@ from crewflow.store._base import (
     check_limit,
     default_store_path,
 )
+from crewflow.store._lease import Lease, observed
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 from crewflow.store._rows import (
     ATTEMPT_COLUMNS,
+    LEASE_WRITE,
     OUTPUT_COLUMNS,
     RUN_COLUMNS,
     RUN_MARKS,
+    SELECT_RUNS,
     TASK_COLUMNS,
     TASKS,
     TaskRows,
     attempt_from_row,
+    lease_values,
     output_from_row,
     run_exists,
     run_from_row,
@@ -72,7 +79,6 @@ from crewflow.store._writer import Writer
 if TYPE_CHECKING:
     import os
     from collections.abc import Mapping, Sequence
-    from datetime import datetime
 
     from pydantic import JsonValue
 
@@ -108,6 +114,7 @@ class SQLiteStore(Store):
 
     async def start_run(self, record: RunRecord) -> None:
         values = run_values(record)
+        lease = None if record.lease is None else lease_values(record.run_id, record.lease)
 
         def insert(conn: sqlite3.Connection) -> None:
             if run_exists(conn, record.run_id):
@@ -115,6 +122,8 @@ class SQLiteStore(Store):
             conn.execute(
                 f"INSERT INTO runs ({RUN_COLUMNS}, started_ts) VALUES ({RUN_MARKS})", values
             )
+            if lease is not None:
+                conn.execute(LEASE_WRITE, lease)
 
         await self._writer.call(insert, "write")
 
@@ -130,16 +139,46 @@ class SQLiteStore(Store):
             ended=ended,
             usage=usage,
         ).model_dump(mode="json")
-        await self._update(
-            run_id,
-            "status = ?, ended = ?, usage = ?",
-            (checked["status"], checked["ended"], to_json(checked["usage"])),
-        )
+        values = (checked["status"], checked["ended"], to_json(checked["usage"]), run_id)
+
+        def finish(conn: sqlite3.Connection) -> None:
+            statement = "UPDATE runs SET status = ?, ended = ?, usage = ? WHERE run_id = ?"
+            if conn.execute(statement, values).rowcount == 0:
+                raise UnknownRunError(run_id)
+            conn.execute("DELETE FROM leases WHERE run_id = ?", (run_id,))
+
+        await self._writer.call(finish, "write")
 
     async def reopen_run(self, run_id: str) -> None:
         await self._update(
             run_id, "status = ?, ended = NULL, resumed = resumed + 1", (RunStatus.RUNNING.value,)
         )
+
+    async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
+        values = lease_values(run_id, lease)
+
+        def take(conn: sqlite3.Connection) -> bool:
+            # Under the transaction's write lock: nobody takes or renews it in between.
+            held = conn.execute("SELECT token FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+            if held is None and not run_exists(conn, run_id):
+                raise UnknownRunError(run_id)
+            if (None if held is None else held[0]) != replacing:
+                return False
+            conn.execute(LEASE_WRITE, values)
+            return True
+
+        return await self._writer.call(take, "write")
+
+    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
+        values = (to_jsonable_python(expires), expires.timestamp(), run_id, token)
+
+        def renew(conn: sqlite3.Connection) -> bool:
+            statement = (
+                "UPDATE leases SET expires = ?, expires_ts = ? WHERE run_id = ? AND token = ?"
+            )
+            return conn.execute(statement, values).rowcount == 1
+
+        return await self._writer.call(renew, "write")
 
     async def record_choice(
         self,
@@ -199,12 +238,12 @@ class SQLiteStore(Store):
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def select(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            query = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
+            query = f"{SELECT_RUNS} WHERE run_id = ?"
             result: tuple[Any, ...] | None = conn.execute(query, (run_id,)).fetchone()
             return result
 
         found = await self._writer.call(select)
-        return None if found is None else run_from_row(found)
+        return None if found is None else observed(run_from_row(found))
 
     async def run_ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
         check_limit(limit)
@@ -249,28 +288,25 @@ class SQLiteStore(Store):
         check_limit(limit)
         params: list[str | int] = [] if crew is None else [crew]
         where = "" if crew is None else "WHERE crew = ?"
-        query = (
-            f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY started_ts DESC, rowid DESC LIMIT ?"
-        )
+        query = f"{SELECT_RUNS} {where} ORDER BY started_ts DESC, runs.rowid DESC LIMIT ?"
         params.append(-1 if limit is None else limit)
 
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(query, params).fetchall()
 
-        return [run_from_row(found) for found in await self._writer.call(select)]
+        return _observed(await self._writer.call(select))
 
     async def runs_of_key(self, crew_key: str, limit: int | None = 50) -> list[RunRecord]:
         check_limit(limit)
         query = (
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE crew_key = ? "
-            "ORDER BY started_ts DESC, rowid DESC LIMIT ?"
+            f"{SELECT_RUNS} WHERE crew_key = ? ORDER BY started_ts DESC, runs.rowid DESC LIMIT ?"
         )
         params = (crew_key, -1 if limit is None else limit)
 
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(query, params).fetchall()
 
-        return [run_from_row(found) for found in await self._writer.call(select)]
+        return _observed(await self._writer.call(select))
 
     async def cache_get(self, key: str) -> str | None:
         def select(conn: sqlite3.Connection) -> str | None:
@@ -334,6 +370,12 @@ class SQLiteStore(Store):
             conn.close()
             raise
         return conn
+
+
+def _observed(rows: list[tuple[Any, ...]]) -> list[RunRecord]:
+    """The runs of ``rows`` as a reader sees them now (`observed`)."""
+    now = datetime.now(UTC)
+    return [observed(run_from_row(found), now) for found in rows]
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:

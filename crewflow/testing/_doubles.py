@@ -45,6 +45,7 @@ __all__ = [
 _WORD_PIECES = re.compile(r"\S+\s*|\s+")
 
 ScriptItem = str | dict[str, Any] | BaseModel | Reply | LLMResponse | BaseException
+"""One reply of a `ScriptedLLM` (or what a `FunctionLLM`'s function returns): see `ScriptedLLM`."""
 E = TypeVar("E", bound=Event)
 
 

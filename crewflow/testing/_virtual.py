@@ -31,6 +31,23 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """The virtual time in seconds (starts at 0)."""
         return self._virtual_now
 
+    def advance(self, seconds: float) -> None:
+        """Move the virtual clock ``seconds`` forward now.
+
+        The loop never jumps while a worker thread is at work (a sync tool's time is real), so a
+        test whose sync tool blocks on purpose moves the clock itself, e.g. past a task's
+        timeout::
+
+            await held_tool_entered.wait()
+            asyncio.get_running_loop().advance(task.timeout)
+
+        Raises:
+            ValueError: ``seconds`` is negative.
+        """
+        if seconds < 0:
+            raise ValueError(f"virtual time only moves forward; got {seconds} s")
+        self._virtual_now += seconds
+
     def _run_once(self) -> None:
         # Nothing ready: instead of blocking until the earliest timer, move time to it.
         ready: Any = getattr(self, "_ready")  # noqa: B009 - asyncio internals, on purpose

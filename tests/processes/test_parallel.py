@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
-from crewflow import Agent, Crew, Limit, Limits, RetryPolicy, Task, TaskStatus
+from crewflow import Agent, Crew, CrewflowWarning, Limit, Limits, RetryPolicy, Task, TaskStatus
 from crewflow import events as ev
 from crewflow._runtime.run import Run
 from crewflow.exceptions import TaskFailed
@@ -118,7 +119,9 @@ def test_ties_keep_declaration_order() -> None:
     names = ["e", "c", "a", "d", "b"]
     agent = Agent(role="W", goal="G", llm=timed_llm({n: 0.1 for n in names}))
     crew = Crew(
-        tasks=[Task(n, agent=agent, name=n) for n in names], process="parallel", max_concurrency=1
+        tasks=[Task(n, agent=agent, name=n, context=[]) for n in names],
+        process="parallel",
+        max_concurrency=1,
     )
 
     _, events = kickoff_virtual(crew)
@@ -182,7 +185,7 @@ def test_max_concurrency_is_a_ceiling_and_work_conserving() -> None:
     durations = {f"t{i}": 0.1 * (1 + i % 3) for i in range(9)}
     agent = Agent(role="W", goal="G", llm=timed_llm(durations))
     crew = Crew(
-        tasks=[Task(f"t{i}", agent=agent, name=f"t{i}") for i in range(9)],
+        tasks=[Task(f"t{i}", agent=agent, name=f"t{i}", context=[]) for i in range(9)],
         process="parallel",
         max_concurrency=3,
     )
@@ -227,7 +230,7 @@ def test_a_group_limit_is_shared_by_the_agents_of_the_group() -> None:
     llm, calls = counting_llm()
     one = Agent(role="One", goal="G", llm=llm, group="g")
     two = Agent(role="Two", goal="G", llm=llm, group="g")
-    tasks = [Task(f"t{i}", agent=one if i % 2 else two) for i in range(5)]
+    tasks = [Task(f"t{i}", agent=one if i % 2 else two, context=[]) for i in range(5)]
     crew = Crew(tasks=tasks, process="parallel", limits=Limits(g=Limit(concurrency=2)))
 
     result, _ = kickoff_virtual(crew)
@@ -239,7 +242,7 @@ def test_a_group_limit_is_shared_by_the_agents_of_the_group() -> None:
 def test_a_task_group_limits_like_an_agent_group() -> None:
     llm, calls = counting_llm()
     agent = Agent(role="W", goal="G", llm=llm)
-    tasks = [Task(f"t{i}", agent=agent, group="search") for i in range(4)]
+    tasks = [Task(f"t{i}", agent=agent, group="search", context=[]) for i in range(4)]
     crew = Crew(tasks=tasks, process="parallel", limits=Limits(search=Limit(concurrency=1)))
 
     result, _ = kickoff_virtual(crew)
@@ -263,15 +266,43 @@ def test_parallel_is_chosen_by_name() -> None:
     assert result.process == "parallel"
 
 
-def test_parallel_does_not_chain_undeclared_context() -> None:
+def test_parallel_does_not_chain_undeclared_context_and_warns_when_none_is_declared() -> None:
     agent = Agent(role="W", goal="G", llm=timed_llm({"a": 0.1, "b": 0.1}))
-    crew = Crew(tasks=[Task("a", agent=agent), Task("b", agent=agent)], process="parallel")
 
+    with pytest.warns(CrewflowWarning, match="parallel crew: none of its 2 tasks declares") as seen:
+        crew = Crew(tasks=[Task("a", agent=agent), Task("b", agent=agent)], process="parallel")
+
+    assert len(seen) == 1
+    assert seen[0].filename == __file__  # it points at the Crew(...) line, not at crewflow
+    message = str(seen[0].message)
+    assert "context=['task_1'] on 'task_2'" in message  # how to declare it, in this crew's names
+    assert "context=[] on a task that needs nothing" in message
     result, events = kickoff_virtual(crew)
 
     assert crew.graph.dependency_names("task_2") == []
     assert starts_of(events) == {"task_1": 0.0, "task_2": 0.0}
     assert result.duration == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("context", [[], ["a"], "the task a"], ids=["none", "a name", "a task"])
+def test_any_declared_context_silences_the_warning(context: list[str] | str) -> None:
+    agent = Agent(role="W", goal="G", llm="offline")
+    a = Task("a", agent=agent, name="a")
+    declared = [a] if context == "the task a" else context
+    tasks = [a, Task("b", agent=agent, context=declared), Task("c", agent=agent)]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CrewflowWarning)
+        Crew(tasks=tasks, process="parallel")
+
+
+def test_a_single_task_or_another_process_does_not_warn() -> None:
+    agent = Agent(role="W", goal="G", llm="offline")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CrewflowWarning)
+        Crew(tasks=[Task("a", agent=agent)], process="parallel")
+        Crew(tasks=[Task("a", agent=agent), Task("b", agent=agent)], process="sequential")
 
 
 def test_the_aggregator_gets_every_leaf_output_in_declaration_order() -> None:
@@ -414,9 +445,9 @@ def test_a_retryable_failure_in_one_branch_stops_the_others_only_after_its_retri
     agent = Agent(role="W", goal="G", llm=FunctionLLM(answer))
     crew = Crew(
         tasks=[
-            Task("flaky", agent=agent, name="flaky"),
-            Task("quick", agent=agent, name="quick"),
-            Task("forever", agent=agent, name="forever"),
+            Task("flaky", agent=agent, name="flaky", context=[]),
+            Task("quick", agent=agent, name="quick", context=[]),
+            Task("forever", agent=agent, name="forever", context=[]),
         ],
         process="parallel",
         retry=RetryPolicy(max_attempts=3, initial=1.0, jitter=False),

@@ -15,7 +15,7 @@ from crewflow.testing import capture_events, run_virtual
 
 def fanout(count: int, **crew: object) -> Crew:
     agent = Agent(role="Worker", goal="Work", llm=OfflineLLM(latency=0.01))
-    tasks = [Task(f"Task {i}", agent=agent, name=f"t{i}") for i in range(count)]
+    tasks = [Task(f"Task {i}", agent=agent, name=f"t{i}", context=[]) for i in range(count)]
     return Crew(tasks=tasks, process="parallel", **crew)  # type: ignore[arg-type]
 
 

@@ -162,7 +162,10 @@ async def test_continue_in_parallel_lets_slow_independent_work_finish_after_the_
 
     agent = Agent(role="W", goal="G", llm=FunctionLLM(answer))
     crew = Crew(
-        tasks=[Task("slow", agent=agent, name="slow"), Task("broken", agent=agent, name="broken")],
+        tasks=[
+            Task("slow", agent=agent, name="slow", context=[]),
+            Task("broken", agent=agent, name="broken", context=[]),
+        ],
         process="parallel",
         on_failure="continue",
     )

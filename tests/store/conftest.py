@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from crewflow.store import MemoryStore, RunRecord, SQLiteStore, Store
+from crewflow.store import Lease, MemoryStore, RunRecord, SQLiteStore, Store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -24,8 +24,10 @@ def at(seconds: float) -> datetime:
 def run_record(
     run_id: str = "run-1", *, crew: str = "research", started: float = 0, crew_key: str = ""
 ) -> RunRecord:
-    """A minimal running run record."""
-    return RunRecord(run_id=run_id, crew=crew, crew_key=crew_key, started=at(started))
+    """A minimal running run record, held by this process (as a run being executed is)."""
+    return RunRecord(
+        run_id=run_id, crew=crew, crew_key=crew_key, started=at(started), lease=Lease.new()
+    )
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -12,6 +12,8 @@ from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
     DuplicateRunError,
+    Lease,
+    LeaseOwner,
     OutputRow,
     RunRecord,
     RunSource,
@@ -47,6 +49,11 @@ def full_run() -> RunRecord:
         resumed=1,
         paused=True,
         details={"note": "relancé ✓", "branches": [["faits"], ["brouillon"]], "n": None},
+        lease=Lease(
+            token="jeton-1",
+            owner=LeaseOwner(host="hôte-b", boot_id="b00t", pid=4242, process_start="987"),
+            expires=datetime.now(IST) + timedelta(hours=1),
+        ),
     )
 
 
@@ -116,8 +123,9 @@ async def test_finishing_a_run_sets_status_end_and_usage(store: Store) -> None:
     assert loaded.status is RunStatus.COMPLETED
     assert loaded.ended == at(90)
     assert loaded.usage == Usage(requests=4, prompt_tokens=100, completion_tokens=50, cost=0.5)
+    assert loaded.lease is None  # ending the run released it
     assert loaded.model_copy(update={"status": "x", "ended": None, "usage": None}) == (
-        full_run().model_copy(update={"status": "x", "ended": None, "usage": None})
+        full_run().model_copy(update={"status": "x", "ended": None, "usage": None, "lease": None})
     )
 
 
@@ -319,7 +327,9 @@ async def test_save_task_for_an_unknown_run_records_nothing(store: Store) -> Non
 async def test_reopening_a_run_marks_it_running_and_counts_the_resume(store: Store) -> None:
     await store.start_run(run_record())
     await store.finish_run("run-1", RunStatus.FAILED, at(5), Usage(requests=3))
+    lease = Lease.new()
 
+    assert await store.take_lease("run-1", lease, replacing=None)  # as a resume does first
     await store.reopen_run("run-1")
     await store.reopen_run("run-1")
 
@@ -327,6 +337,7 @@ async def test_reopening_a_run_marks_it_running_and_counts_the_resume(store: Sto
     assert reopened is not None
     assert (reopened.status, reopened.ended, reopened.resumed) == (RunStatus.RUNNING, None, 2)
     assert reopened.usage.requests == 3
+    assert reopened.lease == lease
 
 
 async def test_reopening_an_unknown_run_fails(store: Store) -> None:

@@ -1,19 +1,22 @@
 """A run database written by an older crewflow opens, migrates forward, and its runs resume.
 
 ``fixtures/runs_v3.db`` was written at schema v3 by ``fixtures/make_runs_v3.py``: a completed run
-and a run whose second task failed. Every later schema change extends this test.
+and a run whose second task failed. Every later schema change extends this test: v4 (the
+columns read as "not recorded then"), v5 (run leases: runs hold none, and a run an older
+crewflow left ``running`` reads as interrupted, and resumes).
 """
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from crewflow import Agent, Crew, Task
-from crewflow._records import TaskStatus
+from crewflow._records import RunStatus, TaskStatus
 from crewflow.exceptions import CrewChange, CrewChanged
 from crewflow.store import SQLiteStore
 from crewflow.store._schema import MIGRATIONS
@@ -60,7 +63,7 @@ async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
     tmp_path: Path,
 ) -> None:
     async with SQLiteStore(v3_database(tmp_path)) as store:
-        assert await store.schema_version() == len(MIGRATIONS) == 4
+        assert await store.schema_version() == len(MIGRATIONS) == 5
         runs = await store.list_runs()
         attempts = await store.attempts(FAILED)
         outputs = await store.outputs(FAILED)
@@ -79,6 +82,7 @@ async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
         False,
     )
     assert failed.details == {}
+    assert [run.lease for run in runs] == [None, None]  # ended runs hold no lease
     assert [(a.task, a.number, a.status, a.cache_hits) for a in attempts] == [
         ("facts", 1, TaskStatus.COMPLETED, 0),
         ("draft", 1, TaskStatus.FAILED, 0),
@@ -110,6 +114,44 @@ async def test_a_run_recorded_at_v3_resumes_with_the_same_crew(tmp_path: Path) -
         ("draft", 1, "failed"),
         ("draft", 2, "completed"),
     ]
+
+
+def left_running(path: Path, run_id: str) -> None:
+    """Mark a run of the v3 database as running, as a crewflow killed mid-run left it."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET status = 'running', ended = NULL WHERE run_id = ?", (run_id,))
+    conn.close()
+
+
+async def test_a_run_an_older_crewflow_left_running_reads_as_interrupted(tmp_path: Path) -> None:
+    path = v3_database(tmp_path)
+    left_running(path, FAILED)
+
+    async with SQLiteStore(path) as store:
+        record = await store.get_run(FAILED)
+        (listed,) = [run for run in await store.list_runs() if run.run_id == FAILED]
+
+    # Nothing can be executing it: a crewflow that executes a run holds a lease on it.
+    assert record is not None
+    assert (record.status, record.lease) == (RunStatus.INTERRUPTED, None)
+    assert listed.status == RunStatus.INTERRUPTED
+
+
+async def test_a_run_an_older_crewflow_left_running_resumes_and_releases_its_lease(
+    tmp_path: Path,
+) -> None:
+    path = v3_database(tmp_path)
+    left_running(path, FAILED)
+    calls: list[str] = []
+
+    result = await upgrade_crew(path, calls).resume(FAILED)
+
+    assert calls == ["draft"]
+    assert result.restored == ["facts"]
+    async with SQLiteStore(path) as store:
+        record = await store.get_run(FAILED)
+    assert record is not None
+    assert (record.status, record.resumed, record.lease) == ("completed", 1, None)
 
 
 async def test_a_run_recorded_at_v3_refused_says_what_its_record_can_tell(tmp_path: Path) -> None:

@@ -1,0 +1,254 @@
+"""A run holds its lease while it goes on, renews it (pauses included) and releases it when it
+ends; a resumed run takes over the lease of the process that died.
+
+Renewals are timed in virtual seconds (`run_virtual`): ten paused minutes take no real time.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from crewflow import Agent, Crew, RetryPolicy, Task
+from crewflow.exceptions import RunCancelled, StoreError, TaskFailed
+from crewflow.store import (
+    Lease,
+    LeaseOwner,
+    MemoryStore,
+    RunRecord,
+    RunStatus,
+    SQLiteStore,
+    Store,
+    read_history,
+)
+from crewflow.store._lease import RENEW_SECONDS
+from crewflow.testing import Error, FunctionLLM, run_virtual
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from crewflow.llm._types import LLMRequest
+
+
+class Renewals(MemoryStore):
+    """A `MemoryStore` that notes when each renewal came (loop time), and can fail them."""
+
+    def __init__(self, *, failing: int = 0, taken_over: bool = False) -> None:
+        super().__init__()
+        self.at: list[float] = []
+        self.failing = failing
+        self.taken_over = taken_over
+
+    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
+        self.at.append(anyio.current_time())
+        if self.failing:
+            self.failing -= 1
+            raise StoreError("the run database is locked")
+        if self.taken_over:
+            return False
+        return await super().renew_lease(run_id, token, expires)
+
+
+def the_crew(store: Store, answer: FunctionLLM, **settings: object) -> Crew:
+    agent = Agent(role="Worker", goal="Work", llm=answer)
+    tasks = [Task("first", agent=agent, name="first"), Task("second", agent=agent, name="second")]
+    return Crew(tasks=tasks, store=store, retry=RetryPolicy(max_attempts=1), **settings)  # type: ignore[arg-type]
+
+
+async def only_run(store: Store) -> RunRecord:
+    (run,) = await store.list_runs()
+    return run
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "runs.db")
+
+
+async def test_a_run_holds_this_processs_lease_while_it_runs_and_releases_it_at_the_end(
+    store: Store,
+) -> None:
+    seen: list[RunRecord] = []
+
+    async def answer(request: LLMRequest) -> str:
+        seen.append(await only_run(store))
+        return "done"
+
+    result = await the_crew(store, FunctionLLM(answer)).kickoff()
+
+    assert [(run.status, run.lease is not None) for run in seen] == [("running", True)] * 2
+    assert all(run.lease == seen[0].lease for run in seen)  # one lease for the whole run
+    assert seen[0].lease is not None
+    assert seen[0].lease.owner == LeaseOwner.current()
+    assert seen[0].lease.expires > datetime.now(UTC)
+    ended = await only_run(store)
+    assert (ended.run_id, ended.status, ended.lease) == (result.run_id, "completed", None)
+    await store.close()
+
+
+async def test_a_failed_run_releases_its_lease(store: Store) -> None:
+    def answer(request: LLMRequest) -> object:
+        return Error(400, "no") if "second" in request.messages[-1].content else "done"
+
+    with pytest.raises(TaskFailed):
+        await the_crew(store, FunctionLLM(answer)).kickoff()
+
+    ended = await only_run(store)
+    assert (ended.status, ended.lease) == ("failed", None)
+    await store.close()
+
+
+async def test_a_cancelled_run_releases_its_lease() -> None:
+    store = MemoryStore()
+    started = anyio.Event()
+
+    async def answer(request: LLMRequest) -> str:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("cancelled before")
+
+    handle = the_crew(store, FunctionLLM(answer)).start()
+    await started.wait()
+    assert (await only_run(store)).status == "running"
+    handle.cancel()
+    with pytest.raises(RunCancelled):
+        await handle.result()
+
+    ended = await only_run(store)
+    assert (ended.status, ended.lease) == ("cancelled", None)
+
+
+def test_a_paused_run_renews_its_lease_every_twenty_seconds() -> None:
+    store = Renewals()
+
+    async def scenario() -> tuple[RunRecord, RunRecord]:
+        handle = the_crew(store, FunctionLLM(lambda request: "done")).start()
+        handle.pause()
+        await anyio.sleep(600)  # ten minutes paused, in virtual seconds
+        paused = await only_run(store)
+        handle.resume()
+        await handle.result()
+        return paused, await only_run(store)
+
+    paused, ended = run_virtual(scenario)
+
+    assert store.at[:29] == [RENEW_SECONDS * n for n in range(1, 30)]
+    assert paused.status == RunStatus.RUNNING  # held all along, though no task ran
+    assert paused.lease is not None
+    assert paused.lease.expires > datetime.now(UTC)
+    assert (ended.status, ended.lease) == ("completed", None)
+
+
+def test_a_renewal_that_fails_is_logged_and_tried_again_without_ending_the_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = Renewals(failing=1)
+
+    async def slow(request: LLMRequest) -> str:
+        await anyio.sleep(50)  # virtual seconds: two renewals' time
+        return "done"
+
+    result = run_virtual(the_crew(store, FunctionLLM(slow)).kickoff)
+
+    assert store.at[:4] == [20.0, 40.0, 60.0, 80.0]  # the first failed; the next went on
+    assert [output.text for output in result.outputs] == ["done", "done"]
+    logged = capsys.readouterr().err
+    assert "could not renew the run's lease" in logged
+    assert "the run database is locked" in logged
+
+
+def test_a_run_whose_lease_was_taken_over_stops_renewing_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = Renewals(taken_over=True)
+
+    async def slow(request: LLMRequest) -> str:
+        await anyio.sleep(50)
+        return "done"
+
+    run_virtual(the_crew(store, FunctionLLM(slow)).kickoff)
+
+    assert store.at == [20.0]
+    assert "the run's lease is held by another process now" in capsys.readouterr().err
+
+
+async def test_an_interrupted_run_resumes_as_a_failed_one_taking_over_its_lease(
+    store: Store,
+) -> None:
+    broken = {"on": True}
+    during: list[RunRecord] = []
+
+    async def answer(request: LLMRequest) -> object:
+        if "second" not in request.messages[-1].content:
+            return "first done"
+        if broken["on"]:
+            return Error(400, "no")
+        during.append(await only_run(store))
+        return "second done"
+
+    crew = the_crew(store, FunctionLLM(answer))
+    with pytest.raises(TaskFailed) as failed:
+        await crew.kickoff()
+    run_id = failed.value.run_id
+    assert run_id is not None
+    # As a process killed while running leaves it: running, held by a lease that lapsed.
+    owner = LeaseOwner(host="another-host", boot_id="another-boot", pid=4242)
+    dead = Lease(token="dead", owner=owner, expires=datetime.now(UTC) - timedelta(seconds=1))
+    assert await store.take_lease(run_id, dead, replacing=None)
+    await store.reopen_run(run_id)
+    assert (await only_run(store)).status == RunStatus.INTERRUPTED
+    broken["on"] = False
+
+    result = await crew.resume(run_id)
+
+    assert result.restored == ["first"]
+    assert [output.text for output in result.outputs] == ["first done", "second done"]
+    (resuming,) = during
+    assert resuming.status == RunStatus.RUNNING
+    assert resuming.lease is not None
+    assert resuming.lease.owner == LeaseOwner.current()
+    ended = await only_run(store)
+    assert (ended.status, ended.lease) == ("completed", None)
+    await store.close()
+
+
+async def test_a_resume_that_finds_its_lease_taken_meanwhile_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class TakenMeanwhile(MemoryStore):
+        async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
+            return False
+
+    store = TakenMeanwhile()
+    broken = {"on": True}
+
+    def answer(request: LLMRequest) -> object:
+        second = "second" in request.messages[-1].content
+        return Error(400, "no") if second and broken["on"] else "done"
+
+    crew = the_crew(store, FunctionLLM(answer))
+    with pytest.raises(TaskFailed) as failed:
+        await crew.kickoff()
+    broken["on"] = False
+    assert failed.value.run_id is not None
+
+    await crew.resume(failed.value.run_id)
+
+    assert "another process took the run over while it was resumed" in capsys.readouterr().err
+
+
+async def test_history_counts_no_interrupted_run(store: Store) -> None:
+    crew = the_crew(store, FunctionLLM(lambda request: "done"))
+    done = await crew.kickoff()
+    dead = await crew.kickoff()
+    await store.reopen_run(dead.run_id)  # running again, but held by no lease: interrupted
+    assert (await store.get_run(dead.run_id)).status == RunStatus.INTERRUPTED  # type: ignore[union-attr]
+
+    history = await read_history(store, crew.fingerprint().crew_key)
+
+    assert history.runs == 1
+    assert done.run_id != dead.run_id
+    await store.close()
