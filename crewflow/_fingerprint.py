@@ -10,13 +10,19 @@ its configuration (``Process.config()``). Two digests come of it:
 
 The digest of a crew whose process has no configuration is the same hash as before tasks had
 their own (schema v3), so runs recorded then still resume.
+
+Beside each task's hash, a fingerprint keeps a short digest of each of its `ASPECTS` (its
+description, its agent, the agent's model...), so that a refused resume can say what changed in
+a task and not only that it changed. They are 4 hex characters each, 32 per task: they never
+decide whether a task changed (its 64-bit hash does), they only explain it, and a 10,000-task
+crew's record keeps them in a few hundred kilobytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
@@ -28,7 +34,23 @@ if TYPE_CHECKING:
     from crewflow.llm._base import LLM
     from crewflow.task import Task
 
-__all__ = ["Fingerprint", "fingerprint", "task_hash"]
+__all__ = ["ASPECTS", "Fingerprint", "changed_aspects", "fingerprint", "task_hash"]
+
+ASPECTS: Final = (
+    "description",
+    "expected output",
+    "dependencies",
+    "output model",
+    "agent",
+    "model",
+    "tools",
+    "fallback agent",
+)
+"""What a task's aspect digests cover, in their order: the task's own text, what it depends
+on, its output schema; its agent (role, goal, backstory, iterations), the agent's model, the
+agent's tools; its fallback agent (all of it)."""
+
+_ASPECT_CHARS: Final = 4
 
 
 class Fingerprint(BaseModel):
@@ -39,6 +61,8 @@ class Fingerprint(BaseModel):
             configuration).
         crew_key: The hash of the tasks, agents and models alone.
         tasks: Each task's own hash, by name, in declaration order.
+        aspects: Each task's aspect digests (`ASPECTS`, 4 hex characters each, concatenated),
+            by name: what `changed_aspects` compares.
         process: The process's name.
         process_config: What the process said of its configuration (``Process.config()``).
     """
@@ -48,6 +72,7 @@ class Fingerprint(BaseModel):
     digest: str
     crew_key: str
     tasks: dict[str, str]
+    aspects: dict[str, str]
     process: str
     process_config: dict[str, JsonValue]
 
@@ -114,6 +139,44 @@ def _task_digest(entry_json: str) -> str:
     return "sha256:" + hashlib.sha256(entry_json.encode()).hexdigest()[:16]
 
 
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:_ASPECT_CHARS]
+
+
+def _task_aspects(entry: Mapping[str, Any], output_model: str) -> str:
+    """The digests of a task's own aspects (the first four of `ASPECTS`; the output model's is
+    given, hashed once per model). ``repr`` of strings and lists of strings is exact, and
+    cheaper than JSON ten thousand times over."""
+    return (
+        _short(repr(entry["description"]))
+        + _short(repr(entry["expected_output"]))
+        + _short(repr(entry["depends_on"]))
+        + output_model
+    )
+
+
+def _agent_aspects(entry: Mapping[str, Any]) -> str:
+    """The digests of the aspects a task takes from its agents (the last four of `ASPECTS`)."""
+    agent = dict(entry["agent"])
+    model, tools = agent.pop("model"), agent.pop("tools")
+    parts = (agent, model, tools, entry["fallback_agent"])
+    return "".join(_short(_json(part)) for part in parts)
+
+
+def changed_aspects(before: str, after: str) -> tuple[str, ...]:
+    """The `ASPECTS` whose digests differ between two of a task's aspect strings (none when
+    either is not one: a record that kept none)."""
+    size = _ASPECT_CHARS * len(ASPECTS)
+    if len(before) != size or len(after) != size:
+        return ()
+    return tuple(
+        aspect
+        for index, aspect in enumerate(ASPECTS)
+        if before[index * _ASPECT_CHARS : (index + 1) * _ASPECT_CHARS]
+        != after[index * _ASPECT_CHARS : (index + 1) * _ASPECT_CHARS]
+    )
+
+
 def task_hash(
     name: str,
     task: Task,
@@ -141,10 +204,21 @@ def fingerprint(
         llm: The model every agent is made to use (``kickoff(llm=...)``), if any.
     """
     texts: dict[str, str] = {}
+    aspects: dict[str, str] = {}
+    # Most tasks share their agents and output models: each is hashed once.
+    of_agents: dict[tuple[str, str | None], str] = {}
+    of_models: dict[object, str] = {}
     for name in graph.deliverables:
         task = graph.task(name)
-        entry = _entry(name, task, graph.agent_of(task), graph.dependency_names(name), llm)
+        agent = graph.agent_of(task)
+        entry = _entry(name, task, agent, graph.dependency_names(name), llm)
         texts[name] = _json(entry)
+        pair = (agent.id, task.fallback_agent.id if task.fallback_agent is not None else None)
+        if pair not in of_agents:
+            of_agents[pair] = _agent_aspects(entry)
+        if task.output_model not in of_models:
+            of_models[task.output_model] = _short(_json(entry["output_schema"]))
+        aspects[name] = _task_aspects(entry, of_models[task.output_model]) + of_agents[pair]
     # The JSON text of {"config": ..., "process": ..., "tasks": [...]} with sorted keys, as
     # json.dumps writes it (and wrote it before tasks had hashes of their own: schema v3 runs'
     # digests still match), fed to the hash piece by piece.
@@ -155,6 +229,7 @@ def fingerprint(
         digest=_digest("{", head, f'"process": {_json(process)}, "tasks": [', tasks, "]}"),
         crew_key=_digest('{"tasks": [', tasks, "]}"),
         tasks={name: _task_digest(text) for name, text in texts.items()},
+        aspects=aspects,
         process=process,
         process_config=config,
     )

@@ -522,7 +522,12 @@ class Crew(Spec):
     def _recorder(
         self, store: Store, run: Run, override: LLM | None, resumption: Resumption | None
     ) -> Recorder:
-        from crewflow._runtime.recording import Recorder, current_source, graph_record
+        from crewflow._runtime.recording import (
+            ASPECTS_KEY,
+            Recorder,
+            current_source,
+            graph_record,
+        )
         from crewflow.store import RunRecord
 
         if resumption is not None:
@@ -542,6 +547,7 @@ class Crew(Spec):
             started=run.wall(),
             graph=graph_record(self._graph),
             max_concurrency=self.max_concurrency,
+            details={ASPECTS_KEY: fingerprint.aspects},
         )
         return Recorder(store, record)
 

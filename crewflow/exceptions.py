@@ -21,6 +21,7 @@ CrewflowError
     ├── KickoffsFailed            .results, .failures: some kickoffs of kickoff_for_each failed
     ├── TaskTimeout               (also a TimeoutError) .task, .timeout, .running_tools: too slow
     ├── LLMError                  .model, .status_code, .retryable: a provider call failed
+    │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors: the answer never matched the task's output_model
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
@@ -33,8 +34,9 @@ Messages say what was wrong and how to fix it; details live in fields, not packe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "CredentialsError",
+    "CrewChange",
     "CrewChanged",
     "CrewPartialFailure",
     "CrewRunError",
@@ -99,17 +103,54 @@ class ConfigurationError(CrewflowError, ValueError):
     """
 
 
+@dataclass(frozen=True, slots=True)
+class CrewChange:
+    """One way a crew differs from the crew a run was recorded with (`CrewChanged.changes`).
+
+    ``str(change)`` says it in a line: ``task 'draft': description, model changed``,
+    ``task 'notes' was added``, ``the process changed from 'sequential' to 'parallel'``.
+
+    Attributes:
+        kind: ``"added"``, ``"removed"`` or ``"changed"`` (a task), or ``"process"`` (the
+            process or its configuration).
+        task: The task's name (``None`` for the process, or when the record cannot say which
+            task changed).
+        aspects: What changed in a changed task, among ``"description"``, ``"expected output"``,
+            ``"dependencies"``, ``"output model"``, ``"agent"`` (role, goal, backstory,
+            iterations), ``"model"``, ``"tools"`` and ``"fallback agent"``; empty when the
+            run's record does not tell (runs recorded by crewflow before it kept them).
+        detail: More, in words: the dependencies before and after, what the process was.
+    """
+
+    kind: Literal["added", "removed", "changed", "process"]
+    task: str | None = None
+    aspects: tuple[str, ...] = ()
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.task is None:
+            return self.detail
+        if self.kind in ("added", "removed"):
+            return f"task {self.task!r} was {self.kind}"
+        what = f"{', '.join(self.aspects)} changed" if self.aspects else "changed"
+        said = f"task {self.task!r}: {what}" if self.aspects else f"task {self.task!r} {what}"
+        return f"{said} ({self.detail})" if self.detail else said
+
+
 class CrewChanged(ConfigurationError):
     """`Crew.resume` refused: the crew's fingerprint (tasks, agents, models, process) is not the
     one recorded for the run, so the saved outputs may not fit it.
 
+    The message names the first few changes and counts the rest; ``changes`` holds them all.
+
     Attributes:
         run_id: The run that was to be resumed.
-        changes: What differs, as far as the record tells (tasks added or removed, changed
-            dependencies; else that a description, agent, model or the process changed).
+        changes: Every difference the record tells (`CrewChange`): each task added, removed or
+            changed with what changed in it (its description, agent, model, tools, output model,
+            dependencies...), or the process.
     """
 
-    def __init__(self, message: str, *, run_id: str, changes: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, *, run_id: str, changes: Sequence[CrewChange] = ()) -> None:
         super().__init__(message)
         self.run_id = run_id
         self.changes = list(changes)
@@ -207,6 +248,33 @@ class LLMError(CrewRunError):
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class CredentialsError(LLMError, ConfigurationError):
+    """A model cannot be used for want of credentials: no API key is set for it, or its
+    provider refused the key (HTTP 401).
+
+    A missing key is found when the run opens its clients, before the run is recorded, so
+    nothing is left behind. A key refused on a run's first calls, before any task finished,
+    ends the run with this error too (a `ConfigurationError`: ``crewflow run`` exits 2); once
+    tasks have finished, a refused key fails its task like any other provider error (a
+    `TaskFailed` whose ``cause`` is this error), and the run can be resumed with a valid key.
+
+    Attributes:
+        variables: The environment variables that would supply the key, as far as crewflow
+            (and LiteLLM) know them, e.g. ``("ANTHROPIC_API_KEY",)``; empty when unknown.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        variables: Sequence[str] = (),
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, model=model, status_code=status_code, retryable=False)
+        self.variables = tuple(variables)
 
 
 class ToolError(CrewRunError):

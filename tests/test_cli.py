@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from rich.console import Console
+from rich.text import Text
 from typer.testing import CliRunner, Result
 
 from crewflow import Agent, Crew, Task, __version__, cli, events
+from crewflow.testing import Error, OpenAIServer
 
 if TYPE_CHECKING:
     from crewflow.testing import FakeClock
@@ -427,6 +429,62 @@ def test_an_invalid_crew_in_the_file_exits_2_with_its_message(tmp_path: Path) ->
     assert result.exit_code == 2
     assert "no-such-process" in result.stderr
     assert "Traceback" not in result.output
+
+
+def crew_file(tmp_path: Path, llm: str) -> Path:
+    """A one-task crew file whose agent uses ``llm`` (Python source)."""
+    path = tmp_path / "keyed.py"
+    path.write_text(
+        "from crewflow import Agent, Crew, Task\n"
+        "from crewflow.llm import LiteLLM, OpenAIChat\n"
+        f"agent = Agent(role='Writer', goal='Write', llm={llm})\n"
+        "crew = Crew(tasks=[Task('Write a line', agent=agent)])\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+# LiteLLM's Anthropic route, at a loopback address (allowed by the test guard, never called).
+NO_KEY_CREW = "LiteLLM('anthropic/claude-sonnet-4-20250514', api_base='http://127.0.0.1:9/v1')"
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_a_missing_api_key_exits_2_with_one_line_and_records_no_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"COLUMNS": str(columns), "TTY_COMPATIBLE": "1", "TERM": "xterm-256color"}
+
+    result = CliRunner().invoke(cli.app, ["run", str(crew_file(tmp_path, NO_KEY_CREW))], env=env)
+
+    assert result.exit_code == 2
+    shown = Text.from_ansi(result.stderr).plain
+    message = " ".join(shown[shown.index("error: ") :].split())
+    assert message.startswith(
+        "error: no API key for 'anthropic/claude-sonnet-4-20250514': set ANTHROPIC_API_KEY (or "
+        "ANTHROPIC_AUTH_TOKEN), or pass LiteLLM(..., api_key=...)."
+    )
+    assert len(message) < 250
+    assert "finish it later" not in result.stderr
+    assert "Traceback" not in result.output
+    assert invoke("runs", "--json").stdout.strip() == "[]"
+
+
+def test_a_key_refused_on_the_first_call_exits_2_with_the_credentials_message(
+    tmp_path: Path,
+) -> None:
+    with OpenAIServer().in_thread() as server:
+        server.enqueue(Error(401, "Incorrect API key provided"))
+        llm = f"OpenAIChat('test-model', base_url={server.base_url!r}, api_key='sk-fake-1234567')"
+
+        result = invoke("run", str(crew_file(tmp_path, llm)))
+
+    assert result.exit_code == 2
+    assert "error: the API key for 'openai/test-model' was refused (HTTP 401" in result.stderr
+    assert "check OPENAI_API_KEY, or pass OpenAIChat(..., api_key=...)" in result.stderr
+    assert "sk-fake-1234567" not in result.output
+    assert "finish it later" not in result.stderr  # resuming would not fix the key
 
 
 # -- the installed command ----------------------------------------------------------------------

@@ -959,11 +959,30 @@ def test_resume_of_a_changed_crew_exits_2_suggesting_force(
 
     assert refused.exit_code == 2
     assert refused.stderr.startswith("error: ")
-    assert "was recorded for a different crew" in refused.stderr
+    assert "was recorded for a different crew (task 'draft': description changed)" in (
+        refused.stderr
+    )
     assert refused.stderr.count("--force") == 1
     assert len(refused.stderr.strip().splitlines()) == 1
     assert forced.exit_code == 0, forced.output
     assert calls(state) == ["facts", "draft", "draft"]
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_a_refused_resume_names_what_changed_at_any_width(
+    home: Path, state: Path, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    run_id = failed_run(state)
+    monkeypatch.setenv("CLI_TEST_DRAFT", "Write it up differently")
+
+    env = {"COLUMNS": str(width), "TTY_COMPATIBLE": "1", "TERM": "xterm-256color"}
+    refused = CliRunner().invoke(cli.app, ["resume", run_id], env=env)
+
+    assert refused.exit_code == 2
+    assert "Traceback" not in refused.output
+    said = " ".join(ANSI.sub("", refused.stderr).split())
+    assert "(task 'draft': description changed)" in said
+    assert said.endswith("pass force=True (crewflow resume --force) to resume anyway")
 
 
 def test_resume_of_an_unknown_run_exits_2(home: Path, state: Path) -> None:

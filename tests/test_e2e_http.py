@@ -10,7 +10,7 @@ import structlog
 from pydantic import BaseModel
 
 from crewflow import Agent, Crew, Task, tool
-from crewflow.exceptions import ConfigurationError, LLMError, TaskFailed
+from crewflow.exceptions import ConfigurationError, CredentialsError, LLMError, TaskFailed
 from crewflow.llm import LiteLLM, OpenAIChat
 from crewflow.testing import (
     Error,
@@ -161,7 +161,8 @@ async def test_the_key_is_not_logged_when_the_application_configured_structlog(
     server.enqueue(Error(500, message=CANARY), Error(401, message=CANARY))
     crew = Crew(tasks=[Task("Go", agent=agent_on(server))], verbose=True)
 
-    with structlog.testing.capture_logs() as logs, pytest.raises(TaskFailed):
+    # Refused before anything finished: the run ends as the configuration problem it is.
+    with structlog.testing.capture_logs() as logs, pytest.raises(CredentialsError):
         await crew.kickoff()
 
     assert logs  # the retry and the failure were logged

@@ -12,6 +12,8 @@ import pytest
 from crewflow import exceptions
 from crewflow.exceptions import (
     ConfigurationError,
+    CredentialsError,
+    CrewChange,
     CrewChanged,
     CrewflowError,
     CrewPartialFailure,
@@ -48,6 +50,9 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         CrewPartialFailure: CrewPartialFailure("partial", failures={"t": failed}, skipped=["u"]),
         TaskTimeout: TaskTimeout("slow", task="t", timeout=1.5),
         LLMError: LLMError("HTTP 429", model="m", status_code=429, retryable=True, retry_after=3),
+        CredentialsError: CredentialsError(
+            "no API key", model="groq/llama3", variables=["GROQ_API_KEY"], status_code=None
+        ),
         ToolError: ToolError("tool broke", tool="search"),
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
         MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
@@ -60,7 +65,7 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         KickoffsFailed: KickoffsFailed(
             "1 of 2 failed", results=[None, failed], failures={1: failed}
         ),
-        CrewChanged: CrewChanged("changed", run_id="r1", changes=["task 'x' was added"]),
+        CrewChanged: CrewChanged("changed", run_id="r1", changes=[CrewChange("added", "x")]),
         StoreError: StoreError("disk full"),
         UnknownRunError: UnknownRunError("r1"),
         DuplicateRunError: DuplicateRunError("r1"),
@@ -99,26 +104,60 @@ def drawn_tree() -> dict[str, tuple[str | None, str]]:
     return tree
 
 
+# What an error carries that is not an error itself: exported beside the tree, not drawn in it.
+PAYLOADS = {"CrewChange": CrewChange}
+
+
 def test_every_class_of_the_module_is_exported_and_drawn() -> None:
-    assert set(MODULE_CLASSES) == set(exceptions.__all__)
+    assert set(MODULE_CLASSES) | set(PAYLOADS) == set(exceptions.__all__)
     assert set(drawn_tree()) == set(MODULE_CLASSES)
+    defined = {
+        name
+        for name, value in vars(exceptions).items()
+        if isinstance(value, type) and value.__module__ == exceptions.__name__
+    }
+    assert defined == set(exceptions.__all__)
+
+
+def test_a_crew_change_says_itself_in_a_line() -> None:
+    lines = [
+        str(CrewChange("changed", "draft", ("description", "model"))),
+        str(CrewChange("added", "notes")),
+        str(CrewChange("removed", "old")),
+        str(CrewChange("changed", "b", ("dependencies",), "it depends on ['a'] instead of []")),
+        str(CrewChange("changed", "c", detail="its description or agent")),
+        str(CrewChange("process", detail="the process changed from 'a' to 'b'")),
+    ]
+
+    assert lines == [
+        "task 'draft': description, model changed",
+        "task 'notes' was added",
+        "task 'old' was removed",
+        "task 'b': dependencies changed (it depends on ['a'] instead of [])",
+        "task 'c' changed (its description or agent)",
+        "the process changed from 'a' to 'b'",
+    ]
 
 
 def test_the_drawing_shows_each_class_under_its_real_parent() -> None:
-    for name, (parent, _) in drawn_tree().items():
+    for name, (parent, rest) in drawn_tree().items():
         cls = MODULE_CLASSES[name]
         ours = [base.__name__ for base in cls.__bases__ if base.__name__ in MODULE_CLASSES]
-        assert ours == ([parent] if parent else []), name
+        # A second base of our own is drawn as a claim ("also a ConfigurationError").
+        also = [base for base in re.findall(r"also an? (\w+)", rest) if base in MODULE_CLASSES]
+        assert ours == ([parent] if parent else []) + also, name
 
 
-def test_the_drawing_tells_the_truth_about_builtin_bases() -> None:
+def test_the_drawing_tells_the_truth_about_its_also_bases() -> None:
     claims = {name: re.findall(r"also an? (\w+)", rest) for name, (_, rest) in drawn_tree().items()}
 
     assert claims["ConfigurationError"] == ["ValueError"]
     assert claims["TaskTimeout"] == ["TimeoutError"]
+    assert claims["CredentialsError"] == ["ConfigurationError"]
     for name, bases in claims.items():
         for base in bases:
-            assert issubclass(MODULE_CLASSES[name], getattr(builtins, base)), (name, base)
+            other = MODULE_CLASSES.get(base) or getattr(builtins, base)
+            assert issubclass(MODULE_CLASSES[name], other), (name, base)
 
 
 def test_the_fields_drawn_exist_on_instances() -> None:

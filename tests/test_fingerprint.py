@@ -8,7 +8,7 @@ import json
 from pydantic import BaseModel
 
 from crewflow import Agent, Crew, Task
-from crewflow._fingerprint import _entry, fingerprint, task_hash
+from crewflow._fingerprint import ASPECTS, _entry, changed_aspects, fingerprint, task_hash
 
 
 class Post(BaseModel):
@@ -59,6 +59,27 @@ def test_an_agent_change_changes_every_task_it_does() -> None:
     before, after = crew().fingerprint(), crew(goal="Write briefly").fingerprint()
 
     assert all(before.tasks[name] != after.tasks[name] for name in ("facts", "post"))
+
+
+def test_each_task_keeps_a_short_digest_per_aspect() -> None:
+    before = crew().fingerprint()
+    after = crew(draft="Draft it again").fingerprint("openai/gpt-4o")
+
+    assert all(len(digest) == 4 * len(ASPECTS) for digest in before.aspects.values())
+    assert list(before.aspects) == list(before.tasks)
+    assert changed_aspects(before.aspects["facts"], after.aspects["facts"]) == ("model",)
+    assert changed_aspects(before.aspects["post"], after.aspects["post"]) == (
+        "description",
+        "model",
+    )
+    assert changed_aspects(before.aspects["post"], before.aspects["post"]) == ()
+
+
+def test_aspects_not_kept_or_of_another_format_tell_nothing() -> None:
+    kept = crew().fingerprint().aspects["post"]
+
+    assert changed_aspects("", kept) == ()
+    assert changed_aspects(kept[:-4], kept) == ()
 
 
 def test_the_crew_key_leaves_the_process_out_but_not_a_model_override() -> None:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from crewflow._fingerprint import changed_aspects
 from crewflow._runtime.clock import real_work
+from crewflow.exceptions import CrewChange
 from crewflow.llm._types import Usage
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ __all__ = [
     "Resumption",
     "changes",
     "current_source",
+    "describe",
     "graph_record",
     "load_resumption",
     "run_source",
@@ -70,41 +73,90 @@ def graph_record(graph: TaskGraph) -> dict[str, list[str]]:
     return {name: list(graph.dependency_names(name)) for name in graph.deliverables}
 
 
-def changes(recorded: RunRecord, now: Fingerprint, graph: TaskGraph) -> list[str]:
-    """What differs between a recorded run's crew and the crew ``now``, task by task where the
-    record tells (runs recorded before tasks had hashes tell tasks and dependencies only)."""
+ASPECTS_KEY = "task_aspects"
+"""Where a run record's ``details`` keep each crew task's aspect digests (`Fingerprint.aspects`)."""
+
+
+def changes(recorded: RunRecord, now: Fingerprint, graph: TaskGraph) -> list[CrewChange]:
+    """What differs between a recorded run's crew and the crew ``now``: each task added,
+    removed or changed, with what changed in it where the record tells (runs recorded without
+    aspect digests say that a task changed; those without task hashes, only tasks and
+    dependencies), then the process."""
+    from crewflow.exceptions import CrewChange
+
+    graph_now = graph_record(graph)
     if recorded.task_hashes:
-        before = recorded.task_hashes
-        found = [f"task {name!r} was added" for name in now.tasks if name not in before]
-        found += [f"task {name!r} was removed" for name in before if name not in now.tasks]
-        found += [
-            f"task {name!r} changed (its description, expected output, output model, "
-            "dependencies, agent, model or tools)"
-            for name, digest in now.tasks.items()
-            if name in before and before[name] != digest
-        ]
+        found = _task_changes(recorded, now, graph_now)
     else:
-        graph_now = graph_record(graph)
-        found = [f"task {name!r} was added" for name in graph_now if name not in recorded.graph]
-        found += [f"task {name!r} was removed" for name in recorded.graph if name not in graph_now]
+        found = [CrewChange("added", name) for name in graph_now if name not in recorded.graph]
+        found += [CrewChange("removed", name) for name in recorded.graph if name not in graph_now]
         found += [
-            f"task {name!r} now depends on {graph_now[name]} instead of {deps}"
+            CrewChange("changed", name, ("dependencies",), _dependencies(deps, graph_now[name]))
             for name, deps in recorded.graph.items()
             if name in graph_now and graph_now[name] != deps
         ]
-    if found:
-        return found
     if recorded.process != now.process:
-        return [f"the process changed from {recorded.process!r} to {now.process!r}"]
-    if recorded.task_hashes and recorded.process_config != now.process_config:
-        return [
-            f"the process's configuration changed from {recorded.process_config} to "
-            f"{now.process_config}"
-        ]
-    return [
-        "a task's description, expected output or output model, an agent, a model, a tool or "
-        "the process changed"
-    ]
+        found.append(
+            CrewChange(
+                "process",
+                detail=f"the process changed from {recorded.process!r} to {now.process!r}",
+            )
+        )
+    elif recorded.task_hashes and recorded.process_config != now.process_config:
+        found.append(
+            CrewChange(
+                "process",
+                detail=f"the process's configuration changed from {recorded.process_config} "
+                f"to {now.process_config}",
+            )
+        )
+    if not found:
+        found.append(
+            CrewChange(
+                "changed",
+                detail="a task's description, expected output or output model, an agent, a "
+                "model, a tool or the process changed",
+            )
+        )
+    return found
+
+
+def _task_changes(
+    recorded: RunRecord, now: Fingerprint, graph_now: dict[str, list[str]]
+) -> list[CrewChange]:
+    before = recorded.task_hashes
+    kept = recorded.details.get(ASPECTS_KEY)
+    aspects_before = kept if isinstance(kept, dict) else {}
+    found = [CrewChange("added", name) for name in now.tasks if name not in before]
+    found += [CrewChange("removed", name) for name in before if name not in now.tasks]
+    for name, digest in now.tasks.items():
+        if name not in before or before[name] == digest:
+            continue
+        old = aspects_before.get(name)
+        what = changed_aspects(old, now.aspects[name]) if isinstance(old, str) else ()
+        detail = ""
+        deps_before = recorded.graph.get(name)
+        if "dependencies" in what and deps_before is not None:
+            detail = _dependencies(deps_before, graph_now[name])
+        elif not what:
+            detail = (
+                "its description, expected output, output model, dependencies, agent, model or "
+                "tools"
+            )
+        found.append(CrewChange("changed", name, what, detail))
+    return found
+
+
+def _dependencies(before: list[str], now: list[str]) -> str:
+    return f"it depends on {now} instead of {before}"
+
+
+def describe(found: Sequence[CrewChange], *, shown: int = 5) -> str:
+    """The first ``shown`` changes in words, and how many more there are (a crew with
+    thousands of changed tasks gets a short message; `CrewChanged.changes` has them all)."""
+    told = "; ".join(str(change) for change in found[:shown])
+    rest = len(found) - shown
+    return f"{told}; and {rest:,} more" if rest > 0 else told
 
 
 class Recorder:
@@ -318,7 +370,7 @@ async def load_resumption(
     if record.fingerprint != now.digest and not force:
         found = changes(record, now, graph)
         raise CrewChanged(
-            f"run {run_id!r} was recorded for a different crew ({'; '.join(found)}), so its "
+            f"run {run_id!r} was recorded for a different crew ({describe(found)}), so its "
             "saved outputs may not fit this one; pass force=True (crewflow resume --force) to "
             "resume anyway",
             run_id=run_id,

@@ -34,6 +34,8 @@ from crewflow._runtime.dispatch import Dispatcher
 from crewflow._runtime.slots import Slot, SlotPool
 from crewflow._spec import new_id
 from crewflow.exceptions import (
+    CredentialsError,
+    CrewChange,
     CrewChanged,
     CrewflowError,
     CrewPartialFailure,
@@ -472,7 +474,7 @@ class Run:
                 "description, agent, model, dependencies or output model); pass force=True "
                 "(crewflow resume --force) to run it again",
                 run_id=self.run_id,
-                changes=[f"task {name!r} changed"],
+                changes=[CrewChange("changed", name)],
             )
         self._restore(name, task)
 
@@ -705,28 +707,36 @@ class Run:
         Raises:
             CrewRunError: The run failed; ``.outputs`` holds every output that finished
                 (`CrewPartialFailure` when ``on_failure="continue"`` and some tasks failed).
-            ConfigurationError: A client could not be opened (e.g. a missing API key).
+            CredentialsError: A model has no credentials (nothing was recorded or announced),
+                or its provider refused them before any task finished.
+            ConfigurationError: A client could not be opened (e.g. litellm is missing).
         """
         if isinstance(self.clock, SystemClock):
             # The loop's own clock, without looking the loop up on every reading.
             self.now = asyncio.get_running_loop().time
-        self.status = RunStatus.PAUSED if self.slots.paused else RunStatus.RUNNING
-        self.start = self.wall()
-        began = self.now()
-        self.log.info("run started", process=self.process.name, tasks=len(self.graph))
-        self.publish(
-            events.RunStarted,
-            crew=self.crew_name,
-            process=self.process.name,
-            tasks=len(self.graph),
-            at=began,
-        )
+        began: float | None = None
         try:
-            if self.recorder is not None:
-                await self.recorder.started(self.start, self.log)
-            await self._keeping_lease(self._run_process)
+            async with AsyncExitStack() as stack:
+                self._stack = stack
+                try:
+                    # Before the run is announced or recorded: a client that cannot open (a
+                    # missing API key) leaves no run behind.
+                    for agent in self._all_agents():
+                        await self.llm_for(agent)
+                    began = self._started()
+                    if self.recorder is not None:
+                        await self.recorder.started(self.wall(began), self.log)
+                    await self._keeping_lease(self._run_process)
+                finally:
+                    self._stack = None
+                    self._dispatcher = None
             self._check_complete()
         except BaseException as exc:
+            if began is None:
+                # Nothing was recorded or announced: the caller sees the error as it is.
+                if isinstance(exc, Exception):
+                    self.status = RunStatus.FAILED
+                raise
             error = self._as_run_error(exc)
             status = RunStatus.CANCELLED if error is None else RunStatus.FAILED
             self._finish(status, began, error)
@@ -738,23 +748,30 @@ class Run:
         self._finish(RunStatus.COMPLETED, began, None)
         await self._record_end()
 
+    def _started(self) -> float:
+        """Mark the run started (log, `RunStarted` event); returns when, on the run's clock."""
+        self.status = RunStatus.PAUSED if self.slots.paused else RunStatus.RUNNING
+        began = self.now()
+        self.start = self.wall(began)
+        self.log.info("run started", process=self.process.name, tasks=len(self.graph))
+        self.publish(
+            events.RunStarted,
+            crew=self.crew_name,
+            process=self.process.name,
+            tasks=len(self.graph),
+            at=began,
+        )
+        return began
+
     async def _run_process(self) -> None:
-        """Open the LLM clients, let the process run, and close the clients."""
-        async with AsyncExitStack() as stack:
-            self._stack = stack
-            try:
-                for agent in self._all_agents():
-                    await self.llm_for(agent)
-                # Made here, not kept: a run that held its context (or its dispatcher) would be
-                # a reference cycle, and each run's outputs would wait for the garbage collector
-                # to be freed.
-                context = RunContext(self)
-                await self.process.run(context)
-                self.final = self.process.final_output(context)
-                self.plan = self.process.result_plan(context)
-            finally:
-                self._stack = None
-                self._dispatcher = None
+        """Let the process run every task (the LLM clients are open)."""
+        # Made here, not kept: a run that held its context (or its dispatcher) would be a
+        # reference cycle, and each run's outputs would wait for the garbage collector to be
+        # freed.
+        context = RunContext(self)
+        await self.process.run(context)
+        self.final = self.process.final_output(context)
+        self.plan = self.process.result_plan(context)
 
     async def _keeping_lease(self, body: Callable[[], Awaitable[None]]) -> None:
         """Await ``body`` while the recorder renews the run's lease in the background, paused
@@ -799,8 +816,12 @@ class Run:
                 self.log.error("could not record the end of the run", error=str(exc))
 
     def _all_agents(self) -> list[Agent]:
-        """Every agent the run may need, fallbacks included, so clients open before any task."""
+        """Every agent the run may need, fallbacks and the process's own (a manager) included,
+        so clients open before any task."""
         agents = {agent.id: agent for agent in self.graph.agents}
+        own = self.process.default_agent()
+        if own is not None:
+            agents.setdefault(own.id, own)
         for task in self.graph.tasks:
             if task.fallback_agent is not None:
                 agents.setdefault(task.fallback_agent.id, task.fallback_agent)
@@ -831,8 +852,9 @@ class Run:
         leaves = _leaves(exc)
         for leaf in leaves:
             if isinstance(leaf, CrewRunError):
-                self._attach(leaf)
-                return leaf
+                error = self._refused_at_once(leaf) or leaf
+                self._attach(error)
+                return error
         for leaf in leaves:
             if isinstance(leaf, CrewflowError):
                 return leaf
@@ -846,6 +868,21 @@ class Run:
                 self._attach(error)
                 return error
         return None
+
+    def _refused_at_once(self, error: CrewRunError) -> CredentialsError | None:
+        """The provider's refusal of a key, when that is all that happened: every failed task
+        failed on it and no task finished (none restored either). Such a run has nothing to
+        resume; its error is the configuration problem, as a missing key's is."""
+        if self._outputs:
+            return None
+        if isinstance(error, TaskFailed):
+            causes = [error.cause]
+        elif isinstance(error, CrewPartialFailure):
+            causes = [failure.cause for failure in error.failures.values()]
+        else:
+            return None
+        refused = [cause for cause in causes if isinstance(cause, CredentialsError)]
+        return refused[0] if refused and len(refused) == len(causes) else None
 
     def _attach(self, error: CrewRunError) -> None:
         """What a failed run leaves: every finished output, the timeline, the usage."""

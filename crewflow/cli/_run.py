@@ -34,7 +34,7 @@ from crewflow.cli._common import (
 )
 from crewflow.cli._load import check_inputs, crew_from_file, parse_inputs
 from crewflow.cli._progress import ProgressView
-from crewflow.exceptions import CrewRunError, UnknownRunError
+from crewflow.exceptions import ConfigurationError, CrewRunError, UnknownRunError
 from crewflow.llm._models import check_model
 
 if TYPE_CHECKING:
@@ -152,9 +152,10 @@ def resume_run(
 def _resume_hint(
     err: Console, exc: BaseException, *, recorded: bool, model: str | None, db: Path | None
 ) -> None:
-    """After a failed or interrupted run that was recorded: the command that finishes it."""
+    """After a failed or interrupted run that was recorded: the command that finishes it (not
+    after a configuration problem, such as a refused API key, which resuming would not fix)."""
     run_id = exc.run_id if isinstance(exc, CrewRunError | Interrupted) else None
-    if not recorded or not run_id:
+    if not recorded or not run_id or isinstance(exc, ConfigurationError):
         return
     if isinstance(exc, Interrupted):
         err.print(Text(f"run {run_id} was cancelled"), soft_wrap=True)

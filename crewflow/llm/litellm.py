@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from crewflow.exceptions import ConfigurationError, LLMError
 from crewflow.llm._base import LLM
+from crewflow.llm._credentials import litellm_missing, litellm_refused
 from crewflow.llm._errors import (
     as_secret,
     connection_error,
@@ -82,6 +83,11 @@ class LiteLLM(LLM):
             variable (``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY``...).
         api_base: The provider's API root, for self-hosted or proxied endpoints.
         timeout: Seconds one call may take, streaming included.
+        check_credentials: Check when the client opens (before a run is recorded) that the
+            provider's credentials are there, as LiteLLM knows its variables, accepting the
+            provider's other ways in (Anthropic auth tokens, AWS profiles and roles, Google
+            application default credentials, Azure AD). ``False`` skips the check, for
+            credentials crewflow cannot see.
         **kwargs: Passed to ``litellm.acompletion`` on every call (e.g. ``api_version``,
             ``top_p``); a request's ``extra`` wins over them.
 
@@ -101,6 +107,7 @@ class LiteLLM(LLM):
         api_key: str | SecretStr | None = None,
         api_base: str | None = None,
         timeout: float = 600.0,
+        check_credentials: bool = True,
         **kwargs: Any,
     ) -> None:
         provider, sep, name = model.strip().partition("/")
@@ -112,6 +119,7 @@ class LiteLLM(LLM):
         self.model = model.strip()
         self.api_base = api_base
         self.timeout = timeout
+        self.check_credentials = check_credentials
         self.kwargs = kwargs
         self._api_key = as_secret(api_key)
         self._opened: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = (
@@ -141,17 +149,20 @@ class LiteLLM(LLM):
         return f"litellm|{self.api_base or ''}|{self.model}"
 
     async def open(self) -> None:
-        """Import litellm (off the event loop) and register as a user of the running loop.
+        """Import litellm and check the credentials (off the event loop), and register as a
+        user of the running loop.
 
         Raises:
+            CredentialsError: The provider's credentials are missing (see
+                ``check_credentials``).
             ConfigurationError: litellm is not installed, or real calls are forbidden here
-                (checked now, so a run fails before any task starts).
+                (checked now, so a run fails before any task starts, and before it is recorded).
         """
         check_allowed(self.model, self.api_base)
-        if sys.modules.get("litellm") is None:
+        if sys.modules.get("litellm") is None or self.check_credentials:
             import anyio
 
-            await anyio.to_thread.run_sync(_import_litellm)
+            await anyio.to_thread.run_sync(self._prepare)
         loop = asyncio.get_running_loop()
         self._opened[loop] = self._opened.get(loop, 0) + 1
         _acquire_loop(loop)
@@ -180,6 +191,8 @@ class LiteLLM(LLM):
 
         Raises:
             LLMError: The call failed; ``retryable`` says whether trying again may help.
+            CredentialsError: The provider refused the key, or found none (HTTP 401); an
+                `LLMError` and a `ConfigurationError`.
             ConfigurationError: litellm is missing, or real calls are forbidden here.
         """
         check_allowed(self.model, self.api_base)
@@ -197,6 +210,23 @@ class LiteLLM(LLM):
             return self._to_response(litellm, response, request)
         finally:
             await _release_loop(loop)
+
+    def _prepare(self) -> None:
+        """Import litellm, then check the credentials (in a worker thread: the check may read
+        files or ask a cloud's metadata service)."""
+        litellm = _import_litellm()
+        if not self.check_credentials:
+            return
+        missing = litellm_missing(
+            litellm,
+            self.model,
+            api_key_given=self._api_key is not None,
+            api_base=self.api_base,
+            params=self.kwargs,
+            note=" To skip this check, use LiteLLM(..., check_credentials=False).",
+        )
+        if missing is not None:
+            raise missing
 
     # -- the call ---------------------------------------------------------------------------
 
@@ -261,6 +291,16 @@ class LiteLLM(LLM):
         status = getattr(exc, "status_code", None)
         if isinstance(status, int) and status >= 400:
             detail = scrub(provider_detail(getattr(exc, "body", None), str(exc)), secret)
+            if status == 401:
+                return litellm_refused(
+                    _import_litellm(),
+                    self.model,
+                    api_key_given=self._api_key is not None,
+                    params=self.kwargs,
+                    status=status,
+                    where=where,
+                    detail=detail,
+                )
             headers = _error_headers(exc)
             return status_error(self.model, status, headers, detail, where, _KEY_HINT)
         if isinstance(exc, ValueError):

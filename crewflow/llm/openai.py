@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from crewflow.exceptions import ConfigurationError, LLMError
 from crewflow.llm._base import LLM
+from crewflow.llm._credentials import missing_error, refused_error
 from crewflow.llm._errors import (
     as_secret,
     connection_error,
@@ -67,6 +68,8 @@ _OPENAI_HOST: Final = "api.openai.com"
 # refuses to build a client without one.
 _PLACEHOLDER_KEY: Final = "crewflow-no-key"
 _KEY_HINT: Final = "check OPENAI_API_KEY (or api_key=) and that it belongs to this server"
+_KEY_VARIABLE: Final = "OPENAI_API_KEY"
+_HOW: Final = "OpenAIChat(..., api_key=...)"
 
 
 @dataclass(slots=True)
@@ -160,8 +163,9 @@ class OpenAIChat(LLM):
         """Create (or share) the SDK client of the running event loop.
 
         Raises:
-            ConfigurationError: No API key is set for OpenAI's own API, or real calls are
-                forbidden here (checked now, so a run fails before any task starts).
+            CredentialsError: No API key is set for OpenAI's own API (checked now, so a run
+                fails before it is recorded).
+            ConfigurationError: Real calls are forbidden here.
         """
         check_allowed(self.model, self._resolve_base_url())
         await _import_off_loop("openai")
@@ -199,7 +203,9 @@ class OpenAIChat(LLM):
 
         Raises:
             LLMError: The call failed; ``retryable`` says whether trying again may help.
-            ConfigurationError: Real calls are forbidden here, or no API key is set for OpenAI.
+            CredentialsError: No API key is set for OpenAI, or the server refused the key
+                (HTTP 401); an `LLMError` and a `ConfigurationError`.
+            ConfigurationError: Real calls are forbidden here.
         """
         entry = self._clients.get(asyncio.get_running_loop())
         if entry is not None:
@@ -256,10 +262,12 @@ class OpenAIChat(LLM):
         if key:
             return key
         if _is_openai_host(base_url):
-            raise ConfigurationError(
-                f"no API key for {self.model!r}: set the OPENAI_API_KEY environment variable or "
-                "pass OpenAIChat(..., api_key=...). For an OpenAI-compatible server, set "
-                "OPENAI_BASE_URL or base_url= instead."
+            raise missing_error(
+                self.model,
+                (_KEY_VARIABLE,),
+                needs=_KEY_VARIABLE,
+                how=_HOW,
+                note=" For an OpenAI-compatible server, set OPENAI_BASE_URL or base_url= instead.",
             )
         return _PLACEHOLDER_KEY
 
@@ -296,6 +304,16 @@ class OpenAIChat(LLM):
         where = display_url(self._resolve_base_url())
         if isinstance(exc, openai.APIStatusError):
             detail = scrub(provider_detail(exc.body, exc.message), secret)
+            if exc.status_code == 401:
+                return refused_error(
+                    self.model,
+                    (_KEY_VARIABLE,),
+                    needs=_KEY_VARIABLE,
+                    how=_HOW,
+                    status=401,
+                    where=where,
+                    detail=detail,
+                )
             return status_error(
                 self.model, exc.status_code, exc.response.headers, detail, where, _KEY_HINT
             )

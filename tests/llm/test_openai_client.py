@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from crewflow import Agent
-from crewflow.exceptions import ConfigurationError, LLMError
+from crewflow.exceptions import ConfigurationError, CredentialsError, LLMError
 from crewflow.llm import LLMRequest, Message, OutputSchema, ToolCall, ToolSpec
 from crewflow.llm._errors import parse_retry_after, scrub
 from crewflow.llm._guard import reset, set_forbidden
@@ -498,8 +498,47 @@ async def test_openai_without_a_key_fails_at_open_with_a_fix(
     monkeypatch.delenv("CREWFLOW_FORBID_REAL_LLM_CALLS")  # nothing is sent: open() fails first
     llm = OpenAIChat("gpt-4o-mini")
 
-    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+    with pytest.raises(CredentialsError) as info:
         await llm.open()
+
+    error = info.value
+    assert isinstance(error, ConfigurationError)
+    assert str(error).startswith(
+        "no API key for 'openai/gpt-4o-mini': set OPENAI_API_KEY, or pass "
+        "OpenAIChat(..., api_key=...)."
+    )
+    assert (error.variables, error.status_code) == (("OPENAI_API_KEY",), None)
+
+
+async def test_a_refused_key_is_a_credentials_error_without_the_key(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    server.enqueue(Error(401, f"Incorrect API key provided: {CANARY}."))
+
+    error = await failure(llm)
+
+    assert isinstance(error, CredentialsError)
+    assert isinstance(error, ConfigurationError)
+    assert (error.status_code, error.retryable, error.variables) == (
+        401,
+        False,
+        ("OPENAI_API_KEY",),
+    )
+    assert str(error) == (
+        f"the API key for 'openai/test-model' was refused (HTTP 401 at {server.base_url}: "
+        "Incorrect API key provided: ***): check OPENAI_API_KEY, or pass "
+        "OpenAIChat(..., api_key=...)."
+    )
+
+
+async def test_a_403_is_not_a_credentials_problem(server: OpenAIServer, llm: OpenAIChat) -> None:
+    # Forbidden is about what the key may do (a model, a region), not about the key.
+    server.enqueue(Error(403, "model not allowed"))
+
+    error = await failure(llm)
+
+    assert not isinstance(error, CredentialsError)
+    assert error.status_code == 403
 
 
 async def test_limit_key_names_provider_base_url_and_model() -> None:

@@ -15,6 +15,7 @@ from crewflow._runtime.recording import run_source
 from crewflow.events import LLMCallFinished
 from crewflow.exceptions import (
     ConfigurationError,
+    CrewChange,
     CrewChanged,
     CrewPartialFailure,
     OutputValidationError,
@@ -345,7 +346,7 @@ async def test_resume_refuses_a_changed_crew_and_says_what_changed() -> None:
         await changed.resume(run_id)
 
     assert caught.value.run_id == run_id
-    assert caught.value.changes == ["task 'd' was added"]
+    assert caught.value.changes == [CrewChange("added", "d")]
 
 
 async def test_resume_refuses_a_changed_description_even_with_the_same_graph() -> None:
@@ -357,14 +358,14 @@ async def test_resume_refuses_a_changed_description_even_with_the_same_graph() -
         tasks.append(Task(f"do {name}", agent=agent, name=name, context=tasks[-1:]))
     other = Crew(tasks=tasks, name="chain", store=store)
 
-    with pytest.raises(CrewChanged, match="task 'a' changed") as caught:
+    with pytest.raises(CrewChanged, match="task 'a': agent changed") as caught:
         await other.resume(run_id)
 
-    # Each task's agent changed (its goal): each is named, with what may have changed.
-    assert [change.split(" (")[0] for change in caught.value.changes] == [
-        "task 'a' changed",
-        "task 'b' changed",
-        "task 'c' changed",
+    # Each task's agent changed (its goal): each is named, with what changed in it.
+    assert [str(change) for change in caught.value.changes] == [
+        "task 'a': agent changed",
+        "task 'b': agent changed",
+        "task 'c': agent changed",
     ]
 
 

@@ -109,7 +109,7 @@ async def test_a_replayed_process_that_adds_a_different_task_is_refused() -> Non
     with pytest.raises(CrewChanged, match=r"'step\.1'") as caught:
         await planned_crew(script, store, suffix=" (reworded)").resume(run_id)
 
-    assert caught.value.changes == ["task 'step.1' changed"]
+    assert [str(change) for change in caught.value.changes] == ["task 'step.1' changed"]
     assert script.calls["one"] == 1  # nothing was sent for the changed task
 
 

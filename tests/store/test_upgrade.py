@@ -11,9 +11,13 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from crewflow import Agent, Crew, Task
 from crewflow._records import RunStatus, TaskStatus
+from crewflow.exceptions import CrewChange, CrewChanged
 from crewflow.store import SQLiteStore
 from crewflow.store._schema import MIGRATIONS
 from crewflow.testing import FunctionLLM
@@ -29,8 +33,9 @@ def v3_database(tmp_path: Path) -> Path:
     return path
 
 
-def upgrade_crew(path: Path, calls: list[str]) -> Crew:
-    """The crew that recorded the fixture, as `make_runs_v3.py` built it."""
+def upgrade_crew(path: Path, calls: list[str], **changes: Any) -> Crew:
+    """The crew that recorded the fixture, as `make_runs_v3.py` built it (``changes``: to its
+    second task)."""
 
     def facts(request: object) -> str:
         calls.append("facts")
@@ -47,7 +52,7 @@ def upgrade_crew(path: Path, calls: list[str]) -> Crew:
     return Crew(
         tasks=[
             Task("Collect facts about {topic}", agent=researcher, name="facts"),
-            Task("Write it up", agent=writer, name="draft"),
+            Task(changes.pop("description", "Write it up"), agent=writer, name="draft", **changes),
         ],
         name="upgrade",
         store=path,
@@ -157,3 +162,20 @@ async def test_a_run_an_older_crewflow_left_running_resumes_and_releases_its_lea
         record = await store.get_run(FAILED)
     assert record is not None
     assert (record.status, record.resumed, record.lease) == ("completed", 1, None)
+
+
+async def test_a_run_recorded_at_v3_refused_says_what_its_record_can_tell(tmp_path: Path) -> None:
+    path = v3_database(tmp_path)
+
+    # v3 kept the graph, not a hash per task: a dependency change is named, with the tasks...
+    with pytest.raises(CrewChanged) as rewired:
+        await upgrade_crew(path, [], context=[]).resume(FAILED)
+    # ...any other change only said to be one of them.
+    with pytest.raises(CrewChanged) as reworded:
+        await upgrade_crew(path, [], description="Write it up again").resume(FAILED)
+
+    assert rewired.value.changes == [
+        CrewChange("changed", "draft", ("dependencies",), "it depends on [] instead of ['facts']")
+    ]
+    assert [(c.kind, c.task) for c in reworded.value.changes] == [("changed", None)]
+    assert str(reworded.value.changes[0]).startswith("a task's description, expected output")
