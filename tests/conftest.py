@@ -51,6 +51,19 @@ def _fresh_limits() -> Iterator[None]:
     reset_limits()
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """Every test: structlog as the test found it. A test that configures it (structlog's own
+    ``capture_logs`` does, on leaving) would otherwise send every later test's log lines to
+    stdout, into the JSON other tests read there."""
+    import structlog
+
+    configured = structlog.is_configured()
+    yield
+    if not configured and structlog.is_configured():
+        structlog.reset_defaults()
+
+
 @pytest.fixture
 def fake_clock() -> Iterator[FakeClock]:
     """Backoff and Retry-After waits return at once; ``fake_clock.sleeps`` records them."""
