@@ -148,12 +148,24 @@ class CrewChanged(ConfigurationError):
         changes: Every difference the record tells (`CrewChange`): each task added, removed or
             changed with what changed in it (its description, agent, model, tools, output model,
             dependencies...), or the process.
+        reason: What was refused and why, without the way round it (``force=True``; on the
+            command line, ``--force``).
+        action: What ``force`` would do, e.g. ``"resume anyway"``.
     """
 
-    def __init__(self, message: str, *, run_id: str, changes: Sequence[CrewChange] = ()) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        reason: str,
+        *,
+        run_id: str,
+        changes: Sequence[CrewChange] = (),
+        action: str = "resume anyway",
+    ) -> None:
+        super().__init__(f"{reason}; pass force=True to {action}")
         self.run_id = run_id
         self.changes = list(changes)
+        self.reason = reason
+        self.action = action
 
 
 class StoreError(CrewflowError):

@@ -982,7 +982,7 @@ def test_a_refused_resume_names_what_changed_at_any_width(
     assert "Traceback" not in refused.output
     said = " ".join(ANSI.sub("", refused.stderr).split())
     assert "(task 'draft': description changed)" in said
-    assert said.endswith("pass force=True (crewflow resume --force) to resume anyway")
+    assert said.endswith("so its saved outputs may not fit this one; pass --force to resume anyway")
 
 
 def test_resume_of_an_unknown_run_exits_2(home: Path, state: Path) -> None:

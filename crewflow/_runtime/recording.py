@@ -371,8 +371,7 @@ async def load_resumption(
         found = changes(record, now, graph)
         raise CrewChanged(
             f"run {run_id!r} was recorded for a different crew ({describe(found)}), so its "
-            "saved outputs may not fit this one; pass force=True (crewflow resume --force) to "
-            "resume anyway",
+            "saved outputs may not fit this one",
             run_id=run_id,
             changes=found,
         )

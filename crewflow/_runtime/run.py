@@ -471,9 +471,9 @@ class Run:
             raise CrewChanged(
                 f"resuming run {self.run_id!r}, process {self.process.name!r} added task "
                 f"{name!r}, which differs from the task recorded under that name (its "
-                "description, agent, model, dependencies or output model); pass force=True "
-                "(crewflow resume --force) to run it again",
+                "description, agent, model, dependencies or output model)",
                 run_id=self.run_id,
+                action="run it again",
                 changes=[CrewChange("changed", name)],
             )
         self._restore(name, task)

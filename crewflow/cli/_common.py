@@ -88,8 +88,8 @@ def exit_code(err: Console, exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         print_error(err, "cancelled")
         return EXIT_CANCELLED
-    if isinstance(exc, CrewChanged) and "--force" not in str(exc):
-        print_error(err, f"{exc}; pass --force to resume it anyway")
+    if isinstance(exc, CrewChanged):
+        print_error(err, f"{exc.reason}; pass --force to {exc.action}")
         return EXIT_USAGE
     if isinstance(exc, UsageProblem | ConfigurationError | StoreError):
         print_error(err, str(exc))

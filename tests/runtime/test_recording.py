@@ -367,6 +367,8 @@ async def test_resume_refuses_a_changed_description_even_with_the_same_graph() -
         "task 'b': agent changed",
         "task 'c': agent changed",
     ]
+    assert str(caught.value).endswith("may not fit this one; pass force=True to resume anyway")
+    assert caught.value.action == "resume anyway"
 
 
 async def test_force_resumes_a_changed_crew() -> None:
