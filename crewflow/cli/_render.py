@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich import box
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -215,8 +216,9 @@ def _show_failed_tools(console: Console, tasks: Sequence[_TaskSummary], *, full:
         if not full:
             first, _, rest = error.strip().partition("\n")
             error = f"{first} …" if rest else first
-        where = Text(f"  {task}, attempt {number}, {call.tool} ({format_seconds(call.duration)}): ")
-        console.print(Text.assemble(where, (error, "yellow")))
+        where = Text(f"{task}, attempt {number}, {call.tool} ({format_seconds(call.duration)}): ")
+        # Indented as a block: a message that wraps stays under its call.
+        console.print(Padding(Text.assemble(where, (error, "yellow")), (0, 0, 0, 2)))
 
 
 def _header(run: RunRecord) -> Table:
