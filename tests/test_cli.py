@@ -466,6 +466,10 @@ def test_a_missing_api_key_exits_2_with_one_line_and_records_no_run(
         "ANTHROPIC_AUTH_TOKEN), or pass LiteLLM(..., api_key=...)."
     )
     assert len(message) < 250
+    # Wrapped at words to the terminal's width, never in the middle of one.
+    lines = [line.rstrip() for line in shown[shown.index("error: ") :].strip().splitlines()]
+    assert all(len(line) <= columns for line in lines)
+    assert " ".join(lines) == message
     assert "finish it later" not in result.stderr
     assert "Traceback" not in result.output
     assert invoke("runs", "--json").stdout.strip() == "[]"

@@ -58,9 +58,10 @@ def format_seconds(value: float) -> str:
 
 
 def print_error(console: Console, message: str) -> None:
-    """``error: message`` in bold red, on one line."""
+    """``error: message`` in bold red: wrapped at words on a terminal, one line elsewhere (a
+    log, a pipe to grep)."""
     # Text, not markup: messages hold brackets ("tasks: ['a']") that rich would swallow.
-    console.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+    console.print(Text(f"error: {message}", style="bold red"), soft_wrap=not console.is_terminal)
 
 
 def show_failure(console: Console, error: CrewRunError) -> None:
