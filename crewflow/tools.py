@@ -20,7 +20,7 @@ import json
 import re
 import threading
 from collections.abc import Awaitable, Callable
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from contextvars import ContextVar, copy_context
 from functools import partial
 from typing import TYPE_CHECKING, Any, overload
@@ -35,8 +35,6 @@ from crewflow.exceptions import ConfigurationError, ToolError
 from crewflow.llm._types import ToolSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from pydantic_core import CoreSchema
 
 __all__ = ["MAX_ABANDONED", "Tool", "tool"]
@@ -238,11 +236,22 @@ class AbandonedCalls:
 
     Args:
         log: The logger that warns of each abandoned call (default: crewflow's).
+        context: Bound to ``log`` for those warnings (run, task, attempt), only when one is
+            given: most attempts abandon nothing.
     """
 
-    def __init__(self, log: Any = None) -> None:
-        self.log = log
+    __slots__ = ("_calls", "_log", "context")
+
+    def __init__(self, log: Any = None, **context: Any) -> None:
+        self._log = log
+        self.context = context
         self._calls: list[_ThreadCall] = []
+
+    @property
+    def log(self) -> Any:
+        """The logger for this block's warnings, with its context bound."""
+        log = self._log if self._log is not None else get_logger()
+        return log.bind(**self.context) if self.context else log
 
     def running(self) -> tuple[Tool, ...]:
         """The tools with a call abandoned here whose thread is still running, once each."""
@@ -252,19 +261,25 @@ class AbandonedCalls:
 _watch: ContextVar[AbandonedCalls | None] = ContextVar("crewflow_abandoned_calls", default=None)
 
 
-@contextmanager
-def watch_abandoned(log: Any = None) -> Iterator[AbandonedCalls]:
+class watch_abandoned:  # lower case: used as a function is, `with watch_abandoned(...) as calls`
     """Collect the sync tool calls abandoned in this block (and the tasks it starts).
 
     Args:
-        log: A logger to warn through, bound to the caller's context (run, task, attempt).
+        log: A logger to warn through (default: crewflow's).
+        context: What to bind to it in a warning (run, task, attempt).
     """
-    watch = AbandonedCalls(log)
-    token = _watch.set(watch)
-    try:
-        yield watch
-    finally:
-        _watch.reset(token)
+
+    __slots__ = ("_token", "calls")
+
+    def __init__(self, log: Any = None, **context: Any) -> None:
+        self.calls = AbandonedCalls(log, **context)
+
+    def __enter__(self) -> AbandonedCalls:
+        self._token = _watch.set(self.calls)
+        return self.calls
+
+    def __exit__(self, *exc: object) -> None:
+        _watch.reset(self._token)
 
 
 # Guards each call's state and each tool's count: worker threads and the loop both change them.
@@ -358,7 +373,7 @@ def _report_abandoned(call: _ThreadCall) -> None:
     watch = _watch.get()
     if watch is not None:
         watch._calls.append(call)
-    log = watch.log if watch is not None and watch.log is not None else get_logger()
+    log = watch.log if watch is not None else get_logger()
     tool = call.tool
     log.warning(
         "tool call abandoned: its thread cannot be stopped and runs on until the tool returns",

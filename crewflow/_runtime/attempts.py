@@ -9,6 +9,7 @@ act, and a second call beside it could act twice.
 from __future__ import annotations
 
 import itertools
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from crewflow import events
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from crewflow.tools import Tool
 
 __all__ = ["TaskAttempts"]
+
+_NONE_ABANDONED = AbandonedCalls()
+"""What an attempt by an agent without sync tools abandons: nothing, ever."""
 
 
 class _Exhausted(Exception):
@@ -113,9 +117,14 @@ class TaskAttempts:
             began_at = run.wall(began)
             run.log.info("task started", task=name, agent=agent.role, attempt=number)
             run.publish(events.TaskStarted, task=name, agent=agent.role, attempt=number, at=began)
-            log = run.log.bind(task=name, agent=agent.role, attempt=number)
+            # Only an agent with a sync tool can leave a thread behind.
+            watching = (
+                watch_abandoned(run.log, task=name, agent=agent.role, attempt=number)
+                if any(not tool.is_async for tool in agent.tools)
+                else nullcontext(_NONE_ABANDONED)
+            )
             try:
-                with watch_abandoned(log) as abandoned:
+                with watching as abandoned:
                     answer = await self._attempt(
                         agent, ManagedLLM(llm, run, state), state, abandoned
                     )
