@@ -24,13 +24,7 @@ from crewflow.testing import Error, OpenAIServer
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = [
-    pytest.mark.asyncio,
-    # litellm's own pydantic warnings, hidden by its import-time filters that pytest resets.
-    pytest.mark.filterwarnings("ignore:.*conflict with protected namespace"),
-    pytest.mark.filterwarnings("ignore:.*Accessing the .* attribute on the instance is deprecated"),
-    pytest.mark.filterwarnings("ignore:.*`ReadOnly` qualifier"),
-]
+pytestmark = pytest.mark.asyncio
 
 NOWHERE = "http://127.0.0.1:9/v1"  # loopback (allowed by the test guard), never called
 FAKE = "fake-credential-3c1e"

@@ -22,15 +22,7 @@ from crewflow.testing import ToolCall as ScriptedCall
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-pytestmark = [
-    pytest.mark.asyncio,
-    # litellm silences these pydantic warnings of its own code with global filters at import
-    # (litellm/_process_defaults.py), which pytest's per-test warning capture undoes; streaming
-    # then hits them under -W error.
-    pytest.mark.filterwarnings("ignore:.*conflict with protected namespace"),
-    pytest.mark.filterwarnings("ignore:.*Accessing the .* attribute on the instance is deprecated"),
-    pytest.mark.filterwarnings("ignore:.*`ReadOnly` qualifier"),
-]
+pytestmark = pytest.mark.asyncio
 
 CANARY = "sk-canary-litellm-5e8d2a7c9b1f"
 HELLO = LLMRequest([Message("user", "hello")])

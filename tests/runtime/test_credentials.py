@@ -29,12 +29,7 @@ if TYPE_CHECKING:
     from crewflow.llm._base import LLM
     from crewflow.testing import FakeClock
 
-pytestmark = [
-    pytest.mark.asyncio,
-    pytest.mark.filterwarnings("ignore:.*conflict with protected namespace"),
-    pytest.mark.filterwarnings("ignore:.*Accessing the .* attribute on the instance is deprecated"),
-    pytest.mark.filterwarnings("ignore:.*`ReadOnly` qualifier"),
-]
+pytestmark = pytest.mark.asyncio
 
 FAKE = "sk-fake-7d0c2b9e41aa"
 NOWHERE = "http://127.0.0.1:9/v1"  # loopback (allowed by the test guard), never called
