@@ -8,11 +8,11 @@ megabyte tool result is recorded cut, with a note of how much was left out.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from crewflow._records import PromptRecord, ToolCallRecord
+from crewflow._text import valid_text
 from crewflow.exceptions import ToolError
 from crewflow.llm._types import Message
 
@@ -36,14 +36,6 @@ PROMPT_LIMIT = 65_536
 """Characters of one LLM call's texts (its new messages and its reply) kept in its record."""
 _NAME_LIMIT = 200
 """Characters of a tool's name kept (a model may call a tool by any name)."""
-_INVALID = re.compile("[\x00\ud800-\udfff]")
-
-
-def valid_text(text: str) -> str:
-    """``text`` with lone surrogates and NUL replaced by U+FFFD (what SQLite and JSON hold)."""
-    if text.isascii():
-        return text.replace("\x00", "\ufffd") if "\x00" in text else text
-    return _INVALID.sub("\ufffd", text)
 
 
 def cut(text: str, keep: int) -> str:

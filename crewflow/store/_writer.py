@@ -113,6 +113,7 @@ class Writer:
                     closed = self._run(batch)
                 except BaseException as exc:  # a bug here must not leave a caller waiting
                     closed = False
+                    self._reset()
                     for call in batch:
                         call.outcome = call.outcome or _Outcome(error=exc)
                 _reply(batch)
@@ -150,6 +151,7 @@ class Writer:
             outcome = _Outcome() if conn is None else _Outcome.of(conn.close)
         else:
             outcome = _Outcome.of(lambda: call.operation(self._connection()))
+            self._reset()  # a read leaves no transaction open
         call.outcome = self._wrapped(outcome)
 
     def _commit(self, calls: list[_Call]) -> None:
@@ -157,7 +159,21 @@ class Writer:
         (or failed). Consecutive task checkpoints are inserted together, a few statements for
         the whole group (each statement lets go of the GIL, and getting it back from a busy
         event loop is what costs); other writes, or a group that fails, run one by one, each in
-        its own savepoint when there are several, so that a failing write is undone alone."""
+        its own savepoint when there are several, so that a failing write is undone alone.
+
+        Every write goes through here, so this is where the connection is kept usable: whatever
+        escapes (a value SQLite cannot bind, a bug, ``MemoryError``), the transaction is rolled
+        back, and every write not yet settled fails with it; none is left half-done, and no
+        transaction is left open to fail the next ``BEGIN`` and lock out other processes."""
+        try:
+            self._commit_batch(calls)
+        except BaseException as exc:
+            self._reset()
+            for call in calls:
+                if call.outcome is None:
+                    call.outcome = self._wrapped(_Outcome(error=exc))
+
+    def _commit_batch(self, calls: list[_Call]) -> None:
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
@@ -234,6 +250,18 @@ class Writer:
             error.__cause__ = found
             return _Outcome(error=error)
         return outcome
+
+    def _reset(self) -> None:
+        """Leave no transaction open on the connection: roll it back, or when even that fails,
+        close the connection (the next call opens a fresh one)."""
+        conn = self._conn
+        if conn is None or not conn.in_transaction:
+            return
+        _roll_back(conn)
+        if conn.in_transaction:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -317,14 +345,14 @@ def _run_in_savepoint(conn: sqlite3.Connection, call: _Call) -> _Outcome:
                 conn.execute("ROLLBACK TO write")
             if conn.in_transaction:
                 conn.execute("RELEASE write")
-        except sqlite3.Error:
+        except Exception:
             _roll_back(conn)  # the whole batch is run again without this write
     return outcome
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(Exception):
             conn.execute("ROLLBACK")
 
 
@@ -367,7 +395,7 @@ def _insert_together(conn: sqlite3.Connection, group: list[_Call]) -> list[_Outc
         try:
             ATTEMPTS.insert(conn, [values for row in rows for values in row.attempts])
             OUTPUTS.insert(conn, [row.output for row in rows if row.output is not None])
-        except sqlite3.Error:
+        except Exception:  # not only SQLite's: a value it cannot bind raises before it runs
             if not conn.in_transaction:
                 raise
             conn.execute("ROLLBACK TO rows")
@@ -375,7 +403,7 @@ def _insert_together(conn: sqlite3.Connection, group: list[_Call]) -> list[_Outc
         else:
             conn.execute("RELEASE rows")
             return [_Outcome() for _ in group]
-    except sqlite3.Error as exc:
+    except Exception as exc:
         _roll_back(conn)
         return [_Outcome(error=exc) for _ in group]
     # E.g. a row of an unknown run: each write alone tells which one fails.
