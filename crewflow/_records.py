@@ -171,6 +171,9 @@ class AttemptRecord(BaseModel):
             crew has ``record_prompts=False``, and as read by `crewflow.store.Store.attempts`
             (prompts can be large: `crewflow.store.Store.prompts` reads them).
         details: More about the attempt, for features that need no query of their own.
+            ``"repaired": true`` says a reply held text no store can keep (a lone UTF-16
+            surrogate, a NUL), which the task, its dependants and this record all received
+            as U+FFFD.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)

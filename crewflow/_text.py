@@ -8,9 +8,15 @@ refuses NUL in text too. Text that reaches a record holds U+FFFD in their place 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["valid_json", "valid_text"]
+import pydantic_core
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["json_text", "valid_json", "valid_text", "valid_values"]
 
 _INVALID = re.compile("[\x00\ud800-\udfff]")
 
@@ -40,3 +46,29 @@ def valid_json(value: Any) -> Any:
             return value
         return type(value)(found) if isinstance(value, tuple) else found
     return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``value`` (a pydantic model, a dataclass, or JSON-like values) as JSON text with every
+    string in it valid (`valid_json`); ``options`` as `pydantic_core.to_json` takes them.
+
+    The usual case costs one encoding: the value is encoded again, repaired, only when the
+    first encoding fails on a lone surrogate or holds a NUL."""
+    try:
+        text = pydantic_core.to_json(value, **options).decode()
+    except pydantic_core.PydanticSerializationError as exc:
+        if not isinstance(exc.__cause__, UnicodeError) and "surrogate" not in str(exc):
+            raise
+    else:
+        if "\\u0000" not in text:
+            return text
+    if isinstance(value, BaseModel):
+        plain = value.model_dump(**options)  # Python values: no string is encoded yet
+    else:
+        plain = pydantic_core.to_jsonable_python(valid_json(value), **options)
+    return pydantic_core.to_json(valid_json(plain)).decode()
+
+
+def valid_values(values: Iterable[Any]) -> tuple[Any, ...]:
+    """``values`` (a statement's parameters) with each string passed through `valid_text`."""
+    return tuple(valid_text(value) if type(value) is str else value for value in values)

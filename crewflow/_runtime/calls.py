@@ -26,6 +26,7 @@ from crewflow import events
 from crewflow._records import AttemptRecord
 from crewflow._runtime.cache import as_cached, cache_key, cacheable, replay_deltas
 from crewflow._runtime.limiter import registry
+from crewflow._runtime.transcript import valid_reply
 from crewflow.exceptions import LLMError
 from crewflow.llm._base import LLM
 from crewflow.llm._types import Usage, estimate_prompt_tokens
@@ -62,6 +63,8 @@ class AttemptBuilder:
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     prompts: PromptLog | None = None
     """Where its LLM calls are recorded (``None``: the crew records no prompts)."""
+    repaired: bool = False
+    """Whether a reply held text no store can keep (lone surrogates, NUL), replaced."""
 
     def finish(
         self,
@@ -92,6 +95,7 @@ class AttemptBuilder:
             cache_hits=self.cache_hits,
             tool_calls=tuple(self.tool_calls),
             prompts=() if self.prompts is None else tuple(self.prompts.records),
+            details={"repaired": True} if self.repaired else {},
         )
 
 
@@ -167,11 +171,21 @@ class ManagedLLM(LLM):
                 raise
             permit.release(tokens=response.usage.total_tokens, ok=True)
             attempt.usage.add(response.usage)
+            response = self._valid(response)
             self._finished(started, response, None)
             self._sent(request, response, None)
             if key is not None and attempt.cache is not None and cacheable(response, request):
                 await attempt.cache.put(key, response)
             return response
+
+    def _valid(self, response: LLMResponse) -> LLMResponse:
+        """``response`` repaired (`valid_reply`), the attempt marked when it had to be: the
+        task's output, its dependants and its record then hold the same text, live or
+        resumed."""
+        valid = valid_reply(response)
+        if valid is not response:
+            self._attempt.repaired = True
+        return valid
 
     async def _cached(self, key: str, request: LLMRequest) -> LLMResponse | None:
         """The cached reply to ``request``, counted as a hit of the attempt, or ``None``."""
@@ -181,7 +195,7 @@ class ManagedLLM(LLM):
         if found is None:
             return None
         attempt.cache_hits += 1
-        response = as_cached(found)
+        response = self._valid(as_cached(found))
         if attempt.prompts is not None:
             attempt.prompts.add(request, response, cached=True)
         await replay_deltas(request, response)

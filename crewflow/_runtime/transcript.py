@@ -27,6 +27,7 @@ __all__ = [
     "PromptLog",
     "cut",
     "tool_call_record",
+    "valid_reply",
     "valid_text",
 ]
 
@@ -36,6 +37,25 @@ PROMPT_LIMIT = 65_536
 """Characters of one LLM call's texts (its new messages and its reply) kept in its record."""
 _NAME_LIMIT = 200
 """Characters of a tool's name kept (a model may call a tool by any name)."""
+
+
+def valid_reply(response: LLMResponse) -> LLMResponse:
+    """``response`` with its text and tool calls valid (`valid_text`): what the agent, the
+    task's output, its dependants and its record all see. ``response`` itself when it was."""
+    content = None if response.content is None else valid_text(response.content)
+    calls = tuple(_valid_call(call) for call in response.tool_calls)
+    if content is response.content and all(
+        new is old for new, old in zip(calls, response.tool_calls, strict=True)
+    ):
+        return response
+    return replace(response, content=content, tool_calls=calls)
+
+
+def _valid_call(call: ToolCall) -> ToolCall:
+    id_, name, arguments = valid_text(call.id), valid_text(call.name), valid_text(call.arguments)
+    if id_ is call.id and name is call.name and arguments is call.arguments:
+        return call
+    return replace(call, id=id_, name=name, arguments=arguments)
 
 
 def cut(text: str, keep: int) -> str:

@@ -7,11 +7,11 @@ import sqlite3
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import pydantic_core
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from crewflow._records import AttemptRecord, PromptRecord, TaskStatus
+from crewflow._text import json_text, valid_json, valid_text, valid_values
 from crewflow._usage import Usage
 from crewflow.store._base import UnknownRunError
 from crewflow.store._lease import Lease, LeaseOwner
@@ -118,7 +118,12 @@ def _names(columns: str) -> list[str]:
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    """``value`` as JSON text that any database holds: strings repaired by `valid_json` when
+    they must be (checked on the text, so the usual case costs one encoding)."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    if "\\u0000" in text or valid_text(text) is not text:
+        text = json.dumps(valid_json(value), ensure_ascii=False, allow_nan=False)
+    return text
 
 
 # Rows are written from their fields directly (a model_dump costs more than the insert), with
@@ -130,76 +135,82 @@ def run_values(record: RunRecord) -> tuple[Any, ...]:
     # From the fields, as for attempts: a model_dump would copy a big crew's graph and task
     # hashes once more before they are written as JSON.
     usage = record.usage
-    return (
-        record.run_id,
-        record.crew,
-        record.fingerprint,
-        record.crew_key,
-        to_json(record.task_hashes),
-        to_json(record.process_config),
-        None if record.source is None else to_json(record.source.model_dump()),
-        record.process,
-        record.chosen,
-        record.process_reason,
-        to_json(record.inputs),
-        record.status.value,
-        _when(record.started),
-        None if record.ended is None else _when(record.ended),
-        to_json(
-            {
-                "requests": usage.requests,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "cost": usage.cost,
-            }
-        ),
-        to_json(record.graph),
-        record.max_concurrency,
-        record.resumed,
-        record.paused,
-        to_json(record.details),
-        record.started.timestamp(),
+    return valid_values(
+        (
+            record.run_id,
+            record.crew,
+            record.fingerprint,
+            record.crew_key,
+            to_json(record.task_hashes),
+            to_json(record.process_config),
+            None if record.source is None else to_json(record.source.model_dump()),
+            record.process,
+            record.chosen,
+            record.process_reason,
+            to_json(record.inputs),
+            record.status.value,
+            _when(record.started),
+            None if record.ended is None else _when(record.ended),
+            to_json(
+                {
+                    "requests": usage.requests,
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "cost": usage.cost,
+                }
+            ),
+            to_json(record.graph),
+            record.max_concurrency,
+            record.resumed,
+            record.paused,
+            to_json(record.details),
+            record.started.timestamp(),
+        )
     )
 
 
 def lease_values(run_id: str, lease: Lease) -> tuple[Any, ...]:
     owner = lease.owner
-    return (
-        run_id,
-        lease.token,
-        owner.host,
-        owner.boot_id,
-        owner.pid,
-        owner.process_start,
-        _when(lease.expires),
-        lease.expires.timestamp(),
+    return valid_values(
+        (
+            run_id,
+            lease.token,
+            owner.host,
+            owner.boot_id,
+            owner.pid,
+            owner.process_start,
+            _when(lease.expires),
+            lease.expires.timestamp(),
+        )
     )
 
 
 def _attempt_values(run_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:
     usage = attempt.usage
-    return (
-        run_id,
-        attempt.task,
-        attempt.number,
-        attempt.agent,
-        _when(attempt.start),
-        _when(attempt.end),
-        attempt.duration,
-        attempt.status.value,
-        attempt.error_type,
-        attempt.error,
-        attempt.model,
-        usage.requests,
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        usage.cost,
-        attempt.cache_hits,
-        attempt.llm_retries,
-        attempt.limit_wait,
-        to_json(attempt.limit_waits) if attempt.limit_waits else "{}",
-        _attempt_details(attempt),
-        attempt.start.timestamp(),
+    return valid_values(
+        (
+            run_id,
+            attempt.task,
+            attempt.number,
+            attempt.agent,
+            _when(attempt.start),
+            _when(attempt.end),
+            attempt.duration,
+            attempt.status.value,
+            attempt.error_type,
+            attempt.error,
+            attempt.model,
+            usage.requests,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cost,
+            attempt.cache_hits,
+            attempt.llm_retries,
+            attempt.limit_wait,
+            to_json(attempt.limit_waits) if attempt.limit_waits else "{}",
+            _attempt_details(attempt),
+            attempt.start.timestamp(),
+        )
     )
 
 
@@ -213,33 +224,37 @@ def _attempt_details(attempt: AttemptRecord) -> str:
     if attempt.prompts:
         details[_PROMPTS] = attempt.prompts
     # pydantic's encoder writes the records (and the messages in them) in one pass.
-    return pydantic_core.to_json(details, exclude_none=True).decode()
+    return json_text(details, exclude_none=True)
 
 
 def task_values(run_id: str, task: AddedTaskRecord) -> tuple[Any, ...]:
-    return (
-        run_id,
-        task.name,
-        task.kind.value,
-        task.step,
-        task.agent,
-        to_json(task.depends_on),
-        task.spec_hash,
-        _when(task.added),
-        task.added.timestamp(),
+    return valid_values(
+        (
+            run_id,
+            task.name,
+            task.kind.value,
+            task.step,
+            task.agent,
+            to_json(task.depends_on),
+            task.spec_hash,
+            _when(task.added),
+            task.added.timestamp(),
+        )
     )
 
 
 def _output_values(row: OutputRow) -> tuple[Any, ...]:
-    return (
-        row.run_id,
-        row.task,
-        row.text,
-        None if row.data is None else to_json(row.data),
-        row.agent,
-        row.model,
-        _when(row.finished_at),
-        row.finished_at.timestamp(),
+    return valid_values(
+        (
+            row.run_id,
+            row.task,
+            row.text,
+            None if row.data is None else to_json(row.data),
+            row.agent,
+            row.model,
+            _when(row.finished_at),
+            row.finished_at.timestamp(),
+        )
     )
 
 

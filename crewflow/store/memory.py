@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import TypeAdapter
 
 from crewflow._records import AttemptRecord, PromptRecord, RunStatus
+from crewflow._text import json_text, valid_text
 from crewflow.store._base import DuplicateRunError, Store, UnknownRunError, check_limit
 from crewflow.store._lease import Lease, observed
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
@@ -15,22 +16,28 @@ from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from pydantic import JsonValue
+    from pydantic import BaseModel, JsonValue
 
     from crewflow._usage import Usage
 
 __all__ = ["MemoryStore"]
 
 _PROMPTS = TypeAdapter(list[PromptRecord], config={"defer_build": True})
+_M = TypeVar("_M", bound="BaseModel")
+
+
+def _stored(record: _M) -> _M:
+    """``record`` as a database returns it: its strings valid (`crewflow._text.json_text`)."""
+    return type(record).model_validate_json(json_text(record))
 
 
 class MemoryStore(Store):
     """Keeps records in memory, for one process; behaves like `SQLiteStore` otherwise.
 
     Records are kept as JSON text, exactly as a database would keep them, so a round trip
-    through this store changes a record the same way (e.g. a named time zone becomes its offset)
-    and a record that JSON cannot hold fails here too. Every method runs without awaiting, so
-    each is atomic on the event loop.
+    through this store changes a record the same way (e.g. a named time zone becomes its offset,
+    a lone surrogate or a NUL U+FFFD) and a record that JSON cannot hold fails here too. Every
+    method runs without awaiting, so each is atomic on the event loop.
 
     Example:
         ```python
@@ -52,6 +59,7 @@ class MemoryStore(Store):
         self._sequence = 0
 
     async def start_run(self, record: RunRecord) -> None:
+        record = _stored(record)
         if record.run_id in self._runs:
             raise DuplicateRunError(record.run_id)
         self._sequence += 1
@@ -64,14 +72,18 @@ class MemoryStore(Store):
     async def finish_run(
         self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
     ) -> None:
+        run_id = valid_text(run_id)
         self._update_run(run_id, status=RunStatus(status), ended=ended, usage=usage)
         self._leases.pop(run_id, None)
 
     async def reopen_run(self, run_id: str) -> None:
+        run_id = valid_text(run_id)
         resumed = self._load_run(run_id).resumed + 1
         self._update_run(run_id, status=RunStatus.RUNNING, ended=None, resumed=resumed)
 
     async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
+        run_id, lease = valid_text(run_id), _stored(lease)
+        replacing = None if replacing is None else valid_text(replacing)
         self._require_run(run_id)
         held = self._leases.get(run_id)
         if (None if held is None else Lease.model_validate_json(held).token) != replacing:
@@ -80,6 +92,7 @@ class MemoryStore(Store):
         return True
 
     async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
+        run_id, token = valid_text(run_id), valid_text(token)
         held = self._leases.get(run_id)
         if held is None:
             return False
@@ -96,21 +109,25 @@ class MemoryStore(Store):
         reason: str,
         details: Mapping[str, JsonValue] | None = None,
     ) -> None:
+        run_id = valid_text(run_id)
         self._require_run(run_id)
         merged = {**self._load_run(run_id).details, **(details or {})}
         self._update_run(run_id, chosen=process, process_reason=reason, details=merged)
 
     async def record_pause(self, run_id: str) -> None:
+        run_id = valid_text(run_id)
         self._update_run(run_id, paused=True)
 
     async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:
+        run_id = valid_text(run_id)
         self._require_run(run_id)
-        for task in tasks:
+        for task in map(_stored, tasks):
             # A task added again counts as added now, as in the database.
             self._tasks.pop((run_id, task.name), None)
             self._tasks[(run_id, task.name)] = task.model_dump_json()
 
     async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
+        run_id = valid_text(run_id)
         found = [
             AddedTaskRecord.model_validate_json(text)
             for (run, _), text in self._tasks.items()
@@ -120,6 +137,7 @@ class MemoryStore(Store):
         return found
 
     async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
+        run_id, attempt = valid_text(run_id), _stored(attempt)
         self._require_run(run_id)
         key = (run_id, attempt.task, attempt.number)
         self._attempts[key] = attempt.model_dump_json(exclude={"prompts"})
@@ -129,6 +147,7 @@ class MemoryStore(Store):
             self._prompts.pop(key, None)
 
     async def save_output(self, row: OutputRow) -> None:
+        row = _stored(row)
         self._require_run(row.run_id)
         key = (row.run_id, row.task)
         # A saved-again output counts as finishing now, as in the database.
@@ -137,17 +156,19 @@ class MemoryStore(Store):
 
     async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRecord] = ()) -> None:
         # All or nothing, as one transaction in the database.
-        self._require_run(output.run_id)
+        self._require_run(valid_text(output.run_id))
         for attempt in attempts:
             await self.record_attempt(output.run_id, attempt)
         await self.save_output(output)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
+        run_id = valid_text(run_id)
         if run_id not in self._runs:
             return None
         return self._observed(self._load_run(run_id), datetime.now(UTC))
 
     async def outputs(self, run_id: str) -> dict[str, OutputRow]:
+        run_id = valid_text(run_id)
         rows = [
             OutputRow.model_validate_json(text)
             for (run, _), text in self._outputs.items()
@@ -157,6 +178,7 @@ class MemoryStore(Store):
         return {row.task: row for row in rows}
 
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        run_id = valid_text(run_id)
         found = [
             AttemptRecord.model_validate_json(text)
             for (run, _, _), text in self._attempts.items()
@@ -166,6 +188,7 @@ class MemoryStore(Store):
         return found
 
     async def prompts(self, run_id: str) -> dict[tuple[str, int], list[PromptRecord]]:
+        run_id = valid_text(run_id)
         found = {}
         for attempt in await self.attempts(run_id):  # in the database's order
             text = self._prompts.get((run_id, attempt.task, attempt.number))
@@ -175,6 +198,7 @@ class MemoryStore(Store):
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         check_limit(limit)
+        crew = None if crew is None else valid_text(crew)
         records = [
             (sequence, RunRecord.model_validate_json(text))
             for sequence, text in self._runs.values()
@@ -189,10 +213,10 @@ class MemoryStore(Store):
         return [self._observed(record, now) for _, _, record in chosen[:limit]]
 
     async def cache_get(self, key: str) -> str | None:
-        return self._cache.get(key)
+        return self._cache.get(valid_text(key))
 
     async def cache_put(self, key: str, value: str) -> None:
-        self._cache[key] = value
+        self._cache[valid_text(key)] = valid_text(value)
 
     async def cache_clear(self) -> int:
         count = len(self._cache)
@@ -214,7 +238,7 @@ class MemoryStore(Store):
         # Validated again, so that a bad value fails here as it would in the database.
         updated = RunRecord.model_validate({**self._load_run(run_id).model_dump(), **changes})
         sequence = self._runs[run_id][0]
-        self._runs[run_id] = (sequence, updated.model_dump_json())
+        self._runs[run_id] = (sequence, json_text(updated))
 
     def _load_run(self, run_id: str) -> RunRecord:
         self._require_run(run_id)

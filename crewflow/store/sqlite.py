@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import to_jsonable_python
 
 from crewflow._records import AttemptRecord, RunStatus
+from crewflow._text import valid_text, valid_values
 from crewflow.store._base import (
     DuplicateRunError,
     SchemaVersionError,
@@ -98,6 +99,10 @@ class SQLiteStore(Store):
             ``CREWFLOW_HOME`` or the user data directory). Its directory is created on first use.
         timeout: Seconds a call waits for another process's write lock before failing.
 
+    Every string is stored as valid UTF-8 without NUL (lone surrogates and NUL become U+FFFD);
+    a key a method is given (a run id, a cache key) is repaired the same way, so that it finds
+    what was stored under it.
+
     Example:
         ```python
         async with SQLiteStore("runs.db") as store:
@@ -133,6 +138,7 @@ class SQLiteStore(Store):
     async def finish_run(
         self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
     ) -> None:
+        run_id = valid_text(run_id)
         # Validate through the record so that a bad value fails here, as in MemoryStore.
         checked = RunRecord(
             run_id=run_id,
@@ -142,7 +148,9 @@ class SQLiteStore(Store):
             ended=ended,
             usage=usage,
         ).model_dump(mode="json")
-        values = (checked["status"], checked["ended"], to_json(checked["usage"]), run_id)
+        values = valid_values(
+            (checked["status"], checked["ended"], to_json(checked["usage"]), run_id)
+        )
 
         def finish(conn: sqlite3.Connection) -> None:
             statement = "UPDATE runs SET status = ?, ended = ?, usage = ? WHERE run_id = ?"
@@ -158,6 +166,7 @@ class SQLiteStore(Store):
         )
 
     async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
+        run_id = valid_text(run_id)
         values = lease_values(run_id, lease)
 
         def take(conn: sqlite3.Connection) -> bool:
@@ -173,7 +182,7 @@ class SQLiteStore(Store):
         return await self._writer.call(take, "write")
 
     async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
-        values = (to_jsonable_python(expires), expires.timestamp(), run_id, token)
+        values = valid_values((to_jsonable_python(expires), expires.timestamp(), run_id, token))
 
         def renew(conn: sqlite3.Connection) -> bool:
             statement = (
@@ -200,6 +209,7 @@ class SQLiteStore(Store):
         await self._update(run_id, "paused = 1", ())
 
     async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:
+        run_id = valid_text(run_id)
         values = [task_values(run_id, task) for task in tasks]
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -210,6 +220,8 @@ class SQLiteStore(Store):
         await self._writer.call(insert, "write")
 
     async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
+        run_id = valid_text(run_id)
+
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY added_ts, rowid",
@@ -232,14 +244,17 @@ class SQLiteStore(Store):
     async def _update(self, run_id: str, assignments: str, values: tuple[Any, ...]) -> None:
         """``UPDATE runs SET <assignments>`` for one run that must exist."""
         statement = f"UPDATE runs SET {assignments} WHERE run_id = ?"
+        values = valid_values((*values, run_id))
 
         def update(conn: sqlite3.Connection) -> None:
-            if conn.execute(statement, (*values, run_id)).rowcount == 0:
+            if conn.execute(statement, values).rowcount == 0:
                 raise UnknownRunError(run_id)
 
         await self._writer.call(update, "write")
 
     async def get_run(self, run_id: str) -> RunRecord | None:
+        run_id = valid_text(run_id)
+
         def select(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
             query = f"{SELECT_RUNS} WHERE run_id = ?"
             result: tuple[Any, ...] | None = conn.execute(query, (run_id,)).fetchone()
@@ -249,6 +264,7 @@ class SQLiteStore(Store):
         return None if found is None else observed(run_from_row(found))
 
     async def run_ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        prefix = valid_text(prefix)
         check_limit(limit)
         # A range on the primary key's index, not LIKE (which would scan every run).
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
@@ -267,6 +283,8 @@ class SQLiteStore(Store):
         return await self._writer.call(select)
 
     async def outputs(self, run_id: str) -> dict[str, OutputRow]:
+        run_id = valid_text(run_id)
+
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
                 f"SELECT {OUTPUT_COLUMNS} FROM outputs WHERE run_id = ? "
@@ -278,6 +296,8 @@ class SQLiteStore(Store):
         return {row.task: row for row in rows}
 
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        run_id = valid_text(run_id)
+
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
                 f"SELECT {ATTEMPT_SELECT} FROM attempts WHERE run_id = ? "
@@ -288,6 +308,8 @@ class SQLiteStore(Store):
         return [attempt_from_row(found) for found in await self._writer.call(select)]
 
     async def prompts(self, run_id: str) -> dict[tuple[str, int], list[PromptRecord]]:
+        run_id = valid_text(run_id)
+
         def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
                 f"SELECT task, attempt, {PROMPTS_JSON} FROM attempts "
@@ -299,6 +321,7 @@ class SQLiteStore(Store):
         return dict(prompts_from_row(found) for found in await self._writer.call(select))
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
+        crew = None if crew is None else valid_text(crew)
         check_limit(limit)
         params: list[str | int] = [] if crew is None else [crew]
         where = "" if crew is None else "WHERE crew = ?"
@@ -311,6 +334,7 @@ class SQLiteStore(Store):
         return _observed(await self._writer.call(select))
 
     async def runs_of_key(self, crew_key: str, limit: int | None = 50) -> list[RunRecord]:
+        crew_key = valid_text(crew_key)
         check_limit(limit)
         query = (
             f"{SELECT_RUNS} WHERE crew_key = ? ORDER BY started_ts DESC, runs.rowid DESC LIMIT ?"
@@ -323,6 +347,8 @@ class SQLiteStore(Store):
         return _observed(await self._writer.call(select))
 
     async def cache_get(self, key: str) -> str | None:
+        key = valid_text(key)
+
         def select(conn: sqlite3.Connection) -> str | None:
             found = conn.execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
             return None if found is None else str(found[0])
@@ -330,10 +356,11 @@ class SQLiteStore(Store):
         return await self._writer.call(select)
 
     async def cache_put(self, key: str, value: str) -> None:
+        values = valid_values((key, value, time.time()))
+
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT OR REPLACE INTO cache (key, value, created_ts) VALUES (?, ?, ?)",
-                (key, value, time.time()),
+                "INSERT OR REPLACE INTO cache (key, value, created_ts) VALUES (?, ?, ?)", values
             )
 
         await self._writer.call(insert, "write")
