@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, fie
 from pydantic_core import to_jsonable_python
 
 from crewflow._records import ProcessChoice, RunStatus, TaskKind
+from crewflow._text import valid_json
 from crewflow._usage import Usage
 from crewflow.store._lease import Lease
 
@@ -98,7 +99,7 @@ class RunRecord(_Record):
     @classmethod
     def _jsonable_inputs(cls, value: Any) -> Any:
         # Inputs are user values of any type; a record must hold them as JSON, never pickled.
-        return to_jsonable_python(value, fallback=repr)
+        return to_jsonable_python(valid_json(value), fallback=repr)
 
     @property
     def choice(self) -> ProcessChoice | None:
