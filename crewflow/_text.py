@@ -8,13 +8,10 @@ refuses NUL in text too. Text that reaches a record holds U+FFFD in their place 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pydantic_core
 from pydantic import BaseModel
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
 
 __all__ = ["json_text", "valid_json", "valid_text", "valid_values"]
 
@@ -69,6 +66,10 @@ def json_text(value: Any, **options: Any) -> str:
     return pydantic_core.to_json(valid_json(plain)).decode()
 
 
-def valid_values(values: Iterable[Any]) -> tuple[Any, ...]:
-    """``values`` (a statement's parameters) with each string passed through `valid_text`."""
-    return tuple(valid_text(value) if type(value) is str else value for value in values)
+def valid_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``values`` (a statement's parameters) with each string passed through `valid_text`;
+    ``values`` itself when all are plain ASCII without NUL (the usual case, checked first)."""
+    for value in values:
+        if type(value) is str and (not value.isascii() or "\x00" in value):
+            return tuple([valid_text(item) if type(item) is str else item for item in values])
+    return values
