@@ -12,6 +12,8 @@ CrewflowError
 ├── StoreError                    reading or writing run records failed
 │   ├── UnknownRunError           (also a LookupError) .run_id: no run with that id is stored
 │   ├── DuplicateRunError         (also a ValueError) .run_id: a run with that id already exists
+│   ├── RunInProgress             .run_id, .owner: resume refused, another process executes the run
+│   ├── LeaseLost                 .run_id, .owner: another process took the run over; no more writes
 │   └── SchemaVersionError        .found, .supported: the database is newer than this crewflow
 └── CrewRunError                  .outputs: every TaskOutput that finished, by task name
     ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
@@ -40,8 +42,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
     from crewflow._plan import PlanProblem
+    from crewflow.store._lease import LeaseOwner
     from crewflow.task import Task, TaskOutput
 
 __all__ = [
@@ -57,9 +61,11 @@ __all__ = [
     "InvalidPlan",
     "KickoffsFailed",
     "LLMError",
+    "LeaseLost",
     "MaxIterationsExceeded",
     "OutputValidationError",
     "RunCancelled",
+    "RunInProgress",
     "SchemaVersionError",
     "StoreError",
     "TaskFailed",
@@ -194,6 +200,59 @@ class DuplicateRunError(StoreError, ValueError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"a run {run_id!r} is already in the store; run ids must be unique")
         self.run_id = run_id
+
+
+class RunInProgress(StoreError):
+    """A resume was refused: another process is executing the run (it holds the run's lease,
+    and its process is alive), so resuming it now would run its tasks twice.
+
+    Attributes:
+        run_id: The run.
+        owner: The process executing it (`crewflow.store.LeaseOwner`: host and pid), or
+            ``None`` when it already ended the run it took over meanwhile.
+        expires: When its lease lapses unless it renews it (``None`` with no owner).
+    """
+
+    def __init__(
+        self, run_id: str, owner: LeaseOwner | None, expires: datetime | None = None
+    ) -> None:
+        if owner is None:
+            said = (
+                f"run {run_id!r} was resumed by another process while this one started to, "
+                f"and that one finished it; `crewflow show {run_id}` tells how it ended"
+            )
+        else:
+            until = "" if expires is None else f", at {expires.isoformat(timespec='seconds')}"
+            said = (
+                f"run {run_id!r} is being executed by another process ({owner}), so resuming "
+                "it now would run its tasks twice; wait for that run to end, or stop that "
+                f"process: once it is gone (or its lease expires{until} unless renewed), "
+                f"`crewflow resume {run_id}` takes the run over"
+            )
+        super().__init__(said)
+        self.run_id = run_id
+        self.owner = owner
+        self.expires = expires
+
+
+class LeaseLost(StoreError):
+    """A run's record write was refused: the run's lease is no longer this process's (another
+    process took the run over after this one stalled, or the run was ended). The run stops.
+
+    Attributes:
+        run_id: The run.
+        owner: The process that holds the run now, or ``None`` when no process does.
+    """
+
+    def __init__(self, run_id: str, owner: LeaseOwner | None) -> None:
+        holder = "no process holds it now" if owner is None else f"{owner} holds it now"
+        super().__init__(
+            f"run {run_id!r} is no longer this process's ({holder}): its lease was taken over "
+            "while this process stalled, so it writes no more of the run's records and stops; "
+            "the run goes on where it is held"
+        )
+        self.run_id = run_id
+        self.owner = owner
 
 
 class SchemaVersionError(StoreError):

@@ -65,6 +65,7 @@ from crewflow.store._rows import (
     TASKS,
     TaskRows,
     attempt_from_row,
+    check_lease,
     lease_values,
     output_from_row,
     prompts_from_row,
@@ -131,7 +132,13 @@ class SQLiteStore(Store):
         await self._writer.call(insert, "write")
 
     async def finish_run(
-        self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
+        self,
+        run_id: str,
+        status: RunStatus,
+        ended: datetime,
+        usage: Usage,
+        *,
+        lease: str | None = None,
     ) -> None:
         # Validate through the record so that a bad value fails here, as in MemoryStore.
         checked = RunRecord(
@@ -145,6 +152,7 @@ class SQLiteStore(Store):
         values = (checked["status"], checked["ended"], to_json(checked["usage"]), run_id)
 
         def finish(conn: sqlite3.Connection) -> None:
+            check_lease(conn, run_id, lease)
             statement = "UPDATE runs SET status = ?, ended = ?, usage = ? WHERE run_id = ?"
             if conn.execute(statement, values).rowcount == 0:
                 raise UnknownRunError(run_id)
@@ -152,9 +160,12 @@ class SQLiteStore(Store):
 
         await self._writer.call(finish, "write")
 
-    async def reopen_run(self, run_id: str) -> None:
+    async def reopen_run(self, run_id: str, *, lease: str | None = None) -> None:
         await self._update(
-            run_id, "status = ?, ended = NULL, resumed = resumed + 1", (RunStatus.RUNNING.value,)
+            run_id,
+            "status = ?, ended = NULL, resumed = resumed + 1",
+            (RunStatus.RUNNING.value,),
+            lease,
         )
 
     async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
@@ -189,22 +200,28 @@ class SQLiteStore(Store):
         process: str,
         reason: str,
         details: Mapping[str, JsonValue] | None = None,
+        *,
+        lease: str | None = None,
     ) -> None:
         await self._update(
             run_id,
             "chosen = ?, process_reason = ?, details = json_patch(details, ?)",
             (process, reason, to_json(dict(details or {}))),
+            lease,
         )
 
-    async def record_pause(self, run_id: str) -> None:
-        await self._update(run_id, "paused = 1", ())
+    async def record_pause(self, run_id: str, *, lease: str | None = None) -> None:
+        await self._update(run_id, "paused = 1", (), lease)
 
-    async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:
+    async def add_tasks(
+        self, run_id: str, tasks: Sequence[AddedTaskRecord], *, lease: str | None = None
+    ) -> None:
         values = [task_values(run_id, task) for task in tasks]
 
         def insert(conn: sqlite3.Connection) -> None:
             if not run_exists(conn, run_id):
                 raise UnknownRunError(run_id)
+            check_lease(conn, run_id, lease)
             TASKS.insert(conn, values)
 
         await self._writer.call(insert, "write")
@@ -218,22 +235,34 @@ class SQLiteStore(Store):
 
         return [task_from_row(found) for found in await self._writer.call(select)]
 
-    async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
-        await self._writer.call(TaskRows(run_id, None, (attempt,)), "write")
+    async def record_attempt(
+        self, run_id: str, attempt: AttemptRecord, *, lease: str | None = None
+    ) -> None:
+        await self._writer.call(TaskRows(run_id, None, (attempt,), lease), "write")
 
-    async def save_output(self, row: OutputRow) -> None:
-        await self._writer.call(TaskRows(row.run_id, row, ()), "write")
+    async def save_output(self, row: OutputRow, *, lease: str | None = None) -> None:
+        await self._writer.call(TaskRows(row.run_id, row, (), lease), "write")
 
-    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRecord] = ()) -> None:
+    async def save_task(
+        self,
+        output: OutputRow,
+        attempts: Sequence[AttemptRecord] = (),
+        *,
+        lease: str | None = None,
+    ) -> None:
         # One hop to the store's thread for the whole task, in a transaction shared with every
         # other write waiting at the time.
-        await self._writer.call(TaskRows(output.run_id, output, attempts), "write")
+        await self._writer.call(TaskRows(output.run_id, output, attempts, lease), "write")
 
-    async def _update(self, run_id: str, assignments: str, values: tuple[Any, ...]) -> None:
-        """``UPDATE runs SET <assignments>`` for one run that must exist."""
+    async def _update(
+        self, run_id: str, assignments: str, values: tuple[Any, ...], lease: str | None
+    ) -> None:
+        """``UPDATE runs SET <assignments>`` for one run that must exist (held by ``lease``,
+        when given)."""
         statement = f"UPDATE runs SET {assignments} WHERE run_id = ?"
 
         def update(conn: sqlite3.Connection) -> None:
+            check_lease(conn, run_id, lease)
             if conn.execute(statement, (*values, run_id)).rowcount == 0:
                 raise UnknownRunError(run_id)
 
