@@ -200,7 +200,7 @@ def test_a_run_whose_lease_was_taken_over_stops_renewing_it_and_running_tasks() 
         await anyio.sleep(50)
         return "done"
 
-    with pytest.raises(CrewRunError, match="the run stopped: run .* is no longer") as stopped:
+    with pytest.raises(CrewRunError, match=r"the run stopped: run .* is no longer") as stopped:
         run_virtual(the_crew(store, FunctionLLM(slow)).kickoff)
 
     assert store.at == [20.0]
