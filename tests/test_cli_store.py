@@ -985,6 +985,38 @@ def test_a_refused_resume_names_what_changed_at_any_width(
     assert said.endswith("so its saved outputs may not fit this one; pass --force to resume anyway")
 
 
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_a_resume_of_a_run_another_process_executes_exits_2_naming_it_at_any_width(
+    home: Path, state: Path, width: int
+) -> None:
+    run_id = failed_run(state)
+    owner = LeaseOwner(host="build-host-7", boot_id="b", pid=31337)
+    theirs = Lease(token="theirs", owner=owner, expires=datetime.now(UTC) + timedelta(hours=1))
+
+    async def held_elsewhere() -> None:
+        async with SQLiteStore(home / "runs.db") as store:
+            assert await store.take_lease(run_id, theirs, replacing=None)
+            await store.reopen_run(run_id, lease="theirs")
+
+    anyio.run(held_elsewhere)
+    env = {"COLUMNS": str(width), "TTY_COMPATIBLE": "1", "TERM": "xterm-256color"}
+
+    refused = CliRunner().invoke(cli.app, ["resume", run_id], env=env)
+
+    assert refused.exit_code == 2
+    assert "Traceback" not in refused.output
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", refused.stderr)  # colours, cursor moves
+    assert max(len(line) for line in shown.splitlines()) <= width, shown
+    said = " ".join(shown.split())
+    assert said.startswith(
+        f"error: run {run_id!r} is being executed by another process (build-host-7, pid 31337)"
+    )
+    assert f"`crewflow resume {run_id}` takes the run over" in said
+    assert calls(state) == ["facts", "draft"]  # nothing was sent
+    [run] = invoke_json("runs")
+    assert (run["status"], run["resumed"]) == ("running", 1)
+
+
 def test_resume_of_an_unknown_run_exits_2(home: Path, state: Path) -> None:
     failed_run(state)
 
