@@ -5,12 +5,12 @@ These values say what the limits are; the runtime's registry (`crewflow.set_limi
 
 **Keys.** A `Limit` is declared under a key of `Limits`: a model string (``"openai/gpt-4o"``,
 shared by every endpoint serving that model), an LLM's `limit_key`
-(``"openai|https://api.openai.com/v1|gpt-4o"``: one endpoint and model), or a group name given to
-agents or tasks (``"search"``). A call is subject to the limit of each of its groups, plus its
-model's limit, looked up by limit key first, then by model string. Undeclared groups limit
-nothing. Declarations are process-wide (`set_limits`) or passed to a crew; the most recent
-declaration of a key wins, and declaring a key again keeps its state (calls in flight, bucket
-levels).
+(``"openai|https://api.openai.com/v1|gpt-4o"``: one endpoint and model, its URL without
+credentials), or a group name given to agents or tasks (``"search"``). A call is subject to
+the limit of each of its groups, plus its model's limit, looked up by limit key first, then by
+model string. Undeclared groups limit nothing. Declarations are process-wide (`set_limits`)
+or passed to a crew; the most recent declaration of a key wins, and declaring a key again keeps
+its state (calls in flight, bucket levels).
 
 **Buckets.** ``rpm`` and ``tpm`` are token buckets that refill continuously at ``rpm / 60``
 requests (``tpm / 60`` tokens) per second up to a capacity, the burst: by default one second's
@@ -40,6 +40,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from crewflow._spec import Value
 from crewflow.exceptions import ConfigurationError
+from crewflow.llm._redact import public_url
 
 __all__ = ["Breaker", "Limit", "Limits"]
 
@@ -181,6 +182,16 @@ class _Unset:
 _UNSET = _Unset()
 
 
+def _public_key(key: str) -> str:
+    """A limit key (``"provider|<url>|model"``) with its URL's credentials left out, as LLMs'
+    `limit_key` leaves them out; other keys as they are."""
+    provider, bar, rest = key.partition("|")
+    url, bar, model = rest.rpartition("|")
+    if not bar or "://" not in url:
+        return key
+    return f"{provider}|{public_url(url)}|{model}"
+
+
 class Limits(Value, Mapping[str, Limit]):
     """A declaration of limits: key -> `Limit`, plus the circuit breaker.
 
@@ -240,15 +251,23 @@ class Limits(Value, Mapping[str, Limit]):
     def _limits_by_key(cls, value: dict[Any, Any]) -> dict[Any, Any]:
         # Always the dict __init__ built: pydantic validates any input through the custom
         # __init__, a parent model's too (``Crew(limits={...})`` is ``Limits(**{...})``).
+        public: dict[str, Limit] = {}
         for key, limit in value.items():
             if not isinstance(key, str) or not key:
                 raise ConfigurationError(f"Limits: keys are non-empty strings, not {key!r}")
             if not isinstance(limit, Limit):
                 raise ConfigurationError(
-                    f"Limits[{key!r}] is {limit!r}: use crewflow.Limit(...), "
+                    f"Limits[{_public_key(key)!r}] is {limit!r}: use crewflow.Limit(...), "
                     f"e.g. Limit(concurrency=2, rpm=60)"
                 )
-        return value
+            shown = _public_key(key)
+            if shown in public:
+                raise ConfigurationError(
+                    f"Limits: {shown!r} given twice (its URL differs only in credentials, which "
+                    "limit keys leave out); give each endpoint once"
+                )
+            public[shown] = limit
+        return public
 
     @field_validator("breaker", mode="before")
     @classmethod

@@ -20,8 +20,9 @@ import pytest_asyncio
 from crewflow import Agent
 from crewflow.exceptions import ConfigurationError, CredentialsError, LLMError
 from crewflow.llm import LLMRequest, Message, OutputSchema, ToolCall, ToolSpec
-from crewflow.llm._errors import parse_retry_after, scrub
+from crewflow.llm._errors import parse_retry_after
 from crewflow.llm._guard import reset, set_forbidden
+from crewflow.llm._redact import scrub
 from crewflow.llm.openai import OpenAIChat
 from crewflow.testing import (
     Disconnect,
@@ -606,7 +607,7 @@ async def test_a_key_that_is_not_key_shaped_is_scrubbed_too(server: OpenAIServer
 
 async def test_scrub_removes_key_shaped_tokens() -> None:
     text = "Incorrect API key provided: sk-proj-********abcd; Bearer abc.def; AIza" + "x" * 30
-    cleaned = scrub(text, None)
+    cleaned = scrub(text, ())
     assert "sk-proj" not in cleaned
     assert "abc.def" not in cleaned
     assert "AIza" not in cleaned
