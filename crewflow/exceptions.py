@@ -12,7 +12,7 @@ CrewflowError
 ├── StoreError                    reading or writing run records failed
 │   ├── UnknownRunError           (also a LookupError) .run_id: no run with that id is stored
 │   ├── DuplicateRunError         (also a ValueError) .run_id: a run with that id already exists
-│   └── SchemaVersionError        .found, .supported: the database is newer than this crewflow
+│   └── SchemaVersionError        .found, .supported: the database is newer (or, read-only, older)
 └── CrewRunError                  .outputs: every TaskOutput that finished, by task name
     ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
     ├── CrewPartialFailure        .failures, .skipped: on_failure="continue" and some tasks failed
@@ -197,7 +197,8 @@ class DuplicateRunError(StoreError, ValueError):
 
 
 class SchemaVersionError(StoreError):
-    """The database was written by a newer crewflow whose schema this version cannot read.
+    """The database was written by a newer crewflow whose schema this version cannot read, or
+    by an older one and is opened read-only, which never upgrades it.
 
     Attributes:
         found: The database's schema version.
@@ -205,10 +206,20 @@ class SchemaVersionError(StoreError):
     """
 
     def __init__(self, path: str, found: int, supported: int) -> None:
-        super().__init__(
-            f"the run database {path} has schema version {found}, but this crewflow only knows "
-            f"versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME elsewhere"
-        )
+        if found < supported:
+            message = (
+                f"the run database {path} has schema version {found}, older than this "
+                f"crewflow's {supported}, and opened read-only it is not upgraded: open it "
+                "writable once (run or resume a crew with it), or read it with the crewflow "
+                "that wrote it"
+            )
+        else:
+            message = (
+                f"the run database {path} has schema version {found}, but this crewflow only "
+                f"knows versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME "
+                "elsewhere"
+            )
+        super().__init__(message)
         self.found = found
         self.supported = supported
 

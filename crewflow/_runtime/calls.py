@@ -11,7 +11,7 @@ The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is ha
 3. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
    Retry-After pauses the model for every caller, not just this one);
 4. adds up usage, keeps a cacheable reply in the cache, and emits LLM events (token deltas
-   when the agent streams);
+   when the agent streams, and a reset before a call when the task streamed text already);
 5. records what it sent and got back on the attempt (`transcript.PromptLog`), unless the crew
    has ``record_prompts=False``.
 """
@@ -43,6 +43,17 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
+class StreamedText:
+    """What a task has streamed since its last `TokenDeltaReset`: one per task, shared by its
+    attempts, so a retried attempt knows to reset too."""
+
+    attempt: int | None = None
+    """The attempt whose call streamed it (``None``: nothing streamed since the last reset)."""
+    failed: bool = False
+    """The call that streamed it failed."""
+
+
+@dataclass(slots=True)
 class AttemptBuilder:
     """One attempt of one task while it runs: what it has spent and done so far, and the rules
     it runs under; `finish` makes its `AttemptRecord`."""
@@ -62,6 +73,7 @@ class AttemptBuilder:
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     prompts: PromptLog | None = None
     """Where its LLM calls are recorded (``None``: the crew records no prompts)."""
+    streamed: StreamedText = field(default_factory=StreamedText)
 
     def finish(
         self,
@@ -131,6 +143,7 @@ class ManagedLLM(LLM):
                 return cached
         call_attempt = 1
         while True:
+            self._restart_stream()
             permit = await self._permit(request)
             run.publish(
                 events.LLMCallStarted,
@@ -143,6 +156,7 @@ class ManagedLLM(LLM):
                 response = await self.inner.complete(request)
             except LLMError as exc:
                 permit.release(ok=_health(exc))
+                self._stream_failed()
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
                 self._sent(request, None, exc)
@@ -154,6 +168,7 @@ class ManagedLLM(LLM):
                 continue
             except Exception as exc:
                 permit.release()
+                self._stream_failed()
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
                 self._sent(request, None, exc)
@@ -162,6 +177,7 @@ class ManagedLLM(LLM):
                 # Cancelled (a timeout, a stop, handle.cancel()): the request was started and
                 # may have been billed, so it counts.
                 permit.release()
+                self._stream_failed()
                 attempt.usage.requests += 1
                 self._sent(request, None, exc)
                 raise
@@ -182,6 +198,7 @@ class ManagedLLM(LLM):
             return None
         attempt.cache_hits += 1
         response = as_cached(found)
+        self._restart_stream()
         if attempt.prompts is not None:
             attempt.prompts.add(request, response, cached=True)
         await replay_deltas(request, response)
@@ -229,11 +246,34 @@ class ManagedLLM(LLM):
         self._attempt.llm_retries += 1
         return delay
 
+    def _restart_stream(self) -> None:
+        """Before a call: when the task streamed text already, that text is not the answer
+        the call's deltas make up, and listeners are told to drop it (`TokenDeltaReset`)."""
+        attempt = self._attempt
+        streamed = attempt.streamed
+        if streamed.attempt is None:
+            return
+        retry = streamed.failed or streamed.attempt != attempt.number
+        self._run.publish(
+            events.TokenDeltaReset,
+            task=attempt.task,
+            model=self.model,
+            reason="retry" if retry else "next_call",
+        )
+        streamed.attempt, streamed.failed = None, False
+
+    def _stream_failed(self) -> None:
+        streamed = self._attempt.streamed
+        if streamed.attempt is not None:
+            streamed.failed = True
+
     def _deltas(self, request: LLMRequest) -> DeltaCallback:
         """Streamed text goes to the agent's own callback and to `TokenDelta` events."""
         run, task, model, downstream = self._run, self._attempt.task, self.model, request.on_delta
+        streamed, number = self._attempt.streamed, self._attempt.number
 
         async def on_delta(text: str) -> None:
+            streamed.attempt = number
             run.emit(
                 events.TokenDelta(
                     run_id=run.run_id, time=run.now(), task=task, model=model, text=text
