@@ -254,6 +254,8 @@ class LLMError(CrewRunError):
         retryable: Whether retrying the same call may succeed (429, 5xx, timeouts, connection
             errors); the runtime retries these by itself.
         retry_after: Seconds the provider asked to wait before retrying, when it said.
+        sent: ``False`` when the request never reached the provider (the connection failed
+            before it was sent), so nothing of it was processed or billed.
     """
 
     def __init__(
@@ -264,6 +266,7 @@ class LLMError(CrewRunError):
         status_code: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        sent: bool = True,
         outputs: Mapping[str, TaskOutput] | None = None,
     ) -> None:
         super().__init__(message, outputs=outputs)
@@ -271,6 +274,7 @@ class LLMError(CrewRunError):
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after
+        self.sent = sent
 
 
 class CredentialsError(LLMError, ConfigurationError):

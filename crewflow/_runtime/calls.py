@@ -6,8 +6,10 @@ The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is ha
 1. answers from the reply cache when the task uses one and an identical call was answered
    before (no request, no limits, nothing billed; the attempt counts a cache hit);
 2. waits for the model's (and the task's groups') limits — concurrency, rpm and tpm token
-   buckets, a Retry-After pause — and fails fast while the model's circuit breaker is open
-   (`limiter.py`, shared by every crew in the process); the time waited is the attempt's;
+   buckets, a Retry-After pause, the model's open circuit breaker — (`limiter.py`, shared by
+   every crew in the process); the time waited is the attempt's. A call the provider did not
+   process (a 4xx other than 429, a connection that failed before sending) gets its tpm
+   estimate back;
 3. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
    Retry-After pauses the model for every caller, not just this one);
 4. adds up usage, keeps a cacheable reply in the cache, and emits LLM events (token deltas
@@ -155,7 +157,16 @@ class ManagedLLM(LLM):
             try:
                 response = await self.inner.complete(request)
             except LLMError as exc:
-                permit.release(ok=_health(exc))
+                health = _health(exc)
+                permit.release(
+                    tokens=None if _processed(exc) else 0,
+                    ok=health,
+                    # Which request failed, so one bad prompt retried is one request to the
+                    # breaker; hashed only for a failure that counts.
+                    request=key or cache_key(self.inner.limit_key, request)
+                    if health is False
+                    else None,
+                )
                 self._stream_failed()
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
@@ -346,3 +357,11 @@ def _health(error: LLMError) -> bool | None:
     if error.retryable and error.status_code != 429:
         return False
     return None
+
+
+def _processed(error: LLMError) -> bool:
+    """Whether the provider may have processed (and counted the tokens of) a failed call: not
+    when it rejected it (a 4xx other than 429) or never got it (a failed connection)."""
+    status = error.status_code
+    rejected = status is not None and 400 <= status < 500 and status != 429
+    return error.sent and not rejected

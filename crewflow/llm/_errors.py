@@ -91,24 +91,46 @@ def _status_advice(status: int, key_hint: str, retry_after: float | None) -> str
     return "The request was rejected; retrying will not help."
 
 
-def timeout_error(model: str, timeout: float | None, where: str) -> LLMError:
-    """The `LLMError` of a call that got no (complete) answer in time."""
+def timeout_error(model: str, timeout: float | None, where: str, *, sent: bool) -> LLMError:
+    """The `LLMError` of a call that got no (complete) answer in time (``sent=False``: not
+    even a connection)."""
     limit = f" within {timeout:g}s" if timeout is not None else ""
     return LLMError(
         f"{model} did not answer{limit} at {where}; retrying may succeed, or raise timeout=.",
         model=model,
         retryable=True,
+        sent=sent,
     )
 
 
-def connection_error(model: str, detail: str, where: str) -> LLMError:
-    """The `LLMError` of a failed or broken connection."""
+def connection_error(model: str, detail: str, where: str, *, sent: bool) -> LLMError:
+    """The `LLMError` of a failed or broken connection (``sent=False``: it failed before the
+    request was sent)."""
     return LLMError(
         f"{model}: the connection to {where} failed ({detail}); check that the server is "
         "running and the base URL is right. Retrying may succeed.",
         model=model,
         retryable=True,
+        sent=sent,
     )
+
+
+def was_sent(exc: BaseException) -> bool:
+    """Whether the request of a failed call may have reached the provider: ``False`` only when
+    httpx failed to connect (or to get a pooled connection), which happens before a byte of the
+    request is written. A read error, a reset or a read timeout may come after the provider got
+    it all, so those count as sent."""
+    import httpx
+
+    never_sent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, never_sent):
+            return False
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return True
 
 
 def malformed_error(model: str, detail: str, where: str) -> LLMError:

@@ -35,6 +35,7 @@ from crewflow.llm._errors import (
     sdk_call,
     status_error,
     timeout_error,
+    was_sent,
 )
 from crewflow.llm._guard import check_allowed
 from crewflow.llm._redact import as_secret, public_url, redact, scrub, url_secrets
@@ -282,9 +283,11 @@ class LiteLLM(LLM):
         where = public_url(self.api_base) if self.api_base else self.model.partition("/")[0]
         # litellm's Timeout and APIConnectionError carry made-up statuses (408, 500): check first.
         if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
-            return timeout_error(self.model, self.timeout, where)
+            return timeout_error(self.model, self.timeout, where, sent=was_sent(exc))
         if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
-            return connection_error(self.model, scrub(describe_cause(exc), secrets), where)
+            return connection_error(
+                self.model, scrub(describe_cause(exc), secrets), where, sent=was_sent(exc)
+            )
         status = getattr(exc, "status_code", None)
         if isinstance(status, int) and status >= 400:
             detail = scrub(provider_detail(getattr(exc, "body", None), str(exc)), secrets)

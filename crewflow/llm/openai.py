@@ -36,6 +36,7 @@ from crewflow.llm._errors import (
     sdk_call,
     status_error,
     timeout_error,
+    was_sent,
 )
 from crewflow.llm._guard import check_allowed
 from crewflow.llm._redact import (
@@ -331,9 +332,11 @@ class OpenAIChat(LLM):
                 self.model, exc.status_code, exc.response.headers, detail, where, _KEY_HINT
             )
         if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
-            return timeout_error(self.model, self.timeout, where)
+            return timeout_error(self.model, self.timeout, where, sent=was_sent(exc))
         if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
-            return connection_error(self.model, scrub(describe_cause(exc), secrets), where)
+            return connection_error(
+                self.model, scrub(describe_cause(exc), secrets), where, sent=was_sent(exc)
+            )
         if isinstance(exc, ValueError | openai.APIResponseValidationError):
             return malformed_error(self.model, scrub(describe_malformed(exc), secrets), where)
         # An error event inside a stream, or another SDK failure without an HTTP status.
