@@ -14,7 +14,7 @@ CrewflowError
 │   ├── DuplicateRunError         (also a ValueError) .run_id: a run with that id already exists
 │   ├── RunInProgress             .run_id, .owner: resume refused, another process executes the run
 │   ├── LeaseLost                 .run_id, .owner: another process took the run over; no more writes
-│   └── SchemaVersionError        .found, .supported: the database is newer than this crewflow
+│   └── SchemaVersionError        .found, .supported: the database is newer (or, read-only, older)
 └── CrewRunError                  .outputs: every TaskOutput that finished, by task name
     ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
     ├── CrewPartialFailure        .failures, .skipped: on_failure="continue" and some tasks failed
@@ -256,7 +256,8 @@ class LeaseLost(StoreError):
 
 
 class SchemaVersionError(StoreError):
-    """The database was written by a newer crewflow whose schema this version cannot read.
+    """The database was written by a newer crewflow whose schema this version cannot read, or
+    by an older one and is opened read-only, which never upgrades it.
 
     Attributes:
         found: The database's schema version.
@@ -264,10 +265,20 @@ class SchemaVersionError(StoreError):
     """
 
     def __init__(self, path: str, found: int, supported: int) -> None:
-        super().__init__(
-            f"the run database {path} has schema version {found}, but this crewflow only knows "
-            f"versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME elsewhere"
-        )
+        if found < supported:
+            message = (
+                f"the run database {path} has schema version {found}, older than this "
+                f"crewflow's {supported}, and opened read-only it is not upgraded: open it "
+                "writable once (run or resume a crew with it), or read it with the crewflow "
+                "that wrote it"
+            )
+        else:
+            message = (
+                f"the run database {path} has schema version {found}, but this crewflow only "
+                f"knows versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME "
+                "elsewhere"
+            )
+        super().__init__(message)
         self.found = found
         self.supported = supported
 
@@ -302,6 +313,8 @@ class LLMError(CrewRunError):
         retryable: Whether retrying the same call may succeed (429, 5xx, timeouts, connection
             errors); the runtime retries these by itself.
         retry_after: Seconds the provider asked to wait before retrying, when it said.
+        sent: ``False`` when the request never reached the provider (the connection failed
+            before it was sent), so nothing of it was processed or billed.
     """
 
     def __init__(
@@ -312,6 +325,7 @@ class LLMError(CrewRunError):
         status_code: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        sent: bool = True,
         outputs: Mapping[str, TaskOutput] | None = None,
     ) -> None:
         super().__init__(message, outputs=outputs)
@@ -319,6 +333,7 @@ class LLMError(CrewRunError):
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after
+        self.sent = sent
 
 
 class CredentialsError(LLMError, ConfigurationError):
