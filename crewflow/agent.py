@@ -89,7 +89,9 @@ class Agent(Spec):
             `MaxIterationsExceeded`.
         output_retries: How many times a structured answer that fails validation is re-asked.
         stream: Ask the model to stream its answers; the run then emits
-            `crewflow.events.TokenDelta` events as text arrives.
+            `crewflow.events.TokenDelta` events as text arrives, and a
+            `crewflow.events.TokenDeltaReset` when text streamed so far is dropped (a retry,
+            the model's next call).
         group: A limit group for this agent's LLM calls (see `crewflow.Limits`).
     """
 

@@ -342,9 +342,12 @@ class Crew(Spec):
         Raises:
             ConfigurationError: The crew has ``store=None``.
             UnknownRunError: The store has no run ``run_id``.
+            RunInProgress: Another process is executing the run (its first run or another
+                resume, alive and holding the run's lease); nothing was sent or written.
             CrewChanged: The crew's tasks, agents, models or process differ from the recorded
                 ones (``force=True`` to resume anyway).
-            CrewRunError: As `kickoff`.
+            CrewRunError: As `kickoff`; with a `LeaseLost` cause when another process took the
+                run over while this one stalled.
         """
         from crewflow._runtime.recording import load_resumption
 

@@ -45,6 +45,7 @@ __all__ = [
     "TaskSkipped",
     "TaskStarted",
     "TokenDelta",
+    "TokenDeltaReset",
     "ToolCalled",
 ]
 
@@ -284,6 +285,31 @@ class TokenDelta(Event):
     task: str
     model: str
     text: str
+
+
+class TokenDeltaReset(Event):
+    """The text a task has streamed so far is not its answer: drop it. The deltas that follow
+    start the text again.
+
+    Emitted before a call's first delta when the task streamed text since its last reset:
+    the call that streamed it failed and is retried (a stream cut short, a retried attempt,
+    the fallback agent), or it was not the final answer (the model called tools, or its
+    answer failed validation and was asked again). So the `TokenDelta` texts after a task's
+    last reset join to exactly the text of its answer: `TaskOutput.text`, or for a task with
+    an ``output_model`` the JSON the model wrote (which ``text`` holds re-serialized).
+
+    Attributes:
+        task: The name of the task whose streamed text is dropped.
+        model: The model about to stream again.
+        reason: ``"retry"`` when the text came from a call that failed (the provider call or
+            the task's attempt is made again), ``"next_call"`` when it came from an answer
+            that was not final.
+    """
+
+    kind: Literal["token_delta_reset"] = "token_delta_reset"
+    task: str
+    model: str
+    reason: Literal["retry", "next_call"]
 
 
 class LLMCallStarted(Event):

@@ -12,7 +12,9 @@ CrewflowError
 ├── StoreError                    reading or writing run records failed
 │   ├── UnknownRunError           (also a LookupError) .run_id: no run with that id is stored
 │   ├── DuplicateRunError         (also a ValueError) .run_id: a run with that id already exists
-│   └── SchemaVersionError        .found, .supported: the database is newer than this crewflow
+│   ├── RunInProgress             .run_id, .owner: resume refused, another process executes the run
+│   ├── LeaseLost                 .run_id, .owner: another process took the run over; no more writes
+│   └── SchemaVersionError        .found, .supported: the database is newer (or, read-only, older)
 └── CrewRunError                  .outputs: every TaskOutput that finished, by task name
     ├── TaskFailed                .task, .attempts, .cause: a task failed after all its attempts
     ├── CrewPartialFailure        .failures, .skipped: on_failure="continue" and some tasks failed
@@ -40,8 +42,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
     from crewflow._plan import PlanProblem
+    from crewflow.store._lease import LeaseOwner
     from crewflow.task import Task, TaskOutput
 
 __all__ = [
@@ -57,9 +61,11 @@ __all__ = [
     "InvalidPlan",
     "KickoffsFailed",
     "LLMError",
+    "LeaseLost",
     "MaxIterationsExceeded",
     "OutputValidationError",
     "RunCancelled",
+    "RunInProgress",
     "SchemaVersionError",
     "StoreError",
     "TaskFailed",
@@ -196,8 +202,62 @@ class DuplicateRunError(StoreError, ValueError):
         self.run_id = run_id
 
 
+class RunInProgress(StoreError):
+    """A resume was refused: another process is executing the run (it holds the run's lease,
+    and its process is alive), so resuming it now would run its tasks twice.
+
+    Attributes:
+        run_id: The run.
+        owner: The process executing it (`crewflow.store.LeaseOwner`: host and pid), or
+            ``None`` when it already ended the run it took over meanwhile.
+        expires: When its lease lapses unless it renews it (``None`` with no owner).
+    """
+
+    def __init__(
+        self, run_id: str, owner: LeaseOwner | None, expires: datetime | None = None
+    ) -> None:
+        if owner is None:
+            said = (
+                f"run {run_id!r} was resumed by another process while this one started to, "
+                f"and that one finished it; `crewflow show {run_id}` tells how it ended"
+            )
+        else:
+            until = "" if expires is None else f", at {expires.isoformat(timespec='seconds')}"
+            said = (
+                f"run {run_id!r} is being executed by another process ({owner}), so resuming "
+                "it now would run its tasks twice; wait for that run to end, or stop that "
+                f"process: once it is gone (or its lease expires{until} unless renewed), "
+                f"`crewflow resume {run_id}` takes the run over"
+            )
+        super().__init__(said)
+        self.run_id = run_id
+        self.owner = owner
+        self.expires = expires
+
+
+class LeaseLost(StoreError):
+    """A run's record write was refused: the run's lease is no longer this process's (another
+    process took the run over after this one stalled, or the run was ended). The run stops.
+
+    Attributes:
+        run_id: The run.
+        owner: The process that holds the run now, or ``None`` when no process does.
+    """
+
+    def __init__(self, run_id: str, owner: LeaseOwner | None) -> None:
+        holder = "no process holds it now" if owner is None else f"{owner} holds it now"
+        super().__init__(
+            f"run {run_id!r} is no longer this process's ({holder}): its lease was taken over "
+            "while this process stalled, so it writes no more of the run's records and stops; "
+            "the run goes on where it is held"
+        )
+        self.run_id = run_id
+        self.owner = owner
+
+
 class SchemaVersionError(StoreError):
-    """The database was written by a newer crewflow whose schema this version cannot read.
+    """The database was written by a newer crewflow whose schema this version cannot read, or
+    by an older one and is opened read-only, which never upgrades it.
 
     Attributes:
         found: The database's schema version.
@@ -205,10 +265,20 @@ class SchemaVersionError(StoreError):
     """
 
     def __init__(self, path: str, found: int, supported: int) -> None:
-        super().__init__(
-            f"the run database {path} has schema version {found}, but this crewflow only knows "
-            f"versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME elsewhere"
-        )
+        if found < supported:
+            message = (
+                f"the run database {path} has schema version {found}, older than this "
+                f"crewflow's {supported}, and opened read-only it is not upgraded: open it "
+                "writable once (run or resume a crew with it), or read it with the crewflow "
+                "that wrote it"
+            )
+        else:
+            message = (
+                f"the run database {path} has schema version {found}, but this crewflow only "
+                f"knows versions up to {supported}; upgrade crewflow or point CREWFLOW_HOME "
+                "elsewhere"
+            )
+        super().__init__(message)
         self.found = found
         self.supported = supported
 
@@ -243,6 +313,8 @@ class LLMError(CrewRunError):
         retryable: Whether retrying the same call may succeed (429, 5xx, timeouts, connection
             errors); the runtime retries these by itself.
         retry_after: Seconds the provider asked to wait before retrying, when it said.
+        sent: ``False`` when the request never reached the provider (the connection failed
+            before it was sent), so nothing of it was processed or billed.
     """
 
     def __init__(
@@ -253,6 +325,7 @@ class LLMError(CrewRunError):
         status_code: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        sent: bool = True,
         outputs: Mapping[str, TaskOutput] | None = None,
     ) -> None:
         super().__init__(message, outputs=outputs)
@@ -260,6 +333,7 @@ class LLMError(CrewRunError):
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after
+        self.sent = sent
 
 
 class CredentialsError(LLMError, ConfigurationError):

@@ -5,29 +5,37 @@ These values say what the limits are; the runtime's registry (`crewflow.set_limi
 
 **Keys.** A `Limit` is declared under a key of `Limits`: a model string (``"openai/gpt-4o"``,
 shared by every endpoint serving that model), an LLM's `limit_key`
-(``"openai|https://api.openai.com/v1|gpt-4o"``: one endpoint and model), or a group name given to
-agents or tasks (``"search"``). A call is subject to the limit of each of its groups, plus its
-model's limit, looked up by limit key first, then by model string. Undeclared groups limit
-nothing. Declarations are process-wide (`set_limits`) or passed to a crew; the most recent
-declaration of a key wins, and declaring a key again keeps its state (calls in flight, bucket
-levels).
+(``"openai|https://api.openai.com/v1|gpt-4o"``: one endpoint and model, its URL without
+credentials), or a group name given to agents or tasks (``"search"``). A call is subject to
+the limit of each of its groups, plus its model's limit, looked up by limit key first, then by
+model string. Undeclared groups limit nothing. Declarations are process-wide (`set_limits`)
+or passed to a crew; the most recent declaration of a key wins, and declaring a key again keeps
+its state (calls in flight, bucket levels).
 
 **Buckets.** ``rpm`` and ``tpm`` are token buckets that refill continuously at ``rpm / 60``
 requests (``tpm / 60`` tokens) per second up to a capacity, the burst: by default one second's
 worth, at least 1 (``Limit(rpm=600)`` lets 10 requests start at once, then one every 0.1 s;
 ``Limit(rpm=600, burst=1)`` spaces every request). A call takes one request and its estimated
 prompt tokens (characters / 4); when it finishes, the provider's reported usage corrects the
-charge (charging the difference, or refunding up to the capacity). A call estimated bigger than
-the token bucket starts when the bucket is full and leaves it in debt, so it never deadlocks and
-the average rate still holds.
+charge (charging the difference, or refunding up to the capacity). A call the provider did not
+process (a 4xx answer other than 429, or a connection that failed before the request was sent)
+gets its estimate back. A call estimated bigger than the token bucket waits for the bucket to be
+full and goes alone, leaving it in debt, so it never deadlocks and the average rate still holds.
 
 **Pauses.** A 429 with Retry-After pauses the call's limit key: no call of that key starts before
 the pause ends, whatever crew or task it belongs to. Pauses only ever extend.
 
 **Breaker.** One circuit breaker per limit key: after ``Breaker.failures`` consecutive failures
-(the caller decides what counts: retryable provider errors other than 429) the circuit opens and
-calls fail fast with a non-retryable `LLMError`; after ``Breaker.cooldown`` seconds it half-opens
-and lets one trial call through; the trial's success closes it, its failure opens it again.
+(the caller decides what counts: retryable provider errors other than 429) from at least
+``Breaker.requests`` distinct requests (one bad prompt retried over and over says nothing of the
+model's health) the circuit opens. While it is open, calls wait for it to close (``wait=True``,
+the default), at most twice the cooldown, or fail fast (``wait=False``), with a non-retryable
+`LLMError` either way when it stays open; after ``Breaker.cooldown`` seconds it half-opens and
+lets one trial call through; the trial's success closes it, its failure opens it again.
+
+**Calls too big for a limit.** A call estimated above twice a key's tpm (or above twice its
+bucket's capacity, when that is the larger) could never go without stalling every other call
+for minutes: it fails at once with a non-retryable `LLMError` naming the limit.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from crewflow._spec import Value
 from crewflow.exceptions import ConfigurationError
+from crewflow.llm._redact import public_url
 
 __all__ = ["Breaker", "Limit", "Limits"]
 
@@ -67,7 +76,8 @@ class Limit(Value):
         burst: Requests the rpm bucket holds when full (default one second's worth,
             ``rpm / 60``, at least 1).
         token_burst: Tokens the tpm bucket holds when full (default ``tpm / 60``, at least 1).
-            A bigger call starts when the bucket is full.
+            A bigger call waits for a full bucket and goes alone; one estimated above twice
+            the larger of ``tpm`` and ``token_burst`` fails at once.
 
     Raises:
         ConfigurationError: A value is not a positive number, or a burst lacks its rate.
@@ -140,25 +150,50 @@ class Limit(Value):
 class Breaker(Value):
     """The circuit breaker applied to every model (limit key).
 
+    Example:
+        ```python
+        Limits(breaker=Breaker(failures=3, cooldown=60))   # callers wait while it is open
+        Limits(breaker=Breaker(wait=False))                # callers fail at once instead
+        ```
+
     Args:
         failures: Consecutive counted failures that open the circuit (default 5).
+        requests: Distinct requests those failures must come from (default 2): one prompt
+            that always fails, retried, never opens the circuit for every other call.
         cooldown: Seconds the circuit stays open before one trial call is let through
             (default 30.0).
+        wait: While the circuit is open, calls wait for it to close (the trial call's
+            success), at most twice ``cooldown`` (and within the task's timeout), then fail;
+            ``False``: they fail at once (default ``True``).
 
     Raises:
-        ConfigurationError: ``failures`` is not a whole number >= 1 or ``cooldown`` is negative.
+        ConfigurationError: ``failures`` or ``requests`` is not a whole number >= 1,
+            ``cooldown`` is negative, or ``wait`` is not a bool.
     """
 
     failures: int = 5
+    requests: int = 2
     cooldown: float = 30.0
+    wait: bool = True
 
-    @field_validator("failures", mode="before")
+    @field_validator("failures", "requests", mode="before")
     @classmethod
-    def _whole_number(cls, value: Any) -> Any:
+    def _whole_number(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigurationError(f"Breaker(failures={value!r}) must be a whole number >= 1")
+            raise ConfigurationError(f"Breaker({name}={value!r}) must be a whole number >= 1")
         if value < 1:
-            raise ConfigurationError(f"Breaker(failures={value!r}) must be >= 1")
+            raise ConfigurationError(f"Breaker({name}={value!r}) must be >= 1")
+        return value
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ConfigurationError(
+                f"Breaker(wait={value!r}) must be True (wait for the circuit to close) or "
+                f"False (fail at once)"
+            )
         return value
 
     @field_validator("cooldown", mode="before")
@@ -179,6 +214,16 @@ class _Unset:
 
 
 _UNSET = _Unset()
+
+
+def _public_key(key: str) -> str:
+    """A limit key (``"provider|<url>|model"``) with its URL's credentials left out, as LLMs'
+    `limit_key` leaves them out; other keys as they are."""
+    provider, bar, rest = key.partition("|")
+    url, bar, model = rest.rpartition("|")
+    if not bar or "://" not in url:
+        return key
+    return f"{provider}|{public_url(url)}|{model}"
 
 
 class Limits(Value, Mapping[str, Limit]):
@@ -240,15 +285,23 @@ class Limits(Value, Mapping[str, Limit]):
     def _limits_by_key(cls, value: dict[Any, Any]) -> dict[Any, Any]:
         # Always the dict __init__ built: pydantic validates any input through the custom
         # __init__, a parent model's too (``Crew(limits={...})`` is ``Limits(**{...})``).
+        public: dict[str, Limit] = {}
         for key, limit in value.items():
             if not isinstance(key, str) or not key:
                 raise ConfigurationError(f"Limits: keys are non-empty strings, not {key!r}")
             if not isinstance(limit, Limit):
                 raise ConfigurationError(
-                    f"Limits[{key!r}] is {limit!r}: use crewflow.Limit(...), "
+                    f"Limits[{_public_key(key)!r}] is {limit!r}: use crewflow.Limit(...), "
                     f"e.g. Limit(concurrency=2, rpm=60)"
                 )
-        return value
+            shown = _public_key(key)
+            if shown in public:
+                raise ConfigurationError(
+                    f"Limits: {shown!r} given twice (its URL differs only in credentials, which "
+                    "limit keys leave out); give each endpoint once"
+                )
+            public[shown] = limit
+        return public
 
     @field_validator("breaker", mode="before")
     @classmethod

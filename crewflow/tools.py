@@ -103,15 +103,17 @@ class Tool:
 
     async def run(self, arguments: str | dict[str, Any]) -> str:
         """Validate ``arguments`` (JSON text or a dict), call the function, return its result
-        as text (strings as they are, anything else as JSON).
+        as text (strings as they are, bytes decoded as UTF-8 with U+FFFD for what does not
+        decode, anything else as JSON).
 
         A sync function runs in a daemon thread. If the caller is cancelled meanwhile (a task's
         timeout, a cancelled run), this returns at once and the thread is abandoned: it runs on
         until the function returns, a warning names the tool, and `abandoned` counts it.
 
         Raises:
-            ToolError: The arguments do not match the schema, the function raised, or it is a
-                sync tool with `MAX_ABANDONED` abandoned calls still running.
+            ToolError: The arguments do not match the schema, the function raised, its result
+                cannot be turned into text, or it is a sync tool with `MAX_ABANDONED`
+                abandoned calls still running.
         """
         try:
             raw = json.loads(arguments or "{}") if isinstance(arguments, str) else arguments
@@ -139,7 +141,14 @@ class Tool:
             raise ToolError(
                 f"tool {self.name!r} raised {type(exc).__name__}: {exc}", tool=self.name
             ) from exc
-        return _to_text(result)
+        try:
+            return _to_text(result)
+        except Exception as exc:
+            raise ToolError(
+                f"tool {self.name!r} returned a {type(result).__name__} that cannot be sent as "
+                f"text ({type(exc).__name__}: {exc}); return a str, or a JSON-encodable value",
+                tool=self.name,
+            ) from exc
 
     async def _call(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if self.is_async:
@@ -511,6 +520,10 @@ def _short_validation(exc: BaseException) -> str:
 def _to_text(result: Any) -> str:
     if isinstance(result, str):
         return result
+    if isinstance(result, bytes | bytearray | memoryview):
+        # Bytes are most often text read from a file or a socket: keep what decodes, and mark
+        # what does not with U+FFFD rather than fail the call.
+        return bytes(result).decode("utf-8", errors="replace")
     if isinstance(result, BaseModel):
         return result.model_dump_json()
     # pydantic's encoder handles models, dataclasses, dates, sets... nested anywhere.

@@ -6,7 +6,7 @@ import json
 import re
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -426,6 +426,21 @@ async def test_a_raising_tool_sends_the_error_to_the_model_and_the_loop_goes_on(
     assert result.content == "Error: tool 'fragile' raised RuntimeError: disk full"
     [(name, ok, _, error)] = log.calls
     assert (name, ok, error) == ("fragile", False, "tool 'fragile' raised RuntimeError: disk full")
+
+
+async def test_a_tool_result_that_cannot_become_text_goes_back_to_the_model() -> None:
+    @tool
+    def blob() -> Any:
+        return [b"\xff\xfe"]
+
+    llm = ScriptedLLM([ToolCalls([ToolCall("blob", {})]), "recovered"])
+
+    answer = await make_agent(tools=[blob]).run("?", llm=llm)
+
+    assert answer.text == "recovered"
+    result = llm.requests[1].messages[-1]
+    assert result.role == "tool"
+    assert result.content.startswith("Error: tool 'blob' returned a list that cannot be sent")
 
 
 @pytest.mark.parametrize(

@@ -985,6 +985,38 @@ def test_a_refused_resume_names_what_changed_at_any_width(
     assert said.endswith("so its saved outputs may not fit this one; pass --force to resume anyway")
 
 
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_a_resume_of_a_run_another_process_executes_exits_2_naming_it_at_any_width(
+    home: Path, state: Path, width: int
+) -> None:
+    run_id = failed_run(state)
+    owner = LeaseOwner(host="build-host-7", boot_id="b", pid=31337)
+    theirs = Lease(token="theirs", owner=owner, expires=datetime.now(UTC) + timedelta(hours=1))
+
+    async def held_elsewhere() -> None:
+        async with SQLiteStore(home / "runs.db") as store:
+            assert await store.take_lease(run_id, theirs, replacing=None)
+            await store.reopen_run(run_id, lease="theirs")
+
+    anyio.run(held_elsewhere)
+    env = {"COLUMNS": str(width), "TTY_COMPATIBLE": "1", "TERM": "xterm-256color"}
+
+    refused = CliRunner().invoke(cli.app, ["resume", run_id], env=env)
+
+    assert refused.exit_code == 2
+    assert "Traceback" not in refused.output
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", refused.stderr)  # colours, cursor moves
+    assert max(len(line) for line in shown.splitlines()) <= width, shown
+    said = " ".join(shown.split())
+    assert said.startswith(
+        f"error: run {run_id!r} is being executed by another process (build-host-7, pid 31337)"
+    )
+    assert f"`crewflow resume {run_id}` takes the run over" in said
+    assert calls(state) == ["facts", "draft"]  # nothing was sent
+    [run] = invoke_json("runs")
+    assert (run["status"], run["resumed"]) == ("running", 1)
+
+
 def test_resume_of_an_unknown_run_exits_2(home: Path, state: Path) -> None:
     failed_run(state)
 
@@ -1195,3 +1227,49 @@ async def test_run_ids_starting_a_prefix_come_in_order_up_to_the_limit(
     assert await store.run_ids_starting("b", limit=10) == ["b", "b2"]
     assert await store.run_ids_starting("c") == []
     await store.close()
+
+
+# -- a database on a read-only filesystem ------------------------------------------------------
+
+
+def read_only(folder: Path, argv: list[str]) -> list[str]:
+    """``argv`` run where ``folder`` cannot be written: for root (who writes through any
+    permissions) in a mount namespace where ``folder`` is a read-only filesystem, as in the
+    report; for anyone else, in a folder whose permissions refuse writes."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return argv
+    mount = f"mount --bind -o ro '{folder}' '{folder}' && exec \"$@\""
+    command = ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, "sh", *argv]
+    probe = subprocess.run([*command[: -len(argv)], "touch", str(folder / "probe")], check=False)
+    if probe.returncode == 0 or (folder / "probe").exists():
+        pytest.skip("cannot make a read-only filesystem here (unshare/mount refused)")
+    return command
+
+
+@pytest.mark.parametrize(
+    "command", [["runs", "--json"], ["show", "one", "--json"], ["optimize", "--json"]]
+)
+def test_the_commands_that_only_read_read_a_database_on_a_read_only_filesystem(
+    tmp_path: Path, command: list[str]
+) -> None:
+    folder = tmp_path / "records"
+    folder.mkdir()
+    path = folder / "runs.db"
+    fill(path, [record("one")], {"one": [attempt("facts", 1, 0, 2)]})
+    before = path.read_bytes()
+    argv = [sys.executable, "-m", "crewflow", *command, "--db", str(path)]
+
+    try:
+        done = subprocess.run(
+            read_only(folder, argv), capture_output=True, text=True, timeout=120, check=False
+        )
+    finally:
+        folder.chmod(0o755)
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    if command[0] != "optimize":
+        assert '"one"' in done.stdout
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["runs.db"]

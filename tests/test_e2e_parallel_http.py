@@ -492,21 +492,33 @@ async def test_an_open_circuit_keeps_requests_off_the_wire() -> None:
     def respond(request: ReceivedRequest) -> Reply | None:
         return Error(500, "model-x is down") if request.model == MODEL else None
 
-    limits = Limits(breaker=Breaker(failures=2, cooldown=60))
+    limits = Limits(breaker=Breaker(failures=2, cooldown=60, wait=False))
     retry = RetryPolicy(max_attempts=5, initial=0.01, jitter=False)
     async with OpenAIServer(responder=respond) as server:
 
         def to_x() -> int:
             return sum(1 for r in server.requests if r.model == MODEL)
 
-        opener = Crew(tasks=[Task("Open it", agent=agent_on(server))], limits=limits, retry=retry)
-        with pytest.raises(TaskFailed, match="circuit open") as caught:
+        opener_agent = agent_on(server)
+        opener = Crew(
+            tasks=[
+                Task("Open it", agent=opener_agent, name="a", context=[]),
+                Task("Open it again", agent=opener_agent, name="b", context=[]),
+            ],
+            limits=limits,
+            retry=retry,
+            on_failure="continue",
+        )
+        with pytest.raises(CrewPartialFailure) as opened:
             await opener.kickoff()
 
-        # Two 500s opened the circuit; the third call never left the process.
-        assert to_x() == 2
-        cause = caught.value.cause
+        # Five 500s of one request left the circuit closed; the first 500 of another request
+        # opened it, and that request's retry never left the process.
+        assert to_x() == 6
+        assert "circuit open" not in str(opened.value.failures["a"].cause)
+        cause = opened.value.failures["b"].cause
         assert isinstance(cause, LLMError)
+        assert "circuit open" in str(cause)
         assert not cause.retryable
 
         x_agent = agent_on(server, role="X")
@@ -524,7 +536,7 @@ async def test_an_open_circuit_keeps_requests_off_the_wire() -> None:
         with anyio.fail_after(5), pytest.raises(CrewPartialFailure) as partial:
             await crew.kickoff()
 
-    assert to_x() == 2  # nothing more reached the server for model-x
+    assert to_x() == 6  # nothing more reached the server for model-x
     failure = partial.value
     assert sorted(failure.failures) == ["x0", "x1", "x2"]
     for error in failure.failures.values():

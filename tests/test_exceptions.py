@@ -6,6 +6,7 @@ import builtins
 import inspect
 import pickle
 import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,10 +22,12 @@ from crewflow.exceptions import (
     DuplicateRunError,
     InvalidPlan,
     KickoffsFailed,
+    LeaseLost,
     LLMError,
     MaxIterationsExceeded,
     OutputValidationError,
     RunCancelled,
+    RunInProgress,
     SchemaVersionError,
     StoreError,
     TaskFailed,
@@ -33,6 +36,7 @@ from crewflow.exceptions import (
     UnknownRunError,
 )
 from crewflow.processes import PlanProblem, ProblemKind
+from crewflow.store import LeaseOwner
 from crewflow.task import Task, TaskOutput
 
 OUTPUT = TaskOutput(task="facts", agent="Researcher", text="five facts")
@@ -70,6 +74,10 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         UnknownRunError: UnknownRunError("r1"),
         DuplicateRunError: DuplicateRunError("r1"),
         SchemaVersionError: SchemaVersionError("runs.db", 9, 2),
+        RunInProgress: RunInProgress(
+            "r1", LeaseOwner(host="h", pid=7), datetime(2026, 1, 1, tzinfo=UTC)
+        ),
+        LeaseLost: LeaseLost("r1", LeaseOwner(host="h", pid=7)),
     }
     return factories[cls]
 

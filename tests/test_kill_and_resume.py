@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from typer.testing import CliRunner
 
 from crewflow import cli
 from crewflow.store import SQLiteStore
-from crewflow.testing import OpenAIServer, Text
+from crewflow.testing import Error, OpenAIServer, Text
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -456,3 +457,67 @@ async def test_a_hierarchical_crew_killed_at_any_moment_resumes_from_its_recorde
     }
     assert outputs["final_answer"].text == "result of final_answer"
     assert set(outputs) >= {*EVERY_REQUEST, "research", "analysis", "report"}
+
+
+async def test_two_resumes_at_once_send_each_unfinished_task_once(tmp_path: Path) -> None:
+    crew_file = tmp_path / "killed.py"
+    crew_file.write_text(textwrap.dedent(CREW_FILE))
+    home = tmp_path / "home"
+    requests: dict[str, int] = {}
+    failing = {"bravo": True}
+    ended = anyio.Event()  # a resume ended (or, were both let through, both asked for bravo)
+
+    async def respond(request: ReceivedRequest) -> Text | Error:
+        name = task_of(request)
+        requests[name] = requests.get(name, 0) + 1
+        if name == "bravo":
+            if failing["bravo"]:
+                return Error(400, "no")
+            if requests[name] == 3:
+                ended.set()
+            await ended.wait()  # the first resume holds on here until the other has ended
+        return Text(f"result of {name}")
+
+    async with OpenAIServer(responder=respond) as server:
+        environment = {
+            **os.environ,
+            "KILL_TASKS": "alpha,bravo",
+            "KILL_EDGES": "",
+            "KILL_PROCESS": "sequential",
+            "CREWFLOW_HOME": str(home),
+            "OPENAI_BASE_URL": server.base_url,
+            "OPENAI_API_KEY": "sk-loopback-test",
+        }
+        with anyio.fail_after(60):
+            first = await anyio.run_process(
+                crewflow("run", str(crew_file)), env=environment, check=False
+            )
+            assert first.returncode == 1, first.stderr.decode()
+            async with SQLiteStore(home / "runs.db") as store:
+                (run,) = await store.list_runs()
+            failing["bravo"] = False
+            resumes: list[subprocess.CompletedProcess[bytes]] = []
+
+            async def resume() -> None:
+                resumes.append(
+                    await anyio.run_process(
+                        crewflow("resume", run.run_id), env=environment, check=False
+                    )
+                )
+                ended.set()
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(resume)
+                group.start_soon(resume)
+
+    assert sorted(done.returncode for done in resumes) == [0, 2], resumes
+    assert requests == {"alpha": 1, "bravo": 2}  # bravo: the failed run's, then one resume's
+    refused = next(done for done in resumes if done.returncode == 2).stderr.decode()
+    said = " ".join(refused.split())
+    assert f"run {run.run_id!r} is being executed by another process (" in said
+    assert re.search(r"\(\S+, pid \d+\)", said), said
+    assert "Traceback" not in refused
+    async with SQLiteStore(home / "runs.db") as store:
+        record = await store.get_run(run.run_id)
+    assert record is not None
+    assert (record.status, record.resumed) == ("completed", 1)

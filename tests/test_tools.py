@@ -508,6 +508,38 @@ async def test_results_json_cannot_encode_fall_back_to_their_str() -> None:
     assert json.loads(await make.run({})) == {"thing": "a thing"}
 
 
+@pytest.mark.parametrize("result", [b"caf\xc3\xa9 \xff\xfe", bytearray(b"caf\xc3\xa9 \xff\xfe")])
+async def test_bytes_results_are_decoded_as_utf8_with_replacement_characters(result: Any) -> None:
+    @tool
+    def read() -> Any:
+        return result
+
+    assert await read.run({}) == "café \ufffd\ufffd"
+
+
+async def test_a_result_that_cannot_become_text_is_a_tool_error_naming_the_tool() -> None:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+
+    @tool
+    def tangle() -> Any:
+        return loop
+
+    with pytest.raises(ToolError, match="tool 'tangle' returned a dict that cannot be sent"):
+        await tangle.run({})
+
+
+async def test_nested_bytes_that_are_not_utf8_are_a_tool_error() -> None:
+    @tool
+    def blob() -> Any:
+        return {"data": b"\xff\xfe"}
+
+    with pytest.raises(ToolError, match="UnicodeDecodeError") as caught:
+        await blob.run({})
+
+    assert caught.value.tool == "blob"
+
+
 def test_a_parameter_without_a_type_hint_warns_naming_the_tool_and_the_parameter() -> None:
     def lookup(query, limit: int = 3) -> str:  # type: ignore[no-untyped-def]
         """Look things up."""

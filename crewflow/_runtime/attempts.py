@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from crewflow import events
 from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
-from crewflow._runtime.calls import AttemptBuilder, ManagedLLM
+from crewflow._runtime.calls import AttemptBuilder, ManagedLLM, StreamedText
 from crewflow._runtime.transcript import PromptLog, tool_call_record
 from crewflow.exceptions import LLMError, TaskFailed, TaskTimeout
 from crewflow.llm._types import Usage
@@ -71,6 +71,7 @@ class TaskAttempts:
         self.began = run.now()
         self.start = run.wall(self.began)
         self._numbers = itertools.count(run.attempts_before(name) + 1)
+        self._streamed = StreamedText()
 
     async def run_to_output(self) -> TaskOutput:
         """Attempts until an output; the fallback agent takes over when the agent's are spent.
@@ -112,6 +113,7 @@ class TaskAttempts:
                 self._groups(agent),
                 self._cache(number),
                 prompts=PromptLog(llm.redact) if run.record_prompts else None,
+                streamed=self._streamed,
             )
             began = run.now()
             began_at = run.wall(began)

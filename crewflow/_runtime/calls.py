@@ -6,12 +6,14 @@ The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is ha
 1. answers from the reply cache when the task uses one and an identical call was answered
    before (no request, no limits, nothing billed; the attempt counts a cache hit);
 2. waits for the model's (and the task's groups') limits — concurrency, rpm and tpm token
-   buckets, a Retry-After pause — and fails fast while the model's circuit breaker is open
-   (`limiter.py`, shared by every crew in the process); the time waited is the attempt's;
+   buckets, a Retry-After pause, the model's open circuit breaker — (`limiter.py`, shared by
+   every crew in the process); the time waited is the attempt's. A call the provider did not
+   process (a 4xx other than 429, a connection that failed before sending) gets its tpm
+   estimate back;
 3. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
    Retry-After pauses the model for every caller, not just this one);
 4. adds up usage, keeps a cacheable reply in the cache, and emits LLM events (token deltas
-   when the agent streams);
+   when the agent streams, and a reset before a call when the task streamed text already);
 5. records what it sent and got back on the attempt (`transcript.PromptLog`), unless the crew
    has ``record_prompts=False``.
 """
@@ -44,6 +46,17 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
+class StreamedText:
+    """What a task has streamed since its last `TokenDeltaReset`: one per task, shared by its
+    attempts, so a retried attempt knows to reset too."""
+
+    attempt: int | None = None
+    """The attempt whose call streamed it (``None``: nothing streamed since the last reset)."""
+    failed: bool = False
+    """The call that streamed it failed."""
+
+
+@dataclass(slots=True)
 class AttemptBuilder:
     """One attempt of one task while it runs: what it has spent and done so far, and the rules
     it runs under; `finish` makes its `AttemptRecord`."""
@@ -65,6 +78,7 @@ class AttemptBuilder:
     """Where its LLM calls are recorded (``None``: the crew records no prompts)."""
     repaired: bool = False
     """Whether a reply held text no store can keep (lone surrogates, NUL), replaced."""
+    streamed: StreamedText = field(default_factory=StreamedText)
 
     def finish(
         self,
@@ -135,6 +149,7 @@ class ManagedLLM(LLM):
                 return cached
         call_attempt = 1
         while True:
+            self._restart_stream()
             permit = await self._permit(request)
             run.publish(
                 events.LLMCallStarted,
@@ -146,7 +161,17 @@ class ManagedLLM(LLM):
             try:
                 response = await self.inner.complete(request)
             except LLMError as exc:
-                permit.release(ok=_health(exc))
+                health = _health(exc)
+                permit.release(
+                    tokens=None if _processed(exc) else 0,
+                    ok=health,
+                    # Which request failed, so one bad prompt retried is one request to the
+                    # breaker; hashed only for a failure that counts.
+                    request=key or cache_key(self.inner.limit_key, request)
+                    if health is False
+                    else None,
+                )
+                self._stream_failed()
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
                 self._sent(request, None, exc)
@@ -158,6 +183,7 @@ class ManagedLLM(LLM):
                 continue
             except Exception as exc:
                 permit.release()
+                self._stream_failed()
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
                 self._sent(request, None, exc)
@@ -166,6 +192,7 @@ class ManagedLLM(LLM):
                 # Cancelled (a timeout, a stop, handle.cancel()): the request was started and
                 # may have been billed, so it counts.
                 permit.release()
+                self._stream_failed()
                 attempt.usage.requests += 1
                 self._sent(request, None, exc)
                 raise
@@ -196,6 +223,7 @@ class ManagedLLM(LLM):
             return None
         attempt.cache_hits += 1
         response = self._valid(as_cached(found))
+        self._restart_stream()
         if attempt.prompts is not None:
             attempt.prompts.add(request, response, cached=True)
         await replay_deltas(request, response)
@@ -243,11 +271,34 @@ class ManagedLLM(LLM):
         self._attempt.llm_retries += 1
         return delay
 
+    def _restart_stream(self) -> None:
+        """Before a call: when the task streamed text already, that text is not the answer
+        the call's deltas make up, and listeners are told to drop it (`TokenDeltaReset`)."""
+        attempt = self._attempt
+        streamed = attempt.streamed
+        if streamed.attempt is None:
+            return
+        retry = streamed.failed or streamed.attempt != attempt.number
+        self._run.publish(
+            events.TokenDeltaReset,
+            task=attempt.task,
+            model=self.model,
+            reason="retry" if retry else "next_call",
+        )
+        streamed.attempt, streamed.failed = None, False
+
+    def _stream_failed(self) -> None:
+        streamed = self._attempt.streamed
+        if streamed.attempt is not None:
+            streamed.failed = True
+
     def _deltas(self, request: LLMRequest) -> DeltaCallback:
         """Streamed text goes to the agent's own callback and to `TokenDelta` events."""
         run, task, model, downstream = self._run, self._attempt.task, self.model, request.on_delta
+        streamed, number = self._attempt.streamed, self._attempt.number
 
         async def on_delta(text: str) -> None:
+            streamed.attempt = number
             run.emit(
                 events.TokenDelta(
                     run_id=run.run_id, time=run.now(), task=task, model=model, text=text
@@ -320,3 +371,11 @@ def _health(error: LLMError) -> bool | None:
     if error.retryable and error.status_code != 429:
         return False
     return None
+
+
+def _processed(error: LLMError) -> bool:
+    """Whether the provider may have processed (and counted the tokens of) a failed call: not
+    when it rejected it (a 4xx other than 429) or never got it (a failed connection)."""
+    status = error.status_code
+    rejected = status is not None and 400 <= status < 500 and status != 429
+    return error.sent and not rejected

@@ -12,6 +12,12 @@ the next. Cancelled while waiting, a call gives back everything it took. After t
 limits, a call checks the pause again: one that began meanwhile sends it back to wait, giving
 its capacity back.
 
+**The breaker.** A counted failure names its request (the reply-cache key): the circuit opens
+only once the consecutive failures come from ``Breaker.requests`` distinct requests. While it is
+open, a caller either fails fast (``Breaker(wait=False)``) or waits: on the clock until the
+cooldown ends, then, while another call is the trial, on an event the trial's end sets; after
+twice the cooldown it gives up with the same error fail-fast would have raised.
+
 **Threads and loops.** The registry outlives event loops (successive ``anyio.run`` calls) and
 may be used from several threads: its state is plain counters, buckets and queues behind one
 `threading.Lock`; nothing bound to a loop is kept except each waiter's own `anyio.Event`, made
@@ -102,6 +108,8 @@ class _KeyState:
     __slots__ = (
         "blocked_on",
         "breaker",
+        "breaker_waiters",
+        "failed_requests",
         "failures",
         "in_flight",
         "opened_at",
@@ -121,8 +129,22 @@ class _KeyState:
         self.paused_until: float | None = None
         self.breaker: BreakerState = "closed"
         self.failures = 0
+        # The distinct requests among the consecutive failures (at most Breaker.requests kept).
+        self.failed_requests: set[object] = set()
+        self.breaker_waiters: list[_Waiter] = []  # calls waiting for a trial call to end
         self.opened_at = 0.0
         self.trial = False
+
+    def close_breaker(self) -> None:
+        self.breaker, self.failures, self.trial = "closed", 0, False
+        self.failed_requests.clear()
+        self.wake_breaker_waiters()
+
+    def wake_breaker_waiters(self) -> None:
+        waiters, self.breaker_waiters = self.breaker_waiters, []
+        for waiter in waiters:
+            if not waiter.loop.is_closed():
+                waiter.wake()
 
     def wake_head(self) -> None:
         queue = self.queue
@@ -187,14 +209,20 @@ class Permit:
     _trial: bool = field(default=False, repr=False, compare=False)
     _released: bool = field(default=False, repr=False, compare=False)
 
-    def release(self, *, tokens: int | None = None, ok: bool | None = None) -> None:
+    def release(
+        self, *, tokens: int | None = None, ok: bool | None = None, request: str | None = None
+    ) -> None:
         """Free the call's concurrency slots and report how it went. Idempotent.
 
         Args:
             tokens: The provider's reported total tokens (prompt + completion); corrects the tpm
-                charge, which was the estimated prompt tokens.
+                charge, which was the estimated prompt tokens (``0``: the provider did not
+                process the call, which gets its estimate back).
             ok: For the breaker: ``True`` a success (closes a half-open circuit, resets the
                 count), ``False`` a failure that counts, ``None`` neither (4xx, cancellation).
+            request: The failed request's key (`crewflow._runtime.cache.cache_key`): failures
+                of one request count as one request toward ``Breaker.requests``. ``None``: a
+                request of its own.
         """
         if self._released:
             return
@@ -206,7 +234,7 @@ class Permit:
             and (ok is None or (ok and self._limit_key not in registry._states))
         ):
             return
-        registry._release(self, tokens, ok)
+        registry._release(self, tokens, ok, request)
 
 
 class LimitRegistry:
@@ -253,8 +281,9 @@ class LimitRegistry:
     ) -> Permit:
         """Wait until a call may start under every applicable limit, and take its share.
 
-        In order: the breaker of ``limit_key`` (fails fast when open), any Retry-After pause of
-        ``limit_key``, then each limit (the groups' and the model's) in turn: a concurrency
+        In order: the size of the call against every tpm limit, the breaker of ``limit_key``
+        (waits while it is open, or fails fast with ``Breaker(wait=False)``), any Retry-After
+        pause of ``limit_key``, then each limit (the groups' and the model's) in turn: a concurrency
         slot, one request from the rpm bucket, ``tokens`` from the tpm bucket. Cancelled while
         waiting, it gives everything back.
 
@@ -268,7 +297,8 @@ class LimitRegistry:
             The permit; `Permit.release` it when the call ends.
 
         Raises:
-            LLMError: The circuit of ``limit_key`` is open (``retryable=False``).
+            LLMError: The circuit of ``limit_key`` is open (``retryable=False``), or ``tokens``
+                is more than twice a tpm limit could ever let through (``retryable=False``).
         """
         limits = self._limits
         if (
@@ -314,7 +344,7 @@ class LimitRegistry:
             return {
                 "limit": limit.limit if limit is not None else None,
                 "in_flight": state.in_flight,
-                "waiting": len(state.queue),
+                "waiting": len(state.queue) + len(state.breaker_waiters),
                 "rpm_tokens": _peek(state.requests, limit.rpm / 60, limit.request_capacity, now)
                 if limit is not None and limit.rpm is not None
                 else None,
@@ -336,6 +366,7 @@ class LimitRegistry:
             for state in states.values():
                 for waiter in state.queue:
                     waiter.wake()
+                state.wake_breaker_waiters()
 
     # -- the slow path --------------------------------------------------------------------------
 
@@ -353,7 +384,8 @@ class LimitRegistry:
         permit = Permit(_registry=self, _limit_key=limit_key)
         reasons: list[str] = []
         with self._lock:
-            permit._trial = self._admit(model, limit_key, started)
+            self._check_size(model, limit_key, groups, tokens)
+        permit._trial = await self._pass_breaker(model, limit_key, clock, reasons)
         try:
             while True:
                 await self._wait_for_pause(limit_key, clock, reasons)
@@ -376,30 +408,77 @@ class LimitRegistry:
             permit.reasons = tuple(dict.fromkeys(reasons))
         return permit
 
-    def _admit(self, model: str, limit_key: str, now: float) -> bool:
-        """Check the breaker; returns whether this call is the half-open circuit's trial."""
+    def _check_size(self, model: str, limit_key: str, groups: Sequence[str], tokens: int) -> None:
+        """Refuse a call that no tpm limit of it could let through without a huge debt."""
+        for key in self._applicable(model, limit_key, groups):
+            rule = self._limits[key]
+            if rule.tpm is None:
+                continue
+            most = 2 * max(rule.tpm, rule.token_capacity)
+            if tokens > most:
+                raise _too_big(model, model if key == limit_key else key, rule, tokens, most)
+
+    async def _pass_breaker(
+        self, model: str, limit_key: str, clock: Clock, reasons: list[str]
+    ) -> bool:
+        """Wait (or fail fast) while the circuit of ``limit_key`` is open; returns whether this
+        call is the half-open circuit's trial."""
+        deadline: float | None = None
+        while True:
+            with self._lock:
+                now = clock.now()
+                admitted = self._admit(limit_key, now)
+                if isinstance(admitted, bool):
+                    return admitted
+                state = self._states[limit_key]
+                left, why = admitted
+                config = self._breaker
+                assert config is not None
+                if deadline is None:
+                    since, deadline = now, now + 2 * config.cooldown
+                if not config.wait or now >= deadline:
+                    waited = now - since if config.wait else None
+                    raise _circuit_open(model, state.failures, why, waited)
+                waiter: _Waiter | None = None
+                if left is None:  # a trial is in flight: wait for its end
+                    waiter = _Waiter(state)
+                    state.breaker_waiters.append(waiter)
+            reasons.append(f"breaker:{limit_key}")
+            if waiter is None:
+                await clock.sleep(min(left or 0.0, deadline - now))
+                continue
+            import anyio
+
+            # The loop's timer bounds the wait: the runtime clock's own time unless a test
+            # swapped in a fake clock, whose trial calls end before any real timeout.
+            try:
+                with anyio.move_on_after(deadline - now):
+                    await waiter.event.wait()
+            finally:
+                with self._lock:
+                    if waiter in state.breaker_waiters:
+                        state.breaker_waiters.remove(waiter)
+            if not waiter.event.is_set():
+                deadline = min(deadline, clock.now())  # timed out on the loop's clock
+
+    def _admit(self, limit_key: str, now: float) -> bool | tuple[float | None, str]:
+        """Check the breaker: whether this call is the half-open circuit's trial, or what it
+        waits for (seconds until the cooldown ends, ``None`` for the trial in flight) and why.
+        """
         state = self._states.get(limit_key)
         if state is None or state.breaker == "closed":
             return False
         config = self._breaker
         if config is None:  # breakers were turned off since the circuit opened
-            state.breaker, state.failures, state.trial = "closed", 0, False
+            state.close_breaker()
             return False
         if state.breaker == "open":
             left = state.opened_at + config.cooldown - now
             if left > 0:
-                raise _circuit_open(
-                    model,
-                    state.failures,
-                    f"the next trial call is allowed in {left:.1f} s",
-                )
+                return left, f"the next trial call is allowed in {left:.1f} s"
             state.breaker, state.trial = "half_open", False
         if state.trial:
-            raise _circuit_open(
-                model,
-                state.failures,
-                "a trial call is in flight and the next is allowed once it succeeds",
-            )
+            return None, "a trial call is in flight and the next is allowed once it succeeds"
         state.trial = True
         return True
 
@@ -432,6 +511,7 @@ class LimitRegistry:
             and not state.failures
             and not state.in_flight
             and not state.queue
+            and not state.breaker_waiters
             and self._states.get(key) is state
         ):
             del self._states[key]
@@ -544,8 +624,11 @@ class LimitRegistry:
             state = self._states.get(permit._limit_key)
             if state is not None and state.breaker == "half_open":
                 state.trial = False  # the next call may be the trial
+                state.wake_breaker_waiters()
 
-    def _release(self, permit: Permit, tokens: int | None, ok: bool | None) -> None:
+    def _release(
+        self, permit: Permit, tokens: int | None, ok: bool | None, request: str | None
+    ) -> None:
         with self._lock:
             now = current_clock().now()
             for hold in permit._held:
@@ -560,21 +643,28 @@ class LimitRegistry:
             elif ok:
                 state = self._states.get(permit._limit_key)
                 if state is not None:
-                    state.breaker, state.failures, state.trial = "closed", 0, False
+                    state.close_breaker()
                     self._forget_if_idle(permit._limit_key, state)
             else:
-                self._count_failure(permit, now)
+                self._count_failure(permit, now, request)
 
-    def _count_failure(self, permit: Permit, now: float) -> None:
+    def _count_failure(self, permit: Permit, now: float, request: str | None) -> None:
         config = self._breaker
         if config is None:
             self._end_trial(permit)
             return
         state = self._state(permit._limit_key)
         state.failures += 1
+        if len(state.failed_requests) < config.requests:
+            state.failed_requests.add(object() if request is None else request)
         trial_failed = permit._trial and state.breaker == "half_open"
-        if trial_failed or (state.breaker == "closed" and state.failures >= config.failures):
+        if trial_failed or (
+            state.breaker == "closed"
+            and state.failures >= config.failures
+            and len(state.failed_requests) >= config.requests
+        ):
             state.breaker, state.opened_at, state.trial = "open", now, False
+            state.wake_breaker_waiters()  # to sleep out the new cooldown
 
 
 def _correct_tokens(state: _KeyState, limit: _Rule, extra: float, now: float) -> None:
@@ -611,11 +701,25 @@ def _leave(waiter: _Waiter) -> None:
         waiter.state.wake_head()
 
 
-def _circuit_open(model: str, failures: int, when: str) -> LLMError:
+def _circuit_open(model: str, failures: int, when: str, waited: float | None) -> LLMError:
+    if waited is None:
+        how = f"Calls to {model} fail fast until then"
+    else:
+        how = f"This call waited {waited:.1f} s for it, twice the cooldown, and gave up"
     return LLMError(
-        f"circuit open for {model} after {failures} consecutive failures; {when}. Calls to "
-        f"{model} fail fast until then: check the provider's status, or tune the breaker with "
+        f"circuit open for {model} after {failures} consecutive failures; {when}. {how}: "
+        f"check the provider's status, or tune the breaker with "
         f"Limits(..., breaker=Breaker(failures=..., cooldown=...)) (breaker=None turns it off)",
+        model=model,
+        retryable=False,
+    )
+
+
+def _too_big(model: str, name: str, rule: _Rule, tokens: int, most: float) -> LLMError:
+    return LLMError(
+        f"{model}: a call estimated at {tokens:,} prompt tokens is more than twice the tpm limit "
+        f"of {name!r} (Limit(tpm={rule.tpm:g}) lets at most {most:,.0f} through in one call). "
+        f"Shorten the prompt (fewer or shorter context outputs), or raise that limit's tpm",
         model=model,
         retryable=False,
     )

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from crewflow._fingerprint import changed_aspects
+from crewflow._records import RunStatus
 from crewflow._runtime.clock import real_work
-from crewflow.exceptions import CrewChange
+from crewflow.exceptions import CrewChange, LeaseLost, RunInProgress
 from crewflow.llm._types import Usage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from crewflow._fingerprint import Fingerprint
-    from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskRecord
+    from crewflow._records import AttemptRecord, ProcessChoice, TaskKind, TaskRecord
     from crewflow.graph import TaskGraph
     from crewflow.store import AddedTaskRecord, Lease, OutputRow, RunRecord, RunSource, Store
     from crewflow.task import Task, TaskOutput
@@ -37,6 +38,7 @@ __all__ = [
     "current_source",
     "describe",
     "graph_record",
+    "in_progress",
     "load_resumption",
     "run_source",
 ]
@@ -82,7 +84,6 @@ def changes(recorded: RunRecord, now: Fingerprint, graph: TaskGraph) -> list[Cre
     removed or changed, with what changed in it where the record tells (runs recorded without
     aspect digests say that a task changed; those without task hashes, only tasks and
     dependencies), then the process."""
-    from crewflow.exceptions import CrewChange
 
     graph_now = graph_record(graph)
     if recorded.task_hashes:
@@ -151,6 +152,17 @@ def _dependencies(before: list[str], now: list[str]) -> str:
     return f"it depends on {now} instead of {before}"
 
 
+def in_progress(record: RunRecord | None, *, meanwhile: bool = False) -> RunInProgress | None:
+    """The error that refuses to resume ``record`` (as read: `observed`) while another process
+    executes it, or ``None`` when none does. ``meanwhile``: that process took the run over after
+    this one read it, so its lease holds whatever a reader now makes of it."""
+    if record is None or record.lease is None:
+        return None
+    if record.status != RunStatus.RUNNING and not meanwhile:
+        return None
+    return RunInProgress(record.run_id, record.lease.owner, record.lease.expires)
+
+
 def describe(found: Sequence[CrewChange], *, shown: int = 5) -> str:
     """The first ``shown`` changes in words, and how many more there are (a crew with
     thousands of changed tasks gets a short message; `CrewChanged.changes` has them all)."""
@@ -178,33 +190,57 @@ class Recorder:
         self.resuming = resuming
         self.lease: Lease | None = None
 
-    async def started(self, at: datetime, log: Any) -> None:
-        """Record the run as running and held by this process: a new record with its lease, or
-        the recorded run taken over (its lease replaced, then reopened)."""
+    @property
+    def token(self) -> str | None:
+        """The token of the run's lease, which every write of the run's records carries."""
+        return None if self.lease is None else self.lease.token
+
+    async def started(self, at: datetime) -> None:
+        """Record a new run as running (started ``at``) and held by this process's lease."""
         from crewflow.store import Lease
 
         lease = Lease.new()
+        self.record = self.record.model_copy(update={"started": at, "lease": lease})
+        with real_work():
+            await self.store.start_run(self.record)
+        self.lease = lease
+
+    async def take_over(self) -> None:
+        """Take the recorded run over for a resume, then reopen it: its lease is replaced only
+        if it is still the one read with the run (compare-and-set), so of two resumes at once
+        exactly one goes on.
+
+        Raises:
+            RunInProgress: Another process executes the run: its owner is alive and its lease
+                holds, or it took the run over since it was read.
+        """
+        from crewflow.store import Lease
+
+        refused = in_progress(self.record)
+        if refused is not None:
+            raise refused
+        lease = Lease.new()
         run_id = self.record.run_id
-        if self.resuming:
-            held = self.record.lease
-            with real_work():
-                taken = await self.store.take_lease(
-                    run_id, lease, replacing=None if held is None else held.token
-                )
-                await self.store.reopen_run(run_id)
+        held = self.record.lease
+        with real_work():
+            taken = await self.store.take_lease(
+                run_id, lease, replacing=None if held is None else held.token
+            )
             if not taken:
-                # Another process took the run over since it was read; issue 12 refuses here.
-                log.warning("another process took the run over while it was resumed")
-        else:
-            self.record = self.record.model_copy(update={"started": at, "lease": lease})
-            with real_work():
-                await self.store.start_run(self.record)
+                now = await self.store.get_run(run_id)
+                raise in_progress(now, meanwhile=True) or RunInProgress(run_id, None, None)
+            await self.store.reopen_run(run_id, lease=lease.token)
         self.lease = lease
 
     async def keep_lease(self, log: Any) -> None:
         """Renew the run's lease every `RENEW_SECONDS` until cancelled (a run's background
         task, pauses included). A renewal that fails is logged and tried again at the next
-        turn; when the lease is no longer this run's, renewing stops."""
+        turn.
+
+        Raises:
+            LeaseLost: The lease is no longer this run's (another process took the run over
+                while this one stalled): the run must stop.
+        """
         import anyio
 
         from crewflow.store._lease import RENEW_SECONDS, expiry
@@ -219,12 +255,13 @@ class Recorder:
             try:
                 with real_work():
                     held = await self.store.renew_lease(run_id, lease.token, expiry())
+                    now = None if held else await self.store.get_run(run_id)
             except Exception as exc:  # losing a renewal must not end the run
                 log.warning("could not renew the run's lease", error=str(exc))
                 continue
             if not held:
-                log.warning("the run's lease is held by another process now")
-                return
+                owner = None if now is None or now.lease is None else now.lease.owner
+                raise LeaseLost(run_id, owner)
 
     async def task_finished(
         self,
@@ -250,25 +287,25 @@ class Recorder:
             finished_at=at or (attempts[-1].end if attempts else datetime.now(UTC)),
         )
         with real_work():
-            await self.store.save_task(row, attempts)
+            await self.store.save_task(row, attempts, lease=self.token)
 
     async def attempts_ended(self, attempts: Sequence[AttemptRecord]) -> None:
         """Record the attempts of a task that did not finish (failed or cancelled)."""
         for attempt in attempts:
             with real_work():
-                await self.store.record_attempt(self.record.run_id, attempt)
+                await self.store.record_attempt(self.record.run_id, attempt, lease=self.token)
 
     async def tasks_added(self, tasks: Sequence[AddedTaskRecord]) -> None:
         """Record tasks the process added to the run."""
         with real_work():
-            await self.store.add_tasks(self.record.run_id, tasks)
+            await self.store.add_tasks(self.record.run_id, tasks, lease=self.token)
 
     async def chosen(self, choice: ProcessChoice) -> None:
         """Record the process a choosing process picked, why, and what it predicted."""
         details = {"choice": choice.model_dump(mode="json")}
         with real_work():
             await self.store.record_choice(
-                self.record.run_id, choice.process, choice.reason, details
+                self.record.run_id, choice.process, choice.reason, details, lease=self.token
             )
 
     async def finished(
@@ -277,8 +314,8 @@ class Recorder:
         """Record how the run ended (and that it was paused, if it was)."""
         with real_work():
             if paused:
-                await self.store.record_pause(self.record.run_id)
-            await self.store.finish_run(self.record.run_id, status, ended, usage)
+                await self.store.record_pause(self.record.run_id, lease=self.token)
+            await self.store.finish_run(self.record.run_id, status, ended, usage, lease=self.token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +397,7 @@ async def load_resumption(
 
     Raises:
         UnknownRunError: No such run in the store.
+        RunInProgress: Another process executes the run (it holds its lease).
         CrewChanged: The crew's fingerprint is not the recorded one (and not ``force``).
     """
     from crewflow.exceptions import CrewChanged, UnknownRunError
@@ -367,6 +405,9 @@ async def load_resumption(
     record = await store.get_run(run_id)
     if record is None:
         raise UnknownRunError(run_id)
+    refused = in_progress(record)
+    if refused is not None:
+        raise refused
     if record.fingerprint != now.digest and not force:
         found = changes(record, now, graph)
         raise CrewChanged(

@@ -41,6 +41,7 @@ from crewflow.exceptions import (
     CrewPartialFailure,
     CrewRunError,
     InvalidPlan,
+    LeaseLost,
     TaskFailed,
 )
 from crewflow.llm._models import resolve_llm
@@ -723,9 +724,14 @@ class Run:
                     # missing API key) leaves no run behind.
                     for agent in self._all_agents():
                         await self.llm_for(agent)
+                    recorder = self.recorder
+                    if recorder is not None and recorder.resuming:
+                        # Before the run is announced: a resume refused (RunInProgress) must
+                        # leave the run to the process that executes it, untouched.
+                        await recorder.take_over()
                     began = self._started()
-                    if self.recorder is not None:
-                        await self.recorder.started(self.wall(began), self.log)
+                    if recorder is not None and not recorder.resuming:
+                        await recorder.started(self.wall(began))
                     await self._keeping_lease(self._run_process)
                 finally:
                     self._stack = None
@@ -783,16 +789,21 @@ class Run:
         import anyio
 
         failure: BaseException | None = None
-        async with anyio.create_task_group() as renewing:
-            renewing.start_soon(recorder.keep_lease, self.log)
-            try:
-                await body()
-            except anyio.get_cancelled_exc_class():
-                raise
-            except BaseException as exc:  # raised below as it is (the renewal never fails)
-                failure = exc
-            finally:
-                renewing.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as renewing:
+                renewing.start_soon(recorder.keep_lease, self.log)
+                try:
+                    await body()
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:  # raised below as it is
+                    failure = exc
+                finally:
+                    renewing.cancel_scope.cancel()
+        except* LeaseLost as group:
+            # Another process took the run over while this one stalled: stop running tasks.
+            lost = group.exceptions[0]
+            raise CrewRunError(f"the run stopped: {lost}", outputs=self._outputs) from lost
         if failure is not None:
             raise failure
 
@@ -810,6 +821,9 @@ class Run:
                     if name not in self._saved and record.attempts:
                         await recorder.attempts_ended(record.attempts)
                 await recorder.finished(self.status, self.end, self.usage, paused=self._paused)
+            except LeaseLost as exc:
+                # The run is another process's now: its record is that process's to end.
+                self.log.warning("the end of the run is not recorded", error=str(exc))
             except CrewflowError as exc:
                 # The outputs are checkpointed already; a run record left "running" is the
                 # only loss, and the caller's result or error matters more.

@@ -122,17 +122,34 @@ def database_path(db: Path | None) -> Path:
     return (db if db is not None else default_store_path()).expanduser()
 
 
-def read_store(path: Path, read: Callable[[Store], Awaitable[_T]]) -> _T:
-    """Open the database at ``path`` (which exists), ``read`` it, close it."""
+def read_store(
+    path: Path, read: Callable[[Store], Awaitable[_T]], *, read_only: bool = False
+) -> _T:
+    """Open the database at ``path`` (which exists), ``read`` it, close it.
+
+    ``read_only``: open it so (see `SQLiteStore`), which works on a read-only filesystem; a
+    database an older crewflow wrote is then opened writable to be upgraded, when it can be.
+    """
     import anyio
 
-    from crewflow.store import SQLiteStore
+    from crewflow.store import SchemaVersionError, SQLiteStore
 
-    async def session() -> _T:
-        async with SQLiteStore(path) as store:
+    async def session(read_only: bool) -> _T:
+        async with SQLiteStore(path, read_only=read_only) as store:
             return await read(store)
 
-    return anyio.run(session)
+    try:
+        return anyio.run(session, read_only)
+    except SchemaVersionError as exc:
+        if not read_only or exc.found > exc.supported or not _writable(path):
+            raise
+    return anyio.run(session, False)
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
 SHORT_ID = 4

@@ -1,7 +1,8 @@
 """The commands that read the run database: ``runs``, ``show``, ``cache clear``, ``optimize``.
 
-They never create the database, and import nothing beyond the store and rich (``crewflow runs``
-must stay fast); ``optimize`` loads the optimizer when it runs.
+They never create the database, and those that only read open it read-only (so a database on a
+read-only filesystem can be read). They import nothing beyond the store and rich (``crewflow
+runs`` must stay fast); ``optimize`` loads the optimizer when it runs.
 """
 
 from __future__ import annotations
@@ -208,7 +209,11 @@ def list_runs(
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     path = database_path(db)
     try:
-        found = read_store(path, partial(_list, crew=crew, limit=limit)) if path.exists() else []
+        found = (
+            read_store(path, partial(_list, crew=crew, limit=limit), read_only=True)
+            if path.exists()
+            else []
+        )
     except (Exception, KeyboardInterrupt) as exc:
         return exit_code(err, exc)
     if as_json:
@@ -239,7 +244,9 @@ def show_run(
     try:
         if not path.exists():
             raise UnknownRunError(run_id)
-        details = read_store(path, partial(_details, run_id=run_id, prompts=prompts))
+        details = read_store(
+            path, partial(_details, run_id=run_id, prompts=prompts), read_only=True
+        )
     except (Exception, KeyboardInterrupt) as exc:
         return exit_code(err, exc)
     if as_json:
@@ -280,7 +287,11 @@ def optimize_runs(
 
     try:
         # Without a database the report is the empty one: "no runs recorded".
-        found = read_store(path, report) if path.exists() else anyio.run(report, MemoryStore())
+        found = (
+            read_store(path, report, read_only=True)
+            if path.exists()
+            else anyio.run(report, MemoryStore())
+        )
     except (Exception, KeyboardInterrupt) as exc:
         return exit_code(err, exc)
     if as_json:

@@ -63,9 +63,9 @@ class LLM(ABC):
         return self.model
 
     def redact(self, text: str) -> str:
-        """``text`` without this client's secrets (its API key becomes ``***``): the runtime
-        passes every prompt and reply it records through it. The default changes nothing; a
-        client that holds a key overrides it.
+        """``text`` without this client's secrets (its API key, and credentials in its base URL,
+        become ``***``): the runtime passes every prompt and reply it records through it. The
+        default changes nothing; a client that holds a key overrides it.
         """
         return text
 

@@ -1,9 +1,10 @@
 """What the provider clients share for turning SDK failures into `crewflow.exceptions.LLMError`.
 
-Each client maps its own SDK's exception classes in its ``_map_error``; the helpers here build
-the resulting errors (status, timeout, connection, unreadable answer), read Retry-After, and
-scrub API keys out of every message and every chained exception (OpenAI's 401 body echoes
-part of the key, litellm chains the SDK's errors).
+Each client maps its own SDK's exception classes in its ``_map_error``, scrubbing secrets out of
+the messages it quotes (`crewflow.llm._redact`); the helpers here build the resulting errors
+(status, timeout, connection, unreadable answer), read Retry-After, and raise them at the SDK
+boundary (`sdk_call`) without the SDK's exception chained: its response object (and the request
+under it) can echo the API key and the base URL's credentials.
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ from __future__ import annotations
 import email.utils
 import functools
 import json
-import re
 import time
-from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit, urlunsplit
-
-from pydantic import SecretStr
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from crewflow.exceptions import LLMError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
+
+T = TypeVar("T")
 
 MAX_DETAIL: Final = 500
 """How many characters of a provider's message an error quotes."""
@@ -38,6 +37,21 @@ def sdk_errors() -> tuple[type[Exception], ...]:
     import openai
 
     return (openai.OpenAIError, httpx.HTTPError, json.JSONDecodeError)
+
+
+async def sdk_call(call: Awaitable[T], map_error: Callable[[Exception], LLMError]) -> T:
+    """Await one SDK call (a request, or a stream's next chunk), raising its failure as the
+    `LLMError` that ``map_error`` makes of it, with no exception chained: neither cause nor
+    context. The error carries what the caller needs (status, Retry-After, the provider's
+    message, scrubbed); the SDK's exception holds its HTTP response and request, whose text and
+    URL can hold secrets, and `crewflow.exceptions.TaskFailed.cause` would keep them alive.
+    """
+    try:
+        return await call
+    except sdk_errors() as exc:
+        error = map_error(exc)
+    # Raised outside the handler, so the SDK's exception is not even the implicit context.
+    raise error from None
 
 
 # -- the errors -------------------------------------------------------------------------------
@@ -77,24 +91,46 @@ def _status_advice(status: int, key_hint: str, retry_after: float | None) -> str
     return "The request was rejected; retrying will not help."
 
 
-def timeout_error(model: str, timeout: float | None, where: str) -> LLMError:
-    """The `LLMError` of a call that got no (complete) answer in time."""
+def timeout_error(model: str, timeout: float | None, where: str, *, sent: bool) -> LLMError:
+    """The `LLMError` of a call that got no (complete) answer in time (``sent=False``: not
+    even a connection)."""
     limit = f" within {timeout:g}s" if timeout is not None else ""
     return LLMError(
         f"{model} did not answer{limit} at {where}; retrying may succeed, or raise timeout=.",
         model=model,
         retryable=True,
+        sent=sent,
     )
 
 
-def connection_error(model: str, detail: str, where: str) -> LLMError:
-    """The `LLMError` of a failed or broken connection."""
+def connection_error(model: str, detail: str, where: str, *, sent: bool) -> LLMError:
+    """The `LLMError` of a failed or broken connection (``sent=False``: it failed before the
+    request was sent)."""
     return LLMError(
         f"{model}: the connection to {where} failed ({detail}); check that the server is "
         "running and the base URL is right. Retrying may succeed.",
         model=model,
         retryable=True,
+        sent=sent,
     )
+
+
+def was_sent(exc: BaseException) -> bool:
+    """Whether the request of a failed call may have reached the provider: ``False`` only when
+    httpx failed to connect (or to get a pooled connection), which happens before a byte of the
+    request is written. A read error, a reset or a read timeout may come after the provider got
+    it all, so those count as sent."""
+    import httpx
+
+    never_sent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, never_sent):
+            return False
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return True
 
 
 def malformed_error(model: str, detail: str, where: str) -> LLMError:
@@ -164,84 +200,3 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - time.time())
-
-
-# -- secrets ----------------------------------------------------------------------------------
-
-# Key-shaped tokens: OpenAI-style (sk-, sk-proj-...), bearer tokens, and whatever follows
-# "API key provided:" in an echoing error body.
-_KEY_PATTERN: Final = re.compile(
-    r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*.]{6,}"
-    r"|\bAIza[A-Za-z0-9_\-]{20,}"
-    r"|\bBearer\s+[^\s\"',]+"
-    r"|(?<=api key provided: )[^\s\"',]+",
-    re.IGNORECASE,
-)
-_REDACTED: Final = "***"
-
-
-def as_secret(api_key: str | SecretStr | None) -> SecretStr | None:
-    """The key as a `SecretStr` (``None`` when absent or empty), so no repr can show it."""
-    if api_key is None:
-        return None
-    secret = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-    return secret if secret.get_secret_value() else None
-
-
-def scrub(text: str, secret: str | None) -> str:
-    """``text`` without ``secret`` and without anything shaped like an API key."""
-    if secret:
-        text = text.replace(secret, _REDACTED)
-    return _KEY_PATTERN.sub(_REDACTED, text)
-
-
-def redact(text: str, secret: str | None) -> str:
-    """``text`` with ``secret`` replaced by ``***``: for recorded prompts, which must stay as
-    they were sent, so unlike `scrub` nothing merely shaped like a key is touched."""
-    if secret and secret in text:
-        return text.replace(secret, _REDACTED)
-    return text
-
-
-def scrub_exception(exc: BaseException, secret: str | None) -> None:
-    """Scrub an SDK exception and the exceptions chained under it, in place: they become our
-    error's ``__cause__`` and end up in tracebacks and logs (litellm chains the SDK's errors)."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        _scrub_one(current, secret)
-        pending += (current.__cause__, current.__context__)
-
-
-def _scrub_one(exc: BaseException, secret: str | None) -> None:
-    exc.args = tuple(scrub(a, secret) if isinstance(a, str) else a for a in exc.args)
-    for name in ("message", "litellm_debug_info"):
-        value = getattr(exc, name, None)
-        if isinstance(value, str):
-            setattr(exc, name, scrub(value, secret))
-    if hasattr(exc, "body"):
-        exc.body = _scrub_value(exc.body, secret)
-
-
-def _scrub_value(value: object, secret: str | None) -> object:
-    if isinstance(value, str):
-        return scrub(value, secret)
-    if isinstance(value, dict):
-        return {key: _scrub_value(item, secret) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_scrub_value(item, secret) for item in value]
-    return value
-
-
-def display_url(url: str) -> str:
-    """``url`` without user:password, fit for messages and reprs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))

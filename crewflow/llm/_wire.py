@@ -12,7 +12,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from crewflow.llm._errors import MAX_DETAIL, sdk_errors
+from crewflow.llm._errors import MAX_DETAIL, sdk_call
 from crewflow.llm._types import (
     LLMResponse,
     ToolCall,
@@ -152,11 +152,9 @@ async def read_stream(
     try:
         while True:
             try:
-                chunk = await anext(iterator)
+                chunk = await sdk_call(anext(iterator), map_error)
             except StopAsyncIteration:
                 break
-            except sdk_errors() as exc:
-                raise map_error(exc) from exc
             text = state.add(chunk)
             if text and request.on_delta is not None:
                 await _call_on_delta(request.on_delta, text)

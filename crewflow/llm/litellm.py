@@ -26,22 +26,19 @@ from crewflow.exceptions import ConfigurationError, LLMError
 from crewflow.llm._base import LLM
 from crewflow.llm._credentials import litellm_missing, litellm_refused
 from crewflow.llm._errors import (
-    as_secret,
     connection_error,
     describe_cause,
     describe_malformed,
-    display_url,
     malformed_error,
     other_error,
     provider_detail,
-    redact,
-    scrub,
-    scrub_exception,
-    sdk_errors,
+    sdk_call,
     status_error,
     timeout_error,
+    was_sent,
 )
 from crewflow.llm._guard import check_allowed
+from crewflow.llm._redact import as_secret, public_url, redact, scrub, url_secrets
 from crewflow.llm._wire import (
     MalformedResponse,
     close_shielded,
@@ -129,7 +126,7 @@ class LiteLLM(LLM):
     def __repr__(self) -> str:
         if self.api_base is None:
             return f"LiteLLM(model={self.model!r})"
-        return f"LiteLLM(model={self.model!r}, api_base={display_url(self.api_base)!r})"
+        return f"LiteLLM(model={self.model!r}, api_base={public_url(self.api_base)!r})"
 
     def __copy__(self) -> LiteLLM:
         return self
@@ -145,8 +142,9 @@ class LiteLLM(LLM):
 
     @property
     def limit_key(self) -> str:
-        """``"litellm|<api_base>|<model>"``: one set of limits per endpoint and model."""
-        return f"litellm|{self.api_base or ''}|{self.model}"
+        """``"litellm|<api_base>|<model>"``: one set of limits per endpoint and model. The API
+        root appears without credentials (`public_url`): the key is recorded with limit waits."""
+        return f"litellm|{public_url(self.api_base) if self.api_base else ''}|{self.model}"
 
     async def open(self) -> None:
         """Import litellm and check the credentials (off the event loop), and register as a
@@ -203,10 +201,7 @@ class LiteLLM(LLM):
             kwargs = self._request_kwargs(request)
             if request.stream:
                 return await self._stream(litellm, kwargs, request)
-            try:
-                response = await litellm.acompletion(**kwargs)
-            except sdk_errors() as exc:
-                raise self._map_error(exc) from exc
+            response = await sdk_call(litellm.acompletion(**kwargs), self._map_error)
             return self._to_response(litellm, response, request)
         finally:
             await _release_loop(loop)
@@ -246,10 +241,7 @@ class LiteLLM(LLM):
     async def _stream(
         self, litellm: Any, kwargs: dict[str, Any], request: LLMRequest
     ) -> LLMResponse:
-        try:
-            stream = await litellm.acompletion(**kwargs)
-        except sdk_errors() as exc:
-            raise self._map_error(exc) from exc
+        stream = await sdk_call(litellm.acompletion(**kwargs), self._map_error)
         response = await read_stream(stream, request, self.model, self._map_error)
         # litellm prices a stream before its usage chunk arrives: price the final counts.
         response.usage.cost = _price(litellm, self.model, response.usage)
@@ -269,8 +261,15 @@ class LiteLLM(LLM):
         return result
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key given to this client replaced by ``***``."""
-        return redact(text, self._api_key.get_secret_value() if self._api_key else None)
+        """``text`` with the API key given to this client, and the API root's credentials,
+        replaced by ``***``."""
+        return redact(text, self._secrets())
+
+    def _secrets(self) -> tuple[str, ...]:
+        """The key given to this client and what its API root carries (userinfo, a key in its
+        query), for taking out of errors and recorded text."""
+        key = (self._api_key.get_secret_value(),) if self._api_key is not None else ()
+        return (*key, *url_secrets(self.api_base))
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -280,17 +279,18 @@ class LiteLLM(LLM):
         import httpx
         import openai
 
-        secret = self._api_key.get_secret_value() if self._api_key is not None else None
-        scrub_exception(exc, secret)
-        where = display_url(self.api_base) if self.api_base else self.model.partition("/")[0]
+        secrets = self._secrets()
+        where = public_url(self.api_base) if self.api_base else self.model.partition("/")[0]
         # litellm's Timeout and APIConnectionError carry made-up statuses (408, 500): check first.
         if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
-            return timeout_error(self.model, self.timeout, where)
+            return timeout_error(self.model, self.timeout, where, sent=was_sent(exc))
         if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
-            return connection_error(self.model, scrub(describe_cause(exc), secret), where)
+            return connection_error(
+                self.model, scrub(describe_cause(exc), secrets), where, sent=was_sent(exc)
+            )
         status = getattr(exc, "status_code", None)
         if isinstance(status, int) and status >= 400:
-            detail = scrub(provider_detail(getattr(exc, "body", None), str(exc)), secret)
+            detail = scrub(provider_detail(getattr(exc, "body", None), str(exc)), secrets)
             if status == 401:
                 return litellm_refused(
                     _import_litellm(),
@@ -304,9 +304,9 @@ class LiteLLM(LLM):
             headers = _error_headers(exc)
             return status_error(self.model, status, headers, detail, where, _KEY_HINT)
         if isinstance(exc, ValueError):
-            return malformed_error(self.model, scrub(describe_malformed(exc), secret), where)
+            return malformed_error(self.model, scrub(describe_malformed(exc), secrets), where)
         retryable = isinstance(exc, openai.APIError)
-        return other_error(self.model, scrub(str(exc), secret), where, retryable=retryable)
+        return other_error(self.model, scrub(str(exc), secrets), where, retryable=retryable)
 
 
 # -- litellm, loaded once ---------------------------------------------------------------------

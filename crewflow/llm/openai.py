@@ -5,7 +5,9 @@ makes (or shares) the client of the running loop, `aclose` closes it after the l
 `complete` outside `open`/`aclose` gets a client of its own for that one call.
 
 Provider errors become `crewflow.exceptions.LLMError` in one place, `OpenAIChat._map_error`, with
-API keys scrubbed from every message (OpenAI's 401 body echoes part of the key).
+API keys and the base URL's credentials scrubbed from every message (OpenAI's 401 body echoes
+part of the key). The base URL is used as given for the HTTP calls; wherever it is shown (limit
+keys, messages, the repr) it goes through `crewflow.llm._redact.public_url`.
 """
 
 from __future__ import annotations
@@ -25,22 +27,26 @@ from crewflow.exceptions import ConfigurationError, LLMError
 from crewflow.llm._base import LLM
 from crewflow.llm._credentials import missing_error, refused_error
 from crewflow.llm._errors import (
-    as_secret,
     connection_error,
     describe_cause,
     describe_malformed,
-    display_url,
     malformed_error,
     other_error,
     provider_detail,
-    redact,
-    scrub,
-    scrub_exception,
-    sdk_errors,
+    sdk_call,
     status_error,
     timeout_error,
+    was_sent,
 )
 from crewflow.llm._guard import check_allowed
+from crewflow.llm._redact import (
+    as_secret,
+    public_url,
+    redact,
+    scrub,
+    split_userinfo,
+    url_secrets,
+)
 from crewflow.llm._wire import (
     MalformedResponse,
     close_shielded,
@@ -140,7 +146,7 @@ class OpenAIChat(LLM):
     def __repr__(self) -> str:
         if self.base_url is None:
             return f"OpenAIChat(model={self.name!r})"
-        return f"OpenAIChat(model={self.name!r}, base_url={display_url(self.base_url)!r})"
+        return f"OpenAIChat(model={self.name!r}, base_url={public_url(self.base_url)!r})"
 
     def __copy__(self) -> OpenAIChat:
         return self
@@ -156,8 +162,9 @@ class OpenAIChat(LLM):
 
     @property
     def limit_key(self) -> str:
-        """``"openai|<base_url>|<model>"``: one set of limits per endpoint and model."""
-        return f"openai|{self._resolve_base_url().rstrip('/')}|{self.name}"
+        """``"openai|<base_url>|<model>"``: one set of limits per endpoint and model. The base URL
+        appears without credentials (`public_url`): the key is recorded with limit waits."""
+        return f"openai|{public_url(self._resolve_base_url().rstrip('/'))}|{self.name}"
 
     async def open(self) -> None:
         """Create (or share) the SDK client of the running event loop.
@@ -231,10 +238,7 @@ class OpenAIChat(LLM):
         )
         if request.extra:
             _add_extra(kwargs, request.extra)
-        try:
-            answer: Any = await client.chat.completions.create(**kwargs)
-        except sdk_errors() as exc:
-            raise self._map_error(exc) from exc
+        answer: Any = await sdk_call(client.chat.completions.create(**kwargs), self._map_error)
         if request.stream:
             return await read_stream(answer, request, self.model, self._map_error)
         try:
@@ -245,8 +249,9 @@ class OpenAIChat(LLM):
     # -- configuration ----------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key in use replaced by ``***``."""
-        return redact(text, self._secret())
+        """``text`` with the API key in use, and the base URL's credentials, replaced by
+        ``***``."""
+        return redact(text, self._secrets())
 
     def _resolve_base_url(self) -> str:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -256,6 +261,12 @@ class OpenAIChat(LLM):
         if self._api_key is not None:
             return self._api_key.get_secret_value()
         return os.environ.get("OPENAI_API_KEY") or None
+
+    def _secrets(self) -> tuple[str, ...]:
+        """Every secret in use: the key, and what the base URL carries (userinfo, a key in its
+        query), for taking out of errors and recorded text."""
+        key = self._secret()
+        return (*((key,) if key else ()), *url_secrets(self._resolve_base_url()))
 
     def _resolve_api_key(self, base_url: str) -> str:
         key = self._secret()
@@ -276,7 +287,11 @@ class OpenAIChat(LLM):
         from openai import AsyncOpenAI
 
         api_key = self._resolve_api_key(base_url)
+        # The URL's credentials become the client's basic auth, as httpx would make them: the
+        # URL the SDK and httpx keep (in requests, responses, errors, debug logs) has none.
+        base_url, basic_auth = split_userinfo(base_url)
         http_client = httpx.AsyncClient(
+            auth=basic_auth,
             verify=_ssl_context(),
             timeout=self.timeout,
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
@@ -299,11 +314,10 @@ class OpenAIChat(LLM):
         import httpx
         import openai
 
-        secret = self._secret()
-        scrub_exception(exc, secret)
-        where = display_url(self._resolve_base_url())
+        secrets = self._secrets()
+        where = public_url(self._resolve_base_url())
         if isinstance(exc, openai.APIStatusError):
-            detail = scrub(provider_detail(exc.body, exc.message), secret)
+            detail = scrub(provider_detail(exc.body, exc.message), secrets)
             if exc.status_code == 401:
                 return refused_error(
                     self.model,
@@ -318,14 +332,16 @@ class OpenAIChat(LLM):
                 self.model, exc.status_code, exc.response.headers, detail, where, _KEY_HINT
             )
         if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
-            return timeout_error(self.model, self.timeout, where)
+            return timeout_error(self.model, self.timeout, where, sent=was_sent(exc))
         if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
-            return connection_error(self.model, scrub(describe_cause(exc), secret), where)
+            return connection_error(
+                self.model, scrub(describe_cause(exc), secrets), where, sent=was_sent(exc)
+            )
         if isinstance(exc, ValueError | openai.APIResponseValidationError):
-            return malformed_error(self.model, scrub(describe_malformed(exc), secret), where)
+            return malformed_error(self.model, scrub(describe_malformed(exc), secrets), where)
         # An error event inside a stream, or another SDK failure without an HTTP status.
         retryable = isinstance(exc, openai.APIError)
-        return other_error(self.model, scrub(str(exc), secret), where, retryable=retryable)
+        return other_error(self.model, scrub(str(exc), secrets), where, retryable=retryable)
 
 
 def _is_openai_host(base_url: str) -> bool:

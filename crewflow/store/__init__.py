@@ -20,6 +20,8 @@ from crewflow._records import (
 )
 from crewflow.store._base import (
     DuplicateRunError,
+    LeaseLost,
+    RunInProgress,
     SchemaVersionError,
     Store,
     StoreError,
@@ -39,11 +41,13 @@ __all__ = [
     "DuplicateRunError",
     "History",
     "Lease",
+    "LeaseLost",
     "LeaseOwner",
     "MemoryStore",
     "OutputRow",
     "ProcessHistory",
     "PromptRecord",
+    "RunInProgress",
     "RunRecord",
     "RunSource",
     "RunStatus",

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Self
 
 from crewflow.exceptions import (
     DuplicateRunError,
+    LeaseLost,
+    RunInProgress,
     SchemaVersionError,
     StoreError,
     UnknownRunError,
@@ -31,6 +33,8 @@ _opened: dict[str, Store] = {}
 
 __all__ = [
     "DuplicateRunError",
+    "LeaseLost",
+    "RunInProgress",
     "SchemaVersionError",
     "Store",
     "StoreError",
@@ -91,7 +95,9 @@ class Store(ABC):
     A run being executed holds a lease (`Lease`) that its process renews: ``start_run`` records
     the first one, ``take_lease`` takes a run over (a resume), ``renew_lease`` extends it, and
     ``finish_run`` releases it. A run recorded ``running`` whose lease lapsed is read back as
-    ``interrupted``.
+    ``interrupted``. Every write of a run's records takes the token of the lease its writer
+    holds (``lease=``) and checks it in the same transaction: once another process took the run
+    over, the write fails with `LeaseLost` and changes nothing. ``lease=None`` writes unchecked.
 
     Subclasses implement the abstract methods; the others have defaults that later versions may
     add to without breaking existing stores.
@@ -114,20 +120,29 @@ class Store(ABC):
 
     @abstractmethod
     async def finish_run(
-        self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
+        self,
+        run_id: str,
+        status: RunStatus,
+        ended: datetime,
+        usage: Usage,
+        *,
+        lease: str | None = None,
     ) -> None:
         """Mark a run as ended, with its final status and usage, and release its lease.
 
         Raises:
             UnknownRunError: No such run.
+            LeaseLost: ``lease`` is not the token of the run's lease.
         """
 
-    async def reopen_run(self, run_id: str) -> None:
+    async def reopen_run(self, run_id: str, *, lease: str | None = None) -> None:
         """Mark an ended (or killed) run as running again and count the resume
-        (`Crew.resume` calls it before re-running what had not finished).
+        (`Crew.resume` calls it, with the lease it took, before re-running what had not
+        finished).
 
         Raises:
             UnknownRunError: No such run.
+            LeaseLost: ``lease`` is not the token of the run's lease.
             StoreError: This store cannot resume runs (the default; both built-in stores can).
         """
         raise StoreError(f"{type(self).__name__} cannot resume runs (it has no reopen_run)")
@@ -163,6 +178,8 @@ class Store(ABC):
         process: str,
         reason: str,
         details: Mapping[str, JsonValue] | None = None,
+        *,
+        lease: str | None = None,
     ) -> None:
         """Record the process a choosing process (adaptive) picked for the run, and why:
         ``chosen`` and ``process_reason``, with ``details`` merged into the run's ``details``
@@ -172,18 +189,24 @@ class Store(ABC):
 
         Raises:
             UnknownRunError: No such run.
+            LeaseLost: ``lease`` is not the token of the run's lease.
         """
 
-    async def record_pause(self, run_id: str) -> None:  # noqa: B027 - an optional hook
+    async def record_pause(  # noqa: B027 - an optional hook
+        self, run_id: str, *, lease: str | None = None
+    ) -> None:
         """Record that the run was paused (its duration then says little about its speed).
 
         The default keeps nothing.
 
         Raises:
             UnknownRunError: No such run.
+            LeaseLost: ``lease`` is not the token of the run's lease.
         """
 
-    async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:  # noqa: B027
+    async def add_tasks(  # noqa: B027 - an optional hook
+        self, run_id: str, tasks: Sequence[AddedTaskRecord], *, lease: str | None = None
+    ) -> None:
         """Record tasks a process added to the run while it ran, as one write.
 
         The default keeps nothing: a resumed run then re-adds its process's tasks without
@@ -191,6 +214,7 @@ class Store(ABC):
 
         Raises:
             UnknownRunError: No such run.
+            LeaseLost: ``lease`` is not the token of the run's lease.
         """
 
     async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
@@ -198,23 +222,33 @@ class Store(ABC):
         return []
 
     @abstractmethod
-    async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
+    async def record_attempt(
+        self, run_id: str, attempt: AttemptRecord, *, lease: str | None = None
+    ) -> None:
         """Record one finished attempt of a task of run ``run_id`` (replacing an earlier record
         of the same task and attempt number).
 
         Raises:
             UnknownRunError: The run was never started.
+            LeaseLost: ``lease`` is not the token of the run's lease.
         """
 
     @abstractmethod
-    async def save_output(self, row: OutputRow) -> None:
+    async def save_output(self, row: OutputRow, *, lease: str | None = None) -> None:
         """Commit a finished task's output before returning (the checkpoint).
 
         Raises:
             UnknownRunError: The row's run was never started.
+            LeaseLost: ``lease`` is not the token of the run's lease.
         """
 
-    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRecord] = ()) -> None:
+    async def save_task(
+        self,
+        output: OutputRow,
+        attempts: Sequence[AttemptRecord] = (),
+        *,
+        lease: str | None = None,
+    ) -> None:
         """Record a finished task's attempts and commit its output, as one checkpoint.
 
         What the runtime calls when a task finishes; a store may do it in one transaction
@@ -222,10 +256,11 @@ class Store(ABC):
 
         Raises:
             UnknownRunError: The output's run was never started.
+            LeaseLost: ``lease`` is not the token of the run's lease.
         """
         for attempt in attempts:
-            await self.record_attempt(output.run_id, attempt)
-        await self.save_output(output)
+            await self.record_attempt(output.run_id, attempt, lease=lease)
+        await self.save_output(output, lease=lease)
 
     @abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None:

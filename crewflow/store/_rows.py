@@ -13,7 +13,7 @@ from pydantic_core import to_jsonable_python
 from crewflow._records import AttemptRecord, PromptRecord, TaskStatus
 from crewflow._text import json_text, valid_json, valid_text, valid_values
 from crewflow._usage import Usage
-from crewflow.store._base import UnknownRunError
+from crewflow.store._base import LeaseLost, UnknownRunError
 from crewflow.store._lease import Lease, LeaseOwner
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
@@ -49,21 +49,56 @@ LEASE_WRITE = (
 OUTPUT_COLUMNS = "run_id, task, text, data, agent, model, finished_at"
 
 
+def check_lease(conn: sqlite3.Connection, run_id: str, token: str | None) -> None:
+    """Refuse a write of run ``run_id`` whose writer's lease (``token``; ``None``: unchecked) no
+    longer holds the run; inside the write's transaction, so no takeover comes in between."""
+    if token is None:
+        return
+    found = conn.execute(
+        f"SELECT {LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if found is not None and found[0] == token:
+        return
+    _require_run(conn, run_id)
+    owner = None
+    if found is not None:
+        _, host, boot_id, pid, process_start, _ = found
+        owner = LeaseOwner(host=host, boot_id=boot_id, pid=pid, process_start=process_start)
+    raise LeaseLost(run_id, owner)
+
+
 class TaskRows:
     """The write of a task's attempts and output, as values; rows are turned into values on
     the caller's side, so that a row JSON cannot hold fails there. Called with a connection,
-    it inserts them alone; the store's thread inserts many at once (``_insert_together`` in
-    `crewflow.store._writer`)."""
+    it checks the writer's lease and inserts them alone; the store's thread inserts many at once
+    (``_insert_together`` in `crewflow.store._writer`) once `leases_hold`."""
 
-    __slots__ = ("attempts", "output")
+    __slots__ = ("attempts", "lease", "output", "run_id")
 
     def __init__(
-        self, run_id: str, output: OutputRow | None, attempts: Iterable[AttemptRecord]
+        self,
+        run_id: str,
+        output: OutputRow | None,
+        attempts: Iterable[AttemptRecord],
+        lease: str | None = None,
     ) -> None:
+        self.run_id = valid_text(run_id)  # stored repaired (`_attempt_values`): checked so too
+        self.lease = lease
         self.attempts = [_attempt_values(run_id, attempt) for attempt in attempts]
         self.output = None if output is None else _output_values(output)
 
+    @staticmethod
+    def leases_hold(conn: sqlite3.Connection, rows: Iterable[TaskRows]) -> bool:
+        """Whether the lease of every writer of ``rows`` still holds its run (one look per run
+        and token)."""
+        for run_id, token in {(row.run_id, row.lease) for row in rows if row.lease is not None}:
+            found = conn.execute("SELECT token FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+            if found is None or found[0] != token:
+                return False
+        return True
+
     def __call__(self, conn: sqlite3.Connection) -> None:
+        check_lease(conn, self.run_id, self.lease)
         # The foreign keys refuse a row of an unknown run; only then look for which.
         try:
             ATTEMPTS.insert(conn, self.attempts)

@@ -391,6 +391,9 @@ def _insert_together(conn: sqlite3.Connection, group: list[_Call]) -> list[_Outc
     """Insert several task checkpoints at once; if that fails, insert each alone."""
     rows = [cast("TaskRows", call.operation) for call in group]
     try:
+        if not TaskRows.leases_hold(conn, rows):
+            # A writer whose run was taken over: each write alone, so that only its fail.
+            return [_run_in_savepoint(conn, call) for call in group]
         conn.execute("SAVEPOINT rows")
         try:
             ATTEMPTS.insert(conn, [values for row in rows for values in row.attempts])

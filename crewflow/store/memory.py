@@ -9,7 +9,13 @@ from pydantic import TypeAdapter
 
 from crewflow._records import AttemptRecord, PromptRecord, RunStatus
 from crewflow._text import json_text, valid_text
-from crewflow.store._base import DuplicateRunError, Store, UnknownRunError, check_limit
+from crewflow.store._base import (
+    DuplicateRunError,
+    LeaseLost,
+    Store,
+    UnknownRunError,
+    check_limit,
+)
 from crewflow.store._lease import Lease, observed
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
@@ -70,14 +76,22 @@ class MemoryStore(Store):
             self._leases[record.run_id] = record.lease.model_dump_json()
 
     async def finish_run(
-        self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
+        self,
+        run_id: str,
+        status: RunStatus,
+        ended: datetime,
+        usage: Usage,
+        *,
+        lease: str | None = None,
     ) -> None:
         run_id = valid_text(run_id)
+        self._check_lease(run_id, lease)
         self._update_run(run_id, status=RunStatus(status), ended=ended, usage=usage)
         self._leases.pop(run_id, None)
 
-    async def reopen_run(self, run_id: str) -> None:
+    async def reopen_run(self, run_id: str, *, lease: str | None = None) -> None:
         run_id = valid_text(run_id)
+        self._check_lease(run_id, lease)
         resumed = self._load_run(run_id).resumed + 1
         self._update_run(run_id, status=RunStatus.RUNNING, ended=None, resumed=resumed)
 
@@ -108,19 +122,24 @@ class MemoryStore(Store):
         process: str,
         reason: str,
         details: Mapping[str, JsonValue] | None = None,
+        *,
+        lease: str | None = None,
     ) -> None:
         run_id = valid_text(run_id)
-        self._require_run(run_id)
+        self._check_lease(run_id, lease)
         merged = {**self._load_run(run_id).details, **(details or {})}
         self._update_run(run_id, chosen=process, process_reason=reason, details=merged)
 
-    async def record_pause(self, run_id: str) -> None:
+    async def record_pause(self, run_id: str, *, lease: str | None = None) -> None:
         run_id = valid_text(run_id)
+        self._check_lease(run_id, lease)
         self._update_run(run_id, paused=True)
 
-    async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:
+    async def add_tasks(
+        self, run_id: str, tasks: Sequence[AddedTaskRecord], *, lease: str | None = None
+    ) -> None:
         run_id = valid_text(run_id)
-        self._require_run(run_id)
+        self._check_lease(run_id, lease)
         for task in map(_stored, tasks):
             # A task added again counts as added now, as in the database.
             self._tasks.pop((run_id, task.name), None)
@@ -136,9 +155,11 @@ class MemoryStore(Store):
         found.sort(key=lambda task: task.added.timestamp())  # stable: then in insertion order
         return found
 
-    async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
+    async def record_attempt(
+        self, run_id: str, attempt: AttemptRecord, *, lease: str | None = None
+    ) -> None:
         run_id, attempt = valid_text(run_id), _stored(attempt)
-        self._require_run(run_id)
+        self._check_lease(run_id, lease)
         key = (run_id, attempt.task, attempt.number)
         self._attempts[key] = attempt.model_dump_json(exclude={"prompts"})
         if attempt.prompts:
@@ -146,17 +167,23 @@ class MemoryStore(Store):
         else:
             self._prompts.pop(key, None)
 
-    async def save_output(self, row: OutputRow) -> None:
+    async def save_output(self, row: OutputRow, *, lease: str | None = None) -> None:
         row = _stored(row)
-        self._require_run(row.run_id)
+        self._check_lease(row.run_id, lease)
         key = (row.run_id, row.task)
         # A saved-again output counts as finishing now, as in the database.
         self._outputs.pop(key, None)
         self._outputs[key] = row.model_dump_json()
 
-    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRecord] = ()) -> None:
+    async def save_task(
+        self,
+        output: OutputRow,
+        attempts: Sequence[AttemptRecord] = (),
+        *,
+        lease: str | None = None,
+    ) -> None:
         # All or nothing, as one transaction in the database.
-        self._require_run(valid_text(output.run_id))
+        self._check_lease(valid_text(output.run_id), lease)
         for attempt in attempts:
             await self.record_attempt(output.run_id, attempt)
         await self.save_output(output)
@@ -229,6 +256,16 @@ class MemoryStore(Store):
         if held is not None:
             record = record.model_copy(update={"lease": Lease.model_validate_json(held)})
         return observed(record, now)
+
+    def _check_lease(self, run_id: str, token: str | None) -> None:
+        """Refuse a write of a process whose lease (``token``) no longer holds the run."""
+        self._require_run(run_id)
+        if token is None:
+            return
+        held = self._leases.get(run_id)
+        lease = None if held is None else Lease.model_validate_json(held)
+        if lease is None or lease.token != token:
+            raise LeaseLost(run_id, None if lease is None else lease.owner)
 
     def _require_run(self, run_id: str) -> None:
         if run_id not in self._runs:

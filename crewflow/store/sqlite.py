@@ -30,12 +30,19 @@ How it stays correct, off the event loop and cheap enough to record every task:
   is ever left half-written, and when the call ends its outcome is settled.
 - **Opened lazily.** Nothing touches the disk until the first call; ``close()`` releases the
   connection, and a later call opens it again.
+- **Read-only when asked** (``read_only=True``, what ``crewflow runs``, ``show`` and
+  ``optimize`` use): ``mode=ro``, never migrated, so a database on a read-only filesystem can be
+  read. In WAL mode even a reader needs the shared-memory file beside the database; when that
+  cannot be made (a read-only directory), the file is opened ``immutable=1`` instead, which
+  reads without any lock and so may miss, or misread, what a concurrent writer commits.
 """
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import time
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +55,7 @@ from crewflow.store._base import (
     DuplicateRunError,
     SchemaVersionError,
     Store,
+    StoreError,
     UnknownRunError,
     check_limit,
     default_store_path,
@@ -66,6 +74,7 @@ from crewflow.store._rows import (
     TASKS,
     TaskRows,
     attempt_from_row,
+    check_lease,
     lease_values,
     output_from_row,
     prompts_from_row,
@@ -98,6 +107,11 @@ class SQLiteStore(Store):
         path: The database file; default `default_store_path()` (``runs.db`` in
             ``CREWFLOW_HOME`` or the user data directory). Its directory is created on first use.
         timeout: Seconds a call waits for another process's write lock before failing.
+        read_only: Only read: open the file (which must exist) with SQLite's ``mode=ro``, or
+            ``immutable=1`` when its directory is read-only, which may miss what another
+            process writes meanwhile; never create, migrate or write it. A write raises
+            `StoreError`, and a database whose schema is older than this crewflow's raises
+            `SchemaVersionError` (the first store that writes to it upgrades it).
 
     Every string is stored as valid UTF-8 without NUL (lone surrogates and NUL become U+FFFD);
     a key a method is given (a run id, a cache key) is repaired the same way, so that it finds
@@ -111,10 +125,15 @@ class SQLiteStore(Store):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, timeout: float = 30.0
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = 30.0,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self.timeout = timeout
+        self.read_only = read_only
         self._writer = Writer(self.path, self._open)
 
     def __repr__(self) -> str:
@@ -136,7 +155,13 @@ class SQLiteStore(Store):
         await self._writer.call(insert, "write")
 
     async def finish_run(
-        self, run_id: str, status: RunStatus, ended: datetime, usage: Usage
+        self,
+        run_id: str,
+        status: RunStatus,
+        ended: datetime,
+        usage: Usage,
+        *,
+        lease: str | None = None,
     ) -> None:
         run_id = valid_text(run_id)
         # Validate through the record so that a bad value fails here, as in MemoryStore.
@@ -153,6 +178,7 @@ class SQLiteStore(Store):
         )
 
         def finish(conn: sqlite3.Connection) -> None:
+            check_lease(conn, run_id, lease)
             statement = "UPDATE runs SET status = ?, ended = ?, usage = ? WHERE run_id = ?"
             if conn.execute(statement, values).rowcount == 0:
                 raise UnknownRunError(run_id)
@@ -160,9 +186,12 @@ class SQLiteStore(Store):
 
         await self._writer.call(finish, "write")
 
-    async def reopen_run(self, run_id: str) -> None:
+    async def reopen_run(self, run_id: str, *, lease: str | None = None) -> None:
         await self._update(
-            run_id, "status = ?, ended = NULL, resumed = resumed + 1", (RunStatus.RUNNING.value,)
+            run_id,
+            "status = ?, ended = NULL, resumed = resumed + 1",
+            (RunStatus.RUNNING.value,),
+            lease,
         )
 
     async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
@@ -198,23 +227,29 @@ class SQLiteStore(Store):
         process: str,
         reason: str,
         details: Mapping[str, JsonValue] | None = None,
+        *,
+        lease: str | None = None,
     ) -> None:
         await self._update(
             run_id,
             "chosen = ?, process_reason = ?, details = json_patch(details, ?)",
             (process, reason, to_json(dict(details or {}))),
+            lease,
         )
 
-    async def record_pause(self, run_id: str) -> None:
-        await self._update(run_id, "paused = 1", ())
+    async def record_pause(self, run_id: str, *, lease: str | None = None) -> None:
+        await self._update(run_id, "paused = 1", (), lease)
 
-    async def add_tasks(self, run_id: str, tasks: Sequence[AddedTaskRecord]) -> None:
+    async def add_tasks(
+        self, run_id: str, tasks: Sequence[AddedTaskRecord], *, lease: str | None = None
+    ) -> None:
         run_id = valid_text(run_id)
         values = [task_values(run_id, task) for task in tasks]
 
         def insert(conn: sqlite3.Connection) -> None:
             if not run_exists(conn, run_id):
                 raise UnknownRunError(run_id)
+            check_lease(conn, run_id, lease)
             TASKS.insert(conn, values)
 
         await self._writer.call(insert, "write")
@@ -230,23 +265,36 @@ class SQLiteStore(Store):
 
         return [task_from_row(found) for found in await self._writer.call(select)]
 
-    async def record_attempt(self, run_id: str, attempt: AttemptRecord) -> None:
-        await self._writer.call(TaskRows(run_id, None, (attempt,)), "write")
+    async def record_attempt(
+        self, run_id: str, attempt: AttemptRecord, *, lease: str | None = None
+    ) -> None:
+        await self._writer.call(TaskRows(run_id, None, (attempt,), lease), "write")
 
-    async def save_output(self, row: OutputRow) -> None:
-        await self._writer.call(TaskRows(row.run_id, row, ()), "write")
+    async def save_output(self, row: OutputRow, *, lease: str | None = None) -> None:
+        await self._writer.call(TaskRows(row.run_id, row, (), lease), "write")
 
-    async def save_task(self, output: OutputRow, attempts: Sequence[AttemptRecord] = ()) -> None:
+    async def save_task(
+        self,
+        output: OutputRow,
+        attempts: Sequence[AttemptRecord] = (),
+        *,
+        lease: str | None = None,
+    ) -> None:
         # One hop to the store's thread for the whole task, in a transaction shared with every
         # other write waiting at the time.
-        await self._writer.call(TaskRows(output.run_id, output, attempts), "write")
+        await self._writer.call(TaskRows(output.run_id, output, attempts, lease), "write")
 
-    async def _update(self, run_id: str, assignments: str, values: tuple[Any, ...]) -> None:
-        """``UPDATE runs SET <assignments>`` for one run that must exist."""
+    async def _update(
+        self, run_id: str, assignments: str, values: tuple[Any, ...], lease: str | None
+    ) -> None:
+        """``UPDATE runs SET <assignments>`` for one run that must exist (held by ``lease``,
+        when given)."""
         statement = f"UPDATE runs SET {assignments} WHERE run_id = ?"
+        run_id = valid_text(run_id)
         values = valid_values((*values, run_id))
 
         def update(conn: sqlite3.Connection) -> None:
+            check_lease(conn, run_id, lease)
             if conn.execute(statement, values).rowcount == 0:
                 raise UnknownRunError(run_id)
 
@@ -392,6 +440,8 @@ class SQLiteStore(Store):
 
     def _open(self) -> sqlite3.Connection:
         """A new connection, set up and migrated (called in the store's thread)."""
+        if self.read_only:
+            return _open_read_only(self.path, self.timeout)
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
@@ -433,6 +483,44 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
             time.sleep(0.005)
         else:
             return
+
+
+def _open_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection that can only read ``path``: ``mode=ro``, else ``immutable=1`` when SQLite
+    cannot make the WAL's shared-memory file (a read-only directory or filesystem)."""
+    if path.is_dir():  # SQLite would only say "disk I/O error"
+        raise IsADirectoryError(
+            errno.EISDIR, "unable to open database file: it is a directory", str(path)
+        )
+    try:
+        conn, found = _connect_read_only(path, "mode=ro", timeout)
+    except sqlite3.OperationalError as exc:
+        cannot_share = "readonly" in str(exc) or "unable to open" in str(exc)
+        if not cannot_share or not path.is_file():
+            raise
+        conn, found = _connect_read_only(path, "immutable=1", timeout)
+    target = len(MIGRATIONS)
+    if found == target:
+        return conn
+    conn.close()
+    if found == 0:
+        raise StoreError(f"{path} is not a crewflow run database: it holds no schema version")
+    raise SchemaVersionError(str(path), found, target)
+
+
+def _connect_read_only(path: Path, mode: str, timeout: float) -> tuple[sqlite3.Connection, int]:
+    """A connection to ``path`` opened with the URI parameter ``mode``, and the schema version
+    it reads (reading is what makes SQLite open the file for real)."""
+    uri = f"file:{urllib.parse.quote(str(path.expanduser().absolute()))}?{mode}"
+    conn = sqlite3.connect(
+        uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        return conn, _read_version(conn)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _read_version(conn: sqlite3.Connection) -> int:

@@ -20,8 +20,9 @@ import pytest_asyncio
 from crewflow import Agent
 from crewflow.exceptions import ConfigurationError, CredentialsError, LLMError
 from crewflow.llm import LLMRequest, Message, OutputSchema, ToolCall, ToolSpec
-from crewflow.llm._errors import parse_retry_after, scrub
+from crewflow.llm._errors import parse_retry_after
 from crewflow.llm._guard import reset, set_forbidden
+from crewflow.llm._redact import scrub
 from crewflow.llm.openai import OpenAIChat
 from crewflow.testing import (
     Disconnect,
@@ -349,6 +350,7 @@ async def test_a_dropped_connection_is_a_retryable_connection_error(
 
     assert (error.status_code, error.retryable) == (None, True)
     assert "connection" in str(error)
+    assert error.sent is True  # the server got the request before it hung up
 
 
 async def test_a_slow_server_times_out_as_a_retryable_error(server: OpenAIServer) -> None:
@@ -359,6 +361,7 @@ async def test_a_slow_server_times_out_as_a_retryable_error(server: OpenAIServer
 
     assert (error.status_code, error.retryable) == (None, True)
     assert "did not answer within 0.2s" in str(error)
+    assert error.sent is True
     await wait_until(lambda: server.disconnects == 1)
 
 
@@ -370,6 +373,41 @@ async def test_an_unreachable_server_is_a_retryable_connection_error() -> None:
 
     assert (error.status_code, error.retryable) == (None, True)
     assert "127.0.0.1:9" in str(error)
+    assert error.sent is False  # refused: nothing was sent, nothing is charged
+
+
+@pytest.mark.parametrize(
+    ("transport_error", "sent"),
+    [
+        ("ConnectError", False),
+        ("ConnectTimeout", False),
+        ("PoolTimeout", False),
+        ("ReadError", True),
+        ("ReadTimeout", True),
+        ("RemoteProtocolError", True),
+        ("WriteError", True),
+    ],
+)
+async def test_only_errors_before_the_request_was_written_count_as_not_sent(
+    transport_error: str, sent: bool
+) -> None:
+    import httpx
+    import openai
+
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    error_class = (
+        openai.APITimeoutError if "Timeout" in transport_error else openai.APIConnectionError
+    )
+    try:
+        try:
+            raise getattr(httpx, transport_error)("boom", request=request)
+        except httpx.TransportError as exc:
+            raise error_class(request=request) from exc
+    except openai.APIError as exc:
+        mapped = OpenAIChat("test-model", base_url="http://127.0.0.1:9/v1")._map_error(exc)
+
+    assert mapped.sent is sent
+    assert mapped.retryable is True
 
 
 # -- cancellation -----------------------------------------------------------------------------
@@ -606,7 +644,7 @@ async def test_a_key_that_is_not_key_shaped_is_scrubbed_too(server: OpenAIServer
 
 async def test_scrub_removes_key_shaped_tokens() -> None:
     text = "Incorrect API key provided: sk-proj-********abcd; Bearer abc.def; AIza" + "x" * 30
-    cleaned = scrub(text, None)
+    cleaned = scrub(text, ())
     assert "sk-proj" not in cleaned
     assert "abc.def" not in cleaned
     assert "AIza" not in cleaned

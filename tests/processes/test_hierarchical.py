@@ -508,10 +508,10 @@ class SlowCheckpoints(MemoryStore):
     """A store whose checkpoints yield to the event loop before they are written, as a real
     database's do."""
 
-    async def save_task(self, output: Any, attempts: Any = ()) -> None:
+    async def save_task(self, output: Any, attempts: Any = (), *, lease: Any = None) -> None:
         for _ in range(3):
             await anyio.lowlevel.checkpoint()
-        await super().save_task(output, attempts)
+        await super().save_task(output, attempts, lease=lease)
 
 
 async def test_a_redo_round_ends_while_the_redone_output_is_still_being_handed_over() -> None:

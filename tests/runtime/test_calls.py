@@ -5,17 +5,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+from pydantic import BaseModel
 
 from crewflow import Agent, Crew, RetryPolicy, Task, tool
 from crewflow import events as ev
-from crewflow.exceptions import LLMError, TaskFailed
-from crewflow.testing import Error, ScriptedLLM, ToolCall, ToolCalls, capture_events
+from crewflow.exceptions import LLMError, OutputValidationError, TaskFailed
+from crewflow.testing import (
+    Error,
+    FunctionLLM,
+    ScriptedLLM,
+    ToolCall,
+    ToolCalls,
+    capture_events,
+)
 
 if TYPE_CHECKING:
-    from crewflow.testing import FakeClock
+    from crewflow.llm import LLM, LLMRequest
+    from crewflow.testing import EventCapture, FakeClock
 
 
-def one_task_crew(llm: ScriptedLLM, *, retry: RetryPolicy | None = None, **agent: object) -> Crew:
+def one_task_crew(llm: LLM, *, retry: RetryPolicy | None = None, **agent: object) -> Crew:
     researcher = Agent(role="Researcher", goal="Find facts", llm=llm, **agent)  # type: ignore[arg-type]
     return Crew(
         tasks=[Task("Find facts", agent=researcher, name="facts")],
@@ -214,3 +223,117 @@ def test_the_wrapped_llm_shares_the_limit_key_of_the_inner_one() -> None:
 
     assert managed.limit_key == inner.limit_key == "provider/model"
     assert managed.model == "provider/model"
+
+
+# -- streamed text across retries and turns --------------------------------------------------------
+
+
+def streamed_since_last_reset(captured: EventCapture, task: str) -> str:
+    """What a listener that drops its text on each `TokenDeltaReset` ends up showing."""
+    shown = ""
+    for event in captured:
+        if isinstance(event, ev.TokenDeltaReset) and event.task == task:
+            shown = ""
+        elif isinstance(event, ev.TokenDelta) and event.task == task:
+            shown += event.text
+    return shown
+
+
+def cut_once(full: str, cut: str) -> FunctionLLM:
+    """A streaming model whose first stream is cut after ``cut`` (a retryable error), and
+    whose later streams send ``full``."""
+
+    async def stream(request: LLMRequest) -> str:
+        if len(llm.requests) == 1:
+            assert request.on_delta is not None
+            await request.on_delta(cut)
+            raise LLMError("scripted: connection reset mid-stream", model="cut", retryable=True)
+        return full
+
+    llm = FunctionLLM(stream, model="cut")
+    return llm
+
+
+async def test_a_stream_cut_and_retried_resets_the_streamed_text(fake_clock: FakeClock) -> None:
+    llm = cut_once("The whole answer, at last.", "The whole")
+
+    with capture_events() as captured:
+        result = await one_task_crew(llm, stream=True).kickoff()
+
+    kinds = [e.kind for e in captured if e.kind.startswith("token_delta")]
+    assert kinds[0] == "token_delta"  # the cut stream's text
+    assert kinds[1] == "token_delta_reset"
+    assert kinds.count("token_delta_reset") == 1
+    [reset] = captured.of_type(ev.TokenDeltaReset)
+    assert (reset.task, reset.model, reset.reason) == ("facts", "cut", "retry")
+    assert streamed_since_last_reset(captured, "facts") == result.output.text
+    assert result.output.text == "The whole answer, at last."
+    assert result.timeline[0].attempts[0].llm_retries == 1
+
+
+async def test_the_reset_comes_before_the_retried_calls_events(fake_clock: FakeClock) -> None:
+    llm = cut_once("again", "once")
+
+    with capture_events() as captured:
+        await one_task_crew(llm, stream=True).kickoff()
+
+    kinds = [e.kind for e in captured]
+    reset = kinds.index("token_delta_reset")
+    assert kinds.index("llm_call_retrying") < reset
+    assert reset < kinds.index("llm_call_started", kinds.index("llm_call_retrying"))
+
+
+async def test_a_retried_attempt_resets_what_the_failed_attempt_streamed(
+    fake_clock: FakeClock,
+) -> None:
+    class Facts(BaseModel):
+        count: int
+
+    llm = ScriptedLLM(["not json at all", '{"count":3}'])
+    researcher = Agent(role="Researcher", goal="Find facts", llm=llm, stream=True, output_retries=0)
+    task = Task("Count facts", agent=researcher, name="facts", output_model=Facts)
+    policy = RetryPolicy(retry_on=(OutputValidationError,))
+
+    with capture_events() as captured:
+        result = await Crew(tasks=[task], retry=policy).kickoff()
+
+    [reset] = captured.of_type(ev.TokenDeltaReset)
+    assert reset.reason == "retry"
+    assert streamed_since_last_reset(captured, "facts") == result.output.text == '{"count":3}'
+
+
+async def test_text_streamed_beside_tool_calls_is_reset_before_the_next_call(
+    fake_clock: FakeClock,
+) -> None:
+    @tool
+    def lookup(query: str) -> str:
+        """Look QUERY up."""
+        return "found"
+
+    llm = ScriptedLLM(
+        [ToolCalls([ToolCall("lookup", {"query": "owls"})], content="Let me look."), "Owls hoot."]
+    )
+
+    with capture_events() as captured:
+        result = await one_task_crew(llm, tools=[lookup], stream=True).kickoff()
+
+    [reset] = captured.of_type(ev.TokenDeltaReset)
+    assert reset.reason == "next_call"
+    assert streamed_since_last_reset(captured, "facts") == result.output.text == "Owls hoot."
+
+
+async def test_nothing_is_reset_when_nothing_was_streamed_before_a_call(
+    fake_clock: FakeClock,
+) -> None:
+    @tool
+    def lookup(query: str) -> str:
+        """Look QUERY up."""
+        return "found"
+
+    llm = ScriptedLLM([Error(503), ToolCalls([ToolCall("lookup", {"query": "owls"})]), "Hoot."])
+
+    with capture_events() as captured:
+        result = await one_task_crew(llm, tools=[lookup], stream=True).kickoff()
+
+    assert captured.of_type(ev.TokenDeltaReset) == []
+    assert "".join(d.text for d in captured.of_type(ev.TokenDelta)) == result.output.text

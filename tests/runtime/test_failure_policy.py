@@ -395,19 +395,20 @@ async def test_an_open_circuit_fails_fast_and_the_fallback_on_another_model_take
         ],
         retry=RetryPolicy(max_attempts=3),
         on_failure="continue",
-        limits=Limits(breaker=Breaker(failures=2, cooldown=30)),
+        limits=Limits(breaker=Breaker(failures=2, cooldown=30, wait=False)),
     )
 
     with pytest.raises(CrewPartialFailure) as caught:
         await crew.kickoff()
 
-    # Two counted failures opened the circuit: nothing after them reached the provider.
-    assert len(flaky_llm.requests) == 2
+    # "first" failed 3 times, but as one request: the circuit stayed closed. The failure of
+    # "second", another request, opened it: nothing after that reached the provider.
+    assert [r.messages[-1].content for r in flaky_llm.requests] == ["first"] * 3 + ["second"]
     error = caught.value
     first_cause = error.failures["first"].cause
     assert isinstance(first_cause, LLMError)
-    assert "circuit open" in str(first_cause)
-    assert first_cause.retryable is False
+    assert first_cause.status_code == 500
+    assert "circuit open" not in str(first_cause)
     third_cause = error.failures["third"].cause
     assert isinstance(third_cause, LLMError)
     assert "circuit open" in str(third_cause)
@@ -444,22 +445,24 @@ async def test_after_the_cooldown_a_trial_call_closes_the_circuit(fake_clock: Fa
     llm = counting(reply, model="recovering")
     agent = Agent(role="A", goal="G", llm=llm)
     crew = Crew(
-        tasks=[Task("x", agent=agent)],
+        tasks=[Task("x", agent=agent, context=[]), Task("y", agent=agent, context=[])],
         retry=RetryPolicy(max_attempts=3),
-        limits=Limits(breaker=Breaker(failures=2, cooldown=30)),
+        limits=Limits(breaker=Breaker(failures=2, cooldown=30, wait=False)),
+        on_failure="continue",
     )
 
-    with pytest.raises(TaskFailed):
+    with pytest.raises(CrewPartialFailure):
         await crew.kickoff()
-    assert len(llm.requests) == 2
-    with pytest.raises(TaskFailed, match="circuit open"):
+    assert len(llm.requests) == 4  # x: 3 calls, one request; y: the second request opens it
+    with pytest.raises(CrewPartialFailure) as caught:
         await crew.kickoff()  # still cooling down: fails fast
-    assert len(llm.requests) == 2
+    assert all("circuit open" in str(f.cause) for f in caught.value.failures.values())
+    assert len(llm.requests) == 4
 
     fake_clock.advance(31)
     healthy = True
     result = await crew.kickoff()
 
     assert result.text == "back"
-    assert len(llm.requests) == 3
+    assert len(llm.requests) == 6
     assert registry().state("recovering")["breaker"] == "closed"

@@ -13,7 +13,14 @@ import anyio
 import pytest
 
 from crewflow import Agent, Crew, RetryPolicy, Task
-from crewflow.exceptions import RunCancelled, StoreError, TaskFailed
+from crewflow.exceptions import (
+    CrewRunError,
+    LeaseLost,
+    RunCancelled,
+    RunInProgress,
+    StoreError,
+    TaskFailed,
+)
 from crewflow.store import (
     Lease,
     LeaseOwner,
@@ -26,6 +33,7 @@ from crewflow.store import (
 )
 from crewflow.store._lease import RENEW_SECONDS
 from crewflow.testing import Error, FunctionLLM, run_virtual
+from tests.store.test_lease import dead_pid
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -56,6 +64,29 @@ def the_crew(store: Store, answer: FunctionLLM, **settings: object) -> Crew:
     agent = Agent(role="Worker", goal="Work", llm=answer)
     tasks = [Task("first", agent=agent, name="first"), Task("second", agent=agent, name="second")]
     return Crew(tasks=tasks, store=store, retry=RetryPolicy(max_attempts=1), **settings)  # type: ignore[arg-type]
+
+
+ELSEWHERE = LeaseOwner(host="another-host", boot_id="another-boot", pid=4242)
+HOUR = timedelta(hours=1)
+
+
+async def failed_second(store: Store) -> tuple[Crew, str, list[str]]:
+    """A crew whose run failed at its second task (which succeeds from now on), its run id,
+    and the prompts its model was sent (the task names)."""
+    asked: list[str] = []
+    broken = {"on": True}
+
+    def answer(request: LLMRequest) -> object:
+        name = "second" if "second" in request.messages[-1].content else "first"
+        asked.append(name)
+        return Error(400, "no") if name == "second" and broken["on"] else f"{name} done"
+
+    crew = the_crew(store, FunctionLLM(answer))
+    with pytest.raises(TaskFailed) as failed:
+        await crew.kickoff()
+    broken["on"] = False
+    assert failed.value.run_id is not None
+    return crew, failed.value.run_id, asked
 
 
 async def only_run(store: Store) -> RunRecord:
@@ -160,19 +191,21 @@ def test_a_renewal_that_fails_is_logged_and_tried_again_without_ending_the_run(
     assert "the run database is locked" in logged
 
 
-def test_a_run_whose_lease_was_taken_over_stops_renewing_it(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_a_run_whose_lease_was_taken_over_stops_renewing_it_and_running_tasks() -> None:
     store = Renewals(taken_over=True)
+    asked: list[str] = []
 
     async def slow(request: LLMRequest) -> str:
+        asked.append(request.messages[-1].content)
         await anyio.sleep(50)
         return "done"
 
-    run_virtual(the_crew(store, FunctionLLM(slow)).kickoff)
+    with pytest.raises(CrewRunError, match=r"the run stopped: run .* is no longer") as stopped:
+        run_virtual(the_crew(store, FunctionLLM(slow)).kickoff)
 
     assert store.at == [20.0]
-    assert "the run's lease is held by another process now" in capsys.readouterr().err
+    assert isinstance(stopped.value.__cause__, LeaseLost)
+    assert len(asked) == 1  # stopped in the first task: the second was never sent
 
 
 async def test_an_interrupted_run_resumes_as_a_failed_one_taking_over_its_lease(
@@ -215,29 +248,24 @@ async def test_an_interrupted_run_resumes_as_a_failed_one_taking_over_its_lease(
     await store.close()
 
 
-async def test_a_resume_that_finds_its_lease_taken_meanwhile_says_so(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_a_resume_that_finds_its_lease_taken_meanwhile_is_refused() -> None:
     class TakenMeanwhile(MemoryStore):
         async def take_lease(self, run_id: str, lease: Lease, *, replacing: str | None) -> bool:
+            theirs = Lease(token="theirs", owner=ELSEWHERE, expires=datetime.now(UTC) + HOUR)
+            assert await super().take_lease(run_id, theirs, replacing=replacing)
             return False
 
     store = TakenMeanwhile()
-    broken = {"on": True}
+    crew, run_id, asked = await failed_second(store)
 
-    def answer(request: LLMRequest) -> object:
-        second = "second" in request.messages[-1].content
-        return Error(400, "no") if second and broken["on"] else "done"
+    with pytest.raises(RunInProgress) as refused:
+        await crew.resume(run_id)
 
-    crew = the_crew(store, FunctionLLM(answer))
-    with pytest.raises(TaskFailed) as failed:
-        await crew.kickoff()
-    broken["on"] = False
-    assert failed.value.run_id is not None
-
-    await crew.resume(failed.value.run_id)
-
-    assert "another process took the run over while it was resumed" in capsys.readouterr().err
+    assert refused.value.owner == ELSEWHERE
+    assert "another-host, pid 4242" in str(refused.value)
+    assert asked == ["first", "second"]  # the resume sent nothing
+    run = await only_run(store)  # theirs, untouched: neither reopened nor ended by this one
+    assert (run.status, run.resumed, run.lease and run.lease.token) == ("failed", 0, "theirs")
 
 
 async def test_history_counts_no_interrupted_run(store: Store) -> None:
@@ -251,4 +279,162 @@ async def test_history_counts_no_interrupted_run(store: Store) -> None:
 
     assert history.runs == 1
     assert done.run_id != dead.run_id
+    await store.close()
+
+
+# -- one process executes a run at a time ---------------------------------------------------------
+
+
+async def test_a_resume_while_the_kickoff_still_runs_is_refused_at_once(store: Store) -> None:
+    asked: list[str] = []
+    asking = anyio.Event()
+    go_on = anyio.Event()
+
+    async def answer(request: LLMRequest) -> str:
+        asked.append(request.messages[-1].content)
+        if len(asked) == 1:  # the kickoff's first task holds on; any other call goes through
+            asking.set()
+            await go_on.wait()
+        return "done"
+
+    crew = the_crew(store, FunctionLLM(answer))
+    handle = crew.start()
+    await asking.wait()
+
+    with pytest.raises(RunInProgress) as refused:
+        await crew.resume(handle.run_id)
+
+    here = LeaseOwner.current()
+    assert refused.value.owner == here
+    assert f"{here.host}, pid {here.pid}" in str(refused.value)
+    assert len(asked) == 1  # the resume sent nothing
+    go_on.set()
+    result = await handle.result()
+    assert [output.text for output in result.outputs] == ["done", "done"]
+    assert len(asked) == 2
+    ended = await only_run(store)
+    assert (ended.status, ended.resumed, ended.lease) == ("completed", 0, None)
+    await store.close()
+
+
+async def test_a_resume_of_a_run_held_on_another_host_is_refused_until_its_lease_expires(
+    store: Store,
+) -> None:
+    crew, run_id, asked = await failed_second(store)
+    theirs = Lease(token="theirs", owner=ELSEWHERE, expires=datetime.now(UTC) + HOUR)
+    assert await store.take_lease(run_id, theirs, replacing=None)
+    await store.reopen_run(run_id, lease="theirs")
+
+    with pytest.raises(RunInProgress, match=r"another-host, pid 4242") as refused:
+        await crew.resume(run_id)
+
+    assert (refused.value.run_id, refused.value.owner) == (run_id, ELSEWHERE)
+    assert asked == ["first", "second"]
+    run = await only_run(store)
+    assert (run.status, run.resumed, run.lease) == (RunStatus.RUNNING, 1, theirs)
+    await store.close()
+
+
+async def test_a_resume_takes_over_a_run_whose_process_on_this_machine_died(
+    store: Store,
+) -> None:
+    crew, run_id, asked = await failed_second(store)
+    here = LeaseOwner.current()
+    dead = LeaseOwner(host=here.host, boot_id=here.boot_id, pid=dead_pid(), process_start="1")
+    # Its lease has not expired yet: the dead pid is what frees the run.
+    held = Lease(token="dead", owner=dead, expires=datetime.now(UTC) + HOUR)
+    assert await store.take_lease(run_id, held, replacing=None)
+    await store.reopen_run(run_id, lease="dead")
+
+    result = await crew.resume(run_id)
+
+    assert result.restored == ["first"]
+    assert asked == ["first", "second", "second"]
+    run = await only_run(store)
+    assert (run.status, run.resumed, run.lease) == ("completed", 2, None)
+    await store.close()
+
+
+async def test_of_two_resumes_at_once_exactly_one_runs_the_unfinished_tasks(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    asked: list[str] = []
+    broken = {"on": True}
+    ended = {"refused": 0, "asking": 0}
+    both = anyio.Event()  # each resume reached the model, or was refused
+
+    def settle(what: str) -> None:
+        ended[what] += 1
+        if sum(ended.values()) == 2:
+            both.set()
+
+    async def answer(request: LLMRequest) -> object:
+        name = "second" if "second" in request.messages[-1].content else "first"
+        asked.append(name)
+        if broken["on"]:
+            return Error(400, "no") if name == "second" else "first done"
+        settle("asking")
+        await both.wait()
+        return "second done"
+
+    def crew() -> Crew:  # each resume with its own store: another connection to the file
+        return the_crew(SQLiteStore(path), FunctionLLM(answer))
+
+    with pytest.raises(TaskFailed) as failed:
+        await crew().kickoff()
+    run_id = failed.value.run_id
+    assert run_id is not None
+    broken["on"] = False
+    results = []
+    refusals: list[RunInProgress] = []
+
+    async def resume() -> None:
+        try:
+            results.append(await crew().resume(run_id))
+        except RunInProgress as exc:
+            refusals.append(exc)
+            settle("refused")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(resume)
+        group.start_soon(resume)
+
+    assert len(results) == len(refusals) == 1
+    assert asked == ["first", "second", "second"]  # the unfinished task, sent once
+    assert refusals[0].owner == LeaseOwner.current()
+    assert [output.text for output in results[0].outputs] == ["first done", "second done"]
+    async with SQLiteStore(path) as store:
+        run = await only_run(store)
+    assert (run.status, run.resumed, run.lease) == ("completed", 1, None)
+
+
+async def test_a_stalled_run_whose_lease_was_taken_writes_nothing_more_and_stops(
+    store: Store,
+) -> None:
+    asked: list[str] = []
+
+    async def answer(request: LLMRequest) -> str:
+        asked.append(request.messages[-1].content)
+        # Meanwhile another process finds the run lapsed and takes it over.
+        run = await only_run(store)
+        assert run.lease is not None
+        theirs = Lease(token="theirs", owner=ELSEWHERE, expires=datetime.now(UTC) + HOUR)
+        assert await store.take_lease(run.run_id, theirs, replacing=run.lease.token)
+        return "first done"
+
+    with pytest.raises(CrewRunError, match="could not be checkpointed") as stopped:
+        await the_crew(store, FunctionLLM(answer)).kickoff()
+
+    lost = stopped.value.__cause__
+    assert isinstance(lost, LeaseLost)
+    assert lost.owner == ELSEWHERE
+    assert "another-host, pid 4242 holds it now" in str(lost)
+    assert len(asked) == 1  # the second task never started
+    assert [output.text for output in stopped.value.outputs.values()] == ["first done"]
+    run = await only_run(store)
+    # Nothing of the stalled owner's was written: no checkpoint, no attempt, no end.
+    assert (run.status, run.ended, run.lease and run.lease.token) == ("running", None, "theirs")
+    assert await store.outputs(run.run_id) == {}
+    assert await store.attempts(run.run_id) == []
     await store.close()

@@ -13,12 +13,14 @@ from pydantic import ValidationError
 
 from crewflow import Agent, Crew, Task
 from crewflow._runtime.limiter import LimitRegistry, Permit, registry, set_limits
-from crewflow.exceptions import ConfigurationError, LLMError
+from crewflow.exceptions import ConfigurationError, CrewPartialFailure, LLMError, TaskFailed
 from crewflow.limits import Breaker, Limit, Limits
+from crewflow.testing import Error, FunctionLLM, run_virtual
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from crewflow.llm import LLMRequest
     from crewflow.testing import FakeClock
 
 MODEL = "openai/gpt-4o"
@@ -96,7 +98,16 @@ def test_impossible_limits_are_configuration_errors(kwargs: dict[str, Any], mess
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"failures": 0}, {"failures": 2.5}, {"cooldown": -1.0}, {"cooldown": float("nan")}]
+    "kwargs",
+    [
+        {"failures": 0},
+        {"failures": 2.5},
+        {"requests": 0},
+        {"requests": True},
+        {"cooldown": -1.0},
+        {"cooldown": float("nan")},
+        {"wait": "yes"},
+    ],
 )
 def test_impossible_breakers_are_configuration_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match="Breaker"):
@@ -358,6 +369,42 @@ async def test_a_call_bigger_than_the_token_bucket_goes_when_it_is_full(
     assert after.waited == pytest.approx(3.0)
 
 
+async def test_a_call_above_twice_the_tpm_fails_at_once_naming_the_limit(
+    limits: LimitRegistry, fake_clock: FakeClock
+) -> None:
+    limits.configure(Limits({MODEL: Limit(tpm=6_000)}, search=Limit(tpm=600, token_burst=1_000)))
+    await acquire(limits, tokens=100)  # empties the model's bucket
+
+    with pytest.raises(LLMError) as caught:
+        await acquire(limits, tokens=12_001)
+    with pytest.raises(LLMError, match=r"'search' \(Limit\(tpm=600\) lets at most 2,000"):
+        await acquire(limits, tokens=2_001, groups=["search"])  # twice its bigger bucket
+
+    error = caught.value
+    assert error.retryable is False
+    assert error.model == MODEL
+    assert f"estimated at 12,001 prompt tokens is more than twice the tpm limit of {MODEL!r}" in (
+        str(error)
+    )
+    assert "Limit(tpm=6000) lets at most 12,000 through in one call" in str(error)
+    assert fake_clock.sleeps == []  # at once: it did not wait for the bucket first
+    assert limits.state(MODEL)["waiting"] == 0
+    big = await acquire(limits, tokens=12_000)  # at twice the limit: waits for a full bucket
+    assert big.waited == pytest.approx(1.0)
+
+
+async def test_a_call_the_provider_did_not_process_gets_its_estimate_back(
+    limits: LimitRegistry, fake_clock: FakeClock
+) -> None:
+    limits.configure(Limits({MODEL: Limit(tpm=6_000)}))  # holds 100 tokens
+    rejected = await acquire(limits, tokens=5_000)  # leaves the bucket 4,900 in debt
+
+    rejected.release(tokens=0)  # e.g. a 400: the prompt was too long
+
+    assert limits.state(MODEL)["tpm_tokens"] == 100
+    assert (await acquire(limits, tokens=100)).waited == 0
+
+
 async def test_reported_usage_corrects_the_tpm_charge(
     limits: LimitRegistry, fake_clock: FakeClock
 ) -> None:
@@ -519,6 +566,82 @@ async def test_a_limit_key_limit_wins_over_the_model_strings(limits: LimitRegist
     assert limits.state(MODEL)["in_flight"] == 1  # only the other endpoint's call
 
 
+# -- what the provider did not process ----------------------------------------------------------
+
+
+def too_long_for_the_model(request: LLMRequest) -> Any:
+    """A model whose context holds 100,000 characters: longer prompts get a 400."""
+    if sum(len(message.content or "") for message in request.messages) > 100_000:
+        return Error(400, "This model's maximum context length is 25000 tokens")
+    return "fine"
+
+
+async def test_a_rejected_long_prompt_does_not_stall_the_next_call(fake_clock: FakeClock) -> None:
+    llm = FunctionLLM(too_long_for_the_model, model="long")
+    agent = Agent(role="A", goal="G", llm=llm)
+    crew = Crew(
+        tasks=[
+            Task("x" * 1_200_000, agent=agent, name="huge", context=[]),  # ~300,000 tokens
+            Task("short", agent=agent, name="short", context=[]),
+        ],
+        on_failure="continue",
+        limits=Limits({"long": Limit(tpm=200_000)}),
+    )
+
+    with pytest.raises(CrewPartialFailure) as caught:
+        await crew.kickoff()
+
+    cause = caught.value.failures["huge"].cause
+    assert isinstance(cause, LLMError)
+    assert cause.status_code == 400
+    assert caught.value.outputs["short"].text == "fine"
+    # Left charged, the rejected call's 300,000 tokens would have held "short" for 90 s.
+    assert fake_clock.sleeps == []
+    assert registry().state("long")["tpm_tokens"] > 3_000  # nearly full: no debt
+
+
+async def test_a_connection_that_failed_before_sending_gives_its_estimate_back(
+    fake_clock: FakeClock,
+) -> None:
+    replies = iter(
+        [
+            LLMError("long: connection refused", model="long", retryable=True, sent=False),
+            "fine",
+        ]
+    )
+    llm = FunctionLLM(lambda request: next(replies), model="long")
+    crew = Crew(
+        tasks=[Task("y" * 1_600, agent=Agent(role="A", goal="G", llm=llm))],  # ~400 tokens
+        limits=Limits({"long": Limit(tpm=600)}),  # 10 tokens a second
+    )
+
+    result = await crew.kickoff()
+
+    assert result.text == "fine"
+    assert len(llm.requests) == 2
+    assert len(fake_clock.sleeps) == 1  # the backoff; no wait for the tokens never sent
+
+
+async def test_a_prompt_above_twice_the_tpm_fails_at_once_and_is_never_sent(
+    fake_clock: FakeClock,
+) -> None:
+    llm = FunctionLLM(too_long_for_the_model, model="long")
+    crew = Crew(
+        tasks=[Task("x" * 2_000_000, agent=Agent(role="A", goal="G", llm=llm))],  # 2 MB
+        limits=Limits({"long": Limit(tpm=200_000)}),
+    )
+
+    with pytest.raises(TaskFailed) as caught:
+        await crew.kickoff()
+
+    cause = caught.value.cause
+    assert isinstance(cause, LLMError)
+    assert cause.retryable is False
+    assert "more than twice the tpm limit of 'long'" in str(cause)
+    assert llm.requests == []
+    assert fake_clock.sleeps == []
+
+
 # -- the circuit breaker -----------------------------------------------------------------------
 
 
@@ -530,7 +653,7 @@ async def fail(limits: LimitRegistry, times: int, *, ok: bool | None = False) ->
 async def test_the_circuit_opens_after_consecutive_failures_and_fails_fast(
     limits: LimitRegistry, fake_clock: FakeClock
 ) -> None:
-    limits.configure(Limits(breaker=Breaker(failures=3, cooldown=10)))
+    limits.configure(Limits(breaker=Breaker(failures=3, cooldown=10, wait=False)))
     await fail(limits, 2)
     assert limits.state(KEY)["breaker"] == "closed"
 
@@ -570,7 +693,7 @@ async def test_only_consecutive_counted_failures_open_the_circuit(
 async def test_after_the_cooldown_one_trial_call_at_a_time_is_let_through(
     limits: LimitRegistry, fake_clock: FakeClock
 ) -> None:
-    limits.configure(Limits(breaker=Breaker(failures=2, cooldown=30)))
+    limits.configure(Limits(breaker=Breaker(failures=2, cooldown=30, wait=False)))
     await fail(limits, 2)
     fake_clock.advance(30)
     assert limits.state(KEY)["breaker"] == "half_open"
@@ -589,7 +712,7 @@ async def test_after_the_cooldown_one_trial_call_at_a_time_is_let_through(
 async def test_a_failed_trial_opens_the_circuit_for_another_cooldown(
     limits: LimitRegistry, fake_clock: FakeClock
 ) -> None:
-    limits.configure(Limits(breaker=Breaker(failures=2, cooldown=30)))
+    limits.configure(Limits(breaker=Breaker(failures=2, cooldown=30, wait=False)))
     await fail(limits, 2)
     fake_clock.advance(30)
 
@@ -606,7 +729,7 @@ async def test_a_failed_trial_opens_the_circuit_for_another_cooldown(
 async def test_a_trial_that_does_not_count_lets_the_next_call_be_the_trial(
     limits: LimitRegistry, fake_clock: FakeClock
 ) -> None:
-    limits.configure(Limits(breaker=Breaker(failures=1, cooldown=5)))
+    limits.configure(Limits(breaker=Breaker(failures=1, requests=1, cooldown=5)))
     await fail(limits, 1)
     fake_clock.advance(5)
 
@@ -617,6 +740,124 @@ async def test_a_trial_that_does_not_count_lets_the_next_call_be_the_trial(
     assert limits.state(KEY)["breaker"] == "half_open"
     next_trial.release(ok=True)
     assert limits.state(KEY)["breaker"] == "closed"
+
+
+async def test_one_request_failing_again_and_again_never_opens_the_circuit(
+    limits: LimitRegistry,
+) -> None:
+    limits.configure(Limits(breaker=Breaker(failures=3)))  # from 2 requests, by default
+
+    for _ in range(20):  # e.g. a prompt that always gets a 500, retried
+        (await acquire(limits)).release(ok=False, request="v1:bad-prompt")
+
+    assert limits.state(KEY)["failures"] == 20
+    assert limits.state(KEY)["breaker"] == "closed"
+    (await acquire(limits)).release(ok=False, request="v1:another-prompt")
+    assert limits.state(KEY)["breaker"] == "open"
+
+
+async def test_the_circuit_opens_once_failures_come_from_enough_distinct_requests(
+    limits: LimitRegistry,
+) -> None:
+    limits.configure(Limits(breaker=Breaker(failures=2, requests=3)))
+
+    for request in ("v1:a", "v1:b", "v1:a", "v1:b"):
+        (await acquire(limits)).release(ok=False, request=request)
+    assert limits.state(KEY)["breaker"] == "closed"
+    (await acquire(limits)).release(ok=False, request="v1:c")
+
+    assert limits.state(KEY)["breaker"] == "open"
+
+
+async def test_a_success_forgets_which_requests_failed(limits: LimitRegistry) -> None:
+    limits.configure(Limits(breaker=Breaker(failures=2)))
+    (await acquire(limits)).release(ok=False, request="v1:a")
+    (await acquire(limits)).release(ok=True)
+
+    (await acquire(limits)).release(ok=False, request="v1:b")
+    (await acquire(limits)).release(ok=False, request="v1:b")
+
+    assert limits.state(KEY)["breaker"] == "closed"
+
+
+async def test_while_the_circuit_is_open_callers_wait_for_the_trial_and_go_when_it_succeeds(
+    limits: LimitRegistry, fake_clock: FakeClock
+) -> None:
+    limits.configure(Limits(breaker=Breaker(failures=2, cooldown=30)))  # wait=True by default
+    await fail(limits, 2)
+    fake_clock.advance(10)
+
+    trial = await acquire(limits)  # waits out the cooldown instead of failing
+    assert fake_clock.sleeps == [pytest.approx(20)]
+    assert trial.reasons == (f"breaker:{KEY}",)
+    assert limits.state(KEY)["breaker"] == "half_open"
+    waiting = Caller(limits)
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiting)
+        await settle(lambda: limits.state(KEY)["waiting"] == 1)
+        assert waiting.permit is None  # not failed: waiting for the trial's outcome
+        trial.release(ok=True)
+
+    assert waiting.error is None
+    assert waiting.permit is not None
+    assert limits.state(KEY)["breaker"] == "closed"
+    assert limits.state(KEY)["waiting"] == 0
+
+
+async def test_a_caller_waiting_on_a_failed_trial_waits_out_the_next_cooldown(
+    limits: LimitRegistry, fake_clock: FakeClock
+) -> None:
+    limits.configure(Limits(breaker=Breaker(failures=2, cooldown=30)))
+    await fail(limits, 2)
+    fake_clock.advance(30)
+    trial = await acquire(limits)
+    waiting = Caller(limits, fake_clock)
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiting)
+        await settle(lambda: limits.state(KEY)["waiting"] == 1)
+        trial.release(ok=False)  # opens the circuit again, for another 30 s
+
+    assert waiting.permit is not None  # the next trial
+    assert waiting.at == pytest.approx(60)
+    assert limits.state(KEY)["breaker"] == "half_open"
+
+
+async def test_a_caller_cancelled_while_waiting_for_the_trial_leaves_no_trace(
+    limits: LimitRegistry, fake_clock: FakeClock
+) -> None:
+    limits.configure(Limits(breaker=Breaker(failures=2, cooldown=30)))
+    await fail(limits, 2)
+    fake_clock.advance(30)
+    trial = await acquire(limits)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(acquire, limits)
+        await settle(lambda: limits.state(KEY)["waiting"] == 1)
+        group.cancel_scope.cancel()
+
+    assert limits.state(KEY)["waiting"] == 0
+    trial.release(ok=True)
+    assert KEY not in limits._states  # forgotten: the key's calls take the fast path again
+
+
+def test_a_caller_waits_for_the_circuit_at_most_twice_the_cooldown(limits: LimitRegistry) -> None:
+    async def main() -> tuple[LLMError, float]:
+        limits.configure(Limits(breaker=Breaker(failures=2, cooldown=30)))
+        await fail(limits, 2)
+        await anyio.sleep(30)
+        await acquire(limits)  # the trial, which never ends
+        started = anyio.current_time()
+        with pytest.raises(LLMError) as caught:
+            await acquire(limits)
+        return caught.value, anyio.current_time() - started
+
+    error, waited = run_virtual(main)
+
+    assert waited == pytest.approx(60)
+    assert error.retryable is False
+    assert "a trial call is in flight" in str(error)
+    assert "This call waited 60.0 s for it, twice the cooldown, and gave up" in str(error)
+    assert limits.state(KEY)["waiting"] == 0
 
 
 async def test_without_a_breaker_failures_never_open_a_circuit(
@@ -708,10 +949,11 @@ async def _cancellable(scope_holder: anyio.CancelScope, limits: LimitRegistry) -
 async def test_a_trial_call_cancelled_while_waiting_frees_the_trial(
     limits: LimitRegistry, fake_clock: FakeClock
 ) -> None:
-    limits.configure(Limits({MODEL: Limit(concurrency=2)}, breaker=Breaker(failures=1, cooldown=1)))
+    breaker = Breaker(failures=1, requests=1, cooldown=1)
+    limits.configure(Limits({MODEL: Limit(concurrency=2)}, breaker=breaker))
     holder = await acquire(limits)
     (await acquire(limits)).release(ok=False)  # opens the circuit
-    limits.configure(Limits({MODEL: Limit(concurrency=1)}, breaker=Breaker(failures=1, cooldown=1)))
+    limits.configure(Limits({MODEL: Limit(concurrency=1)}, breaker=breaker))
     fake_clock.advance(1)
 
     async with anyio.create_task_group() as group:

@@ -222,9 +222,11 @@ class WatchedStore(MemoryStore):
         super().__init__()
         self.log = log
 
-    async def save_task(self, output: OutputRow, attempts: Any = ()) -> None:
+    async def save_task(
+        self, output: OutputRow, attempts: Any = (), *, lease: str | None = None
+    ) -> None:
         await anyio.lowlevel.checkpoint()  # a real write takes a while: others run meanwhile
-        await super().save_task(output, attempts)
+        await super().save_task(output, attempts, lease=lease)
         self.log.append(f"saved {output.task}")
 
 
@@ -249,7 +251,9 @@ async def test_an_output_is_committed_before_any_dependant_starts(process: str) 
 
 async def test_a_failing_checkpoint_fails_the_run_and_keeps_the_output() -> None:
     class Broken(MemoryStore):
-        async def save_task(self, output: OutputRow, attempts: Any = ()) -> None:
+        async def save_task(
+            self, output: OutputRow, attempts: Any = (), *, lease: str | None = None
+        ) -> None:
             from crewflow.exceptions import StoreError
 
             raise StoreError("disk full")

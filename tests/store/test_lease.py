@@ -13,13 +13,30 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
 from crewflow.llm._types import Usage
-from crewflow.store import Lease, LeaseOwner, RunStatus, Store, UnknownRunError
+from crewflow.store import (
+    AddedTaskRecord,
+    AttemptRecord,
+    Lease,
+    LeaseLost,
+    LeaseOwner,
+    OutputRow,
+    RunStatus,
+    SQLiteStore,
+    Store,
+    TaskStatus,
+    UnknownRunError,
+)
 from crewflow.store._lease import LEASE_SECONDS, RENEW_SECONDS, _probe_signal, observed
 from tests.store.conftest import at, run_record
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -261,3 +278,115 @@ async def test_a_finished_run_is_taken_over_by_replacing_no_lease(store: Store) 
 async def test_taking_the_lease_of_an_unknown_run_fails(store: Store) -> None:
     with pytest.raises(UnknownRunError):
         await store.take_lease("nope", Lease.new(), replacing=None)
+
+
+# -- every write carries the writer's lease ------------------------------------------------------
+
+
+def writes(run_id: str, token: str | None) -> dict[str, Callable[[Store], Awaitable[object]]]:
+    """Every write of a run's records, made by the holder of lease ``token``."""
+    attempt = AttemptRecord(
+        task="t", number=1, start=at(0), end=at(1), duration=1.0, status=TaskStatus.COMPLETED
+    )
+    output = OutputRow(run_id=run_id, task="t", text="out", finished_at=at(1))
+    added = [AddedTaskRecord(name="plan", added=at(0))]
+    return {
+        "save_task": lambda s: s.save_task(output, [attempt], lease=token),
+        "save_output": lambda s: s.save_output(output, lease=token),
+        "record_attempt": lambda s: s.record_attempt(run_id, attempt, lease=token),
+        "add_tasks": lambda s: s.add_tasks(run_id, added, lease=token),
+        "record_choice": lambda s: s.record_choice(run_id, "parallel", "why", lease=token),
+        "record_pause": lambda s: s.record_pause(run_id, lease=token),
+        "reopen_run": lambda s: s.reopen_run(run_id, lease=token),
+        "finish_run": lambda s: s.finish_run(
+            run_id, RunStatus.COMPLETED, at(5), Usage(), lease=token
+        ),
+    }
+
+
+WRITES = list(writes("run-1", None))
+
+
+async def snapshot(store: Store) -> tuple[object, ...]:
+    return (
+        await store.get_run("run-1"),
+        await store.outputs("run-1"),
+        await store.attempts("run-1"),
+        await store.added_tasks("run-1"),
+    )
+
+
+@pytest.mark.parametrize("write", WRITES)
+async def test_a_write_by_a_process_whose_lease_was_taken_changes_nothing(
+    store: Store, write: str
+) -> None:
+    stalled = Lease.new()
+    await store.start_run(run_record().model_copy(update={"lease": stalled}))
+    theirs = lease(elsewhere(), datetime.now(UTC) + timedelta(hours=1), token="theirs")
+    assert await store.take_lease("run-1", theirs, replacing=stalled.token)
+    before = await snapshot(store)
+
+    with pytest.raises(LeaseLost) as lost:
+        await writes("run-1", stalled.token)[write](store)
+
+    assert (lost.value.run_id, lost.value.owner) == ("run-1", elsewhere())
+    assert "another-host, pid 4242 holds it now" in str(lost.value)
+    assert await snapshot(store) == before
+
+
+@pytest.mark.parametrize("write", WRITES)
+async def test_a_write_by_the_leases_holder_or_unchecked_goes_through(
+    store: Store, write: str
+) -> None:
+    mine = Lease.new()
+    await store.start_run(run_record().model_copy(update={"lease": mine}))
+    before = await snapshot(store)
+
+    await writes("run-1", mine.token)[write](store)
+    if write != "finish_run":  # which releases the lease: a second write is unchecked
+        await writes("run-1", None)[write](store)
+
+    assert await snapshot(store) != before
+
+
+async def test_a_write_after_the_run_ended_elsewhere_says_no_process_holds_it(
+    store: Store,
+) -> None:
+    stalled = Lease.new()
+    await store.start_run(run_record().model_copy(update={"lease": stalled}))
+    await store.finish_run("run-1", RunStatus.COMPLETED, at(5), Usage())
+
+    with pytest.raises(LeaseLost, match="no process holds it now"):
+        await writes("run-1", stalled.token)["save_task"](store)
+    with pytest.raises(UnknownRunError):
+        await writes("nope", stalled.token)["save_task"](store)
+
+
+async def test_checkpoints_committed_together_fail_only_the_stalled_writers(
+    tmp_path: Path,
+) -> None:
+    async with SQLiteStore(tmp_path / "runs.db") as store:
+        mine, stalled = Lease.new(), Lease.new()
+        await store.start_run(run_record("run-1").model_copy(update={"lease": mine}))
+        await store.start_run(run_record("run-2").model_copy(update={"lease": stalled}))
+        theirs = lease(elsewhere(), datetime.now(UTC) + timedelta(hours=1), token="theirs")
+        assert await store.take_lease("run-2", theirs, replacing=stalled.token)
+        outcomes: dict[str, BaseException | None] = {}
+
+        async def save(run_id: str, token: str, task: str) -> None:
+            row = OutputRow(run_id=run_id, task=task, text="out", finished_at=at(1))
+            try:
+                await store.save_task(row, lease=token)
+            except LeaseLost as exc:
+                outcomes[f"{run_id}/{task}"] = exc
+            else:
+                outcomes[f"{run_id}/{task}"] = None
+
+        async with anyio.create_task_group() as group:  # queued together: one transaction
+            for task in ("a", "b"):
+                group.start_soon(save, "run-1", mine.token, task)
+                group.start_soon(save, "run-2", stalled.token, task)
+
+        assert {key for key, error in outcomes.items() if error is None} == {"run-1/a", "run-1/b"}
+        assert list(await store.outputs("run-1")) == ["a", "b"]
+        assert await store.outputs("run-2") == {}

@@ -943,3 +943,62 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
                 assert parsed(found) == parsed(expected)
     finally:
         conn.close()
+
+
+# -- read-only -------------------------------------------------------------------------------------
+
+
+async def written(path: Path) -> None:
+    async with SQLiteStore(path) as store:
+        await store.start_run(run_record("r1"))
+
+
+async def test_a_read_only_store_reads_and_never_writes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    await written(path)
+    before, stamp = path.read_bytes(), path.stat().st_mtime_ns
+
+    async with SQLiteStore(path, read_only=True) as store:
+        assert [run.run_id for run in await store.list_runs()] == ["r1"]
+        with pytest.raises(StoreError, match="readonly"):
+            await store.start_run(run_record("r2"))
+
+    assert path.read_bytes() == before
+    assert path.stat().st_mtime_ns == stamp
+
+
+async def test_a_read_only_store_creates_no_database(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "runs.db"
+
+    store = SQLiteStore(path, read_only=True)
+    with pytest.raises(StoreError, match="unable to open database file"):
+        await store.list_runs()
+    await store.close()
+
+    assert not path.parent.exists()
+
+
+async def test_a_read_only_store_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (99)")
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(path, read_only=True)
+    with pytest.raises(SchemaVersionError, match="only knows versions up to"):
+        await store.list_runs()
+    await store.close()
+
+
+async def test_a_read_only_store_says_a_file_without_a_schema_is_no_run_database(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    sqlite3.connect(path).close()
+
+    store = SQLiteStore(path, read_only=True)
+    with pytest.raises(StoreError, match="is not a crewflow run database"):
+        await store.list_runs()
+    await store.close()

@@ -3,11 +3,13 @@
 ``fixtures/runs_v3.db`` was written at schema v3 by ``fixtures/make_runs_v3.py``: a completed run
 and a run whose second task failed. Every later schema change extends this test: v4 (the
 columns read as "not recorded then"), v5 (run leases: runs hold none, and a run an older
-crewflow left ``running`` reads as interrupted, and resumes).
+crewflow left ``running`` reads as interrupted, and resumes). Opened read-only, it is not
+migrated, and says so.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 from crewflow import Agent, Crew, Task
 from crewflow._records import RunStatus, TaskStatus
 from crewflow.exceptions import CrewChange, CrewChanged
-from crewflow.store import SQLiteStore
+from crewflow.store import SchemaVersionError, SQLiteStore
 from crewflow.store._schema import MIGRATIONS
 from crewflow.testing import FunctionLLM
 
@@ -179,3 +181,35 @@ async def test_a_run_recorded_at_v3_refused_says_what_its_record_can_tell(tmp_pa
     ]
     assert [(c.kind, c.task) for c in reworded.value.changes] == [("changed", None)]
     assert str(reworded.value.changes[0]).startswith("a task's description, expected output")
+
+
+async def test_a_v3_database_opened_read_only_is_not_migrated_and_says_why(
+    tmp_path: Path,
+) -> None:
+    path = v3_database(tmp_path)
+    before = path.read_bytes()
+
+    store = SQLiteStore(path, read_only=True)
+    with pytest.raises(SchemaVersionError, match="older than this crewflow's 5") as caught:
+        await store.list_runs()
+    await store.close()
+
+    assert (caught.value.found, caught.value.supported) == (3, len(MIGRATIONS))
+    assert "open it writable once" in str(caught.value)
+    assert path.read_bytes() == before
+
+
+def test_crewflow_runs_upgrades_a_v3_database_it_may_write(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crewflow import cli
+
+    path = v3_database(tmp_path)
+
+    result = CliRunner().invoke(cli.app, ["runs", "--json", "--db", str(path)])
+
+    assert result.exit_code == 0, result.output
+    assert {run["run_id"] for run in json.loads(result.stdout)} == {COMPLETED, FAILED}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (5,)
+    conn.close()
