@@ -173,7 +173,7 @@ class AttemptRecord(BaseModel):
         details: More about the attempt, for features that need no query of their own.
             ``"repaired": true`` says a reply held text no store can keep (a lone UTF-16
             surrogate, a NUL), which the task, its dependants and this record all received
-            as U+FFFD.
+            as U+FFFD, or that a recorded prompt (a tool's result) held some.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)

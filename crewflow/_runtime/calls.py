@@ -77,8 +77,12 @@ class AttemptBuilder:
     prompts: PromptLog | None = None
     """Where its LLM calls are recorded (``None``: the crew records no prompts)."""
     repaired: bool = False
-    """Whether a reply held text no store can keep (lone surrogates, NUL), replaced."""
+    """Whether a reply held text no store can keep (lone surrogates, NUL), replaced; the
+    record also says so when a recorded prompt (a tool's result) held some."""
     streamed: StreamedText = field(default_factory=StreamedText)
+
+    def _repaired(self) -> bool:
+        return self.repaired or (self.prompts is not None and self.prompts.repaired)
 
     def finish(
         self,
@@ -109,7 +113,7 @@ class AttemptBuilder:
             cache_hits=self.cache_hits,
             tool_calls=tuple(self.tool_calls),
             prompts=() if self.prompts is None else tuple(self.prompts.records),
-            details={"repaired": True} if self.repaired else {},
+            details={"repaired": True} if self._repaired() else {},
         )
 
 

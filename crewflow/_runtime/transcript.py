@@ -100,11 +100,13 @@ class PromptLog:
         redact: Takes the client's API key out of a text (`crewflow.llm.LLM.redact`).
     """
 
-    __slots__ = ("_sent", "records", "redact")
+    __slots__ = ("_sent", "records", "redact", "repaired")
 
     def __init__(self, redact: Callable[[str], str]) -> None:
         self.redact = redact
         self.records: list[PromptRecord] = []
+        self.repaired = False
+        """Whether a recorded text (a tool's result, say) held a lone surrogate or NUL."""
         self._sent: list[Message] = []
         """The previous call's messages and reply: what the next call repeats."""
 
@@ -176,7 +178,11 @@ class PromptLog:
         return message
 
     def _clean(self, text: str, keep: int | None) -> str:
-        return self.redact(valid_text(text if keep is None else cut(text, keep)))
+        kept = text if keep is None else cut(text, keep)
+        valid = valid_text(kept)
+        if valid is not kept:
+            self.repaired = True
+        return self.redact(valid)
 
 
 def _starts_with(messages: Sequence[Message], sent: Sequence[Message]) -> bool:

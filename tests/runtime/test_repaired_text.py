@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from crewflow import Agent, Crew, Task
+from crewflow import Agent, Crew, Task, tool
 from crewflow.exceptions import TaskFailed
 from crewflow.store import MemoryStore, RunStatus, SQLiteStore, Store
-from crewflow.testing import Error, FunctionLLM
+from crewflow.testing import Error, FunctionLLM, ScriptedLLM, ToolCall, ToolCalls
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -106,3 +106,21 @@ async def test_a_resumed_run_gives_dependants_the_text_the_live_run_recorded(
     assert result["broken"].text == REPAIRED
     assert REPAIRED in prompt_of(reader)
     await store.close()
+
+
+async def test_a_tool_result_recorded_with_its_text_repaired_marks_the_attempt() -> None:
+    @tool
+    def odd() -> str:
+        """Returns odd text."""
+        return "half a pair \udfff and a NUL \x00"
+
+    llm = ScriptedLLM([ToolCalls([ToolCall("odd", {})]), "done"])
+    agent = Agent(role="Researcher", goal="Find", llm=llm, tools=[odd])
+    store = MemoryStore()
+
+    result = await Crew(tasks=[Task("find", agent=agent, name="find")], store=store).kickoff()
+
+    (attempt,) = await store.attempts(result.run_id)
+    assert attempt.details == {"repaired": True}
+    _, second = (await store.prompts(result.run_id))[("find", 1)]
+    assert second.messages[0].content == "half a pair \ufffd and a NUL \ufffd"
