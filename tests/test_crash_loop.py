@@ -177,6 +177,7 @@ class Loop:
         commits: How many commits each process made.
         outputs: The outputs of the completed run.
         resumed: How many resumes its record counts.
+        completed_by: The process that completed the run (``"run"`` or ``"resume N"``).
     """
 
     run_id: str | None = None
@@ -187,6 +188,7 @@ class Loop:
     commits: list[int] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     resumed: int = 0
+    completed_by: str = ""
 
 
 async def crash_loop(crew: CrewUnderTest, tmp: Path, kills: list[KillPoint]) -> Loop:
@@ -241,7 +243,7 @@ async def crash_loop(crew: CrewUnderTest, tmp: Path, kills: list[KillPoint]) -> 
                 assert returncode == 0, stderr
                 assert runs, "the run was never recorded"
                 assert run.status == "completed", run
-                loop.outputs, loop.resumed = outputs, run.resumed
+                loop.outputs, loop.resumed, loop.completed_by = outputs, run.resumed, process
                 if kill is not None:
                     loop.kills.append((process, kill, "completed before the kill point"))
                 return loop
@@ -256,7 +258,7 @@ async def crash_loop(crew: CrewUnderTest, tmp: Path, kills: list[KillPoint]) -> 
             left = f"killed with {len(outputs)} of {len(crew.expected)} outputs checkpointed"
             loop.kills.append((process, kill, left))
             if run.status == "completed":
-                loop.outputs, loop.resumed = outputs, run.resumed
+                loop.outputs, loop.resumed, loop.completed_by = outputs, run.resumed, process
                 return loop
     raise AssertionError("unreachable")
 
@@ -381,9 +383,27 @@ async def test_a_crew_killed_again_and_again_completes_without_losing_or_redoing
     assert len(loop.requests) == len(kills) + 1
     assert_nothing_lost_or_sent_again(crew, loop)
     assert loop.resumed >= 1
+    # Each kill after the run was recorded was followed by a resume; the last one completed it.
+    resumes = sum(left != "killed before the run was recorded" for _, _, left in loop.kills)
+    assert loop.completed_by == f"resume {resumes}"
     if kind == "sequential":
         # Killed after bravo's tool had run and before bravo finished: the tool ran again.
         assert loop.tool_runs == [1, 1, 1, 2]
+    assert [row[0] for row in rows_of(kind, loop)] == ROWS[kind]
+
+
+# The kill points of the reliability table, as `rows_of` names them.
+ROWS = {
+    "sequential": ["run: request 3", "resume 1: after commit 2", "resume 2: before commit 2"],
+    "parallel": ["run: after commit 3", "resume 1: request 1"],
+    "hierarchical": [
+        "run: request 4",
+        "resume 1: after commit 5",
+        "resume 2: request 3",
+        "resume 3: before commit 4",
+    ],
+    "adaptive": ["run: before commit 1", "run: after commit 3", "resume 1: request 1"],
+}
 
 
 def random_kills(kind: Kind, rng: random.Random) -> list[KillPoint]:
@@ -414,3 +434,27 @@ async def test_a_crew_killed_at_random_points_completes_without_losing_or_redoin
         raise AssertionError(
             f"kills at {kill_points} (CRASH_LOOP_SEED={SEED} reproduces them): {failure}"
         ) from failure
+
+
+def rows_of(kind: Kind, loop: Loop) -> list[tuple[str, str, str]]:
+    """A checked loop's rows for the reliability table: (kill point, process, result)."""
+    completed = f"completed by {loop.completed_by}"
+    return [
+        (f"{process}: {kill}", kind, f"{left.split(' with ')[0]}; {completed}, 0 lost, 0 redone")
+        for process, kill, left in loop.kills
+    ]
+
+
+async def reliability_rows(tmp: Path) -> list[tuple[str, str, str]]:
+    """The crash loop's deterministic kill points, run and checked, as rows for the reliability
+    table: (kill point, process, result), e.g. ``("resume 1: after commit 2", "sequential",
+    "killed; completed by resume 3, 0 lost, 0 redone")``. Raises AssertionError when a check
+    fails."""
+    rows = []
+    for kind in KINDS:
+        crew = crew_under_test(kind)
+        (tmp / kind).mkdir()
+        loop = await crash_loop(crew, tmp / kind, DETERMINISTIC[kind])
+        assert_nothing_lost_or_sent_again(crew, loop)
+        rows += rows_of(kind, loop)
+    return rows
