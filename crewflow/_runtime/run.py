@@ -729,9 +729,13 @@ class Run:
                         # Before the run is announced: a resume refused (RunInProgress) must
                         # leave the run to the process that executes it, untouched.
                         await recorder.take_over()
-                    began = self._started()
+                    now = self.now()
                     if recorder is not None and not recorder.resuming:
-                        await recorder.started(self.wall(began))
+                        # Before the run is announced too: a store that cannot record it (a
+                        # corrupt, locked or read-only file) fails the kickoff with its own
+                        # error, and no end is recorded for a run the store never held.
+                        await recorder.started(self.wall(now))
+                    began = self._started(now)
                     await self._keeping_lease(self._run_process)
                 finally:
                     self._stack = None
@@ -754,10 +758,10 @@ class Run:
         self._finish(RunStatus.COMPLETED, began, None)
         await self._record_end()
 
-    def _started(self) -> float:
-        """Mark the run started (log, `RunStarted` event); returns when, on the run's clock."""
+    def _started(self, began: float) -> float:
+        """Mark the run started at ``began`` on the run's clock (log, `RunStarted` event);
+        returns ``began``."""
         self.status = RunStatus.PAUSED if self.slots.paused else RunStatus.RUNNING
-        began = self.now()
         self.start = self.wall(began)
         self.log.info("run started", process=self.process.name, tasks=len(self.graph))
         self.publish(

@@ -1,0 +1,170 @@
+"""A run under a failing store: a corrupt, locked or read-only database fails the kickoff before
+any model call, with a `StoreError` naming the file and the cause; a store that fails in the
+middle of a run (a full disk, a lock taken by another process) fails the run with every finished
+output in the error, and the store is usable afterwards: reads work, the run resumes and a new
+kickoff completes once the cause is gone."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from crewflow import Agent, Crew, RetryPolicy, Task
+from crewflow.exceptions import StoreError
+from crewflow.store import RunStatus, SQLiteStore
+from crewflow.testing import FunctionLLM, capture_events
+from tests.held import captured_logs
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+    from pathlib import Path
+
+    from crewflow.llm._types import LLMRequest
+
+BIG = "x" * 100_000  # an output that needs new pages in the database
+
+
+class Calls:
+    """An LLM answering ``<task> done`` plus `BIG`, counting calls per task; ``before`` maps a
+    task to what happens while it is in its model call (the fault, injected)."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.before: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.llm = FunctionLLM(self.answer, model="calls")
+
+    @property
+    def total(self) -> int:
+        return sum(self.count.values())
+
+    async def answer(self, request: LLMRequest) -> str:
+        user = next(m.content for m in request.messages if m.role == "user")
+        assert user is not None
+        name = user.split("do ", 1)[1].split()[0]
+        self.count[name] = self.count.get(name, 0) + 1
+        fault = self.before.pop(name, None)
+        if fault is not None:
+            await fault()
+        return f"{name} done {BIG}"
+
+
+def chain(calls: Calls, store: Any) -> Crew:
+    agent = Agent(role="Worker", goal="Work", llm=calls.llm)
+    tasks: list[Task] = []
+    for name in ("a", "b", "c"):
+        tasks.append(Task(f"do {name}", agent=agent, name=name, context=tasks[-1:]))
+    return Crew(tasks=tasks, name="chain", store=store, retry=RetryPolicy(max_attempts=1))
+
+
+class Lock:
+    """Another process holding ``path``'s write lock (``BEGIN EXCLUSIVE``) until released."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.process: subprocess.Popen[str] | None = None
+
+    def take(self) -> None:
+        hold = (
+            "import sqlite3, sys\n"
+            "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "conn.execute('BEGIN EXCLUSIVE')\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", hold, str(self.path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline() == "held\n"
+
+    def release(self) -> None:
+        if self.process is not None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+            self.process = None
+
+
+@pytest.fixture
+def lock(tmp_path: Path) -> Iterator[Lock]:
+    held = Lock(tmp_path / "runs.db")
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+async def a_real_database(path: Path) -> None:
+    """Fill ``path`` with a few runs, and leave it closed, with its WAL checkpointed away."""
+    calls = Calls()
+    store = SQLiteStore(path)
+    for _ in range(2):
+        await chain(calls, store).kickoff()
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE").fetchone()
+
+
+# -- detectable at the start: the kickoff fails there ------------------------------------------
+
+
+def fails_at_the_start(calls: Calls, logs: list[Any], kinds: list[str]) -> None:
+    """Nothing ran, nothing was announced, and no end was recorded for a run never recorded."""
+    assert calls.total == 0
+    assert "run_started" not in kinds
+    assert [log["event"] for log in logs if log["log_level"] == "error"] == []
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated"])
+async def test_a_corrupt_database_fails_the_kickoff_before_any_model_call(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "runs.db"
+    if damage == "random bytes":
+        path.write_bytes(os.urandom(16_384))
+        cause = "file is not a database"
+    else:
+        await a_real_database(path)
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+        cause = "malformed"
+    calls = Calls()
+
+    with captured_logs() as logs, capture_events() as events, pytest.raises(StoreError) as caught:
+        await chain(calls, SQLiteStore(path)).kickoff()
+
+    assert str(path) in str(caught.value)
+    assert cause in str(caught.value)
+    fails_at_the_start(calls, logs, events.kinds)
+
+
+async def test_a_database_locked_by_another_process_fails_the_kickoff_when_the_timeout_ends(
+    tmp_path: Path, lock: Lock
+) -> None:
+    path = tmp_path / "runs.db"
+    store = SQLiteStore(path, timeout=0.2)
+    await store.schema_version()
+    lock.take()
+    calls = Calls()
+
+    with captured_logs() as logs, capture_events() as events, pytest.raises(StoreError) as caught:
+        await chain(calls, store).kickoff()
+
+    assert str(path) in str(caught.value)
+    assert "locked" in str(caught.value)
+    fails_at_the_start(calls, logs, events.kinds)
+    lock.release()
+    result = await chain(calls, store).kickoff()
+    assert (await store.get_run(result.run_id)).status == RunStatus.COMPLETED  # type: ignore[union-attr]
+    await store.close()
