@@ -819,12 +819,14 @@ class Run:
             return
         import anyio
 
+        recorded = False
         with anyio.CancelScope(shield=True), anyio.move_on_after(_RECORD_END_TIMEOUT):
             try:
                 for name, record in self._records.items():
                     if name not in self._saved and record.attempts:
                         await recorder.attempts_ended(record.attempts)
                 await recorder.finished(self.status, self.end, self.usage, paused=self._paused)
+                recorded = True
             except LeaseLost as exc:
                 # The run is another process's now: its record is that process's to end.
                 self.log.warning("the end of the run is not recorded", error=str(exc))
@@ -832,6 +834,10 @@ class Run:
                 # The outputs are checkpointed already; a run record left "running" is the
                 # only loss, and the caller's result or error matters more.
                 self.log.error("could not record the end of the run", error=str(exc))
+        if not recorded:
+            # Else the run would read as executed by this process until its lease expires,
+            # and a resume here, once the store works again, would be refused meanwhile.
+            recorder.abandoned()
 
     def _all_agents(self) -> list[Agent]:
         """Every agent the run may need, fallbacks and the process's own (a manager) included,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from crewflow import Agent, Crew, RetryPolicy, Task
-from crewflow.exceptions import StoreError
+from crewflow.exceptions import CrewRunError, StoreError
 from crewflow.store import RunStatus, SQLiteStore
 from crewflow.testing import FunctionLLM, capture_events
 from tests.held import captured_logs
@@ -105,6 +105,23 @@ def lock(tmp_path: Path) -> Iterator[Lock]:
         held.release()
 
 
+class Cramped(SQLiteStore):
+    """A `SQLiteStore` whose file can be capped at its size (SQLite's ``max_page_count``): a
+    disk that is full from then on, for this store's connection."""
+
+    async def cap(self, pages: int | None = None) -> None:
+        """Cap the file at ``pages`` pages (default: as many as it has now)."""
+
+        def set_cap(conn: sqlite3.Connection) -> None:
+            limit = conn.execute("PRAGMA page_count").fetchone()[0] if pages is None else pages
+            conn.execute(f"PRAGMA max_page_count = {limit}").fetchone()
+
+        await self._writer.call(set_cap)
+
+    async def uncap(self) -> None:
+        await self.cap(1_000_000_000)
+
+
 async def a_real_database(path: Path) -> None:
     """Fill ``path`` with a few runs, and leave it closed, with its WAL checkpointed away."""
     calls = Calls()
@@ -168,3 +185,61 @@ async def test_a_database_locked_by_another_process_fails_the_kickoff_when_the_t
     result = await chain(calls, store).kickoff()
     assert (await store.get_run(result.run_id)).status == RunStatus.COMPLETED  # type: ignore[union-attr]
     await store.close()
+
+
+# -- in the middle of a run: it fails with its finished outputs ---------------------------------
+
+
+async def after_the_fault(store: SQLiteStore, error: CrewRunError) -> None:
+    """The store is usable: it reads, the failed run resumes (running only what was not
+    checkpointed) and a new kickoff completes."""
+    assert error.run_id is not None
+    assert {name: output.text.split()[0] for name, output in error.outputs.items()} == {
+        "a": "a",
+        "b": "b",
+    }
+    assert list(await store.outputs(error.run_id)) == ["a"]
+    calls = Calls()
+    resumed = await chain(calls, store).resume(error.run_id)
+    assert resumed.restored == ["a"]
+    assert calls.count == {"b": 1, "c": 1}
+    again = await chain(calls, store).kickoff()
+    for run_id in (error.run_id, again.run_id):
+        assert (await store.get_run(run_id)).status == RunStatus.COMPLETED  # type: ignore[union-attr]
+    await store.close()
+
+
+async def test_a_full_disk_in_the_middle_of_a_run_fails_it_with_its_finished_outputs(
+    tmp_path: Path,
+) -> None:
+    store = Cramped(tmp_path / "runs.db")
+    calls = Calls()
+    calls.before["b"] = store.cap
+
+    with pytest.raises(CrewRunError) as caught:
+        await chain(calls, store).kickoff()
+
+    assert "database or disk is full" in str(caught.value)
+    assert calls.count == {"a": 1, "b": 1}
+    await store.uncap()
+    await after_the_fault(store, caught.value)
+
+
+async def test_a_lock_taken_in_the_middle_of_a_run_fails_it_with_its_finished_outputs(
+    tmp_path: Path, lock: Lock
+) -> None:
+    store = SQLiteStore(tmp_path / "runs.db", timeout=0.2)
+    calls = Calls()
+
+    async def take() -> None:
+        lock.take()
+
+    calls.before["b"] = take
+
+    with pytest.raises(CrewRunError) as caught:
+        await chain(calls, store).kickoff()
+
+    assert "locked" in str(caught.value)
+    assert calls.count == {"a": 1, "b": 1}
+    lock.release()
+    await after_the_fault(store, caught.value)
