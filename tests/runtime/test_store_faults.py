@@ -7,10 +7,12 @@ kickoff completes once the cause is gone."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,7 +25,6 @@ from tests.held import captured_logs
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
-    from pathlib import Path
 
     from crewflow.llm._types import LLMRequest
 
@@ -243,3 +244,118 @@ async def test_a_lock_taken_in_the_middle_of_a_run_fails_it_with_its_finished_ou
     assert calls.count == {"a": 1, "b": 1}
     lock.release()
     await after_the_fault(store, caught.value)
+
+
+# -- in another process: a read-only filesystem, a file size limit -----------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = """
+import anyio, json, sys
+from crewflow.exceptions import CrewRunError
+from crewflow.store import SQLiteStore
+from tests.runtime.test_store_faults import Calls, chain, {extra}
+
+
+async def main() -> None:
+    store = {store}
+    calls = Calls()
+    {setup}
+    try:
+        await chain(calls, store).kickoff()
+    except Exception as exc:
+        error = exc
+    else:
+        raise AssertionError("the run did not fail")
+    report = dict(
+        error=type(error).__name__,
+        store_error=isinstance(error, StoreError) or isinstance(error.__cause__, StoreError),
+        message=str(error),
+        calls=calls.count,
+    )
+    {after}
+    print(json.dumps(report))
+
+anyio.run(main)
+"""
+
+
+def in_child(argv_around: Callable[[list[str]], list[str]], **parts: str) -> dict[str, Any]:
+    """Run a crew in a child process (as ``CHILD`` with ``parts``) and return its report."""
+    script = CHILD.format(**parts)
+    argv = argv_around([sys.executable, "-c", script])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, check=False, cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    report: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return report
+
+
+@pytest.mark.slow
+async def test_a_database_on_a_read_only_filesystem_fails_a_writing_kickoff_before_any_call(
+    tmp_path: Path,
+) -> None:
+    from tests.test_cli_store import read_only
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    path = folder / "runs.db"
+    await a_real_database(path)
+    before = path.read_bytes()
+
+    try:
+        report = in_child(
+            lambda argv: read_only(folder, argv),
+            extra="StoreError",
+            store=f"SQLiteStore({str(path)!r})",
+            setup="",
+            after="",
+        )
+    finally:
+        folder.chmod(0o755)
+
+    assert report["error"] == "StoreError"
+    assert str(path) in report["message"]
+    assert "readonly" in report["message"] or "unable to open" in report["message"]
+    assert report["calls"] == {}
+    assert path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_reached_in_the_middle_of_a_run_fails_it_with_its_outputs(
+    tmp_path: Path,
+) -> None:
+    # RLIMIT_FSIZE: a write past the limit fails with EFBIG (SIGXFSZ, which would kill the
+    # process, is ignored), as on a disk that fills up, whatever filesystem holds the file.
+    setup = (
+        "import os, resource, signal\n"
+        "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "    async def cap() -> None:\n"
+        "        files = [store.path, store.path.with_name(store.path.name + '-wal')]\n"
+        "        size = max(os.path.getsize(f) for f in files if f.exists())\n"
+        "        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))\n"
+        "    calls.before['b'] = cap"
+    )
+    after = (
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))\n"
+        "    await after_the_fault(store, error)"
+    )
+    report = in_child(
+        lambda argv: argv,
+        extra="StoreError, after_the_fault",
+        store=f"SQLiteStore({str(tmp_path / 'runs.db')!r})",
+        setup=setup,
+        after=after,
+    )
+
+    assert report["error"] == "CrewRunError"
+    assert report["store_error"]
+    assert "could not be checkpointed" in report["message"]
+    assert report["calls"] == {"a": 1, "b": 1}
