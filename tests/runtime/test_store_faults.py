@@ -164,6 +164,7 @@ async def test_a_corrupt_database_fails_the_kickoff_before_any_model_call(
 
     assert str(path) in str(caught.value)
     assert cause in str(caught.value)
+    assert "move it aside" in str(caught.value)
     fails_at_the_start(calls, logs, events.kinds)
 
 
@@ -181,6 +182,7 @@ async def test_a_database_locked_by_another_process_fails_the_kickoff_when_the_t
 
     assert str(path) in str(caught.value)
     assert "locked" in str(caught.value)
+    assert "longer timeout" in str(caught.value)
     fails_at_the_start(calls, logs, events.kinds)
     lock.release()
     result = await chain(calls, store).kickoff()
@@ -221,6 +223,7 @@ async def test_a_full_disk_in_the_middle_of_a_run_fails_it_with_its_finished_out
         await chain(calls, store).kickoff()
 
     assert "database or disk is full" in str(caught.value)
+    assert "free some space" in str(caught.value)
     assert calls.count == {"a": 1, "b": 1}
     await store.uncap()
     await after_the_fault(store, caught.value)
@@ -241,6 +244,7 @@ async def test_a_lock_taken_in_the_middle_of_a_run_fails_it_with_its_finished_ou
         await chain(calls, store).kickoff()
 
     assert "locked" in str(caught.value)
+    assert "longer timeout" in str(caught.value)
     assert calls.count == {"a": 1, "b": 1}
     lock.release()
     await after_the_fault(store, caught.value)
@@ -358,4 +362,5 @@ def test_a_file_size_limit_reached_in_the_middle_of_a_run_fails_it_with_its_outp
     assert report["error"] == "CrewRunError"
     assert report["store_error"]
     assert "could not be checkpointed" in report["message"]
+    assert "free some space" in report["message"]
     assert report["calls"] == {"a": 1, "b": 1}
