@@ -190,6 +190,32 @@ async def test_a_database_locked_by_another_process_fails_the_kickoff_when_the_t
     await store.close()
 
 
+async def test_a_resume_of_a_run_in_a_locked_database_fails_before_any_model_call(
+    tmp_path: Path, lock: Lock
+) -> None:
+    store = Cramped(tmp_path / "runs.db", timeout=0.2)
+    calls = Calls()
+    calls.before["b"] = store.cap
+    with pytest.raises(CrewRunError) as caught:
+        await chain(calls, store).kickoff()
+    await store.uncap()
+    run_id = caught.value.run_id
+    assert run_id is not None
+    lock.take()
+    calls = Calls()
+
+    with pytest.raises(StoreError, match="locked") as refused:
+        await chain(calls, store).resume(run_id)
+
+    assert calls.total == 0
+    assert str(store.path) in str(refused.value)
+    lock.release()
+    resumed = await chain(calls, store).resume(run_id)
+    assert resumed.restored == ["a"]
+    assert calls.count == {"b": 1, "c": 1}
+    await store.close()
+
+
 # -- in the middle of a run: it fails with its finished outputs ---------------------------------
 
 
@@ -227,6 +253,34 @@ async def test_a_full_disk_in_the_middle_of_a_run_fails_it_with_its_finished_out
     assert calls.count == {"a": 1, "b": 1}
     await store.uncap()
     await after_the_fault(store, caught.value)
+
+
+async def test_a_full_disk_under_a_parallel_run_keeps_every_output_that_finished(
+    tmp_path: Path,
+) -> None:
+    store = Cramped(tmp_path / "runs.db")
+    calls = Calls()
+    calls.before["b"] = store.cap
+    agent = Agent(role="Worker", goal="Work", llm=calls.llm)
+    tasks = [Task(f"do {name}", agent=agent, name=name, context=[]) for name in "abcdef"]
+    crew = Crew(tasks=tasks, process="parallel", store=store, retry=RetryPolicy(max_attempts=1))
+
+    with pytest.raises(CrewRunError) as caught:
+        await crew.kickoff()
+
+    finished = set(caught.value.outputs)
+    assert "b" in finished
+    await store.uncap()
+    run_id = caught.value.run_id
+    assert run_id is not None
+    stored = set(await store.outputs(run_id))
+    assert stored <= finished
+    # A task is sent again on resume only if its output was not checkpointed.
+    calls.count.clear()
+    resumed = await crew.resume(run_id)
+    assert set(resumed.restored) == stored
+    assert set(calls.count) == set("abcdef") - stored
+    await store.close()
 
 
 async def test_a_lock_taken_in_the_middle_of_a_run_fails_it_with_its_finished_outputs(
@@ -329,6 +383,29 @@ async def test_a_database_on_a_read_only_filesystem_fails_a_writing_kickoff_befo
     assert "readonly" in report["message"] or "unable to open" in report["message"]
     assert report["calls"] == {}
     assert path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_that_leaves_no_room_for_a_new_database_fails_the_kickoff_at_once(
+    tmp_path: Path,
+) -> None:
+    setup = (
+        "import resource, signal\n"
+        "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]\n"
+        "    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, hard))"
+    )
+    report = in_child(
+        lambda argv: argv,
+        extra="StoreError",
+        store=f"SQLiteStore({str(tmp_path / 'runs.db')!r})",
+        setup=setup,
+        after="",
+    )
+
+    assert report["error"] == "StoreError"
+    assert "free some space" in report["message"]
+    assert report["calls"] == {}
 
 
 @pytest.mark.slow
