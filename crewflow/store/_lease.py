@@ -129,7 +129,8 @@ class Lease(BaseModel):
 
     def lapsed(self, now: datetime | None = None) -> str | None:
         """Why the lease no longer holds its run at ``now`` (default: now), or ``None`` while
-        it does: it expired, or its owner's process is gone from this machine."""
+        it does: it expired, its owner's process is gone from this machine, or its run ended in
+        this process without its end recorded."""
         moment = now or datetime.now(UTC)
         if self.expires <= moment:
             expired = self.expires.isoformat(timespec="seconds")
