@@ -8,8 +8,8 @@ commit of its store (``tests/crash_child.py`` kills it just before or just after
 Resumes are killed too, then resumed again, until the run completes. After each kill the store
 says what had finished; the server's counts then show that none of it was lost or sent again.
 
-Deterministic kill points come first; a seeded random sample (``CRASH_LOOP_SEED``, printed when
-it fails) adds more on top.
+Deterministic kill points come first; a seeded random sample adds more on top (a fixed seed;
+``CRASH_LOOP_SEED=N`` draws others, and a failure prints the seed that reproduces it).
 """
 
 from __future__ import annotations
@@ -417,7 +417,8 @@ def random_kills(kind: Kind, rng: random.Random) -> list[KillPoint]:
     return kills
 
 
-SEED = int(os.environ.get("CRASH_LOOP_SEED", random.SystemRandom().randrange(2**32)))
+# Fixed, so that CI tries the same kill points every time; set CRASH_LOOP_SEED to try others.
+SEED = int(os.environ.get("CRASH_LOOP_SEED", "20261205"))
 
 
 @pytest.mark.parametrize("kind", KINDS)
