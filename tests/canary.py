@@ -2,13 +2,14 @@
 
 One API key and one base-URL password, unique to the session, reach the tests that drive real
 clients (the ``server`` fixture puts them in ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``; the
-client and end-to-end tests use `KEY` as their key). While the suite runs, everything those
-secrets could leak into is read as it goes by: every log call of crewflow (at any level, before
-the level filter), every stdlib log record, every run event, every result and raised run error
-(str, repr, traceback and chained errors), every CLI output captured with ``CliRunner`` or
-``subprocess.run``, and each test's captured output and failure report. At the end, every
-store file the tests created (databases, their journals, reports) is read byte by byte. A
-secret found anywhere fails the session, naming the test and the place.
+client, end-to-end and kill-and-resume tests use them as their key and URL). While the suite
+runs, everything those secrets could leak into is read as it goes by: every log call of crewflow
+(at any level, before the level filter), every stdlib log record, every run event, every result
+and raised run error (str, repr, traceback and chained errors), every CLI output captured with
+``CliRunner``, ``subprocess.run`` or ``anyio.run_process``, and each test's captured output and
+failure report. At the end, every store file the tests created (databases, their journals,
+reports) is read byte by byte. A secret found anywhere fails the session, naming the test and
+the place.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Canary:
         return stack
 
     def _patches(self) -> list[tuple[Any, str, Any]]:
+        import anyio
         import typer.testing
 
         import crewflow._runtime.cache
@@ -105,6 +107,7 @@ class Canary:
             (Crew, "_finish", self._finish),
             (typer.testing.CliRunner, "invoke", self._invoke),
             (subprocess, "run", self._subprocess_run),
+            (anyio, "run_process", self._run_process),
         ]
 
     def _logger_factory(self, original: Any) -> Any:
@@ -151,6 +154,15 @@ class Canary:
             return done
 
         return run
+
+    def _run_process(self, original: Any) -> Any:
+        async def run_process(*args: Any, **kwargs: Any) -> Any:
+            done = await original(*args, **kwargs)
+            self.check("subprocess stdout", done.stdout)
+            self.check("subprocess stderr", done.stderr)
+            return done
+
+        return run_process
 
 
 class _Handler(logging.Handler):

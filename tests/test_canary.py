@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from crewflow import Agent, Crew, Task, cli
 from crewflow.exceptions import TaskFailed
-from crewflow.testing import FunctionLLM, capture_events
+from crewflow.llm import OpenAIChat
+from crewflow.testing import FunctionLLM, OpenAIServer, capture_events
 from tests import canary
 
 if TYPE_CHECKING:
@@ -83,3 +84,15 @@ def test_the_canary_is_unique_to_the_session_and_reaches_the_servers_clients() -
     assert canary.KEY not in os.environ.get("OPENAI_API_KEY", "")
     url = canary.with_userinfo("http://127.0.0.1:8000/v1")
     assert url == f"http://crew:{canary.URL_SECRET}@127.0.0.1:8000/v1"
+
+
+async def test_clients_of_the_server_fixture_run_with_the_canary(server: OpenAIServer) -> None:
+    agent = Agent(role="R", goal="G", llm=OpenAIChat("loop-model"))  # configured from the env
+    crew = Crew(tasks=[Task("Say hi", agent=agent)], store=None)
+
+    result = await crew.kickoff()
+
+    assert result.output.text
+    assert os.environ["OPENAI_API_KEY"] == canary.KEY
+    assert canary.URL_SECRET in os.environ["OPENAI_BASE_URL"]
+    assert [request.has_auth for request in server.requests] == [True]
