@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,31 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from crewflow import Agent, Crew, Task, cli
-from crewflow.exceptions import ConfigurationError, CrewflowWarning, CrewRunError
+from crewflow.exceptions import (
+    ConfigurationError,
+    CredentialsError,
+    CrewflowWarning,
+    CrewRunError,
+)
+from crewflow.llm import OpenAIChat
 from crewflow.store import MemoryStore, SQLiteStore
-from crewflow.testing import FunctionLLM, ToolCall, ToolCalls
+from crewflow.testing import (
+    Disconnect,
+    Error,
+    FakeClock,
+    FunctionLLM,
+    Malformed,
+    OpenAIServer,
+    Text,
+    ToolCall,
+    ToolCalls,
+    use_clock,
+)
+from tests import canary
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from crewflow import CrewResult
     from crewflow.llm import LLMRequest
 
@@ -279,3 +300,43 @@ def test_a_reply_no_database_can_hold_comes_back_repaired(tmp_path: Path, text: 
 
     assert "\x00" not in result.output.text
     assert result.output.text.encode("utf-8")  # no lone surrogate left
+
+
+# -- model replies over HTTP -------------------------------------------------------------------
+
+WIRE_REPLIES = st.one_of(
+    TEXT.map(Text),
+    HUGE.map(Text),
+    JSON.map(lambda value: Text(json.dumps(value))),
+    TEXT.map(lambda body: Malformed(body.encode("utf-8", "replace").decode())),
+    st.builds(Error, st.sampled_from([400, 401, 404, 408, 422, 429, 500, 503]), TEXT),
+    st.just(Disconnect()),
+)
+
+
+@pytest.fixture
+def http_server() -> Iterator[OpenAIServer]:
+    with OpenAIServer().in_thread() as running, use_clock(FakeClock()):
+        yield running
+
+
+@pytest.mark.slow
+@FUZZ
+@given(replies=st.lists(WIRE_REPLIES, min_size=1, max_size=4), structured=st.booleans())
+def test_any_reply_over_http_succeeds_or_raises_a_run_error(
+    http_server: OpenAIServer, tmp_path: Path, replies: list[Any], structured: bool
+) -> None:
+    # The real client, with the session's canary as its key and in its base URL.
+    llm = OpenAIChat(
+        "loop-model", base_url=canary.with_userinfo(http_server.base_url), api_key=canary.KEY
+    )
+    key = uuid.uuid4().hex  # what one example leaves queued is never another's
+    http_server.enqueue_for(key, *replies)
+    agent = Agent(role="R", goal="G", llm=llm, max_iterations=2)
+    task = Task(f"Judge {key}", agent=agent, output_model=Verdict if structured else None)
+    crew = Crew(tasks=[task], store=SQLiteStore(tmp_path / "runs.db"))
+
+    outcome = settled(crew.kickoff_sync)
+
+    assert not isinstance(outcome, ConfigurationError) or isinstance(outcome, CredentialsError)
+    assert http_server.count_for(key) >= 1
