@@ -72,12 +72,15 @@ class Canary:
 
     def check_files(self, root: Path) -> None:
         """Read every store file under ``root``."""
-        for path in root.rglob("*"):
-            if path.name.endswith(STORE_FILES) and path.is_file():
-                try:
-                    self.check(f"file {path}", path.read_bytes())
-                except OSError:
-                    continue
+        # os.walk, not rglob: another session may remove its own directories meanwhile.
+        for folder, _, names in os.walk(root):
+            for name in names:
+                if name.endswith(STORE_FILES):
+                    path = Path(folder, name)
+                    try:
+                        self.check(f"file {path}", path.read_bytes())
+                    except OSError:
+                        continue
 
     def install(self) -> ExitStack:
         """Watch logs, events, results, errors and CLI outputs until the stack closes."""
@@ -205,9 +208,3 @@ class _ScanningLogger:
             return attribute(*args, **kwargs)
 
         return call
-
-
-def session_roots() -> list[Path]:
-    """Where the session's stores live besides the tests' own temporary directories."""
-    home = os.environ.get("CREWFLOW_HOME")
-    return [Path(home)] if home else []
