@@ -63,7 +63,7 @@ ANY_CHAR = st.characters(exclude_categories=[])
 TEXT = st.text(ANY_CHAR, max_size=40) | st.sampled_from(
     ["", "\x00", "\ud800", "{", "}", "{x}", "{{x}}", "{0}", "{x!r}", "{x:>{y}}", "\udfff{a}\x00"]
 )
-HUGE = st.sampled_from(["x" * 2_000_000, "\ud800\x00é" * 300_000, "{" * 100_000])
+HUGE = st.sampled_from(["x" * 2_000_000, "\ud800\x00é" * 300_000, "{" * 100_000, "[" * 100_000])
 JSON_SCALAR = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT | HUGE
 JSON = st.recursive(
     JSON_SCALAR,
