@@ -71,6 +71,12 @@ JSON = st.recursive(
     max_leaves=6,
 )
 ANY_VALUE = JSON | st.floats() | st.binary(max_size=20) | st.sets(st.integers(), max_size=2)
+# YAML is written and read in pure Python: a file's values stay under a megabyte.
+FILE_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT | st.just("x" * 200_000),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)
 
 
 def llm_saying(text: str) -> FunctionLLM:
@@ -95,7 +101,7 @@ AGENT_FIELDS = st.dictionaries(
         ["role", "goal", "backstory", "llm", "max_iterations", "tools", "output_retries"]
     )
     | TEXT,
-    ANY_VALUE,
+    FILE_VALUE,
     max_size=5,
 )
 
