@@ -36,6 +36,7 @@ from crewflow.testing._doubles import (
 )
 from crewflow.testing._manager import VALID_PLAN, ScriptedManager, redo
 from crewflow.testing._server import (
+    Cut,
     Disconnect,
     Error,
     Malformed,
@@ -51,6 +52,7 @@ from crewflow.testing._virtual import VirtualTimeLoop, run_virtual
 
 __all__ = [
     "VALID_PLAN",
+    "Cut",
     "Disconnect",
     "Error",
     "EventCapture",
