@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 _OPENING = re.compile(r"[{\[]")
+_MAX_TRIES = 100
+"""Openings `extract_json` tries to parse from: a failed try costs up to the text's length, so a
+reply of brackets (``{{{{...``, megabytes of it) would otherwise take time quadratic in its
+length, on the event loop."""
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 
 
@@ -78,8 +82,9 @@ def extract_json(text: str) -> str:
     """The JSON inside ``text``: code fences and prose around it are dropped.
 
     Looks in fenced code blocks first, then anywhere in the text; an object is preferred over an
-    array (``"[1]"`` in prose is rarely the answer). When nothing parses, the likeliest candidate
-    is returned as it is, so that validation reports what is wrong with it.
+    array (``"[1]"`` in prose is rarely the answer); the first 100 brackets are tried. When
+    nothing parses, the likeliest candidate is returned as it is, so that validation reports
+    what is wrong with it.
     """
     stripped = text.strip()
     blocks = [match.group(1).strip() for match in _FENCE.finditer(stripped)]
@@ -126,7 +131,7 @@ def check_finite(text: str) -> None:
         raise ValueError(
             f"{exc} is not a JSON number; every number must be finite (write null if unknown)"
         ) from None
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
 
 
@@ -135,11 +140,14 @@ def _first_json(text: str) -> str | None:
     decoder = json.JSONDecoder()
     first_array: str | None = None
     position = 0
-    while (match := _OPENING.search(text, position)) is not None:
+    for _ in range(_MAX_TRIES):
+        match = _OPENING.search(text, position)
+        if match is None:
+            break
         start = match.start()
         try:
             value, end = decoder.raw_decode(text, start)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep for Python's reader: not JSON
             position = start + 1
             continue
         if isinstance(value, dict):

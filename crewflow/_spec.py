@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crewflow.exceptions import ConfigurationError
 
@@ -44,6 +44,21 @@ class Spec(BaseModel):
             # A whole-spec check (``model_post_init``) raises a ConfigurationError that already
             # names what is wrong; pydantic would bury it under the whole input.
             raise _configuration_error(type(self), exc, anywhere=False) from None
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _whole_text(cls, value: Any) -> Any:
+        # A lone surrogate (text decoded with ``surrogateescape``, say) cannot become UTF-8:
+        # not in the crew's fingerprint, a prompt, or a record. Refused here, where it was given.
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"holds a lone surrogate at position {exc.start}, which is not text: "
+                    "decode the source with errors='replace'"
+                ) from None
+        return value
 
     def __eq__(self, other: object) -> bool:
         return self is other or (isinstance(other, Spec) and other.id == self.id)

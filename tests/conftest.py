@@ -12,16 +12,55 @@ os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # Crews record their runs in the default store: the tests' runs (and the examples' they start)
 # go to a database of this session, never to the developer's own; each test gets its own (below).
-os.environ["CREWFLOW_HOME"] = tempfile.mkdtemp(prefix="crewflow-tests-")
+os.environ["CREWFLOW_HOME"] = SESSION_HOME = tempfile.mkdtemp(prefix="crewflow-tests-")
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crewflow.testing import FakeClock, OpenAIServer, reset_limits, use_clock
+from tests import canary
 from tests.stores import close_default_stores
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
+
+
+CANARY = canary.Canary()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _secrets_canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The whole run: a unique API key and base-URL password (`tests.canary`) appear in no log,
+    event, result, error, CLI output or store file; `pytest_sessionfinish` fails the run if
+    they do."""
+    with CANARY.install():
+        yield
+    CANARY.test = "(store files)"
+    for root in (Path(SESSION_HOME), tmp_path_factory.getbasetemp()):
+        CANARY.check_files(root)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    CANARY.test = item.nodeid
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A test's captured output and log, and its failure report, hold no secret."""
+    CANARY.test = report.nodeid
+    CANARY.check(f"{report.when} report", report.longreprtext)
+    for title, content in report.sections:
+        CANARY.check(title, content)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if CANARY.findings:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.section("secrets canary", red=True)
+            for finding in dict.fromkeys(CANARY.findings):
+                reporter.line(finding)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +111,10 @@ def fake_clock() -> Iterator[FakeClock]:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[OpenAIServer]:
-    """The loopback OpenAI-compatible server, in the test's event loop."""
+async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OpenAIServer]:
+    """The loopback OpenAI-compatible server, in the test's event loop. Clients configured from
+    the environment get the session's canary key, and its base URL with the canary password."""
     async with OpenAIServer() as running:
+        monkeypatch.setenv("OPENAI_API_KEY", canary.KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", canary.with_userinfo(running.base_url))
         yield running

@@ -621,6 +621,16 @@ async def test_an_answer_that_never_validates_raises_after_the_re_asks() -> None
     assert caught.value.errors[0]["input"] == "meh"
 
 
+async def test_an_answer_nested_too_deep_is_asked_again_not_a_crash() -> None:
+    # Found by tests/test_fuzz.py: Python's JSON reader raised RecursionError, failing the task.
+    llm = ScriptedLLM(["[" * 100_000, '{"label": "good", "score": 1}'])
+
+    answer = await make_agent().run("Judge it", llm=llm, output_model=Verdict)
+
+    assert answer.data == Verdict(label="good", score=1)
+    assert len(llm.requests) == 2
+
+
 async def test_no_re_asks_when_output_retries_is_zero() -> None:
     llm = ScriptedLLM(["not json"])
 

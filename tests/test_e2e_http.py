@@ -21,8 +21,9 @@ from crewflow.testing import (
     ToolCalls,
     capture_events,
 )
+from tests import canary
 
-CANARY = "sk-canary-9f8e7d6c5b4a39281706"
+CANARY = canary.KEY  # the session's canary: every use of it is scanned (tests/canary.py)
 
 
 class Verdict(BaseModel):

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from crewflow import cli
 from crewflow.store import SQLiteStore
 from crewflow.testing import Error, OpenAIServer, Text
+from tests import canary
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -141,8 +142,8 @@ async def kill_and_resume(
             **os.environ,
             **(env or {}),
             "CREWFLOW_HOME": str(home),
-            "OPENAI_BASE_URL": server.base_url,
-            "OPENAI_API_KEY": "sk-loopback-test",
+            "OPENAI_BASE_URL": canary.with_userinfo(server.base_url),
+            "OPENAI_API_KEY": canary.KEY,
         }
         with anyio.fail_after(60):
             child = await anyio.open_process(
@@ -485,8 +486,8 @@ async def test_two_resumes_at_once_send_each_unfinished_task_once(tmp_path: Path
             "KILL_EDGES": "",
             "KILL_PROCESS": "sequential",
             "CREWFLOW_HOME": str(home),
-            "OPENAI_BASE_URL": server.base_url,
-            "OPENAI_API_KEY": "sk-loopback-test",
+            "OPENAI_BASE_URL": canary.with_userinfo(server.base_url),
+            "OPENAI_API_KEY": canary.KEY,
         }
         with anyio.fail_after(60):
             first = await anyio.run_process(

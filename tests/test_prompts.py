@@ -144,3 +144,37 @@ def test_a_task_name_with_quotes_cannot_break_the_context_delimiter() -> None:
 
     assert '<context task="say &quot;hi&quot; &amp; go">' in prompt
     assert prompt.count('"') == 2
+
+
+class CountingDecoder(json.JSONDecoder):
+    tries = 0
+
+    def raw_decode(self, s: str, idx: int = 0) -> tuple[object, int]:
+        CountingDecoder.tries += 1
+        return super().raw_decode(s, idx)
+
+
+def test_extract_json_tries_a_bounded_number_of_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by tests/test_fuzz.py: a reply of 100,000 "{" took minutes of the event loop (each
+    # failed try costs up to the text's length), and no timeout could fire meanwhile.
+    monkeypatch.setattr(_prompts.json, "JSONDecoder", CountingDecoder)
+    CountingDecoder.tries = 0
+
+    assert extract_json("{" * 100_000) == "{" * 100_000
+
+    assert CountingDecoder.tries <= 2 * _prompts._MAX_TRIES  # the fenced blocks, then the text
+
+
+def test_extract_json_still_finds_an_object_after_some_stray_brackets() -> None:
+    text = "Using {x} and [y] and {z}: " + '{"title": "T"}'
+    assert extract_json(text) == '{"title": "T"}'
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a": ' * 100_000, "[" * 100_000 + "]" * 100_000])
+def test_json_nested_too_deep_for_python_is_an_answer_that_does_not_validate(text: str) -> None:
+    # Found by tests/test_fuzz.py: the task failed with a RecursionError instead of asking again.
+    answer = extract_json(text)
+    _prompts.check_finite(answer)
+
+    with pytest.raises(ValidationError):
+        Answer.model_validate_json(answer)

@@ -162,3 +162,22 @@ def test_describe_shortens_long_inputs() -> None:
     shown = text.split("(got ", 1)[1]
     assert shown.endswith("...)")
     assert len(shown) <= 62
+
+
+@pytest.mark.parametrize("field", ["description", "expected_output", "name"])
+def test_a_lone_surrogate_in_a_spec_is_refused_where_it_is_given(field: str) -> None:
+    # Found by tests/test_fuzz.py: the crew's fingerprint (and any record) cannot encode it,
+    # so it failed at kickoff with a UnicodeEncodeError.
+    from crewflow import Task
+
+    fields = {"description": "Say hi", field: "bad \udc80 text"}
+
+    with pytest.raises(ConfigurationError, match=f"^invalid Task: {field}: ") as caught:
+        Task(**fields)
+    assert "lone surrogate at position 4" in str(caught.value) or "unicode" in str(caught.value)
+
+
+def test_text_that_is_not_ascii_or_holds_nul_is_kept_in_a_spec() -> None:
+    from crewflow import Task
+
+    assert Task("héllo \x00 🌍", expected_output="ü").description == "héllo \x00 🌍"

@@ -566,7 +566,7 @@ class _Round:
                     context = [f"{name}.{number - 1}{suffix}"]
                 description = (
                     f"{literal_template(step.instructions)}\n\n(Step {number} of {len(steps)} "
-                    f"of the task {name!r}: {crew_task.description})"
+                    f"of the task {literal_template(repr(name))}: {crew_task.description})"
                 )
                 if self.number and number == 1:
                     asked = self.feedback.get(name, "a task it needs changed")

@@ -19,13 +19,14 @@ from crewflow.llm._guard import reset, set_forbidden
 from crewflow.llm.litellm import LiteLLM, _import_litellm
 from crewflow.testing import Error, OpenAIServer, Slow, Text, ToolCalls
 from crewflow.testing import ToolCall as ScriptedCall
+from tests import canary
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 pytestmark = pytest.mark.asyncio
 
-CANARY = "sk-canary-litellm-5e8d2a7c9b1f"
+CANARY = canary.KEY  # the session's canary: every use of it is scanned (tests/canary.py)
 HELLO = LLMRequest([Message("user", "hello")])
 SEARCH = ToolSpec(
     "search",

@@ -35,13 +35,14 @@ from crewflow.testing import (
     ToolCalls,
 )
 from crewflow.testing import ToolCall as ScriptedCall
+from tests import canary
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
 pytestmark = pytest.mark.asyncio
 
-CANARY = "sk-canary-7f3a9e1c5b2d4f6a8e0c"
+CANARY = canary.KEY  # the session's canary: every use of it is scanned (tests/canary.py)
 HELLO = LLMRequest([Message("user", "hello")])
 SEARCH = ToolSpec(
     "search",

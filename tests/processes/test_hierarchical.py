@@ -557,3 +557,21 @@ def test_tasks_are_listed_after_the_tasks_they_need_so_no_plan_can_close_a_cycle
     second = Task("Research", name="a", context=[])
     with pytest.raises(ConfigurationError, match="task 'b' needs 'a', which is listed after it"):
         Crew(tasks=[first, second], agents=[Agent(role="W", goal="g")], process="hierarchical")
+
+
+async def test_a_task_named_with_braces_is_named_in_its_steps_not_read_as_a_template() -> None:
+    # Found by tests/test_fuzz.py: a step's description quoted the crew task's name as it was,
+    # so a task named "{A}" made every plan invalid ("needs inputs the run was not given: A").
+    worker = Worker()
+    agent = Agent(role="Researcher", goal="Find facts", llm=FunctionLLM(worker))
+    crew = Crew(
+        tasks=[Task("Research {topic}", name="{A}", agent=agent)],
+        process="hierarchical",
+        manager=Agent(role="Manager", goal="Lead", llm=ScriptedManager()),
+        store=None,
+    )
+
+    result = await crew.kickoff({"topic": "tides"})
+
+    assert result["{A}"].text.startswith("done")
+    assert "of the task '{A}': Research tides" in next(iter(worker.prompts.values()))
