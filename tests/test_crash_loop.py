@@ -30,6 +30,7 @@ import pytest
 
 from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, Text, ToolCall, ToolCalls
+from tests import canary
 from tests.test_kill_and_resume import (
     EVERY_REQUEST,
     HIERARCHICAL_FILE,
@@ -217,8 +218,8 @@ async def crash_loop(crew: CrewUnderTest, tmp: Path, kills: list[KillPoint]) -> 
             **os.environ,
             **crew.env,
             "CREWFLOW_HOME": str(home),
-            "OPENAI_BASE_URL": server.base_url,
-            "OPENAI_API_KEY": "sk-loopback-test",
+            "OPENAI_BASE_URL": canary.with_userinfo(server.base_url),
+            "OPENAI_API_KEY": canary.KEY,
             "CRASH_TOOL_LOG": str(tool_log),
             "CRASH_COMMITS": str(commits),
         }

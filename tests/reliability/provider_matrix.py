@@ -36,6 +36,7 @@ from crewflow.testing import (
     capture_events,
     reset_limits,
 )
+from tests import canary
 from tests.reliability.table import Section
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 Client = Literal["openai", "litellm"]
 
-API_KEY = "sk-matrix-not-a-real-key"
+API_KEY = canary.KEY  # the session's canary: no row, report or record may show it
 # A call that stalls times out after this many seconds: short, yet far above what a loopback
 # reply takes on a loaded machine, so that only the stalled call times out.
 CLIENT_TIMEOUT = 1.0
