@@ -15,19 +15,28 @@ spans the first round or two. With the default retry policy:
   garbage collector to close (a `ResourceWarning` fails the test, including one raised in a
   finaliser).
 
-`soak()` returns what it measured, for the reliability table; the test asserts on it.
+The soak runs in a process of its own, traced from its start (``python -X tracemalloc``):
+tracemalloc's current size is then the whole Python heap of a process that did nothing but
+soak, not whatever a test session happened to allocate since the soak began.
+
+`soak()` returns what it measured and `SoakReport.rows()` makes rows of it for the reliability
+table (``python -X tracemalloc -m tests.test_soak`` prints the report as JSON); the test asserts
+on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import os
 import sys
 import tracemalloc
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import pairwise
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -46,6 +55,7 @@ ROUNDS = 5
 CONCURRENCY = 8
 MODEL = "model-x"
 MB = 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -140,8 +150,10 @@ async def soak(*, seed: int = 12, storm_seconds: float = 10.0) -> SoakReport:
     limits = Limits({f"openai/{MODEL}": Limit(concurrency=CONCURRENCY)})
     before = asyncio.all_tasks()
     loop = asyncio.get_running_loop()
+    tracing = tracemalloc.is_tracing()  # since the process started, with -X tracemalloc
     with leaks_recorded(report):
-        tracemalloc.start()
+        if not tracing:
+            tracemalloc.start()
         try:
             # Server-side latency keeps requests in flight long enough for the limit to bind.
             async with OpenAIServer(responder=storm, latency=0.05) as server:
@@ -164,16 +176,42 @@ async def soak(*, seed: int = 12, storm_seconds: float = 10.0) -> SoakReport:
                         )
                     )
         finally:
-            tracemalloc.stop()
+            if not tracing:
+                tracemalloc.stop()
     current = asyncio.current_task()
     report.tasks_left = [repr(t) for t in asyncio.all_tasks() - before if t is not current]
     return report
 
 
+def report_from_json(text: str) -> SoakReport:
+    """The `SoakReport` that `main` printed."""
+    data = json.loads(text)
+    rounds = [Round(**fields) for fields in data.pop("rounds")]
+    return SoakReport(rounds=rounds, **data)
+
+
+def main() -> None:
+    """Soak, and print the report as JSON on stdout."""
+    report = asyncio.run(soak())
+    sys.stdout.write(json.dumps(asdict(report)) + "\n")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # about 90 s on a busy 2-core machine; the default 120 s is too tight
-async def test_200_crews_ride_out_a_429_storm_within_their_limits_without_leaking() -> None:
-    report = await soak()
+async def test_200_crews_ride_out_a_429_storm_within_their_limits_without_leaking(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **os.environ,
+        "CREWFLOW_HOME": str(tmp_path / "home"),
+        "CREWFLOW_FORBID_REAL_LLM_CALLS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    # Warnings are errors in there too; ResourceWarnings are recorded (`leaks_recorded`).
+    command = [sys.executable, "-X", "tracemalloc", "-W", "error", "-m", "tests.test_soak"]
+    done = await anyio.run_process(command, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-4000:]
+    report = report_from_json(done.stdout.decode())
 
     assert sum(r.rate_limited for r in report.rounds) > 0  # the storm did hit
     assert [r.failed for r in report.rounds] == [[]] * ROUNDS
@@ -184,3 +222,7 @@ async def test_200_crews_ride_out_a_429_storm_within_their_limits_without_leakin
         assert share < 0.02
     assert report.tasks_left == []
     assert report.resource_warnings == []
+
+
+if __name__ == "__main__":
+    main()
