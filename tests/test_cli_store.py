@@ -1273,3 +1273,35 @@ def test_the_commands_that_only_read_read_a_database_on_a_read_only_filesystem(
         assert '"one"' in done.stdout
     assert path.read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["runs.db"]
+
+
+# -- a database that is not one ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+@pytest.mark.parametrize("command", ["run", "runs"])
+def test_a_corrupt_database_is_one_clear_error_at_every_width(
+    tmp_path: Path, width: int, command: str
+) -> None:
+    path = tmp_path / "runs.db"
+    path.write_bytes(b"\x17not a database\x00" * 1_000)
+    crew = tmp_path / "crew.py"
+    crew.write_text(
+        "from crewflow import Agent, Crew, Task\n"
+        "agent = Agent(role='W', goal='G', llm='offline')\n"
+        "crew = Crew(tasks=[Task('Write a line', agent=agent)])\n",
+        encoding="utf-8",
+    )
+    args = ["run", str(crew)] if command == "run" else ["runs"]
+    env = {"COLUMNS": str(width), "TTY_COMPATIBLE": "1", "TERM": "xterm-256color"}
+
+    result = CliRunner().invoke(cli.app, [*args, "--db", str(path)], env=env)
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    shown = ANSI.sub("", result.stderr)
+    lines = [line.rstrip() for line in shown[shown.index("error: ") :].strip().splitlines()]
+    assert all(len(line) <= width for line in lines)
+    message = " ".join(" ".join(lines).split())
+    assert "file is not a database" in message
+    assert "move it aside" in message

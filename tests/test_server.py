@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from pydantic import BaseModel, Field
 
 import crewflow
 from crewflow.testing._server import (
+    Cut,
     Disconnect,
     Error,
     Malformed,
@@ -80,6 +83,11 @@ async def ask(client: openai.AsyncOpenAI, text: str = "hello", **kwargs: Any) ->
     return await client.chat.completions.create(
         model="test-model", messages=[{"role": "user", "content": text}], **kwargs
     )
+
+
+async def read_stream(client: openai.AsyncOpenAI) -> list[Any]:
+    stream = await ask(client, stream=True)
+    return [chunk async for chunk in stream]
 
 
 # --- plain replies -------------------------------------------------------------------------
@@ -319,6 +327,87 @@ async def test_rate_limit_with_retry_after(
     assert fractional.value.response.headers["retry-after"] == "0.25"
     assert fractional.value.response.headers["retry-after-ms"] == "250"
     assert [r.status for r in server.requests] == [429, 429]
+
+
+@pytest.mark.asyncio
+async def test_retry_after_as_an_http_date_or_milliseconds_alone(
+    server: OpenAIServer, client: openai.AsyncOpenAI
+) -> None:
+    moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    server.enqueue(Error(429, retry_after=moment), Error(429, retry_after_ms=150))
+    with pytest.raises(openai.RateLimitError) as dated:
+        await ask(client)
+    header = dated.value.response.headers["retry-after"]
+    assert header == "Wed, 02 Jan 2030 03:04:05 GMT"
+    assert email.utils.parsedate_to_datetime(header) == moment
+    with pytest.raises(openai.RateLimitError) as millis:
+        await ask(client)
+    assert millis.value.response.headers["retry-after-ms"] == "150"
+    assert "retry-after" not in millis.value.response.headers
+
+
+@pytest.mark.asyncio
+async def test_finish_reason_and_refusal_are_sent_as_scripted(
+    server: OpenAIServer, client: openai.AsyncOpenAI
+) -> None:
+    server.enqueue(
+        Text('{"label": "go', finish_reason="length"),
+        Text("", refusal="I cannot help with that."),
+        Text("", refusal="I cannot help with that."),
+    )
+    cut = (await ask(client)).choices[0]
+    assert (cut.finish_reason, cut.message.content) == ("length", '{"label": "go')
+    refused = (await ask(client)).choices[0].message
+    assert (refused.content, refused.refusal) == (None, "I cannot help with that.")
+    stream = await ask(client, stream=True)
+    pieces = [c.choices[0].delta.refusal async for c in stream if c.choices]
+    assert "".join(p for p in pieces if p) == "I cannot help with that."
+
+
+@pytest.mark.asyncio
+async def test_a_cut_stream_resets_ends_early_or_stalls(
+    server: OpenAIServer, client: openai.AsyncOpenAI
+) -> None:
+    reply = Text("one two three four five")
+    server.enqueue(Cut(reply, keep=3, then="end"), Cut(reply, keep=3, then="reset"))
+    # "end": a clean end of the HTTP body, but no finish reason and no [DONE].
+    stream = await ask(client, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "one two "
+    assert all(c.choices[0].finish_reason is None for c in chunks)
+    # "reset": the client sees the connection break.
+    with pytest.raises((openai.APIConnectionError, httpx.HTTPError)):
+        await read_stream(client)
+    server.enqueue(Cut(reply, keep=2, then="stall"))
+    stream = await ask(client, stream=True, timeout=0.2)
+    with pytest.raises((openai.APITimeoutError, httpx.ReadTimeout)):
+        async for _ in stream:
+            pass
+    await wait_until(lambda: server.disconnects == 1)
+    assert server.requests[2].disconnected is True
+    await wait_until(lambda: server.in_flight == 0)
+    assert (await ask(client, "after")).choices[0].message.content == "loopback reply: after"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("then", ["reset", "end"])
+async def test_a_cut_plain_reply_breaks_the_connection(
+    server: OpenAIServer, client: openai.AsyncOpenAI, then: Any
+) -> None:
+    server.enqueue(Cut(Text("a whole reply"), keep=20, then=then))
+    with pytest.raises(openai.APIConnectionError):
+        await ask(client)
+    assert server.requests[0].status == 200
+
+
+@pytest.mark.asyncio
+async def test_a_plain_reply_that_stalls_times_the_client_out(
+    server: OpenAIServer, client: openai.AsyncOpenAI
+) -> None:
+    server.enqueue(Cut(Text("a whole reply"), keep=10, then="stall"))
+    with pytest.raises(openai.APITimeoutError):
+        await ask(client, timeout=0.2)
+    await wait_until(lambda: server.disconnects == 1)
 
 
 @pytest.mark.asyncio

@@ -308,6 +308,13 @@ class Recorder:
                 self.record.run_id, choice.process, choice.reason, details, lease=self.token
             )
 
+    def abandoned(self) -> None:
+        """The run ended, but its end could not be recorded: its lease holds it no more."""
+        from crewflow.store._lease import abandon
+
+        if self.lease is not None:
+            abandon(self.lease)
+
     async def finished(
         self, status: RunStatus, ended: datetime, usage: Usage, *, paused: bool
     ) -> None:

@@ -729,9 +729,13 @@ class Run:
                         # Before the run is announced: a resume refused (RunInProgress) must
                         # leave the run to the process that executes it, untouched.
                         await recorder.take_over()
-                    began = self._started()
+                    now = self.now()
                     if recorder is not None and not recorder.resuming:
-                        await recorder.started(self.wall(began))
+                        # Before the run is announced too: a store that cannot record it (a
+                        # corrupt, locked or read-only file) fails the kickoff with its own
+                        # error, and no end is recorded for a run the store never held.
+                        await recorder.started(self.wall(now))
+                    began = self._started(now)
                     await self._keeping_lease(self._run_process)
                 finally:
                     self._stack = None
@@ -754,10 +758,10 @@ class Run:
         self._finish(RunStatus.COMPLETED, began, None)
         await self._record_end()
 
-    def _started(self) -> float:
-        """Mark the run started (log, `RunStarted` event); returns when, on the run's clock."""
+    def _started(self, began: float) -> float:
+        """Mark the run started at ``began`` on the run's clock (log, `RunStarted` event);
+        returns ``began``."""
         self.status = RunStatus.PAUSED if self.slots.paused else RunStatus.RUNNING
-        began = self.now()
         self.start = self.wall(began)
         self.log.info("run started", process=self.process.name, tasks=len(self.graph))
         self.publish(
@@ -815,12 +819,14 @@ class Run:
             return
         import anyio
 
+        recorded = False
         with anyio.CancelScope(shield=True), anyio.move_on_after(_RECORD_END_TIMEOUT):
             try:
                 for name, record in self._records.items():
                     if name not in self._saved and record.attempts:
                         await recorder.attempts_ended(record.attempts)
                 await recorder.finished(self.status, self.end, self.usage, paused=self._paused)
+                recorded = True
             except LeaseLost as exc:
                 # The run is another process's now: its record is that process's to end.
                 self.log.warning("the end of the run is not recorded", error=str(exc))
@@ -828,6 +834,10 @@ class Run:
                 # The outputs are checkpointed already; a run record left "running" is the
                 # only loss, and the caller's result or error matters more.
                 self.log.error("could not record the end of the run", error=str(exc))
+        if not recorded:
+            # Else the run would read as executed by this process until its lease expires,
+            # and a resume here, once the store works again, would be refused meanwhile.
+            recorder.abandoned()
 
     def _all_agents(self) -> list[Agent]:
         """Every agent the run may need, fallbacks and the process's own (a manager) included,

@@ -145,7 +145,9 @@ async def read_stream(
     """Read an OpenAI-shaped chunk stream to its end, passing text pieces to ``on_delta``.
 
     Only the stream's own errors go through ``map_error``: an error of the caller's callback
-    is the caller's. The stream is closed however reading ends, cancellation included.
+    is the caller's. The stream is closed however reading ends, cancellation included. A
+    stream that ends without a finish reason was cut short: it fails as a malformed answer
+    (retryable), never passes its partial text off as the answer.
     """
     state = StreamState()
     iterator = aiter(stream)
@@ -160,6 +162,10 @@ async def read_stream(
                 await _call_on_delta(request.on_delta, text)
     finally:
         await close_shielded(stream)
+    if state.finish_reason is None:
+        # A stream cut short (the connection closed cleanly mid-answer) ends like a whole one;
+        # only the missing finish reason tells them apart. Its text is not the answer.
+        raise map_error(MalformedResponse("the stream ended without a finish reason (cut short)"))
     return state.response(request, model)
 
 

@@ -8,7 +8,9 @@ so its lease lapses:
 
 - **everywhere**, once it expires: the only judgement that holds across hosts;
 - **at once on the owner's own machine** (same host, same boot, same pid namespace), when its
-  pid is gone, or belongs to a process started at another time (the pid was reused).
+  pid is gone, or belongs to a process started at another time (the pid was reused);
+- **at once in the owner's own process**, when its run ended there but the store failed to
+  record that end (a full disk, a lock held too long): see `abandon`.
 
 A store reports a run recorded ``running`` whose lease lapsed, or that holds none, as
 ``interrupted`` (see `observed`): nothing is executing it any more, and `Crew.resume` finishes
@@ -33,7 +35,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from crewflow.store._records import RunRecord
 
-__all__ = ["LEASE_SECONDS", "RENEW_SECONDS", "Lease", "LeaseOwner", "observed"]
+__all__ = ["LEASE_SECONDS", "RENEW_SECONDS", "Lease", "LeaseOwner", "abandon", "observed"]
 
 LEASE_SECONDS = 60.0
 """How long a lease holds without being renewed."""
@@ -96,6 +98,7 @@ class LeaseOwner(BaseModel):
 
 
 _current: dict[int, LeaseOwner] = {}
+_abandoned: set[str] = set()  # tokens of this process's leases whose run ended here
 
 
 class Lease(BaseModel):
@@ -126,14 +129,25 @@ class Lease(BaseModel):
 
     def lapsed(self, now: datetime | None = None) -> str | None:
         """Why the lease no longer holds its run at ``now`` (default: now), or ``None`` while
-        it does: it expired, or its owner's process is gone from this machine."""
+        it does: it expired, its owner's process is gone from this machine, or its run ended in
+        this process without its end recorded."""
         moment = now or datetime.now(UTC)
         if self.expires <= moment:
             expired = self.expires.isoformat(timespec="seconds")
             return f"its lease, held by {self.owner}, expired at {expired}"
         if self.owner.alive() is False:
             return f"its process ({self.owner}) is gone"
+        if self.token in _abandoned:
+            return f"its run ended in its process ({self.owner}), which could not record the end"
         return None
+
+
+def abandon(lease: Lease) -> None:
+    """Mark ``lease``, which this process took, as held by nothing any more: its run ended here
+    but the store could not record that end (which would have released it). In this process
+    the run then reads as ``interrupted`` at once, so it can be resumed without waiting for
+    the lease to expire, as it can elsewhere once it has."""
+    _abandoned.add(lease.token)
 
 
 def expiry(now: datetime | None = None) -> datetime:

@@ -242,11 +242,8 @@ class Writer:
     def _wrapped(self, outcome: _Outcome) -> _Outcome:
         found = outcome.error
         if isinstance(found, (sqlite3.Error, OSError)):
-            hint = ""
-            text = str(found)
-            if isinstance(found, OSError) or "unable to open" in text or "readonly" in text:
-                hint = _open_hint(self.path)
-            error = StoreError(f"the run database {self.path} failed: {text}{hint}")
+            hint = _hint(self.path, found)
+            error = StoreError(f"the run database {self.path} failed: {found}{hint}")
             error.__cause__ = found
             return _Outcome(error=error)
         return outcome
@@ -411,6 +408,32 @@ def _insert_together(conn: sqlite3.Connection, group: list[_Call]) -> list[_Outc
         return [_Outcome(error=exc) for _ in group]
     # E.g. a row of an unknown run: each write alone tells which one fails.
     return [_run_in_savepoint(conn, call) for call in group]
+
+
+def _hint(path: Path, error: sqlite3.Error | OSError) -> str:
+    """How to get past ``error``, by its cause (SQLite's error name tells more than its text:
+    a write past a file size limit is only a "disk I/O error")."""
+    text = str(error)
+    if isinstance(error, OSError) or "unable to open" in text or "readonly" in text:
+        return _open_hint(path)
+    name = getattr(error, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+        return (
+            "; the disk may be full, or the file as large as this process may write: free some "
+            "space and try again (a run that stopped on it resumes with `crewflow resume RUN_ID`)"
+        )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (
+            "; another process held its write lock for longer than the store waits: let that "
+            "process finish, or give the store a longer timeout (SQLiteStore(path, timeout=...))"
+        )
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        return (
+            f"; the file is damaged or is not a run database: move it aside ({path.name} is "
+            "made afresh on the next run), or give another path (the crew's store=..., or --db "
+            "for crewflow's commands)"
+        )
+    return ""
 
 
 def _open_hint(path: Path) -> str:

@@ -37,6 +37,7 @@ from crewflow.testing._doubles import (
 )
 from crewflow.testing._manager import VALID_PLAN, ScriptedManager, redo
 from crewflow.testing._server import (
+    Cut,
     Disconnect,
     Error,
     Malformed,
@@ -53,6 +54,7 @@ from crewflow.testing._virtual import VirtualTimeLoop, run_virtual
 
 __all__ = [
     "VALID_PLAN",
+    "Cut",
     "Disconnect",
     "Error",
     "EventCapture",

@@ -3,10 +3,13 @@ clock, and a switch that forbids real provider calls."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
+import time
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
@@ -25,7 +28,16 @@ from crewflow.llm._types import (
     estimate_tokens,
 )
 from crewflow.llm._types import ToolCall as LLMToolCall
-from crewflow.testing._server import Disconnect, Error, Malformed, Reply, Slow, Text, ToolCalls
+from crewflow.testing._server import (
+    Cut,
+    Disconnect,
+    Error,
+    Malformed,
+    Reply,
+    Slow,
+    Text,
+    ToolCalls,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -166,9 +178,9 @@ async def _respond(model: str, request: LLMRequest, item: Any, index: int) -> LL
             model=model,
             status_code=item.status,
             retryable=retryable,
-            retry_after=item.retry_after,
+            retry_after=_retry_after(item),
         )
-    if isinstance(item, (Malformed, Disconnect)):
+    if isinstance(item, (Malformed, Disconnect, Cut)):
         what = "a malformed reply" if isinstance(item, Malformed) else "a dropped connection"
         raise LLMError(f"{model}: {what}", model=model, retryable=True)
     if isinstance(item, ToolCalls):
@@ -184,7 +196,9 @@ async def _respond(model: str, request: LLMRequest, item: Any, index: int) -> LL
         )
         return await _response(model, request, item.content, calls)
     if isinstance(item, Text):
-        return await _response(model, request, item.content, (), item.usage)
+        response = await _response(model, request, item.content, (), item.usage)
+        reason = item.finish_reason or response.finish_reason
+        return dataclasses.replace(response, finish_reason=reason)
     if isinstance(item, BaseModel):
         return await _response(model, request, item.model_dump_json(), ())
     if isinstance(item, dict):
@@ -192,6 +206,14 @@ async def _respond(model: str, request: LLMRequest, item: Any, index: int) -> LL
     if isinstance(item, str):
         return await _response(model, request, item, ())
     raise TypeError(f"cannot answer with {type(item).__name__}: {item!r}")
+
+
+def _retry_after(error: Error) -> float | None:
+    if error.retry_after_ms is not None:
+        return error.retry_after_ms / 1000
+    if isinstance(error.retry_after, datetime):
+        return max(0.0, error.retry_after.timestamp() - time.time())
+    return error.retry_after
 
 
 async def _response(

@@ -18,27 +18,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email.utils
 import inspect
 import json
 import logging
+import math
 import os
 import random
 import re
 import signal
+import socket
 import stat
+import struct
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from http import HTTPStatus
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from crewflow._jsonschema import example_for_schema
 
 __all__ = [
+    "Cut",
     "Disconnect",
     "Error",
     "Malformed",
@@ -68,6 +74,8 @@ _WORD_PIECES = re.compile(r"\S+\s*|\s+")
 _ARGUMENT_PIECE = 16
 _MAX_HEAD_BYTES = 64 * 1024
 _THREAD_START_TIMEOUT = 30.0
+# SO_LINGER on, with a zero timeout: closing the socket sends a TCP RST instead of a FIN.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 # --- scripted replies ---------------------------------------------------------------------
@@ -78,13 +86,19 @@ class Text:
     """An assistant text reply.
 
     Attributes:
-        content: The message content.
+        content: The message content (sent as ``null`` when empty and ``refusal`` is set).
         usage: ``(prompt_tokens, completion_tokens)``; computed as characters / 4
             when omitted.
+        finish_reason: The finish reason sent (``"stop"`` when omitted); ``"length"``
+            or ``"content_filter"`` make a reply cut by the token limit or a filter.
+        refusal: A refusal message, sent in the message's ``refusal`` field as
+            OpenAI does when a model declines structured output.
     """
 
     content: str
     usage: tuple[int, int] | None = None
+    finish_reason: str | None = None
+    refusal: str | None = None
 
 
 @dataclass
@@ -123,13 +137,15 @@ class Error:
     Attributes:
         status: The HTTP status (e.g. 429, 500, 503).
         message: The error message.
-        retry_after: Seconds for the ``retry-after`` header; a fractional value is
-            also sent as ``retry-after-ms``.
+        retry_after: The ``retry-after`` header: seconds (a fractional value is also
+            sent as ``retry-after-ms``), or an aware `datetime` sent as an HTTP date.
+        retry_after_ms: Milliseconds for a ``retry-after-ms`` header sent alone.
     """
 
     status: int
     message: str = "simulated error from the loopback server"
-    retry_after: float | None = None
+    retry_after: float | datetime | None = None
+    retry_after_ms: float | None = None
 
 
 @dataclass
@@ -161,7 +177,33 @@ class Slow:
     reply: Reply
 
 
-Reply: TypeAlias = Text | ToolCalls | Error | Malformed | Disconnect | Slow
+@dataclass
+class Cut:
+    """Send the start of ``reply``, then break off the way ``then`` says.
+
+    Attributes:
+        reply: The reply that is cut.
+        keep: What goes out before the break: SSE events for a streamed reply (the
+            first carries only the role), bytes of the JSON body for a plain one.
+        then: ``"reset"`` aborts the connection (the client sees a connection
+            reset); ``"stall"`` sends nothing more and holds the connection until
+            the client hangs up (recorded as ``disconnected``); ``"end"`` ends the
+            response there: a stream closes cleanly without its finish reason and
+            ``[DONE]``, a plain body closes the connection short of its
+            ``content-length``.
+
+    Example:
+        ```python
+        server.enqueue(Cut(Text("never finished"), keep=2, then="stall"))
+        ```
+    """
+
+    reply: Text | ToolCalls
+    keep: int = 2
+    then: Literal["reset", "stall", "end"] = "reset"
+
+
+Reply: TypeAlias = Text | ToolCalls | Error | Malformed | Disconnect | Slow | Cut
 """Anything the server can be told to answer with."""
 
 
@@ -297,8 +339,8 @@ class Storm:
                 self.limited += 1
                 return Error(
                     429,
-                    "loopback storm: rate limited",
-                    round(self._random.uniform(*self.retry_after), 3),
+                    message="loopback storm: rate limited",
+                    retry_after=round(self._random.uniform(*self.retry_after), 3),
                 )
             self.passed += 1
         return self._then(request) if self._then is not None else None
@@ -402,13 +444,15 @@ def _json_response(
     return _http_head(status, [*headers, *extra], keep_alive=keep_alive) + body
 
 
+_SSE_HEADERS = (
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("transfer-encoding", "chunked"),
+)
+
+
 def _sse_response(payload: bytes, *, keep_alive: bool, extra: Sequence[tuple[str, str]]) -> bytes:
-    headers = [
-        ("content-type", "text/event-stream; charset=utf-8"),
-        ("cache-control", "no-cache"),
-        ("transfer-encoding", "chunked"),
-        *extra,
-    ]
+    headers = [*_SSE_HEADERS, *extra]
     # The whole stream goes out as one chunk: replies are instant, and one write
     # keeps the per-request server cost minimal for benchmarks.
     framed = b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
@@ -423,12 +467,19 @@ def _error_body(status: int, message: str) -> bytes:
     return json.dumps({"error": error}).encode()
 
 
-def _retry_headers(retry_after: float | None) -> list[tuple[str, str]]:
-    if retry_after is None:
-        return []
-    if float(retry_after).is_integer():
-        return [("retry-after", str(int(retry_after)))]
-    return [("retry-after", f"{retry_after:g}"), ("retry-after-ms", f"{retry_after * 1000:g}")]
+def _retry_headers(error: Error) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    retry_after = error.retry_after
+    if isinstance(retry_after, datetime):
+        headers.append(("retry-after", email.utils.format_datetime(retry_after, usegmt=True)))
+    elif retry_after is not None and float(retry_after).is_integer():
+        headers.append(("retry-after", str(int(retry_after))))
+    elif retry_after is not None:
+        headers.append(("retry-after", f"{retry_after:g}"))
+        headers.append(("retry-after-ms", f"{retry_after * 1000:g}"))
+    if error.retry_after_ms is not None:
+        headers.append(("retry-after-ms", f"{error.retry_after_ms:g}"))
+    return headers
 
 
 def _rendered_calls(request: ReceivedRequest, calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
@@ -454,17 +505,24 @@ class _Answer:
     content: str | None
     tool_calls: list[dict[str, Any]]
     usage: dict[str, int]
+    finish: str | None = None
+    refusal: str | None = None
 
     @property
     def finish_reason(self) -> str:
+        if self.finish is not None:
+            return self.finish
         return "tool_calls" if self.tool_calls else "stop"
 
 
 def _answer(request: ReceivedRequest, reply: Text | ToolCalls) -> _Answer:
+    finish = refusal = None
     if isinstance(reply, Text):
         content: str | None = reply.content
         calls: list[dict[str, Any]] = []
-        fixed = reply.usage
+        fixed, finish, refusal = reply.usage, reply.finish_reason, reply.refusal
+        if refusal is not None and not content:
+            content = None
     else:
         content, calls, fixed = reply.content, _rendered_calls(request, reply.calls), None
     if fixed is None:
@@ -477,11 +535,15 @@ def _answer(request: ReceivedRequest, reply: Text | ToolCalls) -> _Answer:
         "completion_tokens": fixed[1],
         "total_tokens": fixed[0] + fixed[1],
     }
-    return _Answer(content, calls, usage)
+    return _Answer(content, calls, usage, finish, refusal)
 
 
 def _completion_body(request: ReceivedRequest, answer: _Answer) -> bytes:
-    message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": answer.content,
+        "refusal": answer.refusal,
+    }
     if answer.tool_calls:
         message["tool_calls"] = answer.tool_calls
     body = {
@@ -507,6 +569,8 @@ def _stream_deltas(answer: _Answer) -> Iterator[dict[str, Any]]:
     yield {"role": "assistant", "content": ""}
     for piece in _WORD_PIECES.findall(answer.content or ""):
         yield {"content": piece}
+    for piece in _WORD_PIECES.findall(answer.refusal or ""):
+        yield {"refusal": piece}
     for position, call in enumerate(answer.tool_calls):
         function = call["function"]
         yield {
@@ -525,7 +589,7 @@ def _stream_deltas(answer: _Answer) -> Iterator[dict[str, Any]]:
             yield {"tool_calls": [{"index": position, "function": {"arguments": piece}}]}
 
 
-def _stream_payload(request: ReceivedRequest, answer: _Answer) -> bytes:
+def _stream_events(request: ReceivedRequest, answer: _Answer) -> list[bytes]:
     base = {
         "id": f"chatcmpl-loopback-{request.index}",
         "object": "chat.completion.chunk",
@@ -543,17 +607,17 @@ def _stream_payload(request: ReceivedRequest, answer: _Answer) -> bytes:
     options = request.body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
         chunks.append({**base, "choices": [], "usage": answer.usage})
-    events = [f"data: {json.dumps(chunk)}\n\n" for chunk in chunks]
-    events.append("data: [DONE]\n\n")
-    return "".join(events).encode()
+    events = [f"data: {json.dumps(chunk)}\n\n".encode() for chunk in chunks]
+    events.append(b"data: [DONE]\n\n")
+    return events
 
 
 def _render(request: ReceivedRequest, reply: Reply, *, keep_alive: bool) -> tuple[bytes, int]:
-    """Return the full HTTP response for a final (non-Slow, non-Disconnect) reply."""
+    """Return the full HTTP response for a final (non-Slow, non-Disconnect, non-Cut) reply."""
     extra = [("x-request-id", f"req_loopback_{request.index}")]
     if isinstance(reply, Error):
         body = _error_body(reply.status, reply.message)
-        extra += _retry_headers(reply.retry_after)
+        extra += _retry_headers(reply)
         return _json_response(reply.status, body, keep_alive=keep_alive, extra=extra), reply.status
     if isinstance(reply, Malformed):
         if request.stream:
@@ -564,10 +628,26 @@ def _render(request: ReceivedRequest, reply: Reply, *, keep_alive: bool) -> tupl
         raise TypeError(f"cannot render {reply!r}")
     answer = _answer(request, reply)
     if request.stream:
-        payload = _stream_payload(request, answer)
+        payload = b"".join(_stream_events(request, answer))
         return _sse_response(payload, keep_alive=keep_alive, extra=extra), 200
     body = _completion_body(request, answer)
     return _json_response(200, body, keep_alive=keep_alive, extra=extra), 200
+
+
+def _render_cut(request: ReceivedRequest, cut: Cut) -> tuple[bytes, bytes]:
+    """Return the bytes sent before a cut, and those that end the response (``then="end"``)."""
+    extra = [("x-request-id", f"req_loopback_{request.index}")]
+    answer = _answer(request, cut.reply)
+    keep = max(0, cut.keep)
+    if request.stream:
+        head = _http_head(200, [*_SSE_HEADERS, *extra], keep_alive=False)
+        part = b"".join(_stream_events(request, answer)[:keep])
+        framed = b"%x\r\n%s\r\n" % (len(part), part) if part else b""
+        return head + framed, b"0\r\n\r\n"
+    body = _completion_body(request, answer)
+    # The head announces the whole body; only its start follows.
+    whole = _json_response(200, body, keep_alive=False, extra=extra)
+    return whole[: len(whole) - len(body) + keep], b""
 
 
 # --- HTTP connections ---------------------------------------------------------------------------
@@ -687,6 +767,14 @@ class _Connection:
         except OSError:
             return False
         return True
+
+    def reset(self) -> None:
+        """Abort the connection so that the client sees a reset (a TCP RST), not an orderly end."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.writer.transport.abort()
 
     async def close(self) -> None:
         """Close the socket and wait until the transport is released."""
@@ -1041,6 +1129,9 @@ class OpenAIServer:
             reply = reply.reply
         if isinstance(reply, Disconnect):
             return False
+        if isinstance(reply, Cut):
+            await self._cut(connection, received, reply)
+            return False
         data, status = _render(received, reply, keep_alive=keep_alive)
         # Done before the bytes go out: a client holding its reply never sees it in flight.
         self._done(received)
@@ -1049,6 +1140,20 @@ class OpenAIServer:
             return False
         received.status = status
         return keep_alive
+
+    async def _cut(self, connection: _Connection, received: ReceivedRequest, cut: Cut) -> None:
+        start, end = _render_cut(received, cut)
+        if not await connection.send(start):
+            self._mark_disconnected(received)
+            return
+        received.status = 200
+        if cut.then == "reset":
+            connection.reset()
+        elif cut.then == "stall":
+            if not await connection.sleep(math.inf):
+                self._mark_disconnected(received)
+        elif not await connection.send(end):
+            self._mark_disconnected(received)
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import sys
 import traceback
 from typing import TYPE_CHECKING
@@ -217,3 +218,17 @@ async def test_properties_describe_the_endpoint() -> None:
 async def test_a_model_without_provider_is_rejected() -> None:
     with pytest.raises(ConfigurationError, match="provider"):
         LiteLLM("claude-sonnet")
+
+
+async def test_a_refused_connection_is_a_connection_error_not_litellms_made_up_500() -> None:
+    with socket.socket() as probe:  # Bound, then closed: nothing listens on the port.
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    llm = LiteLLM("openai/test-model", api_base=f"http://127.0.0.1:{port}/v1", api_key=CANARY)
+
+    with pytest.raises(LLMError) as info:
+        await llm.complete(LLMRequest([Message("user", "x")]))
+
+    assert info.value.status_code is None
+    assert info.value.retryable
+    assert info.value.sent is False

@@ -25,6 +25,7 @@ from crewflow.llm._guard import reset, set_forbidden
 from crewflow.llm._redact import scrub
 from crewflow.llm.openai import OpenAIChat
 from crewflow.testing import (
+    Cut,
     Disconnect,
     Error,
     Malformed,
@@ -339,6 +340,22 @@ async def test_a_malformed_body_is_a_retryable_error(
 
     assert error.retryable
     assert "invalid JSON" in str(error)
+
+
+async def test_a_stream_cut_short_fails_instead_of_passing_its_start_off_as_the_answer(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    # The HTTP body ends cleanly, but the stream never sent its finish reason (nor [DONE]).
+    server.enqueue(Cut(Text("the whole answer is longer"), keep=3, then="end"))
+    pieces: list[str] = []
+
+    error = await failure(
+        llm, LLMRequest([Message("user", "x")], stream=True, on_delta=pieces.append)
+    )
+
+    assert pieces == ["the ", "whole "]
+    assert error.retryable
+    assert "without a finish reason" in str(error)
 
 
 async def test_a_dropped_connection_is_a_retryable_connection_error(

@@ -32,7 +32,13 @@ from crewflow.store import (
     TaskStatus,
     UnknownRunError,
 )
-from crewflow.store._lease import LEASE_SECONDS, RENEW_SECONDS, _probe_signal, observed
+from crewflow.store._lease import (
+    LEASE_SECONDS,
+    RENEW_SECONDS,
+    _probe_signal,
+    abandon,
+    observed,
+)
 from tests.store.conftest import at, run_record
 
 if TYPE_CHECKING:
@@ -147,6 +153,20 @@ def test_a_lease_of_a_dead_process_on_this_machine_lapses_before_it_expires() ->
     reason = lease(gone, NOW + timedelta(hours=1)).lapsed(NOW)
 
     assert reason == f"its process ({gone}) is gone"
+
+
+def test_a_lease_abandoned_by_its_process_lapses_there_at_once_and_no_other_does() -> None:
+    # Its run ended here, but the store could not record that end.
+    lease, other = Lease.new(), Lease.new()
+
+    abandon(lease)
+
+    assert lease.lapsed() == (
+        f"its run ended in its process ({lease.owner}), which could not record the end"
+    )
+    assert other.lapsed() is None
+    record = run_record().model_copy(update={"lease": lease})
+    assert observed(record).status == RunStatus.INTERRUPTED
 
 
 def test_a_running_run_reads_as_interrupted_once_its_lease_lapsed() -> None:

@@ -1,0 +1,78 @@
+"""Regenerate the tables of ``docs/reliability.md``, or check them against a fresh run.
+
+Each part of the reliability suite adds one entry to `SECTIONS`: the key of its markers in the
+page and an async function that runs that part and returns its `Section`. ``--check`` compares
+only the outcome columns (a section's ``timing`` columns vary between runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from tests.reliability.provider_matrix import provider_matrix
+from tests.reliability.table import Section, committed_outcomes, update
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+
+SECTIONS: dict[str, Callable[[], Awaitable[Section]]] = {
+    "provider-matrix": provider_matrix,
+}
+"""Every section of the page, by the key of its markers."""
+
+
+def differences(page: str, section: Section) -> list[str]:
+    """The outcome rows that differ between the page and a fresh run, as a unified diff."""
+    committed = [" | ".join(row) for row in committed_outcomes(page, section)]
+    fresh = [" | ".join(row) for row in section.outcomes()]
+    return list(
+        difflib.unified_diff(committed, fresh, "docs/reliability.md", "fresh run", lineterm="")
+    )
+
+
+async def _run(keys: Sequence[str]) -> list[Section]:
+    return [await SECTIONS[key]() for key in keys]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Regenerate (or with ``--check``, compare) the page's tables; return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python scripts/reliability.py",
+        description="Regenerate the tables of docs/reliability.md from fresh runs.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when an outcome column differs from the page",
+    )
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=sorted(SECTIONS),
+        help="only this section (repeatable; default: all)",
+    )
+    args = parser.parse_args(argv)
+    # The runs fail on purpose: their warnings are the outcomes, not news.
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    sections = anyio.run(_run, args.section or list(SECTIONS))
+    page = PAGE.read_text(encoding="utf-8")
+    if args.check:
+        diff = [line for section in sections for line in differences(page, section)]
+        sys.stdout.write("\n".join(diff) + "\n" if diff else "outcomes match the page\n")
+        return 1 if diff else 0
+    for section in sections:
+        page = update(page, section)
+    PAGE.write_text(page, encoding="utf-8")
+    sys.stdout.write(f"wrote {len(sections)} section(s) to {PAGE}\n")
+    return 0
