@@ -31,6 +31,7 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import tracemalloc
 import warnings
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ from crewflow import Agent, Crew, Limit, Limits, Task
 from crewflow.exceptions import CrewRunError
 from crewflow.llm import OpenAIChat
 from crewflow.testing import OpenAIServer, Storm
+from tests.reliability.table import Section
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -196,22 +198,84 @@ def main() -> None:
     sys.stdout.write(json.dumps(asdict(report)) + "\n")
 
 
+async def soak_in_a_process() -> SoakReport:
+    """Run `main` in a fresh process traced from its start; return its report.
+
+    Raises:
+        RuntimeError: The process failed.
+    """
+    with tempfile.TemporaryDirectory(prefix="crewflow-soak-") as home:
+        env = {
+            **os.environ,
+            "CREWFLOW_HOME": home,
+            "CREWFLOW_FORBID_REAL_LLM_CALLS": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        # Warnings are errors in there too; ResourceWarnings are recorded (`leaks_recorded`).
+        command = [sys.executable, "-X", "tracemalloc", "-W", "error", "-m", "tests.test_soak"]
+        done = await anyio.run_process(command, env=env, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.decode(errors="replace")[-4000:])
+    return report_from_json(done.stdout.decode())
+
+
+def yes(holds: bool) -> str:
+    return "yes" if holds else "no"
+
+
+def section_of(report: SoakReport) -> Section:
+    """The soak's table in ``docs/reliability.md``: a row per round."""
+    growth = [None, *report.growth()]
+    last = len(report.rounds)
+    left = len(report.tasks_left) + len(report.resource_warnings)
+    rows = [
+        (
+            str(number),
+            str(CREWS),
+            str(len(r.failed)),
+            yes(r.max_in_flight <= CONCURRENCY),
+            "baseline" if grew is None else yes(grew[0] < MB and grew[1] < 0.02),
+            (str(left) if number == last else "-"),
+            str(r.requests),
+            str(r.rate_limited),
+            str(r.max_in_flight),
+            f"{r.traced_bytes / MB:.2f}",
+            "-" if grew is None else f"{grew[0] / 1024:+.1f}",
+            f"{r.seconds:.1f} s",
+        )
+        for number, (r, grew) in enumerate(zip(report.rounds, growth, strict=True), start=1)
+    ]
+    return Section(
+        "soak",
+        "Soak",
+        (
+            "round",
+            "crews",
+            "crews failed",
+            f"in flight <= {CONCURRENCY}",
+            "memory flat",
+            "tasks, sockets left",
+            "requests",
+            "429s",
+            "max in flight",
+            "heap MB",
+            "growth KB",
+            "time",
+        ),
+        frozenset({"requests", "429s", "max in flight", "heap MB", "growth KB", "time"}),
+        rows,
+    )
+
+
+async def soak_section() -> Section:
+    """Run the soak in its own process and make its table (`tests.reliability.generate`)."""
+    return section_of(await soak_in_a_process())
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # about 90 s on a busy 2-core machine; the default 120 s is too tight
-async def test_200_crews_ride_out_a_429_storm_within_their_limits_without_leaking(
-    tmp_path: Path,
-) -> None:
-    env = {
-        **os.environ,
-        "CREWFLOW_HOME": str(tmp_path / "home"),
-        "CREWFLOW_FORBID_REAL_LLM_CALLS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    # Warnings are errors in there too; ResourceWarnings are recorded (`leaks_recorded`).
-    command = [sys.executable, "-X", "tracemalloc", "-W", "error", "-m", "tests.test_soak"]
-    done = await anyio.run_process(command, env=env, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")[-4000:]
-    report = report_from_json(done.stdout.decode())
+async def test_200_crews_ride_out_a_429_storm_within_their_limits_without_leaking() -> None:
+    report = await soak_in_a_process()
 
     assert sum(r.rate_limited for r in report.rounds) > 0  # the storm did hit
     assert [r.failed for r in report.rounds] == [[]] * ROUNDS
@@ -222,6 +286,11 @@ async def test_200_crews_ride_out_a_429_storm_within_their_limits_without_leakin
         assert share < 0.02
     assert report.tasks_left == []
     assert report.resource_warnings == []
+    # The reliability page shows these outcomes (imported here: the page's generator imports
+    # this module for its soak section).
+    from tests.reliability.generate import PAGE, differences
+
+    assert differences(PAGE.read_text(encoding="utf-8"), section_of(report)) == []
 
 
 if __name__ == "__main__":
