@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator
 
 from crewflow._spec import Value
 from crewflow.exceptions import ConfigurationError, LLMError, TaskTimeout
@@ -25,19 +25,27 @@ class RetryPolicy(Value):
     honoured up to ``max`` seconds. Other retryable failures (by default a task attempt that hit
     its ``timeout``) re-run the task.
 
+    A 429 (rate limited) says "not now", not "this call fails": 429 answers count against their
+    own budget, ``rate_limit_attempts``, not against ``max_attempts``, so a call rides out a storm
+    of them (the model is paused for every caller meanwhile) and still fails after a few real
+    errors.
+
     Example:
         ```python
         RetryPolicy(max_attempts=5, initial=0.5, retry_on=(TimeoutError, ConnectionError))
         ```
 
     Args:
-        max_attempts: Attempts in all, the first included (default 3; 1 disables retries).
+        max_attempts: Attempts in all, the first included (default 3; 1 disables
+            retries, but for 429s: see ``rate_limit_attempts``).
         initial: Seconds before the first retry (default 1.0); doubles on each retry.
         max: Cap on one wait, Retry-After included (default 30.0).
         jitter: Randomise each wait between half and all of it, so that many callers that failed
             together do not retry together (default ``True``).
         retry_on: Exception types (or a predicate) worth retrying. Default: retryable
             `LLMError` (429, 5xx, timeouts, connection errors) and `TaskTimeout`.
+        rate_limit_attempts: 429 answers one LLM call may get before it gives up (default 10);
+            they do not count against ``max_attempts``. Set it to 1 to fail at the first 429.
 
     Raises:
         ConfigurationError: No attempt at all, a negative wait, or a ``retry_on`` that is neither
@@ -49,12 +57,13 @@ class RetryPolicy(Value):
     max: float = 30.0
     jitter: bool = True
     retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] | None = None
+    rate_limit_attempts: int = 10
 
-    @field_validator("max_attempts")
+    @field_validator("max_attempts", "rate_limit_attempts")
     @classmethod
-    def _at_least_one(cls, value: int) -> int:
+    def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
         if value < 1:
-            raise ConfigurationError("RetryPolicy.max_attempts must be at least 1")
+            raise ConfigurationError(f"RetryPolicy.{info.field_name} must be at least 1")
         return value
 
     @field_validator("initial", "max")

@@ -30,6 +30,7 @@ from crewflow.testing._server import (
     ReceivedRequest,
     Reply,
     Slow,
+    Storm,
     Text,
     ToolCall,
     ToolCalls,
@@ -618,6 +619,61 @@ async def test_responders_sync_async_and_failing() -> None:
         openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0) as c,
     ):
         assert (await ask(c)).choices[0].message.content == "async test-model"
+
+
+async def outcomes_of(storm: Storm, requests: int) -> list[float | str]:
+    """What each of ``requests`` requests got through ``storm``: a 429's Retry-After, or the
+    reply text."""
+    seen: list[float | str] = []
+    async with (
+        OpenAIServer(responder=storm) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0) as c,
+    ):
+        for number in range(requests):
+            try:
+                seen.append((await ask(c, f"request {number}")).choices[0].message.content)
+            except openai.RateLimitError as limited:
+                seen.append(float(limited.response.headers["retry-after"]))
+    return seen
+
+
+async def test_a_storm_limits_a_seeded_share_and_hands_the_rest_on() -> None:
+    def then(request: ReceivedRequest) -> Reply:
+        return Text("through: " + request.last_user_message)
+
+    storm = Storm(rate=0.5, retry_after=(0.2, 1.0), duration=3600, seed=3, then=then)
+    seen = await outcomes_of(storm, 40)
+
+    limited = [o for o in seen if isinstance(o, float)]
+    assert storm.limited == len(limited)
+    assert storm.passed == 40 - len(limited)
+    assert 0 < len(limited) < 40
+    assert all(0.2 <= retry_after <= 1.0 for retry_after in limited)
+    assert [o for o in seen if isinstance(o, str)] == [
+        f"through: request {n}" for n, o in enumerate(seen) if isinstance(o, str)
+    ]
+    # The same seed, the same arrivals: the same storm.
+    assert await outcomes_of(Storm(rate=0.5, duration=3600, seed=3, then=then), 40) == seen
+
+
+async def test_a_storm_ends_after_its_duration() -> None:
+    storm = Storm(rate=1.0, duration=0)
+    seen = await outcomes_of(storm, 3)
+    assert storm.limited == 0
+    assert all(isinstance(o, str) and o.startswith("loopback reply") for o in seen)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate": 1.5}, "rate is a share"),
+        ({"duration": -1}, "durations are seconds"),
+        ({"retry_after": (1.0, 0.5)}, "low <= high"),
+    ],
+)
+def test_a_storm_refuses_impossible_settings(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Storm(**kwargs)
 
 
 # --- secrets, HTTP details ------------------------------------------------------------------

@@ -11,7 +11,8 @@ The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is ha
    process (a 4xx other than 429, a connection that failed before sending) gets its tpm
    estimate back;
 3. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
-   Retry-After pauses the model for every caller, not just this one);
+   Retry-After pauses the model for every caller, not just this one; 429s spend the policy's
+   ``rate_limit_attempts``, other errors its ``max_attempts``);
 4. adds up usage, keeps a cacheable reply in the cache, and emits LLM events (token deltas
    when the agent streams, and a reset before a call when the task streamed text already);
 5. records what it sent and got back on the attempt (`transcript.PromptLog`), unless the crew
@@ -152,6 +153,7 @@ class ManagedLLM(LLM):
             if cached is not None:
                 return cached
         call_attempt = 1
+        rate_limited = 0  # 429 answers so far: they have their own budget
         while True:
             self._restart_stream()
             permit = await self._permit(request)
@@ -179,7 +181,9 @@ class ManagedLLM(LLM):
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
                 self._sent(request, None, exc)
-                delay = self._retry_delay(exc, call_attempt)
+                if exc.status_code == 429:
+                    rate_limited += 1
+                delay = self._retry_delay(exc, call_attempt, rate_limited)
                 if delay is None:
                     raise
                 call_attempt += 1
@@ -262,13 +266,21 @@ class ManagedLLM(LLM):
             )
         return permit
 
-    def _retry_delay(self, error: LLMError, call_attempt: int) -> float | None:
+    def _retry_delay(self, error: LLMError, call_attempt: int, rate_limited: int) -> float | None:
         """Seconds before calling again, or ``None`` to give up; a 429's Retry-After also
-        pauses the model for every caller in the process."""
+        pauses the model for every caller in the process.
+
+        ``call_attempt`` counts this call's requests so far, ``rate_limited`` those answered
+        with a 429: 429s spend ``rate_limit_attempts``, the others ``max_attempts``.
+        """
         policy = self._attempt.policy
-        if error.status_code == 429 and error.retry_after:
-            registry().pause(self.inner.limit_key, min(error.retry_after, policy.max))
-        if call_attempt >= policy.max_attempts or not policy.should_retry(error):
+        if error.status_code == 429:
+            if error.retry_after:
+                registry().pause(self.inner.limit_key, min(error.retry_after, policy.max))
+            spent, budget = rate_limited, policy.rate_limit_attempts
+        else:
+            spent, budget = call_attempt - rate_limited, policy.max_attempts
+        if spent >= budget or not policy.should_retry(error):
             return None
         delay = policy.delay(call_attempt, error.retry_after)
         self._retrying(call_attempt, error, delay)

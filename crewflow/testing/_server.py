@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import signal
 import socket
@@ -52,6 +53,7 @@ __all__ = [
     "Reply",
     "Responder",
     "Slow",
+    "Storm",
     "Text",
     "ToolCall",
     "ToolCalls",
@@ -255,6 +257,93 @@ class ReceivedRequest:
 
 Responder: TypeAlias = Callable[[ReceivedRequest], Reply | Awaitable[Reply | None] | None]
 """Computes a reply for a request; returning None falls back to the default reply."""
+
+
+class Storm:
+    """A responder that answers a seeded share of requests with a 429 for a while.
+
+    Pass it as ``OpenAIServer(responder=Storm(...))``. The storm starts with the first
+    request it sees and lasts ``duration`` seconds; during it, each request gets
+    ``Error(429, retry_after=...)`` with probability ``rate``, the Retry-After drawn
+    uniformly from ``retry_after``. Other requests (and every request after the storm) go
+    to ``then``, or get the default reply. Draws come from ``random.Random(seed)`` in
+    arrival order, so a run with the same arrivals sees the same storm.
+
+    Example:
+        ```python
+        storm = Storm(rate=0.3, retry_after=(0.2, 1.0), duration=10.0, seed=7)
+        async with OpenAIServer(responder=storm) as server:
+            ...
+        assert storm.limited > 0
+        ```
+
+    Attributes:
+        rate: The share of requests answered with a 429 during the storm.
+        retry_after: The range of the Retry-After sent, in seconds.
+        duration: How long the storm lasts from its first request, in seconds.
+        limited: Requests answered with a 429 so far.
+        passed: Requests the storm let through so far (during it or after it).
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float = 0.3,
+        retry_after: tuple[float, float] = (0.2, 1.0),
+        duration: float = 10.0,
+        seed: int = 0,
+        then: Responder | None = None,
+    ) -> None:
+        """Configure the storm; it starts with the first request.
+
+        Args:
+            rate: Share of requests limited during the storm, from 0 to 1.
+            retry_after: ``(low, high)`` seconds for each 429's Retry-After.
+            duration: Seconds the storm lasts from its first request.
+            seed: Seed of the draws (which requests are limited, and for how long).
+            then: The responder for requests the storm lets through.
+
+        Raises:
+            ValueError: ``rate`` is not between 0 and 1, or a duration is negative.
+        """
+        low, high = retry_after
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"Storm(rate={rate!r}): rate is a share, from 0 to 1")
+        if duration < 0 or low < 0 or high < low:
+            raise ValueError(
+                f"Storm(duration={duration!r}, retry_after={retry_after!r}): durations are "
+                f"seconds >= 0, and retry_after is (low, high) with low <= high"
+            )
+        self.rate = rate
+        self.retry_after = (low, high)
+        self.duration = duration
+        self.limited = 0
+        self.passed = 0
+        self._then = then
+        self._random = random.Random(seed)
+        self._started_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def raging(self) -> bool:
+        """Whether the storm has started and not ended yet."""
+        started = self._started_at
+        return started is not None and time.monotonic() - started < self.duration
+
+    def __call__(self, request: ReceivedRequest) -> Reply | Awaitable[Reply | None] | None:
+        """Answer ``request``: a 429 for a drawn share during the storm, else ``then``'s reply."""
+        with self._lock:
+            if self._started_at is None:
+                self._started_at = time.monotonic()
+            if self.raging and self._random.random() < self.rate:
+                self.limited += 1
+                return Error(
+                    429,
+                    message="loopback storm: rate limited",
+                    retry_after=round(self._random.uniform(*self.retry_after), 3),
+                )
+            self.passed += 1
+        return self._then(request) if self._then is not None else None
 
 
 def _content_text(content: Any) -> str:

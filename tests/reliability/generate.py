@@ -18,6 +18,7 @@ import anyio
 
 from tests.reliability.provider_matrix import provider_matrix
 from tests.reliability.table import Section, committed_outcomes, update
+from tests.test_soak import soak_section
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,7 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 
 SECTIONS: dict[str, Callable[[], Awaitable[Section]]] = {
     "provider-matrix": provider_matrix,
+    "soak": soak_section,
 }
 """Every section of the page, by the key of its markers."""
 

@@ -123,6 +123,44 @@ async def test_exhausted_provider_retries_fail_the_task(fake_clock: FakeClock) -
     assert "facts" in str(error)
 
 
+async def test_a_call_rides_out_more_429s_than_max_attempts(fake_clock: FakeClock) -> None:
+    # A 429 says "not now": a storm of them is waited out under the default policy.
+    llm = ScriptedLLM([Error(429, retry_after=0.5)] * 5 + ["ok"])
+
+    result = await one_task_crew(llm).kickoff()
+
+    assert result.output.text == "ok"
+    assert len(llm.requests) == 6
+    assert len(fake_clock.sleeps) == 5
+    assert all(sleep >= 0.5 for sleep in fake_clock.sleeps)
+    assert result.timeline[0].attempts[0].llm_retries == 5
+
+
+async def test_429s_spend_their_own_budget_and_other_errors_max_attempts(
+    fake_clock: FakeClock,
+) -> None:
+    # Two 500s and two 429s in between: the 429s do not bring the third 500 any closer.
+    llm = ScriptedLLM([Error(500), Error(429), Error(429), Error(500), Error(500), "never"])
+
+    with pytest.raises(TaskFailed) as caught:
+        await one_task_crew(llm, retry=RetryPolicy(max_attempts=3)).kickoff()
+
+    assert len(llm.requests) == 5
+    assert isinstance(caught.value.cause, LLMError)
+    assert caught.value.cause.status_code == 500
+
+
+async def test_a_call_gives_up_after_rate_limit_attempts_429s(fake_clock: FakeClock) -> None:
+    llm = ScriptedLLM([Error(429, retry_after=1)] * 4 + ["never"])
+
+    with pytest.raises(TaskFailed) as caught:
+        await one_task_crew(llm, retry=RetryPolicy(rate_limit_attempts=4)).kickoff()
+
+    assert len(llm.requests) == 4
+    assert isinstance(caught.value.cause, LLMError)
+    assert caught.value.cause.status_code == 429
+
+
 async def test_retry_on_can_turn_provider_retries_off(fake_clock: FakeClock) -> None:
     llm = ScriptedLLM([Error(503), "never used"])
     policy = RetryPolicy(retry_on=lambda error: False)

@@ -19,8 +19,8 @@ def timeout() -> TaskTimeout:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_attempts": 0}, {"initial": -1.0}, {"max": -0.5}],
-    ids=["no-attempts", "negative-initial", "negative-max"],
+    [{"max_attempts": 0}, {"initial": -1.0}, {"max": -0.5}, {"rate_limit_attempts": 0}],
+    ids=["no-attempts", "negative-initial", "negative-max", "no-rate-limit-attempts"],
 )
 def test_impossible_policies_are_configuration_errors(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError, match="RetryPolicy"):
