@@ -31,6 +31,7 @@ import pytest
 from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, Text, ToolCall, ToolCalls
 from tests import canary
+from tests.reliability.table import Section
 from tests.test_kill_and_resume import (
     EVERY_REQUEST,
     HIERARCHICAL_FILE,
@@ -40,7 +41,7 @@ from tests.test_kill_and_resume import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from crewflow.testing.server import ReceivedRequest
 
@@ -391,6 +392,13 @@ async def test_a_crew_killed_again_and_again_completes_without_losing_or_redoing
         # Killed after bravo's tool had run and before bravo finished: the tool ran again.
         assert loop.tool_runs == [1, 1, 1, 2]
     assert [row[0] for row in rows_of(kind, loop)] == ROWS[kind]
+    # The reliability page shows these rows (imported here: the page's generator imports this
+    # module for its crash-loop section).
+    from tests.reliability.generate import PAGE
+    from tests.reliability.table import committed_outcomes
+
+    shown = committed_outcomes(PAGE.read_text(encoding="utf-8"), crash_loop_section([]))
+    assert [tuple(row) for row in shown if row[1] == kind] == rows_of(kind, loop)
 
 
 # The kill points of the reliability table, as `rows_of` names them.
@@ -445,6 +453,19 @@ def rows_of(kind: Kind, loop: Loop) -> list[tuple[str, str, str]]:
         (f"{process}: {kill}", kind, f"{left.split(' with ')[0]}; {completed}, 0 lost, 0 redone")
         for process, kill, left in loop.kills
     ]
+
+
+def crash_loop_section(rows: Sequence[tuple[str, str, str]]) -> Section:
+    """The crash loop's table in ``docs/reliability.md``: a row per kill point."""
+    return Section("crash-loop", "Crash loop", ("kill point", "process", "result"), rows=rows)
+
+
+async def crash_loop_rows_section() -> Section:
+    """Run the deterministic loops and make their table (`tests.reliability.generate`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return crash_loop_section(await reliability_rows(Path(tmp)))
 
 
 async def reliability_rows(tmp: Path) -> list[tuple[str, str, str]]:

@@ -18,6 +18,7 @@ import anyio
 
 from tests.reliability.provider_matrix import provider_matrix
 from tests.reliability.table import Section, committed_outcomes, update
+from tests.test_crash_loop import crash_loop_rows_section
 from tests.test_soak import soak_section
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 SECTIONS: dict[str, Callable[[], Awaitable[Section]]] = {
     "provider-matrix": provider_matrix,
     "soak": soak_section,
+    "crash-loop": crash_loop_rows_section,
 }
 """Every section of the page, by the key of its markers."""
 
