@@ -115,6 +115,9 @@ def connection_error(model: str, detail: str, where: str, *, sent: bool) -> LLME
     )
 
 
+_E = TypeVar("_E", bound=BaseException)
+
+
 def was_sent(exc: BaseException) -> bool:
     """Whether the request of a failed call may have reached the provider: ``False`` only when
     httpx failed to connect (or to get a pooled connection), which happens before a byte of the
@@ -122,15 +125,20 @@ def was_sent(exc: BaseException) -> bool:
     it all, so those count as sent."""
     import httpx
 
-    never_sent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+    return in_chain(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)) is None
+
+
+def in_chain(exc: BaseException, kinds: tuple[type[_E], ...]) -> _E | None:
+    """The first exception of ``kinds`` in ``exc``'s chain of causes and contexts (``exc``
+    itself included), or ``None``."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, never_sent):
-            return False
+        if isinstance(current, kinds):
+            return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return True
+    return None
 
 
 def malformed_error(model: str, detail: str, where: str) -> LLMError:

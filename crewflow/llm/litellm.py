@@ -29,6 +29,7 @@ from crewflow.llm._errors import (
     connection_error,
     describe_cause,
     describe_malformed,
+    in_chain,
     malformed_error,
     other_error,
     provider_detail,
@@ -283,7 +284,7 @@ class LiteLLM(LLM):
         where = public_url(self.api_base) if self.api_base else self.model.partition("/")[0]
         # litellm's Timeout and APIConnectionError carry made-up statuses (408, 500): check
         # first, and look through the chain: a refused connection comes as a "500".
-        exc = _transport_cause(exc, (openai.APIConnectionError, httpx.TransportError)) or exc
+        exc = in_chain(exc, (openai.APIConnectionError, httpx.TransportError)) or exc
         if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
             return timeout_error(self.model, self.timeout, where, sent=was_sent(exc))
         if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
@@ -309,18 +310,6 @@ class LiteLLM(LLM):
             return malformed_error(self.model, scrub(describe_malformed(exc), secrets), where)
         retryable = isinstance(exc, openai.APIError)
         return other_error(self.model, scrub(str(exc), secrets), where, retryable=retryable)
-
-
-def _transport_cause(exc: BaseException, kinds: tuple[type[Exception], ...]) -> Exception | None:
-    """The first exception of ``kinds`` in ``exc``'s chain (``exc`` itself included)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kinds):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 # -- litellm, loaded once ---------------------------------------------------------------------
