@@ -33,6 +33,7 @@ from crewflow.exceptions import RunCancelled
 from crewflow.llm import OpenAIChat
 from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, ReceivedRequest, Reply, Slow, Text
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,13 +65,6 @@ def cancel_points(seed: int, count: int) -> list[CancelPoint]:
         at = draw.randrange(tasks) if on == "request" else draw.randint(1, 2 * tasks)
         points.append(CancelPoint(process, tasks, on, at))
     return points
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll ``predicate`` (server counters have no event) until it holds."""
-    with anyio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 def build_crew(point: CancelPoint, server: OpenAIServer, db: Path, on_event: object) -> Crew:
@@ -131,12 +125,12 @@ async def test_a_run_cancelled_at_any_point_leaves_nothing_behind(
         handle = crew.start()
         cancel.append(handle.cancel)
         if point.on == "request":
-            await wait_until(lambda: server.count > point.at)
+            await wait_until(lambda: server.count > point.at, within=10)
             handle.cancel()
         with anyio.fail_after(10), pytest.raises(RunCancelled) as caught:
             await handle.result()
         # Every request is over: answered, or aborted by the client closing its connection.
-        await wait_until(lambda: server.in_flight == 0)
+        await wait_until(lambda: server.in_flight == 0, within=10)
         unanswered = [r for r in server.requests if r.status is None]
         assert all(r.disconnected for r in unanswered)
         if point.on == "request":
@@ -145,7 +139,7 @@ async def test_a_run_cancelled_at_any_point_leaves_nothing_behind(
 
     assert handle.status == "cancelled"
     # No task of the run outlives it (the server's own have ended with `async with`).
-    await wait_until(lambda: asyncio.all_tasks() <= before | {asyncio.current_task()})
+    await wait_until(lambda: asyncio.all_tasks() <= before | {asyncio.current_task()}, within=10)
     finished = {name: output.text for name, output in caught.value.outputs.items()}
     assert len(finished) < point.tasks
     # Each finished task's one request was answered.

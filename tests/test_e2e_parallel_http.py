@@ -48,6 +48,7 @@ from crewflow.testing import (
     capture_events,
     use_clock,
 )
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -73,14 +74,6 @@ def agent_on(
 ) -> Agent:
     llm = OpenAIChat(model, base_url=server.base_url, api_key="k")
     return Agent(role=role, goal="Answer", llm=llm, **kwargs)  # type: ignore[arg-type]
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` (server counters, a clock's sleepers: they have no event) until it
-    holds; fail after ``within`` seconds."""
-    with anyio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 class ManualClock(FakeClock):

@@ -35,9 +35,10 @@ from crewflow.testing._server import (
     ToolCall,
     ToolCalls,
 )
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
 USER = [{"role": "user", "content": "Summarise the quarterly report"}]
 WEATHER_TOOL = {
@@ -69,14 +70,6 @@ async def server() -> AsyncIterator[OpenAIServer]:
 async def client(server: OpenAIServer) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0) as c:
         yield c
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    """Poll ``predicate`` until true; fail after ``limit`` seconds."""
-    with anyio.fail_after(limit):
-        # The server exposes counters, not events: bounded polling is the honest wait.
-        while not predicate():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 async def ask(client: openai.AsyncOpenAI, text: str = "hello", **kwargs: Any) -> Any:

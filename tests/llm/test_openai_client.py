@@ -36,9 +36,10 @@ from crewflow.testing import (
 )
 from crewflow.testing import ToolCall as ScriptedCall
 from tests import canary
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,14 +63,6 @@ async def llm(server: OpenAIServer) -> AsyncIterator[OpenAIChat]:
     client = OpenAIChat("test-model", base_url=server.base_url, api_key=CANARY, timeout=10)
     async with client:
         yield client
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` until it holds, failing after five seconds."""
-    with anyio.fail_after(5):
-        # The server exposes counters, not events, so there is nothing to wait on but them.
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 async def failure(llm: OpenAIChat, request: LLMRequest = HELLO) -> LLMError:
