@@ -10,6 +10,8 @@ k-th request, or from inside the n-th event the run publishes. Then, whatever th
 - the store records the run as ``cancelled``, with exactly the outputs `RunCancelled` carries;
 - ``crewflow show RUN --json`` reports the same.
 
+Each case earns a row of the "cancellation" table in ``docs/reliability.md``.
+
 Nothing here depends on how fast the machine is: held requests wait an hour server-side (until
 the client aborts them), the event point cancels synchronously inside the run, and waits for the
 server's counters and the run's last tasks are bounded polls under ``anyio.fail_after``.
@@ -21,6 +23,7 @@ import asyncio
 import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -33,13 +36,16 @@ from crewflow.exceptions import RunCancelled
 from crewflow.llm import OpenAIChat
 from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, ReceivedRequest, Reply, Slow, Text
+from tests.reliability.from_tests import on_page, rows_from_tests
+from tests.reliability.table import Section
 from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 SEED = 12
+CASES = 12
+ROOT = Path(__file__).resolve().parents[1]
 CASES = 12
 
 
@@ -67,7 +73,9 @@ def cancel_points(seed: int, count: int) -> list[CancelPoint]:
     return points
 
 
-def build_crew(point: CancelPoint, server: OpenAIServer, db: Path, on_event: object) -> Crew:
+def build_crew(
+    point: CancelPoint, server: OpenAIServer, db: Path, on_event: Callable[[ev.Event], None]
+) -> Crew:
     llm = OpenAIChat("model-x", base_url=server.base_url, api_key="k")
     agent = Agent(role="Worker", goal="Answer", llm=llm)
     names = [f"step_{i}" for i in range(point.tasks)]
@@ -84,7 +92,7 @@ def build_crew(point: CancelPoint, server: OpenAIServer, db: Path, on_event: obj
         process=point.process,
         max_concurrency=2,
         store=SQLiteStore(db),
-        on_event=on_event,  # type: ignore[arg-type]
+        on_event=on_event,
     )
 
 
@@ -95,6 +103,37 @@ def show_json(db: Path, run_id: str) -> dict[str, object]:
     assert result.exit_code == 0, result.output
     shown: dict[str, object] = json.loads(result.stdout)
     return shown
+
+
+CANCELLATION = Section(
+    "cancellation",
+    "Cancellation",
+    (
+        "process",
+        "tasks",
+        "cancelled",
+        "status",
+        "finished outputs",
+        "left running",
+        "finished",
+        "requests",
+        "aborted",
+    ),
+    varying=frozenset({"finished", "requests", "aborted"}),
+)
+"""The table of the cases: where each was cancelled and what it left; *finished*, *requests*
+and *aborted* depend on how far the other branches of a parallel run had got."""
+
+
+async def cancellation_section() -> Section:
+    """Run the cases and make their table (`tests.reliability.generate`)."""
+    return await rows_from_tests(CANCELLATION, __file__.removeprefix(f"{ROOT}/"))
+
+
+def where(point: CancelPoint) -> str:
+    if point.on == "request":
+        return f"while request {point.at + 1} is held"
+    return f"inside event {point.at}"
 
 
 @pytest.mark.parametrize(
@@ -163,3 +202,18 @@ async def test_a_run_cancelled_at_any_point_leaves_nothing_behind(
     outputs = shown["outputs"]
     assert isinstance(outputs, dict)
     assert {name: row["text"] for name, row in outputs.items()} == finished
+    left = len(asyncio.all_tasks() - before - {asyncio.current_task()})
+    on_page(
+        CANCELLATION,
+        (
+            point.process,
+            str(point.tasks),
+            where(point),
+            handle.status,
+            "same in the error, the store and show",
+            f"{left} tasks, {server.in_flight} requests",
+            f"{len(finished)} of {point.tasks}",
+            str(received),
+            str(len(unanswered)),
+        ),
+    )

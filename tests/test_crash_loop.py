@@ -31,7 +31,7 @@ import pytest
 from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, Text, ToolCall, ToolCalls
 from tests import canary
-from tests.reliability.table import Section
+from tests.reliability.table import PAGE, Section, committed_outcomes
 from tests.test_kill_and_resume import (
     EVERY_REQUEST,
     HIERARCHICAL_FILE,
@@ -43,7 +43,7 @@ from tests.test_kill_and_resume import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from crewflow.testing.server import ReceivedRequest
+    from crewflow.testing import ReceivedRequest
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX"),
@@ -392,11 +392,7 @@ async def test_a_crew_killed_again_and_again_completes_without_losing_or_redoing
         # Killed after bravo's tool had run and before bravo finished: the tool ran again.
         assert loop.tool_runs == [1, 1, 1, 2]
     assert [row[0] for row in rows_of(kind, loop)] == ROWS[kind]
-    # The reliability page shows these rows (imported here: the page's generator imports this
-    # module for its crash-loop section).
-    from tests.reliability.generate import PAGE
-    from tests.reliability.table import committed_outcomes
-
+    # The reliability page shows these rows.
     shown = committed_outcomes(PAGE.read_text(encoding="utf-8"), crash_loop_section([]))
     assert [tuple(row) for row in shown if row[1] == kind] == rows_of(kind, loop)
 

@@ -47,7 +47,7 @@ from crewflow import Agent, Crew, Limit, Limits, Task
 from crewflow.exceptions import CrewRunError
 from crewflow.llm import OpenAIChat
 from crewflow.testing import OpenAIServer, Storm
-from tests.reliability.table import Section
+from tests.reliability.table import PAGE, Section, differences
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -286,10 +286,7 @@ async def test_200_crews_ride_out_a_429_storm_within_their_limits_without_leakin
         assert share < 0.02
     assert report.tasks_left == []
     assert report.resource_warnings == []
-    # The reliability page shows these outcomes (imported here: the page's generator imports
-    # this module for its soak section).
-    from tests.reliability.generate import PAGE, differences
-
+    # The reliability page shows these outcomes.
     assert differences(PAGE.read_text(encoding="utf-8"), section_of(report)) == []
 
 

@@ -2,45 +2,36 @@
 
 Each part of the reliability suite adds one entry to `SECTIONS`: the key of its markers in the
 page and an async function that runs that part and returns its `Section`. ``--check`` compares
-only the outcome columns (a section's ``timing`` columns vary between runs).
+only the outcome columns (a section's ``varying`` columns differ between runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
 from tests.reliability.provider_matrix import provider_matrix
-from tests.reliability.table import Section, committed_outcomes, update
+from tests.reliability.table import PAGE, Section, differences, update
+from tests.runtime.test_store_faults import store_faults_section
+from tests.test_cancel_points import cancellation_section
 from tests.test_crash_loop import crash_loop_rows_section
 from tests.test_soak import soak_section
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
-
 SECTIONS: dict[str, Callable[[], Awaitable[Section]]] = {
     "provider-matrix": provider_matrix,
     "soak": soak_section,
     "crash-loop": crash_loop_rows_section,
+    "cancellation": cancellation_section,
+    "store-faults": store_faults_section,
 }
 """Every section of the page, by the key of its markers."""
-
-
-def differences(page: str, section: Section) -> list[str]:
-    """The outcome rows that differ between the page and a fresh run, as a unified diff."""
-    committed = [" | ".join(row) for row in committed_outcomes(page, section)]
-    fresh = [" | ".join(row) for row in section.outcomes()]
-    return list(
-        difflib.unified_diff(committed, fresh, "docs/reliability.md", "fresh run", lineterm="")
-    )
 
 
 async def _run(keys: Sequence[str]) -> list[Section]:

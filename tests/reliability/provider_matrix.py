@@ -320,6 +320,6 @@ async def provider_matrix(clients: Sequence[Client] = ("openai", "litellm")) -> 
         key="provider-matrix",
         title="Provider fault matrix",
         columns=("fault", "client", "expected", "what happened", "requests", "time"),
-        timing=frozenset({"time"}),
+        varying=frozenset({"time"}),
         rows=rows,
     )

@@ -1,22 +1,26 @@
 """The tables of ``docs/reliability.md``: sections of rows, rendered between markers.
 
 Each part of the reliability suite contributes a `Section`, made by one async function listed
-in `tests.reliability.sections.SECTIONS`. A section's table sits in the page between
+in `tests.reliability.generate.SECTIONS`. A section's table sits in the page between
 ``<!-- reliability:KEY:start -->`` and ``<!-- reliability:KEY:end -->``; regenerating it replaces
-only that span. Its ``timing`` columns vary from run to run and are left out when a fresh run is
-compared with the committed page.
-"""
+only that span. Its ``varying`` columns (times, counts that depend on timing) differ from run to
+run and are left out when a fresh run is compared with the committed page."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 Row = tuple[str, ...]
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+"""The page the tables are on."""
 
 
 @dataclass(frozen=True)
@@ -27,19 +31,20 @@ class Section:
         key: Names the section's markers in the page (``provider-matrix``).
         title: What the table shows.
         columns: The column headings.
-        timing: Columns left out of comparisons (times, rates): they vary between runs.
+        varying: Columns left out of comparisons (times, counts that depend on timing): they
+            vary between runs.
         rows: The rows, one cell per column.
     """
 
     key: str
     title: str
     columns: Row
-    timing: frozenset[str] = field(default_factory=frozenset)
+    varying: frozenset[str] = field(default_factory=frozenset)
     rows: Sequence[Row] = ()
 
     def outcomes(self) -> list[Row]:
-        """The rows without their timing columns."""
-        return [_outcome_cells(self.columns, self.timing, row) for row in self.rows]
+        """The rows without their varying columns."""
+        return [_outcome_cells(self.columns, self.varying, row) for row in self.rows]
 
 
 def markers(key: str) -> tuple[str, str]:
@@ -75,7 +80,7 @@ def update(page: str, section: Section) -> str:
 
 
 def committed_outcomes(page: str, section: Section) -> list[Row]:
-    """Read the section's rows back from the page, without their timing columns.
+    """Read the section's rows back from the page, without their varying columns.
 
     Raises:
         ValueError: The page lacks the section's markers, or its table has other columns.
@@ -88,7 +93,7 @@ def committed_outcomes(page: str, section: Section) -> list[Row]:
     columns = _split(lines[0]) if lines else ()
     if columns != section.columns:
         raise ValueError(f"the page's table has columns {columns}, not {section.columns}")
-    return [_outcome_cells(columns, section.timing, _split(line)) for line in lines[2:]]
+    return [_outcome_cells(columns, section.varying, _split(line)) for line in lines[2:]]
 
 
 def _split(line: str) -> Row:
@@ -96,5 +101,14 @@ def _split(line: str) -> Row:
     return tuple(cell.strip().replace("\\|", "|") for cell in cells)
 
 
-def _outcome_cells(columns: Row, timing: frozenset[str], row: Row) -> Row:
-    return tuple(cell for name, cell in zip(columns, row, strict=True) if name not in timing)
+def _outcome_cells(columns: Row, varying: frozenset[str], row: Row) -> Row:
+    return tuple(cell for name, cell in zip(columns, row, strict=True) if name not in varying)
+
+
+def differences(page: str, section: Section) -> list[str]:
+    """The outcome rows that differ between the page and a fresh run, as a unified diff."""
+    committed = [" | ".join(row) for row in committed_outcomes(page, section)]
+    fresh = [" | ".join(row) for row in section.outcomes()]
+    return list(
+        difflib.unified_diff(committed, fresh, "docs/reliability.md", "fresh run", lineterm="")
+    )

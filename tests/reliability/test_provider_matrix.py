@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from tests.reliability.generate import PAGE, differences
 from tests.reliability.provider_matrix import CASES, provider_matrix
+from tests.reliability.table import PAGE, differences
 
 if TYPE_CHECKING:
     from tests.reliability.table import Section

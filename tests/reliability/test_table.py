@@ -1,12 +1,18 @@
-"""The page tables: rendering between markers, reading back, comparing without timings."""
+"""The page tables: rendering between markers, reading back, comparing outcomes only."""
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 import pytest
 
-from tests.reliability.generate import differences
+from tests.reliability import from_tests
 from tests.reliability.provider_matrix import describe
-from tests.reliability.table import Section, committed_outcomes, update
+from tests.reliability.table import Section, committed_outcomes, differences, update
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 PAGE = """# Page
 
@@ -32,7 +38,7 @@ def test_update_replaces_only_the_sections_span_and_reads_back() -> None:
     assert committed_outcomes(page, section()) == [("a | b", "completed")]
 
 
-def test_timings_are_not_compared_but_outcomes_are() -> None:
+def test_varying_columns_are_not_compared_but_outcomes_are() -> None:
     page = update(PAGE, section(("429", "completed", "0.10 s")))
 
     assert differences(page, section(("429", "completed", "9.99 s"))) == []
@@ -63,3 +69,26 @@ def test_describe_says_how_a_run_completed(
     requests: int, retries: int, text: str, expected: str
 ) -> None:
     assert describe(None, requests, retries, text) == expected
+
+
+def test_a_tests_row_must_be_on_the_page_unless_the_page_is_being_regenerated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = tmp_path / "reliability.md"
+    page.write_text(update(PAGE, section(("429", "completed", "0.10 s"))), encoding="utf-8")
+    monkeypatch.setattr(from_tests, "PAGE", page)
+    monkeypatch.delenv(from_tests.ROWS_TO, raising=False)
+
+    from_tests.on_page(section(), ("429", "completed", "9.99 s"))  # times are not compared
+    with pytest.raises(AssertionError, match=r"lacks this outcome: 429 \| TaskFailed"):
+        from_tests.on_page(section(), ("429", "TaskFailed", "0.10 s"))
+    with pytest.raises(ValueError, match="needs 3 cells"):
+        from_tests.on_page(section(), ("429", "completed"))
+
+    collected = tmp_path / "rows.jsonl"
+    monkeypatch.setenv(from_tests.ROWS_TO, str(collected))
+    from_tests.on_page(section(), ("500", "TaskFailed", "0.20 s"))
+    assert json.loads(collected.read_text(encoding="utf-8")) == {
+        "section": "demo",
+        "row": ["500", "TaskFailed", "0.20 s"],
+    }

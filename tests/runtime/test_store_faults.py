@@ -2,7 +2,9 @@
 any model call, with a `StoreError` naming the file and the cause; a store that fails in the
 middle of a run (a full disk, a lock taken by another process) fails the run with every finished
 output in the error, and the store is usable afterwards: reads work, the run resumes and a new
-kickoff completes once the cause is gone."""
+kickoff completes once the cause is gone.
+
+Each case earns a row of the "store-faults" table in ``docs/reliability.md``."""
 
 from __future__ import annotations
 
@@ -22,13 +24,32 @@ from crewflow.exceptions import CrewRunError, StoreError
 from crewflow.store import RunStatus, SQLiteStore
 from crewflow.testing import FunctionLLM, capture_events
 from tests.held import captured_logs
+from tests.reliability.from_tests import on_page, rows_from_tests
+from tests.reliability.table import Section
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterable, Iterator
 
     from crewflow.llm._types import LLMRequest
 
 BIG = "x" * 100_000  # an output that needs new pages in the database
+
+STORE_FAULTS = Section(
+    "store-faults",
+    "Store faults",
+    ("fault", "when", "fails with", "model calls", "finished outputs", "afterwards"),
+)
+"""The table of the cases: a row per fault, from the test that injects it."""
+
+
+async def store_faults_section() -> Section:
+    """Run the cases and make their table (`tests.reliability.generate`)."""
+    return await rows_from_tests(STORE_FAULTS, "tests/runtime/test_store_faults.py")
+
+
+def names(tasks: Iterable[str]) -> str:
+    """Task names (a mapping's keys), in order, as a table cell."""
+    return ", ".join(sorted(tasks)) or "none"
 
 
 class Calls:
@@ -166,6 +187,17 @@ async def test_a_corrupt_database_fails_the_kickoff_before_any_model_call(
     assert cause in str(caught.value)
     assert "move it aside" in str(caught.value)
     fails_at_the_start(calls, logs, events.kinds)
+    on_page(
+        STORE_FAULTS,
+        (
+            f"a corrupt database ({damage})",
+            "kickoff",
+            f"StoreError: {cause}",
+            str(calls.total),
+            "-",
+            "the error names the file and says to move it aside",
+        ),
+    )
 
 
 async def test_a_database_locked_by_another_process_fails_the_kickoff_when_the_timeout_ends(
@@ -188,6 +220,17 @@ async def test_a_database_locked_by_another_process_fails_the_kickoff_when_the_t
     result = await chain(calls, store).kickoff()
     assert (await store.get_run(result.run_id)).status == RunStatus.COMPLETED  # type: ignore[union-attr]
     await store.close()
+    on_page(
+        STORE_FAULTS,
+        (
+            "locked by another process",
+            "kickoff",
+            "StoreError: locked (after `timeout`)",
+            "0",
+            "-",
+            "a kickoff completes once the lock is released",
+        ),
+    )
 
 
 async def test_a_resume_of_a_run_in_a_locked_database_fails_before_any_model_call(
@@ -207,35 +250,55 @@ async def test_a_resume_of_a_run_in_a_locked_database_fails_before_any_model_cal
     with pytest.raises(StoreError, match="locked") as refused:
         await chain(calls, store).resume(run_id)
 
-    assert calls.total == 0
+    refused_after = calls.total
+    assert refused_after == 0
     assert str(store.path) in str(refused.value)
     lock.release()
     resumed = await chain(calls, store).resume(run_id)
     assert resumed.restored == ["a"]
     assert calls.count == {"b": 1, "c": 1}
     await store.close()
+    on_page(
+        STORE_FAULTS,
+        (
+            "locked by another process",
+            "resume",
+            "StoreError: locked",
+            str(refused_after),
+            "-",
+            f"the resume completes once released: restores {names(resumed.restored)}, "
+            f"sends {names(calls.count)}",
+        ),
+    )
 
 
 # -- in the middle of a run: it fails with its finished outputs ---------------------------------
 
 
-async def after_the_fault(store: SQLiteStore, error: CrewRunError) -> None:
+async def after_the_fault(store: SQLiteStore, error: CrewRunError) -> tuple[str, str]:
     """The store is usable: it reads, the failed run resumes (running only what was not
-    checkpointed) and a new kickoff completes."""
+    checkpointed) and a new kickoff completes. Return the table's *finished outputs* and
+    *afterwards* cells."""
     assert error.run_id is not None
     assert {name: output.text.split()[0] for name, output in error.outputs.items()} == {
         "a": "a",
         "b": "b",
     }
-    assert list(await store.outputs(error.run_id)) == ["a"]
+    stored = list(await store.outputs(error.run_id))
+    assert stored == ["a"]
     calls = Calls()
     resumed = await chain(calls, store).resume(error.run_id)
     assert resumed.restored == ["a"]
     assert calls.count == {"b": 1, "c": 1}
+    sent = names(calls.count)
     again = await chain(calls, store).kickoff()
     for run_id in (error.run_id, again.run_id):
         assert (await store.get_run(run_id)).status == RunStatus.COMPLETED  # type: ignore[union-attr]
     await store.close()
+    return (
+        f"{names(error.outputs)} in the error; {names(stored)} stored",
+        f"resume restores {names(resumed.restored)}, sends {sent}; a new kickoff completes",
+    )
 
 
 async def test_a_full_disk_in_the_middle_of_a_run_fails_it_with_its_finished_outputs(
@@ -252,7 +315,18 @@ async def test_a_full_disk_in_the_middle_of_a_run_fails_it_with_its_finished_out
     assert "free some space" in str(caught.value)
     assert calls.count == {"a": 1, "b": 1}
     await store.uncap()
-    await after_the_fault(store, caught.value)
+    kept, afterwards = await after_the_fault(store, caught.value)
+    on_page(
+        STORE_FAULTS,
+        (
+            "a full disk",
+            "mid-run, sequential",
+            "CrewRunError: database or disk is full",
+            str(calls.total),
+            kept,
+            afterwards,
+        ),
+    )
 
 
 async def test_a_full_disk_under_a_parallel_run_keeps_every_output_that_finished(
@@ -270,6 +344,7 @@ async def test_a_full_disk_under_a_parallel_run_keeps_every_output_that_finished
 
     finished = set(caught.value.outputs)
     assert "b" in finished
+    sent = calls.total
     await store.uncap()
     run_id = caught.value.run_id
     assert run_id is not None
@@ -281,6 +356,17 @@ async def test_a_full_disk_under_a_parallel_run_keeps_every_output_that_finished
     assert set(resumed.restored) == stored
     assert set(calls.count) == set("abcdef") - stored
     await store.close()
+    on_page(
+        STORE_FAULTS,
+        (
+            "a full disk",
+            "mid-run, 6 parallel tasks",
+            "CrewRunError: database or disk is full",
+            str(sent),
+            "every finished one in the error; those stored are among them",
+            "resume restores the stored ones and sends only the others",
+        ),
+    )
 
 
 async def test_a_lock_taken_in_the_middle_of_a_run_fails_it_with_its_finished_outputs(
@@ -301,7 +387,18 @@ async def test_a_lock_taken_in_the_middle_of_a_run_fails_it_with_its_finished_ou
     assert "longer timeout" in str(caught.value)
     assert calls.count == {"a": 1, "b": 1}
     lock.release()
-    await after_the_fault(store, caught.value)
+    kept, afterwards = await after_the_fault(store, caught.value)
+    on_page(
+        STORE_FAULTS,
+        (
+            "a lock taken by another process",
+            "mid-run",
+            "CrewRunError: locked (after `timeout`)",
+            str(calls.total),
+            kept,
+            afterwards,
+        ),
+    )
 
 
 # -- in another process: a read-only filesystem, a file size limit -----------------------------
@@ -383,6 +480,17 @@ async def test_a_database_on_a_read_only_filesystem_fails_a_writing_kickoff_befo
     assert "readonly" in report["message"] or "unable to open" in report["message"]
     assert report["calls"] == {}
     assert path.read_bytes() == before
+    on_page(
+        STORE_FAULTS,
+        (
+            "a read-only filesystem",
+            "kickoff",
+            "StoreError: readonly, or unable to open",
+            "0",
+            "-",
+            "the file is unchanged",
+        ),
+    )
 
 
 @pytest.mark.slow
@@ -406,6 +514,17 @@ def test_a_file_size_limit_that_leaves_no_room_for_a_new_database_fails_the_kick
     assert report["error"] == "StoreError"
     assert "free some space" in report["message"]
     assert report["calls"] == {}
+    on_page(
+        STORE_FAULTS,
+        (
+            "a file size limit (RLIMIT_FSIZE) with no room for the database",
+            "kickoff",
+            "StoreError: says to free some space",
+            "0",
+            "-",
+            "-",
+        ),
+    )
 
 
 @pytest.mark.slow
@@ -426,7 +545,7 @@ def test_a_file_size_limit_reached_in_the_middle_of_a_run_fails_it_with_its_outp
     )
     after = (
         "resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))\n"
-        "    await after_the_fault(store, error)"
+        "    report['kept'], report['afterwards'] = await after_the_fault(store, error)"
     )
     report = in_child(
         lambda argv: argv,
@@ -441,3 +560,14 @@ def test_a_file_size_limit_reached_in_the_middle_of_a_run_fails_it_with_its_outp
     assert "could not be checkpointed" in report["message"]
     assert "free some space" in report["message"]
     assert report["calls"] == {"a": 1, "b": 1}
+    on_page(
+        STORE_FAULTS,
+        (
+            "a file size limit (RLIMIT_FSIZE) reached",
+            "mid-run",
+            "CrewRunError (its cause a StoreError): could not be checkpointed",
+            str(sum(report["calls"].values())),
+            report["kept"],
+            report["afterwards"],
+        ),
+    )

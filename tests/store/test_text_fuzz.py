@@ -5,6 +5,7 @@ stays usable. Bytes where text belongs fail cleanly, at the record."""
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,8 +54,11 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
     max_leaves=8,
 )
+# CREWFLOW_FUZZ_EXAMPLES=1000 for a longer hunt, as in tests/test_fuzz.py.
 FUZZ = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("CREWFLOW_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 _runs = itertools.count()
 _M = TypeVar("_M", bound=BaseModel)
