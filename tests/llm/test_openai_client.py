@@ -17,6 +17,7 @@ import anyio
 import pytest
 import pytest_asyncio
 
+import crewflow
 from crewflow import Agent
 from crewflow.exceptions import ConfigurationError, CredentialsError, LLMError
 from crewflow.llm import LLMRequest, Message, OutputSchema, ToolCall, ToolSpec
@@ -458,22 +459,25 @@ async def test_cancelling_a_call_aborts_its_http_request(
 # -- client lifetime --------------------------------------------------------------------------
 
 
-async def test_open_and_aclose_share_one_client_and_close_it_last(server: OpenAIServer) -> None:
+async def test_open_and_aclose_share_the_loops_client_and_leave_it_open(
+    server: OpenAIServer,
+) -> None:
     llm = OpenAIChat("test-model", base_url=server.base_url)
-    loop = asyncio.get_running_loop()
 
     await llm.open()
     await llm.open()
-    client = llm._clients[loop].client
     await llm.complete(HELLO)
     await llm.aclose()
-    assert not client.is_closed()
-    await llm.complete(HELLO)
     await llm.aclose()
-
-    assert client.is_closed()
-    assert loop not in llm._clients
     await llm.aclose()  # An extra aclose is harmless.
+    await llm.complete(HELLO)  # not opened: the same shared client
+
+    # One connection, kept alive from the first call to the last: one client served them.
+    assert server.count == 2
+    assert server.connections == 1
+    assert server.open_connections == 1
+    await crewflow.aclose()
+    await wait_until(lambda: server.open_connections == 0)
 
 
 async def test_clients_leave_no_resource_warning(server: OpenAIServer) -> None:
@@ -483,7 +487,7 @@ async def test_clients_leave_no_resource_warning(server: OpenAIServer) -> None:
         async with llm:
             await llm.complete(HELLO)
             await llm.complete(LLMRequest([Message("user", "x")], stream=True))
-        await llm.complete(HELLO)  # not opened: a client of its own, closed at once
+        await llm.complete(HELLO)  # not opened: the loop's shared client all the same
         del llm
         gc.collect()
 
