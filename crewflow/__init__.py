@@ -46,6 +46,7 @@ __all__ = [
     "TaskStatus",
     "Tool",
     "__version__",
+    "aclose",
     "set_limits",
     "tool",
 ]
@@ -71,6 +72,26 @@ _WHERE = {
     "set_limits": "crewflow._runtime.limiter",
     "tool": "crewflow.tools",
 }
+
+
+async def aclose() -> None:
+    """Close the HTTP clients crewflow keeps for the running event loop.
+
+    Model clients outlive a kickoff: every kickoff in a loop shares them (building one costs
+    1-2 ms). They close by themselves when the loop shuts down through ``asyncio.run``,
+    ``anyio.run`` or ``asyncio.Runner`` (and `Crew.kickoff_sync` closes its own); call this
+    before closing a loop you drive by hand, or to drop connections. The next call makes new
+    clients. Call it when no kickoff of this loop is running.
+
+    Example:
+        ```python
+        result = await crew.kickoff()
+        await crewflow.aclose()
+        ```
+    """
+    from crewflow.llm._pool import aclose_loop_clients
+
+    await aclose_loop_clients()
 
 
 def __getattr__(name: str) -> typing.Any:

@@ -580,7 +580,8 @@ class Crew(Spec):
     def kickoff_sync(
         self, inputs: Mapping[str, Any] | None = None, *, llm: str | LLM | None = None
     ) -> CrewResult:
-        """`kickoff` for scripts: runs its own event loop.
+        """`kickoff` for scripts: runs its own event loop, and closes the model clients it made
+        before that loop ends.
 
         Raises:
             ConfigurationError: Called inside a running event loop (a notebook, an async app):
@@ -600,7 +601,18 @@ class Crew(Spec):
             )
         import anyio
 
-        return anyio.run(partial(self.kickoff, inputs, llm=llm))
+        return anyio.run(partial(self._kickoff_and_close, inputs, llm))
+
+    async def _kickoff_and_close(
+        self, inputs: Mapping[str, Any] | None, llm: str | LLM | None
+    ) -> CrewResult:
+        """`kickoff`, then close the clients of this loop (its own: `kickoff_sync` made it)."""
+        from crewflow.llm._pool import aclose_loop_clients
+
+        try:
+            return await self.kickoff(inputs, llm=llm)
+        finally:
+            await aclose_loop_clients()
 
     def _check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         if inputs is None:

@@ -800,6 +800,8 @@ class OpenAIServer:
         in_flight: Requests whose body has been read and whose reply is not done.
         max_in_flight: The highest ``in_flight`` seen since the last reset.
         disconnects: Clients that went away while their request was being handled.
+        connections: TCP connections accepted since the last reset (a client that keeps its
+            connections alive opens one per concurrent request, once).
     """
 
     def __init__(
@@ -824,6 +826,7 @@ class OpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.disconnects = 0
+        self.connections = 0
         self._responder = responder
         self._host = host
         self._port = port
@@ -865,15 +868,21 @@ class OpenAIServer:
         return sum(1 for request in list(self.requests) if key in request.last_user_message)
 
     def reset_counters(self) -> None:
-        """Forget recorded requests, disconnects and the in-flight peak.
+        """Forget recorded requests, connections, disconnects and the in-flight peak.
 
         Queued replies are kept; request indexes start again from 0.
         """
         with self._lock:
             self.requests.clear()
             self.disconnects = 0
+            self.connections = 0
             self.max_in_flight = self.in_flight
             self._next_index = 0
+
+    @property
+    def open_connections(self) -> int:
+        """The connections open now (closed ones leave once the server has seen them close)."""
+        return len(self._handlers)
 
     @property
     def port(self) -> int:
@@ -996,6 +1005,8 @@ class OpenAIServer:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
+        with self._lock:
+            self.connections += 1
         connection = _Connection(reader, writer)
         try:
             if not self._closing:

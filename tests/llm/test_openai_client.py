@@ -17,6 +17,7 @@ import anyio
 import pytest
 import pytest_asyncio
 
+import crewflow
 from crewflow import Agent
 from crewflow.exceptions import ConfigurationError, CredentialsError, LLMError
 from crewflow.llm import LLMRequest, Message, OutputSchema, ToolCall, ToolSpec
@@ -458,22 +459,25 @@ async def test_cancelling_a_call_aborts_its_http_request(
 # -- client lifetime --------------------------------------------------------------------------
 
 
-async def test_open_and_aclose_share_one_client_and_close_it_last(server: OpenAIServer) -> None:
+async def test_open_and_aclose_share_the_loops_client_and_leave_it_open(
+    server: OpenAIServer,
+) -> None:
     llm = OpenAIChat("test-model", base_url=server.base_url)
-    loop = asyncio.get_running_loop()
 
     await llm.open()
     await llm.open()
-    client = llm._clients[loop].client
     await llm.complete(HELLO)
     await llm.aclose()
-    assert not client.is_closed()
-    await llm.complete(HELLO)
     await llm.aclose()
-
-    assert client.is_closed()
-    assert loop not in llm._clients
     await llm.aclose()  # An extra aclose is harmless.
+    await llm.complete(HELLO)  # not opened: the same shared client
+
+    # One connection, kept alive from the first call to the last: one client served them.
+    assert server.count == 2
+    assert server.connections == 1
+    assert server.open_connections == 1
+    await crewflow.aclose()
+    await wait_until(lambda: server.open_connections == 0)
 
 
 async def test_clients_leave_no_resource_warning(server: OpenAIServer) -> None:
@@ -483,7 +487,7 @@ async def test_clients_leave_no_resource_warning(server: OpenAIServer) -> None:
         async with llm:
             await llm.complete(HELLO)
             await llm.complete(LLMRequest([Message("user", "x")], stream=True))
-        await llm.complete(HELLO)  # not opened: a client of its own, closed at once
+        await llm.complete(HELLO)  # not opened: the loop's shared client all the same
         del llm
         gc.collect()
 
@@ -672,3 +676,89 @@ async def test_retry_after_accepts_milliseconds_seconds_and_http_dates() -> None
     assert 25 <= (parse_retry_after({"retry-after": later}) or 0) <= 31
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
+
+
+# -- the body, read without the SDK's models --------------------------------------------------
+
+_CALL = {"id": "call_9", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+_BODIES = {
+    "no usage": {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]},
+    "null usage": {
+        "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": None,
+    },
+    "usage without completion tokens": {
+        "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7},
+    },
+    "calls without ids, and a call of another kind": {
+        "choices": [
+            {
+                "message": {
+                    "content": None,
+                    "tool_calls": [
+                        {"type": "custom", "custom": {"name": "grep", "input": "x"}},
+                        {**_CALL, "id": None},
+                        {"type": "function", "function": {"name": "fetch", "arguments": None}},
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ]
+    },
+    "no finish reason": {"choices": [{"message": {"content": "hi"}}]},
+}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Text("Sodium is cheap. \u00e9\u6f22 \ud800 \x00", usage=(12, 4)),
+        Text("", refusal="I can't help with that."),
+        Text("Cut at the limit", finish_reason="length"),
+        ToolCalls(
+            [ScriptedCall("search", {"query": "ions"}, id="a"), ScriptedCall("f", "{", id="b")]
+        ),
+        ToolCalls([ScriptedCall("search", {"query": "ions"}, id="call_x")], content="Looking."),
+        *(Malformed(json.dumps(body)) for body in _BODIES.values()),
+    ],
+    ids=["text", "refusal", "length", "calls", "calls with text", *_BODIES],
+)
+async def test_the_body_is_read_as_the_sdks_typed_answer_would_be(
+    server: OpenAIServer, llm: OpenAIChat, reply: Text | ToolCalls | Malformed
+) -> None:
+    from openai import AsyncOpenAI
+
+    from crewflow.llm._wire import response_from_completion
+
+    server.enqueue(reply, reply)
+    read = await llm.complete(HELLO)
+
+    sdk = AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+    async with sdk:
+        typed = await sdk.chat.completions.create(model="test-model", messages=[])
+    assert read == response_from_completion(typed, HELLO, "openai/test-model")
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"choices": []}, "not a chat completion"),
+        ([1, 2], "not a chat completion"),
+        ({"choices": [{"message": {"content": 5}}]}, "the content is int, not text"),
+        (
+            {"choices": [{"message": {"tool_calls": [{"function": {"name": ["x"]}}]}}]},
+            "the tool name is list, not text",
+        ),
+        ({"choices": [{"message": {"content": "x"}, "finish_reason": 1}]}, "finish_reason"),
+    ],
+)
+async def test_a_json_body_that_is_not_a_chat_completion_is_a_retryable_error(
+    server: OpenAIServer, llm: OpenAIChat, body: object, says: str
+) -> None:
+    server.enqueue(Malformed(json.dumps(body)))
+
+    error = await failure(llm)
+
+    assert error.retryable
+    assert says in str(error)
