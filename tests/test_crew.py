@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -11,7 +12,7 @@ from crewflow import Agent, Crew, CrewResult, Task, TaskStatus
 from crewflow.exceptions import ConfigurationError, CrewPartialFailure
 from crewflow.llm.offline import OfflineLLM
 from crewflow.processes.sequential import Sequential
-from crewflow.store import MemoryStore
+from crewflow.store import MemoryStore, SQLiteStore
 from crewflow.testing import FunctionLLM, ScriptedLLM
 
 if TYPE_CHECKING:
@@ -618,3 +619,17 @@ async def test_a_structured_answer_holding_nan_fails_its_task_not_the_run(tmp_pa
     [run] = await store.list_runs()
     assert run.status == "failed"
     assert list(await store.outputs(run.run_id)) == ["write"]
+
+
+async def test_a_kickoff_never_freezes_the_heap(tmp_path: Path) -> None:
+    # gc.freeze() would act on the whole heap of the application that runs the crew: only the
+    # console script, whose process is crewflow's own, may (`crewflow run`).
+    agent = Agent(role="Writer", goal="G", llm=OfflineLLM())
+    crew = Crew(
+        tasks=[Task("One", agent=agent), Task("Two", agent=agent)],
+        store=SQLiteStore(tmp_path / "runs.db"),
+    )
+
+    await crew.kickoff()
+
+    assert gc.get_freeze_count() == 0
