@@ -127,11 +127,12 @@ def _fmt(value: object) -> str:
 # -- a loopback server in its own process that answers questions about what it saw -------------
 
 # Run with ``python -c``: the server runs on its own loop in a thread of that process; the main
-# thread answers one command per stdin line ("stats", "reset") with one JSON line on stdout, and
-# stops the server when stdin closes. A prompt holding ``[[KEY]]`` (first occurrence in the last
-# user message) is answered after ``durations[KEY]`` seconds instead of the fixed latency. With a
-# busy limit (argv[3]), a request that arrives while more than that many are in flight (itself
-# included) is answered 429 with Retry-After argv[4] seconds, as a provider's rate limit would.
+# thread answers one command per stdin line ("stats", "reset", "messages") with one JSON line on
+# stdout, and stops the server when stdin closes. A prompt holding ``[[KEY]]`` (first occurrence in
+# the last user message) is answered after ``durations[KEY]`` seconds instead of the fixed latency.
+# With a busy limit (argv[3]), a request that arrives while more than that many are in flight
+# (itself included) is answered 429 with Retry-After argv[4] seconds, as a provider's rate limit
+# would.
 _COUNTING_SERVER = r"""
 import json, re, sys, time
 from crewflow.testing import Error, OpenAIServer, Slow, Text
@@ -161,6 +162,8 @@ for line in sys.stdin:
     if command == "reset":
         server.reset_counters()
         answer = {}
+    elif command == "messages":
+        answer = {"messages": [r.messages for r in list(server.requests)]}
     elif command == "stats":
         # The reply's bytes leave before the handler records its status: let handlers finish.
         deadline = time.monotonic() + 2.0
@@ -233,6 +236,11 @@ class CountingServer:
     def reset(self) -> None:
         """Forget the requests seen so far and the in-flight peak."""
         self._ask("reset")
+
+    def messages(self) -> list[list[dict[str, Any]]]:
+        """The ``messages`` of each chat request received since the last `reset`, in order:
+        exactly what a client sent, for a floor that replays it."""
+        return self._ask("messages")["messages"]  # type: ignore[return-value]
 
     def stats(self) -> ServerStats:
         """The server's counters since the last `reset`, once the requests in flight have

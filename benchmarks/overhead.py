@@ -4,45 +4,61 @@ Both talk to the loopback OpenAI-compatible server (`crewflow.testing.OpenAIServ
 process) over a real socket, in the same run, alternating, with the default configuration:
 
 - floor: a bare ``openai.AsyncOpenAI`` loop with plain asyncio: each call sends a system prompt
-  and the task with the previous answer as context, as a chain of agents would;
-- crewflow: ``Crew(tasks=[50 chained tasks])`` with ``OpenAIChat`` agents, ``kickoff`` (each
-  kickoff opens and closes its own client, and that is timed).
+  and the task with the previous answer as context, as a chain of agents would (built by hand);
+- exact floor: the same client sending, call by call, exactly the messages crewflow sent (read
+  back from the server after crewflow's warm-up kickoff; the benchmark checks that the hand-built
+  floor sends the same);
+- crewflow: ``Crew(tasks=[50 chained tasks])`` with ``OpenAIChat`` agents, ``kickoff``.
 
-Reported per reply latency (0 ms: pure overhead; 20 ms: a fast model): per-task time, the ratio
-to the floor (goal <= 1.15x at 0 ms) and to the bound (50 x latency; none at 0 ms); and the
-first kickoff of this fresh process (the crewflow warm-up at 0 ms, after the floor's warm-up has
-imported openai) apart from the warm runs.
+Reported per reply latency (0 ms: pure overhead; 20 ms: a fast model): per-task time and CPU time
+(``time.process_time``, every thread of the client process; the server's is its own) as medians
+of ``--repeats`` warm runs, the ratio to the floor and to the exact floor (goal <= 1.15x at 0 ms)
+and to the bound (50 x latency; none at 0 ms).
 
-Run: ``python benchmarks/overhead.py [--tasks 50] [--repeats 7] [--json PATH]``.
+The first kickoff is measured apart, at 0 ms, in ``--processes`` fresh interpreters per side,
+alternating: each imports the same modules (``crewflow``'s main names, ``OpenAIChat``,
+``openai``) and gets an empty ``CREWFLOW_HOME``, then times, from there to the result in hand,
+either crewflow (building the agent and the crew, creating the store, ``asyncio.run(kickoff)``)
+or the exact floor's first run (``asyncio.run``: create the client, send the 50 calls, close it;
+nothing else). Goal: crewflow's median <= 1.30x the floor's.
+
+Run: ``python benchmarks/overhead.py [--tasks 50] [--repeats 7] [--processes 5] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Figures, add_json_option, loopback_server, median, table, timed_kickoff
+from _common import Figures, add_json_option, counting_server, median, table
 
 from crewflow import Agent, Crew, Task
 from crewflow.llm.openai import OpenAIChat
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from openai import AsyncOpenAI
 
 MODEL = "bench-model"
 ROLE, GOAL = "Analyst", "Turn the previous step into the next one"
+Messages = list[list[dict[str, Any]]]
 
 
-async def bare_chain(client: AsyncOpenAI, tasks: int) -> float:
+async def bare_chain(client: AsyncOpenAI, tasks: int) -> None:
     """The floor: the same chain of calls with a bare AsyncOpenAI client (made once, outside
-    the timing, which is the bare client's best case)."""
-    started = time.perf_counter()
+    the timing, which is the bare client's best case), its messages built by hand."""
     previous = ""
     for index in range(1, tasks + 1):
         user = f"Step {index} of the chain"
@@ -57,7 +73,13 @@ async def bare_chain(client: AsyncOpenAI, tasks: int) -> float:
             ],
         )
         previous = response.choices[0].message.content or ""
-    return time.perf_counter() - started
+
+
+async def exact_chain(client: AsyncOpenAI, messages: Messages) -> None:
+    """The exact floor: each call sends the messages crewflow sent for that task, in order."""
+    for sent in messages:
+        response = await client.chat.completions.create(model=MODEL, messages=sent)  # type: ignore[arg-type]
+        assert response.choices[0].message.content
 
 
 def build_crew(base_url: str, tasks: int) -> Crew:
@@ -69,20 +91,113 @@ def build_crew(base_url: str, tasks: int) -> Crew:
     )
 
 
-async def measure(base_url: str, tasks: int, repeats: int) -> tuple[float, float, float]:
-    """Median seconds of the floor and of crewflow, alternating runs after a warm-up, and the
-    seconds of crewflow's warm-up kickoff (its first in this process, if none ran before)."""
+@dataclass
+class Side:
+    """Medians of one side's warm runs: wall seconds and CPU seconds per run."""
+
+    seconds: float
+    cpu: float
+
+
+@dataclass
+class Warm:
+    """One latency's warm figures, and crewflow's warm-up (first) kickoff in this process."""
+
+    floor: Side
+    exact: Side
+    crewflow: Side
+    first: float
+    messages: Messages
+    same_messages: bool
+
+
+async def _timed(run: Callable[[], Awaitable[object]]) -> tuple[float, float]:
+    started, cpu = time.perf_counter(), time.process_time()
+    await run()
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+async def measure(base_url: str, tasks: int, repeats: int, server: Any) -> Warm:
+    """Median seconds (and CPU seconds) of the floor, the exact floor and crewflow, alternating
+    runs after a warm-up, and the seconds of crewflow's warm-up kickoff."""
     from openai import AsyncOpenAI
 
     crew = build_crew(base_url, tasks)
-    floor, ours = [], []
+
+    async def kickoff() -> None:
+        result = await crew.kickoff()
+        assert len(result.outputs) == tasks
+
+    runs: dict[str, list[tuple[float, float]]] = {"floor": [], "exact": [], "crewflow": []}
     async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
         await bare_chain(client, tasks)
-        first = await timed_kickoff(crew)
+        server.reset()
+        first, _ = await _timed(kickoff)
+        messages = server.messages()
+        server.reset()
+        await bare_chain(client, tasks)
+        same = server.messages() == messages
         for _ in range(repeats):
-            floor.append(await bare_chain(client, tasks))
-            ours.append(await timed_kickoff(crew))
-    return median(floor), median(ours), first
+            runs["floor"].append(await _timed(lambda: bare_chain(client, tasks)))
+            runs["exact"].append(await _timed(lambda: exact_chain(client, messages)))
+            runs["crewflow"].append(await _timed(kickoff))
+
+    def side(name: str) -> Side:
+        return Side(median([w for w, _ in runs[name]]), median([c for _, c in runs[name]]))
+
+    return Warm(side("floor"), side("exact"), side("crewflow"), first, messages, same)
+
+
+# -- the first kickoff, in fresh interpreters ----------------------------------------------------
+
+
+def probe(which: str, base_url: str, tasks: int, messages_path: str) -> None:
+    """One fresh interpreter's first run (``--probe``): print its seconds and CPU seconds as
+    JSON. The imports above (and ``openai``'s, below) are done by both sides before timing."""
+    import openai
+
+    messages = json.loads(Path(messages_path).read_text())
+
+    async def floor() -> None:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
+            await exact_chain(client, messages)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    if which == "floor":
+        asyncio.run(floor())
+    else:
+        crew = build_crew(base_url, tasks)
+        result = asyncio.run(crew.kickoff())
+        assert len(result.outputs) == tasks
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(json.dumps({"seconds": seconds, "cpu": cpu}))
+
+
+def first_runs(
+    base_url: str, tasks: int, messages: Messages, processes: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Each side's first run in ``processes`` fresh interpreters, alternating floor and crewflow,
+    each with an empty ``CREWFLOW_HOME`` (so crewflow creates its store inside the timing)."""
+    runs: dict[str, list[tuple[float, float]]] = {"floor": [], "crewflow": []}
+    with tempfile.TemporaryDirectory(prefix="crewflow-first-") as folder:
+        path = Path(folder) / "messages.json"
+        path.write_text(json.dumps(messages))
+        for index in range(processes):
+            for which in ("floor", "crewflow") if index % 2 == 0 else ("crewflow", "floor"):
+                home = tempfile.mkdtemp(dir=folder)
+                output = subprocess.run(
+                    [
+                        *(sys.executable, __file__, "--probe", which, "--base-url", base_url),
+                        *("--tasks", str(tasks), "--messages", str(path)),
+                    ],
+                    env={**os.environ, "CREWFLOW_HOME": home},
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                answer = json.loads(output.strip().splitlines()[-1])
+                runs[which].append((answer["seconds"], answer["cpu"]))
+    return runs
 
 
 async def in_process_overhead(tasks: int = 500, repeats: int = 5) -> float:
@@ -107,53 +222,70 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--processes", type=int, default=5, help="fresh interpreters per side")
+    parser.add_argument("--probe", choices=("floor", "crewflow"), help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--messages", help=argparse.SUPPRESS)
     add_json_option(parser)
     args = parser.parse_args()
+    if args.probe:
+        probe(args.probe, args.base_url, args.tasks, args.messages)
+        return
     figures = Figures("overhead")
-    rows, firsts = [], []
+    rows, warm0 = [], None
     for latency in (0.0, 0.02):
-        with loopback_server(latency) as base_url:
-            floor, ours, first = asyncio.run(measure(base_url, args.tasks, args.repeats))
-        firsts.append((first, ours))
+        with counting_server(latency) as server:
+            warm = asyncio.run(measure(server.base_url, args.tasks, args.repeats, server))
+            if latency == 0.0:
+                warm0 = warm
+                firsts = first_runs(server.base_url, args.tasks, warm.messages, args.processes)
+        if not warm.same_messages:
+            print("note: the hand-built floor does not send crewflow's messages", file=sys.stderr)
+        floor, exact, ours = warm.floor.seconds, warm.exact.seconds, warm.crewflow.seconds
         bound = args.tasks * latency
         case = f"chain{args.tasks}_{latency * 1000:.0f}ms"
         figures.add(f"{case}.ratio_to_floor", ours / floor)
+        figures.add(f"{case}.ratio_to_exact_floor", ours / exact)
+        figures.add(f"{case}.cpu_ms_per_task", warm.crewflow.cpu * 1000 / args.tasks)
         if bound:
             figures.add(f"{case}.ratio_to_bound", ours / bound)
         else:  # at 20 ms the difference is a small part of two large, noisy times
             figures.add(f"{case}.overhead_ms_per_task", (ours - floor) * 1000 / args.tasks)
+        per_task = 1000 / args.tasks
         rows.append(
             [
                 f"{latency * 1000:.0f} ms",
-                floor * 1000 / args.tasks,
-                ours * 1000 / args.tasks,
-                (ours - floor) * 1000 / args.tasks,
+                floor * per_task,
+                exact * per_task,
+                ours * per_task,
+                warm.floor.cpu * per_task,
+                warm.exact.cpu * per_task,
+                warm.crewflow.cpu * per_task,
                 ours / floor,
+                ours / exact,
                 f"{ours / bound:.3f}" if bound else "n/a",
-                f"{floor / bound:.3f}" if bound else "n/a",
             ]
         )
     print(
         table(
-            f"overhead: {args.tasks}-task chain, median of {args.repeats} (store: SQLite)",
+            f"overhead: {args.tasks}-task chain, warm, median of {args.repeats} (store: SQLite)",
             [
                 "reply latency",
                 "floor ms/task",
+                "exact ms/task",
                 "crewflow ms/task",
-                "overhead ms/task",
-                "ratio to floor",
+                "floor cpu",
+                "exact cpu",
+                "crewflow cpu",
+                "to floor",
+                "to exact",
                 "crewflow/bound",
-                "floor/bound",
             ],
             rows,
         )
     )
-    first, warm = firsts[0]
-    figures.add(f"chain{args.tasks}_0ms.first_kickoff_s", first)
-    print(
-        f"first kickoff in this fresh process (0 ms, openai already imported): {first:.3f} s; "
-        f"warm median {warm:.3f} s"
-    )
+    assert warm0 is not None
+    print_first(args, figures, warm0, firsts)
     micros = asyncio.run(in_process_overhead())
     figures.add("in_process_chain500.us_per_task", micros)
     print()
@@ -165,6 +297,48 @@ def main() -> None:
         )
     )
     figures.write(args.json)
+
+
+def print_first(
+    args: argparse.Namespace,
+    figures: Figures,
+    warm: Warm,
+    firsts: dict[str, list[tuple[float, float]]],
+) -> None:
+    """The first-kickoff table and figures."""
+    case = f"chain{args.tasks}_0ms"
+    figures.add(f"{case}.first_kickoff_s", warm.first)
+
+    def med(which: str, index: int) -> float:
+        return median([run[index] for run in firsts[which]])
+
+    floor, ours = med("floor", 0), med("crewflow", 0)
+    figures.add(f"{case}.fresh_first_kickoff_s", ours)
+    figures.add(f"{case}.fresh_first_kickoff_ratio_to_floor", ours / floor)
+    figures.add(f"{case}.fresh_first_kickoff_cpu_s", med("crewflow", 1))
+    print()
+    print(
+        table(
+            f"first kickoff at 0 ms: median of {args.processes} fresh interpreters a side "
+            "(from after the imports to the result in hand)",
+            ["", "seconds", "min", "cpu seconds", "ratio to the floor's first run", "goal"],
+            [
+                ["exact floor", floor, min(r[0] for r in firsts["floor"]), med("floor", 1), "", ""],
+                [
+                    "crewflow",
+                    ours,
+                    min(r[0] for r in firsts["crewflow"]),
+                    med("crewflow", 1),
+                    ours / floor,
+                    "<= 1.30",
+                ],
+            ],
+        )
+    )
+    print(
+        f"crewflow's first kickoff in the warm process (after the floor's warm-up): "
+        f"{warm.first:.3f} s; warm median {warm.crewflow.seconds:.3f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import networkx as nx
 
 __all__ = [
+    "circles",
     "critical_path",
     "digraph",
     "find_cycle",
@@ -82,6 +83,19 @@ def find_cycle(graph: nx.DiGraph) -> list[str]:
         return []
     edges = nx.find_cycle(graph)
     return [edge[0] for edge in edges] + [edges[0][0]]
+
+
+def circles(graph: nx.DiGraph) -> list[set[str]]:
+    """The groups of two or more tasks that depend on each other in a circle (strongly connected
+    components, not every cycle: a model's plan may hold exponentially many).
+
+    Example:
+        >>> [sorted(group) for group in circles(digraph({"a": ["b"], "b": ["a"], "c": ["a"]}))]
+        [['a', 'b']]
+    """
+    import networkx as nx
+
+    return [set(group) for group in nx.strongly_connected_components(graph) if len(group) > 1]
 
 
 def reaches(graph: nx.DiGraph, start: str, goal: str) -> bool:

@@ -1,4 +1,4 @@
-"""The task graph: a validated DAG of a crew's tasks (networkx underneath).
+"""The task graph: a validated DAG of a crew's tasks (networkx underneath, loaded when needed).
 
 Built when a `Crew` is constructed, so that mistakes surface there: duplicate names, context that
 refers to a task outside the crew, cycles (the error names the tasks on it), tasks nobody can do.
@@ -16,8 +16,6 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
 from crewflow import _dag
 from crewflow._plan import PlanProblem, ProblemKind
 from crewflow._records import TaskKind
@@ -25,6 +23,8 @@ from crewflow.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+
+    import networkx as nx
 
     from crewflow.agent import Agent
     from crewflow.task import Task
@@ -402,25 +402,21 @@ class TaskGraph:
         cycle: a model's plan may hold exponentially many."""
         ids = {task.id: task.name or "" for task in tasks}
         names = {task.name for task in tasks if task.name}
-        graph = nx.DiGraph()
-        graph.add_nodes_from(ids.values())
+        deps: dict[str, list[str]] = {}
         for task in tasks:
-            for ref in task.context or ():
-                dep = ref if isinstance(ref, str) else ids.get(ref.id)
-                if dep in names:
-                    graph.add_edge(dep, task.name)
+            refs = (ref if isinstance(ref, str) else ids.get(ref.id) for ref in task.context or ())
+            deps[ids[task.id]] = [dep for dep in refs if dep in names]
         order = {name: index for index, name in enumerate(ids.values())}
         problems = []
-        for component in nx.strongly_connected_components(graph):
-            if len(component) > 1:
-                circle = sorted(component, key=order.__getitem__)
-                problems.append(
-                    PlanProblem(
-                        ProblemKind.CYCLE,
-                        circle[0],
-                        "depends on itself through a circle of tasks: " + ", ".join(circle),
-                    )
+        for component in _dag.circles(_dag.digraph(deps)):
+            circle = sorted(component, key=order.__getitem__)
+            problems.append(
+                PlanProblem(
+                    ProblemKind.CYCLE,
+                    circle[0],
+                    "depends on itself through a circle of tasks: " + ", ".join(circle),
                 )
+            )
         return sorted(problems, key=lambda problem: order[problem.task])
 
     def _resolve_context(self, task: Task) -> list[str]:

@@ -7,6 +7,7 @@ console script and ``python -m crewflow`` in a subprocess, on the offline crews 
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -642,3 +643,25 @@ def test_default_inputs_count_as_given_on_the_command_line(tmp_path: Path) -> No
     assert "'topic'" not in missing.stderr
     assert given.exit_code == 0, given.output
     assert "About tides for sailors" in given.stdout
+
+
+# -- the heap of crewflow's own process ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_console_script_freezes_the_heap_it_loaded_before_the_run(tmp_path: Path) -> None:
+    done = _subprocess(
+        sys.executable, "-m", "crewflow", "run", str(CREWS / "heap_probe.py"), "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outputs"][0]["text"] == "frozen objects: True"
+
+
+def test_the_app_run_inside_another_program_leaves_its_heap_alone() -> None:
+    result = invoke("run", str(CREWS / "heap_probe.py"), "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["outputs"][0]["text"] == "frozen objects: False"
+    assert gc.get_freeze_count() == 0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -11,7 +15,7 @@ from crewflow import Agent, Crew, CrewResult, Task, TaskStatus
 from crewflow.exceptions import ConfigurationError, CrewPartialFailure
 from crewflow.llm.offline import OfflineLLM
 from crewflow.processes.sequential import Sequential
-from crewflow.store import MemoryStore
+from crewflow.store import MemoryStore, SQLiteStore
 from crewflow.testing import FunctionLLM, ScriptedLLM
 
 if TYPE_CHECKING:
@@ -618,3 +622,53 @@ async def test_a_structured_answer_holding_nan_fails_its_task_not_the_run(tmp_pa
     [run] = await store.list_runs()
     assert run.status == "failed"
     assert list(await store.outputs(run.run_id)) == ["write"]
+
+
+async def test_a_kickoff_never_freezes_the_heap(tmp_path: Path) -> None:
+    # gc.freeze() would act on the whole heap of the application that runs the crew: only the
+    # console script, whose process is crewflow's own, may (`crewflow run`).
+    agent = Agent(role="Writer", goal="G", llm=OfflineLLM())
+    crew = Crew(
+        tasks=[Task("One", agent=agent), Task("Two", agent=agent)],
+        store=SQLiteStore(tmp_path / "runs.db"),
+    )
+
+    await crew.kickoff()
+
+    assert gc.get_freeze_count() == 0
+
+
+FIRST_KICKOFF = """
+import sys
+import threading
+from crewflow import Agent, Crew, Task
+from crewflow.llm.offline import OfflineLLM
+
+WATCHED = ("crewflow._runtime.run", "crewflow.store.sqlite", "sqlite3")
+on_main_thread = {}
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name in WATCHED:
+            on_main_thread[name] = threading.current_thread() is threading.main_thread()
+
+
+sys.meta_path.insert(0, Watch())
+agent = Agent(role="Writer", goal="G", llm=OfflineLLM())
+for _ in range(2):
+    Crew(tasks=[Task("One", agent=agent), Task("Two", agent=agent)]).kickoff_sync()
+print(sorted(on_main_thread.items()))
+"""
+
+
+def test_the_first_kickoff_imports_the_runtime_off_the_event_loop(tmp_path: Path) -> None:
+    env = {**os.environ, "CREWFLOW_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_KICKOFF], capture_output=True, text=True, env=env
+    )
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(
+        [("crewflow._runtime.run", False), ("crewflow.store.sqlite", False), ("sqlite3", False)]
+    )

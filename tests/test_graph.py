@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,6 +15,9 @@ from crewflow._records import TaskKind
 from crewflow.exceptions import ConfigurationError
 from crewflow.graph import TaskGraph
 from crewflow.processes import PlanProblem, ProblemKind
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture
@@ -493,3 +500,30 @@ def test_a_copy_shares_the_networkx_graph_until_it_changes(agent: Agent) -> None
     assert list(copy.nx.edges) == [("first", "second")]
     assert graph.nx is built
     assert list(built.nodes) == ["first"]
+
+
+CREWS_WITHOUT_PLANS = """
+import sys
+from crewflow import Agent, Crew, Task
+from crewflow.llm.offline import OfflineLLM
+
+agent = Agent(role="Researcher", goal="G", llm=OfflineLLM())
+facts = Task("Find facts", name="facts")
+notes = Task("Take notes", name="notes")
+draft = Task("Write", context=[facts, notes], name="draft")
+Crew(tasks=[facts, notes, draft], agents=[agent], process="parallel").kickoff_sync()
+Crew(tasks=[Task("One"), Task("Two")], agents=[agent]).kickoff_sync()
+print("networkx" in sys.modules)
+"""
+
+
+def test_crews_are_built_and_run_without_loading_networkx(tmp_path: Path) -> None:
+    # Importing networkx takes about 115 ms, most of a first kickoff's own cost: the checks of
+    # every construction and the dispatcher's ranking work on the graph's dicts.
+    env = {**os.environ, "CREWFLOW_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", CREWS_WITHOUT_PLANS], capture_output=True, text=True, env=env
+    )
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

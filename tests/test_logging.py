@@ -4,6 +4,9 @@ with the run's context when they did."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,6 +21,7 @@ from crewflow.testing import Error, ScriptedLLM, ToolCall, ToolCalls, capture_ev
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from crewflow.testing import FakeClock
 
@@ -249,3 +253,30 @@ async def test_a_call_of_a_tool_the_agent_lacks_is_a_warning_without_a_traceback
     assert "tool call failed" in err
     assert "error_type=ToolError" in err
     assert "Traceback" not in err  # it would only show crewflow's own frames
+
+
+# -- what the unconfigured path loads ------------------------------------------------------------
+
+UNCONFIGURED_RUN = """
+import sys
+from crewflow import Agent, Crew, Task
+from crewflow.llm.offline import OfflineLLM
+
+agent = Agent(role="Researcher", goal="G", llm=OfflineLLM())
+Crew(tasks=[Task("Find facts", agent=agent)], verbose=True).kickoff_sync()
+print(sorted({"structlog", "rich", "colorama"} & set(sys.modules)))
+"""
+
+
+def test_an_unconfigured_run_logs_without_importing_structlog_or_rich(tmp_path: Path) -> None:
+    # An application that never imported structlog has not configured it; importing it would
+    # import rich (and colorama) as well, a first kickoff's cost for nothing.
+    env = {**os.environ, "CREWFLOW_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", UNCONFIGURED_RUN], capture_output=True, text=True, env=env
+    )
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert "run finished" in out.stderr  # verbose lines are written all the same
+    assert "[info     ] run started" in out.stderr

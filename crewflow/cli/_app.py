@@ -6,6 +6,7 @@ Typer reads the commands' annotations at runtime, so this module does not postpo
 """
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,11 @@ import typer
 from crewflow._logging import LEVEL_ENV
 from crewflow._version import __version__
 from crewflow.cli._common import EXIT_OK
+
+# Set by the console script `main`: the process is crewflow's own, so `crewflow run` may freeze
+# the heap it loaded (`run_file`'s ``freeze_heap``). Not when the app runs inside another
+# program (tests invoke it in theirs).
+_OWN_PROCESS: ContextVar[bool] = ContextVar("crewflow_cli_own_process", default=False)
 
 app = typer.Typer(
     name="crewflow",
@@ -89,7 +95,16 @@ def run(
     """Run the crew defined in FILE and show its progress and final output."""
     from crewflow.cli._run import run_file
 
-    _exit(run_file(file, model=model, inputs=inputs or [], as_json=as_json, db=db))
+    _exit(
+        run_file(
+            file,
+            model=model,
+            inputs=inputs or [],
+            as_json=as_json,
+            db=db,
+            freeze_heap=_OWN_PROCESS.get(),
+        )
+    )
 
 
 @app.command("resume")
@@ -223,4 +238,5 @@ def main() -> None:
     ``CREWFLOW_LOG_LEVEL`` asks for them (e.g. ``CREWFLOW_LOG_LEVEL=INFO crewflow run ...``).
     """
     os.environ.setdefault(LEVEL_ENV, "CRITICAL")
+    _OWN_PROCESS.set(True)
     app(prog_name="crewflow")

@@ -6,6 +6,7 @@ Imported only by those two commands: it loads the crew machinery.
 
 from __future__ import annotations
 
+import gc
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -75,8 +76,16 @@ def run_file(
     db: Path | None = None,
     stdout: Console | None = None,
     stderr: Console | None = None,
+    freeze_heap: bool = False,
 ) -> int:
-    """What ``crewflow run`` does; returns the exit code instead of raising."""
+    """What ``crewflow run`` does; returns the exit code instead of raising.
+
+    With ``freeze_heap`` (the console script's own process only), everything loaded until the
+    crew file is, imports included, moves to the garbage collector's permanent generation
+    (`gc.freeze`) before the run: those objects live as long as the process, and a full
+    collection during the first kickoff would walk them all (a 40-70 ms pause). The library
+    never does this: in an application it would act on the application's whole heap.
+    """
     out = stdout or Console(highlight=False)
     err = stderr or Console(stderr=True, highlight=False)
     recorded = False
@@ -84,6 +93,8 @@ def run_file(
         values = parse_inputs(inputs)
         llm = check_model(model) if model is not None else None
         with crew_from_file(file) as loaded:
+            if freeze_heap:
+                gc.freeze()
             check_inputs(loaded.crew, values)
             view = None if as_json else ProgressView(err)
             crew = _recording_in(loaded.crew, db)
