@@ -183,6 +183,10 @@ class OpenAIChat(LLM):
         # The SDK loads its chat resources on first use (~0.5 s, hundreds of modules): load them
         # now, off the loop, rather than inside the first task's call.
         await _import_off_loop("openai.resources.chat.completions")
+        # httpx loads its transport (httpcore, h11, h2) and CA bundle module with the first
+        # client: ~35 ms more, also off the loop.
+        await _import_off_loop("httpcore")
+        await _import_off_loop("certifi")
         loop = asyncio.get_running_loop()
         entry = self._opened.get(loop)
         if entry is None:

@@ -244,3 +244,41 @@ def test_http_endpoints_build_no_ca_bundle(
     client = llm._new_client("https://example.invalid/v1")
     asyncio.run(client.close())
     assert loaded
+
+
+# A fresh interpreter: which of the SDK's modules its first `open` imports on the main thread
+# (the event loop's) rather than in a worker thread.
+_FIRST_OPEN = """
+import asyncio, sys, threading
+from crewflow.llm.openai import OpenAIChat
+
+WATCHED = ("openai", "httpcore", "h11", "certifi")
+on_main_thread = {}
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name in WATCHED:
+            on_main_thread[name] = threading.current_thread() is threading.main_thread()
+
+
+sys.meta_path.insert(0, Watch())
+
+
+async def main():
+    llm = OpenAIChat("test-model", base_url="http://127.0.0.1:9/v1", api_key="k")
+    await llm.open()
+    await llm.aclose()
+
+asyncio.run(main())
+print(sorted(on_main_thread.items()))
+"""
+
+
+async def test_the_first_open_imports_the_sdk_and_its_transport_off_the_event_loop() -> None:
+    result = await anyio.run_process([sys.executable, "-c", _FIRST_OPEN], check=False)
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == str(
+        [("certifi", False), ("h11", False), ("httpcore", False), ("openai", False)]
+    )
