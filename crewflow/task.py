@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from crewflow._records import Compact
 from crewflow._spec import Spec
 from crewflow.agent import Agent
 from crewflow.llm._types import Usage
@@ -115,7 +116,7 @@ class Task(Spec):
         return self.name or _shorten(self.description, 60)
 
 
-class TaskOutput(BaseModel):
+class TaskOutput(Compact):
     """What one task produced.
 
     Attributes:

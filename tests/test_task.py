@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from crewflow import Agent, Task, TaskOutput
+from crewflow import Agent, Crew, Task, TaskOutput
 from crewflow.exceptions import ConfigurationError
 from crewflow.llm import Usage
+from crewflow.llm.offline import OfflineLLM
 from crewflow.task import fill_template
 
 
@@ -206,3 +207,26 @@ def test_task_output_defaults() -> None:
     assert output.usage == Usage()
     assert output.model == ""
     assert output.data == Post(title="t")
+
+
+async def test_a_runs_records_share_their_fields_sets_without_mixing_them_up() -> None:
+    # Four records a task (output, timeline line, attempt, prompts) each carried a fields-set of
+    # its own, ~3 KB a task; frozen records given the same fields now share one.
+    agent = Agent(role="Writer", goal="G", llm=OfflineLLM())
+    crew = Crew(tasks=[Task("One", agent=agent), Task("Two", agent=agent)], store=None)
+
+    result = await crew.kickoff()
+
+    one, two = result.timeline
+    assert one.model_fields_set is two.model_fields_set
+    assert one.attempts[0].model_fields_set is two.attempts[0].model_fields_set
+    assert (
+        one.attempts[0].prompts[0].model_fields_set is two.attempts[0].prompts[0].model_fields_set
+    )
+    assert result["task_1"].model_fields_set is result["task_2"].model_fields_set
+    # Copying with an update gives the copy a set of its own; the shared one is unchanged.
+    before = set(one.model_fields_set)
+    copied = one.model_copy(update={"task": "Three"})
+    assert copied.model_fields_set is not one.model_fields_set
+    assert one.model_fields_set == two.model_fields_set == before
+    assert TaskOutput(task="a", agent="b", text="c").model_fields_set == {"task", "agent", "text"}
