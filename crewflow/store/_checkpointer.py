@@ -10,10 +10,11 @@ a reader still uses, so without it the log would grow as long as readers come an
 stops when the store closes or has been idle for a while; the next commits start it again.
 
 Commits can outrun the thread (thousands a second of instant tasks, each copied again by the
-checkpoint). Once `BEHIND` commits have gone by without the log found short, the checkpointer is
-`behind`: the store's writes then go to its thread, which waits (up to a second) for the
-checkpointer to catch up, much as SQLite's own checkpoint held up the commit that ran it. The
-event loop never waits for it.
+checkpoint). Once `BEHIND` commits have gone by since its last checkpoint ended, the
+checkpointer is `behind`: the store's writes then go to its thread, which waits (up to a second)
+for the checkpoint under way to end, much as SQLite's own checkpoint held up the commit that ran
+it. The event loop never waits for it. A reader that keeps the log from being emptied costs at
+most a ``TRUNCATE``'s bounded wait (0.1 s) every `BEHIND` commits.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 
 CHECKPOINT_EVERY = 32  # commits between two wake-ups (a task's commit is ~8 pages)
 TRUNCATE_PAGES = 1000  # a log longer than this (~4 MB of 4 KiB pages) is emptied
-BEHIND = 4 * CHECKPOINT_EVERY  # commits without a short log: writes wait for a checkpoint
+BEHIND = 4 * CHECKPOINT_EVERY  # commits since a checkpoint ended: writes wait for the next
 _IDLE_SECONDS = 10.0  # the thread stops after this long without a wake-up
-_TRUNCATE_WAIT = 0.5  # seconds a TRUNCATE waits for readers (holding the write lock meanwhile)
+_TRUNCATE_WAIT = 0.1  # seconds a TRUNCATE waits for readers (holding the write lock meanwhile)
 
 
 class Checkpointer:
@@ -47,29 +48,31 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._commits = 0  # approximate: counted from the loop's thread and the store's
-        self._since = 0  # commits since the log was last found short (approximate too)
+        self._since = 0  # commits since the last checkpoint ended (approximate too)
         self._caught_up = threading.Event()
         self._caught_up.set()
 
     @property
     def behind(self) -> bool:
-        """Whether `BEHIND` commits have gone by since the log was last found short."""
+        """Whether `BEHIND` commits have gone by since the last checkpoint ended."""
         return not self._caught_up.is_set()
 
     def catch_up(self, timeout: float) -> None:
-        """Wait until a checkpoint has found the log short, for ``timeout`` seconds at most (for
-        the store's thread, never the event loop)."""
+        """Wait until a checkpoint has ended, for ``timeout`` seconds at most (for the store's
+        thread, never the event loop)."""
         self._commits = CHECKPOINT_EVERY  # wakes the thread at the next commit, if stopped
         self.committed()
         self._caught_up.wait(timeout)
 
     def committed(self) -> None:
         """Count a commit; every `CHECKPOINT_EVERY`, wake the thread (starting it if need be)."""
+        if str(self.path) == ":memory:":  # no log, and no other connection could see it
+            return
         self._commits += 1
         self._since += 1
         if self._since >= BEHIND:
             self._caught_up.clear()
-        if self._commits < CHECKPOINT_EVERY or str(self.path) == ":memory:":
+        if self._commits < CHECKPOINT_EVERY:
             return
         self._commits = 0
         with self._lock:
@@ -104,14 +107,12 @@ class Checkpointer:
                         self._thread = None
                         return
                     self._wake.clear()
-                pages = TRUNCATE_PAGES
                 with contextlib.suppress(sqlite3.Error):  # an optimisation: skipped if it fails
                     if conn is None:
                         conn = _connect(self.path)
-                    pages = checkpoint(conn)
-                if pages < TRUNCATE_PAGES:
-                    self._since = 0
-                    self._caught_up.set()
+                    checkpoint(conn)
+                self._since = 0
+                self._caught_up.set()
         finally:
             self._caught_up.set()  # nobody is left to catch up: let writes go on
             if conn is not None:
@@ -122,13 +123,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, timeout=_TRUNCATE_WAIT, isolation_level=None)
 
 
-def checkpoint(conn: sqlite3.Connection) -> int:
-    """Checkpoint as much of the log as no reader holds up; empty it once it is long. Returns
-    the pages left in the log (`TRUNCATE_PAGES` at least when it could not be emptied)."""
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Checkpoint as much of the log as no reader holds up; empty it once it is long."""
     _, pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    if pages < TRUNCATE_PAGES:
-        return int(pages)
-    # Waits (a bounded time) for readers to leave the log, holding the write lock: the store's
-    # commits go to its thread meanwhile, never wait on the event loop.
-    busy, pages, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    return TRUNCATE_PAGES if busy else int(pages)
+    if pages >= TRUNCATE_PAGES:
+        # Waits (a bounded time) for readers to leave the log, holding the write lock: the
+        # store's commits go to its thread meanwhile, never wait on the event loop.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

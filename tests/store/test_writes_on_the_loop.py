@@ -54,6 +54,21 @@ async def test_a_checkpoint_commits_on_the_loop_thread_when_nothing_holds_the_lo
     assert stored_tasks(tmp_path / "runs.db") == {"t"}
 
 
+async def test_an_in_memory_database_commits_every_checkpoint_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No log to checkpoint: its checkpointer is never behind, so no write waits for it.
+    commits = committing_threads(monkeypatch)
+    async with SQLiteStore(":memory:") as store:
+        await store.start_run(run_record())
+        del commits[:]
+        count = 2 * checkpointer_module.BEHIND
+        for index in range(count):
+            await store.save_task(output(f"t{index}"), [attempt(f"t{index}")])
+        assert len(await store.outputs("run-1")) == count
+    assert commits == [threading.get_ident()] * count
+
+
 async def test_a_write_waits_for_another_process_lock_in_the_store_thread_not_on_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
