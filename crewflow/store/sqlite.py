@@ -13,11 +13,11 @@ How it stays correct, never waits on the event loop, and is cheap enough to reco
   500-task chain on an instant model it takes about 85 us (``BEGIN IMMEDIATE`` 19, the lease
   check 7, two inserts 27, ``COMMIT`` 35); handing it to a thread and waking the loop again
   made ``save_task`` awaited alone cost 182 us, now 80 (``benchmarks/store.py``), and the chain
-  ~385 us per task, now ~270-300 (~90 with ``store=None``). Only when that cannot be done without
-  waiting does the write go to the store's thread: another process holds the write lock
-  (SQLite answers ``SQLITE_BUSY`` at once; nothing was written), or writes are queued there
-  already (so writes keep their order: the run's end never commits before a checkpoint still
-  queued), or the store's checkpointer has fallen behind.
+  ~390 us per task, now ~270 (~90 with ``store=None``; minimum of 7 kickoffs). Only when
+  that cannot be done without waiting does the write go to the store's thread: another
+  process holds the write lock (SQLite answers ``SQLITE_BUSY`` at once; nothing was written),
+  or writes are queued there already (so writes keep their order: the run's end never
+  commits before a checkpoint still queued), or the store's checkpointer has fallen behind.
 - **One thread per store waits for the rest.** Reads, the first write (which opens and
   migrates the database) and writes that must wait run in the store's thread, with the
   busy timeout set to the store's ``timeout``. Callers put their operation on a queue and
@@ -40,9 +40,9 @@ How it stays correct, never waits on the event loop, and is cheap enough to reco
   checkpoint, which runs inside a commit and syncs the whole log to disk first, is off; every
   32 commits wake a long-lived thread with its own connection, which runs a ``PASSIVE``
   checkpoint, and a ``TRUNCATE`` once the log passes 1,000 pages. Over 10,000 checkpoints
-  while another process keeps reading, the log peaked at 6.6-7.4 MB (10.5 MB with SQLite's own
-  checkpoint; the test asserts < 12.4 MB). Commits that outrun the thread are held back in
-  the store's thread, never on the loop.
+  while another process keeps reading, the log peaked at 5.6-7.4 MB in five runs (4.3-10.5 MB
+  with SQLite's own checkpoint inside the commit; the test asserts < 12.4 MB). Commits that
+  outrun the thread are held back in the store's thread, never on the loop.
 - **Not abandoned on cancellation.** A commit on the loop is synchronous, so no cancellation
   can reach it halfway. A cancelled caller whose write went to the thread waits until it has
   committed or rolled back before it sees the cancellation, as with
