@@ -34,6 +34,7 @@ from crewflow.testing._server import (
     Text,
     ToolCall,
     ToolCalls,
+    _Connection,
 )
 from tests.waiting import wait_until
 
@@ -763,6 +764,39 @@ async def test_stop_closes_idle_and_busy_connections() -> None:
                 await server.stop()
     with pytest.raises(RuntimeError):
         _ = server.base_url
+
+
+@pytest.mark.asyncio
+@pytest.mark.asyncio
+async def test_stop_waits_for_a_connection_still_closing_after_its_client_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client that hangs up just before stop(): its handler is still closing the socket, and
+    # stop() returns only once it has (no handler task outlives the server).
+    closing, release = anyio.Event(), anyio.Event()
+    real_close = _Connection.close
+
+    async def slow_close(self: _Connection) -> None:
+        closing.set()
+        try:
+            await release.wait()  # stop() may cancel it here
+        finally:
+            await real_close(self)
+
+    monkeypatch.setattr(_Connection, "close", slow_close)
+    before = asyncio.all_tasks()
+    server = OpenAIServer()
+    await server.start()
+    host, port = server.base_url.split("//")[1].split("/")[0].split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.close()
+    await writer.wait_closed()
+    await closing.wait()
+    async with anyio.create_task_group() as group:
+        group.start_soon(server.stop)
+        await anyio.wait_all_tasks_blocked()  # stop() has done all it does without the handler
+        release.set()
+    assert [t for t in asyncio.all_tasks() - before if "_on_connection" in repr(t)] == []
 
 
 # --- thread and process modes ---------------------------------------------------------------

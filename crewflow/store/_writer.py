@@ -1,9 +1,11 @@
-"""The thread that owns a `SQLiteStore`'s connection (see `crewflow.store.sqlite` for why).
+"""A `SQLiteStore`'s connection and the thread that waits for it (see `crewflow.store.sqlite`).
 
-Callers put operations on a queue and await asyncio futures; the thread runs them, every write
-waiting at the time in one transaction (each in its own savepoint), resolves the futures through
-``call_soon_threadsafe``, checkpoints the WAL in the background, stops when idle or closed, and
-starts afresh in a forked child.
+A write commits on the caller's own thread, as one small transaction that never waits for a
+lock (`Writer.write`). Otherwise (another process holds the write lock, or writes are queued
+already) callers put operations on a queue and await asyncio futures; the thread runs them,
+every write waiting at the time in one transaction (each in its own savepoint), resolves the
+futures through ``call_soon_threadsafe``, stops when idle or closed, and starts afresh in a
+forked child. Both paths count their commits for the store's `Checkpointer`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import anyio
 
 from crewflow.store._base import StoreError, default_store_path
+from crewflow.store._checkpointer import Checkpointer
 from crewflow.store._rows import ATTEMPTS, OUTPUTS, TaskRows
 
 if TYPE_CHECKING:
@@ -29,7 +32,7 @@ _T = TypeVar("_T")
 
 _IDLE_SECONDS = 10.0  # an idle store's thread stops after this long (the next call restarts it)
 _MAX_BATCH = 256  # writes committed together at most, so the first of them is not held long
-_CHECKPOINT_EVERY = 64  # commits between two checkpoints in the background (~400 pages)
+_CATCH_UP_SECONDS = 1.0  # the longest the thread waits for a checkpointer fallen behind
 
 _Kind = Literal["read", "write", "close"]
 _INHERITED: list[sqlite3.Connection | None] = []  # connections a forked child must not close
@@ -42,18 +45,86 @@ class Writer:
         path: The database file, for thread names, background checkpoints and error messages.
         open_connection: Opens and prepares the connection; called in the thread on first use
             (and again after ``close()``).
+        timeout: Seconds the thread waits for another process's write lock (the connection's
+            busy timeout while the thread holds it; 0 otherwise, so that a write on the caller's
+            thread never waits).
+        direct: Whether writes may commit on the caller's thread (not for a read-only store).
     """
 
-    def __init__(self, path: Path, open_connection: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        open_connection: Callable[[], sqlite3.Connection],
+        *,
+        timeout: float = 30.0,
+        direct: bool = True,
+    ) -> None:
         self.path = path
         self._open = open_connection
+        self._wait = f"PRAGMA busy_timeout = {int(timeout * 1000)}"
+        self._direct = direct
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._thread_lock = threading.Lock()  # guards starting and stopping self._thread
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None  # used only by self._thread
-        self._commits = 0  # since the last background checkpoint (self._thread's)
-        self._checkpointer: threading.Thread | None = None  # started by self._thread
+        # One connection, used by one thread at a time (whoever holds self._conn_lock): the
+        # store's thread, or a caller committing on its own thread.
+        self._conn: sqlite3.Connection | None = None
+        self._conn_lock = threading.Lock()
+        self._queued = 0  # calls put on the queue and not yet run (guarded by _thread_lock)
+        self._checkpointer = Checkpointer(path)
         self._pid = os.getpid()
+
+    async def write(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run the write ``operation`` in a transaction and return what it returns, or raise
+        what it raised (`sqlite3.Error` as `StoreError`); the write has committed, or rolled
+        back, when this returns.
+
+        It commits right here, on the caller's thread, when that needs no wait: the
+        connection is open and free, no call is queued for the store's thread (which keeps
+        writes in order: the run's end never commits before a checkpoint queued earlier), and
+        no other process holds the write lock (the connection's busy timeout is 0 here). Else
+        it goes to the store's thread, as `call` does, which waits for the lock."""
+        if self._pid != os.getpid():
+            self._forget_parent()
+        if self._on_caller_thread() and self._conn_lock.acquire(blocking=False):
+            try:
+                # Again, holding the connection: the store's thread may have closed it.
+                outcome = self._commit_here(operation) if self._on_caller_thread() else None
+            finally:
+                self._conn_lock.release()
+            if outcome is not None:
+                if outcome.error is not None:
+                    raise outcome.error
+                return outcome.result  # type: ignore[no-any-return]
+        return await self.call(operation, "write")
+
+    def _on_caller_thread(self) -> bool:
+        """Whether a write may try to commit on the caller's thread."""
+        return (
+            self._direct
+            and self._queued == 0
+            and self._conn is not None
+            and not self._checkpointer.behind
+        )
+
+    def _commit_here(self, operation: Callable[[sqlite3.Connection], Any]) -> _Outcome | None:
+        """Run ``operation`` in one transaction on the connection (held by this thread), or
+        ``None`` when the write lock is another connection's: nothing was written then.
+
+        Whatever the operation raises, the transaction is rolled back and the connection
+        stays usable (or is closed, when even the rollback fails), as on the store's thread."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = operation(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:  # handed to the caller, whatever it is
+            self._reset()
+            if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                return None
+            return self._wrapped(_Outcome(error=exc))
+        self._checkpointer.committed()
+        return _Outcome(result)
 
     async def call(self, operation: Callable[[sqlite3.Connection], _T], kind: _Kind = "read") -> _T:
         """Run ``operation`` with the connection in the thread (a write in a transaction) and
@@ -62,6 +133,7 @@ class Writer:
             self._forget_parent()
         call = _Call(operation, kind, asyncio.get_running_loop())
         with self._thread_lock:
+            self._queued += 1
             self._calls.put(call)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -95,7 +167,9 @@ class Writer:
         self._thread_lock = threading.Lock()
         self._thread = None
         self._conn = None
-        self._checkpointer = None
+        self._conn_lock = threading.Lock()
+        self._queued = 0
+        self._checkpointer = Checkpointer(self.path)
 
     def _serve(self) -> None:
         """The thread's loop: take every call waiting, run them (writes in one transaction),
@@ -109,13 +183,12 @@ class Writer:
                 with contextlib.suppress(queue.Empty):
                     while len(batch) < _MAX_BATCH:
                         batch.append(self._calls.get_nowait())
-                try:
-                    closed = self._run(batch)
-                except BaseException as exc:  # a bug here must not leave a caller waiting
-                    closed = False
-                    self._reset()
-                    for call in batch:
-                        call.outcome = call.outcome or _Outcome(error=exc)
+                if self._checkpointer.behind:
+                    self._checkpointer.catch_up(_CATCH_UP_SECONDS)
+                with self._conn_lock:
+                    closed = self._run_holding(batch)
+                with self._thread_lock:
+                    self._queued -= len(batch)
                 _reply(batch)
                 if not closed:
                     continue
@@ -123,6 +196,29 @@ class Writer:
                 if self._calls.empty():
                     self._thread = None
                     return
+
+    def _run_holding(self, batch: list[_Call]) -> bool:
+        """Run a batch with the connection's busy timeout set to wait for other processes,
+        and set it back to 0 for writes on callers' threads (or close the connection when
+        that fails: such a write must never wait)."""
+        try:
+            if self._conn is not None:
+                self._conn.execute(self._wait)
+            closed = self._run(batch)
+        except BaseException as exc:  # a bug here must not leave a caller waiting
+            closed = False
+            self._reset()
+            for call in batch:
+                call.outcome = call.outcome or _Outcome(error=exc)
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.execute("PRAGMA busy_timeout = 0")
+            except BaseException:
+                self._conn = None
+                with contextlib.suppress(Exception):
+                    conn.close()
+        return closed
 
     def _run(self, batch: list[_Call]) -> bool:
         """Run a batch in order: each run of consecutive writes in one transaction, reads and
@@ -145,8 +241,7 @@ class Writer:
 
     def _run_alone(self, call: _Call) -> None:
         if call.kind == "close":
-            if self._checkpointer is not None:  # a closed store leaves no thread behind
-                self._checkpointer.join()
+            self._checkpointer.close()  # a closed store leaves no thread behind
             conn, self._conn = self._conn, None
             outcome = _Outcome() if conn is None else _Outcome.of(conn.close)
         else:
@@ -203,29 +298,7 @@ class Writer:
             undone = outcome.error is None and committed.error is not None
             call.outcome = self._wrapped(committed if undone else outcome)
         if committed.error is None:
-            self._checkpoint_soon()
-
-    def _checkpoint_soon(self) -> None:
-        """Every few dozen commits, checkpoint the WAL from a helper thread (own connection).
-
-        A checkpoint first syncs the WAL to disk, which is what makes it slow (about 16 ms per
-        1,000 pages on the benchmark machine), and SQLite runs one inside a commit every 1,000
-        pages: every ~160 tasks recorded one by one (~6 pages a commit), far more rarely per
-        task when they share commits. A ``PASSIVE`` checkpoint elsewhere neither waits for nor
-        blocks this connection and leaves the automatic one little to do; it writes nothing
-        SQLite would not write itself."""
-        self._commits += 1
-        if self._commits < _CHECKPOINT_EVERY or str(self.path) == ":memory:":
-            return
-        if self._checkpointer is None or not self._checkpointer.is_alive():
-            self._commits = 0
-            self._checkpointer = threading.Thread(
-                target=_checkpoint,
-                args=(self.path,),
-                name=f"crewflow-store-checkpoint {self.path.name}",
-                daemon=True,
-            )
-            self._checkpointer.start()
+            self._checkpointer.committed()
 
     def _settle_lost(self, group: list[tuple[_Call, _Outcome]]) -> list[_Call]:
         """A failure in ``group`` ended the whole transaction (e.g. disk full), undoing every
@@ -353,15 +426,9 @@ def _roll_back(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def _checkpoint(path: Path) -> None:
-    """Checkpoint as much of the WAL as no reader or writer holds up (a helper thread's work:
-    it is an optimisation, so a busy or failing database just skips it)."""
-    with contextlib.suppress(sqlite3.Error):
-        conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        finally:
-            conn.close()
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether ``error`` says another connection holds a lock (nothing else went wrong)."""
+    return getattr(error, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def _no_operation(conn: sqlite3.Connection) -> None:

@@ -1020,9 +1020,12 @@ class OpenAIServer:
         except Exception:
             _log.exception("loopback OpenAI server: connection handler failed")
         finally:
-            if task is not None:
-                self._handlers.discard(task)
-            await connection.close()
+            try:
+                await connection.close()
+            finally:
+                # Only now: stop() waits for the handlers it finds, closing included.
+                if task is not None:
+                    self._handlers.discard(task)
 
     async def _serve(self, connection: _Connection) -> None:
         while True:

@@ -1,5 +1,7 @@
 """Whatever a write of a `SQLiteStore` raises, that write is undone and the store stays usable:
-for the next write in the process, and for other connections to the file."""
+for the next write in the process, and for other connections to the file. Each test runs with
+writes committed on the event loop's thread (the usual path) and in the store's thread (where
+they go while another process holds the write lock)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 from crewflow.llm._types import Usage
 from crewflow.store import AddedTaskRecord, Lease, RunStatus, SQLiteStore, TaskKind
+from crewflow.store._writer import Writer
 from tests.store.conftest import at, run_record
 from tests.store.test_sqlite import _WriteLock, attempt, output, stored_tasks
 
@@ -34,6 +37,7 @@ class Faults:
         self.armed = False
         self.marker = "\N{COLLISION SYMBOL}boom"
         self.began = threading.Event()
+        self.threads: list[int] = []  # where each injected failure was raised
 
     def fails(self, conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> bool:
         if sql.startswith("BEGIN"):
@@ -42,8 +46,18 @@ class Faults:
             return False
         if self.armed:
             self.armed = False
-            return True
-        return any(self.marker in str(value) for values in args for value in values)
+        elif not any(self.marker in str(value) for values in args for value in values):
+            return False
+        self.threads.append(threading.get_ident())
+        return True
+
+
+@pytest.fixture(autouse=True, params=["loop", "thread"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the tests' writes commit: on the loop's thread, or all in the store's thread."""
+    if request.param == "thread":
+        monkeypatch.setattr(Writer, "_on_caller_thread", lambda self: False)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -94,7 +108,7 @@ WRITES: dict[str, Callable[[SQLiteStore], Awaitable[object]]] = {
 
 @pytest.mark.parametrize("name", WRITES)
 async def test_a_write_that_raises_anything_is_undone_and_the_store_stays_usable(
-    tmp_path: Path, faults: Faults, name: str
+    tmp_path: Path, faults: Faults, name: str, write_path: str
 ) -> None:
     path = tmp_path / "runs.db"
     async with SQLiteStore(path) as store:
@@ -103,6 +117,8 @@ async def test_a_write_that_raises_anything_is_undone_and_the_store_stays_usable
         with pytest.raises(Injected):
             await WRITES[name](store)
         assert not faults.armed
+        on_loop = faults.threads == [threading.get_ident()]
+        assert on_loop == (write_path == "loop")
 
         assert_usable(path)
         await store.save_task(output("after"), [attempt("after")])  # a later write commits

@@ -35,6 +35,7 @@ from crewflow.store import (
     UnknownRunError,
     _schema,
 )
+from crewflow.store import _checkpointer as checkpointer_module
 from crewflow.store import _writer as writer_module
 from tests.store.conftest import at, run_record
 
@@ -360,16 +361,22 @@ async def test_nothing_touches_the_disk_before_first_use(tmp_path: Path) -> None
     assert path.exists()
 
 
-async def test_no_sqlite_call_runs_on_the_event_loop_thread(
+async def test_no_sqlite_call_on_the_event_loop_thread_can_wait_for_a_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Writes commit on the loop's thread, but only with a busy timeout of 0; the connection is
+    # opened, migrated, read and closed in the store's thread.
     loop_thread = threading.get_ident()
     callers: list[tuple[str, int]] = []
+    waits_on_loop: list[int] = []
 
     def noting(name: str) -> Any:
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             callers.append((name, threading.get_ident()))
-            return getattr(super(type(self), self), name)(*args, **kwargs)
+            real = super(type(self), self)
+            if threading.get_ident() == loop_thread:
+                waits_on_loop.append(real.execute("PRAGMA busy_timeout").fetchone()[0])
+            return getattr(real, name)(*args, **kwargs)
 
         return method
 
@@ -408,8 +415,9 @@ async def test_no_sqlite_call_runs_on_the_event_loop_thread(
 
     names = {name for name, _ in callers}
     assert {"connect", "execute", "close"} <= names, "the check must have seen the calls"
-    on_loop = [name for name, thread in callers if thread == loop_thread]
-    assert on_loop == []
+    on_loop = {name for name, thread in callers if thread == loop_thread}
+    assert on_loop == {"execute"}
+    assert set(waits_on_loop) == {0}
 
 
 async def test_closing_leaves_no_resource_warning(tmp_path: Path) -> None:
@@ -804,22 +812,22 @@ async def test_the_wal_is_checkpointed_in_the_background_and_close_waits_for_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "runs.db"
-    checkpoints: list[tuple[Path, str]] = []
+    checkpoints: list[str] = []
     closing = threading.Event()
-    real_checkpoint = writer_module._checkpoint
+    real_checkpoint = checkpointer_module.checkpoint
 
-    def checkpoint(where: Path) -> None:
+    def checkpoint(conn: sqlite3.Connection) -> None:
         closing.wait(30)  # still running when the store is closed
-        real_checkpoint(where)
-        checkpoints.append((where, threading.current_thread().name))
+        real_checkpoint(conn)
+        checkpoints.append(threading.current_thread().name)
 
-    monkeypatch.setattr(writer_module, "_checkpoint", checkpoint)
-    monkeypatch.setattr(writer_module, "_CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(checkpointer_module, "checkpoint", checkpoint)
+    monkeypatch.setattr(checkpointer_module, "CHECKPOINT_EVERY", 4)
     store = SQLiteStore(path)
     await store.start_run(run_record())
-    for index in range(4):
+    for index in range(3):
         await store.save_task(output(f"t{index}"), [attempt(f"t{index}")])
-    done_on_close: list[tuple[Path, str]] = []
+    done_on_close: list[str] = []
 
     async def close() -> None:
         await store.close()
@@ -830,8 +838,33 @@ async def test_the_wal_is_checkpointed_in_the_background_and_close_waits_for_it(
         await anyio.wait_all_tasks_blocked()  # close() waits...
         closing.set()  # ...and the checkpoint can end
 
-    assert done_on_close == [(path, "crewflow-store-checkpoint runs.db")]
-    assert len(stored_tasks(path)) == 4
+    assert done_on_close == ["crewflow-store-checkpoint runs.db"]
+    assert len(stored_tasks(path)) == 3
+
+
+async def test_one_checkpointer_thread_serves_every_checkpoint_of_a_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not a thread and a connection started afresh for each checkpoint.
+    monkeypatch.setattr(checkpointer_module, "CHECKPOINT_EVERY", 2)
+    done = threading.Semaphore(0)
+    seen: list[tuple[int, int]] = []
+    real_checkpoint = checkpointer_module.checkpoint
+
+    def checkpoint(conn: sqlite3.Connection) -> None:
+        real_checkpoint(conn)
+        seen.append((threading.get_ident(), id(conn)))
+        done.release()
+
+    monkeypatch.setattr(checkpointer_module, "checkpoint", checkpoint)
+    async with SQLiteStore(tmp_path / "runs.db") as store:
+        await store.start_run(run_record())
+        for index in range(1, 9):
+            await store.save_output(output(f"t{index}"))
+            if index % 2 == 1:  # the start and this one: a wake-up; wait for its checkpoint
+                assert await anyio.to_thread.run_sync(done.acquire, True, 30)
+    assert len(seen) == 4
+    assert len(set(seen)) == 1
 
 
 _UNCLOSED = """

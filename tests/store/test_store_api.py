@@ -30,6 +30,7 @@ from crewflow.store import (
     TaskKind,
     default_store_path,
 )
+from crewflow.store._writer import Writer
 from tests.store.conftest import at, run_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,6 +218,9 @@ async def test_a_cancelled_save_output_still_commits(
 
     real_connect = sqlite3.connect
     monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real_connect(*a, factory=Pausing, **k))
+    # The store's thread's path: a commit on the loop's own thread is synchronous, so no
+    # cancellation can reach it halfway.
+    monkeypatch.setattr(Writer, "_on_caller_thread", lambda self: False)
     store = SQLiteStore(tmp_path / "runs.db")
     await store.start_run(run_record())
     row = OutputRow(run_id="run-1", task="t", text="kept", finished_at=at(1))

@@ -33,6 +33,7 @@ from crewflow.store import (
     TaskStatus,
     ToolCallRecord,
 )
+from crewflow.store._writer import Writer
 from tests.store.conftest import at
 
 if TYPE_CHECKING:
@@ -64,9 +65,14 @@ _runs = itertools.count()
 _M = TypeVar("_M", bound=BaseModel)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """One store for every example of a test (each example writes its own run)."""
+@pytest.fixture(params=["memory", "sqlite", "sqlite-thread"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
+    """One store for every example of a test (each example writes its own run). SQLite's writes
+    commit on the loop's thread, or (``sqlite-thread``) all in the store's thread."""
+    if request.param == "sqlite-thread":
+        monkeypatch.setattr(Writer, "_on_caller_thread", lambda self: False)
     made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "runs.db")
     yield made
     anyio.run(made.close)
