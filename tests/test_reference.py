@@ -51,7 +51,7 @@ NAMED_UNDOCUMENTED = {
     "crewflow._spec.Spec": "the private base of Agent, Task and Crew (shown as their base)",
     "crewflow._spec.Value": "the private base of the value models (shown as their base)",
     "crewflow.store._records._Record": "the private base of the store's records",
-    "crewflow._records.Compact": "the base of the records made for every task (shown as their base)",
+    "crewflow._records.Compact": "the base of the records made per task (shown as their base)",
     "crewflow.optimizer._report._Model": "the private base of the optimizer's report models",
     "crewflow.limits._Unset": "the type of Limits' 'not given' default, in its signature",
     "crewflow.limits._UNSET": "Limits' 'not given' default, in its signature",
