@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -17,6 +14,7 @@ from crewflow.llm.offline import OfflineLLM
 from crewflow.processes.sequential import Sequential
 from crewflow.store import MemoryStore, SQLiteStore
 from crewflow.testing import FunctionLLM, ScriptedLLM
+from tests.imports import imported_on_main_thread
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -639,36 +637,18 @@ async def test_a_kickoff_never_freezes_the_heap(tmp_path: Path) -> None:
 
 
 FIRST_KICKOFF = """
-import sys
-import threading
 from crewflow import Agent, Crew, Task
 from crewflow.llm.offline import OfflineLLM
 
-WATCHED = ("crewflow._runtime.run", "crewflow.store.sqlite", "sqlite3")
-on_main_thread = {}
-
-
-class Watch:
-    def find_spec(self, name, path=None, target=None):
-        if name in WATCHED:
-            on_main_thread[name] = threading.current_thread() is threading.main_thread()
-
-
-sys.meta_path.insert(0, Watch())
 agent = Agent(role="Writer", goal="G", llm=OfflineLLM())
 for _ in range(2):
     Crew(tasks=[Task("One", agent=agent), Task("Two", agent=agent)]).kickoff_sync()
-print(sorted(on_main_thread.items()))
 """
 
 
 def test_the_first_kickoff_imports_the_runtime_off_the_event_loop(tmp_path: Path) -> None:
-    env = {**os.environ, "CREWFLOW_HOME": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "-c", FIRST_KICKOFF], capture_output=True, text=True, env=env
-    )
+    watched = ("crewflow._runtime.run", "crewflow.store.sqlite", "sqlite3")
 
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(
-        [("crewflow._runtime.run", False), ("crewflow.store.sqlite", False), ("sqlite3", False)]
-    )
+    found = imported_on_main_thread(FIRST_KICKOFF, watched, tmp_path)
+
+    assert found == dict.fromkeys(watched, False)

@@ -20,10 +20,12 @@ from crewflow.llm import openai as openai_module
 from crewflow.llm.openai import OpenAIChat
 from crewflow.testing import OpenAIServer
 from tests import canary
+from tests.imports import imported_on_main_thread
 from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from openai import AsyncOpenAI
 
@@ -246,23 +248,9 @@ def test_http_endpoints_build_no_ca_bundle(
     assert loaded
 
 
-# A fresh interpreter: which of the SDK's modules its first `open` imports on the main thread
-# (the event loop's) rather than in a worker thread.
 _FIRST_OPEN = """
-import asyncio, sys, threading
+import asyncio
 from crewflow.llm.openai import OpenAIChat
-
-WATCHED = ("openai", "httpcore", "h11", "certifi")
-on_main_thread = {}
-
-
-class Watch:
-    def find_spec(self, name, path=None, target=None):
-        if name in WATCHED:
-            on_main_thread[name] = threading.current_thread() is threading.main_thread()
-
-
-sys.meta_path.insert(0, Watch())
 
 
 async def main():
@@ -271,14 +259,14 @@ async def main():
     await llm.aclose()
 
 asyncio.run(main())
-print(sorted(on_main_thread.items()))
 """
 
 
-async def test_the_first_open_imports_the_sdk_and_its_transport_off_the_event_loop() -> None:
-    result = await anyio.run_process([sys.executable, "-c", _FIRST_OPEN], check=False)
+def test_the_first_open_imports_the_sdk_and_its_transport_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    watched = ("openai", "httpcore", "h11", "certifi")
 
-    assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.decode().strip() == str(
-        [("certifi", False), ("h11", False), ("httpcore", False), ("openai", False)]
-    )
+    found = imported_on_main_thread(_FIRST_OPEN, watched, tmp_path)
+
+    assert found == dict.fromkeys(watched, False)
