@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -325,3 +325,74 @@ async def timed_kickoff(crew: Any) -> float:
     elapsed = time.perf_counter() - started
     assert len(result.outputs) == len(crew.tasks)
     return elapsed
+
+
+# -- a first run in fresh interpreters -------------------------------------------------------------
+
+PROBE = "--probe"
+"""The hidden option a benchmark file takes to make one first run in a fresh interpreter."""
+
+
+def probe(run: Callable[[], object]) -> None:
+    """Time ``run`` (one side's first run, everything it needs made inside it) and print its
+    seconds and CPU seconds as one JSON line: the body of a benchmark's ``--probe`` mode."""
+    started, cpu = time.perf_counter(), time.process_time()
+    run()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(json.dumps({"seconds": seconds, "cpu": cpu}))
+
+
+def fresh_first_runs(
+    script: str, arguments: Sequence[str], processes: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Each side's first run (seconds, CPU seconds) in ``processes`` fresh interpreters,
+    alternating the floor and crewflow, each with an empty ``CREWFLOW_HOME`` (so crewflow
+    creates its store inside the timing): ``python script --probe SIDE *arguments``, whose
+    `probe` prints the figures."""
+    runs: dict[str, list[tuple[float, float]]] = {"floor": [], "crewflow": []}
+    with tempfile.TemporaryDirectory(prefix="crewflow-first-") as folder:
+        for index in range(processes):
+            for which in ("floor", "crewflow") if index % 2 == 0 else ("crewflow", "floor"):
+                output = subprocess.run(
+                    [sys.executable, script, PROBE, which, *arguments],
+                    env={**os.environ, "CREWFLOW_HOME": tempfile.mkdtemp(dir=folder)},
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                answer = json.loads(output.strip().splitlines()[-1])
+                runs[which].append((answer["seconds"], answer["cpu"]))
+    return runs
+
+
+def first_kickoff_table(
+    figures: Figures, case: str, firsts: dict[str, list[tuple[float, float]]], goal: float
+) -> str:
+    """The table of `fresh_first_runs`' medians, and their figures
+    (``CASE.fresh_first_kickoff_s``, ``..._ratio_to_floor``, ``..._cpu_s``)."""
+
+    def med(which: str, index: int) -> float:
+        return median([run[index] for run in firsts[which]])
+
+    floor, ours = med("floor", 0), med("crewflow", 0)
+    ratio = ours / floor
+    figures.add(f"{case}.fresh_first_kickoff_s", ours)
+    figures.add(f"{case}.fresh_first_kickoff_ratio_to_floor", ratio)
+    figures.add(f"{case}.fresh_first_kickoff_cpu_s", med("crewflow", 1))
+    processes = len(firsts["crewflow"])
+    return table(
+        f"first kickoff: median of {processes} fresh interpreters a side "
+        "(from after the imports to the result in hand)",
+        ["", "seconds", "min", "cpu seconds", "ratio to the floor's first run", "goal"],
+        [
+            ["floor", floor, min(r[0] for r in firsts["floor"]), med("floor", 1), "", ""],
+            [
+                "crewflow",
+                ours,
+                min(r[0] for r in firsts["crewflow"]),
+                med("crewflow", 1),
+                ratio,
+                f"<= {goal:.2f} ({'met' if ratio <= goal else 'MISSED'})",
+            ],
+        ],
+    )

@@ -19,9 +19,13 @@ just before and 0-2 more of any earlier layer (seeded). Runners, alternating in 
 Bounds: unbounded, the critical path (the longest chain of durations); with ``max_concurrency=4``,
 max(critical path, total work / 4). Goal: unbounded, crewflow <= 1.05x the floor. Also shown:
 crewflow's first warm-up kickoff (unbounded), the first of this fresh process (after the floor's
-warm-up has imported openai), apart from the warm runs.
+warm-up has imported openai), apart from the warm runs; and each side's first run (unbounded) in
+``--processes`` fresh interpreters, alternating (`_common.fresh_first_runs`): after the same
+imports, crewflow builds its crew and store and runs ``asyncio.run(kickoff)``, the floor makes its
+client and runs in ``asyncio.run``. Goal: crewflow's median <= 1.06x the floor's.
 
-Run: ``python benchmarks/dag.py [--seed 7] [--repeats 5] [--concurrency 4] [--json PATH]``.
+Run: ``python benchmarks/dag.py [--seed 7] [--repeats 5] [--concurrency 4] [--processes 5]
+[--json PATH]``.
 """
 
 from __future__ import annotations
@@ -37,10 +41,14 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    PROBE,
     Figures,
     add_json_option,
     counting_server,
+    first_kickoff_table,
+    fresh_first_runs,
     median,
+    probe,
     table,
     timed_kickoff,
     user_message,
@@ -173,14 +181,35 @@ async def measure(
     return runs, warmups
 
 
+def first_run(which: str, base_url: str, dag: Dag) -> None:
+    """One fresh interpreter's first run (``--probe``), unbounded, after the shared imports."""
+    from openai import AsyncOpenAI
+
+    async def floor() -> None:
+        async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
+            await bare_dag(client, dag, None)
+
+    def crewflow() -> None:
+        result = asyncio.run(build_crew(base_url, dag, None).kickoff())
+        assert len(result.outputs) == len(dag.names)
+
+    probe((lambda: asyncio.run(floor())) if which == "floor" else crewflow)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=5, help="fresh interpreters per side")
+    parser.add_argument(PROBE, choices=("floor", "crewflow"), help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
     add_json_option(parser)
     args = parser.parse_args()
     dag = Dag(args.seed)
+    if args.probe:
+        first_run(args.probe, args.base_url, dag)
+        return
     path, work = dag.critical_path, dag.work
     rows = []
     ratios: dict[str | int, float] = {}
@@ -188,6 +217,9 @@ def main() -> None:
     with counting_server(0.0, dag.durations) as server:
         for concurrency in (None, args.concurrency):
             runs, warmups = asyncio.run(measure(server, dag, concurrency, args.repeats))
+            if concurrency is None:
+                arguments = ("--base-url", server.base_url, "--seed", str(args.seed))
+                firsts = fresh_first_runs(__file__, arguments, args.processes)
             bound = path if concurrency is None else max(path, work / concurrency)
             bound_name = "critical path" if concurrency is None else f"max(cp, work/{concurrency})"
             floor = median(runs["floor"][0])
@@ -241,6 +273,8 @@ def main() -> None:
         f"first kickoff in this fresh process (unbounded, openai already imported): "
         f"{first:.3f} s; warm median {warm:.3f} s"
     )
+    print()
+    print(first_kickoff_table(figures, f"seed{args.seed}_unbounded", firsts, goal=1.06))
     figures.write(args.json)
 
 

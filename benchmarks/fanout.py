@@ -14,9 +14,13 @@ answering every request after 0.2 s, over a real socket, in the same run, altern
 Bound: 6 waves x 0.2 s + 0.2 s for the aggregator = 1.4 s. Goal: crewflow <= 1.05x the floor,
 and the server never sees more than 10 requests at once (its own in-flight peak, read from it).
 Also shown: crewflow's warm-up kickoff, the first of this fresh process (after the floor's warm-up
-has imported openai), apart from the warm runs.
+has imported openai), apart from the warm runs; and each side's first run in ``--processes`` fresh
+interpreters, alternating (`_common.fresh_first_runs`): after the same imports, crewflow builds its
+crew and store and runs ``asyncio.run(kickoff)``, the floor runs "floor, new client" in
+``asyncio.run``. Goal: crewflow's median <= 1.06x the floor's.
 
-Run: ``python benchmarks/fanout.py [--tasks 60] [--concurrency 10] [--repeats 5] [--json PATH]``.
+Run: ``python benchmarks/fanout.py [--tasks 60] [--concurrency 10] [--repeats 5] [--processes 5]
+[--json PATH]``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,14 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    PROBE,
     Figures,
     add_json_option,
     counting_server,
+    first_kickoff_table,
+    fresh_first_runs,
     median,
+    probe,
     spread,
     table,
     timed_kickoff,
@@ -138,15 +146,38 @@ async def measure(
     return runs, warmups
 
 
+def first_run(which: str, base_url: str, tasks: int, concurrency: int) -> None:
+    """One fresh interpreter's first run (``--probe``), after the imports both sides share."""
+    import openai  # noqa: F401  (imported by both sides before the timing)
+
+    def crewflow() -> None:
+        result = asyncio.run(build_crew(base_url, tasks, concurrency).kickoff())
+        assert len(result.outputs) == tasks + 1
+
+    if which == "floor":
+        probe(lambda: asyncio.run(bare_fanout_new_client(base_url, tasks, concurrency)))
+    else:
+        probe(crewflow)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=5, help="fresh interpreters per side")
+    parser.add_argument(PROBE, choices=("floor", "crewflow"), help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
     add_json_option(parser)
     args = parser.parse_args()
+    if args.probe:
+        first_run(args.probe, args.base_url, args.tasks, args.concurrency)
+        return
     with counting_server(LATENCY) as server:
         runs, warmups = asyncio.run(measure(server, args.tasks, args.concurrency, args.repeats))
+        arguments = ("--base-url", server.base_url, "--tasks", str(args.tasks))
+        arguments += ("--concurrency", str(args.concurrency))
+        firsts = fresh_first_runs(__file__, arguments, args.processes)
     bound = math.ceil(args.tasks / args.concurrency) * LATENCY + LATENCY
     floor = median(runs["floor"][0])
     rows = []
@@ -195,6 +226,8 @@ def main() -> None:
     figures.add(f"{case}.ratio_to_bound", ours / bound)
     figures.add(f"{case}.first_kickoff_s", warmups["crewflow"])
     figures.add(f"{case}.in_flight_over_limit", max(0, peak - args.concurrency))
+    print()
+    print(first_kickoff_table(figures, case, firsts, goal=1.06))
     figures.write(args.json)
 
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +39,17 @@ from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Figures, add_json_option, counting_server, median, table
+from _common import (
+    PROBE,
+    Figures,
+    add_json_option,
+    counting_server,
+    first_kickoff_table,
+    fresh_first_runs,
+    median,
+    probe,
+    table,
+)
 
 from crewflow import Agent, Crew, Task
 from crewflow.llm.openai import OpenAIChat
@@ -151,9 +159,9 @@ async def measure(base_url: str, tasks: int, repeats: int, server: Any) -> Warm:
 # -- the first kickoff, in fresh interpreters ----------------------------------------------------
 
 
-def probe(which: str, base_url: str, tasks: int, messages_path: str) -> None:
-    """One fresh interpreter's first run (``--probe``): print its seconds and CPU seconds as
-    JSON. The imports above (and ``openai``'s, below) are done by both sides before timing."""
+def first_run(which: str, base_url: str, tasks: int, messages_path: str) -> None:
+    """One fresh interpreter's first run (``--probe``). The imports above (and ``openai``'s,
+    below) are done by both sides before timing."""
     import openai
 
     messages = json.loads(Path(messages_path).read_text())
@@ -162,42 +170,22 @@ def probe(which: str, base_url: str, tasks: int, messages_path: str) -> None:
         async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
             await exact_chain(client, messages)
 
-    started, cpu = time.perf_counter(), time.process_time()
-    if which == "floor":
-        asyncio.run(floor())
-    else:
-        crew = build_crew(base_url, tasks)
-        result = asyncio.run(crew.kickoff())
+    def crewflow() -> None:
+        result = asyncio.run(build_crew(base_url, tasks).kickoff())
         assert len(result.outputs) == tasks
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    print(json.dumps({"seconds": seconds, "cpu": cpu}))
+
+    probe((lambda: asyncio.run(floor())) if which == "floor" else crewflow)
 
 
 def first_runs(
     base_url: str, tasks: int, messages: Messages, processes: int
 ) -> dict[str, list[tuple[float, float]]]:
-    """Each side's first run in ``processes`` fresh interpreters, alternating floor and crewflow,
-    each with an empty ``CREWFLOW_HOME`` (so crewflow creates its store inside the timing)."""
-    runs: dict[str, list[tuple[float, float]]] = {"floor": [], "crewflow": []}
-    with tempfile.TemporaryDirectory(prefix="crewflow-first-") as folder:
+    """Each side's first run in ``processes`` fresh interpreters (`fresh_first_runs`)."""
+    with tempfile.TemporaryDirectory(prefix="crewflow-messages-") as folder:
         path = Path(folder) / "messages.json"
         path.write_text(json.dumps(messages))
-        for index in range(processes):
-            for which in ("floor", "crewflow") if index % 2 == 0 else ("crewflow", "floor"):
-                home = tempfile.mkdtemp(dir=folder)
-                output = subprocess.run(
-                    [
-                        *(sys.executable, __file__, "--probe", which, "--base-url", base_url),
-                        *("--tasks", str(tasks), "--messages", str(path)),
-                    ],
-                    env={**os.environ, "CREWFLOW_HOME": home},
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-                answer = json.loads(output.strip().splitlines()[-1])
-                runs[which].append((answer["seconds"], answer["cpu"]))
-    return runs
+        arguments = ("--base-url", base_url, "--tasks", str(tasks), "--messages", str(path))
+        return fresh_first_runs(__file__, arguments, processes)
 
 
 async def in_process_overhead(tasks: int = 500, repeats: int = 5) -> float:
@@ -223,13 +211,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--processes", type=int, default=5, help="fresh interpreters per side")
-    parser.add_argument("--probe", choices=("floor", "crewflow"), help=argparse.SUPPRESS)
+    parser.add_argument(PROBE, choices=("floor", "crewflow"), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--messages", help=argparse.SUPPRESS)
     add_json_option(parser)
     args = parser.parse_args()
     if args.probe:
-        probe(args.probe, args.base_url, args.tasks, args.messages)
+        first_run(args.probe, args.base_url, args.tasks, args.messages)
         return
     figures = Figures("overhead")
     rows, warm0 = [], None
@@ -309,32 +297,8 @@ def print_first(
     case = f"chain{args.tasks}_0ms"
     figures.add(f"{case}.first_kickoff_s", warm.first)
 
-    def med(which: str, index: int) -> float:
-        return median([run[index] for run in firsts[which]])
-
-    floor, ours = med("floor", 0), med("crewflow", 0)
-    figures.add(f"{case}.fresh_first_kickoff_s", ours)
-    figures.add(f"{case}.fresh_first_kickoff_ratio_to_floor", ours / floor)
-    figures.add(f"{case}.fresh_first_kickoff_cpu_s", med("crewflow", 1))
     print()
-    print(
-        table(
-            f"first kickoff at 0 ms: median of {args.processes} fresh interpreters a side "
-            "(from after the imports to the result in hand)",
-            ["", "seconds", "min", "cpu seconds", "ratio to the floor's first run", "goal"],
-            [
-                ["exact floor", floor, min(r[0] for r in firsts["floor"]), med("floor", 1), "", ""],
-                [
-                    "crewflow",
-                    ours,
-                    min(r[0] for r in firsts["crewflow"]),
-                    med("crewflow", 1),
-                    ours / floor,
-                    "<= 1.30",
-                ],
-            ],
-        )
-    )
+    print(first_kickoff_table(figures, case, firsts, goal=1.30))
     print(
         f"crewflow's first kickoff in the warm process (after the floor's warm-up): "
         f"{warm.first:.3f} s; warm median {warm.crewflow.seconds:.3f} s"
