@@ -7,6 +7,7 @@ It knows nothing of crews, graphs or storage.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ class Agent(Spec):
         native = schema is not None and llm.supports_output_schema
         if schema is not None and not native:
             prompt += _prompts.json_instruction(schema.schema)
-        messages = [Message("system", self.system_prompt), Message("user", prompt)]
+        messages = [_system_message(self.role, self.goal, self.backstory), Message("user", prompt)]
         tools = {t.name: t for t in self.tools}
         specs: list[ToolSpec] = [t.spec for t in self.tools]
         if on_tool is None:
@@ -248,6 +249,14 @@ class Agent(Spec):
                 max_iterations=self.max_iterations,
             )
         raise _validation_error(output_model, failures, text)
+
+
+@functools.lru_cache(maxsize=256)
+def _system_message(role: str, goal: str, backstory: str) -> Message:
+    """An agent's system message, made once: a run's requests and their records all hold it
+    (a 10,000-task run kept as many copies, each one more object for the garbage collector
+    to walk)."""
+    return Message("system", _prompts.system_prompt(role, goal, backstory))
 
 
 def _output_schema(output_model: type[BaseModel] | None) -> OutputSchema | None:

@@ -314,6 +314,20 @@ async def test_a_plain_answer_is_returned_after_one_call() -> None:
     assert request.output is None
 
 
+async def test_the_system_message_follows_a_copy_with_another_role() -> None:
+    # The system message is made once per agent text and shared by every request.
+    agent = make_agent()
+    llm = ScriptedLLM(["one", "two", "three"])
+    await agent.run("?", llm=llm)
+    await agent.run("?", llm=llm)
+    await agent.model_copy(update={"role": "Editor"}).run("?", llm=llm)
+
+    first, again, copied = (request.messages[0] for request in llm.requests)
+    assert again is first
+    assert first.content == agent.system_prompt
+    assert copied.content == "You are Editor. Your goal: Find facts"
+
+
 async def test_an_answer_without_content_is_empty_text() -> None:
     answer = await make_agent().run("?", llm=ScriptedLLM([LLMResponse(content=None)]))
 

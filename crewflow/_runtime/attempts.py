@@ -122,7 +122,7 @@ class TaskAttempts:
             # Only an agent with a sync tool can leave a thread behind.
             watching = (
                 watch_abandoned(run.log, task=name, agent=agent.role, attempt=number)
-                if any(not tool.is_async for tool in agent.tools)
+                if agent.tools and any(not tool.is_async for tool in agent.tools)
                 else nullcontext(_NONE_ABANDONED)
             )
             try:
@@ -199,7 +199,8 @@ class TaskAttempts:
         return run.replies
 
     def _groups(self, agent: Agent) -> tuple[str, ...]:
-        return tuple(g for g in (self.task.group, agent.group) if g)
+        groups = (self.task.group, agent.group)
+        return () if groups == (None, None) else tuple(g for g in groups if g)
 
     # -- records and events --------------------------------------------------------------------
 

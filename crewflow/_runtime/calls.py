@@ -246,9 +246,13 @@ class ManagedLLM(LLM):
 
     async def _permit(self, request: LLMRequest) -> Permit:
         attempt, run = self._attempt, self._run
-        permit = await registry().acquire(
+        limits, limit_key = registry(), self.inner.limit_key
+        permit = limits.free(model=self.model, limit_key=limit_key, groups=attempt.groups)
+        if permit is not None:  # the usual case: no limit applies
+            return permit
+        permit = await limits.acquire(
             model=self.model,
-            limit_key=self.inner.limit_key,
+            limit_key=limit_key,
             groups=attempt.groups,
             tokens=estimate_prompt_tokens(request.messages),
         )

@@ -300,6 +300,19 @@ class LimitRegistry:
             LLMError: The circuit of ``limit_key`` is open (``retryable=False``), or ``tokens``
                 is more than twice a tpm limit could ever let through (``retryable=False``).
         """
+        permit = self.free(model=model, limit_key=limit_key, groups=groups)
+        if permit is not None:
+            return permit
+        return await self._acquire(model, limit_key, groups, tokens)
+
+    def free(self, *, model: str, limit_key: str, groups: Sequence[str] = ()) -> Permit | None:
+        """The permit of a call nothing can hold back, at once; ``None`` when `acquire` must
+        decide.
+
+        A call is free when no limit applies to it (no group, no limit of its model or its
+        limit key) and its limit key has no state (no pause, no breaker count): the usual
+        case, which then needs no estimate of its tokens and no await.
+        """
         limits = self._limits
         if (
             not groups
@@ -307,7 +320,7 @@ class LimitRegistry:
             and (not limits or (limit_key not in limits and model not in limits))
         ):
             return Permit(_registry=self, _limit_key=limit_key)
-        return await self._acquire(model, limit_key, groups, tokens)
+        return None
 
     def pause(self, limit_key: str, seconds: float) -> None:
         """Start no call of ``limit_key`` before ``seconds`` from now (a 429's Retry-After).

@@ -565,17 +565,20 @@ class Run:
     def _context_or_skip(self, task: Task, name: str) -> list[TaskOutput] | None:
         """The dependencies' outputs, or ``None`` after recording the task as skipped."""
         dependencies = self.graph.dependency_names(name)
-        blocked = [d for d in dependencies if d in self._failures or d in self._skipped]
-        if blocked:
-            self._skip(task, name, blocked)
-            return None
-        waiting = [d for d in dependencies if d not in self._outputs]
-        if waiting:
+        if self._failures or self._skipped:  # else none of them can be
+            blocked = [d for d in dependencies if d in self._failures or d in self._skipped]
+            if blocked:
+                self._skip(task, name, blocked)
+                return None
+        outputs = self._outputs
+        context = [outputs[d] for d in dependencies if d in outputs]
+        if len(context) < len(dependencies):
+            waiting = [d for d in dependencies if d not in outputs]
             raise RuntimeError(
                 f"process {self.process.name!r} started task {name!r} before its "
                 f"dependencies {waiting} finished"
             )
-        return [self._outputs[d] for d in dependencies]
+        return context
 
     def _skip(self, task: Task, name: str, because: list[str]) -> None:
         self._skipped.append(name)

@@ -133,7 +133,7 @@ class PromptLog:
                 repeated=repeated,
                 messages=tuple(kept[: len(new)]),
                 reply=kept[-1] if reply is not None else None,
-                tools=tuple(spec.name for spec in request.tools),
+                tools=tuple([spec.name for spec in request.tools]) if request.tools else (),
                 output=request.output.name if request.output is not None else None,
                 cached=cached,
                 error=None if error is None else cut(valid_text(error), TOOL_ERROR_LIMIT),
@@ -148,7 +148,8 @@ class PromptLog:
         lengths: list[int] = []
         for message in messages:
             lengths.append(len(message.content or ""))
-            lengths.extend(len(call.arguments) for call in message.tool_calls)
+            if message.tool_calls:
+                lengths.extend([len(call.arguments) for call in message.tool_calls])
         total = sum(lengths)
         if total <= PROMPT_LIMIT:  # the usual case: nothing to cut
             return [self._kept(message, None) for message in messages], 0
