@@ -204,7 +204,7 @@ class Agent(Spec):
         native = schema is not None and llm.supports_output_schema
         if schema is not None and not native:
             prompt += _prompts.json_instruction(schema.schema)
-        messages = [_system_message(self.role, self.goal, self.backstory), Message("user", prompt)]
+        messages = [_system_message(self.system_prompt), Message("user", prompt)]
         tools = {t.name: t for t in self.tools}
         specs: list[ToolSpec] = [t.spec for t in self.tools]
         if on_tool is None:
@@ -252,11 +252,11 @@ class Agent(Spec):
 
 
 @functools.lru_cache(maxsize=256)
-def _system_message(role: str, goal: str, backstory: str) -> Message:
-    """An agent's system message, made once: a run's requests and their records all hold it
-    (a 10,000-task run kept as many copies, each one more object for the garbage collector
-    to walk)."""
-    return Message("system", _prompts.system_prompt(role, goal, backstory))
+def _system_message(text: str) -> Message:
+    """The system message of an agent's `system_prompt`, made once per text: a run's requests
+    and their records all hold it (a 10,000-task run kept as many copies, each one more object
+    for the garbage collector to walk)."""
+    return Message("system", text)
 
 
 def _output_schema(output_model: type[BaseModel] | None) -> OutputSchema | None:
