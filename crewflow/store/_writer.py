@@ -70,7 +70,13 @@ class Writer:
         # store's thread, or a caller committing on its own thread.
         self._conn: sqlite3.Connection | None = None
         self._conn_lock = threading.Lock()
-        self._queued = 0  # calls put on the queue and not yet run (guarded by _thread_lock)
+        # Calls ever put on the queue, and run (both guarded by _thread_lock); loops whose batch
+        # waits for the calls queued before it, with how many that is.
+        self._put = 0
+        self._done = 0
+        self._locked_until = 0  # calls to run before a loop's batch no longer joins them
+        self._waiting: list[tuple[int, asyncio.AbstractEventLoop]] = []
+        self._batches: dict[asyncio.AbstractEventLoop, _Batch] = {}  # each loop's, not flushed
         self._checkpointer = Checkpointer(path)
         self._pid = os.getpid()
 
@@ -79,33 +85,44 @@ class Writer:
         what it raised (`sqlite3.Error` as `StoreError`); the write has committed, or rolled
         back, when this returns.
 
-        It commits right here, on the caller's thread, when that needs no wait: the
-        connection is open and free, no call is queued for the store's thread (which keeps
-        writes in order: the run's end never commits before a checkpoint queued earlier), and
-        no other process holds the write lock (the connection's busy timeout is 0 here). Else
-        it goes to the store's thread, as `call` does, which waits for the lock."""
+        The writes of one event loop iteration commit together, on the loop's thread, in one
+        transaction that never waits for a lock (`_flush`). They go to the store's thread, as
+        `call` does, which waits for the lock, when the connection is not open yet, when the
+        store's checkpointer has fallen behind, or when that transaction cannot be had at once
+        (another process holds the write lock)."""
         if self._pid != os.getpid():
             self._forget_parent()
-        if self._on_caller_thread() and self._conn_lock.acquire(blocking=False):
-            try:
-                # Again, holding the connection: the store's thread may have closed it.
-                outcome = self._commit_here(operation) if self._on_caller_thread() else None
-            finally:
-                self._conn_lock.release()
-            if outcome is not None:
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            if not self._on_caller_thread():
+                return await self.call(operation, "write")
+            if self._put == self._done and self._conn_lock.acquire(blocking=False):
+                try:
+                    # Again, holding the connection: the store's thread may have closed it.
+                    outcome = self._commit_here(operation) if self._on_caller_thread() else None
+                finally:
+                    self._conn_lock.release()
+                if outcome is None:  # another process holds the write lock
+                    call = _Call(operation, "write", loop)
+                    self._enqueue([call], locked=True)
+                    return await _outcome_of(call)  # type: ignore[no-any-return]
+                self._batches[loop] = _Batch(self._put)  # for the iteration's later writes
+                loop.call_soon(self._flush, loop)
                 if outcome.error is not None:
                     raise outcome.error
                 return outcome.result  # type: ignore[no-any-return]
-        return await self.call(operation, "write")
+            # It commits after every call queued so far (the run's end never commits before a
+            # checkpoint queued earlier).
+            batch = self._batches[loop] = _Batch(self._put)
+            loop.call_soon(self._flush, loop)
+        call = _Call(operation, "write", loop)
+        batch.calls.append(call)
+        return await _outcome_of(call)  # type: ignore[no-any-return]
 
     def _on_caller_thread(self) -> bool:
-        """Whether a write may try to commit on the caller's thread."""
-        return (
-            self._direct
-            and self._queued == 0
-            and self._conn is not None
-            and not self._checkpointer.behind
-        )
+        """Whether writes may try to commit on the caller's thread."""
+        return self._direct and self._conn is not None and not self._checkpointer.behind
 
     def _commit_here(self, operation: Callable[[sqlite3.Connection], Any]) -> _Outcome | None:
         """Run ``operation`` in one transaction on the connection (held by this thread), or
@@ -126,30 +143,60 @@ class Writer:
         self._checkpointer.committed()
         return _Outcome(result)
 
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit the loop's batch on its thread, once every call queued before it has run
+        (else wait for the store's thread to say so), or hand it to the store's thread, in order,
+        when that cannot be done without waiting for a lock; resolve each write's future
+        after its ``COMMIT``."""
+        batch = self._batches.get(loop)
+        if batch is None:  # a forked child forgot it
+            return
+        with self._thread_lock:
+            behind = batch.after > self._done
+            if behind and self._done >= self._locked_until:
+                self._waiting.append((batch.after, loop))
+                return
+        del self._batches[loop]
+        calls = batch.calls
+        if not calls:
+            return
+        # While the thread waits for another process's lock, the batch joins it there.
+        if not behind and self._on_caller_thread() and self._conn_lock.acquire(blocking=False):
+            try:
+                # Again, holding the connection: the store's thread may have closed it.
+                if self._on_caller_thread():
+                    for start in range(0, len(calls), _MAX_BATCH):
+                        self._commit(calls[start : start + _MAX_BATCH], on_loop=True)
+            finally:
+                self._conn_lock.release()
+        settled = [call for call in calls if call.outcome is not None]
+        _settle(settled)
+        if len(settled) < len(calls):
+            self._enqueue([call for call in calls if call.outcome is None], locked=not behind)
+
     async def call(self, operation: Callable[[sqlite3.Connection], _T], kind: _Kind = "read") -> _T:
         """Run ``operation`` with the connection in the thread (a write in a transaction) and
         return what it returns, or raise what it raised (`sqlite3.Error` as `StoreError`)."""
         if self._pid != os.getpid():
             self._forget_parent()
         call = _Call(operation, kind, asyncio.get_running_loop())
+        self._enqueue([call])
+        return await _outcome_of(call)  # type: ignore[no-any-return]
+
+    def _enqueue(self, calls: list[_Call], *, locked: bool = False) -> None:
+        """Put ``calls`` on the store's thread's queue, in order, and start the thread
+        (``locked``: another process held the write lock when they tried it)."""
         with self._thread_lock:
-            self._queued += 1
-            self._calls.put(call)
+            self._put += len(calls)
+            if locked:
+                self._locked_until = self._put
+            for call in calls:
+                self._calls.put(call)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._serve, name=f"crewflow-store {self.path.name}", daemon=True
                 )
                 self._thread.start()
-        try:
-            return await call.future  # type: ignore[no-any-return]
-        except asyncio.CancelledError:
-            if not call.settled:
-                # Like anyio.to_thread.run_sync: the cancellation is seen once the operation
-                # has committed or rolled back, never while it may still be running.
-                call.future = call.loop.create_future()
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await call.future
-            raise
 
     async def close(self) -> None:
         """Close the connection once every call made before has finished, and stop the thread."""
@@ -168,7 +215,9 @@ class Writer:
         self._thread = None
         self._conn = None
         self._conn_lock = threading.Lock()
-        self._queued = 0
+        self._put = self._done = self._locked_until = 0
+        self._waiting = []
+        self._batches = {}
         self._checkpointer = Checkpointer(self.path)
 
     def _serve(self) -> None:
@@ -188,8 +237,13 @@ class Writer:
                 with self._conn_lock:
                     closed = self._run_holding(batch)
                 with self._thread_lock:
-                    self._queued -= len(batch)
+                    self._done += len(batch)
+                    ready = [loop for after, loop in self._waiting if after <= self._done]
+                    self._waiting = [found for found in self._waiting if found[0] > self._done]
                 _reply(batch)
+                for loop in ready:  # their batches commit on the loop again
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        loop.call_soon_threadsafe(self._flush, loop)
                 if not closed:
                     continue
             with self._thread_lock:  # no call can be queued while the thread decides to stop
@@ -249,7 +303,7 @@ class Writer:
             self._reset()  # a read leaves no transaction open
         call.outcome = self._wrapped(outcome)
 
-    def _commit(self, calls: list[_Call]) -> None:
+    def _commit(self, calls: list[_Call], *, on_loop: bool = False) -> None:
         """Run ``calls`` in one transaction; each call's outcome is known once it has committed
         (or failed). Consecutive task checkpoints are inserted together, a few statements for
         the whole group (each statement lets go of the GIL, and getting it back from a busy
@@ -259,20 +313,26 @@ class Writer:
         Every write goes through here, so this is where the connection is kept usable: whatever
         escapes (a value SQLite cannot bind, a bug, ``MemoryError``), the transaction is rolled
         back, and every write not yet settled fails with it; none is left half-done, and no
-        transaction is left open to fail the next ``BEGIN`` and lock out other processes."""
+        transaction is left open to fail the next ``BEGIN`` and lock out other processes.
+
+        ``on_loop``: the connection never waits for a lock (its busy timeout is 0); when another
+        process holds it, the writes not yet settled are left so, for the store's thread."""
         try:
-            self._commit_batch(calls)
+            self._commit_batch(calls, on_loop)
         except BaseException as exc:
             self._reset()
             for call in calls:
                 if call.outcome is None:
                     call.outcome = self._wrapped(_Outcome(error=exc))
 
-    def _commit_batch(self, calls: list[_Call]) -> None:
+    def _commit_batch(self, calls: list[_Call], on_loop: bool) -> None:
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
+            self._reset()
+            if on_loop and isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                return  # nothing was written
             for call in calls:
                 call.outcome = self._wrapped(_Outcome(error=exc))
             return
@@ -288,7 +348,7 @@ class Writer:
                 again = self._settle_lost(list(zip(group, outcomes, strict=True)))
                 rest = [call for call, _ in ran] + again + calls[start + len(group) :]
                 if rest:
-                    self._commit(rest)
+                    self._commit(rest, on_loop=on_loop)
                 return
             ran.extend(zip(group, outcomes, strict=True))
         committed = _Outcome.of(lambda: conn.execute("COMMIT"))
@@ -356,8 +416,19 @@ class _Outcome:
             return cls(error=exc)
 
 
+class _Batch:
+    """The writes of one event loop iteration, to commit together, after the first ``after``
+    calls put on the store's thread's queue."""
+
+    __slots__ = ("after", "calls")
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.calls: list[_Call] = []
+
+
 class _Call:
-    """One operation handed to a store's thread, and the future its caller awaits."""
+    """One operation, and the future its caller awaits."""
 
     __slots__ = ("future", "kind", "loop", "operation", "outcome", "settled")
 
@@ -371,8 +442,22 @@ class _Call:
         self.kind = kind
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
-        self.outcome: _Outcome | None = None  # set by the store's thread, then read on the loop
+        self.outcome: _Outcome | None = None  # set by whoever runs it, then read on the loop
         self.settled = False  # read and written on the caller's loop only
+
+
+async def _outcome_of(call: _Call) -> Any:
+    """What ``call`` returned, or raise what it raised, once it has committed or failed."""
+    try:
+        return await call.future
+    except asyncio.CancelledError:
+        if not call.settled:
+            # Like anyio.to_thread.run_sync: the cancellation is seen once the operation has
+            # committed or rolled back, never while it may still be waiting or running.
+            call.future = call.loop.create_future()
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await call.future
+        raise
 
 
 def _reply(batch: list[_Call]) -> None:
