@@ -16,6 +16,7 @@ import os
 import queue
 import sqlite3
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
@@ -77,6 +78,9 @@ class Writer:
         self._locked_until = 0  # calls to run before a loop's batch no longer joins them
         self._waiting: list[tuple[int, asyncio.AbstractEventLoop]] = []
         self._batches: dict[asyncio.AbstractEventLoop, _Batch] = {}  # each loop's, not flushed
+        # Loops whose latest iteration with a write had several: their next write waits for
+        # the others of its iteration, to commit with them (one transaction per iteration).
+        self._batching: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._checkpointer = Checkpointer(path)
         self._pid = os.getpid()
 
@@ -94,10 +98,15 @@ class Writer:
             self._forget_parent()
         loop = asyncio.get_running_loop()
         batch = self._batches.get(loop)
-        if batch is None:
+        task = asyncio.current_task(loop)
+        # The iteration's first write commits at once (and so do the next ones of the same
+        # task, as long as no other task's write waits) unless the loop's latest iterations
+        # had several writes each: a chain pays nothing for batching.
+        if batch is None or (not batch.calls and batch.task is task):
             if not self._on_caller_thread():
                 return await self.call(operation, "write")
-            if self._put == self._done and self._conn_lock.acquire(blocking=False):
+            at_once = batch is not None or loop not in self._batching
+            if at_once and self._put == self._done and self._conn_lock.acquire(blocking=False):
                 try:
                     # Again, holding the connection: the store's thread may have closed it.
                     outcome = self._commit_here(operation) if self._on_caller_thread() else None
@@ -107,15 +116,17 @@ class Writer:
                     call = _Call(operation, "write", loop)
                     self._enqueue([call], locked=True)
                     return await _outcome_of(call)  # type: ignore[no-any-return]
-                self._batches[loop] = _Batch(self._put)  # for the iteration's later writes
-                loop.call_soon(self._flush, loop)
+                if batch is None:  # for the iteration's later writes
+                    self._batches[loop] = _Batch(self._put, task, committed=1)
+                    loop.call_soon(self._flush, loop)
                 if outcome.error is not None:
                     raise outcome.error
                 return outcome.result  # type: ignore[no-any-return]
-            # It commits after every call queued so far (the run's end never commits before a
-            # checkpoint queued earlier).
-            batch = self._batches[loop] = _Batch(self._put)
-            loop.call_soon(self._flush, loop)
+            if batch is None:
+                # It commits after every call queued so far (the run's end never commits
+                # before a checkpoint queued earlier).
+                batch = self._batches[loop] = _Batch(self._put, task)
+                loop.call_soon(self._flush, loop)
         call = _Call(operation, "write", loop)
         batch.calls.append(call)
         return await _outcome_of(call)  # type: ignore[no-any-return]
@@ -158,6 +169,10 @@ class Writer:
                 return
         del self._batches[loop]
         calls = batch.calls
+        if len(calls) + batch.committed > 1:
+            self._batching.add(loop)
+        else:
+            self._batching.discard(loop)
         if not calls:
             return
         # While the thread waits for another process's lock, the batch joins it there.
@@ -218,6 +233,7 @@ class Writer:
         self._put = self._done = self._locked_until = 0
         self._waiting = []
         self._batches = {}
+        self._batching = weakref.WeakSet()
         self._checkpointer = Checkpointer(self.path)
 
     def _serve(self) -> None:
@@ -418,13 +434,15 @@ class _Outcome:
 
 class _Batch:
     """The writes of one event loop iteration, to commit together, after the first ``after``
-    calls put on the store's thread's queue."""
+    calls put on the store's thread's queue (all of them, when a write opened it)."""
 
-    __slots__ = ("after", "calls")
+    __slots__ = ("after", "calls", "committed", "task")
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, after: int, task: asyncio.Task[Any] | None, committed: int = 0) -> None:
         self.after = after
         self.calls: list[_Call] = []
+        self.task = task  # whose write opened it
+        self.committed = committed  # writes of the iteration that committed at once
 
 
 class _Call:
