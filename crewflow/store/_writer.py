@@ -1,11 +1,28 @@
 """A `SQLiteStore`'s connection and the thread that waits for it (see `crewflow.store.sqlite`).
 
-A write commits on the caller's own thread, as one small transaction that never waits for a
-lock (`Writer.write`). Otherwise (another process holds the write lock, or writes are queued
-already) callers put operations on a queue and await asyncio futures; the thread runs them,
-every write waiting at the time in one transaction (each in its own savepoint), resolves the
-futures through ``call_soon_threadsafe``, stops when idle or closed, and starts afresh in a
-forked child. Both paths count their commits for the store's `Checkpointer`.
+Writes commit on the caller's own thread, in transactions that never wait for a lock
+(`Writer.write`), grouped per event loop iteration: a loop's first write of an iteration commits
+at once (a chain, one write per iteration, pays nothing for grouping), the later ones join a
+batch that one ``loop.call_soon`` commits in one ``BEGIN IMMEDIATE … COMMIT`` (one multi-row
+insert per table for task checkpoints, a savepoint for each other write), and each caller
+resumes once its write has committed. When a loop's latest iteration had several writes, its
+first write joins the batch too: a parallel crew's loop then commits once per iteration.
+Otherwise (the connection is not open yet, another process holds the write lock, the
+checkpointer is behind) writes go to the thread's queue, and await asyncio futures; the thread
+runs them, every write waiting at the time in one transaction (each in its own savepoint),
+resolves the futures through ``call_soon_threadsafe``, stops when idle or closed, and starts
+afresh in a forked child. A loop's batch commits after every call queued before it: it waits
+for them (the thread wakes it once they have run) and commits on the loop, or, while the thread
+waits for another process's lock, joins them there. Both paths count their commits for the
+store's `Checkpointer`.
+
+In a parallel 10,000-task DAG on an instant model (``random_deps(10000, 7)``), all 10,002 writes
+commit on the loop, in 125 transactions; before, 320 to 5,100 of them committed on the loop one
+by one and the rest went to the thread (in ~50-75 transactions), since every write made while
+some were queued there went there too. The run costs 0.266 ms per task, was 0.303 (medians of
+7, alternating; 0.17 with ``store=None``); 1,000 ``save_task`` calls at once cost 46 us each,
+were 67; a 500-task chain and 500 independent tasks are unchanged (293 vs 295 and 360 vs 363 us
+per task).
 """
 
 from __future__ import annotations
@@ -126,6 +143,8 @@ class Writer:
                 # It commits after every call queued so far (the run's end never commits
                 # before a checkpoint queued earlier).
                 batch = self._batches[loop] = _Batch(self._put, task)
+                # While the thread waits for another process's lock, the batch joins it there.
+                batch.to_thread = self._done < self._locked_until
                 loop.call_soon(self._flush, loop)
         call = _Call(operation, "write", loop)
         batch.calls.append(call)
@@ -163,8 +182,10 @@ class Writer:
         if batch is None:  # a forked child forgot it
             return
         with self._thread_lock:
-            behind = batch.after > self._done
-            if behind and self._done >= self._locked_until:
+            waits = batch.after > self._done  # for calls queued before it
+            # While the thread waits for another process's lock, the batch joins it there.
+            to_thread = batch.to_thread or (waits and self._done < self._locked_until)
+            if waits and not to_thread:
                 self._waiting.append((batch.after, loop))
                 return
         del self._batches[loop]
@@ -175,19 +196,22 @@ class Writer:
             self._batching.discard(loop)
         if not calls:
             return
-        # While the thread waits for another process's lock, the batch joins it there.
-        if not behind and self._on_caller_thread() and self._conn_lock.acquire(blocking=False):
+        locked = False
+        if not to_thread and self._on_caller_thread() and self._conn_lock.acquire(blocking=False):
             try:
                 # Again, holding the connection: the store's thread may have closed it.
                 if self._on_caller_thread():
                     for start in range(0, len(calls), _MAX_BATCH):
                         self._commit(calls[start : start + _MAX_BATCH], on_loop=True)
+                        locked = calls[start].outcome is None  # nothing of it was written
+                        if locked:  # the rest goes to the thread, in order
+                            break
             finally:
                 self._conn_lock.release()
         settled = [call for call in calls if call.outcome is not None]
         _settle(settled)
         if len(settled) < len(calls):
-            self._enqueue([call for call in calls if call.outcome is None], locked=not behind)
+            self._enqueue([call for call in calls if call.outcome is None], locked=locked)
 
     async def call(self, operation: Callable[[sqlite3.Connection], _T], kind: _Kind = "read") -> _T:
         """Run ``operation`` with the connection in the thread (a write in a transaction) and
@@ -436,13 +460,14 @@ class _Batch:
     """The writes of one event loop iteration, to commit together, after the first ``after``
     calls put on the store's thread's queue (all of them, when a write opened it)."""
 
-    __slots__ = ("after", "calls", "committed", "task")
+    __slots__ = ("after", "calls", "committed", "task", "to_thread")
 
     def __init__(self, after: int, task: asyncio.Task[Any] | None, committed: int = 0) -> None:
         self.after = after
         self.calls: list[_Call] = []
         self.task = task  # whose write opened it
         self.committed = committed  # writes of the iteration that committed at once
+        self.to_thread = False  # for the store's thread, whatever the loop could do
 
 
 class _Call:

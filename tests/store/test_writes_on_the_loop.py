@@ -1,6 +1,7 @@
-"""A `SQLiteStore` commits a write on the event loop's own thread when that needs no wait, and
-hands it to its thread otherwise: while another process holds the write lock, and while writes
-are queued there (so writes keep their order). The WAL stays short over many commits."""
+"""A `SQLiteStore` commits writes on the event loop's own thread when that needs no wait, those
+of one loop iteration together, and hands them to its thread while another process holds the
+write lock; writes made while calls are queued there wait for them (so writes keep their order),
+then commit on the loop. The WAL stays short over many commits."""
 
 from __future__ import annotations
 
@@ -398,3 +399,30 @@ async def test_a_caller_cancelled_while_its_write_waits_in_a_batch_returns_once_
 
     assert scope.cancelled_caught
     assert stored_on_return == [True]
+
+
+async def test_a_parallel_crew_commits_its_checkpoints_on_the_loop_in_shared_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The thread opens the database; once it has, no checkpoint goes there again (none waits
+    # behind another's), and tasks finishing together share a transaction.
+    from crewflow import Agent, Crew, Task
+    from crewflow.llm.offline import OfflineLLM
+
+    commits = committing_threads(monkeypatch)
+    agent = Agent(role="Worker", goal="work", llm=OfflineLLM(latency=0))
+    tasks: list[Task] = []
+    for index in range(200):  # a binary tree: t0 first, then ever more tasks at once
+        context = [tasks[(index - 1) // 2]] if index else []
+        tasks.append(Task(f"Task {index}", agent=agent, name=f"t{index}", context=context))
+    path = tmp_path / "runs.db"
+    result = await Crew(tasks=tasks, process="parallel", store=path).kickoff()
+
+    loop_thread = threading.get_ident()
+    first = commits.index(loop_thread)
+    assert set(commits[first:]) == {loop_thread}
+    assert len(commits) < 100  # 200 checkpoints, the run's start and end
+    assert stored_tasks(path) == {f"t{index}" for index in range(200)}
+    found = await SQLiteStore(path, read_only=True).get_run(result.run_id)
+    assert found is not None
+    assert found.status is RunStatus.COMPLETED
