@@ -121,7 +121,7 @@ class Writer:
         # had several writes each: a chain pays nothing for batching.
         if batch is None or (not batch.calls and batch.task is task):
             if not self._on_caller_thread():
-                return await self.call(operation, "write")
+                return await self._queued_write(operation, loop, batch, locked=False)
             at_once = batch is not None or loop not in self._batching
             if at_once and self._put == self._done and self._conn_lock.acquire(blocking=False):
                 try:
@@ -130,9 +130,7 @@ class Writer:
                 finally:
                     self._conn_lock.release()
                 if outcome is None:  # another process holds the write lock
-                    call = _Call(operation, "write", loop)
-                    self._enqueue([call], locked=True)
-                    return await _outcome_of(call)  # type: ignore[no-any-return]
+                    return await self._queued_write(operation, loop, batch, locked=True)
                 if batch is None:  # for the iteration's later writes
                     self._batches[loop] = _Batch(self._put, task, committed=1)
                     loop.call_soon(self._flush, loop)
@@ -148,6 +146,21 @@ class Writer:
                 loop.call_soon(self._flush, loop)
         call = _Call(operation, "write", loop)
         batch.calls.append(call)
+        return await _outcome_of(call)  # type: ignore[no-any-return]
+
+    async def _queued_write(
+        self,
+        operation: Callable[[sqlite3.Connection], _T],
+        loop: asyncio.AbstractEventLoop,
+        batch: _Batch | None,
+        *,
+        locked: bool,
+    ) -> _T:
+        """Hand a write to the store's thread; the loop's open batch now commits after it."""
+        call = _Call(operation, "write", loop)
+        self._enqueue([call], locked=locked)
+        if batch is not None:
+            batch.after = self._put
         return await _outcome_of(call)  # type: ignore[no-any-return]
 
     def _on_caller_thread(self) -> bool:
