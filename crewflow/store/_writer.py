@@ -1,11 +1,28 @@
 """A `SQLiteStore`'s connection and the thread that waits for it (see `crewflow.store.sqlite`).
 
-A write commits on the caller's own thread, as one small transaction that never waits for a
-lock (`Writer.write`). Otherwise (another process holds the write lock, or writes are queued
-already) callers put operations on a queue and await asyncio futures; the thread runs them,
-every write waiting at the time in one transaction (each in its own savepoint), resolves the
-futures through ``call_soon_threadsafe``, stops when idle or closed, and starts afresh in a
-forked child. Both paths count their commits for the store's `Checkpointer`.
+Writes commit on the caller's own thread, in transactions that never wait for a lock
+(`Writer.write`), grouped per event loop iteration: a loop's first write of an iteration commits
+at once (a chain, one write per iteration, pays nothing for grouping), the later ones join a
+batch that one ``loop.call_soon`` commits in one ``BEGIN IMMEDIATE … COMMIT`` (one multi-row
+insert per table for task checkpoints, a savepoint for each other write), and each caller
+resumes once its write has committed. When a loop's latest iteration had several writes, its
+first write joins the batch too: a parallel crew's loop then commits once per iteration.
+Otherwise (the connection is not open yet, another process holds the write lock, the
+checkpointer is behind) writes go to the thread's queue, and await asyncio futures; the thread
+runs them, every write waiting at the time in one transaction (each in its own savepoint),
+resolves the futures through ``call_soon_threadsafe``, stops when idle or closed, and starts
+afresh in a forked child. A loop's batch commits after every call queued before it: it waits
+for them (the thread wakes it once they have run) and commits on the loop, or, while the thread
+waits for another process's lock, joins them there. Both paths count their commits for the
+store's `Checkpointer`.
+
+In a parallel 10,000-task DAG on an instant model (``random_deps(10000, 7)``), all 10,002 writes
+commit on the loop, in 125 transactions; before, 320 to 5,100 of them committed on the loop one
+by one and the rest went to the thread (in ~50-75 transactions), since every write made while
+some were queued there went there too. The run costs 0.266 ms per task, was 0.303 (medians of
+7, alternating; 0.17 with ``store=None``); 1,000 ``save_task`` calls at once cost 46 us each,
+were 67; a 500-task chain and 500 independent tasks are unchanged (293 vs 295 and 360 vs 363 us
+per task).
 """
 
 from __future__ import annotations
@@ -16,6 +33,7 @@ import os
 import queue
 import sqlite3
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
@@ -70,7 +88,16 @@ class Writer:
         # store's thread, or a caller committing on its own thread.
         self._conn: sqlite3.Connection | None = None
         self._conn_lock = threading.Lock()
-        self._queued = 0  # calls put on the queue and not yet run (guarded by _thread_lock)
+        # Calls ever put on the queue, and run (both guarded by _thread_lock); loops whose batch
+        # waits for the calls queued before it, with how many that is.
+        self._put = 0
+        self._done = 0
+        self._locked_until = 0  # calls to run before a loop's batch no longer joins them
+        self._waiting: list[tuple[int, asyncio.AbstractEventLoop]] = []
+        self._batches: dict[asyncio.AbstractEventLoop, _Batch] = {}  # each loop's, not flushed
+        # Loops whose latest iteration with a write had several: their next write waits for
+        # the others of its iteration, to commit with them (one transaction per iteration).
+        self._batching: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._checkpointer = Checkpointer(path)
         self._pid = os.getpid()
 
@@ -79,33 +106,66 @@ class Writer:
         what it raised (`sqlite3.Error` as `StoreError`); the write has committed, or rolled
         back, when this returns.
 
-        It commits right here, on the caller's thread, when that needs no wait: the
-        connection is open and free, no call is queued for the store's thread (which keeps
-        writes in order: the run's end never commits before a checkpoint queued earlier), and
-        no other process holds the write lock (the connection's busy timeout is 0 here). Else
-        it goes to the store's thread, as `call` does, which waits for the lock."""
+        The writes of one event loop iteration commit together, on the loop's thread, in one
+        transaction that never waits for a lock (`_flush`). They go to the store's thread, as
+        `call` does, which waits for the lock, when the connection is not open yet, when the
+        store's checkpointer has fallen behind, or when that transaction cannot be had at once
+        (another process holds the write lock)."""
         if self._pid != os.getpid():
             self._forget_parent()
-        if self._on_caller_thread() and self._conn_lock.acquire(blocking=False):
-            try:
-                # Again, holding the connection: the store's thread may have closed it.
-                outcome = self._commit_here(operation) if self._on_caller_thread() else None
-            finally:
-                self._conn_lock.release()
-            if outcome is not None:
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        task = asyncio.current_task(loop)
+        # The iteration's first write commits at once (and so do the next ones of the same
+        # task, as long as no other task's write waits) unless the loop's latest iterations
+        # had several writes each: a chain pays nothing for batching.
+        if batch is None or (not batch.calls and batch.task is task):
+            if not self._on_caller_thread():
+                return await self._queued_write(operation, loop, batch, locked=False)
+            at_once = batch is not None or loop not in self._batching
+            if at_once and self._put == self._done and self._conn_lock.acquire(blocking=False):
+                try:
+                    # Again, holding the connection: the store's thread may have closed it.
+                    outcome = self._commit_here(operation) if self._on_caller_thread() else None
+                finally:
+                    self._conn_lock.release()
+                if outcome is None:  # another process holds the write lock
+                    return await self._queued_write(operation, loop, batch, locked=True)
+                if batch is None:  # for the iteration's later writes
+                    self._batches[loop] = _Batch(self._put, task, committed=1)
+                    loop.call_soon(self._flush, loop)
                 if outcome.error is not None:
                     raise outcome.error
                 return outcome.result  # type: ignore[no-any-return]
-        return await self.call(operation, "write")
+            if batch is None:
+                # It commits after every call queued so far (the run's end never commits
+                # before a checkpoint queued earlier).
+                batch = self._batches[loop] = _Batch(self._put, task)
+                # While the thread waits for another process's lock, the batch joins it there.
+                batch.to_thread = self._done < self._locked_until
+                loop.call_soon(self._flush, loop)
+        call = _Call(operation, "write", loop)
+        batch.calls.append(call)
+        return await _outcome_of(call)  # type: ignore[no-any-return]
+
+    async def _queued_write(
+        self,
+        operation: Callable[[sqlite3.Connection], _T],
+        loop: asyncio.AbstractEventLoop,
+        batch: _Batch | None,
+        *,
+        locked: bool,
+    ) -> _T:
+        """Hand a write to the store's thread; the loop's open batch now commits after it."""
+        call = _Call(operation, "write", loop)
+        self._enqueue([call], locked=locked)
+        if batch is not None:
+            batch.after = self._put
+        return await _outcome_of(call)  # type: ignore[no-any-return]
 
     def _on_caller_thread(self) -> bool:
-        """Whether a write may try to commit on the caller's thread."""
-        return (
-            self._direct
-            and self._queued == 0
-            and self._conn is not None
-            and not self._checkpointer.behind
-        )
+        """Whether writes may try to commit on the caller's thread."""
+        return self._direct and self._conn is not None and not self._checkpointer.behind
 
     def _commit_here(self, operation: Callable[[sqlite3.Connection], Any]) -> _Outcome | None:
         """Run ``operation`` in one transaction on the connection (held by this thread), or
@@ -126,30 +186,69 @@ class Writer:
         self._checkpointer.committed()
         return _Outcome(result)
 
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit the loop's batch on its thread, once every call queued before it has run
+        (else wait for the store's thread to say so), or hand it to the store's thread, in order,
+        when that cannot be done without waiting for a lock; resolve each write's future
+        after its ``COMMIT``."""
+        batch = self._batches.get(loop)
+        if batch is None:  # a forked child forgot it
+            return
+        with self._thread_lock:
+            waits = batch.after > self._done  # for calls queued before it
+            # While the thread waits for another process's lock, the batch joins it there.
+            to_thread = batch.to_thread or (waits and self._done < self._locked_until)
+            if waits and not to_thread:
+                self._waiting.append((batch.after, loop))
+                return
+        del self._batches[loop]
+        calls = batch.calls
+        if len(calls) + batch.committed > 1:
+            self._batching.add(loop)
+        else:
+            self._batching.discard(loop)
+        if not calls:
+            return
+        locked = False
+        if not to_thread and self._on_caller_thread() and self._conn_lock.acquire(blocking=False):
+            try:
+                # Again, holding the connection: the store's thread may have closed it.
+                if self._on_caller_thread():
+                    for start in range(0, len(calls), _MAX_BATCH):
+                        self._commit(calls[start : start + _MAX_BATCH], on_loop=True)
+                        locked = calls[start].outcome is None  # nothing of it was written
+                        if locked:  # the rest goes to the thread, in order
+                            break
+            finally:
+                self._conn_lock.release()
+        settled = [call for call in calls if call.outcome is not None]
+        _settle(settled)
+        if len(settled) < len(calls):
+            self._enqueue([call for call in calls if call.outcome is None], locked=locked)
+
     async def call(self, operation: Callable[[sqlite3.Connection], _T], kind: _Kind = "read") -> _T:
         """Run ``operation`` with the connection in the thread (a write in a transaction) and
         return what it returns, or raise what it raised (`sqlite3.Error` as `StoreError`)."""
         if self._pid != os.getpid():
             self._forget_parent()
         call = _Call(operation, kind, asyncio.get_running_loop())
+        self._enqueue([call])
+        return await _outcome_of(call)  # type: ignore[no-any-return]
+
+    def _enqueue(self, calls: list[_Call], *, locked: bool = False) -> None:
+        """Put ``calls`` on the store's thread's queue, in order, and start the thread
+        (``locked``: another process held the write lock when they tried it)."""
         with self._thread_lock:
-            self._queued += 1
-            self._calls.put(call)
+            self._put += len(calls)
+            if locked:
+                self._locked_until = self._put
+            for call in calls:
+                self._calls.put(call)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._serve, name=f"crewflow-store {self.path.name}", daemon=True
                 )
                 self._thread.start()
-        try:
-            return await call.future  # type: ignore[no-any-return]
-        except asyncio.CancelledError:
-            if not call.settled:
-                # Like anyio.to_thread.run_sync: the cancellation is seen once the operation
-                # has committed or rolled back, never while it may still be running.
-                call.future = call.loop.create_future()
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await call.future
-            raise
 
     async def close(self) -> None:
         """Close the connection once every call made before has finished, and stop the thread."""
@@ -168,7 +267,10 @@ class Writer:
         self._thread = None
         self._conn = None
         self._conn_lock = threading.Lock()
-        self._queued = 0
+        self._put = self._done = self._locked_until = 0
+        self._waiting = []
+        self._batches = {}
+        self._batching = weakref.WeakSet()
         self._checkpointer = Checkpointer(self.path)
 
     def _serve(self) -> None:
@@ -188,8 +290,13 @@ class Writer:
                 with self._conn_lock:
                     closed = self._run_holding(batch)
                 with self._thread_lock:
-                    self._queued -= len(batch)
+                    self._done += len(batch)
+                    ready = [loop for after, loop in self._waiting if after <= self._done]
+                    self._waiting = [found for found in self._waiting if found[0] > self._done]
                 _reply(batch)
+                for loop in ready:  # their batches commit on the loop again
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        loop.call_soon_threadsafe(self._flush, loop)
                 if not closed:
                     continue
             with self._thread_lock:  # no call can be queued while the thread decides to stop
@@ -249,7 +356,7 @@ class Writer:
             self._reset()  # a read leaves no transaction open
         call.outcome = self._wrapped(outcome)
 
-    def _commit(self, calls: list[_Call]) -> None:
+    def _commit(self, calls: list[_Call], *, on_loop: bool = False) -> None:
         """Run ``calls`` in one transaction; each call's outcome is known once it has committed
         (or failed). Consecutive task checkpoints are inserted together, a few statements for
         the whole group (each statement lets go of the GIL, and getting it back from a busy
@@ -259,20 +366,26 @@ class Writer:
         Every write goes through here, so this is where the connection is kept usable: whatever
         escapes (a value SQLite cannot bind, a bug, ``MemoryError``), the transaction is rolled
         back, and every write not yet settled fails with it; none is left half-done, and no
-        transaction is left open to fail the next ``BEGIN`` and lock out other processes."""
+        transaction is left open to fail the next ``BEGIN`` and lock out other processes.
+
+        ``on_loop``: the connection never waits for a lock (its busy timeout is 0); when another
+        process holds it, the writes not yet settled are left so, for the store's thread."""
         try:
-            self._commit_batch(calls)
+            self._commit_batch(calls, on_loop)
         except BaseException as exc:
             self._reset()
             for call in calls:
                 if call.outcome is None:
                     call.outcome = self._wrapped(_Outcome(error=exc))
 
-    def _commit_batch(self, calls: list[_Call]) -> None:
+    def _commit_batch(self, calls: list[_Call], on_loop: bool) -> None:
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
+            self._reset()
+            if on_loop and isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                return  # nothing was written
             for call in calls:
                 call.outcome = self._wrapped(_Outcome(error=exc))
             return
@@ -288,7 +401,7 @@ class Writer:
                 again = self._settle_lost(list(zip(group, outcomes, strict=True)))
                 rest = [call for call, _ in ran] + again + calls[start + len(group) :]
                 if rest:
-                    self._commit(rest)
+                    self._commit(rest, on_loop=on_loop)
                 return
             ran.extend(zip(group, outcomes, strict=True))
         committed = _Outcome.of(lambda: conn.execute("COMMIT"))
@@ -356,8 +469,22 @@ class _Outcome:
             return cls(error=exc)
 
 
+class _Batch:
+    """The writes of one event loop iteration, to commit together, after the first ``after``
+    calls put on the store's thread's queue (all of them, when a write opened it)."""
+
+    __slots__ = ("after", "calls", "committed", "task", "to_thread")
+
+    def __init__(self, after: int, task: asyncio.Task[Any] | None, committed: int = 0) -> None:
+        self.after = after
+        self.calls: list[_Call] = []
+        self.task = task  # whose write opened it
+        self.committed = committed  # writes of the iteration that committed at once
+        self.to_thread = False  # for the store's thread, whatever the loop could do
+
+
 class _Call:
-    """One operation handed to a store's thread, and the future its caller awaits."""
+    """One operation, and the future its caller awaits."""
 
     __slots__ = ("future", "kind", "loop", "operation", "outcome", "settled")
 
@@ -371,8 +498,22 @@ class _Call:
         self.kind = kind
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
-        self.outcome: _Outcome | None = None  # set by the store's thread, then read on the loop
+        self.outcome: _Outcome | None = None  # set by whoever runs it, then read on the loop
         self.settled = False  # read and written on the caller's loop only
+
+
+async def _outcome_of(call: _Call) -> Any:
+    """What ``call`` returned, or raise what it raised, once it has committed or failed."""
+    try:
+        return await call.future
+    except asyncio.CancelledError:
+        if not call.settled:
+            # Like anyio.to_thread.run_sync: the cancellation is seen once the operation has
+            # committed or rolled back, never while it may still be waiting or running.
+            call.future = call.loop.create_future()
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await call.future
+        raise
 
 
 def _reply(batch: list[_Call]) -> None:
