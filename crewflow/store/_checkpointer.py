@@ -86,7 +86,8 @@ class Checkpointer:
                 self._thread.start()
 
     def close(self) -> None:
-        """Stop the thread, once the checkpoint it may be running has ended."""
+        """Stop the thread, once the checkpoint it may be running has ended, or after one more
+        when commits have gone by since the last."""
         with self._lock:
             thread = self._thread
             self._closing = thread is not None
@@ -100,19 +101,27 @@ class Checkpointer:
     def _serve(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
-            while True:
+            closing = False
+            while not closing:
                 self._wake.wait(_IDLE_SECONDS)
                 with self._lock:
-                    if self._closing or not self._wake.is_set():  # closed, or idle
+                    if not self._wake.is_set():  # idle
                         self._thread = None
                         return
                     self._wake.clear()
+                    closing = self._closing
+                if closing and self._since == 0:
+                    break
+                # Also when woken to close: the commits since the last checkpoint (whose wake-up
+                # this thread may not have seen yet) leave the log too.
                 with contextlib.suppress(sqlite3.Error):  # an optimisation: skipped if it fails
                     if conn is None:
                         conn = _connect(self.path)
                     checkpoint(conn)
                 self._since = 0
                 self._caught_up.set()
+            with self._lock:
+                self._thread = None
         finally:
             self._caught_up.set()  # nobody is left to catch up: let writes go on
             if conn is not None:

@@ -37,6 +37,7 @@ from crewflow.store import (
 )
 from crewflow.store import _checkpointer as checkpointer_module
 from crewflow.store import _writer as writer_module
+from crewflow.store._checkpointer import Checkpointer
 from tests.store.conftest import at, run_record
 
 LATEST = len(_schema.MIGRATIONS)
@@ -842,6 +843,39 @@ async def test_the_wal_is_checkpointed_in_the_background_and_close_waits_for_it(
     assert len(stored_tasks(path)) == 3
 
 
+async def test_closing_a_store_before_its_checkpointer_woke_up_still_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The commit that wakes the checkpointer starts its thread; a close() that came before the
+    # thread had seen that wake-up used to stop it with the checkpoint not done.
+    checkpoints: list[str] = []
+    real_checkpoint, real_serve = checkpointer_module.checkpoint, Checkpointer._serve
+    started = threading.Event()
+
+    def checkpoint(conn: sqlite3.Connection) -> None:
+        real_checkpoint(conn)
+        checkpoints.append(threading.current_thread().name)
+
+    def serve_late(self: Checkpointer) -> None:
+        started.wait(30)  # the thread runs only once the store is closing
+        real_serve(self)
+
+    monkeypatch.setattr(checkpointer_module, "checkpoint", checkpoint)
+    monkeypatch.setattr(checkpointer_module, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(Checkpointer, "_serve", serve_late)
+    store = SQLiteStore(tmp_path / "runs.db")
+    await store.start_run(run_record())
+    for index in range(3):  # the 4th commit wakes the checkpointer
+        await store.save_task(output(f"t{index}"), [attempt(f"t{index}")])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(store.close)
+        await anyio.wait_all_tasks_blocked()  # close() waits for the thread...
+        started.set()  # ...which only now sees its wake-up, and the close
+
+    assert checkpoints == ["crewflow-store-checkpoint runs.db"]
+
+
 async def test_one_checkpointer_thread_serves_every_checkpoint_of_a_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -859,7 +893,7 @@ async def test_one_checkpointer_thread_serves_every_checkpoint_of_a_store(
     monkeypatch.setattr(checkpointer_module, "checkpoint", checkpoint)
     async with SQLiteStore(tmp_path / "runs.db") as store:
         await store.start_run(run_record())
-        for index in range(1, 9):
+        for index in range(1, 8):  # ending on a wake-up: closing then needs no checkpoint more
             await store.save_output(output(f"t{index}"))
             if index % 2 == 1:  # the start and this one: a wake-up; wait for its checkpoint
                 assert await anyio.to_thread.run_sync(done.acquire, True, 30)
