@@ -159,35 +159,6 @@ async def test_writes_queued_in_the_store_thread_keep_later_writes_behind_them(
         assert found.status is RunStatus.COMPLETED
 
 
-def test_threads_sharing_a_store_never_use_its_connection_at_once(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "runs.db")
-    anyio.run(store.start_run, run_record())
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def worker(index: int) -> None:
-        async def write() -> None:
-            start.wait(30)
-            for number in range(50):
-                task = f"w{index}-{number}"
-                await store.save_task(output(task), [attempt(task)])
-
-        try:
-            anyio.run(write)
-        except BaseException as exc:  # reported below, in the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(index,)) for index in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-
-    assert errors == []
-    assert len(anyio.run(store.attempts, "run-1")) == 200
-    anyio.run(store.close)
-
-
 _READER = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], timeout=30)
