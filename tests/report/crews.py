@@ -73,9 +73,10 @@ def varied_crew(store: Store | None) -> Crew:
     )
 
 
-async def stored_run(crew_of: Any) -> tuple[MemoryStore, str]:
-    """Run the crew ``crew_of(store)`` makes into a fresh store; its run id (failed or not)."""
-    store = MemoryStore()
+async def stored_run(crew_of: Any, store: Store | None = None) -> tuple[Store, str]:
+    """Run the crew ``crew_of(store)`` makes into ``store`` (default: a fresh `MemoryStore`);
+    the store and the run's id (failed or not)."""
+    store = store if store is not None else MemoryStore()
     crew = crew_of(store)
     try:
         result = await crew.kickoff()
