@@ -246,20 +246,22 @@ def call_spans(tasks: Iterable[TaskEntry], axis: Axis) -> list[CallSpan]:
 
 @dataclass(frozen=True, slots=True)
 class Panel:
-    """One model's part of the resource chart: step paths in SVG units."""
+    """One model's part of the resource chart: step paths in SVG units, requests in flight
+    above its base line and calls waiting for a limit below it (each on its own scale)."""
 
     model: str
     top: float
-    height: float
+    base: float
     peak: int
     flight: str
     """The area of requests in flight."""
     waiting: str
-    """The line of calls waiting for a limit."""
+    """The area of calls waiting for a limit."""
     peak_waiting: int
 
 
-PANEL = 64.0
+FLIGHT, WAITING, GAP = 48.0, 22.0, 16.0
+"""The heights of a panel's two parts, and the space between panels."""
 
 
 def resource_panels(spans: Sequence[CallSpan], axis: Axis) -> list[Panel]:
@@ -277,17 +279,18 @@ def resource_panels(spans: Sequence[CallSpan], axis: Axis) -> list[Panel]:
         group = by_model[model]
         flight = _steps([(s.wait_end, s.end) for s in group])
         waiting = _steps([(s.start, s.wait_end) for s in group if s.wait_end > s.start])
-        peak = max([c for _, c in flight] + [c for _, c in waiting] + [1])
-        top = index * (PANEL + 18) + 16
+        peak = max([c for _, c in flight] + [1])
+        peak_waiting = max([c for _, c in waiting] + [0])
+        base = index * (FLIGHT + WAITING + GAP) + FLIGHT + 4
         panels.append(
             Panel(
                 model=model,
-                top=top,
-                height=PANEL,
-                peak=peak,
-                flight=_path(flight, axis, top, peak, close=True),
-                waiting=_path(waiting, axis, top, peak, close=False),
-                peak_waiting=max([c for _, c in waiting] + [0]),
+                top=base - FLIGHT,
+                base=base,
+                peak=max([c for _, c in flight] + [0]),
+                flight=_path(flight, axis, base, -FLIGHT / peak),
+                waiting=_path(waiting, axis, base, WAITING / max(1, peak_waiting)),
+                peak_waiting=peak_waiting,
             )
         )
     return panels
@@ -306,19 +309,14 @@ def _steps(intervals: list[tuple[float, float]]) -> list[tuple[float, int]]:
     return steps
 
 
-def _path(steps: list[tuple[float, int]], axis: Axis, top: float, peak: int, close: bool) -> str:
+def _path(steps: list[tuple[float, int]], axis: Axis, base: float, scale: float) -> str:
+    """A closed step area from ``base``: each count ``scale`` units high (down when positive)."""
     if not steps:
         return ""
-    base = top + PANEL
-
-    def y(count: int) -> str:
-        return f"{base - PANEL * count / peak:.1f}"
-
     parts = [f"M{axis.x(steps[0][0]):.1f} {base:.1f}"]
     for at, count in steps:
-        parts.append(f"H{axis.x(at):.1f}V{y(count)}")
-    if close:
-        parts.append(f"V{base:.1f}Z")
+        parts.append(f"H{axis.x(at):.1f}V{base + count * scale:.1f}")
+    parts.append(f"V{base:.1f}Z")
     return "".join(parts)
 
 
@@ -329,11 +327,12 @@ def seconds(value: float) -> str:
 
 
 def _tick(value: float, step: float) -> str:
-    """A tick's label, with as many decimals as its step needs."""
-    if step >= 1:
-        return f"{value:g} s"
-    ms, digits = value * 1000, max(0, -math.floor(math.log10(step * 1000) + 1e-9))
-    return f"{ms:.{digits}f} ms"
+    """A tick's label in seconds (milliseconds under a second's step of 0.01 s), with as many
+    decimals as its step needs."""
+    if step >= 0.01:
+        return f"{value:.{max(0, -math.floor(math.log10(step) + 1e-9))}f} s"
+    digits = max(0, -math.floor(math.log10(step * 1000) + 1e-9))
+    return f"{value * 1000:.{digits}f} ms"
 
 
 def _clock(when: datetime) -> str:
