@@ -87,9 +87,7 @@ class Opened:
         self.errors: list[str] = []
         self.dialogs: list[str] = []
         self.page = context.new_page()
-        self.page.on(
-            "console", lambda m: self.errors.append(m.text) if m.type == "error" else None
-        )
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         self.page.on("dialog", self._dialog)
         self.page.goto(path.as_uri())
