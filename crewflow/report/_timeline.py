@@ -42,6 +42,8 @@ PLOT = WIDTH - LABELS - 20
 MAX_HEIGHT = 1400
 """The Gantt's plot grows one row per task up to this height; more tasks get thinner rows."""
 ROW_MAX, ROW_MIN = 20.0, 1.5
+TOP = 20.0
+"""The space above the Gantt's first row, for the time axis's labels (also drawn under it)."""
 LABEL_MIN_ROW = 11.0
 """Rows thinner than this carry no name (hovering a bar still tells it)."""
 MAX_PANELS = 6
@@ -130,7 +132,7 @@ def gantt(report: Report, axis: Axis) -> Gantt:
     ends: dict[str, float] = {}
     bars: list[Bar] = []
     for index, task in enumerate(tasks):
-        y = 4 + index * row
+        y = TOP + index * row
         first = task.attempts[0].agent if task.attempts else ""
         for attempt in task.attempts:
             bars.append(_bar(task, attempt, first, axis, y, row))
@@ -140,7 +142,7 @@ def gantt(report: Report, axis: Axis) -> Gantt:
             at = max((ends.get(d, 0.0) for d in task.depends_on), default=0.0)
             bars.append(_skipped(task, axis, at, y, row))
     labels = (
-        [(4 + i * row + row / 2, _cut(t.name, 28), t.name) for i, t in enumerate(tasks)]
+        [(TOP + i * row + row / 2, _cut(t.name, 28), t.name) for i, t in enumerate(tasks)]
         if row >= LABEL_MIN_ROW
         else []
     )
@@ -148,7 +150,7 @@ def gantt(report: Report, axis: Axis) -> Gantt:
     seen |= {"wait"} if any(b.wait for b in bars) else set()
     seen |= {"retry"} if any(b.retries for b in bars) else set()
     looks = [(look, text) for look, text in LOOKS.items() if look in seen]
-    return Gantt(axis, 8 + len(tasks) * row, row, labels, bars, looks)
+    return Gantt(axis, TOP + 4 + len(tasks) * row, row, labels, bars, looks)
 
 
 def _look(task: TaskEntry, attempt: AttemptRecord, first_agent: str) -> str:
