@@ -205,7 +205,7 @@ def _skipped(task: TaskEntry, axis: Axis, at: float, y: float, row: float) -> Ba
         look="skipped",
         x=axis.x(at),
         y=y + row * 0.12,
-        width=6.0,
+        width=10.0,
         height=row * 0.76,
         wait=0.0,
         retries=0,
