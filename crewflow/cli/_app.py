@@ -187,6 +187,32 @@ def show_command(
     _exit(show_run(run_id, as_json=as_json, full=full, prompts=prompts, db=db))
 
 
+@app.command("report")
+def report_command(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to report on.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE.html",
+            help="Where to write it (default: crewflow-report-RUN_ID.html here).",
+        ),
+    ] = None,
+    open_it: Annotated[
+        bool, typer.Option("--open", help="Open the report in the default web browser.")
+    ] = False,
+    db: Database = None,
+) -> None:
+    """Write one run's report as a self-contained HTML file (it needs no network), and print
+    its path: the timeline of every attempt, requests in flight, the task graph, usage, the
+    process and why, the optimizer's advice, and each task's output, prompts and tool calls.
+    """
+    from crewflow.cli._report import write_report
+
+    _exit(write_report(run_id, output=output, open_it=open_it, db=db))
+
+
 @app.command("optimize")
 def optimize_command(
     crew: Annotated[
