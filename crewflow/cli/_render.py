@@ -153,12 +153,16 @@ def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
     names.update(dict.fromkeys(task.name for task in details.added))
     names.update(dict.fromkeys(row.task for row in details.attempts))
     names.update(dict.fromkeys(details.outputs))
+    run = details.run
+    in_flight = run.lease.running if run.status == RunStatus.RUNNING and run.lease else ()
     summaries = []
     for name in names:
         attempts = [row for row in details.attempts if row.task == name]
         output = details.outputs.get(name)
         if output is not None:
             status = "completed"
+        elif name in in_flight:
+            status = "running"
         elif attempts:
             status = attempts[-1].status
         else:
@@ -268,7 +272,12 @@ def _lease_row(run: RunRecord) -> list[tuple[str, RenderableType]]:
         return [("why", Text(lapse_reason(run)))]
     if run.status == RunStatus.RUNNING and run.lease is not None:
         until = _when(run.lease.expires)
-        return [("owner", Text(f"{run.lease.owner} (its lease runs until {until})"))]
+        rows: list[tuple[str, RenderableType]] = [
+            ("owner", Text(f"{run.lease.owner} (its lease runs until {until})"))
+        ]
+        if run.lease.running:
+            rows.append(("in flight", Text(", ".join(run.lease.running))))
+        return rows
     return []
 
 

@@ -163,8 +163,16 @@ class Store(ABC):
         """
         return True
 
-    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
-        """Move the run's lease's expiry to ``expires``, if it is still the lease with
+    async def renew_lease(
+        self,
+        run_id: str,
+        token: str,
+        expires: datetime,
+        *,
+        running: Sequence[str] | None = None,
+    ) -> bool:
+        """Move the run's lease's expiry to ``expires``, and set its tasks in flight
+        (`Lease.running`) to ``running`` unless it is ``None``, if it is still the lease with
         ``token``.
 
         Returns:

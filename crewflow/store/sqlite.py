@@ -237,12 +237,23 @@ class SQLiteStore(Store):
 
         return await self._writer.write(take)
 
-    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
-        values = valid_values((to_jsonable_python(expires), expires.timestamp(), run_id, token))
+    async def renew_lease(
+        self,
+        run_id: str,
+        token: str,
+        expires: datetime,
+        *,
+        running: Sequence[str] | None = None,
+    ) -> bool:
+        listed = None if running is None else to_json(list(running))
+        values = valid_values(
+            (to_jsonable_python(expires), expires.timestamp(), listed, run_id, token)
+        )
 
         def renew(conn: sqlite3.Connection) -> bool:
             statement = (
-                "UPDATE leases SET expires = ?, expires_ts = ? WHERE run_id = ? AND token = ?"
+                "UPDATE leases SET expires = ?, expires_ts = ?, running = coalesce(?, running) "
+                "WHERE run_id = ? AND token = ?"
             )
             return conn.execute(statement, values).rowcount == 1
 
