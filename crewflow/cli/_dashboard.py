@@ -78,7 +78,14 @@ async def _serve(
     async with SQLiteStore(path, read_only=True) as store:
         app = create_app(store, token=token, hosts=allowed_hosts(host))
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            # Event streams never end by themselves: give them a second at shutdown.
+            timeout_graceful_shutdown=1,
         )
         server = uvicorn.Server(config)
         async with anyio.create_task_group() as group:

@@ -4,6 +4,7 @@ its event streams, over real stores; the app is driven in-process by Starlette's
 from __future__ import annotations
 
 import json
+import sys
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +14,11 @@ import pytest
 pytest.importorskip("starlette", reason="the dashboard extra is not installed")
 
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
+from crewflow import cli
 from crewflow._records import RunStatus
+from crewflow.cli import _dashboard as _dashboard_cli
 from crewflow.report._dashboard import COOKIE, changes, create_app, run_state
 from crewflow.store import Lease, MemoryStore, SQLiteStore
 from tests.report.crews import HOSTILE, stored_run, varied_crew
@@ -23,6 +27,8 @@ from tests.test_cli_store import attempt, output, record
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from click.testing import Result
 
     from crewflow.store import Store
 
@@ -285,3 +291,81 @@ async def test_a_stores_version_moves_with_its_own_writes_and_another_connection
         assert two.lease is not None
         assert await second.take_lease("two", Lease.new(), replacing=two.lease.token)
         assert await first.version() != mine  # another connection's write
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def dashboard(*args: str, width: int = 80) -> Result:
+    return CliRunner().invoke(cli.app, ["dashboard", *args], env={"COLUMNS": str(width)})
+
+
+@pytest.fixture
+def serving(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int, str]]:
+    """What the command served (path, host, port, token), instead of serving it: it prints its
+    address as though it were ready, and returns."""
+    served: list[tuple[str, str, int, str]] = []
+
+    async def serve(path: Path, host: str, port: int, token: str, ready: Any) -> None:
+        served.append((str(path), host, port, token))
+        ready(f"http://localhost:{port or 41234}")
+
+    monkeypatch.setattr(_dashboard_cli, "_serve", serve)
+    return served
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_the_command_prints_its_address_with_a_fresh_token(
+    tmp_path: Path, serving: list[tuple[str, str, int, str]], width: int
+) -> None:
+    db = tmp_path / "runs.db"
+    anyio.run(_create, db)
+
+    first = dashboard("--db", str(db), "--port", "0", width=width)
+    second = dashboard("--db", str(db), width=width)
+
+    assert first.exit_code == second.exit_code == 0, first.output
+    (_, host, port, token), (_, _, default_port, other) = serving
+    assert (host, port, default_port) == ("127.0.0.1", 0, 8765)
+    assert token != other  # a new token each time
+    assert len(token) >= 32
+    assert f"http://localhost:41234/?token={token}" in first.stdout.replace("\n", "")
+    assert "warning" not in first.output
+
+
+def test_another_host_is_served_with_a_warning_and_answers_that_host(
+    tmp_path: Path, serving: list[tuple[str, str, int, str]]
+) -> None:
+    db = tmp_path / "runs.db"
+    anyio.run(_create, db)
+
+    result = dashboard("--db", str(db), "--host", "0.0.0.0", width=120)
+
+    assert result.exit_code == 0
+    assert "warning: the dashboard listens on 0.0.0.0" in result.stderr
+    assert "prompt and output" in result.stderr
+    assert serving[0][1] == "0.0.0.0"
+    assert _dashboard_cli.allowed_hosts("0.0.0.0") == ["*"]
+    assert _dashboard_cli.allowed_hosts("10.0.0.5") == ["10.0.0.5", "127.0.0.1", "localhost"]
+    assert _dashboard_cli.allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost"]
+
+
+def test_without_a_database_or_the_extra_the_command_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serving: list[tuple[str, str, int, str]]
+) -> None:
+    missing = dashboard("--db", str(tmp_path / "none.db"))
+    assert missing.exit_code == 2
+    assert "no run database at" in missing.stderr
+    assert "run a crew first" in missing.stderr
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed
+    no_extra = dashboard("--db", str(tmp_path / "none.db"))
+    assert no_extra.exit_code == 2
+    assert no_extra.stderr.strip().endswith("pip install 'crewflow[dashboard]'")
+    assert len(no_extra.stderr.strip().splitlines()) == 1
+    assert serving == []
+
+
+async def _create(db: Path) -> None:
+    async with SQLiteStore(db) as store:
+        await store.list_runs()
