@@ -213,6 +213,30 @@ def report_command(
     _exit(write_report(run_id, output=output, open_it=open_it, db=db))
 
 
+@app.command("dashboard")
+def dashboard_command(
+    port: Annotated[
+        int, typer.Option("--port", "-p", min=0, max=65535, help="The port (0: any free one).")
+    ] = 8765,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="The address to listen on. Another than 127.0.0.1 shows every prompt and "
+            "output to whoever reaches it with the token.",
+        ),
+    ] = "127.0.0.1",
+    db: Database = None,
+) -> None:
+    """Serve a local web page of the recorded runs, live: the runs (by crew and status), each
+    run's tasks and report, updated as runs go on, whichever process runs them. It prints its
+    address with a token; it only reads. Needs the extra: pip install 'crewflow[dashboard]'.
+    """
+    from crewflow.cli._dashboard import serve_dashboard
+
+    _exit(serve_dashboard(host=host, port=port, db=db))
+
+
 @app.command("optimize")
 def optimize_command(
     crew: Annotated[

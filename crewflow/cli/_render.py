@@ -149,26 +149,21 @@ class _TaskSummary:
 def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
     """Every task of the run in graph order, then the tasks its process added, in the order
     added (then any other task its records name)."""
-    names = dict.fromkeys(details.run.graph)
-    names.update(dict.fromkeys(task.name for task in details.added))
-    names.update(dict.fromkeys(row.task for row in details.attempts))
-    names.update(dict.fromkeys(details.outputs))
+    from crewflow.report._status import task_names, task_statuses
+
     run = details.run
-    in_flight = run.lease.running if run.status == RunStatus.RUNNING and run.lease else ()
-    summaries = []
-    for name in names:
-        attempts = [row for row in details.attempts if row.task == name]
-        output = details.outputs.get(name)
-        if output is not None:
-            status = "completed"
-        elif name in in_flight:
-            status = "running"
-        elif attempts:
-            status = attempts[-1].status
-        else:
-            status = "pending" if details.run.status == RunStatus.RUNNING else "not run"
-        summaries.append(_TaskSummary(name, status, attempts, output))
-    return summaries
+    names = task_names(run, details.added, details.attempts, details.outputs)
+    depends_on = {**{task.name: task.depends_on for task in details.added}, **run.graph}
+    statuses = task_statuses(run, names, details.attempts, details.outputs, depends_on)
+    return [
+        _TaskSummary(
+            name,
+            statuses[name],
+            [row for row in details.attempts if row.task == name],
+            details.outputs.get(name),
+        )
+        for name in names
+    ]
 
 
 def show_details(

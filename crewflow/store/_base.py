@@ -307,6 +307,14 @@ class Store(ABC):
             if attempt.prompts
         }
 
+    async def version(self) -> str | None:
+        """A token that changes whenever the store's records change, by this process or
+        another: a live view polls it and reads the records again only when it moved (compare
+        tokens for equality only). ``None``: this store cannot tell (the default), so a view
+        must read the records each time.
+        """
+        return None
+
     @abstractmethod
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         """Runs, newest first; only ``crew``'s when given; at most ``limit`` (``None``: all)."""

@@ -406,6 +406,15 @@ class SQLiteStore(Store):
 
         return dict(prompts_from_row(found) for found in await self._writer.call(select))
 
+    async def version(self) -> str | None:
+        # PRAGMA data_version moves when another connection commits; total_changes counts the
+        # rows this connection changed; the connection's id tells a reopened one apart.
+        def read(conn: sqlite3.Connection) -> str:
+            (other,) = conn.execute("PRAGMA data_version").fetchone()
+            return f"{id(conn)}:{other}:{conn.total_changes}"
+
+        return await self._writer.call(read)
+
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         crew = None if crew is None else valid_text(crew)
         check_limit(limit)
