@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskStatus
 from crewflow._usage import Usage
+from crewflow.report._status import NOT_RUN, task_statuses
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from crewflow.crew import CrewResult
     from crewflow.optimizer import Recommendation
-    from crewflow.store import Store
+    from crewflow.store import RunRecord, Store
 
 __all__ = ["Report", "TaskEntry"]
 
@@ -140,8 +141,17 @@ class Report:
             graph.setdefault(task.name, (tuple(task.depends_on), task.kind))
         for name in [*by_task, *outputs]:  # recorded but not in the graph (an older record)
             graph.setdefault(name, ((), TaskKind.INTERNAL))
+        statuses = task_statuses(
+            run,
+            list(graph),
+            [attempt for attempts in by_task.values() for attempt in attempts],
+            outputs,
+            {name: list(deps) for name, (deps, _) in graph.items()},
+        )
         tasks = tuple(
-            _stored_task(name, deps, kind, by_task.get(name, []), outputs, run.status)
+            _stored_task(
+                name, deps, kind, by_task.get(name, []), outputs, _status(statuses[name], run)
+            )
             for name, (deps, kind) in graph.items()
         )
         advice = await analyze(store, run.crew)
@@ -241,25 +251,25 @@ class Report:
         )
 
 
+def _status(status: str, run: RunRecord) -> TaskStatus:
+    """A task's status as `crewflow.report._status.task_statuses` tells it, as a `TaskStatus`:
+    one that never started (`NOT_RUN`) was cancelled with its run, or waits for a resume."""
+    if status != NOT_RUN:
+        return TaskStatus(status)
+    if run.status in (RunStatus.CANCELLED, RunStatus.FAILED):
+        return TaskStatus.CANCELLED
+    return TaskStatus.PENDING
+
+
 def _stored_task(
     name: str,
     depends_on: tuple[str, ...],
     kind: TaskKind,
     attempts: list[AttemptRecord],
     outputs: dict[str, Any],
-    run_status: RunStatus,
+    status: TaskStatus,
 ) -> TaskEntry:
     row = outputs.get(name)
-    if row is not None:
-        status = TaskStatus.COMPLETED
-    elif attempts:
-        status = attempts[-1].status
-    elif run_status in (RunStatus.FAILED, RunStatus.COMPLETED):
-        status = TaskStatus.SKIPPED
-    elif run_status == RunStatus.CANCELLED:
-        status = TaskStatus.CANCELLED
-    else:
-        status = TaskStatus.PENDING
     agent = attempts[0].agent if attempts else (row.agent if row is not None else "")
     return TaskEntry(
         name=name,
