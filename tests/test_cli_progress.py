@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyte
@@ -135,11 +136,27 @@ def test_a_finished_task_shows_its_duration_and_the_tokens_of_all_its_attempts()
     feed(
         progress, started(1), task_started("facts"), call("facts", 7, 3), finished("facts", 70, 30)
     )
-    progress.settle(_usage(cost=0.0123))
+    progress.settle(_result(cost=0.0123))
 
     assert shown(progress) == [
         "research (parallel)  1/1 tasks done · 0.00 s · 100 tokens (70 in, 30 out) · $0.0123",
         "✓ facts finished  in 1.50 s · 100 tokens (70 in, 30 out)",
+    ]
+
+
+def test_tasks_a_resumed_run_restored_show_as_done_at_the_end() -> None:
+    progress, _ = view()
+
+    feed(progress, started(2), task_started("draft"), finished("draft"))
+    feed(progress, events.RunFinished(run_id="r1", time=0.0, status="completed", duration=2.0))
+    assert shown(progress)[0].startswith("research (parallel)  2/2 tasks done · completed in ")
+    progress.settle(_result(cost=0.5, restored=("facts",)))
+
+    assert shown(progress) == [
+        "research (parallel)  2/2 tasks done · completed in 2.00 s · 15 tokens (10 in, 5 out) "
+        "· $0.5000",
+        "✓ draft finished  in 1.50 s · 15 tokens (10 in, 5 out)",
+        "✓ facts finished  restored from the run's record",
     ]
 
 
@@ -447,10 +464,11 @@ def test_the_live_view_on_an_80_by_24_terminal_ends_on_every_task_done(tmp_path:
     assert [line for line in lines if line][-1] == f"see the run: crewflow report {run_id}"
 
 
-def _usage(cost: float) -> Any:
+def _result(cost: float, restored: tuple[str, ...] = ()) -> Any:
     from crewflow._usage import Usage
 
-    return Usage(requests=1, prompt_tokens=70, completion_tokens=30, cost=cost)
+    usage = Usage(requests=1, prompt_tokens=70, completion_tokens=30, cost=cost)
+    return SimpleNamespace(usage=usage, restored=list(restored))
 
 
 def _json(text: str) -> dict[str, Any]:

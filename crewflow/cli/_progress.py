@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console, ConsoleOptions, RenderResult
 
-    from crewflow._usage import Usage
+    from crewflow.crew import CrewResult
 
 _SYMBOLS: dict[Status, tuple[str, str]] = {
     "added": ("+", "dim"),
@@ -76,10 +76,14 @@ class ProgressView:
                 live.refresh()
                 self._live = None
 
-    def settle(self, usage: Usage) -> None:
-        """Show the run's final usage, cost included (the events carry no cost)."""
+    def settle(self, result: CrewResult) -> None:
+        """Show what only the run's result tells: its cost (no event carries one) and, for a
+        resumed run, the tasks restored from its record (no event names them)."""
         with self._lock:
-            self.run.cost = usage.cost
+            self.run.cost = result.usage.cost
+            for name in result.restored:
+                if name not in self.run.tasks:
+                    self.run.task(name, "finished", "restored from the run's record")
 
     def __call__(self, event: events.Event, /) -> None:
         with self._lock:
@@ -135,6 +139,8 @@ class ProgressView:
     def _summary(self, now: float, *, status: bool, short: bool = False) -> list[str]:
         run = self.run
         done = run.count("finished")
+        if run.status == "completed":  # tasks restored on a resume send no event
+            done = run.size - run.count("failed", "skipped")
         parts = [f"{done}/{run.size} tasks done"] if run.size else ["starting"]
         for shown in ("running", "failed", "skipped"):
             count = run.count(shown, *(("retrying", "waiting") if shown == "running" else ()))
@@ -342,7 +348,7 @@ def _task_line(task: TaskProgress, name_width: int, frame: str, *, short: bool) 
         symbol = frame
     name = Text(printable(task.name), style="bold")
     name.truncate(name_width, overflow="ellipsis", pad=True)
-    if task.status == "finished":
+    if task.status == "finished" and task.duration is not None:
         detail = " · ".join(facts(task, finished=True, short=short))
     elif task.status in ACTIVE:
         detail = " · ".join([printable(task.detail), *facts(task, short=short)])

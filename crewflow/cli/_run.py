@@ -294,7 +294,7 @@ def _watching(
         with showing:
             result = anyio.run(start, watched)
             if view is not None:
-                view.settle(result.usage)
+                view.settle(result)
             return result
     except KeyboardInterrupt as exc:
         raise Interrupted(started[-1] if started else None) from exc
