@@ -130,6 +130,34 @@ def test_a_running_task_shows_its_tokens_tool_calls_retries_and_limit_waits() ->
     )
 
 
+def test_a_call_made_again_after_a_provider_retry_puts_its_task_back_to_running() -> None:
+    progress, _ = view(width=200)
+
+    feed(
+        progress,
+        started(1),
+        task_started("facts", agent="Researcher"),
+        events.LLMCallRetrying(
+            run_id="r1", time=0.0, task="facts", model="m", call_attempt=1, status_code=429,
+            delay=2.0,
+        ),
+    )  # fmt: skip
+    assert shown(progress)[1].endswith(
+        "facts retrying  provider error 429; calling again in 2.00 s · 1 provider retry"
+    )
+
+    feed(
+        progress,
+        events.LimiterWait(
+            run_id="r1", time=0.0, task="facts", model="m", waited=2.0, reasons=["rpm:m"]
+        ),
+        events.LLMCallStarted(run_id="r1", time=0.0, task="facts", model="m", attempt=1),
+    )
+    assert shown(progress)[1].endswith(
+        "facts running  Researcher · 1 provider retry · waited 2.00 s for rpm:m"
+    )
+
+
 def test_a_finished_task_shows_its_duration_and_the_tokens_of_all_its_attempts() -> None:
     progress, _ = view()
 

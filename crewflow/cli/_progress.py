@@ -90,7 +90,7 @@ class ProgressView:
             if self.run.apply_run(event, self._clock()):
                 self._print_run(event)
                 return
-            if self.run.apply_usage(event):
+            if self.run.apply_usage(event) or self._between_calls(event):
                 return
             update = self._describe(event)
             if update is None:
@@ -158,15 +158,16 @@ class ProgressView:
             parts.append("paused")
         return parts
 
-    def _plain(self, task: TaskProgress) -> Text:
+    def _plain(self, task: TaskProgress, detail: str | None = None) -> Text:
         symbol, style = _SYMBOLS[task.status]
+        detail = task.detail if detail is None else detail
         return Text.assemble(
             (symbol, style),
             " ",
             (printable(task.name), "bold"),
             " ",
             (task.status, style),
-            f"  {printable(task.detail)}",
+            f"  {printable(detail)}",
         )
 
     def _print_run(self, event: events.Event) -> None:
@@ -194,9 +195,6 @@ class ProgressView:
             task.streamed = ""
         elif isinstance(event, events.LLMCallRetrying):
             task.retries += 1
-        elif isinstance(event, events.LimiterWait):
-            task.waited += event.waited
-            task.waited_for = list(dict.fromkeys([*task.waited_for, *event.reasons]))
         elif isinstance(event, events.ToolCalled):
             task.tool_calls += 1
             task.tool_failures += 1
@@ -214,10 +212,30 @@ class ProgressView:
             )
             task.duration = event.duration
             return event.task, "finished", " · ".join(facts(task, finished=True))
-        if isinstance(event, events.LimiterWait):
-            reasons = ", ".join(event.reasons) or "limits"
-            return event.task, "running", f"waited {format_seconds(event.waited)} for {reasons}"
         return _describe_task(event)
+
+    def _between_calls(self, event: events.Event) -> bool:
+        """A wait for limits is counted on its task's line (and printed as a line of its own
+        off a terminal); a call made again after a retry puts its task back to running."""
+        if isinstance(event, events.LimiterWait):
+            known = self.run.tasks.get(event.task)
+            detail = "" if known is None else known.detail
+            if known is not None and known.status == "retrying":  # the retry is under way
+                detail = known.agent
+            task = self.run.task(event.task, "running", detail)
+            task.waited += event.waited
+            task.waited_for = list(dict.fromkeys([*task.waited_for, *event.reasons]))
+            if self._live is None:
+                reasons = ", ".join(event.reasons) or "limits"
+                waited = f"waited {format_seconds(event.waited)} for {reasons}"
+                self.console.print(self._plain(task, waited), soft_wrap=True)
+            return True
+        if isinstance(event, events.LLMCallStarted):
+            calling = self.run.tasks.get(event.task)
+            if calling is not None and calling.status == "retrying":
+                self.run.task(event.task, "running", calling.agent)
+            return True
+        return False
 
 
 def _describe_task(event: events.Event) -> tuple[str, Status, str] | None:
