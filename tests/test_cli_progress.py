@@ -158,6 +158,12 @@ def test_a_call_made_again_after_a_provider_retry_puts_its_task_back_to_running(
     )
 
 
+def test_nothing_is_drawn_before_the_run_starts() -> None:
+    progress, _ = view()
+
+    assert progress.lines(80, 24) == []
+
+
 def test_a_finished_task_shows_its_duration_and_the_tokens_of_all_its_attempts() -> None:
     progress, _ = view()
 

@@ -103,7 +103,8 @@ class ProgressView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         with self._lock:
-            yield from self.lines(options.max_width, options.size.height)
+            lines = self.lines(options.max_width, options.size.height)
+        yield from lines
 
     def render(self) -> Text:
         """The view as it is now, at the console's size (for tests and notebooks)."""
@@ -113,6 +114,8 @@ class ProgressView:
     def lines(self, width: int, height: int) -> list[Text]:
         """The view's lines for a ``width`` x ``height`` screen: at most ``height - 1`` of
         them (the live display keeps a row for the cursor), none wider than ``width``."""
+        if self.run.started is None and not self.run.tasks:
+            return []  # nothing to show before the run starts (it may be refused)
         now = self._clock()
         lines = [self._header(now, width)]
         frame = _SPINNER[int(now * 10) % 10]

@@ -137,10 +137,13 @@ def resume_run(
     """What ``crewflow resume`` does; returns the exit code instead of raising.
 
     A completed run is left as it is ("nothing to resume"); ``rerun`` starts a new run of its
-    crew with the inputs it was recorded with.
+    crew with the inputs it was recorded with. ``quiet`` shows no progress, only the result
+    (and errors); ``as_json`` implies it.
     """
     out = stdout or Console(highlight=False)
     err = stderr or Console(stderr=True, highlight=False)
+    view: ProgressView | None = None
+    crew: Crew | None = None
     try:
         llm = check_model(model) if model is not None else None
         record = _recorded(run_id, db)
