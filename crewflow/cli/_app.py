@@ -52,6 +52,10 @@ def _root(
 
 
 _JSON_HELP = "Print only JSON (for scripts)."
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Show no progress: only the result (and errors)."),
+]
 Database = Annotated[
     Path | None,
     typer.Option(
@@ -90,6 +94,7 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print only the result as JSON (for scripts).")
     ] = False,
+    quiet: Quiet = False,
     db: Database = None,
 ) -> None:
     """Run the crew defined in FILE and show its progress and final output."""
@@ -101,6 +106,7 @@ def run(
             model=model,
             inputs=inputs or [],
             as_json=as_json,
+            quiet=quiet,
             db=db,
             freeze_heap=_OWN_PROCESS.get(),
         )
@@ -133,6 +139,7 @@ def resume_command(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    quiet: Quiet = False,
     db: Database = None,
 ) -> None:
     """Finish a failed or interrupted run: only the tasks that had not finished run again.
@@ -143,7 +150,14 @@ def resume_command(
     from crewflow.cli._run import resume_run
 
     code = resume_run(
-        run_id, file=file, force=force, rerun=rerun, model=model, as_json=as_json, db=db
+        run_id,
+        file=file,
+        force=force,
+        rerun=rerun,
+        model=model,
+        as_json=as_json,
+        quiet=quiet,
+        db=db,
     )
     _exit(code)
 
