@@ -273,8 +273,19 @@ class Recorder:
         """Checkpoint a finished task: its output and attempts, committed when this returns
         (``at``: when it finished, default its last attempt's end)."""
         from crewflow.store import OutputRow
+        from crewflow.store._base import FinishedOutput
 
         data = output.data
+        finished_at = at or (attempts[-1].end if attempts else datetime.now(UTC))
+        if data is None:  # the usual case: a store may write the fields as they are
+            finished = FinishedOutput(
+                output.task, output.text, output.agent, output.model, finished_at
+            )
+            with real_work():
+                await self.store._save_finished(
+                    self.record.run_id, finished, attempts, lease=self.token
+                )
+            return
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json")
         row = OutputRow(
@@ -284,7 +295,7 @@ class Recorder:
             data=data,
             agent=output.agent,
             model=output.model,
-            finished_at=at or (attempts[-1].end if attempts else datetime.now(UTC)),
+            finished_at=finished_at,
         )
         with real_work():
             await self.store.save_task(row, attempts, lease=self.token)
