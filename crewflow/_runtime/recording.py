@@ -204,6 +204,9 @@ class Recorder:
         with real_work():
             await self.store.start_run(self.record)
         self.lease = lease
+        # Written: the run's later writes need its id and key, not each task's dependencies
+        # (a list a task, for the garbage collector to walk while the run lasts).
+        self.record = self.record.model_copy(update={"graph": {}})
 
     async def take_over(self) -> None:
         """Take the recorded run over for a resume, then reopen it: its lease is replaced only

@@ -3,6 +3,7 @@ dependant starts), and how the run ended; resume continues from those records.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -621,3 +622,25 @@ async def test_a_sqlite_store_subclass_s_own_save_task_is_what_a_run_calls(
     assert saved == ["a", "b"]
     assert set(await store.outputs(result.run_id)) == {"a", "b"}
     await store.close()
+
+
+async def test_a_started_run_keeps_no_copy_of_the_graph_its_record_wrote() -> None:
+    # Each task's dependencies are written with the run; a 10,000-task run kept them all (a
+    # list a task, for the garbage collector to walk) for no later write's use.
+    from crewflow._runtime.recording import Recorder
+    from crewflow.store import RunRecord
+
+    store = MemoryStore()
+    graph = {"a": [], "b": ["a"]}
+    record = RunRecord(run_id="r1", crew="c", started=datetime.now(UTC), graph=graph)
+    recorder = Recorder(store, record)
+
+    await recorder.started(datetime.now(UTC))
+
+    stored = await store.get_run("r1")
+    assert stored is not None
+    assert stored.graph == graph
+    assert recorder.record.graph == {}
+    assert recorder.record.run_id == "r1"
+    assert recorder.lease is not None
+    assert recorder.record.lease == recorder.lease
