@@ -21,6 +21,7 @@ from crewflow._records import RunStatus
 from crewflow._runtime.clock import real_work
 from crewflow.exceptions import CrewChange, LeaseLost, RunInProgress
 from crewflow.llm._types import Usage
+from crewflow.store._base import FinishedOutput
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -275,9 +276,6 @@ class Recorder:
     ) -> None:
         """Checkpoint a finished task: its output and attempts, committed when this returns
         (``at``: when it finished, default its last attempt's end)."""
-        from crewflow.store import OutputRow
-        from crewflow.store._base import FinishedOutput
-
         data = output.data
         finished_at = at or (attempts[-1].end if attempts else datetime.now(UTC))
         if data is None:  # the usual case: a store may write the fields as they are
@@ -289,6 +287,8 @@ class Recorder:
                     self.record.run_id, finished, attempts, lease=self.token
                 )
             return
+        from crewflow.store import OutputRow
+
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json")
         row = OutputRow(
