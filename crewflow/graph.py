@@ -71,6 +71,7 @@ class TaskGraph:
         self._default_agent = default_agent or (agents[0] if len(agents) == 1 else None)
         self._agent_count = len(agents)
         self._nx: Any = None  # built on demand from the dicts (the dicts are the truth)
+        self._shared = False  # the lists in _deps and _dependants are another graph's too
         for position, task in enumerate(tasks, start=1):
             self._register(task, position)
         for task in tasks:
@@ -253,9 +254,13 @@ class TaskGraph:
         clone._names = dict(self._names)
         clone._by_name = dict(self._by_name)
         clone._agents = dict(self._agents)
-        clone._deps = {name: list(deps) for name, deps in self._deps.items()}
+        # The dependency lists are shared until either graph changes one (`_unshare`): most
+        # runs add no task, and two lists a task are two objects a task fewer for the garbage
+        # collector to walk while a run lasts.
+        clone._deps = dict(self._deps)
         clone._position = dict(self._position)
-        clone._dependants = {name: list(deps) for name, deps in self._dependants.items()}
+        clone._dependants = dict(self._dependants)
+        clone._shared = self._shared = True
         clone._internal = set(self._internal)
         clone._members = self._members
         clone._default_agent = self._default_agent
@@ -445,9 +450,17 @@ class TaskGraph:
                 f"task {name!r} lists itself in its context: a task cannot depend on itself"
             )
 
+    def _unshare(self) -> None:
+        """Copy the dependency lists this graph shares with a copy of it, before a change."""
+        if self._shared:
+            self._deps = {name: list(deps) for name, deps in self._deps.items()}
+            self._dependants = {name: list(deps) for name, deps in self._dependants.items()}
+            self._shared = False
+
     def _connect(self, name: str, dependencies: Iterable[str]) -> None:
         dependencies = list(dependencies)
         self._check_not_self(name, dependencies)
+        self._unshare()
         for dep in dependencies:
             if dep in self._deps[name]:
                 continue

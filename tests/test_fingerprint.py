@@ -101,3 +101,36 @@ def test_an_added_task_is_hashed_as_a_crew_task_would_be() -> None:
     assert (
         task_hash("facts", facts, graph.agent_of(facts), []) == built.fingerprint().tasks["facts"]
     )
+
+
+def test_each_task_is_hashed_as_json_dumps_writes_its_entry_whatever_its_text() -> None:
+    from crewflow import tool
+
+    @tool
+    def search(query: str) -> str:
+        """Search for QUERY."""
+        return query
+
+    helper = Agent(role='Help "er"', goal="g\\n\u2028", backstory="é", llm="offline")
+    writer = Agent(role="Writer", goal="Write «well»", llm="openai/gpt-4o-mini", tools=[search])
+    first = Task('Say "hi"\\ \x00 \x7f', agent=writer, name="fïrst")
+    second = Task("Then 🔋", agent=helper, name="second", context=[first], fallback_agent=writer)
+    third = Task(
+        "Last",
+        agent=writer,
+        name="3",
+        context=[second, first],
+        output_model=Post,
+        expected_output="a post",
+    )
+    graph = Crew(tasks=[first, second, third], process="parallel").graph
+
+    for llm in (None, "openai/gpt-4o"):
+        found = fingerprint(graph, "parallel", llm=llm)
+        for name in graph.deliverables:
+            task = graph.task(name)
+            entry = _entry(name, task, graph.agent_of(task), graph.dependency_names(name), llm)
+            assert found.tasks[name] == task_hash(
+                name, task, graph.agent_of(task), graph.dependency_names(name), llm
+            )
+            assert found.tasks[name] == whole_json_hash(entry)[: len("sha256:") + 16]

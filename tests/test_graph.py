@@ -502,6 +502,27 @@ def test_a_copy_shares_the_networkx_graph_until_it_changes(agent: Agent) -> None
     assert list(built.nodes) == ["first"]
 
 
+def test_a_copy_shares_the_dependency_lists_until_either_graph_changes_one(
+    agent: Agent,
+) -> None:
+    first = Task("a", agent=agent, name="first")
+    second = Task("b", agent=agent, name="second", context=[first])
+    graph = TaskGraph([first, second], agents=[agent])
+
+    copy, other = graph.copy(), graph.copy()
+    assert copy.dependant_names("first") is graph.dependant_names("first")
+    copy._extend([Task("c", name="third", context=["first", "second"])])
+    other._extend([Task("d", name="fourth", context=["second"])])
+
+    assert graph.dependant_names("first") == ["second"]
+    assert graph.dependant_names("second") == []
+    assert copy.dependant_names("first") == ["second", "third"]
+    assert copy.dependant_names("second") == ["third"]
+    assert other.dependant_names("first") == ["second"]
+    assert other.dependant_names("second") == ["fourth"]
+    assert other.dependency_names("fourth") == ["second"]
+
+
 CREWS_WITHOUT_PLANS = """
 import sys
 from crewflow import Agent, Crew, Task

@@ -22,6 +22,7 @@ from crewflow._records import RunStatus
 from crewflow._runtime.clock import real_work
 from crewflow.exceptions import CrewChange, LeaseLost, RunInProgress
 from crewflow.llm._types import Usage
+from crewflow.store._base import FinishedOutput
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -220,6 +221,9 @@ class Recorder:
         with real_work():
             await self.store.start_run(self.record)
         self.lease = lease
+        # Written: the run's later writes need its id and key, not each task's dependencies
+        # (a list a task, for the garbage collector to walk while the run lasts).
+        self.record = self.record.model_copy(update={"graph": {}})
 
     async def take_over(self) -> None:
         """Take the recorded run over for a resume, then reopen it: its lease is replaced only
@@ -303,9 +307,19 @@ class Recorder:
     ) -> None:
         """Checkpoint a finished task: its output and attempts, committed when this returns
         (``at``: when it finished, default its last attempt's end)."""
+        data = output.data
+        finished_at = at or (attempts[-1].end if attempts else datetime.now(UTC))
+        if data is None:  # the usual case: a store may write the fields as they are
+            finished = FinishedOutput(
+                output.task, output.text, output.agent, output.model, finished_at
+            )
+            with real_work():
+                await self.store._save_finished(
+                    self.record.run_id, finished, attempts, lease=self.token
+                )
+            return
         from crewflow.store import OutputRow
 
-        data = output.data
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json")
         row = OutputRow(
@@ -315,7 +329,7 @@ class Recorder:
             data=data,
             agent=output.agent,
             model=output.model,
-            finished_at=at or (attempts[-1].end if attempts else datetime.now(UTC)),
+            finished_at=finished_at,
         )
         with real_work():
             await self.store.save_task(row, attempts, lease=self.token)

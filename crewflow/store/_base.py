@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, NamedTuple, Self
 
 from crewflow.exceptions import (
     DuplicateRunError,
@@ -27,6 +27,18 @@ if TYPE_CHECKING:
     from crewflow._usage import Usage
     from crewflow.store._lease import Lease
     from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
+
+
+class FinishedOutput(NamedTuple):
+    """A finished task's output as the runtime hands it to `Store._save_finished`: the fields
+    of an `OutputRow` without ``data`` (``None``), and of no run yet."""
+
+    task: str
+    text: str
+    agent: str
+    model: str
+    finished_at: datetime
+
 
 _opened: dict[str, Store] = {}
 """The SQLite stores `resolve_store` opened, by resolved path (one per database file)."""
@@ -269,6 +281,29 @@ class Store(ABC):
         for attempt in attempts:
             await self.record_attempt(output.run_id, attempt, lease=lease)
         await self.save_output(output, lease=lease)
+
+    async def _save_finished(
+        self,
+        run_id: str,
+        output: FinishedOutput,
+        attempts: Sequence[AttemptRecord],
+        *,
+        lease: str | None,
+    ) -> None:
+        """What the runtime calls for a finished task whose output holds no structured data:
+        `save_task`, unless a store writes the output's fields without an `OutputRow` (an
+        internal shortcut, taken only where ``save_task`` is the store's own)."""
+        from crewflow.store._records import OutputRow
+
+        row = OutputRow(
+            run_id=run_id,
+            task=output.task,
+            text=output.text,
+            agent=output.agent,
+            model=output.model,
+            finished_at=output.finished_at,
+        )
+        await self.save_task(row, attempts, lease=lease)
 
     @abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None:

@@ -19,6 +19,9 @@ from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from datetime import datetime
+
+    from pydantic import JsonValue
 
 RUN_COLUMNS = (
     "run_id, crew, fingerprint, crew_key, task_hashes, process_config, source, process, chosen, "
@@ -78,14 +81,15 @@ class TaskRows:
     def __init__(
         self,
         run_id: str,
-        output: OutputRow | None,
+        output: OutputRow | tuple[Any, ...] | None,
         attempts: Iterable[AttemptRecord],
         lease: str | None = None,
     ) -> None:
         self.run_id = valid_text(run_id)  # stored repaired (`_attempt_values`): checked so too
         self.lease = lease
         self.attempts = [_attempt_values(run_id, attempt) for attempt in attempts]
-        self.output = None if output is None else _output_values(output)
+        # An OutputRow, or its `output_values` already.
+        self.output = _output_values(output) if isinstance(output, OutputRow) else output
 
     @staticmethod
     def leases_hold(conn: sqlite3.Connection, rows: Iterable[TaskRows]) -> bool:
@@ -280,16 +284,31 @@ def task_values(run_id: str, task: AddedTaskRecord) -> tuple[Any, ...]:
 
 
 def _output_values(row: OutputRow) -> tuple[Any, ...]:
+    return output_values(
+        row.run_id, row.task, row.text, row.data, row.agent, row.model, row.finished_at
+    )
+
+
+def output_values(
+    run_id: str,
+    task: str,
+    text: str,
+    data: JsonValue,
+    agent: str,
+    model: str,
+    finished_at: datetime,
+) -> tuple[Any, ...]:
+    """An output's row (`OUTPUT_COLUMNS`, then ``finished_ts``) from an `OutputRow`'s fields."""
     return valid_values(
         (
-            row.run_id,
-            row.task,
-            row.text,
-            None if row.data is None else to_json(row.data),
-            row.agent,
-            row.model,
-            _when(row.finished_at),
-            row.finished_at.timestamp(),
+            run_id,
+            task,
+            text,
+            None if data is None else to_json(data),
+            agent,
+            model,
+            _when(finished_at),
+            finished_at.timestamp(),
         )
     )
 

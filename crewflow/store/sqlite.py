@@ -104,6 +104,7 @@ from crewflow.store._rows import (
     check_lease,
     lease_values,
     output_from_row,
+    output_values,
     prompts_from_row,
     run_exists,
     run_from_row,
@@ -123,6 +124,7 @@ if TYPE_CHECKING:
 
     from crewflow._records import PromptRecord
     from crewflow._usage import Usage
+    from crewflow.store._base import FinishedOutput
 
 __all__ = ["SQLiteStore"]
 
@@ -321,6 +323,23 @@ class SQLiteStore(Store):
         # One transaction for the whole task: on the loop's thread, or in the store's thread
         # (shared with every other write waiting there) when it must wait.
         await self._writer.write(TaskRows(output.run_id, output, attempts, lease))
+
+    async def _save_finished(
+        self,
+        run_id: str,
+        output: FinishedOutput,
+        attempts: Sequence[AttemptRecord],
+        *,
+        lease: str | None,
+    ) -> None:
+        if type(self).save_task is not SQLiteStore.save_task:  # a subclass's own comes first
+            await super()._save_finished(run_id, output, attempts, lease=lease)
+            return
+        # The row's values from the output's fields: no OutputRow is built to be taken apart.
+        values = output_values(
+            run_id, output.task, output.text, None, output.agent, output.model, output.finished_at
+        )
+        await self._writer.write(TaskRows(run_id, values, attempts, lease))
 
     async def _update(
         self, run_id: str, assignments: str, values: tuple[Any, ...], lease: str | None

@@ -383,3 +383,26 @@ def test_a_call_takes_its_latency_on_the_loops_clock() -> None:
 def test_a_negative_or_non_finite_latency_is_rejected(latency: float) -> None:
     with pytest.raises(ConfigurationError, match="latency must be a finite number"):
         OfflineLLM(latency=latency)
+
+
+async def test_a_text_answer_is_exactly_the_one_recorded_runs_and_examples_hold() -> None:
+    # Byte for byte: the answer id hashes every message; the role comes from the first system
+    # message, the task line from the first user message, the context from the last one.
+    messages = [
+        Message("system", "You are Researcher. Your goal: find facts"),
+        Message("user", '  Collect facts\nin detail\n\n<context task="a">\nx\n</context>'),
+        Message("tool", "  many   spaced\nwords ", name="search", tool_call_id="c1"),
+        Message("user", 'Again <context task="b">'),
+    ]
+
+    response = await OfflineLLM().complete(LLMRequest(messages))
+
+    assert response.content == (
+        "[offline model] Researcher on: Collect facts\n"
+        "- Written by crewflow's offline model: deterministic, no network, no real reasoning.\n"
+        "- Set a real model with --model or CREWFLOW_MODEL (e.g. openai/gpt-4o-mini) for real "
+        "answers.\n"
+        "- Built on the output of: b.\n"
+        "- Tool search returned: many spaced words\n"
+        "- Answer id: 69acbd8c3737"
+    )

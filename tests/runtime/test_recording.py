@@ -3,6 +3,7 @@ dependant starts), and how the run ended; resume continues from those records.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -568,3 +569,78 @@ async def test_a_database_that_cannot_be_created_fails_the_kickoff_clearly(tmp_p
 
     with pytest.raises(StoreError, match="store=None to record nothing"):
         await crew.kickoff()
+
+
+async def test_a_sqlite_store_writes_a_finished_output_as_the_output_row_it_stands_for(
+    tmp_path: Path,
+) -> None:
+    # The runtime hands SQLiteStore a finished output's fields, without an OutputRow; what
+    # is stored reads back as the row save_task would have stored, "data" and all.
+    class Post(BaseModel):
+        title: str
+
+    agent = Agent(role="W", goal="G", llm=FunctionLLM(lambda _: '{"title": "é \ud800"}'))
+    plain = Task("do a", agent=agent, name="a")
+    shaped = Task("do b", agent=agent, name="b", output_model=Post, context=[plain])
+    store = SQLiteStore(tmp_path / "runs.db")
+    result = await Crew(tasks=[plain, shaped], store=store).kickoff()
+
+    stored = await store.outputs(result.run_id)
+    attempts = {a.task: a for a in await store.attempts(result.run_id)}
+    for output in result.outputs:
+        name = output.task
+        row = stored[name]
+        assert (row.run_id, row.task, row.text, row.agent, row.model) == (
+            result.run_id,
+            name,
+            output.text,
+            output.agent,
+            output.model,
+        )
+        assert row.finished_at == attempts[name].end
+    assert stored["a"].data is None
+    assert stored["b"].data == {"title": "é \ufffd"}
+    await store.close()
+
+
+async def test_a_sqlite_store_subclass_s_own_save_task_is_what_a_run_calls(
+    tmp_path: Path,
+) -> None:
+    saved: list[str] = []
+
+    class Watched(SQLiteStore):
+        async def save_task(
+            self, output: OutputRow, attempts: Any = (), *, lease: str | None = None
+        ) -> None:
+            saved.append(output.task)
+            await super().save_task(output, attempts, lease=lease)
+
+    store = Watched(tmp_path / "runs.db")
+    crew = chain(Calls(), "a", "b", store=store)
+    result = await crew.kickoff()
+
+    assert saved == ["a", "b"]
+    assert set(await store.outputs(result.run_id)) == {"a", "b"}
+    await store.close()
+
+
+async def test_a_started_run_keeps_no_copy_of_the_graph_its_record_wrote() -> None:
+    # Each task's dependencies are written with the run; a 10,000-task run kept them all (a
+    # list a task, for the garbage collector to walk) for no later write's use.
+    from crewflow._runtime.recording import Recorder
+    from crewflow.store import RunRecord
+
+    store = MemoryStore()
+    graph = {"a": [], "b": ["a"]}
+    record = RunRecord(run_id="r1", crew="c", started=datetime.now(UTC), graph=graph)
+    recorder = Recorder(store, record)
+
+    await recorder.started(datetime.now(UTC))
+
+    stored = await store.get_run("r1")
+    assert stored is not None
+    assert stored.graph == graph
+    assert recorder.record.graph == {}
+    assert recorder.record.run_id == "r1"
+    assert recorder.lease is not None
+    assert recorder.record.lease == recorder.lease
