@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("import_time", "overhead", "fanout", "dag", "scale", "rate", "store")
 # Run only when named in --only: a ref older than the benchmark has no script for it, and the
 # default comparison must keep working against such refs.
-OPT_IN = ("adaptive",)
+OPT_IN = ("adaptive", "report")
 # Run in a tree with ``python -c``: print where crewflow comes from, then start the loopback
 # servers as the benchmarks do, verbose (a flag read at startup: this process stays quiet).
 PROBE = """

@@ -22,6 +22,7 @@ BENCHMARKS = (
     "graph.py",
     "rate.py",
     "store.py",
+    "report.py",
 )
 
 

@@ -25,6 +25,7 @@ if typing.TYPE_CHECKING:
     from crewflow.crew import Crew, CrewResult
     from crewflow.exceptions import CrewflowWarning
     from crewflow.limits import Breaker, Limit, Limits
+    from crewflow.report import Report
     from crewflow.retry import RetryPolicy
     from crewflow.task import Task, TaskOutput
     from crewflow.tools import Tool, tool
@@ -38,6 +39,7 @@ __all__ = [
     "CrewflowWarning",
     "Limit",
     "Limits",
+    "Report",
     "RetryPolicy",
     "RunHandle",
     "Task",
@@ -62,6 +64,7 @@ _WHERE = {
     "CrewflowWarning": "crewflow.exceptions",
     "Limit": "crewflow.limits",
     "Limits": "crewflow.limits",
+    "Report": "crewflow.report",
     "RetryPolicy": "crewflow.retry",
     "RunHandle": "crewflow._runtime.handle",
     "Task": "crewflow.task",

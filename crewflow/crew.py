@@ -29,12 +29,15 @@ from crewflow.retry import RetryPolicy
 from crewflow.task import Task, TaskOutput
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     # Not at runtime: networkx loads when a crew is built, not on `import crewflow`.
     from crewflow._fingerprint import Fingerprint  # noqa: TC004
     from crewflow._runtime.handle import RunHandle
     from crewflow._runtime.recording import Recorder, Resumption
     from crewflow._runtime.run import Run
     from crewflow.graph import TaskGraph  # noqa: TC004
+    from crewflow.report import Report
     from crewflow.store import Store
 
 __all__ = ["Crew", "CrewResult"]
@@ -98,6 +101,10 @@ class CrewResult(BaseModel):
     restored: list[str] = Field(default_factory=list)
     plan: SerializeAsAny[BaseModel] | None = None
     process_choice: ProcessChoice | None = None
+    # The run's task graph (its added tasks too) and whether a store recorded the run: what a
+    # report needs beyond the timeline.
+    _graph: TaskGraph | None = PrivateAttr(default=None)
+    _stored: bool = PrivateAttr(default=False)
 
     @property
     def output(self) -> TaskOutput:
@@ -130,6 +137,32 @@ class CrewResult(BaseModel):
 
     def __str__(self) -> str:
         return self.output.text
+
+    def report(self, path: str | Path | None = None) -> Report:
+        """The run's report (`crewflow.Report`), from this result's timeline: no store is read,
+        so it works with ``store=None`` (its recommendations then say "no history"; a stored
+        run's report, `Report.from_store`, has them).
+
+        Args:
+            path: Where to write the report's HTML page, if anywhere.
+
+        Returns:
+            The report (``report.html()`` is the page, and it shows itself in a notebook).
+
+        Example:
+            ```python
+            result = await crew.kickoff()
+            result.report("run.html")  # open it in a browser
+            ```
+        """
+        from crewflow.report import Report
+
+        graph = self._graph
+        dependencies = {} if graph is None else {n: graph.dependency_names(n) for n in graph.names}
+        report = Report.from_result(self, dependencies, stored=self._stored)
+        if path is not None:
+            report.save(path)
+        return report
 
     def __repr__(self) -> str:
         # Short: asyncio and debuggers repr results, and a full one of a big run is megabytes.
@@ -562,7 +595,7 @@ class Crew(Spec):
         assert run.end is not None
         graph, outputs = run.graph, run.outputs
         internal = [name for name in graph.names if graph.kind(name) == TaskKind.INTERNAL]
-        return CrewResult(
+        result = CrewResult(
             run_id=run.run_id,
             crew=self.name,
             process=self._process.name,
@@ -578,6 +611,8 @@ class Crew(Spec):
             plan=run.plan,
             process_choice=run.choice,
         )
+        result._graph, result._stored = graph, run.recorder is not None
+        return result
 
     def kickoff_sync(
         self, inputs: Mapping[str, Any] | None = None, *, llm: str | LLM | None = None

@@ -567,7 +567,8 @@ def test_a_failed_tool_call_shows_on_its_tasks_line_and_is_counted_when_it_finis
         "is down"
     ) in lines
     assert any(
-        line.startswith("✓ facts finished  in ") and line.endswith("tokens; 1 tool call failed")
+        line.startswith("✓ facts finished  in ")
+        and line.endswith(" out) · 2 tool calls (1 failed)")
         for line in lines
     )
     assert "Tides: 42" in result.stdout
@@ -600,7 +601,7 @@ def test_a_failed_tool_calls_error_shows_its_first_line_cut_to_fit() -> None:
     assert printed == [
         "▶ facts running  a tool call failed: first line",
         f"▶ facts running  a tool call failed: {'x' * 119}…",
-        "✓ facts finished  in 1.00 s, 12 tokens; 2 tool calls failed",
+        "✓ facts finished  in 1.00 s · 12 tokens (10 in, 2 out) · 3 tool calls (2 failed)",
     ]
 
 
@@ -622,7 +623,7 @@ def test_skips_fallbacks_and_limit_waits_are_shown() -> None:
     printed = view.console.file.getvalue()  # type: ignore[attr-defined]
     assert "draft skipped  because facts failed" in printed
     assert "facts retrying  Researcher gave up; Backup takes over" in printed
-    assert "notes waiting  waited 1.50 s for limits" in printed
+    assert "notes running  waited 1.50 s for rpm:m" in printed
 
 
 def test_default_inputs_count_as_given_on_the_command_line(tmp_path: Path) -> None:

@@ -489,7 +489,7 @@ def test_show_lists_the_tasks_in_graph_order_with_their_attempts(home: Path) -> 
     assert tasks == [
         "facts completed 1 +0.00 s 2.00 s openai/gpt-4o-mini 120 $0.2500",
         "draft failed 2 +2.50 s 6.50 s openai/gpt-4o-mini 0 1 1.50 s",
-        "post not run",
+        "post skipped",  # it depends on draft, which failed
     ]
 
 
@@ -544,10 +544,14 @@ def test_show_json_holds_the_run_its_attempts_and_outputs(home: Path) -> None:
     assert shown["outputs"]["facts"]["text"] == "five facts"
 
 
-def test_show_of_a_running_run_marks_the_tasks_not_started_as_pending(home: Path) -> None:
+def test_show_of_a_running_run_marks_the_tasks_in_flight_and_those_not_started(
+    home: Path,
+) -> None:
+    graph = {"facts": [], "draft": ["facts"], "notes": ["facts"]}
+    lease = Lease.new().model_copy(update={"running": ("notes",)})
     fill(
         home / "runs.db",
-        [record("live", status=RunStatus.RUNNING, seconds=None)],
+        [record("live", status=RunStatus.RUNNING, seconds=None, graph=graph, lease=lease)],
         {"live": [attempt("facts", 1, 0, 2)]},
         [output("live", "facts", "five facts", 2)],
     )
@@ -558,7 +562,9 @@ def test_show_of_a_running_run_marks_the_tasks_not_started_as_pending(home: Path
     assert "status running" in lines
     owner = f"owner {socket.gethostname()}, pid {os.getpid()} (its lease runs until"
     assert any(line.startswith(owner) for line in lines)  # this process holds it
+    assert "in flight notes" in lines
     assert "facts completed 1 +0.00 s 2.00 s openai/gpt-4o-mini 0" in lines
+    assert "notes running" in lines
     assert "draft pending" in lines
 
 

@@ -207,8 +207,11 @@ COMMANDS = st.sampled_from(
 
 
 @pytest.fixture
-def recorded_run() -> str:
-    """The id of an offline run recorded in this test's home, for commands to be given."""
+def recorded_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The id of an offline run recorded in this test's home, for commands to be given; the
+    test runs in its own directory (``crewflow report`` writes there) and opens no browser."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("webbrowser.open", lambda *args, **kwargs: True)
     result = CliRunner().invoke(cli.app, ["run", OFFLINE_CREW, "-i", "topic=tides", "--json"])
     assert result.exit_code == 0, result.output
     return str(json.loads(result.output)["run_id"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from pydantic import BaseModel
 
 from crewflow._fingerprint import changed_aspects
@@ -190,6 +191,21 @@ class Recorder:
         self.record = record
         self.resuming = resuming
         self.lease: Lease | None = None
+        # The tasks in flight, in the order they started (a dict keeps it), which `keep_lease`
+        # writes on the lease; ``_moved`` wakes it when they change.
+        self._running: dict[str, None] = {}
+        self._moved: anyio.Event | None = None
+
+    def task_running(self, name: str) -> None:
+        """Task ``name`` started an attempt (`keep_lease` writes it on the lease)."""
+        self._running[name] = None
+        if self._moved is not None:
+            self._moved.set()
+
+    def task_stopped(self, name: str) -> None:
+        """Task ``name`` is no longer in flight (it finished, failed or was cancelled)."""
+        if self._running.pop(name, 0) is None and self._moved is not None:
+            self._moved.set()
 
     @property
     def token(self) -> str | None:
@@ -237,35 +253,50 @@ class Recorder:
         self.lease = lease
 
     async def keep_lease(self, log: Any) -> None:
-        """Renew the run's lease every `RENEW_SECONDS` until cancelled (a run's background
-        task, pauses included). A renewal that fails is logged and tried again at the next
-        turn.
+        """Keep the run's lease until cancelled (a run's background task, pauses included):
+        renew it every `RENEW_SECONDS`, and write the tasks in flight on it when they change,
+        at most once every `RUNNING_SECONDS` (each write renews it too). A write that fails is
+        logged and tried again `RENEW_SECONDS` later.
 
         Raises:
             LeaseLost: The lease is no longer this run's (another process took the run over
                 while this one stalled): the run must stop.
         """
-        import anyio
-
-        from crewflow.store._lease import RENEW_SECONDS, expiry
+        from crewflow.store._lease import RENEW_SECONDS, RUNNING_SECONDS, expiry
 
         lease = self.lease
         if lease is None:
             return
         run_id = self.record.run_id
+        # The loop's clock, not the run's: a test's fake clock would return at once.
+        renewal = anyio.current_time() + RENEW_SECONDS
+        written: tuple[str, ...] = ()
         while True:
-            # The loop's clock, not the run's: a test's fake clock would return at once.
-            await anyio.sleep(RENEW_SECONDS)
+            running = tuple(self._running)
+            if running == written:
+                self._moved = anyio.Event()
+                with anyio.move_on_after(renewal - anyio.current_time()):
+                    await self._moved.wait()
+                self._moved = None
+                running = tuple(self._running)
+            if running == written and anyio.current_time() < renewal:
+                continue
+            renewal = anyio.current_time() + RENEW_SECONDS
             try:
                 with real_work():
-                    held = await self.store.renew_lease(run_id, lease.token, expiry())
+                    held = await self.store.renew_lease(
+                        run_id, lease.token, expiry(), running=running
+                    )
                     now = None if held else await self.store.get_run(run_id)
             except Exception as exc:  # losing a renewal must not end the run
                 log.warning("could not renew the run's lease", error=str(exc))
+                await anyio.sleep(renewal - anyio.current_time())
                 continue
             if not held:
                 owner = None if now is None or now.lease is None else now.lease.owner
                 raise LeaseLost(run_id, owner)
+            written = running
+            await anyio.sleep(RUNNING_SECONDS)
 
     async def task_finished(
         self,

@@ -508,8 +508,16 @@ class Run:
             description, expected = task.render(self.inputs)
             prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
         attempts = TaskAttempts(self, task, name, prompt, agent or self.graph.agent_of(task))
+        recorder = self.recorder
         try:
-            output = await attempts.run_to_output()
+            if recorder is None:
+                output = await attempts.run_to_output()
+            else:
+                recorder.task_running(name)
+                try:
+                    output = await attempts.run_to_output()
+                finally:
+                    recorder.task_stopped(name)
         except TaskFailed as failure:
             await self._save_attempts(name, attempts)
             if self.on_failure == "stop":

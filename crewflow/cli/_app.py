@@ -52,6 +52,10 @@ def _root(
 
 
 _JSON_HELP = "Print only JSON (for scripts)."
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Show no progress: only the result (and errors)."),
+]
 Database = Annotated[
     Path | None,
     typer.Option(
@@ -90,6 +94,7 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print only the result as JSON (for scripts).")
     ] = False,
+    quiet: Quiet = False,
     db: Database = None,
 ) -> None:
     """Run the crew defined in FILE and show its progress and final output."""
@@ -101,6 +106,7 @@ def run(
             model=model,
             inputs=inputs or [],
             as_json=as_json,
+            quiet=quiet,
             db=db,
             freeze_heap=_OWN_PROCESS.get(),
         )
@@ -133,6 +139,7 @@ def resume_command(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    quiet: Quiet = False,
     db: Database = None,
 ) -> None:
     """Finish a failed or interrupted run: only the tasks that had not finished run again.
@@ -143,7 +150,14 @@ def resume_command(
     from crewflow.cli._run import resume_run
 
     code = resume_run(
-        run_id, file=file, force=force, rerun=rerun, model=model, as_json=as_json, db=db
+        run_id,
+        file=file,
+        force=force,
+        rerun=rerun,
+        model=model,
+        as_json=as_json,
+        quiet=quiet,
+        db=db,
     )
     _exit(code)
 
@@ -185,6 +199,56 @@ def show_command(
     from crewflow.cli._store import show_run
 
     _exit(show_run(run_id, as_json=as_json, full=full, prompts=prompts, db=db))
+
+
+@app.command("report")
+def report_command(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to report on.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE.html",
+            help="Where to write it (default: crewflow-report-RUN_ID.html here).",
+        ),
+    ] = None,
+    open_it: Annotated[
+        bool, typer.Option("--open", help="Open the report in the default web browser.")
+    ] = False,
+    db: Database = None,
+) -> None:
+    """Write one run's report as a self-contained HTML file (it needs no network), and print
+    its path: the timeline of every attempt, requests in flight, the task graph, usage, the
+    process and why, the optimizer's advice, and each task's output, prompts and tool calls.
+    """
+    from crewflow.cli._report import write_report
+
+    _exit(write_report(run_id, output=output, open_it=open_it, db=db))
+
+
+@app.command("dashboard")
+def dashboard_command(
+    port: Annotated[
+        int, typer.Option("--port", "-p", min=0, max=65535, help="The port (0: any free one).")
+    ] = 8765,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="The address to listen on. Another than 127.0.0.1 shows every prompt and "
+            "output to whoever reaches it with the token.",
+        ),
+    ] = "127.0.0.1",
+    db: Database = None,
+) -> None:
+    """Serve a local web page of the recorded runs, live: the runs (by crew and status), each
+    run's tasks and report, updated as runs go on, whichever process runs them. It prints its
+    address with a token; it only reads. Needs the extra: pip install 'crewflow[dashboard]'.
+    """
+    from crewflow.cli._dashboard import serve_dashboard
+
+    _exit(serve_dashboard(host=host, port=port, db=db))
 
 
 @app.command("optimize")

@@ -149,22 +149,21 @@ class _TaskSummary:
 def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
     """Every task of the run in graph order, then the tasks its process added, in the order
     added (then any other task its records name)."""
-    names = dict.fromkeys(details.run.graph)
-    names.update(dict.fromkeys(task.name for task in details.added))
-    names.update(dict.fromkeys(row.task for row in details.attempts))
-    names.update(dict.fromkeys(details.outputs))
-    summaries = []
-    for name in names:
-        attempts = [row for row in details.attempts if row.task == name]
-        output = details.outputs.get(name)
-        if output is not None:
-            status = "completed"
-        elif attempts:
-            status = attempts[-1].status
-        else:
-            status = "pending" if details.run.status == RunStatus.RUNNING else "not run"
-        summaries.append(_TaskSummary(name, status, attempts, output))
-    return summaries
+    from crewflow.report._status import task_names, task_statuses
+
+    run = details.run
+    names = task_names(run, details.added, details.attempts, details.outputs)
+    depends_on = {**{task.name: task.depends_on for task in details.added}, **run.graph}
+    statuses = task_statuses(run, names, details.attempts, details.outputs, depends_on)
+    return [
+        _TaskSummary(
+            name,
+            statuses[name],
+            [row for row in details.attempts if row.task == name],
+            details.outputs.get(name),
+        )
+        for name in names
+    ]
 
 
 def show_details(
@@ -268,7 +267,12 @@ def _lease_row(run: RunRecord) -> list[tuple[str, RenderableType]]:
         return [("why", Text(lapse_reason(run)))]
     if run.status == RunStatus.RUNNING and run.lease is not None:
         until = _when(run.lease.expires)
-        return [("owner", Text(f"{run.lease.owner} (its lease runs until {until})"))]
+        rows: list[tuple[str, RenderableType]] = [
+            ("owner", Text(f"{run.lease.owner} (its lease runs until {until})"))
+        ]
+        if run.lease.running:
+            rows.append(("in flight", Text(", ".join(run.lease.running))))
+        return rows
     return []
 
 

@@ -7,8 +7,10 @@ Imported only by those two commands: it loads the crew machinery.
 from __future__ import annotations
 
 import gc
+import shlex
 from contextlib import nullcontext
 from functools import partial
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ from crewflow.cli._load import check_inputs, crew_from_file, parse_inputs
 from crewflow.cli._progress import ProgressView
 from crewflow.exceptions import ConfigurationError, CrewRunError, UnknownRunError
 from crewflow.llm._models import check_model
+from crewflow.store import SQLiteStore, default_store_path
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -73,6 +76,7 @@ def run_file(
     model: str | None = None,
     inputs: Sequence[str] = (),
     as_json: bool = False,
+    quiet: bool = False,
     db: Path | None = None,
     stdout: Console | None = None,
     stderr: Console | None = None,
@@ -85,10 +89,13 @@ def run_file(
     (`gc.freeze`) before the run: those objects live as long as the process, and a full
     collection during the first kickoff would walk them all (a 40-70 ms pause). The library
     never does this: in an application it would act on the application's whole heap.
+
+    ``quiet`` shows no progress, only the result (and errors); ``as_json`` implies it.
     """
     out = stdout or Console(highlight=False)
     err = stderr or Console(stderr=True, highlight=False)
-    recorded = False
+    view: ProgressView | None = None
+    crew: Crew | None = None
     try:
         values = parse_inputs(inputs)
         llm = check_model(model) if model is not None else None
@@ -96,17 +103,21 @@ def run_file(
             if freeze_heap:
                 gc.freeze()
             check_inputs(loaded.crew, values)
-            view = None if as_json else ProgressView(err)
+            view = None if as_json or quiet else ProgressView(err)
             crew = _recording_in(loaded.crew, db)
-            recorded = crew.store is not None
             # The absolute path: `crewflow resume` finds the file again from any directory.
             with run_source(str(loaded.path), loaded.attribute):
                 result = kickoff(crew, values, llm, view)
     except (Exception, KeyboardInterrupt) as exc:
         code = exit_code(err, exc)
+        recorded = crew is not None and crew.store is not None
         _resume_hint(err, exc, recorded=recorded, model=model, db=db)
+        if view is not None and crew is not None:
+            _report_hint(err, crew, _failed_run(exc))
         return code
     _print_result(out, result, as_json=as_json)
+    if view is not None:
+        _report_hint(err, crew, result.run_id)
     return EXIT_OK
 
 
@@ -118,6 +129,7 @@ def resume_run(
     rerun: bool = False,
     model: str | None = None,
     as_json: bool = False,
+    quiet: bool = False,
     db: Path | None = None,
     stdout: Console | None = None,
     stderr: Console | None = None,
@@ -125,10 +137,13 @@ def resume_run(
     """What ``crewflow resume`` does; returns the exit code instead of raising.
 
     A completed run is left as it is ("nothing to resume"); ``rerun`` starts a new run of its
-    crew with the inputs it was recorded with.
+    crew with the inputs it was recorded with. ``quiet`` shows no progress, only the result
+    (and errors); ``as_json`` implies it.
     """
     out = stdout or Console(highlight=False)
     err = stderr or Console(stderr=True, highlight=False)
+    view: ProgressView | None = None
+    crew: Crew | None = None
     try:
         llm = check_model(model) if model is not None else None
         record = _recorded(run_id, db)
@@ -144,7 +159,7 @@ def resume_run(
             return EXIT_OK
         path, attribute = _resume_source(run_id, record, file)
         with crew_from_file(path, attribute) as loaded:
-            view = None if as_json else ProgressView(err)
+            view = None if as_json or quiet else ProgressView(err)
             crew = _recording_in(loaded.crew, db)
             with run_source(str(loaded.path), loaded.attribute):
                 if rerun:
@@ -155,8 +170,12 @@ def resume_run(
     except (Exception, KeyboardInterrupt) as exc:
         code = exit_code(err, exc)
         _resume_hint(err, exc, recorded=True, model=model, db=db)
+        if view is not None and crew is not None:
+            _report_hint(err, crew, _failed_run(exc))
         return code
     _print_result(out, result, as_json=as_json)
+    if view is not None:
+        _report_hint(err, crew, result.run_id)
     return EXIT_OK
 
 
@@ -176,6 +195,36 @@ def _resume_hint(
     if db is not None:
         command += f" --db {db}"
     err.print(Text(f"finish it later with: {command}"), soft_wrap=True)
+
+
+def _failed_run(exc: BaseException) -> str | None:
+    return exc.run_id if isinstance(exc, CrewRunError | Interrupted) else None
+
+
+def _report_hint(err: Console, crew: Crew, run_id: str | None) -> None:
+    """After a run recorded in a database another process can read: the command that shows it
+    (`crewflow report`), with ``--db`` when it is not the default database."""
+    path = _database_of(crew.store)
+    if path is None or run_id is None:
+        return
+    command = f"crewflow report {run_id}"
+    if path != default_store_path().expanduser():
+        command += f" --db {shlex.quote(str(path))}"
+    err.print(Text(f"see the run: {command}"), soft_wrap=True)
+
+
+def _database_of(store: object) -> Path | None:
+    """The file of a crew's store setting, or ``None`` without one another process can open
+    (no store, a store in memory)."""
+    if isinstance(store, SQLiteStore):
+        path: Path | None = store.path
+    elif store == "default":
+        path = default_store_path()
+    elif isinstance(store, str | PathLike):
+        path = Path(store)
+    else:
+        path = None
+    return None if path is None or str(path) == ":memory:" else path.expanduser()
 
 
 def _recorded(run_id: str, db: Path | None) -> RunRecord | None:
@@ -246,7 +295,10 @@ def _watching(
     showing = view.showing() if view is not None else nullcontext()
     try:
         with showing:
-            return anyio.run(start, watched)
+            result = anyio.run(start, watched)
+            if view is not None:
+                view.settle(result)
+            return result
     except KeyboardInterrupt as exc:
         raise Interrupted(started[-1] if started else None) from exc
 

@@ -175,8 +175,16 @@ class Store(ABC):
         """
         return True
 
-    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
-        """Move the run's lease's expiry to ``expires``, if it is still the lease with
+    async def renew_lease(
+        self,
+        run_id: str,
+        token: str,
+        expires: datetime,
+        *,
+        running: Sequence[str] | None = None,
+    ) -> bool:
+        """Move the run's lease's expiry to ``expires``, and set its tasks in flight
+        (`Lease.running`) to ``running`` unless it is ``None``, if it is still the lease with
         ``token``.
 
         Returns:
@@ -333,6 +341,14 @@ class Store(ABC):
             for attempt in await self.attempts(run_id)
             if attempt.prompts
         }
+
+    async def version(self) -> str | None:
+        """A token that changes whenever the store's records change, by this process or
+        another: a live view polls it and reads the records again only when it moved (compare
+        tokens for equality only). ``None``: this store cannot tell (the default), so a view
+        must read the records each time.
+        """
+        return None
 
     @abstractmethod
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:

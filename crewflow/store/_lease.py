@@ -35,12 +35,23 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from crewflow.store._records import RunRecord
 
-__all__ = ["LEASE_SECONDS", "RENEW_SECONDS", "Lease", "LeaseOwner", "abandon", "observed"]
+__all__ = [
+    "LEASE_SECONDS",
+    "RENEW_SECONDS",
+    "RUNNING_SECONDS",
+    "Lease",
+    "LeaseOwner",
+    "abandon",
+    "observed",
+]
 
 LEASE_SECONDS = 60.0
 """How long a lease holds without being renewed."""
 RENEW_SECONDS = 20.0
 """How often a run renews its lease: three renewals may fail before it lapses."""
+RUNNING_SECONDS = 1.0
+"""The shortest time between two writes of a lease's `Lease.running` tasks: while tasks start
+and finish, a run rewrites its lease at most once a second, not once per task."""
 
 _PROC = Path("/proc")
 
@@ -109,6 +120,10 @@ class Lease(BaseModel):
             so a process whose lease was taken over cannot renew it.
         owner: The process that holds it.
         expires: When it lapses unless renewed.
+        running: The run's tasks in flight (an attempt started, not ended), in the order they
+            started, as of the lease's last write. The run rewrites it when that set changes,
+            at most once every `RUNNING_SECONDS`, so it lags the run by up to that much; it
+            means nothing once the lease lapsed (the run then reads ``interrupted``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
@@ -116,6 +131,7 @@ class Lease(BaseModel):
     token: str = Field(min_length=1)
     owner: LeaseOwner
     expires: AwareDatetime
+    running: tuple[str, ...] = ()
 
     @classmethod
     def new(cls, now: datetime | None = None) -> Self:

@@ -42,12 +42,12 @@ PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
 """An attempt's prompts, as the JSON text of a list (``NULL`` when it recorded none)."""
 TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
-LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires"
+LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires, running"
 SELECT_RUNS = f"SELECT {RUN_COLUMNS}, {LEASE_COLUMNS} FROM runs LEFT JOIN leases USING (run_id)"
 """Each run with its lease, if it holds one (``runs.rowid`` breaks ties between runs)."""
 LEASE_WRITE = (
     f"INSERT OR REPLACE INTO leases (run_id, {LEASE_COLUMNS}, expires_ts) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 OUTPUT_COLUMNS = "run_id, task, text, data, agent, model, finished_at"
 
@@ -58,14 +58,14 @@ def check_lease(conn: sqlite3.Connection, run_id: str, token: str | None) -> Non
     if token is None:
         return
     found = conn.execute(
-        f"SELECT {LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
+        "SELECT token, host, boot_id, pid, process_start FROM leases WHERE run_id = ?", (run_id,)
     ).fetchone()
     if found is not None and found[0] == token:
         return
     _require_run(conn, run_id)
     owner = None
     if found is not None:
-        _, host, boot_id, pid, process_start, _ = found
+        _, host, boot_id, pid, process_start = found
         owner = LeaseOwner(host=host, boot_id=boot_id, pid=pid, process_start=process_start)
     raise LeaseLost(run_id, owner)
 
@@ -219,6 +219,7 @@ def lease_values(run_id: str, lease: Lease) -> tuple[Any, ...]:
             owner.pid,
             owner.process_start,
             _when(lease.expires),
+            to_json(lease.running),
             lease.expires.timestamp(),
         )
     )
@@ -321,10 +322,12 @@ def run_from_row(found: tuple[Any, ...]) -> RunRecord:
     for name in _RUN_JSON:
         data[name] = json.loads(data[name])
     data["source"] = None if data["source"] is None else json.loads(data["source"])
-    token, host, boot_id, pid, process_start, expires = found[_RUN_WIDTH:]
+    token, host, boot_id, pid, process_start, expires, running = found[_RUN_WIDTH:]
     if token is not None:
         owner = LeaseOwner(host=host, boot_id=boot_id, pid=pid, process_start=process_start)
-        data["lease"] = Lease(token=token, owner=owner, expires=expires)
+        data["lease"] = Lease(
+            token=token, owner=owner, expires=expires, running=json.loads(running)
+        )
     return RunRecord.model_validate(data)
 
 

@@ -161,4 +161,10 @@ def _v5(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(conn: sqlite3.Connection) -> None:
+    # The tasks in flight, for live views (a JSON list of task names): on the lease row, which
+    # a run rewrites anyway, at most once a second while the set changes.
+    conn.execute("ALTER TABLE leases ADD COLUMN running TEXT NOT NULL DEFAULT '[]'")
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import TypeAdapter
 
@@ -105,7 +105,14 @@ class MemoryStore(Store):
         self._leases[run_id] = lease.model_dump_json()
         return True
 
-    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
+    async def renew_lease(
+        self,
+        run_id: str,
+        token: str,
+        expires: datetime,
+        *,
+        running: Sequence[str] | None = None,
+    ) -> bool:
         run_id, token = valid_text(run_id), valid_text(token)
         held = self._leases.get(run_id)
         if held is None:
@@ -113,7 +120,10 @@ class MemoryStore(Store):
         lease = Lease.model_validate_json(held)
         if lease.token != token:
             return False
-        self._leases[run_id] = lease.model_copy(update={"expires": expires}).model_dump_json()
+        changes: dict[str, Any] = {"expires": expires}
+        if running is not None:
+            changes["running"] = tuple(valid_text(name) for name in running)
+        self._leases[run_id] = lease.model_copy(update=changes).model_dump_json()
         return True
 
     async def record_choice(

@@ -239,12 +239,23 @@ class SQLiteStore(Store):
 
         return await self._writer.write(take)
 
-    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
-        values = valid_values((to_jsonable_python(expires), expires.timestamp(), run_id, token))
+    async def renew_lease(
+        self,
+        run_id: str,
+        token: str,
+        expires: datetime,
+        *,
+        running: Sequence[str] | None = None,
+    ) -> bool:
+        listed = None if running is None else to_json(list(running))
+        values = valid_values(
+            (to_jsonable_python(expires), expires.timestamp(), listed, run_id, token)
+        )
 
         def renew(conn: sqlite3.Connection) -> bool:
             statement = (
-                "UPDATE leases SET expires = ?, expires_ts = ? WHERE run_id = ? AND token = ?"
+                "UPDATE leases SET expires = ?, expires_ts = ?, running = coalesce(?, running) "
+                "WHERE run_id = ? AND token = ?"
             )
             return conn.execute(statement, values).rowcount == 1
 
@@ -413,6 +424,15 @@ class SQLiteStore(Store):
             ).fetchall()
 
         return dict(prompts_from_row(found) for found in await self._writer.call(select))
+
+    async def version(self) -> str | None:
+        # PRAGMA data_version moves when another connection commits; total_changes counts the
+        # rows this connection changed; the connection's id tells a reopened one apart.
+        def read(conn: sqlite3.Connection) -> str:
+            (other,) = conn.execute("PRAGMA data_version").fetchone()
+            return f"{id(conn)}:{other}:{conn.total_changes}"
+
+        return await self._writer.call(read)
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         crew = None if crew is None else valid_text(crew)

@@ -36,6 +36,7 @@ from crewflow.testing import Error, FunctionLLM, run_virtual
 from tests.store.test_lease import dead_pid
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from crewflow.llm._types import LLMRequest
@@ -47,17 +48,21 @@ class Renewals(MemoryStore):
     def __init__(self, *, failing: int = 0, taken_over: bool = False) -> None:
         super().__init__()
         self.at: list[float] = []
+        self.running: list[tuple[str, ...] | None] = []
         self.failing = failing
         self.taken_over = taken_over
 
-    async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
+    async def renew_lease(
+        self, run_id: str, token: str, expires: datetime, *, running: Sequence[str] | None = None
+    ) -> bool:
         self.at.append(anyio.current_time())
+        self.running.append(None if running is None else tuple(running))
         if self.failing:
             self.failing -= 1
             raise StoreError("the run database is locked")
         if self.taken_over:
             return False
-        return await super().renew_lease(run_id, token, expires)
+        return await super().renew_lease(run_id, token, expires, running=running)
 
 
 def the_crew(store: Store, answer: FunctionLLM, **settings: object) -> Crew:
@@ -111,7 +116,8 @@ async def test_a_run_holds_this_processs_lease_while_it_runs_and_releases_it_at_
     result = await the_crew(store, FunctionLLM(answer)).kickoff()
 
     assert [(run.status, run.lease is not None) for run in seen] == [("running", True)] * 2
-    assert all(run.lease == seen[0].lease for run in seen)  # one lease for the whole run
+    # One lease for the whole run (its expiry and tasks in flight are rewritten as it goes).
+    assert all(run.lease and run.lease.token == seen[0].lease.token for run in seen)
     assert seen[0].lease is not None
     assert seen[0].lease.owner == LeaseOwner.current()
     assert seen[0].lease.expires > datetime.now(UTC)
@@ -173,6 +179,46 @@ def test_a_paused_run_renews_its_lease_every_twenty_seconds() -> None:
     assert (ended.status, ended.lease) == ("completed", None)
 
 
+def test_the_lease_shows_the_tasks_in_flight_rewritten_at_most_once_a_second() -> None:
+    store = Renewals()
+    seen: dict[str, tuple[str, ...]] = {}
+
+    async def answer(request: LLMRequest) -> str:
+        name = request.messages[-1].content.split()[0]
+        await anyio.sleep(3.5 if name == "slow" else 0.35)  # virtual seconds
+        run = await only_run(store)
+        assert run.lease is not None
+        seen[name] = run.lease.running
+        return "done"
+
+    # Twelve quick tasks in a chain (0.35 s each, 4.2 s in all) beside one slow task (3.5 s).
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(answer))
+    quick: list[Task] = []
+    for index in range(12):
+        quick.append(Task(f"quick{index}", agent=agent, name=f"quick{index}", context=quick[-1:]))
+    slow = Task("slow", agent=agent, name="slow", context=[])
+    crew = Crew(tasks=[*quick, slow], store=store, process="parallel")
+
+    run_virtual(crew.kickoff)
+
+    # Written at once when the first tasks started, then at most once a second while the
+    # chain moved on: 5 writes for 26 changes, each with what was in flight then.
+    assert store.at == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert store.running == [
+        ("quick0", "slow"),  # in the order they started
+        ("slow", "quick2"),  # quick2 runs from 0.7 s to 1.05 s
+        ("slow", "quick5"),
+        ("slow", "quick8"),
+        ("quick11",),  # the slow task ended at 3.5 s
+    ]
+    # What a task saw as it ended: the last write, which had it in flight once it was due.
+    assert seen["quick1"] == ("quick0", "slow")  # at 0.7 s: the next write was not yet due
+    assert seen["quick5"] == ("slow", "quick5")
+    assert seen["slow"] == ("slow", "quick8")
+    ended = run_virtual(only_run, store)
+    assert (ended.status, ended.lease) == (RunStatus.COMPLETED, None)  # released at the end
+
+
 def test_a_renewal_that_fails_is_logged_and_tried_again_without_ending_the_run(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -184,7 +230,10 @@ def test_a_renewal_that_fails_is_logged_and_tried_again_without_ending_the_run(
 
     result = run_virtual(the_crew(store, FunctionLLM(slow)).kickoff)
 
-    assert store.at[:4] == [20.0, 40.0, 60.0, 80.0]  # the first failed; the next went on
+    # The first write, of the first task in flight, failed; the next came a renewal's time
+    # later and went on, renewing every 20 s; the next task's start was written at once.
+    assert store.at[:4] == [0.0, 20.0, 40.0, 50.0]
+    assert store.running[:4] == [("first",), ("first",), ("first",), ("second",)]
     assert [output.text for output in result.outputs] == ["done", "done"]
     logged = capsys.readouterr().err
     assert "could not renew the run's lease" in logged
@@ -203,7 +252,7 @@ def test_a_run_whose_lease_was_taken_over_stops_renewing_it_and_running_tasks() 
     with pytest.raises(CrewRunError, match=r"the run stopped: run .* is no longer") as stopped:
         run_virtual(the_crew(store, FunctionLLM(slow)).kickoff)
 
-    assert store.at == [20.0]
+    assert store.at == [0.0]  # the first write of the lease (the first task in flight) found it
     assert isinstance(stopped.value.__cause__, LeaseLost)
     assert len(asked) == 1  # stopped in the first task: the second was never sent
 

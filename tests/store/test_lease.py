@@ -267,6 +267,27 @@ async def test_renewing_a_lease_moves_its_expiry_and_needs_its_token(store: Stor
     assert not await store.renew_lease("no-such-run", "mine", later)
 
 
+async def test_a_lease_keeps_the_tasks_in_flight_it_was_last_given(store: Store) -> None:
+    held = lease(LeaseOwner.current(), datetime.now(UTC) + timedelta(minutes=1), token="mine")
+    await store.start_run(run_record().model_copy(update={"lease": held}))
+    later = datetime.now(UTC) + timedelta(hours=1)
+
+    async def running() -> tuple[str, ...]:
+        got = await store.get_run("run-1")
+        assert got is not None
+        assert got.lease is not None
+        return got.lease.running
+
+    assert await running() == ()  # a new lease: nothing in flight yet
+    assert await store.renew_lease("run-1", "mine", later, running=["b", "a\ud800\x00é"])
+    assert await running() == ("b", "a\ufffd\ufffdé")  # in their order; the text made valid
+    assert await store.renew_lease("run-1", "mine", later)  # None: unchanged
+    assert await running() == ("b", "a\ufffd\ufffdé")
+    assert not await store.renew_lease("run-1", "not-mine", later, running=["c"])
+    assert await store.renew_lease("run-1", "mine", later, running=[])
+    assert await running() == ()
+
+
 async def test_taking_a_lease_over_compares_the_token_it_replaces(store: Store) -> None:
     first = lease(elsewhere(), datetime.now(UTC) - timedelta(seconds=1), token="first")
     await store.start_run(run_record().model_copy(update={"lease": first}))

@@ -153,7 +153,7 @@ def test_any_text_in_any_field_is_read_back_valid_and_the_store_stays_usable(
         started=at(0),
         graph={text(): [text()]},
         details={text(): json()},
-        lease=Lease.new(),
+        lease=Lease.new().model_copy(update={"running": (text(), text())}),
     )
     added = built(
         AddedTaskRecord,

@@ -1,0 +1,77 @@
+"""Where each task of a stored run is, as every view of a store tells it (`crewflow show`, the
+dashboard): from the run's record, its lease, its attempts and its outputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from crewflow._records import RunStatus, TaskStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable, Sequence
+
+    from crewflow.store import AddedTaskRecord, AttemptRecord, RunRecord
+
+__all__ = ["NOT_RUN", "in_flight", "task_names", "task_statuses"]
+
+NOT_RUN = "not run"
+"""A task of a run that ended (or that nothing executes any more) which never started, though
+nothing it depends on failed: the run stopped first, or it will run when the run is resumed."""
+
+_BLOCKING = frozenset({TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED})
+
+
+def in_flight(run: RunRecord) -> tuple[str, ...]:
+    """The tasks of ``run`` in flight, as its lease last said (none unless it is running)."""
+    if run.status != RunStatus.RUNNING or run.lease is None:
+        return ()
+    return run.lease.running
+
+
+def task_names(
+    run: RunRecord,
+    added: Iterable[AddedTaskRecord],
+    attempts: Iterable[AttemptRecord],
+    finished: Iterable[str],
+) -> list[str]:
+    """Every task of the run in graph order, then the tasks its process added, in the order
+    added, then any other task its records name."""
+    names = dict.fromkeys(run.graph)
+    names.update(dict.fromkeys(task.name for task in added))
+    names.update(dict.fromkeys(attempt.task for attempt in attempts))
+    names.update(dict.fromkeys(finished))
+    return list(names)
+
+
+def task_statuses(
+    run: RunRecord,
+    names: Sequence[str],
+    attempts: Iterable[AttemptRecord],
+    finished: Collection[str],
+    depends_on: dict[str, list[str]] | None = None,
+) -> dict[str, str]:
+    """Each of ``names``'s status: ``completed`` (it has an output, in ``finished``), ``running``
+    (in flight), its last attempt's status, ``pending`` (not started, while the run goes on),
+    ``skipped`` (never started: a task it depends on failed, was skipped or cancelled), else
+    `NOT_RUN`. ``depends_on``: each task's dependencies (default: the run's graph)."""
+    graph = run.graph if depends_on is None else depends_on
+    last: dict[str, TaskStatus] = {}
+    for attempt in attempts:
+        last[attempt.task] = attempt.status
+    flying = in_flight(run)
+    statuses: dict[str, str] = {}
+    for name in names:
+        if name in finished:
+            status: str = TaskStatus.COMPLETED
+        elif name in flying:
+            status = TaskStatus.RUNNING
+        elif name in last:
+            status = last[name]
+        elif run.status == RunStatus.RUNNING:
+            status = TaskStatus.PENDING
+        elif any(statuses.get(dep) in _BLOCKING for dep in graph.get(name, ())):
+            status = TaskStatus.SKIPPED
+        else:
+            status = NOT_RUN
+        statuses[name] = str(status)
+    return statuses
