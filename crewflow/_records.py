@@ -17,6 +17,7 @@ from crewflow._usage import Usage
 
 __all__ = [
     "AttemptRecord",
+    "CallRecord",
     "Compact",
     "Prediction",
     "ProcessChoice",
@@ -127,6 +128,38 @@ class ToolCallRecord(BaseModel):
     error: str | None = None
 
 
+class CallRecord(Compact):
+    """One LLM call of an attempt: when it began, waited and ended, what it cost and how it
+    ended. A request retried after a provider error is a call of its own; a reply from the
+    reply cache is one too, that sent nothing. Kept whether or not the crew records prompts.
+
+    Attributes:
+        start: Seconds after the attempt's start when the call began (and began to wait for
+            its limits).
+        wait: Seconds it waited for limits (concurrency, rpm, tpm, a Retry-After pause) before
+            it was sent.
+        end: Seconds after the attempt's start when it ended.
+        model: The model called.
+        prompt_tokens: Prompt tokens of its reply (0 without one).
+        completion_tokens: Completion tokens of its reply (0 without one).
+        outcome: ``completed`` (a reply), ``cached`` (a reply from the cache: no request),
+            ``failed`` (an error: ``status_code`` says which when the provider answered) or
+            ``cancelled`` (cut short by the attempt's timeout or a stopped run).
+        status_code: The HTTP status of a failed call the provider answered.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    start: float = Field(ge=0)
+    wait: float = Field(default=0.0, ge=0)
+    end: float = Field(ge=0)
+    model: str = ""
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    outcome: Literal["completed", "cached", "failed", "cancelled"] = "completed"
+    status_code: int | None = None
+
+
 class PromptRecord(Compact):
     """One LLM call of an attempt: the messages it sent and the reply it got.
 
@@ -189,6 +222,8 @@ class AttemptRecord(Compact):
             ``{"concurrency:search": 1.5}`` (a wait held by two limits counts for both).
         cache_hits: Calls answered from the reply cache (no request made).
         tool_calls: Each tool call the attempt made, in the order they ended.
+        calls: Each LLM call the attempt made (a request retried after an error, or a reply
+            from the cache, included), in order: when, how long it waited, tokens, outcome.
         prompts: What each LLM call of the attempt sent and got back, in order. Empty when the
             crew has ``record_prompts=False``, and as read by `crewflow.store.Store.attempts`
             (prompts can be large: `crewflow.store.Store.prompts` reads them).
@@ -216,6 +251,7 @@ class AttemptRecord(Compact):
     limit_waits: dict[str, float] = Field(default_factory=dict)
     cache_hits: int = Field(default=0, ge=0)
     tool_calls: tuple[ToolCallRecord, ...] = ()
+    calls: tuple[CallRecord, ...] = ()
     prompts: tuple[PromptRecord, ...] = ()
     details: dict[str, JsonValue] = Field(default_factory=dict)
 

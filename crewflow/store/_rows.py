@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
-from crewflow._records import AttemptRecord, PromptRecord, TaskStatus
+from crewflow._records import AttemptRecord, CallRecord, PromptRecord, TaskStatus
 from crewflow._text import json_text, valid_json, valid_text, valid_values
 from crewflow._usage import Usage
 from crewflow.store._base import LeaseLost, UnknownRunError
@@ -41,6 +41,10 @@ ATTEMPT_SELECT = ATTEMPT_COLUMNS.replace("details", f"json_remove(details, '$.{_
 PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
 """An attempt's prompts, as the JSON text of a list (``NULL`` when it recorded none)."""
 TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
+CALL_COLUMNS = (
+    'run_id, task, attempt, number, model, start, wait, "end", prompt_tokens, '
+    "completion_tokens, outcome, status_code"
+)
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
 LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires, running"
 SELECT_RUNS = f"SELECT {RUN_COLUMNS}, {LEASE_COLUMNS} FROM runs LEFT JOIN leases USING (run_id)"
@@ -76,7 +80,7 @@ class TaskRows:
     it checks the writer's lease and inserts them alone; the store's thread inserts many at once
     (``_insert_together`` in `crewflow.store._writer`) once `leases_hold`."""
 
-    __slots__ = ("attempts", "lease", "output", "run_id")
+    __slots__ = ("attempts", "calls", "lease", "output", "run_id")
 
     def __init__(
         self,
@@ -87,7 +91,14 @@ class TaskRows:
     ) -> None:
         self.run_id = valid_text(run_id)  # stored repaired (`_attempt_values`): checked so too
         self.lease = lease
+        attempts = attempts if isinstance(attempts, (list, tuple)) else list(attempts)
         self.attempts = [_attempt_values(run_id, attempt) for attempt in attempts]
+        self.calls = [
+            values
+            for attempt in attempts
+            if attempt.calls
+            for values in _call_values(run_id, attempt)
+        ]
         # An OutputRow, or its `output_values` already.
         self.output = _output_values(output) if isinstance(output, OutputRow) else output
 
@@ -106,6 +117,7 @@ class TaskRows:
         # The foreign keys refuse a row of an unknown run; only then look for which.
         try:
             ATTEMPTS.insert(conn, self.attempts)
+            CALLS.insert(conn, self.calls)
             OUTPUTS.insert(conn, [] if self.output is None else [self.output])
         except sqlite3.IntegrityError:
             run_ids = {values[0] for values in self.attempts}
@@ -139,6 +151,7 @@ class _Insert:
 
 
 ATTEMPTS = _Insert("attempts", ATTEMPT_COLUMNS + ", start_ts")
+CALLS = _Insert("calls", CALL_COLUMNS + ", start_ts")
 OUTPUTS = _Insert("outputs", OUTPUT_COLUMNS + ", finished_ts")
 TASKS = _Insert("tasks", TASK_COLUMNS + ", added_ts")
 
@@ -252,6 +265,51 @@ def _attempt_values(run_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:
             attempt.start.timestamp(),
         )
     )
+
+
+def _call_values(run_id: str, attempt: AttemptRecord) -> list[tuple[Any, ...]]:
+    """The rows of ``attempt``'s calls (`CallRecord`), numbered from 1."""
+    began = attempt.start.timestamp()
+    task, number = attempt.task, attempt.number
+    return [
+        valid_values(
+            (
+                run_id,
+                task,
+                number,
+                index,
+                call.model,
+                call.start,
+                call.wait,
+                call.end,
+                call.prompt_tokens,
+                call.completion_tokens,
+                call.outcome,
+                call.status_code,
+                began + call.start,
+            )
+        )
+        for index, call in enumerate(attempt.calls, 1)
+    ]
+
+
+def calls_from_rows(found: Iterable[tuple[Any, ...]]) -> dict[tuple[str, int], list[CallRecord]]:
+    """Calls read back (rows of `CALL_COLUMNS` but ``run_id``, in order), by task and attempt."""
+    calls: dict[tuple[str, int], list[CallRecord]] = {}
+    for task, attempt, _, model, start, wait, end, prompt, completion, outcome, code in found:
+        calls.setdefault((task, attempt), []).append(
+            CallRecord(
+                start=start,
+                wait=wait,
+                end=end,
+                model=model,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                outcome=outcome,
+                status_code=code,
+            )
+        )
+    return calls
 
 
 def _attempt_details(attempt: AttemptRecord) -> str:

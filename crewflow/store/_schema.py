@@ -167,4 +167,30 @@ def _v6(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE leases ADD COLUMN running TEXT NOT NULL DEFAULT '[]'")
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(conn: sqlite3.Connection) -> None:
+    # One row per LLM call (`CallRecord`), written with its attempt: for charts and queries of
+    # requests in flight and waits per model over time, which prompts (JSON in the attempt's
+    # details, and only when recorded) cannot serve. ``start`` and ``end`` are seconds after
+    # the attempt's start (as the record holds them); ``start_ts`` is epoch seconds, to sort
+    # and to query across attempts and runs.
+    conn.execute(
+        """CREATE TABLE calls (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            task TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            number INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            start REAL NOT NULL,
+            wait REAL NOT NULL,
+            "end" REAL NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            status_code INTEGER,
+            start_ts REAL NOT NULL,
+            PRIMARY KEY (run_id, task, attempt, number)
+        )"""
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]

@@ -24,6 +24,7 @@ from crewflow.llm._types import Usage
 from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
+    CallRecord,
     DuplicateRunError,
     OutputRow,
     RunStatus,
@@ -965,6 +966,10 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
             tool_calls=[ToolCallRecord(tool="search", ok=False, duration=0.5, error="é")]
             if index % 3
             else [],
+            calls=[
+                CallRecord(start=0.25 * call, wait=0.5, end=1.5, model="mé", prompt_tokens=call)
+                for call in range(index % 3)
+            ],
         )
         for index, moment in enumerate(moments)
     ]
@@ -992,8 +997,9 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
         data = row.model_dump(mode="json")
         if isinstance(row, AttemptRecord):  # a column per usage field; the run id and number
             data |= {"run_id": "run-1", "attempt": data.pop("number"), **data.pop("usage")}
-            # Tool calls and prompts (none here) are in the details, without their Nones.
-            del data["tool_calls"], data["prompts"]
+            # Tool calls and prompts (none here) are in the details, without their Nones; the
+            # calls have a table of their own (below).
+            del data["tool_calls"], data["prompts"], data["calls"]
             if row.tool_calls:
                 calls = [call.model_dump(mode="json", exclude_none=True) for call in row.tool_calls]
                 data["details"] |= {"tool_calls": calls}
@@ -1014,6 +1020,21 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
                 expected = dumped(row)
                 found = {name: stored[row.task][name] for name in expected}
                 assert parsed(found) == parsed(expected)
+        calls = [dict(r) for r in conn.execute("SELECT * FROM calls ORDER BY task, number")]
+        expected_calls = [
+            call.model_dump(mode="json")
+            | {
+                "run_id": "run-1",
+                "task": row.task,
+                "attempt": row.number,
+                "number": number,
+                "start_ts": row.start.timestamp() + call.start,
+            }
+            for row in sorted(attempts, key=lambda row: row.task)
+            for number, call in enumerate(row.calls, 1)
+        ]
+        assert calls == expected_calls
+        assert len(calls) == sum(len(row.calls) for row in attempts) > 0
     finally:
         conn.close()
 
