@@ -401,6 +401,7 @@ class ManagedLLM(LLM):
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 error=None if error is None else f"{type(error).__name__}: {error}",
+                cost=usage.cost,
             )
         )
 
