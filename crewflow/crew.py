@@ -718,7 +718,7 @@ _RUNTIME_MODULES = (
 # which keeps `import crewflow` light): module, then class names.
 _RUNTIME_MODELS = (
     ("crewflow._fingerprint", ("Fingerprint",)),
-    ("crewflow._records", ("AttemptRecord", "CallRecord", "PromptRecord", "TaskRecord")),
+    ("crewflow._records", ("AttemptRecord", "PromptRecord", "TaskRecord")),
     ("crewflow.crew", ("CrewResult",)),
     ("crewflow.store._lease", ("Lease", "LeaseOwner")),
     ("crewflow.store._records", ("OutputRow", "RunRecord")),

@@ -358,14 +358,13 @@ class ManagedLLM(LLM):
         began = attempt.began
         attempt.calls.append(
             CallRecord(
-                start=max(0.0, begun - began),
-                wait=max(0.0, sent - begun),
-                end=max(0.0, self._run.now() - began),
-                model=self.model,
-                prompt_tokens=0 if usage is None else usage.prompt_tokens,
-                completion_tokens=0 if usage is None else usage.completion_tokens,
-                outcome=outcome,
-                status_code=status_code,
+                max(0.0, begun - began),
+                max(0.0, self._run.now() - began),
+                max(0.0, sent - begun),
+                0 if usage is None else usage.prompt_tokens,
+                0 if usage is None else usage.completion_tokens,
+                outcome,
+                status_code,
             )
         )
 

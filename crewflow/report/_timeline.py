@@ -243,7 +243,7 @@ def call_spans(tasks: Iterable[TaskEntry], axis: Axis) -> list[CallSpan]:
             if attempt.calls:
                 spans.extend(
                     CallSpan(
-                        call.model or attempt.model or "?",
+                        attempt.model or "?",
                         began + call.start,
                         began + call.start + call.wait,
                         began + call.end,

@@ -32,7 +32,7 @@ _RUN_JSON = ("task_hashes", "process_config", "inputs", "usage", "graph", "detai
 ATTEMPT_COLUMNS = (
     'run_id, task, attempt, agent, start, "end", duration, status, error_type, error, model, '
     "requests, prompt_tokens, completion_tokens, cost, cache_hits, llm_retries, limit_wait, "
-    "limit_waits, details"
+    "limit_waits, calls, details"
 )
 # An attempt's tool calls and prompts are kept in its ``details`` JSON, under these keys.
 _TOOL_CALLS, _PROMPTS = "tool_calls", "prompts"
@@ -41,10 +41,7 @@ ATTEMPT_SELECT = ATTEMPT_COLUMNS.replace("details", f"json_remove(details, '$.{_
 PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
 """An attempt's prompts, as the JSON text of a list (``NULL`` when it recorded none)."""
 TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
-CALL_COLUMNS = (
-    'run_id, task, attempt, number, model, start, wait, "end", prompt_tokens, '
-    "completion_tokens, outcome, status_code"
-)
+
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
 LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires, running"
 SELECT_RUNS = f"SELECT {RUN_COLUMNS}, {LEASE_COLUMNS} FROM runs LEFT JOIN leases USING (run_id)"
@@ -80,7 +77,7 @@ class TaskRows:
     it checks the writer's lease and inserts them alone; the store's thread inserts many at once
     (``_insert_together`` in `crewflow.store._writer`) once `leases_hold`."""
 
-    __slots__ = ("attempts", "calls", "lease", "output", "run_id")
+    __slots__ = ("attempts", "lease", "output", "run_id")
 
     def __init__(
         self,
@@ -93,12 +90,6 @@ class TaskRows:
         self.lease = lease
         attempts = attempts if isinstance(attempts, (list, tuple)) else list(attempts)
         self.attempts = [_attempt_values(run_id, attempt) for attempt in attempts]
-        self.calls = [
-            values
-            for attempt in attempts
-            if attempt.calls
-            for values in _call_values(run_id, attempt)
-        ]
         # An OutputRow, or its `output_values` already.
         self.output = _output_values(output) if isinstance(output, OutputRow) else output
 
@@ -117,7 +108,6 @@ class TaskRows:
         # The foreign keys refuse a row of an unknown run; only then look for which.
         try:
             ATTEMPTS.insert(conn, self.attempts)
-            CALLS.insert(conn, self.calls)
             OUTPUTS.insert(conn, [] if self.output is None else [self.output])
         except sqlite3.IntegrityError:
             run_ids = {values[0] for values in self.attempts}
@@ -151,7 +141,6 @@ class _Insert:
 
 
 ATTEMPTS = _Insert("attempts", ATTEMPT_COLUMNS + ", start_ts")
-CALLS = _Insert("calls", CALL_COLUMNS + ", start_ts")
 OUTPUTS = _Insert("outputs", OUTPUT_COLUMNS + ", finished_ts")
 TASKS = _Insert("tasks", TASK_COLUMNS + ", added_ts")
 
@@ -261,55 +250,18 @@ def _attempt_values(run_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:
             attempt.llm_retries,
             attempt.limit_wait,
             to_json(attempt.limit_waits) if attempt.limit_waits else "{}",
+            _calls_json().dump_json(attempt.calls).decode() if attempt.calls else "[]",
             _attempt_details(attempt),
             attempt.start.timestamp(),
         )
     )
 
 
-def _call_values(run_id: str, attempt: AttemptRecord) -> list[tuple[Any, ...]]:
-    """The rows of ``attempt``'s calls (`CallRecord`), numbered from 1."""
-    began = attempt.start.timestamp()
-    task, number = attempt.task, attempt.number
-    return [
-        valid_values(
-            (
-                run_id,
-                task,
-                number,
-                index,
-                call.model,
-                call.start,
-                call.wait,
-                call.end,
-                call.prompt_tokens,
-                call.completion_tokens,
-                call.outcome,
-                call.status_code,
-                began + call.start,
-            )
-        )
-        for index, call in enumerate(attempt.calls, 1)
-    ]
-
-
-def calls_from_rows(found: Iterable[tuple[Any, ...]]) -> dict[tuple[str, int], list[CallRecord]]:
-    """Calls read back (rows of `CALL_COLUMNS` but ``run_id``, in order), by task and attempt."""
-    calls: dict[tuple[str, int], list[CallRecord]] = {}
-    for task, attempt, _, model, start, wait, end, prompt, completion, outcome, code in found:
-        calls.setdefault((task, attempt), []).append(
-            CallRecord(
-                start=start,
-                wait=wait,
-                end=end,
-                model=model,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                outcome=outcome,
-                status_code=code,
-            )
-        )
-    return calls
+@cache
+def _calls_json() -> TypeAdapter[tuple[CallRecord, ...]]:
+    """What writes an attempt's calls as JSON: a third faster than inferring their type each
+    time (`pydantic_core.to_json`), as the store does for each checkpoint."""
+    return TypeAdapter(tuple[CallRecord, ...])
 
 
 def _attempt_details(attempt: AttemptRecord) -> str:
@@ -400,6 +352,7 @@ def attempt_from_row(found: tuple[Any, ...]) -> AttemptRecord:
         data.pop("cost"),
     )
     data["limit_waits"] = json.loads(data["limit_waits"])
+    data["calls"] = json.loads(data["calls"])
     details = data["details"] = json.loads(data["details"])
     data[_TOOL_CALLS] = details.pop(_TOOL_CALLS, ())
     data[_PROMPTS] = details.pop(_PROMPTS, ())

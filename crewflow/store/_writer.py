@@ -40,7 +40,7 @@ import anyio
 
 from crewflow.store._base import StoreError, default_store_path
 from crewflow.store._checkpointer import Checkpointer
-from crewflow.store._rows import ATTEMPTS, CALLS, OUTPUTS, TaskRows
+from crewflow.store._rows import ATTEMPTS, OUTPUTS, TaskRows
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -602,7 +602,6 @@ def _insert_together(conn: sqlite3.Connection, group: list[_Call]) -> list[_Outc
         conn.execute("SAVEPOINT rows")
         try:
             ATTEMPTS.insert(conn, [values for row in rows for values in row.attempts])
-            CALLS.insert(conn, [values for row in rows for values in row.calls])
             OUTPUTS.insert(conn, [row.output for row in rows if row.output is not None])
         except Exception:  # not only SQLite's: a value it cannot bind raises before it runs
             if not conn.in_transaction:

@@ -91,7 +91,6 @@ from crewflow.store._lease import Lease, observed
 from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
 from crewflow.store._rows import (
     ATTEMPT_SELECT,
-    CALL_COLUMNS,
     LEASE_WRITE,
     OUTPUT_COLUMNS,
     PROMPTS_JSON,
@@ -102,7 +101,6 @@ from crewflow.store._rows import (
     TASKS,
     TaskRows,
     attempt_from_row,
-    calls_from_rows,
     check_lease,
     lease_values,
     output_from_row,
@@ -405,28 +403,14 @@ class SQLiteStore(Store):
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
         run_id = valid_text(run_id)
 
-        def select(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-            attempts = conn.execute(
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
                 f"SELECT {ATTEMPT_SELECT} FROM attempts WHERE run_id = ? "
                 "ORDER BY start_ts, task, attempt",
                 (run_id,),
             ).fetchall()
-            calls = conn.execute(
-                f"SELECT {CALL_COLUMNS.removeprefix('run_id, ')} FROM calls WHERE run_id = ? "
-                "ORDER BY task, attempt, number",
-                (run_id,),
-            ).fetchall()
-            return attempts, calls
 
-        rows, call_rows = await self._writer.call(select)
-        calls = calls_from_rows(call_rows)
-        found = [attempt_from_row(row) for row in rows]
-        return [
-            record.model_copy(update={"calls": tuple(made)})
-            if (made := calls.get((record.task, record.number)))
-            else record
-            for record in found
-        ]
+        return [attempt_from_row(found) for found in await self._writer.call(select)]
 
     async def prompts(self, run_id: str) -> dict[tuple[str, int], list[PromptRecord]]:
         run_id = valid_text(run_id)

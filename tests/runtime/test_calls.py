@@ -425,7 +425,6 @@ def test_each_call_is_recorded_with_its_wait_times_tokens_and_outcome() -> None:
     ]
     for record in result.timeline:
         (attempt,) = record.attempts
-        assert [c.model for c in attempt.calls] == ["fn/one-at-a-time"] * 2
         assert sum(c.prompt_tokens for c in attempt.calls) == attempt.usage.prompt_tokens > 0
         assert attempt.limit_wait == sum(c.wait for c in attempt.calls)
 

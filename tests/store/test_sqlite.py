@@ -967,7 +967,7 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
             if index % 3
             else [],
             calls=[
-                CallRecord(start=0.25 * call, wait=0.5, end=1.5, model="mé", prompt_tokens=call)
+                CallRecord(start=0.25 * call, wait=0.5, end=1.5, prompt_tokens=call)
                 for call in range(index % 3)
             ],
         )
@@ -998,18 +998,18 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
         if isinstance(row, AttemptRecord):  # a column per usage field; the run id and number
             data |= {"run_id": "run-1", "attempt": data.pop("number"), **data.pop("usage")}
             # Tool calls and prompts (none here) are in the details, without their Nones; the
-            # calls have a table of their own (below).
-            del data["tool_calls"], data["prompts"], data["calls"]
+            # calls are a JSON array of their own.
+            del data["tool_calls"], data["prompts"]
             if row.tool_calls:
                 calls = [call.model_dump(mode="json", exclude_none=True) for call in row.tool_calls]
                 data["details"] |= {"tool_calls": calls}
-        for name in ("limit_waits", "details", "data"):
+        for name in ("limit_waits", "calls", "details", "data"):
             if name in data and data[name] is not None:
                 data[name] = json.dumps(data[name], ensure_ascii=False, allow_nan=False)
         return data
 
     def parsed(row: dict[str, Any]) -> dict[str, Any]:
-        return {**row, **({"details": json.loads(row["details"])} if "details" in row else {})}
+        return row | {name: json.loads(row[name]) for name in ("details", "calls") if name in row}
 
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
@@ -1020,21 +1020,7 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
                 expected = dumped(row)
                 found = {name: stored[row.task][name] for name in expected}
                 assert parsed(found) == parsed(expected)
-        calls = [dict(r) for r in conn.execute("SELECT * FROM calls ORDER BY task, number")]
-        expected_calls = [
-            call.model_dump(mode="json")
-            | {
-                "run_id": "run-1",
-                "task": row.task,
-                "attempt": row.number,
-                "number": number,
-                "start_ts": row.start.timestamp() + call.start,
-            }
-            for row in sorted(attempts, key=lambda row: row.task)
-            for number, call in enumerate(row.calls, 1)
-        ]
-        assert calls == expected_calls
-        assert len(calls) == sum(len(row.calls) for row in attempts) > 0
+        assert sum(len(row.calls) for row in attempts) > 0
     finally:
         conn.close()
 
