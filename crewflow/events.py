@@ -41,6 +41,7 @@ __all__ = [
     "TaskFailed",
     "TaskFallback",
     "TaskFinished",
+    "TaskRestored",
     "TaskRetrying",
     "TaskSkipped",
     "TaskStarted",
@@ -177,6 +178,18 @@ class TaskFinished(Event):
     duration: float
     prompt_tokens: int
     completion_tokens: int
+
+
+class TaskRestored(Event):
+    """A resumed run restored a task's output from its checkpoint: the task is done, and is
+    not run again (`CrewResult.restored` lists them at the end).
+
+    Attributes:
+        task: The task's name.
+    """
+
+    kind: Literal["task_restored"] = "task_restored"
+    task: str
 
 
 class TaskRetrying(Event):
@@ -338,6 +351,8 @@ class LLMCallFinished(Event):
         completion_tokens: Completion tokens the provider reported.
         error: Why it failed, as ``"Type: message"``, else ``None``.
         cached: The reply came from the cache: no request was made.
+        cost: What the call cost in USD, when the model's price is known (``None`` otherwise,
+            and for a failed or cached call).
     """
 
     kind: Literal["llm_call_finished"] = "llm_call_finished"
@@ -348,6 +363,7 @@ class LLMCallFinished(Event):
     completion_tokens: int = 0
     error: str | None = None
     cached: bool = False
+    cost: float | None = None
 
 
 class LLMCallRetrying(Event):

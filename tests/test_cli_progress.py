@@ -510,3 +510,23 @@ def _json(text: str) -> dict[str, Any]:
 
     parsed: dict[str, Any] = json.loads(text)
     return parsed
+
+
+def test_the_header_adds_up_the_cost_of_the_calls_and_counts_restored_tasks_as_done() -> None:
+    progress, _ = view(width=120)
+    priced = call("facts", 10, 2).model_copy(update={"cost": 0.125})
+    feed(
+        progress,
+        started(tasks=3),
+        events.TaskRestored(run_id="r1", time=0.0, task="plan"),
+        task_started("facts"),
+        priced,
+        priced,
+    )
+
+    lines = shown(progress)
+
+    assert "1/3 tasks done" in lines[0]
+    assert "$0.2500" in lines[0]
+    (plan,) = [line for line in lines if " plan " in f" {line} "]
+    assert "restored from the run's record" in plan

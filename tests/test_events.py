@@ -82,3 +82,52 @@ async def test_capture_events_sees_only_runs_started_inside_it() -> None:
         inside = await crew.kickoff()
 
     assert {e.run_id for e in captured} == {inside.run_id}
+
+
+async def test_a_calls_event_carries_its_cost_when_the_model_prices_it() -> None:
+    from crewflow.llm import LLM, LLMRequest, LLMResponse
+    from crewflow.llm._types import Usage
+
+    class Priced(LLM):
+        model = "priced/model"
+
+        async def complete(self, request: LLMRequest) -> LLMResponse:
+            usage = Usage(requests=1, prompt_tokens=3, completion_tokens=2, cost=0.25)
+            return LLMResponse("ok", (), usage=usage, model=self.model, finish_reason="stop")
+
+    agent = Agent(role="R", goal="g", llm=Priced())
+    crew = Crew(tasks=[Task("a", agent=agent, name="a"), Task("b", agent=agent, name="b")])
+    with capture_events() as captured:
+        result = await crew.kickoff()
+
+    costs = [e.cost for e in captured.events if isinstance(e, events.LLMCallFinished)]
+    assert costs == [0.25, 0.25]
+    assert result.usage.cost == sum(costs)
+
+
+async def test_a_resumed_run_says_which_tasks_it_restored() -> None:
+    from crewflow.exceptions import TaskFailed
+    from crewflow.store import MemoryStore
+    from crewflow.testing import Error, FunctionLLM
+
+    broken = {"on": True}
+
+    def answer(request: object) -> object:
+        last = request.messages[-1].content  # type: ignore[attr-defined]
+        return Error(400, "no") if "second" in last and broken["on"] else "done"
+
+    agent = Agent(role="R", goal="g", llm=FunctionLLM(answer))
+    tasks = [Task("first", agent=agent, name="first"), Task("second", agent=agent, name="second")]
+    crew = Crew(tasks=tasks, store=MemoryStore())
+    with pytest.raises(TaskFailed) as failed:
+        await crew.kickoff()
+    broken["on"] = False
+    assert failed.value.run_id is not None
+
+    with capture_events() as captured:
+        result = await crew.resume(failed.value.run_id)
+
+    restored = [e.task for e in captured.events if isinstance(e, events.TaskRestored)]
+    assert restored == result.restored == ["first"]
+    started = [e.task for e in captured.events if isinstance(e, events.TaskStarted)]
+    assert started == ["second"]

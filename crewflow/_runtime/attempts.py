@@ -115,7 +115,7 @@ class TaskAttempts:
                 prompts=PromptLog(llm.redact) if run.record_prompts else None,
                 streamed=self._streamed,
             )
-            began = run.now()
+            began = state.began = run.now()
             began_at = run.wall(began)
             run.log.info("task started", task=name, agent=agent.role, attempt=number)
             run.publish(events.TaskStarted, task=name, agent=agent.role, attempt=number, at=began)

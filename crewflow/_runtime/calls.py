@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from crewflow import events
-from crewflow._records import AttemptRecord
+from crewflow._records import AttemptRecord, CallRecord
 from crewflow._runtime.cache import as_cached, cache_key, cacheable, replay_deltas
 from crewflow._runtime.limiter import registry
 from crewflow._runtime.transcript import valid_reply
@@ -77,6 +77,10 @@ class AttemptBuilder:
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     prompts: PromptLog | None = None
     """Where its LLM calls are recorded (``None``: the crew records no prompts)."""
+    calls: list[CallRecord] = field(default_factory=list)
+    """Its LLM calls so far (`CallRecord`)."""
+    began: float = 0.0
+    """When it began, on the run's clock (its calls' times are counted from it)."""
     repaired: bool = False
     """Whether a reply held text no store can keep (lone surrogates, NUL), replaced; the
     record also says so when a recorded prompt (a tool's result) held some."""
@@ -113,6 +117,7 @@ class AttemptBuilder:
             limit_waits=self.limit_waits,
             cache_hits=self.cache_hits,
             tool_calls=tuple(self.tool_calls),
+            calls=tuple(self.calls),
             prompts=() if self.prompts is None else tuple(self.prompts.records),
             details={"repaired": True} if self._repaired() else {},
         )
@@ -156,6 +161,7 @@ class ManagedLLM(LLM):
         rate_limited = 0  # 429 answers so far: they have their own budget
         while True:
             self._restart_stream()
+            begun = run.now()
             permit = await self._permit(request)
             run.publish(
                 events.LLMCallStarted,
@@ -181,6 +187,7 @@ class ManagedLLM(LLM):
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
                 self._sent(request, None, exc)
+                self._called(begun, started, "failed", status_code=exc.status_code)
                 if exc.status_code == 429:
                     rate_limited += 1
                 delay = self._retry_delay(exc, call_attempt, rate_limited)
@@ -195,6 +202,7 @@ class ManagedLLM(LLM):
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
                 self._sent(request, None, exc)
+                self._called(begun, started, "failed")
                 raise
             except BaseException as exc:
                 # Cancelled (a timeout, a stop, handle.cancel()): the request was started and
@@ -203,12 +211,14 @@ class ManagedLLM(LLM):
                 self._stream_failed()
                 attempt.usage.requests += 1
                 self._sent(request, None, exc)
+                self._called(begun, started, "cancelled")
                 raise
             permit.release(tokens=response.usage.total_tokens, ok=True)
             attempt.usage.add(response.usage)
             response = self._valid(response)
             self._finished(started, response, None)
             self._sent(request, response, None)
+            self._called(begun, started, "completed", response.usage)
             if key is not None and attempt.cache is not None and cacheable(response, request):
                 await attempt.cache.put(key, response)
             return response
@@ -230,6 +240,8 @@ class ManagedLLM(LLM):
         if found is None:
             return None
         attempt.cache_hits += 1
+        now = run.now()
+        self._called(now, now, "cached")  # nothing sent, nothing billed
         response = self._valid(as_cached(found))
         self._restart_stream()
         if attempt.prompts is not None:
@@ -331,6 +343,31 @@ class ManagedLLM(LLM):
 
         return on_delta
 
+    def _called(
+        self,
+        begun: float,
+        sent: float,
+        outcome: Literal["completed", "cached", "failed", "cancelled"],
+        usage: Usage | None = None,
+        *,
+        status_code: int | None = None,
+    ) -> None:
+        """Record a call on the attempt: begun (then waited for its limits) at ``begun``, sent
+        at ``sent``, ended now, on the run's clock."""
+        attempt = self._attempt
+        began = attempt.began
+        attempt.calls.append(
+            CallRecord(
+                max(0.0, begun - began),
+                max(0.0, self._run.now() - began),
+                max(0.0, sent - begun),
+                0 if usage is None else usage.prompt_tokens,
+                0 if usage is None else usage.completion_tokens,
+                outcome,
+                status_code,
+            )
+        )
+
     def _sent(
         self, request: LLMRequest, response: LLMResponse | None, error: BaseException | None
     ) -> None:
@@ -363,6 +400,7 @@ class ManagedLLM(LLM):
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 error=None if error is None else f"{type(error).__name__}: {error}",
+                cost=usage.cost,
             )
         )
 

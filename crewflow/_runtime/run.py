@@ -488,6 +488,7 @@ class Run:
         self._saved.add(name)
         self.restored.append(name)
         self.unended -= 1
+        self.publish(events.TaskRestored, task=name)
 
     def attempts_before(self, name: str) -> int:
         """How many attempts of task ``name`` earlier runs of this run recorded (a resumed run

@@ -77,8 +77,8 @@ class ProgressView:
                 self._live = None
 
     def settle(self, result: CrewResult) -> None:
-        """Show what only the run's result tells: its cost (no event carries one) and, for a
-        resumed run, the tasks restored from its record (no event names them)."""
+        """Show what the run's result tells for sure: its cost (the calls' events add up the
+        costs known so far) and, for a resumed run, every task restored from its record."""
         with self._lock:
             self.run.cost = result.usage.cost
             for name in result.restored:
@@ -142,7 +142,7 @@ class ProgressView:
     def _summary(self, now: float, *, status: bool, short: bool = False) -> list[str]:
         run = self.run
         done = run.count("finished")
-        if run.status == "completed":  # tasks restored on a resume send no event
+        if run.status == "completed":  # every task the run did not fail or skip
             done = run.size - run.count("failed", "skipped")
         parts = [f"{done}/{run.size} tasks done"] if run.size else ["starting"]
         for shown in ("running", "failed", "skipped"):
@@ -253,6 +253,8 @@ def _describe_task(event: events.Event) -> tuple[str, Status, str] | None:
         return event.task, "waiting", f"done by {event.to}"
     if isinstance(event, events.TaskFinished):
         return event.task, "finished", "by its delegate"
+    if isinstance(event, events.TaskRestored):
+        return event.task, "finished", "restored from the run's record"
     if isinstance(event, events.TaskRetrying):
         return (
             event.task,

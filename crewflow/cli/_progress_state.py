@@ -132,6 +132,8 @@ class RunProgress:
             task = self._known(event.task)
             task.prompt_tokens += event.prompt_tokens
             task.completion_tokens += event.completion_tokens
+            if event.cost is not None:
+                self.cost = (self.cost or 0.0) + event.cost
         elif isinstance(event, events.ToolCalled) and event.ok:
             self._known(event.task).tool_calls += 1
         elif isinstance(event, events.TokenDelta):

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 
 from crewflow._usage import Usage
 from crewflow.report._graph import layout
-from crewflow.report._timeline import axis_of, call_spans, gantt, resource_panels, seconds
+from crewflow.report._timeline import (
+    axis_of,
+    call_spans,
+    gantt,
+    resource_panels,
+    seconds,
+    spans_from_calls,
+)
 
 if TYPE_CHECKING:
     import jinja2
@@ -87,6 +94,7 @@ def render_page(report: Report) -> str:
             report=report,
             gantt=gantt(report, axis),
             panels=resource_panels(call_spans(report.tasks, axis), axis),
+            exact_calls=spans_from_calls(report.tasks),
             graph=layout(report.tasks),
             models=_per_model(report.tasks),
             script=Markup(script),

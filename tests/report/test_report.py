@@ -177,6 +177,30 @@ def test_the_resource_chart_counts_calls_in_flight_and_waiting_per_model() -> No
     assert list(panels) == ["a", "b"]  # the busiest first
 
 
+async def test_the_resource_chart_draws_each_recorded_call_of_a_stored_run() -> None:
+    from crewflow.report._timeline import axis_of, call_spans
+
+    report = await varied_report()
+    axis = axis_of(report)
+    spans = call_spans(report.tasks, axis)
+    facts = next(task for task in report.tasks if task.name == "facts")
+    (attempt,) = facts.attempts
+
+    # facts made two calls (a tool call, then its answer), each its own span, in order.
+    assert [call.outcome for call in attempt.calls] == ["completed", "completed"]
+    began = axis.offset(attempt.start)
+    assert report.tasks[0] is facts  # the chart's spans come in the tasks' order
+    assert [(s.start - began, s.wait_end - s.start, s.end - began) for s in spans[:2]] == [
+        pytest.approx((call.start, call.wait, call.end)) for call in attempt.calls
+    ]
+    # Every recorded call that sent a request is on the chart; the page says none is derived.
+    sent = sum(
+        1 for task in report.tasks for a in task.attempts for c in a.calls if c.outcome != "cached"
+    )
+    assert len(spans) == sent
+    assert "derived from each attempt" not in report.html()
+
+
 def test_report_is_public_and_lazy() -> None:
     assert crewflow.Report is Report
     assert "Report" in crewflow.__all__

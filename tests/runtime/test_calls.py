@@ -375,3 +375,94 @@ async def test_nothing_is_reset_when_nothing_was_streamed_before_a_call(
 
     assert captured.of_type(ev.TokenDeltaReset) == []
     assert "".join(d.text for d in captured.of_type(ev.TokenDelta)) == result.output.text
+
+
+# -- the calls an attempt records ------------------------------------------------------------------
+
+
+def test_each_call_is_recorded_with_its_wait_times_tokens_and_outcome() -> None:
+    """Two tasks at once on a model that takes one call at a time, each a retried request: every
+    request is a call of its own, the second task's first call waited for the first's."""
+    from crewflow import Limit, Limits
+    from crewflow.testing import run_virtual
+
+    failed: set[str] = set()
+
+    async def answer(request: LLMRequest) -> object:
+        import anyio
+
+        name = request.messages[-1].content.split()[0]
+        await anyio.sleep(2)  # virtual seconds
+        if name not in failed:
+            failed.add(name)
+            return Error(503)
+        return f"{name} done"
+
+    llm = FunctionLLM(answer, model="fn/one-at-a-time")
+    agent = Agent(role="Worker", goal="Work", llm=llm)
+    crew = Crew(
+        tasks=[
+            Task("alpha", agent=agent, name="alpha", context=[]),
+            Task("beta", agent=agent, name="beta", context=[]),
+        ],
+        process="parallel",
+        retry=RetryPolicy(initial=1.0, jitter=False),
+        limits=Limits({"fn/one-at-a-time": Limit(concurrency=1)}),
+    )
+
+    result = run_virtual(crew.kickoff)
+
+    calls = {record.task: record.attempts[0].calls for record in result.timeline}
+    # alpha: sent at once, failed after 2 s; retried 1 s later, waited for beta's call (2 s).
+    assert [(c.start, c.wait, c.end, c.outcome, c.status_code) for c in calls["alpha"]] == [
+        (0.0, 0.0, 2.0, "failed", 503),
+        (3.0, 1.0, 6.0, "completed", None),
+    ]
+    # beta: waited 2 s for alpha's first call, failed; its retry waited for alpha's second.
+    assert [(c.start, c.wait, c.end, c.outcome, c.status_code) for c in calls["beta"]] == [
+        (0.0, 2.0, 4.0, "failed", 503),
+        (5.0, 1.0, 8.0, "completed", None),
+    ]
+    for record in result.timeline:
+        (attempt,) = record.attempts
+        assert sum(c.prompt_tokens for c in attempt.calls) == attempt.usage.prompt_tokens > 0
+        assert attempt.limit_wait == sum(c.wait for c in attempt.calls)
+
+
+async def test_a_cached_reply_and_a_cancelled_call_are_calls_too() -> None:
+    import anyio
+
+    from crewflow.exceptions import RunCancelled
+    from crewflow.store import MemoryStore
+
+    store = MemoryStore()
+    agent = Agent(role="Researcher", goal="Find facts", llm=ScriptedLLM(["cached", "unused"]))
+    crew = Crew(tasks=[Task("Find facts", agent=agent, name="facts")], store=store, cache=True)
+    await crew.kickoff()
+    again = await crew.kickoff()
+    (call,) = again.timeline[0].attempts[0].calls
+    assert (call.outcome, call.wait, call.prompt_tokens, call.completion_tokens) == (
+        "cached",
+        0.0,
+        0,
+        0,
+    )
+
+    started = anyio.Event()
+
+    async def never(request: LLMRequest) -> str:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("cancelled first")
+
+    waiting = Agent(role="Researcher", goal="Find facts", llm=FunctionLLM(never))
+    stuck = Crew(tasks=[Task("Find facts", agent=waiting, name="facts")], store=store)
+    handle = stuck.start()
+    await started.wait()
+    handle.cancel()
+    with pytest.raises(RunCancelled):
+        await handle.result()
+    (attempt,) = await store.attempts(handle.run_id)
+    (call,) = attempt.calls
+    assert (attempt.status, call.outcome, call.status_code) == ("cancelled", "cancelled", None)
+    assert call.end >= call.start + call.wait

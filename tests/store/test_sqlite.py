@@ -24,6 +24,7 @@ from crewflow.llm._types import Usage
 from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
+    CallRecord,
     DuplicateRunError,
     OutputRow,
     RunStatus,
@@ -965,6 +966,10 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
             tool_calls=[ToolCallRecord(tool="search", ok=False, duration=0.5, error="é")]
             if index % 3
             else [],
+            calls=[
+                CallRecord(start=0.25 * call, wait=0.5, end=1.5, prompt_tokens=call)
+                for call in range(index % 3)
+            ],
         )
         for index, moment in enumerate(moments)
     ]
@@ -992,18 +997,19 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
         data = row.model_dump(mode="json")
         if isinstance(row, AttemptRecord):  # a column per usage field; the run id and number
             data |= {"run_id": "run-1", "attempt": data.pop("number"), **data.pop("usage")}
-            # Tool calls and prompts (none here) are in the details, without their Nones.
+            # Tool calls and prompts (none here) are in the details, without their Nones; the
+            # calls are a JSON array of their own.
             del data["tool_calls"], data["prompts"]
             if row.tool_calls:
                 calls = [call.model_dump(mode="json", exclude_none=True) for call in row.tool_calls]
                 data["details"] |= {"tool_calls": calls}
-        for name in ("limit_waits", "details", "data"):
+        for name in ("limit_waits", "calls", "details", "data"):
             if name in data and data[name] is not None:
                 data[name] = json.dumps(data[name], ensure_ascii=False, allow_nan=False)
         return data
 
     def parsed(row: dict[str, Any]) -> dict[str, Any]:
-        return {**row, **({"details": json.loads(row["details"])} if "details" in row else {})}
+        return row | {name: json.loads(row[name]) for name in ("details", "calls") if name in row}
 
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
@@ -1014,6 +1020,7 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
                 expected = dumped(row)
                 found = {name: stored[row.task][name] for name in expected}
                 assert parsed(found) == parsed(expected)
+        assert sum(len(row.calls) for row in attempts) > 0
     finally:
         conn.close()
 

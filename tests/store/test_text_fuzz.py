@@ -20,6 +20,7 @@ from crewflow.llm._types import Message, ToolCall, Usage
 from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
+    CallRecord,
     Lease,
     MemoryStore,
     OutputRow,
@@ -192,6 +193,7 @@ def test_any_text_in_any_field_is_read_back_valid_and_the_store_stays_usable(
         tool_calls=(
             ToolCallRecord(tool=text(), ok=False, duration=0.1, error_type=text(), error=text()),
         ),
+        calls=(CallRecord(start=0.0, end=0.5, outcome="failed", status_code=500),),
         prompts=(prompt,),
     )
     output = built(
@@ -236,6 +238,7 @@ def test_any_text_in_any_field_is_read_back_valid_and_the_store_stays_usable(
     assert [row.text for row in outputs.values()] == [valid_text(output.text)]
     assert [a.number for a in attempts] == [1, 2]
     assert attempts[0].error == valid_text(attempt.error or "")
+    assert [a.calls for a in attempts] == [attempt.calls] * 2
     assert len(prompts) == 2
     assert [t.name for t in tasks] == [valid_text(added.name)]
     assert cached == valid_text(value)

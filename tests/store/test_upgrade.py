@@ -65,7 +65,7 @@ async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
     tmp_path: Path,
 ) -> None:
     async with SQLiteStore(v3_database(tmp_path)) as store:
-        assert await store.schema_version() == len(MIGRATIONS) == 6
+        assert await store.schema_version() == len(MIGRATIONS) == 7
         runs = await store.list_runs()
         attempts = await store.attempts(FAILED)
         outputs = await store.outputs(FAILED)
@@ -94,6 +94,7 @@ async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
     assert all(a.duration == (a.end - a.start).total_seconds() for a in attempts)
     # Tool calls and prompts were not recorded then: none, in the attempts' details column.
     assert [(a.tool_calls, a.prompts, a.details) for a in attempts] == [((), (), {})] * 2
+    assert [a.calls for a in attempts] == [(), ()]  # nor calls: an empty table
     assert prompts == {}
     assert attempts[1].error == "fn/draft: HTTP 400: the writer is out"
     assert list(outputs) == ["facts"]
@@ -190,7 +191,7 @@ async def test_a_v3_database_opened_read_only_is_not_migrated_and_says_why(
     before = path.read_bytes()
 
     store = SQLiteStore(path, read_only=True)
-    with pytest.raises(SchemaVersionError, match="older than this crewflow's 6") as caught:
+    with pytest.raises(SchemaVersionError, match="older than this crewflow's 7") as caught:
         await store.list_runs()
     await store.close()
 
@@ -211,5 +212,5 @@ def test_crewflow_runs_upgrades_a_v3_database_it_may_write(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert {run["run_id"] for run in json.loads(result.stdout)} == {COMPLETED, FAILED}
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (6,)
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (7,)
     conn.close()
