@@ -134,7 +134,7 @@ def crew_html(crew: Crew) -> str:
         )
     )
     # Tall enough for the graph and both tables, up to the report's height (then it scrolls).
-    height = 150 + drawing.height + 28 * (len(tasks) + len(agents))
+    height = 260 + drawing.height + 30 * (len(tasks) + len(agents))
     return framed(page, title=f"crewflow crew {crew.name}", height=min(640, round(height)))
 
 
