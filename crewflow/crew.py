@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from crewflow._runtime.run import Run
     from crewflow.graph import TaskGraph  # noqa: TC004
     from crewflow.report import Report
+    from crewflow.report._notebook import KernelProgress
     from crewflow.store import Store
 
 __all__ = ["Crew", "CrewResult"]
@@ -170,6 +171,14 @@ class CrewResult(BaseModel):
             f"CrewResult(run_id={self.run_id!r}, crew={self.crew!r}, process={self.process!r}, "
             f"tasks={len(self.outputs)}, duration={self.duration:.3f})"
         )
+
+    def _repr_html_(self) -> str:
+        """The run's report, inline in a notebook (`Report._repr_html_`): its summary, its
+        Gantt and its outputs, with prompts and tool calls folded."""
+        return self.report()._repr_html_()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
 
 
 class Crew(Spec):
@@ -307,6 +316,19 @@ class Crew(Spec):
         """The validated task graph (``crew.graph.to_mermaid()`` draws it)."""
         return self._graph
 
+    def _repr_html_(self) -> str:
+        """The crew in a notebook: its dependency graph, its tasks and agents (role, goal,
+        model, tools) and its process, in a sandboxed frame."""
+        from crewflow.report._notebook import crew_html
+
+        return crew_html(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(
+            f"Crew(name={self.name!r}, process={self.process_name!r}, "
+            f"tasks={len(self._graph.names)}, agents={len(self._graph.members)})"
+        )
+
     @property
     def process_name(self) -> str:
         """The name of the process this crew runs under."""
@@ -353,7 +375,12 @@ class Crew(Spec):
         return self._fingerprint
 
     async def resume(
-        self, run_id: str, *, force: bool = False, llm: str | LLM | None = None
+        self,
+        run_id: str,
+        *,
+        force: bool = False,
+        llm: str | LLM | None = None,
+        progress: bool = True,
     ) -> CrewResult:
         """Finish an earlier run of this crew: re-run only the tasks that had not finished.
 
@@ -368,6 +395,7 @@ class Crew(Spec):
             run_id: The run to finish (`CrewResult.run_id`, ``crewflow runs``).
             force: Resume even if the crew changed since the run was recorded.
             llm: As in `kickoff` (the fingerprint includes it: pass the same one).
+            progress: As in `kickoff`.
 
         Returns:
             The whole run's result; `CrewResult.restored` names the tasks that did not run
@@ -399,10 +427,14 @@ class Crew(Spec):
         if loaded.record.status == RunStatus.COMPLETED:
             # Nothing to resume: its result is replayed from the records, which stay as they are.
             run.recorder = None
-        return await self._finish(run)
+        return await self._finish_showing(run, _progress(progress))
 
     async def kickoff(
-        self, inputs: Mapping[str, Any] | None = None, *, llm: str | LLM | None = None
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        llm: str | LLM | None = None,
+        progress: bool = True,
     ) -> CrewResult:
         """Run the crew to completion.
 
@@ -410,6 +442,9 @@ class Crew(Spec):
             inputs: Values for the tasks' ``{placeholders}``; must be JSON-serialisable.
             llm: Use this model for every agent in this run instead of their own (what
                 ``crewflow run --model`` does).
+            progress: In a notebook (an IPython kernel), show the run's progress in the cell,
+                updated in place as tasks start and finish. ``False`` shows none. Outside a
+                kernel it does nothing.
 
         Returns:
             Every task's output, usage and the timeline.
@@ -423,16 +458,26 @@ class Crew(Spec):
         """
         await _load_runtime()
         run = self._new_run(inputs, llm)
-        return await self._finish(run)
+        return await self._finish_showing(run, _progress(progress))
 
     def start(
-        self, inputs: Mapping[str, Any] | None = None, *, llm: str | LLM | None = None
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        llm: str | LLM | None = None,
+        progress: bool = True,
     ) -> RunHandle:
         """Start a run in the background of the running event loop and return at once.
 
         For notebooks and services: pause, resume, cancel, scale and watch the run through the
         handle. ``async with crew.start(...) as handle:`` cancels the run if the block exits
         before it ends.
+
+        Args:
+            inputs: As in `kickoff`.
+            llm: As in `kickoff`.
+            progress: As in `kickoff`: in a notebook, the run's progress shows in the cell that
+                started it, updated in place while it runs in the background.
 
         Raises:
             ConfigurationError: As `kickoff`, or when no event loop is running (use
@@ -450,7 +495,10 @@ class Crew(Spec):
                 "a script use crew.kickoff_sync(...)"
             ) from None
         run = self._new_run(inputs, llm)
-        return RunHandle(run, lambda: self._finish(run))
+        view = _progress(progress)
+        if view is not None:
+            view.expect(run.run_id, self.name, len(run.graph.names))  # in the calling cell
+        return RunHandle(run, lambda: self._finish_showing(run, view))
 
     async def kickoff_for_each(
         self,
@@ -459,6 +507,7 @@ class Crew(Spec):
         concurrency: int | None = None,
         return_exceptions: bool = False,
         llm: str | LLM | None = None,
+        progress: bool = True,
     ) -> list[Any]:
         """Run one kickoff per input, at most ``concurrency`` at once, results in input order.
 
@@ -471,6 +520,7 @@ class Crew(Spec):
             return_exceptions: Put each failed kickoff's error in its place in the list
                 instead of raising.
             llm: As in `kickoff`.
+            progress: As in `kickoff`, one display for all the runs, a line each.
 
         Returns:
             One `CrewResult` per input (or, with ``return_exceptions``, the error).
@@ -491,16 +541,24 @@ class Crew(Spec):
         results: list[Any] = [None] * len(inputs)
         limiter = anyio.CapacityLimiter(concurrency or max(1, len(inputs)))
 
+        view = _progress(progress)
+
         async def one(index: int, values: Mapping[str, Any]) -> None:
             async with limiter:
                 try:
-                    results[index] = await self.kickoff(values, llm=llm)
+                    await _load_runtime()
+                    run = self._new_run(values, llm)
+                    results[index] = await self._finish_showing(run, view, close=False)
                 except CrewflowError as exc:
                     results[index] = exc
 
-        async with anyio.create_task_group() as group:
-            for index, values in enumerate(inputs):
-                group.start_soon(one, index, values)
+        try:
+            async with anyio.create_task_group() as group:
+                for index, values in enumerate(inputs):
+                    group.start_soon(one, index, values)
+        finally:
+            if view is not None:
+                view.close()
         failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
         if failures and not return_exceptions:
             first = next(iter(failures.items()))
@@ -588,6 +646,20 @@ class Crew(Spec):
             details={ASPECTS_KEY: fingerprint.aspects},
         )
         return Recorder(store, record)
+
+    async def _finish_showing(
+        self, run: Run, view: KernelProgress | None, *, close: bool = True
+    ) -> CrewResult:
+        """`_finish`, with ``view`` (a notebook's progress, if any) watching the run's events."""
+        if view is None:
+            return await self._finish(run)
+        run.add_sink(view)
+        try:
+            return await self._finish(run)
+        finally:
+            run.remove_sink(view)
+            if close:
+                view.close()
 
     async def _finish(self, run: Run) -> CrewResult:
         await run.drive()
@@ -724,6 +796,17 @@ _RUNTIME_MODELS = (
     ("crewflow.store._records", ("OutputRow", "RunRecord")),
     ("crewflow.task", ("TaskOutput",)),
 )
+
+
+def _progress(wanted: bool) -> KernelProgress | None:
+    """A notebook's live progress display for a kickoff, or ``None``: when not ``wanted``, or
+    outside an IPython kernel (a process that never imported IPython is none, which costs a
+    dictionary look-up to tell)."""
+    if not wanted or "IPython" not in sys.modules:
+        return None
+    from crewflow.report._notebook import kernel_progress
+
+    return kernel_progress()
 
 
 async def _load_runtime() -> None:

@@ -168,6 +168,37 @@ class RunHandle:
     def __repr__(self) -> str:
         return f"RunHandle(run_id={self.run_id!r}, status={self.status!r})"
 
+    # -- notebooks -----------------------------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        """The run's status as it is now (tasks done of all, the tasks running), for notebooks;
+        display it again for a fresh one. Its progress while it runs shows by itself in the
+        cell that started it."""
+        # The report draws it with its escaping templates: imported here, when a notebook asks.
+        from crewflow.report._notebook import RunLine, status_html
+
+        run = self._run
+        ended = run.end is not None and run.start is not None
+        line = RunLine(
+            run_id=self.run_id,
+            crew=run.crew_name,
+            status=self.status.value,
+            done=len(run.outputs),
+            total=len(run.graph.names),
+            running=sorted(run.running),
+            tokens=run.usage.total_tokens,
+            seconds=run.duration if ended else None,
+        )
+        return status_html([line])
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        run = self._run
+        running = ", ".join(sorted(run.running)) or "none"
+        printer.text(
+            f"RunHandle(run_id={self.run_id!r}, status={self.status.value!r}, "
+            f"done={len(run.outputs)}/{len(run.graph.names)}, running: {running})"
+        )
+
 
 async def _consume(
     receive: MemoryObjectReceiveStream[Event], unsubscribe: Callable[[], None]

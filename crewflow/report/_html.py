@@ -118,7 +118,8 @@ def _per_model(tasks: tuple[TaskEntry, ...]) -> list[tuple[str, Usage, int]]:
     return sorted(rows, key=lambda row: (-row[1].total_tokens, row[0]))
 
 
-def framed(page: str) -> str:
+def framed(page: str, *, title: str = "crewflow run report", height: int = 640) -> str:
     """``page`` in a sandboxed iframe (scripts may run; nothing of the host page is reachable),
-    for notebooks."""
-    return _environment().get_template("framed.html.j2").render(page=page)
+    ``height`` pixels tall, for notebooks."""
+    template = _environment().get_template("framed.html.j2")
+    return template.render(page=page, title=title, height=height)
