@@ -41,10 +41,13 @@ class OutputChange(StrEnum):
     """How a task's output differs between the two runs."""
 
     IDENTICAL = "identical"
+    """Both runs have the same output for the task."""
     CHANGED = "changed"
+    """Both runs have an output for the task, and they differ."""
     ONLY_A = "only in A"
     """Only the first run has an output for the task."""
     ONLY_B = "only in B"
+    """Only the second run has an output for the task."""
     NONE = "none"
     """Neither run has an output for the task."""
 
