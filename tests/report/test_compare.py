@@ -218,3 +218,17 @@ def test_it_shows_itself_in_a_notebook_framed_and_saves(tmp_path: Path) -> None:
         f"Comparison(a={comparison.a.run_id!r}, b={comparison.b.run_id!r}, tasks=4, "
         "outputs_differing=2)"
     )
+
+
+def test_two_results_in_hand_compare_without_a_store() -> None:
+    async def run() -> Comparison:
+        first = await versioned_crew(None, 1).kickoff()
+        second = await versioned_crew(None, 2).kickoff()
+        return first.report().compare(second.report())
+
+    comparison = run_virtual(run)
+
+    assert comparison.crew_note is None  # one name; no store, so no crew keys to tell apart
+    assert [task.name for task in comparison.tasks] == ["extra", "draft", "plan", "check"]
+    assert comparison.tasks[1].change_text() == "+3.00 s, 2.50× slower"
+    assert "crewflow report RUN_ID" not in parse(comparison.html()).text  # neither is stored
