@@ -216,15 +216,25 @@ def report_command(
     open_it: Annotated[
         bool, typer.Option("--open", help="Open the report in the default web browser.")
     ] = False,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            metavar="RUN_B",
+            help="Compare RUN_ID with RUN_B instead: times, tokens and outputs side by side "
+            "(default file: crewflow-compare-RUN_ID-RUN_B.html here).",
+        ),
+    ] = None,
     db: Database = None,
 ) -> None:
     """Write one run's report as a self-contained HTML file (it needs no network), and print
     its path: the timeline of every attempt, requests in flight, the task graph, usage, the
     process and why, the optimizer's advice, and each task's output, prompts and tool calls.
+    With --compare, two runs side by side instead.
     """
     from crewflow.cli._report import write_report
 
-    _exit(write_report(run_id, output=output, open_it=open_it, db=db))
+    _exit(write_report(run_id, output=output, open_it=open_it, db=db, compare=compare))
 
 
 @app.command("dashboard")

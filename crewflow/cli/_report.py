@@ -1,5 +1,6 @@
 """``crewflow report RUN_ID``: write a stored run's report (`crewflow.Report`) as one HTML file,
-and open it in a browser with ``--open``."""
+and open it in a browser with ``--open``; with ``--compare RUN_B``, the two runs side by side
+(`crewflow.report.Comparison`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from crewflow.exceptions import UnknownRunError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from crewflow.report import Report
+    from crewflow.report import Comparison, Report
     from crewflow.store import Store
 
 
@@ -24,8 +25,19 @@ def default_file(run_id: str) -> str:
     return f"crewflow-report-{run_id}.html"
 
 
+def compare_file(run_a: str, run_b: str) -> str:
+    """The file a comparison is written to without ``-o``: in the current directory, named by
+    the runs' ids' first 8 characters."""
+    return f"crewflow-compare-{run_a[:8]}-{run_b[:8]}.html"
+
+
 def write_report(
-    run_id: str, *, output: Path | None = None, open_it: bool = False, db: Path | None = None
+    run_id: str,
+    *,
+    output: Path | None = None,
+    open_it: bool = False,
+    db: Path | None = None,
+    compare: str | None = None,
 ) -> int:
     """What ``crewflow report`` does; returns the exit code."""
     from pathlib import Path
@@ -35,8 +47,13 @@ def write_report(
     try:
         if not path.exists():
             raise UnknownRunError(run_id)
-        report = read_store(path, partial(_read, run_id=run_id), read_only=True)
-        target = report.save(output if output is not None else Path(default_file(report.run_id)))
+        if compare is None:
+            report = read_store(path, partial(_read, run_id=run_id), read_only=True)
+            target = report.save(output or Path(default_file(report.run_id)))
+        else:
+            read = partial(_compare, run_a=run_id, run_b=compare)
+            both = read_store(path, read, read_only=True)
+            target = both.save(output or Path(compare_file(both.a.run_id, both.b.run_id)))
     except (Exception, KeyboardInterrupt) as exc:
         return exit_code(err, exc)
     written = target.resolve()
@@ -55,3 +72,12 @@ async def _read(store: Store, *, run_id: str) -> Report:
     if run is None:
         raise UnknownRunError(run_id)
     return await Report.from_store(store, run.run_id)
+
+
+async def _compare(store: Store, *, run_a: str, run_b: str) -> Comparison:
+    from crewflow.report import Comparison
+
+    first, second = await find_run(store, run_a), await find_run(store, run_b)
+    if first is None or second is None:
+        raise UnknownRunError(run_a if first is None else run_b)
+    return await Comparison.from_store(store, first.run_id, second.run_id)

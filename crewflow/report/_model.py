@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from crewflow.crew import CrewResult
     from crewflow.optimizer import Recommendation
+    from crewflow.report._compare import Comparison
     from crewflow.store import RunRecord, Store
 
 __all__ = ["Report", "TaskEntry"]
@@ -90,6 +91,8 @@ class Report:
         recommendations: The optimizer's recommendations for this crew, from the store's
             history; ``None`` when the report was made without a store (no history).
         stored: Whether the run is in a store (``crewflow show RUN_ID`` can print it whole).
+        crew_key: The crew's key (`crewflow.store.RunRecord.crew_key`) for a stored run, else
+            ``""`` (unknown).
     """
 
     run_id: str
@@ -105,6 +108,7 @@ class Report:
     choice: ProcessChoice | None = None
     recommendations: tuple[Recommendation, ...] | None = None
     stored: bool = False
+    crew_key: str = ""
 
     @property
     def ran(self) -> str:
@@ -169,6 +173,7 @@ class Report:
             tasks=tasks,
             recommendations=tuple(r for r in advice.recommendations if r.crew == run.crew),
             stored=True,
+            crew_key=run.crew_key,
         )
 
     @classmethod
@@ -232,6 +237,13 @@ class Report:
         target = Path(path)
         target.write_text(self.html(), encoding="utf-8")
         return target
+
+    def compare(self, other: Report) -> Comparison:
+        """This run (A) and ``other`` (B) side by side, tasks matched by name (see
+        `crewflow.report.Comparison`)."""
+        from crewflow.report._compare import Comparison
+
+        return Comparison(self, other)
 
     def _repr_html_(self) -> str:
         """The page in a sandboxed ``<iframe srcdoc>`` for notebooks: the report's styles and

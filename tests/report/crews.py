@@ -118,3 +118,39 @@ def hostile_crew(store: Store | None) -> Crew:
         store=store,
         name=HOSTILE[4],
     )
+
+
+def versioned_crew(store: Store | None, version: int = 1) -> Crew:
+    """One crew in two versions, for comparisons (in virtual time: every duration exact).
+
+    Version 1: plan (1 s), draft (2 s), check (0.5 s), in sequence. Version 2: plan the same;
+    draft takes 5 s, more tokens, and changes its second line; check the same; a task
+    ``extra`` is added.
+    """
+    from crewflow.testing import Slow, Text
+
+    draft_text = (
+        "intro\nline two\nline three\nconclusion"
+        if version == 1
+        else "intro\nline 2, rewritten\nline three\nconclusion"
+    )
+    plan = Agent(role="Planner", goal="g", llm=ScriptedLLM([Slow(1.0, Text("the plan", (10, 5)))]))
+    writer = Agent(
+        role="Writer",
+        goal="g",
+        llm=ScriptedLLM(
+            [Slow(2.0, Text(draft_text, (100, 20)))]
+            if version == 1
+            else [Slow(5.0, Text(draft_text, (150, 30)))]
+        ),
+    )
+    checker = Agent(role="Checker", goal="g", llm=ScriptedLLM([Slow(0.5, Text("ok", (7, 1)))]))
+    tasks = [
+        Task("Plan", agent=plan, name="plan"),
+        Task("Draft", agent=writer, name="draft"),
+        Task("Check", agent=checker, name="check"),
+    ]
+    if version == 2:
+        extra = Agent(role="Extra", goal="g", llm=ScriptedLLM([Slow(0.25, Text("more", (3, 2)))]))
+        tasks.append(Task("Extra", agent=extra, name="extra"))
+    return Crew(tasks=tasks, process="sequential", store=store, name="versioned")
