@@ -18,7 +18,6 @@ import anyio
 from pydantic import BaseModel
 
 from crewflow._fingerprint import changed_aspects
-from crewflow._records import RunStatus
 from crewflow._runtime.clock import real_work
 from crewflow.exceptions import CrewChange, LeaseLost, RunInProgress
 from crewflow.llm._types import Usage
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from crewflow._fingerprint import Fingerprint
-    from crewflow._records import AttemptRecord, ProcessChoice, TaskKind, TaskRecord
+    from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskRecord
     from crewflow.graph import TaskGraph
     from crewflow.store import AddedTaskRecord, Lease, OutputRow, RunRecord, RunSource, Store
     from crewflow.task import Task, TaskOutput
@@ -160,7 +159,9 @@ def in_progress(record: RunRecord | None, *, meanwhile: bool = False) -> RunInPr
     this one read it, so its lease holds whatever a reader now makes of it."""
     if record is None or record.lease is None:
         return None
-    if record.status != RunStatus.RUNNING and not meanwhile:
+    # A lease that holds refuses, whatever the status: a resume that took the run over has its
+    # lease before it reopens the run (a failed run holding a live lease is being resumed).
+    if not meanwhile and record.lease.lapsed() is not None:
         return None
     return RunInProgress(record.run_id, record.lease.owner, record.lease.expires)
 

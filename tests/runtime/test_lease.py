@@ -404,6 +404,28 @@ async def test_a_resume_takes_over_a_run_whose_process_on_this_machine_died(
     await store.close()
 
 
+async def test_a_failed_run_another_resume_took_over_but_not_reopened_yet_is_refused(
+    store: Store,
+) -> None:
+    # Between a resume's taking of the lease and its reopening of the run, the run reads as
+    # failed with a lease that holds: a second resume must see the first, not take it over.
+    crew, run_id, asked = await failed_second(store)
+    first = Lease.new()
+    assert await store.take_lease(run_id, first, replacing=None)
+    assert (await store.get_run(run_id)).status == RunStatus.FAILED  # type: ignore[union-attr]
+
+    with pytest.raises(RunInProgress) as refused:
+        await crew.resume(run_id)
+
+    assert refused.value.owner == LeaseOwner.current()
+    assert asked == ["first", "second"]  # nothing sent again
+    held = await store.get_run(run_id)
+    assert held is not None
+    assert held.lease is not None
+    assert held.lease.token == first.token  # still the first resume's
+    await store.close()
+
+
 async def test_of_two_resumes_at_once_exactly_one_runs_the_unfinished_tasks(
     tmp_path: Path,
 ) -> None:
