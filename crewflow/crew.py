@@ -498,7 +498,7 @@ class Crew(Spec):
         view = _progress(progress)
         if view is not None:
             view.expect(run.run_id, self.name, len(run.graph.names))  # in the calling cell
-        return RunHandle(run, lambda: self._finish_showing(run, view))
+        return RunHandle(run, lambda: self._finish_showing(run, view), html=_run_status_html)
 
     async def kickoff_for_each(
         self,
@@ -833,6 +833,25 @@ async def _load_runtime() -> None:
                 getattr(sys.modules[module], name).model_rebuild()
 
     await anyio.to_thread.run_sync(load)
+
+
+def _run_status_html(run: Run, status: RunStatus) -> str:
+    """A run's status as it is now (``status``: as its handle tells it), for its handle in a
+    notebook (the report's escaping templates, imported when a notebook asks)."""
+    from crewflow.report._notebook import RunLine, status_html
+
+    ended = run.end is not None and run.start is not None
+    line = RunLine(
+        run_id=run.run_id,
+        crew=run.crew_name,
+        status=status.value,
+        done=len(run.outputs),
+        total=len(run.graph.names),
+        running=sorted(run.running),
+        tokens=run.usage.total_tokens,
+        seconds=run.duration if ended else None,
+    )
+    return status_html([line])
 
 
 def _task_agents(tasks: tuple[Task, ...]) -> tuple[Agent, ...]:

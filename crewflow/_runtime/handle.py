@@ -47,8 +47,15 @@ class RunHandle:
         ```
     """
 
-    def __init__(self, run: Run, finish: Callable[[], Awaitable[CrewResult]]) -> None:
+    def __init__(
+        self,
+        run: Run,
+        finish: Callable[[], Awaitable[CrewResult]],
+        *,
+        html: Callable[[Run, RunStatus], str] | None = None,
+    ) -> None:
         self._run = run
+        self._html = html  # draws `_repr_html_` (the report's templates, given by the crew)
         self._streams: list[MemoryObjectSendStream[Event]] = []
         run.add_sink(self._publish)
         self._task = asyncio.get_running_loop().create_task(_drive(finish))
@@ -174,22 +181,11 @@ class RunHandle:
         """The run's status as it is now (tasks done of all, the tasks running), for notebooks;
         display it again for a fresh one. Its progress while it runs shows by itself in the
         cell that started it."""
-        # The report draws it with its escaping templates: imported here, when a notebook asks.
-        from crewflow.report._notebook import RunLine, status_html
+        if self._html is not None:
+            return self._html(self._run, self.status)
+        import html
 
-        run = self._run
-        ended = run.end is not None and run.start is not None
-        line = RunLine(
-            run_id=self.run_id,
-            crew=run.crew_name,
-            status=self.status.value,
-            done=len(run.outputs),
-            total=len(run.graph.names),
-            running=sorted(run.running),
-            tokens=run.usage.total_tokens,
-            seconds=run.duration if ended else None,
-        )
-        return status_html([line])
+        return f"<pre>{html.escape(repr(self))}</pre>"
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         run = self._run
