@@ -18,7 +18,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from crewflow.report._html import MAX_OUTPUT, _environment
+from crewflow.report._html import MAX_OUTPUT, environment
 from crewflow.report._timeline import seconds
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class Comparison:
     @cached_property
     def _page(self) -> str:
         return (
-            _environment()
+            environment()
             .get_template("compare.html.j2")
             .render(
                 c=self,

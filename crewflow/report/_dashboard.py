@@ -186,11 +186,11 @@ class _Views:
     """The dashboard's endpoints over one store."""
 
     def __init__(self, store: Store, poll: float) -> None:
-        from crewflow.report._html import _environment
+        from crewflow.report._html import environment
 
         self.store = store
         self.poll = poll
-        self.pages = _environment()
+        self.pages = environment()
 
     def _page(self, name: str, **values: Any) -> Response:
         from starlette.responses import HTMLResponse

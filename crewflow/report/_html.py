@@ -58,7 +58,7 @@ def shown(text: str | None) -> Shown:
 
 
 @cache
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
     import jinja2
 
     env = jinja2.Environment(
@@ -74,7 +74,7 @@ def _environment() -> jinja2.Environment:
 
 
 @cache
-def _script() -> tuple[str, str]:
+def page_script() -> tuple[str, str]:
     """The page's script and its CSP source (``'sha256-...'``)."""
     text = resources.files("crewflow.report").joinpath("templates/tooltip.js").read_text("utf-8")
     digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
@@ -86,9 +86,9 @@ def render_page(report: Report) -> str:
     from markupsafe import Markup
 
     axis = axis_of(report)
-    script, script_hash = _script()
+    script, script_hash = page_script()
     return (
-        _environment()
+        environment()
         .get_template("report.html.j2")
         .render(
             report=report,
@@ -121,5 +121,5 @@ def _per_model(tasks: tuple[TaskEntry, ...]) -> list[tuple[str, Usage, int]]:
 def framed(page: str, *, title: str = "crewflow run report", height: int = 640) -> str:
     """``page`` in a sandboxed iframe (scripts may run; nothing of the host page is reachable),
     ``height`` pixels tall, for notebooks."""
-    template = _environment().get_template("framed.html.j2")
+    template = environment().get_template("framed.html.j2")
     return template.render(page=page, title=title, height=height)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from crewflow import events
 from crewflow._records import TaskKind, TaskStatus
 from crewflow.report._graph import layout
-from crewflow.report._html import _environment, _script, framed
+from crewflow.report._html import environment, framed, page_script
 from crewflow.report._model import TaskEntry
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class RunLine:
             case events.TaskFinished():
                 self._stopped(event.task)
                 self.done += 1
+            case events.TaskRestored():
+                self.done += 1
             case events.TaskFailed():
                 self._stopped(event.task)
                 self.failed += 1
@@ -97,7 +99,7 @@ class RunLine:
 def status_html(lines: list[RunLine]) -> str:
     """Runs' status lines as an HTML fragment (inline styles only: it sits in the notebook's
     page, so it brings no stylesheet that could restyle the notebook)."""
-    template = _environment().get_template("status.html.j2")
+    template = environment().get_template("status.html.j2")
     return template.render(lines=lines, colours=_COLOURS)
 
 
@@ -119,9 +121,9 @@ def crew_html(crew: Crew) -> str:
     )
     drawing = layout(tasks)
     agents = [_agent_row(agent) for agent in graph.members]
-    script, script_hash = _script()
+    script, script_hash = page_script()
     page = (
-        _environment()
+        environment()
         .get_template("crew.html.j2")
         .render(
             crew=crew,

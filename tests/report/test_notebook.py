@@ -395,3 +395,15 @@ def test_a_terminal_ipython_or_a_plain_interpreter_is_no_kernel(
     assert not in_kernel()  # a terminal IPython: a shell without a kernel
     ipython.get_ipython = lambda: None  # type: ignore[attr-defined]
     assert not in_kernel()  # IPython imported, but not running
+
+
+def test_a_run_line_counts_restored_tasks_as_done() -> None:
+    from crewflow import events
+    from crewflow.report._notebook import RunLine
+
+    line = RunLine("r1")
+    line.apply(events.RunStarted(run_id="r1", time=0.0, crew="c", process="sequential", tasks=3))
+    line.apply(events.TaskRestored(run_id="r1", time=0.0, task="first"))
+    line.apply(events.TaskStarted(run_id="r1", time=0.0, task="second", agent="W", attempt=1))
+
+    assert (line.done, line.total, line.running) == (1, 3, ["second"])
