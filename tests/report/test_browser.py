@@ -47,15 +47,33 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A headless Chromium with a fresh profile, that aborts and records any request for
-    something other than a local file (``.blocked``)."""
+def require_browser() -> None:
+    """Skip the test when Chromium or Playwright is missing, or fail it under
+    ``CREWFLOW_REQUIRE_BROWSER=1`` (CI), where the browser tests must run."""
     missing = _missing()
     if missing is not None:
         if os.environ.get("CREWFLOW_REQUIRE_BROWSER") == "1":
             pytest.fail(f"CREWFLOW_REQUIRE_BROWSER=1 but {missing}")
         pytest.skip(missing)
+
+
+def assert_nothing_injected(page: Any, *, scripts: int, tags: str) -> None:
+    """The page runs ``scripts`` scripts (its own), has none of ``tags`` (CSS selectors an
+    injection would add) and no element with an ``on*`` handler."""
+    assert page.evaluate("document.scripts.length") == scripts
+    assert page.evaluate(f"[...document.querySelectorAll('{tags}')].length") == 0
+    with_handlers = page.evaluate(
+        "[...document.querySelectorAll('*')].filter("
+        "e => [...e.attributes].some(a => a.name.startsWith('on'))).length"
+    )
+    assert with_handlers == 0
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium with a fresh profile, that aborts and records any request for
+    something other than a local file (``.blocked``)."""
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -154,15 +172,6 @@ def test_markup_in_a_run_runs_nothing_in_the_browser(browser: Any, tmp_path: Pat
     assert opened.dialogs == []
     assert opened.errors == []
     assert browser.blocked == []
-    assert page.evaluate("document.scripts.length") == 1
-    found = page.evaluate(
-        "[...document.querySelectorAll('img, iframe, object, embed, textarea')].length"
-    )
-    assert found == 0
-    with_handlers = page.evaluate(
-        "[...document.querySelectorAll('*')].filter("
-        "e => [...e.attributes].some(a => a.name.startsWith('on'))).length"
-    )
-    assert with_handlers == 0
+    assert_nothing_injected(page, scripts=1, tags="img, iframe, object, embed, textarea")
     assert HOSTILE[0] in (page.text_content("main") or "")
     assert len(report.tasks) == page.locator("#graph [data-node]").count()

@@ -16,7 +16,7 @@ from crewflow.store import MemoryStore
 from crewflow.testing import run_virtual
 from tests.report import test_browser
 from tests.report.crews import HOSTILE, hostile_crew, stored_run, versioned_crew
-from tests.report.test_browser import Opened
+from tests.report.test_browser import Opened, assert_nothing_injected
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -93,14 +93,5 @@ def test_markup_in_two_runs_runs_nothing(chromium: Any, tmp_path: Path) -> None:
     assert opened.dialogs == []
     assert opened.errors == []
     assert chromium.blocked == []
-    assert page.evaluate("document.scripts.length") == 0
-    found = page.evaluate(
-        "[...document.querySelectorAll('img, iframe, object, embed, textarea, svg')].length"
-    )
-    assert found == 0
-    with_handlers = page.evaluate(
-        "[...document.querySelectorAll('*')].filter("
-        "e => [...e.attributes].some(a => a.name.startsWith('on'))).length"
-    )
-    assert with_handlers == 0
+    assert_nothing_injected(page, scripts=0, tags="img, iframe, object, embed, textarea, svg")
     assert HOSTILE[0] in (page.text_content("main") or "")

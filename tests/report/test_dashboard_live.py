@@ -23,7 +23,7 @@ pytest.importorskip("starlette", reason="the dashboard extra is not installed")
 
 from crewflow.store import SQLiteStore
 from crewflow.testing import OpenAIServer, Text
-from tests.report.test_browser import CHROMIUM, FLAGS, _missing
+from tests.report.test_browser import CHROMIUM, FLAGS, require_browser
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -53,11 +53,7 @@ WAIT_MS = 30_000  # the bound of each wait in the browser, never reached when th
 @pytest.fixture
 def chromium(tmp_path: Path) -> Iterator[Any]:
     """A headless Chromium with a fresh profile (see `tests.report.test_browser`)."""
-    missing = _missing()
-    if missing is not None:
-        if os.environ.get("CREWFLOW_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"CREWFLOW_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
