@@ -66,6 +66,7 @@ _PAGE_POLICY = (
     "form-action 'self'; frame-ancestors 'self'"
 )
 _STATUSES = tuple(status.value for status in RunStatus)
+_GUARD_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +339,14 @@ class _TokenGate:
             await _redirect(send, where, self.token)
             return
         if self._cookie(scope) is not None:
-            await self.app(scope, receive, send)
+
+            async def guarded(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    # No browser guesses a type (a 404's text is text), and no address leaks.
+                    message["headers"] = [*message.get("headers", ()), *_GUARD_HEADERS]
+                await send(message)
+
+            await self.app(scope, receive, guarded)
             return
         body = b"This page needs the dashboard's token: open the address it printed.\n"
         await send(

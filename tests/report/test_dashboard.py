@@ -176,7 +176,11 @@ def test_a_run_page_shows_each_task_running_finished_or_pending(client: TestClie
         "draft",
         "notes",
     ]
-    assert client.get("/runs/nope").status_code == 404
+    missing = client.get("/runs/<b>nope</b>")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("text/plain")
+    assert missing.headers["x-content-type-options"] == "nosniff"  # shown as text, never HTML
+    assert page.headers["referrer-policy"] == "no-referrer"
     assert client.get("/api/runs/nope").status_code == 404
     assert client.get("/runs/nope/report").status_code == 404
 
