@@ -24,7 +24,7 @@ from crewflow.llm._types import Usage
 from crewflow.store._base import FinishedOutput
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from crewflow._fingerprint import Fingerprint
     from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskRecord
@@ -269,6 +269,9 @@ class Recorder:
         if lease is None:
             return
         run_id = self.record.run_id
+        # A store written before `renew_lease` took ``running`` still has its lease renewed
+        # (it shows no tasks in flight): a renewal failing on every turn would let it lapse.
+        tells_running = _takes(self.store.renew_lease, "running")
         # The loop's clock, not the run's: a test's fake clock would return at once.
         renewal = anyio.current_time() + RENEW_SECONDS
         written: tuple[str, ...] = ()
@@ -285,9 +288,12 @@ class Recorder:
             renewal = anyio.current_time() + RENEW_SECONDS
             try:
                 with real_work():
-                    held = await self.store.renew_lease(
-                        run_id, lease.token, expiry(), running=running
-                    )
+                    if tells_running:
+                        held = await self.store.renew_lease(
+                            run_id, lease.token, expiry(), running=running
+                        )
+                    else:
+                        held = await self.store.renew_lease(run_id, lease.token, expiry())
                     now = None if held else await self.store.get_run(run_id)
             except Exception as exc:  # losing a renewal must not end the run
                 log.warning("could not renew the run's lease", error=str(exc))
@@ -369,6 +375,17 @@ class Recorder:
             if paused:
                 await self.store.record_pause(self.record.run_id, lease=self.token)
             await self.store.finish_run(self.record.run_id, status, ended, usage, lease=self.token)
+
+
+def _takes(method: Callable[..., Any], name: str) -> bool:
+    """Whether ``method`` takes a keyword argument ``name`` (or any keyword)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return True  # no signature to read (a builtin): assume the current one
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,6 +219,31 @@ def test_the_lease_shows_the_tasks_in_flight_rewritten_at_most_once_a_second() -
     assert (ended.status, ended.lease) == (RunStatus.COMPLETED, None)  # released at the end
 
 
+def test_a_store_whose_renew_lease_predates_running_still_renews_the_lease() -> None:
+    class OlderStore(MemoryStore):
+        """A store written before `Store.renew_lease` took ``running=``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.at: list[float] = []
+
+        async def renew_lease(self, run_id: str, token: str, expires: datetime) -> bool:
+            self.at.append(anyio.current_time())
+            return await super().renew_lease(run_id, token, expires)
+
+    store = OlderStore()
+
+    async def slow(request: LLMRequest) -> str:
+        await anyio.sleep(50)  # virtual seconds
+        return "done"
+
+    result = run_virtual(the_crew(store, FunctionLLM(slow)).kickoff)
+
+    # Renewed at once (the first task in flight) and on, without its tasks in flight.
+    assert store.at[:3] == [0.0, 20.0, 40.0]
+    assert [output.text for output in result.outputs] == ["done", "done"]
+
+
 def test_a_renewal_that_fails_is_logged_and_tried_again_without_ending_the_run(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
