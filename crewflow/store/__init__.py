@@ -32,7 +32,13 @@ from crewflow.store._base import (
 )
 from crewflow.store._history import History, ProcessHistory, read_history
 from crewflow.store._lease import Lease, LeaseOwner
-from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord, RunSource
+from crewflow.store._records import (
+    AddedTaskRecord,
+    DecisionRecord,
+    OutputRow,
+    RunRecord,
+    RunSource,
+)
 from crewflow.store.memory import MemoryStore
 from crewflow.store.sqlite import SQLiteStore
 
@@ -40,6 +46,7 @@ __all__ = [
     "AddedTaskRecord",
     "AttemptRecord",
     "CallRecord",
+    "DecisionRecord",
     "DuplicateRunError",
     "History",
     "Lease",

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from crewflow._records import AttemptRecord, PromptRecord, RunStatus
     from crewflow._usage import Usage
     from crewflow.store._lease import Lease
-    from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
+    from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
 
 
 class FinishedOutput(NamedTuple):
@@ -239,6 +239,24 @@ class Store(ABC):
 
     async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
         """The tasks the run's process added, in the order they were added (default: none)."""
+        return []
+
+    async def record_decisions(  # noqa: B027 - an optional hook
+        self, run_id: str, decisions: Sequence[DecisionRecord], *, lease: str | None = None
+    ) -> None:
+        """Commit decisions the run made about its own course (`DecisionRecord`), as one
+        write, replacing any of the same key.
+
+        The default keeps nothing: a resumed run then decides again (a condition or a router
+        runs again over the same outputs), and views cannot say why a task was skipped.
+
+        Raises:
+            UnknownRunError: No such run.
+            LeaseLost: ``lease`` is not the token of the run's lease.
+        """
+
+    async def decisions(self, run_id: str) -> list[DecisionRecord]:
+        """The run's decisions, in the order they were made (default: none)."""
         return []
 
     @abstractmethod

@@ -18,7 +18,7 @@ from crewflow._text import valid_json
 from crewflow._usage import Usage
 from crewflow.store._lease import Lease
 
-__all__ = ["AddedTaskRecord", "OutputRow", "RunRecord", "RunSource"]
+__all__ = ["AddedTaskRecord", "DecisionRecord", "OutputRow", "RunRecord", "RunSource"]
 
 
 class _Record(BaseModel):
@@ -146,6 +146,42 @@ class AddedTaskRecord(_Record):
     depends_on: list[str] = Field(default_factory=list)
     spec_hash: str = ""
     added: AwareDatetime
+
+
+DecisionKind = Literal["condition", "router", "skip", "map", "loop"]
+"""What a `DecisionRecord` decided."""
+
+
+class DecisionRecord(_Record):
+    """A decision a run made about its own course: a task's condition, a router's choice, a
+    map's items, a loop's round, or a task skipped.
+
+    A decision is committed before anything acts on it, and a resumed run replays it instead
+    of deciding again (``skip`` records excepted: they say what happened and why, and a resumed
+    run skips again for the same reason, or runs what a failure had skipped).
+
+    Attributes:
+        key: What was decided, unique in the run (``"condition:review"``,
+            ``"router:triage"``, ``"map:summarise"``, ``"loop:drafting#2"``, ``"skip:review"``).
+        kind: ``condition``, ``router``, ``map``, ``loop`` or ``skip``.
+        task: The task the decision is about.
+        value: What was decided, as JSON: a condition's boolean, the names a router chose, a
+            map's items, whether a loop goes on.
+        reason: Why, in words (a skipped task's reason).
+        at: When it was decided.
+    """
+
+    key: str = Field(min_length=1)
+    kind: DecisionKind
+    task: str
+    value: JsonValue = None
+    reason: str = ""
+    at: AwareDatetime
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _jsonable_value(cls, value: Any) -> Any:
+        return to_jsonable_python(valid_json(value), fallback=repr)
 
 
 class OutputRow(_Record):

@@ -15,7 +15,7 @@ from crewflow._text import json_text, valid_json, valid_text, valid_values
 from crewflow._usage import Usage
 from crewflow.store._base import LeaseLost, UnknownRunError
 from crewflow.store._lease import Lease, LeaseOwner
-from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
+from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -41,6 +41,7 @@ ATTEMPT_SELECT = ATTEMPT_COLUMNS.replace("details", f"json_remove(details, '$.{_
 PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
 """An attempt's prompts, as the JSON text of a list (``NULL`` when it recorded none)."""
 TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
+DECISION_COLUMNS = "run_id, key, kind, task, value, reason, at"
 
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
 LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires, running"
@@ -143,6 +144,7 @@ class _Insert:
 ATTEMPTS = _Insert("attempts", ATTEMPT_COLUMNS + ", start_ts")
 OUTPUTS = _Insert("outputs", OUTPUT_COLUMNS + ", finished_ts")
 TASKS = _Insert("tasks", TASK_COLUMNS + ", added_ts")
+DECISIONS = _Insert("decisions", DECISION_COLUMNS + ", at_ts")
 
 
 def run_exists(conn: sqlite3.Connection, run_id: str) -> bool:
@@ -365,6 +367,28 @@ def attempt_from_row(found: tuple[Any, ...]) -> AttemptRecord:
         seconds = max(0.0, (record.end - record.start).total_seconds())
         record = record.model_copy(update={"duration": seconds})
     return record
+
+
+def decision_values(run_id: str, decision: DecisionRecord) -> tuple[Any, ...]:
+    return valid_values(
+        (
+            run_id,
+            decision.key,
+            decision.kind,
+            decision.task,
+            to_json(decision.value),
+            decision.reason,
+            _when(decision.at),
+            decision.at.timestamp(),
+        )
+    )
+
+
+def decision_from_row(found: tuple[Any, ...]) -> DecisionRecord:
+    data = dict(zip(_names(DECISION_COLUMNS), found, strict=True))
+    del data["run_id"]
+    data["value"] = json.loads(data["value"])
+    return DecisionRecord.model_validate(data)
 
 
 def task_from_row(found: tuple[Any, ...]) -> AddedTaskRecord:

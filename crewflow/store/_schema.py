@@ -176,4 +176,23 @@ def _v7(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE attempts ADD COLUMN calls TEXT NOT NULL DEFAULT '[]'")
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(conn: sqlite3.Connection) -> None:
+    # The decisions a run made about its own course (`DecisionRecord`): a condition's result, a
+    # router's choice, a map's items, a loop's rounds, a task skipped and why. Replayed on
+    # resume; a few per run, written only by crews that branch, map or loop (or skip).
+    conn.execute(
+        """CREATE TABLE decisions (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            task TEXT NOT NULL,
+            value TEXT NOT NULL,        -- JSON
+            reason TEXT NOT NULL,
+            at TEXT NOT NULL,
+            at_ts REAL NOT NULL,
+            PRIMARY KEY (run_id, key)
+        )"""
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]

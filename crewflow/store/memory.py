@@ -17,7 +17,7 @@ from crewflow.store._base import (
     check_limit,
 )
 from crewflow.store._lease import Lease, observed
-from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
+from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -59,6 +59,7 @@ class MemoryStore(Store):
         """Each attempt's prompts apart, as the database keeps them apart from what
         `attempts` reads."""
         self._tasks: dict[tuple[str, str], str] = {}
+        self._decisions: dict[tuple[str, str], str] = {}
         self._outputs: dict[tuple[str, str], str] = {}
         self._cache: dict[str, str] = {}
         self._leases: dict[str, str] = {}
@@ -163,6 +164,26 @@ class MemoryStore(Store):
             if run == run_id
         ]
         found.sort(key=lambda task: task.added.timestamp())  # stable: then in insertion order
+        return found
+
+    async def record_decisions(
+        self, run_id: str, decisions: Sequence[DecisionRecord], *, lease: str | None = None
+    ) -> None:
+        run_id = valid_text(run_id)
+        self._check_lease(run_id, lease)
+        for decision in map(_stored, decisions):
+            # A decision made again counts as made now, as in the database.
+            self._decisions.pop((run_id, decision.key), None)
+            self._decisions[(run_id, decision.key)] = decision.model_dump_json()
+
+    async def decisions(self, run_id: str) -> list[DecisionRecord]:
+        run_id = valid_text(run_id)
+        found = [
+            DecisionRecord.model_validate_json(text)
+            for (run, _), text in self._decisions.items()
+            if run == run_id
+        ]
+        found.sort(key=lambda decision: decision.at.timestamp())  # stable
         return found
 
     async def record_attempt(

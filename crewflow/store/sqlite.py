@@ -88,9 +88,11 @@ from crewflow.store._base import (
     default_store_path,
 )
 from crewflow.store._lease import Lease, observed
-from crewflow.store._records import AddedTaskRecord, OutputRow, RunRecord
+from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
 from crewflow.store._rows import (
     ATTEMPT_SELECT,
+    DECISION_COLUMNS,
+    DECISIONS,
     LEASE_WRITE,
     OUTPUT_COLUMNS,
     PROMPTS_JSON,
@@ -102,6 +104,8 @@ from crewflow.store._rows import (
     TaskRows,
     attempt_from_row,
     check_lease,
+    decision_from_row,
+    decision_values,
     lease_values,
     output_from_row,
     output_values,
@@ -293,6 +297,31 @@ class SQLiteStore(Store):
             TASKS.insert(conn, values)
 
         await self._writer.write(insert)
+
+    async def record_decisions(
+        self, run_id: str, decisions: Sequence[DecisionRecord], *, lease: str | None = None
+    ) -> None:
+        run_id = valid_text(run_id)
+        values = [decision_values(run_id, decision) for decision in decisions]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if not run_exists(conn, run_id):
+                raise UnknownRunError(run_id)
+            check_lease(conn, run_id, lease)
+            DECISIONS.insert(conn, values)
+
+        await self._writer.write(insert)
+
+    async def decisions(self, run_id: str) -> list[DecisionRecord]:
+        run_id = valid_text(run_id)
+
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                f"SELECT {DECISION_COLUMNS} FROM decisions WHERE run_id = ? ORDER BY at_ts, rowid",
+                (run_id,),
+            ).fetchall()
+
+        return [decision_from_row(found) for found in await self._writer.call(select)]
 
     async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
         run_id = valid_text(run_id)

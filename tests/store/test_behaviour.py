@@ -11,8 +11,10 @@ from crewflow.llm._types import Message, ToolCall, Usage
 from crewflow.store import (
     AddedTaskRecord,
     AttemptRecord,
+    DecisionRecord,
     DuplicateRunError,
     Lease,
+    LeaseLost,
     LeaseOwner,
     OutputRow,
     PromptRecord,
@@ -614,3 +616,61 @@ async def test_runs_of_key_keep_at_most_limit_runs(store: Store) -> None:
 async def test_runs_of_key_refuses_a_limit_below_one(store: Store, limit: int) -> None:
     with pytest.raises(ValueError, match="limit must be at least 1"):
         await store.runs_of_key("k", limit=limit)
+
+
+async def test_decisions_round_trip_in_the_order_made_for_their_run_only(store: Store) -> None:
+    await store.start_run(run_record())
+    await store.start_run(run_record("run-2"))
+    condition = DecisionRecord(
+        key="condition:revue ✓",
+        kind="condition",
+        task="revue ✓",
+        value=False,
+        reason="the draft is short",
+        at=datetime(2026, 3, 1, 17, 30, 0, 250, tzinfo=IST),
+    )
+    router = DecisionRecord(
+        key="router:triage", kind="router", task="triage", value=["billing"], at=at(1)
+    )
+    items = DecisionRecord(
+        key="map:summarise", kind="map", task="summarise", value=[{"a": 1}, "b\x00"], at=at(2)
+    )
+    elsewhere = DecisionRecord(key="skip:x", kind="skip", task="x", reason="why", at=at(0))
+
+    await store.record_decisions("run-1", [router, items])
+    await store.record_decisions("run-1", [condition])
+    await store.record_decisions("run-2", [elsewhere])
+
+    loaded = await store.decisions("run-1")
+    assert [d.key for d in loaded] == ["condition:revue ✓", "router:triage", "map:summarise"]
+    assert loaded[0] == condition
+    assert loaded[0].at.utcoffset() == timedelta(hours=5, minutes=30)
+    assert loaded[2].value == [{"a": 1}, "b\ufffd"]  # a NUL is not text a record keeps
+    assert await store.decisions("run-2") == [elsewhere]
+    assert await store.decisions("ghost") == []
+
+
+async def test_a_decision_made_again_replaces_the_first(store: Store) -> None:
+    await store.start_run(run_record())
+    first = DecisionRecord(key="loop:l#1", kind="loop", task="l", value=True, at=at(1))
+    again = DecisionRecord(key="loop:l#1", kind="loop", task="l", value=False, at=at(3))
+
+    await store.record_decisions("run-1", [first])
+    await store.record_decisions("run-1", [again])
+
+    assert await store.decisions("run-1") == [again]
+
+
+async def test_decisions_of_an_unknown_run_or_a_lost_lease_are_refused(store: Store) -> None:
+    decision = DecisionRecord(key="skip:x", kind="skip", task="x", at=at(1))
+    with pytest.raises(UnknownRunError):
+        await store.record_decisions("ghost", [decision])
+    record = run_record()
+    assert record.lease is not None
+    await store.start_run(record)
+
+    with pytest.raises(LeaseLost):
+        await store.record_decisions("run-1", [decision], lease="another process's")
+    assert await store.decisions("run-1") == []
+    await store.record_decisions("run-1", [decision], lease=record.lease.token)
+    assert await store.decisions("run-1") == [decision]

@@ -65,12 +65,13 @@ async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
     tmp_path: Path,
 ) -> None:
     async with SQLiteStore(v3_database(tmp_path)) as store:
-        assert await store.schema_version() == len(MIGRATIONS) == 7
+        assert await store.schema_version() == len(MIGRATIONS) == 8
         runs = await store.list_runs()
         attempts = await store.attempts(FAILED)
         outputs = await store.outputs(FAILED)
         added = await store.added_tasks(FAILED)
         prompts = await store.prompts(FAILED)
+        assert await store.decisions(FAILED) == []
 
     assert [(run.run_id, run.status) for run in runs] == [
         (FAILED, "failed"),
@@ -191,7 +192,7 @@ async def test_a_v3_database_opened_read_only_is_not_migrated_and_says_why(
     before = path.read_bytes()
 
     store = SQLiteStore(path, read_only=True)
-    with pytest.raises(SchemaVersionError, match="older than this crewflow's 7") as caught:
+    with pytest.raises(SchemaVersionError, match="older than this crewflow's 8") as caught:
         await store.list_runs()
     await store.close()
 
@@ -212,5 +213,5 @@ def test_crewflow_runs_upgrades_a_v3_database_it_may_write(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert {run["run_id"] for run in json.loads(result.stdout)} == {COMPLETED, FAILED}
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (7,)
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (8,)
     conn.close()
