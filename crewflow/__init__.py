@@ -27,7 +27,7 @@ if typing.TYPE_CHECKING:
     from crewflow.limits import Breaker, Limit, Limits
     from crewflow.report import Report
     from crewflow.retry import RetryPolicy
-    from crewflow.task import Task, TaskOutput
+    from crewflow.task import Task, TaskOutput, optional
     from crewflow.tools import Tool, tool
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "Tool",
     "__version__",
     "aclose",
+    "optional",
     "set_limits",
     "tool",
 ]
@@ -69,6 +70,7 @@ _WHERE = {
     "RunHandle": "crewflow._runtime.handle",
     "Task": "crewflow.task",
     "TaskOutput": "crewflow.task",
+    "optional": "crewflow.task",
     "TaskRecord": "crewflow._records",
     "TaskStatus": "crewflow._records",
     "Tool": "crewflow.tools",

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from crewflow.task import OptionalContext, describe_function
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
@@ -117,7 +119,33 @@ def _entry(
         "output_schema": task.output_model.model_json_schema() if task.output_model else None,
         "agent": _agent(agent, override),
         "fallback_agent": _agent(task.fallback_agent, override),
+        **_workflow(task),
     }
+
+
+def _workflow(task: Task) -> dict[str, Any]:
+    """What steers a task's course (``{"workflow": {...}}``), or nothing when nothing does: a
+    task without workflow features hashes as it did before they existed. Functions count by
+    their qualified names; tasks a router maps to, and optional context, by their names."""
+    found: dict[str, Any] = {}
+    if task.condition is not None:
+        found["condition"] = describe_function(task.condition)
+    router = task.router
+    if isinstance(router, dict):
+        found["router"] = {
+            "field": task.router_field,
+            "routes": sorted([repr(value), _label(target)] for value, target in router.items()),
+        }
+    elif router is not None:
+        found["router"] = describe_function(router)
+    marked = [ref for ref in task.context or () if isinstance(ref, OptionalContext)]
+    if marked:
+        found["optional"] = sorted(_label(ref.task) for ref in marked)
+    return {"workflow": found} if found else {}
+
+
+def _label(task: Task | str) -> str:
+    return task if isinstance(task, str) else task.name or task.description
 
 
 def _json(value: Any) -> str:
@@ -172,13 +200,20 @@ def _entry_json(
     """``_json(_entry(...))`` of a task, written from its parts, the agents' and the output
     schema's JSON given (written once per agent and model): the same text, in sorted keys,
     as json.dumps writes it, at a third of the cost on a 10,000-task crew."""
+    workflow = _workflow(task) if _steers(task) else None
     return (
         f'{{"agent": {agent}, "depends_on": [{", ".join(map(_string, depends_on))}], '
         f'"description": {_json(task.description)}, '
         f'"expected_output": {_json(task.expected_output)}, '
         f'"fallback_agent": {fallback_agent}, "name": {_json(name)}, '
-        f'"output_schema": {output_schema}}}'
+        f'"output_schema": {output_schema}'
+        + ("}" if workflow is None else f', "workflow": {_json(workflow["workflow"])}}}')
     )
+
+
+def _steers(task: Task) -> bool:
+    """Whether anything steers the task's course (`_workflow` has something to say)."""
+    return task.condition is not None or task.router is not None or bool(task.optional_context)
 
 
 def _agent_aspects(entry: Mapping[str, Any]) -> str:

@@ -72,6 +72,8 @@ class CrewResult(BaseModel):
         end: When it ended (UTC).
         duration: Seconds it took.
         restored: Tasks whose outputs came from the store instead of running (`Crew.resume`).
+        skipped: The tasks that did not run, with why (``"condition false"``, ``"not chosen
+            by the router of 'triage'"``, ...), in the order they were skipped.
         plan: The plan the run followed, as data, when its process plans (hierarchical: the
             manager's `crewflow.processes.hierarchical.Plan`), else ``None``.
         process_choice: What a choosing process (adaptive) picked, why, what it looked at and
@@ -100,6 +102,7 @@ class CrewResult(BaseModel):
     end: datetime
     duration: float
     restored: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)
     plan: SerializeAsAny[BaseModel] | None = None
     process_choice: ProcessChoice | None = None
     # The run's task graph (its added tasks too) and whether a store recorded the run: what a
@@ -110,9 +113,19 @@ class CrewResult(BaseModel):
     @property
     def output(self) -> TaskOutput:
         """The run's final output: what the process calls final (by default the output of the
-        crew's last task, by declaration)."""
-        if self.final_task:
+        crew's last task, by declaration; when that task was skipped, of the last declared
+        task that ran).
+
+        Raises:
+            LookupError: No task of the crew ran (every one was skipped).
+        """
+        if self.final_task and self.final_task not in self.skipped:
             return self[self.final_task]
+        if not self.outputs:
+            raise LookupError(
+                f"no task of crew {self.crew!r} ran; skipped: "
+                + "; ".join(f"{name} ({why})" for name, why in self.skipped.items())
+            )
         return self.outputs[-1]
 
     @property
@@ -124,6 +137,8 @@ class CrewResult(BaseModel):
         for output in (*self.outputs, *self.internal):
             if output.task == name:
                 return output
+        if name in self.skipped:
+            raise KeyError(f"task {name!r} was skipped ({self.skipped[name]}): it has no output")
         names = [o.task for o in (*self.outputs, *self.internal)]
         raise KeyError(f"no task named {name!r}; tasks: {names}")
 
@@ -671,7 +686,7 @@ class Crew(Spec):
             run_id=run.run_id,
             crew=self.name,
             process=self._process.name,
-            outputs=[outputs[name] for name in graph.deliverables],
+            outputs=[outputs[name] for name in graph.deliverables if name in outputs],
             internal=[outputs[name] for name in internal if name in outputs],
             final_task=run.final.task if run.final is not None else graph.deliverables[-1],
             usage=run.usage,
@@ -680,6 +695,7 @@ class Crew(Spec):
             end=run.end,
             duration=run.duration,
             restored=run.restored,
+            skipped=dict(run.skipped),
             plan=run.plan,
             process_choice=run.choice,
         )

@@ -227,16 +227,21 @@ class TaskFailed(Event):
 
 
 class TaskSkipped(Event):
-    """A task did not run because a task it depends on failed (``on_failure="continue"``).
+    """A task did not run: its condition was false, a router did not choose it, or a task it
+    needs failed (``on_failure="continue"``) or was skipped.
 
     Attributes:
         task: The task's name.
-        because: The names of the tasks it depends on that failed or were skipped.
+        because: The names of the tasks that made it skip (the dependencies that failed or
+            were skipped, the router that did not choose it); empty for a false condition.
+        reason: Why, in words (``"condition false"``, ``"not chosen by the router of
+            'triage'"``, ...), as recorded.
     """
 
     kind: Literal["task_skipped"] = "task_skipped"
     task: str
     because: list[str]
+    reason: str = ""
 
 
 class TaskFallback(Event):

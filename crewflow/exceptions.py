@@ -26,6 +26,7 @@ CrewflowError
     │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors: the answer never matched the task's output_model
+    ├── WorkflowError             .task, .step, .function: a condition or router failed
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
 CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
 ```
@@ -72,6 +73,7 @@ __all__ = [
     "TaskTimeout",
     "ToolError",
     "UnknownRunError",
+    "WorkflowError",
 ]
 
 _EMPTY: Mapping[str, TaskOutput] = MappingProxyType({})
@@ -390,6 +392,24 @@ class OutputValidationError(CrewRunError):
         super().__init__(message)
         self.errors = list(errors)
         self.text = text
+
+
+class WorkflowError(CrewRunError):
+    """A function that steers the run failed: a task's condition or router raised, took
+    longer than the task's timeout, or returned something it cannot (a router choosing a task
+    that does not depend on its task).
+
+    Attributes:
+        task: The name of the task the function belongs to.
+        step: ``"condition"`` or ``"router"``.
+        function: The function's qualified name (``"'mapping'"`` for a mapping router).
+    """
+
+    def __init__(self, message: str, *, task: str, step: str, function: str) -> None:
+        super().__init__(message)
+        self.task = task
+        self.step = step
+        self.function = function
 
 
 class MaxIterationsExceeded(CrewRunError):

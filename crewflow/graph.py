@@ -67,6 +67,7 @@ class TaskGraph:
         self._position: dict[str, int] = {}
         self._dependants: dict[str, list[str]] = {}
         self._internal: set[str] = set()
+        self._optional: dict[str, frozenset[str]] = {}
         self._members = tuple(agents)
         self._default_agent = default_agent or (agents[0] if len(agents) == 1 else None)
         self._agent_count = len(agents)
@@ -77,6 +78,9 @@ class TaskGraph:
         for task in tasks:
             self._connect(self._names[task.id], self._resolve_context(task))
         self._check_acyclic()
+        for task in tasks:
+            if isinstance(task.router, dict):
+                self._check_routes(task)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -164,6 +168,31 @@ class TaskGraph:
     def dependant_names(self, name: str) -> list[str]:
         """Names of the tasks that depend on the task called ``name``."""
         return self._dependants[name]
+
+    def optional_dependencies(self, name: str) -> frozenset[str]:
+        """Names of the dependencies the task called ``name`` can do without (`optional`)."""
+        return self._optional.get(name, frozenset())
+
+    def routes(self, name: str) -> dict[Any, str] | None:
+        """A mapping router's branches for the task called ``name``: each value of its
+        ``router_field`` with the name of the task it runs (``None``: no mapping router)."""
+        router = self._by_name[name].router
+        if not isinstance(router, dict):
+            return None
+        return {
+            value: target if isinstance(target, str) else self._names[target.id]
+            for value, target in router.items()
+        }
+
+    def workflow_features(self) -> list[str]:
+        """The workflow features the tasks use, each named as the user wrote it
+        (``"condition"``, ``"router"``, ``"optional context"``), in a fixed order."""
+        found = {
+            "condition": any(task.condition is not None for task in self._tasks),
+            "router": any(task.router is not None for task in self._tasks),
+            "optional context": bool(self._optional),
+        }
+        return [feature for feature, used in found.items() if used]
 
     def position(self, name: str) -> int:
         """The declaration index of the task called ``name`` (0 for the first)."""
@@ -262,6 +291,7 @@ class TaskGraph:
         clone._dependants = dict(self._dependants)
         clone._shared = self._shared = True
         clone._internal = set(self._internal)
+        clone._optional = dict(self._optional)
         clone._members = self._members
         clone._default_agent = self._default_agent
         clone._agent_count = self._agent_count
@@ -381,7 +411,7 @@ class TaskGraph:
                 "Task(agent=...)"
             )
             found.append(PlanProblem(ProblemKind.NO_AGENT, label, message))
-        for ref in task.context or ():
+        for ref in task.context_refs():
             if isinstance(ref, str):
                 itself, known = ref == task.name, ref in self._by_name or ref in planned
             else:
@@ -409,7 +439,7 @@ class TaskGraph:
         names = {task.name for task in tasks if task.name}
         deps: dict[str, list[str]] = {}
         for task in tasks:
-            refs = (ref if isinstance(ref, str) else ids.get(ref.id) for ref in task.context or ())
+            refs = (ref if isinstance(ref, str) else ids.get(ref.id) for ref in task.context_refs())
             deps[ids[task.id]] = [dep for dep in refs if dep in names]
         order = {name: index for index, name in enumerate(ids.values())}
         problems = []
@@ -425,7 +455,16 @@ class TaskGraph:
         return sorted(problems, key=lambda problem: order[problem.task])
 
     def _resolve_context(self, task: Task) -> list[str]:
-        return [self._ref_name(task, ref) for ref in task.context or ()]
+        names = [self._ref_name(task, ref) for ref in task.context_refs()]
+        marked = task.optional_context
+        if marked:
+            own = self._names[task.id]
+            self._optional[own] = frozenset(
+                name
+                for ref, name in zip(task.context_refs(), names, strict=True)
+                if (ref if isinstance(ref, str) else ref.id) in marked
+            )
+        return names
 
     def _ref_name(self, task: Task, ref: Task | str) -> str:
         owner = self._names[task.id]
@@ -442,6 +481,28 @@ class TaskGraph:
                 "Crew(tasks=[...]) or remove it from the context"
             )
         return self._names[ref.id]
+
+    def _check_routes(self, task: Task) -> None:
+        """A mapping router's tasks must be direct dependants of its task (the tasks that list
+        it in their context): the router chooses among them."""
+        name = self._names[task.id]
+        dependants = self._dependants[name]
+        strays = []
+        for target in (task.router or {}).values():  # type: ignore[union-attr]
+            if isinstance(target, str):
+                known = target if target in self._by_name else None
+            else:
+                known = self._names.get(target.id)
+            if known is None or known not in dependants:
+                strays.append(known or (target if isinstance(target, str) else repr(target)))
+        if strays:
+            listed = ", ".join(dependants) or "none"
+            raise ConfigurationError(
+                f"the router of task {name!r} names {', '.join(map(repr, strays))}, which "
+                f"{'does' if len(strays) == 1 else 'do'} not list {name!r} in its context: a "
+                f"router chooses among the tasks that depend on its task (here: {listed}); "
+                f"add {name!r} to their context"
+            )
 
     @staticmethod
     def _check_not_self(name: str, dependencies: Iterable[str]) -> None:

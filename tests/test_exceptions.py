@@ -34,6 +34,7 @@ from crewflow.exceptions import (
     TaskTimeout,
     ToolError,
     UnknownRunError,
+    WorkflowError,
 )
 from crewflow.processes import PlanProblem, ProblemKind
 from crewflow.store import LeaseOwner
@@ -60,6 +61,9 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         ToolError: ToolError("tool broke", tool="search"),
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
         MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
+        WorkflowError: WorkflowError(
+            "the router broke", task="triage", step="router", function="'pick'"
+        ),
         RunCancelled: RunCancelled("cancelled"),
         InvalidPlan: InvalidPlan(
             "bad plan",

@@ -32,6 +32,7 @@ from crewflow._runtime.clock import SystemClock, current_clock, real_work
 from crewflow._runtime.context import RunContext
 from crewflow._runtime.dispatch import Dispatcher
 from crewflow._runtime.slots import Slot, SlotPool
+from crewflow._runtime.workflow import condition_holds, route
 from crewflow._spec import new_id
 from crewflow.exceptions import (
     CredentialsError,
@@ -43,10 +44,11 @@ from crewflow.exceptions import (
     InvalidPlan,
     LeaseLost,
     TaskFailed,
+    WorkflowError,
 )
 from crewflow.llm._models import resolve_llm
 from crewflow.llm._types import Usage
-from crewflow.store import AddedTaskRecord, History, read_history
+from crewflow.store import AddedTaskRecord, DecisionRecord, History, read_history
 from crewflow.task import Task
 
 if TYPE_CHECKING:
@@ -102,6 +104,8 @@ class Run:
         replies: The reply cache, when some task uses one.
         restored: Tasks whose outputs a resumed run read from the store.
         final: The output the process calls its final one (`Process.final_output`).
+        skipped: The tasks skipped, with why.
+        state: The crew's shared state as it is now (``None``: none).
     """
 
     def __init__(
@@ -158,7 +162,13 @@ class Run:
         self._llms: dict[str, LLM] = {}
         self._outputs: dict[str, TaskOutput] = {}
         self._failures: dict[str, TaskFailed] = {}
-        self._skipped: list[str] = []
+        self.skipped: dict[str, str] = {}
+        """The tasks skipped so far, with why (``"condition false"``, ...)."""
+        self.state: BaseModel | None = None
+        """The crew's shared state as it is now (``None``: the crew keeps none)."""
+        self._unchosen: dict[str, str] = {}  # task -> the router task that did not choose it
+        self._route_pending: set[str] = set()  # restored router tasks whose choice is unknown
+        self._unsaved: list[DecisionRecord] = []  # skips not yet recorded
         self._records: dict[str, TaskRecord] = {}
         self._saved: set[str] = set()
         self._dispatcher: Dispatcher | None = None
@@ -246,8 +256,15 @@ class Run:
                 )
             task = self.graph.task(name)
             if context is None:
+                if self._route_pending:
+                    await self._settle_routes(name)
                 context = self._context_or_skip(task, name)
-            if context is not None:  # else skipped: a task it depends on failed
+            if context is not None and task.condition is not None:
+                context = await self._if_condition(task, name, context)
+            if context is None:  # skipped (or its condition failed): recorded, with why
+                if self._unsaved:
+                    await self._save_skips()
+            else:
                 self.running.add(name)
                 try:
                     if slot is None:
@@ -379,7 +396,9 @@ class Run:
         found = self._outputs.get(to)
         if found is None:
             if not was_ended:
-                self._skip(self.graph.task(name), name, [to])
+                why = "failed" if to in self._failures else "was skipped"
+                self._skip(self.graph.task(name), name, [to], f"delegated to {to!r}, which {why}")
+                await self._save_skips()
             return
         current = self._outputs.get(name)
         if current is not None and (current.text, current.data) == (found.text, found.data):
@@ -397,8 +416,7 @@ class Run:
             end=end,
             duration=source.duration if source is not None else 0.0,
         )
-        if name in self._skipped:
-            self._skipped.remove(name)
+        self.skipped.pop(name, None)
         self._outputs[name] = output
         if self.recorder is not None:
             await self._store_write(
@@ -488,6 +506,12 @@ class Run:
         self._saved.add(name)
         self.restored.append(name)
         self.unended -= 1
+        if task.router is not None:
+            recorded = self._recorded(f"router:{name}")
+            if recorded is not None and isinstance(recorded.value, list):
+                self._apply_route(name, [str(each) for each in recorded.value])
+            else:
+                self._route_pending.add(name)
         self.publish(events.TaskRestored, task=name)
 
     def attempts_before(self, name: str) -> int:
@@ -525,6 +549,17 @@ class Run:
                 raise
             self._failures[name] = failure
             return None
+        if task.router is not None:
+            try:
+                await self._route(task, name, output)
+            except BaseException:
+                if self.recorder is not None:  # finished: kept, whatever the router did
+                    import anyio
+
+                    with anyio.CancelScope(shield=True):
+                        await self._checkpoint(output, attempts)
+                self._outputs[name] = output
+                raise
         if self.recorder is not None:
             await self._checkpoint(output, attempts)
         self._outputs[name] = output
@@ -572,25 +607,137 @@ class Run:
             raise CrewRunError(f"could not {what}: {exc}", outputs=self._outputs) from exc
 
     def _context_or_skip(self, task: Task, name: str) -> list[TaskOutput] | None:
-        """The dependencies' outputs, or ``None`` after recording the task as skipped."""
+        """The dependencies' outputs, or ``None`` after recording the task as skipped: a
+        dependency failed, a required one was skipped, or a router did not choose it."""
         dependencies = self.graph.dependency_names(name)
-        if self._failures or self._skipped:  # else none of them can be
-            blocked = [d for d in dependencies if d in self._failures or d in self._skipped]
-            if blocked:
-                self._skip(task, name, blocked)
-                return None
         outputs = self._outputs
+        if self._failures or self.skipped or self._unchosen:  # else none of them can be
+            router = self._unchosen.get(name)
+            if router is not None:
+                self._skip(task, name, [router], f"not chosen by the router of {router!r}")
+                return None
+            failed = [d for d in dependencies if d in self._failures]
+            if failed:
+                self._skip(task, name, failed, f"needs {_listed(failed)}, which failed")
+                return None
+            optional = self.graph.optional_dependencies(name)
+            missing = [d for d in dependencies if d in self.skipped and d not in optional]
+            if missing:
+                self._skip(task, name, missing, f"needs {_listed(missing)}, which was skipped")
+                return None
         context = [outputs[d] for d in dependencies if d in outputs]
         if len(context) < len(dependencies):
-            waiting = [d for d in dependencies if d not in outputs]
-            raise RuntimeError(
-                f"process {self.process.name!r} started task {name!r} before its "
-                f"dependencies {waiting} finished"
-            )
+            waiting = [d for d in dependencies if d not in outputs and d not in self.skipped]
+            if waiting:
+                raise RuntimeError(
+                    f"process {self.process.name!r} started task {name!r} before its "
+                    f"dependencies {waiting} finished"
+                )
         return context
 
-    def _skip(self, task: Task, name: str, because: list[str]) -> None:
-        self._skipped.append(name)
+    async def _if_condition(
+        self, task: Task, name: str, context: Sequence[TaskOutput]
+    ) -> Sequence[TaskOutput] | None:
+        """``context`` if task ``name``'s condition holds (as recorded, on a resume), else
+        ``None`` after recording the task as skipped; a condition that fails fails the task."""
+        key = f"condition:{name}"
+        recorded = self._recorded(key)
+        if recorded is not None and isinstance(recorded.value, bool):
+            holds = recorded.value
+        else:
+            self.running.add(name)  # nobody starts it twice while its condition runs
+            try:
+                holds = await condition_holds(task, name, self.outputs, self.state)
+            except WorkflowError as error:
+                self.running.discard(name)
+                self._fail_unstarted(task, name, error)
+                return None
+            finally:
+                self.running.discard(name)
+            await self._decide(key, "condition", name, holds)
+        if holds:
+            return context
+        self._skip(task, name, [], "condition false")
+        return None
+
+    def _fail_unstarted(self, task: Task, name: str, error: WorkflowError) -> None:
+        """Task ``name`` fails before any attempt (its condition failed): raised as
+        `TaskFailed` with ``on_failure="stop"``, else kept as a failure."""
+        self.log.error("task failed", task=name, error=str(error))
+        self.record(
+            TaskRecord(
+                task=name,
+                agent=self.graph.agent_of(task).role,
+                status=TaskStatus.FAILED,
+                kind=self.graph.kind(name),
+            )
+        )
+        failure = TaskFailed(
+            f"task {name!r} failed: {error}",
+            task=name,
+            attempts=0,
+            cause=error,
+            outputs=self._outputs,
+        )
+        failure.__cause__ = error
+        if self.on_failure == "stop":
+            raise failure
+        self._failures[name] = failure
+        self._ended(name)
+
+    async def _route(self, task: Task, name: str, output: TaskOutput) -> None:
+        """Let task ``name``'s router choose among its dependants, from its output, and record
+        the choice (before the output is checkpointed: a restored router task has its choice on
+        record)."""
+        chosen = await route(self.graph, name, output, self.state)
+        await self._decide(f"router:{name}", "router", name, chosen)
+        self._apply_route(name, chosen)
+
+    def _apply_route(self, name: str, chosen: Sequence[str]) -> None:
+        """Skip, when their turn comes, the branches of task ``name``'s router not in
+        ``chosen``: the tasks a mapping router maps to, or every dependant of a function
+        router's task."""
+        routes = self.graph.routes(name)
+        branches = self.graph.dependant_names(name) if routes is None else set(routes.values())
+        for dependant in branches:
+            if dependant in chosen:
+                if self._unchosen.get(dependant) == name:
+                    del self._unchosen[dependant]
+            else:
+                self._unchosen[dependant] = name
+        self.log.info("router chose", task=name, chosen=list(chosen))
+
+    async def _settle_routes(self, name: str) -> None:
+        """Decide, now, the routes of the restored router tasks task ``name`` depends on whose
+        choice was not on record (a store that keeps no decisions)."""
+        for dependency in self.graph.dependency_names(name):
+            if dependency in self._route_pending:
+                self._route_pending.discard(dependency)
+                task = self.graph.task(dependency)
+                await self._route(task, dependency, self._outputs[dependency])
+
+    def _recorded(self, key: str) -> DecisionRecord | None:
+        """The decision recorded under ``key`` by the run this one resumes, if any."""
+        resumption = self._resumption
+        return None if resumption is None else resumption.decisions.get(key)
+
+    async def _decide(self, key: str, kind: Any, task: str, value: Any) -> None:
+        """Record a decision before anything acts on it."""
+        if self.recorder is None:
+            return
+        decision = DecisionRecord(key=key, kind=kind, task=task, value=value, at=self.wall())
+        await self._store_write("record a decision", self.recorder.decided([decision]))
+
+    async def _save_skips(self) -> None:
+        """Record the skips not recorded yet (what they say is never acted on: a resumed run
+        works out its skips again)."""
+        unsaved, self._unsaved = self._unsaved, []
+        if self.recorder is not None and unsaved:
+            await self._store_write("record the tasks skipped", self.recorder.decided(unsaved))
+
+    def _skip(self, task: Task, name: str, because: list[str], reason: str) -> None:
+        """Record task ``name`` as skipped, with why (``because``: the tasks that made it)."""
+        self.skipped[name] = reason
         agent = self.graph.agent_of(task)
         self.record(
             TaskRecord(
@@ -600,9 +747,15 @@ class Run:
                 kind=self.graph.kind(name),
             )
         )
+        if self.recorder is not None:
+            self._unsaved.append(
+                DecisionRecord(
+                    key=f"skip:{name}", kind="skip", task=name, reason=reason, at=self.wall()
+                )
+            )
         self._ended(name)
-        self.log.info("task skipped", task=name, because=because)
-        self.publish(events.TaskSkipped, task=name, because=because)
+        self.log.info("task skipped", task=name, because=because, reason=reason)
+        self.publish(events.TaskSkipped, task=name, because=because, reason=reason)
 
     def _ended(self, name: str) -> None:
         """Task ``name`` ended: one fewer to wait for, and its dependants may be ready."""
@@ -837,6 +990,7 @@ class Run:
                 for name, record in self._records.items():
                     if name not in self._saved and record.attempts:
                         await recorder.attempts_ended(record.attempts)
+                await self._save_skips()
                 await recorder.finished(self.status, self.end, self.usage, paused=self._paused)
                 recorded = True
             except LeaseLost as exc:
@@ -873,13 +1027,13 @@ class Run:
         if self._failures:
             failed = ", ".join(self._failures)
             skipped = (
-                f"; skipped because of them: {', '.join(self._skipped)}" if self._skipped else ""
+                f"; skipped because of them: {', '.join(self.skipped)}" if self.skipped else ""
             )
             raise CrewPartialFailure(
                 f"{len(self._failures)} task(s) failed: {failed}{skipped}. Every other task ran; "
                 "the finished outputs are in .outputs and each failure in .failures",
                 failures=self._failures,
-                skipped=self._skipped,
+                skipped=list(self.skipped),
                 outputs=self._outputs,
             )
 
@@ -945,6 +1099,10 @@ class Run:
             duration=self.duration,
             error=None if error is None else str(error),
         )
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(repr(name) for name in names)
 
 
 _RECORD_END_TIMEOUT = 30.0
