@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from crewflow.task import guardrail_name
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
@@ -109,7 +111,7 @@ def _entry(
     depends_on: Sequence[str],
     override: str | LLM | None,
 ) -> dict[str, Any]:
-    return {
+    entry = {
         "name": name,
         "description": task.description,
         "expected_output": task.expected_output,
@@ -118,6 +120,16 @@ def _entry(
         "agent": _agent(agent, override),
         "fallback_agent": _agent(task.fallback_agent, override),
     }
+    if task.guardrail is not None:
+        entry["guardrail"] = _guardrail(task)
+    return entry
+
+
+def _guardrail(task: Task) -> list[Any]:
+    """A guarded task's guardrail, by qualified name (a task without one has no key: its hash
+    is the one it had before guardrails were)."""
+    assert task.guardrail is not None
+    return [guardrail_name(task.guardrail), task.guardrail_retries]
 
 
 def _json(value: Any) -> str:
@@ -172,11 +184,12 @@ def _entry_json(
     """``_json(_entry(...))`` of a task, written from its parts, the agents' and the output
     schema's JSON given (written once per agent and model): the same text, in sorted keys,
     as json.dumps writes it, at a third of the cost on a 10,000-task crew."""
+    guarded = "" if task.guardrail is None else f'"guardrail": {_json(_guardrail(task))}, '
     return (
         f'{{"agent": {agent}, "depends_on": [{", ".join(map(_string, depends_on))}], '
         f'"description": {_json(task.description)}, '
         f'"expected_output": {_json(task.expected_output)}, '
-        f'"fallback_agent": {fallback_agent}, "name": {_json(name)}, '
+        f'"fallback_agent": {fallback_agent}, {guarded}"name": {_json(name)}, '
         f'"output_schema": {output_schema}}}'
     )
 

@@ -7,8 +7,10 @@ they are; write ``{{name}}`` to keep a literal ``{name}``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,7 +24,7 @@ from crewflow.retry import RetryPolicy
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Task", "TaskOutput"]
+__all__ = ["Task", "TaskOutput", "guardrail_name"]
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}")
 
@@ -54,6 +56,12 @@ class Task(Spec):
             parallel process then prefers the longest remaining path).
         cache: Reuse an LLM reply when the model, messages, tools, output schema and sampling
             settings are identical to an earlier call's (``None``: the crew's ``cache``).
+        guardrail: Checks each output before it is accepted: a function (sync or async) of the
+            `TaskOutput` that returns ``True`` or ``None`` to accept it, or a ``str`` reason
+            (or ``False``) to reject it. A rejected output is asked for again, with the reason
+            (see the guardrails guide).
+        guardrail_retries: How many times a rejected output is asked for again before the task
+            fails with `OutputValidationError` (default 2).
     """
 
     description: str = Field(min_length=1)
@@ -68,6 +76,9 @@ class Task(Spec):
     group: str | None = Field(default=None, min_length=1)
     priority: int = 0
     cache: bool | None = None
+    # Guardrails (see `crewflow._runtime.guardrail`).
+    guardrail: Callable[..., Any] | None = None
+    guardrail_retries: int = Field(default=2, ge=0)
 
     def __init__(self, description: str | None = None, /, **data: Any) -> None:
         if description is not None:
@@ -88,6 +99,31 @@ class Task(Spec):
     def _check_context(cls, value: Any) -> Any:
         if isinstance(value, (str, Task)):
             raise ValueError("context must be a list of tasks or task names, e.g. context=[facts]")
+        return value
+
+    @field_validator("guardrail", mode="before")
+    @classmethod
+    def _check_guardrail(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not callable(value):
+            raise ValueError(
+                f"a guardrail must be a function of the TaskOutput, not {type(value).__name__}: "
+                "write guardrail=check with def check(output: TaskOutput) -> bool | str | None"
+            )
+        name = guardrail_name(value)
+        try:
+            signature = inspect.signature(value)
+        except (TypeError, ValueError):  # a builtin without a signature: taken on trust
+            return value
+        try:
+            signature.bind(None)
+        except TypeError:
+            raise ValueError(
+                f"guardrail {name!r} must take one argument, the TaskOutput to check "
+                f"(its signature is {name.rpartition('.')[2]}{signature}): write it as "
+                "def check(output: TaskOutput) -> bool | str | None"
+            ) from None
         return value
 
     @property
@@ -139,6 +175,15 @@ class TaskOutput(Compact):
 
     def __str__(self) -> str:
         return self.text
+
+
+def guardrail_name(guardrail: Callable[..., Any]) -> str:
+    """A guardrail's qualified name (``module.function``; a callable object's class), as errors
+    and the crew's fingerprint give it."""
+    named = guardrail if hasattr(guardrail, "__qualname__") else type(guardrail)
+    module = getattr(named, "__module__", None)
+    qualname: str = getattr(named, "__qualname__", repr(named))
+    return f"{module}.{qualname}" if module else qualname
 
 
 def literal_template(text: str) -> str:
