@@ -12,8 +12,10 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from rich.text import Text
+from typer.testing import CliRunner
 
-from crewflow import Agent, Crew, RetryPolicy, Task, TaskOutput, TaskStatus
+from crewflow import Agent, Crew, RetryPolicy, Task, TaskOutput, TaskStatus, cli
 from crewflow.events import Event, GuardrailFailed, RunStarted, TaskRetrying
 from crewflow.exceptions import (
     ConfigurationError,
@@ -417,3 +419,38 @@ def test_the_guardrail_is_part_of_the_crews_fingerprint_by_qualified_name() -> N
     assert key(guardrail=no_drafts) == key(guardrail=no_drafts)
     assert key(guardrail=no_drafts, guardrail_retries=5) != key(guardrail=no_drafts)
     assert key(guardrail_retries=5) == unguarded  # without a guardrail, nothing changes
+
+
+# -- what shows them -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A run in the default database whose task passed its guardrail on the second try."""
+    monkeypatch.setenv("CREWFLOW_HOME", str(tmp_path / "home"))
+    llm = ScriptedLLM(["a draft", "the post"])
+    crew = Crew(tasks=[write_task(llm)], store=SQLiteStore(tmp_path / "home" / "runs.db"))
+    return crew.kickoff_sync().run_id
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_show_marks_the_guardrail_rounds_at_any_width(guarded_run: str, width: int) -> None:
+    env = {"COLUMNS": str(width), "TTY_COMPATIBLE": "1", "TERM": "xterm-256color"}
+
+    result = CliRunner().invoke(cli.app, ["show", guarded_run], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    shown = " ".join(Text.from_ansi(result.stdout).plain.split())
+    assert "write: attempt 1 failed: OutputValidationError: guardrail" in shown
+    assert "write: attempt 2 (guardrail round) completed" in shown
+
+
+def test_the_reports_timeline_marks_a_guardrail_round() -> None:
+    llm = ScriptedLLM(["a draft", "the post"])
+    result = Crew(tasks=[write_task(llm)], store=MemoryStore()).kickoff_sync()
+
+    html = result.report().html()
+
+    assert "write · attempt 2 (guardrail round)" in html
+    assert "write · attempt 1 · " in html
