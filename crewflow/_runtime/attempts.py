@@ -157,7 +157,10 @@ class TaskAttempts:
                     )
             except guardrail.GuardrailBroke as broke:
                 self._close(state, began, began_at, broke)
-                raise _Stop(broke.error, f"task {name!r} failed: {broke}") from broke.error
+                message = (
+                    f"task {name!r} failed: {broke}; fix the guardrail (its errors are not retried)"
+                )
+                raise _Stop(broke.error, message) from broke.error
             except Exception as exc:
                 self._close(state, began, began_at, exc)
                 failures += 1

@@ -26,7 +26,14 @@ from crewflow.exceptions import (
     TaskTimeout,
 )
 from crewflow.store import MemoryStore, SQLiteStore, Store
-from crewflow.testing import ScriptedLLM, Slow, VirtualTimeLoop, capture_events, run_virtual
+from crewflow.testing import (
+    Error,
+    ScriptedLLM,
+    Slow,
+    VirtualTimeLoop,
+    capture_events,
+    run_virtual,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -454,3 +461,34 @@ def test_the_reports_timeline_marks_a_guardrail_round() -> None:
 
     assert "write · attempt 2 (guardrail round)" in html
     assert "write · attempt 1 · " in html
+
+
+@PROCESSES
+async def test_a_task_that_passed_its_guardrail_is_restored_on_resume_unchecked(
+    process: str,
+) -> None:
+    store = MemoryStore()
+    checked: list[str] = []
+
+    def counted(output: TaskOutput) -> str | None:
+        checked.append(output.text)
+        return no_drafts(output)
+
+    def crew_of(write_llm: ScriptedLLM, next_llm: ScriptedLLM) -> Crew:
+        write = write_task(write_llm, guardrail=counted)
+        after = Task("Publish it", agent=writer(next_llm), name="publish", context=[write])
+        return Crew(tasks=[write, after], process=process, store=store)
+
+    with capture_events() as events, pytest.raises(TaskFailed):
+        await crew_of(
+            ScriptedLLM(["a draft", "the post"]), ScriptedLLM([Error(400, "bad request")])
+        ).kickoff()
+    run_id = events.of_type(RunStarted)[0].run_id
+
+    write_llm = ScriptedLLM([])
+    result = await crew_of(write_llm, ScriptedLLM(["published"])).resume(run_id)
+
+    assert result["write"].text == "the post"
+    assert result.output.text == "published"
+    assert write_llm.requests == []
+    assert checked == ["a draft", "the post"]  # not checked again
