@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from crewflow.task import OptionalContext, describe_function
+from crewflow.task import OptionalContext, function_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -111,7 +111,7 @@ def _entry(
     depends_on: Sequence[str],
     override: str | LLM | None,
 ) -> dict[str, Any]:
-    return {
+    entry = {
         "name": name,
         "description": task.description,
         "expected_output": task.expected_output,
@@ -121,6 +121,16 @@ def _entry(
         "fallback_agent": _agent(task.fallback_agent, override),
         **_workflow(task),
     }
+    if task.guardrail is not None:
+        entry["guardrail"] = _guardrail(task)
+    return entry
+
+
+def _guardrail(task: Task) -> list[Any]:
+    """A guarded task's guardrail, by qualified name (a task without one has no key: its hash
+    is the one it had before guardrails were)."""
+    assert task.guardrail is not None
+    return [function_name(task.guardrail), task.guardrail_retries]
 
 
 def _workflow(task: Task) -> dict[str, Any]:
@@ -129,7 +139,7 @@ def _workflow(task: Task) -> dict[str, Any]:
     their qualified names; tasks a router maps to, and optional context, by their names."""
     found: dict[str, Any] = {}
     if task.condition is not None:
-        found["condition"] = describe_function(task.condition)
+        found["condition"] = function_name(task.condition)
     router = task.router
     if isinstance(router, dict):
         found["router"] = {
@@ -137,7 +147,7 @@ def _workflow(task: Task) -> dict[str, Any]:
             "routes": sorted([repr(value), _label(target)] for value, target in router.items()),
         }
     elif router is not None:
-        found["router"] = describe_function(router)
+        found["router"] = function_name(router)
     marked = [ref for ref in task.context or () if isinstance(ref, OptionalContext)]
     if marked:
         found["optional"] = sorted(_label(ref.task) for ref in marked)
@@ -201,11 +211,12 @@ def _entry_json(
     schema's JSON given (written once per agent and model): the same text, in sorted keys,
     as json.dumps writes it, at a third of the cost on a 10,000-task crew."""
     workflow = _workflow(task) if _steers(task) else None
+    guarded = "" if task.guardrail is None else f'"guardrail": {_json(_guardrail(task))}, '
     return (
         f'{{"agent": {agent}, "depends_on": [{", ".join(map(_string, depends_on))}], '
         f'"description": {_json(task.description)}, '
         f'"expected_output": {_json(task.expected_output)}, '
-        f'"fallback_agent": {fallback_agent}, "name": {_json(name)}, '
+        f'"fallback_agent": {fallback_agent}, {guarded}"name": {_json(name)}, '
         f'"output_schema": {output_schema}'
         + ("}" if workflow is None else f', "workflow": {_json(workflow["workflow"])}}}')
     )

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 __all__ = [
     "Event",
     "EventSink",
+    "GuardrailFailed",
     "LLMCallFinished",
     "LLMCallRetrying",
     "LLMCallStarted",
@@ -207,6 +208,24 @@ class TaskRetrying(Event):
     attempt: int
     error: str
     delay: float
+
+
+class GuardrailFailed(Event):
+    """A task's guardrail rejected its output; unless the rounds are used up, the agent is
+    asked again with the reason.
+
+    Attributes:
+        task: The task's name.
+        attempt: The attempt whose output was rejected.
+        round: 1 for the first rejection of the task's output, 2 for the next...
+        reason: Why, as the guardrail said it.
+    """
+
+    kind: Literal["guardrail_failed"] = "guardrail_failed"
+    task: str
+    attempt: int
+    round: int
+    reason: str
 
 
 class TaskFailed(Event):

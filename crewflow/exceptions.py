@@ -25,7 +25,7 @@ CrewflowError
     ├── LLMError                  .model, .status_code, .retryable: a provider call failed
     │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
-    ├── OutputValidationError     .errors: the answer never matched the task's output_model
+    ├── OutputValidationError     .errors, .reasons: bad output (output_model, or guardrail)
     ├── WorkflowError             .task, .step, .function: a condition or router failed
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
 CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
@@ -381,17 +381,33 @@ class ToolError(CrewRunError):
 
 
 class OutputValidationError(CrewRunError):
-    """The model's answer never matched the task's `output_model`, even after re-asking.
+    """The model's answer never matched the task's `output_model`, even after re-asking; or
+    the task's guardrail rejected every output, after ``guardrail_retries`` rounds.
 
     Attributes:
-        errors: Pydantic's error list of the last attempt.
+        errors: Pydantic's error list of the last attempt (empty for a guardrail).
         text: The last raw answer.
+        guardrail: The qualified name of the guardrail that rejected the outputs, or ``None``.
+        reasons: Every reason the guardrail gave, in order (one per rejected output).
+        output: The last output the guardrail rejected, or ``None``.
     """
 
-    def __init__(self, message: str, *, errors: Sequence[Any] = (), text: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: Sequence[Any] = (),
+        text: str = "",
+        guardrail: str | None = None,
+        reasons: Sequence[str] = (),
+        output: TaskOutput | None = None,
+    ) -> None:
         super().__init__(message)
         self.errors = list(errors)
         self.text = text
+        self.guardrail = guardrail
+        self.reasons = tuple(reasons)
+        self.output = output
 
 
 class WorkflowError(CrewRunError):

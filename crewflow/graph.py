@@ -186,11 +186,13 @@ class TaskGraph:
 
     def workflow_features(self) -> list[str]:
         """The workflow features the tasks use, each named as the user wrote it
-        (``"condition"``, ``"router"``, ``"optional context"``), in a fixed order."""
+        (``"condition"``, ``"router"``, ``"optional context"``, ``"guardrail"``), in a fixed
+        order."""
         found = {
             "condition": any(task.condition is not None for task in self._tasks),
             "router": any(task.router is not None for task in self._tasks),
             "optional context": bool(self._optional),
+            "guardrail": any(task.guardrail is not None for task in self._tasks),
         }
         return [feature for feature, used in found.items() if used]
 

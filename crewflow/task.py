@@ -27,7 +27,7 @@ from crewflow.retry import RetryPolicy
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["OptionalContext", "Task", "TaskOutput", "optional"]
+__all__ = ["OptionalContext", "Task", "TaskOutput", "function_name", "optional"]
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}")
 
@@ -117,6 +117,12 @@ class Task(Spec):
             replayed on resume.
         router_field: The ``output_model`` field a mapping ``router`` reads (default: the
             model's only field).
+        guardrail: Checks each output before it is accepted: a function (sync or async) of the
+            `TaskOutput` that returns ``True`` or ``None`` to accept it, or a ``str`` reason
+            (or ``False``) to reject it. A rejected output is asked for again, with the reason
+            (see the guardrails guide).
+        guardrail_retries: How many times a rejected output is asked for again before the task
+            fails with `OutputValidationError` (default 2).
     """
 
     description: str = Field(min_length=1)
@@ -134,6 +140,9 @@ class Task(Spec):
     condition: Callable[..., Any] | None = None
     router: Callable[..., Any] | dict[Any, Task | str] | None = None
     router_field: str | None = None
+    # Guardrails (see `crewflow._runtime.guardrail`).
+    guardrail: Callable[..., Any] | None = None
+    guardrail_retries: int = Field(default=2, ge=0)
 
     def __init__(self, description: str | None = None, /, **data: Any) -> None:
         if description is not None:
@@ -197,6 +206,31 @@ class Task(Spec):
         """The context's tasks and task names, `optional` or not, in order."""
         for ref in self.context or ():
             yield ref.task if isinstance(ref, OptionalContext) else ref
+
+    @field_validator("guardrail", mode="before")
+    @classmethod
+    def _check_guardrail(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not callable(value):
+            raise ValueError(
+                f"a guardrail must be a function of the TaskOutput, not {type(value).__name__}: "
+                "write guardrail=check with def check(output: TaskOutput) -> bool | str | None"
+            )
+        name = function_name(value)
+        try:
+            signature = inspect.signature(value)
+        except (TypeError, ValueError):  # a builtin without a signature: taken on trust
+            return value
+        try:
+            signature.bind(None)
+        except TypeError:
+            raise ValueError(
+                f"guardrail {name!r} must take one argument, the TaskOutput to check "
+                f"(its signature is {name.rpartition('.')[2]}{signature}): write it as "
+                "def check(output: TaskOutput) -> bool | str | None"
+            ) from None
+        return value
 
     @property
     def placeholders(self) -> frozenset[str]:
@@ -317,15 +351,9 @@ def takes_state(function: Any, what: str, forms: str) -> bool:
     required = [p for p in positional if p.default is p.empty]
     if len(required) > 2 or (not positional and not varargs):
         raise ConfigurationError(
-            f"{what} {describe_function(function)} takes {signature}; it must take {forms}"
+            f"{what} {function_name(function)!r} takes {signature}; it must take {forms}"
         )
     return varargs or len(positional) >= 2
-
-
-def describe_function(function: Any) -> str:
-    """How errors and records name a user's function: its qualified name."""
-    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
-    return repr(name) if name else repr(function)
 
 
 def _allowed_values(annotation: Any) -> tuple[Any, ...] | None:
@@ -338,6 +366,15 @@ def _allowed_values(annotation: Any) -> tuple[Any, ...] | None:
     if typing.get_origin(annotation) is typing.Literal:
         return typing.get_args(annotation)
     return None
+
+
+def function_name(function: object) -> str:
+    """A user's function's qualified name (``module.function``; a callable object's class), as
+    errors and the crew's fingerprint name a guardrail, condition or router."""
+    named = function if hasattr(function, "__qualname__") else type(function)
+    module = getattr(named, "__module__", None)
+    qualname: str = getattr(named, "__qualname__", repr(named))
+    return f"{module}.{qualname}" if module else qualname
 
 
 def literal_template(text: str) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from crewflow.exceptions import WorkflowError
-from crewflow.task import Task, describe_function, takes_state
+from crewflow.task import Task, function_name, takes_state
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -42,7 +42,7 @@ async def call_user(
     Raises:
         WorkflowError: It raised, or took longer than ``limit``.
     """
-    named = describe_function(function)
+    named = repr(function_name(function))
     try:
         with anyio.fail_after(limit):
             if inspect.iscoroutinefunction(function):
@@ -84,7 +84,7 @@ async def condition_holds(
     args = (outputs, state) if takes_state(condition, "condition", "") else (outputs,)
     found = await call_user(condition, args, task=name, step="condition", limit=task.timeout)
     if not isinstance(found, bool):
-        named = describe_function(condition)
+        named = repr(function_name(condition))
         raise WorkflowError(
             f"the condition {named} of task {name!r} returned {type(found).__name__} "
             f"{_short(found)}; a condition returns True (run the task) or False (skip it)",
@@ -128,7 +128,7 @@ async def route(
             )
         chosen = {routes[key]}
     else:
-        named = describe_function(router)
+        named = repr(function_name(router))
         args = (output, state) if takes_state(router, "router", "") else (output,)
         found = await call_user(router, args, task=name, step="router", limit=task.timeout)
         picked = [] if found is None else found if isinstance(found, (list, tuple)) else [found]

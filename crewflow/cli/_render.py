@@ -186,10 +186,16 @@ def show_details(
     _show_tasks(console, details.run, tasks)
     for task in tasks:
         for row in task.attempts:
+            # A guardrail round: the task asked again with the reason its guardrail gave.
+            attempt = (
+                f"attempt {row.number}{' (guardrail round)' if row.kind == 'guardrail' else ''}"
+            )
             if row.error_type or row.error:
                 problem = ": ".join(part for part in (row.error_type, row.error) if part)
-                line = f"{task.name}: attempt {row.number} {row.status}: {problem}"
+                line = f"{task.name}: {attempt} {row.status}: {problem}"
                 console.print(Text(line, style="red"), soft_wrap=True)
+            elif row.kind == "guardrail":
+                console.print(Text(f"{task.name}: {attempt} {row.status}"), soft_wrap=True)
     _show_course(console, details, tasks)
     _show_failed_tools(console, tasks, full=full)
     for task in tasks:

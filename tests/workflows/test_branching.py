@@ -270,7 +270,7 @@ def test_routers_and_conditions_are_checked_when_the_crew_is_made() -> None:
         Task("x", condition="yes")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("feature", ["condition", "router", "optional context"])
+@pytest.mark.parametrize("feature", ["condition", "router", "optional context", "guardrail"])
 def test_hierarchical_refuses_a_crew_with_workflow_features_naming_them(feature: str) -> None:
     worker = Agent(role="Worker", goal="Work", llm="offline")
     manager = Agent(role="Manager", goal="Manage", llm="offline")
@@ -279,6 +279,7 @@ def test_hierarchical_refuses_a_crew_with_workflow_features_naming_them(feature:
         "condition": {"condition": lambda outputs: True},
         "router": {"router": lambda output: None},
         "optional context": {"context": [optional(first)]},
+        "guardrail": {"guardrail": lambda output: True},
     }[feature]
     second = Task("second", name="second", agent=worker, **extra)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=f"tasks use {feature}: a manager plans"):
