@@ -1,4 +1,4 @@
-"""A task graph as text: Mermaid, Graphviz DOT and JSON (``crewflow graph``, `TaskGraph.to_mermaid`).
+"""A task graph as text: Mermaid, Graphviz DOT and JSON (``crewflow graph``, `TaskGraph`).
 
 Each writer draws one `Picture`: the tasks (name, agent, kind and their *marks*) and the edges
 (optional context, a mapping router's values). The marks are data, in `MARKS`: one row per
@@ -176,9 +176,7 @@ def _printable(text: str) -> str:
     text = valid_text(text).replace("\r\n", "\n")
     if text.isprintable():
         return text
-    return "".join(
-        c if c == "\n" or unicodedata.category(c) != "Cc" else "\ufffd" for c in text
-    )
+    return "".join(c if c == "\n" or unicodedata.category(c) != "Cc" else "\ufffd" for c in text)
 
 
 # -- Mermaid ------------------------------------------------------------------------------------
