@@ -12,11 +12,28 @@ if TYPE_CHECKING:
 
     from crewflow.store import AddedTaskRecord, AttemptRecord, DecisionRecord, RunRecord
 
-__all__ = ["NOT_RUN", "in_flight", "skip_reasons", "task_names", "task_statuses"]
+__all__ = [
+    "CONDITION_FALSE",
+    "NOT_RUN",
+    "in_flight",
+    "not_chosen",
+    "skip_reasons",
+    "task_names",
+    "task_statuses",
+]
 
 NOT_RUN = "not run"
 """A task of a run that ended (or that nothing executes any more) which never started, though
 nothing it depends on failed: the run stopped first, or it will run when the run is resumed."""
+
+CONDITION_FALSE = "condition false"
+"""The reason a run records for a task whose condition was false."""
+
+
+def not_chosen(router: str) -> str:
+    """The reason a run records for a branch the router of task ``router`` did not choose."""
+    return f"not chosen by the router of {router!r}"
+
 
 _BLOCKING = frozenset({TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED})
 

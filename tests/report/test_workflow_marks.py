@@ -1,0 +1,154 @@
+"""The report's task graph marks the workflow's decisions as the run made them: a skipped task
+says why in its tooltip (an SVG ``<title>``), a condition task carries ``?`` and whether it
+held, a router task ``⑂`` with the branch it chose drawn as chosen. A stored run's report reads
+them from the store's decisions, a result's from the result: both say the same."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import TYPE_CHECKING, Literal
+
+import pytest
+from pydantic import BaseModel
+
+from crewflow import Agent, Crew, Task, optional
+from crewflow.report import Report
+from crewflow.store import MemoryStore, TaskStatus
+from crewflow.testing import FunctionLLM
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from crewflow import TaskOutput
+    from crewflow.llm import LLMRequest
+
+
+class Triage(BaseModel):
+    category: Literal["bug", "idea"]
+
+
+def answer(request: LLMRequest) -> object:
+    word = (request.messages[1].content or "").split()[0]
+    return Triage(category="bug") if word == "triage" else f"{word} done"
+
+
+def never(outputs: Mapping[str, TaskOutput]) -> bool:
+    return False
+
+
+def always(outputs: Mapping[str, TaskOutput]) -> bool:
+    return True
+
+
+def marked_crew(store: MemoryStore | None, process: str) -> Crew:
+    """triage routes to fix (chosen) or plan (skipped); reply joins both as optional; page's
+    condition is false (skipped), log's holds."""
+    agent = Agent(role="Desk", goal="Help", llm=FunctionLLM(answer))
+    fix = Task("fix it", name="fix", context=["triage"])
+    plan = Task("plan it", name="plan", context=["triage"])
+    triage = Task(
+        "triage it",
+        name="triage",
+        context=[],
+        output_model=Triage,
+        router={"bug": fix, "idea": plan},
+    )
+    reply = Task("reply now", name="reply", context=[optional(fix), optional(plan)])
+    page = Task("page someone", name="page", context=[triage], condition=never)
+    log = Task("log it", name="log", context=[triage], condition=always)
+    return Crew(
+        tasks=[triage, fix, plan, reply, page, log],
+        agents=[agent],
+        process=process,
+        store=store,
+        name="desk",
+    )
+
+
+def graph_svg(report: Report) -> str:
+    page = report.html()
+    return page[page.index('<svg id="graph"') : page.index("</svg>", page.index('<svg id="graph"'))]
+
+
+def node_tips(svg: str) -> dict[str, str]:
+    """Each node's tooltip (its ``<title>``), by task name."""
+    found = re.findall(r'data-node="([^"]*)">\s*<title>(.*?)</title>', svg, flags=re.S)
+    return {html.unescape(name): html.unescape(tip) for name, tip in found}
+
+
+def node_classes(svg: str) -> dict[str, set[str]]:
+    found = re.findall(r'<g class="([^"]*)" data-node="([^"]*)"', svg)
+    return {html.unescape(name): set(classes.split()) for classes, name in found}
+
+
+@pytest.mark.parametrize("process", ["sequential", "parallel"])
+async def test_a_stored_run_marks_conditions_routers_and_skips_from_its_decisions(
+    process: str,
+) -> None:
+    store = MemoryStore()
+    result = await marked_crew(store, process).kickoff()
+
+    report = await Report.from_store(store, result.run_id)
+
+    tasks = {task.name: task for task in report.tasks}
+    assert tasks["triage"].chose == ("fix",)
+    assert (tasks["page"].condition, tasks["log"].condition) == (False, True)
+    assert tasks["fix"].chose is tasks["fix"].condition is None
+    svg = graph_svg(report)
+    classes = node_classes(svg)
+    assert {"router", "st-completed"} <= classes["triage"]
+    assert {"condition", "st-skipped"} <= classes["page"]
+    assert {"condition", "st-completed"} <= classes["log"]
+    assert not classes["fix"] & {"router", "condition"}
+    tips = node_tips(svg)
+    assert "skipped: not chosen by the router of 'triage'" in tips["plan"].splitlines()
+    assert "skipped: condition false" in tips["page"].splitlines()
+    assert "condition: false" in tips["page"].splitlines()
+    assert "condition: held" in tips["log"].splitlines()
+    assert "router chose: fix" in tips["triage"].splitlines()
+    chosen = re.findall(r'<path class="edge chosen"[^>]*><title>([^<]*)</title>', svg)
+    assert [html.unescape(tip) for tip in chosen] == ["triage → fix: chosen by the router"]
+    assert svg.count('class="edge"') == 5  # triage→plan, fix→reply, plan→reply, →page, →log
+    assert ">?</text>" in svg
+    assert ">⑂</text>" in svg
+
+
+@pytest.mark.parametrize("process", ["sequential", "parallel"])
+async def test_a_result_in_hand_marks_the_same_as_its_stored_run(process: str) -> None:
+    store = MemoryStore()
+    result = await marked_crew(store, process).kickoff()
+
+    stored = await Report.from_store(store, result.run_id)
+    in_hand = result.report()
+
+    def marks(report: Report) -> dict[str, tuple[object, ...]]:
+        return {t.name: (t.status, t.reason, t.condition, t.chose) for t in report.tasks}
+
+    assert marks(in_hand) == marks(stored)
+    assert node_tips(graph_svg(in_hand)) == node_tips(graph_svg(stored))
+    assert node_classes(graph_svg(in_hand)) == node_classes(graph_svg(stored))
+
+
+async def test_a_result_without_a_store_still_marks_its_decisions() -> None:
+    result = await marked_crew(None, "parallel").kickoff()
+
+    tasks = {task.name: task for task in result.report().tasks}
+
+    assert tasks["triage"].chose == ("fix",)
+    assert tasks["plan"].status == TaskStatus.SKIPPED
+    assert (tasks["page"].condition, tasks["log"].condition) == (False, True)
+
+
+async def test_a_run_without_workflow_features_has_no_marks_and_no_legend_for_them() -> None:
+    agent = Agent(role="Desk", goal="Help", llm=FunctionLLM(answer))
+    crew = Crew(tasks=[Task("one"), Task("two")], agents=[agent], store=MemoryStore())
+    result = await crew.kickoff()
+
+    report = result.report()
+
+    assert all(t.condition is None and t.chose is None for t in report.tasks)
+    svg = graph_svg(report)
+    assert "chosen" not in svg
+    assert "badge-mark" not in svg
+    assert "marks a condition" not in report.html()
