@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONDITION_FALSE",
     "NOT_RUN",
+    "decision_notes",
     "in_flight",
     "not_chosen",
     "skip_reasons",
@@ -48,6 +49,22 @@ def in_flight(run: RunRecord) -> tuple[str, ...]:
 def skip_reasons(decisions: Iterable[DecisionRecord]) -> dict[str, str]:
     """Each task a run recorded as skipped, with why (the last word on each)."""
     return {d.task: d.reason for d in decisions if d.kind == "skip"}
+
+
+def decision_notes(decisions: Iterable[DecisionRecord]) -> dict[str, str]:
+    """What each task's condition or router decided, in words (``condition held``, ``chose
+    fix``), for the views of a stored run."""
+    notes: dict[str, list[str]] = {}
+    for decision in decisions:
+        value = decision.value
+        if decision.kind == "condition" and isinstance(value, bool):
+            said = "condition held" if value else CONDITION_FALSE
+        elif decision.kind == "router" and isinstance(value, list):
+            said = f"chose {', '.join(map(str, value)) or 'none'}"
+        else:
+            continue
+        notes.setdefault(decision.task, []).append(said)
+    return {task: "; ".join(said) for task, said in notes.items()}
 
 
 def task_names(

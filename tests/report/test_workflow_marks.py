@@ -14,11 +14,12 @@ from pydantic import BaseModel
 
 from crewflow import Agent, Crew, Task, optional
 from crewflow.report import Report
-from crewflow.store import MemoryStore, TaskStatus
+from crewflow.store import MemoryStore, Store, TaskStatus
 from crewflow.testing import FunctionLLM
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
     from crewflow import TaskOutput
     from crewflow.llm import LLMRequest
@@ -41,7 +42,7 @@ def always(outputs: Mapping[str, TaskOutput]) -> bool:
     return True
 
 
-def marked_crew(store: MemoryStore | None, process: str) -> Crew:
+def marked_crew(store: Store | None, process: str) -> Crew:
     """triage routes to fix (chosen) or plan (skipped); reply joins both as optional; page's
     condition is false (skipped), log's holds."""
     agent = Agent(role="Desk", goal="Help", llm=FunctionLLM(answer))
@@ -152,3 +153,55 @@ async def test_a_run_without_workflow_features_has_no_marks_and_no_legend_for_th
     assert "chosen" not in svg
     assert "badge-mark" not in svg
     assert "marks a condition" not in report.html()
+
+
+async def test_the_dashboard_state_says_what_each_condition_and_router_decided() -> None:
+    pytest.importorskip("starlette", reason="the dashboard extra is not installed")
+    from crewflow.report._dashboard import run_state
+
+    store = MemoryStore()
+    result = await marked_crew(store, "parallel").kickoff()
+
+    state = await run_state(store, result.run_id)
+
+    assert state is not None
+    shown = {t["name"]: (t["status"], t["reason"], t["decision"]) for t in state["tasks"]}
+    assert shown == {
+        "triage": ("completed", "", "chose fix"),
+        "fix": ("completed", "", ""),
+        "plan": ("skipped", "not chosen by the router of 'triage'", ""),
+        "reply": ("completed", "", ""),
+        "page": ("skipped", "condition false", "condition false"),
+        "log": ("completed", "", "condition held"),
+    }
+
+
+def test_the_dashboard_page_shows_the_decisions_and_reasons(tmp_path: Path) -> None:
+    pytest.importorskip("starlette", reason="the dashboard extra is not installed")
+    import anyio
+    from starlette.testclient import TestClient
+
+    from crewflow.report._dashboard import COOKIE, create_app
+    from crewflow.store import SQLiteStore
+
+    path = tmp_path / "runs.db"
+
+    async def fill() -> str:
+        async with SQLiteStore(path) as store:
+            return (await marked_crew(store, "parallel").kickoff()).run_id
+
+    run_id = anyio.run(fill)
+    reader = SQLiteStore(path, read_only=True)
+    try:
+        with TestClient(create_app(reader, token="t"), base_url="http://127.0.0.1:8765") as client:
+            client.cookies.set(COOKIE, "t")
+            page = client.get(f"/runs/{run_id}").text
+    finally:
+        anyio.run(reader.close)
+
+    text = html.unescape(re.sub(r"\s+", " ", page))
+    assert "<th>decided</th>" in text
+    assert '<td>triage</td> <td><span class="badge s-completed" title="">' in text
+    assert "chose fix</td>" in text
+    assert "not chosen by the router of 'triage'</td>" in text
+    assert "condition held</td>" in text
