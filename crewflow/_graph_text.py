@@ -14,7 +14,7 @@ records (`crewflow._text.valid_text`).
 from __future__ import annotations
 
 import json
-import unicodedata
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -170,13 +170,15 @@ def _value_text(value: Any) -> str:
         return repr(value)
 
 
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+"""Control characters (Unicode's ``Cc``) but the newline."""
+
+
 def _printable(text: str) -> str:
     """``text`` valid (`valid_text`), with control characters but newlines as U+FFFD (no
     format takes them in a label)."""
     text = valid_text(text).replace("\r\n", "\n")
-    if text.isprintable():
-        return text
-    return "".join(c if c == "\n" or unicodedata.category(c) != "Cc" else "\ufffd" for c in text)
+    return _CONTROL.sub("\ufffd", text) if _CONTROL.search(text) else text
 
 
 # -- Mermaid ------------------------------------------------------------------------------------

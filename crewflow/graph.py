@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from crewflow import _dag, _graph_text
+from crewflow import _dag
 from crewflow._plan import PlanProblem, ProblemKind
 from crewflow._records import TaskKind
 from crewflow.exceptions import ConfigurationError
@@ -345,11 +345,15 @@ class TaskGraph:
             print(crew.graph.to_mermaid())
             ```
         """
+        from crewflow import _graph_text  # only when drawn: building a crew does not need it
+
         return _graph_text.mermaid(_graph_text.picture(self))
 
     def to_dot(self, name: str = "crew") -> str:
         """The graph as a Graphviz DOT digraph called ``name`` (``dot -Tsvg`` draws it), marked
         as `to_mermaid` marks it; node ids are the task names, quoted."""
+        from crewflow import _graph_text
+
         return _graph_text.dot(_graph_text.picture(self), name=name)
 
     def to_json(self) -> dict[str, Any]:
@@ -357,6 +361,8 @@ class TaskGraph:
         order. A node is ``{"name", "agent", "kind", "marks": [{"kind", "detail", "label"}]}``,
         an edge ``{"source", "target", "optional", "label"}`` (``label``: the values of
         ``source``'s mapping router that choose ``target``, else ``null``)."""
+        from crewflow import _graph_text
+
         return _graph_text.json_value(_graph_text.picture(self))
 
     # -- building ------------------------------------------------------------------------------
