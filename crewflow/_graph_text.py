@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from crewflow.graph import TaskGraph
-    from crewflow.task import Task
 
 __all__ = [
     "MARKS",
@@ -63,13 +62,15 @@ def _short(function: object) -> str:
     return function_name(function).rpartition(".")[2]
 
 
-def _condition(task: Task) -> tuple[str, str] | None:
+def _condition(graph: TaskGraph, name: str) -> tuple[str, str] | None:
+    task = graph.task(name)
     if task.condition is None:
         return None
     return function_name(task.condition), f"if {_short(task.condition)}"
 
 
-def _router(task: Task) -> tuple[str, str] | None:
+def _router(graph: TaskGraph, name: str) -> tuple[str, str] | None:
+    task = graph.task(name)
     router = task.router
     if router is None:
         return None
@@ -79,27 +80,29 @@ def _router(task: Task) -> tuple[str, str] | None:
     return function_name(router), f"routes by {_short(router)}"
 
 
-def _guardrail(task: Task) -> tuple[str, str] | None:
+def _guardrail(graph: TaskGraph, name: str) -> tuple[str, str] | None:
+    task = graph.task(name)
     if task.guardrail is None:
         return None
     return function_name(task.guardrail), "guarded"
 
 
-MARKS: tuple[tuple[str, Callable[[Task], tuple[str, str] | None]], ...] = (
+MARKS: tuple[tuple[str, Callable[[TaskGraph, str], tuple[str, str] | None]], ...] = (
     ("condition", _condition),
     ("router", _router),
     ("guarded", _guardrail),
 )
 """Each mark a task can carry, in the order pictures show them, with the function that reads it
-off a task: ``(detail, label)``, or ``None`` when the task does not carry it. A map or a loop
-adds its row here (e.g. ``("map", _map)`` with ``_map`` reading ``task.map_over``)."""
+off the task called ``name`` in ``graph`` (its fields, or the graph's, such as the loop it is
+in): ``(detail, label)``, or ``None`` when the task does not carry it. A new feature adds its
+row here, e.g. ``("map", _map)`` with ``_map`` reading ``graph.task(name).map_over``."""
 
 
-def marks(task: Task) -> tuple[Mark, ...]:
-    """The marks ``task`` carries, in `MARKS` order."""
+def marks(graph: TaskGraph, name: str) -> tuple[Mark, ...]:
+    """The marks the task called ``name`` carries in ``graph``, in `MARKS` order."""
     found = []
     for kind, read in MARKS:
-        seen = read(task)
+        seen = read(graph, name)
         if seen is not None:
             found.append(Mark(kind, *seen))
     return tuple(found)
@@ -138,8 +141,10 @@ class Picture:
 def picture(graph: TaskGraph) -> Picture:
     """The picture of ``graph``."""
     nodes = tuple(
-        Node(name, graph.agent_of(task).role, graph.kind(name).value, marks(task))
-        for name, task in ((name, graph.task(name)) for name in graph.names)
+        Node(
+            name, graph.agent_of(graph.task(name)).role, graph.kind(name).value, marks(graph, name)
+        )
+        for name in graph.names
     )
     routes = {name: _route_labels(graph.routes(name)) for name in graph.names}
     edges = tuple(
@@ -148,6 +153,10 @@ def picture(graph: TaskGraph) -> Picture:
         for dep in graph.dependency_names(name)
     )
     return Picture(nodes, edges)
+
+
+def _role(graph: TaskGraph, name: str) -> str:
+    return graph.agent_of(graph.task(name)).role
 
 
 def _route_labels(routes: dict[Any, str] | None) -> dict[str, str]:
