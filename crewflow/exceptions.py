@@ -26,7 +26,7 @@ CrewflowError
     │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors, .reasons: bad output (output_model, or guardrail)
-    ├── WorkflowError             .task, .step, .function: a condition or router failed
+    ├── WorkflowError             .task, .step, .function: a condition, router or map failed
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
 CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
 ```
@@ -411,13 +411,13 @@ class OutputValidationError(CrewRunError):
 
 
 class WorkflowError(CrewRunError):
-    """A function that steers the run failed: a task's condition or router raised, took
-    longer than the task's timeout, or returned something it cannot (a router choosing a task
-    that does not depend on its task).
+    """What steers the run failed: a task's condition, router or map raised, took longer than
+    the task's timeout, or gave something it cannot (a router choosing a task that does not
+    depend on its task, a map's list that is not a list), or items of a map failed.
 
     Attributes:
         task: The name of the task the function belongs to.
-        step: ``"condition"`` or ``"router"``.
+        step: ``"condition"``, ``"router"`` or ``"map"``.
         function: The function's qualified name (``"'mapping'"`` for a mapping router).
     """
 

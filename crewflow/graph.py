@@ -81,6 +81,8 @@ class TaskGraph:
         for task in tasks:
             if isinstance(task.router, dict):
                 self._check_routes(task)
+            if isinstance(task.map_over, str):
+                self.map_source(self._names[task.id])
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -184,15 +186,39 @@ class TaskGraph:
             for value, target in router.items()
         }
 
+    def map_source(self, name: str) -> tuple[str, list[str]] | None:
+        """Where the map of the task called ``name`` finds its list: the upstream task's name
+        and the fields to follow in its output (``None``: no map, or a function gives it).
+
+        Raises:
+            ConfigurationError: ``map_over`` names no task of the task's (required) context.
+        """
+        over = self._by_name[name].map_over
+        if not isinstance(over, str):
+            return None
+        deps = [d for d in self._deps[name] if d not in self.optional_dependencies(name)]
+        found = [d for d in deps if over == d or over.startswith(d + ".")]
+        if not found:
+            listed = ", ".join(deps) or "none"
+            raise ConfigurationError(
+                f"task {name!r} maps over {over!r}, but its context has no such task (required "
+                f"context: {listed}): add the task whose output holds the list to its context, "
+                "and write map_over='that_task.field'"
+            )
+        upstream = max(found, key=len)  # a task name may hold dots: the longest one that fits
+        path = over[len(upstream) + 1 :]
+        return upstream, path.split(".") if path else []
+
     def workflow_features(self) -> list[str]:
         """The workflow features the tasks use, each named as the user wrote it
-        (``"condition"``, ``"router"``, ``"optional context"``, ``"guardrail"``), in a fixed
-        order."""
+        (``"condition"``, ``"router"``, ``"optional context"``, ``"guardrail"``, ``"map"``), in
+        a fixed order."""
         found = {
             "condition": any(task.condition is not None for task in self._tasks),
             "router": any(task.router is not None for task in self._tasks),
             "optional context": bool(self._optional),
             "guardrail": any(task.guardrail is not None for task in self._tasks),
+            "map": any(task.map_over is not None for task in self._tasks),
         }
         return [feature for feature, used in found.items() if used]
 

@@ -117,6 +117,18 @@ class Task(Spec):
             replayed on resume.
         router_field: The ``output_model`` field a mapping ``router`` reads (default: the
             model's only field).
+        map_over: Run the task once per item of a list an upstream task produced:
+            ``"upstream"`` (its structured output, or its text as a JSON list),
+            ``"upstream.field"`` (a field of its structured output, dotted for nested ones),
+            or a function (sync or async) of the outputs so far (and the state) returning the
+            list. The upstream task must be in ``context``. Each item is a task of its own,
+            ``name[0]``, ``name[1]``, ...; ``{item}`` in the description is the item (else
+            the item is added below it). The task's output lists every item's result in item
+            order (``data``: a list). An empty list runs nothing and gives an empty result.
+        max_items: The most items a map runs; a longer list is cut to it (recorded, with a
+            warning).
+        max_concurrency: The most items of this map that run at once (they also take the
+            crew's slots and limits). Under ``sequential`` items run one at a time.
         guardrail: Checks each output before it is accepted: a function (sync or async) of the
             `TaskOutput` that returns ``True`` or ``None`` to accept it, or a ``str`` reason
             (or ``False``) to reject it. A rejected output is asked for again, with the reason
@@ -143,6 +155,10 @@ class Task(Spec):
     # Guardrails (see `crewflow._runtime.guardrail`).
     guardrail: Callable[..., Any] | None = None
     guardrail_retries: int = Field(default=2, ge=0)
+    # Maps (see `crewflow._runtime.mapping`).
+    map_over: str | Callable[..., Any] | None = None
+    max_items: int | None = Field(default=None, ge=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
 
     def __init__(self, description: str | None = None, /, **data: Any) -> None:
         if description is not None:
@@ -232,14 +248,41 @@ class Task(Spec):
             ) from None
         return value
 
+    @model_validator(mode="after")
+    def _check_map(self) -> Task:
+        over = self.map_over
+        if over is None:
+            for field in ("max_items", "max_concurrency"):
+                if getattr(self, field) is not None:
+                    raise ConfigurationError(
+                        f"task {self!s:.60}: {field} is for a map; set map_over= too, or drop it"
+                    )
+            return self
+        if isinstance(over, str):
+            if not over or any(not part.strip() for part in over.split(".")):
+                raise ConfigurationError(
+                    f"task {self!s:.60}: map_over={over!r} names no list; write the upstream "
+                    "task's name, with the field holding the list: map_over='docs.items'"
+                )
+        else:
+            takes_state(over, "map_over", "(outputs) or (outputs, state)")
+        if self.router is not None:
+            raise ConfigurationError(
+                f"task {self!s:.60}: a map cannot have a router (which item's output would it "
+                "read?); route from a task after the map"
+            )
+        return self
+
     @property
     def placeholders(self) -> frozenset[str]:
-        """The input names this task's templates need."""
+        """The input names this task's templates need (a map's ``{item}`` is its own)."""
         found = set()
         for text in (self.description, self.expected_output):
             for match in _PLACEHOLDER.finditer(text):
                 if match.group(2):
                     found.add(match.group(2))
+        if self.map_over is not None:
+            found.discard(ITEM)
         return frozenset(found)
 
     def render(self, inputs: Mapping[str, Any]) -> tuple[str, str]:
@@ -375,6 +418,23 @@ def function_name(function: object) -> str:
     module = getattr(named, "__module__", None)
     qualname: str = getattr(named, "__qualname__", repr(named))
     return f"{module}.{qualname}" if module else qualname
+
+
+ITEM = "item"
+"""The placeholder a map's task writes for its item: ``{item}``."""
+
+
+def fill_only(text: str, values: Mapping[str, str]) -> str:
+    """Replace each ``{name}`` of ``values`` in ``text``; every other placeholder, and every
+    ``{{literal}}``, stays as it is (for a later `fill_template`)."""
+    if "{" not in text:
+        return text
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(2)
+        return values[name] if name in values else match.group(0)
+
+    return _PLACEHOLDER.sub(substitute, text)
 
 
 def literal_template(text: str) -> str:

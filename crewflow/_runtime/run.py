@@ -31,6 +31,7 @@ from crewflow._runtime.attempts import TaskAttempts
 from crewflow._runtime.clock import SystemClock, current_clock, real_work
 from crewflow._runtime.context import RunContext
 from crewflow._runtime.dispatch import Dispatcher
+from crewflow._runtime.mapping import find_items, gathered, item_task
 from crewflow._runtime.slots import Slot, SlotPool
 from crewflow._runtime.workflow import condition_holds, route
 from crewflow._spec import new_id
@@ -169,6 +170,8 @@ class Run:
         self._unchosen: dict[str, str] = {}  # task -> the router task that did not choose it
         self._route_pending: set[str] = set()  # restored router tasks whose choice is unknown
         self._unsaved: list[DecisionRecord] = []  # skips not yet recorded
+        self.owned: set[str] = set()
+        """Tasks another task runs itself (a map's items): never dispatched on their own."""
         self._records: dict[str, TaskRecord] = {}
         self._saved: set[str] = set()
         self._dispatcher: Dispatcher | None = None
@@ -220,6 +223,7 @@ class Run:
             if not self.ended(name)
             and name not in self.running
             and name not in self.delegated
+            and name not in self.owned
             and all(self.ended(dep) for dep in graph.dependency_names(name))
         ]
 
@@ -245,15 +249,9 @@ class Run:
         """
         output: TaskOutput | None = None
         try:
-            if name in self.running:
-                raise RuntimeError(f"task {name!r} is already running in this run")
-            if self.ended(name):
+            if self.ended(name) and name not in self.running:
                 return self._outputs.get(name)
-            if name in self.delegated:
-                raise RuntimeError(
-                    f"task {name!r} is delegated to {self.delegated[name]!r}: it ends when that "
-                    "task does, and is never executed itself"
-                )
+            self._check_startable(name)
             task = self.graph.task(name)
             if context is None:
                 if self._route_pending:
@@ -267,11 +265,15 @@ class Run:
             else:
                 self.running.add(name)
                 try:
-                    if slot is None:
-                        slot = await self.slots.acquire(priority, self.graph.position(name))
-                    # A slot taken just before a pause does not start its task until the resume.
-                    await self.slots.unpaused()
-                    output = await self._run_task(task, name, context, agent, prompt)
+                    if task.map_over is not None:
+                        output = await self._run_map(task, name, context, slot)
+                    else:
+                        if slot is None:
+                            slot = await self.slots.acquire(priority, self.graph.position(name))
+                        # A slot taken just before a pause does not start its task until the
+                        # resume.
+                        await self.slots.unpaused()
+                        output = await self._run_task(task, name, context, agent, prompt)
                 finally:
                     self.running.discard(name)
                     if self.ended(name):
@@ -282,6 +284,16 @@ class Run:
         if name in self._waiting_on:  # tasks delegated to this one end with it
             await self._hand_over(name)
         return output
+
+    def _check_startable(self, name: str) -> None:
+        """Refuse to start task ``name`` twice, or a task delegated to another."""
+        if name in self.running:
+            raise RuntimeError(f"task {name!r} is already running in this run")
+        if name in self.delegated:
+            raise RuntimeError(
+                f"task {name!r} is delegated to {self.delegated[name]!r}: it ends when that "
+                "task does, and is never executed itself"
+            )
 
     def check_plan(self, tasks: Sequence[Task]) -> list[PlanProblem]:
         """What stops ``tasks`` from being added (see `ProcessContext.check_plan`)."""
@@ -660,9 +672,12 @@ class Run:
         self._skip(task, name, [], "condition false")
         return None
 
-    def _fail_unstarted(self, task: Task, name: str, error: WorkflowError) -> None:
-        """Task ``name`` fails before any attempt (its condition failed): raised as
-        `TaskFailed` with ``on_failure="stop"``, else kept as a failure."""
+    def _fail_unstarted(
+        self, task: Task, name: str, error: BaseException, *, end: bool = True
+    ) -> None:
+        """Task ``name`` fails before any attempt of its own (its condition failed, its map's
+        list could not be read, items of its map failed): raised as `TaskFailed` with
+        ``on_failure="stop"``, else kept as a failure (``end``: and the task ended here)."""
         self.log.error("task failed", task=name, error=str(error))
         self.record(
             TaskRecord(
@@ -683,7 +698,8 @@ class Run:
         if self.on_failure == "stop":
             raise failure
         self._failures[name] = failure
-        self._ended(name)
+        if end:
+            self._ended(name)
 
     async def _route(self, task: Task, name: str, output: TaskOutput) -> None:
         """Let task ``name``'s router choose among its dependants, from its output, and record
@@ -721,12 +737,118 @@ class Run:
         resumption = self._resumption
         return None if resumption is None else resumption.decisions.get(key)
 
-    async def _decide(self, key: str, kind: Any, task: str, value: Any) -> None:
+    async def _decide(
+        self, key: str, kind: Any, task: str, value: Any, *, reason: str = ""
+    ) -> None:
         """Record a decision before anything acts on it."""
         if self.recorder is None:
             return
-        decision = DecisionRecord(key=key, kind=kind, task=task, value=value, at=self.wall())
+        decision = DecisionRecord(
+            key=key, kind=kind, task=task, value=value, reason=reason, at=self.wall()
+        )
         await self._store_write("record a decision", self.recorder.decided([decision]))
+
+    async def _run_map(
+        self, task: Task, name: str, context: Sequence[TaskOutput], slot: Slot | None
+    ) -> TaskOutput | None:
+        """Run map task ``name``: an added task per item, then its output from theirs, in item
+        order. Items run at most ``max_concurrency`` at once when the dispatcher started the
+        map (it gave ``slot``), one at a time when a process executed it itself; each takes a
+        slot of the crew's, and the map gives back the one it was started in."""
+        dispatched = slot is not None
+        if slot is not None:
+            slot.release()
+        began = self.now()
+        items = await self._map_items(task, name)
+        if items is None:
+            return None
+        names: list[str] = []
+        if items:
+            needs = [output.task for output in context]
+            made = [item_task(task, name, i, item, needs) for i, item in enumerate(items)]
+            names = await self._grow(made, "task")
+            self.owned.update(names)
+        limit = task.max_concurrency if dispatched else 1
+        if limit == 1:
+            for each in names:
+                await self.execute(each)
+        else:
+            import anyio
+
+            limiter = anyio.CapacityLimiter(limit) if limit else None
+
+            async def one(each: str) -> None:
+                if limiter is None:
+                    await self.execute(each)
+                else:
+                    async with limiter:
+                        await self.execute(each)
+
+            async with anyio.create_task_group() as group:
+                for each in names:
+                    group.start_soon(one, each)
+        agent = self.graph.agent_of(task).role
+        failed = [each for each in names if each in self._failures]
+        if failed:
+            shown = _listed(failed[:3]) + (", ..." if len(failed) > 3 else "")
+            cause = WorkflowError(
+                f"{len(failed)} of the {len(names)} items of map {name!r} failed: {shown}",
+                task=name,
+                step="map",
+                function=repr(task.map_over) if isinstance(task.map_over, str) else "map_over",
+            )
+            cause.__cause__ = self._failures[failed[0]]
+            self._fail_unstarted(task, name, cause, end=False)
+            return None
+        output = gathered(name, agent, [self._outputs[each] for each in names])
+        end = self.wall()
+        duration = self.now() - began
+        self.record(
+            TaskRecord(
+                task=name,
+                agent=agent,
+                status=TaskStatus.COMPLETED,
+                kind=self.graph.kind(name),
+                start=self.wall(began),
+                end=end,
+                duration=duration,
+            )
+        )
+        if self.recorder is not None:
+            await self._store_write(
+                f"checkpoint task {name!r}", self.recorder.task_finished(output, (), at=end)
+            )
+        self._saved.add(name)
+        self._outputs[name] = output
+        self.publish(
+            events.TaskFinished,
+            task=name,
+            attempt=0,
+            duration=duration,
+            prompt_tokens=output.usage.prompt_tokens,
+            completion_tokens=output.usage.completion_tokens,
+        )
+        return output
+
+    async def _map_items(self, task: Task, name: str) -> list[Any] | None:
+        """The items map task ``name`` runs over: as recorded, on a resume; else read (and cut
+        to ``max_items``), then recorded. ``None``: they could not be read (the task failed)."""
+        key = f"map:{name}"
+        recorded = self._recorded(key)
+        if recorded is not None and isinstance(recorded.value, list):
+            return recorded.value
+        try:
+            items = await find_items(self.graph, name, self.outputs, self.state)
+        except WorkflowError as error:
+            self._fail_unstarted(task, name, error, end=False)
+            return None
+        cut = ""
+        if task.max_items is not None and len(items) > task.max_items:
+            cut = f"cut from {len(items)} items to max_items={task.max_items}"
+            self.log.warning("map cut", task=name, items=len(items), max_items=task.max_items)
+            items = items[: task.max_items]
+        await self._decide(key, "map", name, items, reason=cut)
+        return items
 
     async def _save_skips(self) -> None:
         """Record the skips not recorded yet (what they say is never acted on: a resumed run
