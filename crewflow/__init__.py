@@ -25,6 +25,7 @@ if typing.TYPE_CHECKING:
     from crewflow.crew import Crew, CrewResult
     from crewflow.exceptions import CrewflowWarning
     from crewflow.limits import Breaker, Limit, Limits
+    from crewflow.loop import Loop
     from crewflow.report import Report
     from crewflow.retry import RetryPolicy
     from crewflow.task import Task, TaskOutput, optional
@@ -39,6 +40,7 @@ __all__ = [
     "CrewflowWarning",
     "Limit",
     "Limits",
+    "Loop",
     "Report",
     "RetryPolicy",
     "RunHandle",
@@ -65,6 +67,7 @@ _WHERE = {
     "CrewflowWarning": "crewflow.exceptions",
     "Limit": "crewflow.limits",
     "Limits": "crewflow.limits",
+    "Loop": "crewflow.loop",
     "Report": "crewflow.report",
     "RetryPolicy": "crewflow.retry",
     "RunHandle": "crewflow._runtime.handle",

@@ -13,7 +13,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 
 from crewflow._caller import CallerModule
 from crewflow._records import ProcessChoice, RunStatus, TaskKind, TaskRecord
@@ -24,6 +32,7 @@ from crewflow.exceptions import ConfigurationError, CrewflowError, KickoffsFaile
 from crewflow.limits import Limits
 from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
+from crewflow.loop import Loop
 from crewflow.processes import Process, get_process
 from crewflow.retry import RetryPolicy
 from crewflow.task import Task, TaskOutput
@@ -206,7 +215,8 @@ class Crew(Spec):
         ```
 
     Args:
-        tasks: The tasks, in order. Their ``context`` makes the dependency graph.
+        tasks: The tasks, in order. Their ``context`` makes the dependency graph. A `Loop`
+            among them stands for its tasks, in its place (they run round after round).
         agents: The crew's agents. Optional: by default, the agents of the tasks. When there is
             exactly one, tasks without an agent get it.
         process: ``"sequential"`` (tasks in list order; a task with undeclared context gets the
@@ -257,6 +267,8 @@ class Crew(Spec):
     """
 
     tasks: tuple[Task, ...]
+    loops: tuple[Loop, ...] = ()
+    """The loops among the tasks (``tasks`` holds their tasks, in their place)."""
     agents: tuple[Agent, ...] | None = None
     process: str | Process | type[Process] = "sequential"
     manager: Agent | str | None = None
@@ -303,10 +315,23 @@ class Crew(Spec):
                 raise ValueError(f"default {problem}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unroll_loops(cls, data: Any) -> Any:
+        """A `Loop` in ``tasks`` stands for its tasks, in its place; it is kept in ``loops``."""
+        if not isinstance(data, dict):
+            return data
+        tasks = data.get("tasks")
+        if isinstance(tasks, (list, tuple)) and any(isinstance(t, Loop) for t in tasks):
+            loops = [t for t in tasks if isinstance(t, Loop)]
+            flat = [each for t in tasks for each in (t.tasks if isinstance(t, Loop) else (t,))]
+            data = {**data, "tasks": flat, "loops": (*data.get("loops", ()), *loops)}
+        return data
+
     @field_validator("tasks", mode="before")
     @classmethod
     def _check_tasks(cls, value: Any) -> Any:
-        if isinstance(value, Task):
+        if isinstance(value, (Task, Loop)):
             raise ValueError("tasks must be a list of tasks, e.g. Crew(tasks=[facts, draft])")
         return value
 
@@ -322,7 +347,9 @@ class Crew(Spec):
             process = process.with_manager(self.manager)
         self._process = process
         agents = self.agents if self.agents is not None else _task_agents(self.tasks)
-        self._graph = TaskGraph(self.tasks, agents=agents, default_agent=process.default_agent())
+        self._graph = TaskGraph(
+            self.tasks, agents=agents, default_agent=process.default_agent(), loops=self.loops
+        )
         self._process.prepare_graph(self._graph)
         self._process.validate(self._graph)
 

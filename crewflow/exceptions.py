@@ -27,6 +27,7 @@ CrewflowError
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors, .reasons: bad output (output_model, or guardrail)
     ├── WorkflowError             .task, .step, .function: a condition, router or map failed
+    ├── LoopLimitReached          .loop, .rounds, .last: a loop's bound came before its predicate
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
 CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
 ```
@@ -63,6 +64,7 @@ __all__ = [
     "KickoffsFailed",
     "LLMError",
     "LeaseLost",
+    "LoopLimitReached",
     "MaxIterationsExceeded",
     "OutputValidationError",
     "RunCancelled",
@@ -417,7 +419,7 @@ class WorkflowError(CrewRunError):
 
     Attributes:
         task: The name of the task the function belongs to.
-        step: ``"condition"``, ``"router"`` or ``"map"``.
+        step: ``"condition"``, ``"router"``, ``"map"`` or ``"loop"``.
         function: The function's qualified name (``"'mapping'"`` for a mapping router).
     """
 
@@ -426,6 +428,31 @@ class WorkflowError(CrewRunError):
         self.task = task
         self.step = step
         self.function = function
+
+
+class LoopLimitReached(CrewRunError):
+    """A loop ran ``max_rounds`` rounds (or spent its ``max_tokens``) and its predicate never
+    held, and the loop says ``on_limit="raise"``.
+
+    Attributes:
+        loop: The loop's name.
+        rounds: How many rounds ran.
+        last: The last round's outputs, by the loop's task names.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        loop: str,
+        rounds: int,
+        last: Mapping[str, TaskOutput] | None = None,
+        outputs: Mapping[str, TaskOutput] | None = None,
+    ) -> None:
+        super().__init__(message, outputs=outputs)
+        self.loop = loop
+        self.rounds = rounds
+        self.last = dict(last or {})
 
 
 class MaxIterationsExceeded(CrewRunError):

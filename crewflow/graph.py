@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import networkx as nx
 
     from crewflow.agent import Agent
+    from crewflow.loop import Loop
     from crewflow.task import Task
 
 __all__ = ["TaskGraph"]
@@ -44,6 +45,7 @@ class TaskGraph:
         agents: The crew's agents; when there is exactly one, tasks without an agent get it.
         default_agent: The agent of tasks without one, instead (a hierarchical crew's
             manager, who assigns their work).
+        loops: The crew's loops (`crewflow.Loop`), whose tasks are among ``tasks``.
 
     Raises:
         ConfigurationError: Duplicate tasks or names, unknown context, a cycle, or a task with no
@@ -56,6 +58,7 @@ class TaskGraph:
         *,
         agents: Sequence[Agent] = (),
         default_agent: Agent | None = None,
+        loops: Sequence[Loop] = (),
     ) -> None:
         if not tasks:
             raise ConfigurationError("a crew needs at least one task: Crew(tasks=[...])")
@@ -68,6 +71,8 @@ class TaskGraph:
         self._dependants: dict[str, list[str]] = {}
         self._internal: set[str] = set()
         self._optional: dict[str, frozenset[str]] = {}
+        self._loops: dict[str, tuple[Loop, tuple[str, ...]]] = {}  # by name: loop, its tasks
+        self._loop_of: dict[str, str] = {}  # a loop's task's name: the loop's name
         self._members = tuple(agents)
         self._default_agent = default_agent or (agents[0] if len(agents) == 1 else None)
         self._agent_count = len(agents)
@@ -78,6 +83,8 @@ class TaskGraph:
         for task in tasks:
             self._connect(self._names[task.id], self._resolve_context(task))
         self._check_acyclic()
+        for loop in loops:
+            self._register_loop(loop)
         for task in tasks:
             if isinstance(task.router, dict):
                 self._check_routes(task)
@@ -209,16 +216,26 @@ class TaskGraph:
         path = over[len(upstream) + 1 :]
         return upstream, path.split(".") if path else []
 
+    @property
+    def loops(self) -> dict[str, tuple[Loop, tuple[str, ...]]]:
+        """The crew's loops by name, each with its tasks' names in round order."""
+        return dict(self._loops)
+
+    def loop_of(self, name: str) -> str | None:
+        """The name of the loop the task called ``name`` belongs to, if any."""
+        return self._loop_of.get(name)
+
     def workflow_features(self) -> list[str]:
         """The workflow features the tasks use, each named as the user wrote it
-        (``"condition"``, ``"router"``, ``"optional context"``, ``"guardrail"``, ``"map"``), in
-        a fixed order."""
+        (``"condition"``, ``"router"``, ``"optional context"``, ``"guardrail"``, ``"map"``,
+        ``"loop"``), in a fixed order."""
         found = {
             "condition": any(task.condition is not None for task in self._tasks),
             "router": any(task.router is not None for task in self._tasks),
             "optional context": bool(self._optional),
             "guardrail": any(task.guardrail is not None for task in self._tasks),
             "map": any(task.map_over is not None for task in self._tasks),
+            "loop": bool(self._loops),
         }
         return [feature for feature, used in found.items() if used]
 
@@ -320,6 +337,8 @@ class TaskGraph:
         clone._shared = self._shared = True
         clone._internal = set(self._internal)
         clone._optional = dict(self._optional)
+        clone._loops = self._loops  # never changed after construction
+        clone._loop_of = self._loop_of
         clone._members = self._members
         clone._default_agent = self._default_agent
         clone._agent_count = self._agent_count
@@ -509,6 +528,38 @@ class TaskGraph:
                 "Crew(tasks=[...]) or remove it from the context"
             )
         return self._names[ref.id]
+
+    def _register_loop(self, loop: Loop) -> None:
+        """Keep ``loop`` under its name, after checking that its tasks are the crew's, in no
+        other loop, each after the loop's tasks it needs, and not needed by an earlier one."""
+        names = []
+        for task in loop.tasks:
+            name = self._names.get(task.id)
+            if name is None:
+                raise ConfigurationError(f"{task!r} of a Loop is not one of the crew's tasks")
+            if name in self._loop_of:
+                raise ConfigurationError(
+                    f"task {name!r} is in two loops ({self._loop_of[name]!r} and another): "
+                    "a task belongs to one loop at most"
+                )
+            names.append(name)
+        label = loop.name or names[0]
+        if label in self._loops or (label != names[0] and label in self._by_name):
+            raise ConfigurationError(
+                f"two loops, or a loop and a task, are named {label!r}: give the Loop a name="
+            )
+        members = set(names)
+        for index, name in enumerate(names):
+            later = [dep for dep in self._deps[name] if dep in members and names.index(dep) > index]
+            if later:
+                raise ConfigurationError(
+                    f"task {name!r} of loop {label!r} needs {later[0]!r}, which comes after it in "
+                    "the loop: a round runs the loop's tasks in order, so list the loop's tasks in "
+                    "the order they need each other"
+                )
+        self._loops[label] = (loop, tuple(names))
+        for name in names:
+            self._loop_of[name] = label
 
     def _check_routes(self, task: Task) -> None:
         """A mapping router's tasks must be direct dependants of its task (the tasks that list

@@ -24,6 +24,7 @@ from crewflow.exceptions import (
     KickoffsFailed,
     LeaseLost,
     LLMError,
+    LoopLimitReached,
     MaxIterationsExceeded,
     OutputValidationError,
     RunCancelled,
@@ -61,6 +62,7 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         ToolError: ToolError("tool broke", tool="search"),
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
         MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
+        LoopLimitReached: LoopLimitReached("still not approved", loop="drafting", rounds=3),
         WorkflowError: WorkflowError(
             "the router broke", task="triage", step="router", function="'pick'"
         ),

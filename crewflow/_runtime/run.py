@@ -33,7 +33,7 @@ from crewflow._runtime.context import RunContext
 from crewflow._runtime.dispatch import Dispatcher
 from crewflow._runtime.mapping import find_items, gathered, item_task
 from crewflow._runtime.slots import Slot, SlotPool
-from crewflow._runtime.workflow import condition_holds, route
+from crewflow._runtime.workflow import call_user, condition_holds, route
 from crewflow._spec import new_id
 from crewflow.exceptions import (
     CredentialsError,
@@ -44,16 +44,17 @@ from crewflow.exceptions import (
     CrewRunError,
     InvalidPlan,
     LeaseLost,
+    LoopLimitReached,
     TaskFailed,
     WorkflowError,
 )
 from crewflow.llm._models import resolve_llm
 from crewflow.llm._types import Usage
 from crewflow.store import AddedTaskRecord, DecisionRecord, History, read_history
-from crewflow.task import Task
+from crewflow.task import Task, function_name, takes_state
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from pydantic import BaseModel
 
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from crewflow.events import EventSink
     from crewflow.graph import TaskGraph
     from crewflow.llm._base import LLM
+    from crewflow.loop import Loop
     from crewflow.processes import Process
     from crewflow.retry import RetryPolicy
     from crewflow.task import TaskOutput
@@ -189,9 +191,16 @@ class Run:
         self._sinks: tuple[EventSink, ...] = (*sinks, on_event) if on_event else sinks
         self.listening = bool(self._sinks)
         self.log = get_logger(verbose=verbose, run_id=self.run_id, crew=crew_name)
+        # A loop is started by executing its first task; its other tasks end when it does.
+        self._loop_heads: dict[str, str] = {}
+        self._end_waiters: dict[str, Any] = {}  # task name -> an anyio.Event set when it ends
+        for label, (_, members) in graph.loops.items():
+            self._loop_heads[members[0]] = label
+            self.owned.update(members[1:])
         if resumption is not None:
             for name in graph.deliverables:
-                self._restore(name, graph.task(name))
+                if self._whole_loop_finished(name, resumption):
+                    self._restore(name, graph.task(name))
             recorded = resumption.record
             if recorded.chosen:
                 self.choice = recorded.choice or ProcessChoice(
@@ -252,6 +261,8 @@ class Run:
             if self.ended(name) and name not in self.running:
                 return self._outputs.get(name)
             self._check_startable(name)
+            if name in self._loop_heads:
+                return await self._run_loop(name, slot)
             task = self.graph.task(name)
             if context is None:
                 if self._route_pending:
@@ -885,6 +896,142 @@ class Run:
         if self._dispatcher is not None:
             self._dispatcher.ended(name)
             self.slots.wake()
+        if self._end_waiters:
+            waiter = self._end_waiters.pop(name, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def _wait_ended(self, names: Iterable[str]) -> None:
+        """Wait until every task of ``names`` has ended."""
+        import anyio
+
+        for name in names:
+            while not self.ended(name):
+                waiter = self._end_waiters.get(name)
+                if waiter is None:
+                    waiter = self._end_waiters[name] = anyio.Event()
+                await waiter.wait()
+
+    # -- loops ---------------------------------------------------------------------------------
+
+    def _whole_loop_finished(self, name: str, resumption: Resumption) -> bool:
+        """Whether task ``name`` may be restored: it is in no loop, or every task of its loop
+        finished (a loop that stopped between its tasks' checkpoints runs its last round's
+        end again, from its rounds' own checkpoints)."""
+        label = self.graph.loop_of(name)
+        if label is None:
+            return True
+        return all(member in resumption.outputs for member in self.graph.loops[label][1])
+
+    async def _run_loop(self, head: str, slot: Slot | None) -> TaskOutput | None:
+        """Run the loop whose first task is ``head``, round after round, then end its tasks with
+        the last round's outputs. The loop holds no slot: its rounds' tasks take their own."""
+        if slot is not None:
+            slot.release()
+        label = self._loop_heads[head]
+        loop, members = self.graph.loops[label]
+        self.running.add(head)
+        try:
+            await self._wait_ended(
+                dict.fromkeys(
+                    dep
+                    for member in members
+                    for dep in self.graph.dependency_names(member)
+                    if dep not in members
+                )
+            )
+            spent, rounds = 0, 0
+            names: list[str] = []
+            while True:
+                rounds += 1
+                names = await self._loop_round(members, rounds, names)
+                outputs: dict[str, TaskOutput] = {}
+                for member, each in zip(members, names, strict=True):
+                    output = await self.execute(each)
+                    if output is None:  # failed or skipped (on_failure="continue")
+                        why = "failed" if each in self._failures else "was skipped"
+                        for task in members:
+                            reason = f"loop {label!r} stopped: {each!r} {why}"
+                            self._skip(self.graph.task(task), task, [each], reason)
+                        await self._save_skips()
+                        return None
+                    outputs[member] = output
+                    spent += output.usage.total_tokens
+                if await self._loop_done(loop, label, rounds, outputs):
+                    break
+                spent_all = loop.max_tokens is not None and spent >= loop.max_tokens
+                if rounds >= loop.max_rounds or spent_all:
+                    if loop.on_limit == "raise":
+                        bound = (
+                            f"its token budget ({spent} of max_tokens={loop.max_tokens})"
+                            if spent_all
+                            else f"max_rounds={loop.max_rounds}"
+                        )
+                        raise LoopLimitReached(
+                            f"loop {label!r} reached {bound} after {rounds} round(s) and its "
+                            f"predicate never held; raise max_rounds, or say "
+                            'on_limit="accept" to take the last round',
+                            loop=label,
+                            rounds=rounds,
+                            last=outputs,
+                            outputs=self._outputs,
+                        )
+                    self.log.warning("loop limit reached", loop=label, rounds=rounds)
+                    break
+            for member, each in zip(members, names, strict=True):
+                await self._take_over(member, each)
+        finally:
+            self.running.discard(head)
+        return self._outputs.get(head)
+
+    async def _loop_round(
+        self, members: Sequence[str], number: int, previous: Sequence[str]
+    ) -> list[str]:
+        """Add round ``number`` of a loop's tasks (``write#2``, ...): each a copy of its task,
+        the loop's tasks in its context taken from this round; the first also gets the
+        ``previous`` round's outputs."""
+        from crewflow.task import optional
+
+        made = []
+        for index, member in enumerate(members):
+            optional_deps = self.graph.optional_dependencies(member)
+            refs: list[Any] = []
+            for dep in self.graph.dependency_names(member):
+                target = f"{dep}#{number}" if dep in members else dep
+                refs.append(optional(target) if dep in optional_deps else target)
+            if index == 0:
+                refs.extend(each for each in previous if each not in refs)
+            made.append(
+                self.graph.task(member).model_copy(
+                    update={"id": new_id(), "name": f"{member}#{number}", "context": tuple(refs)}
+                )
+            )
+        names = await self._grow(made, "task")
+        self.owned.update(names)
+        return names
+
+    async def _loop_done(
+        self, loop: Loop, label: str, rounds: int, outputs: Mapping[str, TaskOutput]
+    ) -> bool:
+        """Whether the loop ends after round ``rounds``: as recorded, on a resume; else its
+        predicate over the round's outputs (by the loop's task names), recorded."""
+        key = f"loop:{label}#{rounds}"
+        recorded = self._recorded(key)
+        if recorded is not None and isinstance(recorded.value, bool):
+            return recorded.value
+        until = loop.until
+        args = (outputs, self.state) if takes_state(until, "until", "") else (outputs,)
+        done = await call_user(until, args, task=label, step="loop", limit=None)
+        if not isinstance(done, bool):
+            raise WorkflowError(
+                f"the predicate {function_name(until)!r} of loop {label!r} returned "
+                f"{type(done).__name__}; it returns True (the loop ends) or False (another round)",
+                task=label,
+                step="loop",
+                function=function_name(until),
+            )
+        await self._decide(key, "loop", label, done)
+        return done
 
     # -- what the runtime's parts use ----------------------------------------------------------
 

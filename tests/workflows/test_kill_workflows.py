@@ -17,6 +17,8 @@ from tests.test_kill_and_resume import kill_and_resume
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from crewflow.testing import ReceivedRequest
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 MAP_FILE = """
@@ -103,3 +105,57 @@ async def test_a_router_decision_made_before_a_kill_is_replayed(tmp_path: Path, 
     assert set(outputs) == {"triage", first, "join"} | ({"after"} if first == "left" else set())
     assert decisions["router:triage"].value == [first]
     assert decisions[f"skip:{other}"].reason == "not chosen by the router of 'triage'"
+
+
+LOOP_FILE = """
+from crewflow import Agent, Crew, Loop, Task
+
+agent = Agent(role="Worker", goal="Work", llm="openai/loop-model")
+write = Task("do write", name="write", agent=agent, context=[])
+critique = Task("do critique", name="critique", agent=agent, context=[write])
+publish = Task("do publish", name="publish", agent=agent, context=[write, critique])
+
+
+def approved(outputs):
+    return outputs["critique"].text == "APPROVED"
+
+
+crew = Crew(
+    tasks=[Loop([write, critique], until=approved, max_rounds=3), publish],
+    name="looped",
+    process="parallel",
+)
+"""
+
+
+def loop_task(request: ReceivedRequest) -> str:
+    """The task and round a request is for: ``write``, ``critique``, ``write#2``, ..."""
+    text = request.last_user_message
+    name = text.split("do ", 1)[1].split()[0]
+    second = 'task="critique#1"' in text or 'task="write#2"' in text
+    return f"{name}#2" if second else name
+
+
+async def test_a_loop_killed_in_its_second_round_resumes_in_that_round(tmp_path: Path) -> None:
+    crew_file = tmp_path / "looped.py"
+    crew_file.write_text(textwrap.dedent(LOOP_FILE))
+    home = tmp_path / "home"
+
+    def reply(name: str) -> Text:
+        return Text("APPROVED" if name == "critique#2" else f"result of {name}")
+
+    killed = await kill_and_resume(crew_file, home, "critique#2", reply=reply, name_of=loop_task)
+
+    assert killed.finished_before >= {"write#1", "critique#1", "write#2"}
+    assert killed.requests == {
+        "write": 1,
+        "critique": 1,
+        "write#2": 1,
+        "critique#2": 2,
+        "publish": 1,
+    }
+    async with SQLiteStore(home / "runs.db") as store:
+        outputs = await store.outputs(killed.run_id)
+        decisions = {d.key: d.value for d in await store.decisions(killed.run_id)}
+    assert (outputs["write"].text, outputs["critique"].text) == ("result of write#2", "APPROVED")
+    assert decisions == {"loop:write#1": False, "loop:write#2": True}
