@@ -302,14 +302,21 @@ class TaskGraph:
             problems += self._plan_cycles(tasks)
         return problems
 
-    def _extend(self, tasks: Sequence[Task], *, kind: TaskKind = TaskKind.INTERNAL) -> list[str]:
+    def _extend(
+        self,
+        tasks: Sequence[Task],
+        *,
+        kind: TaskKind = TaskKind.INTERNAL,
+        checked: bool = False,
+    ) -> list[str]:
         """Add a whole plan to this graph (a run's copy) and return the tasks' names. The
         runtime's: a process adds tasks with ``ProcessContext.add_tasks``, which records them.
+        ``checked``: the caller found no problem with `check_tasks` already.
 
         Raises:
             ValueError: `check_tasks` finds a problem; the graph is left as it was.
         """
-        problems = self.check_tasks(tasks)
+        problems = [] if checked else self.check_tasks(tasks)
         if problems:
             raise ValueError("; ".join(problem.message for problem in problems))
         start = len(self._tasks) + 1
@@ -488,6 +495,8 @@ class TaskGraph:
         for task in tasks:
             refs = (ref if isinstance(ref, str) else ids.get(ref.id) for ref in task.context_refs())
             deps[ids[task.id]] = [dep for dep in refs if dep in names]
+        if not any(deps.values()):
+            return []  # no task of the plan needs another (a map's items): no circle to find
         order = {name: index for index, name in enumerate(ids.values())}
         problems = []
         for component in _dag.circles(_dag.digraph(deps)):

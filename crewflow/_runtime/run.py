@@ -471,7 +471,7 @@ class Run:
                 plan=tasks,
                 outputs=self._outputs,
             )
-        names = self.graph._extend(tasks)
+        names = self.graph._extend(tasks, checked=True)
         self.unended += len(names)
         now = self.wall()
         added = []
