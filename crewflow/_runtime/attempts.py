@@ -14,20 +14,22 @@ from typing import TYPE_CHECKING
 
 from crewflow import events
 from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
+from crewflow._runtime import budget
 from crewflow._runtime.calls import AttemptBuilder, ManagedLLM, StreamedText
 from crewflow._runtime.transcript import PromptLog, tool_call_record
-from crewflow.exceptions import LLMError, TaskFailed, TaskTimeout
+from crewflow.exceptions import ContextLengthExceeded, LLMError, TaskFailed, TaskTimeout
 from crewflow.llm._types import Usage
 from crewflow.task import TaskOutput
 from crewflow.tools import AbandonedCalls, watch_abandoned
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.run import Run
     from crewflow.agent import Agent, AgentAnswer, ToolObserver
+    from crewflow.llm import LLM
     from crewflow.retry import RetryPolicy
     from crewflow.task import Task
     from crewflow.tools import Tool
@@ -57,14 +59,36 @@ class TaskAttempts:
         name: Its name in the run.
         prompt: The rendered user message.
         agent: The agent that does it (the fallback agent takes over after it).
+        description: The rendered description the prompt was made of.
+        expected: The rendered expected output the prompt was made of.
+        context: The context outputs the prompt was made of, ``(task name, text)``; given,
+            they are cut to fit each agent's context budget (a prompt made without them, by a
+            process, is sent as it is).
     """
 
-    def __init__(self, run: Run, task: Task, name: str, prompt: str, agent: Agent) -> None:
+    def __init__(
+        self,
+        run: Run,
+        task: Task,
+        name: str,
+        prompt: str,
+        agent: Agent,
+        *,
+        description: str = "",
+        expected: str = "",
+        context: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.run = run
         self.task = task
         self.name = name
         self.prompt = prompt
         self.agent = agent
+        self._whole = prompt
+        self._description = description
+        self._expected = expected
+        self._context = context
+        self._fitted: budget.Fitted | None = None
+        self._announce = False
         self.policy: RetryPolicy = task.retry or run.retry
         self.records: list[AttemptRecord] = []
         self.usage = Usage()
@@ -101,9 +125,13 @@ class TaskAttempts:
     async def _with(self, agent: Agent) -> TaskOutput:
         run, name = self.run, self.name
         llm = await run.llm_for(agent)
+        self._fit(agent, llm)
         failures = 0
+        refused = False
         while True:
             number = next(self._numbers)
+            if self._announce:
+                self._announce_cut(agent, number)
             state = AttemptBuilder(
                 name,
                 number,
@@ -132,6 +160,15 @@ class TaskAttempts:
                     )
             except Exception as exc:
                 self._close(state, began, began_at, exc)
+                if (
+                    isinstance(exc, ContextLengthExceeded)
+                    and not refused
+                    and not _unsafe(abandoned, agent)
+                    and self._refit()
+                ):
+                    refused = True  # once per agent, and not one of the policy's attempts
+                    self._retrying(agent, number, exc, 0.0)
+                    continue
                 failures += 1
                 delay = None if _unsafe(abandoned, agent) else self._retry_delay(exc, failures)
                 if delay is None:
@@ -175,6 +212,68 @@ class TaskAttempts:
                 timeout=task.timeout,
                 running_tools=tuple(tool.name for tool in running),
             ) from exc
+
+    # -- the context budget --------------------------------------------------------------------
+
+    def _fit(self, agent: Agent, llm: LLM) -> None:
+        """Cut the context outputs to fit ``agent``'s context budget, if it has one (see
+        `crewflow._runtime.budget`): each agent of a task has its own."""
+        self.prompt, self._fitted, self._announce = self._whole, None, False
+        context = self._context
+        if not context:
+            return
+        window = budget.window_of(agent, llm)
+        if window is None:
+            return
+        room = budget.context_room(
+            window, agent, llm, self.task, self._description, self._expected, context
+        )
+        self._cut_to(budget.fit(self._description, self._expected, context, room, window, "budget"))
+
+    def _refit(self) -> bool:
+        """After the provider refused a request as too long: cut the context outputs to half
+        of what they took in it. Whether the prompt changed (another attempt is worth it)."""
+        context = self._context
+        if not context:
+            return False
+        fitted = self._fitted
+        sent = sum(len(text) for _, text in context) if fitted is None else fitted.sent
+        window = None if fitted is None else fitted.cut.window
+        refitted = budget.fit(
+            self._description, self._expected, context, sent // 2, window, "refused"
+        )
+        if refitted is None or refitted.prompt == self.prompt:
+            return False
+        self._cut_to(refitted)
+        return True
+
+    def _cut_to(self, fitted: budget.Fitted | None) -> None:
+        if fitted is not None:
+            self.prompt, self._fitted, self._announce = fitted.prompt, fitted, True
+
+    def _announce_cut(self, agent: Agent, number: int) -> None:
+        """Log and announce the cut the attempt ``number`` is the first to send."""
+        self._announce = False
+        assert self._fitted is not None
+        cut = self._fitted.cut
+        self.run.log.info(
+            "context cut to fit the model's window",
+            task=self.name,
+            agent=agent.role,
+            attempt=number,
+            budget=cut.budget,
+            outputs=list(cut.outputs),
+        )
+        self.run.publish(
+            events.ContextCut,
+            task=self.name,
+            agent=agent.role,
+            attempt=number,
+            window=cut.window,
+            budget=cut.budget,
+            reason=cut.reason,
+            outputs=cut.outputs,
+        )
 
     def _retry_delay(self, error: Exception, failures: int) -> float | None:
         """Seconds before the next attempt, or ``None`` when this agent is done.
@@ -221,15 +320,16 @@ class TaskAttempts:
         else:
             status = TaskStatus.CANCELLED
         now = self.run.now()
-        self.records.append(
-            state.finish(
-                start=began_at,
-                end=self.run.wall(now),
-                duration=now - began,
-                status=status,
-                error=error,
-            )
+        record = state.finish(
+            start=began_at,
+            end=self.run.wall(now),
+            duration=now - began,
+            status=status,
+            error=error,
         )
+        if self._fitted is not None:
+            record = record.model_copy(update={"context_cut": self._fitted.cut})
+        self.records.append(record)
 
     def _record(self, agent: Agent, status: TaskStatus) -> None:
         now = self.run.now()

@@ -189,12 +189,28 @@ def show_details(
                 problem = ": ".join(part for part in (row.error_type, row.error) if part)
                 line = f"{task.name}: attempt {row.number} {row.status}: {problem}"
                 console.print(Text(line, style="red"), soft_wrap=True)
+            if row.context_cut is not None:
+                console.print(Text(_cut_line(task.name, row), style="yellow"))
     _show_failed_tools(console, tasks, full=full)
     for task in tasks:
         if task.output is not None:
             console.print(_output_panel(task.output, full=full, width=console.width))
     if details.prompts is not None:
         show_prompts(console, [row for task in tasks for row in task.attempts], details.prompts)
+
+
+def _cut_line(task: str, row: AttemptRecord) -> str:
+    """One line for an attempt whose context outputs were cut to fit its model's window."""
+    cut = row.context_cut
+    assert cut is not None
+    why = "after the provider refused it, " if cut.reason == "refused" else ""
+    outputs = ", ".join(
+        f"{name} {before:,} → {after:,}" for name, (before, after) in cut.outputs.items()
+    )
+    return (
+        f"{task}: attempt {row.number} context cut {why}to {cut.budget:,} tokens: {outputs} "
+        "characters"
+    )
 
 
 def _show_failed_tools(console: Console, tasks: Sequence[_TaskSummary], *, full: bool) -> None:

@@ -1,0 +1,113 @@
+"""The context budget: a task's prompt made to fit its agent's model, by cutting the task's
+context outputs (docs/guides/context-budget.md).
+
+The window is the agent's ``max_context_tokens``, else the model's in
+`crewflow.llm._windows`, else there is none and nothing is cut. Of the window, 80 % is the
+budget (tokens are estimated as characters / 4, so it errs by a fifth before a request is
+refused), less the answer's maximum tokens when the model's client caps them, the tool
+schemas, the output schema, the system message and the task's own prompt (its description,
+expected output and the delimiters of its context); what is left is for the context outputs,
+which `crewflow._prompts.cut_context` cuts to fit, largest first.
+
+Only `TaskAttempts` uses it, once per agent of a task that has context outputs, so a crew whose
+models have no known window, or whose tasks have no context, pays one lookup a task at most.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Literal
+
+from crewflow._prompts import cut_context, json_instruction, task_prompt
+from crewflow._records import ContextCutRecord
+from crewflow.llm._windows import context_window
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from crewflow.agent import Agent
+    from crewflow.llm import LLM
+    from crewflow.task import Task
+
+__all__ = ["Fitted", "context_room", "fit", "window_of"]
+
+_SHARE = 0.8
+"""The part of the window a request is planned to fill: the rest absorbs the estimate's error."""
+_CHARS_PER_TOKEN = 4
+
+
+def window_of(agent: Agent, llm: LLM) -> int | None:
+    """The context window of ``agent``'s model in tokens, or ``None`` for no limit."""
+    return agent.max_context_tokens or context_window(llm.model)
+
+
+def context_room(
+    window: int,
+    agent: Agent,
+    llm: LLM,
+    task: Task,
+    description: str,
+    expected: str,
+    context: Sequence[tuple[str, str]],
+) -> int:
+    """The characters the texts of ``context`` may take in a prompt for ``agent`` on ``llm``
+    (negative when even the rest of the request is over the budget)."""
+    tokens = int(window * _SHARE) - _max_output(llm)
+    fixed = len(agent.system_prompt) + len(task_prompt(description, expected, _blank(context)))
+    if agent.tools:
+        fixed += len(json.dumps([tool.spec.to_openai() for tool in agent.tools]))
+    if task.output_model is not None:
+        fixed += len(json_instruction(task.output_model.model_json_schema()))
+    return tokens * _CHARS_PER_TOKEN - fixed
+
+
+class Fitted:
+    """A prompt cut to fit: its text, how it was cut, and the characters its context outputs
+    took."""
+
+    __slots__ = ("cut", "prompt", "sent")
+
+    def __init__(self, prompt: str, cut: ContextCutRecord, sent: int) -> None:
+        self.prompt = prompt
+        self.cut = cut
+        self.sent = sent
+
+
+def fit(
+    description: str,
+    expected: str,
+    context: Sequence[tuple[str, str]],
+    room: int,
+    window: int | None,
+    reason: Literal["budget", "refused"],
+) -> Fitted | None:
+    """The task's prompt with its context outputs cut to ``room`` characters, or ``None`` when
+    they fit whole."""
+    pairs, outputs = cut_context(context, room)
+    if not outputs:
+        return None
+    record = ContextCutRecord(
+        window=window,
+        budget=max(0, room) // _CHARS_PER_TOKEN,
+        reason=reason,
+        outputs=outputs,
+    )
+    sent = sum(len(text) for _, text in pairs)
+    return Fitted(task_prompt(description, expected, pairs), record, sent)
+
+
+def _blank(context: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(name, "") for name, _ in context]
+
+
+def _max_output(llm: LLM) -> int:
+    """The answer's maximum tokens when the client caps them (a `LiteLLM` given
+    ``max_tokens=``); agents set no cap of their own, so usually 0."""
+    from crewflow.llm.litellm import LiteLLM
+
+    if isinstance(llm, LiteLLM):
+        for key in ("max_completion_tokens", "max_tokens"):
+            value = llm.kwargs.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return 0
