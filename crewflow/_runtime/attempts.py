@@ -225,10 +225,18 @@ class TaskAttempts:
         window = budget.window_of(agent, llm)
         if window is None:
             return
-        room = budget.context_room(
-            window, agent, llm, self.task, self._description, self._expected, context
+        self._cut_to(
+            budget.fit_budget(
+                window,
+                agent,
+                llm,
+                self.task,
+                self._whole,
+                self._description,
+                self._expected,
+                context,
+            )
         )
-        self._cut_to(budget.fit(self._description, self._expected, context, room, window, "budget"))
 
     def _refit(self) -> bool:
         """After the provider refused a request as too long: cut the context outputs to half

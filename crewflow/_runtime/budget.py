@@ -15,7 +15,9 @@ models have no known window, or whose tasks have no context, pays one lookup a t
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from typing import TYPE_CHECKING, Literal
 
 from crewflow._prompts import cut_context, json_instruction, task_prompt
@@ -25,11 +27,14 @@ from crewflow.llm._windows import context_window
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pydantic import BaseModel
+
     from crewflow.agent import Agent
     from crewflow.llm import LLM
     from crewflow.task import Task
+    from crewflow.tools import Tool
 
-__all__ = ["Fitted", "context_room", "fit", "window_of"]
+__all__ = ["Fitted", "fit", "fit_budget", "window_of"]
 
 _SHARE = 0.8
 """The part of the window a request is planned to fill: the rest absorbs the estimate's error."""
@@ -41,24 +46,28 @@ def window_of(agent: Agent, llm: LLM) -> int | None:
     return agent.max_context_tokens or context_window(llm.model)
 
 
-def context_room(
+def fit_budget(
     window: int,
     agent: Agent,
     llm: LLM,
     task: Task,
+    prompt: str,
     description: str,
     expected: str,
     context: Sequence[tuple[str, str]],
-) -> int:
-    """The characters the texts of ``context`` may take in a prompt for ``agent`` on ``llm``
-    (negative when even the rest of the request is over the budget)."""
-    tokens = int(window * _SHARE) - _max_output(llm)
-    fixed = len(agent.system_prompt) + len(task_prompt(description, expected, _blank(context)))
+) -> Fitted | None:
+    """``prompt`` (made of ``description``, ``expected`` and ``context``) with its context
+    outputs cut to fit ``agent``'s budget on ``llm``, or ``None`` when it fits as it is."""
+    budget = (int(window * _SHARE) - _max_output(llm)) * _CHARS_PER_TOKEN
+    used = len(agent.system_prompt) + len(prompt)
     if agent.tools:
-        fixed += len(json.dumps([tool.spec.to_openai() for tool in agent.tools]))
+        used += _tools_size(agent.tools)
     if task.output_model is not None:
-        fixed += len(json_instruction(task.output_model.model_json_schema()))
-    return tokens * _CHARS_PER_TOKEN - fixed
+        used += _schema_size(task.output_model)
+    if used <= budget:
+        return None
+    room = budget - (used - sum(len(text) for _, text in context))
+    return fit(description, expected, context, room, window, "budget")
 
 
 class Fitted:
@@ -96,16 +105,26 @@ def fit(
     return Fitted(task_prompt(description, expected, pairs), record, sent)
 
 
-def _blank(context: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(name, "") for name, _ in context]
+@functools.lru_cache(maxsize=256)
+def _tools_size(tools: tuple[Tool, ...]) -> int:
+    """The characters of the tools' schemas as sent (OpenAI's ``tools`` format)."""
+    return len(json.dumps([tool.spec.to_openai() for tool in tools]))
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_size(output_model: type[BaseModel]) -> int:
+    """The characters of an output schema, as the JSON instruction that carries it when the
+    provider cannot enforce it (about what a native schema costs too)."""
+    return len(json_instruction(output_model.model_json_schema()))
 
 
 def _max_output(llm: LLM) -> int:
     """The answer's maximum tokens when the client caps them (a `LiteLLM` given
     ``max_tokens=``); agents set no cap of their own, so usually 0."""
-    from crewflow.llm.litellm import LiteLLM
-
-    if isinstance(llm, LiteLLM):
+    # Not imported here: an import statement costs 2 us a task; a LiteLLM exists only once
+    # its module is loaded.
+    module = sys.modules.get("crewflow.llm.litellm")
+    if module is not None and isinstance(llm, module.LiteLLM):
         for key in ("max_completion_tokens", "max_tokens"):
             value = llm.kwargs.get(key)
             if isinstance(value, int) and value > 0:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from crewflow import Agent, Crew, Task, cli, events
 from crewflow._prompts import cut_context, cut_note, task_prompt
+from crewflow._runtime import budget
 from crewflow.exceptions import ConfigurationError, ContextLengthExceeded, LLMError, TaskFailed
 from crewflow.llm import LLMRequest, Message
 from crewflow.llm._windows import context_window
@@ -369,3 +370,20 @@ async def test_a_refusal_without_context_to_cut_fails_at_once() -> None:
         await Crew(tasks=[Task("Do it", agent=agent, name="only")]).kickoff()
 
     assert failed.value.attempts == 1
+
+
+def test_a_client_cap_on_the_answer_is_taken_out_of_the_budget() -> None:
+    reader = Agent(role="Reader", goal="read", max_context_tokens=1000)
+    task = Task("Combine them", name="combine")
+    context = [("long", LONG)]
+    prompt = task_prompt("Combine them", "", context)
+
+    def budget_with(llm: LiteLLM) -> int:
+        fitted = budget.fit_budget(800, reader, llm, task, prompt, "Combine them", "", context)
+        assert fitted is not None
+        return fitted.cut.budget
+
+    uncapped = LiteLLM("openai/gpt-4o", api_key="unused")
+    capped = LiteLLM("openai/gpt-4o", api_key="unused", max_tokens=300)
+
+    assert budget_with(uncapped) - budget_with(capped) == 300
