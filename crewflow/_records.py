@@ -202,6 +202,10 @@ class PromptRecord(Compact):
     cut: int = Field(default=0, ge=0)
 
 
+CONTEXT_CUT = "context_cut"
+"""The key of `AttemptRecord.details` that holds its `ContextCutRecord`."""
+
+
 class ContextCutRecord(BaseModel):
     """How an attempt's prompt was cut to fit its model's context budget.
 
@@ -258,8 +262,8 @@ class AttemptRecord(Compact):
             ``"repaired": true`` says a reply held text no store can keep (a lone UTF-16
             surrogate, a NUL), which the task, its dependants and this record all received
             as U+FFFD, or that a recorded prompt (a tool's result) held some.
-        context_cut: How the task's context outputs were cut to fit the model's context
-            budget, ``None`` when nothing was cut (a store keeps it in ``details``).
+            ``"context_cut"`` holds how the task's context outputs were cut to fit the model's
+            context budget (read it as `context_cut`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
@@ -283,7 +287,17 @@ class AttemptRecord(Compact):
     calls: tuple[CallRecord, ...] = ()
     prompts: tuple[PromptRecord, ...] = ()
     details: dict[str, JsonValue] = Field(default_factory=dict)
-    context_cut: ContextCutRecord | None = None
+
+    @property
+    def context_cut(self) -> ContextCutRecord | None:
+        """How the task's context outputs were cut to fit the model's context budget for this
+        attempt (``details["context_cut"]``), ``None`` when nothing was cut.
+
+        Kept in ``details`` rather than a field of its own: every attempt of every run would
+        pay for a field that most never fill.
+        """
+        found = self.details.get(CONTEXT_CUT)
+        return None if found is None else ContextCutRecord.model_validate(found)
 
 
 class TaskRecord(Compact):

@@ -13,12 +13,13 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from crewflow import events
-from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
+from crewflow._records import CONTEXT_CUT, AttemptRecord, TaskRecord, TaskStatus
 from crewflow._runtime import budget
 from crewflow._runtime.calls import AttemptBuilder, ManagedLLM, StreamedText
 from crewflow._runtime.transcript import PromptLog, tool_call_record
 from crewflow.exceptions import ContextLengthExceeded, LLMError, TaskFailed, TaskTimeout
 from crewflow.llm._types import Usage
+from crewflow.llm._windows import context_window
 from crewflow.task import TaskOutput
 from crewflow.tools import AbandonedCalls, watch_abandoned
 
@@ -66,6 +67,14 @@ class TaskAttempts:
             process, is sent as it is).
     """
 
+    # Set only once a prompt is cut: a task that is not pays nothing for them.
+    _fitted: budget.Fitted | None = None
+    """The cut of the agent's prompt, if it was cut."""
+    _announce = False
+    """Whether the next attempt is the first to send the cut prompt (announce it)."""
+    _whole = ""
+    """The prompt before it was cut."""
+
     def __init__(
         self,
         run: Run,
@@ -83,12 +92,9 @@ class TaskAttempts:
         self.name = name
         self.prompt = prompt
         self.agent = agent
-        self._whole = prompt
         self._description = description
         self._expected = expected
         self._context = context
-        self._fitted: budget.Fitted | None = None
-        self._announce = False
         self.policy: RetryPolicy = task.retry or run.retry
         self.records: list[AttemptRecord] = []
         self.usage = Usage()
@@ -218,11 +224,12 @@ class TaskAttempts:
     def _fit(self, agent: Agent, llm: LLM) -> None:
         """Cut the context outputs to fit ``agent``'s context budget, if it has one (see
         `crewflow._runtime.budget`): each agent of a task has its own."""
-        self.prompt, self._fitted, self._announce = self._whole, None, False
+        if self._fitted is not None:  # the previous agent's: start again from the whole prompt
+            self.prompt, self._fitted, self._announce = self._whole, None, False
         context = self._context
         if not context:
             return
-        window = budget.window_of(agent, llm)
+        window = agent.max_context_tokens or context_window(llm.model)
         if window is None:
             return
         self._cut_to(
@@ -231,7 +238,7 @@ class TaskAttempts:
                 agent,
                 llm,
                 self.task,
-                self._whole,
+                self.prompt,
                 self._description,
                 self._expected,
                 context,
@@ -256,8 +263,11 @@ class TaskAttempts:
         return True
 
     def _cut_to(self, fitted: budget.Fitted | None) -> None:
-        if fitted is not None:
-            self.prompt, self._fitted, self._announce = fitted.prompt, fitted, True
+        if fitted is None:
+            return
+        if self._fitted is None:
+            self._whole = self.prompt
+        self.prompt, self._fitted, self._announce = fitted.prompt, fitted, True
 
     def _announce_cut(self, agent: Agent, number: int) -> None:
         """Log and announce the cut the attempt ``number`` is the first to send."""
@@ -336,7 +346,8 @@ class TaskAttempts:
             error=error,
         )
         if self._fitted is not None:
-            record = record.model_copy(update={"context_cut": self._fitted.cut})
+            cut = self._fitted.cut.model_dump(mode="json")
+            record = record.model_copy(update={"details": {**record.details, CONTEXT_CUT: cut}})
         self.records.append(record)
 
     def _record(self, agent: Agent, status: TaskStatus) -> None:

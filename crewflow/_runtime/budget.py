@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Literal
 
 from crewflow._prompts import cut_context, json_instruction, task_prompt
 from crewflow._records import ContextCutRecord
-from crewflow.llm._windows import context_window
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,16 +33,11 @@ if TYPE_CHECKING:
     from crewflow.task import Task
     from crewflow.tools import Tool
 
-__all__ = ["Fitted", "fit", "fit_budget", "window_of"]
+__all__ = ["Fitted", "fit", "fit_budget"]
 
 _SHARE = 0.8
 """The part of the window a request is planned to fill: the rest absorbs the estimate's error."""
 _CHARS_PER_TOKEN = 4
-
-
-def window_of(agent: Agent, llm: LLM) -> int | None:
-    """The context window of ``agent``'s model in tokens, or ``None`` for no limit."""
-    return agent.max_context_tokens or context_window(llm.model)
 
 
 def fit_budget(

@@ -34,9 +34,8 @@ ATTEMPT_COLUMNS = (
     "requests, prompt_tokens, completion_tokens, cost, cache_hits, llm_retries, limit_wait, "
     "limit_waits, calls, details"
 )
-# An attempt's tool calls, prompts and context cut are kept in its ``details`` JSON, under
-# these keys.
-_TOOL_CALLS, _PROMPTS, _CONTEXT_CUT = "tool_calls", "prompts", "context_cut"
+# An attempt's tool calls and prompts are kept in its ``details`` JSON, under these keys.
+_TOOL_CALLS, _PROMPTS = "tool_calls", "prompts"
 ATTEMPT_SELECT = ATTEMPT_COLUMNS.replace("details", f"json_remove(details, '$.{_PROMPTS}')")
 """What `Store.attempts` reads: every column, but the prompts (they can be large)."""
 PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
@@ -266,13 +265,10 @@ def _calls_json() -> TypeAdapter[tuple[CallRecord, ...]]:
 
 
 def _attempt_details(attempt: AttemptRecord) -> str:
-    """The ``details`` column: the attempt's details, its tool calls, its prompts and its
-    context cut."""
-    if not (attempt.tool_calls or attempt.prompts or attempt.context_cut):
+    """The ``details`` column: the attempt's details, its tool calls and its prompts."""
+    if not (attempt.tool_calls or attempt.prompts):
         return to_json(attempt.details) if attempt.details else "{}"
     details: dict[str, Any] = dict(attempt.details)
-    if attempt.context_cut is not None:
-        details[_CONTEXT_CUT] = attempt.context_cut
     if attempt.tool_calls:
         details[_TOOL_CALLS] = attempt.tool_calls
     if attempt.prompts:
@@ -360,7 +356,6 @@ def attempt_from_row(found: tuple[Any, ...]) -> AttemptRecord:
     details = data["details"] = json.loads(data["details"])
     data[_TOOL_CALLS] = details.pop(_TOOL_CALLS, ())
     data[_PROMPTS] = details.pop(_PROMPTS, ())
-    data[_CONTEXT_CUT] = details.pop(_CONTEXT_CUT, None)
     if data["end"] is None:
         # Recorded as running by an older crewflow and never ended: it died with its process.
         data["end"] = data["start"]

@@ -997,9 +997,9 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
         data = row.model_dump(mode="json")
         if isinstance(row, AttemptRecord):  # a column per usage field; the run id and number
             data |= {"run_id": "run-1", "attempt": data.pop("number"), **data.pop("usage")}
-            # Tool calls, prompts and a context cut (none here) are in the details, without
-            # their Nones; the calls are a JSON array of their own.
-            del data["tool_calls"], data["prompts"], data["context_cut"]
+            # Tool calls and prompts (none here) are in the details, without their Nones; the
+            # calls are a JSON array of their own.
+            del data["tool_calls"], data["prompts"]
             if row.tool_calls:
                 calls = [call.model_dump(mode="json", exclude_none=True) for call in row.tool_calls]
                 data["details"] |= {"tool_calls": calls}
