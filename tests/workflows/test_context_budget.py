@@ -393,3 +393,22 @@ def test_a_client_cap_on_the_answer_is_taken_out_of_the_budget() -> None:
     capped = LiteLLM("openai/gpt-4o", api_key="unused", max_tokens=300)
 
     assert budget_with(uncapped) - budget_with(capped) == 300
+
+
+async def test_a_megabyte_of_any_text_is_cut_to_fit_like_any_other() -> None:
+    huge = "é😀\ufffd\n" * 250_000  # a megabyte of characters outside ASCII, and newlines
+    source = Task("Dump it", agent=writer(huge, "Dumper"), name="dump")
+    reader = Agent(role="Reader", goal="read", llm="offline", max_context_tokens=2000)
+    summary = Task("Summarise", agent=reader, context=[source], name="summary")
+
+    result = await Crew(tasks=[source, summary]).kickoff()
+
+    sent = sent_prompt(result, "summary")
+    cut = attempts(result, "summary")[0].context_cut
+    assert cut is not None
+    before, after = cut.outputs["dump"]
+    assert before == len(huge)
+    assert "é😀\ufffd\n" * 10 in sent  # its beginning, kept as it was
+    assert len(sent) + len(reader.system_prompt) <= 1600 * 4
+    assert sent.endswith(f"{cut_note(before - after, before)}\n</context>")
+    assert result["dump"].text == huge
