@@ -214,7 +214,8 @@ class ContextCutRecord(BaseModel):
             table of well-known windows).
         budget: Tokens left for the task's context outputs: 80 % of the window, less the
             system message, the tool and output schemas and the rest of the task's prompt
-            (characters / 4). After a refusal (``reason="refused"``), half the budget.
+            (characters / 4). After a refusal (``reason="refused"``): half of what the outputs
+            took in the refused request.
         reason: ``"budget"``: the outputs did not fit the budget; ``"refused"``: the provider
             refused the previous attempt's request as longer than its window, and the outputs
             were cut once more.
