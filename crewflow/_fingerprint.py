@@ -329,9 +329,7 @@ def fingerprint(
     head = f'"config": {_json(config)}, ' if config else ""
     loops = _loops(graph)
     return Fingerprint(
-        digest=_digest(
-            "{", head, loops, f'"process": {_json(process)}, "tasks": [', tasks, "]}"
-        ),
+        digest=_digest("{", head, loops, f'"process": {_json(process)}, "tasks": [', tasks, "]}"),
         crew_key=_digest("{", loops, '"tasks": [', tasks, "]}"),
         tasks={name: _task_digest(text) for name, text in texts.items()},
         aspects=aspects,

@@ -23,7 +23,8 @@ CrewflowError
     ├── KickoffsFailed            .results, .failures: some kickoffs of kickoff_for_each failed
     ├── TaskTimeout               (also a TimeoutError) .task, .timeout, .running_tools: too slow
     ├── LLMError                  .model, .status_code, .retryable: a provider call failed
-    │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
+    │   ├── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
+    │   └── ContextLengthExceeded the request was longer than the model's context window
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors, .reasons: bad output (output_model, or guardrail)
     ├── WorkflowError             .task, .step, .function: a condition, router or map failed
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "ContextLengthExceeded",
     "CredentialsError",
     "CrewChange",
     "CrewChanged",
@@ -365,6 +367,14 @@ class CredentialsError(LLMError, ConfigurationError):
     ) -> None:
         super().__init__(message, model=model, status_code=status_code, retryable=False)
         self.variables = tuple(variables)
+
+
+class ContextLengthExceeded(LLMError):
+    """The provider refused a request for being longer than the model's context window
+    (OpenAI's HTTP 400 with code ``context_length_exceeded``, LiteLLM's
+    ``ContextWindowExceededError``). Never retryable as it is: the runtime cuts the task's
+    context outputs once more and makes one more attempt (see the context budget guide).
+    """
 
 
 class ToolError(CrewRunError):

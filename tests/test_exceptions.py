@@ -13,6 +13,7 @@ import pytest
 from crewflow import exceptions
 from crewflow.exceptions import (
     ConfigurationError,
+    ContextLengthExceeded,
     CredentialsError,
     CrewChange,
     CrewChanged,
@@ -58,6 +59,9 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         LLMError: LLMError("HTTP 429", model="m", status_code=429, retryable=True, retry_after=3),
         CredentialsError: CredentialsError(
             "no API key", model="groq/llama3", variables=["GROQ_API_KEY"], status_code=None
+        ),
+        ContextLengthExceeded: ContextLengthExceeded(
+            "too long", model="openai/gpt-4o", status_code=400
         ),
         ToolError: ToolError("tool broke", tool="search"),
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),

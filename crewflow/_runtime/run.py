@@ -552,10 +552,24 @@ class Run:
         agent: Agent | None,
         prompt: str | None,
     ) -> TaskOutput | None:
+        agent = agent or self.graph.agent_of(task)
         if prompt is None:
             description, expected = task.render(self.inputs)
-            prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
-        attempts = TaskAttempts(self, task, name, prompt, agent or self.graph.agent_of(task))
+            pairs = [(o.task, o.text) for o in context]
+            prompt = task_prompt(description, expected, pairs)
+            # The parts too: each agent's context budget may cut the context outputs.
+            attempts = TaskAttempts(
+                self,
+                task,
+                name,
+                prompt,
+                agent,
+                description=description,
+                expected=expected,
+                context=pairs,
+            )
+        else:
+            attempts = TaskAttempts(self, task, name, prompt, agent)
         recorder = self.recorder
         try:
             if recorder is None:
