@@ -247,3 +247,42 @@ def test_a_map_stopped_halfway_resumes_without_redoing_its_finished_items(proces
     assert "Summarise doc 0" not in asked
     assert "Summarise doc 2" in asked
     assert not any(p.startswith("list") for p in asked)
+
+
+class Note(BaseModel):
+    doc: str
+
+
+async def test_a_finished_map_with_structured_items_is_restored_whole_on_resume() -> None:
+    store = MemoryStore()
+    fail = {"combine": True}
+
+    def answer(request: LLMRequest) -> object:
+        prompt = request.messages[1].content or ""
+        if prompt.startswith("list"):
+            return Docs(items=["a", "b"])
+        if prompt.startswith("combine"):
+            if fail["combine"]:
+                return Error(400, "not now")
+            return "combined"
+        return Note(doc=prompt.split()[1])
+
+    def crew_of() -> Crew:
+        agent = Agent(role="Reader", goal="Read", llm=FunctionLLM(answer))
+        listing = Task("list them", name="docs", output_model=Docs, context=[])
+        each = Task(
+            "note {item}", name="each", context=[listing], map_over="docs.items", output_model=Note
+        )
+        combine = Task("combine them", name="combine", context=[each])
+        return Crew(tasks=[listing, each, combine], agents=[agent], process="parallel", store=store)
+
+    with pytest.raises(TaskFailed):
+        await crew_of().kickoff()
+    [run] = await store.list_runs()
+    fail["combine"] = False
+
+    result = await crew_of().resume(run.run_id)
+
+    assert "each" in result.restored
+    assert result["each"].data == [Note(doc="a"), Note(doc="b")]
+    assert result.output.text == "combined"
