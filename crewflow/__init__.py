@@ -27,6 +27,7 @@ if typing.TYPE_CHECKING:
     from crewflow.limits import Breaker, Limit, Limits
     from crewflow.report import Report
     from crewflow.retry import RetryPolicy
+    from crewflow.state import append, merge, replace
     from crewflow.task import Task, TaskOutput
     from crewflow.tools import Tool, tool
 
@@ -49,6 +50,9 @@ __all__ = [
     "Tool",
     "__version__",
     "aclose",
+    "append",
+    "merge",
+    "replace",
     "set_limits",
     "tool",
 ]
@@ -72,6 +76,9 @@ _WHERE = {
     "TaskRecord": "crewflow._records",
     "TaskStatus": "crewflow._records",
     "Tool": "crewflow.tools",
+    "append": "crewflow.state",
+    "merge": "crewflow.state",
+    "replace": "crewflow.state",
     "set_limits": "crewflow._runtime.limiter",
     "tool": "crewflow.tools",
 }

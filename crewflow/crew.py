@@ -76,6 +76,8 @@ class CrewResult(BaseModel):
             manager's `crewflow.processes.hierarchical.Plan`), else ``None``.
         process_choice: What a choosing process (adaptive) picked, why, what it looked at and
             predicted (`crewflow.processes.ProcessChoice`), else ``None``.
+        state: The crew's shared state as the run left it (an instance of the crew's ``state``
+            model), else ``None``.
 
     Example:
         ```python
@@ -102,6 +104,7 @@ class CrewResult(BaseModel):
     restored: list[str] = Field(default_factory=list)
     plan: SerializeAsAny[BaseModel] | None = None
     process_choice: ProcessChoice | None = None
+    state: SerializeAsAny[BaseModel] | None = None
     # The run's task graph (its added tasks too) and whether a store recorded the run: what a
     # report needs beyond the timeline.
     _graph: TaskGraph | None = PrivateAttr(default=None)
@@ -235,10 +238,18 @@ class Crew(Spec):
         default_inputs: Inputs every kickoff gets unless it gives its own (``kickoff``,
             ``start``, ``kickoff_for_each`` and ``crewflow run --input`` values win), so that a
             crew runs as it is: ``Crew(..., default_inputs={"topic": "batteries"})``.
+        state: Shared state (`crewflow.state`): a pydantic model class whose fields all have
+            defaults (each kickoff starts from ``state()``), or an instance of one (each
+            kickoff starts from a deep copy of it). Tasks read it in their templates
+            (``{state.field}``) and update it from their structured outputs: each field an
+            output model shares with the state goes through that field's reducer. The final
+            state is `CrewResult.state`.
 
     Raises:
         ConfigurationError: A cycle, unknown context, duplicate names, a task with no agent to
-            do it, or an unknown process, named in the message with how to fix it.
+            do it, an unknown process, a state model with fields that have no default, or a
+            ``{state.field}`` the state does not have, named in the message with how to fix
+            it.
     """
 
     tasks: tuple[Task, ...]
@@ -256,6 +267,7 @@ class Crew(Spec):
     cache: bool = False
     record_prompts: bool = True
     default_inputs: dict[str, Any] = Field(default_factory=dict)
+    state: type[BaseModel] | BaseModel | None = None
 
     _process: Process = PrivateAttr()
     _graph: TaskGraph = PrivateAttr()
@@ -288,6 +300,25 @@ class Crew(Spec):
                 raise ValueError(f"default {problem}")
         return value
 
+    @field_validator("state", mode="before")
+    @classmethod
+    def _check_state(cls, value: Any) -> Any:
+        if value is None or isinstance(value, BaseModel):
+            return value
+        if not (isinstance(value, type) and issubclass(value, BaseModel)):
+            raise ValueError(
+                "state must be a pydantic model class (or an instance of one), e.g. "
+                f"Crew(..., state=Notes), not {value!r}"
+            )
+        required = [name for name, field in value.model_fields.items() if field.is_required()]
+        if required:
+            raise ValueError(
+                f"every field of the state model {value.__name__} needs a default, since each "
+                f"kickoff starts from {value.__name__}(); these have none: {', '.join(required)}"
+                f". Give them defaults, or pass an instance: state={value.__name__}(...)"
+            )
+        return value
+
     @field_validator("tasks", mode="before")
     @classmethod
     def _check_tasks(cls, value: Any) -> Any:
@@ -310,6 +341,47 @@ class Crew(Spec):
         self._graph = TaskGraph(self.tasks, agents=agents, default_agent=process.default_agent())
         self._process.prepare_graph(self._graph)
         self._process.validate(self._graph)
+        self._check_state_references()
+
+    def _check_state_references(self) -> None:
+        """Every ``{state.field}`` of a task names a field of the crew's state."""
+        model = self.state_model
+        for name in self._graph.names:
+            task = self._graph.task(name)
+            fields = task.state_fields
+            if not fields:
+                continue
+            if model is None:
+                raise ConfigurationError(
+                    f"task {name!r} reads {', '.join(f'{{state.{f}}}' for f in sorted(fields))}"
+                    " but the crew has no state: give it one, Crew(..., state=MyState), or "
+                    "write {{state.name}} for a literal brace"
+                )
+            unknown = sorted(fields - model.model_fields.keys())
+            if unknown:
+                raise ConfigurationError(
+                    f"task {name!r} reads "
+                    f"{', '.join(f'{{state.{f}}}' for f in unknown)}, which the state model "
+                    f"{model.__name__} has no field for; its fields: "
+                    f"{', '.join(model.model_fields) or '(none)'}"
+                )
+
+    @property
+    def state_model(self) -> type[BaseModel] | None:
+        """The class of the crew's shared state, or ``None`` when it has none."""
+        state = self.state
+        if state is None or isinstance(state, type):
+            return state
+        return type(state)
+
+    def _initial_state(self) -> BaseModel | None:
+        """A kickoff's own initial state: nothing mutable is shared with another run."""
+        state = self.state
+        if state is None:
+            return None
+        if isinstance(state, type):
+            return state()
+        return state.model_copy(deep=True)
 
     @property
     def graph(self) -> TaskGraph:
@@ -368,11 +440,25 @@ class Crew(Spec):
         from crewflow._fingerprint import fingerprint
 
         process = self._process
+        state = self._state_schema()
         if llm is not None:
-            return fingerprint(self._graph, process.name, process.config(), llm)
+            return fingerprint(self._graph, process.name, process.config(), llm, state=state)
         if self._fingerprint is None:
-            self._fingerprint = fingerprint(self._graph, process.name, process.config())
+            self._fingerprint = fingerprint(
+                self._graph, process.name, process.config(), state=state
+            )
         return self._fingerprint
+
+    def _state_schema(self) -> dict[str, Any] | None:
+        """What the fingerprint holds of the state: its model's JSON schema and the initial
+        values (a resumed run rebuilds its state from them)."""
+        initial = self._initial_state()
+        if initial is None:
+            return None
+        return {
+            "schema": type(initial).model_json_schema(),
+            "initial": initial.model_dump(mode="json"),
+        }
 
     async def resume(
         self,
@@ -605,6 +691,7 @@ class Crew(Spec):
             record_prompts=self.record_prompts,
             run_id=None if resumption is None else resumption.record.run_id,
             resumption=resumption,
+            state=self._initial_state(),
         )
         store = self.resolved_store()
         if store is not None:
@@ -682,6 +769,7 @@ class Crew(Spec):
             restored=run.restored,
             plan=run.plan,
             process_choice=run.choice,
+            state=run.state,
         )
         result._graph, result._stored = graph, run.recorder is not None
         return result

@@ -26,6 +26,7 @@ CrewflowError
     │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors: the answer never matched the task's output_model
+    ├── StateUpdateError          .field, .reducer: an output could not update the crew's state
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
 CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
 ```
@@ -67,6 +68,7 @@ __all__ = [
     "RunCancelled",
     "RunInProgress",
     "SchemaVersionError",
+    "StateUpdateError",
     "StoreError",
     "TaskFailed",
     "TaskTimeout",
@@ -390,6 +392,21 @@ class OutputValidationError(CrewRunError):
         super().__init__(message)
         self.errors = list(errors)
         self.text = text
+
+
+class StateUpdateError(CrewRunError):
+    """A task's output could not update the crew's shared state: the field's reducer raised,
+    or the state model rejected what it returned (the cause is chained as ``__cause__``).
+
+    Attributes:
+        field: The state field.
+        reducer: The reducer's name (``replace``, ``append``, ``merge`` or the callable's).
+    """
+
+    def __init__(self, message: str, *, field: str, reducer: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reducer = reducer
 
 
 class MaxIterationsExceeded(CrewRunError):

@@ -29,6 +29,7 @@ from crewflow.exceptions import (
     RunCancelled,
     RunInProgress,
     SchemaVersionError,
+    StateUpdateError,
     StoreError,
     TaskFailed,
     TaskTimeout,
@@ -60,6 +61,7 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         ToolError: ToolError("tool broke", tool="search"),
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
         MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
+        StateUpdateError: StateUpdateError("reducer raised", field="facts", reducer="append"),
         RunCancelled: RunCancelled("cancelled"),
         InvalidPlan: InvalidPlan(
             "bad plan",

@@ -32,6 +32,7 @@ from crewflow._runtime.clock import SystemClock, current_clock, real_work
 from crewflow._runtime.context import RunContext
 from crewflow._runtime.dispatch import Dispatcher
 from crewflow._runtime.slots import Slot, SlotPool
+from crewflow._runtime.state import RunState, with_order
 from crewflow._spec import new_id
 from crewflow.exceptions import (
     CredentialsError,
@@ -42,6 +43,7 @@ from crewflow.exceptions import (
     CrewRunError,
     InvalidPlan,
     LeaseLost,
+    StateUpdateError,
     TaskFailed,
 )
 from crewflow.llm._models import resolve_llm
@@ -102,6 +104,8 @@ class Run:
         replies: The reply cache, when some task uses one.
         restored: Tasks whose outputs a resumed run read from the store.
         final: The output the process calls its final one (`Process.final_output`).
+        state: The crew's shared state as it is now (``None``: the crew has none); each
+            finished task's update replaces it with a new object.
     """
 
     def __init__(
@@ -121,8 +125,11 @@ class Run:
         cache: bool = False,
         record_prompts: bool = True,
         resumption: Resumption | None = None,
+        state: BaseModel | None = None,
     ) -> None:
         self.run_id = run_id or new_id()
+        self.state = state
+        self._state = None if state is None else RunState(state, resumption)
         self.graph = graph
         self.process = process
         self.crew_name = crew_name
@@ -179,6 +186,8 @@ class Run:
         if resumption is not None:
             for name in graph.deliverables:
                 self._restore(name, graph.task(name))
+            if self._state is not None:
+                self.state = self._state.settle()
             recorded = resumption.record
             if recorded.chosen:
                 self.choice = recorded.choice or ProcessChoice(
@@ -452,6 +461,8 @@ class Run:
                 events.TaskAdded, task=name, agent=agent.role, step=step, depends_on=depends_on
             )
             self._replay(name, task, spec)
+        if self._state is not None:
+            self.state = self._state.settle()
         if self.recorder is not None:
             await self._store_write("record the tasks added", self.recorder.tasks_added(added))
         if self._dispatcher is not None:
@@ -485,6 +496,8 @@ class Run:
         if found is None:
             return
         self._outputs[name], self._records[name] = found
+        if self._state is not None:
+            self._state.restored(name, found[0])
         self._saved.add(name)
         self.restored.append(name)
         self.unended -= 1
@@ -506,7 +519,7 @@ class Run:
         prompt: str | None,
     ) -> TaskOutput | None:
         if prompt is None:
-            description, expected = task.render(self.inputs)
+            description, expected = task.render(self.inputs, self.state)
             prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
         attempts = TaskAttempts(self, task, name, prompt, agent or self.graph.agent_of(task))
         recorder = self.recorder
@@ -519,6 +532,8 @@ class Run:
                     output = await attempts.run_to_output()
                 finally:
                     recorder.task_stopped(name)
+            if self._state is not None:
+                self._update_state(output, attempts)
         except TaskFailed as failure:
             await self._save_attempts(name, attempts)
             if self.on_failure == "stop":
@@ -529,6 +544,22 @@ class Run:
             await self._checkpoint(output, attempts)
         self._outputs[name] = output
         return output
+
+    def _update_state(self, output: TaskOutput, attempts: TaskAttempts) -> None:
+        """Apply a finished task's update to the state, at once (no await between reading and
+        writing it), and put its order on the attempts the checkpoint writes.
+
+        Raises:
+            TaskFailed: The update failed (`StateUpdateError`); the state is as it was.
+        """
+        assert self._state is not None
+        try:
+            number = self._state.apply(output)
+        except StateUpdateError as exc:
+            raise attempts.failed(exc) from exc
+        if number is not None:
+            with_order(attempts.records, number)
+            self.state = self._state.current
 
     async def _checkpoint(self, output: TaskOutput, attempts: TaskAttempts) -> None:
         """Commit a finished task's output and attempts before anything depending on it starts.
