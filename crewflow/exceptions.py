@@ -294,6 +294,7 @@ class CrewRunError(CrewflowError):
         timeline: Every task's record up to the failure (finished, failed, skipped, cancelled,
             pending), as `CrewResult.timeline` would have been.
         usage: Requests and tokens the run spent before it failed.
+        state: The crew's shared state when the run failed (``None``: the crew has none).
     """
 
     def __init__(self, message: str, *, outputs: Mapping[str, TaskOutput] | None = None) -> None:
@@ -304,6 +305,7 @@ class CrewRunError(CrewflowError):
         self.run_id: str | None = None
         self.timeline: list[Any] = []
         self.usage: Any = None
+        self.state: Any = None
 
 
 class LLMError(CrewRunError):

@@ -957,6 +957,7 @@ class Run:
         error.run_id = self.run_id
         error.timeline = self.timeline
         error.usage = self.usage.copy()
+        error.state = self.state
 
     def _finish(self, status: RunStatus, began: float, error: BaseException | None) -> None:
         self.status = status

@@ -306,6 +306,7 @@ async def test_with_on_failure_continue_a_failed_update_fails_only_its_task() ->
     assert list(failed.value.failures) == ["a"]
     assert failed.value.skipped == ["after"]
     assert list(failed.value.outputs) == ["b"]  # a's output did not count: its update failed
+    assert failed.value.state == Fragile(topic="after b")  # the state when the run failed
     record = next(r for r in failed.value.timeline if r.task == "a")
     assert record.status == "failed"
 
