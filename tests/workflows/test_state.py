@@ -24,6 +24,7 @@ from crewflow.exceptions import (
 )
 from crewflow.llm._types import Usage
 from crewflow.store import MemoryStore
+from crewflow.task import fill_template, literal_template
 from crewflow.testing import Error, FunctionLLM, ScriptedLLM
 
 if TYPE_CHECKING:
@@ -111,6 +112,9 @@ def test_a_literal_state_brace_is_no_reference() -> None:
     assert task.placeholders == {"topic"}
     assert task.state_fields == frozenset()
     assert task.render({"topic": "t"}) == ("keep {state.topic} and t", "")
+    # A model's text put into a description (a manager's instructions) stays as written.
+    written = "use {state.topic} and {{state.facts}}"
+    assert fill_template(literal_template(written), {}, Notes()) == written
 
 
 # -- templates --------------------------------------------------------------------------------
