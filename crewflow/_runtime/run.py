@@ -560,6 +560,11 @@ class Run:
         if number is not None:
             with_order(attempts.records, number)
             self.state = self._state.current
+            record = self._records.get(output.task)
+            if record is not None:  # the timeline shows the attempts as they are stored
+                self._records[output.task] = record.model_copy(
+                    update={"attempts": tuple(attempts.records)}
+                )
 
     async def _checkpoint(self, output: TaskOutput, attempts: TaskAttempts) -> None:
         """Commit a finished task's output and attempts before anything depending on it starts.

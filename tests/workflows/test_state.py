@@ -215,6 +215,9 @@ async def test_outputs_update_the_state_fields_of_their_names_through_each_reduc
         count=5,
         untouched="as it was",
     )
+    # Each update's place in the order is on the attempt that finished the task.
+    orders = {r.task: r.attempts[-1].details[ORDER_KEY] for r in result.timeline}
+    assert orders == {"a": 1, "b": 2}
 
 
 async def test_text_outputs_and_models_sharing_no_field_leave_the_state_alone() -> None:
