@@ -189,19 +189,25 @@ def fill_template(text: str, inputs: Mapping[str, Any], state: BaseModel | None 
 
     def substitute(match: re.Match[str]) -> str:
         literal, name, field = match.groups()
-        if literal:
-            return "{" + literal + "}"
-        if field:
-            if state is None or field not in type(state).model_fields:
-                raise KeyError(f"state.{field}")
-            value = getattr(state, field)
-            if not isinstance(value, str):
-                value = state.model_dump(mode="json", include={field})[field]
-        else:
+        if name:
             value = inputs[name]
+        elif literal:
+            return "{" + literal + "}"
+        else:
+            value = _state_value(state, field)
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     return _PLACEHOLDER.sub(substitute, text)
+
+
+def _state_value(state: BaseModel | None, field: str) -> Any:
+    """State field ``field`` as a template shows it: a string as it is, else its JSON value."""
+    if state is None or field not in type(state).model_fields:
+        raise KeyError(f"state.{field}")
+    value = getattr(state, field)
+    if isinstance(value, str):
+        return value
+    return state.model_dump(mode="json", include={field})[field]
 
 
 def _shorten(text: str, width: int) -> str:
