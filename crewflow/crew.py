@@ -303,13 +303,17 @@ class Crew(Spec):
     @field_validator("state", mode="before")
     @classmethod
     def _check_state(cls, value: Any) -> Any:
-        if value is None or isinstance(value, BaseModel):
+        if value is None:
+            return value
+        if isinstance(value, BaseModel):
+            _check_reducers(type(value))
             return value
         if not (isinstance(value, type) and issubclass(value, BaseModel)):
             raise ValueError(
                 "state must be a pydantic model class (or an instance of one), e.g. "
                 f"Crew(..., state=Notes), not {value!r}"
             )
+        _check_reducers(value)
         required = [name for name, field in value.model_fields.items() if field.is_required()]
         if required:
             raise ValueError(
@@ -450,14 +454,18 @@ class Crew(Spec):
         return self._fingerprint
 
     def _state_schema(self) -> dict[str, Any] | None:
-        """What the fingerprint holds of the state: its model's JSON schema and the initial
-        values (a resumed run rebuilds its state from them)."""
+        """What the fingerprint holds of the state: its model's JSON schema, its reducers' names
+        and the initial values (a resumed run rebuilds its state from them)."""
         initial = self._initial_state()
         if initial is None:
             return None
+        from crewflow.state import reducer_name, reducers_of
+
+        model = type(initial)
         return {
-            "schema": type(initial).model_json_schema(),
+            "schema": model.model_json_schema(),
             "initial": initial.model_dump(mode="json"),
+            "reducers": {f: reducer_name(r) for f, r in reducers_of(model).items()},
         }
 
     async def resume(
@@ -836,6 +844,23 @@ class Crew(Spec):
         # A private deep copy: a run must not see later changes to the caller's objects.
         copied: dict[str, Any] = json.loads(json.dumps(dict(inputs)))
         return copied
+
+
+def _check_reducers(model: type[BaseModel]) -> None:
+    """Every reducer of the state model ``model`` is a plain (not async) callable: an update is
+    applied with no await between reading the state and writing it."""
+    import inspect
+
+    from crewflow.state import reducer_name, reducers_of
+
+    for field, reducer in reducers_of(model).items():
+        call = getattr(reducer, "__call__", None)  # noqa: B004 - an object's own __call__
+        if inspect.iscoroutinefunction(reducer) or inspect.iscoroutinefunction(call):
+            raise ValueError(
+                f"the reducer {reducer_name(reducer)} of state field {field!r} is async; a "
+                "reducer must be a plain function (current, update) -> new value, since the "
+                "state is updated at once when a task finishes"
+            )
 
 
 def _not_recordable(key: object, value: Any) -> str | None:

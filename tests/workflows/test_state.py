@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from crewflow.events import Event
     from crewflow.llm._types import LLMRequest
 
-PROCESSES = ["sequential", "parallel"]
+PROCESSES = ["sequential", "parallel", "adaptive"]
 
 
 class Notes(BaseModel):
@@ -73,6 +73,19 @@ def test_a_state_model_with_fields_without_defaults_is_refused_naming_them() -> 
     agent = worker(ScriptedLLM([]))
     with pytest.raises(ConfigurationError, match=r"Bad\(\); these have none: topic, level"):
         Crew(tasks=[Task("do a", agent=agent)], state=Bad, store=None)
+
+
+def test_an_async_reducer_is_refused_at_construction() -> None:
+    async def later(current: Any, update: Any) -> Any:
+        return update
+
+    class Slow(BaseModel):
+        facts: Annotated[list[str], later] = []
+
+    agent = worker(ScriptedLLM([]))
+    refused = r"reducer .*later of state field 'facts' is async"
+    with pytest.raises(ConfigurationError, match=refused):
+        Crew(tasks=[Task("do a", agent=agent)], state=Slow, store=None)
 
 
 def test_state_must_be_a_pydantic_model() -> None:
@@ -407,6 +420,12 @@ def test_the_state_model_is_part_of_the_fingerprint() -> None:
         topic: str = "batteries"
         facts: list[int] = []
 
+    def reduced_by(reducer: Any) -> type[BaseModel]:
+        class Same(BaseModel):  # one schema, one name, whatever the reducer
+            facts: Annotated[list[str], reducer] = []
+
+        return Same
+
     agent = worker(ScriptedLLM([]))
     tasks = [Task("do a", agent=agent, name="a")]
     without = Crew(tasks=tasks, store=None, name="c").fingerprint()
@@ -415,6 +434,11 @@ def test_the_state_model_is_part_of_the_fingerprint() -> None:
     other_start = Crew(tasks=tasks, state=Notes(topic="x"), store=None, name="c").fingerprint()
 
     assert len({without.digest, notes.digest, changed.digest, other_start.digest}) == 4
+    appended, replaced = (
+        Crew(tasks=tasks, state=reduced_by(r), store=None, name="c").fingerprint().digest
+        for r in (append, replace)
+    )
+    assert appended != replaced  # a reducer changes the state a resume rebuilds
     assert notes.digest == Crew(tasks=tasks, state=Notes, store=None, name="c").fingerprint().digest
     # The crew's key (its tasks, for history) stays the same.
     assert without.crew_key == notes.crew_key == changed.crew_key
