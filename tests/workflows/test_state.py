@@ -266,6 +266,23 @@ async def test_each_kickoff_starts_from_a_fresh_initial_state() -> None:
     )
 
 
+async def test_concurrent_kickoffs_and_a_started_run_each_keep_their_own_state() -> None:
+    def respond(request: LLMRequest) -> Any:
+        return {"facts": [request.messages[-1].content.split("for ", 1)[1].split()[0]]}
+
+    agent = worker(FunctionLLM(respond))
+    crew = Crew(
+        tasks=[Task("do a for {who}", agent=agent, output_model=Fact)], state=Notes, store=None
+    )
+
+    results = await crew.kickoff_for_each([{"who": "x"}, {"who": "y"}, {"who": "z"}])
+    async with crew.start({"who": "w"}) as handle:
+        started = await handle.result()
+
+    assert [r.state.facts for r in results] == [["x"], ["y"], ["z"]]
+    assert started.state == Notes(facts=["w"])
+
+
 async def test_a_crew_without_state_has_none_on_its_result() -> None:
     agent = worker(ScriptedLLM([{"facts": ["x"]}]))
     result = await Crew(tasks=[Task("do a", agent=agent, output_model=Fact)], store=None).kickoff()
