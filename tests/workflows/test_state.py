@@ -18,6 +18,7 @@ from crewflow._runtime.state import ORDER_KEY, RunState
 from crewflow.events import TaskFinished
 from crewflow.exceptions import (
     ConfigurationError,
+    CrewChanged,
     CrewPartialFailure,
     StateUpdateError,
     TaskFailed,
@@ -462,6 +463,21 @@ def test_the_state_model_is_part_of_the_fingerprint() -> None:
 
 
 # -- resume -----------------------------------------------------------------------------------
+
+
+async def test_a_run_is_not_resumed_with_another_state_model() -> None:
+    class Replaced(BaseModel):  # Notes's fields, with replace on facts
+        topic: str = "batteries"
+        facts: list[str] = Field(default_factory=list)
+
+    store = MemoryStore()
+    agent = worker(ScriptedLLM([Error(400, "refused")]))
+    tasks = [Task("do a", agent=agent, name="a")]
+    with pytest.raises(TaskFailed) as failed:
+        await Crew(tasks=tasks, state=Notes, store=store, name="c").kickoff()
+
+    with pytest.raises(CrewChanged, match="the shared state"):
+        await Crew(tasks=tasks, state=Replaced, store=store, name="c").resume(failed.value.run_id)
 
 
 def test_a_resumed_state_follows_the_recorded_order_not_the_order_outputs_are_read_in() -> None:
