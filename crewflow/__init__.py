@@ -25,10 +25,11 @@ if typing.TYPE_CHECKING:
     from crewflow.crew import Crew, CrewResult
     from crewflow.exceptions import CrewflowWarning
     from crewflow.limits import Breaker, Limit, Limits
+    from crewflow.loop import Loop
     from crewflow.report import Report
     from crewflow.retry import RetryPolicy
     from crewflow.state import append, merge, replace
-    from crewflow.task import Task, TaskOutput
+    from crewflow.task import Task, TaskOutput, optional
     from crewflow.tools import Tool, tool
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "CrewflowWarning",
     "Limit",
     "Limits",
+    "Loop",
     "Report",
     "RetryPolicy",
     "RunHandle",
@@ -52,6 +54,7 @@ __all__ = [
     "aclose",
     "append",
     "merge",
+    "optional",
     "replace",
     "set_limits",
     "tool",
@@ -68,11 +71,13 @@ _WHERE = {
     "CrewflowWarning": "crewflow.exceptions",
     "Limit": "crewflow.limits",
     "Limits": "crewflow.limits",
+    "Loop": "crewflow.loop",
     "Report": "crewflow.report",
     "RetryPolicy": "crewflow.retry",
     "RunHandle": "crewflow._runtime.handle",
     "Task": "crewflow.task",
     "TaskOutput": "crewflow.task",
+    "optional": "crewflow.task",
     "TaskRecord": "crewflow._records",
     "TaskStatus": "crewflow._records",
     "Tool": "crewflow.tools",

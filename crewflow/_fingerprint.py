@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from crewflow.task import OptionalContext, function_name
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
@@ -109,7 +111,7 @@ def _entry(
     depends_on: Sequence[str],
     override: str | LLM | None,
 ) -> dict[str, Any]:
-    return {
+    entry = {
         "name": name,
         "description": task.description,
         "expected_output": task.expected_output,
@@ -117,7 +119,64 @@ def _entry(
         "output_schema": task.output_model.model_json_schema() if task.output_model else None,
         "agent": _agent(agent, override),
         "fallback_agent": _agent(task.fallback_agent, override),
+        **_workflow(task),
     }
+    if task.guardrail is not None:
+        entry["guardrail"] = _guardrail(task)
+    return entry
+
+
+def _guardrail(task: Task) -> list[Any]:
+    """A guarded task's guardrail, by qualified name (a task without one has no key: its hash
+    is the one it had before guardrails were)."""
+    assert task.guardrail is not None
+    return [function_name(task.guardrail), task.guardrail_retries]
+
+
+def _workflow(task: Task) -> dict[str, Any]:
+    """What steers a task's course (``{"workflow": {...}}``), or nothing when nothing does: a
+    task without workflow features hashes as it did before they existed. Functions count by
+    their qualified names; tasks a router maps to, and optional context, by their names."""
+    found: dict[str, Any] = {}
+    if task.condition is not None:
+        found["condition"] = function_name(task.condition)
+    router = task.router
+    if isinstance(router, dict):
+        found["router"] = {
+            "field": task.router_field,
+            "routes": sorted([repr(value), _label(target)] for value, target in router.items()),
+        }
+    elif router is not None:
+        found["router"] = function_name(router)
+    marked = [ref for ref in task.context or () if isinstance(ref, OptionalContext)]
+    if marked:
+        found["optional"] = sorted(_label(ref.task) for ref in marked)
+    return {"workflow": found} if found else {}
+
+
+def _loops(graph: TaskGraph) -> str:
+    """The ``"loops": [...], `` part of the crew's JSON (nothing without loops: a crew without
+    them keeps the fingerprint it had before loops were): each loop's name, tasks, predicate
+    (by qualified name) and bounds."""
+    found = graph.loops
+    if not found:
+        return ""
+    described = [
+        {
+            "max_rounds": loop.max_rounds,
+            "max_tokens": loop.max_tokens,
+            "name": label,
+            "on_limit": loop.on_limit,
+            "tasks": list(names),
+            "until": function_name(loop.until),
+        }
+        for label, (loop, names) in found.items()
+    ]
+    return f'"loops": {_json(described)}, '
+
+
+def _label(task: Task | str) -> str:
+    return task if isinstance(task, str) else task.name or task.description
 
 
 def _json(value: Any) -> str:
@@ -172,13 +231,21 @@ def _entry_json(
     """``_json(_entry(...))`` of a task, written from its parts, the agents' and the output
     schema's JSON given (written once per agent and model): the same text, in sorted keys,
     as json.dumps writes it, at a third of the cost on a 10,000-task crew."""
+    workflow = _workflow(task) if _steers(task) else None
+    guarded = "" if task.guardrail is None else f'"guardrail": {_json(_guardrail(task))}, '
     return (
         f'{{"agent": {agent}, "depends_on": [{", ".join(map(_string, depends_on))}], '
         f'"description": {_json(task.description)}, '
         f'"expected_output": {_json(task.expected_output)}, '
-        f'"fallback_agent": {fallback_agent}, "name": {_json(name)}, '
-        f'"output_schema": {output_schema}}}'
+        f'"fallback_agent": {fallback_agent}, {guarded}"name": {_json(name)}, '
+        f'"output_schema": {output_schema}'
+        + ("}" if workflow is None else f', "workflow": {_json(workflow["workflow"])}}}')
     )
+
+
+def _steers(task: Task) -> bool:
+    """Whether anything steers the task's course (`_workflow` has something to say)."""
+    return task.condition is not None or task.router is not None or bool(task.optional_context)
 
 
 def _agent_aspects(entry: Mapping[str, Any]) -> str:
@@ -265,11 +332,19 @@ def fingerprint(
     config = dict(config or {})
     head = f'"config": {_json(config)}, ' if config else ""
     shared = f'"state": {_json(dict(state))}, ' if state is not None else ""
+    loops = _loops(graph)
     return Fingerprint(
         digest=_digest(
-            "{", head, f'"process": {_json(process)}, ', shared, '"tasks": [', tasks, "]}"
+            "{",
+            head,
+            loops,
+            f'"process": {_json(process)}, ',
+            shared,
+            '"tasks": [',
+            tasks,
+            "]}",
         ),
-        crew_key=_digest('{"tasks": [', tasks, "]}"),
+        crew_key=_digest("{", loops, '"tasks": [', tasks, "]}"),
         tasks={name: _task_digest(text) for name, text in texts.items()},
         aspects=aspects,
         process=process,

@@ -229,6 +229,9 @@ class AttemptRecord(Compact):
         prompts: What each LLM call of the attempt sent and got back, in order. Empty when the
             crew has ``record_prompts=False``, and as read by `crewflow.store.Store.attempts`
             (prompts can be large: `crewflow.store.Store.prompts` reads them).
+        kind: ``task`` for an attempt at the task, ``guardrail`` for a guardrail round: the
+            task asked again, with the reason its guardrail rejected the previous output (it
+            does not count toward the retry policy's attempts). Stored in ``details``.
         details: More about the attempt, for features that need no query of their own.
             ``"repaired": true`` says a reply held text no store can keep (a lone UTF-16
             surrogate, a NUL), which the task, its dependants and this record all received
@@ -255,6 +258,7 @@ class AttemptRecord(Compact):
     tool_calls: tuple[ToolCallRecord, ...] = ()
     calls: tuple[CallRecord, ...] = ()
     prompts: tuple[PromptRecord, ...] = ()
+    kind: Literal["task", "guardrail"] = "task"
     details: dict[str, JsonValue] = Field(default_factory=dict)
 
 

@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 
 from crewflow._caller import CallerModule
 from crewflow._records import ProcessChoice, RunStatus, TaskKind, TaskRecord
@@ -25,6 +33,7 @@ from crewflow.exceptions import ConfigurationError, CrewflowError, KickoffsFaile
 from crewflow.limits import Limits
 from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
+from crewflow.loop import Loop
 from crewflow.processes import Process, get_process
 from crewflow.retry import RetryPolicy
 from crewflow.task import Task, TaskOutput
@@ -73,6 +82,8 @@ class CrewResult(BaseModel):
         end: When it ended (UTC).
         duration: Seconds it took.
         restored: Tasks whose outputs came from the store instead of running (`Crew.resume`).
+        skipped: The tasks that did not run, with why (``"condition false"``, ``"not chosen
+            by the router of 'triage'"``, ...), in the order they were skipped.
         plan: The plan the run followed, as data, when its process plans (hierarchical: the
             manager's `crewflow.processes.hierarchical.Plan`), else ``None``.
         process_choice: What a choosing process (adaptive) picked, why, what it looked at and
@@ -103,6 +114,7 @@ class CrewResult(BaseModel):
     end: datetime
     duration: float
     restored: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)
     plan: SerializeAsAny[BaseModel] | None = None
     process_choice: ProcessChoice | None = None
     state: SerializeAsAny[BaseModel] | None = None
@@ -114,9 +126,19 @@ class CrewResult(BaseModel):
     @property
     def output(self) -> TaskOutput:
         """The run's final output: what the process calls final (by default the output of the
-        crew's last task, by declaration)."""
-        if self.final_task:
+        crew's last task, by declaration; when that task was skipped, of the last declared
+        task that ran).
+
+        Raises:
+            LookupError: No task of the crew ran (every one was skipped).
+        """
+        if self.final_task and self.final_task not in self.skipped:
             return self[self.final_task]
+        if not self.outputs:
+            raise LookupError(
+                f"no task of crew {self.crew!r} ran; skipped: "
+                + "; ".join(f"{name} ({why})" for name, why in self.skipped.items())
+            )
         return self.outputs[-1]
 
     @property
@@ -128,6 +150,8 @@ class CrewResult(BaseModel):
         for output in (*self.outputs, *self.internal):
             if output.task == name:
                 return output
+        if name in self.skipped:
+            raise KeyError(f"task {name!r} was skipped ({self.skipped[name]}): it has no output")
         names = [o.task for o in (*self.outputs, *self.internal)]
         raise KeyError(f"no task named {name!r}; tasks: {names}")
 
@@ -195,7 +219,8 @@ class Crew(Spec):
         ```
 
     Args:
-        tasks: The tasks, in order. Their ``context`` makes the dependency graph.
+        tasks: The tasks, in order. Their ``context`` makes the dependency graph. A `Loop`
+            among them stands for its tasks, in its place (they run round after round).
         agents: The crew's agents. Optional: by default, the agents of the tasks. When there is
             exactly one, tasks without an agent get it.
         process: ``"sequential"`` (tasks in list order; a task with undeclared context gets the
@@ -254,6 +279,8 @@ class Crew(Spec):
     """
 
     tasks: tuple[Task, ...]
+    loops: tuple[Loop, ...] = ()
+    """The loops among the tasks (``tasks`` holds their tasks, in their place)."""
     agents: tuple[Agent, ...] | None = None
     process: str | Process | type[Process] = "sequential"
     manager: Agent | str | None = None
@@ -324,10 +351,23 @@ class Crew(Spec):
             )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unroll_loops(cls, data: Any) -> Any:
+        """A `Loop` in ``tasks`` stands for its tasks, in its place; it is kept in ``loops``."""
+        if not isinstance(data, dict):
+            return data
+        tasks = data.get("tasks")
+        if isinstance(tasks, (list, tuple)) and any(isinstance(t, Loop) for t in tasks):
+            loops = [t for t in tasks if isinstance(t, Loop)]
+            flat = [each for t in tasks for each in (t.tasks if isinstance(t, Loop) else (t,))]
+            data = {**data, "tasks": flat, "loops": (*data.get("loops", ()), *loops)}
+        return data
+
     @field_validator("tasks", mode="before")
     @classmethod
     def _check_tasks(cls, value: Any) -> Any:
-        if isinstance(value, Task):
+        if isinstance(value, (Task, Loop)):
             raise ValueError("tasks must be a list of tasks, e.g. Crew(tasks=[facts, draft])")
         return value
 
@@ -342,8 +382,16 @@ class Crew(Spec):
         if self.manager is not None:
             process = process.with_manager(self.manager)
         self._process = process
+        if self.state is not None and process.name == "hierarchical":
+            raise ConfigurationError(
+                "the hierarchical process cannot run a crew with shared state (state=...): a "
+                "manager plans the work itself, and how its plan meets the state is not "
+                'designed yet. Use process="parallel" or "sequential", or drop state'
+            )
         agents = self.agents if self.agents is not None else _task_agents(self.tasks)
-        self._graph = TaskGraph(self.tasks, agents=agents, default_agent=process.default_agent())
+        self._graph = TaskGraph(
+            self.tasks, agents=agents, default_agent=process.default_agent(), loops=self.loops
+        )
         self._process.prepare_graph(self._graph)
         self._process.validate(self._graph)
         self._check_state_references()
@@ -772,7 +820,7 @@ class Crew(Spec):
             run_id=run.run_id,
             crew=self.name,
             process=self._process.name,
-            outputs=[outputs[name] for name in graph.deliverables],
+            outputs=[outputs[name] for name in graph.deliverables if name in outputs],
             internal=[outputs[name] for name in internal if name in outputs],
             final_task=run.final.task if run.final is not None else graph.deliverables[-1],
             usage=run.usage,
@@ -781,6 +829,7 @@ class Crew(Spec):
             end=run.end,
             duration=run.duration,
             restored=run.restored,
+            skipped=dict(run.skipped),
             plan=run.plan,
             process_choice=run.choice,
             state=run.state,

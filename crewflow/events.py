@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 __all__ = [
     "Event",
     "EventSink",
+    "GuardrailFailed",
     "LLMCallFinished",
     "LLMCallRetrying",
     "LLMCallStarted",
@@ -209,6 +210,24 @@ class TaskRetrying(Event):
     delay: float
 
 
+class GuardrailFailed(Event):
+    """A task's guardrail rejected its output; unless the rounds are used up, the agent is
+    asked again with the reason.
+
+    Attributes:
+        task: The task's name.
+        attempt: The attempt whose output was rejected.
+        round: 1 for the first rejection of the task's output, 2 for the next...
+        reason: Why, as the guardrail said it.
+    """
+
+    kind: Literal["guardrail_failed"] = "guardrail_failed"
+    task: str
+    attempt: int
+    round: int
+    reason: str
+
+
 class TaskFailed(Event):
     """A task failed after all its attempts.
 
@@ -227,16 +246,21 @@ class TaskFailed(Event):
 
 
 class TaskSkipped(Event):
-    """A task did not run because a task it depends on failed (``on_failure="continue"``).
+    """A task did not run: its condition was false, a router did not choose it, or a task it
+    needs failed (``on_failure="continue"``) or was skipped.
 
     Attributes:
         task: The task's name.
-        because: The names of the tasks it depends on that failed or were skipped.
+        because: The names of the tasks that made it skip (the dependencies that failed or
+            were skipped, the router that did not choose it); empty for a false condition.
+        reason: Why, in words (``"condition false"``, ``"not chosen by the router of
+            'triage'"``, ...), as recorded.
     """
 
     kind: Literal["task_skipped"] = "task_skipped"
     task: str
     because: list[str]
+    reason: str = ""
 
 
 class TaskFallback(Event):

@@ -25,7 +25,9 @@ CrewflowError
     ├── LLMError                  .model, .status_code, .retryable: a provider call failed
     │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
-    ├── OutputValidationError     .errors: the answer never matched the task's output_model
+    ├── OutputValidationError     .errors, .reasons: bad output (output_model, or guardrail)
+    ├── WorkflowError             .task, .step, .function: a condition, router or map failed
+    ├── LoopLimitReached          .loop, .rounds, .last: a loop's bound came before its predicate
     ├── StateUpdateError          .field, .reducer: an output could not update the crew's state
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
 CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
@@ -63,6 +65,7 @@ __all__ = [
     "KickoffsFailed",
     "LLMError",
     "LeaseLost",
+    "LoopLimitReached",
     "MaxIterationsExceeded",
     "OutputValidationError",
     "RunCancelled",
@@ -74,6 +77,7 @@ __all__ = [
     "TaskTimeout",
     "ToolError",
     "UnknownRunError",
+    "WorkflowError",
 ]
 
 _EMPTY: Mapping[str, TaskOutput] = MappingProxyType({})
@@ -383,17 +387,76 @@ class ToolError(CrewRunError):
 
 
 class OutputValidationError(CrewRunError):
-    """The model's answer never matched the task's `output_model`, even after re-asking.
+    """The model's answer never matched the task's `output_model`, even after re-asking; or
+    the task's guardrail rejected every output, after ``guardrail_retries`` rounds.
 
     Attributes:
-        errors: Pydantic's error list of the last attempt.
+        errors: Pydantic's error list of the last attempt (empty for a guardrail).
         text: The last raw answer.
+        guardrail: The qualified name of the guardrail that rejected the outputs, or ``None``.
+        reasons: Every reason the guardrail gave, in order (one per rejected output).
+        output: The last output the guardrail rejected, or ``None``.
     """
 
-    def __init__(self, message: str, *, errors: Sequence[Any] = (), text: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: Sequence[Any] = (),
+        text: str = "",
+        guardrail: str | None = None,
+        reasons: Sequence[str] = (),
+        output: TaskOutput | None = None,
+    ) -> None:
         super().__init__(message)
         self.errors = list(errors)
         self.text = text
+        self.guardrail = guardrail
+        self.reasons = tuple(reasons)
+        self.output = output
+
+
+class WorkflowError(CrewRunError):
+    """What steers the run failed: a task's condition, router or map raised, took longer than
+    the task's timeout, or gave something it cannot (a router choosing a task that does not
+    depend on its task, a map's list that is not a list), or items of a map failed.
+
+    Attributes:
+        task: The name of the task the function belongs to.
+        step: ``"condition"``, ``"router"``, ``"map"`` or ``"loop"``.
+        function: The function's qualified name (``"'mapping'"`` for a mapping router).
+    """
+
+    def __init__(self, message: str, *, task: str, step: str, function: str) -> None:
+        super().__init__(message)
+        self.task = task
+        self.step = step
+        self.function = function
+
+
+class LoopLimitReached(CrewRunError):
+    """A loop ran ``max_rounds`` rounds (or spent its ``max_tokens``) and its predicate never
+    held, and the loop says ``on_limit="raise"``.
+
+    Attributes:
+        loop: The loop's name.
+        rounds: How many rounds ran.
+        last: The last round's outputs, by the loop's task names.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        loop: str,
+        rounds: int,
+        last: Mapping[str, TaskOutput] | None = None,
+        outputs: Mapping[str, TaskOutput] | None = None,
+    ) -> None:
+        super().__init__(message, outputs=outputs)
+        self.loop = loop
+        self.rounds = rounds
+        self.last = dict(last or {})
 
 
 class StateUpdateError(CrewRunError):

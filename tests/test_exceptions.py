@@ -24,6 +24,7 @@ from crewflow.exceptions import (
     KickoffsFailed,
     LeaseLost,
     LLMError,
+    LoopLimitReached,
     MaxIterationsExceeded,
     OutputValidationError,
     RunCancelled,
@@ -35,6 +36,7 @@ from crewflow.exceptions import (
     TaskTimeout,
     ToolError,
     UnknownRunError,
+    WorkflowError,
 )
 from crewflow.processes import PlanProblem, ProblemKind
 from crewflow.store import LeaseOwner
@@ -62,6 +64,10 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
         MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
         StateUpdateError: StateUpdateError("reducer raised", field="facts", reducer="append"),
+        LoopLimitReached: LoopLimitReached("still not approved", loop="drafting", rounds=3),
+        WorkflowError: WorkflowError(
+            "the router broke", task="triage", step="router", function="'pick'"
+        ),
         RunCancelled: RunCancelled("cancelled"),
         InvalidPlan: InvalidPlan(
             "bad plan",

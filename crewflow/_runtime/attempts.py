@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING
 
 from crewflow import events
 from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
+from crewflow._runtime import guardrail
 from crewflow._runtime.calls import AttemptBuilder, ManagedLLM, StreamedText
 from crewflow._runtime.transcript import PromptLog, tool_call_record
-from crewflow.exceptions import LLMError, TaskFailed, TaskTimeout
+from crewflow.exceptions import LLMError, OutputValidationError, TaskFailed, TaskTimeout
 from crewflow.llm._types import Usage
-from crewflow.task import TaskOutput
+from crewflow.task import TaskOutput, function_name
 from crewflow.tools import AbandonedCalls, watch_abandoned
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from datetime import datetime
 
     from crewflow._runtime.cache import ReplyCache
@@ -48,8 +49,22 @@ class _Exhausted(Exception):
         self.abandoned = abandoned
 
 
+class _Stop(Exception):
+    """The task fails at once with ``error``: no other attempt, no fallback agent (its
+    guardrail rejected every output, or broke)."""
+
+    def __init__(self, error: Exception, message: str | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.message = message
+
+
 class TaskAttempts:
     """Runs one task to an output: the agent's attempts, then the fallback agent's.
+
+    With a guardrail, each output is checked within its attempt; a rejected one is asked for
+    again (a guardrail round: an attempt of kind ``guardrail``, not counted by the retry
+    policy) until ``guardrail_retries`` rounds are spent.
 
     Args:
         run: The run the task belongs to.
@@ -58,6 +73,14 @@ class TaskAttempts:
         prompt: The rendered user message.
         agent: The agent that does it (the fallback agent takes over after it).
     """
+
+    # A guardrail's state, set on the instance only for a task that has one.
+    _reasons: list[str] | None = None
+    """Every reason the guardrail gave, in order (the last goes into the next request)."""
+    _checked: TaskOutput | None = None
+    """The output of the last attempt, as the guardrail saw it."""
+    _verdict: str | None = None
+    """The guardrail's reason to reject ``_checked``, ``None`` when it accepted it."""
 
     def __init__(self, run: Run, task: Task, name: str, prompt: str, agent: Agent) -> None:
         self.run = run
@@ -89,6 +112,8 @@ class TaskAttempts:
                 self._falling_back(agents[index - 1], agent, last)
             try:
                 return await self._with(agent)
+            except _Stop as stop:
+                raise self._failed(agent, stop.error, stop.message) from stop.error
             except _Exhausted as exhausted:
                 last = exhausted.error
                 if index + 1 < len(agents) and _unsafe(exhausted.abandoned, agents[index + 1]):
@@ -130,6 +155,12 @@ class TaskAttempts:
                     answer = await self._attempt(
                         agent, ManagedLLM(llm, run, state), state, abandoned
                     )
+            except guardrail.GuardrailBroke as broke:
+                self._close(state, began, began_at, broke)
+                message = (
+                    f"task {name!r} failed: {broke}; fix the guardrail (its errors are not retried)"
+                )
+                raise _Stop(broke.error, message) from broke.error
             except Exception as exc:
                 self._close(state, began, began_at, exc)
                 failures += 1
@@ -147,6 +178,9 @@ class TaskAttempts:
                 self._close(state, began, began_at, exc)
                 self._record(agent, TaskStatus.CANCELLED)
                 raise
+            if self._verdict is not None:
+                self._rejected(agent, state, began, began_at, number)
+                continue
             self._close(state, began, began_at, None)
             return self._finished(agent, llm.model, answer, number)
 
@@ -156,16 +190,12 @@ class TaskAttempts:
         task = self.task
         on_tool = self._tool_observer(agent, state, llm.redact)
         if task.timeout is None:
-            return await agent.run(
-                self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
-            )
+            return await self._answer(agent, llm, on_tool)
         import anyio
 
         try:
             with anyio.fail_after(task.timeout):
-                return await agent.run(
-                    self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
-                )
+                return await self._answer(agent, llm, on_tool)
         except TimeoutError as exc:
             running = abandoned.running()
             raise TaskTimeout(
@@ -175,6 +205,69 @@ class TaskAttempts:
                 timeout=task.timeout,
                 running_tools=tuple(tool.name for tool in running),
             ) from exc
+
+    def _answer(
+        self, agent: Agent, llm: ManagedLLM, on_tool: ToolObserver
+    ) -> Awaitable[AgentAnswer]:
+        """The agent's answer; checked by the task's guardrail, when it has one."""
+        task = self.task
+        if task.guardrail is None:
+            return agent.run(self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool)
+        return self._guarded(agent, llm, on_tool)
+
+    async def _guarded(self, agent: Agent, llm: ManagedLLM, on_tool: ToolObserver) -> AgentAnswer:
+        """The agent's answer, asked with the guardrail's last reason (if any), then checked:
+        `_checked` is the output, `_verdict` why it was rejected (``None``: accepted)."""
+        task = self.task
+        assert task.guardrail is not None
+        reasons = self._reasons
+        if reasons is None:
+            reasons = self._reasons = []
+        prompt = guardrail.feedback(self.prompt, reasons[-1]) if reasons else self.prompt
+        self._verdict = None
+        answer = await agent.run(prompt, llm=llm, output_model=task.output_model, on_tool=on_tool)
+        # The task's usage so far: attempts add to it as they close, so the accepted output
+        # carries every attempt's.
+        output = self._checked = self._output(agent, llm.model, answer)
+        self._verdict = await guardrail.check(task.guardrail, output)
+        return answer
+
+    def _rejected(
+        self, agent: Agent, state: AttemptBuilder, began: float, began_at: datetime, number: int
+    ) -> None:
+        """Close an attempt whose output the guardrail rejected; stop the task when that was
+        the last round."""
+        task, reason, reasons = self.task, self._verdict, self._reasons
+        assert task.guardrail is not None
+        assert reason is not None
+        assert reasons is not None
+        name = function_name(task.guardrail)
+        self._close(
+            state,
+            began,
+            began_at,
+            OutputValidationError(f"guardrail {name!r} rejected the output: {reason}"),
+        )
+        reasons.append(reason)
+        run = self.run
+        run.log.warning(
+            "guardrail rejected the output",
+            task=self.name,
+            agent=agent.role,
+            attempt=number,
+            guardrail=name,
+            round=len(reasons),
+        )
+        run.publish(
+            events.GuardrailFailed,
+            task=self.name,
+            attempt=number,
+            round=len(reasons),
+            reason=reason,
+        )
+        if len(reasons) > task.guardrail_retries:
+            assert self._checked is not None
+            raise _Stop(guardrail.exhausted(task.guardrail, reasons, self._checked))
 
     def _retry_delay(self, error: Exception, failures: int) -> float | None:
         """Seconds before the next attempt, or ``None`` when this agent is done.
@@ -221,15 +314,28 @@ class TaskAttempts:
         else:
             status = TaskStatus.CANCELLED
         now = self.run.now()
-        self.records.append(
-            state.finish(
-                start=began_at,
-                end=self.run.wall(now),
-                duration=now - began,
-                status=status,
-                error=error,
-            )
+        record = state.finish(
+            start=began_at,
+            end=self.run.wall(now),
+            duration=now - began,
+            status=status,
+            error=error,
         )
+        if self._reasons is not None:
+            record = self._guardrail_record(record, error)
+        self.records.append(record)
+
+    def _guardrail_record(
+        self, record: AttemptRecord, error: BaseException | None
+    ) -> AttemptRecord:
+        """``record`` as a guardrail's task records it: a round once an output was rejected;
+        a broken guardrail's error as the guardrail raised it, named."""
+        update: dict[str, object] = {}
+        if self._reasons:
+            update["kind"] = "guardrail"
+        if isinstance(error, guardrail.GuardrailBroke):
+            update["error_type"] = type(error.error).__name__
+        return record.model_copy(update=update) if update else record
 
     def _record(self, agent: Agent, status: TaskStatus) -> None:
         now = self.run.now()
@@ -246,9 +352,8 @@ class TaskAttempts:
             )
         )
 
-    def _finished(self, agent: Agent, model: str, answer: AgentAnswer, number: int) -> TaskOutput:
-        run = self.run
-        output = TaskOutput(
+    def _output(self, agent: Agent, model: str, answer: AgentAnswer) -> TaskOutput:
+        return TaskOutput(
             task=self.name,
             agent=agent.role,
             text=answer.text,
@@ -256,6 +361,11 @@ class TaskAttempts:
             usage=self.usage,
             model=model,
         )
+
+    def _finished(self, agent: Agent, model: str, answer: AgentAnswer, number: int) -> TaskOutput:
+        run = self.run
+        checked = self._checked
+        output = self._output(agent, model, answer) if checked is None else checked
         self._record(agent, TaskStatus.COMPLETED)
         run.log.info("task finished", task=self.name, agent=agent.role, attempt=number)
         run.publish(
@@ -307,7 +417,7 @@ class TaskAttempts:
         agent = fallback if fallback is not None and used == fallback.role else self.agent
         return self._failed(agent, error)
 
-    def _failed(self, agent: Agent, error: Exception) -> TaskFailed:
+    def _failed(self, agent: Agent, error: Exception, message: str | None = None) -> TaskFailed:
         run = self.run
         self._record(agent, TaskStatus.FAILED)
         attempts = len(self.records)
@@ -329,7 +439,8 @@ class TaskAttempts:
         retries = sum(record.llm_retries for record in self.records)
         retried = f", {retries} provider call(s) retried" if retries else ""
         return TaskFailed(
-            f"task {self.name!r} failed after {attempts} attempt{plural}{retried}: "
+            message
+            or f"task {self.name!r} failed after {attempts} attempt{plural}{retried}: "
             f"{type(error).__name__}: {error}",
             task=self.name,
             attempts=attempts,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,15 @@ if TYPE_CHECKING:
     from crewflow._fingerprint import Fingerprint
     from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskRecord
     from crewflow.graph import TaskGraph
-    from crewflow.store import AddedTaskRecord, Lease, OutputRow, RunRecord, RunSource, Store
+    from crewflow.store import (
+        AddedTaskRecord,
+        DecisionRecord,
+        Lease,
+        OutputRow,
+        RunRecord,
+        RunSource,
+        Store,
+    )
     from crewflow.task import Task, TaskOutput
 
 __all__ = [
@@ -353,6 +361,11 @@ class Recorder:
         with real_work():
             await self.store.add_tasks(self.record.run_id, tasks, lease=self.token)
 
+    async def decided(self, decisions: Sequence[DecisionRecord]) -> None:
+        """Record decisions the run made about its course (before anything acts on them)."""
+        with real_work():
+            await self.store.record_decisions(self.record.run_id, decisions, lease=self.token)
+
     async def chosen(self, choice: ProcessChoice) -> None:
         """Record the process a choosing process picked, why, and what it predicted."""
         details = {"choice": choice.model_dump(mode="json")}
@@ -400,6 +413,7 @@ class Resumption:
         specs: The spec hash of each task the process had added, by name.
         usage: What the recorded attempts spent (the resumed run adds to it).
         force: Resume even where a task differs from the recorded one (it runs again).
+        decisions: The run's recorded decisions (`DecisionRecord`), by key: replayed.
     """
 
     record: RunRecord
@@ -408,6 +422,7 @@ class Resumption:
     specs: dict[str, str]
     usage: Usage
     force: bool = False
+    decisions: dict[str, DecisionRecord] = field(default_factory=dict)
 
     def attempts_before(self, name: str) -> int:
         """How many attempts of task ``name`` are on record."""
@@ -495,4 +510,6 @@ async def load_resumption(
     for task_attempts in attempts.values():
         task_attempts.sort(key=lambda attempt: attempt.number)
     specs = {task.name: task.spec_hash for task in await store.added_tasks(run_id)}
-    return Resumption(record, await store.outputs(run_id), attempts, specs, usage, force)
+    decisions = {decision.key: decision for decision in await store.decisions(run_id)}
+    outputs = await store.outputs(run_id)
+    return Resumption(record, outputs, attempts, specs, usage, force, decisions)

@@ -268,7 +268,7 @@ def _describe_task(event: events.Event) -> tuple[str, Status, str] | None:
     if isinstance(event, events.TaskFallback):
         return event.task, "retrying", f"{event.agent} gave up; {event.fallback} takes over"
     if isinstance(event, events.TaskSkipped):
-        return event.task, "skipped", f"because {', '.join(event.because)} failed"
+        return event.task, "skipped", event.reason or f"because {', '.join(event.because)} failed"
     if isinstance(event, events.TaskFailed):
         plural = "s" if event.attempts != 1 else ""
         return (

@@ -149,12 +149,13 @@ class _TaskSummary:
 def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
     """Every task of the run in graph order, then the tasks its process added, in the order
     added (then any other task its records name)."""
-    from crewflow.report._status import task_names, task_statuses
+    from crewflow.report._status import skip_reasons, task_names, task_statuses
 
     run = details.run
     names = task_names(run, details.added, details.attempts, details.outputs)
     depends_on = {**{task.name: task.depends_on for task in details.added}, **run.graph}
-    statuses = task_statuses(run, names, details.attempts, details.outputs, depends_on)
+    reasons = skip_reasons(details.decisions)
+    statuses = task_statuses(run, names, details.attempts, details.outputs, depends_on, reasons)
     return [
         _TaskSummary(
             name,
@@ -185,16 +186,37 @@ def show_details(
     _show_tasks(console, details.run, tasks)
     for task in tasks:
         for row in task.attempts:
+            # A guardrail round: the task asked again with the reason its guardrail gave.
+            attempt = (
+                f"attempt {row.number}{' (guardrail round)' if row.kind == 'guardrail' else ''}"
+            )
             if row.error_type or row.error:
                 problem = ": ".join(part for part in (row.error_type, row.error) if part)
-                line = f"{task.name}: attempt {row.number} {row.status}: {problem}"
+                line = f"{task.name}: {attempt} {row.status}: {problem}"
                 console.print(Text(line, style="red"), soft_wrap=True)
+            elif row.kind == "guardrail":
+                console.print(Text(f"{task.name}: {attempt} {row.status}"), soft_wrap=True)
+    _show_course(console, details, tasks)
     _show_failed_tools(console, tasks, full=full)
     for task in tasks:
         if task.output is not None:
             console.print(_output_panel(task.output, full=full, width=console.width))
     if details.prompts is not None:
         show_prompts(console, [row for task in tasks for row in task.attempts], details.prompts)
+
+
+def _show_course(console: Console, details: RunDetails, tasks: Sequence[_TaskSummary]) -> None:
+    """A line per router's choice and per task skipped, with why."""
+    for decision in details.decisions:
+        if decision.kind == "router" and isinstance(decision.value, list):
+            chosen = ", ".join(str(name) for name in decision.value) or "none"
+            line = f"{decision.task}: its router chose {chosen}"
+            console.print(Text(line, style="dim"), soft_wrap=True)
+    reasons = {d.task: d.reason for d in details.decisions if d.kind == "skip"}
+    for task in tasks:
+        if task.status == "skipped" and task.name in reasons:
+            line = f"{task.name}: skipped: {reasons[task.name]}"
+            console.print(Text(line, style="yellow"), soft_wrap=True)
 
 
 def _show_failed_tools(console: Console, tasks: Sequence[_TaskSummary], *, full: bool) -> None:

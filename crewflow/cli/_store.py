@@ -8,7 +8,7 @@ runs`` must stay fast); ``optimize`` loads the optimizer when it runs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from crewflow.store import (
         AddedTaskRecord,
         AttemptRecord,
+        DecisionRecord,
         OutputRow,
         PromptRecord,
         RunRecord,
@@ -91,6 +92,8 @@ class RunDetails:
     outputs: dict[str, OutputRow]
     prompts: dict[tuple[str, int], list[PromptRecord]] | None = None
     """By task and attempt number; ``None`` when not read."""
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    """How the run chose its course (conditions, routers, skips), in the order decided."""
 
     @property
     def choice(self) -> ProcessChoice | None:
@@ -112,8 +115,8 @@ class RunDetails:
 
     def to_json(self) -> str:
         """``{"run": ..., "added": [...], "attempts": [...], "outputs": {task: ...}, "plan": ...,
-        "choice": ...}``, indented; ``plan`` is `RecordedPlan.to_json`, ``choice`` the
-        `ProcessChoice` (each ``null`` when the run has none). Each attempt holds its
+        "choice": ..., "decisions": [...]}``, indented; ``plan`` is `RecordedPlan.to_json`,
+        ``choice`` the `ProcessChoice` (each ``null`` when the run has none). Each attempt holds its
         ``prompts`` only when they were read (``--prompts``)."""
         choice, plan = self.choice, self.plan
         return json.dumps(
@@ -126,6 +129,7 @@ class RunDetails:
                 },
                 "plan": None if plan is None else plan.to_json(),
                 "choice": None if choice is None else choice.model_dump(mode="json"),
+                "decisions": [decision.model_dump(mode="json") for decision in self.decisions],
             },
             indent=2,
             ensure_ascii=False,
@@ -199,7 +203,8 @@ async def _details(store: Store, *, run_id: str, prompts: bool = False) -> RunDe
     ordered = sorted(outputs, key=lambda name: rank.get(name, len(order)))
     attempts = await store.attempts(run_id)
     sent = await store.prompts(run_id) if prompts else None
-    return RunDetails(run, added, attempts, {n: outputs[n] for n in ordered}, sent)
+    decisions = await store.decisions(run_id)
+    return RunDetails(run, added, attempts, {n: outputs[n] for n in ordered}, sent, decisions)
 
 
 def list_runs(

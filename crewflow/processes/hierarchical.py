@@ -189,8 +189,18 @@ class Hierarchical(Process):
         }
 
     def validate(self, graph: TaskGraph) -> None:
-        """Unique worker roles, at least one worker, a manager who is not one, and a fixed
-        plan that fits the crew."""
+        """No workflow features (conditions, routers, ...: how a manager's plan meets them is
+        not designed yet), unique worker roles, at least one worker, a manager who is not one,
+        and a fixed plan that fits the crew."""
+        features = graph.workflow_features()
+        if features:
+            raise ConfigurationError(
+                f"the hierarchical process cannot run a crew whose tasks use "
+                f"{_and(features)}: a manager plans the work itself, and how its plan meets "
+                f"{'these' if len(features) > 1 else 'this'} is not designed yet. Use "
+                'process="parallel" or "sequential", or drop '
+                f"{'them' if len(features) > 1 else 'it'}"
+            )
         workers = graph.members
         if not workers:
             raise ConfigurationError(
@@ -600,3 +610,7 @@ class _Round:
         for name in todo:
             await ctx.delegate(name, ends[name])
         return ends
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]

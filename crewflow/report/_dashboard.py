@@ -128,7 +128,7 @@ async def run_rows(store: Store, *, crew: str | None, status: str | None) -> lis
 
 async def run_state(store: Store, run_id: str) -> dict[str, Any] | None:
     """Run ``run_id`` and each of its tasks' state, as JSON values; ``None``: no such run."""
-    from crewflow.report._status import task_names, task_statuses
+    from crewflow.report._status import skip_reasons, task_names, task_statuses
 
     run = await store.get_run(run_id)
     if run is None:
@@ -138,14 +138,23 @@ async def run_state(store: Store, run_id: str) -> dict[str, Any] | None:
     added = await store.added_tasks(run_id)
     names = task_names(run, added, attempts, finished)
     depends_on = {**{task.name: task.depends_on for task in added}, **run.graph}
-    statuses = task_statuses(run, names, attempts, finished, depends_on)
+    reasons = skip_reasons(await store.decisions(run_id))
+    statuses = task_statuses(run, names, attempts, finished, depends_on, reasons)
     tried: dict[str, int] = {}
     for attempt in attempts:
         tried[attempt.task] = tried.get(attempt.task, 0) + 1
     tasks = [TaskState(name, statuses[name], tried.get(name, 0)) for name in names]
     return {
         "run": RunRow.of(run).json(),
-        "tasks": [{"name": t.name, "status": t.status, "attempts": t.attempts} for t in tasks],
+        "tasks": [
+            {
+                "name": t.name,
+                "status": t.status,
+                "attempts": t.attempts,
+                "reason": reasons.get(t.name, "") if t.status == "skipped" else "",
+            }
+            for t in tasks
+        ],
     }
 
 

@@ -7,13 +7,13 @@ read back from the store and one of the result in hand show the same things.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskStatus
 from crewflow._usage import Usage
-from crewflow.report._status import NOT_RUN, task_statuses
+from crewflow.report._status import NOT_RUN, skip_reasons, task_statuses
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -35,10 +35,12 @@ class TaskEntry:
         name: The task's name.
         agent: The role of the agent that did it (its first attempt's), ``""`` if it never ran.
         kind: ``deliverable`` (a crew task) or ``internal`` (a manager's plan, a review...).
-        status: How it ended (``skipped`` for a task that never ran because a dependency failed).
+        status: How it ended (``skipped`` for a task that never ran: its condition was false,
+            a router did not choose it, or a task it needs failed or was skipped).
         depends_on: The names of the tasks it depends on.
         attempts: Its attempts, in order, with their prompts and tool calls when recorded.
         output: Its output's text, ``None`` when it has none.
+        reason: Why it was skipped, as recorded (``""``: not skipped, or not recorded).
     """
 
     name: str
@@ -48,6 +50,7 @@ class TaskEntry:
     depends_on: tuple[str, ...] = ()
     attempts: tuple[AttemptRecord, ...] = ()
     output: str | None = None
+    reason: str = ""
 
     @property
     def usage(self) -> Usage:
@@ -145,18 +148,26 @@ class Report:
             graph.setdefault(task.name, (tuple(task.depends_on), task.kind))
         for name in [*by_task, *outputs]:  # recorded but not in the graph (an older record)
             graph.setdefault(name, ((), TaskKind.INTERNAL))
+        reasons = skip_reasons(await store.decisions(run_id))
         statuses = task_statuses(
             run,
             list(graph),
             [attempt for attempts in by_task.values() for attempt in attempts],
             outputs,
             {name: list(deps) for name, (deps, _) in graph.items()},
+            reasons,
         )
         tasks = tuple(
             _stored_task(
                 name, deps, kind, by_task.get(name, []), outputs, _status(statuses[name], run)
             )
             for name, (deps, kind) in graph.items()
+        )
+        tasks = tuple(
+            replace(task, reason=reasons[task.name])
+            if task.status == TaskStatus.SKIPPED and task.name in reasons
+            else task
+            for task in tasks
         )
         advice = await analyze(store, run.crew)
         return cls(
@@ -197,6 +208,7 @@ class Report:
                 depends_on=tuple(graph.get(line.task, ())),
                 attempts=line.attempts,
                 output=outputs.get(line.task),
+                reason=result.skipped.get(line.task, ""),
             )
             for line in result.timeline
         )
@@ -296,6 +308,6 @@ def _stored_task(
 
 def _result_status(tasks: tuple[TaskEntry, ...]) -> RunStatus:
     """A result's run completed, unless one of its tasks failed (a partial result)."""
-    if any(t.status in (TaskStatus.FAILED, TaskStatus.SKIPPED) for t in tasks):
+    if any(t.status == TaskStatus.FAILED for t in tasks):
         return RunStatus.FAILED
     return RunStatus.COMPLETED

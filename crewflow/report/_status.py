@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from crewflow._records import RunStatus, TaskStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Sequence
+    from collections.abc import Collection, Iterable, Mapping, Sequence
 
-    from crewflow.store import AddedTaskRecord, AttemptRecord, RunRecord
+    from crewflow.store import AddedTaskRecord, AttemptRecord, DecisionRecord, RunRecord
 
-__all__ = ["NOT_RUN", "in_flight", "task_names", "task_statuses"]
+__all__ = ["NOT_RUN", "in_flight", "skip_reasons", "task_names", "task_statuses"]
 
 NOT_RUN = "not run"
 """A task of a run that ended (or that nothing executes any more) which never started, though
@@ -26,6 +26,11 @@ def in_flight(run: RunRecord) -> tuple[str, ...]:
     if run.status != RunStatus.RUNNING or run.lease is None:
         return ()
     return run.lease.running
+
+
+def skip_reasons(decisions: Iterable[DecisionRecord]) -> dict[str, str]:
+    """Each task a run recorded as skipped, with why (the last word on each)."""
+    return {d.task: d.reason for d in decisions if d.kind == "skip"}
 
 
 def task_names(
@@ -49,11 +54,13 @@ def task_statuses(
     attempts: Iterable[AttemptRecord],
     finished: Collection[str],
     depends_on: dict[str, list[str]] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Each of ``names``'s status: ``completed`` (it has an output, in ``finished``), ``running``
     (in flight), its last attempt's status, ``pending`` (not started, while the run goes on),
-    ``skipped`` (never started: a task it depends on failed, was skipped or cancelled), else
-    `NOT_RUN`. ``depends_on``: each task's dependencies (default: the run's graph)."""
+    ``skipped`` (recorded as skipped, in ``skipped`` with why; or never started while a task it
+    depends on failed, was skipped or cancelled), else `NOT_RUN`. ``depends_on``: each task's
+    dependencies (default: the run's graph)."""
     graph = run.graph if depends_on is None else depends_on
     last: dict[str, TaskStatus] = {}
     for attempt in attempts:
@@ -67,6 +74,8 @@ def task_statuses(
             status = TaskStatus.RUNNING
         elif name in last:
             status = last[name]
+        elif skipped and name in skipped:
+            status = TaskStatus.SKIPPED
         elif run.status == RunStatus.RUNNING:
             status = TaskStatus.PENDING
         elif any(statuses.get(dep) in _BLOCKING for dep in graph.get(name, ())):

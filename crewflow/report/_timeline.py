@@ -165,6 +165,11 @@ def _look(task: TaskEntry, attempt: AttemptRecord, first_agent: str) -> str:
     return "internal" if task.kind == TaskKind.INTERNAL else "ok"
 
 
+def _round(attempt: AttemptRecord) -> str:
+    """The marker of a guardrail round (the task asked again with its guardrail's reason)."""
+    return " (guardrail round)" if attempt.kind == "guardrail" else ""
+
+
 def _bar(
     task: TaskEntry, attempt: AttemptRecord, first: str, axis: Axis, y: float, row: float
 ) -> Bar:
@@ -174,7 +179,7 @@ def _bar(
     wait = min(width, PLOT * attempt.limit_wait / axis.seconds)
     look = _look(task, attempt, first)
     lines = [
-        f"{task.name} · attempt {attempt.number} · {LOOKS[look]}",
+        f"{task.name} · attempt {attempt.number}{_round(attempt)} · {LOOKS[look]}",
         f"agent {attempt.agent or '?'} · model {attempt.model or '?'}",
         f"start {_clock(attempt.start)} (+{seconds(start)})",
         f"end {_clock(attempt.end)} (+{seconds(end)})",

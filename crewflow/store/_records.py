@@ -148,10 +148,6 @@ class AddedTaskRecord(_Record):
     added: AwareDatetime
 
 
-DecisionKind = Literal["condition", "router", "skip", "map", "loop"]
-"""What a `DecisionRecord` decided."""
-
-
 class DecisionRecord(_Record):
     """A decision a run made about its own course: a task's condition, a router's choice, a
     map's items, a loop's round, or a task skipped.
@@ -172,7 +168,7 @@ class DecisionRecord(_Record):
     """
 
     key: str = Field(min_length=1)
-    kind: DecisionKind
+    kind: Literal["condition", "router", "skip", "map", "loop"]
     task: str
     value: JsonValue = None
     reason: str = ""

@@ -35,7 +35,7 @@ ATTEMPT_COLUMNS = (
     "limit_waits, calls, details"
 )
 # An attempt's tool calls and prompts are kept in its ``details`` JSON, under these keys.
-_TOOL_CALLS, _PROMPTS = "tool_calls", "prompts"
+_TOOL_CALLS, _PROMPTS, _KIND = "tool_calls", "prompts", "kind"
 ATTEMPT_SELECT = ATTEMPT_COLUMNS.replace("details", f"json_remove(details, '$.{_PROMPTS}')")
 """What `Store.attempts` reads: every column, but the prompts (they can be large)."""
 PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
@@ -267,10 +267,13 @@ def _calls_json() -> TypeAdapter[tuple[CallRecord, ...]]:
 
 
 def _attempt_details(attempt: AttemptRecord) -> str:
-    """The ``details`` column: the attempt's details, its tool calls and its prompts."""
-    if not (attempt.tool_calls or attempt.prompts):
+    """The ``details`` column: the attempt's details, its tool calls, its prompts and its kind
+    (when not ``task``)."""
+    if not (attempt.tool_calls or attempt.prompts or attempt.kind != "task"):
         return to_json(attempt.details) if attempt.details else "{}"
     details: dict[str, Any] = dict(attempt.details)
+    if attempt.kind != "task":
+        details[_KIND] = attempt.kind
     if attempt.tool_calls:
         details[_TOOL_CALLS] = attempt.tool_calls
     if attempt.prompts:
@@ -358,6 +361,7 @@ def attempt_from_row(found: tuple[Any, ...]) -> AttemptRecord:
     details = data["details"] = json.loads(data["details"])
     data[_TOOL_CALLS] = details.pop(_TOOL_CALLS, ())
     data[_PROMPTS] = details.pop(_PROMPTS, ())
+    data[_KIND] = details.pop(_KIND, "task")
     if data["end"] is None:
         # Recorded as running by an older crewflow and never ended: it died with its process.
         data["end"] = data["start"]

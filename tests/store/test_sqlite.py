@@ -1000,6 +1000,9 @@ async def test_rows_are_stored_as_their_json_dump(tmp_path: Path) -> None:
             # Tool calls and prompts (none here) are in the details, without their Nones; the
             # calls are a JSON array of their own.
             del data["tool_calls"], data["prompts"]
+            # The kind, when not "task", is in the details too.
+            if (kind := data.pop("kind")) != "task":
+                data["details"] |= {"kind": kind}
             if row.tool_calls:
                 calls = [call.model_dump(mode="json", exclude_none=True) for call in row.tool_calls]
                 data["details"] |= {"tool_calls": calls}

@@ -89,6 +89,12 @@ def test_an_async_reducer_is_refused_at_construction() -> None:
         Crew(tasks=[Task("do a", agent=agent)], state=Slow, store=None)
 
 
+def test_the_hierarchical_process_refuses_shared_state() -> None:
+    agent = worker(ScriptedLLM([]))
+    with pytest.raises(ConfigurationError, match=r"hierarchical process cannot run .*shared state"):
+        Crew(tasks=[Task("do a", agent=agent)], state=Notes, process="hierarchical", store=None)
+
+
 def test_state_must_be_a_pydantic_model() -> None:
     agent = worker(ScriptedLLM([]))
     with pytest.raises(ConfigurationError, match="pydantic model class"):
@@ -658,3 +664,29 @@ async def test_state_updated_by_tasks_in_flight_survives_sigkill_and_resume(
 
 def task_of(request: Any) -> str:
     return str(request.last_user_message.split("do ", 1)[1].split()[0].rstrip(":"))
+
+
+@pytest.mark.parametrize("process", PROCESSES)
+async def test_conditions_read_the_state_the_tasks_before_them_left(process: str) -> None:
+    agent = worker(FunctionLLM(lambda request: {"facts": ["enough"]}))
+    first = Task("do first", agent=agent, name="first", output_model=Fact, context=[])
+    wanted = Task(
+        "do wanted",
+        agent=agent,
+        name="wanted",
+        context=[first],
+        condition=lambda outputs, state: "enough" in state.facts,
+    )
+    unwanted = Task(
+        "do unwanted",
+        agent=agent,
+        name="unwanted",
+        context=[first],
+        condition=lambda outputs, state: not state.facts,
+    )
+    crew = Crew(tasks=[first, wanted, unwanted], state=Notes, process=process, store=None)
+
+    result = await crew.kickoff()
+
+    assert "wanted" in result
+    assert result.skipped == {"unwanted": "condition false"}
