@@ -28,6 +28,7 @@ if typing.TYPE_CHECKING:
     from crewflow.loop import Loop
     from crewflow.report import Report
     from crewflow.retry import RetryPolicy
+    from crewflow.state import append, merge, replace
     from crewflow.task import Task, TaskOutput, optional
     from crewflow.tools import Tool, tool
 
@@ -51,7 +52,10 @@ __all__ = [
     "Tool",
     "__version__",
     "aclose",
+    "append",
+    "merge",
     "optional",
+    "replace",
     "set_limits",
     "tool",
 ]
@@ -77,6 +81,9 @@ _WHERE = {
     "TaskRecord": "crewflow._records",
     "TaskStatus": "crewflow._records",
     "Tool": "crewflow.tools",
+    "append": "crewflow.state",
+    "merge": "crewflow.state",
+    "replace": "crewflow.state",
     "set_limits": "crewflow._runtime.limiter",
     "tool": "crewflow.tools",
 }

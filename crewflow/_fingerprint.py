@@ -287,6 +287,8 @@ def fingerprint(
     process: str,
     config: Mapping[str, JsonValue] | None = None,
     llm: str | LLM | None = None,
+    *,
+    state: Mapping[str, Any] | None = None,
 ) -> Fingerprint:
     """The fingerprint of ``graph``'s tasks under ``process``.
 
@@ -295,6 +297,8 @@ def fingerprint(
         process: The process's name.
         config: The process's configuration (``Process.config()``).
         llm: The model every agent is made to use (``kickoff(llm=...)``), if any.
+        state: The crew's shared state, as its schema and initial values, if it has one (part
+            of ``digest``, not of ``crew_key``).
     """
     texts: dict[str, str] = {}
     aspects: dict[str, str] = {}
@@ -327,9 +331,19 @@ def fingerprint(
     tasks = ", ".join(texts.values())
     config = dict(config or {})
     head = f'"config": {_json(config)}, ' if config else ""
+    shared = f'"state": {_json(dict(state))}, ' if state is not None else ""
     loops = _loops(graph)
     return Fingerprint(
-        digest=_digest("{", head, loops, f'"process": {_json(process)}, "tasks": [', tasks, "]}"),
+        digest=_digest(
+            "{",
+            head,
+            loops,
+            f'"process": {_json(process)}, ',
+            shared,
+            '"tasks": [',
+            tasks,
+            "]}",
+        ),
         crew_key=_digest("{", loops, '"tasks": [', tasks, "]}"),
         tasks={name: _task_digest(text) for name, text in texts.items()},
         aspects=aspects,

@@ -29,6 +29,7 @@ CrewflowError
     ├── OutputValidationError     .errors, .reasons: bad output (output_model, or guardrail)
     ├── WorkflowError             .task, .step, .function: a condition, router or map failed
     ├── LoopLimitReached          .loop, .rounds, .last: a loop's bound came before its predicate
+    ├── StateUpdateError          .field, .reducer: an output could not update the crew's state
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
 CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
 ```
@@ -72,6 +73,7 @@ __all__ = [
     "RunCancelled",
     "RunInProgress",
     "SchemaVersionError",
+    "StateUpdateError",
     "StoreError",
     "TaskFailed",
     "TaskTimeout",
@@ -298,6 +300,7 @@ class CrewRunError(CrewflowError):
         timeline: Every task's record up to the failure (finished, failed, skipped, cancelled,
             pending), as `CrewResult.timeline` would have been.
         usage: Requests and tokens the run spent before it failed.
+        state: The crew's shared state when the run failed (``None``: the crew has none).
     """
 
     def __init__(self, message: str, *, outputs: Mapping[str, TaskOutput] | None = None) -> None:
@@ -308,6 +311,7 @@ class CrewRunError(CrewflowError):
         self.run_id: str | None = None
         self.timeline: list[Any] = []
         self.usage: Any = None
+        self.state: Any = None
 
 
 class LLMError(CrewRunError):
@@ -463,6 +467,21 @@ class LoopLimitReached(CrewRunError):
         self.loop = loop
         self.rounds = rounds
         self.last = dict(last or {})
+
+
+class StateUpdateError(CrewRunError):
+    """A task's output could not update the crew's shared state: the field's reducer raised,
+    or the state model rejected what it returned (the cause is chained as ``__cause__``).
+
+    Attributes:
+        field: The state field.
+        reducer: The reducer's name (``replace``, ``append``, ``merge`` or the callable's).
+    """
+
+    def __init__(self, message: str, *, field: str, reducer: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reducer = reducer
 
 
 class MaxIterationsExceeded(CrewRunError):

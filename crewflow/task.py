@@ -1,8 +1,10 @@
 """Tasks: what to do, for whom, with which context; and `TaskOutput`, what came of it.
 
 A task's description and expected output may hold ``{placeholders}`` filled from the inputs given
-to ``kickoff``. Only ``{identifier}`` is a placeholder, so JSON examples in a description stay as
-they are; write ``{{name}}`` to keep a literal ``{name}``.
+to ``kickoff``, and ``{state.field}`` references filled from the crew's shared state (see
+`crewflow.state`) as it is when the task starts. Only ``{identifier}`` and ``{state.identifier}``
+are placeholders, so JSON examples in a description stay as they are; write ``{{name}}`` to keep a
+literal ``{name}``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ if TYPE_CHECKING:
 
 __all__ = ["OptionalContext", "Task", "TaskOutput", "function_name", "optional"]
 
-_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}")
+# Groups: a literal ``{{name}}`` (or ``{{state.name}}``), an input ``{name}``, a state field
+# ``{state.name}``.
+_PLACEHOLDER = re.compile(
+    r"\{\{((?:state\.)?[A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}|\{state\.([A-Za-z_]\w*)\}"
+)
 
 
 class OptionalContext:
@@ -275,23 +281,37 @@ class Task(Spec):
 
     @property
     def placeholders(self) -> frozenset[str]:
-        """The input names this task's templates need (a map's ``{item}`` is its own)."""
+        """The input names this task's templates need (``{state.field}`` references are not
+        inputs: see `state_fields`; a map's ``{item}`` is its own)."""
+        found = self._found(2)
+        return found - {ITEM} if self.map_over is not None else found
+
+    @property
+    def state_fields(self) -> frozenset[str]:
+        """The state fields this task's templates read (``{state.field}``)."""
+        return self._found(3)
+
+    def _found(self, group: int) -> frozenset[str]:
         found = set()
         for text in (self.description, self.expected_output):
-            for match in _PLACEHOLDER.finditer(text):
-                if match.group(2):
-                    found.add(match.group(2))
-        if self.map_over is not None:
-            found.discard(ITEM)
+            if "{" in text:
+                for match in _PLACEHOLDER.finditer(text):
+                    if match.group(group):
+                        found.add(match.group(group))
         return frozenset(found)
 
-    def render(self, inputs: Mapping[str, Any]) -> tuple[str, str]:
-        """The description and expected output with placeholders filled from ``inputs``.
+    def render(self, inputs: Mapping[str, Any], state: BaseModel | None = None) -> tuple[str, str]:
+        """The description and expected output with placeholders filled from ``inputs``, and
+        ``{state.field}`` references from ``state``.
 
         Raises:
-            KeyError: A placeholder has no input (the crew checks this at kickoff).
+            KeyError: A placeholder has no input (the crew checks this at kickoff), or a state
+                reference no state field (checked when the crew is built).
         """
-        return fill_template(self.description, inputs), fill_template(self.expected_output, inputs)
+        return (
+            fill_template(self.description, inputs, state),
+            fill_template(self.expected_output, inputs, state),
+        )
 
     def __repr__(self) -> str:
         label = self.name or _shorten(self.description, 40)
@@ -450,22 +470,39 @@ def literal_template(text: str) -> str:
     return _PLACEHOLDER.sub(lambda match: "{" + match.group(0) + "}", text)
 
 
-def fill_template(text: str, inputs: Mapping[str, Any]) -> str:
-    """Replace each ``{name}`` in ``text`` with ``inputs[name]`` (``{{name}}`` stays ``{name}``).
+def fill_template(text: str, inputs: Mapping[str, Any], state: BaseModel | None = None) -> str:
+    """Replace each ``{name}`` in ``text`` with ``inputs[name]``, and each ``{state.field}``
+    with that field of ``state`` (``{{name}}`` stays ``{name}``).
 
     Strings are inserted as they are, other values as JSON.
+
+    Raises:
+        KeyError: An input is missing, or a state field (or the state itself).
     """
     if "{" not in text:
         return text
 
     def substitute(match: re.Match[str]) -> str:
-        literal, name = match.groups()
-        if literal:
+        literal, name, field = match.groups()
+        if name:
+            value = inputs[name]
+        elif literal:
             return "{" + literal + "}"
-        value = inputs[name]
+        else:
+            value = _state_value(state, field)
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     return _PLACEHOLDER.sub(substitute, text)
+
+
+def _state_value(state: BaseModel | None, field: str) -> Any:
+    """State field ``field`` as a template shows it: a string as it is, else its JSON value."""
+    if state is None or field not in type(state).model_fields:
+        raise KeyError(f"state.{field}")
+    value = getattr(state, field)
+    if isinstance(value, str):
+        return value
+    return state.model_dump(mode="json", include={field})[field]
 
 
 def _shorten(text: str, width: int) -> str:

@@ -31,6 +31,7 @@ from crewflow.exceptions import (
     RunCancelled,
     RunInProgress,
     SchemaVersionError,
+    StateUpdateError,
     StoreError,
     TaskFailed,
     TaskTimeout,
@@ -66,6 +67,7 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         ToolError: ToolError("tool broke", tool="search"),
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
         MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
+        StateUpdateError: StateUpdateError("reducer raised", field="facts", reducer="append"),
         LoopLimitReached: LoopLimitReached("still not approved", loop="drafting", rounds=3),
         WorkflowError: WorkflowError(
             "the router broke", task="triage", step="router", function="'pick'"

@@ -534,6 +534,14 @@ class TaskAttempts:
             error=text,
         )
 
+    def failed(self, error: Exception) -> TaskFailed:
+        """The task's failure after its output, for an ``error`` that keeps the output from
+        counting (its state update failed): recorded, logged and announced as any failure."""
+        fallback = self.task.fallback_agent
+        used = self.records[-1].agent if self.records else self.agent.role
+        agent = fallback if fallback is not None and used == fallback.role else self.agent
+        return self._failed(agent, error)
+
     def _failed(self, agent: Agent, error: Exception, message: str | None = None) -> TaskFailed:
         run = self.run
         self._record(agent, TaskStatus.FAILED)

@@ -125,7 +125,8 @@ def changes(recorded: RunRecord, now: Fingerprint, graph: TaskGraph) -> list[Cre
             CrewChange(
                 "changed",
                 detail="a task's description, expected output or output model, an agent, a "
-                "model, a tool or the process changed",
+                "model, a tool, the process or the shared state (its model, reducers or initial "
+                "values) changed",
             )
         )
     return found

@@ -33,6 +33,7 @@ from crewflow._runtime.context import RunContext
 from crewflow._runtime.dispatch import Dispatcher
 from crewflow._runtime.mapping import find_items, gathered, item_task
 from crewflow._runtime.slots import Slot, SlotPool
+from crewflow._runtime.state import RunState, with_order
 from crewflow._runtime.workflow import call_user, condition_holds, route
 from crewflow._spec import new_id
 from crewflow.exceptions import (
@@ -45,6 +46,7 @@ from crewflow.exceptions import (
     InvalidPlan,
     LeaseLost,
     LoopLimitReached,
+    StateUpdateError,
     TaskFailed,
     WorkflowError,
 )
@@ -108,7 +110,8 @@ class Run:
         restored: Tasks whose outputs a resumed run read from the store.
         final: The output the process calls its final one (`Process.final_output`).
         skipped: The tasks skipped, with why.
-        state: The crew's shared state as it is now (``None``: none).
+        state: The crew's shared state as it is now (``None``: the crew has none); each
+            finished task's update replaces it with a new object.
     """
 
     def __init__(
@@ -128,8 +131,11 @@ class Run:
         cache: bool = False,
         record_prompts: bool = True,
         resumption: Resumption | None = None,
+        state: BaseModel | None = None,
     ) -> None:
         self.run_id = run_id or new_id()
+        self.state = state
+        self._state = None if state is None else RunState(state, resumption)
         self.graph = graph
         self.process = process
         self.crew_name = crew_name
@@ -167,8 +173,6 @@ class Run:
         self._failures: dict[str, TaskFailed] = {}
         self.skipped: dict[str, str] = {}
         """The tasks skipped so far, with why (``"condition false"``, ...)."""
-        self.state: BaseModel | None = None
-        """The crew's shared state as it is now (``None``: the crew keeps none)."""
         self._unchosen: dict[str, str] = {}  # task -> the router task that did not choose it
         self._route_pending: set[str] = set()  # restored router tasks whose choice is unknown
         self._unsaved: list[DecisionRecord] = []  # skips not yet recorded
@@ -201,6 +205,8 @@ class Run:
             for name in graph.deliverables:
                 if self._whole_loop_finished(name, resumption):
                     self._restore(name, graph.task(name))
+            if self._state is not None:
+                self.state = self._state.settle()
             recorded = resumption.record
             if recorded.chosen:
                 self.choice = recorded.choice or ProcessChoice(
@@ -493,6 +499,8 @@ class Run:
                 events.TaskAdded, task=name, agent=agent.role, step=step, depends_on=depends_on
             )
             self._replay(name, task, spec)
+        if self._state is not None:
+            self.state = self._state.settle()
         if self.recorder is not None:
             await self._store_write("record the tasks added", self.recorder.tasks_added(added))
         if self._dispatcher is not None:
@@ -526,6 +534,8 @@ class Run:
         if found is None:
             return
         self._outputs[name], self._records[name] = found
+        if self._state is not None:
+            self._state.restored(name, found[0])
         self._saved.add(name)
         self.restored.append(name)
         self.unended -= 1
@@ -554,7 +564,7 @@ class Run:
     ) -> TaskOutput | None:
         agent = agent or self.graph.agent_of(task)
         if prompt is None:
-            description, expected = task.render(self.inputs)
+            description, expected = task.render(self.inputs, self.state)
             pairs = [(o.task, o.text) for o in context]
             prompt = task_prompt(description, expected, pairs)
             # The parts too: each agent's context budget may cut the context outputs.
@@ -580,6 +590,8 @@ class Run:
                     output = await attempts.run_to_output()
                 finally:
                     recorder.task_stopped(name)
+            if self._state is not None:
+                self._update_state(output, attempts)
         except TaskFailed as failure:
             await self._save_attempts(name, attempts)
             if self.on_failure == "stop":
@@ -601,6 +613,27 @@ class Run:
             await self._checkpoint(output, attempts)
         self._outputs[name] = output
         return output
+
+    def _update_state(self, output: TaskOutput, attempts: TaskAttempts) -> None:
+        """Apply a finished task's update to the state, at once (no await between reading and
+        writing it), and put its order on the attempts the checkpoint writes.
+
+        Raises:
+            TaskFailed: The update failed (`StateUpdateError`); the state is as it was.
+        """
+        assert self._state is not None
+        try:
+            number = self._state.apply(output)
+        except StateUpdateError as exc:
+            raise attempts.failed(exc) from exc
+        if number is not None:
+            with_order(attempts.records, number)
+            self.state = self._state.current
+            record = self._records.get(output.task)
+            if record is not None:  # the timeline shows the attempts as they are stored
+                self._records[output.task] = record.model_copy(
+                    update={"attempts": tuple(attempts.records)}
+                )
 
     async def _checkpoint(self, output: TaskOutput, attempts: TaskAttempts) -> None:
         """Commit a finished task's output and attempts before anything depending on it starts.
@@ -1363,6 +1396,7 @@ class Run:
         error.run_id = self.run_id
         error.timeline = self.timeline
         error.usage = self.usage.copy()
+        error.state = self.state
 
     def _finish(self, status: RunStatus, began: float, error: BaseException | None) -> None:
         self.status = status
