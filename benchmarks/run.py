@@ -23,6 +23,7 @@ BENCHMARKS = (
     "rate.py",
     "store.py",
     "report.py",
+    "workflows.py",
 )
 
 

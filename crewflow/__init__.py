@@ -25,8 +25,10 @@ if typing.TYPE_CHECKING:
     from crewflow.crew import Crew, CrewResult
     from crewflow.exceptions import CrewflowWarning
     from crewflow.limits import Breaker, Limit, Limits
+    from crewflow.loop import Loop
     from crewflow.report import Report
     from crewflow.retry import RetryPolicy
+    from crewflow.state import append, merge, replace
     from crewflow.task import Task, TaskOutput, optional
     from crewflow.tools import Tool, tool
 
@@ -39,6 +41,7 @@ __all__ = [
     "CrewflowWarning",
     "Limit",
     "Limits",
+    "Loop",
     "Report",
     "RetryPolicy",
     "RunHandle",
@@ -49,7 +52,10 @@ __all__ = [
     "Tool",
     "__version__",
     "aclose",
+    "append",
+    "merge",
     "optional",
+    "replace",
     "set_limits",
     "tool",
 ]
@@ -65,6 +71,7 @@ _WHERE = {
     "CrewflowWarning": "crewflow.exceptions",
     "Limit": "crewflow.limits",
     "Limits": "crewflow.limits",
+    "Loop": "crewflow.loop",
     "Report": "crewflow.report",
     "RetryPolicy": "crewflow.retry",
     "RunHandle": "crewflow._runtime.handle",
@@ -74,6 +81,9 @@ _WHERE = {
     "TaskRecord": "crewflow._records",
     "TaskStatus": "crewflow._records",
     "Tool": "crewflow.tools",
+    "append": "crewflow.state",
+    "merge": "crewflow.state",
+    "replace": "crewflow.state",
     "set_limits": "crewflow._runtime.limiter",
     "tool": "crewflow.tools",
 }

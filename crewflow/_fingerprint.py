@@ -154,6 +154,27 @@ def _workflow(task: Task) -> dict[str, Any]:
     return {"workflow": found} if found else {}
 
 
+def _loops(graph: TaskGraph) -> str:
+    """The ``"loops": [...], `` part of the crew's JSON (nothing without loops: a crew without
+    them keeps the fingerprint it had before loops were): each loop's name, tasks, predicate
+    (by qualified name) and bounds."""
+    found = graph.loops
+    if not found:
+        return ""
+    described = [
+        {
+            "max_rounds": loop.max_rounds,
+            "max_tokens": loop.max_tokens,
+            "name": label,
+            "on_limit": loop.on_limit,
+            "tasks": list(names),
+            "until": function_name(loop.until),
+        }
+        for label, (loop, names) in found.items()
+    ]
+    return f'"loops": {_json(described)}, '
+
+
 def _label(task: Task | str) -> str:
     return task if isinstance(task, str) else task.name or task.description
 
@@ -266,6 +287,8 @@ def fingerprint(
     process: str,
     config: Mapping[str, JsonValue] | None = None,
     llm: str | LLM | None = None,
+    *,
+    state: Mapping[str, Any] | None = None,
 ) -> Fingerprint:
     """The fingerprint of ``graph``'s tasks under ``process``.
 
@@ -274,6 +297,8 @@ def fingerprint(
         process: The process's name.
         config: The process's configuration (``Process.config()``).
         llm: The model every agent is made to use (``kickoff(llm=...)``), if any.
+        state: The crew's shared state, as its schema and initial values, if it has one (part
+            of ``digest``, not of ``crew_key``).
     """
     texts: dict[str, str] = {}
     aspects: dict[str, str] = {}
@@ -306,9 +331,20 @@ def fingerprint(
     tasks = ", ".join(texts.values())
     config = dict(config or {})
     head = f'"config": {_json(config)}, ' if config else ""
+    shared = f'"state": {_json(dict(state))}, ' if state is not None else ""
+    loops = _loops(graph)
     return Fingerprint(
-        digest=_digest("{", head, f'"process": {_json(process)}, "tasks": [', tasks, "]}"),
-        crew_key=_digest('{"tasks": [', tasks, "]}"),
+        digest=_digest(
+            "{",
+            head,
+            loops,
+            f'"process": {_json(process)}, ',
+            shared,
+            '"tasks": [',
+            tasks,
+            "]}",
+        ),
+        crew_key=_digest("{", loops, '"tasks": [', tasks, "]}"),
         tasks={name: _task_digest(text) for name, text in texts.items()},
         aspects=aspects,
         process=process,

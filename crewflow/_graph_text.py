@@ -87,15 +87,34 @@ def _guardrail(graph: TaskGraph, name: str) -> tuple[str, str] | None:
     return function_name(task.guardrail), "guarded"
 
 
+def _map(graph: TaskGraph, name: str) -> tuple[str, str] | None:
+    over = graph.task(name).map_over
+    if over is None:
+        return None
+    if isinstance(over, str):
+        return over, f"for each in {over}"
+    return function_name(over), f"for each in {_short(over)}()"
+
+
+def _loop(graph: TaskGraph, name: str) -> tuple[str, str] | None:
+    label = graph.loop_of(name)
+    if label is None:
+        return None
+    loop = graph.loops[label][0]
+    return label, f"loop {label} (up to {loop.max_rounds} rounds)"
+
+
 MARKS: tuple[tuple[str, Callable[[TaskGraph, str], tuple[str, str] | None]], ...] = (
     ("condition", _condition),
     ("router", _router),
+    ("map", _map),
+    ("loop", _loop),
     ("guarded", _guardrail),
 )
 """Each mark a task can carry, in the order pictures show them, with the function that reads it
 off the task called ``name`` in ``graph`` (its fields, or the graph's, such as the loop it is
 in): ``(detail, label)``, or ``None`` when the task does not carry it. A new feature adds its
-row here, e.g. ``("map", _map)`` with ``_map`` reading ``graph.task(name).map_over``."""
+row here."""
 
 
 def marks(graph: TaskGraph, name: str) -> tuple[Mark, ...]:

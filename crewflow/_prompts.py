@@ -52,6 +52,73 @@ def task_prompt(
     return "\n\n".join(parts)
 
 
+def cut_note(cut: int, before: int) -> str:
+    """The line that ends a context output cut to fit the model's context budget."""
+    return (
+        f"[crewflow: cut {cut:,} of this output's {before:,} characters to fit the context window]"
+    )
+
+
+def cut_context(
+    context: Sequence[tuple[str, str]], room: int
+) -> tuple[list[tuple[str, str]], dict[str, tuple[int, int]]]:
+    """Context outputs cut to ``room`` characters together, notes included: largest first.
+
+    The policy (deterministic: the same outputs and room give the same cut): the outputs that
+    fit under a common length are kept whole, and every longer one is cut to that length
+    (largest first: the shortest output is cut last), the one length chosen so that everything
+    fits; characters left over by rounding go to the earlier outputs, in dependency order. A
+    cut output keeps its beginning and ends with a one-line note (`cut_note`) saying how much
+    was cut; the notes count toward ``room``. An output of which nothing fits keeps only its
+    note.
+
+    Args:
+        context: ``(task name, output text)`` pairs, in dependency order.
+        room: The characters the outputs' texts may take together.
+
+    Returns:
+        The pairs with their texts cut, and the outputs cut, by name: ``(characters before,
+        characters after)``; empty when all fit whole (the pairs are then ``context``'s).
+    """
+    sizes = [len(text) for _, text in context]
+    if sum(sizes) <= room:
+        return list(context), {}
+    cut: set[int] = set()
+    while True:
+        notes = sum(len(cut_note(sizes[i], sizes[i])) + 1 for i in cut)
+        level, extra = _level(sizes, max(0, room - notes))
+        over = {i for i, size in enumerate(sizes) if size > level}
+        if over <= cut:
+            break
+        cut |= over
+    pairs: list[tuple[str, str]] = []
+    outputs: dict[str, tuple[int, int]] = {}
+    for index, (name, text) in enumerate(context):
+        if index not in cut:
+            pairs.append((name, text))
+            continue
+        keep = level + (1 if extra > 0 and len(text) > level + 1 else 0)
+        extra -= keep - level
+        keep = min(keep, len(text))
+        note = cut_note(len(text) - keep, len(text))
+        pairs.append((name, f"{text[:keep]}\n{note}" if keep else note))
+        outputs[name] = (len(text), keep)
+    return pairs, outputs
+
+
+def _level(sizes: Sequence[int], room: int) -> tuple[int, int]:
+    """The length every output longer than it is cut to so that all fit ``room``, and the
+    characters left over below it (at most one for each output cut)."""
+    remaining = room
+    ascending = sorted(sizes)
+    for index, size in enumerate(ascending):
+        left = len(ascending) - index
+        if size * left > remaining:
+            return remaining // left, remaining % left
+        remaining -= size
+    return ascending[-1], 0
+
+
 def json_instruction(schema: dict[str, Any]) -> str:
     """Appended to the task prompt when the provider cannot enforce a schema itself."""
     return (

@@ -20,6 +20,7 @@ __all__ = [
     "AttemptRecord",
     "CallRecord",
     "Compact",
+    "ContextCutRecord",
     "Prediction",
     "ProcessChoice",
     "PromptRecord",
@@ -201,6 +202,35 @@ class PromptRecord(Compact):
     cut: int = Field(default=0, ge=0)
 
 
+CONTEXT_CUT = "context_cut"
+"""The key of `AttemptRecord.details` that holds its `ContextCutRecord`."""
+
+
+class ContextCutRecord(BaseModel):
+    """How an attempt's prompt was cut to fit its model's context budget.
+
+    Attributes:
+        window: The model's context window in tokens (``Agent.max_context_tokens``, else the
+            table of well-known windows).
+        budget: Tokens left for the task's context outputs: 80 % of the window, less the
+            system message, the tool and output schemas and the rest of the task's prompt
+            (characters / 4). After a refusal (``reason="refused"``): half of what the outputs
+            took in the refused request.
+        reason: ``"budget"``: the outputs did not fit the budget; ``"refused"``: the provider
+            refused the previous attempt's request as longer than its window, and the outputs
+            were cut once more.
+        outputs: The context outputs that were cut, by task name, in dependency order:
+            ``(characters before, characters after)`` (0 after: nothing of it fitted).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    window: int | None = Field(default=None, ge=1)
+    budget: int = Field(ge=0)
+    reason: Literal["budget", "refused"] = "budget"
+    outputs: dict[str, tuple[int, int]]
+
+
 class AttemptRecord(Compact):
     """One finished attempt of one task.
 
@@ -236,6 +266,8 @@ class AttemptRecord(Compact):
             ``"repaired": true`` says a reply held text no store can keep (a lone UTF-16
             surrogate, a NUL), which the task, its dependants and this record all received
             as U+FFFD, or that a recorded prompt (a tool's result) held some.
+            ``"context_cut"`` holds how the task's context outputs were cut to fit the model's
+            context budget (read it as `context_cut`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
@@ -260,6 +292,17 @@ class AttemptRecord(Compact):
     prompts: tuple[PromptRecord, ...] = ()
     kind: Literal["task", "guardrail"] = "task"
     details: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @property
+    def context_cut(self) -> ContextCutRecord | None:
+        """How the task's context outputs were cut to fit the model's context budget for this
+        attempt (``details["context_cut"]``), ``None`` when nothing was cut.
+
+        Kept in ``details`` rather than a field of its own: every attempt of every run would
+        pay for a field that most never fill.
+        """
+        found = self.details.get(CONTEXT_CUT)
+        return None if found is None else ContextCutRecord.model_validate(found)
 
 
 class TaskRecord(Compact):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, StrictInt, ValidationError, field_validator
 
 from crewflow import _prompts
 from crewflow._spec import Spec
@@ -94,6 +94,10 @@ class Agent(Spec):
             `crewflow.events.TokenDeltaReset` when text streamed so far is dropped (a retry,
             the model's next call).
         group: A limit group for this agent's LLM calls (see `crewflow.Limits`).
+        max_context_tokens: The model's context window in tokens, prompt and answer together.
+            ``None`` looks the model up in crewflow's table of well-known windows, else sets no
+            limit. A task's context outputs are cut to fit 80 % of it (see the context
+            budget guide).
     """
 
     role: str = Field(min_length=1)
@@ -105,6 +109,7 @@ class Agent(Spec):
     output_retries: int = Field(default=2, ge=0)
     stream: bool = False
     group: str | None = Field(default=None, min_length=1)
+    max_context_tokens: StrictInt | None = Field(default=None, gt=0)
 
     @field_validator("role", "goal")
     @classmethod

@@ -8,12 +8,21 @@ even concurrently.
 from __future__ import annotations
 
 import json
+import operator
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 
 from crewflow._caller import CallerModule
 from crewflow._records import ProcessChoice, RunStatus, TaskKind, TaskRecord
@@ -24,9 +33,10 @@ from crewflow.exceptions import ConfigurationError, CrewflowError, KickoffsFaile
 from crewflow.limits import Limits
 from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
+from crewflow.loop import Loop
 from crewflow.processes import Process, get_process
 from crewflow.retry import RetryPolicy
-from crewflow.task import Task, TaskOutput
+from crewflow.task import Task, TaskOutput, function_name
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -78,6 +88,8 @@ class CrewResult(BaseModel):
             manager's `crewflow.processes.hierarchical.Plan`), else ``None``.
         process_choice: What a choosing process (adaptive) picked, why, what it looked at and
             predicted (`crewflow.processes.ProcessChoice`), else ``None``.
+        state: The crew's shared state as the run left it (an instance of the crew's ``state``
+            model), else ``None``.
 
     Example:
         ```python
@@ -105,6 +117,7 @@ class CrewResult(BaseModel):
     skipped: dict[str, str] = Field(default_factory=dict)
     plan: SerializeAsAny[BaseModel] | None = None
     process_choice: ProcessChoice | None = None
+    state: SerializeAsAny[BaseModel] | None = None
     # The run's task graph (its added tasks too) and whether a store recorded the run: what a
     # report needs beyond the timeline.
     _graph: TaskGraph | None = PrivateAttr(default=None)
@@ -206,7 +219,8 @@ class Crew(Spec):
         ```
 
     Args:
-        tasks: The tasks, in order. Their ``context`` makes the dependency graph.
+        tasks: The tasks, in order. Their ``context`` makes the dependency graph. A `Loop`
+            among them stands for its tasks, in its place (they run round after round).
         agents: The crew's agents. Optional: by default, the agents of the tasks. When there is
             exactly one, tasks without an agent get it.
         process: ``"sequential"`` (tasks in list order; a task with undeclared context gets the
@@ -250,13 +264,23 @@ class Crew(Spec):
         default_inputs: Inputs every kickoff gets unless it gives its own (``kickoff``,
             ``start``, ``kickoff_for_each`` and ``crewflow run --input`` values win), so that a
             crew runs as it is: ``Crew(..., default_inputs={"topic": "batteries"})``.
+        state: Shared state (`crewflow.state`): a pydantic model class whose fields all have
+            defaults (each kickoff starts from ``state()``), or an instance of one (each
+            kickoff starts from a deep copy of it). Tasks read it in their templates
+            (``{state.field}``) and update it from their structured outputs: each field an
+            output model shares with the state goes through that field's reducer. The final
+            state is `CrewResult.state`.
 
     Raises:
         ConfigurationError: A cycle, unknown context, duplicate names, a task with no agent to
-            do it, or an unknown process, named in the message with how to fix it.
+            do it, an unknown process, a state model with fields that have no default, or a
+            ``{state.field}`` the state does not have, named in the message with how to fix
+            it.
     """
 
     tasks: tuple[Task, ...]
+    loops: tuple[Loop, ...] = ()
+    """The loops among the tasks (``tasks`` holds their tasks, in their place)."""
     agents: tuple[Agent, ...] | None = None
     process: str | Process | type[Process] = "sequential"
     manager: Agent | str | None = None
@@ -271,6 +295,7 @@ class Crew(Spec):
     cache: bool = False
     record_prompts: bool = True
     default_inputs: dict[str, Any] = Field(default_factory=dict)
+    state: type[BaseModel] | BaseModel | None = None
 
     _process: Process = PrivateAttr()
     _graph: TaskGraph = PrivateAttr()
@@ -303,10 +328,46 @@ class Crew(Spec):
                 raise ValueError(f"default {problem}")
         return value
 
+    @field_validator("state", mode="before")
+    @classmethod
+    def _check_state(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, BaseModel):
+            _check_reducers(type(value))
+            return value
+        if not (isinstance(value, type) and issubclass(value, BaseModel)):
+            raise ValueError(
+                "state must be a pydantic model class (or an instance of one), e.g. "
+                f"Crew(..., state=Notes), not {value!r}"
+            )
+        _check_reducers(value)
+        required = [name for name, field in value.model_fields.items() if field.is_required()]
+        if required:
+            raise ValueError(
+                f"every field of the state model {value.__name__} needs a default, since each "
+                f"kickoff starts from {value.__name__}(); these have none: {', '.join(required)}"
+                f". Give them defaults, or pass an instance: state={value.__name__}(...)"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unroll_loops(cls, data: Any) -> Any:
+        """A `Loop` in ``tasks`` stands for its tasks, in its place; it is kept in ``loops``."""
+        if not isinstance(data, dict):
+            return data
+        tasks = data.get("tasks")
+        if isinstance(tasks, (list, tuple)) and any(isinstance(t, Loop) for t in tasks):
+            loops = [t for t in tasks if isinstance(t, Loop)]
+            flat = [each for t in tasks for each in (t.tasks if isinstance(t, Loop) else (t,))]
+            data = {**data, "tasks": flat, "loops": (*data.get("loops", ()), *loops)}
+        return data
+
     @field_validator("tasks", mode="before")
     @classmethod
     def _check_tasks(cls, value: Any) -> Any:
-        if isinstance(value, Task):
+        if isinstance(value, (Task, Loop)):
             raise ValueError("tasks must be a list of tasks, e.g. Crew(tasks=[facts, draft])")
         return value
 
@@ -321,10 +382,64 @@ class Crew(Spec):
         if self.manager is not None:
             process = process.with_manager(self.manager)
         self._process = process
+        if self.state is not None and process.name == "hierarchical":
+            raise ConfigurationError(
+                "the hierarchical process cannot run a crew with shared state (state=...): a "
+                "manager plans the work itself, and how its plan meets the state is not "
+                'designed yet. Use process="parallel" or "sequential", or drop state'
+            )
         agents = self.agents if self.agents is not None else _task_agents(self.tasks)
-        self._graph = TaskGraph(self.tasks, agents=agents, default_agent=process.default_agent())
+        self._graph = TaskGraph(
+            self.tasks, agents=agents, default_agent=process.default_agent(), loops=self.loops
+        )
         self._process.prepare_graph(self._graph)
         self._process.validate(self._graph)
+        self._check_state_references()
+
+    def _check_state_references(self) -> None:
+        """Every ``{state.field}`` of a task names a field of the crew's state."""
+        model = self.state_model
+        graph = self._graph
+        # Most crews' templates read no state: one search over all of them, at C speed, says so
+        # (this runs at every construction; a loop per task cost 4 % of it at 2,000 tasks).
+        tasks = graph.tasks
+        if "{state." not in "\0".join(map(_DESCRIPTION, tasks)) + "\0".join(map(_EXPECTED, tasks)):
+            return
+        for task, name in zip(tasks, graph.names, strict=True):
+            fields = task.state_fields
+            if not fields:
+                continue
+            if model is None:
+                raise ConfigurationError(
+                    f"task {name!r} reads {', '.join(f'{{state.{f}}}' for f in sorted(fields))}"
+                    " but the crew has no state: give it one, Crew(..., state=MyState), or "
+                    "write {{state.name}} for a literal brace"
+                )
+            unknown = sorted(fields - model.model_fields.keys())
+            if unknown:
+                raise ConfigurationError(
+                    f"task {name!r} reads "
+                    f"{', '.join(f'{{state.{f}}}' for f in unknown)}, which the state model "
+                    f"{model.__name__} has no field for; its fields: "
+                    f"{', '.join(model.model_fields) or '(none)'}"
+                )
+
+    @property
+    def state_model(self) -> type[BaseModel] | None:
+        """The class of the crew's shared state, or ``None`` when it has none."""
+        state = self.state
+        if state is None or isinstance(state, type):
+            return state
+        return type(state)
+
+    def _initial_state(self) -> BaseModel | None:
+        """A kickoff's own initial state: nothing mutable is shared with another run."""
+        state = self.state
+        if state is None:
+            return None
+        if isinstance(state, type):
+            return state()
+        return state.model_copy(deep=True)
 
     @property
     def graph(self) -> TaskGraph:
@@ -383,11 +498,29 @@ class Crew(Spec):
         from crewflow._fingerprint import fingerprint
 
         process = self._process
+        state = self._state_schema()
         if llm is not None:
-            return fingerprint(self._graph, process.name, process.config(), llm)
+            return fingerprint(self._graph, process.name, process.config(), llm, state=state)
         if self._fingerprint is None:
-            self._fingerprint = fingerprint(self._graph, process.name, process.config())
+            self._fingerprint = fingerprint(
+                self._graph, process.name, process.config(), state=state
+            )
         return self._fingerprint
+
+    def _state_schema(self) -> dict[str, Any] | None:
+        """What the fingerprint holds of the state: its model's JSON schema, its reducers' names
+        and the initial values (a resumed run rebuilds its state from them)."""
+        initial = self._initial_state()
+        if initial is None:
+            return None
+        from crewflow.state import reducers_of
+
+        model = type(initial)
+        return {
+            "schema": model.model_json_schema(),
+            "initial": initial.model_dump(mode="json"),
+            "reducers": {f: function_name(r) for f, r in reducers_of(model).items()},
+        }
 
     async def resume(
         self,
@@ -620,6 +753,7 @@ class Crew(Spec):
             record_prompts=self.record_prompts,
             run_id=None if resumption is None else resumption.record.run_id,
             resumption=resumption,
+            state=self._initial_state(),
         )
         store = self.resolved_store()
         if store is not None:
@@ -698,6 +832,7 @@ class Crew(Spec):
             skipped=dict(run.skipped),
             plan=run.plan,
             process_choice=run.choice,
+            state=run.state,
         )
         result._graph, result._stored = graph, run.recorder is not None
         return result
@@ -764,6 +899,27 @@ class Crew(Spec):
         # A private deep copy: a run must not see later changes to the caller's objects.
         copied: dict[str, Any] = json.loads(json.dumps(dict(inputs)))
         return copied
+
+
+_DESCRIPTION = operator.attrgetter("description")
+_EXPECTED = operator.attrgetter("expected_output")
+
+
+def _check_reducers(model: type[BaseModel]) -> None:
+    """Every reducer of the state model ``model`` is a plain (not async) callable: an update is
+    applied with no await between reading the state and writing it."""
+    import inspect
+
+    from crewflow.state import reducers_of
+
+    for field, reducer in reducers_of(model).items():
+        call = getattr(reducer, "__call__", None)  # noqa: B004 - an object's own __call__
+        if inspect.iscoroutinefunction(reducer) or inspect.iscoroutinefunction(call):
+            raise ValueError(
+                f"the reducer {function_name(reducer)} of state field {field!r} is async; a "
+                "reducer must be a plain function (current, update) -> new value, since the "
+                "state is updated at once when a task finishes"
+            )
 
 
 def _not_recordable(key: object, value: Any) -> str | None:

@@ -25,6 +25,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "ContextCut",
     "Event",
     "EventSink",
     "GuardrailFailed",
@@ -278,6 +279,32 @@ class TaskFallback(Event):
     agent: str
     fallback: str
     error: str
+
+
+class ContextCut(Event):
+    """A task's context outputs were cut to fit its agent's context budget, before an attempt
+    (see the context budget guide); the attempt's record says the same
+    (`crewflow.store.AttemptRecord.context_cut`).
+
+    Attributes:
+        task: The task's name.
+        agent: The role of the agent whose model's window the prompt was cut for.
+        attempt: The attempt that sends the cut prompt.
+        window: The model's context window in tokens, if known.
+        budget: Tokens left for the context outputs.
+        reason: ``"budget"``, or ``"refused"`` when the provider refused the previous attempt's
+            request as too long and the outputs were cut once more.
+        outputs: The outputs cut, by task name: ``(characters before, characters after)``.
+    """
+
+    kind: Literal["context_cut"] = "context_cut"
+    task: str
+    agent: str
+    attempt: int
+    window: int | None
+    budget: int
+    reason: Literal["budget", "refused"]
+    outputs: dict[str, tuple[int, int]]
 
 
 class RunPaused(Event):

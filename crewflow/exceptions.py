@@ -23,10 +23,13 @@ CrewflowError
     ├── KickoffsFailed            .results, .failures: some kickoffs of kickoff_for_each failed
     ├── TaskTimeout               (also a TimeoutError) .task, .timeout, .running_tools: too slow
     ├── LLMError                  .model, .status_code, .retryable: a provider call failed
-    │   └── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
+    │   ├── CredentialsError      (also a ConfigurationError) .variables: no key, or a refused one
+    │   └── ContextLengthExceeded the request was longer than the model's context window
     ├── ToolError                 .tool: a tool raised (fed back to the model inside the agent loop)
     ├── OutputValidationError     .errors, .reasons: bad output (output_model, or guardrail)
-    ├── WorkflowError             .task, .step, .function: a condition or router failed
+    ├── WorkflowError             .task, .step, .function: a condition, router or map failed
+    ├── LoopLimitReached          .loop, .rounds, .last: a loop's bound came before its predicate
+    ├── StateUpdateError          .field, .reducer: an output could not update the crew's state
     └── MaxIterationsExceeded     .max_iterations: the agent loop did not reach a final answer
 CrewflowWarning                   (also a UserWarning) a likely mistake that still runs
 ```
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "ContextLengthExceeded",
     "CredentialsError",
     "CrewChange",
     "CrewChanged",
@@ -63,11 +67,13 @@ __all__ = [
     "KickoffsFailed",
     "LLMError",
     "LeaseLost",
+    "LoopLimitReached",
     "MaxIterationsExceeded",
     "OutputValidationError",
     "RunCancelled",
     "RunInProgress",
     "SchemaVersionError",
+    "StateUpdateError",
     "StoreError",
     "TaskFailed",
     "TaskTimeout",
@@ -294,6 +300,7 @@ class CrewRunError(CrewflowError):
         timeline: Every task's record up to the failure (finished, failed, skipped, cancelled,
             pending), as `CrewResult.timeline` would have been.
         usage: Requests and tokens the run spent before it failed.
+        state: The crew's shared state when the run failed (``None``: the crew has none).
     """
 
     def __init__(self, message: str, *, outputs: Mapping[str, TaskOutput] | None = None) -> None:
@@ -304,6 +311,7 @@ class CrewRunError(CrewflowError):
         self.run_id: str | None = None
         self.timeline: list[Any] = []
         self.usage: Any = None
+        self.state: Any = None
 
 
 class LLMError(CrewRunError):
@@ -365,6 +373,14 @@ class CredentialsError(LLMError, ConfigurationError):
         self.variables = tuple(variables)
 
 
+class ContextLengthExceeded(LLMError):
+    """The provider refused a request for being longer than the model's context window
+    (OpenAI's HTTP 400 with code ``context_length_exceeded``, LiteLLM's
+    ``ContextWindowExceededError``). Never retryable as it is: the runtime cuts the task's
+    context outputs once more and makes one more attempt (see the context budget guide).
+    """
+
+
 class ToolError(CrewRunError):
     """A tool raised, or was called with arguments that do not match its schema.
 
@@ -411,13 +427,13 @@ class OutputValidationError(CrewRunError):
 
 
 class WorkflowError(CrewRunError):
-    """A function that steers the run failed: a task's condition or router raised, took
-    longer than the task's timeout, or returned something it cannot (a router choosing a task
-    that does not depend on its task).
+    """What steers the run failed: a task's condition, router or map raised, took longer than
+    the task's timeout, or gave something it cannot (a router choosing a task that does not
+    depend on its task, a map's list that is not a list), or items of a map failed.
 
     Attributes:
         task: The name of the task the function belongs to.
-        step: ``"condition"`` or ``"router"``.
+        step: ``"condition"``, ``"router"``, ``"map"`` or ``"loop"``.
         function: The function's qualified name (``"'mapping'"`` for a mapping router).
     """
 
@@ -426,6 +442,46 @@ class WorkflowError(CrewRunError):
         self.task = task
         self.step = step
         self.function = function
+
+
+class LoopLimitReached(CrewRunError):
+    """A loop ran ``max_rounds`` rounds (or spent its ``max_tokens``) and its predicate never
+    held, and the loop says ``on_limit="raise"``.
+
+    Attributes:
+        loop: The loop's name.
+        rounds: How many rounds ran.
+        last: The last round's outputs, by the loop's task names.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        loop: str,
+        rounds: int,
+        last: Mapping[str, TaskOutput] | None = None,
+        outputs: Mapping[str, TaskOutput] | None = None,
+    ) -> None:
+        super().__init__(message, outputs=outputs)
+        self.loop = loop
+        self.rounds = rounds
+        self.last = dict(last or {})
+
+
+class StateUpdateError(CrewRunError):
+    """A task's output could not update the crew's shared state: the field's reducer raised,
+    or the state model rejected what it returned (the cause is chained as ``__cause__``).
+
+    Attributes:
+        field: The state field.
+        reducer: The reducer's name (``replace``, ``append``, ``merge`` or the callable's).
+    """
+
+    def __init__(self, message: str, *, field: str, reducer: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reducer = reducer
 
 
 class MaxIterationsExceeded(CrewRunError):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import networkx as nx
 
     from crewflow.agent import Agent
+    from crewflow.loop import Loop
     from crewflow.task import Task
 
 __all__ = ["TaskGraph"]
@@ -44,6 +45,7 @@ class TaskGraph:
         agents: The crew's agents; when there is exactly one, tasks without an agent get it.
         default_agent: The agent of tasks without one, instead (a hierarchical crew's
             manager, who assigns their work).
+        loops: The crew's loops (`crewflow.Loop`), whose tasks are among ``tasks``.
 
     Raises:
         ConfigurationError: Duplicate tasks or names, unknown context, a cycle, or a task with no
@@ -56,6 +58,7 @@ class TaskGraph:
         *,
         agents: Sequence[Agent] = (),
         default_agent: Agent | None = None,
+        loops: Sequence[Loop] = (),
     ) -> None:
         if not tasks:
             raise ConfigurationError("a crew needs at least one task: Crew(tasks=[...])")
@@ -68,6 +71,8 @@ class TaskGraph:
         self._dependants: dict[str, list[str]] = {}
         self._internal: set[str] = set()
         self._optional: dict[str, frozenset[str]] = {}
+        self._loops: dict[str, tuple[Loop, tuple[str, ...]]] = {}  # by name: loop, its tasks
+        self._loop_of: dict[str, str] = {}  # a loop's task's name: the loop's name
         self._members = tuple(agents)
         self._default_agent = default_agent or (agents[0] if len(agents) == 1 else None)
         self._agent_count = len(agents)
@@ -78,9 +83,13 @@ class TaskGraph:
         for task in tasks:
             self._connect(self._names[task.id], self._resolve_context(task))
         self._check_acyclic()
+        for loop in loops:
+            self._register_loop(loop)
         for task in tasks:
             if isinstance(task.router, dict):
                 self._check_routes(task)
+            if isinstance(task.map_over, str):
+                self.map_source(self._names[task.id])
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -184,15 +193,49 @@ class TaskGraph:
             for value, target in router.items()
         }
 
+    def map_source(self, name: str) -> tuple[str, list[str]] | None:
+        """Where the map of the task called ``name`` finds its list: the upstream task's name
+        and the fields to follow in its output (``None``: no map, or a function gives it).
+
+        Raises:
+            ConfigurationError: ``map_over`` names no task of the task's (required) context.
+        """
+        over = self._by_name[name].map_over
+        if not isinstance(over, str):
+            return None
+        deps = [d for d in self._deps[name] if d not in self.optional_dependencies(name)]
+        found = [d for d in deps if over == d or over.startswith(d + ".")]
+        if not found:
+            listed = ", ".join(deps) or "none"
+            raise ConfigurationError(
+                f"task {name!r} maps over {over!r}, but its context has no such task (required "
+                f"context: {listed}): add the task whose output holds the list to its context, "
+                "and write map_over='that_task.field'"
+            )
+        upstream = max(found, key=len)  # a task name may hold dots: the longest one that fits
+        path = over[len(upstream) + 1 :]
+        return upstream, path.split(".") if path else []
+
+    @property
+    def loops(self) -> dict[str, tuple[Loop, tuple[str, ...]]]:
+        """The crew's loops by name, each with its tasks' names in round order."""
+        return dict(self._loops)
+
+    def loop_of(self, name: str) -> str | None:
+        """The name of the loop the task called ``name`` belongs to, if any."""
+        return self._loop_of.get(name)
+
     def workflow_features(self) -> list[str]:
         """The workflow features the tasks use, each named as the user wrote it
-        (``"condition"``, ``"router"``, ``"optional context"``, ``"guardrail"``), in a fixed
-        order."""
+        (``"condition"``, ``"router"``, ``"optional context"``, ``"guardrail"``, ``"map"``,
+        ``"loop"``), in a fixed order."""
         found = {
             "condition": any(task.condition is not None for task in self._tasks),
             "router": any(task.router is not None for task in self._tasks),
             "optional context": bool(self._optional),
             "guardrail": any(task.guardrail is not None for task in self._tasks),
+            "map": any(task.map_over is not None for task in self._tasks),
+            "loop": bool(self._loops),
         }
         return [feature for feature, used in found.items() if used]
 
@@ -259,14 +302,21 @@ class TaskGraph:
             problems += self._plan_cycles(tasks)
         return problems
 
-    def _extend(self, tasks: Sequence[Task], *, kind: TaskKind = TaskKind.INTERNAL) -> list[str]:
+    def _extend(
+        self,
+        tasks: Sequence[Task],
+        *,
+        kind: TaskKind = TaskKind.INTERNAL,
+        checked: bool = False,
+    ) -> list[str]:
         """Add a whole plan to this graph (a run's copy) and return the tasks' names. The
         runtime's: a process adds tasks with ``ProcessContext.add_tasks``, which records them.
+        ``checked``: the caller found no problem with `check_tasks` already.
 
         Raises:
             ValueError: `check_tasks` finds a problem; the graph is left as it was.
         """
-        problems = self.check_tasks(tasks)
+        problems = [] if checked else self.check_tasks(tasks)
         if problems:
             raise ValueError("; ".join(problem.message for problem in problems))
         start = len(self._tasks) + 1
@@ -294,6 +344,8 @@ class TaskGraph:
         clone._shared = self._shared = True
         clone._internal = set(self._internal)
         clone._optional = dict(self._optional)
+        clone._loops = self._loops  # never changed after construction
+        clone._loop_of = self._loop_of
         clone._members = self._members
         clone._default_agent = self._default_agent
         clone._agent_count = self._agent_count
@@ -462,6 +514,8 @@ class TaskGraph:
         for task in tasks:
             refs = (ref if isinstance(ref, str) else ids.get(ref.id) for ref in task.context_refs())
             deps[ids[task.id]] = [dep for dep in refs if dep in names]
+        if not any(deps.values()):
+            return []  # no task of the plan needs another (a map's items): no circle to find
         order = {name: index for index, name in enumerate(ids.values())}
         problems = []
         for component in _dag.circles(_dag.digraph(deps)):
@@ -502,6 +556,38 @@ class TaskGraph:
                 "Crew(tasks=[...]) or remove it from the context"
             )
         return self._names[ref.id]
+
+    def _register_loop(self, loop: Loop) -> None:
+        """Keep ``loop`` under its name, after checking that its tasks are the crew's, in no
+        other loop, each after the loop's tasks it needs, and not needed by an earlier one."""
+        names = []
+        for task in loop.tasks:
+            name = self._names.get(task.id)
+            if name is None:
+                raise ConfigurationError(f"{task!r} of a Loop is not one of the crew's tasks")
+            if name in self._loop_of:
+                raise ConfigurationError(
+                    f"task {name!r} is in two loops ({self._loop_of[name]!r} and another): "
+                    "a task belongs to one loop at most"
+                )
+            names.append(name)
+        label = loop.name or names[0]
+        if label in self._loops or (label != names[0] and label in self._by_name):
+            raise ConfigurationError(
+                f"two loops, or a loop and a task, are named {label!r}: give the Loop a name="
+            )
+        members = set(names)
+        for index, name in enumerate(names):
+            later = [dep for dep in self._deps[name] if dep in members and names.index(dep) > index]
+            if later:
+                raise ConfigurationError(
+                    f"task {name!r} of loop {label!r} needs {later[0]!r}, which comes after it in "
+                    "the loop: a round runs the loop's tasks in order, so list the loop's tasks in "
+                    "the order they need each other"
+                )
+        self._loops[label] = (loop, tuple(names))
+        for name in names:
+            self._loop_of[name] = label
 
     def _check_routes(self, task: Task) -> None:
         """A mapping router's tasks must be direct dependants of its task (the tasks that list

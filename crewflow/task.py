@@ -1,8 +1,10 @@
 """Tasks: what to do, for whom, with which context; and `TaskOutput`, what came of it.
 
 A task's description and expected output may hold ``{placeholders}`` filled from the inputs given
-to ``kickoff``. Only ``{identifier}`` is a placeholder, so JSON examples in a description stay as
-they are; write ``{{name}}`` to keep a literal ``{name}``.
+to ``kickoff``, and ``{state.field}`` references filled from the crew's shared state (see
+`crewflow.state`) as it is when the task starts. Only ``{identifier}`` and ``{state.identifier}``
+are placeholders, so JSON examples in a description stay as they are; write ``{{name}}`` to keep a
+literal ``{name}``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ if TYPE_CHECKING:
 
 __all__ = ["OptionalContext", "Task", "TaskOutput", "function_name", "optional"]
 
-_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}")
+# Groups: a literal ``{{name}}`` (or ``{{state.name}}``), an input ``{name}``, a state field
+# ``{state.name}``.
+_PLACEHOLDER = re.compile(
+    r"\{\{((?:state\.)?[A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}|\{state\.([A-Za-z_]\w*)\}"
+)
 
 
 class OptionalContext:
@@ -117,6 +123,18 @@ class Task(Spec):
             replayed on resume.
         router_field: The ``output_model`` field a mapping ``router`` reads (default: the
             model's only field).
+        map_over: Run the task once per item of a list an upstream task produced:
+            ``"upstream"`` (its structured output, or its text as a JSON list),
+            ``"upstream.field"`` (a field of its structured output, dotted for nested ones),
+            or a function (sync or async) of the outputs so far (and the state) returning the
+            list. The upstream task must be in ``context``. Each item is a task of its own,
+            ``name[0]``, ``name[1]``, ...; ``{item}`` in the description is the item (else
+            the item is added below it). The task's output lists every item's result in item
+            order (``data``: a list). An empty list runs nothing and gives an empty result.
+        max_items: The most items a map runs; a longer list is cut to it (recorded, with a
+            warning).
+        max_concurrency: The most items of this map that run at once (they also take the
+            crew's slots and limits). Under ``sequential`` items run one at a time.
         guardrail: Checks each output before it is accepted: a function (sync or async) of the
             `TaskOutput` that returns ``True`` or ``None`` to accept it, or a ``str`` reason
             (or ``False``) to reject it. A rejected output is asked for again, with the reason
@@ -143,6 +161,10 @@ class Task(Spec):
     # Guardrails (see `crewflow._runtime.guardrail`).
     guardrail: Callable[..., Any] | None = None
     guardrail_retries: int = Field(default=2, ge=0)
+    # Maps (see `crewflow._runtime.mapping`).
+    map_over: str | Callable[..., Any] | None = None
+    max_items: int | None = Field(default=None, ge=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
 
     def __init__(self, description: str | None = None, /, **data: Any) -> None:
         if description is not None:
@@ -232,23 +254,64 @@ class Task(Spec):
             ) from None
         return value
 
+    @model_validator(mode="after")
+    def _check_map(self) -> Task:
+        over = self.map_over
+        if over is None:
+            for field in ("max_items", "max_concurrency"):
+                if getattr(self, field) is not None:
+                    raise ConfigurationError(
+                        f"task {self!s:.60}: {field} is for a map; set map_over= too, or drop it"
+                    )
+            return self
+        if isinstance(over, str):
+            if not over or any(not part.strip() for part in over.split(".")):
+                raise ConfigurationError(
+                    f"task {self!s:.60}: map_over={over!r} names no list; write the upstream "
+                    "task's name, with the field holding the list: map_over='docs.items'"
+                )
+        else:
+            takes_state(over, "map_over", "(outputs) or (outputs, state)")
+        if self.router is not None:
+            raise ConfigurationError(
+                f"task {self!s:.60}: a map cannot have a router (which item's output would it "
+                "read?); route from a task after the map"
+            )
+        return self
+
     @property
     def placeholders(self) -> frozenset[str]:
-        """The input names this task's templates need."""
+        """The input names this task's templates need (``{state.field}`` references are not
+        inputs: see `state_fields`; a map's ``{item}`` is its own)."""
+        found = self._found(2)
+        return found - {ITEM} if self.map_over is not None else found
+
+    @property
+    def state_fields(self) -> frozenset[str]:
+        """The state fields this task's templates read (``{state.field}``)."""
+        return self._found(3)
+
+    def _found(self, group: int) -> frozenset[str]:
         found = set()
         for text in (self.description, self.expected_output):
-            for match in _PLACEHOLDER.finditer(text):
-                if match.group(2):
-                    found.add(match.group(2))
+            if "{" in text:
+                for match in _PLACEHOLDER.finditer(text):
+                    if match.group(group):
+                        found.add(match.group(group))
         return frozenset(found)
 
-    def render(self, inputs: Mapping[str, Any]) -> tuple[str, str]:
-        """The description and expected output with placeholders filled from ``inputs``.
+    def render(self, inputs: Mapping[str, Any], state: BaseModel | None = None) -> tuple[str, str]:
+        """The description and expected output with placeholders filled from ``inputs``, and
+        ``{state.field}`` references from ``state``.
 
         Raises:
-            KeyError: A placeholder has no input (the crew checks this at kickoff).
+            KeyError: A placeholder has no input (the crew checks this at kickoff), or a state
+                reference no state field (checked when the crew is built).
         """
-        return fill_template(self.description, inputs), fill_template(self.expected_output, inputs)
+        return (
+            fill_template(self.description, inputs, state),
+            fill_template(self.expected_output, inputs, state),
+        )
 
     def __repr__(self) -> str:
         label = self.name or _shorten(self.description, 40)
@@ -377,6 +440,23 @@ def function_name(function: object) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+ITEM = "item"
+"""The placeholder a map's task writes for its item: ``{item}``."""
+
+
+def fill_only(text: str, values: Mapping[str, str]) -> str:
+    """Replace each ``{name}`` of ``values`` in ``text``; every other placeholder, and every
+    ``{{literal}}``, stays as it is (for a later `fill_template`)."""
+    if "{" not in text:
+        return text
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(2)
+        return values[name] if name in values else match.group(0)
+
+    return _PLACEHOLDER.sub(substitute, text)
+
+
 def literal_template(text: str) -> str:
     """``text`` as a template that renders to itself: each ``{name}`` becomes ``{{name}}``.
 
@@ -390,22 +470,39 @@ def literal_template(text: str) -> str:
     return _PLACEHOLDER.sub(lambda match: "{" + match.group(0) + "}", text)
 
 
-def fill_template(text: str, inputs: Mapping[str, Any]) -> str:
-    """Replace each ``{name}`` in ``text`` with ``inputs[name]`` (``{{name}}`` stays ``{name}``).
+def fill_template(text: str, inputs: Mapping[str, Any], state: BaseModel | None = None) -> str:
+    """Replace each ``{name}`` in ``text`` with ``inputs[name]``, and each ``{state.field}``
+    with that field of ``state`` (``{{name}}`` stays ``{name}``).
 
     Strings are inserted as they are, other values as JSON.
+
+    Raises:
+        KeyError: An input is missing, or a state field (or the state itself).
     """
     if "{" not in text:
         return text
 
     def substitute(match: re.Match[str]) -> str:
-        literal, name = match.groups()
-        if literal:
+        literal, name, field = match.groups()
+        if name:
+            value = inputs[name]
+        elif literal:
             return "{" + literal + "}"
-        value = inputs[name]
+        else:
+            value = _state_value(state, field)
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     return _PLACEHOLDER.sub(substitute, text)
+
+
+def _state_value(state: BaseModel | None, field: str) -> Any:
+    """State field ``field`` as a template shows it: a string as it is, else its JSON value."""
+    if state is None or field not in type(state).model_fields:
+        raise KeyError(f"state.{field}")
+    value = getattr(state, field)
+    if isinstance(value, str):
+        return value
+    return state.model_dump(mode="json", include={field})[field]
 
 
 def _shorten(text: str, width: int) -> str:

@@ -232,7 +232,7 @@ def test_a_delegated_task_shows_who_does_it_and_when_it_is_done() -> None:
     printed = view.console.file.getvalue().splitlines()  # type: ignore[attr-defined]
     assert printed == [
         "… research waiting  done by research.2",
-        "✓ research finished  by its delegate",
+        "✓ research finished  by the tasks that did its work",
     ]
 
 

@@ -405,3 +405,58 @@ def test_the_graph_is_never_wrapped_to_the_terminal(marked: Path, columns: int, 
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     assert result.stdout == wide.stdout  # a machine format, line for line
+
+
+MAPPED_AND_LOOPED = """
+from pydantic import BaseModel
+
+from crewflow import Agent, Crew, Loop, Task
+
+
+class Docs(BaseModel):
+    titles: list[str]
+
+
+def approved(outputs):
+    return True
+
+
+def words(outputs):
+    return outputs["collect"].text.split()
+
+
+agent = Agent(role="Desk", goal="Work", llm="offline")
+collect = Task("collect", name="collect", context=[], output_model=Docs)
+each = Task("read {item}", name="each", context=[collect], map_over="collect.titles")
+every = Task("say {item}", name="every", context=[collect], map_over=words)
+draft = Task("draft", name="draft", context=[each])
+check = Task("check", name="check", context=[draft])
+crew = Crew(
+    tasks=[collect, each, every, Loop([draft, check], until=approved, max_rounds=4)],
+    agents=[agent],
+    process="parallel",
+    name="shaped",
+)
+"""
+
+
+def test_maps_and_loops_are_marked_in_every_format(tmp_path: Path) -> None:
+    path = crew_file(tmp_path, MAPPED_AND_LOOPED)
+
+    shape = json.loads(invoke(str(path), "-f", "json").stdout)
+    marks = {node["name"]: node["marks"] for node in shape["nodes"]}
+    mermaid = invoke(str(path)).stdout
+    dot = invoke(str(path), "-f", "dot").stdout
+
+    assert marks["each"] == [
+        {"kind": "map", "detail": "collect.titles", "label": "for each in collect.titles"}
+    ]
+    assert marks["every"] == [
+        {"kind": "map", "detail": "crew_file.words", "label": "for each in words()"}
+    ]
+    loop = {"kind": "loop", "detail": "draft", "label": "loop draft (up to 4 rounds)"}
+    assert marks["draft"] == marks["check"] == [loop]
+    assert marks["collect"] == []
+    for text in (mermaid, dot):
+        assert "for each in collect.titles" in text
+        assert "loop draft (up to 4 rounds)" in text

@@ -13,6 +13,7 @@ import pytest
 from crewflow import exceptions
 from crewflow.exceptions import (
     ConfigurationError,
+    ContextLengthExceeded,
     CredentialsError,
     CrewChange,
     CrewChanged,
@@ -24,11 +25,13 @@ from crewflow.exceptions import (
     KickoffsFailed,
     LeaseLost,
     LLMError,
+    LoopLimitReached,
     MaxIterationsExceeded,
     OutputValidationError,
     RunCancelled,
     RunInProgress,
     SchemaVersionError,
+    StateUpdateError,
     StoreError,
     TaskFailed,
     TaskTimeout,
@@ -58,9 +61,14 @@ def make(cls: type[CrewflowError]) -> CrewflowError:
         CredentialsError: CredentialsError(
             "no API key", model="groq/llama3", variables=["GROQ_API_KEY"], status_code=None
         ),
+        ContextLengthExceeded: ContextLengthExceeded(
+            "too long", model="openai/gpt-4o", status_code=400
+        ),
         ToolError: ToolError("tool broke", tool="search"),
         OutputValidationError: OutputValidationError("invalid", errors=[{"loc": ("a",)}], text="x"),
         MaxIterationsExceeded: MaxIterationsExceeded("too many", max_iterations=10),
+        StateUpdateError: StateUpdateError("reducer raised", field="facts", reducer="append"),
+        LoopLimitReached: LoopLimitReached("still not approved", loop="drafting", rounds=3),
         WorkflowError: WorkflowError(
             "the router broke", task="triage", step="router", function="'pick'"
         ),

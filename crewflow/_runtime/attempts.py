@@ -13,22 +13,30 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from crewflow import events
-from crewflow._records import AttemptRecord, TaskRecord, TaskStatus
-from crewflow._runtime import guardrail
+from crewflow._records import CONTEXT_CUT, AttemptRecord, TaskRecord, TaskStatus
+from crewflow._runtime import budget, guardrail
 from crewflow._runtime.calls import AttemptBuilder, ManagedLLM, StreamedText
 from crewflow._runtime.transcript import PromptLog, tool_call_record
-from crewflow.exceptions import LLMError, OutputValidationError, TaskFailed, TaskTimeout
+from crewflow.exceptions import (
+    ContextLengthExceeded,
+    LLMError,
+    OutputValidationError,
+    TaskFailed,
+    TaskTimeout,
+)
 from crewflow.llm._types import Usage
+from crewflow.llm._windows import context_window
 from crewflow.task import TaskOutput, function_name
 from crewflow.tools import AbandonedCalls, watch_abandoned
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
     from datetime import datetime
 
     from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.run import Run
     from crewflow.agent import Agent, AgentAnswer, ToolObserver
+    from crewflow.llm import LLM
     from crewflow.retry import RetryPolicy
     from crewflow.task import Task
     from crewflow.tools import Tool
@@ -72,6 +80,11 @@ class TaskAttempts:
         name: Its name in the run.
         prompt: The rendered user message.
         agent: The agent that does it (the fallback agent takes over after it).
+        description: The rendered description the prompt was made of.
+        expected: The rendered expected output the prompt was made of.
+        context: The context outputs the prompt was made of, ``(task name, text)``; given,
+            they are cut to fit each agent's context budget (a prompt made without them, by a
+            process, is sent as it is).
     """
 
     # A guardrail's state, set on the instance only for a task that has one.
@@ -82,12 +95,34 @@ class TaskAttempts:
     _verdict: str | None = None
     """The guardrail's reason to reject ``_checked``, ``None`` when it accepted it."""
 
-    def __init__(self, run: Run, task: Task, name: str, prompt: str, agent: Agent) -> None:
+    # Set only once a prompt is cut: a task that is not pays nothing for them.
+    _fitted: budget.Fitted | None = None
+    """The cut of the agent's prompt, if it was cut."""
+    _announce = False
+    """Whether the next attempt is the first to send the cut prompt (announce it)."""
+    _whole = ""
+    """The prompt before it was cut."""
+
+    def __init__(
+        self,
+        run: Run,
+        task: Task,
+        name: str,
+        prompt: str,
+        agent: Agent,
+        *,
+        description: str = "",
+        expected: str = "",
+        context: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.run = run
         self.task = task
         self.name = name
         self.prompt = prompt
         self.agent = agent
+        self._description = description
+        self._expected = expected
+        self._context = context
         self.policy: RetryPolicy = task.retry or run.retry
         self.records: list[AttemptRecord] = []
         self.usage = Usage()
@@ -126,9 +161,13 @@ class TaskAttempts:
     async def _with(self, agent: Agent) -> TaskOutput:
         run, name = self.run, self.name
         llm = await run.llm_for(agent)
+        self._fit(agent, llm)
         failures = 0
+        refused = False
         while True:
             number = next(self._numbers)
+            if self._announce:
+                self._announce_cut(agent, number)
             state = AttemptBuilder(
                 name,
                 number,
@@ -163,6 +202,15 @@ class TaskAttempts:
                 raise _Stop(broke.error, message) from broke.error
             except Exception as exc:
                 self._close(state, began, began_at, exc)
+                if (
+                    isinstance(exc, ContextLengthExceeded)
+                    and not refused
+                    and not _unsafe(abandoned, agent)
+                    and self._refit()
+                ):
+                    refused = True  # once per agent, and not one of the policy's attempts
+                    self._retrying(agent, number, exc, 0.0)
+                    continue
                 failures += 1
                 delay = None if _unsafe(abandoned, agent) else self._retry_delay(exc, failures)
                 if delay is None:
@@ -269,6 +317,80 @@ class TaskAttempts:
             assert self._checked is not None
             raise _Stop(guardrail.exhausted(task.guardrail, reasons, self._checked))
 
+    # -- the context budget --------------------------------------------------------------------
+
+    def _fit(self, agent: Agent, llm: LLM) -> None:
+        """Cut the context outputs to fit ``agent``'s context budget, if it has one (see
+        `crewflow._runtime.budget`): each agent of a task has its own."""
+        if self._fitted is not None:  # the previous agent's: start again from the whole prompt
+            self.prompt, self._fitted, self._announce = self._whole, None, False
+        context = self._context
+        if not context:
+            return
+        window = agent.max_context_tokens or context_window(llm.model)
+        if window is None:
+            return
+        self._cut_to(
+            budget.fit_budget(
+                window,
+                agent,
+                llm,
+                self.task,
+                self.prompt,
+                self._description,
+                self._expected,
+                context,
+            )
+        )
+
+    def _refit(self) -> bool:
+        """After the provider refused a request as too long: cut the context outputs to half
+        of what they took in it. Whether the prompt changed (another attempt is worth it)."""
+        context = self._context
+        if not context:
+            return False
+        fitted = self._fitted
+        sent = sum(len(text) for _, text in context) if fitted is None else fitted.sent
+        window = None if fitted is None else fitted.cut.window
+        refitted = budget.fit(
+            self._description, self._expected, context, sent // 2, window, "refused"
+        )
+        if refitted is None or refitted.prompt == self.prompt:
+            return False
+        self._cut_to(refitted)
+        return True
+
+    def _cut_to(self, fitted: budget.Fitted | None) -> None:
+        if fitted is None:
+            return
+        if self._fitted is None:
+            self._whole = self.prompt
+        self.prompt, self._fitted, self._announce = fitted.prompt, fitted, True
+
+    def _announce_cut(self, agent: Agent, number: int) -> None:
+        """Log and announce the cut the attempt ``number`` is the first to send."""
+        self._announce = False
+        assert self._fitted is not None
+        cut = self._fitted.cut
+        self.run.log.info(
+            "context cut to fit the model's window",
+            task=self.name,
+            agent=agent.role,
+            attempt=number,
+            budget=cut.budget,
+            outputs=list(cut.outputs),
+        )
+        self.run.publish(
+            events.ContextCut,
+            task=self.name,
+            agent=agent.role,
+            attempt=number,
+            window=cut.window,
+            budget=cut.budget,
+            reason=cut.reason,
+            outputs=cut.outputs,
+        )
+
     def _retry_delay(self, error: Exception, failures: int) -> float | None:
         """Seconds before the next attempt, or ``None`` when this agent is done.
 
@@ -323,6 +445,9 @@ class TaskAttempts:
         )
         if self._reasons is not None:
             record = self._guardrail_record(record, error)
+        if self._fitted is not None:
+            cut = self._fitted.cut.model_dump(mode="json")
+            record = record.model_copy(update={"details": {**record.details, CONTEXT_CUT: cut}})
         self.records.append(record)
 
     def _guardrail_record(
@@ -408,6 +533,14 @@ class TaskAttempts:
             fallback=fallback.role,
             error=text,
         )
+
+    def failed(self, error: Exception) -> TaskFailed:
+        """The task's failure after its output, for an ``error`` that keeps the output from
+        counting (its state update failed): recorded, logged and announced as any failure."""
+        fallback = self.task.fallback_agent
+        used = self.records[-1].agent if self.records else self.agent.role
+        agent = fallback if fallback is not None and used == fallback.role else self.agent
+        return self._failed(agent, error)
 
     def _failed(self, agent: Agent, error: Exception, message: str | None = None) -> TaskFailed:
         run = self.run

@@ -106,8 +106,14 @@ class Dispatcher:
         while True:
             while self.heap:
                 name = self.heap[0][3]
-                if run.ended(name) or run.is_running(name) or name in run.delegated:
-                    heapq.heappop(self.heap)  # started directly meanwhile, done, or delegated
+                if (
+                    run.ended(name)
+                    or run.is_running(name)
+                    or name in run.delegated
+                    or name in run.owned
+                ):
+                    # Started directly meanwhile, done, delegated, or run by another task.
+                    heapq.heappop(self.heap)
                     continue
                 slot = slots.try_acquire()
                 if slot is None:

@@ -125,7 +125,8 @@ def changes(recorded: RunRecord, now: Fingerprint, graph: TaskGraph) -> list[Cre
             CrewChange(
                 "changed",
                 detail="a task's description, expected output or output model, an agent, a "
-                "model, a tool or the process changed",
+                "model, a tool, the process or the shared state (its model, reducers or initial "
+                "values) changed",
             )
         )
     return found
@@ -337,6 +338,8 @@ class Recorder:
 
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json")
+        elif isinstance(data, list):  # a map's: each item's structured output, or text
+            data = [i.model_dump(mode="json") if isinstance(i, BaseModel) else i for i in data]
         row = OutputRow(
             run_id=self.record.run_id,
             task=output.task,
@@ -440,9 +443,17 @@ class Resumption:
         if saved is None:
             return None
         data: Any = saved.data
-        if task.output_model is not None and data is not None:
+        model = task.output_model
+        if model is not None and data is not None:
             try:
-                data = task.output_model.model_validate(data)
+                if task.map_over is not None and isinstance(data, list):
+                    # A map's output: each item's structured output (or text), in item order.
+                    data = [
+                        item if isinstance(item, str) else model.model_validate(item)
+                        for item in data
+                    ]
+                else:
+                    data = model.model_validate(data)
             except ValueError:
                 return None
         attempts = self.attempts.get(name, [])

@@ -31,8 +31,10 @@ from crewflow._runtime.attempts import TaskAttempts
 from crewflow._runtime.clock import SystemClock, current_clock, real_work
 from crewflow._runtime.context import RunContext
 from crewflow._runtime.dispatch import Dispatcher
+from crewflow._runtime.mapping import find_items, gathered, item_task
 from crewflow._runtime.slots import Slot, SlotPool
-from crewflow._runtime.workflow import condition_holds, route
+from crewflow._runtime.state import RunState, with_order
+from crewflow._runtime.workflow import call_user, condition_holds, route
 from crewflow._spec import new_id
 from crewflow.exceptions import (
     CredentialsError,
@@ -43,16 +45,18 @@ from crewflow.exceptions import (
     CrewRunError,
     InvalidPlan,
     LeaseLost,
+    LoopLimitReached,
+    StateUpdateError,
     TaskFailed,
     WorkflowError,
 )
 from crewflow.llm._models import resolve_llm
 from crewflow.llm._types import Usage
 from crewflow.store import AddedTaskRecord, DecisionRecord, History, read_history
-from crewflow.task import Task
+from crewflow.task import Task, function_name, takes_state
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from pydantic import BaseModel
 
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
     from crewflow.events import EventSink
     from crewflow.graph import TaskGraph
     from crewflow.llm._base import LLM
+    from crewflow.loop import Loop
     from crewflow.processes import Process
     from crewflow.retry import RetryPolicy
     from crewflow.task import TaskOutput
@@ -105,7 +110,8 @@ class Run:
         restored: Tasks whose outputs a resumed run read from the store.
         final: The output the process calls its final one (`Process.final_output`).
         skipped: The tasks skipped, with why.
-        state: The crew's shared state as it is now (``None``: none).
+        state: The crew's shared state as it is now (``None``: the crew has none); each
+            finished task's update replaces it with a new object.
     """
 
     def __init__(
@@ -125,8 +131,11 @@ class Run:
         cache: bool = False,
         record_prompts: bool = True,
         resumption: Resumption | None = None,
+        state: BaseModel | None = None,
     ) -> None:
         self.run_id = run_id or new_id()
+        self.state = state
+        self._state = None if state is None else RunState(state, resumption)
         self.graph = graph
         self.process = process
         self.crew_name = crew_name
@@ -164,11 +173,11 @@ class Run:
         self._failures: dict[str, TaskFailed] = {}
         self.skipped: dict[str, str] = {}
         """The tasks skipped so far, with why (``"condition false"``, ...)."""
-        self.state: BaseModel | None = None
-        """The crew's shared state as it is now (``None``: the crew keeps none)."""
         self._unchosen: dict[str, str] = {}  # task -> the router task that did not choose it
         self._route_pending: set[str] = set()  # restored router tasks whose choice is unknown
         self._unsaved: list[DecisionRecord] = []  # skips not yet recorded
+        self.owned: set[str] = set()
+        """Tasks another task runs itself (a map's items): never dispatched on their own."""
         self._records: dict[str, TaskRecord] = {}
         self._saved: set[str] = set()
         self._dispatcher: Dispatcher | None = None
@@ -186,9 +195,18 @@ class Run:
         self._sinks: tuple[EventSink, ...] = (*sinks, on_event) if on_event else sinks
         self.listening = bool(self._sinks)
         self.log = get_logger(verbose=verbose, run_id=self.run_id, crew=crew_name)
+        # A loop is started by executing its first task; its other tasks end when it does.
+        self._loop_heads: dict[str, str] = {}
+        self._end_waiters: dict[str, Any] = {}  # task name -> an anyio.Event set when it ends
+        for label, (_, members) in graph.loops.items():
+            self._loop_heads[members[0]] = label
+            self.owned.update(members[1:])
         if resumption is not None:
             for name in graph.deliverables:
-                self._restore(name, graph.task(name))
+                if self._whole_loop_finished(name, resumption):
+                    self._restore(name, graph.task(name))
+            if self._state is not None:
+                self.state = self._state.settle()
             recorded = resumption.record
             if recorded.chosen:
                 self.choice = recorded.choice or ProcessChoice(
@@ -220,6 +238,7 @@ class Run:
             if not self.ended(name)
             and name not in self.running
             and name not in self.delegated
+            and name not in self.owned
             and all(self.ended(dep) for dep in graph.dependency_names(name))
         ]
 
@@ -245,15 +264,11 @@ class Run:
         """
         output: TaskOutput | None = None
         try:
-            if name in self.running:
-                raise RuntimeError(f"task {name!r} is already running in this run")
-            if self.ended(name):
+            if self.ended(name) and name not in self.running:
                 return self._outputs.get(name)
-            if name in self.delegated:
-                raise RuntimeError(
-                    f"task {name!r} is delegated to {self.delegated[name]!r}: it ends when that "
-                    "task does, and is never executed itself"
-                )
+            self._check_startable(name)
+            if name in self._loop_heads:
+                return await self._run_loop(name, slot)
             task = self.graph.task(name)
             if context is None:
                 if self._route_pending:
@@ -267,11 +282,15 @@ class Run:
             else:
                 self.running.add(name)
                 try:
-                    if slot is None:
-                        slot = await self.slots.acquire(priority, self.graph.position(name))
-                    # A slot taken just before a pause does not start its task until the resume.
-                    await self.slots.unpaused()
-                    output = await self._run_task(task, name, context, agent, prompt)
+                    if task.map_over is not None:
+                        output = await self._run_map(task, name, context, slot)
+                    else:
+                        if slot is None:
+                            slot = await self.slots.acquire(priority, self.graph.position(name))
+                        # A slot taken just before a pause does not start its task until the
+                        # resume.
+                        await self.slots.unpaused()
+                        output = await self._run_task(task, name, context, agent, prompt)
                 finally:
                     self.running.discard(name)
                     if self.ended(name):
@@ -282,6 +301,16 @@ class Run:
         if name in self._waiting_on:  # tasks delegated to this one end with it
             await self._hand_over(name)
         return output
+
+    def _check_startable(self, name: str) -> None:
+        """Refuse to start task ``name`` twice, or a task delegated to another."""
+        if name in self.running:
+            raise RuntimeError(f"task {name!r} is already running in this run")
+        if name in self.delegated:
+            raise RuntimeError(
+                f"task {name!r} is delegated to {self.delegated[name]!r}: it ends when that "
+                "task does, and is never executed itself"
+            )
 
     def check_plan(self, tasks: Sequence[Task]) -> list[PlanProblem]:
         """What stops ``tasks`` from being added (see `ProcessContext.check_plan`)."""
@@ -448,7 +477,7 @@ class Run:
                 plan=tasks,
                 outputs=self._outputs,
             )
-        names = self.graph._extend(tasks)
+        names = self.graph._extend(tasks, checked=True)
         self.unended += len(names)
         now = self.wall()
         added = []
@@ -470,6 +499,8 @@ class Run:
                 events.TaskAdded, task=name, agent=agent.role, step=step, depends_on=depends_on
             )
             self._replay(name, task, spec)
+        if self._state is not None:
+            self.state = self._state.settle()
         if self.recorder is not None:
             await self._store_write("record the tasks added", self.recorder.tasks_added(added))
         if self._dispatcher is not None:
@@ -503,6 +534,8 @@ class Run:
         if found is None:
             return
         self._outputs[name], self._records[name] = found
+        if self._state is not None:
+            self._state.restored(name, found[0])
         self._saved.add(name)
         self.restored.append(name)
         self.unended -= 1
@@ -529,10 +562,24 @@ class Run:
         agent: Agent | None,
         prompt: str | None,
     ) -> TaskOutput | None:
+        agent = agent or self.graph.agent_of(task)
         if prompt is None:
-            description, expected = task.render(self.inputs)
-            prompt = task_prompt(description, expected, [(o.task, o.text) for o in context])
-        attempts = TaskAttempts(self, task, name, prompt, agent or self.graph.agent_of(task))
+            description, expected = task.render(self.inputs, self.state)
+            pairs = [(o.task, o.text) for o in context]
+            prompt = task_prompt(description, expected, pairs)
+            # The parts too: each agent's context budget may cut the context outputs.
+            attempts = TaskAttempts(
+                self,
+                task,
+                name,
+                prompt,
+                agent,
+                description=description,
+                expected=expected,
+                context=pairs,
+            )
+        else:
+            attempts = TaskAttempts(self, task, name, prompt, agent)
         recorder = self.recorder
         try:
             if recorder is None:
@@ -543,6 +590,8 @@ class Run:
                     output = await attempts.run_to_output()
                 finally:
                     recorder.task_stopped(name)
+            if self._state is not None:
+                self._update_state(output, attempts)
         except TaskFailed as failure:
             await self._save_attempts(name, attempts)
             if self.on_failure == "stop":
@@ -564,6 +613,27 @@ class Run:
             await self._checkpoint(output, attempts)
         self._outputs[name] = output
         return output
+
+    def _update_state(self, output: TaskOutput, attempts: TaskAttempts) -> None:
+        """Apply a finished task's update to the state, at once (no await between reading and
+        writing it), and put its order on the attempts the checkpoint writes.
+
+        Raises:
+            TaskFailed: The update failed (`StateUpdateError`); the state is as it was.
+        """
+        assert self._state is not None
+        try:
+            number = self._state.apply(output)
+        except StateUpdateError as exc:
+            raise attempts.failed(exc) from exc
+        if number is not None:
+            with_order(attempts.records, number)
+            self.state = self._state.current
+            record = self._records.get(output.task)
+            if record is not None:  # the timeline shows the attempts as they are stored
+                self._records[output.task] = record.model_copy(
+                    update={"attempts": tuple(attempts.records)}
+                )
 
     async def _checkpoint(self, output: TaskOutput, attempts: TaskAttempts) -> None:
         """Commit a finished task's output and attempts before anything depending on it starts.
@@ -660,9 +730,12 @@ class Run:
         self._skip(task, name, [], "condition false")
         return None
 
-    def _fail_unstarted(self, task: Task, name: str, error: WorkflowError) -> None:
-        """Task ``name`` fails before any attempt (its condition failed): raised as
-        `TaskFailed` with ``on_failure="stop"``, else kept as a failure."""
+    def _fail_unstarted(
+        self, task: Task, name: str, error: BaseException, *, end: bool = True
+    ) -> None:
+        """Task ``name`` fails before any attempt of its own (its condition failed, its map's
+        list could not be read, items of its map failed): raised as `TaskFailed` with
+        ``on_failure="stop"``, else kept as a failure (``end``: and the task ended here)."""
         self.log.error("task failed", task=name, error=str(error))
         self.record(
             TaskRecord(
@@ -683,7 +756,8 @@ class Run:
         if self.on_failure == "stop":
             raise failure
         self._failures[name] = failure
-        self._ended(name)
+        if end:
+            self._ended(name)
 
     async def _route(self, task: Task, name: str, output: TaskOutput) -> None:
         """Let task ``name``'s router choose among its dependants, from its output, and record
@@ -721,12 +795,118 @@ class Run:
         resumption = self._resumption
         return None if resumption is None else resumption.decisions.get(key)
 
-    async def _decide(self, key: str, kind: Any, task: str, value: Any) -> None:
+    async def _decide(
+        self, key: str, kind: Any, task: str, value: Any, *, reason: str = ""
+    ) -> None:
         """Record a decision before anything acts on it."""
         if self.recorder is None:
             return
-        decision = DecisionRecord(key=key, kind=kind, task=task, value=value, at=self.wall())
+        decision = DecisionRecord(
+            key=key, kind=kind, task=task, value=value, reason=reason, at=self.wall()
+        )
         await self._store_write("record a decision", self.recorder.decided([decision]))
+
+    async def _run_map(
+        self, task: Task, name: str, context: Sequence[TaskOutput], slot: Slot | None
+    ) -> TaskOutput | None:
+        """Run map task ``name``: an added task per item, then its output from theirs, in item
+        order. Items run at most ``max_concurrency`` at once when the dispatcher started the
+        map (it gave ``slot``), one at a time when a process executed it itself; each takes a
+        slot of the crew's, and the map gives back the one it was started in."""
+        dispatched = slot is not None
+        if slot is not None:
+            slot.release()
+        began = self.now()
+        items = await self._map_items(task, name)
+        if items is None:
+            return None
+        names: list[str] = []
+        if items:
+            needs = [output.task for output in context]
+            made = [item_task(task, name, i, item, needs) for i, item in enumerate(items)]
+            names = await self._grow(made, "task")
+            self.owned.update(names)
+        limit = task.max_concurrency if dispatched else 1
+        if limit == 1:
+            for each in names:
+                await self.execute(each)
+        else:
+            import anyio
+
+            limiter = anyio.CapacityLimiter(limit) if limit else None
+
+            async def one(each: str) -> None:
+                if limiter is None:
+                    await self.execute(each)
+                else:
+                    async with limiter:
+                        await self.execute(each)
+
+            async with anyio.create_task_group() as group:
+                for each in names:
+                    group.start_soon(one, each)
+        agent = self.graph.agent_of(task).role
+        failed = [each for each in names if each in self._failures]
+        if failed:
+            shown = _listed(failed[:3]) + (", ..." if len(failed) > 3 else "")
+            cause = WorkflowError(
+                f"{len(failed)} of the {len(names)} items of map {name!r} failed: {shown}",
+                task=name,
+                step="map",
+                function=repr(task.map_over) if isinstance(task.map_over, str) else "map_over",
+            )
+            cause.__cause__ = self._failures[failed[0]]
+            self._fail_unstarted(task, name, cause, end=False)
+            return None
+        output = gathered(name, agent, [self._outputs[each] for each in names])
+        end = self.wall()
+        duration = self.now() - began
+        self.record(
+            TaskRecord(
+                task=name,
+                agent=agent,
+                status=TaskStatus.COMPLETED,
+                kind=self.graph.kind(name),
+                start=self.wall(began),
+                end=end,
+                duration=duration,
+            )
+        )
+        if self.recorder is not None:
+            await self._store_write(
+                f"checkpoint task {name!r}", self.recorder.task_finished(output, (), at=end)
+            )
+        self._saved.add(name)
+        self._outputs[name] = output
+        self.publish(
+            events.TaskFinished,
+            task=name,
+            attempt=0,
+            duration=duration,
+            prompt_tokens=output.usage.prompt_tokens,
+            completion_tokens=output.usage.completion_tokens,
+        )
+        return output
+
+    async def _map_items(self, task: Task, name: str) -> list[Any] | None:
+        """The items map task ``name`` runs over: as recorded, on a resume; else read (and cut
+        to ``max_items``), then recorded. ``None``: they could not be read (the task failed)."""
+        key = f"map:{name}"
+        recorded = self._recorded(key)
+        if recorded is not None and isinstance(recorded.value, list):
+            return recorded.value
+        try:
+            items = await find_items(self.graph, name, self.outputs, self.state)
+        except WorkflowError as error:
+            self._fail_unstarted(task, name, error, end=False)
+            return None
+        cut = ""
+        if task.max_items is not None and len(items) > task.max_items:
+            cut = f"cut from {len(items)} items to max_items={task.max_items}"
+            self.log.warning("map cut", task=name, items=len(items), max_items=task.max_items)
+            items = items[: task.max_items]
+        await self._decide(key, "map", name, items, reason=cut)
+        return items
 
     async def _save_skips(self) -> None:
         """Record the skips not recorded yet (what they say is never acted on: a resumed run
@@ -763,6 +943,142 @@ class Run:
         if self._dispatcher is not None:
             self._dispatcher.ended(name)
             self.slots.wake()
+        if self._end_waiters:
+            waiter = self._end_waiters.pop(name, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def _wait_ended(self, names: Iterable[str]) -> None:
+        """Wait until every task of ``names`` has ended."""
+        import anyio
+
+        for name in names:
+            while not self.ended(name):
+                waiter = self._end_waiters.get(name)
+                if waiter is None:
+                    waiter = self._end_waiters[name] = anyio.Event()
+                await waiter.wait()
+
+    # -- loops ---------------------------------------------------------------------------------
+
+    def _whole_loop_finished(self, name: str, resumption: Resumption) -> bool:
+        """Whether task ``name`` may be restored: it is in no loop, or every task of its loop
+        finished (a loop that stopped between its tasks' checkpoints runs its last round's
+        end again, from its rounds' own checkpoints)."""
+        label = self.graph.loop_of(name)
+        if label is None:
+            return True
+        return all(member in resumption.outputs for member in self.graph.loops[label][1])
+
+    async def _run_loop(self, head: str, slot: Slot | None) -> TaskOutput | None:
+        """Run the loop whose first task is ``head``, round after round, then end its tasks with
+        the last round's outputs. The loop holds no slot: its rounds' tasks take their own."""
+        if slot is not None:
+            slot.release()
+        label = self._loop_heads[head]
+        loop, members = self.graph.loops[label]
+        self.running.add(head)
+        try:
+            await self._wait_ended(
+                dict.fromkeys(
+                    dep
+                    for member in members
+                    for dep in self.graph.dependency_names(member)
+                    if dep not in members
+                )
+            )
+            spent, rounds = 0, 0
+            names: list[str] = []
+            while True:
+                rounds += 1
+                names = await self._loop_round(members, rounds, names)
+                outputs: dict[str, TaskOutput] = {}
+                for member, each in zip(members, names, strict=True):
+                    output = await self.execute(each)
+                    if output is None:  # failed or skipped (on_failure="continue")
+                        why = "failed" if each in self._failures else "was skipped"
+                        for task in members:
+                            reason = f"loop {label!r} stopped: {each!r} {why}"
+                            self._skip(self.graph.task(task), task, [each], reason)
+                        await self._save_skips()
+                        return None
+                    outputs[member] = output
+                    spent += output.usage.total_tokens
+                if await self._loop_done(loop, label, rounds, outputs):
+                    break
+                spent_all = loop.max_tokens is not None and spent >= loop.max_tokens
+                if rounds >= loop.max_rounds or spent_all:
+                    if loop.on_limit == "raise":
+                        bound = (
+                            f"its token budget ({spent} of max_tokens={loop.max_tokens})"
+                            if spent_all
+                            else f"max_rounds={loop.max_rounds}"
+                        )
+                        raise LoopLimitReached(
+                            f"loop {label!r} reached {bound} after {rounds} round(s) and its "
+                            f"predicate never held; raise max_rounds, or say "
+                            'on_limit="accept" to take the last round',
+                            loop=label,
+                            rounds=rounds,
+                            last=outputs,
+                            outputs=self._outputs,
+                        )
+                    self.log.warning("loop limit reached", loop=label, rounds=rounds)
+                    break
+            for member, each in zip(members, names, strict=True):
+                await self._take_over(member, each)
+        finally:
+            self.running.discard(head)
+        return self._outputs.get(head)
+
+    async def _loop_round(
+        self, members: Sequence[str], number: int, previous: Sequence[str]
+    ) -> list[str]:
+        """Add round ``number`` of a loop's tasks (``write#2``, ...): each a copy of its task,
+        the loop's tasks in its context taken from this round; the first also gets the
+        ``previous`` round's outputs."""
+        from crewflow.task import optional
+
+        made = []
+        for index, member in enumerate(members):
+            optional_deps = self.graph.optional_dependencies(member)
+            refs: list[Any] = []
+            for dep in self.graph.dependency_names(member):
+                target = f"{dep}#{number}" if dep in members else dep
+                refs.append(optional(target) if dep in optional_deps else target)
+            if index == 0:
+                refs.extend(each for each in previous if each not in refs)
+            made.append(
+                self.graph.task(member).model_copy(
+                    update={"id": new_id(), "name": f"{member}#{number}", "context": tuple(refs)}
+                )
+            )
+        names = await self._grow(made, "task")
+        self.owned.update(names)
+        return names
+
+    async def _loop_done(
+        self, loop: Loop, label: str, rounds: int, outputs: Mapping[str, TaskOutput]
+    ) -> bool:
+        """Whether the loop ends after round ``rounds``: as recorded, on a resume; else its
+        predicate over the round's outputs (by the loop's task names), recorded."""
+        key = f"loop:{label}#{rounds}"
+        recorded = self._recorded(key)
+        if recorded is not None and isinstance(recorded.value, bool):
+            return recorded.value
+        until = loop.until
+        args = (outputs, self.state) if takes_state(until, "until", "") else (outputs,)
+        done = await call_user(until, args, task=label, step="loop", limit=None)
+        if not isinstance(done, bool):
+            raise WorkflowError(
+                f"the predicate {function_name(until)!r} of loop {label!r} returned "
+                f"{type(done).__name__}; it returns True (the loop ends) or False (another round)",
+                task=label,
+                step="loop",
+                function=function_name(until),
+            )
+        await self._decide(key, "loop", label, done)
+        return done
 
     # -- what the runtime's parts use ----------------------------------------------------------
 
@@ -1080,6 +1396,7 @@ class Run:
         error.run_id = self.run_id
         error.timeline = self.timeline
         error.usage = self.usage.copy()
+        error.state = self.state
 
     def _finish(self, status: RunStatus, began: float, error: BaseException | None) -> None:
         self.status = status

@@ -252,7 +252,7 @@ def _describe_task(event: events.Event) -> tuple[str, Status, str] | None:
     if isinstance(event, events.TaskDelegated):
         return event.task, "waiting", f"done by {event.to}"
     if isinstance(event, events.TaskFinished):
-        return event.task, "finished", "by its delegate"
+        return event.task, "finished", "by the tasks that did its work"
     if isinstance(event, events.TaskRestored):
         return event.task, "finished", "restored from the run's record"
     if isinstance(event, events.TaskRetrying):

@@ -196,6 +196,8 @@ def show_details(
                 console.print(Text(line, style="red"), soft_wrap=True)
             elif row.kind == "guardrail":
                 console.print(Text(f"{task.name}: {attempt} {row.status}"), soft_wrap=True)
+            if row.context_cut is not None:
+                console.print(Text(_cut_line(task.name, row), style="yellow"))
     _show_course(console, details, tasks)
     _show_failed_tools(console, tasks, full=full)
     for task in tasks:
@@ -217,6 +219,20 @@ def _show_course(console: Console, details: RunDetails, tasks: Sequence[_TaskSum
         if task.status == "skipped" and task.name in reasons:
             line = f"{task.name}: skipped: {reasons[task.name]}"
             console.print(Text(line, style="yellow"), soft_wrap=True)
+
+
+def _cut_line(task: str, row: AttemptRecord) -> str:
+    """One line for an attempt whose context outputs were cut to fit its model's window."""
+    cut = row.context_cut
+    assert cut is not None
+    why = "after the provider refused it, " if cut.reason == "refused" else ""
+    outputs = ", ".join(
+        f"{name} {before:,} → {after:,}" for name, (before, after) in cut.outputs.items()
+    )
+    return (
+        f"{task}: attempt {row.number} context cut {why}to {cut.budget:,} tokens: {outputs} "
+        "characters"
+    )
 
 
 def _show_failed_tools(console: Console, tasks: Sequence[_TaskSummary], *, full: bool) -> None:

@@ -15,7 +15,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from crewflow.exceptions import LLMError
+from crewflow.exceptions import ContextLengthExceeded, LLMError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -75,6 +75,31 @@ def status_error(
         status_code=status,
         retryable=retryable,
         retry_after=retry_after,
+    )
+
+
+_CONTEXT_LENGTH_CODE: Final = "context_length_exceeded"
+_CONTEXT_LENGTH_WORDS: Final = "maximum context length"
+
+
+def is_context_length(body: object, detail: str) -> bool:
+    """Whether an HTTP 400's error body says the request was longer than the model's context
+    window: OpenAI's code ``context_length_exceeded``, or the message vLLM and older OpenAI
+    servers send (``"This model's maximum context length is ... tokens"``)."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("code") == _CONTEXT_LENGTH_CODE:
+        return True
+    return _CONTEXT_LENGTH_WORDS in detail.lower()
+
+
+def context_length_error(model: str, detail: str, where: str) -> ContextLengthExceeded:
+    """The error of a request the provider refused as longer than the model's context window."""
+    return ContextLengthExceeded(
+        f"{model} refused the request as longer than its context window at {where}: {detail}. "
+        "crewflow cuts the task's context outputs once more and tries again; if that is not "
+        "enough, set Agent(max_context_tokens=...) to the model's real window",
+        model=model,
+        status_code=400,
     )
 
 

@@ -27,9 +27,11 @@ from crewflow.llm._base import LLM
 from crewflow.llm._credentials import litellm_missing, litellm_refused
 from crewflow.llm._errors import (
     connection_error,
+    context_length_error,
     describe_cause,
     describe_malformed,
     in_chain,
+    is_context_length,
     malformed_error,
     other_error,
     provider_detail,
@@ -304,6 +306,11 @@ class LiteLLM(LLM):
                     where=where,
                     detail=detail,
                 )
+            if status == 400 and (
+                isinstance(exc, _import_litellm().ContextWindowExceededError)
+                or is_context_length(getattr(exc, "body", None), detail)
+            ):
+                return context_length_error(self.model, detail, where)
             headers = _error_headers(exc)
             return status_error(self.model, status, headers, detail, where, _KEY_HINT)
         if isinstance(exc, ValueError):

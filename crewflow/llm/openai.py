@@ -36,8 +36,10 @@ from crewflow.llm._base import LLM
 from crewflow.llm._credentials import missing_error, refused_error
 from crewflow.llm._errors import (
     connection_error,
+    context_length_error,
     describe_cause,
     describe_malformed,
+    is_context_length,
     malformed_error,
     other_error,
     provider_detail,
@@ -348,6 +350,8 @@ class OpenAIChat(LLM):
                     where=where,
                     detail=detail,
                 )
+            if exc.status_code == 400 and is_context_length(exc.body, detail):
+                return context_length_error(self.model, detail, where)
             return status_error(
                 self.model, exc.status_code, exc.response.headers, detail, where, _KEY_HINT
             )

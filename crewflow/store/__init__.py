@@ -13,6 +13,7 @@ Importing this package does no I/O: a store opens its database on first use. Its
 from crewflow._records import (
     AttemptRecord,
     CallRecord,
+    ContextCutRecord,
     PromptRecord,
     RunStatus,
     TaskKind,
@@ -46,6 +47,7 @@ __all__ = [
     "AddedTaskRecord",
     "AttemptRecord",
     "CallRecord",
+    "ContextCutRecord",
     "DecisionRecord",
     "DuplicateRunError",
     "History",

@@ -140,12 +140,15 @@ class Error:
         retry_after: The ``retry-after`` header: seconds (a fractional value is also
             sent as ``retry-after-ms``), or an aware `datetime` sent as an HTTP date.
         retry_after_ms: Milliseconds for a ``retry-after-ms`` header sent alone.
+        code: The body's ``error.code``, e.g. ``"context_length_exceeded"`` (by default the
+            one OpenAI sends with the status, if any).
     """
 
     status: int
     message: str = "simulated error from the loopback server"
     retry_after: float | datetime | None = None
     retry_after_ms: float | None = None
+    code: str | None = None
 
 
 @dataclass
@@ -459,10 +462,11 @@ def _sse_response(payload: bytes, *, keep_alive: bool, extra: Sequence[tuple[str
     return _http_head(200, headers, keep_alive=keep_alive) + framed
 
 
-def _error_body(status: int, message: str) -> bytes:
-    kind, code = _ERROR_KINDS.get(
+def _error_body(status: int, message: str, code: str | None = None) -> bytes:
+    kind, default = _ERROR_KINDS.get(
         status, ("server_error", None) if status >= 500 else ("invalid_request_error", None)
     )
+    code = code or default
     error = {"message": message, "type": kind, "param": None, "code": code}
     return json.dumps({"error": error}).encode()
 
@@ -616,7 +620,7 @@ def _render(request: ReceivedRequest, reply: Reply, *, keep_alive: bool) -> tupl
     """Return the full HTTP response for a final (non-Slow, non-Disconnect, non-Cut) reply."""
     extra = [("x-request-id", f"req_loopback_{request.index}")]
     if isinstance(reply, Error):
-        body = _error_body(reply.status, reply.message)
+        body = _error_body(reply.status, reply.message, reply.code)
         extra += _retry_headers(reply)
         return _json_response(reply.status, body, keep_alive=keep_alive, extra=extra), reply.status
     if isinstance(reply, Malformed):
