@@ -52,8 +52,9 @@ def skip_reasons(decisions: Iterable[DecisionRecord]) -> dict[str, str]:
 
 
 def decision_notes(decisions: Iterable[DecisionRecord]) -> dict[str, str]:
-    """What each task's condition or router decided, in words (``condition held``, ``chose
-    fix``), for the views of a stored run."""
+    """What each task's condition, router, map or loop decided, in words (``condition held``,
+    ``chose fix``, ``mapped 3 items``, ``round 1: again; round 2: done``), for the views of a
+    stored run."""
     notes: dict[str, list[str]] = {}
     for decision in decisions:
         value = decision.value
@@ -61,6 +62,11 @@ def decision_notes(decisions: Iterable[DecisionRecord]) -> dict[str, str]:
             said = "condition held" if value else CONDITION_FALSE
         elif decision.kind == "router" and isinstance(value, list):
             said = f"chose {', '.join(map(str, value)) or 'none'}"
+        elif decision.kind == "map" and isinstance(value, list):
+            said = f"mapped {len(value)} item{'' if len(value) == 1 else 's'}"
+            said += f" ({decision.reason})" if decision.reason else ""
+        elif decision.kind == "loop" and isinstance(value, bool):
+            said = f"round {decision.key.rpartition('#')[2]}: {'done' if value else 'again'}"
         else:
             continue
         notes.setdefault(decision.task, []).append(said)

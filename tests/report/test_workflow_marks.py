@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 import pytest
@@ -205,3 +206,24 @@ def test_the_dashboard_page_shows_the_decisions_and_reasons(tmp_path: Path) -> N
     assert "chose fix</td>" in text
     assert "not chosen by the router of 'triage'</td>" in text
     assert "condition held</td>" in text
+
+
+def test_the_views_of_a_stored_run_say_what_maps_and_loops_decided() -> None:
+    from crewflow.report._status import decision_notes
+    from crewflow.store import DecisionRecord
+
+    at = datetime(2026, 12, 5, tzinfo=UTC)
+    decisions = [
+        DecisionRecord(key="map:each", kind="map", task="each", value=["a", "b", "c"], at=at),
+        DecisionRecord(
+            key="map:one", kind="map", task="one", value=["a"], reason="cut from 9", at=at
+        ),
+        DecisionRecord(key="loop:draft#1", kind="loop", task="draft", value=False, at=at),
+        DecisionRecord(key="loop:draft#2", kind="loop", task="draft", value=True, at=at),
+    ]
+
+    assert decision_notes(decisions) == {
+        "each": "mapped 3 items",
+        "one": "mapped 1 item (cut from 9)",
+        "draft": "round 1: again; round 2: done",
+    }
