@@ -387,16 +387,35 @@ class TaskGraph:
         )
 
     def to_mermaid(self) -> str:
-        """The graph as a Mermaid flowchart (paste into Markdown)."""
-        ids = {name: f"t{i}" for i, name in enumerate(self.names)}
-        lines = ["flowchart TD"]
-        for task in self._tasks:
-            name = self._names[task.id]
-            label = f"{name}<br/>{self._agents[task.id].role}".replace('"', "'")
-            lines.append(f'    {ids[name]}["{label}"]')
-        for name in self.names:
-            lines.extend(f"    {ids[dep]} --> {ids[name]}" for dep in self._deps[name])
-        return "\n".join(lines)
+        """The graph as a Mermaid flowchart (paste into Markdown; GitHub and the docs render
+        it): a box per task with its name, its agent and a line per workflow mark (``if
+        is_urgent``, ``routes on category``, ``guarded``), an arrow per dependency, dashed for
+        `optional` context and labelled with the values of a mapping router.
+
+        Example:
+            ```python
+            print(crew.graph.to_mermaid())
+            ```
+        """
+        from crewflow import _graph_text  # only when drawn: building a crew does not need it
+
+        return _graph_text.mermaid(_graph_text.picture(self))
+
+    def to_dot(self, name: str = "crew") -> str:
+        """The graph as a Graphviz DOT digraph called ``name`` (``dot -Tsvg`` draws it), marked
+        as `to_mermaid` marks it; node ids are the task names, quoted."""
+        from crewflow import _graph_text
+
+        return _graph_text.dot(_graph_text.picture(self), name=name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The graph as JSON values: ``{"nodes": [...], "edges": [...]}``, keys in a fixed
+        order. A node is ``{"name", "agent", "kind", "marks": [{"kind", "detail", "label"}]}``,
+        an edge ``{"source", "target", "optional", "label"}`` (``label``: the values of
+        ``source``'s mapping router that choose ``target``, else ``null``)."""
+        from crewflow import _graph_text
+
+        return _graph_text.json_value(_graph_text.picture(self))
 
     # -- building ------------------------------------------------------------------------------
 

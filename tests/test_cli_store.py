@@ -530,8 +530,9 @@ def test_show_json_holds_the_run_its_attempts_and_outputs(home: Path) -> None:
 
     shown = invoke_json("show", "r1")
 
-    assert set(shown) == {"run", "added", "attempts", "outputs", "plan", "choice"}
+    assert set(shown) == {"run", "added", "attempts", "outputs", "plan", "choice", "decisions"}
     assert shown["plan"] is shown["choice"] is None  # nothing planned, nothing chosen
+    assert shown["decisions"] == []  # nothing branched, mapped, looped or skipped
     assert shown["run"]["run_id"] == "r1"
     assert shown["run"]["source"] == {"file": "/crews/research.py", "attribute": "crew"}
     assert shown["added"] == []

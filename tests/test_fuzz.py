@@ -198,7 +198,8 @@ ARGUMENT = TEXT | st.sampled_from(
     ["--json", "--full", "--prompts", "--limit", "-n", "0", "-1", "99999999999999999999",
      "--force", "--rerun", "--crew", "--model", "-m", "offline", "nonsense/model", "--help",
      "--", "-", ".", "/", "--db", "runs.db", "--file", OFFLINE_CREW, "-i", "--input",
-     "topic=tides", "topic", "=", "topic=[1, {}]", "topic=NaN", "topic=\ud800"]
+     "topic=tides", "topic", "=", "topic=[1, {}]", "topic=NaN", "topic=\ud800", "--format",
+     "dot", "json", "-o"]
 )  # fmt: skip
 COMMANDS = st.sampled_from(
     [["run", OFFLINE_CREW], ["run"], ["show", "{run}"], ["show"], ["resume", "{run}"],

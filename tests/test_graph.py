@@ -364,7 +364,7 @@ def test_to_mermaid_draws_every_task_with_its_agent_and_every_edge(agent: Agent)
     lines = mermaid.splitlines()
     assert lines[0] == "flowchart TD"
     assert '    t0["facts<br/>Analyst"]' in lines
-    assert "    t1[\"draft<br/>The 'Writer'\"]" in lines
+    assert '    t1["draft<br/>The #quot;Writer#quot;"]' in lines
     assert '    t2["free<br/>Analyst"]' in lines
     edges = [line for line in lines if "-->" in line]
     assert edges == ["    t0 --> t1"]

@@ -7,6 +7,7 @@ crewflow runs --crew research --limit 5          # recorded runs, newest first
 crewflow show RUN_ID                              # tasks, attempts, timing, usage, outputs
 crewflow resume RUN_ID                            # finish a failed or killed run
 crewflow optimize --crew research                 # the optimizer's report
+crewflow graph crew.py --format dot               # the task graph (mermaid, dot or json)
 crewflow processes                                # built-in and plug-in processes
 crewflow cache clear
 crewflow --version
@@ -25,6 +26,7 @@ This package is imported only by the console script (and ``python -m crewflow``)
 
 - ``_app``: the typer app, its commands and `main`; each command imports its module when run;
 - ``_common``: exit codes, `UsageProblem`, the one-line error report, opening the database;
+- ``_graph``: ``graph``, a crew's task graph as Mermaid, DOT or JSON;
 - ``_load``: a crew from a Python file, ``--input`` values;
 - ``_progress``: `ProgressView`, the live per-task status lines;
 - ``_processes``: ``processes``, the built-in and plug-in processes;
@@ -48,6 +50,7 @@ if typing.TYPE_CHECKING:
         UsageProblem,
         show_failure,
     )
+    from crewflow.cli._graph import draw_graph
     from crewflow.cli._load import (
         CrewFile,
         check_inputs,
@@ -76,6 +79,7 @@ __all__ = [
     "check_inputs",
     "clear_cache",
     "crew_from_file",
+    "draw_graph",
     "find_crew",
     "kickoff",
     "list_processes",
@@ -102,6 +106,7 @@ _WHERE = {
     "EXIT_USAGE": "_common",
     "UsageProblem": "_common",
     "show_failure": "_common",
+    "draw_graph": "_graph",
     "CrewFile": "_load",
     "check_inputs": "_load",
     "crew_from_file": "_load",

@@ -278,6 +278,41 @@ def optimize_command(
     _exit(optimize_runs(crew=crew, runs=runs, as_json=as_json, db=db))
 
 
+@app.command("graph")
+def graph_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE.py", help="A Python file defining a Crew (named `crew` if several)."
+        ),
+    ],
+    crew: Annotated[
+        str | None,
+        typer.Option("--crew", "-c", metavar="ATTR", help="The file's attribute holding the crew."),
+    ] = None,
+    form: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar="FORMAT",
+            help="mermaid (GitHub and the docs render it), dot (Graphviz) or json.",
+        ),
+    ] = "mermaid",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write it to FILE instead."),
+    ] = None,
+) -> None:
+    """Print the crew's task graph without running it: each task with its agent, each
+    dependency, and the workflow marks (conditions, routers and their branches, optional
+    context as dashed edges, guardrails).
+    """
+    from crewflow.cli._graph import draw_graph
+
+    _exit(draw_graph(file, attribute=crew, form=form, output=output))
+
+
 @app.command("processes")
 def processes_command(
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,

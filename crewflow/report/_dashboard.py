@@ -128,7 +128,7 @@ async def run_rows(store: Store, *, crew: str | None, status: str | None) -> lis
 
 async def run_state(store: Store, run_id: str) -> dict[str, Any] | None:
     """Run ``run_id`` and each of its tasks' state, as JSON values; ``None``: no such run."""
-    from crewflow.report._status import skip_reasons, task_names, task_statuses
+    from crewflow.report._status import decision_notes, skip_reasons, task_names, task_statuses
 
     run = await store.get_run(run_id)
     if run is None:
@@ -138,7 +138,9 @@ async def run_state(store: Store, run_id: str) -> dict[str, Any] | None:
     added = await store.added_tasks(run_id)
     names = task_names(run, added, attempts, finished)
     depends_on = {**{task.name: task.depends_on for task in added}, **run.graph}
-    reasons = skip_reasons(await store.decisions(run_id))
+    decisions = await store.decisions(run_id)
+    reasons = skip_reasons(decisions)
+    decided = decision_notes(decisions)
     statuses = task_statuses(run, names, attempts, finished, depends_on, reasons)
     tried: dict[str, int] = {}
     for attempt in attempts:
@@ -152,6 +154,7 @@ async def run_state(store: Store, run_id: str) -> dict[str, Any] | None:
                 "status": t.status,
                 "attempts": t.attempts,
                 "reason": reasons.get(t.name, "") if t.status == "skipped" else "",
+                "decision": decided.get(t.name, ""),
             }
             for t in tasks
         ],

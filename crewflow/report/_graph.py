@@ -1,6 +1,11 @@
 """The dependency graph as geometry for the template: layers by networkx's
 ``topological_generations`` (left to right), each layer ordered by its nodes' dependencies'
-places so edges cross less; deterministic for one graph."""
+places so edges cross less; deterministic for one graph.
+
+The workflow's decisions are marked as the run recorded them: a task with a condition carries
+``?`` (its tooltip says whether it held), a router task ``⑂`` and the edges to the branches it
+chose are drawn as chosen; a skipped task's tooltip says why. Tooltips are SVG ``<title>``
+elements: the browser shows them, and screen readers read them, with no script."""
 
 from __future__ import annotations
 
@@ -27,11 +32,18 @@ class Node:
     x: float
     y: float
     tip: str
+    marks: tuple[str, ...] = ()
+    """``condition``, ``router``: the decisions it carries (CSS classes)."""
+    badge: str = ""
+    """The marks as glyphs, in the box's corner (``?``: a condition, ``⑂``: a router)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Edge:
     path: str
+    chosen: bool = False
+    """A branch its source's router chose."""
+    tip: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +56,16 @@ class Drawing:
     node_height: float
     nodes: list[Node]
     edges: list[Edge]
+
+    @property
+    def marked(self) -> bool:
+        """Whether a task carries a decision's mark."""
+        return any(node.marks for node in self.nodes)
+
+    @property
+    def routed(self) -> bool:
+        """Whether an edge is a branch a router chose."""
+        return any(edge.chosen for edge in self.edges)
 
 
 def layout(tasks: tuple[TaskEntry, ...]) -> Drawing:
@@ -79,7 +101,7 @@ def layout(tasks: tuple[TaskEntry, ...]) -> Drawing:
         for index, name in enumerate(layer):
             task = by_name[name]
             y = offset + gap_y / 2 + index * (node_h + gap_y)
-            deps = ", ".join(task.depends_on) or "none"
+            marks = _marks(task)
             nodes[name] = Node(
                 name=name,
                 label=name if len(name) <= 20 else name[:19] + "…",
@@ -87,12 +109,41 @@ def layout(tasks: tuple[TaskEntry, ...]) -> Drawing:
                 internal=task.kind.value == "internal",
                 x=x,
                 y=y,
-                tip=f"{name} · {task.status.value} · {task.kind.value}\ndepends on {deps}",
+                tip=_tip(task),
+                marks=marks,
+                badge="".join(_GLYPHS[mark] for mark in marks),
             )
     pairs = sorted(graph.edges, key=lambda edge: (order[edge[0]], order[edge[1]]))
-    edges = [_edge(nodes[a], nodes[b], node_w, node_h) for a, b in pairs]
+    edges = [_edge(nodes[a], nodes[b], node_w, node_h, by_name[a]) for a, b in pairs]
     width = 20 + len(layers) * (node_w + gap_x) - gap_x
     return Drawing(width, height, boxes, node_w, node_h, [nodes[t.name] for t in tasks], edges)
+
+
+_GLYPHS = {"condition": "?", "router": "⑂"}
+
+
+def _marks(task: TaskEntry) -> tuple[str, ...]:
+    """The decisions ``task`` carries, as recorded."""
+    found = []
+    if task.condition is not None:
+        found.append("condition")
+    if task.chose is not None:
+        found.append("router")
+    return tuple(found)
+
+
+def _tip(task: TaskEntry) -> str:
+    """What hovering ``task`` says: its name, status and kind, why it was skipped, what its
+    condition and router decided, and what it depends on."""
+    lines = [f"{task.name} · {task.status.value} · {task.kind.value}"]
+    if task.reason:
+        lines.append(f"skipped: {task.reason}")
+    if task.condition is not None:
+        lines.append(f"condition: {'held' if task.condition else 'false'}")
+    if task.chose is not None:
+        lines.append(f"router chose: {', '.join(task.chose) or 'none'}")
+    lines.append(f"depends on {', '.join(task.depends_on) or 'none'}")
+    return "\n".join(lines)
 
 
 def _mean(place: dict[str, float], names: Iterable[str]) -> float:
@@ -100,8 +151,11 @@ def _mean(place: dict[str, float], names: Iterable[str]) -> float:
     return sum(found) / len(found) if found else 0.0
 
 
-def _edge(a: Node, b: Node, w: float, h: float) -> Edge:
+def _edge(a: Node, b: Node, w: float, h: float, source: TaskEntry) -> Edge:
     x1, y1 = a.x + w, a.y + h / 2
     x2, y2 = b.x, b.y + h / 2
     mid = (x1 + x2) / 2
-    return Edge(f"M{x1:.1f} {y1:.1f}C{mid:.1f} {y1:.1f} {mid:.1f} {y2:.1f} {x2:.1f} {y2:.1f}")
+    path = f"M{x1:.1f} {y1:.1f}C{mid:.1f} {y1:.1f} {mid:.1f} {y2:.1f} {x2:.1f} {y2:.1f}"
+    if source.chose is not None and b.name in source.chose:
+        return Edge(path, chosen=True, tip=f"{a.name} → {b.name}: chosen by the router")
+    return Edge(path, tip=f"{a.name} → {b.name}")

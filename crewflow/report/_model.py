@@ -13,16 +13,23 @@ from typing import TYPE_CHECKING, Any
 
 from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskStatus
 from crewflow._usage import Usage
-from crewflow.report._status import NOT_RUN, skip_reasons, task_statuses
+from crewflow.report._status import (
+    CONDITION_FALSE,
+    NOT_RUN,
+    not_chosen,
+    skip_reasons,
+    task_statuses,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from datetime import datetime
     from pathlib import Path
 
     from crewflow.crew import CrewResult
     from crewflow.optimizer import Recommendation
     from crewflow.report._compare import Comparison
-    from crewflow.store import RunRecord, Store
+    from crewflow.store import DecisionRecord, RunRecord, Store
 
 __all__ = ["Report", "TaskEntry"]
 
@@ -41,6 +48,8 @@ class TaskEntry:
         attempts: Its attempts, in order, with their prompts and tool calls when recorded.
         output: Its output's text, ``None`` when it has none.
         reason: Why it was skipped, as recorded (``""``: not skipped, or not recorded).
+        condition: Whether its condition held (``None``: it has none, or it was never asked).
+        chose: The tasks its router chose (``None``: it has no router, or it never chose).
     """
 
     name: str
@@ -51,6 +60,8 @@ class TaskEntry:
     attempts: tuple[AttemptRecord, ...] = ()
     output: str | None = None
     reason: str = ""
+    condition: bool | None = None
+    chose: tuple[str, ...] | None = None
 
     @property
     def usage(self) -> Usage:
@@ -148,7 +159,8 @@ class Report:
             graph.setdefault(task.name, (tuple(task.depends_on), task.kind))
         for name in [*by_task, *outputs]:  # recorded but not in the graph (an older record)
             graph.setdefault(name, ((), TaskKind.INTERNAL))
-        reasons = skip_reasons(await store.decisions(run_id))
+        decisions = await store.decisions(run_id)
+        reasons = skip_reasons(decisions)
         statuses = task_statuses(
             run,
             list(graph),
@@ -169,6 +181,7 @@ class Report:
             else task
             for task in tasks
         )
+        tasks = _with_decisions(tasks, decisions)
         advice = await analyze(store, run.crew)
         return cls(
             run_id=run.run_id,
@@ -199,6 +212,7 @@ class Report:
             stored: Whether the run was recorded in a store.
         """
         outputs = {o.task: o.text for o in (*result.outputs, *result.internal)}
+        decided = _result_decisions(result)
         tasks = tuple(
             TaskEntry(
                 name=line.task,
@@ -209,6 +223,7 @@ class Report:
                 attempts=line.attempts,
                 output=outputs.get(line.task),
                 reason=result.skipped.get(line.task, ""),
+                **decided.get(line.task, {}),
             )
             for line in result.timeline
         )
@@ -304,6 +319,55 @@ def _stored_task(
         attempts=tuple(attempts),
         output=row.text if row is not None else None,
     )
+
+
+def _with_decisions(
+    tasks: tuple[TaskEntry, ...], decisions: Iterable[DecisionRecord]
+) -> tuple[TaskEntry, ...]:
+    """``tasks`` with their conditions' results and their routers' choices, as recorded."""
+    order = {task.name: index for index, task in enumerate(tasks)}
+    found: dict[str, dict[str, Any]] = {}
+    for decision in decisions:
+        value = decision.value
+        if decision.kind == "condition" and isinstance(value, bool):
+            found.setdefault(decision.task, {})["condition"] = value
+        elif decision.kind == "router" and isinstance(value, list):
+            chose = tuple(sorted(map(str, value), key=lambda n: order.get(n, len(order))))
+            found.setdefault(decision.task, {})["chose"] = chose
+    if not found:
+        return tasks
+    return tuple(
+        replace(task, **found[task.name]) if task.name in found else task for task in tasks
+    )
+
+
+def _result_decisions(result: CrewResult) -> dict[str, dict[str, Any]]:
+    """What a result in hand tells of its tasks' conditions and routers, as the decisions a
+    stored run records would: a condition held when its task was not skipped for it and ran; a
+    router chose each of its branches that it did not skip."""
+    graph = result._graph  # the run's graph, kept by the crew that made the result
+    if graph is None:
+        return {}
+    ran = {line.task for line in result.timeline if line.attempts} | {
+        output.task for output in (*result.outputs, *result.internal)
+    }
+    found: dict[str, dict[str, Any]] = {}
+    for name in graph.names:
+        task = graph.task(name)
+        if task.condition is not None:
+            if result.skipped.get(name) == CONDITION_FALSE:
+                found.setdefault(name, {})["condition"] = False
+            elif name in ran:
+                found.setdefault(name, {})["condition"] = True
+        if task.router is not None and name in ran and name not in result.skipped:
+            routes = graph.routes(name)
+            branches = graph.dependant_names(name) if routes is None else set(routes.values())
+            unchosen = not_chosen(name)
+            chose = [b for b in graph.dependant_names(name) if b in branches]
+            found.setdefault(name, {})["chose"] = tuple(
+                b for b in chose if result.skipped.get(b) != unchosen
+            )
+    return found
 
 
 def _result_status(tasks: tuple[TaskEntry, ...]) -> RunStatus:

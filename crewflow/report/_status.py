@@ -12,11 +12,29 @@ if TYPE_CHECKING:
 
     from crewflow.store import AddedTaskRecord, AttemptRecord, DecisionRecord, RunRecord
 
-__all__ = ["NOT_RUN", "in_flight", "skip_reasons", "task_names", "task_statuses"]
+__all__ = [
+    "CONDITION_FALSE",
+    "NOT_RUN",
+    "decision_notes",
+    "in_flight",
+    "not_chosen",
+    "skip_reasons",
+    "task_names",
+    "task_statuses",
+]
 
 NOT_RUN = "not run"
 """A task of a run that ended (or that nothing executes any more) which never started, though
 nothing it depends on failed: the run stopped first, or it will run when the run is resumed."""
+
+CONDITION_FALSE = "condition false"
+"""The reason a run records for a task whose condition was false."""
+
+
+def not_chosen(router: str) -> str:
+    """The reason a run records for a branch the router of task ``router`` did not choose."""
+    return f"not chosen by the router of {router!r}"
+
 
 _BLOCKING = frozenset({TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED})
 
@@ -31,6 +49,28 @@ def in_flight(run: RunRecord) -> tuple[str, ...]:
 def skip_reasons(decisions: Iterable[DecisionRecord]) -> dict[str, str]:
     """Each task a run recorded as skipped, with why (the last word on each)."""
     return {d.task: d.reason for d in decisions if d.kind == "skip"}
+
+
+def decision_notes(decisions: Iterable[DecisionRecord]) -> dict[str, str]:
+    """What each task's condition, router, map or loop decided, in words (``condition held``,
+    ``chose fix``, ``mapped 3 items``, ``round 1: again; round 2: done``), for the views of a
+    stored run."""
+    notes: dict[str, list[str]] = {}
+    for decision in decisions:
+        value = decision.value
+        if decision.kind == "condition" and isinstance(value, bool):
+            said = "condition held" if value else CONDITION_FALSE
+        elif decision.kind == "router" and isinstance(value, list):
+            said = f"chose {', '.join(map(str, value)) or 'none'}"
+        elif decision.kind == "map" and isinstance(value, list):
+            said = f"mapped {len(value)} item{'' if len(value) == 1 else 's'}"
+            said += f" ({decision.reason})" if decision.reason else ""
+        elif decision.kind == "loop" and isinstance(value, bool):
+            said = f"round {decision.key.rpartition('#')[2]}: {'done' if value else 'again'}"
+        else:
+            continue
+        notes.setdefault(decision.task, []).append(said)
+    return {task: "; ".join(said) for task, said in notes.items()}
 
 
 def task_names(

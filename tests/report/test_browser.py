@@ -142,6 +142,22 @@ def test_the_page_loads_offline_with_a_bar_per_attempt_and_a_node_per_task(
     assert browser.blocked == []
 
 
+def test_a_skipped_task_is_drawn_skipped_with_its_reason(browser: Any, tmp_path: Path) -> None:
+    report, path = write(tmp_path, varied_crew)
+    page = Opened(browser, path).page
+    [skipped] = [task for task in report.tasks if task.status == "skipped"]
+
+    node = page.locator(f'#graph [data-node="{skipped.name}"]')
+
+    assert "st-skipped" in (node.get_attribute("class") or "")
+    box = node.locator("rect")
+    assert box.evaluate("e => getComputedStyle(e).strokeDasharray") not in ("", "none")
+    tip = node.locator("title").text_content() or ""
+    assert tip.startswith(f"{skipped.name} · skipped")
+    assert "skipped: needs 'doomed', which failed" in tip.splitlines()
+    assert skipped.reason == "needs 'doomed', which failed"
+
+
 def test_hovering_a_bar_shows_its_times(browser: Any, tmp_path: Path) -> None:
     report, path = write(tmp_path, varied_crew)
     page = Opened(browser, path).page

@@ -2,10 +2,11 @@
 // Every text goes in through textContent, never as markup.
 "use strict";
 
-function badge(status) {
+function badge(status, why) {
   const span = document.createElement("span");
   span.className = "badge s-" + String(status).replace(/ /g, "-");
   span.textContent = status;
+  if (why) span.title = why;
   return span;
 }
 
@@ -57,8 +58,10 @@ function showRun(table, state) {
     const tr = document.createElement("tr");
     tr.dataset.task = task.name;
     cell(tr, task.name);
-    cell(tr, badge(task.status));
+    cell(tr, badge(task.status, task.reason));
     cell(tr, String(task.attempts), true);
+    cell(tr, task.reason || task.decision);
+    tr.lastChild.className = "muted";
     rows.push(tr);
   }
   tbody.replaceChildren(...rows);
