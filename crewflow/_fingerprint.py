@@ -231,7 +231,12 @@ def _entry_json(
     """``_json(_entry(...))`` of a task, written from its parts, the agents' and the output
     schema's JSON given (written once per agent and model): the same text, in sorted keys,
     as json.dumps writes it, at a third of the cost on a 10,000-task crew."""
-    workflow = _workflow(task) if _steers(task) else None
+    # Inline: most tasks have nothing that steers them (checked without a call of its own).
+    context = task.context
+    steered = task.condition is not None or task.router is not None
+    if not steered and context:
+        steered = OptionalContext in map(type, context)
+    workflow = _workflow(task) if steered else None
     guarded = "" if task.guardrail is None else f'"guardrail": {_json(_guardrail(task))}, '
     return (
         f'{{"agent": {agent}, "depends_on": [{", ".join(map(_string, depends_on))}], '
@@ -241,11 +246,6 @@ def _entry_json(
         f'"output_schema": {output_schema}'
         + ("}" if workflow is None else f', "workflow": {_json(workflow["workflow"])}}}')
     )
-
-
-def _steers(task: Task) -> bool:
-    """Whether anything steers the task's course (`_workflow` has something to say)."""
-    return task.condition is not None or task.router is not None or bool(task.optional_context)
 
 
 def _agent_aspects(entry: Mapping[str, Any]) -> str:

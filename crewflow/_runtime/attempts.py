@@ -161,7 +161,11 @@ class TaskAttempts:
     async def _with(self, agent: Agent) -> TaskOutput:
         run, name = self.run, self.name
         llm = await run.llm_for(agent)
-        self._fit(agent, llm)
+        # Inline, not in _fit: most tasks' agents have no known window (a call a task saved).
+        if self._fitted is not None or (
+            self._context and (agent.max_context_tokens or context_window(llm.model))
+        ):
+            self._fit(agent, llm)
         failures = 0
         refused = False
         while True:
@@ -238,7 +242,11 @@ class TaskAttempts:
         task = self.task
         on_tool = self._tool_observer(agent, state, llm.redact)
         if task.timeout is None:
-            return await self._answer(agent, llm, on_tool)
+            if task.guardrail is None:  # inline: the common case pays no call of its own
+                return await agent.run(
+                    self.prompt, llm=llm, output_model=task.output_model, on_tool=on_tool
+                )
+            return await self._guarded(agent, llm, on_tool)
         import anyio
 
         try:
@@ -489,8 +497,16 @@ class TaskAttempts:
 
     def _finished(self, agent: Agent, model: str, answer: AgentAnswer, number: int) -> TaskOutput:
         run = self.run
-        checked = self._checked
-        output = self._output(agent, model, answer) if checked is None else checked
+        output = self._checked
+        if output is None:
+            output = TaskOutput(
+                task=self.name,
+                agent=agent.role,
+                text=answer.text,
+                data=answer.data,
+                usage=self.usage,
+                model=model,
+            )
         self._record(agent, TaskStatus.COMPLETED)
         run.log.info("task finished", task=self.name, agent=agent.role, attempt=number)
         run.publish(

@@ -264,21 +264,21 @@ class Run:
         """
         output: TaskOutput | None = None
         try:
-            if self.ended(name) and name not in self.running:
+            if name in self.running:
+                self._refuse(name)
+            if self.ended(name):
                 return self._outputs.get(name)
-            self._check_startable(name)
+            if name in self.delegated:
+                self._refuse(name)
             if name in self._loop_heads:
                 return await self._run_loop(name, slot)
             task = self.graph.task(name)
-            if context is None:
-                if self._route_pending:
-                    await self._settle_routes(name)
+            if task.condition is not None or self._route_pending:
+                context = await self._steered_context(task, name, context)
+            elif context is None:
                 context = self._context_or_skip(task, name)
-            if context is not None and task.condition is not None:
-                context = await self._if_condition(task, name, context)
             if context is None:  # skipped (or its condition failed): recorded, with why
-                if self._unsaved:
-                    await self._save_skips()
+                await self._save_skips()
             else:
                 self.running.add(name)
                 try:
@@ -302,8 +302,9 @@ class Run:
             await self._hand_over(name)
         return output
 
-    def _check_startable(self, name: str) -> None:
-        """Refuse to start task ``name`` twice, or a task delegated to another."""
+    def _refuse(self, name: str) -> None:
+        """Refuse to start task ``name`` twice, or a task delegated to another (it is running,
+        or delegated)."""
         if name in self.running:
             raise RuntimeError(f"task {name!r} is already running in this run")
         if name in self.delegated:
@@ -703,6 +704,20 @@ class Run:
                     f"process {self.process.name!r} started task {name!r} before its "
                     f"dependencies {waiting} finished"
                 )
+        return context
+
+    async def _steered_context(
+        self, task: Task, name: str, context: Sequence[TaskOutput] | None
+    ) -> Sequence[TaskOutput] | None:
+        """The context of task ``name`` when a condition or a router's pending choice has a
+        say: the routes of its restored routers decided, then its dependencies' outputs (or
+        ``None``: skipped), then its condition."""
+        if context is None:
+            if self._route_pending:
+                await self._settle_routes(name)
+            context = self._context_or_skip(task, name)
+        if context is not None and task.condition is not None:
+            context = await self._if_condition(task, name, context)
         return context
 
     async def _if_condition(
