@@ -10,6 +10,7 @@ is a task added to the run, with its own attempts and records, restored on resum
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -17,6 +18,7 @@ from pydantic_core import to_jsonable_python
 
 from crewflow._runtime.workflow import call_user
 from crewflow._spec import new_id
+from crewflow._text import valid_json
 from crewflow.exceptions import WorkflowError
 from crewflow.llm._types import Usage
 from crewflow.task import ITEM, Task, TaskOutput, fill_only, literal_template, takes_state
@@ -64,7 +66,19 @@ async def find_items(
             step="map",
             function=repr(over) if isinstance(over, str) else "map_over",
         )
-    return list(to_jsonable_python(list(found), fallback=repr))
+    return list(_recordable(valid_json(to_jsonable_python(list(found), fallback=repr))))
+
+
+def _recordable(value: Any) -> Any:
+    """``value`` with every float JSON cannot hold (infinite, NaN) as its text: an item is
+    recorded as JSON, and a model's text read as JSON may hold ``NaN``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_recordable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _recordable(item) for key, item in value.items()}
+    return value
 
 
 def _follow(output: TaskOutput, path: Sequence[str], name: str, over: object) -> Any:

@@ -15,6 +15,7 @@ from crewflow.testing import Error, FunctionLLM, run_virtual
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
     from crewflow.llm._types import LLMRequest
     from crewflow.task import TaskOutput
@@ -286,3 +287,34 @@ async def test_a_finished_map_with_structured_items_is_restored_whole_on_resume(
     assert "each" in result.restored
     assert result["each"].data == [Note(doc="a"), Note(doc="b")]
     assert result.output.text == "combined"
+
+
+async def test_items_a_model_wrote_are_data_whatever_they_hold(tmp_path: Path) -> None:
+    from crewflow.store import SQLiteStore
+
+    listed = (
+        '["\\ud800 lone", "nul \\u0000 here", "' + "é" * 100_000 + '", 1e999, NaN, '
+        '{"k": "\\udfff", "{topic}": "{{x}}"}]'
+    )
+
+    def answer(request: LLMRequest) -> str:
+        prompt = request.messages[1].content or ""
+        return listed if prompt.startswith("list") else prompt.split("\n", 1)[0]
+
+    agent = Agent(role="Reader", goal="Read", llm=FunctionLLM(answer))
+    listing = Task("list them", name="docs", context=[])
+    each = Task("read {item}", name="each", context=[listing], map_over="docs")
+    async with SQLiteStore(tmp_path / "runs.db") as store:
+        crew = Crew(tasks=[listing, each], agents=[agent], process="parallel", store=store)
+        result = await crew.kickoff()
+        [items] = [d for d in await store.decisions(result.run_id) if d.kind == "map"]
+
+    assert result["each"].data == [
+        "read \ufffd lone",
+        "read nul \ufffd here",
+        "read " + "é" * 100_000,
+        "read inf",
+        "read nan",
+        'read {"k": "\ufffd", "{topic}": "{{x}}"}',
+    ]
+    assert items.value[3:5] == ["inf", "nan"]
