@@ -33,7 +33,6 @@ from crewflow.exceptions import ConfigurationError, CrewflowError, KickoffsFaile
 from crewflow.limits import Limits
 from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
-from crewflow.loop import Loop
 from crewflow.processes import Process, get_process
 from crewflow.retry import RetryPolicy
 from crewflow.task import Task, TaskOutput, function_name
@@ -279,8 +278,9 @@ class Crew(Spec):
     """
 
     tasks: tuple[Task, ...]
-    loops: tuple[Loop, ...] = ()
-    """The loops among the tasks (``tasks`` holds their tasks, in their place)."""
+    loops: tuple[Any, ...] = ()
+    """The loops among the tasks (`crewflow.Loop`; ``tasks`` holds their tasks, in their
+    place)."""
     agents: tuple[Agent, ...] | None = None
     process: str | Process | type[Process] = "sequential"
     manager: Agent | str | None = None
@@ -358,16 +358,31 @@ class Crew(Spec):
         if not isinstance(data, dict):
             return data
         tasks = data.get("tasks")
-        if isinstance(tasks, (list, tuple)) and any(isinstance(t, Loop) for t in tasks):
+        if not isinstance(tasks, (list, tuple)) or all(isinstance(t, Task) for t in tasks):
+            return data  # no loop: crewflow.loop is not even loaded
+        from crewflow.loop import Loop
+
+        if any(isinstance(t, Loop) for t in tasks):
             loops = [t for t in tasks if isinstance(t, Loop)]
             flat = [each for t in tasks for each in (t.tasks if isinstance(t, Loop) else (t,))]
             data = {**data, "tasks": flat, "loops": (*data.get("loops", ()), *loops)}
         return data
 
+    @field_validator("loops")
+    @classmethod
+    def _check_loops(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        if value:
+            from crewflow.loop import Loop
+
+            for loop in value:
+                if not isinstance(loop, Loop):
+                    raise ValueError(f"loops holds {loop!r}, which is not a crewflow.Loop")
+        return value
+
     @field_validator("tasks", mode="before")
     @classmethod
     def _check_tasks(cls, value: Any) -> Any:
-        if isinstance(value, (Task, Loop)):
+        if isinstance(value, Task) or type(value).__name__ == "Loop":
             raise ValueError("tasks must be a list of tasks, e.g. Crew(tasks=[facts, draft])")
         return value
 
