@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from crewflow._runtime.clock import reset_clock, set_clock
 from crewflow._runtime.run import capture_sink, release_sink
 from crewflow.events import Event
-from crewflow.exceptions import LLMError
+from crewflow.exceptions import ContextLengthExceeded, LLMError
 from crewflow.llm import _guard
 from crewflow.llm._base import LLM
 from crewflow.llm._types import (
@@ -173,7 +173,9 @@ async def _respond(model: str, request: LLMRequest, item: Any, index: int) -> LL
         return item
     if isinstance(item, Error):
         retryable = item.status in (408, 409, 429) or item.status >= 500
-        raise LLMError(
+        # The error a real client maps the body's code to: a refusal for length, as OpenAI's.
+        error = ContextLengthExceeded if item.code == "context_length_exceeded" else LLMError
+        raise error(
             f"{model}: HTTP {item.status}: {item.message}",
             model=model,
             status_code=item.status,

@@ -412,3 +412,16 @@ async def test_a_megabyte_of_any_text_is_cut_to_fit_like_any_other() -> None:
     assert len(sent) + len(reader.system_prompt) <= 1600 * 4
     assert sent.endswith(f"{cut_note(before - after, before)}\n</context>")
     assert result["dump"].text == huge
+
+
+async def test_the_doubles_refuse_for_length_as_a_real_client_does() -> None:
+    refused = Error(
+        400, "this model's maximum context length is 10 tokens", code="context_length_exceeded"
+    )
+    agent = Agent(role="R", goal="G", llm=ScriptedLLM([refused]))
+
+    with pytest.raises(TaskFailed) as failed:
+        await Crew(tasks=[Task("Do it", agent=agent, name="only")]).kickoff()
+
+    assert isinstance(failed.value.cause, ContextLengthExceeded)
+    assert failed.value.cause.status_code == 400
