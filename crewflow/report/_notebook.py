@@ -104,8 +104,8 @@ def status_html(lines: list[RunLine]) -> str:
 
 
 def crew_html(crew: Crew) -> str:
-    """A crew as a page (its graph, its tasks with their agents, its agents, its process) in
-    the report's sandboxed frame."""
+    """A crew as a page (its graph, its tasks with their agents and what steers them, its
+    agents, its process) in the report's sandboxed frame."""
     from markupsafe import Markup
 
     graph = crew.graph
@@ -121,6 +121,14 @@ def crew_html(crew: Crew) -> str:
     )
     drawing = layout(tasks)
     agents = [_agent_row(agent) for agent in graph.members]
+    steered: dict[str, str] = {}
+    if graph.workflow_features():
+        from crewflow._graph_text import marks
+
+        for name in graph.names:
+            found = marks(graph, name)
+            if found:
+                steered[name] = "; ".join(mark.label for mark in found)
     script, script_hash = page_script()
     page = (
         environment()
@@ -131,6 +139,7 @@ def crew_html(crew: Crew) -> str:
             tasks=tasks,
             agents=agents,
             graph=drawing,
+            steered=steered,
             script=Markup(script),
             csp=f"default-src 'none'; script-src {script_hash}; style-src 'unsafe-inline'",
         )

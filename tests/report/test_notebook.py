@@ -407,3 +407,26 @@ def test_a_run_line_counts_restored_tasks_as_done() -> None:
     line.apply(events.TaskStarted(run_id="r1", time=0.0, task="second", agent="W", attempt=1))
 
     assert (line.done, line.total, line.running) == (1, 3, ["second"])
+
+
+def test_a_crew_says_what_steers_each_task_and_nothing_when_nothing_does() -> None:
+    from crewflow import Loop
+
+    agent = Agent(role="Writer", goal="Write", llm="offline")
+    draft = Task("draft", name="draft", context=[])
+    check = Task("check <b>it</b>", name="check", context=[draft])
+    gated = Task("gate", name="gate", context=[draft], condition=lambda outputs: True)
+    crew = Crew(
+        tasks=[Loop([draft, check], until=lambda outputs: True), gated],
+        agents=[agent],
+        store=None,
+    )
+
+    page = framed_page(crew._repr_html_())
+    plain = framed_page(small_crew()._repr_html_())
+
+    texts = [text.strip() for text in page.texts if text.strip()]
+    assert "workflow" in texts
+    assert texts.count("loop draft (up to 3 rounds)") == 2
+    assert "if <lambda>" in texts
+    assert "workflow" not in [text.strip() for text in plain.texts]
