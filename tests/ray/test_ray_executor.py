@@ -237,3 +237,23 @@ def test_without_ray_the_executor_names_the_extra(monkeypatch: pytest.MonkeyPatc
     message = str(caught.value)
     assert "pip install 'crewflow[ray]'" in message
     assert "\n" not in message
+
+
+def test_a_worker_of_another_version_runs_nothing() -> None:
+    from crewflow.executors._ray import run_kickoff
+
+    # Asked per kickoff too (a node that joined after the version check): nothing is unpickled
+    # or run, and the driver gets what to say.
+    outcome = run_kickoff("digest", b"not a crew", {}, None, "0.0.1-driver")
+    assert "0.0.1-driver" in str(outcome)
+    assert "Install the same crewflow on every node" in str(outcome)
+
+
+def test_only_live_nodes_elsewhere_make_a_cluster_remote() -> None:
+    from crewflow.executors._ray import _refuse_remote_nodes
+
+    here = {"NodeManagerAddress": "127.0.0.1", "Alive": True}
+    gone = {"NodeManagerAddress": "203.0.113.9", "Alive": False}
+    _refuse_remote_nodes([here, gone], "127.0.0.1", "/tmp/runs.db")  # no error
+    with pytest.raises(ConfigurationError, match="only this machine"):
+        _refuse_remote_nodes([here, {**gone, "Alive": True}], "127.0.0.1", "/tmp/runs.db")
