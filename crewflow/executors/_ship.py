@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import site
 import sys
 import sysconfig
 from dataclasses import dataclass, field
@@ -131,10 +132,9 @@ def _store_name(store: Any) -> tuple[Any, str | None]:
 def _user_modules() -> list[Any]:
     """The loaded modules that are neither installed packages nor the standard library nor
     crewflow: the user's own files, which the workers may not have."""
-    installed = {
-        str(Path(sysconfig.get_paths()[key]).resolve())
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-    }
+    roots = [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    roots += [*site.getsitepackages(), site.getusersitepackages()]
+    installed = tuple({str(Path(root).resolve()) for root in roots})
     found = []
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
@@ -146,7 +146,7 @@ def _user_modules() -> list[Any]:
         ):
             continue
         resolved = str(Path(path).resolve())
-        if not any(resolved.startswith(root) for root in installed):
+        if not resolved.startswith(installed):
             found.append(module)
     return found
 

@@ -257,3 +257,23 @@ def test_only_live_nodes_elsewhere_make_a_cluster_remote() -> None:
     _refuse_remote_nodes([here, gone], "127.0.0.1", "/tmp/runs.db")  # no error
     with pytest.raises(ConfigurationError, match="only this machine"):
         _refuse_remote_nodes([here, {**gone, "Alive": True}], "127.0.0.1", "/tmp/runs.db")
+
+
+def test_concurrency_bounds_the_kickoffs_in_flight_across_workers(
+    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Counted at the loopback server, which every worker calls: with room for 4 kickoffs at
+    # once on the cluster, concurrency=1 still sends one request at a time.
+    with OpenAIServer(latency=0.05).in_thread() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-ray-test-concurrency")
+        crew = topic_crew("openai/test-model", tmp_path / "runs.db")
+        inputs = [{"topic": str(i)} for i in range(4)]
+        results = anyio.run(
+            lambda: crew.kickoff_for_each(inputs, executor=executor(), concurrency=1)
+        )
+        most, count = server.max_in_flight, len(server.requests)
+
+    assert len(results) == 4
+    assert count == 4
+    assert most == 1
