@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from crewflow._runtime.handle import RunHandle
     from crewflow._runtime.recording import Recorder, Resumption
     from crewflow._runtime.run import Run
+    from crewflow.executors import RayExecutor
     from crewflow.graph import TaskGraph  # noqa: TC004
     from crewflow.report import Report
     from crewflow.report._notebook import KernelProgress
@@ -671,6 +672,7 @@ class Crew(Spec):
         return_exceptions: bool = False,
         llm: str | LLM | None = None,
         progress: bool = True,
+        executor: RayExecutor | None = None,
     ) -> list[Any]:
         """Run one kickoff per input, at most ``concurrency`` at once, results in input order.
 
@@ -684,6 +686,10 @@ class Crew(Spec):
                 instead of raising.
             llm: As in `kickoff`.
             progress: As in `kickoff`, one display for all the runs, a line each.
+            executor: Where the kickoffs run: ``None``, in this process; a
+                `crewflow.executors.RayExecutor`, each whole kickoff in a worker of a Ray
+                cluster, recording its run in the crew's store (see "Scaling out" in the docs).
+                ``llm`` must then be a model string.
 
         Returns:
             One `CrewResult` per input (or, with ``return_exceptions``, the error).
@@ -701,6 +707,9 @@ class Crew(Spec):
                 raise ConfigurationError(f"inputs[{index}]: {exc}") from None
         if concurrency is not None and concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
+        if executor is not None:
+            done = await executor.kickoffs(self, inputs, concurrency=concurrency, llm=llm)
+            return _gathered(list(done), return_exceptions)
         results: list[Any] = [None] * len(inputs)
         limiter = anyio.CapacityLimiter(concurrency or max(1, len(inputs)))
 
@@ -722,16 +731,7 @@ class Crew(Spec):
         finally:
             if view is not None:
                 view.close()
-        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
-        if failures and not return_exceptions:
-            first = next(iter(failures.items()))
-            raise KickoffsFailed(
-                f"{len(failures)} of {len(inputs)} kickoffs failed (first: inputs[{first[0]}]: "
-                f"{first[1]}); every result is in .results and each failure in .failures",
-                results=results,
-                failures=failures,
-            )
-        return results
+        return _gathered(results, return_exceptions)
 
     def _override(self, llm: str | LLM | None) -> LLM | None:
         from crewflow.llm._models import check_model, resolve_llm
@@ -918,6 +918,21 @@ class Crew(Spec):
 
 _DESCRIPTION = operator.attrgetter("description")
 _EXPECTED = operator.attrgetter("expected_output")
+
+
+def _gathered(results: list[Any], return_exceptions: bool) -> list[Any]:
+    """``kickoff_for_each``'s results, or `KickoffsFailed` when some failed and the caller did
+    not ask for the errors in the list."""
+    failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+    if failures and not return_exceptions:
+        first = next(iter(failures.items()))
+        raise KickoffsFailed(
+            f"{len(failures)} of {len(results)} kickoffs failed (first: inputs[{first[0]}]: "
+            f"{first[1]}); every result is in .results and each failure in .failures",
+            results=results,
+            failures=failures,
+        )
+    return results
 
 
 def _check_reducers(model: type[BaseModel]) -> None:

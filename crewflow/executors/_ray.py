@@ -1,0 +1,309 @@
+"""`RayExecutor`: whole kickoffs on the workers of a Ray cluster.
+
+The driver (the process that calls `Crew.kickoff_for_each`) checks every input, connects to the
+cluster, pickles the crew once (`crewflow.executors._ship`) and submits one Ray task per input.
+Each task runs a whole kickoff inside its worker: the agent loops, the LLM calls and the per-call
+layer (limits, cache, events, cancellation) stay there, and the kickoff records its run, with
+its lease, in the crew's store like any other. Results come back in input order; a kickoff's
+`CrewflowError` comes back as a value, so the driver reports failures exactly as the local
+`kickoff_for_each` does.
+
+What crosses the wire: the pickled crew (its store given as a path or URL, never a `Store`
+object; no LLM client holding a key), the inputs, the ``llm`` override's name, and crewflow's
+version. API keys travel in the Ray task's environment (``runtime_env["env_vars"]``), taken
+from the driver's environment; they are never logged or recorded by crewflow.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from crewflow import _version
+from crewflow.exceptions import ConfigurationError, CrewflowError
+from crewflow.executors._ship import Shipment, ship
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from crewflow.crew import Crew, CrewResult
+    from crewflow.llm._base import LLM
+
+__all__ = ["RayExecutor"]
+
+EXTRA_HINT: Final = "RayExecutor needs Ray: pip install 'crewflow[ray]'"
+
+CONNECT_TIMEOUT: Final = 5.0
+"""Seconds the driver waits for the head's port to accept a connection before it says the head
+is unreachable (no kickoff has started then)."""
+
+
+class RayExecutor:
+    """Run each kickoff of `Crew.kickoff_for_each` as a Ray task on a cluster's workers.
+
+    The same crew file runs on a laptop and on a cluster; only the executor (and, past one
+    machine, the store) changes. A SQLite store is allowed only while every node of the
+    cluster is this machine (the workers write the same file); a cluster of several machines
+    needs a store they all reach (a PostgreSQL URL).
+
+    Args:
+        address: The cluster's head (``"10.0.0.5:6379"``, ``"ray://head:10001"``, ``"auto"``).
+            ``None`` joins the cluster this process is already connected to, else the one
+            ``RAY_ADDRESS`` names, else starts a local one.
+        num_cpus: The CPUs of a local cluster this executor starts (``address=None``).
+        runtime_env: Ray's runtime environment for the kickoffs' tasks (``pip``,
+            ``working_dir``, ``env_vars``, ...). The provider variables the crew's models read
+            (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...) and ``CREWFLOW_*`` are added to
+            its ``env_vars`` from this process's environment; values given here win.
+        kickoff_cpus: The CPUs Ray reserves for each running kickoff. Kickoffs mostly wait on
+            models, so a fraction (``0.25``) runs more of them per CPU.
+
+    Raises:
+        ConfigurationError: Ray is not installed (the message names the extra), or an
+            argument is invalid.
+
+    Example:
+        ```python
+        from crewflow.executors import RayExecutor
+
+        results = await crew.kickoff_for_each(
+            [{"topic": t} for t in topics], executor=RayExecutor("ray-head:6379")
+        )
+        ```
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        kickoff_cpus: float = 1.0,
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigurationError(EXTRA_HINT) from None
+        if num_cpus is not None and num_cpus < 1:
+            raise ConfigurationError(f"num_cpus must be at least 1, not {num_cpus}")
+        if num_cpus is not None and address is not None:
+            raise ConfigurationError(
+                "num_cpus sizes a local cluster this executor starts; a cluster at an address "
+                "has its own CPUs (drop num_cpus, or address)"
+            )
+        if kickoff_cpus < 0:
+            raise ConfigurationError(f"kickoff_cpus cannot be negative, not {kickoff_cpus}")
+        self._ray = ray
+        self.address = address
+        self.num_cpus = num_cpus
+        self.runtime_env = dict(runtime_env or {})
+        self.kickoff_cpus = kickoff_cpus
+
+    def __repr__(self) -> str:
+        return f"RayExecutor(address={self.address!r})"
+
+    async def kickoffs(
+        self,
+        crew: Crew,
+        inputs: Sequence[Mapping[str, Any]],
+        *,
+        concurrency: int | None,
+        llm: str | LLM | None,
+    ) -> list[CrewResult | CrewflowError]:
+        """Run one kickoff of ``crew`` per input on the cluster, at most ``concurrency`` at once.
+
+        Called by `Crew.kickoff_for_each` once the inputs are checked. Every setup error
+        (an unreachable head, a store the cluster cannot share, a crew that cannot be shipped,
+        mismatched versions) is raised before the first kickoff starts.
+
+        Returns:
+            A `CrewResult` or the kickoff's `CrewflowError`, per input, in input order.
+        """
+        import anyio
+
+        if llm is not None and not isinstance(llm, str):
+            raise ConfigurationError(
+                "with RayExecutor, pass llm as a model string (e.g. 'openai/gpt-4o'): each "
+                "worker makes its own client"
+            )
+        shipment = ship(crew, llm)
+        remote, crew_ref = await anyio.to_thread.run_sync(self._connect, shipment)
+        results: list[CrewResult | CrewflowError | None] = [None] * len(inputs)
+        limiter = anyio.CapacityLimiter(concurrency or max(1, len(inputs)))
+        version = _version.__version__
+
+        async def one(index: int, values: Mapping[str, Any]) -> None:
+            async with limiter:
+                ref = remote.remote(shipment.digest, crew_ref, dict(values), llm, version)
+                try:
+                    outcome = await ref
+                except anyio.get_cancelled_exc_class():
+                    self._ray.cancel(ref)
+                    raise
+                except self._ray.exceptions.RayError as exc:
+                    raise _worker_failed(exc) from None
+                if isinstance(outcome, _VersionMismatch):
+                    raise ConfigurationError(str(outcome))
+                results[index] = outcome
+
+        try:
+            async with anyio.create_task_group() as group:
+                for index, values in enumerate(inputs):
+                    group.start_soon(one, index, values)
+        except* ConfigurationError as caught:
+            # A worker that cannot run kickoffs at all (another version, no crewflow): the
+            # first such error, as it was raised, not wrapped in a group.
+            raise caught.exceptions[0] from None
+        return [r for r in results if r is not None]
+
+    def _connect(self, shipment: Shipment) -> tuple[Any, Any]:
+        """Join (or start) the cluster, refuse a SQLite store on a multi-machine cluster, and
+        return the kickoff's remote function with its options and the crew put in the object
+        store. Runs in a worker thread: joining blocks for seconds."""
+        ray = self._ray
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address not in (None, "auto", "local"):
+            _check_reachable(address)
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, num_cpus=self.num_cpus, log_to_driver=False)
+            except ConnectionError as exc:
+                raise ConfigurationError(
+                    f"cannot join the Ray cluster at {address!r} ({exc}); no kickoff was "
+                    "started. Start the head with `ray start --head`, or check the address"
+                ) from None
+        if shipment.sqlite is not None:
+            _refuse_remote_nodes(ray.nodes(), ray.util.get_node_ip_address(), shipment.sqlite)
+        env = {**shipment.env, **self.runtime_env.get("env_vars", {})}
+        runtime_env = {**self.runtime_env, "env_vars": env}
+        _check_version(ray, runtime_env)
+        crew_ref = ray.put(shipment.payload)
+        remote = _remote_kickoff(ray).options(num_cpus=self.kickoff_cpus, runtime_env=runtime_env)
+        return remote, crew_ref
+
+
+def _check_version(ray: Any, runtime_env: dict[str, Any]) -> None:
+    """Ask a worker (in the kickoffs' runtime environment) which crewflow it runs, and refuse
+    a different one before any kickoff is submitted."""
+    probe = _remote_version(ray).options(num_cpus=0, runtime_env=runtime_env)
+    try:
+        worker = ray.get(probe.remote())
+    except ray.exceptions.RayError as exc:
+        raise _worker_failed(exc) from None
+    if worker != _version.__version__:
+        raise ConfigurationError(str(_VersionMismatch(_version.__version__, worker, "the cluster")))
+
+
+def _check_reachable(address: str) -> None:
+    """Raise a clear error when nothing listens at the head's address (Ray itself would retry
+    for a long while, then fail with a less helpful message)."""
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise ConfigurationError(
+            f"the Ray address {address!r} is not host:port (e.g. '10.0.0.5:6379' or "
+            "'ray://head:10001')"
+        )
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot reach the Ray head at {address!r} ({exc.strerror or exc}); no kickoff "
+            "was started. Start it with `ray start --head`, or check the address"
+        ) from None
+
+
+def _refuse_remote_nodes(nodes: Sequence[Mapping[str, Any]], local_ip: str, path: str) -> None:
+    """A SQLite store is one file on one machine: refuse a cluster with a node elsewhere."""
+    remote = sorted(
+        {
+            str(node.get("NodeManagerAddress"))
+            for node in nodes
+            if node.get("Alive") and node.get("NodeManagerAddress") != local_ip
+        }
+    )
+    if remote:
+        raise ConfigurationError(
+            f"the crew's store is the SQLite file {path!r}, which only this machine "
+            f"({local_ip}) can write, but the Ray cluster has nodes at {', '.join(remote)}. "
+            "A cluster of several machines needs a store they all reach: "
+            "Crew(store='postgresql://...') (pip install 'crewflow[postgres]')"
+        )
+
+
+def _worker_failed(exc: Exception) -> ConfigurationError:
+    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return ConfigurationError(
+        f"a Ray worker could not run the kickoff ({type(exc).__name__}: {first}). Is crewflow "
+        f"{_version.__version__} installed on every node (pip install 'crewflow[ray]')?"
+    )
+
+
+class _VersionMismatch:
+    """What a worker returns instead of running a kickoff when its crewflow differs."""
+
+    def __init__(self, driver: str, worker: str, host: str) -> None:
+        self.driver, self.worker, self.host = driver, worker, host
+
+    def __str__(self) -> str:
+        return (
+            f"crewflow versions differ: the driver runs {self.driver}, a Ray worker on "
+            f"{self.host} runs {self.worker}. Install the same crewflow on every node, or pass "
+            "RayExecutor(runtime_env={'pip': ['crewflow==" + self.driver + "']})"
+        )
+
+
+_REMOTE: dict[int, Any] = {}
+_CREWS: dict[str, Any] = {}
+_CREWS_KEPT: Final = 4
+"""How many unpickled crews a worker keeps (by digest), so its next kickoffs of the same crew
+skip unpickling."""
+
+
+def _remote_version(ray: Any) -> Any:
+    key = -id(ray)
+    remote = _REMOTE.get(key)
+    if remote is None:
+        remote = _REMOTE[key] = ray.remote(max_retries=0)(worker_version)
+    return remote
+
+
+def worker_version() -> str:
+    """The crewflow version a worker runs (asked once per `kickoff_for_each`, before any
+    kickoff is submitted)."""
+    return _version.__version__
+
+
+def _remote_kickoff(ray: Any) -> Any:
+    remote = _REMOTE.get(id(ray))
+    if remote is None:
+        remote = _REMOTE[id(ray)] = ray.remote(max_retries=0)(run_kickoff)
+    return remote
+
+
+def run_kickoff(
+    digest: str, payload: bytes, inputs: dict[str, Any], llm: str | None, driver_version: str
+) -> CrewResult | CrewflowError | _VersionMismatch:
+    """One kickoff, inside a Ray worker: the crew unpickled (once per worker and crew), run
+    with its own event loop, its error returned as a value."""
+    if _version.__version__ != driver_version:
+        return _VersionMismatch(driver_version, _version.__version__, socket.gethostname())
+    crew = _CREWS.get(digest)
+    if crew is None:
+        from crewflow.executors._ship import unship
+
+        crew = unship(payload)
+        while len(_CREWS) >= _CREWS_KEPT:
+            _CREWS.pop(next(iter(_CREWS)))
+        _CREWS[digest] = crew
+    try:
+        result: CrewResult = crew.kickoff_sync(inputs, llm=llm)
+    except CrewflowError as exc:
+        return exc
+    return result
