@@ -52,7 +52,8 @@ def forget_opened() -> Iterator[None]:
 
 
 async def _sqlite_schema(path: Path) -> Schema:
-    await SQLiteStore(path).schema_version()  # creates and migrates it
+    async with SQLiteStore(path) as store:
+        await store.schema_version()  # creates and migrates it
     with sqlite3.connect(path) as conn:
         tables = [
             row[0]
