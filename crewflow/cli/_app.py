@@ -56,12 +56,28 @@ Quiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="Show no progress: only the result (and errors)."),
 ]
+def _check_database(value: str | None) -> str | None:
+    """Refuse a --db URL of a scheme no store knows, as a usage error."""
+    from crewflow.store._base import POSTGRES_SCHEMES, store_path
+
+    if value is not None and not value.startswith(POSTGRES_SCHEMES):
+        try:
+            store_path(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 Database = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--db",
-        metavar="PATH",
-        help="The run database (default: runs.db in CREWFLOW_HOME or the user data directory).",
+        callback=_check_database,
+        metavar="PATH|URL",
+        help=(
+            "The run database: a SQLite file, or a postgresql:// URL (default: CREWFLOW_STORE, "
+            "else runs.db in CREWFLOW_HOME or the user data directory)."
+        ),
     ),
 ]
 

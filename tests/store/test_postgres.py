@@ -262,3 +262,33 @@ async def test_a_crew_fails_and_resumes_from_its_checkpoints_in_postgresql(
 
 def test_the_password_never_reaches_the_environment_of_a_test() -> None:
     assert PASSWORD not in os.environ.get("CREWFLOW_STORE", "")
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_runs_and_show_read_a_postgresql_database_and_show_no_password(
+    postgres_url: str, columns: int
+) -> None:
+    from typer.testing import CliRunner
+
+    from crewflow import cli
+    from tests.stores import close_default_stores
+
+    # The test server trusts loopback: the password is sent nowhere, only looked for.
+    url = postgres_url.replace("postgres@", f"postgres:{PASSWORD}@", 1)
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(lambda request: "all done"))
+    crew = Crew(tasks=[Task("first", agent=agent, name="first")], store=url)
+    run_id = crew.kickoff_sync().run_id
+    close_default_stores()
+    env = {"COLUMNS": str(columns)}
+
+    runs = CliRunner().invoke(cli.app, ["runs", "--db", url], env=env)
+    show = CliRunner().invoke(cli.app, ["show", run_id[:8], "--db", url], env=env)
+    missing = CliRunner().invoke(cli.app, ["show", "nope-nope", "--db", url], env=env)
+
+    assert (runs.exit_code, show.exit_code) == (0, 0), runs.output + show.output
+    assert run_id[:8] in runs.output
+    assert "all done" in show.output
+    assert missing.exit_code != 0
+    for result in (runs, show, missing):
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert PASSWORD not in result.output
