@@ -29,11 +29,11 @@ How it keeps the `Store` contract:
   server, so a view may read again when nothing of its own changed, never the reverse), and
   stays still while nothing writes.
 - **Schema.** A new database gets the baseline at schema version 8 in one transaction, under an
-  advisory lock so that two processes opening it at once create it once (see
-  `crewflow.store._pg_schema`).
+  advisory lock so that two processes opening it at once create it once (the schema's own
+  module says how its types match SQLite's).
 - **Credentials.** The URL's password and secret query values never reach a repr, a log, an
-  error message, an event or a record: `public_url` shows the store, and every error text is
-  scrubbed of them.
+  error message, an event or a record: the store is shown by its URL without them, and every
+  error text is scrubbed of them.
 """
 
 from __future__ import annotations
@@ -149,11 +149,15 @@ class PostgresStore(Store):
             )
         self._url = url
         self._secrets = url_secrets(url)
-        self.url = public_url(url)
-        """The URL without its credentials, as it may be shown."""
+        self._public = public_url(url)
         self._open: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[psycopg.AsyncConnection[Any], asyncio.Lock]
         ] = weakref.WeakKeyDictionary()
+
+    @property
+    def url(self) -> str:
+        """The database's URL without its credentials, as it may be shown."""
+        return self._public
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r})"
