@@ -56,6 +56,8 @@ Quiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="Show no progress: only the result (and errors)."),
 ]
+
+
 def _check_database(value: str | None) -> str | None:
     """Refuse a --db URL of a scheme no store knows, as a usage error."""
     from crewflow.store._base import POSTGRES_SCHEMES, store_path
