@@ -59,14 +59,19 @@ Quiet = Annotated[
 
 
 def _check_database(value: str | None) -> str | None:
-    """Refuse a --db URL of a scheme no store knows, as a usage error."""
+    """Refuse a --db URL (or, without --db, a CREWFLOW_STORE) of a scheme no store knows, as a
+    usage error."""
+    import os
+
     from crewflow.store._base import POSTGRES_SCHEMES, store_path
 
-    if value is not None and not value.startswith(POSTGRES_SCHEMES):
+    given = value if value is not None else os.environ.get("CREWFLOW_STORE")
+    if given and not given.startswith(POSTGRES_SCHEMES):
         try:
-            store_path(value)
+            store_path(given)
         except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
+            named = "" if value is not None else " (from CREWFLOW_STORE)"
+            raise typer.BadParameter(f"{exc}{named}") from None
     return value
 
 

@@ -292,3 +292,23 @@ def test_runs_and_show_read_a_postgresql_database_and_show_no_password(
     for result in (runs, show, missing):
         assert result.exception is None or isinstance(result.exception, SystemExit)
         assert PASSWORD not in result.output
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_a_store_url_of_an_unknown_scheme_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    from typer.testing import CliRunner
+
+    from crewflow import cli
+
+    env = {"COLUMNS": str(columns)}
+    given = CliRunner().invoke(cli.app, ["runs", "--db", "mysql://u@h/db"], env=env)
+    monkeypatch.setenv("CREWFLOW_STORE", "mysql://u@h/db")
+    from_env = CliRunner().invoke(cli.app, ["runs"], env=env)
+
+    for result in (given, from_env):
+        assert result.exit_code == 2
+        assert isinstance(result.exception, SystemExit)
+        assert "mysql" in " ".join(result.output.split())
+    assert "CREWFLOW_STORE" in " ".join(from_env.output.split())
