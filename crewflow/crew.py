@@ -252,9 +252,11 @@ class Crew(Spec):
         limits: Concurrency and rate limits per model or group (`crewflow.Limits`), shared
             with every crew of the process that uses the same models or groups.
         on_event: Called with every `crewflow.events.Event` of every run of this crew.
-        store: Where runs are recorded and checkpointed: ``"default"`` (``runs.db`` in
-            ``CREWFLOW_HOME``, else the user data directory), the path of a SQLite file, a
-            `crewflow.store.Store`, or ``None`` to record nothing (no resume then).
+        store: Where runs are recorded and checkpointed: ``"default"`` (``CREWFLOW_STORE``
+            when set, else ``runs.db`` in ``CREWFLOW_HOME`` or the user data directory), the
+            path of a SQLite file (or ``sqlite:///PATH``), a ``postgresql://`` URL (a
+            `crewflow.store.PostgresStore`), a `crewflow.store.Store`, or ``None`` to record
+            nothing (no resume then).
         cache: Reuse LLM replies to identical calls (a task's own ``cache`` wins); kept in the
             store, or in memory for the run when ``store=None``.
         record_prompts: Record what each LLM call sent and got back on its attempt
@@ -292,7 +294,7 @@ class Crew(Spec):
     on_failure: Literal["stop", "continue"] = "stop"
     limits: Limits | None = None
     on_event: Callable[[Event], None] | None = None
-    store: Any = "default"
+    store: Any = Field(default="default", repr=False)  # a URL may hold a password
     cache: bool = False
     record_prompts: bool = True
     default_inputs: dict[str, Any] = Field(default_factory=dict)
@@ -310,14 +312,18 @@ class Crew(Spec):
         import os
 
         from crewflow.store import Store
+        from crewflow.store._base import POSTGRES_SCHEMES, store_path
 
         if value is None or isinstance(value, (Store, os.PathLike)):
             return value
+        if isinstance(value, str) and value.startswith(POSTGRES_SCHEMES):
+            return value
         if isinstance(value, str) and value.strip():
+            store_path(value)  # a URL of an unknown scheme fails here
             return value
         raise ValueError(
-            'store must be "default", the path of a SQLite file, a crewflow.store.Store, or '
-            f"None to record nothing, not {value!r}"
+            'store must be "default", the path of a SQLite file, a postgresql:// URL, a '
+            f"crewflow.store.Store, or None to record nothing, not {value!r}"
         )
 
     @field_validator("default_inputs")

@@ -13,6 +13,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # Crews record their runs in the default store: the tests' runs (and the examples' they start)
 # go to a database of this session, never to the developer's own; each test gets its own (below).
 os.environ["CREWFLOW_HOME"] = SESSION_HOME = tempfile.mkdtemp(prefix="crewflow-tests-")
+os.environ.pop("CREWFLOW_STORE", None)  # which would name another default store
 
 from pathlib import Path
 from typing import TYPE_CHECKING

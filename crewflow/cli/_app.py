@@ -56,12 +56,35 @@ Quiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="Show no progress: only the result (and errors)."),
 ]
+
+
+def _check_database(value: str | None) -> str | None:
+    """Refuse a --db URL (or, without --db, a CREWFLOW_STORE) of a scheme no store knows, as a
+    usage error."""
+    import os
+
+    from crewflow.store._base import POSTGRES_SCHEMES, store_path
+
+    given = value if value is not None else os.environ.get("CREWFLOW_STORE")
+    if given and not given.startswith(POSTGRES_SCHEMES):
+        try:
+            store_path(given)
+        except ValueError as exc:
+            named = "" if value is not None else " (from CREWFLOW_STORE)"
+            raise typer.BadParameter(f"{exc}{named}") from None
+    return value
+
+
 Database = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--db",
-        metavar="PATH",
-        help="The run database (default: runs.db in CREWFLOW_HOME or the user data directory).",
+        callback=_check_database,
+        metavar="PATH|URL",
+        help=(
+            "The run database: a SQLite file, or a postgresql:// URL (default: CREWFLOW_STORE, "
+            "else runs.db in CREWFLOW_HOME or the user data directory)."
+        ),
     ),
 ]
 

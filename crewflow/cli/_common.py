@@ -6,7 +6,7 @@ store commands import this on the way to ``crewflow runs``, which must start fas
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from rich.text import Text
 
@@ -115,33 +115,71 @@ def print_json(out: Console, text: str) -> None:
 # -- the run database ---------------------------------------------------------------------------
 
 
-def database_path(db: Path | None) -> Path:
-    """``--db`` as given, else the default database (which may not exist yet)."""
-    from crewflow.store import default_store_path
+Database: TypeAlias = "Path | str"
+"""A run database as the commands take it: a SQLite file, or a ``postgresql://`` URL (text)."""
 
-    return (db if db is not None else default_store_path()).expanduser()
+
+def database_path(db: Database | None) -> Database:
+    """``--db`` as given, else ``CREWFLOW_STORE``, else the default database (which may not
+    exist yet): a SQLite file's path (``sqlite:///PATH`` too), or a PostgreSQL URL as it is."""
+    import os
+
+    from crewflow.store import default_store_path
+    from crewflow.store._base import POSTGRES_SCHEMES, store_path
+
+    given = db if db is not None else os.environ.get("CREWFLOW_STORE") or default_store_path()
+    if isinstance(given, str) and given.startswith(POSTGRES_SCHEMES):
+        return given
+    try:
+        return store_path(given)
+    except ValueError as exc:
+        raise UsageProblem(f"--db: {exc}") from None
+
+
+def database_exists(path: Database) -> bool:
+    """Whether there is a database to read at ``path`` (a server is asked when it is read)."""
+    return isinstance(path, str) or path.exists()
+
+
+def shown_database(path: Database) -> str:
+    """``path`` as the commands print it: a URL without its credentials."""
+    if isinstance(path, str):
+        from crewflow.llm._redact import public_url
+
+        return public_url(path)
+    return str(path)
 
 
 def read_store(
-    path: Path, read: Callable[[Store], Awaitable[_T]], *, read_only: bool = False
+    path: Database, read: Callable[[Store], Awaitable[_T]], *, read_only: bool = False
 ) -> _T:
     """Open the database at ``path`` (which exists), ``read`` it, close it.
 
-    ``read_only``: open it so (see `SQLiteStore`), which works on a read-only filesystem; a
-    database an older crewflow wrote is then opened writable to be upgraded, when it can be.
+    ``read_only``: open a SQLite file so (see `SQLiteStore`), which works on a read-only
+    filesystem; a database an older crewflow wrote is then opened writable to be upgraded, when
+    it can be. A PostgreSQL database is read with the URL's own rights.
     """
     import anyio
 
     from crewflow.store import SchemaVersionError, SQLiteStore
 
     async def session(read_only: bool) -> _T:
-        async with SQLiteStore(path, read_only=read_only) as store:
+        store: Store
+        if isinstance(path, str):
+            from crewflow.store.postgres import PostgresStore
+
+            store = PostgresStore(path)
+        else:
+            store = SQLiteStore(path, read_only=read_only)
+        async with store:
             return await read(store)
 
     try:
         return anyio.run(session, read_only)
     except SchemaVersionError as exc:
-        if not read_only or exc.found > exc.supported or not _writable(path):
+        if isinstance(path, str) or not read_only or exc.found > exc.supported:
+            raise
+        if not _writable(path):
             raise
     return anyio.run(session, False)
 

@@ -9,17 +9,26 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.text import Text
 
-from crewflow.cli._common import EXIT_OK, EXIT_USAGE, database_path, exit_code, print_error
+from crewflow.cli._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    database_exists,
+    database_path,
+    exit_code,
+    print_error,
+    shown_database,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
+
+    from crewflow.cli._common import Database
 
 _LOCAL = ("127.0.0.1", "localhost")
 _ANY = ("0.0.0.0", "::", "")  # every address: named to warn, never bound by default
 
 
-def serve_dashboard(*, host: str, port: int, db: Path | None) -> int:
+def serve_dashboard(*, host: str, port: int, db: Database | None) -> int:
     """What ``crewflow dashboard`` does; returns the exit code."""
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     try:
@@ -29,8 +38,11 @@ def serve_dashboard(*, host: str, port: int, db: Path | None) -> int:
         print_error(err, "the dashboard needs its extra: pip install 'crewflow[dashboard]'")
         return EXIT_USAGE
     path = database_path(db)
-    if not path.exists():
-        print_error(err, f"no run database at {path} yet: run a crew first, or give --db PATH")
+    if not database_exists(path):
+        print_error(
+            err,
+            f"no run database at {shown_database(path)} yet: run a crew first, or give --db PATH",
+        )
         return EXIT_USAGE
     if host not in _LOCAL:
         err.print(
@@ -44,7 +56,7 @@ def serve_dashboard(*, host: str, port: int, db: Path | None) -> int:
     token = secrets.token_urlsafe(24)
 
     def ready(address: str) -> None:
-        out.print(Text(f"crewflow dashboard over {path}"), soft_wrap=True)
+        out.print(Text(f"crewflow dashboard over {shown_database(path)}"), soft_wrap=True)
         out.print(Text(f"{address}/?token={token}"), soft_wrap=True)
         out.print(Text("Press Ctrl+C to stop.", style="dim"))
 
@@ -67,15 +79,22 @@ def allowed_hosts(host: str) -> list[str]:
 
 
 async def _serve(
-    path: Path, host: str, port: int, token: str, ready: Callable[[str], None]
+    path: Database, host: str, port: int, token: str, ready: Callable[[str], None]
 ) -> None:
     import anyio
     import uvicorn
 
     from crewflow.report._dashboard import create_app
-    from crewflow.store import SQLiteStore
+    from crewflow.store import SQLiteStore, Store
 
-    async with SQLiteStore(path, read_only=True) as store:
+    store: Store
+    if isinstance(path, str):
+        from crewflow.store.postgres import PostgresStore
+
+        store = PostgresStore(path)
+    else:
+        store = SQLiteStore(path, read_only=True)
+    async with store:
         app = create_app(store, token=token, hosts=allowed_hosts(host))
         config = uvicorn.Config(
             app,

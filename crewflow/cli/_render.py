@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from crewflow.cli._common import format_seconds
+from crewflow.cli._common import format_seconds, shown_database
 from crewflow.cli._table import Cell as _Cell
 from crewflow.cli._table import print_table
 from crewflow.cli._transcript import show_prompts
@@ -24,11 +24,11 @@ from crewflow.store._lease import lapse_reason
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
-    from pathlib import Path
 
     from rich.console import Console, RenderableType
 
     from crewflow._records import ProcessChoice
+    from crewflow.cli._common import Database
     from crewflow.cli._store import RecordedPlan, RunDetails
     from crewflow.store import AttemptRecord, OutputRow, RunRecord
 
@@ -68,7 +68,9 @@ def _status(status: str) -> Text:
     return Text(status, style=_RUN_STYLES.get(status, ""))
 
 
-def show_runs(console: Console, records: Sequence[RunRecord], *, db: Path | None = None) -> None:
+def show_runs(
+    console: Console, records: Sequence[RunRecord], *, db: Database | None = None
+) -> None:
     """One row per run: id, crew, process, status, start (local time), duration, size, usage;
     then the command that finishes each interrupted run (``db``: the database given with
     ``--db``, which the command names too).
@@ -106,16 +108,16 @@ RESUME_LINES = 5
 """Interrupted runs whose resume command ``crewflow runs`` prints (the rest are counted)."""
 
 
-def resume_command(run: RunRecord, db: Path | None = None) -> str:
+def resume_command(run: RunRecord, db: Database | None = None) -> str:
     """The command that finishes ``run``: ``crewflow resume RUN_ID``, with ``--file FILE.py``
     for a run started from code (which recorded no file) and ``--db`` when one was given."""
     command = f"crewflow resume {run.run_id}"
     if run.source is None:
         command += " --file FILE.py"
-    return command if db is None else f"{command} --db {db}"
+    return command if db is None else f"{command} --db {shown_database(db)}"
 
 
-def _show_interrupted(console: Console, runs: Sequence[RunRecord], db: Path | None) -> None:
+def _show_interrupted(console: Console, runs: Sequence[RunRecord], db: Database | None) -> None:
     """How to finish the interrupted runs listed: a line per run's command, up to a few."""
     if not runs:
         return
@@ -168,7 +170,7 @@ def _task_summaries(details: RunDetails) -> list[_TaskSummary]:
 
 
 def show_details(
-    console: Console, details: RunDetails, *, full: bool = False, db: Path | None = None
+    console: Console, details: RunDetails, *, full: bool = False, db: Database | None = None
 ) -> None:
     """The run's header (with the command that finishes an interrupted run: ``db`` is the
     database given with ``--db``); the choice of a choosing process (adaptive) and the plan of

@@ -10,12 +10,20 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.text import Text
 
-from crewflow.cli._common import EXIT_OK, database_path, exit_code, find_run, read_store
+from crewflow.cli._common import (
+    EXIT_OK,
+    database_exists,
+    database_path,
+    exit_code,
+    find_run,
+    read_store,
+)
 from crewflow.exceptions import UnknownRunError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from crewflow.cli._common import Database
     from crewflow.report import Comparison, Report
     from crewflow.store import Store
 
@@ -36,7 +44,7 @@ def write_report(
     *,
     output: Path | None = None,
     open_it: bool = False,
-    db: Path | None = None,
+    db: Database | None = None,
     compare: str | None = None,
 ) -> int:
     """What ``crewflow report`` does; returns the exit code."""
@@ -45,7 +53,7 @@ def write_report(
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     path = database_path(db)
     try:
-        if not path.exists():
+        if not database_exists(path):
             raise UnknownRunError(run_id)
         if compare is None:
             report = read_store(path, partial(_read, run_id=run_id), read_only=True)

@@ -26,20 +26,24 @@ from crewflow._records import RunStatus
 from crewflow._runtime.recording import run_source
 from crewflow.cli._common import (
     EXIT_OK,
+    Database,
     Interrupted,
     UsageProblem,
+    database_exists,
     database_path,
     exit_code,
     find_run,
     format_seconds,
     print_json,
     read_store,
+    shown_database,
 )
 from crewflow.cli._load import check_inputs, crew_from_file, parse_inputs
 from crewflow.cli._progress import ProgressView
 from crewflow.exceptions import ConfigurationError, CrewRunError, UnknownRunError
 from crewflow.llm._models import check_model
 from crewflow.store import SQLiteStore, default_store_path
+from crewflow.store._base import POSTGRES_SCHEMES
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -77,7 +81,7 @@ def run_file(
     inputs: Sequence[str] = (),
     as_json: bool = False,
     quiet: bool = False,
-    db: Path | None = None,
+    db: Database | None = None,
     stdout: Console | None = None,
     stderr: Console | None = None,
     freeze_heap: bool = False,
@@ -130,7 +134,7 @@ def resume_run(
     model: str | None = None,
     as_json: bool = False,
     quiet: bool = False,
-    db: Path | None = None,
+    db: Database | None = None,
     stdout: Console | None = None,
     stderr: Console | None = None,
 ) -> int:
@@ -180,7 +184,7 @@ def resume_run(
 
 
 def _resume_hint(
-    err: Console, exc: BaseException, *, recorded: bool, model: str | None, db: Path | None
+    err: Console, exc: BaseException, *, recorded: bool, model: str | None, db: Database | None
 ) -> None:
     """After a failed or interrupted run that was recorded: the command that finishes it (not
     after a configuration problem, such as a refused API key, which resuming would not fix)."""
@@ -193,7 +197,7 @@ def _resume_hint(
     if model is not None:
         command += f" --model {model}"
     if db is not None:
-        command += f" --db {db}"
+        command += f" --db {shown_database(db)}"
     err.print(Text(f"finish it later with: {command}"), soft_wrap=True)
 
 
@@ -209,28 +213,32 @@ def _report_hint(err: Console, crew: Crew, run_id: str | None) -> None:
         return
     command = f"crewflow report {run_id}"
     if path != default_store_path().expanduser():
-        command += f" --db {shlex.quote(str(path))}"
+        command += f" --db {shlex.quote(shown_database(path))}"
     err.print(Text(f"see the run: {command}"), soft_wrap=True)
 
 
-def _database_of(store: object) -> Path | None:
-    """The file of a crew's store setting, or ``None`` without one another process can open
-    (no store, a store in memory)."""
+def _database_of(store: object) -> Database | None:
+    """The file or URL of a crew's store setting, or ``None`` without one another process can
+    open (no store, a store in memory)."""
+    if store == "default":
+        return database_path(None)  # CREWFLOW_STORE, else the default file
+    if isinstance(store, str) and store.startswith(POSTGRES_SCHEMES):
+        return store
     if isinstance(store, SQLiteStore):
         path: Path | None = store.path
-    elif store == "default":
-        path = default_store_path()
     elif isinstance(store, str | PathLike):
         path = Path(store)
+    elif type(store).__name__ == "PostgresStore":  # not imported unless in use
+        return str(store.url)  # type: ignore[attr-defined]
     else:
         path = None
     return None if path is None or str(path) == ":memory:" else path.expanduser()
 
 
-def _recorded(run_id: str, db: Path | None) -> RunRecord | None:
+def _recorded(run_id: str, db: Database | None) -> RunRecord | None:
     """The run's record in the database, if it has one."""
     path = database_path(db)
-    return read_store(path, partial(_get_run, run_id=run_id)) if path.exists() else None
+    return read_store(path, partial(_get_run, run_id=run_id)) if database_exists(path) else None
 
 
 def _resume_source(
@@ -274,9 +282,9 @@ def resume(
     return _watching(crew, view, lambda watched: watched.resume(run_id, force=force, llm=llm))
 
 
-def _recording_in(crew: Crew, db: Path | None) -> Crew:
+def _recording_in(crew: Crew, db: Database | None) -> Crew:
     """``crew`` recording its runs in the database ``db`` (a copy), or as it is without one."""
-    return crew if db is None else crew.model_copy(update={"store": str(db.expanduser())})
+    return crew if db is None else crew.model_copy(update={"store": str(database_path(db))})
 
 
 def _watching(

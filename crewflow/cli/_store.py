@@ -18,22 +18,23 @@ from rich.text import Text
 
 from crewflow.cli._common import (
     EXIT_OK,
+    database_exists,
     database_path,
     exit_code,
     find_run,
     print_json,
     read_store,
+    shown_database,
 )
 from crewflow.cli._render import show_details, show_runs
 from crewflow.exceptions import UnknownRunError
 from crewflow.store import MemoryStore
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from pydantic import JsonValue
 
     from crewflow._records import ProcessChoice
+    from crewflow.cli._common import Database
     from crewflow.store import (
         AddedTaskRecord,
         AttemptRecord,
@@ -208,7 +209,7 @@ async def _details(store: Store, *, run_id: str, prompts: bool = False) -> RunDe
 
 
 def list_runs(
-    *, crew: str | None = None, limit: int = 20, as_json: bool = False, db: Path | None = None
+    *, crew: str | None = None, limit: int = 20, as_json: bool = False, db: Database | None = None
 ) -> int:
     """What ``crewflow runs`` does; returns the exit code."""
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
@@ -216,7 +217,7 @@ def list_runs(
     try:
         found = (
             read_store(path, partial(_list, crew=crew, limit=limit), read_only=True)
-            if path.exists()
+            if database_exists(path)
             else []
         )
     except (Exception, KeyboardInterrupt) as exc:
@@ -225,7 +226,9 @@ def list_runs(
         print_json(out, json.dumps([run.model_dump(mode="json") for run in found], indent=2))
     elif not found:
         of = f" of crew {crew!r}" if crew is not None else ""
-        out.print(Text(f"no runs{of} recorded yet (database: {path})"), soft_wrap=True)
+        out.print(
+            Text(f"no runs{of} recorded yet (database: {shown_database(path)})"), soft_wrap=True
+        )
     else:
         show_runs(out, found, db=db)
     return EXIT_OK
@@ -241,13 +244,13 @@ def show_run(
     as_json: bool = False,
     full: bool = False,
     prompts: bool = False,
-    db: Path | None = None,
+    db: Database | None = None,
 ) -> int:
     """What ``crewflow show`` does; returns the exit code."""
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     path = database_path(db)
     try:
-        if not path.exists():
+        if not database_exists(path):
             raise UnknownRunError(run_id)
         details = read_store(
             path, partial(_details, run_id=run_id, prompts=prompts), read_only=True
@@ -261,16 +264,19 @@ def show_run(
     return EXIT_OK
 
 
-def clear_cache(*, db: Path | None = None) -> int:
+def clear_cache(*, db: Database | None = None) -> int:
     """What ``crewflow cache clear`` does; returns the exit code."""
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     path = database_path(db)
     try:
-        removed = read_store(path, _clear) if path.exists() else 0
+        removed = read_store(path, _clear) if database_exists(path) else 0
     except (Exception, KeyboardInterrupt) as exc:
         return exit_code(err, exc)
     plural = "y" if removed == 1 else "ies"
-    out.print(Text(f"removed {removed:,} cached repl{plural} (database: {path})"), soft_wrap=True)
+    out.print(
+        Text(f"removed {removed:,} cached repl{plural} (database: {shown_database(path)})"),
+        soft_wrap=True,
+    )
     return EXIT_OK
 
 
@@ -279,7 +285,7 @@ async def _clear(store: Store) -> int:
 
 
 def optimize_runs(
-    *, crew: str | None = None, runs: int = 100, as_json: bool = False, db: Path | None = None
+    *, crew: str | None = None, runs: int = 100, as_json: bool = False, db: Database | None = None
 ) -> int:
     """What ``crewflow optimize`` does; returns the exit code."""
     from crewflow.optimizer import Report, analyze, render  # only this command needs it
@@ -294,7 +300,7 @@ def optimize_runs(
         # Without a database the report is the empty one: "no runs recorded".
         found = (
             read_store(path, report, read_only=True)
-            if path.exists()
+            if database_exists(path)
             else anyio.run(report, MemoryStore())
         )
     except (Exception, KeyboardInterrupt) as exc:

@@ -1,7 +1,9 @@
 """Run records and checkpoints: where every run, task attempt and finished output is kept.
 
-`SQLiteStore` is the default (one file, safe for several processes at once); `MemoryStore`
-keeps the same records in memory for tests. Both implement the `Store` ABC, whose records are
+`SQLiteStore` is the default (one file, safe for several processes at once); `PostgresStore`
+keeps them in a PostgreSQL database that many machines share (``pip install
+'crewflow[postgres]'``; imported on first use, as is psycopg); `MemoryStore` keeps the same
+records in memory for tests. All implement the `Store` ABC, whose records are
 pydantic models stored as JSON, never pickled. A run being executed holds a `Lease` there, so
 that a run whose process died reads as ``interrupted``, not ``running``. No record holds a
 secret: nothing here takes API keys, headers or client settings.
@@ -9,6 +11,8 @@ secret: nothing here takes API keys, headers or client settings.
 Importing this package does no I/O: a store opens its database on first use. Its errors
 (`StoreError` and below) are part of the one tree in `crewflow.exceptions`.
 """
+
+from typing import TYPE_CHECKING
 
 from crewflow._records import (
     AttemptRecord,
@@ -43,6 +47,9 @@ from crewflow.store._records import (
 from crewflow.store.memory import MemoryStore
 from crewflow.store.sqlite import SQLiteStore
 
+if TYPE_CHECKING:
+    from crewflow.store.postgres import PostgresStore
+
 __all__ = [
     "AddedTaskRecord",
     "AttemptRecord",
@@ -56,6 +63,7 @@ __all__ = [
     "LeaseOwner",
     "MemoryStore",
     "OutputRow",
+    "PostgresStore",
     "ProcessHistory",
     "PromptRecord",
     "RunInProgress",
@@ -74,3 +82,13 @@ __all__ = [
     "read_history",
     "resolve_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # PostgresStore on first use: `crewflow runs` on SQLite never loads it.
+    if name == "PostgresStore":
+        from crewflow.store.postgres import PostgresStore
+
+        globals()[name] = PostgresStore
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

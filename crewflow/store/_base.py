@@ -41,7 +41,8 @@ class FinishedOutput(NamedTuple):
 
 
 _opened: dict[str, Store] = {}
-"""The SQLite stores `resolve_store` opened, by resolved path (one per database file)."""
+"""The stores `resolve_store` opened: SQLite's by resolved path (one per database file),
+PostgreSQL's by URL."""
 
 __all__ = [
     "DuplicateRunError",
@@ -70,24 +71,59 @@ def default_store_path() -> Path:
     return Path(platformdirs.user_data_dir("crewflow", appauthor=False)) / "runs.db"
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+"""The URL schemes that name a `PostgresStore`."""
+
+
 def resolve_store(store: Store | str | os.PathLike[str] | None) -> Store | None:
     """The store a crew's ``store`` setting names.
 
-    ``"default"`` is the database at `default_store_path()` (looked up now, so a changed
-    ``CREWFLOW_HOME`` takes effect); another string or a path is a SQLite database file; a
-    `Store` is itself; ``None`` is no store. Crews naming the same file share one
-    `SQLiteStore` (one connection) in a process.
+    ``"default"`` is ``CREWFLOW_STORE`` when set (a URL or a path, read as below), else the
+    database at `default_store_path()` (both looked up now, so a changed environment takes
+    effect); a ``postgresql://`` or ``postgres://`` URL is a `PostgresStore`; ``sqlite:///path``
+    or any other string or path is a SQLite database file; a `Store` is itself; ``None`` is no
+    store. Crews naming the same database share one store (one connection) in a process.
+
+    Raises:
+        ValueError: ``store`` is a URL of another scheme (``mysql://...``).
     """
     if store is None or isinstance(store, Store):
         return store
+    if store == "default":
+        store = os.environ.get("CREWFLOW_STORE") or default_store_path()
+    if isinstance(store, str) and store.startswith(POSTGRES_SCHEMES):
+        opened = _opened.get(store)
+        if opened is None:
+            from crewflow.store.postgres import PostgresStore
+
+            opened = _opened[store] = PostgresStore(store)
+        return opened
     from crewflow.store.sqlite import SQLiteStore
 
-    path = default_store_path() if store == "default" else Path(store).expanduser()
+    path = store_path(store)
     key = str(path.resolve())
     opened = _opened.get(key)
     if opened is None:
         opened = _opened[key] = SQLiteStore(path)
     return opened
+
+
+def store_path(store: str | os.PathLike[str]) -> Path:
+    """The SQLite file a store setting that is not a PostgreSQL URL names: a path, or a
+    ``sqlite:///path`` URL (``sqlite:////abs/path`` or ``sqlite:///rel/path``).
+
+    Raises:
+        ValueError: ``store`` is a URL of a scheme no store knows.
+    """
+    text = os.fspath(store)
+    if text.startswith("sqlite:///"):
+        return Path(text.removeprefix("sqlite:///")).expanduser()
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme.isalnum() and len(scheme) > 1:  # "C://x" is a Windows path
+        raise ValueError(
+            f"a store is a file path, sqlite:///PATH or postgresql://..., not a {scheme}:// URL"
+        )
+    return Path(text).expanduser()
 
 
 def check_limit(limit: int | None) -> None:
