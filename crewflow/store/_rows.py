@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
-from crewflow._records import AttemptRecord, CallRecord, PromptRecord, TaskStatus
+from crewflow._records import AttemptRecord, CallRecord, PromptRecord, RunStatus, TaskStatus
 from crewflow._text import json_text, valid_json, valid_text, valid_values
 from crewflow._usage import Usage
 from crewflow.store._base import LeaseLost, UnknownRunError
@@ -371,6 +371,22 @@ def attempt_from_row(found: tuple[Any, ...]) -> AttemptRecord:
         seconds = max(0.0, (record.end - record.start).total_seconds())
         record = record.model_copy(update={"duration": seconds})
     return record
+
+
+def finish_values(
+    run_id: str, status: RunStatus | str, ended: datetime, usage: Usage
+) -> tuple[Any, ...]:
+    """The values that record a run's end (status, end, usage, run id), validated through the
+    run record so that a bad value fails here, as in `MemoryStore`."""
+    checked = RunRecord(
+        run_id=run_id,
+        crew="",
+        started=ended,
+        status=RunStatus(status),
+        ended=ended,
+        usage=usage,
+    ).model_dump(mode="json")
+    return valid_values((checked["status"], checked["ended"], to_json(checked["usage"]), run_id))
 
 
 def decision_values(run_id: str, decision: DecisionRecord) -> tuple[Any, ...]:

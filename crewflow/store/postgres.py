@@ -61,7 +61,6 @@ from crewflow.store._base import (
 )
 from crewflow.store._lease import Lease, LeaseOwner, observed
 from crewflow.store._pg_schema import BASELINE, PG_MIGRATIONS
-from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
 from crewflow.store._rows import (
     ATTEMPT_COLUMNS,
     DECISION_COLUMNS,
@@ -73,6 +72,7 @@ from crewflow.store._rows import (
     attempt_from_row,
     decision_from_row,
     decision_values,
+    finish_values,
     lease_values,
     output_from_row,
     run_from_row,
@@ -91,6 +91,7 @@ if TYPE_CHECKING:
 
     from crewflow._records import PromptRecord
     from crewflow._usage import Usage
+    from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
 
 __all__ = ["PostgresStore"]
 
@@ -277,17 +278,7 @@ class PostgresStore(Store):
         lease: str | None = None,
     ) -> None:
         run_id = valid_text(run_id)
-        checked = RunRecord(
-            run_id=run_id,
-            crew="",
-            started=ended,
-            status=RunStatus(status),
-            ended=ended,
-            usage=usage,
-        ).model_dump(mode="json")
-        values = valid_values(
-            (checked["status"], checked["ended"], to_json(checked["usage"]), run_id)
-        )
+        values = finish_values(run_id, status, ended, usage)
 
         async def finish(cur: Any) -> None:
             await _check_lease(cur, run_id, lease)

@@ -88,7 +88,6 @@ from crewflow.store._base import (
     default_store_path,
 )
 from crewflow.store._lease import Lease, observed
-from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
 from crewflow.store._rows import (
     ATTEMPT_SELECT,
     DECISION_COLUMNS,
@@ -106,6 +105,7 @@ from crewflow.store._rows import (
     check_lease,
     decision_from_row,
     decision_values,
+    finish_values,
     lease_values,
     output_from_row,
     output_values,
@@ -129,6 +129,7 @@ if TYPE_CHECKING:
     from crewflow._records import PromptRecord
     from crewflow._usage import Usage
     from crewflow.store._base import FinishedOutput
+    from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
 
 __all__ = ["SQLiteStore"]
 
@@ -197,18 +198,7 @@ class SQLiteStore(Store):
         lease: str | None = None,
     ) -> None:
         run_id = valid_text(run_id)
-        # Validate through the record so that a bad value fails here, as in MemoryStore.
-        checked = RunRecord(
-            run_id=run_id,
-            crew="",
-            started=ended,
-            status=RunStatus(status),
-            ended=ended,
-            usage=usage,
-        ).model_dump(mode="json")
-        values = valid_values(
-            (checked["status"], checked["ended"], to_json(checked["usage"]), run_id)
-        )
+        values = finish_values(run_id, status, ended, usage)
 
         def finish(conn: sqlite3.Connection) -> None:
             check_lease(conn, run_id, lease)
