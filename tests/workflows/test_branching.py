@@ -392,3 +392,32 @@ def test_show_the_report_and_the_dashboard_say_why_each_task_was_skipped(
     assert "not chosen by the router of &#39;triage&#39;" in report.html()
     assert state is not None
     assert {t["name"]: t["reason"] for t in state["tasks"] if t["status"] == "skipped"} == reasons
+
+
+class Forgetful(MemoryStore):
+    """A store written before decisions existed: it keeps none."""
+
+    async def record_decisions(self, run_id: str, decisions: object, **_: object) -> None:
+        return None
+
+    async def decisions(self, run_id: str) -> list[Any]:
+        return []
+
+
+async def test_a_store_that_keeps_no_decisions_routes_a_restored_router_again() -> None:
+    store = Forgetful()
+    desk = Desk("billing", fail=frozenset({"answer"}))
+
+    with pytest.raises(TaskFailed):
+        await routed_desk(desk, "parallel", store=store).kickoff()
+    [run] = await store.list_runs()
+    desk.category, desk.fail = "tech", frozenset()
+    desk.prompts.clear()
+
+    result = await routed_desk(desk, "parallel", store=store).resume(run.run_id)
+
+    # Nothing recorded the first choice: the restored router reads its restored output again.
+    assert "triage" in result.restored
+    assert "triage" not in desk.prompts
+    assert result["billing"].text == "billing done"
+    assert set(result.skipped) == {"tech", "sales"}
