@@ -107,7 +107,7 @@ def describe_validation_error(
             message = message[len("Value error, ") :]
         if error["type"] == "extra_forbidden":
             message = "unknown field" + (f"; valid fields: {', '.join(known)}" if known else "")
-        shown = "" if error["type"] == "missing" else f" (got {_short_repr(error.get('input'))})"
+        shown = "" if error["type"] == "missing" else f" (got {short_repr(error.get('input'))})"
         problems.append(f"{location}: {message}{shown}")
     count = f" ({len(problems)} problems)" if len(problems) > 1 else ""
     return f"invalid {what}: " + "; ".join(problems) + count
@@ -127,6 +127,7 @@ def _configuration_error(
     )
 
 
-def _short_repr(value: object) -> str:
+def short_repr(value: object) -> str:
+    """``repr(value)``, cut to 60 characters (for error messages)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from crewflow._runtime.workflow import call_user
-from crewflow._spec import new_id
+from crewflow._spec import new_id, short_repr
 from crewflow._text import valid_json
 from crewflow.exceptions import WorkflowError
 from crewflow.llm._types import Usage
@@ -61,7 +61,7 @@ async def find_items(
     if isinstance(found, BaseModel) or not isinstance(found, (list, tuple)):
         raise WorkflowError(
             f"task {name!r} maps over a list, but {where} {type(found).__name__} "
-            f"{_short(found)}: give it a list (an output model field typed list[...])",
+            f"{short_repr(found)}: give it a list (an output model field typed list[...])",
             task=name,
             step="map",
             function=repr(over) if isinstance(over, str) else "map_over",
@@ -157,8 +157,3 @@ def gathered(name: str, agent: str, items: Sequence[TaskOutput]) -> TaskOutput:
         usage=usage,
         model=items[0].model if items else "",
     )
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from crewflow._spec import short_repr
 from crewflow.exceptions import WorkflowError
 from crewflow.task import Task, function_name, takes_state
 
@@ -87,7 +88,7 @@ async def condition_holds(
         named = repr(function_name(condition))
         raise WorkflowError(
             f"the condition {named} of task {name!r} returned {type(found).__name__} "
-            f"{_short(found)}; a condition returns True (run the task) or False (skip it)",
+            f"{short_repr(found)}; a condition returns True (run the task) or False (skip it)",
             task=name,
             step="condition",
             function=named,
@@ -118,7 +119,7 @@ async def route(
         key = value if value in routes else getattr(value, "value", value)
         if key not in routes:
             raise WorkflowError(
-                f"the router of task {name!r} read {field}={_short(value)}, for which it has "
+                f"the router of task {name!r} read {field}={short_repr(value)}, for which it has "
                 f"no branch; its branches: {', '.join(map(repr, routes))}. Map that value to a "
                 "task, or narrow the field's type (a Literal or an Enum is checked when the "
                 "task is made)",
@@ -143,7 +144,7 @@ async def route(
             )
             if target is None or target not in dependants:
                 raise WorkflowError(
-                    f"the router {named} of task {name!r} chose {_short(item)}, which is not a "
+                    f"the router {named} of task {name!r} chose {short_repr(item)}, which is not a "
                     f"task that depends on {name!r}; it chooses among: "
                     f"{', '.join(dependants) or 'none'}",
                     task=name,
@@ -152,8 +153,3 @@ async def route(
                 )
             chosen.add(target)
     return [dependant for dependant in dependants if dependant in chosen]
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
