@@ -45,7 +45,7 @@ def topic_crew(llm: Any, store: Any) -> Crew:
 def executor() -> Any:
     from crewflow.executors import RayExecutor
 
-    return RayExecutor(kickoff_cpus=0.5)
+    return RayExecutor(workers=2)
 
 
 def test_results_come_back_in_input_order_from_the_workers(
@@ -89,19 +89,22 @@ def test_every_kickoff_records_its_run_in_the_shared_file_under_its_own_lease(
     path = str((tmp_path / "runs.db").resolve())
 
     async def leased(request: LLMRequest) -> str:
-        # Inside the worker, during the kickoff: the run is recorded running, leased by this pid.
+        # Inside the worker, during the kickoff: its run is recorded running, leased by this
+        # process (a worker runs several kickoffs at once, each under its own lease).
         store = resolve_store(path)
         assert store is not None
         running = [r for r in await store.list_runs(limit=None) if r.lease is not None]
         mine = [r for r in running if r.lease is not None and r.lease.owner.pid == os.getpid()]
-        return f"{len(mine)} leased by {os.getpid()}"
+        return f"{len(mine)} {os.getpid()}"
 
     crew = topic_crew(FunctionLLM(leased), path)
     results = anyio.run(
         lambda: crew.kickoff_for_each([{"topic": str(i)} for i in range(4)], executor=executor())
     )
 
-    assert all(r.text.startswith("1 leased by ") for r in results)
+    counts = [r.text.split() for r in results]
+    assert all(1 <= int(leased) <= 4 for leased, _ in counts)
+    assert all(int(pid) != os.getpid() for _, pid in counts)
     store = SQLiteStore(path)
     runs = anyio.run(lambda: store.list_runs(limit=None))
     assert sorted(r.run_id for r in runs) == sorted(r.run_id for r in results)
@@ -240,11 +243,12 @@ def test_without_ray_the_executor_names_the_extra(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_worker_of_another_version_runs_nothing() -> None:
-    from crewflow.executors._ray import run_kickoff
+    from crewflow.executors._ray import KickoffWorker
 
-    # Asked per kickoff too (a node that joined after the version check): nothing is unpickled
-    # or run, and the driver gets what to say.
-    outcome = run_kickoff("digest", b"not a crew", {}, None, "0.0.1-driver")
+    # Asked per kickoff too (a worker restarted on a node that joined after the version check):
+    # nothing is unpickled or run, and the driver gets what to say.
+    worker = KickoffWorker()
+    outcome = anyio.run(worker.kickoff, "digest", b"not a crew", {}, None, "0.0.1-driver")
     assert "0.0.1-driver" in str(outcome)
     assert "Install the same crewflow on every node" in str(outcome)
 
@@ -277,3 +281,55 @@ def test_concurrency_bounds_the_kickoffs_in_flight_across_workers(
     assert len(results) == 4
     assert count == 4
     assert most == 1
+
+
+def test_one_worker_runs_many_kickoffs_at_once_on_its_event_loop(
+    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crewflow.executors import RayExecutor
+
+    # One worker process, concurrency=4: the server sees 4 requests at once, all from it.
+    with OpenAIServer(latency=0.2).in_thread() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-ray-test-one-worker")
+        crew = topic_crew("openai/test-model", tmp_path / "runs.db")
+        inputs = [{"topic": str(i)} for i in range(8)]
+        executor = RayExecutor(workers=1)
+        try:
+            results = anyio.run(
+                lambda: crew.kickoff_for_each(inputs, executor=executor, concurrency=4)
+            )
+        finally:
+            executor.close()
+        most = server.max_in_flight
+
+    assert len(results) == 8
+    assert most == 4
+
+
+def test_the_workers_are_kept_for_the_next_kickoffs_until_closed(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    from crewflow.executors import RayExecutor
+
+    def pid_of(request: LLMRequest) -> str:
+        return str(os.getpid())
+
+    crew = topic_crew(FunctionLLM(pid_of), tmp_path / "runs.db")
+
+    def pids(executor: Any) -> set[str]:
+        results = anyio.run(
+            lambda: crew.kickoff_for_each([{"topic": "a"}, {"topic": "b"}], executor=executor)
+        )
+        return {r.text for r in results}
+
+    first = RayExecutor(workers=1)
+    before = pids(first)
+    again = RayExecutor(workers=1)  # another executor with the same options: the same worker
+    assert pids(again) == before
+    again.close()
+    after = RayExecutor(workers=1)
+    try:
+        assert pids(after).isdisjoint(before)  # a new worker process once the pool was closed
+    finally:
+        after.close()
