@@ -9,11 +9,11 @@ kickoffs at once, 16 by default):
 - floor: a bare ``openai.AsyncOpenAI`` client (made once) runs the same 1,000 chains of three
   calls under ``asyncio.Semaphore(concurrency)``, each call with the previous answer as context;
 - in-process: ``crew.kickoff_for_each(inputs, concurrency=...)`` in this process;
-- on Ray: the same call with ``executor=RayExecutor(...)`` on a local cluster of ``--cpus``
-  CPUs that this benchmark starts (outside the timing, reported apart), each kickoff reserving
-  ``cpus / concurrency`` of a CPU so that ``concurrency`` kickoffs fit at once. The Ray side runs
-  twice: its first batch starts the worker processes (what a user's first batch on a fresh
-  cluster pays), the second finds them warm.
+- on Ray: the same call with ``executor=RayExecutor()`` on a local cluster of ``--cpus`` CPUs
+  that this benchmark starts (outside the timing, reported apart): a pool of one worker actor
+  per CPU, the kickoffs spread over them. The Ray side runs twice: its first batch starts the
+  worker processes (what a user's first batch on a fresh cluster pays), the second finds them
+  warm.
 
 Reported: throughput (kickoffs per second) of each; the ratio of each to the theoretical bound
 (``ceil(kickoffs / concurrency)`` waves of three calls of ``latency`` seconds) and to the floor;
@@ -165,7 +165,7 @@ async def measure(
     )
     seconds["cluster start"] = (time.perf_counter() - started, 0.0)
     try:
-        executor = RayExecutor(kickoff_cpus=args.cpus / args.concurrency)
+        executor = RayExecutor()
         cpu = cluster_cpu()
         for which in ("Ray, first batch", "Ray, warm"):
             seconds[which] = await timed(
