@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Self
+from typing import TYPE_CHECKING, Literal, NamedTuple, Self
 
 from crewflow.exceptions import (
     DuplicateRunError,
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from crewflow.store._records import (
         AddedTaskRecord,
         BatchRecord,
-        BatchStatus,
         DecisionRecord,
         OutputRow,
         RunRecord,
@@ -317,7 +316,9 @@ class Store(ABC):
         none)."""
         return None
 
-    async def set_batch_status(self, batch_id: str, statuses: Mapping[int, BatchStatus]) -> None:
+    async def set_batch_status(
+        self, batch_id: str, statuses: Mapping[int, Literal["pending", "completed", "failed"]]
+    ) -> None:
         """Set the status of some of a batch's inputs, by index, as one write.
 
         A status only says what the batch last saw: the truth of a run is its own record (a

@@ -226,7 +226,7 @@ class BatchItem(_Record):
 
     index: int = Field(ge=0)
     run_id: str = Field(min_length=1)
-    status: BatchStatus = "pending"
+    status: Literal["pending", "completed", "failed"] = "pending"
 
 
 class BatchRecord(_Record):
