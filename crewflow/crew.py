@@ -605,6 +605,7 @@ class Crew(Spec):
         *,
         llm: str | LLM | None = None,
         progress: bool = True,
+        run_id: str | None = None,
     ) -> CrewResult:
         """Run the crew to completion.
 
@@ -615,6 +616,10 @@ class Crew(Spec):
             progress: In a notebook (an IPython kernel), show the run's progress in the cell,
                 updated in place as tasks start and finish. ``False`` shows none. Outside a
                 kernel it does nothing.
+            run_id: The new run's id (default: a fresh one). Given before the run starts (as
+                ``crewflow batch`` does, recording it first), it lets a caller that was killed
+                find the run again and resume it; an id the store already holds fails with
+                `DuplicateRunError` before anything runs.
 
         Returns:
             Every task's output, usage and the timeline.
@@ -627,8 +632,21 @@ class Crew(Spec):
                 ``"continue"``).
         """
         await _load_runtime()
-        run = self._new_run(inputs, llm)
+        run = self._new_run(inputs, llm, run_id=run_id)
         return await self._finish_showing(run, _progress(progress))
+
+    async def _carry_out(
+        self, inputs: Mapping[str, Any], run_id: str, llm: str | LLM | None
+    ) -> CrewResult:
+        """Bring the run ``run_id`` to its end: kick it off under that id when the store has
+        no such run yet, else resume it (a completed run's result is read back from its records,
+        and nothing runs). What a batch does for each input, first run or resumed."""
+        store = self.resolved_store()
+        if store is None:
+            raise ConfigurationError("a run given its id needs a store; this crew has store=None")
+        if await store.get_run(run_id) is None:
+            return await self.kickoff(inputs, llm=llm, progress=False, run_id=run_id)
+        return await self.resume(run_id, llm=llm, progress=False)
 
     def start(
         self,
@@ -750,6 +768,7 @@ class Crew(Spec):
         llm: str | LLM | None,
         *,
         resumption: Resumption | None = None,
+        run_id: str | None = None,
     ) -> Run:
         from crewflow._runtime.limiter import registry
         from crewflow._runtime.run import Run
@@ -772,7 +791,7 @@ class Crew(Spec):
             verbose=self.verbose,
             cache=self.cache,
             record_prompts=self.record_prompts,
-            run_id=None if resumption is None else resumption.record.run_id,
+            run_id=run_id if resumption is None else resumption.record.run_id,
             resumption=resumption,
             state=self._initial_state(),
         )

@@ -703,3 +703,22 @@ def test_the_first_kickoff_builds_its_models_schemas_off_the_event_loop(tmp_path
     built_off_the_loop, built_on_the_loop = json.loads(out.stdout)
     assert "crewflow.crew.CrewResult" in built_off_the_loop
     assert built_on_the_loop == []
+
+
+async def test_a_kickoff_given_its_run_id_records_under_it_and_the_id_is_never_reused() -> None:
+    from crewflow.exceptions import DuplicateRunError
+
+    replies: list[str] = []
+    writer = Agent(
+        role="Writer", goal="Write", llm=FunctionLLM(lambda r: replies.append("x") or "x")
+    )
+    store = MemoryStore()
+    crew = Crew(tasks=[Task("Write", agent=writer, name="line")], store=store)
+
+    result = await crew.kickoff(run_id="given-1", progress=False)
+
+    assert result.run_id == "given-1"
+    assert (await store.get_run("given-1")) is not None
+    with pytest.raises(DuplicateRunError):
+        await crew.kickoff(run_id="given-1", progress=False)
+    assert replies == ["x"]  # the refused kickoff sent nothing

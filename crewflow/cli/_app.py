@@ -136,6 +136,80 @@ def run(
     )
 
 
+@app.command("batch")
+def batch_command(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE.py", help="A Python file defining a Crew (named `crew` if several)."
+        ),
+    ] = None,
+    inputs: Annotated[
+        Path | None,
+        typer.Argument(metavar="INPUTS.jsonl", help="One JSON object of template inputs per line."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="BATCH_ID",
+            help="Finish this batch: inputs already completed are not run again.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="OUT.jsonl",
+            help="Write the output lines here (whole, at the end) instead of to stdout.",
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run the kickoffs on this Ray cluster (pip install 'crewflow[ray]').",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency", "-k", min=1, metavar="K", help="Run at most K kickoffs at once."
+        ),
+    ] = 8,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Use this model for every agent of every kickoff."),
+    ] = None,
+    quiet: Quiet = False,
+    db: Database = None,
+) -> None:
+    """Run the crew in FILE once per line of INPUTS (a JSONL file), and print one JSON line per
+    input, in order: its index, its run id, and its outputs or its error.
+
+    Every line is checked before any work starts. The batch is recorded with each input's run
+    id; if it stops (a crash, Ctrl-C), `crewflow batch --resume BATCH_ID` finishes it, running
+    only what had not finished. The exit code is 1 when an input failed.
+    """
+    from crewflow.cli._batch import run_batch
+
+    _exit(
+        run_batch(
+            file,
+            inputs,
+            resume=resume,
+            output=output,
+            model=model,
+            concurrency=concurrency,
+            ray=ray,
+            quiet=quiet,
+            db=db,
+        )
+    )
+
+
 @app.command("resume")
 def resume_command(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to resume.")],

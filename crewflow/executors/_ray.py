@@ -148,12 +148,17 @@ class RayExecutor:
         *,
         concurrency: int | None,
         llm: str | LLM | None,
+        run_ids: Sequence[str] | None = None,
     ) -> list[CrewResult | CrewflowError]:
         """Run one kickoff of ``crew`` per input on the cluster, at most ``concurrency`` at once.
 
         Called by `Crew.kickoff_for_each` once the inputs are checked. Every setup error
         (an unreachable head, a store the cluster cannot share, a crew that cannot be shipped,
         mismatched versions) is raised before the first kickoff starts.
+
+        ``run_ids`` (``crewflow batch``): each input's run id, given before the runs start; a
+        worker resumes a run its store already holds (reads a completed one back) instead of
+        kicking off another.
 
         Returns:
             A `CrewResult` or the kickoff's `CrewflowError`, per input, in input order.
@@ -177,7 +182,10 @@ class RayExecutor:
                 which = busy.index(min(busy))
                 busy[which] += 1
                 worker = pool.workers[which]
-                ref = worker.kickoff.remote(shipment.digest, crew_ref, dict(values), llm, version)
+                run_id = None if run_ids is None else run_ids[index]
+                ref = worker.kickoff.remote(
+                    shipment.digest, crew_ref, dict(values), llm, version, run_id
+                )
                 try:
                     outcome = await ref
                 except anyio.get_cancelled_exc_class():
@@ -365,8 +373,11 @@ class KickoffWorker:
         inputs: dict[str, Any],
         llm: str | None,
         driver_version: str,
+        run_id: str | None = None,
     ) -> CrewResult | CrewflowError | _VersionMismatch:
-        """One kickoff of the crew ``payload`` pickles, its error returned as a value."""
+        """One kickoff of the crew ``payload`` pickles, its error returned as a value. With
+        ``run_id``, the run of that id is brought to its end (kicked off under it, or
+        resumed)."""
         if _version.__version__ != driver_version:
             return _VersionMismatch(driver_version, _version.__version__, socket.gethostname())
         crew = self._crews.get(digest)
@@ -378,7 +389,10 @@ class KickoffWorker:
                 self._crews.pop(next(iter(self._crews)))
             self._crews[digest] = crew
         try:
-            result: CrewResult = await crew.kickoff(inputs, llm=llm, progress=False)
+            if run_id is None:
+                result: CrewResult = await crew.kickoff(inputs, llm=llm, progress=False)
+            else:
+                result = await crew._carry_out(inputs, run_id, llm)
         except CrewflowError as exc:
             return exc
         return result

@@ -39,6 +39,8 @@ from crewflow.store._history import History, ProcessHistory, read_history
 from crewflow.store._lease import Lease, LeaseOwner
 from crewflow.store._records import (
     AddedTaskRecord,
+    BatchItem,
+    BatchRecord,
     DecisionRecord,
     OutputRow,
     RunRecord,
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AddedTaskRecord",
     "AttemptRecord",
+    "BatchItem",
+    "BatchRecord",
     "CallRecord",
     "ContextCutRecord",
     "DecisionRecord",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Self
+from typing import TYPE_CHECKING, Literal, NamedTuple, Self
 
 from crewflow.exceptions import (
     DuplicateRunError,
@@ -26,7 +26,13 @@ if TYPE_CHECKING:
     from crewflow._records import AttemptRecord, PromptRecord, RunStatus
     from crewflow._usage import Usage
     from crewflow.store._lease import Lease
-    from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
+    from crewflow.store._records import (
+        AddedTaskRecord,
+        BatchRecord,
+        DecisionRecord,
+        OutputRow,
+        RunRecord,
+    )
 
 
 class FinishedOutput(NamedTuple):
@@ -294,6 +300,34 @@ class Store(ABC):
     async def decisions(self, run_id: str) -> list[DecisionRecord]:
         """The run's decisions, in the order they were made (default: none)."""
         return []
+
+    async def start_batch(self, batch: BatchRecord) -> None:
+        """Record a new batch with every input's run id (``crewflow batch``), as one write,
+        before any of its runs starts.
+
+        Raises:
+            StoreError: A batch with this id is already in the store, or the store keeps no
+                batches (the default).
+        """
+        raise StoreError(f"{type(self).__name__} keeps no batches; use SQLite or PostgreSQL")
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch with this id, its items in input order, or ``None`` (the default keeps
+        none)."""
+        return None
+
+    async def set_batch_status(
+        self, batch_id: str, statuses: Mapping[int, Literal["pending", "completed", "failed"]]
+    ) -> None:
+        """Set the status of some of a batch's inputs, by index, as one write.
+
+        A status only says what the batch last saw: the truth of a run is its own record (a
+        resumed batch reads it, so a status lost to a crash costs nothing).
+
+        Raises:
+            StoreError: No such batch or input (or the store keeps no batches).
+        """
+        raise StoreError(f"no batch {batch_id!r} in the store")
 
     @abstractmethod
     async def record_attempt(

@@ -135,6 +135,25 @@ _V8 = (
     )""",
 )
 
-PG_MIGRATIONS: dict[int, tuple[str, ...]] = {BASELINE: _V8}
+_V9 = (
+    """CREATE TABLE batches (
+        batch_id TEXT PRIMARY KEY NOT NULL,
+        crew TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        inputs_hash TEXT NOT NULL,
+        created TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}',
+        created_ts DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE batch_items (
+        batch_id TEXT NOT NULL REFERENCES batches (batch_id) ON DELETE CASCADE,
+        idx BIGINT NOT NULL,
+        run_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        PRIMARY KEY (batch_id, idx)
+    )""",
+)
+
+PG_MIGRATIONS: dict[int, tuple[str, ...]] = {BASELINE: _V8, 9: _V9}
 """The statements that bring a database to each version: ``BASELINE`` from an empty one, each
 later version from the one before."""

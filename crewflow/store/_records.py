@@ -18,7 +18,15 @@ from crewflow._text import valid_json
 from crewflow._usage import Usage
 from crewflow.store._lease import Lease
 
-__all__ = ["AddedTaskRecord", "DecisionRecord", "OutputRow", "RunRecord", "RunSource"]
+__all__ = [
+    "AddedTaskRecord",
+    "BatchItem",
+    "BatchRecord",
+    "DecisionRecord",
+    "OutputRow",
+    "RunRecord",
+    "RunSource",
+]
 
 
 class _Record(BaseModel):
@@ -200,3 +208,45 @@ class OutputRow(_Record):
     agent: str = ""
     model: str = ""
     finished_at: AwareDatetime
+
+
+BatchStatus = Literal["pending", "completed", "failed"]
+"""Where one input of a batch stands: not finished yet, or how its run ended."""
+
+
+class BatchItem(_Record):
+    """One input of a batch: its place in the inputs file and the run that carries it out.
+
+    Attributes:
+        index: The input's 0-based place among the batch's inputs.
+        run_id: The id its run has (or will have: ids are given before any run starts, so a
+            resumed batch resumes an interrupted run instead of starting another).
+        status: ``pending`` until the run ends, then ``completed`` or ``failed``.
+    """
+
+    index: int = Field(ge=0)
+    run_id: str = Field(min_length=1)
+    status: Literal["pending", "completed", "failed"] = "pending"
+
+
+class BatchRecord(_Record):
+    """A batch: one kickoff of a crew per input, started together (``crewflow batch``).
+
+    Attributes:
+        batch_id: The batch's id (``crewflow batch --resume BATCH_ID``).
+        crew: The crew's name.
+        fingerprint: The crew's fingerprint when the batch was created.
+        inputs_hash: A SHA-256 of the inputs, as read (a resume with other inputs is refused).
+        created: When the batch was created.
+        items: One per input, in input order.
+        details: More about the batch (the CLI keeps the crew file, its attribute, the inputs
+            file and the ``--model`` here, so that ``--resume`` needs only the id).
+    """
+
+    batch_id: str = Field(min_length=1)
+    crew: str
+    fingerprint: str = ""
+    inputs_hash: str
+    created: AwareDatetime
+    items: list[BatchItem] = Field(default_factory=list)
+    details: dict[str, JsonValue] = Field(default_factory=dict)

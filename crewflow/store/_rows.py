@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
@@ -15,7 +15,15 @@ from crewflow._text import json_text, valid_json, valid_text, valid_values
 from crewflow._usage import Usage
 from crewflow.store._base import LeaseLost, UnknownRunError
 from crewflow.store._lease import Lease, LeaseOwner
-from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
+from crewflow.store._records import (
+    AddedTaskRecord,
+    BatchItem,
+    BatchRecord,
+    BatchStatus,
+    DecisionRecord,
+    OutputRow,
+    RunRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -42,6 +50,8 @@ PROMPTS_JSON = f"json_extract(details, '$.{_PROMPTS}')"
 """An attempt's prompts, as the JSON text of a list (``NULL`` when it recorded none)."""
 TASK_COLUMNS = "run_id, name, kind, step, agent, depends_on, spec_hash, added"
 DECISION_COLUMNS = "run_id, key, kind, task, value, reason, at"
+BATCH_COLUMNS = "batch_id, crew, fingerprint, inputs_hash, created, details"
+BATCH_ITEM_COLUMNS = "batch_id, idx, run_id, status"
 
 RUN_MARKS = ", ".join("?" * (len(RUN_COLUMNS.split(",")) + 1))
 LEASE_COLUMNS = "token, host, boot_id, pid, process_start, expires, running"
@@ -435,3 +445,46 @@ def output_from_row(found: tuple[Any, ...]) -> OutputRow:
     data = dict(zip(_names(OUTPUT_COLUMNS), found, strict=True))
     data["data"] = None if data["data"] is None else json.loads(data["data"])
     return OutputRow.model_validate(data)
+
+
+def batch_values(batch: BatchRecord) -> tuple[Any, ...]:
+    """The ``batches`` row of ``batch`` (its columns, then ``created_ts``)."""
+    return valid_values(
+        (
+            batch.batch_id,
+            batch.crew,
+            batch.fingerprint,
+            batch.inputs_hash,
+            _when(batch.created),
+            to_json(batch.details),
+            batch.created.timestamp(),
+        )
+    )
+
+
+def valid_status(status: str) -> str:
+    """``status`` when it is a `BatchStatus`.
+
+    Raises:
+        ValueError: It is not.
+    """
+    if status not in get_args(BatchStatus):
+        raise ValueError(
+            f"a batch input's status is one of {get_args(BatchStatus)}, not {status!r}"
+        )
+    return status
+
+
+def batch_item_values(batch_id: str, items: Iterable[BatchItem]) -> list[tuple[Any, ...]]:
+    """The ``batch_items`` rows of a batch's items."""
+    return [valid_values((batch_id, item.index, item.run_id, item.status)) for item in items]
+
+
+def batch_from_rows(found: tuple[Any, ...], items: Sequence[tuple[Any, ...]]) -> BatchRecord:
+    """A batch from its ``batches`` row and its items' rows (index, run id, status), in order."""
+    data = dict(zip(_names(BATCH_COLUMNS), found, strict=True))
+    data["details"] = json.loads(data["details"])
+    data["items"] = [
+        BatchItem(index=index, run_id=run_id, status=status) for index, run_id, status in items
+    ]
+    return BatchRecord.model_validate(data)

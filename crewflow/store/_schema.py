@@ -195,4 +195,29 @@ def _v8(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+def _v9(conn: sqlite3.Connection) -> None:
+    # Batches (`BatchRecord`, ``crewflow batch``): one row per batch, one per input with the run
+    # id it was given before any run started (so a resumed batch resumes that run).
+    conn.execute(
+        """CREATE TABLE batches (
+            batch_id TEXT PRIMARY KEY NOT NULL,
+            crew TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            inputs_hash TEXT NOT NULL,
+            created TEXT NOT NULL,
+            details TEXT NOT NULL DEFAULT '{}',     -- JSON object
+            created_ts REAL NOT NULL
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE batch_items (
+            batch_id TEXT NOT NULL REFERENCES batches (batch_id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            run_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            PRIMARY KEY (batch_id, idx)
+        )"""
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]

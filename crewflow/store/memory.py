@@ -13,11 +13,20 @@ from crewflow.store._base import (
     DuplicateRunError,
     LeaseLost,
     Store,
+    StoreError,
     UnknownRunError,
     check_limit,
 )
 from crewflow.store._lease import Lease, observed
-from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
+from crewflow.store._records import (
+    AddedTaskRecord,
+    BatchItem,
+    BatchRecord,
+    DecisionRecord,
+    OutputRow,
+    RunRecord,
+)
+from crewflow.store._rows import valid_status
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -25,6 +34,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel, JsonValue
 
     from crewflow._usage import Usage
+    from crewflow.store._records import BatchStatus
 
 __all__ = ["MemoryStore"]
 
@@ -60,6 +70,7 @@ class MemoryStore(Store):
         `attempts` reads."""
         self._tasks: dict[tuple[str, str], str] = {}
         self._decisions: dict[tuple[str, str], str] = {}
+        self._batches: dict[str, str] = {}
         self._outputs: dict[tuple[str, str], str] = {}
         self._cache: dict[str, str] = {}
         self._leases: dict[str, str] = {}
@@ -185,6 +196,31 @@ class MemoryStore(Store):
         ]
         found.sort(key=lambda decision: decision.at.timestamp())  # stable
         return found
+
+    async def start_batch(self, batch: BatchRecord) -> None:
+        batch = _stored(batch)
+        if batch.batch_id in self._batches:
+            raise StoreError(f"a batch {batch.batch_id!r} is already in the store")
+        self._batches[batch.batch_id] = batch.model_dump_json()
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        text = self._batches.get(valid_text(batch_id))
+        return None if text is None else BatchRecord.model_validate_json(text)
+
+    async def set_batch_status(self, batch_id: str, statuses: Mapping[int, BatchStatus]) -> None:
+        batch_id = valid_text(batch_id)
+        batch = await self.get_batch(batch_id)
+        if batch is None:
+            raise StoreError(f"no batch {batch_id!r} in the store")
+        items = {item.index: item for item in batch.items}
+        for index, status in statuses.items():
+            if index not in items:
+                raise StoreError(f"no input {index} of a batch {batch_id!r} in the store")
+            items[index] = BatchItem(
+                index=index, run_id=items[index].run_id, status=valid_status(status)
+            )
+        updated = batch.model_copy(update={"items": list(items.values())})
+        self._batches[batch_id] = updated.model_dump_json()
 
     async def record_attempt(
         self, run_id: str, attempt: AttemptRecord, *, lease: str | None = None

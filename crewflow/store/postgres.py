@@ -63,6 +63,7 @@ from crewflow.store._lease import Lease, LeaseOwner, observed
 from crewflow.store._pg_schema import BASELINE, PG_MIGRATIONS
 from crewflow.store._rows import (
     ATTEMPT_COLUMNS,
+    BATCH_COLUMNS,
     DECISION_COLUMNS,
     LEASE_COLUMNS,
     OUTPUT_COLUMNS,
@@ -70,6 +71,9 @@ from crewflow.store._rows import (
     TASK_COLUMNS,
     TaskRows,
     attempt_from_row,
+    batch_from_rows,
+    batch_item_values,
+    batch_values,
     decision_from_row,
     decision_values,
     finish_values,
@@ -80,6 +84,7 @@ from crewflow.store._rows import (
     task_from_row,
     task_values,
     to_json,
+    valid_status,
 )
 from crewflow.store._schema import MIGRATIONS
 
@@ -91,7 +96,14 @@ if TYPE_CHECKING:
 
     from crewflow._records import PromptRecord
     from crewflow._usage import Usage
-    from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
+    from crewflow.store._records import (
+        AddedTaskRecord,
+        BatchRecord,
+        BatchStatus,
+        DecisionRecord,
+        OutputRow,
+        RunRecord,
+    )
 
 __all__ = ["PostgresStore"]
 
@@ -229,6 +241,7 @@ class PostgresStore(Store):
                 if version > found and (found or version == BASELINE):
                     for statement in PG_MIGRATIONS[version]:
                         await cur.execute(statement)
+                    found = version  # a baseline, then each later version in turn
             await cur.execute("DELETE FROM schema_version")
             await cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (target,))
 
@@ -379,6 +392,54 @@ class PostgresStore(Store):
         run_id = valid_text(run_id)
         values = [decision_values(run_id, decision) for decision in decisions]
         await self._insert_rows(run_id, _DECISION_WRITE, values, lease)
+
+    async def start_batch(self, batch: BatchRecord) -> None:
+        row = batch_values(batch)
+        items = batch_item_values(row[0], batch.items)
+
+        async def insert(cur: Any) -> None:
+            await cur.execute(
+                f"INSERT INTO batches ({BATCH_COLUMNS}, created_ts) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (batch_id) DO NOTHING",
+                row,
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"a batch {row[0]!r} is already in the store")
+            await cur.executemany("INSERT INTO batch_items VALUES (%s, %s, %s, %s)", items)
+
+        await self._run(insert)
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        batch_id = valid_text(batch_id)
+
+        async def select(cur: Any) -> BatchRecord | None:
+            await cur.execute(
+                f"SELECT {BATCH_COLUMNS} FROM batches WHERE batch_id = %s", (batch_id,)
+            )
+            found = await cur.fetchone()
+            if found is None:
+                return None
+            await cur.execute(
+                "SELECT idx, run_id, status FROM batch_items WHERE batch_id = %s ORDER BY idx",
+                (batch_id,),
+            )
+            return batch_from_rows(found, await cur.fetchall())
+
+        return await self._run(select, write=False)
+
+    async def set_batch_status(self, batch_id: str, statuses: Mapping[int, BatchStatus]) -> None:
+        batch_id = valid_text(batch_id)
+        rows = [(valid_status(status), batch_id, index) for index, status in statuses.items()]
+
+        async def update(cur: Any) -> None:
+            for row in rows:
+                await cur.execute(
+                    "UPDATE batch_items SET status = %s WHERE batch_id = %s AND idx = %s", row
+                )
+                if cur.rowcount == 0:
+                    raise StoreError(f"no input {row[2]} of a batch {batch_id!r} in the store")
+
+        await self._run(update)
 
     async def _insert_rows(
         self, run_id: str, statement: str, rows: list[tuple[Any, ...]], lease: str | None

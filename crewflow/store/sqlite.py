@@ -90,6 +90,7 @@ from crewflow.store._base import (
 from crewflow.store._lease import Lease, observed
 from crewflow.store._rows import (
     ATTEMPT_SELECT,
+    BATCH_COLUMNS,
     DECISION_COLUMNS,
     DECISIONS,
     LEASE_WRITE,
@@ -102,6 +103,9 @@ from crewflow.store._rows import (
     TASKS,
     TaskRows,
     attempt_from_row,
+    batch_from_rows,
+    batch_item_values,
+    batch_values,
     check_lease,
     decision_from_row,
     decision_values,
@@ -116,6 +120,7 @@ from crewflow.store._rows import (
     task_from_row,
     task_values,
     to_json,
+    valid_status,
 )
 from crewflow.store._schema import MIGRATIONS
 from crewflow.store._writer import Writer
@@ -129,7 +134,14 @@ if TYPE_CHECKING:
     from crewflow._records import PromptRecord
     from crewflow._usage import Usage
     from crewflow.store._base import FinishedOutput
-    from crewflow.store._records import AddedTaskRecord, DecisionRecord, OutputRow, RunRecord
+    from crewflow.store._records import (
+        AddedTaskRecord,
+        BatchRecord,
+        BatchStatus,
+        DecisionRecord,
+        OutputRow,
+        RunRecord,
+    )
 
 __all__ = ["SQLiteStore"]
 
@@ -312,6 +324,52 @@ class SQLiteStore(Store):
             ).fetchall()
 
         return [decision_from_row(found) for found in await self._writer.call(select)]
+
+    async def start_batch(self, batch: BatchRecord) -> None:
+        row = batch_values(batch)
+        items = batch_item_values(row[0], batch.items)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM batches WHERE batch_id = ?", row[:1]).fetchone():
+                raise StoreError(f"a batch {row[0]!r} is already in the store")
+            conn.execute(
+                f"INSERT INTO batches ({BATCH_COLUMNS}, created_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            conn.executemany("INSERT INTO batch_items VALUES (?, ?, ?, ?)", items)
+
+        await self._writer.write(insert)
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        batch_id = valid_text(batch_id)
+
+        def select(conn: sqlite3.Connection) -> BatchRecord | None:
+            found = conn.execute(
+                f"SELECT {BATCH_COLUMNS} FROM batches WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+            if found is None:
+                return None
+            items = conn.execute(
+                "SELECT idx, run_id, status FROM batch_items WHERE batch_id = ? ORDER BY idx",
+                (batch_id,),
+            ).fetchall()
+            return batch_from_rows(found, items)
+
+        return await self._writer.call(select)
+
+    async def set_batch_status(self, batch_id: str, statuses: Mapping[int, BatchStatus]) -> None:
+        batch_id = valid_text(batch_id)
+        rows = [(valid_status(status), batch_id, index) for index, status in statuses.items()]
+
+        def update(conn: sqlite3.Connection) -> None:
+            for row in rows:
+                changed = conn.execute(
+                    "UPDATE batch_items SET status = ? WHERE batch_id = ? AND idx = ?", row
+                ).rowcount
+                if not changed:
+                    raise StoreError(f"no input {row[2]} of a batch {batch_id!r} in the store")
+
+        await self._writer.write(update)
 
     async def added_tasks(self, run_id: str) -> list[AddedTaskRecord]:
         run_id = valid_text(run_id)

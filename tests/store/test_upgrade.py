@@ -3,7 +3,8 @@
 ``fixtures/runs_v3.db`` was written at schema v3 by ``fixtures/make_runs_v3.py``: a completed run
 and a run whose second task failed. Every later schema change extends this test: v4 (the
 columns read as "not recorded then"), v5 (run leases: runs hold none, and a run an older
-crewflow left ``running`` reads as interrupted, and resumes). Opened read-only, it is not
+crewflow left ``running`` reads as interrupted, and resumes), v9 (batches: none, and a new one
+is kept). Opened read-only, it is not
 migrated, and says so.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 from crewflow import Agent, Crew, Task
 from crewflow._records import RunStatus, TaskStatus
 from crewflow.exceptions import CrewChange, CrewChanged
-from crewflow.store import SchemaVersionError, SQLiteStore
+from crewflow.store import BatchItem, BatchRecord, SchemaVersionError, SQLiteStore
 from crewflow.store._schema import MIGRATIONS
 from crewflow.testing import FunctionLLM
 
@@ -65,13 +67,23 @@ async def test_a_v3_database_migrates_to_the_current_schema_keeping_its_records(
     tmp_path: Path,
 ) -> None:
     async with SQLiteStore(v3_database(tmp_path)) as store:
-        assert await store.schema_version() == len(MIGRATIONS) == 8
+        assert await store.schema_version() == len(MIGRATIONS) == 9
         runs = await store.list_runs()
         attempts = await store.attempts(FAILED)
         outputs = await store.outputs(FAILED)
         added = await store.added_tasks(FAILED)
         prompts = await store.prompts(FAILED)
         assert await store.decisions(FAILED) == []
+        assert await store.get_batch("b-1") is None
+        batch = BatchRecord(
+            batch_id="b-1",
+            crew="upgrade",
+            inputs_hash="h",
+            created=datetime(2026, 3, 1, tzinfo=UTC),
+            items=[BatchItem(index=0, run_id=COMPLETED, status="completed")],
+        )
+        await store.start_batch(batch)
+        assert await store.get_batch("b-1") == batch
 
     assert [(run.run_id, run.status) for run in runs] == [
         (FAILED, "failed"),
@@ -192,7 +204,7 @@ async def test_a_v3_database_opened_read_only_is_not_migrated_and_says_why(
     before = path.read_bytes()
 
     store = SQLiteStore(path, read_only=True)
-    with pytest.raises(SchemaVersionError, match="older than this crewflow's 8") as caught:
+    with pytest.raises(SchemaVersionError, match="older than this crewflow's 9") as caught:
         await store.list_runs()
     await store.close()
 
@@ -213,5 +225,5 @@ def test_crewflow_runs_upgrades_a_v3_database_it_may_write(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert {run["run_id"] for run in json.loads(result.stdout)} == {COMPLETED, FAILED}
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (8,)
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (9,)
     conn.close()
