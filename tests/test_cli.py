@@ -42,6 +42,18 @@ def run_json(*args: str) -> dict[str, Any]:
     return parsed
 
 
+# -- help ---------------------------------------------------------------------------------------
+
+
+def test_help_reflows_every_paragraph_and_keeps_the_extras_brackets() -> None:
+    # Rich markup would swallow "[ray]" in "crewflow[ray]", and typer keeps the docstring's
+    # line breaks in the paragraphs after the first: markdown help reflows them to the width.
+    resume = invoke("resume", "--help").stdout
+    assert "(crewflow run recorded it). A completed run is left as it is" in resume
+    assert "pip install 'crewflow[dashboard]'" in invoke("dashboard", "--help").stdout
+    assert "pip install 'crewflow[ray]'" in invoke("batch", "--help").stdout
+
+
 # -- success ------------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ app = typer.Typer(
     # every error is caught and reported as one line instead.
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
 )
 
 
@@ -420,7 +421,12 @@ def processes_command(
     _exit(list_processes(as_json=as_json))
 
 
-cache_app = typer.Typer(name="cache", help="The cache of LLM replies.", no_args_is_help=True)
+cache_app = typer.Typer(
+    name="cache",
+    help="The cache of LLM replies.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(cache_app)
 
 
