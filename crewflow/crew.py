@@ -739,6 +739,14 @@ class Crew(Spec):
                 view.close()
         return _gathered(results, return_exceptions)
 
+    async def _kickoff_as(
+        self, run_id: str, inputs: Mapping[str, Any] | None, llm: str | LLM | None
+    ) -> CrewResult:
+        """`kickoff` under a run id chosen beforehand (`RayExecutor` picks each on the driver,
+        so that a kickoff retried on another worker resumes the same run)."""
+        await _load_runtime()
+        return await self._finish(self._new_run(inputs, llm, run_id=run_id))
+
     def _override(self, llm: str | LLM | None) -> LLM | None:
         from crewflow.llm._models import check_model, resolve_llm
 
@@ -750,6 +758,7 @@ class Crew(Spec):
         llm: str | LLM | None,
         *,
         resumption: Resumption | None = None,
+        run_id: str | None = None,
     ) -> Run:
         from crewflow._runtime.limiter import registry
         from crewflow._runtime.run import Run
@@ -772,7 +781,7 @@ class Crew(Spec):
             verbose=self.verbose,
             cache=self.cache,
             record_prompts=self.record_prompts,
-            run_id=None if resumption is None else resumption.record.run_id,
+            run_id=run_id if resumption is None else resumption.record.run_id,
             resumption=resumption,
             state=self._initial_state(),
         )

@@ -18,30 +18,46 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from crewflow import _version
-from crewflow.exceptions import ConfigurationError, CrewflowError
-from crewflow.executors._ship import Shipment, ship
+from crewflow._spec import new_id
+from crewflow.exceptions import ConfigurationError, CrewflowError, CrewRunError, RunInProgress
+from crewflow.executors._ray_tools import (
+    Prepared,
+    Raised,
+    raise_again,
+    run_interruptibly,
+    run_tool,
+)
+from crewflow.executors._ship import Shipment, by_value, ship
+from crewflow.tools import ToolExecutor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from crewflow.crew import Crew, CrewResult
     from crewflow.llm._base import LLM
+    from crewflow.tools import Tool
 
 __all__ = ["RayExecutor"]
 
 EXTRA_HINT: Final = "RayExecutor needs Ray: pip install 'crewflow[ray]'"
+
+KICKOFF_RETRIES: Final = 3
+"""How many times Ray runs a kickoff again after its worker died (killed, out of memory, its
+node lost). Each retry resumes the run from its checkpoints: it never starts the run over."""
 
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds the driver waits for the head's port to accept a connection before it says the head
 is unreachable (no kickoff has started then)."""
 
 
-class RayExecutor:
-    """Run each kickoff of `Crew.kickoff_for_each` as a Ray task on a cluster's workers.
+class RayExecutor(ToolExecutor):
+    """Run each kickoff of `Crew.kickoff_for_each`, or each call of a tool, as a Ray task on a
+    cluster's workers.
 
     The same crew file runs on a laptop and on a cluster; only the executor (and, past one
     machine, the store) changes. A SQLite store is allowed only while every node of the
@@ -59,6 +75,16 @@ class RayExecutor:
             its ``env_vars`` from this process's environment; values given here win.
         kickoff_cpus: The CPUs Ray reserves for each running kickoff. Kickoffs mostly wait on
             models, so a fraction (``0.25``) runs more of them per CPU.
+        tool_cpus: The CPUs Ray reserves for each call of a tool made with
+            ``@tool(executor=...)`` (CPU-heavy tools want a whole one).
+
+    A worker that dies in the middle of a kickoff (killed, out of memory, its node lost) does
+    not lose the kickoff: each input's run id is chosen here before it is submitted, and Ray
+    runs the kickoff again (up to `KICKOFF_RETRIES` times) on another worker, which resumes
+    that run from its checkpoints, taking over the dead worker's lease: on the same machine at
+    once (its process is gone), elsewhere once the lease expires. What had finished is neither
+    lost nor asked for again. A crew with ``store=None`` has no checkpoints: its retried
+    kickoff starts over.
 
     Raises:
         ConfigurationError: Ray is not installed (the message names the extra), or an
@@ -81,6 +107,7 @@ class RayExecutor:
         num_cpus: int | None = None,
         runtime_env: Mapping[str, Any] | None = None,
         kickoff_cpus: float = 1.0,
+        tool_cpus: float = 1.0,
     ) -> None:
         try:
             import ray
@@ -93,16 +120,95 @@ class RayExecutor:
                 "num_cpus sizes a local cluster this executor starts; a cluster at an address "
                 "has its own CPUs (drop num_cpus, or address)"
             )
-        if kickoff_cpus < 0:
-            raise ConfigurationError(f"kickoff_cpus cannot be negative, not {kickoff_cpus}")
+        for name, cpus in (("kickoff_cpus", kickoff_cpus), ("tool_cpus", tool_cpus)):
+            if cpus < 0:
+                raise ConfigurationError(f"{name} cannot be negative, not {cpus}")
         self._ray = ray
         self.address = address
         self.num_cpus = num_cpus
         self.runtime_env = dict(runtime_env or {})
         self.kickoff_cpus = kickoff_cpus
+        self.tool_cpus = tool_cpus
+        self._tools: dict[int, tuple[Tool, Prepared]] = {}
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A tool's executor travels with a shipped crew: its settings, not this process's
+        # Ray module or the object references it holds.
+        return {
+            "address": self.address,
+            "num_cpus": self.num_cpus,
+            "runtime_env": self.runtime_env,
+            "kickoff_cpus": self.kickoff_cpus,
+            "tool_cpus": self.tool_cpus,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import ray
+
+        self.__dict__.update(state, _ray=ray, _tools={})
+
+    async def call_tool(self, tool: Tool, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Call ``tool``'s function in a Ray task, and return what it returned there.
+
+        The first call of a tool joins the cluster and puts the function, pickled by value, in
+        the object store; later calls send the arguments only. Cancelling the call cancels the
+        Ray task (``ray.cancel``, which interrupts the function in its worker).
+
+        Raises:
+            Exception: What the function raised in the worker (or one of the same class name
+                and message, when it cannot travel back); a `RuntimeError` when the Ray task
+                itself failed (its worker died).
+        """
+        import anyio
+
+        found = self._tools.get(id(tool))
+        prepared = found[1] if found is not None else None
+        if prepared is None:
+            prepared = await anyio.to_thread.run_sync(self._prepare_tool, tool)
+            self._tools[id(tool)] = (tool, prepared)
+        ref = prepared.remote.remote(
+            prepared.digest, prepared.function, args, kwargs, _version.__version__
+        )
+        try:
+            outcome = await ref
+        except anyio.get_cancelled_exc_class():
+            self._ray.cancel(ref)
+            raise
+        except self._ray.exceptions.RayError as exc:
+            raise RuntimeError(f"its Ray task failed ({_last_line(exc)})") from None
+        if isinstance(outcome, Raised):
+            raise_again(outcome)
+        return outcome
+
+    def _prepare_tool(self, tool: Tool) -> Prepared:
+        """Join the cluster and ready ``tool`` for calls (in a worker thread: both block)."""
+        import hashlib
+
+        self._join()
+        payload = by_value(tool.fn)
+        ray = self._ray
+        remote = _remote(ray, run_tool).options(
+            num_cpus=self.tool_cpus, runtime_env=self.runtime_env or None
+        )
+        return Prepared(remote, ray.put(payload), hashlib.sha256(payload).hexdigest())
+
+    def _join(self) -> None:
+        """Join (or start) the cluster unless this process is in one already."""
+        ray = self._ray
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address not in (None, "auto", "local"):
+            _check_reachable(address)
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, num_cpus=self.num_cpus, log_to_driver=False)
+            except ConnectionError as exc:
+                raise ConfigurationError(
+                    f"cannot join the Ray cluster at {address!r} ({exc}); no kickoff was "
+                    "started. Start the head with `ray start --head`, or check the address"
+                ) from None
 
     async def kickoffs(
         self,
@@ -135,13 +241,17 @@ class RayExecutor:
         version = _version.__version__
 
         async def one(index: int, values: Mapping[str, Any]) -> None:
+            # Chosen here, so that a retry after the worker died resumes this run.
+            run_id = new_id()
             async with limiter:
-                ref = remote.remote(shipment.digest, crew_ref, dict(values), llm, version)
+                ref = remote.remote(shipment.digest, crew_ref, dict(values), llm, version, run_id)
                 try:
                     outcome = await ref
                 except anyio.get_cancelled_exc_class():
                     self._ray.cancel(ref)
                     raise
+                except self._worker_died as exc:
+                    outcome = _died(run_id, exc)
                 except self._ray.exceptions.RayError as exc:
                     raise _worker_failed(exc) from None
                 if isinstance(outcome, _VersionMismatch):
@@ -163,31 +273,29 @@ class RayExecutor:
         return the kickoff's remote function with its options and the crew put in the object
         store. Runs in a worker thread: joining blocks for seconds."""
         ray = self._ray
-        address = self.address or os.environ.get("RAY_ADDRESS") or None
-        if address not in (None, "auto", "local"):
-            _check_reachable(address)
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, num_cpus=self.num_cpus, log_to_driver=False)
-            except ConnectionError as exc:
-                raise ConfigurationError(
-                    f"cannot join the Ray cluster at {address!r} ({exc}); no kickoff was "
-                    "started. Start the head with `ray start --head`, or check the address"
-                ) from None
+        self._join()
         if shipment.sqlite is not None:
             _refuse_remote_nodes(ray.nodes(), ray.util.get_node_ip_address(), shipment.sqlite)
         env = {**shipment.env, **self.runtime_env.get("env_vars", {})}
         runtime_env = {**self.runtime_env, "env_vars": env}
         _check_version(ray, runtime_env)
         crew_ref = ray.put(shipment.payload)
-        remote = _remote_kickoff(ray).options(num_cpus=self.kickoff_cpus, runtime_env=runtime_env)
+        remote = _remote(ray, run_kickoff, retries=KICKOFF_RETRIES).options(
+            num_cpus=self.kickoff_cpus, runtime_env=runtime_env
+        )
         return remote, crew_ref
+
+    @property
+    def _worker_died(self) -> tuple[type[Exception], ...]:
+        """Ray's errors for a task whose worker or node died (after its retries)."""
+        errors = self._ray.exceptions
+        return (errors.WorkerCrashedError, errors.NodeDiedError, errors.OutOfMemoryError)
 
 
 def _check_version(ray: Any, runtime_env: dict[str, Any]) -> None:
     """Ask a worker (in the kickoffs' runtime environment) which crewflow it runs, and refuse
     a different one before any kickoff is submitted."""
-    probe = _remote_version(ray).options(num_cpus=0, runtime_env=runtime_env)
+    probe = _remote(ray, worker_version).options(num_cpus=0, runtime_env=runtime_env)
     try:
         worker = ray.get(probe.remote())
     except ray.exceptions.RayError as exc:
@@ -237,6 +345,22 @@ def _refuse_remote_nodes(nodes: Sequence[Mapping[str, Any]], local_ip: str, path
         )
 
 
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1]}" if text else type(exc).__name__
+
+
+def _died(run_id: str, exc: Exception) -> CrewRunError:
+    """A kickoff's error when its worker died on every try: its run keeps what finished."""
+    error = CrewRunError(
+        f"the Ray worker running this kickoff died, {KICKOFF_RETRIES + 1} times "
+        f"({_last_line(exc)}); run {run_id!r} keeps every task that finished: "
+        f"`crewflow resume {run_id}` finishes it"
+    )
+    error.run_id = run_id
+    return error
+
+
 def _worker_failed(exc: Exception) -> ConfigurationError:
     first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return ConfigurationError(
@@ -259,18 +383,19 @@ class _VersionMismatch:
         )
 
 
-_REMOTE: dict[int, Any] = {}
+_REMOTE: dict[tuple[int, str], Any] = {}
 _CREWS: dict[str, Any] = {}
 _CREWS_KEPT: Final = 4
 """How many unpickled crews a worker keeps (by digest), so its next kickoffs of the same crew
 skip unpickling."""
 
 
-def _remote_version(ray: Any) -> Any:
-    key = -id(ray)
+def _remote(ray: Any, function: Any, *, retries: int = 0) -> Any:
+    """``function`` as a Ray remote function, made once per process."""
+    key = (id(ray), function.__name__)
     remote = _REMOTE.get(key)
     if remote is None:
-        remote = _REMOTE[key] = ray.remote(max_retries=0)(worker_version)
+        remote = _REMOTE[key] = ray.remote(max_retries=retries)(function)
     return remote
 
 
@@ -280,18 +405,17 @@ def worker_version() -> str:
     return _version.__version__
 
 
-def _remote_kickoff(ray: Any) -> Any:
-    remote = _REMOTE.get(id(ray))
-    if remote is None:
-        remote = _REMOTE[id(ray)] = ray.remote(max_retries=0)(run_kickoff)
-    return remote
-
-
 def run_kickoff(
-    digest: str, payload: bytes, inputs: dict[str, Any], llm: str | None, driver_version: str
+    digest: str,
+    payload: bytes,
+    inputs: dict[str, Any],
+    llm: str | None,
+    driver_version: str,
+    run_id: str,
 ) -> CrewResult | CrewflowError | _VersionMismatch:
     """One kickoff, inside a Ray worker: the crew unpickled (once per worker and crew), run
-    with its own event loop, its error returned as a value."""
+    with its own event loop as run ``run_id`` (resumed when an earlier try of it, whose worker
+    died, recorded it), its error returned as a value."""
     if _version.__version__ != driver_version:
         return _VersionMismatch(driver_version, _version.__version__, socket.gethostname())
     crew = _CREWS.get(digest)
@@ -303,7 +427,33 @@ def run_kickoff(
             _CREWS.pop(next(iter(_CREWS)))
         _CREWS[digest] = crew
     try:
-        result: CrewResult = crew.kickoff_sync(inputs, llm=llm)
+        result: CrewResult = run_interruptibly(_kickoff_or_resume, crew, run_id, inputs, llm)
     except CrewflowError as exc:
         return exc
     return result
+
+
+async def _kickoff_or_resume(
+    crew: Crew, run_id: str, inputs: dict[str, Any], llm: str | None
+) -> CrewResult:
+    """Kick run ``run_id`` off, or resume it when the store has it already: Ray retried this
+    kickoff after the worker running it died. That worker's lease is taken over once it lapsed:
+    at once on this machine (its process is gone), else when it expires."""
+    import anyio
+
+    from crewflow.llm._pool import aclose_loop_clients
+
+    try:
+        store = crew.resolved_store()
+        if store is None or await store.get_run(run_id) is None:
+            return await crew._kickoff_as(run_id, inputs, llm)
+        while True:
+            try:
+                return await crew.resume(run_id, llm=llm, progress=False)
+            except RunInProgress as busy:
+                if busy.expires is None:
+                    raise
+                left = (busy.expires - datetime.now(UTC)).total_seconds()
+                await anyio.sleep(max(0.0, left) + 1.0)
+    finally:
+        await aclose_loop_clients()

@@ -244,7 +244,7 @@ def test_a_worker_of_another_version_runs_nothing() -> None:
 
     # Asked per kickoff too (a node that joined after the version check): nothing is unpickled
     # or run, and the driver gets what to say.
-    outcome = run_kickoff("digest", b"not a crew", {}, None, "0.0.1-driver")
+    outcome = run_kickoff("digest", b"not a crew", {}, None, "0.0.1-driver", "run-id")
     assert "0.0.1-driver" in str(outcome)
     assert "Install the same crewflow on every node" in str(outcome)
 
