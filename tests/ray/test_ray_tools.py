@@ -186,3 +186,17 @@ def test_an_agent_uses_a_remote_tool_and_a_cancelled_run_cancels_it(
         await marked(tmp_path / "stopped")
 
     anyio.run(cancelled)
+
+
+def test_a_crew_holding_a_remote_tool_runs_on_ray_too(ray_cluster: Any, tmp_path: Path) -> None:
+    from crewflow.executors import RayExecutor
+
+    llm = ScriptedLLM([ToolCalls([ToolCall("where", {})]), Text("done")])
+    agent = Agent(role="W", goal="G", llm=llm, tools=[ray_tool(where)])
+    crew = Crew(tasks=[Task("find the worker", agent=agent)], store=tmp_path / "runs.db")
+
+    [result] = anyio.run(
+        lambda: crew.kickoff_for_each([{}], executor=RayExecutor(kickoff_cpus=0.5))
+    )
+
+    assert result.text == "done"  # the kickoff's worker called the tool as a Ray task

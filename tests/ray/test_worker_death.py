@@ -73,8 +73,7 @@ def test_a_killed_worker_s_kickoff_resumes_its_run_and_sends_nothing_again(
     assert [sent(requests, step) for step in ("step one", "step two", "step three")] == [1, 1, 1]
     assert result.restored == ["first"]
     assert [o.task for o in result.outputs] == ["first", "second", "third"]
-    store = resolve_store(db)
-    runs = anyio.run(store.list_runs)
+    runs = anyio.run(resolve_store(db).list_runs)  # type: ignore[union-attr]
     assert [r.run_id for r in runs] == [result.run_id]  # resumed, not started over
     assert runs[0].status == RunStatus.COMPLETED
 
@@ -92,7 +91,8 @@ def test_cancelling_the_driver_cancels_the_kickoffs_on_the_workers(
         return "never"
 
     agent = Agent(role="W", goal="G", llm=FunctionLLM(hang))
-    crew = Crew(tasks=[Task("hang {n}", agent=agent)], store=None)
+    db = tmp_path / "runs.db"
+    crew = Crew(tasks=[Task("hang {n}", agent=agent)], store=db)
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
@@ -105,6 +105,8 @@ def test_cancelling_the_driver_cancels_the_kickoffs_on_the_workers(
             await anyio.to_thread.run_sync(wait_for_file, tmp_path / f"stopped-{i}")
 
     anyio.run(main)
+    runs = anyio.run(resolve_store(db).list_runs)  # type: ignore[union-attr]
+    assert sorted(r.status for r in runs) == [RunStatus.CANCELLED] * 2
 
 
 def wait_for_file(path: Path) -> None:
@@ -113,3 +115,45 @@ def wait_for_file(path: Path) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"no {path.name} marker after {MARK_WAIT} s")
         time.sleep(0.05)
+
+
+def test_a_retry_waits_for_a_lease_held_elsewhere_to_expire_then_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The dead worker was on another machine: its lease holds until it expires, and the retry
+    # resumes the run then (here, a lease that expires at once), never running it alongside.
+    from datetime import UTC, datetime
+
+    from crewflow.exceptions import RunInProgress
+    from crewflow.executors._ray import _kickoff_or_resume
+    from crewflow.store import LeaseOwner, MemoryStore
+
+    crew = Crew(tasks=[Task("one", agent=Agent(role="W", goal="G", llm="offline"))])
+    crew = crew.model_copy(update={"store": MemoryStore()})
+    first = anyio.run(_kickoff_or_resume, crew, "run-1", {}, None)
+    resume, tries = Crew.resume, []
+
+    async def busy_once(self: Crew, run_id: str, **options: Any) -> Any:
+        tries.append(run_id)
+        if len(tries) == 1:
+            owner = LeaseOwner(host="elsewhere", pid=1)
+            raise RunInProgress(run_id, owner, datetime.now(UTC))
+        return await resume(self, run_id, **options)
+
+    monkeypatch.setattr(Crew, "resume", busy_once)
+    again = anyio.run(_kickoff_or_resume, crew, "run-1", {}, None)
+
+    assert first.run_id == again.run_id == "run-1"
+    assert tries == ["run-1", "run-1"]
+    assert again.restored == [first.outputs[0].task]
+
+
+def test_a_worker_that_died_on_every_try_leaves_an_error_naming_its_run() -> None:
+    from crewflow.exceptions import CrewRunError
+    from crewflow.executors._ray import _died
+
+    error = _died("run-9", RuntimeError("worker 123 died\nSIGKILL"))
+    assert isinstance(error, CrewRunError)
+    assert error.run_id == "run-9"
+    assert "crewflow resume run-9" in str(error)
+    assert "RuntimeError: SIGKILL" in str(error)
