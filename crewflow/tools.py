@@ -11,6 +11,10 @@ function returns, and is counted against its tool meanwhile. A tool with `MAX_AB
 threads still running is not called again until one returns, so a hung tool cannot take thread
 after thread. The runtime reads which calls an attempt abandoned (`watch_abandoned`) to decide
 whether the attempt may be retried.
+
+A tool made with ``executor=`` (a `crewflow.executors.RayExecutor`) runs elsewhere: each call is
+handed to its `ToolExecutor` with the validated arguments, and what comes back is handled as a
+local call's result or raise. Cancelling the call cancels the remote work; nothing is abandoned.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import inspect
 import json
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from contextvars import ContextVar, copy_context
@@ -37,7 +42,7 @@ from crewflow.llm._types import ToolSpec
 if TYPE_CHECKING:
     from pydantic_core import CoreSchema
 
-__all__ = ["MAX_ABANDONED", "Tool", "tool"]
+__all__ = ["MAX_ABANDONED", "Tool", "ToolExecutor", "tool"]
 
 MAX_ABANDONED = 3
 """Abandoned calls of one sync tool that may be running at once; while that many are, further
@@ -47,6 +52,18 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
 _SECTION_HEADER = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+
+
+class ToolExecutor(ABC):
+    """Where a tool made with ``@tool(executor=...)`` runs its calls, when not in this process.
+
+    crewflow ships one: `crewflow.executors.RayExecutor`, which runs each call as a Ray task.
+    """
+
+    @abstractmethod
+    async def call_tool(self, tool: Tool, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Call ``tool``'s function with ``args`` and ``kwargs`` (validated) and return what it
+        returned; raise what it raised. Cancelling the call must stop the work it started."""
 
 
 class Tool:
@@ -60,6 +77,7 @@ class Tool:
         parameters: The JSON schema of its arguments.
         idempotent: Calling it again with the same arguments is safe, even while an earlier
             call still runs (see `tool`).
+        executor: Where its calls run (see `tool`), or ``None``: in this process.
     """
 
     def __init__(
@@ -69,12 +87,20 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
         idempotent: bool = False,
+        executor: ToolExecutor | None = None,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(
                 f"{fn!r} is not a tool: decorate a function with @crewflow.tool"
             )
+        if executor is not None and not isinstance(executor, ToolExecutor):
+            raise ConfigurationError(
+                f"@tool(executor=...) takes a crewflow.executors.RayExecutor, not "
+                f"{type(executor).__name__} ({executor!r}); leave it out to run the tool in "
+                "this process"
+            )
         self.fn = fn
+        self.executor = executor
         self.name = name or _default_name(fn)
         if not _NAME_RE.match(self.name):
             raise ConfigurationError(
@@ -133,7 +159,7 @@ class Tool:
                 args.append(value)
             else:
                 kwargs[param] = value
-        if not self.is_async:
+        if not self.is_async and self.executor is None:
             self._refuse_when_hung()
         try:
             result = await self._call(args, kwargs)
@@ -151,6 +177,8 @@ class Tool:
             ) from exc
 
     async def _call(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        if self.executor is not None:
+            return await self.executor.call_tool(self, args, kwargs)
         if self.is_async:
             return await self.fn(*args, **kwargs)
         import anyio.to_thread
@@ -186,7 +214,11 @@ class Tool:
 def tool(fn: Callable[..., Any], /) -> Tool: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, idempotent: bool = False
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    idempotent: bool = False,
+    executor: ToolExecutor | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -195,6 +227,7 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     idempotent: bool = False,
+    executor: ToolExecutor | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a tool from a sync or async function.
 
@@ -225,10 +258,18 @@ def tool(
         idempotent: Calling it again with the same arguments is safe, even while an earlier
             call still runs (a lookup, a read): an attempt that timed out during a call of it
             may be retried.
+        executor: Run each call elsewhere: a `crewflow.executors.RayExecutor` runs it as a Ray
+            task on a cluster's workers (for CPU- or tool-heavy work), while the agent loop
+            stays in this process. The function travels by value and its arguments are the
+            validated ones; its result or its raise comes back as a local call's would, and
+            cancelling the call (a timeout, a cancelled run) cancels the Ray task. Anything
+            else than a `ToolExecutor` is refused here.
     """
 
     def wrap(func: Callable[..., Any]) -> Tool:
-        return Tool(func, name=name, description=description, idempotent=idempotent)
+        return Tool(
+            func, name=name, description=description, idempotent=idempotent, executor=executor
+        )
 
     return wrap(fn) if fn is not None else wrap
 

@@ -595,3 +595,14 @@ async def test_a_sync_tool_raising_stopiteration_is_a_tool_error() -> None:
 
     with pytest.raises(ToolError, match="tool 'drained' raised RuntimeError: the tool raised Sto"):
         await drained.run({"query": "q"})
+
+
+@pytest.mark.parametrize("executor", ["ray", object(), True])
+def test_an_executor_that_is_not_one_is_refused_when_decorating(executor: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"executor=.*takes a crewflow.executors.Ray"):
+        tool(executor=executor)(lambda_free)
+
+
+def lambda_free(x: int) -> int:
+    """Return X."""
+    return x

@@ -30,30 +30,40 @@ import json
 import os
 import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from crewflow import _version
-from crewflow.exceptions import ConfigurationError, CrewflowError
-from crewflow.executors._ship import Shipment, ship
+from crewflow._spec import new_id
+from crewflow.exceptions import ConfigurationError, CrewflowError, CrewRunError, RunInProgress
+from crewflow.executors._ray_tools import Prepared, Raised, raise_again, run_tool
+from crewflow.executors._ship import Shipment, by_value, ship
+from crewflow.tools import ToolExecutor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from crewflow.crew import Crew, CrewResult
     from crewflow.llm._base import LLM
+    from crewflow.tools import Tool
 
 __all__ = ["RayExecutor"]
 
 EXTRA_HINT: Final = "RayExecutor needs Ray: pip install 'crewflow[ray]'"
+
+KICKOFF_RETRIES: Final = 3
+"""How many times a kickoff is run again after its worker died (killed, out of memory, its
+node lost). Each retry resumes the run from its checkpoints: it never starts the run over."""
 
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds the driver waits for the head's port to accept a connection before it says the head
 is unreachable (no kickoff has started then)."""
 
 
-class RayExecutor:
-    """Run the kickoffs of `Crew.kickoff_for_each` on the workers of a Ray cluster.
+class RayExecutor(ToolExecutor):
+    """Run the kickoffs of `Crew.kickoff_for_each`, or each call of a tool, on the workers of
+    a Ray cluster.
 
     The same crew file runs on a laptop and on a cluster; only the executor (and, past one
     machine, the store) changes. A SQLite store is allowed only while every node of the
@@ -81,6 +91,16 @@ class RayExecutor:
         worker_cpus: The CPUs Ray reserves for each worker. ``0`` (the default) reserves
             none: the workers mostly wait on models, and CPU-heavy tools run as Ray tasks of
             their own, which reserve theirs.
+        tool_cpus: The CPUs Ray reserves for each call of a tool made with
+            ``@tool(executor=...)`` (CPU-heavy tools want a whole one).
+
+    A worker that dies in the middle of a kickoff (killed, out of memory, its node lost) does
+    not lose the kickoff: each input's run id is chosen here before it is submitted, and Ray
+    restarts the worker and runs the kickoff again (up to `KICKOFF_RETRIES` times), which
+    resumes that run from its checkpoints, taking over the dead worker's lease: on the same
+    machine at once (its process is gone), elsewhere once the lease expires. What had finished
+    is neither lost nor asked for again. A crew with ``store=None`` has no checkpoints: its
+    retried kickoff starts over.
 
     Raises:
         ConfigurationError: Ray is not installed (the message names the extra), or an
@@ -104,6 +124,7 @@ class RayExecutor:
         runtime_env: Mapping[str, Any] | None = None,
         workers: int | None = None,
         worker_cpus: float = 0.0,
+        tool_cpus: float = 1.0,
     ) -> None:
         try:
             import ray
@@ -118,18 +139,96 @@ class RayExecutor:
             )
         if workers is not None and workers < 1:
             raise ConfigurationError(f"workers must be at least 1, not {workers}")
-        if worker_cpus < 0:
-            raise ConfigurationError(f"worker_cpus cannot be negative, not {worker_cpus}")
+        for name, cpus in (("worker_cpus", worker_cpus), ("tool_cpus", tool_cpus)):
+            if cpus < 0:
+                raise ConfigurationError(f"{name} cannot be negative, not {cpus}")
         self._ray = ray
         self.address = address
         self.num_cpus = num_cpus
         self.runtime_env = dict(runtime_env or {})
         self.workers = workers
         self.worker_cpus = worker_cpus
+        self.tool_cpus = tool_cpus
         self._pool: _Pool | None = None
+        self._tools: dict[int, tuple[Tool, Prepared]] = {}
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A tool's executor travels with a shipped crew: its settings, not this process's
+        # Ray module, worker pool or the object references it holds.
+        return {
+            "address": self.address,
+            "num_cpus": self.num_cpus,
+            "runtime_env": self.runtime_env,
+            "workers": self.workers,
+            "worker_cpus": self.worker_cpus,
+            "tool_cpus": self.tool_cpus,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import ray
+
+        self.__dict__.update(state, _ray=ray, _pool=None, _tools={})
+
+    async def call_tool(self, tool: Tool, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Call ``tool``'s function in a Ray task, and return what it returned there.
+
+        The first call of a tool joins the cluster and puts the function, pickled by value, in
+        the object store; later calls send the arguments only. Cancelling the call cancels the
+        Ray task (``ray.cancel``, which interrupts the function in its worker).
+
+        Raises:
+            Exception: What the function raised in the worker (or one of the same class name
+                and message, when it cannot travel back); a `RuntimeError` when the Ray task
+                itself failed (its worker died).
+        """
+        import anyio
+
+        found = self._tools.get(id(tool))
+        prepared = found[1] if found is not None else None
+        if prepared is None:
+            prepared = await anyio.to_thread.run_sync(self._prepare_tool, tool)
+            self._tools[id(tool)] = (tool, prepared)
+        ref = prepared.remote.remote(
+            prepared.digest, prepared.function, args, kwargs, _version.__version__
+        )
+        try:
+            outcome = await ref
+        except anyio.get_cancelled_exc_class():
+            self._ray.cancel(ref)
+            raise
+        except self._ray.exceptions.RayError as exc:
+            raise RuntimeError(f"its Ray task failed ({_last_line(exc)})") from None
+        if isinstance(outcome, Raised):
+            raise_again(outcome)
+        return outcome
+
+    def _prepare_tool(self, tool: Tool) -> Prepared:
+        """Join the cluster and ready ``tool`` for calls (in a worker thread: both block)."""
+        self._join()
+        payload = by_value(tool.fn)
+        ray = self._ray
+        remote = _remote(ray, run_tool).options(
+            num_cpus=self.tool_cpus, runtime_env=self.runtime_env or None
+        )
+        return Prepared(remote, ray.put(payload), hashlib.sha256(payload).hexdigest())
+
+    def _join(self) -> None:
+        """Join (or start) the cluster unless this process is in one already."""
+        ray = self._ray
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address not in (None, "auto", "local"):
+            _check_reachable(address)
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, num_cpus=self.num_cpus, log_to_driver=False)
+            except ConnectionError as exc:
+                raise ConfigurationError(
+                    f"cannot join the Ray cluster at {address!r} ({exc}); nothing was "
+                    "started. Start the head with `ray start --head`, or check the address"
+                ) from None
 
     def close(self) -> None:
         """Stop the worker actors this executor used (kickoffs still running on them fail).
@@ -156,9 +255,10 @@ class RayExecutor:
         (an unreachable head, a store the cluster cannot share, a crew that cannot be shipped,
         mismatched versions) is raised before the first kickoff starts.
 
-        ``run_ids`` (``crewflow batch``): each input's run id, given before the runs start; a
-        worker resumes a run its store already holds (reads a completed one back) instead of
-        kicking off another.
+        Each input's run id is chosen before its kickoff is submitted (``run_ids`` gives them,
+        as ``crewflow batch`` does): a worker resumes a run its store already holds (reads a
+        completed one back) instead of kicking off another, which is also what a kickoff
+        retried after its worker died does.
 
         Returns:
             A `CrewResult` or the kickoff's `CrewflowError`, per input, in input order.
@@ -182,7 +282,7 @@ class RayExecutor:
                 which = busy.index(min(busy))
                 busy[which] += 1
                 worker = pool.workers[which]
-                run_id = None if run_ids is None else run_ids[index]
+                run_id = new_id() if run_ids is None else run_ids[index]
                 ref = worker.kickoff.remote(
                     shipment.digest, crew_ref, dict(values), llm, version, run_id
                 )
@@ -191,6 +291,8 @@ class RayExecutor:
                 except anyio.get_cancelled_exc_class():
                     self._ray.cancel(ref)
                     raise
+                except self._worker_died as exc:
+                    outcome = _died(run_id, exc)
                 except self._ray.exceptions.RayError as exc:
                     raise _worker_failed(exc) from None
                 finally:
@@ -214,17 +316,7 @@ class RayExecutor:
         (or reuse) the worker pool and check its crewflow, and put the crew in the object
         store. Runs in a worker thread: joining blocks for seconds."""
         ray = self._ray
-        address = self.address or os.environ.get("RAY_ADDRESS") or None
-        if address not in (None, "auto", "local"):
-            _check_reachable(address)
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, num_cpus=self.num_cpus, log_to_driver=False)
-            except ConnectionError as exc:
-                raise ConfigurationError(
-                    f"cannot join the Ray cluster at {address!r} ({exc}); no kickoff was "
-                    "started. Start the head with `ray start --head`, or check the address"
-                ) from None
+        self._join()
         if shipment.sqlite is not None:
             _refuse_remote_nodes(ray.nodes(), ray.util.get_node_ip_address(), shipment.sqlite)
         env = {**shipment.env, **self.runtime_env.get("env_vars", {})}
@@ -257,10 +349,23 @@ class RayExecutor:
                 num_cpus=self.worker_cpus,
                 runtime_env=runtime_env,
                 max_concurrency=WORKER_CONCURRENCY,
+                max_restarts=-1,
+                max_task_retries=KICKOFF_RETRIES,
                 scheduling_strategy="SPREAD",
             )
             pool = _POOLS[key] = _Pool(key, [actor.remote() for _ in range(count)])
         return pool
+
+    @property
+    def _worker_died(self) -> tuple[type[Exception], ...]:
+        """Ray's errors for a call whose worker or node died (after its retries)."""
+        errors = self._ray.exceptions
+        return (
+            errors.RayActorError,
+            errors.WorkerCrashedError,
+            errors.NodeDiedError,
+            errors.OutOfMemoryError,
+        )
 
 
 @dataclass
@@ -319,6 +424,22 @@ def _refuse_remote_nodes(nodes: Sequence[Mapping[str, Any]], local_ip: str, path
         )
 
 
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1]}" if text else type(exc).__name__
+
+
+def _died(run_id: str, exc: Exception) -> CrewRunError:
+    """A kickoff's error when its worker died on every try: its run keeps what finished."""
+    error = CrewRunError(
+        f"the Ray worker running this kickoff died, {KICKOFF_RETRIES + 1} times "
+        f"({_last_line(exc)}); run {run_id!r} keeps every task that finished: "
+        f"`crewflow resume {run_id}` finishes it"
+    )
+    error.run_id = run_id
+    return error
+
+
 def _worker_failed(exc: Exception) -> ConfigurationError:
     first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return ConfigurationError(
@@ -341,6 +462,7 @@ class _VersionMismatch:
         )
 
 
+_REMOTE: dict[tuple[int, str], Any] = {}
 _WORKER_CLASS: dict[int, Any] = {}
 CREWS_KEPT: Final = 4
 """How many unpickled crews a worker keeps (by digest), so its next kickoffs of the same crew
@@ -351,6 +473,15 @@ def _worker_class(ray: Any) -> Any:
     remote = _WORKER_CLASS.get(id(ray))
     if remote is None:
         remote = _WORKER_CLASS[id(ray)] = ray.remote(KickoffWorker)
+    return remote
+
+
+def _remote(ray: Any, function: Any, *, retries: int = 0) -> Any:
+    """``function`` as a Ray remote function, made once per process."""
+    key = (id(ray), function.__name__)
+    remote = _REMOTE.get(key)
+    if remote is None:
+        remote = _REMOTE[key] = ray.remote(max_retries=retries)(function)
     return remote
 
 
@@ -373,11 +504,11 @@ class KickoffWorker:
         inputs: dict[str, Any],
         llm: str | None,
         driver_version: str,
-        run_id: str | None = None,
+        run_id: str,
     ) -> CrewResult | CrewflowError | _VersionMismatch:
-        """One kickoff of the crew ``payload`` pickles, its error returned as a value. With
-        ``run_id``, the run of that id is brought to its end (kicked off under it, or
-        resumed)."""
+        """Bring run ``run_id`` of the crew ``payload`` pickles to its end (kicked off under
+        that id, or resumed when the store has it: a batch resumed, or this kickoff run again
+        after the worker running it died), its error returned as a value."""
         if _version.__version__ != driver_version:
             return _VersionMismatch(driver_version, _version.__version__, socket.gethostname())
         crew = self._crews.get(digest)
@@ -389,10 +520,25 @@ class KickoffWorker:
                 self._crews.pop(next(iter(self._crews)))
             self._crews[digest] = crew
         try:
-            if run_id is None:
-                result: CrewResult = await crew.kickoff(inputs, llm=llm, progress=False)
-            else:
-                result = await crew._carry_out(inputs, run_id, llm)
+            return await _kickoff_or_resume(crew, run_id, inputs, llm)
         except CrewflowError as exc:
             return exc
-        return result
+
+
+async def _kickoff_or_resume(
+    crew: Crew, run_id: str, inputs: dict[str, Any], llm: str | None
+) -> CrewResult:
+    """`Crew._carry_out`, waiting out the lease of a worker that died on another machine (on
+    this one, its process is gone and the lease is taken over at once)."""
+    import anyio
+
+    if crew.resolved_store() is None:
+        return await crew.kickoff(inputs, llm=llm, progress=False, run_id=run_id)
+    while True:
+        try:
+            return await crew._carry_out(inputs, run_id, llm)
+        except RunInProgress as busy:
+            if busy.expires is None:
+                raise
+            left = (busy.expires - datetime.now(UTC)).total_seconds()
+            await anyio.sleep(max(0.0, left) + 1.0)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from crewflow.crew import Crew
     from crewflow.llm._base import LLM
 
-__all__ = ["Shipment", "ship", "unship"]
+__all__ = ["Shipment", "by_value", "ship", "unship"]
 
 ENV_PREFIXES = ("CREWFLOW_",)
 """Variables every worker gets from the driver's environment (the default model, the store's
@@ -68,33 +68,44 @@ def ship(crew: Crew, llm: str | None) -> Shipment:
         ConfigurationError: The crew holds something that cannot or must not travel: a
             `MemoryStore` or another store object, or a model client with an API key.
     """
-    import importlib
-
-    cloudpickle: Any = importlib.import_module("ray.cloudpickle")
     store, sqlite = _store_name(crew.store)
     travelling = crew.model_copy(update={"store": store})
-    registered = cloudpickle.cloudpickle._is_registered_pickle_by_value
-    modules = [module for module in _user_modules() if not registered(module)]
     providers: set[str] = set()
     if llm is not None:
         providers.add(_provider(llm))
-    for module in modules:
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        buffer = _Buffer()
-        pickler = _pickler(cloudpickle)(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        pickler.providers = providers
-        pickler.dump(travelling)
-    finally:
-        for module in modules:
-            cloudpickle.unregister_pickle_by_value(module)
-    payload = buffer.getvalue()
+    payload = by_value(travelling, providers)
     return Shipment(
         digest=hashlib.sha256(payload).hexdigest(),
         payload=payload,
         env=_environment(providers),
         sqlite=sqlite,
     )
+
+
+def by_value(obj: Any, providers: set[str] | None = None) -> bytes:
+    """Pickle ``obj`` with the user's own modules by value (a crew, a tool's function), refusing
+    API keys and store objects; the providers of the agents met on the way go into
+    ``providers``.
+
+    Raises:
+        ConfigurationError: ``obj`` holds something that must not travel.
+    """
+    import importlib
+
+    cloudpickle: Any = importlib.import_module("ray.cloudpickle")
+    registered = cloudpickle.cloudpickle._is_registered_pickle_by_value
+    modules = [module for module in _user_modules() if not registered(module)]
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        buffer = _Buffer()
+        pickler = _pickler(cloudpickle)(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.providers = set() if providers is None else providers
+        pickler.dump(obj)
+    finally:
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
+    return buffer.getvalue()
 
 
 def unship(payload: bytes) -> Crew:

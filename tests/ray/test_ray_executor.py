@@ -248,7 +248,7 @@ def test_a_worker_of_another_version_runs_nothing() -> None:
     # Asked per kickoff too (a worker restarted on a node that joined after the version check):
     # nothing is unpickled or run, and the driver gets what to say.
     worker = KickoffWorker()
-    outcome = anyio.run(worker.kickoff, "digest", b"not a crew", {}, None, "0.0.1-driver")
+    outcome = anyio.run(worker.kickoff, "digest", b"not a crew", {}, None, "0.0.1-driver", "run-id")
     assert "0.0.1-driver" in str(outcome)
     assert "Install the same crewflow on every node" in str(outcome)
 
