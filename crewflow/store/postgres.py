@@ -176,6 +176,7 @@ class PostgresStore(Store):
             raise StoreError(
                 "PostgresStore needs psycopg: pip install 'crewflow[postgres]'"
             ) from None
+        self._finish_closed_loops()
         try:
             conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
         except psycopg.Error as exc:
@@ -185,8 +186,18 @@ class PostgresStore(Store):
         except BaseException:
             await conn.close()
             raise
+        # A loop let go without `close` (each `anyio.run`, each `kickoff_sync`) takes its
+        # connection with it, rather than leaving it open to the garbage collector.
+        weakref.finalize(loop, _finish, conn)
         found = self._open[loop] = (conn, asyncio.Lock())
         return found
+
+    def _finish_closed_loops(self) -> None:
+        """Close the connections of event loops that have closed (their socket only: the loop
+        that could run the goodbye is gone)."""
+        for loop in list(self._open):
+            if loop.is_closed():
+                _finish(self._open.pop(loop)[0])
 
     def _error(self, exc: BaseException) -> StoreError:
         """A psycopg error as ours, with no credential in its text (never chained: the
@@ -242,16 +253,13 @@ class PostgresStore(Store):
         return await self._run(read, write=False)
 
     async def close(self) -> None:
-        """Close this loop's connection (others are closed as their loops' are let go). The
-        store stays usable: a later call connects again."""
+        """Close this loop's connection, and those of loops that have closed (the others close
+        with their loops). The store stays usable: a later call connects again."""
         found = self._open.pop(asyncio.get_running_loop(), None)
         if found is not None:
             async with found[1]:
                 await found[0].close()
-        for loop in list(self._open):
-            if loop.is_closed():
-                conn, _ = self._open.pop(loop)
-                conn.pgconn.finish()  # its loop is gone: close the socket without it
+        self._finish_closed_loops()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -511,16 +519,21 @@ class PostgresStore(Store):
 
     async def list_runs(self, crew: str | None = None, limit: int | None = 20) -> list[RunRecord]:
         check_limit(limit)
-        where, params = ("", []) if crew is None else ("WHERE crew = %s", [valid_text(crew)])
+        where, params = ("", [])
+        if crew is not None:
+            crew = valid_text(crew)
+            where, params = ("WHERE md5(crew) = md5(%s) AND crew = %s", [crew, crew])
         query = f"{_SELECT_RUNS} {where} ORDER BY started_ts DESC, runs.seq DESC LIMIT %s"
         return _observed(await self._select(query, [*params, limit]))
 
     async def runs_of_key(self, crew_key: str, limit: int | None = 50) -> list[RunRecord]:
         check_limit(limit)
         query = (
-            f"{_SELECT_RUNS} WHERE crew_key = %s ORDER BY started_ts DESC, runs.seq DESC LIMIT %s"
+            f"{_SELECT_RUNS} WHERE md5(crew_key) = md5(%s) AND crew_key = %s "
+            "ORDER BY started_ts DESC, runs.seq DESC LIMIT %s"
         )
-        return _observed(await self._select(query, (valid_text(crew_key), limit)))
+        crew_key = valid_text(crew_key)
+        return _observed(await self._select(query, (crew_key, crew_key, limit)))
 
     async def cache_get(self, key: str) -> str | None:
         rows = await self._select("SELECT value FROM cache WHERE key = %s", (valid_text(key),))
@@ -540,6 +553,11 @@ class PostgresStore(Store):
             return int(cur.rowcount)
 
         return await self._run(delete)
+
+
+def _finish(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Close a connection whose loop is gone: its socket only, since no loop can run the rest."""
+    conn.pgconn.finish()
 
 
 def _when(moment: datetime) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -312,3 +312,37 @@ def test_a_store_url_of_an_unknown_scheme_is_a_usage_error(
         assert isinstance(result.exception, SystemExit)
         assert "mysql" in " ".join(result.output.split())
     assert "CREWFLOW_STORE" in " ".join(from_env.output.split())
+
+
+def test_a_store_used_from_one_event_loop_after_another_leaves_no_connection_open(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `kickoff_sync` and `anyio.run` make a loop per call: each loop's connection is closed once
+    # that loop is gone, not left to the garbage collector (a ResourceWarning, and a server
+    # connection held until then).
+    import gc
+
+    import psycopg
+
+    opened: list[psycopg.AsyncConnection[Any]] = []
+    connect = psycopg.AsyncConnection.connect
+
+    async def noted(*args: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        conn = await connect(*args, **kwargs)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", noted)
+    store = PostgresStore(postgres_url)
+
+    async def use() -> None:
+        await store.cache_put("key", "value")
+
+    for _ in range(3):
+        anyio.run(use)
+    assert opened[0].closed  # closed when the next loop connected, whatever the collector did
+    assert opened[1].closed
+    gc.collect()
+
+    assert len(opened) == 3
+    assert all(conn.closed for conn in opened)
