@@ -110,10 +110,10 @@ def main() -> None:
     with postgres.server() as server, tempfile.TemporaryDirectory() as folder:
         url = postgres.fresh_database(server)
         rows = asyncio.run(measure(url, Path(folder), args.repeats, figures))
-    print(  # noqa: T201
+    print(
         table(
-            f"recording, OfflineLLM(latency=0), median ms per task of {args.repeats} kickoffs each, "
-            "alternating",
+            f"recording, OfflineLLM(latency=0), median ms per task of {args.repeats} kickoffs "
+            "each, alternating",
             ["shape", "no store", "SQLite", "PostgreSQL", "SQLite extra", "PostgreSQL extra"],
             rows,
         )
