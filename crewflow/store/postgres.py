@@ -478,7 +478,7 @@ class PostgresStore(Store):
         waiting.append(mine)
         try:
             async with lock:
-                if not mine.done:  # nobody took it along: commit it, and all that waits
+                while not mine.done:  # nobody took it along: commit it, and what came before
                     batch = waiting[:_MAX_BATCH]
                     del waiting[: len(batch)]
                     await self._commit(conn, batch)
