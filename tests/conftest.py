@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crewflow.testing import FakeClock, OpenAIServer, reset_limits, use_clock
-from tests import canary
+from tests import canary, postgres
 from tests.stores import close_default_stores
 
 if TYPE_CHECKING:
@@ -102,6 +102,20 @@ def _logging_as_found() -> Iterator[None]:
     yield
     if not configured and structlog.is_configured():
         structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server made for this test run (`tests.postgres`), started by the
+    first test that asks for it."""
+    with postgres.server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """The URL of a new, empty database on the test run's PostgreSQL server."""
+    return postgres.fresh_database(postgres_server)
 
 
 @pytest.fixture

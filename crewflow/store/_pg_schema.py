@@ -52,9 +52,10 @@ _V8 = (
         details TEXT NOT NULL DEFAULT '{{}}',
         {_SEQ}
     )""",
-    "CREATE INDEX runs_by_crew ON runs (crew, started_ts DESC)",
+    # By digest: a btree entry holds at most ~2.7 kB, and a crew's name is any text.
+    "CREATE INDEX runs_by_crew ON runs (md5(crew), started_ts DESC)",
     "CREATE INDEX runs_by_start ON runs (started_ts DESC)",
-    "CREATE INDEX runs_by_key ON runs (crew_key, started_ts DESC)",
+    "CREATE INDEX runs_by_key ON runs (md5(crew_key), started_ts DESC)",
     """CREATE TABLE attempts (
         run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
         task TEXT NOT NULL,

@@ -30,6 +30,7 @@ from crewflow.llm._types import (
     Usage,
 )
 from crewflow.store import MemoryStore, SQLiteStore, Store
+from tests.stores import STORE_KINDS, made_store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -368,10 +369,9 @@ async def test_a_streaming_caller_gets_the_cached_text_as_one_delta() -> None:
 # -- the cache -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "runs.db")
-    async with made:
+    async with made_store(request.param, request, tmp_path) as made:
         yield made
 
 

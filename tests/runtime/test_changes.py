@@ -13,6 +13,7 @@ from crewflow import Agent, Crew, RetryPolicy, Task, tool
 from crewflow.exceptions import CrewChange, CrewChanged, TaskFailed
 from crewflow.store import MemoryStore
 from crewflow.testing import FunctionLLM
+from tests.stores import STORE_KINDS, store_name
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -201,11 +202,11 @@ async def test_a_run_recorded_without_aspect_digests_says_only_which_task_change
     ]
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_both_stores_keep_the_digests_beside_a_recorded_choice(
-    kind: str, tmp_path: Path
+@pytest.mark.parametrize("kind", STORE_KINDS)
+async def test_every_store_keeps_the_digests_beside_a_recorded_choice(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    store: MemoryStore | str = MemoryStore() if kind == "memory" else str(tmp_path / "runs.db")
+    store = MemoryStore() if kind == "memory" else store_name(kind, request, tmp_path)
 
     # The adaptive process records its choice into the same details: the digests stay.
     error = await refused(

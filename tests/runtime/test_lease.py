@@ -34,6 +34,7 @@ from crewflow.store import (
 from crewflow.store._lease import RENEW_SECONDS
 from crewflow.testing import Error, FunctionLLM, run_virtual
 from tests.store.test_lease import dead_pid
+from tests.stores import STORE_KINDS, made_store
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -99,9 +100,9 @@ async def only_run(store: Store) -> RunRecord:
     return run
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "runs.db")
+    return made_store(request.param, request, tmp_path)
 
 
 async def test_a_run_holds_this_processs_lease_while_it_runs_and_releases_it_at_the_end(

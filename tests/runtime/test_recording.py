@@ -35,6 +35,7 @@ from crewflow.testing import (
     capture_events,
     run_virtual,
 )
+from tests.stores import STORE_KINDS, store_name
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -422,9 +423,11 @@ async def test_resume_after_continue_reruns_the_failed_and_skipped_tasks_only() 
 # -- the reply cache ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_a_cached_crew_makes_no_call_the_second_time(kind: str, tmp_path: Path) -> None:
-    chosen = MemoryStore() if kind == "memory" else str(tmp_path / "runs.db")
+@pytest.mark.parametrize("kind", STORE_KINDS)
+async def test_a_cached_crew_makes_no_call_the_second_time(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    chosen = MemoryStore() if kind == "memory" else store_name(kind, request, tmp_path)
     calls = Calls()
     crew = chain(calls, "a", "b", store=chosen, cache=True)
 

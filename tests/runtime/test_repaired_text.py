@@ -13,6 +13,7 @@ from crewflow import Agent, Crew, Task, tool
 from crewflow.exceptions import TaskFailed
 from crewflow.store import MemoryStore, RunStatus, SQLiteStore, Store
 from crewflow.testing import Error, FunctionLLM, ScriptedLLM, ToolCall, ToolCalls
+from tests.stores import STORE_KINDS, made_store
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,9 +47,9 @@ def crew_of(store: Store, *, fail_last: bool = False) -> tuple[Crew, FunctionLLM
     return crew, writer_llm, reader_llm
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "runs.db")
+    return made_store(request.param, request, tmp_path)
 
 
 async def test_a_reply_no_store_can_keep_completes_its_task_with_the_text_repaired(

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from crewflow.store import Lease, MemoryStore, RunRecord, SQLiteStore, Store
-from tests import postgres
+from crewflow.store import Lease, RunRecord, Store
+from tests.stores import STORE_KINDS, made_store
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -31,31 +31,8 @@ def run_record(
     )
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """The URL of a PostgreSQL server made for this test run (`tests.postgres`)."""
-    with postgres.server() as url:
-        yield url
-
-
-@pytest.fixture
-def postgres_url(request: pytest.FixtureRequest) -> str:
-    """The URL of a new, empty database on the test run's PostgreSQL server."""
-    server: str = request.getfixturevalue("postgres_server")
-    return postgres.fresh_database(server)
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """Each store in turn, opened and closed around the test."""
-    made: Store
-    if request.param == "memory":
-        made = MemoryStore()
-    elif request.param == "sqlite":
-        made = SQLiteStore(tmp_path / "runs.db")
-    else:
-        from crewflow.store.postgres import PostgresStore
-
-        made = PostgresStore(request.getfixturevalue("postgres_url"))
-    async with made:
+    async with made_store(request.param, request, tmp_path) as made:
         yield made

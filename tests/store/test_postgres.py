@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -22,6 +22,7 @@ from crewflow.store import (
     RunStatus,
     SQLiteStore,
     StoreError,
+    UnknownRunError,
     resolve_store,
 )
 from crewflow.store._base import _opened
@@ -201,6 +202,74 @@ async def test_of_two_take_overs_of_one_lapsed_lease_one_wins(postgres_url: str)
         await store.close()
 
 
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The task checkpoints of each commit, in order (the tasks' names)."""
+    found: list[list[str]] = []
+    commit = PostgresStore._commit
+
+    async def noted(self: PostgresStore, conn: Any, batch: list[Any]) -> None:
+        found.append([checkpoint.rows.output[1] for checkpoint in batch])
+        await commit(self, conn, batch)
+
+    monkeypatch.setattr(PostgresStore, "_commit", noted)
+    return found
+
+
+async def test_checkpoints_that_come_while_one_commits_are_committed_together(
+    postgres_url: str, batches: list[list[str]]
+) -> None:
+    async with PostgresStore(postgres_url) as store:
+        record = run_record()
+        assert record.lease is not None
+        await store.start_run(record)
+        batches.clear()
+
+        async with anyio.create_task_group() as group:
+            for index in range(50):
+                group.start_soon(
+                    lambda i=index: store.save_task(
+                        _row(record.run_id, f"t{i}"), lease=record.lease.token
+                    )
+                )
+
+        # The first commits alone; the 49 that came meanwhile, in the next transaction.
+        assert [len(batch) for batch in batches] == [1, 49]
+        assert len(await store.outputs(record.run_id)) == 50
+
+
+async def test_each_checkpoint_of_a_shared_commit_is_fenced_by_its_own_lease(
+    postgres_url: str, batches: list[list[str]]
+) -> None:
+    async with PostgresStore(postgres_url) as store, PostgresStore(postgres_url) as other:
+        mine, taken = run_record("mine"), run_record("taken")
+        assert mine.lease is not None
+        assert taken.lease is not None
+        await store.start_run(mine)
+        await store.start_run(taken)
+        assert await other.take_lease("taken", Lease.new(), replacing=taken.lease.token)
+        batches.clear()
+        refused: dict[str, type[Exception]] = {}
+
+        async def save(run_id: str, task: str, token: str | None) -> None:
+            try:
+                await store.save_task(_row(run_id, task), lease=token)
+            except (LeaseLost, UnknownRunError) as exc:
+                refused[task] = type(exc)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(save, "mine", "first", mine.lease.token)
+            group.start_soon(save, "taken", "lost", taken.lease.token)
+            group.start_soon(save, "ghost", "unknown", None)
+            group.start_soon(save, "mine", "second", mine.lease.token)
+            group.start_soon(save, "taken", "unchecked", None)
+
+        assert batches == [["first"], ["lost", "unknown", "second", "unchecked"]]
+        assert refused == {"lost": LeaseLost, "unknown": UnknownRunError}
+        assert list(await store.outputs("mine")) == ["first", "second"]
+        assert list(await store.outputs("taken")) == ["unchecked"]
+
+
 async def test_version_moves_when_another_connection_commits_and_only_then(
     postgres_url: str,
 ) -> None:
@@ -313,3 +382,37 @@ def test_a_store_url_of_an_unknown_scheme_is_a_usage_error(
         assert isinstance(result.exception, SystemExit)
         assert "mysql" in " ".join(result.output.split())
     assert "CREWFLOW_STORE" in " ".join(from_env.output.split())
+
+
+def test_a_store_used_from_one_event_loop_after_another_leaves_no_connection_open(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `kickoff_sync` and `anyio.run` make a loop per call: each loop's connection is closed once
+    # that loop is gone, not left to the garbage collector (a ResourceWarning, and a server
+    # connection held until then).
+    import gc
+
+    import psycopg
+
+    opened: list[psycopg.AsyncConnection[Any]] = []
+    connect = psycopg.AsyncConnection.connect
+
+    async def noted(*args: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        conn = await connect(*args, **kwargs)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", noted)
+    store = PostgresStore(postgres_url)
+
+    async def use() -> None:
+        await store.cache_put("key", "value")
+
+    for _ in range(3):
+        anyio.run(use)
+    assert opened[0].closed  # closed when the next loop connected, whatever the collector did
+    assert opened[1].closed
+    gc.collect()
+
+    assert len(opened) == 3
+    assert all(conn.closed for conn in opened)

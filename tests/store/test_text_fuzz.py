@@ -22,7 +22,6 @@ from crewflow.store import (
     AttemptRecord,
     CallRecord,
     Lease,
-    MemoryStore,
     OutputRow,
     PromptRecord,
     RunRecord,
@@ -36,6 +35,7 @@ from crewflow.store import (
 )
 from crewflow.store._writer import Writer
 from tests.store.conftest import at
+from tests.stores import STORE_KINDS, made_store
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -66,15 +66,17 @@ _runs = itertools.count()
 _M = TypeVar("_M", bound=BaseModel)
 
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-thread"])
+@pytest.fixture(params=[*STORE_KINDS, "sqlite-thread"])
 def store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Store]:
     """One store for every example of a test (each example writes its own run). SQLite's writes
     commit on the loop's thread, or (``sqlite-thread``) all in the store's thread."""
-    if request.param == "sqlite-thread":
+    kind = request.param
+    if kind == "sqlite-thread":
         monkeypatch.setattr(Writer, "_on_caller_thread", lambda self: False)
-    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "runs.db")
+        kind = "sqlite"
+    made = made_store(kind, request, tmp_path)
     yield made
     anyio.run(made.close)
 

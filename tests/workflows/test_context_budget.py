@@ -20,13 +20,14 @@ from crewflow.llm.openai import OpenAIChat
 from crewflow.store import ContextCutRecord, MemoryStore, SQLiteStore
 from crewflow.testing import Error, FunctionLLM, ScriptedLLM, capture_events
 from tests import canary
+from tests.stores import STORE_KINDS, made_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
     from crewflow.crew import CrewResult
-    from crewflow.store import AttemptRecord, Store
+    from crewflow.store import AttemptRecord
     from crewflow.testing import OpenAIServer, ReceivedRequest
 
 LONG = "L" * 3000
@@ -185,11 +186,11 @@ async def test_a_context_over_the_budget_is_cut_marked_recorded_and_announced() 
     assert result["long"].text == LONG  # the output itself is whole; only the prompt is cut
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", STORE_KINDS)
 async def test_the_cut_is_kept_by_the_store_and_read_back_as_the_field(
-    kind: str, tmp_path: Path
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    store: Store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "runs.db")
+    store = made_store(kind, request, tmp_path)
     short, long, middle = three_outputs()
     reader = Agent(role="Reader", goal="read", llm="offline", max_context_tokens=600)
     combine = Task("Combine them", agent=reader, context=[short, long, middle], name="combine")
