@@ -375,18 +375,23 @@ class _Job:
 
         executor = RayExecutor(self.ray)
         items = self.batch.items
-        if view is not None:
-            for _ in items:
+
+        def started(_index: int) -> None:
+            if view is not None:
                 view.started()
-        outcomes = await executor.kickoffs(
+
+        async def ended(index: int, outcome: CrewResult | CrewflowError) -> None:
+            await self._ended(store, items[index], outcome, view, lines, emitter)
+
+        await executor.kickoffs(
             self.crew,
             [self.values[item.index] for item in items],
             concurrency=self.concurrency,
             llm=self.llm,
             run_ids=[item.run_id for item in items],
+            on_start=started,
+            on_end=ended,
         )
-        for item, outcome in zip(items, outcomes, strict=True):
-            await self._ended(store, item, outcome, view, lines, emitter)
 
     async def _ended(
         self,

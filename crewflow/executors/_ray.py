@@ -42,7 +42,7 @@ from crewflow.executors._ship import Shipment, by_value, ship
 from crewflow.tools import ToolExecutor
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from crewflow.crew import Crew, CrewResult
     from crewflow.llm._base import LLM
@@ -248,6 +248,8 @@ class RayExecutor(ToolExecutor):
         concurrency: int | None,
         llm: str | LLM | None,
         run_ids: Sequence[str] | None = None,
+        on_start: Callable[[int], None] | None = None,
+        on_end: Callable[[int, CrewResult | CrewflowError], Awaitable[None]] | None = None,
     ) -> list[CrewResult | CrewflowError]:
         """Run one kickoff of ``crew`` per input on the cluster, at most ``concurrency`` at once.
 
@@ -258,7 +260,9 @@ class RayExecutor(ToolExecutor):
         Each input's run id is chosen before its kickoff is submitted (``run_ids`` gives them,
         as ``crewflow batch`` does): a worker resumes a run its store already holds (reads a
         completed one back) instead of kicking off another, which is also what a kickoff
-        retried after its worker died does.
+        retried after its worker died does. ``on_start(index)`` is called as an input's
+        kickoff is submitted, and ``await on_end(index, outcome)`` as it ends (``crewflow
+        batch`` shows and records each as it goes).
 
         Returns:
             A `CrewResult` or the kickoff's `CrewflowError`, per input, in input order.
@@ -283,6 +287,8 @@ class RayExecutor(ToolExecutor):
                 busy[which] += 1
                 worker = pool.workers[which]
                 run_id = new_id() if run_ids is None else run_ids[index]
+                if on_start is not None:
+                    on_start(index)
                 ref = worker.kickoff.remote(
                     shipment.digest, crew_ref, dict(values), llm, version, run_id
                 )
@@ -300,6 +306,8 @@ class RayExecutor(ToolExecutor):
                 if isinstance(outcome, _VersionMismatch):
                     raise ConfigurationError(str(outcome))
                 results[index] = outcome
+                if on_end is not None:
+                    await on_end(index, outcome)
 
         try:
             async with anyio.create_task_group() as group:

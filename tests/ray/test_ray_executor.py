@@ -333,3 +333,47 @@ def test_the_workers_are_kept_for_the_next_kickoffs_until_closed(
         assert pids(after).isdisjoint(before)  # a new worker process once the pool was closed
     finally:
         after.close()
+
+
+def test_each_kickoff_is_reported_as_it_ends_not_when_all_have(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    import time
+
+    marker = tmp_path / "fast-ended"
+
+    def answer_when_told(request: LLMRequest) -> str:
+        # "slow" answers only once the driver has been told that "fast" ended (a file the
+        # driver's on_end writes); gives up after 60 s, which fails the test.
+        if topic(request) == "slow":
+            deadline = time.monotonic() + 60
+            while not marker.exists():
+                if time.monotonic() > deadline:
+                    return "gave up waiting"
+                time.sleep(0.01)
+        return "answered"
+
+    crew = topic_crew(FunctionLLM(answer_when_told), tmp_path / "runs.db")
+    started: list[int] = []
+    ended: list[int] = []
+
+    async def on_end(index: int, outcome: Any) -> None:
+        ended.append(index)
+        if index == 1:
+            marker.write_text("ended")
+
+    async def both() -> list[Any]:
+        return await executor().kickoffs(
+            crew,
+            [{"topic": "slow"}, {"topic": "fast"}],
+            concurrency=2,
+            llm=None,
+            on_start=started.append,
+            on_end=on_end,
+        )
+
+    results = anyio.run(both)
+
+    assert sorted(started) == [0, 1]
+    assert ended == [1, 0]
+    assert [r.text for r in results] == ["answered", "answered"]
