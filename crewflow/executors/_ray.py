@@ -6,9 +6,11 @@ pool of worker actors, at most ``concurrency`` at once, to the least busy worker
 long-lived Ray actor, one process, that runs many kickoffs at once on its own event loop, as a
 process of crewflow does: the agent loops, the LLM calls and the per-call layer (limits, cache,
 events, cancellation, HTTP clients) stay in that process and are shared by its kickoffs, and
-each kickoff records its run, with its lease, in the crew's store like any other. Results come
-back in input order; a kickoff's `CrewflowError` comes back as a value, so the driver reports
-failures exactly as the local `kickoff_for_each` does.
+each kickoff records its run, with its lease, in the crew's store like any other. The limits'
+counts are the exception: they live in one actor per pool that every worker asks
+(`crewflow.executors._limits`), so they hold cluster-wide. Results come back in input order;
+a kickoff's `CrewflowError` comes back as a value, so the driver reports failures exactly as the
+local `kickoff_for_each` does.
 
 Why actors rather than one Ray task per kickoff: kickoffs mostly wait on models, so a task per
 kickoff either holds a CPU while it waits or, with a fraction of a CPU each, makes Ray start a
@@ -35,12 +37,17 @@ from urllib.parse import urlsplit
 
 from crewflow import _version
 from crewflow.exceptions import ConfigurationError, CrewflowError
+from crewflow.executors._limits import SharedLimits, declared_limits
+from crewflow.executors._limits import start as start_limits
+from crewflow.executors._limits import stop as stop_limits
+from crewflow.executors._limits import use as use_limits
 from crewflow.executors._ship import Shipment, ship
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from crewflow.crew import Crew, CrewResult
+    from crewflow.limits import Limit
     from crewflow.llm._base import LLM
 
 __all__ = ["RayExecutor"]
@@ -81,6 +88,10 @@ class RayExecutor:
         worker_cpus: The CPUs Ray reserves for each worker. ``0`` (the default) reserves
             none: the workers mostly wait on models, and CPU-heavy tools run as Ray tasks of
             their own, which reserve theirs.
+        shared_limits: Share the limits (concurrency, rpm, tpm, Retry-After pauses) across
+            every worker through one Ray actor, so the cluster as a whole keeps them (a round
+            trip of a few ms per LLM call; see "Scaling out"). ``False``: each worker keeps
+            them on its own. Until a limit is declared there is nothing to share and no actor.
 
     Raises:
         ConfigurationError: Ray is not installed (the message names the extra), or an
@@ -104,6 +115,7 @@ class RayExecutor:
         runtime_env: Mapping[str, Any] | None = None,
         workers: int | None = None,
         worker_cpus: float = 0.0,
+        shared_limits: bool = True,
     ) -> None:
         try:
             import ray
@@ -126,6 +138,7 @@ class RayExecutor:
         self.runtime_env = dict(runtime_env or {})
         self.workers = workers
         self.worker_cpus = worker_cpus
+        self.shared_limits = shared_limits
         self._pool: _Pool | None = None
 
     def __repr__(self) -> str:
@@ -140,6 +153,8 @@ class RayExecutor:
             _POOLS.pop(pool.key, None)
             for worker in pool.workers:
                 self._ray.kill(worker)
+            if pool.limits is not None:
+                stop_limits(self._ray, pool.limits)
 
     async def kickoffs(
         self,
@@ -171,7 +186,8 @@ class RayExecutor:
                 "worker makes its own client"
             )
         shipment = ship(crew, llm)
-        pool, crew_ref = await anyio.to_thread.run_sync(self._connect, shipment)
+        limits = declared_limits(crew.limits) if self.shared_limits else {}
+        pool, crew_ref = await anyio.to_thread.run_sync(self._connect, shipment, limits)
         results: list[CrewResult | CrewflowError | None] = [None] * len(inputs)
         limiter = anyio.CapacityLimiter(concurrency or max(1, len(inputs)))
         busy = [0] * len(pool.workers)
@@ -184,7 +200,7 @@ class RayExecutor:
                 worker = pool.workers[which]
                 run_id = None if run_ids is None else run_ids[index]
                 ref = worker.kickoff.remote(
-                    shipment.digest, crew_ref, dict(values), llm, version, run_id
+                    shipment.digest, crew_ref, dict(values), llm, version, run_id, pool.limits
                 )
                 try:
                     outcome = await ref
@@ -209,10 +225,11 @@ class RayExecutor:
             raise caught.exceptions[0] from None
         return [r for r in results if r is not None]
 
-    def _connect(self, shipment: Shipment) -> tuple[_Pool, Any]:
+    def _connect(self, shipment: Shipment, limits: dict[str, Limit]) -> tuple[_Pool, Any]:
         """Join (or start) the cluster, refuse a SQLite store on a multi-machine cluster, make
-        (or reuse) the worker pool and check its crewflow, and put the crew in the object
-        store. Runs in a worker thread: joining blocks for seconds."""
+        (or reuse) the worker pool and check its crewflow, declare ``limits`` to the pool's
+        limit actor (started with the first limits), and put the crew in the object store.
+        Runs in a worker thread: joining blocks for seconds."""
         ray = self._ray
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         if address not in (None, "auto", "local"):
@@ -240,6 +257,8 @@ class RayExecutor:
                 raise ConfigurationError(
                     str(_VersionMismatch(_version.__version__, worker_version, host))
                 )
+        if limits or pool.limits is not None:
+            pool.limits = start_limits(ray, limits, pool.limits)
         return pool, ray.put(shipment.payload)
 
     def _workers(self, runtime_env: dict[str, Any]) -> _Pool:
@@ -248,7 +267,9 @@ class RayExecutor:
         ray = self._ray
         count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         digest = hashlib.sha256(
-            json.dumps([runtime_env, count, self.worker_cpus], sort_keys=True).encode()
+            json.dumps(
+                [runtime_env, count, self.worker_cpus, self.shared_limits], sort_keys=True
+            ).encode()
         ).hexdigest()
         key = (ray.get_runtime_context().get_job_id(), digest)
         pool = _POOLS.get(key)
@@ -269,6 +290,9 @@ class _Pool:
 
     key: tuple[str, str]
     workers: list[Any]
+    limits: SharedLimits | None = None
+    """The pool's limit actor, once limits were declared (then kept, as a process keeps its
+    limits: the most recent declaration of a key wins, the others stay)."""
 
 
 _POOLS: dict[tuple[str, str], _Pool] = {}
@@ -374,12 +398,15 @@ class KickoffWorker:
         llm: str | None,
         driver_version: str,
         run_id: str | None = None,
+        limits: SharedLimits | None = None,
     ) -> CrewResult | CrewflowError | _VersionMismatch:
         """One kickoff of the crew ``payload`` pickles, its error returned as a value. With
         ``run_id``, the run of that id is brought to its end (kicked off under it, or
-        resumed)."""
+        resumed). With ``limits``, its LLM calls take their permits from the pool's limit
+        actor."""
         if _version.__version__ != driver_version:
             return _VersionMismatch(driver_version, _version.__version__, socket.gethostname())
+        use_limits(limits)
         crew = self._crews.get(digest)
         if crew is None:
             from crewflow.executors._ship import unship
