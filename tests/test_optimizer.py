@@ -468,6 +468,15 @@ async def test_retry_after_pauses_are_advised_a_rate_limit() -> None:
     assert advice.evidence[0].startswith("30 % of run time")
 
 
+async def test_waits_for_a_restarting_limit_actor_are_not_a_limit_to_raise() -> None:
+    # Kickoffs on Ray wait while the cluster's limit actor restarts: no Limit to tune.
+    store = MemoryStore()
+    waits = {"limits_actor:restarted": 5.0, "limits_actor:unavailable": 1.0}
+    await add_run(store, "run", [attempt("a", 0, 10, limit_waits=waits)])
+
+    assert (await analyze(store)).recommendations == []
+
+
 async def flaky_history(store: Store, *, error_type: str = "LLMError") -> None:
     """Seven runs of task ``flaky``: three fail once then succeed (3 of 10 attempts fail)."""
     for index in range(7):

@@ -174,6 +174,11 @@ class ManagedLLM(LLM):
                 response = await self.inner.complete(request)
             except LLMError as exc:
                 health = _health(exc)
+                if exc.status_code == 429 and exc.retry_after:
+                    # Paused before the permit goes back, so that no call (on any worker, with
+                    # shared limits) takes its slot in between and starts within the pause.
+                    policy = attempt.policy
+                    registry().pause(self.inner.limit_key, min(exc.retry_after, policy.max))
                 permit.release(
                     tokens=None if _processed(exc) else 0,
                     ok=health,
@@ -283,16 +288,14 @@ class ManagedLLM(LLM):
         return permit
 
     def _retry_delay(self, error: LLMError, call_attempt: int, rate_limited: int) -> float | None:
-        """Seconds before calling again, or ``None`` to give up; a 429's Retry-After also
-        pauses the model for every caller in the process.
+        """Seconds before calling again, or ``None`` to give up (a 429's Retry-After has
+        paused the model for every caller already).
 
         ``call_attempt`` counts this call's requests so far, ``rate_limited`` those answered
         with a 429: 429s spend ``rate_limit_attempts``, the others ``max_attempts``.
         """
         policy = self._attempt.policy
         if error.status_code == 429:
-            if error.retry_after:
-                registry().pause(self.inner.limit_key, min(error.retry_after, policy.max))
             spent, budget = rate_limited, policy.rate_limit_attempts
         else:
             spent, budget = call_attempt - rate_limited, policy.max_attempts

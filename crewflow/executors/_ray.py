@@ -6,9 +6,11 @@ pool of worker actors, at most ``concurrency`` at once, to the least busy worker
 long-lived Ray actor, one process, that runs many kickoffs at once on its own event loop, as a
 process of crewflow does: the agent loops, the LLM calls and the per-call layer (limits, cache,
 events, cancellation, HTTP clients) stay in that process and are shared by its kickoffs, and
-each kickoff records its run, with its lease, in the crew's store like any other. Results come
-back in input order; a kickoff's `CrewflowError` comes back as a value, so the driver reports
-failures exactly as the local `kickoff_for_each` does.
+each kickoff records its run, with its lease, in the crew's store like any other. The limits'
+counts are the exception: they live in one actor per pool that every worker asks
+(`crewflow.executors._limits`), so they hold cluster-wide. Results come back in input order;
+a kickoff's `CrewflowError` comes back as a value, so the driver reports failures exactly as the
+local `kickoff_for_each` does.
 
 Why actors rather than one Ray task per kickoff: kickoffs mostly wait on models, so a task per
 kickoff either holds a CPU while it waits or, with a fraction of a CPU each, makes Ray start a
@@ -37,6 +39,10 @@ from urllib.parse import urlsplit
 from crewflow import _version
 from crewflow._spec import new_id
 from crewflow.exceptions import ConfigurationError, CrewflowError, CrewRunError, RunInProgress
+from crewflow.executors._limits import SharedLimits, declared_limits
+from crewflow.executors._limits import start as start_limits
+from crewflow.executors._limits import stop as stop_limits
+from crewflow.executors._limits import use as use_limits
 from crewflow.executors._ray_tools import Prepared, Raised, raise_again, run_tool
 from crewflow.executors._ship import Shipment, by_value, ship
 from crewflow.tools import ToolExecutor
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from crewflow.crew import Crew, CrewResult
+    from crewflow.limits import Limit
     from crewflow.llm._base import LLM
     from crewflow.tools import Tool
 
@@ -93,6 +100,10 @@ class RayExecutor(ToolExecutor):
             their own, which reserve theirs.
         tool_cpus: The CPUs Ray reserves for each call of a tool made with
             ``@tool(executor=...)`` (CPU-heavy tools want a whole one).
+        shared_limits: Share the limits (concurrency, rpm, tpm, Retry-After pauses) across
+            every worker through one Ray actor, so the cluster as a whole keeps them (a round
+            trip of a few ms per LLM call; see "Scaling out"). ``False``: each worker keeps
+            them on its own. Until a limit is declared there is nothing to share and no actor.
 
     A worker that dies in the middle of a kickoff (killed, out of memory, its node lost) does
     not lose the kickoff: each input's run id is chosen here before it is submitted, and Ray
@@ -125,6 +136,7 @@ class RayExecutor(ToolExecutor):
         workers: int | None = None,
         worker_cpus: float = 0.0,
         tool_cpus: float = 1.0,
+        shared_limits: bool = True,
     ) -> None:
         try:
             import ray
@@ -149,6 +161,7 @@ class RayExecutor(ToolExecutor):
         self.workers = workers
         self.worker_cpus = worker_cpus
         self.tool_cpus = tool_cpus
+        self.shared_limits = shared_limits
         self._pool: _Pool | None = None
         self._tools: dict[int, tuple[Tool, Prepared]] = {}
 
@@ -165,6 +178,7 @@ class RayExecutor(ToolExecutor):
             "workers": self.workers,
             "worker_cpus": self.worker_cpus,
             "tool_cpus": self.tool_cpus,
+            "shared_limits": self.shared_limits,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -239,6 +253,8 @@ class RayExecutor(ToolExecutor):
             _POOLS.pop(pool.key, None)
             for worker in pool.workers:
                 self._ray.kill(worker)
+            if pool.limits is not None:
+                stop_limits(self._ray, pool.limits)
 
     async def kickoffs(
         self,
@@ -275,7 +291,8 @@ class RayExecutor(ToolExecutor):
                 "worker makes its own client"
             )
         shipment = ship(crew, llm)
-        pool, crew_ref = await anyio.to_thread.run_sync(self._connect, shipment)
+        limits = declared_limits(crew.limits) if self.shared_limits else {}
+        pool, crew_ref = await anyio.to_thread.run_sync(self._connect, shipment, limits)
         results: list[CrewResult | CrewflowError | None] = [None] * len(inputs)
         limiter = anyio.CapacityLimiter(concurrency or max(1, len(inputs)))
         busy = [0] * len(pool.workers)
@@ -290,7 +307,7 @@ class RayExecutor(ToolExecutor):
                 if on_start is not None:
                     on_start(index)
                 ref = worker.kickoff.remote(
-                    shipment.digest, crew_ref, dict(values), llm, version, run_id
+                    shipment.digest, crew_ref, dict(values), llm, version, run_id, pool.limits
                 )
                 try:
                     outcome = await ref
@@ -319,10 +336,11 @@ class RayExecutor(ToolExecutor):
             raise caught.exceptions[0] from None
         return [r for r in results if r is not None]
 
-    def _connect(self, shipment: Shipment) -> tuple[_Pool, Any]:
+    def _connect(self, shipment: Shipment, limits: dict[str, Limit]) -> tuple[_Pool, Any]:
         """Join (or start) the cluster, refuse a SQLite store on a multi-machine cluster, make
-        (or reuse) the worker pool and check its crewflow, and put the crew in the object
-        store. Runs in a worker thread: joining blocks for seconds."""
+        (or reuse) the worker pool and check its crewflow, declare ``limits`` to the pool's
+        limit actor (started with the first limits), and put the crew in the object store.
+        Runs in a worker thread: joining blocks for seconds."""
         ray = self._ray
         self._join()
         if shipment.sqlite is not None:
@@ -340,6 +358,8 @@ class RayExecutor(ToolExecutor):
                 raise ConfigurationError(
                     str(_VersionMismatch(_version.__version__, worker_version, host))
                 )
+        if limits or pool.limits is not None:
+            pool.limits = start_limits(ray, limits, pool.limits)
         return pool, ray.put(shipment.payload)
 
     def _workers(self, runtime_env: dict[str, Any]) -> _Pool:
@@ -348,7 +368,9 @@ class RayExecutor(ToolExecutor):
         ray = self._ray
         count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         digest = hashlib.sha256(
-            json.dumps([runtime_env, count, self.worker_cpus], sort_keys=True).encode()
+            json.dumps(
+                [runtime_env, count, self.worker_cpus, self.shared_limits], sort_keys=True
+            ).encode()
         ).hexdigest()
         key = (ray.get_runtime_context().get_job_id(), digest)
         pool = _POOLS.get(key)
@@ -382,6 +404,9 @@ class _Pool:
 
     key: tuple[str, str]
     workers: list[Any]
+    limits: SharedLimits | None = None
+    """The pool's limit actor, once limits were declared (then kept, as a process keeps its
+    limits: the most recent declaration of a key wins, the others stay)."""
 
 
 _POOLS: dict[tuple[str, str], _Pool] = {}
@@ -513,12 +538,15 @@ class KickoffWorker:
         llm: str | None,
         driver_version: str,
         run_id: str,
+        limits: SharedLimits | None = None,
     ) -> CrewResult | CrewflowError | _VersionMismatch:
         """Bring run ``run_id`` of the crew ``payload`` pickles to its end (kicked off under
         that id, or resumed when the store has it: a batch resumed, or this kickoff run again
-        after the worker running it died), its error returned as a value."""
+        after the worker running it died), its error returned as a value. With ``limits``, its
+        LLM calls take their permits from the pool's limit actor."""
         if _version.__version__ != driver_version:
             return _VersionMismatch(driver_version, _version.__version__, socket.gethostname())
+        use_limits(limits)
         crew = self._crews.get(digest)
         if crew is None:
             from crewflow.executors._ship import unship

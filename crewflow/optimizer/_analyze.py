@@ -131,8 +131,10 @@ def _process_advice(
     )
 
 
-def _limit_advice(limit: LimitWait, runs: int) -> Recommendation:
+def _limit_advice(limit: LimitWait, runs: int) -> Recommendation | None:
     """Advice on a limit ``limit.crew`` waited on, over its ``runs`` clean runs."""
+    if limit.kind == "limits_actor":  # Ray's limit actor was restarting: nothing to tune
+        return None
     crew = limit.crew
     evidence = [
         f"{_pct(limit.share)} of run time spent waiting on {limit.key} "

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 import pytest
 from pydantic import BaseModel
 
-from crewflow import Agent, Crew, RetryPolicy, Task, tool
+from crewflow import Agent, Crew, Limit, Limits, RetryPolicy, Task, tool
 from crewflow import events as ev
+from crewflow._runtime import limiter
+from crewflow._runtime.limiter import LimitRegistry, Permit
 from crewflow.exceptions import LLMError, OutputValidationError, TaskFailed
 from crewflow.testing import (
     Error,
@@ -84,6 +86,34 @@ async def test_a_429_waits_at_least_its_retry_after(fake_clock: FakeClock) -> No
     assert result.output.text == "ok"
     assert len(fake_clock.sleeps) == 1
     assert 7.0 <= fake_clock.sleeps[0] <= RetryPolicy().max
+
+
+async def test_a_429_pauses_its_model_before_its_permit_goes_back(
+    fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With limits shared by Ray workers, a slot given back before the pause would let another
+    # worker's call take it and reach the provider within the Retry-After.
+    order: list[str] = []
+
+    class Recording(LimitRegistry):
+        def pause(self, limit_key: str, seconds: float) -> None:
+            order.append("pause")
+            super().pause(limit_key, seconds)
+
+        def _release(
+            self, permit: Permit, tokens: int | None, ok: bool | None, request: str | None
+        ) -> None:
+            order.append("release")
+            super()._release(permit, tokens, ok, request)
+
+    recording = Recording()
+    monkeypatch.setattr(limiter, "_REGISTRY", recording)
+    llm = ScriptedLLM([Error(429, retry_after=7), "ok"])
+    recording.configure(Limits({llm.limit_key: Limit(concurrency=1)}))
+
+    await one_task_crew(llm).kickoff()
+
+    assert order == ["pause", "release", "release"]
 
 
 async def test_a_429_retry_after_is_capped_at_the_policy_max(fake_clock: FakeClock) -> None:
