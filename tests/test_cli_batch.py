@@ -220,6 +220,34 @@ def test_a_driver_killed_mid_batch_is_finished_by_resume_without_sending_anythin
     assert [item.status for item in items] == ["completed"] * 4
 
 
+def test_a_batch_another_live_process_is_carrying_out_is_not_resumed_beside_it(
+    tmp_path: Path, state: Path
+) -> None:
+    from crewflow.store import Lease
+
+    db = tmp_path / "runs.db"
+    first = batch(CREW, str(inputs(tmp_path, "a", "b")), "--db", str(db))
+    given = batch_id(first.stderr)
+    held = stored_batch(db, given).items[1].run_id
+
+    async def hold() -> None:
+        # Run "b" as a live process holds it: running, under a lease of this (live) process.
+        async with SQLiteStore(db) as store:
+            await store.reopen_run(held)
+            assert await store.take_lease(held, Lease.new(), replacing=None)
+
+    anyio.run(hold)
+    ran = calls(state)
+
+    again = batch("--resume", given, "--db", str(db))
+
+    assert again.exit_code == 2, again.output
+    assert "being carried out by another process" in again.stderr
+    assert f"input 1 (run {held})" in again.stderr
+    assert calls(state) == ran
+    assert [item.status for item in stored_batch(db, given).items] == ["completed"] * 2
+
+
 @pytest.mark.parametrize("columns", [60, 80, 120])
 def test_the_batch_renders_at_the_terminal_width_without_tracebacks(
     tmp_path: Path, state: Path, columns: int

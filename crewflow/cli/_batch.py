@@ -43,7 +43,7 @@ from crewflow.cli._common import (
 )
 from crewflow.cli._load import _finite, _not_json, crew_from_file
 from crewflow.cli._run import _recording_in
-from crewflow.exceptions import CrewflowError, CrewRunError
+from crewflow.exceptions import CrewflowError, CrewRunError, RunInProgress
 from crewflow.llm._models import check_model
 from crewflow.store import BatchItem, BatchRecord
 
@@ -342,6 +342,8 @@ class _Job:
             )
         if new:
             await store.start_batch(self.batch)
+        else:
+            await self._refuse_if_running_elsewhere(store)
         if self.ray is not None:
             await self._on_ray(store, view, lines, emitter)
             return
@@ -393,6 +395,24 @@ class _Job:
             on_end=ended,
         )
 
+    async def _refuse_if_running_elsewhere(self, store: Store) -> None:
+        """Refuse to resume a batch that another live process is still carrying out (one of
+        its runs is held by a lease that has not lapsed): the two would each find the other's
+        runs busy. A run held elsewhere that slips past this check (both started at once) is
+        still never run twice: its lease refuses the second."""
+        from crewflow._records import RunStatus
+
+        for item in self.batch.items:
+            record = await store.get_run(item.run_id)
+            if record is None or record.status != RunStatus.RUNNING or record.lease is None:
+                continue
+            if record.lease.lapsed() is None:
+                raise UsageProblem(
+                    f"batch {self.batch.batch_id} is being carried out by another process "
+                    f"({record.lease.owner}): its input {item.index} (run {item.run_id}) is "
+                    "running there. Let that process finish, or stop it, then resume"
+                )
+
     async def _ended(
         self,
         store: Store,
@@ -404,7 +424,9 @@ class _Job:
     ) -> None:
         error = outcome if isinstance(outcome, BaseException) else None
         status: BatchStatus = "completed" if error is None else "failed"
-        if item.status != status:
+        # A run another process holds is not this input failing: its status is that process's
+        # to record.
+        if item.status != status and not isinstance(error, RunInProgress):
             await store.set_batch_status(self.batch.batch_id, {item.index: status})
         lines[item.index] = output_line(item.index, item.run_id, outcome)
         if view is not None:
