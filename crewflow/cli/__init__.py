@@ -31,6 +31,7 @@ This package is imported only by the console script (and ``python -m crewflow``)
 - ``_progress``: `ProgressView`, the live per-task status lines;
 - ``_processes``: ``processes``, the built-in and plug-in processes;
 - ``_run``: ``run`` and ``resume`` (loads the crew machinery);
+- ``_supervise``: ``run --restart`` and ``resume --interrupted``, crews in child processes;
 - ``_store``: ``runs``, ``show``, ``cache clear``, ``optimize``; ``_render`` draws what they show;
 - ``_table``: `print_table`, the borderless tables of every command.
 

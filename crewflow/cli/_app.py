@@ -6,6 +6,7 @@ Typer reads the commands' annotations at runtime, so this module does not postpo
 """
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated
@@ -90,6 +91,34 @@ Database = Annotated[
 ]
 
 
+def _check_delay(value: str) -> str:
+    """Refuse a --restart-delay that is not a delay, as a usage error."""
+    from crewflow.cli._supervise import parse_delay
+
+    try:
+        parse_delay(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _shown(db: str) -> str:
+    from crewflow.cli._common import shown_database
+
+    return shown_database(db)
+
+
+def _check_run_id(value: str | None) -> str | None:
+    """Refuse a --run-id that could not name a run on a command line (empty, spaces, or a
+    leading dash)."""
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", value):
+        raise typer.BadParameter(
+            f"{value!r} is not a run id: use letters, digits and _.:- (at most 128), "
+            "starting with a letter or digit"
+        )
+    return value
+
+
 @app.command()
 def run(
     file: Annotated[
@@ -120,8 +149,59 @@ def run(
     ] = False,
     quiet: Quiet = False,
     db: Database = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id",
+            callback=_check_run_id,
+            metavar="RUN_ID",
+            help="The run's id (default: a fresh one). If the database holds that run already, "
+            "it is finished from its checkpoints instead, as `crewflow resume` would.",
+        ),
+    ] = None,
+    restart: Annotated[
+        int | None,
+        typer.Option(
+            "--restart",
+            min=0,
+            metavar="N",
+            help="Run the crew in a child process and, when that process dies (killed, out of "
+            "memory, crashed), resume the run from its checkpoints, up to N times. A run that "
+            "fails on its own terms is not restarted.",
+        ),
+    ] = None,
+    restart_delay: Annotated[
+        str,
+        typer.Option(
+            "--restart-delay",
+            callback=_check_delay,
+            metavar="DELAY",
+            help="With --restart: wait this long before each restart (10s, 500ms, 2m, 0).",
+        ),
+    ] = "10s",
 ) -> None:
-    """Run the crew defined in FILE and show its progress and final output."""
+    """Run the crew defined in FILE and show its progress and final output.
+
+    With --restart N, a supervisor runs it in a child process, which owns the terminal (its live
+    view shows as usual), and restarts it when the process dies, printing one line per restart.
+    """
+    if restart is not None:
+        from crewflow.cli._supervise import parse_delay, supervise_run
+
+        forwarded = [str(file), *(["--model", model] if model else [])]
+        for value in inputs or []:
+            forwarded += ["--input", value]
+        forwarded += [*(["--json"] if as_json else []), *(["--quiet"] if quiet else [])]
+        forwarded += ["--db", db] if db is not None else []
+        options = f" --model {model}" if model else ""
+        options += f" --db {_shown(db)}" if db is not None else ""
+        delay = parse_delay(restart_delay)
+        _exit(
+            supervise_run(
+                forwarded, restarts=restart, delay=delay, run_id=run_id, resume_options=options
+            )
+        )
+        return
     from crewflow.cli._run import run_file
 
     _exit(
@@ -133,6 +213,7 @@ def run(
             quiet=quiet,
             db=db,
             freeze_heap=_OWN_PROCESS.get(),
+            run_id=run_id,
         )
     )
 
@@ -213,7 +294,9 @@ def batch_command(
 
 @app.command("resume")
 def resume_command(
-    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to resume.")],
+    run_id: Annotated[
+        str | None, typer.Argument(metavar="[RUN_ID]", help="The run to resume.")
+    ] = None,
     file: Annotated[
         Path | None,
         typer.Option(
@@ -239,12 +322,60 @@ def resume_command(
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
     quiet: Quiet = False,
     db: Database = None,
+    interrupted: Annotated[
+        bool,
+        typer.Option(
+            "--interrupted",
+            help="Instead of RUN_ID: resume every interrupted run (its process died, or its "
+            "lease expired), each in a child process, and report each one's outcome.",
+        ),
+    ] = False,
+    crew: Annotated[
+        str | None,
+        typer.Option(
+            "--crew", "-c", metavar="NAME", help="With --interrupted: only this crew's runs."
+        ),
+    ] = None,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            "-k",
+            min=1,
+            metavar="K",
+            help="With --interrupted: resume K runs at once (default: one after another).",
+        ),
+    ] = 1,
 ) -> None:
     """Finish a failed or interrupted run: only the tasks that had not finished run again.
 
     The crew is loaded from the file the run was started from (`crewflow run` recorded it). A
     completed run is left as it is: there is nothing to resume (--rerun runs it again).
+
+    With --interrupted, every run whose process died is resumed, oldest first; runs another
+    live process holds are skipped. The exit code is 1 when one of them failed.
     """
+    if interrupted:
+        from crewflow.cli._supervise import resume_interrupted
+
+        _refuse_with_interrupted(run_id=run_id, file=file, rerun=rerun)
+        code = resume_interrupted(
+            crew=crew,
+            parallel=parallel,
+            model=model,
+            force=force,
+            as_json=as_json,
+            db=db,
+        )
+        _exit(code)
+        return
+    if run_id is None:
+        raise typer.BadParameter(
+            "give the RUN_ID to resume, or --interrupted to resume every interrupted run",
+            param_hint="RUN_ID",
+        )
+    if crew is not None or parallel != 1:
+        raise typer.BadParameter("--crew and --parallel go with --interrupted")
     from crewflow.cli._run import resume_run
 
     code = resume_run(
@@ -258,6 +389,16 @@ def resume_command(
         db=db,
     )
     _exit(code)
+
+
+def _refuse_with_interrupted(*, run_id: str | None, file: Path | None, rerun: bool) -> None:
+    given = [
+        name for name, value in (("RUN_ID", run_id), ("--file", file), ("--rerun", rerun)) if value
+    ]
+    if given:
+        raise typer.BadParameter(
+            f"--interrupted resumes every interrupted run: it takes no {', '.join(given)}"
+        )
 
 
 @app.command("runs")

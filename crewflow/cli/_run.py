@@ -85,8 +85,14 @@ def run_file(
     stdout: Console | None = None,
     stderr: Console | None = None,
     freeze_heap: bool = False,
+    run_id: str | None = None,
 ) -> int:
     """What ``crewflow run`` does; returns the exit code instead of raising.
+
+    With ``run_id``, the run has that id; when the crew's store already holds a run of that
+    id, it is finished instead (resumed from its checkpoints, as ``crewflow resume`` does; a
+    completed one is read back, and nothing runs): the same command, run again after its process
+    died, carries the run on. That is how ``crewflow run --restart`` restarts its child.
 
     With ``freeze_heap`` (the console script's own process only), everything loaded until the
     crew file is, imports included, moves to the garbage collector's permanent generation
@@ -111,7 +117,10 @@ def run_file(
             crew = _recording_in(loaded.crew, db)
             # The absolute path: `crewflow resume` finds the file again from any directory.
             with run_source(str(loaded.path), loaded.attribute):
-                result = kickoff(crew, values, llm, view)
+                if run_id is None:
+                    result = kickoff(crew, values, llm, view)
+                else:
+                    result = carry_out(crew, run_id, values, llm, view)
     except (Exception, KeyboardInterrupt) as exc:
         code = exit_code(err, exc)
         recorded = crew is not None and crew.store is not None
@@ -273,6 +282,18 @@ def kickoff(
 ) -> CrewResult:
     """Run ``crew`` on its own event loop (``anyio.run``), showing progress on ``view``."""
     return _watching(crew, view, lambda watched: watched.kickoff(inputs, llm=llm))
+
+
+def carry_out(
+    crew: Crew,
+    run_id: str,
+    inputs: dict[str, Any],
+    llm: str | None,
+    view: ProgressView | None,
+) -> CrewResult:
+    """Run ``crew`` as the run ``run_id``, or finish that run when its store already holds it
+    (`Crew._carry_out`), on its own event loop, showing progress."""
+    return _watching(crew, view, lambda watched: watched._carry_out(inputs, run_id, llm))
 
 
 def resume(
