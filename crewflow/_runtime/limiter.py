@@ -24,6 +24,12 @@ may be used from several threads: its state is plain counters, buckets and queue
 in the waiter's loop and set from another thread through ``loop.call_soon_threadsafe``. Time
 comes from `current_clock`, so tests run on a fake clock.
 
+**Auto concurrency.** A key declared with ``Limit(concurrency="auto")`` (or an `Auto`) has a
+`crewflow._runtime.capacity.Controller` in its state, made on first use (at `learn`'s start
+when a run read one from its store, else a conservative start): its limit stands in for a fixed
+concurrency, and each released call reports its outcome and latency to it. `Permit.release`
+returns the changes, so that the run whose call caused one emits and records it.
+
 **Fast path.** A call with no applicable limit, no state for its key (no pause, no failure ever
 counted) takes two dict lookups and no lock.
 """
@@ -36,9 +42,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from crewflow._runtime.capacity import Change, Controller
 from crewflow._runtime.clock import current_clock
 from crewflow.exceptions import ConfigurationError, LLMError
-from crewflow.limits import Breaker, Limit, Limits
+from crewflow.limits import Auto, Breaker, Limit, Limits
 
 if TYPE_CHECKING:
     import asyncio
@@ -106,6 +113,7 @@ class _KeyState:
     """Everything the registry remembers about one key."""
 
     __slots__ = (
+        "auto",
         "blocked_on",
         "breaker",
         "breaker_waiters",
@@ -122,6 +130,7 @@ class _KeyState:
 
     def __init__(self) -> None:
         self.in_flight = 0
+        self.auto: Controller | None = None  # the auto limit's controller, made on first use
         self.queue: deque[_Waiter] = deque()
         self.blocked_on = "concurrency"  # what the queue's head waits for (for Permit.reasons)
         self.requests: _Bucket | None = None  # None: full (never used)
@@ -167,16 +176,20 @@ class _Rule:
     tpm: float | None
     request_capacity: float
     token_capacity: float
+    auto: Auto | None = None  # concurrency follows the key's controller
 
     @classmethod
     def of(cls, limit: Limit) -> _Rule:
+        concurrency = limit.concurrency
+        auto = concurrency if isinstance(concurrency, Auto) else None
         return cls(
             limit,
-            limit.concurrency,
+            None if auto is not None else concurrency,  # type: ignore[arg-type]
             limit.rpm,
             limit.tpm,
             limit.request_capacity,
             limit.token_capacity,
+            auto,
         )
 
 
@@ -189,6 +202,7 @@ class _Hold:
     state: _KeyState
     request: bool  # took one request from the rpm bucket
     tokens: float | None  # charged to the tpm bucket (None: no tpm limit)
+    started: float = 0.0  # clock time it was taken (an auto limit's latency)
 
 
 @dataclass(slots=True)
@@ -210,8 +224,13 @@ class Permit:
     _released: bool = field(default=False, repr=False, compare=False)
 
     def release(
-        self, *, tokens: int | None = None, ok: bool | None = None, request: str | None = None
-    ) -> None:
+        self,
+        *,
+        tokens: int | None = None,
+        ok: bool | None = None,
+        request: str | None = None,
+        status_code: int | None = None,
+    ) -> tuple[Change, ...]:
         """Free the call's concurrency slots and report how it went. Idempotent.
 
         Args:
@@ -223,9 +242,14 @@ class Permit:
             request: The failed request's key (`crewflow._runtime.cache.cache_key`): failures
                 of one request count as one request toward ``Breaker.requests``. ``None``: a
                 request of its own.
+            status_code: The provider's HTTP status of a failed call: a 429 or a 5xx is
+                pushback for an auto concurrency limit.
+
+        Returns:
+            The changes of auto concurrency limits this call's outcome caused (mostly none).
         """
         if self._released:
-            return
+            return ()
         self._released = True
         registry = self._registry
         if registry is None or (
@@ -233,8 +257,8 @@ class Permit:
             and not self._trial
             and (ok is None or (ok and self._limit_key not in registry._states))
         ):
-            return
-        registry._release(self, tokens, ok, request)
+            return ()
+        return registry._release(self, tokens, ok, request, status_code)
 
 
 class LimitRegistry:
@@ -270,6 +294,11 @@ class LimitRegistry:
                 state = self._states.get(key)
                 if state is not None:
                     _carry_buckets(state, self._limits.get(key), rule, current_clock().now())
+                    if state.auto is not None:
+                        if rule.auto is None:
+                            state.auto = None
+                        else:
+                            state.auto.rebound(rule.auto)
                     state.wake_head()
             self._limits = {**self._limits, **rules}
             # Limits that do not mention a breaker leave the process's breaker as it is.
@@ -335,6 +364,40 @@ class LimitRegistry:
             if state.paused_until is None or state.paused_until < until:
                 state.paused_until = until
 
+    def learn(self, key: str, start: int) -> Change | None:
+        """Start ``key``'s auto concurrency at ``start`` (what earlier runs learned, within its
+        bounds), unless its controller runs already: what this process learned is newer.
+
+        Returns:
+            The change to ``start`` from the conservative start (``reason="learned"``), or
+            ``None`` when the key is not auto, already running, or starts there anyway.
+        """
+        with self._lock:
+            rule = self._limits.get(key)
+            if rule is None or rule.auto is None:
+                return None
+            state = self._state(key)
+            if state.auto is not None:
+                return None
+            state.auto = Controller(key, rule.auto)
+            old = state.auto.limit
+            state.auto.learned(start)
+            state.wake_head()
+            if state.auto.limit == old:
+                return None
+            return Change(key, old, state.auto.limit, "learned", current_clock().now())
+
+    def declared(self, limit_key: str, model: str) -> bool:
+        """Whether a limit is declared for the model of ``limit_key`` (by it or ``model``)."""
+        limits = self._limits
+        return limit_key in limits or model in limits
+
+    def concurrency(self, key: str) -> int | None:
+        """The auto concurrency limit of ``key`` now (``None``: not auto, or not used yet)."""
+        state = self._states.get(key)
+        controller = state.auto if state is not None else None
+        return controller.limit if controller is not None else None
+
     def state(self, key: str) -> dict[str, Any]:
         """A snapshot of one key, for tests and diagnostics.
 
@@ -342,7 +405,8 @@ class LimitRegistry:
             ``limit`` (the declared `Limit` or ``None``), ``in_flight``, ``waiting``,
             ``rpm_tokens`` and ``tpm_tokens`` (bucket levels now, ``None`` without that rate),
             ``paused_until`` (clock time or ``None``), ``breaker`` (``"closed"``, ``"open"``
-            or ``"half_open"``) and ``failures`` (consecutive counted failures).
+            or ``"half_open"``), ``failures`` (consecutive counted failures) and
+            ``concurrency`` (an auto limit's value now, else ``None``).
         """
         with self._lock:
             now = current_clock().now()
@@ -367,6 +431,7 @@ class LimitRegistry:
                 "paused_until": paused if paused is not None and paused > now else None,
                 "breaker": breaker,
                 "failures": state.failures,
+                "concurrency": state.auto.limit if state.auto is not None else None,
             }
 
     def reset(self) -> None:
@@ -595,6 +660,12 @@ class LimitRegistry:
             limit = _NO_RULE
         if limit.concurrency is not None and state.in_flight >= limit.concurrency:
             return None, "concurrency"
+        if limit.auto is not None:
+            controller = state.auto
+            if controller is None:
+                controller = state.auto = Controller(key, limit.auto)
+            if state.in_flight >= controller.limit:
+                return None, "concurrency"
         if limit.rpm is not None:
             rate = limit.rpm / 60
             bucket = state.requests = _refill(state.requests, rate, limit.request_capacity, now)
@@ -614,7 +685,7 @@ class LimitRegistry:
             charged = float(tokens)
             if tokens > 0 and state.tokens is not None:
                 state.tokens.level -= tokens  # may go below zero: a debt later calls wait for
-        permit._held.append(_Hold(key, state, limit.rpm is not None, charged))
+        permit._held.append(_Hold(key, state, limit.rpm is not None, charged, now))
         return None, ""
 
     def _give_back(self, permit: Permit, now: float) -> None:
@@ -640,16 +711,33 @@ class LimitRegistry:
                 state.wake_breaker_waiters()
 
     def _release(
-        self, permit: Permit, tokens: int | None, ok: bool | None, request: str | None
-    ) -> None:
+        self,
+        permit: Permit,
+        tokens: int | None,
+        ok: bool | None,
+        request: str | None,
+        status_code: int | None,
+    ) -> tuple[Change, ...]:
+        changes: tuple[Change, ...] = ()
         with self._lock:
             now = current_clock().now()
             for hold in permit._held:
-                hold.state.in_flight -= 1
+                state = hold.state
+                state.in_flight -= 1
                 limit = self._limits.get(hold.key)
                 if tokens is not None and hold.tokens is not None and limit and limit.tpm:
-                    _correct_tokens(hold.state, limit, tokens - hold.tokens, now)
-                hold.state.wake_head()
+                    _correct_tokens(state, limit, tokens - hold.tokens, now)
+                if state.auto is not None:
+                    change = state.auto.observe(
+                        started=hold.started,
+                        now=now,
+                        status_code=status_code,
+                        ok=ok,
+                        in_flight=state.in_flight,
+                    )
+                    if change is not None:
+                        changes = (*changes, change)
+                state.wake_head()
             permit._held.clear()
             if ok is None:
                 self._end_trial(permit)
@@ -660,6 +748,7 @@ class LimitRegistry:
                     self._forget_if_idle(permit._limit_key, state)
             else:
                 self._count_failure(permit, now, request)
+        return changes
 
     def _count_failure(self, permit: Permit, now: float, request: str | None) -> None:
         config = self._breaker

@@ -1,0 +1,163 @@
+"""``Limit(concurrency="auto")`` and ``Crew(max_concurrency="auto")`` against a model with a
+hidden capacity (`crewflow.testing.Capacity`), in virtual time: counts, never durations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from crewflow import Agent, Auto, Crew, Limit, Limits, Task, events
+from crewflow._runtime.limiter import registry
+from crewflow.exceptions import ConfigurationError
+from crewflow.store import SQLiteStore
+from crewflow.testing import (
+    Capacity,
+    Error,
+    FunctionLLM,
+    Text,
+    capture_events,
+    reset_limits,
+    run_virtual,
+)
+
+
+def fan_out(llm: FunctionLLM, tasks: int, **crew: object) -> Crew:
+    agent = Agent(role="Worker", goal="answer", llm=llm)
+    items = [Task(f"item {i}", agent=agent, context=[]) for i in range(tasks)]
+    return Crew(tasks=items, process="parallel", **crew)  # type: ignore[arg-type]
+
+
+def test_crew_max_concurrency_says_what_it_takes() -> None:
+    with pytest.raises(ConfigurationError, match="'auto' to let each model's limit"):
+        Crew(tasks=[Task("x")], max_concurrency="automatic")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="whole number >= 1"):
+        Crew(tasks=[Task("x")], max_concurrency=0)
+
+
+def test_the_limit_finds_a_rejecting_capacity_and_the_run_records_each_change(
+    tmp_path: Path,
+) -> None:
+    hidden = Capacity(3, mode="reject", latency=0.2)
+    llm = FunctionLLM(hidden, model="hidden")
+
+    async def main() -> tuple[list[events.ConcurrencyChanged], list[object]]:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            crew = fan_out(llm, 60, max_concurrency="auto", store=store)
+            with capture_events() as captured:
+                result = await crew.kickoff()
+            return captured.of_type(events.ConcurrencyChanged), await store.attempts(
+                result.run_id
+            )
+
+    changes, attempts = run_virtual(main)
+    assert hidden.served == 60
+    assert hidden.max_in_flight == 3  # the provider never held more than its capacity
+    assert changes[0].reason == "rate_limited" and changes[0].key == llm.limit_key
+    assert changes[-1].new <= 3
+    assert hidden.rejected <= 2 * 3 + 5
+    recorded = [
+        change
+        for attempt in attempts
+        for change in attempt.details.get("concurrency", [])  # type: ignore[attr-defined, union-attr]
+    ]
+    assert sorted((c["old"], c["new"], c["reason"]) for c in recorded) == sorted(  # type: ignore[index]
+        (c.old, c.new, c.reason) for c in changes
+    )
+
+
+def test_the_limit_backs_off_from_replies_slowed_by_load() -> None:
+    hidden = Capacity(4, mode="slow", latency=0.2)
+    llm = FunctionLLM(hidden, model="hidden")
+
+    async def main() -> list[events.ConcurrencyChanged]:
+        crew = fan_out(llm, 80, limits=Limits({"hidden": Limit(concurrency=Auto(max=32))}))
+        with capture_events() as captured:
+            await crew.kickoff()
+        return captured.of_type(events.ConcurrencyChanged)
+
+    changes = run_virtual(main)
+    assert "latency" in {change.reason for change in changes}
+    assert hidden.rejected == 0
+    # It grew past the capacity, then latency held it back, far from its max of 32 (which
+    # buys nothing here: the provider serves 4 at a time however many wait).
+    assert max(change.new for change in changes) > 4
+    assert changes[-1].new <= 4 * 4
+
+
+def test_a_second_process_starts_from_what_the_store_learned(tmp_path: Path) -> None:
+    hidden = Capacity(3, mode="reject", latency=0.2)
+    llm = FunctionLLM(hidden, model="hidden")
+
+    async def kickoff() -> list[events.ConcurrencyChanged]:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            crew = fan_out(llm, 40, max_concurrency="auto", store=store)
+            with capture_events() as captured:
+                await crew.kickoff()
+            return captured.of_type(events.ConcurrencyChanged)
+
+    first = run_virtual(kickoff)
+    rejected = hidden.rejected
+    reset_limits()  # a new process: nothing live, only the store
+    second = run_virtual(kickoff)
+    assert second[0].reason == "learned" and second[0].new == first[-1].new
+    assert hidden.rejected - rejected <= 2  # started at what it learned
+
+
+def test_an_auto_limit_is_shared_by_crews_running_at_once() -> None:
+    hidden = Capacity(2, mode="reject", latency=0.2)
+    llm = FunctionLLM(hidden, model="hidden")
+
+    async def main() -> None:
+        shared = Limits({"hidden": Limit(concurrency="auto")})
+        async with anyio.create_task_group() as group:
+            for _ in range(2):
+                group.start_soon(fan_out(llm, 30, limits=shared).kickoff)
+
+    run_virtual(main)
+    assert hidden.served == 60
+    assert registry().concurrency("hidden") is not None
+    assert hidden.rejected <= 2 * 2 + 5
+
+
+def test_a_declared_model_limit_wins_over_the_crew_shortcut() -> None:
+    llm = FunctionLLM(lambda request: "ok", model="fixed")
+
+    async def main() -> None:
+        crew = fan_out(
+            llm, 3, max_concurrency="auto", limits=Limits({"fixed": Limit(concurrency=2)})
+        )
+        await crew.kickoff()
+
+    run_virtual(main)
+    assert registry().state("fixed")["limit"] == Limit(concurrency=2)
+    assert registry().concurrency("fixed") is None
+
+
+def test_the_capacity_double_rejects_above_its_capacity_and_slows_in_proportion() -> None:
+    async def main() -> tuple[list[object], list[float]]:
+        rejecting = Capacity(2, mode="reject", latency=1.0)
+        slowing = Capacity(2, mode="slow", latency=1.0)
+        replies: list[object] = []
+        finished: list[float] = []
+
+        async def ask(capacity: Capacity) -> None:
+            replies.append(await capacity(None))
+            finished.append(anyio.current_time())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(ask, rejecting)
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(ask, slowing)
+        return replies, finished
+
+    replies, finished = run_virtual(main)
+    assert [type(reply) for reply in replies[:3]].count(Error) == 1
+    assert any(isinstance(r, Error) and r.retry_after == 1.0 for r in replies[:3])
+    assert all(isinstance(reply, Text) for reply in replies[3:])
+    start = finished[2]  # the slow ones started when the rejecting ones were done
+    # Arrivals 1 and 2 are within the capacity; 3 and 4 take 1.5x and 2x the latency.
+    assert [round(t - start, 6) for t in finished[3:]] == [1.0, 1.0, 1.5, 2.0]
