@@ -258,7 +258,11 @@ class Permit:
             and (ok is None or (ok and self._limit_key not in registry._states))
         ):
             return ()
-        return registry._release(self, tokens, ok, request, status_code)
+        auto = [hold for hold in self._held if hold.state.auto is not None]
+        registry._release(self, tokens, ok, request)
+        if not auto:
+            return ()
+        return registry._observe(auto, ok, status_code)
 
 
 class LimitRegistry:
@@ -405,8 +409,8 @@ class LimitRegistry:
             ``limit`` (the declared `Limit` or ``None``), ``in_flight``, ``waiting``,
             ``rpm_tokens`` and ``tpm_tokens`` (bucket levels now, ``None`` without that rate),
             ``paused_until`` (clock time or ``None``), ``breaker`` (``"closed"``, ``"open"``
-            or ``"half_open"``), ``failures`` (consecutive counted failures) and
-            ``concurrency`` (an auto limit's value now, else ``None``).
+            or ``"half_open"``) and ``failures`` (consecutive counted failures); an auto
+            concurrency limit's value is `concurrency`.
         """
         with self._lock:
             now = current_clock().now()
@@ -431,7 +435,6 @@ class LimitRegistry:
                 "paused_until": paused if paused is not None and paused > now else None,
                 "breaker": breaker,
                 "failures": state.failures,
-                "concurrency": state.auto.limit if state.auto is not None else None,
             }
 
     def reset(self) -> None:
@@ -711,33 +714,16 @@ class LimitRegistry:
                 state.wake_breaker_waiters()
 
     def _release(
-        self,
-        permit: Permit,
-        tokens: int | None,
-        ok: bool | None,
-        request: str | None,
-        status_code: int | None,
-    ) -> tuple[Change, ...]:
-        changes: tuple[Change, ...] = ()
+        self, permit: Permit, tokens: int | None, ok: bool | None, request: str | None
+    ) -> None:
         with self._lock:
             now = current_clock().now()
             for hold in permit._held:
-                state = hold.state
-                state.in_flight -= 1
+                hold.state.in_flight -= 1
                 limit = self._limits.get(hold.key)
                 if tokens is not None and hold.tokens is not None and limit and limit.tpm:
-                    _correct_tokens(state, limit, tokens - hold.tokens, now)
-                if state.auto is not None:
-                    change = state.auto.observe(
-                        started=hold.started,
-                        now=now,
-                        status_code=status_code,
-                        ok=ok,
-                        in_flight=state.in_flight,
-                    )
-                    if change is not None:
-                        changes = (*changes, change)
-                state.wake_head()
+                    _correct_tokens(hold.state, limit, tokens - hold.tokens, now)
+                hold.state.wake_head()
             permit._held.clear()
             if ok is None:
                 self._end_trial(permit)
@@ -748,7 +734,30 @@ class LimitRegistry:
                     self._forget_if_idle(permit._limit_key, state)
             else:
                 self._count_failure(permit, now, request)
-        return changes
+
+    def _observe(
+        self, holds: list[_Hold], ok: bool | None, status_code: int | None
+    ) -> tuple[Change, ...]:
+        """Tell the auto limits of a released call's ``holds`` how it went."""
+        changes: list[Change] = []
+        with self._lock:
+            now = current_clock().now()
+            for hold in holds:
+                controller = hold.state.auto
+                if controller is None:  # redeclared fixed meanwhile
+                    continue
+                change = controller.observe(
+                    started=hold.started,
+                    now=now,
+                    status_code=status_code,
+                    ok=ok,
+                    in_flight=hold.state.in_flight,
+                )
+                if change is not None:
+                    changes.append(change)
+                    if change.new > change.old:
+                        hold.state.wake_head()
+        return tuple(changes)
 
     def _count_failure(self, permit: Permit, now: float, request: str | None) -> None:
         config = self._breaker

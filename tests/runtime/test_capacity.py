@@ -148,7 +148,7 @@ async def test_the_registry_holds_an_auto_key_to_its_controller_and_reports_chan
         assert limits.concurrency("search") == CONSERVATIVE_START + 1
         cut = permits.pop().release(ok=None, status_code=429)
         assert cut and cut[0].reason == "rate_limited"
-        assert limits.state("search")["concurrency"] == cut[0].new
+        assert limits.concurrency("search") == cut[0].new
         for permit in permits:
             permit.release(ok=True)
 
