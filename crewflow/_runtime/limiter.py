@@ -258,11 +258,12 @@ class Permit:
             and (ok is None or (ok and self._limit_key not in registry._states))
         ):
             return ()
+        if not registry._auto:  # no auto limit declared: nothing to observe
+            registry._release(self, tokens, ok, request)
+            return ()
         auto = [hold for hold in self._held if hold.state.auto is not None]
         registry._release(self, tokens, ok, request)
-        if not auto:
-            return ()
-        return registry._observe(auto, ok, status_code)
+        return registry._observe(auto, ok, status_code) if auto else ()
 
 
 class LimitRegistry:
@@ -277,6 +278,7 @@ class LimitRegistry:
         self._limits: dict[str, _Rule] = {}
         self._states: dict[str, _KeyState] = {}
         self._breaker: Breaker | None = Breaker()
+        self._auto = False  # some key has an auto concurrency limit
 
     def configure(self, limits: Limits) -> None:
         """Declare limits; the most recent declaration of a key wins, other keys stay.
@@ -305,6 +307,7 @@ class LimitRegistry:
                             state.auto.rebound(rule.auto)
                     state.wake_head()
             self._limits = {**self._limits, **rules}
+            self._auto = any(rule.auto is not None for rule in self._limits.values())
             # Limits that do not mention a breaker leave the process's breaker as it is.
             if "breaker" in limits.model_fields_set:
                 self._breaker = limits.breaker
@@ -443,6 +446,7 @@ class LimitRegistry:
             states = self._states
             self._states = {}
             self._limits = {}
+            self._auto = False
             self._breaker = Breaker()
             for state in states.values():
                 for waiter in state.queue:
