@@ -47,9 +47,7 @@ def test_the_limit_finds_a_rejecting_capacity_and_the_run_records_each_change(
             crew = fan_out(llm, 60, max_concurrency="auto", store=store)
             with capture_events() as captured:
                 result = await crew.kickoff()
-            return captured.of_type(events.ConcurrencyChanged), await store.attempts(
-                result.run_id
-            )
+            return captured.of_type(events.ConcurrencyChanged), await store.attempts(result.run_id)
 
     changes, attempts = run_virtual(main)
     assert hidden.served == 60

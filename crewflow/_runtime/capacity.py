@@ -4,8 +4,9 @@
 `CONSERVATIVE_START`) and grows by one per healthy reply until the first pushback (slow start:
 it doubles every round trip), then by one per window of healthy replies (a window: as many
 replies as the limit). Only replies that come back while the key uses its whole limit count:
-a run's tail, with fewer calls left than the limit, says nothing of the capacity. Pushback is a 429, a 5xx, another failure the breaker counts, or a reply
-slower than `LATENCY_FACTOR` times the fastest recent one; it cuts the limit to `DECREASE`
+a run's tail, with fewer calls left than the limit, says nothing of the capacity. Pushback is a 429, a 5xx, another failure the breaker counts, or replies
+slower than `LATENCY_FACTOR` times the baseline (the fastest recent one), on a moving average
+(weight `LATENCY_WEIGHT` for the newest): one long answer is not overload, a run of them is; it cuts the limit to `DECREASE`
 times itself (never below ``Auto.min``; a 429 cuts it to the calls still in flight when that
 is fewer: those the provider is serving) and remembers the level that was refused as the
 ceiling. Below the ceiling the limit grows by a window as before; at one below it, it only
@@ -35,6 +36,7 @@ __all__ = [
     "CONSERVATIVE_START",
     "DECREASE",
     "LATENCY_FACTOR",
+    "LATENCY_WEIGHT",
     "PROBE_WINDOWS",
     "Change",
     "Controller",
@@ -49,7 +51,10 @@ CONSERVATIVE_START = 4
 DECREASE = 0.7
 """What a pushback multiplies the limit by."""
 LATENCY_FACTOR = 2.0
-"""A reply slower than this many times the baseline (the fastest recent reply) is pushback."""
+"""Replies slower on average than this many times the baseline (the fastest recent reply) are
+pushback."""
+LATENCY_WEIGHT = 0.2
+"""The weight of the newest reply's latency in the moving average compared to the baseline."""
 PROBE_WINDOWS = 8
 """Windows of healthy replies at one below the ceiling before the limit probes it again."""
 # The baseline forgets: each reply lets it drift up by this fraction toward slower replies, so a
@@ -82,6 +87,7 @@ class Controller:
         "ceiling",
         "key",
         "limit",
+        "recent",
     )
 
     def __init__(self, key: str, bounds: Auto, start: int | None = None) -> None:
@@ -90,6 +96,7 @@ class Controller:
         self.limit = self._bounded(CONSERVATIVE_START if start is None else start)
         self.ceiling: int | None = None  # the level of the last pushback (None: slow start)
         self.baseline: float | None = None
+        self.recent = 0.0  # the moving average of latencies
         self._healthy = 0  # healthy replies since the last change
         self._probe = PROBE_WINDOWS  # windows at one below the ceiling before probing it
         self._cut_at = -math.inf
@@ -137,11 +144,15 @@ class Controller:
         elif ok:
             latency = now - started
             baseline = self.baseline
-            if baseline is None or latency < baseline:
-                self.baseline = latency
+            if baseline is None:
+                self.baseline = self.recent = latency
             else:
-                self.baseline = baseline + (latency - baseline) * _BASELINE_DRIFT
-                if baseline > 0 and latency > LATENCY_FACTOR * baseline:
+                self.recent += (latency - self.recent) * LATENCY_WEIGHT
+                if latency < baseline:
+                    self.baseline = latency
+                else:
+                    self.baseline = baseline + (latency - baseline) * _BASELINE_DRIFT
+                if baseline > 0 and self.recent > LATENCY_FACTOR * baseline:
                     reason = "latency"
             if reason is None:
                 # Only a key using its whole limit learns that it could take more (the tail of
@@ -150,6 +161,8 @@ class Controller:
         if reason is None or started < self._cut_at:
             return None
         limit, ceiling = self.limit, self.ceiling
+        if self.baseline is not None:
+            self.recent = self.baseline  # the next run of slow replies counts afresh
         if ceiling is not None and limit >= ceiling:
             self._probe *= 2  # a probe refused: probe less often
         new = math.floor(limit * DECREASE)
