@@ -3,7 +3,7 @@ hidden capacity (`crewflow.testing.Capacity`), in virtual time: counts, never du
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -21,6 +21,9 @@ from crewflow.testing import (
     reset_limits,
     run_virtual,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def fan_out(llm: FunctionLLM, tasks: int, **crew: object) -> Crew:
@@ -52,7 +55,7 @@ def test_the_limit_finds_a_rejecting_capacity_and_the_run_records_each_change(
     changes, attempts = run_virtual(main)
     assert hidden.served == 60
     assert hidden.max_in_flight == 3  # the provider never held more than its capacity
-    assert changes[0].reason == "rate_limited" and changes[0].key == llm.limit_key
+    assert (changes[0].reason, changes[0].key) == ("rate_limited", llm.limit_key)
     assert changes[-1].new <= 3
     assert hidden.rejected <= 2 * 3 + 5
     recorded = [
@@ -99,7 +102,7 @@ def test_a_second_process_starts_from_what_the_store_learned(tmp_path: Path) -> 
     rejected = hidden.rejected
     reset_limits()  # a new process: nothing live, only the store
     second = run_virtual(kickoff)
-    assert second[0].reason == "learned" and second[0].new == first[-1].new
+    assert (second[0].reason, second[0].new) == ("learned", first[-1].new)
     assert hidden.rejected - rejected <= 2  # started at what it learned
 
 

@@ -38,9 +38,9 @@ from crewflow.llm._types import Usage, estimate_prompt_tokens
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from crewflow._records import TaskStatus, ToolCallRecord
     from pydantic import JsonValue
 
+    from crewflow._records import TaskStatus, ToolCallRecord
     from crewflow._runtime.cache import ReplyCache
     from crewflow._runtime.capacity import Change
     from crewflow._runtime.limiter import Permit
@@ -193,18 +193,18 @@ class ManagedLLM(LLM):
                     # shared limits) takes its slot in between and starts within the pause.
                     policy = attempt.policy
                     registry().pause(self.inner.limit_key, min(exc.retry_after, policy.max))
-                changes = permit.release(
-                    tokens=None if _processed(exc) else 0,
-                    ok=health,
-                    # Which request failed, so one bad prompt retried is one request to the
-                    # breaker; hashed only for a failure that counts.
-                    request=key or cache_key(self.inner.limit_key, request)
-                    if health is False
-                    else None,
-                    status_code=exc.status_code,
+                self._changed(
+                    permit.release(
+                        tokens=None if _processed(exc) else 0,
+                        ok=health,
+                        # Which request failed, so one bad prompt retried is one request to the
+                        # breaker; hashed only for a failure that counts.
+                        request=key or cache_key(self.inner.limit_key, request)
+                        if health is False
+                        else None,
+                        status_code=exc.status_code,
+                    )
                 )
-                if changes:
-                    self._changed(changes)
                 self._stream_failed()
                 attempt.usage.requests += 1
                 self._finished(started, None, exc)
@@ -235,9 +235,7 @@ class ManagedLLM(LLM):
                 self._sent(request, None, exc)
                 self._called(begun, started, "cancelled")
                 raise
-            changes = permit.release(tokens=response.usage.total_tokens, ok=True)
-            if changes:
-                self._changed(changes)
+            self._changed(permit.release(tokens=response.usage.total_tokens, ok=True))
             attempt.usage.add(response.usage)
             response = self._valid(response)
             self._finished(started, response, None)
@@ -282,6 +280,8 @@ class ManagedLLM(LLM):
 
     def _changed(self, changes: tuple[Change, ...]) -> None:
         """Record and announce changes of auto concurrency limits this call caused."""
+        if not changes:
+            return
         attempt, run = self._attempt, self._run
         for change in changes:
             attempt.concurrency.append(

@@ -1,19 +1,20 @@
 """The controller behind ``Limit(concurrency="auto")``: one per limit key, in the registry.
 
 **AIMD with a remembered ceiling.** The limit starts from what earlier runs learned (or
-`CONSERVATIVE_START`) and grows by one per healthy reply until the first pushback (slow start:
-it doubles every round trip), then by one per window of healthy replies (a window: as many
-replies as the limit). Only replies that come back while the key uses its whole limit count:
-a run's tail, with fewer calls left than the limit, says nothing of the capacity. Pushback is a 429, a 5xx, another failure the breaker counts, or replies
-slower than `LATENCY_FACTOR` times the baseline (the fastest recent one), on a moving average
-(weight `LATENCY_WEIGHT` for the newest): one long answer is not overload, a run of them is; it cuts the limit to `DECREASE`
-times itself (never below ``Auto.min``; a 429 cuts it to the calls still in flight when that
-is fewer: those the provider is serving) and remembers the level that was refused as the
-ceiling. Below the ceiling the limit grows by a window as before; at one below it, it only
-probes the ceiling after `PROBE_WINDOWS` windows of healthy replies, twice as many after each
-probe refused, so a provider whose capacity is steady sees a 429 rarely (each costs every
-caller the Retry-After pause). A start learned from earlier runs is taken as one below the
-ceiling: no slow start.
+`CONSERVATIVE_START`) and grows by one per healthy reply until the first pushback (slow start: it
+doubles every round trip), then by one per window of healthy replies (a window: as many replies as
+the limit). Only replies that come back while the key uses its whole limit count: a run's tail,
+with fewer calls left than the limit, says nothing of the capacity. Pushback is a 429, a 5xx,
+another failure the breaker counts, or replies slower than `LATENCY_FACTOR` times the baseline (the
+fastest recent one), on a moving average (weight `LATENCY_WEIGHT` for the newest): one long answer
+is not overload, a run of them is; it cuts the limit to `DECREASE` times itself (never below
+``Auto.min``), or, for a 429, to the calls still in flight when those are fewer than the limit (the
+provider refused one more than it serves), and remembers the level that was refused as the ceiling.
+Below the ceiling the limit grows by a window as before; at one below it, it only probes the
+ceiling after `PROBE_WINDOWS` windows of healthy replies, twice as many after each probe refused,
+so a provider whose capacity is steady sees a 429 rarely (each costs every caller the Retry-After
+pause). A start learned from earlier runs is taken as one below the ceiling, probed after
+`LEARNED_PROBE_WINDOWS`: no slow start.
 
 One pushback per episode: replies to calls that started before the last cut say nothing of the
 new limit, and do not cut it again (a burst of 429s is one cut, not one per reply).
@@ -37,6 +38,7 @@ __all__ = [
     "DECREASE",
     "LATENCY_FACTOR",
     "LATENCY_WEIGHT",
+    "LEARNED_PROBE_WINDOWS",
     "PROBE_WINDOWS",
     "Change",
     "Controller",
@@ -57,6 +59,9 @@ LATENCY_WEIGHT = 0.2
 """The weight of the newest reply's latency in the moving average compared to the baseline."""
 PROBE_WINDOWS = 8
 """Windows of healthy replies at one below the ceiling before the limit probes it again."""
+LEARNED_PROBE_WINDOWS = 8 * PROBE_WINDOWS
+"""The same, from a start learned from earlier clean runs: a level they settled at is
+trusted longer."""
 # The baseline forgets: each reply lets it drift up by this fraction toward slower replies, so a
 # provider that got slower for good is not read as overloaded forever.
 _BASELINE_DRIFT = 0.005
@@ -108,6 +113,7 @@ class Controller:
         """Start at ``level``, what earlier runs learned: one below the ceiling."""
         self.limit = self._bounded(level)
         self.ceiling = self.limit + 1
+        self._probe = LEARNED_PROBE_WINDOWS
 
     def rebound(self, bounds: Auto) -> Change | None:
         """Apply newly declared bounds, keeping what was learned within them."""
@@ -165,11 +171,12 @@ class Controller:
             self.recent = self.baseline  # the next run of slow replies counts afresh
         if ceiling is not None and limit >= ceiling:
             self._probe *= 2  # a probe refused: probe less often
-        new = math.floor(limit * DECREASE)
-        if reason == "rate_limited":
-            new = min(new, in_flight)
-            self.ceiling = min(limit, in_flight + 1)
+        if reason == "rate_limited" and in_flight < limit:
+            # The provider refused one more than it serves now: that is the capacity.
+            new = in_flight
+            self.ceiling = in_flight + 1
         else:
+            new = math.floor(limit * DECREASE)
             self.ceiling = limit
         return self._set(self._bounded(new), reason, now)
 
