@@ -162,3 +162,35 @@ def test_the_capacity_double_rejects_above_its_capacity_and_slows_in_proportion(
     start = finished[2]  # the slow ones started when the rejecting ones were done
     # Arrivals 1 and 2 are within the capacity; 3 and 4 take 1.5x and 2x the latency.
     assert [round(t - start, 6) for t in finished[3:]] == [1.0, 1.0, 1.5, 2.0]
+
+
+def test_the_report_draws_the_limit_over_time_on_its_models_panel(tmp_path: Path) -> None:
+    from crewflow.report import Report
+    from crewflow.report._timeline import axis_of, limit_changes
+
+    hidden = Capacity(3, mode="reject", latency=0.2)
+    llm = FunctionLLM(hidden, model="hidden")
+
+    async def main() -> tuple[Report, list[events.ConcurrencyChanged]]:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            crew = fan_out(llm, 30, max_concurrency="auto", store=store)
+            with capture_events() as captured:
+                result = await crew.kickoff()
+            report = await Report.from_store(store, result.run_id)
+            return report, captured.of_type(events.ConcurrencyChanged)
+
+    report, changes = run_virtual(main)
+    drawn = limit_changes(report.tasks, axis_of(report))
+    assert sorted((c.model, c.old, c.new) for c in drawn) == sorted(
+        ("hidden", c.old, c.new) for c in changes
+    )
+    assert 'class="limit"' in report.html()
+    assert "auto concurrency limit" in report.html()
+
+
+def test_a_run_without_auto_limits_draws_no_limit_line() -> None:
+    async def main() -> str:
+        crew = fan_out(FunctionLLM(lambda request: "ok", model="plain"), 3)
+        return (await crew.kickoff()).report().html()
+
+    assert 'class="limit"' not in run_virtual(main)

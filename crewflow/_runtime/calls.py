@@ -26,9 +26,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from crewflow import events
-from crewflow._records import AttemptRecord, CallRecord
+from crewflow._records import CONCURRENCY_CHANGES, AttemptRecord, CallRecord
 from crewflow._runtime.cache import as_cached, cache_key, cacheable, replay_deltas
-from crewflow._runtime.capacity import CONCURRENCY_KEY
 from crewflow._runtime.limiter import registry
 from crewflow._runtime.transcript import valid_reply
 from crewflow.exceptions import LLMError
@@ -100,7 +99,7 @@ class AttemptBuilder:
         if self._repaired():
             details["repaired"] = True
         if self.concurrency:
-            details[CONCURRENCY_KEY] = list(self.concurrency)
+            details[CONCURRENCY_CHANGES] = list(self.concurrency)
         return details
 
     def finish(

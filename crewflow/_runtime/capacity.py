@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from crewflow.limits import Auto
 
 __all__ = [
-    "CONCURRENCY_KEY",
     "CONSERVATIVE_START",
     "DECREASE",
     "LATENCY_FACTOR",
@@ -45,9 +44,6 @@ __all__ = [
     "Reason",
 ]
 
-CONCURRENCY_KEY = "concurrency"
-"""Where an attempt record's ``details`` keep the changes its calls caused: a list of
-``{"at", "key", "old", "new", "reason"}`` (``at``: seconds from the attempt's start)."""
 CONSERVATIVE_START = 4
 """The limit a key starts at when no earlier run learned one (within ``Auto``'s bounds)."""
 DECREASE = 0.7

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crewflow._records import AttemptRecord, RunStatus, TaskStatus
+from crewflow._records import CONCURRENCY_CHANGES, AttemptRecord, RunStatus, TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -255,7 +255,7 @@ def concurrency_changes(attempts: Iterable[AttemptRecord]) -> list[tuple[float, 
     ``(seconds since the epoch, key, old, new)``."""
     changes: list[tuple[float, str, int, int]] = []
     for attempt in attempts:
-        kept = attempt.details.get("concurrency")
+        kept = attempt.details.get(CONCURRENCY_CHANGES)
         if not isinstance(kept, list):
             continue
         begun = attempt.start.timestamp()
