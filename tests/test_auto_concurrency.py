@@ -194,3 +194,32 @@ def test_a_run_without_auto_limits_draws_no_limit_line() -> None:
         return (await crew.kickoff()).report().html()
 
     assert 'class="limit"' not in run_virtual(main)
+
+
+def test_optimize_suggests_a_fixed_value_once_the_learned_one_is_stable(tmp_path: Path) -> None:
+    from crewflow.optimizer import RecommendationKind, analyze
+    from crewflow.optimizer._concurrency import STABLE_RUNS
+
+    hidden = Capacity(3, mode="reject", latency=0.2)
+    llm = FunctionLLM(hidden, model="hidden")
+
+    async def kickoff() -> list[str]:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            await fan_out(llm, 30, max_concurrency="auto", store=store, name="fan").kickoff()
+            report = await analyze(store, "fan")
+            return [
+                advice.message
+                for advice in report.recommendations
+                if advice.kind == RecommendationKind.FIX_CONCURRENCY and advice.target == "hidden"
+            ]
+
+    advice = []
+    for _ in range(STABLE_RUNS):
+        assert advice == []  # not before the level held over enough runs
+        reset_limits()  # each run a new process: it starts from what the store learned
+        advice = run_virtual(kickoff)
+    assert advice == [
+        f"Declare Limit(concurrency=3) for hidden: its auto limit settled at 3 in the last "
+        f"{STABLE_RUNS} completed runs of fan, and a fixed value skips the search (and the "
+        f"pushback it costs)"
+    ]
