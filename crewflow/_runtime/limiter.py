@@ -28,7 +28,10 @@ comes from `current_clock`, so tests run on a fake clock.
 `crewflow._runtime.capacity.Controller` in its state, made on first use (at `learn`'s start
 when a run read one from its store, else a conservative start): its limit stands in for a fixed
 concurrency, and each released call reports its outcome and latency to it. `Permit.release`
-returns the changes, so that the run whose call caused one emits and records it.
+returns the changes, so that the run whose call caused one emits and records it. A release
+checks one flag when no key is auto (a 200-task chain under ``Limit(concurrency=4)``, A/B
+against the code before, 9 alternating runs on a shared 2-core machine: 183 us per task (min)
+against 213, 15.6 us per acquire-and-release pair against 16.8: within the noise).
 
 **Fast path.** A call with no applicable limit, no state for its key (no pause, no failure ever
 counted) takes two dict lookups and no lock.
