@@ -24,7 +24,7 @@ if typing.TYPE_CHECKING:
     from crewflow.agent import Agent
     from crewflow.crew import Crew, CrewResult
     from crewflow.exceptions import CrewflowWarning
-    from crewflow.limits import Breaker, Limit, Limits
+    from crewflow.limits import Auto, Breaker, Limit, Limits
     from crewflow.loop import Loop
     from crewflow.report import Report
     from crewflow.retry import RetryPolicy
@@ -35,6 +35,7 @@ if typing.TYPE_CHECKING:
 __all__ = [
     "Agent",
     "AttemptRecord",
+    "Auto",
     "Breaker",
     "Crew",
     "CrewResult",
@@ -65,6 +66,7 @@ __all__ = [
 _WHERE = {
     "Agent": "crewflow.agent",
     "AttemptRecord": "crewflow._records",
+    "Auto": "crewflow.limits",
     "Breaker": "crewflow.limits",
     "Crew": "crewflow.crew",
     "CrewResult": "crewflow.crew",

@@ -204,6 +204,10 @@ class PromptRecord(Compact):
 
 CONTEXT_CUT = "context_cut"
 """The key of `AttemptRecord.details` that holds its `ContextCutRecord`."""
+CONCURRENCY_CHANGES = "concurrency"
+"""The key of `AttemptRecord.details` that holds the changes of auto concurrency limits its
+calls caused: a list of ``{"at", "key", "old", "new", "reason"}`` (``at``: seconds from the
+attempt's start)."""
 
 
 class ContextCutRecord(BaseModel):

@@ -242,7 +242,11 @@ class Crew(Spec):
             import), followed by the module attribute that holds it when the module holds
             several crews (``research:draft``, settled when the crew first runs, once the
             module has built them all); ``"crew"`` in a notebook, a REPL or ``python -c``.
-        max_concurrency: The most tasks running at once, for processes that run several.
+        max_concurrency: The most tasks running at once, for processes that run several;
+            ``"auto"``: no fixed number of tasks, and an auto concurrency limit
+            (``Limit(concurrency="auto")``) on every model the crew uses whose limit is not
+            declared already (by ``limits`` or `crewflow.set_limits`), which finds the
+            provider's capacity by itself.
         verbose: Log progress at INFO level when the application has not configured logging.
         retry: How provider errors and timed-out attempts are retried (a task's own ``retry``
             wins).
@@ -288,7 +292,7 @@ class Crew(Spec):
     process: str | Process | type[Process] = "sequential"
     manager: Agent | str | None = None
     name: str = Field(default_factory=_default_name, min_length=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    max_concurrency: int | Literal["auto"] | None = None
     verbose: bool = False
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     on_failure: Literal["stop", "continue"] = "stop"
@@ -305,6 +309,18 @@ class Crew(Spec):
     _fingerprint: Fingerprint | None = PrivateAttr(default=None)
     # Where a crew with the default name was built, until its name is settled (`settled_name`).
     _module: CallerModule | None = PrivateAttr(default=None)
+
+    @field_validator("max_concurrency", mode="before")
+    @classmethod
+    def _tasks_at_once(cls, value: Any) -> Any:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"Crew(max_concurrency={value!r}): give a whole number >= 1 of tasks at once, "
+                f"'auto' to let each model's limit find its capacity, or None for no limit"
+            )
+        return value
 
     @field_validator("store", mode="before")
     @classmethod
@@ -785,7 +801,7 @@ class Crew(Spec):
             inputs=values,
             retry=self.retry,
             on_failure=self.on_failure,
-            max_concurrency=self.max_concurrency,
+            max_concurrency=None if self.max_concurrency == "auto" else self.max_concurrency,
             llm_override=override,
             on_event=self.on_event,
             verbose=self.verbose,
@@ -795,6 +811,9 @@ class Crew(Spec):
             resumption=resumption,
             state=self._initial_state(),
         )
+        if self.limits is not None:
+            run.auto_keys = tuple(key for key, limit in self.limits.items() if limit.auto)
+        run.auto_models = self.max_concurrency == "auto"
         store = self.resolved_store()
         if store is not None:
             run.recorder = self._recorder(store, run, override, resumption)
@@ -831,7 +850,7 @@ class Crew(Spec):
             inputs=run.inputs,
             started=run.wall(),
             graph=graph_record(self._graph),
-            max_concurrency=self.max_concurrency,
+            max_concurrency=None if self.max_concurrency == "auto" else self.max_concurrency,
             details={ASPECTS_KEY: fingerprint.aspects},
         )
         return Recorder(store, record)

@@ -25,6 +25,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "ConcurrencyChanged",
     "ContextCut",
     "Event",
     "EventSink",
@@ -334,6 +335,29 @@ class LimiterWait(Event):
     model: str
     waited: float
     reasons: list[str]
+
+
+class ConcurrencyChanged(Event):
+    """An auto concurrency limit (``Limit(concurrency="auto")``) changed.
+
+    Emitted by the run whose call's outcome caused the change (the limit itself is shared by
+    every crew of the process), and kept in that attempt's record.
+
+    Attributes:
+        key: The limit's key (a model string, an endpoint's limit key, or a group).
+        old: The limit before.
+        new: The limit now.
+        reason: ``"healthy"`` (replies stayed healthy: raised), ``"rate_limited"`` (a 429),
+            ``"server_error"`` (a 5xx), ``"failure"`` (a timeout or a dropped connection),
+            ``"latency"`` (a reply well above the recent baseline), or ``"learned"`` (started
+            from what earlier runs learned).
+    """
+
+    kind: Literal["concurrency_changed"] = "concurrency_changed"
+    key: str
+    old: int
+    new: int
+    reason: Literal["learned", "healthy", "rate_limited", "server_error", "failure", "latency"]
 
 
 class TokenDelta(Event):

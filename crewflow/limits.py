@@ -50,11 +50,54 @@ from crewflow._spec import Value
 from crewflow.exceptions import ConfigurationError
 from crewflow.llm._redact import public_url
 
-__all__ = ["Breaker", "Limit", "Limits"]
+__all__ = ["Auto", "Breaker", "Limit", "Limits"]
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Auto(Value):
+    """Concurrency that finds the provider's capacity by itself, between ``min`` and ``max``.
+
+    A controller per limit key raises the limit while replies stay healthy and cuts it when
+    the provider pushes back (a 429, a 5xx, or latency well above its recent baseline); see
+    the guide "Runs that drive themselves". ``Limit(concurrency="auto")`` is
+    ``Limit(concurrency=Auto())``.
+
+    Example:
+        ```python
+        Limits({"openai/gpt-4o": Limit(concurrency=Auto(min=2, max=32))})
+        ```
+
+    Args:
+        min: The fewest calls in flight it ever allows (default 1).
+        max: The most calls in flight it ever allows (default 64).
+
+    Raises:
+        ConfigurationError: A bound is not a whole number >= 1, or ``min`` > ``max``.
+    """
+
+    min: int = 1
+    max: int = 64
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"Auto({info.field_name}={value!r}): the bounds count calls in flight at once "
+                f"and must be whole numbers >= 1"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Auto:
+        if self.min > self.max:
+            raise ConfigurationError(
+                f"Auto(min={self.min}, max={self.max}): min must not exceed max"
+            )
+        return self
 
 
 class Limit(Value):
@@ -69,7 +112,8 @@ class Limit(Value):
     Every argument defaults to ``None``: no such limit.
 
     Args:
-        concurrency: Calls in flight at once.
+        concurrency: Calls in flight at once: a whole number, or ``"auto"`` (or an `Auto`
+            with bounds) for a limit that follows the provider's capacity.
         rpm: Requests per minute, as a token bucket.
         tpm: Tokens per minute, as a token bucket charged by each call's estimated prompt tokens
             and corrected by its reported usage.
@@ -83,7 +127,7 @@ class Limit(Value):
         ConfigurationError: A value is not a positive number, or a burst lacks its rate.
     """
 
-    concurrency: int | None = None
+    concurrency: int | Auto | None = None
     rpm: float | None = None
     tpm: float | None = None
     burst: float | None = None
@@ -94,12 +138,17 @@ class Limit(Value):
     @field_validator("concurrency", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
+        if value == "auto":
+            return Auto()
+        if isinstance(value, Auto):
+            return value
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ConfigurationError(
                 f"Limit(concurrency={value!r}): concurrency counts calls in flight at once "
-                f"and must be a whole number >= 1 (or None for no limit)"
+                f"and must be a whole number >= 1, 'auto' or Auto(min=..., max=...) "
+                f"(or None for no limit)"
             )
         return value
 
@@ -131,6 +180,11 @@ class Limit(Value):
                 "Limit(tpm=60_000, token_burst=5_000)"
             )
         return self
+
+    @property
+    def auto(self) -> bool:
+        """Whether its concurrency is an auto limit (``"auto"`` or an `Auto`)."""
+        return isinstance(self.concurrency, Auto)
 
     @property
     def request_capacity(self) -> float:

@@ -81,6 +81,11 @@ MARKERS: dict[str, list[str]] = {
         "predicted 3 task units (graph) against 4 task units for sequential (graph)",
         "lower bound 4 task units",
     ],
+    "auto_concurrency.py": [
+        "rate_limited",
+        "40 tasks done; the provider served 40",
+        "never held more than 4 at once (its hidden capacity: 4)",
+    ],
     "resume_a_run.py": [
         "checkpointed before the failure: ['costs', 'efficiency', 'installation']",
         "restored ['costs', 'efficiency', 'installation'], ran the rest",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from crewflow import events
-from crewflow._records import AttemptRecord, CallRecord
+from crewflow._records import CONCURRENCY_CHANGES, AttemptRecord, CallRecord
 from crewflow._runtime.cache import as_cached, cache_key, cacheable, replay_deltas
 from crewflow._runtime.limiter import registry
 from crewflow._runtime.transcript import valid_reply
@@ -37,8 +37,11 @@ from crewflow.llm._types import Usage, estimate_prompt_tokens
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from pydantic import JsonValue
+
     from crewflow._records import TaskStatus, ToolCallRecord
     from crewflow._runtime.cache import ReplyCache
+    from crewflow._runtime.capacity import Change
     from crewflow._runtime.limiter import Permit
     from crewflow._runtime.run import Run
     from crewflow._runtime.transcript import PromptLog
@@ -85,9 +88,19 @@ class AttemptBuilder:
     """Whether a reply held text no store can keep (lone surrogates, NUL), replaced; the
     record also says so when a recorded prompt (a tool's result) held some."""
     streamed: StreamedText = field(default_factory=StreamedText)
+    concurrency: list[dict[str, JsonValue]] = field(default_factory=list)
+    """Changes of auto concurrency limits its calls caused (``at``: seconds from ``began``)."""
 
     def _repaired(self) -> bool:
         return self.repaired or (self.prompts is not None and self.prompts.repaired)
+
+    def _details(self) -> dict[str, JsonValue]:
+        details: dict[str, JsonValue] = {}
+        if self._repaired():
+            details["repaired"] = True
+        if self.concurrency:
+            details[CONCURRENCY_CHANGES] = list(self.concurrency)
+        return details
 
     def finish(
         self,
@@ -119,7 +132,7 @@ class AttemptBuilder:
             tool_calls=tuple(self.tool_calls),
             calls=tuple(self.calls),
             prompts=() if self.prompts is None else tuple(self.prompts.records),
-            details={"repaired": True} if self._repaired() else {},
+            details=self._details(),
         )
 
 
@@ -179,14 +192,17 @@ class ManagedLLM(LLM):
                     # shared limits) takes its slot in between and starts within the pause.
                     policy = attempt.policy
                     registry().pause(self.inner.limit_key, min(exc.retry_after, policy.max))
-                permit.release(
-                    tokens=None if _processed(exc) else 0,
-                    ok=health,
-                    # Which request failed, so one bad prompt retried is one request to the
-                    # breaker; hashed only for a failure that counts.
-                    request=key or cache_key(self.inner.limit_key, request)
-                    if health is False
-                    else None,
+                self._changed(
+                    permit.release(
+                        tokens=None if _processed(exc) else 0,
+                        ok=health,
+                        # Which request failed, so one bad prompt retried is one request to the
+                        # breaker; hashed only for a failure that counts.
+                        request=key or cache_key(self.inner.limit_key, request)
+                        if health is False
+                        else None,
+                        status_code=exc.status_code,
+                    )
                 )
                 self._stream_failed()
                 attempt.usage.requests += 1
@@ -218,7 +234,7 @@ class ManagedLLM(LLM):
                 self._sent(request, None, exc)
                 self._called(begun, started, "cancelled")
                 raise
-            permit.release(tokens=response.usage.total_tokens, ok=True)
+            self._changed(permit.release(tokens=response.usage.total_tokens, ok=True))
             attempt.usage.add(response.usage)
             response = self._valid(response)
             self._finished(started, response, None)
@@ -260,6 +276,30 @@ class ManagedLLM(LLM):
             cached=True,
         )
         return response
+
+    def _changed(self, changes: tuple[Change, ...]) -> None:
+        """Record and announce changes of auto concurrency limits this call caused."""
+        if not changes:
+            return
+        attempt, run = self._attempt, self._run
+        for change in changes:
+            attempt.concurrency.append(
+                {
+                    "at": change.time - attempt.began,
+                    "key": change.key,
+                    "old": change.old,
+                    "new": change.new,
+                    "reason": change.reason,
+                }
+            )
+            run.publish(
+                events.ConcurrencyChanged,
+                at=change.time,
+                key=change.key,
+                old=change.old,
+                new=change.new,
+                reason=change.reason,
+            )
 
     async def _permit(self, request: LLMRequest) -> Permit:
         attempt, run = self._attempt, self._run

@@ -24,6 +24,15 @@ may be used from several threads: its state is plain counters, buckets and queue
 in the waiter's loop and set from another thread through ``loop.call_soon_threadsafe``. Time
 comes from `current_clock`, so tests run on a fake clock.
 
+**Auto concurrency.** A key declared with ``Limit(concurrency="auto")`` (or an `Auto`) has a
+`crewflow._runtime.capacity.Controller` in its state, made on first use (at `learn`'s start
+when a run read one from its store, else a conservative start): its limit stands in for a fixed
+concurrency, and each released call reports its outcome and latency to it. `Permit.release`
+returns the changes, so that the run whose call caused one emits and records it. A release
+checks one flag when no key is auto (a 200-task chain under ``Limit(concurrency=4)``, A/B
+against the code before, 9 alternating runs on a shared 2-core machine: 183 us per task (min)
+against 213, 15.6 us per acquire-and-release pair against 16.8: within the noise).
+
 **Fast path.** A call with no applicable limit, no state for its key (no pause, no failure ever
 counted) takes two dict lookups and no lock.
 """
@@ -36,9 +45,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from crewflow._runtime.capacity import Change, Controller
 from crewflow._runtime.clock import current_clock
 from crewflow.exceptions import ConfigurationError, LLMError
-from crewflow.limits import Breaker, Limit, Limits
+from crewflow.limits import Auto, Breaker, Limit, Limits
 
 if TYPE_CHECKING:
     import asyncio
@@ -106,6 +116,7 @@ class _KeyState:
     """Everything the registry remembers about one key."""
 
     __slots__ = (
+        "auto",
         "blocked_on",
         "breaker",
         "breaker_waiters",
@@ -122,6 +133,7 @@ class _KeyState:
 
     def __init__(self) -> None:
         self.in_flight = 0
+        self.auto: Controller | None = None  # the auto limit's controller, made on first use
         self.queue: deque[_Waiter] = deque()
         self.blocked_on = "concurrency"  # what the queue's head waits for (for Permit.reasons)
         self.requests: _Bucket | None = None  # None: full (never used)
@@ -167,16 +179,20 @@ class _Rule:
     tpm: float | None
     request_capacity: float
     token_capacity: float
+    auto: Auto | None = None  # concurrency follows the key's controller
 
     @classmethod
     def of(cls, limit: Limit) -> _Rule:
+        concurrency = limit.concurrency
+        auto = concurrency if isinstance(concurrency, Auto) else None
         return cls(
             limit,
-            limit.concurrency,
+            None if auto is not None else concurrency,  # type: ignore[arg-type]
             limit.rpm,
             limit.tpm,
             limit.request_capacity,
             limit.token_capacity,
+            auto,
         )
 
 
@@ -189,6 +205,7 @@ class _Hold:
     state: _KeyState
     request: bool  # took one request from the rpm bucket
     tokens: float | None  # charged to the tpm bucket (None: no tpm limit)
+    started: float = 0.0  # clock time it was taken (an auto limit's latency)
 
 
 @dataclass(slots=True)
@@ -210,8 +227,13 @@ class Permit:
     _released: bool = field(default=False, repr=False, compare=False)
 
     def release(
-        self, *, tokens: int | None = None, ok: bool | None = None, request: str | None = None
-    ) -> None:
+        self,
+        *,
+        tokens: int | None = None,
+        ok: bool | None = None,
+        request: str | None = None,
+        status_code: int | None = None,
+    ) -> tuple[Change, ...]:
         """Free the call's concurrency slots and report how it went. Idempotent.
 
         Args:
@@ -223,9 +245,14 @@ class Permit:
             request: The failed request's key (`crewflow._runtime.cache.cache_key`): failures
                 of one request count as one request toward ``Breaker.requests``. ``None``: a
                 request of its own.
+            status_code: The provider's HTTP status of a failed call: a 429 or a 5xx is
+                pushback for an auto concurrency limit.
+
+        Returns:
+            The changes of auto concurrency limits this call's outcome caused (mostly none).
         """
         if self._released:
-            return
+            return ()
         self._released = True
         registry = self._registry
         if registry is None or (
@@ -233,8 +260,13 @@ class Permit:
             and not self._trial
             and (ok is None or (ok and self._limit_key not in registry._states))
         ):
-            return
+            return ()
+        if not registry._auto:  # no auto limit declared: nothing to observe
+            registry._release(self, tokens, ok, request)
+            return ()
+        auto = [hold for hold in self._held if hold.state.auto is not None]
         registry._release(self, tokens, ok, request)
+        return registry._observe(auto, ok, status_code) if auto else ()
 
 
 class LimitRegistry:
@@ -249,6 +281,7 @@ class LimitRegistry:
         self._limits: dict[str, _Rule] = {}
         self._states: dict[str, _KeyState] = {}
         self._breaker: Breaker | None = Breaker()
+        self._auto = False  # some key has an auto concurrency limit
 
     def configure(self, limits: Limits) -> None:
         """Declare limits; the most recent declaration of a key wins, other keys stay.
@@ -270,8 +303,14 @@ class LimitRegistry:
                 state = self._states.get(key)
                 if state is not None:
                     _carry_buckets(state, self._limits.get(key), rule, current_clock().now())
+                    if state.auto is not None:
+                        if rule.auto is None:
+                            state.auto = None
+                        else:
+                            state.auto.rebound(rule.auto)
                     state.wake_head()
             self._limits = {**self._limits, **rules}
+            self._auto = any(rule.auto is not None for rule in self._limits.values())
             # Limits that do not mention a breaker leave the process's breaker as it is.
             if "breaker" in limits.model_fields_set:
                 self._breaker = limits.breaker
@@ -335,6 +374,40 @@ class LimitRegistry:
             if state.paused_until is None or state.paused_until < until:
                 state.paused_until = until
 
+    def learn(self, key: str, start: int) -> Change | None:
+        """Start ``key``'s auto concurrency at ``start`` (what earlier runs learned, within its
+        bounds), unless its controller runs already: what this process learned is newer.
+
+        Returns:
+            The change to ``start`` from the conservative start (``reason="learned"``), or
+            ``None`` when the key is not auto, already running, or starts there anyway.
+        """
+        with self._lock:
+            rule = self._limits.get(key)
+            if rule is None or rule.auto is None:
+                return None
+            state = self._state(key)
+            if state.auto is not None:
+                return None
+            state.auto = Controller(key, rule.auto)
+            old = state.auto.limit
+            state.auto.learned(start)
+            state.wake_head()
+            if state.auto.limit == old:
+                return None
+            return Change(key, old, state.auto.limit, "learned", current_clock().now())
+
+    def declared(self, limit_key: str, model: str) -> bool:
+        """Whether a limit is declared for the model of ``limit_key`` (by it or ``model``)."""
+        limits = self._limits
+        return limit_key in limits or model in limits
+
+    def concurrency(self, key: str) -> int | None:
+        """The auto concurrency limit of ``key`` now (``None``: not auto, or not used yet)."""
+        state = self._states.get(key)
+        controller = state.auto if state is not None else None
+        return controller.limit if controller is not None else None
+
     def state(self, key: str) -> dict[str, Any]:
         """A snapshot of one key, for tests and diagnostics.
 
@@ -342,7 +415,8 @@ class LimitRegistry:
             ``limit`` (the declared `Limit` or ``None``), ``in_flight``, ``waiting``,
             ``rpm_tokens`` and ``tpm_tokens`` (bucket levels now, ``None`` without that rate),
             ``paused_until`` (clock time or ``None``), ``breaker`` (``"closed"``, ``"open"``
-            or ``"half_open"``) and ``failures`` (consecutive counted failures).
+            or ``"half_open"``) and ``failures`` (consecutive counted failures); an auto
+            concurrency limit's value is `concurrency`.
         """
         with self._lock:
             now = current_clock().now()
@@ -375,6 +449,7 @@ class LimitRegistry:
             states = self._states
             self._states = {}
             self._limits = {}
+            self._auto = False
             self._breaker = Breaker()
             for state in states.values():
                 for waiter in state.queue:
@@ -595,6 +670,12 @@ class LimitRegistry:
             limit = _NO_RULE
         if limit.concurrency is not None and state.in_flight >= limit.concurrency:
             return None, "concurrency"
+        if limit.auto is not None:
+            controller = state.auto
+            if controller is None:
+                controller = state.auto = Controller(key, limit.auto)
+            if state.in_flight >= controller.limit:
+                return None, "concurrency"
         if limit.rpm is not None:
             rate = limit.rpm / 60
             bucket = state.requests = _refill(state.requests, rate, limit.request_capacity, now)
@@ -614,7 +695,7 @@ class LimitRegistry:
             charged = float(tokens)
             if tokens > 0 and state.tokens is not None:
                 state.tokens.level -= tokens  # may go below zero: a debt later calls wait for
-        permit._held.append(_Hold(key, state, limit.rpm is not None, charged))
+        permit._held.append(_Hold(key, state, limit.rpm is not None, charged, now))
         return None, ""
 
     def _give_back(self, permit: Permit, now: float) -> None:
@@ -660,6 +741,30 @@ class LimitRegistry:
                     self._forget_if_idle(permit._limit_key, state)
             else:
                 self._count_failure(permit, now, request)
+
+    def _observe(
+        self, holds: list[_Hold], ok: bool | None, status_code: int | None
+    ) -> tuple[Change, ...]:
+        """Tell the auto limits of a released call's ``holds`` how it went."""
+        changes: list[Change] = []
+        with self._lock:
+            now = current_clock().now()
+            for hold in holds:
+                controller = hold.state.auto
+                if controller is None:  # redeclared fixed meanwhile
+                    continue
+                change = controller.observe(
+                    started=hold.started,
+                    now=now,
+                    status_code=status_code,
+                    ok=ok,
+                    in_flight=hold.state.in_flight,
+                )
+                if change is not None:
+                    changes.append(change)
+                    if change.new > change.old:
+                        hold.state.wake_head()
+        return tuple(changes)
 
     def _count_failure(self, permit: Permit, now: float, request: str | None) -> None:
         config = self._breaker

@@ -31,6 +31,7 @@ from crewflow._runtime.attempts import TaskAttempts
 from crewflow._runtime.clock import SystemClock, current_clock, real_work
 from crewflow._runtime.context import RunContext
 from crewflow._runtime.dispatch import Dispatcher
+from crewflow._runtime.limiter import registry
 from crewflow._runtime.mapping import find_items, gathered, item_task
 from crewflow._runtime.slots import Slot, SlotPool
 from crewflow._runtime.state import RunState, with_order
@@ -47,12 +48,15 @@ from crewflow.exceptions import (
     LeaseLost,
     LoopLimitReached,
     StateUpdateError,
+    StoreError,
     TaskFailed,
     WorkflowError,
 )
+from crewflow.limits import Limit, Limits
 from crewflow.llm._models import resolve_llm
 from crewflow.llm._types import Usage
 from crewflow.store import AddedTaskRecord, DecisionRecord, History, read_history
+from crewflow.store._history import learned_concurrency
 from crewflow.task import Task, function_name, takes_state
 
 if TYPE_CHECKING:
@@ -153,6 +157,11 @@ class Run:
         self.status = RunStatus.PENDING
         self.slots = SlotPool(max_concurrency)
         self.recorder: Recorder | None = None
+        self.auto_keys: tuple[str, ...] = ()
+        """Keys of auto concurrency limits the crew declared: they start from what the store
+        learned, unless this process runs them already."""
+        self.auto_models = False
+        """``Crew(max_concurrency="auto")``: an auto limit on every model without a limit."""
         self.cache = cache
         self.record_prompts = record_prompts
         self.replies: ReplyCache | None = None
@@ -1220,6 +1229,8 @@ class Run:
                     # missing API key) leaves no run behind.
                     for agent in self._all_agents():
                         await self.llm_for(agent)
+                    if self.auto_models:
+                        self._declare_auto()
                     recorder = self.recorder
                     if recorder is not None and recorder.resuming:
                         # Before the run is announced: a resume refused (RunInProgress) must
@@ -1232,6 +1243,8 @@ class Run:
                         # error, and no end is recorded for a run the store never held.
                         await recorder.started(self.wall(now))
                     began = self._started(now)
+                    if self.auto_keys:
+                        await self._learn_concurrency()
                     await self._keeping_lease(self._run_process)
                 finally:
                     self._stack = None
@@ -1253,6 +1266,40 @@ class Run:
             raise error  # noqa: B904
         self._finish(RunStatus.COMPLETED, began, None)
         await self._record_end()
+
+    def _declare_auto(self) -> None:
+        """Put an auto concurrency limit on each model of the run that has no limit yet."""
+        limits = registry()
+        keys = []
+        for llm in {id(llm): llm for llm in self._llms.values()}.values():
+            if not limits.declared(llm.limit_key, llm.model):
+                keys.append(llm.limit_key)
+        if keys:
+            limits.configure(Limits({key: Limit(concurrency="auto") for key in keys}))
+        self.auto_keys = tuple(dict.fromkeys((*self.auto_keys, *keys)))
+
+    async def _learn_concurrency(self) -> None:
+        """Start the crew's auto concurrency limits from what earlier clean runs learned."""
+        limits = registry()
+        keys = [key for key in self.auto_keys if limits.concurrency(key) is None]
+        if not keys or self.recorder is None:
+            return
+        try:
+            learned = await learned_concurrency(self.recorder.store, keys)
+        except StoreError as exc:
+            self.log.warning("could not read what earlier runs learned", error=str(exc))
+            return
+        for key, level in learned.items():
+            change = limits.learn(key, level)
+            if change is not None:
+                self.publish(
+                    events.ConcurrencyChanged,
+                    at=change.time,
+                    key=key,
+                    old=change.old,
+                    new=change.new,
+                    reason="learned",
+                )
 
     def _started(self, began: float) -> float:
         """Mark the run started at ``began`` on the run's clock (log, `RunStarted` event);

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from crewflow._records import TaskStatus
+from crewflow.optimizer._concurrency import concurrency_advice
 from crewflow.optimizer._graph import critical_path, estimate_duration
 from crewflow.optimizer._learning import learning
 from crewflow.optimizer._report import (
@@ -272,6 +273,7 @@ async def analyze(store: Store, crew: str | Crew | None = None, *, runs: int = 1
         if limit.share >= LIMIT_WAIT_SHARE
     ]
     advice += [_failure_advice(stats, entries[(stats.crew, stats.task)], spec) for stats in tasks]
+    advice += concurrency_advice(history)
     return Report(
         crew=name,
         runs=len(history),

@@ -284,6 +284,9 @@ class RecommendationKind(StrEnum):
     """Give a task that often fails (``target``) a fallback agent."""
     RAISE_TIMEOUT = "raise_timeout"
     """Raise the timeout of a task (``target``) whose attempts time out."""
+    FIX_CONCURRENCY = "fix_concurrency"
+    """Replace an auto concurrency limit (``target``, its key) that settled with that fixed
+    value."""
 
 
 class Recommendation(_Model):

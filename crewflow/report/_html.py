@@ -22,6 +22,7 @@ from crewflow.report._timeline import (
     axis_of,
     call_spans,
     gantt,
+    limit_changes,
     resource_panels,
     seconds,
     spans_from_calls,
@@ -93,7 +94,9 @@ def render_page(report: Report) -> str:
         .render(
             report=report,
             gantt=gantt(report, axis),
-            panels=resource_panels(call_spans(report.tasks, axis), axis),
+            panels=resource_panels(
+                call_spans(report.tasks, axis), axis, limit_changes(report.tasks, axis)
+            ),
             exact_calls=spans_from_calls(report.tasks),
             graph=layout(report.tasks),
             models=_per_model(report.tasks),

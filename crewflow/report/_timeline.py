@@ -2,6 +2,9 @@
 attempt) and, under it on the same time axis, the resource chart (requests in flight and tasks
 waiting for a limit, per model).
 
+An auto concurrency limit (``Limit(concurrency="auto")``) is drawn over its model's panel as a
+line: the limit over time, from the changes its attempts recorded (`limit_changes`).
+
 The resource chart is built from `CallSpan`s, one per LLM call. The records hold per-attempt
 figures only for now, so `call_spans` derives one span per attempt (its wait for limits at its
 start); a store that records each call can feed `resource_panels` its real spans instead.
@@ -13,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from crewflow._records import AttemptRecord, TaskKind, TaskStatus
+from crewflow._records import CONCURRENCY_CHANGES, AttemptRecord, TaskKind, TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -27,9 +30,11 @@ __all__ = [
     "Bar",
     "CallSpan",
     "Gantt",
+    "LimitChange",
     "Panel",
     "call_spans",
     "gantt",
+    "limit_changes",
     "resource_panels",
     "seconds",
 ]
@@ -266,6 +271,42 @@ def call_spans(tasks: Iterable[TaskEntry], axis: Axis) -> list[CallSpan]:
     return spans
 
 
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    """A change of an auto concurrency limit, on the panel of the model whose call caused it.
+
+    Attributes:
+        model: The model of the attempt that recorded it.
+        at: Seconds from the run's start.
+        old: The limit before.
+        new: The limit after.
+    """
+
+    model: str
+    at: float
+    old: int
+    new: int
+
+
+def limit_changes(tasks: Iterable[TaskEntry], axis: Axis) -> list[LimitChange]:
+    """The auto concurrency limits' changes the run's attempts recorded, in time order."""
+    changes: list[LimitChange] = []
+    for task in tasks:
+        for attempt in task.attempts:
+            kept = attempt.details.get(CONCURRENCY_CHANGES)
+            if not isinstance(kept, list):
+                continue
+            began = axis.offset(attempt.start)
+            for change in kept:
+                if not isinstance(change, dict):
+                    continue
+                at, old, new = change.get("at"), change.get("old"), change.get("new")
+                if isinstance(at, int | float) and isinstance(old, int) and isinstance(new, int):
+                    changes.append(LimitChange(attempt.model or "?", began + at, old, new))
+    changes.sort(key=lambda change: change.at)
+    return changes
+
+
 def spans_from_calls(tasks: Iterable[TaskEntry]) -> bool:
     """Whether the run's attempts recorded their calls (else the chart is derived)."""
     return any(attempt.calls for task in tasks for attempt in task.attempts)
@@ -285,14 +326,21 @@ class Panel:
     waiting: str
     """The area of calls waiting for a limit."""
     peak_waiting: int
+    limit: str = ""
+    """The line of an auto concurrency limit over time (empty: none changed)."""
+    peak_limit: int = 0
+    """The highest that limit went."""
 
 
 FLIGHT, WAITING, GAP = 48.0, 22.0, 16.0
 """The heights of a panel's two parts, and the space between panels."""
 
 
-def resource_panels(spans: Sequence[CallSpan], axis: Axis) -> list[Panel]:
-    """One panel per model (the busiest first; past `MAX_PANELS`, the rest share one)."""
+def resource_panels(
+    spans: Sequence[CallSpan], axis: Axis, limits: Sequence[LimitChange] = ()
+) -> list[Panel]:
+    """One panel per model (the busiest first; past `MAX_PANELS`, the rest share one), with
+    the line of its auto concurrency limit when ``limits`` has changes of it."""
     by_model: dict[str, list[CallSpan]] = {}
     for span in spans:
         by_model.setdefault(span.model, []).append(span)
@@ -306,7 +354,9 @@ def resource_panels(spans: Sequence[CallSpan], axis: Axis) -> list[Panel]:
         group = by_model[model]
         flight = _steps([(s.wait_end, s.end) for s in group])
         waiting = _steps([(s.start, s.wait_end) for s in group if s.wait_end > s.start])
-        peak = max([c for _, c in flight] + [1])
+        changes = [change for change in limits if change.model == model]
+        peak_limit = max([max(c.old, c.new) for c in changes] + [0])
+        peak = max([c for _, c in flight] + [1, peak_limit])
         peak_waiting = max([c for _, c in waiting] + [0])
         base = index * (FLIGHT + WAITING + GAP) + FLIGHT + 4
         panels.append(
@@ -318,9 +368,27 @@ def resource_panels(spans: Sequence[CallSpan], axis: Axis) -> list[Panel]:
                 flight=_path(flight, axis, base, -FLIGHT / peak),
                 waiting=_path(waiting, axis, base, WAITING / max(1, peak_waiting)),
                 peak_waiting=peak_waiting,
+                limit=_limit_line(changes, group, axis, base, -FLIGHT / peak),
+                peak_limit=peak_limit,
             )
         )
     return panels
+
+
+def _limit_line(
+    changes: list[LimitChange], spans: list[CallSpan], axis: Axis, base: float, scale: float
+) -> str:
+    """A step line of the limit: from the panel's first call (at the first change's ``old``)
+    through each change to its last call's end."""
+    if not changes or not spans:
+        return ""
+    start = min(min(span.start for span in spans), changes[0].at)
+    end = max(max(span.end for span in spans), changes[-1].at)
+    parts = [f"M{axis.x(start):.1f} {base + changes[0].old * scale:.1f}"]
+    for change in changes:
+        parts.append(f"H{axis.x(change.at):.1f}V{base + change.new * scale:.1f}")
+    parts.append(f"H{axis.x(end):.1f}")
+    return "".join(parts)
 
 
 def _steps(intervals: list[tuple[float, float]]) -> list[tuple[float, int]]:

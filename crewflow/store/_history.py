@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crewflow._records import AttemptRecord, RunStatus, TaskStatus
+from crewflow._records import CONCURRENCY_CHANGES, AttemptRecord, RunStatus, TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -244,3 +244,54 @@ async def read_history(
         ),
         recent=[record.ran for record in records],
     )
+
+
+LEARNED_RUNS = 10
+"""Clean runs `learned_concurrency` looks through at most (the newest)."""
+
+
+def concurrency_changes(attempts: Iterable[AttemptRecord]) -> list[tuple[float, str, int, int]]:
+    """The changes of auto concurrency limits kept in ``attempts``' records, in time order:
+    ``(seconds since the epoch, key, old, new)``."""
+    changes: list[tuple[float, str, int, int]] = []
+    for attempt in attempts:
+        kept = attempt.details.get(CONCURRENCY_CHANGES)
+        if not isinstance(kept, list):
+            continue
+        begun = attempt.start.timestamp()
+        for change in kept:
+            if not isinstance(change, dict):
+                continue
+            at, key, old, new = (change.get(name) for name in ("at", "key", "old", "new"))
+            if (
+                isinstance(at, int | float)
+                and isinstance(key, str)
+                and isinstance(old, int)
+                and isinstance(new, int)
+            ):
+                changes.append((begun + at, key, old, new))
+    changes.sort(key=lambda change: change[0])
+    return changes
+
+
+async def learned_concurrency(
+    store: Store, keys: Iterable[str], *, runs: int = LEARNED_RUNS
+) -> dict[str, int]:
+    """What the newest clean runs (of any crew) learned of each auto concurrency limit of
+    ``keys``: the level its last recorded change reached. A key no clean run changed is left
+    out."""
+    wanted = set(keys)
+    learned: dict[str, int] = {}
+    if not wanted:
+        return learned
+    for record in await store.list_runs(limit=runs * 2):
+        if not is_clean(record):
+            continue
+        runs -= 1
+        for _, key, _, new in concurrency_changes(await store.attempts(record.run_id)):
+            if key in wanted:
+                learned[key] = new  # time order: the last one wins
+        wanted -= learned.keys()
+        if not wanted or runs <= 0:
+            break
+    return learned

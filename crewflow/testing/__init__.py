@@ -5,8 +5,8 @@
   its reviews (accept, or `redo`) and its final answer.
 - `OpenAIServer`: a real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol
   (plain and streaming replies, tool calls, 429 with Retry-After, 5xx, slow replies, malformed
-  JSON, dropped connections, a seeded `Storm` of 429s), so the real ``openai`` and ``litellm``
-  clients run over a socket.
+  JSON, dropped connections, a seeded `Storm` of 429s, a hidden `Capacity`), so the real
+  ``openai`` and ``litellm`` clients run over a socket.
   Scripts use the reply vocabulary below, which `ScriptedLLM` understands too.
 - `capture_events`, `FakeClock` / `use_clock`, and `forbid_real_llm_calls`.
 - `VirtualTimeLoop` / `run_virtual`: an event loop whose sleeps take no real time, to test
@@ -37,6 +37,7 @@ from crewflow.testing._doubles import (
 )
 from crewflow.testing._manager import VALID_PLAN, ScriptedManager, redo
 from crewflow.testing._server import (
+    Capacity,
     Cut,
     Disconnect,
     Error,
@@ -54,6 +55,7 @@ from crewflow.testing._virtual import VirtualTimeLoop, run_virtual
 
 __all__ = [
     "VALID_PLAN",
+    "Capacity",
     "Cut",
     "Disconnect",
     "Error",

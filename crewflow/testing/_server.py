@@ -44,6 +44,7 @@ from typing import Any, Literal, TypeAlias
 from crewflow._jsonschema import example_for_schema
 
 __all__ = [
+    "Capacity",
     "Cut",
     "Disconnect",
     "Error",
@@ -347,6 +348,108 @@ class Storm:
                 )
             self.passed += 1
         return self._then(request) if self._then is not None else None
+
+
+class Capacity:
+    """A responder with a hidden capacity: what a provider's real concurrency limit looks like.
+
+    Pass it as ``OpenAIServer(responder=Capacity(...))``, or to ``FunctionLLM(Capacity(...))``
+    for an in-process model (under `run_virtual` its sleeps take no real time). Each reply
+    takes ``latency`` seconds; what happens above ``capacity`` requests in flight depends on
+    ``mode``:
+
+    - ``"reject"``: a request arriving when ``capacity`` are in flight already gets
+      ``Error(429, retry_after=retry_after)`` at once;
+    - ``"slow"``: every reply slows in proportion, taking ``latency * in_flight / capacity``
+      seconds (``in_flight`` counted when it arrives, itself included).
+
+    Example:
+        ```python
+        hidden = Capacity(6, mode="reject", latency=0.2)
+        async with OpenAIServer(responder=hidden) as server:
+            ...
+        print(hidden.rejected, hidden.max_in_flight)
+        ```
+
+    Attributes:
+        capacity: The hidden capacity (requests in flight it serves at full speed).
+        mode: ``"reject"`` or ``"slow"``.
+        latency: Seconds each reply takes within the capacity.
+        retry_after: The Retry-After of its 429s, in seconds.
+        in_flight: Requests it holds now.
+        max_in_flight: The most it held at once.
+        served: Requests it answered normally.
+        rejected: Requests it answered with a 429.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        mode: Literal["reject", "slow"] = "reject",
+        latency: float = 0.2,
+        retry_after: float = 1.0,
+        then: Responder | None = None,
+    ) -> None:
+        """Configure the hidden capacity.
+
+        Args:
+            capacity: Requests in flight it serves at full speed, >= 1.
+            mode: ``"reject"`` (429 above the capacity) or ``"slow"`` (replies slow down in
+                proportion above it).
+            latency: Seconds each reply takes within the capacity, >= 0.
+            retry_after: Retry-After of its 429s, in seconds, >= 0.
+            then: Computes the replies it lets through (default: the server's default reply,
+                or ``"served"`` in a `FunctionLLM`).
+
+        Raises:
+            ValueError: A value is out of range, or ``mode`` is neither.
+        """
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"Capacity({capacity!r}): capacity is a whole number >= 1")
+        if mode not in ("reject", "slow"):
+            raise ValueError(f"Capacity(mode={mode!r}): mode is 'reject' or 'slow'")
+        if not (latency >= 0 and retry_after >= 0):
+            raise ValueError(
+                f"Capacity(latency={latency!r}, retry_after={retry_after!r}): seconds >= 0"
+            )
+        self.capacity = capacity
+        self.mode = mode
+        self.latency = latency
+        self.retry_after = retry_after
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.served = 0
+        self.rejected = 0
+        self._then = then
+        self._lock = threading.Lock()
+
+    async def __call__(self, request: Any) -> Reply | None:
+        """Answer ``request`` after its latency, or with a 429 above the capacity."""
+        import anyio
+
+        with self._lock:
+            if self.mode == "reject" and self.in_flight >= self.capacity:
+                self.rejected += 1
+                return Error(
+                    429, message="loopback capacity exceeded", retry_after=self.retry_after
+                )
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            delay = self.latency
+            if self.mode == "slow":
+                delay *= max(1.0, self.in_flight / self.capacity)
+        try:
+            await anyio.sleep(delay)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        with self._lock:
+            self.served += 1
+        if self._then is None:
+            return None if isinstance(request, ReceivedRequest) else Text("served")
+        result = self._then(request)
+        return await result if inspect.isawaitable(result) else result
 
 
 def _content_text(content: Any) -> str:
