@@ -95,6 +95,17 @@ class HealthMonitor:
         if isinstance(event, RunHealthChanged):
             return
         task: str | None = getattr(event, "task", None)
+        if task is not None and task in self._last and not isinstance(event, _ENDS):
+            self._last[task] = event.time  # any event of a task in flight is progress
+        if isinstance(event, events.TokenDelta | events.TokenDeltaReset):
+            if not self._issues:
+                return  # streamed text changes nothing else; the hot path stays cheap
+        elif not self._note(event):
+            return
+        self.judge(event.time)
+
+    def _note(self, event: events.Event) -> bool:
+        """Take in what ``event`` tells; whether it may change the run's health."""
         if isinstance(event, events.TaskStarted):
             if event.task not in self._started:
                 self._started[event.task] = event.time
@@ -102,11 +113,6 @@ class HealthMonitor:
             self._last[event.task] = event.time
         elif isinstance(event, _ENDS):
             self._end(event.task, event.time)
-        elif isinstance(event, events.TokenDelta | events.TokenDeltaReset):
-            if event.task in self._last:
-                self._last[event.task] = event.time
-            if not self._issues:
-                return  # streamed text changes nothing else; the hot path stays cheap
         elif isinstance(event, events.LLMCallFinished):
             self._call(event)
         elif isinstance(event, events.TaskRetrying):
@@ -118,9 +124,11 @@ class HealthMonitor:
         elif isinstance(event, events.RunFinished):
             self._ended = True
             self._poke()
-        if task is not None and task in self._last and not isinstance(event, _ENDS):
-            self._last[task] = event.time
-        self.judge(event.time)
+        else:
+            # Other events (a call starting, a tool call...) are progress only: they may end
+            # a stall.
+            return bool(self._issues)
+        return True
 
     def _end(self, task: str, now: float) -> None:
         started = self._started.pop(task, None)
@@ -325,7 +333,7 @@ class HealthMonitor:
     def _next_wake(self) -> float | None:
         """When the health may next change with time alone: a task's stall deadline, or the
         oldest call of a failing model leaving the error window."""
-        after, times = self.policy.stall_after, []
+        after, times = self.policy.stall_after, list[float]()
         stalled = {key[1] for key in self._issues if key[0] == "stalled"}
         times.extend(last + after for task, last in self._last.items() if task not in stalled)
         window = self.policy.error_window

@@ -208,9 +208,7 @@ def test_an_alert_hook_that_hangs_is_abandoned_after_its_timeout(
         calls.append(change.time)
         await anyio.sleep_forever()
 
-    crew = stalling_crew(
-        on_alert=on_alert, health=HealthPolicy(stall_after=100, alert_timeout=5)
-    )
+    crew = stalling_crew(on_alert=on_alert, health=HealthPolicy(stall_after=100, alert_timeout=5))
 
     result = run_virtual(crew.kickoff)
 
@@ -251,3 +249,28 @@ def test_a_failed_run_still_ends_its_watch_and_raises_as_it_was() -> None:
 
     with pytest.raises(TaskFailed):
         run_virtual(crew.kickoff)
+
+
+def test_a_task_whose_calls_keep_ending_never_stalls_however_long_it_takes() -> None:
+    replies = iter([Error(503), Error(503), "done"])
+
+    async def slowly(request: LLMRequest) -> Any:
+        await anyio.sleep(60)  # each call ends within the threshold: progress
+        return next(replies)
+
+    crew = crew_of(
+        FunctionLLM(slowly),
+        "a",
+        health=HealthPolicy(stall_after=100, min_calls=100),
+        retry=RetryPolicy(initial=1, jitter=False),
+    )
+
+    async def main() -> tuple[float, list[RunHealthChanged]]:
+        with capture_events() as captured:
+            result = await crew.kickoff()
+        return result.duration, changes(captured)
+
+    duration, seen = run_virtual(main)
+
+    assert duration > 100  # longer than the threshold in all
+    assert seen == []
