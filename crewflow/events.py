@@ -29,14 +29,12 @@ __all__ = [
     "Event",
     "EventSink",
     "GuardrailFailed",
-    "HealthIssue",
     "LLMCallFinished",
     "LLMCallRetrying",
     "LLMCallStarted",
     "LimiterWait",
     "ProcessChosen",
     "RunFinished",
-    "RunHealth",
     "RunHealthChanged",
     "RunPaused",
     "RunResumed",
@@ -468,8 +466,12 @@ class ToolCalled(Event):
     error: str | None = None
 
 
+# The two models below are what `RunHealthChanged` carries; they are public as
+# `crewflow.health.RunHealth` and `crewflow.health.HealthIssue` (this module lists events only).
+
+
 class HealthIssue(BaseModel):
-    """One thing wrong with a running run (see `RunHealth`).
+    """One thing wrong with a running run (see `crewflow.health.RunHealth`).
 
     Attributes:
         kind: ``"stalled"`` (a task in flight with no event for longer than
@@ -524,8 +526,8 @@ class RunHealthChanged(Event):
     ``on_event`` listeners and to ``Crew(on_alert=...)``).
 
     Attributes:
-        health: The run's health now.
-        raised: The issues that began.
+        health: The run's health now (`crewflow.health.RunHealth`).
+        raised: The issues that began (`crewflow.health.HealthIssue`).
         cleared: The issues that ended.
     """
 

@@ -277,7 +277,9 @@ class HealthMonitor:
         change = RunHealthChanged(
             run_id=self.run_id, time=now, health=self._health, raised=raised, cleared=cleared
         )
-        self._log.warning(
+        # A new issue is worth a warning; one ending is news, not trouble.
+        log = self._log.warning if raised else self._log.info
+        log(
             "run health changed",
             status=self._health.status,
             raised=[issue.detail for issue in raised],
