@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from crewflow import events
 from crewflow._runtime.limiter import registry
 from crewflow.events import HealthIssue, RunHealth, RunHealthChanged
 
@@ -26,18 +25,15 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+    from crewflow import events
     from crewflow._runtime.clock import Clock
     from crewflow.health import HealthPolicy
 
 __all__ = ["HealthMonitor"]
 
-# The events that end a task's time in flight.
-_ENDS = (
-    events.TaskFinished,
-    events.TaskFailed,
-    events.TaskSkipped,
-    events.TaskRestored,
-    events.TaskDelegated,
+# The kinds of the events that end a task's time in flight.
+_ENDS = frozenset(
+    {"task_finished", "task_failed", "task_skipped", "task_restored", "task_delegated"}
 )
 _IssueKey = tuple[str, str]
 
@@ -80,54 +76,60 @@ class HealthMonitor:
         self._last: dict[str, float] = {}  # task in flight -> its last event
         self._retries: dict[str, int] = {}
         self._calls: dict[str, deque[tuple[float, bool]]] = {}  # model -> (time, failed)
+        self._failures: dict[str, int] = {}  # model -> failed calls among its _calls
         self._suspects: set[str] = set()  # models whose breaker may not be closed
         self._busy = 0.0  # seconds in flight of the tasks that ended
         self._waited = 0.0  # seconds the calls waited for limits
         self._issues: dict[_IssueKey, HealthIssue] = {}
-        self._health = RunHealth()
+        self._health: RunHealth | None = RunHealth()
+        self._seen: tuple[float, dict[str, float], dict[str, Any], float] = (0.0, {}, {}, 0.0)
         self._ended = False
         self._sleep: anyio.CancelScope | None = None
+        self._wake_at: float | None = None  # when the timer wakes next (None: only if poked)
         self._alerts: MemoryObjectSendStream[RunHealthChanged] | None = None
 
     # -- the sink ------------------------------------------------------------------------------
 
     def __call__(self, event: events.Event, /) -> None:
-        if isinstance(event, RunHealthChanged):
-            return
+        # Dispatched on ``kind`` (a string compare), not isinstance: this runs on every event.
+        kind = event.kind
+        if kind == "run_health_changed":
+            return  # its own
         task: str | None = getattr(event, "task", None)
-        if task is not None and task in self._last and not isinstance(event, _ENDS):
-            self._last[task] = event.time  # any event of a task in flight is progress
-        if isinstance(event, events.TokenDelta | events.TokenDeltaReset):
-            if not self._issues:
-                return  # streamed text changes nothing else; the hot path stays cheap
-        elif not self._note(event):
-            return
-        self.judge(event.time)
+        if task is not None and kind not in _ENDS:
+            last = self._last
+            if task in last:
+                last[task] = event.time  # any event of a task in flight is progress
+        if self._note(kind, event) or self._issues:
+            self.judge(event.time)
 
-    def _note(self, event: events.Event) -> bool:
-        """Take in what ``event`` tells; whether it may change the run's health."""
-        if isinstance(event, events.TaskStarted):
+    def _note(self, kind: str, event: Any) -> bool:
+        """Take in what ``event`` tells; whether it may raise an issue. (The others can only
+        end some: judged only while there are issues.)"""
+        if kind == "task_started":
             if event.task not in self._started:
                 self._started[event.task] = event.time
-                self._poke()  # its stall deadline may come before the timer's next wake
-            self._last[event.task] = event.time
-        elif isinstance(event, _ENDS):
+                self._last[event.task] = event.time
+                wake = self._wake_at
+                if wake is None or wake > event.time + self.policy.stall_after:
+                    self._poke()  # its stall deadline comes before the timer's next wake
+            return False
+        if kind in _ENDS:
             self._end(event.task, event.time)
-        elif isinstance(event, events.LLMCallFinished):
-            self._call(event)
-        elif isinstance(event, events.TaskRetrying):
+            return False
+        if kind == "llm_call_finished":
+            return self._call(event)
+        if kind == "task_retrying":
             self._retries[event.task] = self._retries.get(event.task, 0) + 1
-        elif isinstance(event, events.LimiterWait):
+        elif kind == "limiter_wait":
             self._waited += event.waited
             if any(reason.startswith("breaker:") for reason in event.reasons):
                 self._suspects.add(event.model)
-        elif isinstance(event, events.RunFinished):
+        elif kind == "run_finished":
             self._ended = True
             self._poke()
         else:
-            # Other events (a call starting, a tool call...) are progress only: they may end
-            # a stall.
-            return bool(self._issues)
+            return False  # progress only (a call starting, a tool call, a streamed token...)
         return True
 
     def _end(self, task: str, now: float) -> None:
@@ -137,16 +139,19 @@ class HealthMonitor:
         self._last.pop(task, None)
         self._retries.pop(task, None)
 
-    def _call(self, event: events.LLMCallFinished) -> None:
+    def _call(self, event: events.LLMCallFinished) -> bool:
+        """Count the call in its model's window; whether it failed."""
         if event.cached:
-            return
+            return False
         calls = self._calls.get(event.model)
         if calls is None:
             calls = self._calls[event.model] = deque()
         failed = event.error is not None
         calls.append((event.time, failed))
         if failed:
+            self._failures[event.model] = self._failures.get(event.model, 0) + 1
             self._suspects.add(event.model)
+        return failed
 
     # -- judging -------------------------------------------------------------------------------
 
@@ -154,44 +159,47 @@ class HealthMonitor:
         """The run's health now (judged again first, while the run goes)."""
         if not self._ended:
             self.judge(self.now())
-        return self._health
+        return self._built()
 
     def judge(self, now: float) -> None:
         """Judge the run's health at ``now``; on a change, emit `RunHealthChanged` and queue
-        the alert."""
-        if self._ended:
-            found: dict[_IssueKey, HealthIssue] = {}
-            rates: dict[str, float] = {}
-            breakers: dict[str, Any] = {}
-        else:
-            found = {}
+        the alert. (On every event of a watched run: the `RunHealth` is built only on a change
+        or when asked for.)"""
+        found: dict[_IssueKey, HealthIssue] = {}
+        rates: dict[str, float] = {}
+        breakers: dict[str, Any] = {}
+        if not self._ended:
             self._stalls(now, found)
             self._retried(found, now)
             rates = self._error_rates(now, found)
             breakers = self._breakers(now, found)
         share = self._share(now, found)
+        self._seen = (now, rates, breakers, share)
+        self._health = None
         before = self._issues
+        if found.keys() == before.keys():
+            return
         raised = [issue for key, issue in found.items() if key not in before]
         cleared = [issue for key, issue in before.items() if key not in found]
-        kept = {key: before.get(key, issue) for key, issue in found.items()}
-        self._issues = kept
-        issues = sorted(kept.values(), key=lambda issue: issue.since)
-        status = (
-            "stalled"
-            if any(issue.kind == "stalled" for issue in issues)
-            else ("degraded" if issues else "ok")
-        )
-        self._health = RunHealth(
-            status=status,
-            time=now,
-            issues=issues,
-            in_flight=len(self._started),
-            error_rates=rates,
-            limit_wait_share=share,
-            breakers=breakers,
-        )
-        if raised or cleared:
-            self._changed(raised, cleared, now)
+        self._issues = {key: before.get(key, issue) for key, issue in found.items()}
+        self._changed(raised, cleared, now)
+
+    def _built(self) -> RunHealth:
+        """The `RunHealth` of the last judgement."""
+        if self._health is None:
+            now, rates, breakers, share = self._seen
+            issues = sorted(self._issues.values(), key=lambda issue: issue.since)
+            stalled = any(issue.kind == "stalled" for issue in issues)
+            self._health = RunHealth(
+                status="stalled" if stalled else ("degraded" if issues else "ok"),
+                time=now,
+                issues=issues,
+                in_flight=len(self._started),
+                error_rates=rates,
+                limit_wait_share=share,
+                breakers=breakers,
+            )
+        return self._health
 
     def _stalls(self, now: float, found: dict[_IssueKey, HealthIssue]) -> None:
         after = self.policy.stall_after
@@ -220,10 +228,11 @@ class HealthMonitor:
         oldest = now - policy.error_window
         for model, calls in self._calls.items():
             while calls and calls[0][0] < oldest:
-                calls.popleft()
+                if calls.popleft()[1]:
+                    self._failures[model] -= 1
             if not calls:
                 continue
-            failed = sum(1 for _, bad in calls if bad)
+            failed = self._failures.get(model, 0)
             rate = rates[model] = failed / len(calls)
             if len(calls) >= policy.min_calls and rate >= policy.error_rate:
                 found["error_rate", model] = HealthIssue(
@@ -275,17 +284,19 @@ class HealthMonitor:
 
     def _changed(self, raised: list[HealthIssue], cleared: list[HealthIssue], now: float) -> None:
         change = RunHealthChanged(
-            run_id=self.run_id, time=now, health=self._health, raised=raised, cleared=cleared
+            run_id=self.run_id, time=now, health=self._built(), raised=raised, cleared=cleared
         )
         # A new issue is worth a warning; one ending is news, not trouble.
         log = self._log.warning if raised else self._log.info
         log(
             "run health changed",
-            status=self._health.status,
+            status=change.health.status,
             raised=[issue.detail for issue in raised],
             cleared=[issue.detail for issue in cleared],
         )
         self._emit(change)
+        if any(issue.kind == "error_rate" for issue in raised):
+            self._poke()  # its calls leaving the window may end it before the next wake
         if self._alerts is not None:
             self._alerts.send_nowait(change)
 
@@ -322,13 +333,13 @@ class HealthMonitor:
     async def _timer(self, scope: anyio.CancelScope) -> None:
         with scope:
             while not self._ended:
-                wake = self._next_wake()
+                wake = self._wake_at = self._next_wake()
                 with anyio.CancelScope() as self._sleep:
                     if wake is None:
                         await anyio.sleep_forever()
                     else:
                         await self._clock.sleep(max(0.0, wake - self.now()))
-                self._sleep = None
+                self._sleep = self._wake_at = None
                 if not self._ended:
                     self.judge(self.now())
 
