@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from crewflow._runtime.clock import SystemClock
 from crewflow._runtime.limiter import registry
 from crewflow.events import HealthIssue, RunHealth, RunHealthChanged
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from crewflow import events
-    from crewflow._runtime.clock import Clock
     from crewflow.health import HealthPolicy
 
 __all__ = ["HealthMonitor"]
@@ -44,7 +44,8 @@ class HealthMonitor:
     Args:
         run_id: The run watched.
         policy: The thresholds.
-        clock: The run's clock (its sleeps time the stall checks).
+        clock: The run's clock: the stall timer runs on the real one (the loop's time, so
+            virtual time too), not on a `crewflow.testing.FakeClock`.
         now: Seconds on the run's clock.
         emit: Sends an event to the run's listeners.
         limit_keys: The run's models with their limit keys (for their breakers' state).
@@ -57,7 +58,7 @@ class HealthMonitor:
         *,
         run_id: str,
         policy: HealthPolicy,
-        clock: Clock,
+        clock: object,
         now: Callable[[], float],
         emit: Callable[[events.Event], None],
         limit_keys: Callable[[], dict[str, str]],
@@ -315,7 +316,10 @@ class HealthMonitor:
                 )
                 group.start_soon(self._deliver, receive)
             timer = anyio.CancelScope()
-            group.start_soon(self._timer, timer)
+            if isinstance(self._clock, SystemClock):
+                # A fake clock's sleeps move its time: a timer would make time fly. There,
+                # stalls are judged on the run's events and on `health` only.
+                group.start_soon(self._timer, timer)
             try:
                 await body()
             except anyio.get_cancelled_exc_class():
@@ -338,7 +342,7 @@ class HealthMonitor:
                     if wake is None:
                         await anyio.sleep_forever()
                     else:
-                        await self._clock.sleep(max(0.0, wake - self.now()))
+                        await anyio.sleep(max(0.0, wake - self.now()))
                 self._sleep = self._wake_at = None
                 if not self._ended:
                     self.judge(self.now())

@@ -6,6 +6,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from crewflow import Agent, Crew, HealthPolicy, Task
@@ -17,6 +18,7 @@ from crewflow.testing import Error, FunctionLLM, capture_events, run_virtual
 
 if TYPE_CHECKING:
     from crewflow.llm import LLMRequest
+    from crewflow.testing import FakeClock
 
 
 def crew_of(llm: FunctionLLM, *names: str, **fields: Any) -> Crew:
@@ -274,3 +276,24 @@ def test_a_task_whose_calls_keep_ending_never_stalls_however_long_it_takes() -> 
 
     assert duration > 100  # longer than the threshold in all
     assert seen == []
+
+
+async def test_the_stall_timer_leaves_a_fake_clock_alone(fake_clock: FakeClock) -> None:
+    gate = anyio.Event()
+
+    async def held(request: LLMRequest) -> str:
+        await gate.wait()
+        return "done"
+
+    crew = crew_of(FunctionLLM(held), "held", on_alert=lambda change: None)
+
+    async with crew.start() as handle:
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        fake_clock.advance(HealthPolicy().stall_after)
+        stalled = handle.health()  # judged on demand, on the fake clock's time
+        gate.set()
+        await handle.result()
+
+    assert fake_clock.sleeps == []  # a timer sleeping on it would have moved it
+    assert stalled.status == "stalled"
