@@ -24,6 +24,7 @@ if typing.TYPE_CHECKING:
     from crewflow.agent import Agent
     from crewflow.crew import Crew, CrewResult
     from crewflow.exceptions import CrewflowWarning
+    from crewflow.health import HealthPolicy
     from crewflow.limits import Auto, Breaker, Limit, Limits
     from crewflow.loop import Loop
     from crewflow.report import Report
@@ -40,6 +41,7 @@ __all__ = [
     "Crew",
     "CrewResult",
     "CrewflowWarning",
+    "HealthPolicy",
     "Limit",
     "Limits",
     "Loop",
@@ -71,6 +73,7 @@ _WHERE = {
     "Crew": "crewflow.crew",
     "CrewResult": "crewflow.crew",
     "CrewflowWarning": "crewflow.exceptions",
+    "HealthPolicy": "crewflow.health",
     "Limit": "crewflow.limits",
     "Limits": "crewflow.limits",
     "Loop": "crewflow.loop",

@@ -28,8 +28,9 @@ from crewflow._caller import CallerModule
 from crewflow._records import ProcessChoice, RunStatus, TaskKind, TaskRecord
 from crewflow._spec import Spec
 from crewflow.agent import Agent
-from crewflow.events import Event
+from crewflow.events import Event, RunHealthChanged
 from crewflow.exceptions import ConfigurationError, CrewflowError, KickoffsFailed
+from crewflow.health import HealthPolicy
 from crewflow.limits import Limits
 from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
@@ -256,6 +257,16 @@ class Crew(Spec):
         limits: Concurrency and rate limits per model or group (`crewflow.Limits`), shared
             with every crew of the process that uses the same models or groups.
         on_event: Called with every `crewflow.events.Event` of every run of this crew.
+        health: When a run counts as stalled or degraded (`crewflow.HealthPolicy`). Given (or
+            with ``on_alert``), every run's health is judged from its events and each change is
+            a `crewflow.events.RunHealthChanged` event; runs started with `start` are watched
+            under the default policy when none is given. ``None`` and no ``on_alert``: runs
+            of `kickoff` are not watched, and pay nothing for it.
+        on_alert: Called with each `crewflow.events.RunHealthChanged` of a run (a task
+            stalled or moving again, a model's error rate too high, its breaker opening, a
+            task retried ``HealthPolicy.retries`` times): a plain function (run in a worker
+            thread) or an ``async`` one, given ``HealthPolicy.alert_timeout`` seconds. One
+            that raises or hangs is logged and never breaks the run.
         store: Where runs are recorded and checkpointed: ``"default"`` (``CREWFLOW_STORE``
             when set, else ``runs.db`` in ``CREWFLOW_HOME`` or the user data directory), the
             path of a SQLite file (or ``sqlite:///PATH``), a ``postgresql://`` URL (a
@@ -298,6 +309,8 @@ class Crew(Spec):
     on_failure: Literal["stop", "continue"] = "stop"
     limits: Limits | None = None
     on_event: Callable[[Event], None] | None = None
+    health: HealthPolicy | None = None
+    on_alert: Callable[[RunHealthChanged], Any] | None = None
     store: Any = Field(default="default", repr=False)  # a URL may hold a password
     cache: bool = False
     record_prompts: bool = True
@@ -699,6 +712,7 @@ class Crew(Spec):
                 "a script use crew.kickoff_sync(...)"
             ) from None
         run = self._new_run(inputs, llm)
+        run.watch_health(self.health or HealthPolicy(), self.on_alert)  # for handle.health()
         view = _progress(progress)
         if view is not None:
             view.expect(run.run_id, self.name, len(run.graph.names))  # in the calling cell
@@ -814,6 +828,8 @@ class Crew(Spec):
         if self.limits is not None:
             run.auto_keys = tuple(key for key, limit in self.limits.items() if limit.auto)
         run.auto_models = self.max_concurrency == "auto"
+        if self.health is not None or self.on_alert is not None:
+            run.watch_health(self.health or HealthPolicy(), self.on_alert)
         store = self.resolved_store()
         if store is not None:
             run.recorder = self._recorder(store, run, override, resumption)

@@ -36,6 +36,7 @@ __all__ = [
     "LimiterWait",
     "ProcessChosen",
     "RunFinished",
+    "RunHealthChanged",
     "RunPaused",
     "RunResumed",
     "RunStarted",
@@ -487,6 +488,77 @@ class ToolCalled(Event):
     duration: float
     error_type: str | None = None
     error: str | None = None
+
+
+# The two models below are what `RunHealthChanged` carries; they are public as
+# `crewflow.health.RunHealth` and `crewflow.health.HealthIssue` (this module lists events only).
+
+
+class HealthIssue(BaseModel):
+    """One thing wrong with a running run (see `crewflow.health.RunHealth`).
+
+    Attributes:
+        kind: ``"stalled"`` (a task in flight with no event for longer than
+            ``HealthPolicy.stall_after``), ``"error_rate"`` (a model's failed calls over its
+            recent calls above ``HealthPolicy.error_rate``), ``"breaker_open"`` (a model's
+            circuit breaker is open or half-open), ``"retries"`` (a task in flight retried
+            ``HealthPolicy.retries`` times or more) or ``"limit_waits"`` (the tasks spent more
+            than ``HealthPolicy.limit_wait_share`` of their time waiting for limits).
+        subject: The task (stalled, retries), the model (error_rate, breaker_open), or
+            ``"run"`` (limit_waits).
+        detail: What is wrong, in a sentence.
+        since: When it began, in seconds on the run's clock.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["stalled", "error_rate", "breaker_open", "retries", "limit_waits"]
+    subject: str
+    detail: str
+    since: float
+
+
+class RunHealth(BaseModel):
+    """How a run is doing, computed from its events (`crewflow.RunHandle.health`).
+
+    Attributes:
+        status: ``"ok"`` (no issue), ``"degraded"`` (issues, none of them a stalled task) or
+            ``"stalled"`` (some task in flight made no progress for too long).
+        time: When it was computed, in seconds on the run's clock.
+        issues: What is wrong, oldest first.
+        in_flight: How many tasks are in flight.
+        error_rates: Per model, its failed calls over its calls in the recent window
+            (``HealthPolicy.error_window``); models without a call in it are left out.
+        limit_wait_share: The share of the tasks' time in flight spent waiting for limits
+            (concurrency, rpm, tpm, Retry-After pauses, an open breaker), from 0 to 1.
+        breakers: The models whose circuit breaker is not closed, with its state.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["ok", "degraded", "stalled"] = "ok"
+    time: float = 0.0
+    issues: list[HealthIssue] = []
+    in_flight: int = 0
+    error_rates: dict[str, float] = {}
+    limit_wait_share: float = 0.0
+    breakers: dict[str, Literal["open", "half_open"]] = {}
+
+
+class RunHealthChanged(Event):
+    """The run's health changed: an issue began or ended (emitted only on a change, to
+    ``on_event`` listeners and to ``Crew(on_alert=...)``).
+
+    Attributes:
+        health: The run's health now (`crewflow.health.RunHealth`).
+        raised: The issues that began (`crewflow.health.HealthIssue`).
+        cleared: The issues that ended.
+    """
+
+    kind: Literal["run_health_changed"] = "run_health_changed"
+    health: RunHealth
+    raised: list[HealthIssue]
+    cleared: list[HealthIssue]
 
 
 class EventSink(Protocol):

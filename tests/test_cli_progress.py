@@ -530,3 +530,58 @@ def test_the_header_adds_up_the_cost_of_the_calls_and_counts_restored_tasks_as_d
     assert "$0.2500" in lines[0]
     (plan,) = [line for line in lines if " plan " in f" {line} "]
     assert "restored from the run's record" in plan
+
+
+# -- the run's health -----------------------------------------------------------------------------
+
+
+def health_changed(status: str, *details: str) -> events.RunHealthChanged:
+    from crewflow.health import HealthIssue, RunHealth
+
+    issues = [
+        HealthIssue(kind="stalled", subject=f"t{i}", detail=detail, since=0.0)
+        for i, detail in enumerate(details)
+    ]
+    return events.RunHealthChanged(
+        run_id="r1",
+        time=0.0,
+        health=RunHealth(status=status, issues=issues),  # type: ignore[arg-type]
+        raised=issues,
+        cleared=[],
+    )
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_an_unhealthy_run_shows_its_oldest_issue_under_the_header_within_the_width(
+    width: int,
+) -> None:
+    progress, _ = view(width=width, height=8)
+    stalled = "task 'summarise-the-quarterly-research' has made no progress for 300 s"
+    feed(progress, started(5), *(task_started(f"t{i}") for i in range(5)))
+
+    feed(progress, health_changed("stalled", stalled, "3 of the last 4 calls to m failed"))
+    lines = progress.lines(width, 8)
+
+    assert lines[1].plain.startswith("⚠ stalled: task 'summarise")
+    assert lines[1].plain.endswith("(+1 more)") or lines[1].plain.endswith("…")
+    assert len(lines) <= 7
+    assert all(cell_len(line.plain) <= width for line in lines)
+    out = Console(file=io.StringIO(), width=width, height=8, force_terminal=True)
+    out.print(progress.render())
+    assert len(out.file.getvalue().splitlines()) == len(lines)  # type: ignore[attr-defined]
+
+    feed(progress, health_changed("ok"))
+    assert not any("⚠" in line for line in shown(progress))
+
+
+def test_off_a_terminal_a_change_of_health_is_one_plain_line() -> None:
+    console = Console(file=io.StringIO(), width=80)
+    progress = cli.ProgressView(console, clock=Clock())
+
+    feed(progress, started(1), health_changed("stalled", "task 'a' has made no progress"))
+    feed(progress, health_changed("ok"))
+
+    assert console.file.getvalue().splitlines()[1:] == [  # type: ignore[attr-defined]
+        "run r1 health: stalled: task 'a' has made no progress",
+        "run r1 health: ok",
+    ]

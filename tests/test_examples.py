@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,13 @@ MARKERS: dict[str, list[str]] = {
         "rate_limited",
         "40 tasks done; the provider served 40",
         "never held more than 4 at once (its hidden capacity: 4)",
+    ],
+    "alerts_webhook.py": [
+        "webhook got: [stalled] run ",
+        "+ task 'draft' has made no progress for 1 s",
+        "webhook got: [ok] run ",
+        "- stalled draft: over",
+        "draft: [offline model] Writer on:",
     ],
     "resume_a_run.py": [
         "checkpointed before the failure: ['costs', 'efficiency', 'installation']",
@@ -341,3 +349,45 @@ def test_crewflow_run_runs_every_example_crew_as_it_is(example: Path) -> None:
     assert done.returncode == expected, done.stderr
     assert "missing inputs" not in done.stderr
     assert done.stdout.strip()
+
+
+def test_the_alerts_example_posts_each_change_of_health_to_the_webhook_it_is_given() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**offline_env(), "CREWFLOW_ALERT_URL": f"http://127.0.0.1:{server.server_port}/"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "examples/alerts_webhook.py"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert done.returncode == 0, done.stderr
+    assert "webhook got" not in done.stdout  # the given webhook, not the script's own
+    events = [body["event"] for body in received]
+    assert [event["kind"] for event in events] == ["run_health_changed"] * 2
+    assert [event["health"]["status"] for event in events] == ["stalled", "ok"]
+    assert [issue["subject"] for issue in events[0]["raised"]] == ["draft"]
+    assert [issue["subject"] for issue in events[1]["cleared"]] == ["draft"]
+    assert received[0]["text"].startswith("[stalled] run ")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from crewflow._runtime.run import Run
     from crewflow.crew import CrewResult
-    from crewflow.events import Event
+    from crewflow.events import Event, RunHealth
 
 __all__ = ["RunHandle"]
 
@@ -102,6 +102,26 @@ class RunHandle:
     def cancel(self) -> None:
         """Cancel the run: tasks in flight are cancelled and their HTTP requests aborted."""
         self._task.cancel()
+
+    def health(self) -> RunHealth:
+        """How the run is doing now, judged from its events under the crew's
+        `crewflow.HealthPolicy` (the default one when the crew has none): tasks stalled, each
+        model's error rate, the share of time spent waiting for limits, breakers not closed.
+
+        Example:
+            ```python
+            health = handle.health()
+            if health.status != "ok":
+                for issue in health.issues:
+                    print(issue.kind, issue.detail)
+            ```
+        """
+        monitor = self._run.health
+        if monitor is None:  # a run handed over without a watch: start one (not from the start)
+            from crewflow.health import HealthPolicy
+
+            monitor = self._run.watch_health(HealthPolicy(), None)
+        return monitor.health()
 
     def set_concurrency(self, limit: int | None) -> None:
         """Change how many tasks may run at once, up or down, while running."""

@@ -67,10 +67,12 @@ if TYPE_CHECKING:
     from crewflow._plan import PlanProblem
     from crewflow._records import Prediction
     from crewflow._runtime.cache import ReplyCache
+    from crewflow._runtime.health import HealthMonitor
     from crewflow._runtime.recording import Recorder, Resumption
     from crewflow.agent import Agent
     from crewflow.events import EventSink
     from crewflow.graph import TaskGraph
+    from crewflow.health import HealthPolicy
     from crewflow.llm._base import LLM
     from crewflow.loop import Loop
     from crewflow.processes import Process
@@ -165,6 +167,8 @@ class Run:
         self.cache = cache
         self.record_prompts = record_prompts
         self.replies: ReplyCache | None = None
+        self.health: HealthMonitor | None = None
+        """The run's health watch, when someone asked for it (`watch_health`)."""
         self.restored: list[str] = []
         self.final: TaskOutput | None = None
         self.plan: BaseModel | None = None
@@ -1159,6 +1163,27 @@ class Run:
         self._sinks = tuple(s for s in self._sinks if s is not sink)
         self.listening = bool(self._sinks)
 
+    def watch_health(
+        self, policy: HealthPolicy, on_alert: Callable[[events.RunHealthChanged], Any] | None
+    ) -> HealthMonitor:
+        """Judge the run's health from its events from now on (before it starts), calling
+        ``on_alert`` on each change; returns the watch (the same one when called again)."""
+        from crewflow._runtime.health import HealthMonitor
+
+        if self.health is None:
+            self.health = HealthMonitor(
+                run_id=self.run_id,
+                policy=policy,
+                clock=self.clock,
+                now=lambda: self.now(),
+                emit=self.emit,
+                limit_keys=lambda: {llm.model: llm.limit_key for llm in self._llms.values()},
+                log=self.log,
+                on_alert=on_alert,
+            )
+            self.add_sink(self.health)
+        return self.health
+
     # -- control -------------------------------------------------------------------------------
 
     def pause(self) -> None:
@@ -1322,7 +1347,10 @@ class Run:
         # reference cycle, and each run's outputs would wait for the garbage collector to be
         # freed.
         context = RunContext(self)
-        await self.process.run(context)
+        if self.health is None:
+            await self.process.run(context)
+        else:
+            await self.health.watch(lambda: self.process.run(context))
         self.final = self.process.final_output(context)
         self.plan = self.process.result_plan(context)
 

@@ -118,8 +118,12 @@ class ProgressView:
             return []  # nothing to show before the run starts (it may be refused)
         now = self._clock()
         lines = [self._header(now, width)]
+        health = self._health_line()
+        if health is not None:
+            lines.append(health)
         frame = _SPINNER[int(now * 10) % 10]
-        lines.extend(_layout(self.run, max(2, height - 2), frame=frame, width=width))
+        rows = max(2, height - 1 - len(lines))
+        lines.extend(_layout(self.run, rows, frame=frame, width=width))
         for line in lines:
             line.no_wrap = True
             line.truncate(width, overflow="ellipsis")
@@ -138,6 +142,18 @@ class ProgressView:
             if header.cell_len <= width:
                 return header
         return Text(" · ".join(self._summary(now, status=True, short=True)))
+
+    def _health_line(self) -> Text | None:
+        """While the run is not healthy: its status and its oldest issue (and how many more)."""
+        run = self.run
+        if run.health == "ok" or not run.health_issues or run.duration is not None:
+            return None
+        more = len(run.health_issues) - 1
+        line = Text.assemble(("⚠ ", "yellow"), (run.health, "bold yellow"), ": ")
+        line.append(run.health_issues[0])
+        if more:
+            line.append(f" (+{more} more)", style="dim")
+        return line
 
     def _summary(self, now: float, *, status: bool, short: bool = False) -> list[str]:
         run = self.run
@@ -185,6 +201,9 @@ class ProgressView:
         elif isinstance(event, events.RunFinished):
             summary = " · ".join(self._summary(self._clock(), status=False))
             line = f"run {event.run_id} {run.status}: {summary}"
+        elif isinstance(event, events.RunHealthChanged):
+            issues = "; ".join(run.health_issues)
+            line = f"run {event.run_id} health: {run.health}" + (f": {issues}" if issues else "")
         else:
             return
         self.console.print(Text(printable(line)), soft_wrap=True)

@@ -80,6 +80,10 @@ class RunProgress:
     duration: float | None = None
     cost: float | None = None
     paused: bool = False
+    health: str = "ok"
+    """The run's health status (``ok``, ``degraded``, ``stalled``), from `RunHealthChanged`."""
+    health_issues: list[str] = field(default_factory=list)
+    """What is wrong, in words, oldest first."""
     tasks: dict[str, TaskProgress] = field(default_factory=dict)
     _changes: int = 0
 
@@ -122,6 +126,9 @@ class RunProgress:
             self.status, self.duration = event.status, event.duration
         elif isinstance(event, events.RunPaused | events.RunResumed):
             self.paused = isinstance(event, events.RunPaused)
+        elif isinstance(event, events.RunHealthChanged):
+            self.health = event.health.status
+            self.health_issues = [printable(issue.detail) for issue in event.health.issues]
         else:
             return False
         return True

@@ -41,6 +41,7 @@ from crewflow.cli._common import (
 from crewflow.cli._load import check_inputs, crew_from_file, parse_inputs
 from crewflow.cli._progress import ProgressView
 from crewflow.exceptions import ConfigurationError, CrewRunError, UnknownRunError
+from crewflow.health import HealthPolicy
 from crewflow.llm._models import check_model
 from crewflow.store import SQLiteStore, default_store_path
 from crewflow.store._base import POSTGRES_SCHEMES
@@ -320,7 +321,11 @@ def _watching(
     # The crew's public event hook, on a copy: the user's Crew (frozen) is left as it was and
     # its own on_event still gets every event.
     sink = _chain(note, crew.on_event if view is None else _chain(view, crew.on_event))
-    watched = crew.model_copy(update={"on_event": sink})
+    update: dict[str, Any] = {"on_event": sink}
+    if view is not None and crew.health is None:
+        # The live view shows the run's health: judged under the default policy.
+        update["health"] = HealthPolicy()
+    watched = crew.model_copy(update=update)
     showing = view.showing() if view is not None else nullcontext()
     try:
         with showing:
