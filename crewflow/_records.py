@@ -99,6 +99,10 @@ class Compact(BaseModel):
     before it adds to it), so instances given the same fields share one.
     """
 
+    # Built when first used, like the records: building it at import would also make pydantic
+    # look for its plugins then (a scan of every installed distribution, 20 ms or more).
+    model_config = ConfigDict(defer_build=True)
+
     def model_post_init(self, context: Any, /) -> None:
         given = self.__pydantic_fields_set__
         shared = _FIELDS_SETS.setdefault(frozenset(given), given)

@@ -510,7 +510,7 @@ class HealthIssue(BaseModel):
         since: When it began, in seconds on the run's clock.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     kind: Literal["stalled", "error_rate", "breaker_open", "retries", "limit_waits"]
     subject: str
@@ -534,7 +534,7 @@ class RunHealth(BaseModel):
         breakers: The models whose circuit breaker is not closed, with its state.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     status: Literal["ok", "degraded", "stalled"] = "ok"
     time: float = 0.0
