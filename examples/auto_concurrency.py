@@ -3,7 +3,7 @@ that can serve only a few calls at once.
 
 What it shows: the provider here is crewflow's loopback test server (`OpenAIServer`, on
 127.0.0.1 in a thread of this process, so the real ``openai`` SDK runs over a socket with no
-network and no key) with a hidden capacity (`crewflow.testing.Capacity`): above 4 requests in
+network and no key) with a hidden capacity (`crewflow.testing.Capacity`): above 8 requests in
 flight it answers 429. Nobody tells the crew that number. ``max_concurrency="auto"`` puts an
 auto limit on the model: it starts low, grows while replies are healthy, is cut by the 429s,
 and settles at the capacity. Each change is a `ConcurrencyChanged` event, printed as it
@@ -25,7 +25,7 @@ from crewflow.events import ConcurrencyChanged, Event
 from crewflow.llm import OpenAIChat
 from crewflow.testing import Capacity, OpenAIServer
 
-CAPACITY = 4
+CAPACITY = 8
 # A provider that serves CAPACITY calls at once, 200 ms each, and answers 429 (retry after
 # 0.2 s) above that: short times, to keep the example quick.
 hidden = Capacity(CAPACITY, mode="reject", latency=0.2, retry_after=0.2)

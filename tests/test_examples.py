@@ -85,7 +85,7 @@ MARKERS: dict[str, list[str]] = {
     "auto_concurrency.py": [
         "rate_limited",
         "40 tasks done; the provider served 40",
-        "never held more than 4 at once (its hidden capacity: 4)",
+        "never held more than 8 at once (its hidden capacity: 8)",
     ],
     "alerts_webhook.py": [
         "webhook got: [stalled] run ",
