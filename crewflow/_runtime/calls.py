@@ -190,8 +190,11 @@ class ManagedLLM(LLM):
                 if exc.status_code == 429 and exc.retry_after:
                     # Paused before the permit goes back, so that no call (on any worker, with
                     # shared limits) takes its slot in between and starts within the pause.
-                    policy = attempt.policy
-                    registry().pause(self.inner.limit_key, min(exc.retry_after, policy.max))
+                    # An auto limit's first 429 cuts the limit instead (the release below).
+                    seconds = min(exc.retry_after, attempt.policy.max)
+                    limits = registry()
+                    if not limits.cut_instead_of_pausing(self.inner.limit_key, seconds, permit):
+                        limits.pause(self.inner.limit_key, seconds)
                 self._changed(
                     permit.release(
                         tokens=None if _processed(exc) else 0,

@@ -53,7 +53,7 @@ LATENCY_FACTOR = 2.0
 pushback."""
 LATENCY_WEIGHT = 0.2
 """The weight of the newest reply's latency in the moving average compared to the baseline."""
-PROBE_WINDOWS = 8
+PROBE_WINDOWS = 16
 """Windows of healthy replies at one below the ceiling before the limit probes it again."""
 LEARNED_PROBE_WINDOWS = 8 * PROBE_WINDOWS
 """The same, from a start learned from earlier clean runs: a level they settled at is
@@ -124,6 +124,7 @@ class Controller:
         status_code: int | None,
         ok: bool | None,
         in_flight: int,
+        waiting: int = 0,
     ) -> Change | None:
         """Take one finished call into account; returns the change it caused, if any.
 
@@ -135,6 +136,7 @@ class Controller:
             ok: ``True`` a success, ``False`` a failure the breaker counts, ``None`` neither
                 (a 4xx other than 429, a cancellation: no signal).
             in_flight: The key's other calls in flight now.
+            waiting: The calls waiting for the key's limit now.
         """
         reason: Reason | None = None
         if status_code == 429:
@@ -157,9 +159,12 @@ class Controller:
                 if baseline > 0 and self.recent > LATENCY_FACTOR * baseline:
                     reason = "latency"
             if reason is None:
-                # Only a key using its whole limit learns that it could take more (the tail of
-                # a run, with fewer calls left than the limit, says nothing of the capacity).
-                return self._healthy_reply(now) if in_flight + 1 >= self.limit else None
+                # Only a key its limit holds back learns that it could take more: calls wait
+                # for it, or it is all in use (the tail of a run, with fewer calls left than
+                # the limit, says nothing of the capacity). Calls waiting count, because calls
+                # that end together each see the others gone before their slots are refilled.
+                busy = in_flight + 1 + waiting >= self.limit
+                return self._healthy_reply(now) if busy else None
         if reason is None or started < self._cut_at:
             return None
         limit, ceiling = self.limit, self.ceiling

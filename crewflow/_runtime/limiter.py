@@ -120,6 +120,8 @@ class _KeyState:
         "blocked_on",
         "breaker",
         "breaker_waiters",
+        "excused_at",
+        "excused_until",
         "failed_requests",
         "failures",
         "in_flight",
@@ -134,6 +136,10 @@ class _KeyState:
     def __init__(self) -> None:
         self.in_flight = 0
         self.auto: Controller | None = None  # the auto limit's controller, made on first use
+        # Until when an auto limit's 429 cuts the limit instead of pausing the key (see
+        # `LimitRegistry.cut_instead_of_pausing`).
+        self.excused_at = 0.0
+        self.excused_until: float | None = None
         self.queue: deque[_Waiter] = deque()
         self.blocked_on = "concurrency"  # what the queue's head waits for (for Permit.reasons)
         self.requests: _Bucket | None = None  # None: full (never used)
@@ -373,6 +379,29 @@ class LimitRegistry:
             state = self._state(limit_key)
             if state.paused_until is None or state.paused_until < until:
                 state.paused_until = until
+
+    def cut_instead_of_pausing(self, limit_key: str, seconds: float, permit: Permit) -> bool:
+        """Whether a 429 of ``limit_key`` with a Retry-After of ``seconds`` only cuts its auto
+        limit, rather than also pausing every call of the key (`pause`).
+
+        Under an auto limit a 429 is how the provider says the limit went past its capacity:
+        the controller cuts the limit to the calls the provider serves, and the refused call
+        waits its Retry-After before it is sent again; the calls within the new limit go on.
+        That holds for the first 429, and for the calls ``permit`` shows were sent before it
+        (the same overshoot). A call sent after it and refused within that Retry-After (the cut
+        was not enough, or the provider limits by rate, not by calls in flight) pauses the key
+        as for a fixed limit. A key without an auto limit is always paused.
+        """
+        with self._lock:
+            state = self._states.get(limit_key)
+            if state is None or state.auto is None:
+                return False
+            now = current_clock().now()
+            if state.excused_until is not None and state.excused_until > now:
+                sent = next((h.started for h in permit._held if h.key == limit_key), now)
+                return sent <= state.excused_at
+            state.excused_at, state.excused_until = now, now + seconds
+            return True
 
     def learn(self, key: str, start: int) -> Change | None:
         """Start ``key``'s auto concurrency at ``start`` (what earlier runs learned, within its
@@ -759,6 +788,7 @@ class LimitRegistry:
                     status_code=status_code,
                     ok=ok,
                     in_flight=hold.state.in_flight,
+                    waiting=len(hold.state.queue),
                 )
                 if change is not None:
                     changes.append(change)

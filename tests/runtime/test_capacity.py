@@ -182,3 +182,43 @@ def test_learning_starts_a_key_once() -> None:
         assert (change.new, change.reason) == (10, "learned")
         assert limits.learn("search", 3) is None  # the live controller knows better
         assert limits.concurrency("search") == 10
+
+
+def test_calls_waiting_for_the_limit_count_as_using_it() -> None:
+    # Calls that end together each see the others gone before their slots are refilled: with
+    # calls waiting, the key is held back by its limit all the same, and it grows.
+    controller = Controller("k", Auto())
+    for _ in range(CONSERVATIVE_START):
+        controller.observe(started=1, now=1.2, status_code=None, ok=True, in_flight=0, waiting=50)
+    assert controller.limit == 2 * CONSERVATIVE_START
+    tail = Controller("k", Auto())
+    for _ in range(CONSERVATIVE_START):
+        tail.observe(started=1, now=1.2, status_code=None, ok=True, in_flight=0, waiting=0)
+    assert tail.limit == CONSERVATIVE_START  # the run's tail says nothing of the capacity
+
+
+async def test_an_auto_limit_s_first_429_cuts_it_and_a_later_one_pauses_the_key() -> None:
+    limits = LimitRegistry()
+    limits.configure(Limits(m=Limit(concurrency="auto"), fixed=Limit(concurrency=4)))
+    clock = FakeClock()
+    with use_clock(clock):
+        before = [await limits.acquire(model="m", limit_key="m") for _ in range(2)]
+        # The first 429: the cut is the backoff, the key is not paused.
+        assert limits.cut_instead_of_pausing("m", 1.0, before[0])
+        # Another call of the same overshoot (sent before that 429): not paused either.
+        assert limits.cut_instead_of_pausing("m", 1.0, before[1])
+        for permit in before:
+            permit.release(ok=None, status_code=429)
+        clock.advance(0.5)
+        after = await limits.acquire(model="m", limit_key="m")
+        # Sent after the cut and refused within its Retry-After: the key is paused as usual.
+        assert not limits.cut_instead_of_pausing("m", 1.0, after)
+        after.release(ok=None, status_code=429)
+        clock.advance(1.0)
+        again = await limits.acquire(model="m", limit_key="m")
+        assert limits.cut_instead_of_pausing("m", 1.0, again)  # a new window: a cut again
+        again.release(ok=True)
+        # A fixed limit is always paused.
+        fixed = await limits.acquire(model="f", limit_key="fixed")
+        assert not limits.cut_instead_of_pausing("fixed", 1.0, fixed)
+        fixed.release(ok=True)
