@@ -530,8 +530,18 @@ def test_show_json_holds_the_run_its_attempts_and_outputs(home: Path) -> None:
 
     shown = invoke_json("show", "r1")
 
-    assert set(shown) == {"run", "added", "attempts", "outputs", "plan", "choice", "decisions"}
+    assert set(shown) == {
+        "run",
+        "added",
+        "attempts",
+        "outputs",
+        "plan",
+        "choice",
+        "decisions",
+        "health",
+    }
     assert shown["plan"] is shown["choice"] is None  # nothing planned, nothing chosen
+    assert shown["health"] is None  # never watched
     assert shown["decisions"] == []  # nothing branched, mapped, looped or skipped
     assert shown["run"]["run_id"] == "r1"
     assert shown["run"]["source"] == {"file": "/crews/research.py", "attribute": "crew"}
@@ -1312,3 +1322,43 @@ def test_a_corrupt_database_is_one_clear_error_at_every_width(
     message = " ".join(" ".join(lines).split())
     assert "file is not a database" in message
     assert "move it aside" in message
+
+
+def fill_stalled_run(path: Path) -> None:
+    """A failed run whose health was last recorded stalled on ``draft``, and one never
+    watched."""
+    detail = "task 'draft' has made no progress for 300 s, a long sentence that wraps on narrow"
+    health = {
+        "status": "stalled",
+        "issues": [{"kind": "stalled", "subject": "draft", "detail": detail, "since": 300.0}],
+        "recorded": "2024-05-01T12:05:00+00:00",
+    }
+    watched = record("sick", status=RunStatus.FAILED).model_copy(
+        update={"details": {"health": health}}
+    )
+    fill(path, [watched, record("plain", minute=1)])
+
+
+def test_show_json_carries_the_runs_last_recorded_health(home: Path) -> None:
+    fill_stalled_run(home / "runs.db")
+
+    shown = invoke_json("show", "sick")
+
+    assert shown["health"]["status"] == "stalled"
+    assert [issue["subject"] for issue in shown["health"]["issues"]] == ["draft"]
+    assert invoke_json("show", "plain")["health"] is None
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_show_tells_the_last_health_and_its_issues_at_any_width(home: Path, width: int) -> None:
+    fill_stalled_run(home / "runs.db")
+
+    code, lines = on_terminal(width, "show", "sick")
+
+    assert code == 0
+    assert any(line.startswith("last health: stalled (at ") for line in lines)
+    text = " ".join(line.strip() for line in lines)
+    assert "task 'draft' has made no progress for 300 s" in text
+    assert max(len(line) for line in lines) <= width
+    _, plain = on_terminal(width, "show", "plain")
+    assert not any("health" in line for line in plain)

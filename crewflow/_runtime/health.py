@@ -7,6 +7,9 @@ timer on the run's clock for what changes with time alone (a task going quiet, o
 leaving the error window). Each change is a `RunHealthChanged` event, and is handed to the
 crew's ``on_alert`` hook by a task of its own, so that a slow, hanging or failing hook never
 holds up or breaks the run: it is given ``alert_timeout`` seconds, and its failure is logged.
+Each change while the run goes is also recorded with the run in its store (``record``), by one
+more task that writes only the latest health: changes that come faster than the store writes
+are folded into one write, and a write that fails is logged, never the run's end.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class HealthMonitor:
         limit_keys: The run's models with their limit keys (for their breakers' state).
         log: The run's logger.
         on_alert: Called with each `RunHealthChanged`, sync (in a worker thread) or async.
+        record: Records the health with the run in its store (on each change while the run
+            goes; never after its end, so that an ended run keeps the last health it had).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class HealthMonitor:
         limit_keys: Callable[[], dict[str, str]],
         log: Any,
         on_alert: Callable[[RunHealthChanged], Any] | None = None,
+        record: Callable[[RunHealth], Awaitable[None]] | None = None,
     ) -> None:
         self.run_id = run_id
         self.policy = policy
@@ -88,6 +94,10 @@ class HealthMonitor:
         self._sleep: anyio.CancelScope | None = None
         self._wake_at: float | None = None  # when the timer wakes next (None: only if poked)
         self._alerts: MemoryObjectSendStream[RunHealthChanged] | None = None
+        self._record = record
+        self._unrecorded: RunHealth | None = None  # the latest change, not yet written
+        self._recorded: anyio.Event | None = None  # set to wake the writer (while it runs)
+        self._closing = False
 
     # -- the sink ------------------------------------------------------------------------------
 
@@ -300,6 +310,9 @@ class HealthMonitor:
             self._poke()  # its calls leaving the window may end it before the next wake
         if self._alerts is not None:
             self._alerts.send_nowait(change)
+        if self._recorded is not None:
+            self._unrecorded = change.health
+            self._recorded.set()
 
     # -- the timer and the alerts --------------------------------------------------------------
 
@@ -315,6 +328,9 @@ class HealthMonitor:
                     max_buffer_size=float("inf")
                 )
                 group.start_soon(self._deliver, receive)
+            if self._record is not None:
+                self._recorded = anyio.Event()
+                group.start_soon(self._write)
             timer = anyio.CancelScope()
             if isinstance(self._clock, SystemClock):
                 # A fake clock's sleeps move its time: a timer would make time fly. There,
@@ -328,6 +344,9 @@ class HealthMonitor:
                 failure = exc
             finally:
                 timer.cancel()
+                if self._recorded is not None:
+                    self._closing = True  # the writer writes what is left, then ends
+                    self._recorded.set()
                 if self._alerts is not None:
                     self._alerts.close()
                     self._alerts = None
@@ -364,6 +383,25 @@ class HealthMonitor:
         """Make the timer work out its next wake again."""
         if self._sleep is not None:
             self._sleep.cancel()
+
+    async def _write(self) -> None:
+        """Record the latest health whenever it changed, until the run's body ended."""
+        record = self._record
+        assert record is not None
+        while True:
+            event = self._recorded
+            assert event is not None
+            await event.wait()
+            self._recorded = anyio.Event()
+            health, self._unrecorded = self._unrecorded, None
+            if health is not None:
+                try:
+                    await record(health)
+                except Exception as exc:  # the record is for views: the run goes on
+                    self._log.warning("could not record the run's health", error=str(exc))
+            if self._closing and self._unrecorded is None:
+                self._recorded = None
+                return
 
     async def _deliver(self, receive: MemoryObjectReceiveStream[RunHealthChanged]) -> None:
         hook = self._on_alert

@@ -22,12 +22,14 @@ from crewflow._runtime.clock import real_work
 from crewflow.exceptions import CrewChange, LeaseLost, RunInProgress
 from crewflow.llm._types import Usage
 from crewflow.store._base import FinishedOutput
+from crewflow.store._records import HEALTH_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from crewflow._fingerprint import Fingerprint
     from crewflow._records import AttemptRecord, ProcessChoice, RunStatus, TaskKind, TaskRecord
+    from crewflow.events import RunHealth
     from crewflow.graph import TaskGraph
     from crewflow.store import (
         AddedTaskRecord,
@@ -222,12 +224,16 @@ class Recorder:
         """The token of the run's lease, which every write of the run's records carries."""
         return None if self.lease is None else self.lease.token
 
-    async def started(self, at: datetime) -> None:
-        """Record a new run as running (started ``at``) and held by this process's lease."""
+    async def started(self, at: datetime, *, watched: bool = False) -> None:
+        """Record a new run as running (started ``at``) and held by this process's lease;
+        a ``watched`` run (`crewflow.health`) with its health ``ok``, in the same write."""
         from crewflow.store import Lease
 
         lease = Lease.new()
-        self.record = self.record.model_copy(update={"started": at, "lease": lease})
+        update: dict[str, Any] = {"started": at, "lease": lease}
+        if watched:
+            update["details"] = {**self.record.details, HEALTH_KEY: _health_json(None, at)}
+        self.record = self.record.model_copy(update=update)
         with real_work():
             await self.store.start_run(self.record)
         self.lease = lease
@@ -235,10 +241,11 @@ class Recorder:
         # (a list a task, for the garbage collector to walk while the run lasts).
         self.record = self.record.model_copy(update={"graph": {}})
 
-    async def take_over(self) -> None:
+    async def take_over(self, *, watched: bool = False) -> None:
         """Take the recorded run over for a resume, then reopen it: its lease is replaced only
         if it is still the one read with the run (compare-and-set), so of two resumes at once
-        exactly one goes on.
+        exactly one goes on. Its health starts afresh: ``ok`` when it is ``watched``
+        (`crewflow.health`), else none.
 
         Raises:
             RunInProgress: Another process executes the run: its owner is alive and its lease
@@ -260,6 +267,10 @@ class Recorder:
                 now = await self.store.get_run(run_id)
                 raise in_progress(now, meanwhile=True) or RunInProgress(run_id, None, None)
             await self.store.reopen_run(run_id, lease=lease.token)
+            if watched or HEALTH_KEY in self.record.details:
+                # Health is judged afresh: what the run's last process saw is gone with it.
+                health = _health_json(None, datetime.now(UTC)) if watched else None
+                await self.store.record_health(run_id, health, lease=lease.token)
         self.lease = lease
 
     async def keep_lease(self, log: Any) -> None:
@@ -368,6 +379,13 @@ class Recorder:
         with real_work():
             await self.store.record_decisions(self.record.run_id, decisions, lease=self.token)
 
+    async def health_changed(self, health: RunHealth, *, at: datetime) -> None:
+        """Record the run's health, as it changed ``at``."""
+        with real_work():
+            await self.store.record_health(
+                self.record.run_id, _health_json(health, at), lease=self.token
+            )
+
     async def chosen(self, choice: ProcessChoice) -> None:
         """Record the process a choosing process picked, why, and what it predicted."""
         details = {"choice": choice.model_dump(mode="json")}
@@ -391,6 +409,14 @@ class Recorder:
             if paused:
                 await self.store.record_pause(self.record.run_id, lease=self.token)
             await self.store.finish_run(self.record.run_id, status, ended, usage, lease=self.token)
+
+
+def _health_json(health: RunHealth | None, at: datetime) -> dict[str, Any]:
+    """``health`` (``None``: ``ok``, nothing judged yet) as a run's details keep it."""
+    from crewflow.events import RunHealth
+
+    found = RunHealth() if health is None else health
+    return {**found.model_dump(mode="json"), "recorded": at.isoformat()}
 
 
 def _takes(method: Callable[..., Any], name: str) -> bool:

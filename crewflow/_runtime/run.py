@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from crewflow._runtime.health import HealthMonitor
     from crewflow._runtime.recording import Recorder, Resumption
     from crewflow.agent import Agent
-    from crewflow.events import EventSink
+    from crewflow.events import EventSink, RunHealth
     from crewflow.graph import TaskGraph
     from crewflow.health import HealthPolicy
     from crewflow.llm._base import LLM
@@ -1180,9 +1180,15 @@ class Run:
                 limit_keys=lambda: {llm.model: llm.limit_key for llm in self._llms.values()},
                 log=self.log,
                 on_alert=on_alert,
+                record=self._record_health,
             )
             self.add_sink(self.health)
         return self.health
+
+    async def _record_health(self, health: RunHealth) -> None:
+        """Record a change of the run's health with the run (when it has a store)."""
+        if self.recorder is not None:
+            await self.recorder.health_changed(health, at=self.wall(health.time))
 
     # -- control -------------------------------------------------------------------------------
 
@@ -1260,13 +1266,13 @@ class Run:
                     if recorder is not None and recorder.resuming:
                         # Before the run is announced: a resume refused (RunInProgress) must
                         # leave the run to the process that executes it, untouched.
-                        await recorder.take_over()
+                        await recorder.take_over(watched=self.health is not None)
                     now = self.now()
                     if recorder is not None and not recorder.resuming:
                         # Before the run is announced too: a store that cannot record it (a
                         # corrupt, locked or read-only file) fails the kickoff with its own
                         # error, and no end is recorded for a run the store never held.
-                        await recorder.started(self.wall(now))
+                        await recorder.started(self.wall(now), watched=self.health is not None)
                     began = self._started(now)
                     if self.auto_keys:
                         await self._learn_concurrency()

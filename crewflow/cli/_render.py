@@ -20,6 +20,7 @@ from crewflow.cli._transcript import show_prompts
 from crewflow.store import RunStatus
 from crewflow.store._history import run_seconds
 from crewflow.store._lease import lapse_reason
+from crewflow.store._records import HEALTH_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -179,6 +180,7 @@ def show_details(
     console.print(_header(details.run))
     if details.run.status == RunStatus.INTERRUPTED:
         _show_interrupted(console, [details.run], db)
+    _show_health(console, details.run)
     choice, plan = details.choice, details.plan
     if choice is not None:
         _show_choice(console, details.run, choice)
@@ -207,6 +209,38 @@ def show_details(
             console.print(_output_panel(task.output, full=full, width=console.width))
     if details.prompts is not None:
         show_prompts(console, [row for task in tasks for row in task.attempts], details.prompts)
+
+
+_HEALTH_STYLES = {"ok": "green", "degraded": "yellow", "stalled": "red"}
+
+
+def _show_health(console: Console, run: RunRecord) -> None:
+    """The run's last recorded health (when it was watched), and each issue it had then."""
+    health = run.health
+    if health is None:
+        return
+    running = run.status == RunStatus.RUNNING
+    line = Text.assemble(
+        ("health: " if running else "last health: ", "bold"),
+        (health.status, _HEALTH_STYLES[health.status]),
+        _recorded_at(run),
+    )
+    console.print(line)
+    for issue in health.issues:
+        console.print(Padding(Text(issue.detail, style="yellow"), (0, 0, 0, 2)))
+
+
+def _recorded_at(run: RunRecord) -> str:
+    """`` (at <local time>)``: when the run's health was recorded, if it says."""
+    from datetime import datetime
+
+    kept = run.details.get(HEALTH_KEY)
+    when = kept.get("recorded") if isinstance(kept, dict) else None
+    try:
+        at = datetime.fromisoformat(when) if isinstance(when, str) else None
+    except ValueError:
+        at = None
+    return "" if at is None else f" (at {at.astimezone().strftime('%Y-%m-%d %H:%M:%S')})"
 
 
 def _show_course(console: Console, details: RunDetails, tasks: Sequence[_TaskSummary]) -> None:

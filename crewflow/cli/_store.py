@@ -29,6 +29,7 @@ from crewflow.cli._common import (
 from crewflow.cli._render import show_details, show_runs
 from crewflow.exceptions import UnknownRunError
 from crewflow.store import MemoryStore
+from crewflow.store._records import HEALTH_KEY
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
@@ -116,8 +117,10 @@ class RunDetails:
 
     def to_json(self) -> str:
         """``{"run": ..., "added": [...], "attempts": [...], "outputs": {task: ...}, "plan": ...,
-        "choice": ..., "decisions": [...]}``, indented; ``plan`` is `RecordedPlan.to_json`,
-        ``choice`` the `ProcessChoice` (each ``null`` when the run has none). Each attempt holds its
+        "choice": ..., "decisions": [...], "health": ...}``, indented; ``plan`` is
+        `RecordedPlan.to_json`, ``choice`` the `ProcessChoice`, ``health`` the run's last
+        recorded `crewflow.health.RunHealth` with ``recorded``, when (each ``null`` when the
+        run has none). Each attempt holds its
         ``prompts`` only when they were read (``--prompts``)."""
         choice, plan = self.choice, self.plan
         return json.dumps(
@@ -131,6 +134,7 @@ class RunDetails:
                 "plan": None if plan is None else plan.to_json(),
                 "choice": None if choice is None else choice.model_dump(mode="json"),
                 "decisions": [decision.model_dump(mode="json") for decision in self.decisions],
+                "health": self.run.details.get(HEALTH_KEY),
             },
             indent=2,
             ensure_ascii=False,

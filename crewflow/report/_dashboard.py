@@ -71,7 +71,9 @@ _GUARD_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", 
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """One run as the list shows it."""
+    """One run as the list shows it; ``health`` is its last recorded health
+    (`crewflow.store.RunRecord.health`: ``ok``, ``degraded`` or ``stalled``; empty when the
+    run was never watched), ``issues`` what was wrong then, in words."""
 
     run_id: str
     crew: str
@@ -81,10 +83,13 @@ class RunRow:
     seconds: float | None
     tasks: int
     running: tuple[str, ...]
+    health: str = ""
+    issues: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, run: RunRecord) -> RunRow:
         ended = run.ended or (datetime.now(UTC) if run.status == RunStatus.RUNNING else None)
+        health = run.health
         return cls(
             run_id=run.run_id,
             crew=run.crew,
@@ -94,6 +99,8 @@ class RunRow:
             seconds=None if ended is None else round((ended - run.started).total_seconds(), 1),
             tasks=len(run.graph),
             running=in_flight(run),
+            health="" if health is None else health.status,
+            issues=() if health is None else tuple(issue.detail for issue in health.issues),
         )
 
     def json(self) -> dict[str, Any]:
@@ -106,6 +113,8 @@ class RunRow:
             "seconds": self.seconds,
             "tasks": self.tasks,
             "running": list(self.running),
+            "health": self.health,
+            "issues": list(self.issues),
         }
 
 

@@ -254,6 +254,25 @@ class Store(ABC):
             LeaseLost: ``lease`` is not the token of the run's lease.
         """
 
+    async def record_health(  # noqa: B027 - an optional hook
+        self,
+        run_id: str,
+        health: Mapping[str, JsonValue] | None,
+        *,
+        lease: str | None = None,
+    ) -> None:
+        """Keep the run's health as it last changed (`crewflow.health.RunHealth` as JSON, with
+        ``recorded``: when, as an ISO time) in the run's ``details`` under ``"health"``,
+        replacing the one kept before; ``None`` removes it (a resumed run starts afresh).
+
+        A run writes it only on a change of its health, and only when it is watched
+        (`crewflow.health`). The default keeps nothing (views then show no health).
+
+        Raises:
+            UnknownRunError: No such run.
+            LeaseLost: ``lease`` is not the token of the run's lease.
+        """
+
     async def record_pause(  # noqa: B027 - an optional hook
         self, run_id: str, *, lease: str | None = None
     ) -> None:

@@ -8,7 +8,7 @@ headers or client settings, and a store never takes any.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic_core import to_jsonable_python
@@ -17,6 +17,9 @@ from crewflow._records import ProcessChoice, RunStatus, TaskKind
 from crewflow._text import valid_json
 from crewflow._usage import Usage
 from crewflow.store._lease import Lease
+
+if TYPE_CHECKING:
+    from crewflow.events import RunHealth
 
 __all__ = [
     "AddedTaskRecord",
@@ -43,6 +46,10 @@ class RunSource(_Record):
 
     file: str
     attribute: str | None = None
+
+
+HEALTH_KEY = "health"
+"""Where a run record's ``details`` keep the run's last health (`Store.record_health`)."""
 
 
 class RunRecord(_Record):
@@ -120,6 +127,20 @@ class RunRecord(_Record):
             return ProcessChoice.model_validate(found)
         except ValueError:
             return None  # written by another version: the choice is still in `chosen`
+
+    @property
+    def health(self) -> RunHealth | None:
+        """The run's health as it last changed while the run went (`Store.record_health`);
+        ``None`` when the run was never watched (`crewflow.health`)."""
+        from crewflow.events import RunHealth
+
+        found = self.details.get(HEALTH_KEY)
+        if not isinstance(found, dict):
+            return None
+        try:
+            return RunHealth.model_validate(found)
+        except ValueError:
+            return None  # written by another version
 
     @property
     def ran(self) -> str:

@@ -152,6 +152,21 @@ class MemoryStore(Store):
         merged = {**self._load_run(run_id).details, **(details or {})}
         self._update_run(run_id, chosen=process, process_reason=reason, details=merged)
 
+    async def record_health(
+        self,
+        run_id: str,
+        health: Mapping[str, JsonValue] | None,
+        *,
+        lease: str | None = None,
+    ) -> None:
+        run_id = valid_text(run_id)
+        self._check_lease(run_id, lease)
+        details = dict(self._load_run(run_id).details)
+        details.pop("health", None)
+        if health is not None:
+            details["health"] = dict(health)
+        self._update_run(run_id, details=details)
+
     async def record_pause(self, run_id: str, *, lease: str | None = None) -> None:
         run_id = valid_text(run_id)
         self._check_lease(run_id, lease)

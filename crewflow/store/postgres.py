@@ -422,6 +422,23 @@ class PostgresStore(Store):
             lease,
         )
 
+    async def record_health(
+        self,
+        run_id: str,
+        health: Mapping[str, JsonValue] | None,
+        *,
+        lease: str | None = None,
+    ) -> None:
+        if health is None:
+            await self._update(run_id, "details = (details::jsonb - 'health')::text", (), lease)
+            return
+        await self._update(
+            run_id,
+            "details = jsonb_set(details::jsonb, '{health}', %s::jsonb)::text",
+            (to_json(dict(health)),),
+            lease,
+        )
+
     async def record_pause(self, run_id: str, *, lease: str | None = None) -> None:
         await self._update(run_id, "paused = TRUE", (), lease)
 

@@ -283,6 +283,23 @@ class SQLiteStore(Store):
             lease,
         )
 
+    async def record_health(
+        self,
+        run_id: str,
+        health: Mapping[str, JsonValue] | None,
+        *,
+        lease: str | None = None,
+    ) -> None:
+        if health is None:
+            await self._update(run_id, "details = json_remove(details, '$.health')", (), lease)
+            return
+        await self._update(
+            run_id,
+            "details = json_set(details, '$.health', json(?))",
+            (to_json(dict(health)),),
+            lease,
+        )
+
     async def record_pause(self, run_id: str, *, lease: str | None = None) -> None:
         await self._update(run_id, "paused = 1", (), lease)
 

@@ -33,6 +33,18 @@ if TYPE_CHECKING:
     from crewflow.store import Store
 
 TOKEN = "the-token"
+STALLED = {
+    "status": "stalled",
+    "issues": [
+        {
+            "kind": "stalled",
+            "subject": "draft",
+            "detail": "task 'draft' has made no progress for 300 s",
+            "since": 300.0,
+        }
+    ],
+    "recorded": "2026-03-01T12:05:00+00:00",
+}
 
 
 class Elements(HTMLParser):
@@ -63,6 +75,7 @@ async def two_runs(store: Store) -> None:
     lease = live.lease.model_copy(update={"running": ("draft",)})
     await store.start_run(live.model_copy(update={"lease": lease}))
     await store.save_task(output("live", "facts", "five facts", 2), [attempt("facts", 1, 0, 2)])
+    await store.record_health("live", STALLED)
 
 
 @pytest.fixture
@@ -393,3 +406,70 @@ def test_without_a_database_or_the_extra_the_command_says_what_to_do(
 async def _create(db: Path) -> None:
     async with SQLiteStore(db) as store:
         await store.list_runs()
+
+
+def test_the_runs_list_shows_each_runs_last_health_with_its_issues(client: TestClient) -> None:
+    rows = {row["run_id"]: row for row in client.get("/api/runs").json()}
+
+    assert (rows["live"]["health"], rows["live"]["issues"]) == (
+        "stalled",
+        ["task 'draft' has made no progress for 300 s"],
+    )
+    assert (rows["done"]["health"], rows["done"]["issues"]) == ("", [])  # never watched
+    page = Elements(client.get("/").text)
+    badges = [attrs for _, attrs in page.elements if "h-stalled" in (attrs.get("class") or "")]
+    assert [attrs["title"] for attrs in badges] == ["task 'draft' has made no progress for 300 s"]
+
+
+def test_a_run_page_shows_its_health_and_what_is_wrong(client: TestClient) -> None:
+    state = client.get("/api/runs/live").json()
+    assert state["run"]["health"] == "stalled"
+
+    page = Elements(client.get("/runs/live").text)
+    text = "".join(page.text)
+    assert "stalled" in text
+    assert "task 'draft' has made no progress for 300 s" in text
+    assert "not watched" in "".join(Elements(client.get("/runs/done").text).text)
+
+
+def test_a_stalled_task_of_a_real_run_shows_on_its_page_while_it_goes() -> None:
+    import httpx
+
+    from crewflow import Agent, Crew, HealthPolicy, Task
+    from crewflow.testing import FunctionLLM, run_virtual
+
+    async def slow(request: object) -> str:
+        await anyio.sleep(150)  # virtual seconds, with no event of the task meanwhile
+        return "done"
+
+    store = MemoryStore()
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(slow))
+    crew = Crew(
+        tasks=[Task("Do slow", agent=agent, name="slow")],
+        store=store,
+        health=HealthPolicy(stall_after=100),
+    )
+    transport = httpx.ASGITransport(app=create_app(store, token=TOKEN))
+
+    async def main() -> tuple[dict[str, Any], str, dict[str, Any]]:
+        async with (
+            httpx.AsyncClient(
+                transport=transport, base_url="http://127.0.0.1", cookies={COOKIE: TOKEN}
+            ) as client,
+            crew.start() as handle,
+        ):
+            await anyio.sleep(120)
+            going = (await client.get(f"/api/runs/{handle.run_id}")).json()
+            page = (await client.get(f"/runs/{handle.run_id}")).text
+            await handle.result()
+            ended = (await client.get(f"/api/runs/{handle.run_id}")).json()
+        return going, page, ended
+
+    going, page, ended = run_virtual(main)
+
+    assert (going["run"]["health"], going["run"]["issues"]) == (
+        "stalled",
+        ["task 'slow' has made no progress for 100 s"],
+    )
+    assert "task 'slow' has made no progress for 100 s" in "".join(Elements(page).text)
+    assert (ended["run"]["status"], ended["run"]["health"]) == ("completed", "ok")

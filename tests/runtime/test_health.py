@@ -14,9 +14,11 @@ from crewflow.events import RunHealthChanged
 from crewflow.exceptions import ConfigurationError, TaskFailed
 from crewflow.limits import Breaker, Limits
 from crewflow.retry import RetryPolicy
+from crewflow.store import MemoryStore
 from crewflow.testing import Error, FunctionLLM, capture_events, run_virtual
 
 if TYPE_CHECKING:
+    from crewflow.health import RunHealth
     from crewflow.llm import LLMRequest
     from crewflow.testing import FakeClock
 
@@ -297,3 +299,88 @@ async def test_the_stall_timer_leaves_a_fake_clock_alone(fake_clock: FakeClock) 
 
     assert fake_clock.sleeps == []  # a timer sleeping on it would have moved it
     assert stalled.status == "stalled"
+
+
+# -- health recorded with the run in its store --------------------------------------------------
+
+
+def test_a_stalled_task_is_recorded_with_the_run_and_its_recovery_replaces_it() -> None:
+    store = MemoryStore()
+
+    async def slow(request: LLMRequest) -> str:
+        await anyio.sleep(150)  # virtual seconds
+        return "done"
+
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(slow))
+    crew = Crew(
+        tasks=[Task("Do slow", agent=agent, name="slow")],
+        store=store,
+        health=HealthPolicy(stall_after=100),
+    )
+
+    async def main() -> tuple[RunHealth | None, RunHealth | None, RunHealth | None]:
+        async with crew.start() as handle:
+            await anyio.sleep(1)
+            started = await store.get_run(handle.run_id)
+            await anyio.sleep(119)
+            going = await store.get_run(handle.run_id)
+            await handle.result()
+        ended = await store.get_run(handle.run_id)
+        assert started is not None
+        assert going is not None
+        assert ended is not None
+        return started.health, going.health, ended.health
+
+    started, going, ended = run_virtual(main)
+
+    assert started is not None
+    assert started.status == "ok"
+    assert going is not None
+    assert going.status == "stalled"
+    assert [(issue.kind, issue.subject) for issue in going.issues] == [("stalled", "slow")]
+    assert ended is not None
+    assert (ended.status, ended.issues) == ("ok", [])
+
+
+def test_a_run_without_health_or_alerts_records_no_health() -> None:
+    store = MemoryStore()
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(lambda request: "ok"))
+    crew = Crew(tasks=[Task("Do a", agent=agent, name="a")], store=store)
+
+    result = run_virtual(crew.kickoff)
+
+    recorded = run_virtual(store.get_run, result.run_id)
+    assert recorded is not None
+    assert "health" not in recorded.details
+    assert recorded.health is None
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_a_resumed_run_judges_its_health_afresh(watched: bool) -> None:
+    store = MemoryStore()
+    fail = [True]
+
+    def flaky(request: LLMRequest) -> str:
+        if fail[0]:
+            raise ValueError("boom")
+        return "ok"
+
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(flaky))
+    fields: dict[str, Any] = {"health": HealthPolicy()} if watched else {}
+    crew = Crew(tasks=[Task("Do a", agent=agent, name="a")], store=store, **fields)
+
+    async def main() -> RunHealth | None:
+        with pytest.raises(TaskFailed):
+            await crew.kickoff()
+        (run,) = await store.list_runs()
+        stalled = {"status": "stalled", "issues": [], "recorded": "2026-03-01T12:00:05Z"}
+        await store.record_health(run.run_id, stalled)  # what its last process saw
+        fail[0] = False
+        await crew.resume(run.run_id)
+        resumed = await store.get_run(run.run_id)
+        assert resumed is not None
+        return resumed.health
+
+    health = run_virtual(main)
+
+    assert (None if health is None else health.status) == ("ok" if watched else None)

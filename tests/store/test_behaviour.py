@@ -674,3 +674,57 @@ async def test_decisions_of_an_unknown_run_or_a_lost_lease_are_refused(store: St
     assert await store.decisions("run-1") == []
     await store.record_decisions("run-1", [decision], lease=record.lease.token)
     assert await store.decisions("run-1") == [decision]
+
+
+# -- a run's health ----------------------------------------------------------------------------
+
+
+def stalled_health(task: str = "écrire\x00🔋") -> dict[str, object]:
+    issue = {"kind": "stalled", "subject": task, "detail": f"task {task!r} stalled", "since": 5.0}
+    return {"status": "stalled", "time": 5.0, "issues": [issue], "recorded": "2026-03-01T12:00:05Z"}
+
+
+async def test_recording_health_replaces_the_last_and_keeps_the_other_details(
+    store: Store,
+) -> None:
+    await store.start_run(run_record().model_copy(update={"details": {"note": "kept"}}))
+
+    await store.record_health("run-1", {"status": "degraded", "issues": []})
+    await store.record_health("run-1", stalled_health())
+
+    loaded = await store.get_run("run-1")
+    assert loaded is not None
+    assert loaded.details["note"] == "kept"
+    assert loaded.health is not None
+    assert loaded.health.status == "stalled"
+    # Text is data: the task's name comes back as a database keeps it (NUL replaced).
+    assert [issue.subject for issue in loaded.health.issues] == ["écrire\ufffd🔋"]
+
+
+async def test_recording_no_health_removes_it(store: Store) -> None:
+    await store.start_run(run_record())
+    await store.record_health("run-1", stalled_health())
+
+    await store.record_health("run-1", None)
+
+    loaded = await store.get_run("run-1")
+    assert loaded is not None
+    assert (loaded.health, "health" in loaded.details) == (None, False)
+
+
+async def test_health_of_an_unknown_run_or_a_lost_lease_is_refused(store: Store) -> None:
+    with pytest.raises(UnknownRunError):
+        await store.record_health("ghost", stalled_health())
+    record = run_record()
+    assert record.lease is not None
+    await store.start_run(record)
+
+    with pytest.raises(LeaseLost):
+        await store.record_health("run-1", stalled_health(), lease="another process's")
+    loaded = await store.get_run("run-1")
+    assert loaded is not None
+    assert loaded.health is None
+    await store.record_health("run-1", stalled_health(), lease=record.lease.token)
+    loaded = await store.get_run("run-1")
+    assert loaded is not None
+    assert loaded.health is not None

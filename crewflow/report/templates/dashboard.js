@@ -10,6 +10,14 @@ function badge(status, why) {
   return span;
 }
 
+// A run's last recorded health, its issues in the tooltip; nothing for a run never watched.
+function health(run) {
+  if (!run.health) return "";
+  const span = badge(run.health, run.issues.join("; "));
+  span.className = "badge h-" + run.health;
+  return span;
+}
+
 function cell(row, content, numeric) {
   const td = document.createElement("td");
   if (numeric) td.className = "num";
@@ -33,13 +41,14 @@ function showRuns(tbody, runs) {
     cell(tr, run.seconds === null ? "" : String(run.seconds), true);
     cell(tr, String(run.tasks), true);
     cell(tr, run.running.join(", "));
+    cell(tr, health(run));
     rows.push(tr);
   }
   if (rows.length === 0) {
     const tr = document.createElement("tr");
     tr.className = "empty";
     const td = document.createElement("td");
-    td.colSpan = 8;
+    td.colSpan = 9;
     td.className = "muted";
     td.textContent = "No runs.";
     tr.appendChild(td);
@@ -52,6 +61,20 @@ function showRun(table, state) {
   const status = document.getElementById("run-status");
   const before = status.textContent;
   status.replaceWith(Object.assign(badge(state.run.status), { id: "run-status" }));
+  const shown = document.getElementById("run-health");
+  const now = health(state.run);
+  if (now) shown.replaceChildren(now);
+  else {
+    const none = document.createElement("span");
+    none.className = "muted";
+    none.textContent = "not watched";
+    shown.replaceChildren(none);
+  }
+  document.getElementById("run-issues").replaceChildren(...state.run.issues.map((issue) => {
+    const li = document.createElement("li");
+    li.textContent = issue;
+    return li;
+  }));
   const tbody = table.tBodies[0];
   const rows = [];
   for (const task of state.tasks) {
