@@ -11,7 +11,8 @@ The agent loop calls ``llm.complete()`` and knows nothing else; the LLM it is ha
    process (a 4xx other than 429, a connection that failed before sending) gets its tpm
    estimate back;
 3. calls the provider, retrying retryable errors with backoff under the task's policy (a 429's
-   Retry-After pauses the model for every caller, not just this one; 429s spend the policy's
+   Retry-After pauses the model for every caller, not just this one, unless an auto limit's
+   cut serves as the backoff (`LimitRegistry.cut_instead_of_pausing`); 429s spend the policy's
    ``rate_limit_attempts``, other errors its ``max_attempts``);
 4. adds up usage, keeps a cacheable reply in the cache, and emits LLM events (token deltas
    when the agent streams, and a reset before a call when the task streamed text already);
