@@ -213,6 +213,38 @@ def test_ctrl_c_stops_the_child_and_never_restarts_it(
     assert loopback.requests == Counter({"alpha of t1": 1, "bravo of t1": 1})
 
 
+def test_sigterm_to_the_supervisor_stops_the_child_and_never_restarts_it(
+    loopback: Loopback, state: Path, tmp_path: Path
+) -> None:
+    loopback.hold.add("bravo")
+    db = tmp_path / "runs.db"
+    command = [sys.executable, "-m", "crewflow", "run", CREW, "-i", "topic=t1", "--db", str(db)]
+    supervisor = subprocess.Popen(
+        [*command, "--restart", "3", "--restart-delay", "0"],
+        env=environment(loopback, state),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert loopback.arrived.wait(60), "bravo's request never arrived"
+        supervisor.send_signal(signal.SIGTERM)
+        _, stderr = supervisor.communicate(timeout=60)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.communicate()
+
+    assert supervisor.returncode == 128 + signal.SIGTERM
+    (run,) = runs(db)
+    said = " ".join(stderr.split())
+    assert f"run {run.run_id}'s process was sent SIGTERM and not restarted" in said
+    assert f"crewflow resume {run.run_id}" in said
+    assert "restart 1" not in stderr
+    assert run.status == "interrupted"  # its process is gone: resumable at once
+    assert loopback.requests == Counter({"alpha of t1": 1, "bravo of t1": 1})
+
+
 def scripted_children(monkeypatch: pytest.MonkeyPatch, *codes: int) -> list[list[str]]:
     """Children that end with ``codes``, in turn, without starting a process."""
     started: list[list[str]] = []

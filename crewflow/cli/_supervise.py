@@ -25,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -104,6 +105,14 @@ def death(code: int) -> str | None:
 # -- crewflow run --restart N ---------------------------------------------------------------------
 
 
+EXIT_TERMINATED = 128 + signal.SIGTERM
+"""The supervisor's exit code when it was sent SIGTERM (as a shell reports a process it ended)."""
+
+
+class _Terminated(Exception):
+    """The supervisor was sent SIGTERM (a service manager stopping it, ``kill PID``)."""
+
+
 def supervise_run(
     run_args: Sequence[str],
     *,
@@ -122,7 +131,8 @@ def supervise_run(
     The child inherits the terminal (stdin, stdout and stderr): its live view, its result and
     its errors show as they would without a supervisor. The supervisor prints only between
     children, on stderr: one line per restart, and why it gave up. Ctrl-C stops the child and
-    never restarts it.
+    never restarts it; SIGTERM sent to the supervisor is passed on to the child, which stops
+    at once (its run is left interrupted, for ``crewflow resume``), and is not restarted either.
 
     Args:
         run_args: ``crewflow run``'s arguments (the file and options), without ``--restart``.
@@ -146,6 +156,13 @@ def supervise_run(
         except KeyboardInterrupt:
             print_error(err, f"cancelled; run {run_id} was not restarted")
             return EXIT_CANCELLED
+        except _Terminated:
+            print_error(
+                err,
+                f"terminated: run {run_id}'s process was sent SIGTERM and not restarted. "
+                f"Finish it with: crewflow resume {run_id}{resume_options}",
+            )
+            return EXIT_TERMINATED
         why = death(code)
         if why is None:
             return code
@@ -176,13 +193,28 @@ def _run_child(command: list[str]) -> int:
 
     Raises:
         KeyboardInterrupt: Ctrl-C, once the child stopped.
+        _Terminated: SIGTERM, passed on to the child, once it stopped.
     """
     child = subprocess.Popen(command)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return child.wait()
     except KeyboardInterrupt:
         _stop(child)
         raise
+    except _Terminated:
+        child.terminate()
+        child.wait()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
