@@ -381,8 +381,9 @@ class LimitRegistry:
                 state.paused_until = until
 
     def cut_instead_of_pausing(self, limit_key: str, seconds: float, permit: Permit) -> bool:
-        """Whether a 429 of ``limit_key`` with a Retry-After of ``seconds`` only cuts its auto
-        limit, rather than also pausing every call of the key (`pause`).
+        """Whether a 429 of ``limit_key`` with a Retry-After of ``seconds`` only cuts the auto
+        limit ``permit`` held (on that key, its model or a group), rather than also pausing
+        every call of the key (`pause`).
 
         Under an auto limit a 429 is how the provider says the limit went past its capacity:
         the controller cuts the limit to the calls the provider serves, and the refused call
@@ -393,13 +394,13 @@ class LimitRegistry:
         as for a fixed limit. A key without an auto limit is always paused.
         """
         with self._lock:
-            state = self._states.get(limit_key)
-            if state is None or state.auto is None:
+            # The auto limit the call held: on the key itself, or on its model or a group.
+            hold = next((h for h in permit._held if h.state.auto is not None), None)
+            if hold is None:
                 return False
-            now = current_clock().now()
+            state, now = hold.state, current_clock().now()
             if state.excused_until is not None and state.excused_until > now:
-                sent = next((h.started for h in permit._held if h.key == limit_key), now)
-                return sent <= state.excused_at
+                return hold.started <= state.excused_at
             state.excused_at, state.excused_until = now, now + seconds
             return True
 

@@ -222,3 +222,15 @@ async def test_an_auto_limit_s_first_429_cuts_it_and_a_later_one_pauses_the_key(
         fixed = await limits.acquire(model="f", limit_key="fixed")
         assert not limits.cut_instead_of_pausing("fixed", 1.0, fixed)
         fixed.release(ok=True)
+
+
+async def test_an_auto_limit_on_a_group_is_cut_rather_than_its_endpoint_paused() -> None:
+    limits = LimitRegistry()
+    limits.configure(Limits(search=Limit(concurrency="auto")))
+    with use_clock(FakeClock()):
+        grouped = await limits.acquire(model="m", limit_key="m", groups=["search"])
+        assert limits.cut_instead_of_pausing("m", 1.0, grouped)
+        grouped.release(ok=None, status_code=429)
+        alone = await limits.acquire(model="other", limit_key="other")
+        assert not limits.cut_instead_of_pausing("other", 1.0, alone)  # no auto limit held
+        alone.release(ok=True)
