@@ -35,7 +35,7 @@ from tests import canary
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from crewflow.testing.server import ReceivedRequest
+    from crewflow.testing import ReceivedRequest
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -183,41 +183,13 @@ def test_a_run_that_fails_on_its_own_terms_is_not_restarted(
     assert loopback.requests == Counter({"alpha of t1": 1, "bravo of t1": 1})
 
 
-def test_ctrl_c_stops_the_child_and_never_restarts_it(
-    loopback: Loopback, state: Path, tmp_path: Path
-) -> None:
+def signalled_while_bravo_is_held(
+    loopback: Loopback, state: Path, db: Path, signum: signal.Signals
+) -> tuple[int, str]:
+    """Start ``crewflow run --restart 3`` with no terminal (so the supervisor alone gets the
+    signal), send it ``signum`` while bravo's request is held at the server, and return its
+    exit code and stderr."""
     loopback.hold.add("bravo")
-    db = tmp_path / "runs.db"
-    command = [sys.executable, "-m", "crewflow", "run", CREW, "-i", "topic=t1", "--db", str(db)]
-    supervisor = subprocess.Popen(  # no terminal: the supervisor alone gets the signal
-        [*command, "--restart", "3", "--restart-delay", "0"],
-        env=environment(loopback, state),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert loopback.arrived.wait(60), "bravo's request never arrived"
-        supervisor.send_signal(signal.SIGINT)
-        _, stderr = supervisor.communicate(timeout=60)
-    finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.communicate()
-
-    assert supervisor.returncode == 130
-    (run,) = runs(db)
-    assert f"cancelled; run {run.run_id} was not restarted" in " ".join(stderr.split())
-    assert "restart 1" not in stderr
-    assert run.status == "cancelled"
-    assert loopback.requests == Counter({"alpha of t1": 1, "bravo of t1": 1})
-
-
-def test_sigterm_to_the_supervisor_stops_the_child_and_never_restarts_it(
-    loopback: Loopback, state: Path, tmp_path: Path
-) -> None:
-    loopback.hold.add("bravo")
-    db = tmp_path / "runs.db"
     command = [sys.executable, "-m", "crewflow", "run", CREW, "-i", "topic=t1", "--db", str(db)]
     supervisor = subprocess.Popen(
         [*command, "--restart", "3", "--restart-delay", "0"],
@@ -228,14 +200,38 @@ def test_sigterm_to_the_supervisor_stops_the_child_and_never_restarts_it(
     )
     try:
         assert loopback.arrived.wait(60), "bravo's request never arrived"
-        supervisor.send_signal(signal.SIGTERM)
+        supervisor.send_signal(signum)
         _, stderr = supervisor.communicate(timeout=60)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.communicate()
+    return supervisor.returncode, stderr
 
-    assert supervisor.returncode == 128 + signal.SIGTERM
+
+def test_ctrl_c_stops_the_child_and_never_restarts_it(
+    loopback: Loopback, state: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "runs.db"
+
+    code, stderr = signalled_while_bravo_is_held(loopback, state, db, signal.SIGINT)
+
+    assert code == 130
+    (run,) = runs(db)
+    assert f"cancelled; run {run.run_id} was not restarted" in " ".join(stderr.split())
+    assert "restart 1" not in stderr
+    assert run.status == "cancelled"
+    assert loopback.requests == Counter({"alpha of t1": 1, "bravo of t1": 1})
+
+
+def test_sigterm_to_the_supervisor_stops_the_child_and_never_restarts_it(
+    loopback: Loopback, state: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "runs.db"
+
+    code, stderr = signalled_while_bravo_is_held(loopback, state, db, signal.SIGTERM)
+
+    assert code == 128 + signal.SIGTERM
     (run,) = runs(db)
     said = " ".join(stderr.split())
     assert f"run {run.run_id}'s process was sent SIGTERM and not restarted" in said
