@@ -27,6 +27,7 @@ the driver's environment; they are never logged or recorded by crewflow.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -66,6 +67,10 @@ node lost). Each retry resumes the run from its checkpoints: it never starts the
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds the driver waits for the head's port to accept a connection before it says the head
 is unreachable (no kickoff has started then)."""
+
+CANCEL_GRACE: Final = 30.0
+"""Seconds a cancelled driver waits for each of its kickoffs to end on its worker and record
+the run as cancelled. A kickoff still running after that is left to its worker."""
 
 
 class RayExecutor(ToolExecutor):
@@ -313,6 +318,7 @@ class RayExecutor(ToolExecutor):
                     outcome = await ref
                 except anyio.get_cancelled_exc_class():
                     self._ray.cancel(ref)
+                    await self._wait_out(ref)
                     raise
                 except self._worker_died as exc:
                     outcome = _died(run_id, exc)
@@ -335,6 +341,20 @@ class RayExecutor(ToolExecutor):
             # first such error, as it was raised, not wrapped in a group.
             raise caught.exceptions[0] from None
         return [r for r in results if r is not None]
+
+    async def _wait_out(self, ref: Any) -> None:
+        """Wait, shielded and for at most `CANCEL_GRACE` seconds, for a cancelled kickoff to
+        end on its worker, so that once the driver's cancellation is through, the run is
+        recorded as cancelled in the store (as a local kickoff's is) rather than still running."""
+        import anyio
+
+        # TaskCancelledError is the expected end; another RayError, a worker that died meanwhile.
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(CANCEL_GRACE),
+            contextlib.suppress(self._ray.exceptions.RayError),
+        ):
+            await ref
 
     def _connect(self, shipment: Shipment, limits: dict[str, Limit]) -> tuple[_Pool, Any]:
         """Join (or start) the cluster, refuse a SQLite store on a multi-machine cluster, make
