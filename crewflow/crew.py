@@ -28,9 +28,7 @@ from crewflow._caller import CallerModule
 from crewflow._records import ProcessChoice, RunStatus, TaskKind, TaskRecord
 from crewflow._spec import Spec
 from crewflow.agent import Agent
-from crewflow.events import Event, RunHealthChanged
 from crewflow.exceptions import ConfigurationError, CrewflowError, KickoffsFailed
-from crewflow.health import HealthPolicy
 from crewflow.limits import Limits
 from crewflow.llm._base import LLM  # noqa: TC001 - pydantic needs it at runtime
 from crewflow.llm._types import Usage
@@ -42,12 +40,16 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     # Not at runtime: networkx loads when a crew is built, not on `import crewflow`.
+    # Nor the events and health policy: `_bind_field_types` names them for pydantic when the
+    # first crew is built (the events' 29 models take about 11 ms to define).
     from crewflow._fingerprint import Fingerprint  # noqa: TC004
     from crewflow._runtime.handle import RunHandle
     from crewflow._runtime.recording import Recorder, Resumption
     from crewflow._runtime.run import Run
+    from crewflow.events import Event, RunHealthChanged  # noqa: TC004
     from crewflow.executors import RayExecutor
     from crewflow.graph import TaskGraph  # noqa: TC004
+    from crewflow.health import HealthPolicy  # noqa: TC004
     from crewflow.report import Report
     from crewflow.report._notebook import KernelProgress
     from crewflow.store import Store
@@ -322,6 +324,19 @@ class Crew(Spec):
     _fingerprint: Fingerprint | None = PrivateAttr(default=None)
     # Where a crew with the default name was built, until its name is settled (`settled_name`).
     _module: CallerModule | None = PrivateAttr(default=None)
+
+    def __init__(self, /, **data: Any) -> None:
+        if not type(self).__pydantic_complete__:
+            _bind_field_types()
+            type(self).model_rebuild()
+        super().__init__(**data)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Before pydantic copies this class's fields into the subclass, they must be whole.
+        if not Crew.__pydantic_complete__:
+            _bind_field_types()
+            Crew.model_rebuild()
+        super().__init_subclass__(**kwargs)
 
     @field_validator("max_concurrency", mode="before")
     @classmethod
@@ -712,6 +727,8 @@ class Crew(Spec):
                 "a script use crew.kickoff_sync(...)"
             ) from None
         run = self._new_run(inputs, llm)
+        from crewflow.health import HealthPolicy
+
         run.watch_health(self.health or HealthPolicy(), self.on_alert)  # for handle.health()
         view = _progress(progress)
         if view is not None:
@@ -829,6 +846,8 @@ class Crew(Spec):
             run.auto_keys = tuple(key for key, limit in self.limits.items() if limit.auto)
         run.auto_models = self.max_concurrency == "auto"
         if self.health is not None or self.on_alert is not None:
+            from crewflow.health import HealthPolicy
+
             run.watch_health(self.health or HealthPolicy(), self.on_alert)
         store = self.resolved_store()
         if store is not None:
@@ -1058,6 +1077,18 @@ _RUNTIME_MODELS = (
     ("crewflow.store._records", ("OutputRow", "RunRecord")),
     ("crewflow.task", ("TaskOutput",)),
 )
+
+
+def _bind_field_types() -> None:
+    """Import the types of `Crew`'s fields that `import crewflow` leaves out (the events of its
+    hooks, the health policy) and name them in this module, where pydantic looks for them:
+    before the first crew is built, or a subclass defined."""
+    if "HealthPolicy" in globals():
+        return
+    from crewflow.events import Event, RunHealthChanged
+    from crewflow.health import HealthPolicy
+
+    globals().update(Event=Event, RunHealthChanged=RunHealthChanged, HealthPolicy=HealthPolicy)
 
 
 def _progress(wanted: bool) -> KernelProgress | None:

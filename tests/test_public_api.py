@@ -75,3 +75,26 @@ def test_building_a_crew_loads_no_provider_sdk() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out) == []
+
+
+def test_the_events_load_with_the_first_crew_not_with_crewflow() -> None:
+    # Their 29 models are a tenth of the import; a crew's hooks and health policy name them, so
+    # they load when the first crew is built, or a subclass of Crew defined, and still validate.
+    probe = (
+        "import sys, json\n"
+        "from crewflow import Agent, Crew, Task\n"
+        "before = 'crewflow.events' in sys.modules\n"
+        "class Mine(Crew):\n"
+        "    extra: int = 1\n"
+        "crew = Mine(tasks=[Task('x', agent=Agent(role='R', goal='G'))], on_alert=print,\n"
+        "            health={'stall_after': 5})\n"
+        "try:\n"
+        "    Crew(tasks=[Task('x', agent=Agent(role='R', goal='G'))], health=3)\n"
+        "except Exception as exc:\n"
+        "    refused = type(exc).__name__\n"
+        "print(json.dumps([before, crew.health.stall_after, refused]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == [False, 5.0, "ConfigurationError"]
