@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from types import ModuleType
+from typing import Any
 
 import crewflow
 import crewflow.exceptions
@@ -56,10 +57,7 @@ def test_import_crewflow_loads_no_heavy_sdk() -> None:
     probe = (
         f"import sys, json, crewflow; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    ).stdout
-    assert json.loads(out) == []
+    assert in_fresh_interpreter(probe) == []
 
 
 def test_building_a_crew_loads_no_provider_sdk() -> None:
@@ -71,10 +69,7 @@ def test_building_a_crew_loads_no_provider_sdk() -> None:
         "Crew(tasks=[Task('x', agent=a), Task('y', agent=b)])\n"
         "print(json.dumps([m for m in ('openai', 'litellm', 'httpx') if m in sys.modules]))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    ).stdout
-    assert json.loads(out) == []
+    assert in_fresh_interpreter(probe) == []
 
 
 def test_the_events_load_with_the_first_crew_not_with_crewflow() -> None:
@@ -94,7 +89,12 @@ def test_the_events_load_with_the_first_crew_not_with_crewflow() -> None:
         "    refused = type(exc).__name__\n"
         "print(json.dumps([before, crew.health.stall_after, refused]))"
     )
+    assert in_fresh_interpreter(probe) == [False, 5.0, "ConfigurationError"]
+
+
+def in_fresh_interpreter(probe: str) -> Any:
+    """What ``probe`` printed (one JSON value), run in a fresh interpreter."""
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
-    assert json.loads(out) == [False, 5.0, "ConfigurationError"]
+    return json.loads(out)
