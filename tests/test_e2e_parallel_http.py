@@ -320,6 +320,7 @@ from crewflow.llm import OpenAIChat
 from crewflow.testing import OpenAIServer
 
 TASKS = 5
+STREAM = sys.argv[1] == "stream"
 
 async def main():
     arrived = 0
@@ -339,7 +340,7 @@ async def main():
 
     async with OpenAIServer(responder=hold) as server:
         llm = OpenAIChat("model-x", base_url=server.base_url, api_key="k")
-        agent = Agent(role="Worker", goal="Answer", llm=llm)
+        agent = Agent(role="Worker", goal="Answer", llm=llm, stream=STREAM)
         crew = Crew(
             tasks=[Task(f"Job {i}", agent=agent, context=[]) for i in range(TASKS)],
             process="parallel",
@@ -353,6 +354,7 @@ async def main():
         # Clients are opened before the first task starts; from then on, tasks are running.
         "imported_on_the_loop": [n for n, t in imported[first_task[0]:] if t == loop],
         "imported_off_the_loop": [n for n, t in imported[before_kickoff:] if t != loop],
+        "imported": [n for n, _ in imported],
         "max_in_flight": in_flight,
     }))
 
@@ -361,17 +363,26 @@ asyncio.run(main())
 
 
 @pytest.mark.slow
-async def test_the_first_calls_of_a_process_load_nothing_on_the_loop_and_run_together() -> None:
+@pytest.mark.parametrize("calls", ["plain", "stream"])
+async def test_the_first_calls_of_a_process_load_nothing_on_the_loop_and_run_together(
+    calls: str,
+) -> None:
     # A module imported on the event loop stalls every task for as long as the import takes
-    # (the SDK's chat resources: hundreds of modules, 0.4-1 s), and the first rate-limited
+    # (the SDK's chat resources: hundreds of modules, 0.3-1 s), and the first rate-limited
     # requests then reach the server together. How long the stall lasts is for
     # benchmarks/cold_start.py to measure; here, that nothing is imported there.
     env = {**os.environ, "CREWFLOW_FORBID_REAL_LLM_CALLS": "1"}
     with anyio.fail_after(90):
-        done = await anyio.run_process([sys.executable, "-c", COLD_PROCESS_SCRIPT], env=env)
+        done = await anyio.run_process([sys.executable, "-c", COLD_PROCESS_SCRIPT, calls], env=env)
     seen = json.loads(done.stdout)
-    # The process was cold: the SDK's chat resources were loaded during the run, off the loop.
-    assert "openai.resources.chat.completions" in seen["imported_off_the_loop"]
+    # The process was cold: the SDK was loaded during the run, off the loop. A plain call never
+    # loads the SDK's chat resources (crewflow posts the body itself); a stream reads them,
+    # loaded off the loop too.
+    assert "openai" in seen["imported_off_the_loop"]
+    if calls == "plain":
+        assert "openai.resources.chat.completions" not in seen["imported"]
+    else:
+        assert "openai.resources.chat.completions" in seen["imported_off_the_loop"]
     assert seen["imported_on_the_loop"] == []
     assert seen["max_in_flight"] == 5
 

@@ -196,6 +196,58 @@ async def test_sampling_settings_and_extra_arguments_reach_the_body(server: Open
     assert (second["seed"], second["top_k"]) == (7, 3)
 
 
+async def test_the_body_sent_is_the_one_the_sdks_create_would_send(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    # crewflow posts its arguments as they are, without `create`'s walk through its typed
+    # parameters: the server must see the same path and JSON body all the same.
+    from openai import AsyncOpenAI
+
+    from crewflow.llm._wire import request_kwargs
+    from crewflow.llm.openai import _add_extra
+
+    call = ToolCall("call_1", "search", '{"query": "sodium"}')
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    request = LLMRequest(
+        [
+            Message("system", "You research. \u00e9\u4e2d\U0001f600"),
+            Message("user", 'Find facts\x00 and \\ quotes "'),
+            Message("assistant", "Looking.", tool_calls=(call,)),
+            Message("tool", "sodium is abundant", tool_call_id="call_1", name="search"),
+        ],
+        tools=[SEARCH, FETCH],
+        output=OutputSchema("Count", schema),
+        temperature=0.2,
+        max_tokens=40,
+        extra={"seed": 7, "top_k": 3, "user": "someone", "extra_body": {"min_p": 0.1}},
+    )
+    await llm.complete(request)
+    kwargs = request_kwargs("test-model", request, max_tokens_param="max_tokens")
+    _add_extra(kwargs, request.extra)
+    async with AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0) as sdk:
+        await sdk.chat.completions.create(**kwargs)
+
+    ours, sdks = server.requests
+    assert (ours.path, ours.body) == (sdks.path, sdks.body)
+    assert (ours.body["top_k"], ours.body["min_p"], len(ours.body["tools"])) == (3, 0.1, 2)
+
+
+async def test_request_options_in_extra_still_reach_the_request(
+    server: OpenAIServer, llm: OpenAIChat
+) -> None:
+    await llm.complete(
+        LLMRequest(
+            [Message("user", "x")],
+            extra={"extra_headers": {"X-Trace": "t-1"}, "extra_query": {"v": "2"}, "top_k": 3},
+        )
+    )
+
+    [sent] = server.requests
+    assert sent.headers["x-trace"] == "t-1"
+    assert sent.body["top_k"] == 3
+    assert not {"extra_headers", "extra_query"} & set(sent.body)
+
+
 # -- streaming --------------------------------------------------------------------------------
 
 
