@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
 from crewflow._messages import Message
+from crewflow._spec import share_fields_set
 from crewflow._usage import Usage
 
 __all__ = [
@@ -85,18 +86,14 @@ class TaskKind(StrEnum):
     """A task the process added while it ran."""
 
 
-# The fields-sets the records share: a few distinct ones per model.
-_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
-
-
 class Compact(BaseModel):
-    """A frozen model made once or more per task, whose instances share their fields-set.
+    """A frozen model made once or more per task, whose instances share their fields-set
+    (`crewflow._spec.share_fields_set`).
 
     pydantic gives every instance a set of the fields it was given (``model_fields_set``): 728
     bytes for a model of 6 to 21 fields, more than its values' dict, and four per task
     (`TaskOutput`, `TaskRecord`, `AttemptRecord`, `PromptRecord`): about 3 KB a task, 29 MB
-    of a 10,000-task run's result. A frozen model's set never changes (`model_copy` copies it
-    before it adds to it), so instances given the same fields share one.
+    of a 10,000-task run's result.
     """
 
     # Built when first used, like the records: building it at import would also make pydantic
@@ -104,10 +101,7 @@ class Compact(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
     def model_post_init(self, context: Any, /) -> None:
-        given = self.__pydantic_fields_set__
-        shared = _FIELDS_SETS.setdefault(frozenset(given), given)
-        if shared is not given:
-            object.__setattr__(self, "__pydantic_fields_set__", shared)
+        share_fields_set(self)
 
 
 class ToolCallRecord(BaseModel):
