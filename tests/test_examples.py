@@ -121,9 +121,9 @@ def offline_env() -> dict[str, str]:
 
 
 def run(
-    *args: str, forbid: bool = True, home: Path | None = None
+    *args: str, forbid: bool = True, home: Path | None = None, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
-    env = offline_env()
+    env = {**offline_env(), **extra_env}
     if not forbid:
         del env["CREWFLOW_FORBID_REAL_LLM_CALLS"]
     if home is not None:
@@ -368,17 +368,9 @@ def test_the_alerts_example_posts_each_change_of_health_to_the_webhook_it_is_giv
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**offline_env(), "CREWFLOW_ALERT_URL": f"http://127.0.0.1:{server.server_port}/"}
     try:
-        done = subprocess.run(
-            [sys.executable, "examples/alerts_webhook.py"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        url = f"http://127.0.0.1:{server.server_port}/"
+        done = run("examples/alerts_webhook.py", CREWFLOW_ALERT_URL=url)
     finally:
         server.shutdown()
         server.server_close()

@@ -7,7 +7,7 @@ of 2 workers against one loopback server, counted at the server or in the actor.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,7 +21,7 @@ from crewflow.testing import Error, FakeClock, OpenAIServer, use_clock
 from tests.ray.conftest import _import_ray as import_ray
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
     from crewflow.testing import ReceivedRequest
@@ -101,7 +101,10 @@ def test_a_pause_holds_every_call_of_its_key_and_calls_too_big_are_refused() -> 
 # -- the actor: calls waiting for a slot wait in it ------------------------------------------
 
 
-async def test_a_call_waiting_for_a_slot_waits_in_the_actor_until_one_comes_back() -> None:
+@asynccontextmanager
+async def b_waiting_behind_a() -> AsyncIterator[tuple[LimitActor, list[Any]]]:
+    """An actor whose one slot call "a" holds, and call "b" waiting in it for the slot: the
+    block runs while b waits; b's answer is in the list once the block has ended."""
     actor = LimitActor({MODEL: Limit(concurrency=1)}, 10.0, restarted=False)
     assert (await actor.take("a", MODEL, "k", (), 0))[0] == "granted"
     answers: list[Any] = []
@@ -112,6 +115,11 @@ async def test_a_call_waiting_for_a_slot_waits_in_the_actor_until_one_comes_back
     async with anyio.create_task_group() as group:
         group.start_soon(waiter)
         await anyio.wait_all_tasks_blocked()
+        yield actor, answers
+
+
+async def test_a_call_waiting_for_a_slot_waits_in_the_actor_until_one_comes_back() -> None:
+    async with b_waiting_behind_a() as (actor, answers):
         assert answers == []
         await actor.release("a")
 
@@ -121,16 +129,7 @@ async def test_a_call_waiting_for_a_slot_waits_in_the_actor_until_one_comes_back
 
 async def test_a_call_given_up_while_it_waits_in_the_actor_is_never_granted() -> None:
     # Its worker was cancelled and sent the release before the grant: the slot stays free.
-    actor = LimitActor({MODEL: Limit(concurrency=1)}, 10.0, restarted=False)
-    assert (await actor.take("a", MODEL, "k", (), 0))[0] == "granted"
-    answers: list[Any] = []
-
-    async def waiter() -> None:
-        answers.append(await actor.take("b", MODEL, "k", (), 0))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(waiter)
-        await anyio.wait_all_tasks_blocked()
+    async with b_waiting_behind_a() as (actor, answers):
         await actor.release("b")
         await actor.release("a")
 
