@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from functools import cache, partial
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
 from crewflow._messages import Message
-from crewflow._spec import share_fields_set
+from crewflow._spec import fields_set_of, share_fields_set
 from crewflow._usage import Usage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "AttemptRecord",
@@ -102,6 +106,51 @@ class Compact(BaseModel):
 
     def model_post_init(self, context: Any, /) -> None:
         share_fields_set(self)
+
+    @classmethod
+    def built(cls, **values: Any) -> Self:
+        """An instance holding ``values`` as they are, unvalidated: for the records the runtime
+        makes on its hot path, from values it made of the fields' own types (a validated
+        `AttemptRecord` costs 6.4 us, this 2). The fields not given take their defaults, and
+        the fields-set is shared as `model_post_init` shares it.
+
+        Raises:
+            TypeError: A name that is not one of the model's fields.
+        """
+        fields, every = _field_defaults(cls)
+        if values.keys() == fields.keys():  # the usual call: every field, in order
+            given = every
+        else:
+            unknown = values.keys() - fields.keys()
+            if unknown:
+                raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+            given = fields_set_of(values)
+            values = {
+                name: values[name] if name in values else default()
+                for name, default in fields.items()
+            }
+        record = cls.__new__(cls)
+        object.__setattr__(record, "__dict__", values)
+        object.__setattr__(record, "__pydantic_fields_set__", given)
+        object.__setattr__(record, "__pydantic_extra__", None)
+        object.__setattr__(record, "__pydantic_private__", None)
+        return record
+
+
+@cache
+def _field_defaults(model: type[BaseModel]) -> tuple[dict[str, Callable[..., Any]], set[str]]:
+    """Each field of ``model``, in order, with what makes its default (`Compact.built`): the
+    default itself, immutable in every record, or a fresh one from its factory; and the
+    shared fields-set of them all."""
+    fields = {
+        name: field.default_factory or partial(_same, field.default)
+        for name, field in model.model_fields.items()
+    }
+    return fields, fields_set_of(fields)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class ToolCallRecord(BaseModel):

@@ -39,6 +39,15 @@ def share_fields_set(model: BaseModel) -> None:
         object.__setattr__(model, "__pydantic_fields_set__", shared)
 
 
+def fields_set_of(names: Iterable[str]) -> set[str]:
+    """The shared fields-set (`share_fields_set`) of models given the fields ``names``."""
+    key = frozenset(names)
+    shared = _FIELDS_SETS.get(key)
+    if shared is None:
+        shared = _FIELDS_SETS[key] = set(key)
+    return shared
+
+
 def new_id() -> str:
     """A fresh random id (32 hex digits)."""
     return uuid.uuid4().hex

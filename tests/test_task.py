@@ -6,6 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from crewflow import Agent, Crew, Task, TaskOutput
+from crewflow._records import TaskKind, TaskStatus
 from crewflow.exceptions import ConfigurationError
 from crewflow.llm import Usage
 from crewflow.llm.offline import OfflineLLM
@@ -230,6 +231,40 @@ async def test_a_runs_records_share_their_fields_sets_without_mixing_them_up() -
     assert copied.model_fields_set is not one.model_fields_set
     assert one.model_fields_set == two.model_fields_set == before
     assert TaskOutput(task="a", agent="b", text="c").model_fields_set == {"task", "agent", "text"}
+
+
+async def test_the_records_a_run_builds_unvalidated_are_what_validation_would_make() -> None:
+    # The runtime builds its per-task records with `Compact.built` (no validation, a third of
+    # the cost): each value must already be what the field's validation would make of it.
+    agent = Agent(role="Writer", goal="G", llm=OfflineLLM())
+    crew = Crew(tasks=[Task("One", agent=agent), Task("Two", agent=agent)], store=None)
+
+    result = await crew.kickoff()
+
+    line = result.timeline[1]
+    attempt = line.attempts[0]
+    records = [line, attempt, attempt.prompts[0], result["task_2"]]
+    for record in records:
+        validated = type(record)(**record.__dict__)
+        assert validated == record
+        assert list(record.__dict__) == list(type(record).model_fields)
+        for name, value in record.__dict__.items():
+            assert type(value) is type(validated.__dict__[name]), (type(record).__name__, name)
+    assert attempt.status is TaskStatus.COMPLETED
+    assert line.kind is TaskKind.DELIVERABLE
+
+
+def test_a_record_built_from_some_fields_takes_fresh_defaults_and_refuses_unknown_ones() -> None:
+    one = TaskOutput.built(task="a", agent="b", text="c")
+    two = TaskOutput.built(task="d", agent="e", text="f")
+
+    assert one == TaskOutput(task="a", agent="b", text="c")
+    assert one.model_fields_set == {"task", "agent", "text"}
+    assert one.model_fields_set is two.model_fields_set
+    assert one.usage == Usage()
+    assert one.usage is not two.usage  # a factory's default is fresh
+    with pytest.raises(TypeError, match="TaskOutput has no field txt"):
+        TaskOutput.built(task="a", agent="b", txt="c")
 
 
 def test_tasks_and_agents_given_the_same_fields_share_their_fields_set() -> None:

@@ -473,7 +473,7 @@ class TaskAttempts:
     def _record(self, agent: Agent, status: TaskStatus) -> None:
         now = self.run.now()
         self.run.record(
-            TaskRecord(
+            TaskRecord.built(  # unvalidated: each value is made here, of its field's type
                 task=self.name,
                 agent=agent.role,
                 status=status,
@@ -486,7 +486,7 @@ class TaskAttempts:
         )
 
     def _output(self, agent: Agent, model: str, answer: AgentAnswer) -> TaskOutput:
-        return TaskOutput(
+        return TaskOutput.built(  # unvalidated: each value is made here, of its field's type
             task=self.name,
             agent=agent.role,
             text=answer.text,
@@ -499,14 +499,7 @@ class TaskAttempts:
         run = self.run
         output = self._checked
         if output is None:
-            output = TaskOutput(
-                task=self.name,
-                agent=agent.role,
-                text=answer.text,
-                data=answer.data,
-                usage=self.usage,
-                model=model,
-            )
+            output = self._output(agent, model, answer)
         self._record(agent, TaskStatus.COMPLETED)
         run.log.info("task finished", task=self.name, agent=agent.role, attempt=number)
         run.publish(

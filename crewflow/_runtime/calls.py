@@ -114,7 +114,8 @@ class AttemptBuilder:
     ) -> AttemptRecord:
         """The record of this attempt, ended with ``status`` (``error``: why it did not
         complete)."""
-        return AttemptRecord(
+        # Unvalidated (`Compact.built`): every value is made here, of its field's type.
+        return AttemptRecord.built(
             task=self.task,
             number=self.number,
             agent=self.agent,
@@ -128,11 +129,12 @@ class AttemptBuilder:
             usage=self.usage,
             llm_retries=self.llm_retries,
             limit_wait=self.limit_wait,
-            limit_waits=self.limit_waits,
+            limit_waits=dict(self.limit_waits),  # its own: a late call may still add to it
             cache_hits=self.cache_hits,
             tool_calls=tuple(self.tool_calls),
             calls=tuple(self.calls),
             prompts=() if self.prompts is None else tuple(self.prompts.records),
+            kind="task",
             details=self._details(),
         )
 

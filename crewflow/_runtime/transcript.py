@@ -129,7 +129,7 @@ class PromptLog:
         self._sent = [*messages, reply] if reply is not None else list(messages)
         kept, left_out = self._bounded([*new, *([reply] if reply is not None else [])])
         self.records.append(
-            PromptRecord(
+            PromptRecord.built(  # unvalidated: each value is made here, of its field's type
                 repeated=repeated,
                 messages=tuple(kept[: len(new)]),
                 reply=kept[-1] if reply is not None else None,
