@@ -13,6 +13,7 @@ added tasks are ``internal`` where the crew's own are ``deliverable``.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from typing import TYPE_CHECKING, Any
 
@@ -66,9 +67,11 @@ class TaskGraph:
         self._names: dict[str, str] = {}
         self._by_name: dict[str, Task] = {}
         self._agents: dict[str, Agent] = {}
-        self._deps: dict[str, list[str]] = {}
+        # Tuples of names: immutable, so a copy shares them, and untracked by the garbage
+        # collector (two objects a task fewer for it to walk while the crew lives).
+        self._deps: dict[str, tuple[str, ...]] = {}
         self._position: dict[str, int] = {}
-        self._dependants: dict[str, list[str]] = {}
+        self._dependants: dict[str, tuple[str, ...]] = {}
         self._internal: set[str] = set()
         self._optional: dict[str, frozenset[str]] = {}
         self._loops: dict[str, tuple[Loop, tuple[str, ...]]] = {}  # by name: loop, its tasks
@@ -77,7 +80,6 @@ class TaskGraph:
         self._default_agent = default_agent or (agents[0] if len(agents) == 1 else None)
         self._agent_count = len(agents)
         self._nx: Any = None  # built on demand from the dicts (the dicts are the truth)
-        self._shared = False  # the lists in _deps and _dependants are another graph's too
         for position, task in enumerate(tasks, start=1):
             self._register(task, position)
         for task in tasks:
@@ -170,12 +172,12 @@ class TaskGraph:
         """The tasks that depend on ``task``, in declaration order."""
         return [self._by_name[n] for n in self._dependants[self.name_of(task)]]
 
-    def dependency_names(self, name: str) -> list[str]:
-        """Names of the dependencies of the task called ``name``."""
+    def dependency_names(self, name: str) -> tuple[str, ...]:
+        """Names of the dependencies of the task called ``name``, in declaration order."""
         return self._deps[name]
 
-    def dependant_names(self, name: str) -> list[str]:
-        """Names of the tasks that depend on the task called ``name``."""
+    def dependant_names(self, name: str) -> tuple[str, ...]:
+        """Names of the tasks that depend on the task called ``name``, in declaration order."""
         return self._dependants[name]
 
     def optional_dependencies(self, name: str) -> frozenset[str]:
@@ -335,13 +337,9 @@ class TaskGraph:
         clone._names = dict(self._names)
         clone._by_name = dict(self._by_name)
         clone._agents = dict(self._agents)
-        # The dependency lists are shared until either graph changes one (`_unshare`): most
-        # runs add no task, and two lists a task are two objects a task fewer for the garbage
-        # collector to walk while a run lasts.
-        clone._deps = dict(self._deps)
+        clone._deps = dict(self._deps)  # the tuples are shared: a change replaces one
         clone._position = dict(self._position)
         clone._dependants = dict(self._dependants)
-        clone._shared = self._shared = True
         clone._internal = set(self._internal)
         clone._optional = dict(self._optional)
         clone._loops = self._loops  # never changed after construction
@@ -440,8 +438,8 @@ class TaskGraph:
         self._names[task.id] = name
         self._by_name[name] = task
         self._agents[task.id] = agent
-        self._deps[name] = []
-        self._dependants[name] = []
+        self._deps[name] = ()
+        self._dependants[name] = ()
         self._position[name] = len(self._position)
         self._nx = None
 
@@ -618,25 +616,24 @@ class TaskGraph:
                 f"task {name!r} lists itself in its context: a task cannot depend on itself"
             )
 
-    def _unshare(self) -> None:
-        """Copy the dependency lists this graph shares with a copy of it, before a change."""
-        if self._shared:
-            self._deps = {name: list(deps) for name, deps in self._deps.items()}
-            self._dependants = {name: list(deps) for name, deps in self._dependants.items()}
-            self._shared = False
-
     def _connect(self, name: str, dependencies: Iterable[str]) -> None:
         dependencies = list(dependencies)
         self._check_not_self(name, dependencies)
-        self._unshare()
-        for dep in dependencies:
-            if dep in self._deps[name]:
-                continue
-            self._deps[name].append(dep)
-            self._dependants[dep].append(name)
-            self._dependants[dep].sort(key=self._position.__getitem__)
-            self._nx = None
-        self._deps[name].sort(key=self._position.__getitem__)
+        known = self._deps[name]
+        added = [dep for dep in dict.fromkeys(dependencies) if dep not in known]
+        if not added:
+            return
+        position = self._position.__getitem__
+        self._deps[name] = tuple(sorted((*known, *added), key=position))
+        at = position(name)
+        for dep in added:
+            dependants = self._dependants[dep]
+            if not dependants or position(dependants[-1]) < at:  # declaration order: the usual
+                self._dependants[dep] = (*dependants, name)
+            else:
+                index = bisect.bisect(dependants, at, key=position)
+                self._dependants[dep] = (*dependants[:index], name, *dependants[index:])
+        self._nx = None
 
     def _ready_order(self) -> list[str]:
         """The names in an order where each comes after its dependencies, found on the dicts

@@ -111,7 +111,7 @@ def test_dependencies_are_in_declaration_order_whatever_the_context_order(agent:
 
     graph = TaskGraph([first, second, last])
 
-    assert graph.dependency_names("task_3") == ["first", "second"]
+    assert graph.dependency_names("task_3") == ("first", "second")
 
 
 def test_context_listing_one_task_twice_makes_one_edge(agent: Agent) -> None:
@@ -120,7 +120,7 @@ def test_context_listing_one_task_twice_makes_one_edge(agent: Agent) -> None:
 
     graph = TaskGraph([first, last])
 
-    assert graph.dependency_names("task_2") == ["first"]
+    assert graph.dependency_names("task_2") == ("first",)
 
 
 def test_undeclared_context_chains_to_the_previous_task_as_a_real_edge(agent: Agent) -> None:
@@ -128,8 +128,8 @@ def test_undeclared_context_chains_to_the_previous_task_as_a_real_edge(agent: Ag
 
     graph = chained(tasks)
 
-    assert graph.dependency_names("task_2") == ["task_1"]
-    assert graph.dependency_names("task_3") == ["task_2"]
+    assert graph.dependency_names("task_2") == ("task_1",)
+    assert graph.dependency_names("task_3") == ("task_2",)
     assert graph.nx.has_edge("task_1", "task_2")
     assert graph.nx.has_edge("task_2", "task_3")
 
@@ -139,14 +139,14 @@ def test_empty_context_means_no_dependency_even_when_chaining(agent: Agent) -> N
 
     graph = chained(tasks)
 
-    assert graph.dependency_names("task_2") == []
+    assert graph.dependency_names("task_2") == ()
     assert not graph.nx.has_edge("task_1", "task_2")
 
 
 def test_undeclared_context_has_no_edge_without_chaining(agent: Agent) -> None:
     graph = TaskGraph([Task("a", agent=agent), Task("b", agent=agent)])
 
-    assert graph.dependency_names("task_2") == []
+    assert graph.dependency_names("task_2") == ()
     assert graph.nx.number_of_edges() == 0
 
 
@@ -157,8 +157,8 @@ def test_no_implicit_edge_to_a_previous_task_that_needs_this_one(agent: Agent) -
     graph = chained([draft, facts])
 
     # No cycle the user never wrote: facts simply does not follow draft.
-    assert graph.dependency_names("facts") == []
-    assert graph.dependency_names("draft") == ["facts"]
+    assert graph.dependency_names("facts") == ()
+    assert graph.dependency_names("draft") == ("facts",)
 
 
 def test_no_implicit_edge_closes_a_cycle_through_earlier_implicit_edges(agent: Agent) -> None:
@@ -173,9 +173,9 @@ def test_no_implicit_edge_closes_a_cycle_through_earlier_implicit_edges(agent: A
     graph = chained(tasks)
 
     # v follows w and y follows v (implicit edges); z must not follow y: z -> w -> v -> y.
-    assert graph.dependency_names("v") == ["w"]
-    assert graph.dependency_names("y") == ["v"]
-    assert graph.dependency_names("z") == []
+    assert graph.dependency_names("v") == ("w",)
+    assert graph.dependency_names("y") == ("v",)
+    assert graph.dependency_names("z") == ()
     assert [graph.name_of(task) for task in graph.topological_order()] == [
         "z",
         "w",
@@ -200,7 +200,7 @@ def test_declared_context_replaces_the_implicit_previous_task(agent: Agent) -> N
 
     graph = chained(tasks)
 
-    assert graph.dependency_names("task_3") == ["first"]
+    assert graph.dependency_names("task_3") == ("first",)
 
 
 # -- construction errors -----------------------------------------------------------------------
@@ -391,7 +391,7 @@ def test_a_plan_is_added_after_its_dependencies_as_internal_tasks(agent: Agent) 
     assert graph.kind("plan.1") == TaskKind.INTERNAL
     assert graph.kind("first") == TaskKind.DELIVERABLE
     assert graph.dependencies(step) == [first]
-    assert graph.dependency_names("plan.2") == ["plan.1"]
+    assert graph.dependency_names("plan.2") == ("plan.1",)
     assert graph.nx.has_edge("first", "plan.1")
     assert graph.remaining_paths()["first"] == 3.0  # the added tasks lengthen its path
 
@@ -502,7 +502,7 @@ def test_a_copy_shares_the_networkx_graph_until_it_changes(agent: Agent) -> None
     assert list(built.nodes) == ["first"]
 
 
-def test_a_copy_shares_the_dependency_lists_until_either_graph_changes_one(
+def test_a_copy_shares_the_dependency_tuples_and_each_graph_changes_its_own(
     agent: Agent,
 ) -> None:
     first = Task("a", agent=agent, name="first")
@@ -514,13 +514,13 @@ def test_a_copy_shares_the_dependency_lists_until_either_graph_changes_one(
     copy._extend([Task("c", name="third", context=["first", "second"])])
     other._extend([Task("d", name="fourth", context=["second"])])
 
-    assert graph.dependant_names("first") == ["second"]
-    assert graph.dependant_names("second") == []
-    assert copy.dependant_names("first") == ["second", "third"]
-    assert copy.dependant_names("second") == ["third"]
-    assert other.dependant_names("first") == ["second"]
-    assert other.dependant_names("second") == ["fourth"]
-    assert other.dependency_names("fourth") == ["second"]
+    assert graph.dependant_names("first") == ("second",)
+    assert graph.dependant_names("second") == ()
+    assert copy.dependant_names("first") == ("second", "third")
+    assert copy.dependant_names("second") == ("third",)
+    assert other.dependant_names("first") == ("second",)
+    assert other.dependant_names("second") == ("fourth",)
+    assert other.dependency_names("fourth") == ("second",)
 
 
 CREWS_WITHOUT_PLANS = """
@@ -548,3 +548,19 @@ def test_crews_are_built_and_run_without_loading_networkx(tmp_path: Path) -> Non
 
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_dependants_stay_in_declaration_order_when_an_edge_comes_later(agent: Agent) -> None:
+    # The sequential process chains "second" after "first" once "third" already depends on
+    # "first": "second" goes before "third", as declared, not at the end.
+    first = Task("a", agent=agent, name="first")
+    second = Task("b", agent=agent, name="second")
+    third = Task("c", agent=agent, name="third", context=[first, first])
+    graph = TaskGraph([first, second, third], agents=[agent])
+    assert graph.dependency_names("third") == ("first",)  # listed twice, one edge
+
+    graph.chain_undeclared()
+
+    assert graph.dependant_names("first") == ("second", "third")
+    assert graph.dependency_names("second") == ("first",)
+    assert graph.dependencies(third) == [first]

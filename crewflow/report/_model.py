@@ -22,7 +22,7 @@ from crewflow.report._status import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping, Sequence
     from datetime import datetime
     from pathlib import Path
 
@@ -202,7 +202,7 @@ class Report:
 
     @classmethod
     def from_result(
-        cls, result: CrewResult, graph: dict[str, list[str]], *, stored: bool = False
+        cls, result: CrewResult, graph: Mapping[str, Sequence[str]], *, stored: bool = False
     ) -> Report:
         """The report of a result in hand, from its timeline (no store read).
 

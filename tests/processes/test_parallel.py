@@ -279,7 +279,7 @@ def test_parallel_does_not_chain_undeclared_context_and_warns_when_none_is_decla
     assert "context=[] on a task that needs nothing" in message
     result, events = kickoff_virtual(crew)
 
-    assert crew.graph.dependency_names("task_2") == []
+    assert crew.graph.dependency_names("task_2") == ()
     assert starts_of(events) == {"task_1": 0.0, "task_2": 0.0}
     assert result.duration == pytest.approx(0.1)
 

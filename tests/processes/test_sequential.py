@@ -32,8 +32,8 @@ def test_sequential_chains_undeclared_context_when_the_crew_is_built() -> None:
 
     assert Sequential.name == "sequential"
     # A real edge before any kickoff: in the graph, the fingerprint and the recorded graph.
-    assert crew.graph.dependency_names("task_2") == ["task_1"]
-    assert crew.graph.dependency_names("task_3") == []
+    assert crew.graph.dependency_names("task_2") == ("task_1",)
+    assert crew.graph.dependency_names("task_3") == ()
     parallel = Crew(tasks=tasks, process="parallel")
     assert crew.fingerprint().tasks["task_2"] != parallel.fingerprint().tasks["task_2"]
     assert crew.fingerprint().tasks["task_3"] == parallel.fingerprint().tasks["task_3"]
@@ -118,7 +118,7 @@ def test_validate_accepts_context_on_earlier_tasks() -> None:
 
     Sequential().validate(graph)  # no error
 
-    assert graph.dependency_names("task_3") == ["task_1"]
+    assert graph.dependency_names("task_3") == ("task_1",)
 
 
 def test_a_later_context_with_undeclared_context_is_an_ordering_error_not_a_cycle() -> None:
