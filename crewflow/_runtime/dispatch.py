@@ -16,6 +16,7 @@ at scale.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections import deque
 from typing import TYPE_CHECKING
@@ -51,7 +52,7 @@ class Dispatcher:
         self.over = False
         self.in_flight = 0
         self.jobs: deque[tuple[str, Slot]] = deque()
-        self.idle: list[anyio.Event] = []
+        self.idle: list[asyncio.Future[None]] = []  # each parked worker's wake-up
         self.added(run.graph.names)
 
     # -- what the run tells it -----------------------------------------------------------------
@@ -95,7 +96,8 @@ class Dispatcher:
                 # task delegated to it) finds the dispatch over when it is done, and returns.
                 self.over = True
                 for woken in self.idle:
-                    woken.set()
+                    if not woken.done():
+                        woken.set_result(None)
         finally:
             self.active = False
             self.idle.clear()
@@ -131,22 +133,28 @@ class Dispatcher:
 
     def _start(self, group: TaskGroup, name: str, slot: Slot) -> None:
         self.in_flight += 1
-        if self.idle:
-            self.jobs.append((name, slot))
-            self.idle.pop().set()
-        else:
-            group.start_soon(self._worker, name, slot)
+        idle = self.idle
+        while idle:
+            woken = idle.pop()
+            if not woken.done():  # else its worker was cancelled while parked, and has left
+                self.jobs.append((name, slot))
+                woken.set_result(None)
+                return
+        group.start_soon(self._worker, name, slot)
 
     async def _worker(self, name: str, slot: Slot) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self.run.execute(name, slot=slot)
             self.in_flight -= 1
             if not self.jobs:
                 if self.over:
                     return
-                woken = anyio.Event()
+                # A bare future, not an anyio.Event (an asyncio.Event, its waiters' deque, a
+                # future and two coroutines): a worker parks once a task in a wide graph.
+                woken: asyncio.Future[None] = loop.create_future()
                 self.idle.append(woken)
-                await woken.wait()
+                await woken
                 if not self.jobs:
                     return  # the dispatch is over
             name, slot = self.jobs.popleft()
