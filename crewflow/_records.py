@@ -111,14 +111,14 @@ class Compact(BaseModel):
     def built(cls, **values: Any) -> Self:
         """An instance holding ``values`` as they are, unvalidated: for the records the runtime
         makes on its hot path, from values it made of the fields' own types (a validated
-        `AttemptRecord` costs 6.4 us, this 2). The fields not given take their defaults, and
+        `AttemptRecord` costs 6.1 us, this 2.9). The fields not given take their defaults, and
         the fields-set is shared as `model_post_init` shares it.
 
         Raises:
             TypeError: A name that is not one of the model's fields.
         """
         fields, every = _field_defaults(cls)
-        if values.keys() == fields.keys():  # the usual call: every field, in order
+        if values.keys() == fields.keys():  # the usual call: every field (in the model's order)
             given = every
         else:
             unknown = values.keys() - fields.keys()
