@@ -34,18 +34,16 @@ def share_fields_set(model: BaseModel) -> None:
     adds to it), so instances given the same fields can share one. Called from
     ``model_post_init``."""
     given = model.__pydantic_fields_set__
-    shared = _FIELDS_SETS.setdefault(frozenset(given), given)
+    shared = fields_set_of(given)
     if shared is not given:
         object.__setattr__(model, "__pydantic_fields_set__", shared)
 
 
 def fields_set_of(names: Iterable[str]) -> set[str]:
-    """The shared fields-set (`share_fields_set`) of models given the fields ``names``."""
-    key = frozenset(names)
-    shared = _FIELDS_SETS.get(key)
-    if shared is None:
-        shared = _FIELDS_SETS[key] = set(key)
-    return shared
+    """The shared fields-set (`share_fields_set`) of models given the fields ``names``: the
+    set ``names`` itself when it is the first of its kind."""
+    given = names if isinstance(names, set) else set(names)
+    return _FIELDS_SETS.setdefault(frozenset(given), given)
 
 
 def new_id() -> str:
