@@ -400,7 +400,7 @@ def _add_extra(kwargs: dict[str, Any], extra: Mapping[str, Any]) -> None:
     """Pass ``extra`` through: keys ``create`` knows as arguments, the rest in the JSON body
     (the SDK raises ``TypeError`` on unknown keyword arguments such as vLLM's ``top_k``)."""
     known = _create_params()
-    body: dict[str, Any] = dict(extra.get("extra_body") or {})
+    body: dict[str, Any] = {}
     for key, value in extra.items():
         if key == "extra_body":
             continue
@@ -408,6 +408,7 @@ def _add_extra(kwargs: dict[str, Any], extra: Mapping[str, Any]) -> None:
             kwargs[key] = value
         else:
             body[key] = value
+    body.update(extra.get("extra_body") or {})  # last, as on the plain path (`_send`)
     if body:
         kwargs["extra_body"] = body
 

@@ -219,7 +219,14 @@ async def test_the_body_sent_is_the_one_the_sdks_create_would_send(
         output=OutputSchema("Count", schema),
         temperature=0.2,
         max_tokens=40,
-        extra={"seed": 7, "top_k": 3, "user": "someone", "extra_body": {"min_p": 0.1}},
+        extra={
+            "seed": 7,
+            "top_k": 3,
+            "user": "someone",
+            "repetition_penalty": 1.1,
+            # extra_body comes last on both paths: its value of a key wins.
+            "extra_body": {"min_p": 0.1, "repetition_penalty": 1.2},
+        },
     )
     await llm.complete(request)
     kwargs = request_kwargs("test-model", request, max_tokens_param="max_tokens")
@@ -230,6 +237,7 @@ async def test_the_body_sent_is_the_one_the_sdks_create_would_send(
     ours, sdks = server.requests
     assert (ours.path, ours.body) == (sdks.path, sdks.body)
     assert (ours.body["top_k"], ours.body["min_p"], len(ours.body["tools"])) == (3, 0.1, 2)
+    assert ours.body["repetition_penalty"] == 1.2
 
 
 async def test_request_options_in_extra_still_reach_the_request(
