@@ -627,6 +627,37 @@ async def test_a_sqlite_store_subclass_s_own_save_task_is_what_a_run_calls(
     await store.close()
 
 
+async def test_a_finished_task_waits_for_its_checkpoint_holding_only_its_records(
+    tmp_path: Path,
+) -> None:
+    # In a wide graph many finished tasks wait for one commit at once; what each holds meanwhile
+    # is what the garbage collector walks. Its attempts' working state (the retry count, the
+    # streamed text, the prompt's parts) is no longer needed once its records are made.
+    import gc
+
+    from crewflow._runtime.attempts import TaskAttempts
+
+    alive: dict[str, int] = {}
+
+    class Watched(SQLiteStore):
+        async def save_task(
+            self, output: OutputRow, attempts: Any = (), *, lease: str | None = None
+        ) -> None:
+            alive[output.task] = sum(
+                type(o) is TaskAttempts and o.run.run_id == output.run_id for o in gc.get_objects()
+            )
+            assert [a.task for a in attempts] == [output.task]
+            await super().save_task(output, attempts, lease=lease)
+
+    store = Watched(tmp_path / "runs.db")
+    crew = chain(Calls(), "a", "b", store=store)
+    result = await crew.kickoff()
+
+    assert alive == {"a": 0, "b": 0}
+    assert set(await store.outputs(result.run_id)) == {"a", "b"}
+    await store.close()
+
+
 async def test_a_started_run_keeps_no_copy_of_the_graph_its_record_wrote() -> None:
     # Each task's dependencies are written with the run; a 10,000-task run kept them all (a
     # list a task, for the garbage collector to walk) for no later write's use.
