@@ -337,13 +337,16 @@ class Recorder:
         data = output.data
         finished_at = at or (attempts[-1].end if attempts else datetime.now(UTC))
         if data is None:  # the usual case: a store may write the fields as they are
-            finished = FinishedOutput(
-                output.task, output.text, output.agent, output.model, finished_at
+            # What waits for the commit is the store's write alone (`SQLiteStore` makes its
+            # rows before it returns it): in a wide graph many checkpoints wait at once.
+            write = self.store._save_finished(
+                self.record.run_id,
+                FinishedOutput(output.task, output.text, output.agent, output.model, finished_at),
+                attempts,
+                lease=self.token,
             )
             with real_work():
-                await self.store._save_finished(
-                    self.record.run_id, finished, attempts, lease=self.token
-                )
+                await write
             return
         from crewflow.store import OutputRow
 

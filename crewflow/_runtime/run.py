@@ -592,6 +592,7 @@ class Run:
                 expected=expected,
                 context=pairs,
             )
+            del pairs  # the attempts hold it, and let it go with them (below)
         else:
             attempts = TaskAttempts(self, task, name, prompt, agent)
         recorder = self.recorder

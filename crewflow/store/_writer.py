@@ -146,7 +146,13 @@ class Writer:
                 loop.call_soon(self._flush, loop)
         call = _Call(operation, "write", loop)
         batch.calls.append(call)
-        return await _outcome_of(call)  # type: ignore[no-any-return]
+        # `_outcome_of`, inline: many checkpoints wait here at once in a wide graph, each
+        # holding a coroutine more through it.
+        try:
+            return await call.future  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            await _settled(call)
+            raise
 
     async def _queued_write(
         self,
@@ -507,13 +513,18 @@ async def _outcome_of(call: _Call) -> Any:
     try:
         return await call.future
     except asyncio.CancelledError:
-        if not call.settled:
-            # Like anyio.to_thread.run_sync: the cancellation is seen once the operation has
-            # committed or rolled back, never while it may still be waiting or running.
-            call.future = call.loop.create_future()
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await call.future
+        await _settled(call)
         raise
+
+
+async def _settled(call: _Call) -> None:
+    """Once its caller was cancelled: wait, shielded, until ``call`` has committed or rolled
+    back, like anyio.to_thread.run_sync (the cancellation is seen then, never while the
+    operation may still be waiting or running)."""
+    if not call.settled:
+        call.future = call.loop.create_future()
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await call.future
 
 
 def _reply(batch: list[_Call]) -> None:

@@ -127,7 +127,7 @@ from crewflow.store._writer import Writer
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
 
     from pydantic import JsonValue
 
@@ -418,22 +418,24 @@ class SQLiteStore(Store):
         # (shared with every other write waiting there) when it must wait.
         await self._writer.write(TaskRows(output.run_id, output, attempts, lease))
 
-    async def _save_finished(
+    def _save_finished(
         self,
         run_id: str,
         output: FinishedOutput,
         attempts: Sequence[AttemptRecord],
         *,
         lease: str | None,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        # Not a coroutine itself: the rows are made now, and only the write waits for the
+        # commit, holding them (with many checkpoints waiting at once, each object they hold
+        # is one more for the garbage collector to count and walk).
         if type(self).save_task is not SQLiteStore.save_task:  # a subclass's own comes first
-            await super()._save_finished(run_id, output, attempts, lease=lease)
-            return
+            return super()._save_finished(run_id, output, attempts, lease=lease)
         # The row's values from the output's fields: no OutputRow is built to be taken apart.
         values = output_values(
             run_id, output.task, output.text, None, output.agent, output.model, output.finished_at
         )
-        await self._writer.write(TaskRows(run_id, values, attempts, lease))
+        return self._writer.write(TaskRows(run_id, values, attempts, lease))
 
     async def _update(
         self, run_id: str, assignments: str, values: tuple[Any, ...], lease: str | None
