@@ -73,15 +73,21 @@ def reset_clock(token: Token[Clock | None]) -> None:
 _real_work = 0
 
 
-class real_work:  # used as a function: ``with real_work():``
-    """Mark an await on work done outside the event loop (a store's thread) for its duration.
+class _RealWork:
+    """Mark an await on work done outside the event loop (a store's thread) for its duration:
+    ``with real_work():``.
 
     That work takes real time, so a virtual-time loop (`crewflow.testing.run_virtual`) must
-    wait for it rather than jump its clock ahead while it runs. (A class: every checkpoint
-    enters one, and a generator-based context manager costs three times as much.)
+    wait for it rather than jump its clock ahead while it runs. One shared instance, which
+    calling returns, keeps the count: every checkpoint enters it, and a generator-based context
+    manager costs three times as much; an instance each would be one object more that every
+    waiting checkpoint holds (and that the garbage collector counts).
     """
 
     __slots__ = ()
+
+    def __call__(self) -> _RealWork:
+        return self
 
     def __enter__(self) -> None:
         global _real_work
@@ -90,6 +96,9 @@ class real_work:  # used as a function: ``with real_work():``
     def __exit__(self, *exc: object) -> None:
         global _real_work
         _real_work -= 1
+
+
+real_work = _RealWork()
 
 
 def real_work_in_flight() -> bool:

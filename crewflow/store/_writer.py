@@ -475,6 +475,10 @@ class _Outcome:
             return cls(error=exc)
 
 
+_DONE = _Outcome()
+"""The outcome of every write that returned nothing (shared: an outcome is never changed)."""
+
+
 class _Batch:
     """The writes of one event loop iteration, to commit together, after the first ``after``
     calls put on the store's thread's queue (all of them, when a write opened it)."""
@@ -621,7 +625,7 @@ def _insert_together(conn: sqlite3.Connection, group: list[_Call]) -> list[_Outc
             conn.execute("RELEASE rows")
         else:
             conn.execute("RELEASE rows")
-            return [_Outcome() for _ in group]
+            return [_DONE] * len(group)
     except Exception as exc:
         _roll_back(conn)
         return [_Outcome(error=exc) for _ in group]
