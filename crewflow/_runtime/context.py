@@ -83,10 +83,12 @@ class ProcessContext(ABC):
 
     @abstractmethod
     def ready(self) -> list[Task]:
-        """Tasks not started whose dependencies have all ended, in graph order.
+        """Tasks not started whose dependencies have all finished, failed or been skipped, in
+        graph order.
 
         With ``on_failure="continue"``, a task whose dependency failed is ready too: executing
-        it records it as skipped.
+        it records it as skipped. A dependency that was cancelled (the run is stopping), or
+        whose output is still being checkpointed, keeps its dependants from being ready.
         """
 
     @abstractmethod

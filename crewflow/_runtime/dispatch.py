@@ -63,7 +63,7 @@ class Dispatcher:
         run, graph = self.run, self.run.graph
         self.remaining = graph.remaining_paths(self.durations)
         for name in names:
-            self.blocking[name] = sum(not run.ended(d) for d in graph.dependency_names(name))
+            self.blocking[name] = sum(not run.released(d) for d in graph.dependency_names(name))
         ready = {entry[3] for entry in self.heap}
         ready.update(name for name in names if self.blocking[name] == 0)
         self.heap = []

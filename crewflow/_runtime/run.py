@@ -237,13 +237,19 @@ class Run:
         """Whether the task called ``name`` finished, failed or was skipped."""
         return name in self._outputs or name in self._failures or name in self._records
 
+    def released(self, name: str) -> bool:
+        """Whether the dependants of task ``name`` may start: it finished (its checkpoint
+        written), failed, or was skipped. A task cancelled (its run is stopping) releases
+        nothing, nor one that finished while its checkpoint is still being written."""
+        return name in self._outputs or name in self._failures or name in self.skipped
+
     def is_running(self, name: str) -> bool:
         """Whether the task called ``name`` is running now."""
         return name in self.running
 
     def ready(self) -> list[Task]:
-        """Tasks not started whose dependencies have all ended, in graph order (not those
-        delegated to another task)."""
+        """Tasks not started whose dependencies have all finished, failed or been skipped
+        (`released`), in graph order (not those delegated to another task)."""
         graph = self.graph
         return [
             task
@@ -252,7 +258,7 @@ class Run:
             and name not in self.running
             and name not in self.delegated
             and name not in self.owned
-            and all(self.ended(dep) for dep in graph.dependency_names(name))
+            and all(self.released(dep) for dep in graph.dependency_names(name))
         ]
 
     async def execute(
@@ -976,7 +982,10 @@ class Run:
         """Task ``name`` ended: one fewer to wait for, and its dependants may be ready."""
         self.unended -= 1
         if self._dispatcher is not None:
-            self._dispatcher.ended(name)
+            # A task cancelled (its run is stopping) releases none of its dependants: they
+            # would find no output to read, and a dispatcher not yet cancelled would start them.
+            if self.released(name):
+                self._dispatcher.ended(name)
             self.slots.wake()
         if self._end_waiters:
             waiter = self._end_waiters.pop(name, None)

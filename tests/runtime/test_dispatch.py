@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import pytest
@@ -11,6 +11,7 @@ from crewflow import Agent, Crew, Task
 from crewflow import events as ev
 from crewflow.exceptions import CrewRunError
 from crewflow.processes import Process, ProcessContext
+from crewflow.store import MemoryStore
 from crewflow.testing import FunctionLLM, capture_events, run_virtual
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
     from crewflow.crew import CrewResult
     from crewflow.llm._types import LLMRequest
+    from crewflow.store import OutputRow
 
 
 def first_word(request: LLMRequest) -> str:
@@ -182,3 +184,81 @@ def test_two_dispatches_at_once_are_a_process_bug() -> None:
 
     with pytest.raises(CrewRunError, match="run_ready\\(\\) is already running"):
         kickoff(crew_with(calls, ["a"], body))
+
+
+def test_a_cancelled_kickoff_starts_none_of_the_dependants_of_its_cancelled_tasks() -> None:
+    # A kickoff cancelled while "a" runs records "a" cancelled. "b" needs it, and must never
+    # start: here the dispatcher is still running when the cancellation reaches "a" ("d" and
+    # "c" ended in the same loop turn as the cancellation, which anyio then delivers to the
+    # dispatcher one turn later), and it started "b", which failed the run with "started task
+    # 'b' before its dependencies ['a'] finished" instead of the kickoff being cancelled.
+    scopes: list[anyio.CancelScope] = []
+    asked: list[str] = []
+
+    async def answer(request: LLMRequest) -> str:
+        name = first_word(request)
+        asked.append(name)
+        if name == "a":
+            await anyio.Event().wait()  # still running when the kickoff is cancelled
+        await anyio.sleep(1)
+        if name == "c":
+            scopes[0].cancel()
+        return f"output of {name}"
+
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(answer))
+    a = Task("a task", agent=agent, name="a", context=[])
+    b = Task("b task", agent=agent, name="b", context=[a])
+    d = Task("d task", agent=agent, name="d", context=[])
+    c = Task("c task", agent=agent, name="c", context=[])
+    crew = Crew(tasks=[a, d, c, b], process="parallel", store=None)
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await crew.kickoff()
+
+    run_virtual(main)
+
+    assert scopes[0].cancelled_caught
+    assert sorted(asked) == ["a", "c", "d"]
+
+
+async def test_a_task_is_not_ready_while_its_dependency_s_output_is_checkpointed() -> None:
+    # "a" has finished, and its checkpoint is being written: "b" cannot read a's output yet,
+    # so it is not ready (it was, and executing it then failed the run).
+    writing, written = anyio.Event(), anyio.Event()
+    seen: dict[str, list[str]] = {}
+
+    class Slow(MemoryStore):
+        async def save_task(
+            self, output: OutputRow, attempts: Any = (), *, lease: str | None = None
+        ) -> None:
+            if output.task == "a":
+                writing.set()
+                await written.wait()
+            await super().save_task(output, attempts, lease=lease)
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(ctx.execute, ctx.graph.task("a"))
+            await writing.wait()
+            seen["while written"] = [ctx.graph.name_of(task) for task in ctx.ready()]
+            written.set()
+        seen["once written"] = [ctx.graph.name_of(task) for task in ctx.ready()]
+        await ctx.run_ready()
+
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(lambda request: "done"))
+
+    class Custom(Process):
+        name: ClassVar[str] = "custom"
+
+        async def run(self, ctx: ProcessContext) -> None:
+            await body(ctx, agent)
+
+    a = Task("a task", agent=agent, name="a", context=[])
+    b = Task("b task", agent=agent, name="b", context=[a])
+    crew = Crew(tasks=[a, b], process=Custom(), store=Slow())
+    result = await crew.kickoff()
+
+    assert seen == {"while written": [], "once written": ["b"]}
+    assert [o.task for o in result.outputs] == ["a", "b"]
