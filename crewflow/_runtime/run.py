@@ -234,7 +234,8 @@ class Run:
         return MappingProxyType(self._outputs)
 
     def ended(self, name: str) -> bool:
-        """Whether the task called ``name`` finished, failed or was skipped."""
+        """Whether the task called ``name`` ended: finished (its output perhaps still being
+        checkpointed), failed, skipped or cancelled. Its dependants wait for `released`."""
         return name in self._outputs or name in self._failures or name in self._records
 
     def released(self, name: str) -> bool:
