@@ -250,7 +250,8 @@ class TaskFailed(Event):
 
 class TaskSkipped(Event):
     """A task did not run: its condition was false, a router did not choose it, or a task it
-    needs failed (``on_failure="continue"``) or was skipped.
+    needs failed (``on_failure="continue"``) or was skipped. Also published for a task whose
+    execution a custom process cancelled while the run went on, once the run gives it up.
 
     Attributes:
         task: The task's name.

@@ -87,8 +87,10 @@ class ProcessContext(ABC):
         graph order.
 
         With ``on_failure="continue"``, a task whose dependency failed is ready too: executing
-        it records it as skipped. A dependency that was cancelled (the run is stopping), or
-        whose output is still being checkpointed, keeps its dependants from being ready.
+        it records it as skipped. A dependency whose output is still being checkpointed, or
+        that was cancelled because the run is stopping, keeps its dependants from being ready.
+        One whose `execute` the process cancelled while the run goes on is given up (see
+        `execute`): its dependants are ready, and executing them records them as skipped.
         """
 
     @abstractmethod
@@ -104,6 +106,13 @@ class ProcessContext(ABC):
         checkpoint, records, events. A task that already ended returns at once (its output,
         or ``None``).
 
+        Cancelling this call (a deadline of the process's own, say) cancels the task. One
+        that had started ends for good: the timeline shows it cancelled, with its attempts,
+        and once the process asks for more (`ready`, `execute`, `run_ready`) the run gives it
+        up, listing it in `CrewResult.skipped` and skipping its dependants ("needs 'a', which
+        was cancelled"). One still waiting for a slot has not started, and may be executed
+        again.
+
         Args:
             task: A task of `graph`.
             context: Outputs to give the task instead of its dependencies' outputs.
@@ -111,8 +120,8 @@ class ProcessContext(ABC):
             priority: When slots are scarce, higher goes first (ties: graph order).
 
         Returns:
-            The output; ``None`` when, with ``on_failure="continue"``, the task failed or was
-            skipped because a task it depends on failed.
+            The output; ``None`` when the task was skipped, or, with
+            ``on_failure="continue"``, failed.
 
         Raises:
             TaskFailed: Every attempt failed (``on_failure="stop"``).

@@ -125,6 +125,8 @@ class Dispatcher:
             if run.unended == 0:
                 return
             if not self.heap and not self.in_flight and not run.running:
+                if run.give_up_cancelled():
+                    continue  # their dependants are ready now, to be skipped
                 raise RuntimeError(  # a bug of the runtime's, never a user's: say what is stuck
                     f"run_ready() found nothing ready, nothing running and tasks not ended: "
                     f"{[n for n in run.graph.names if not run.ended(n)]}"

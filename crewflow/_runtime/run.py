@@ -186,6 +186,8 @@ class Run:
         self._failures: dict[str, TaskFailed] = {}
         self.skipped: dict[str, str] = {}
         """The tasks skipped so far, with why (``"condition false"``, ...)."""
+        self.given_up: set[str] = set()
+        """Skipped tasks that had started: the process cancelled them (`give_up_cancelled`)."""
         self._unchosen: dict[str, str] = {}  # task -> the router task that did not choose it
         self._route_pending: set[str] = set()  # restored router tasks whose choice is unknown
         self._unsaved: list[DecisionRecord] = []  # skips not yet recorded
@@ -241,7 +243,8 @@ class Run:
     def released(self, name: str) -> bool:
         """Whether the dependants of task ``name`` may start: it finished (its checkpoint
         written), failed, or was skipped. A task cancelled (its run is stopping) releases
-        nothing, nor one that finished while its checkpoint is still being written."""
+        nothing until the run, going on, gives it up (`give_up_cancelled`), nor one that
+        finished while its checkpoint is still being written."""
         return name in self._outputs or name in self._failures or name in self.skipped
 
     def is_running(self, name: str) -> bool:
@@ -251,6 +254,7 @@ class Run:
     def ready(self) -> list[Task]:
         """Tasks not started whose dependencies have all finished, failed or been skipped
         (`released`), in graph order (not those delegated to another task)."""
+        self.give_up_cancelled()  # the process asks: the run goes on
         graph = self.graph
         return [
             task
@@ -721,11 +725,14 @@ class Run:
             optional = self.graph.optional_dependencies(name)
             missing = [d for d in dependencies if d in self.skipped and d not in optional]
             if missing:
-                self._skip(task, name, missing, f"needs {_listed(missing)}, which was skipped")
+                why = "cancelled" if all(d in self.given_up for d in missing) else "skipped"
+                self._skip(task, name, missing, f"needs {_listed(missing)}, which was {why}")
                 return None
         context = [outputs[d] for d in dependencies if d in outputs]
         if len(context) < len(dependencies):
             waiting = [d for d in dependencies if d not in outputs and d not in self.skipped]
+            if waiting and self.give_up_cancelled():
+                return self._context_or_skip(task, name)  # skipped, needing what was cancelled
             if waiting:
                 raise RuntimeError(
                     f"process {self.process.name!r} started task {name!r} before its "
@@ -957,9 +964,36 @@ class Run:
         if self.recorder is not None and unsaved:
             await self._store_write("record the tasks skipped", self.recorder.decided(unsaved))
 
+    def give_up_cancelled(self) -> bool:
+        """End for good the tasks whose execution the process cancelled while the run went on
+        (a deadline of its own, say): they count as skipped, and their dependants, released,
+        are skipped in turn when their turn comes. Whether there were any.
+
+        Called only where the run is known to go on (the process asks for what is ready, or
+        executes a dependant; the dispatcher, woken, finds nothing else to do): a task
+        cancelled because the run is stopping releases nothing (see `released`).
+        """
+        cancelled = [
+            name
+            for name, record in self._records.items()
+            if record.status is TaskStatus.CANCELLED
+            and name not in self.skipped
+            and name not in self._outputs
+            and name not in self._failures
+            and name not in self.running
+        ]
+        for name in cancelled:
+            self.given_up.add(name)
+            reason = f"cancelled by process {self.process.name!r} while the run went on"
+            self._skipped(name, reason)
+            self.log.info("task given up", task=name, reason=reason)
+            self.publish(events.TaskSkipped, task=name, because=[], reason=reason)
+            if self._dispatcher is not None:
+                self._dispatcher.ended(name)
+        return bool(cancelled)
+
     def _skip(self, task: Task, name: str, because: list[str], reason: str) -> None:
         """Record task ``name`` as skipped, with why (``because``: the tasks that made it)."""
-        self.skipped[name] = reason
         agent = self.graph.agent_of(task)
         self.record(
             TaskRecord(
@@ -969,15 +1003,20 @@ class Run:
                 kind=self.graph.kind(name),
             )
         )
+        self._skipped(name, reason)
+        self._ended(name)
+        self.log.info("task skipped", task=name, because=because, reason=reason)
+        self.publish(events.TaskSkipped, task=name, because=because, reason=reason)
+
+    def _skipped(self, name: str, reason: str) -> None:
+        """Count task ``name`` as skipped, with why, and keep the decision to record."""
+        self.skipped[name] = reason
         if self.recorder is not None:
             self._unsaved.append(
                 DecisionRecord(
                     key=f"skip:{name}", kind="skip", task=name, reason=reason, at=self.wall()
                 )
             )
-        self._ended(name)
-        self.log.info("task skipped", task=name, because=because, reason=reason)
-        self.publish(events.TaskSkipped, task=name, because=because, reason=reason)
 
     def _ended(self, name: str) -> None:
         """Task ``name`` ended: one fewer to wait for, and its dependants may be ready."""

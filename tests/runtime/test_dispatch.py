@@ -262,3 +262,127 @@ async def test_a_task_is_not_ready_while_its_dependency_s_output_is_checkpointed
 
     assert seen == {"while written": [], "once written": ["b"]}
     assert [o.task for o in result.outputs] == ["a", "b"]
+
+
+# -- a task whose execution the process cancels, while the run goes on ------------------------
+
+
+def deadline_crew(
+    calls: Calls, body: Callable[[ProcessContext], Awaitable[None]], **options: object
+) -> Crew:
+    """a <- b <- c, and d on its own; "a" never answers (``calls.hold``)."""
+    calls.hold["a"] = anyio.Event()
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(calls.answer))
+
+    class Deadline(Process):
+        name: ClassVar[str] = "deadline"
+
+        async def run(self, ctx: ProcessContext) -> None:
+            await body(ctx)
+
+    a = Task("a task", agent=agent, name="a", context=[])
+    b = Task("b task", agent=agent, name="b", context=[a])
+    c = Task("c task", agent=agent, name="c", context=[b])
+    d = Task("d task", agent=agent, name="d", context=[])
+    return Crew(tasks=[a, b, c, d], process=Deadline(), **options)  # type: ignore[arg-type]
+
+
+async def execute_within(ctx: ProcessContext, name: str, seconds: float) -> None:
+    with anyio.move_on_after(seconds):
+        await ctx.execute(ctx.graph.task(name))
+
+
+def test_the_dependants_of_a_task_the_process_cancelled_are_skipped_by_the_dispatcher() -> None:
+    # A deadline of the process's own cancels "a"; the run goes on. Its dispatcher found
+    # nothing ready and raised "run_ready() found nothing ready ... ['b', 'c']".
+    calls = Calls()
+
+    async def body(ctx: ProcessContext) -> None:
+        await execute_within(ctx, "a", 5)
+        await ctx.run_ready()
+
+    result, events = kickoff(deadline_crew(calls, body, store=None))
+
+    assert [output.task for output in result.outputs] == ["d"]
+    assert result.skipped == {
+        "a": "cancelled by process 'deadline' while the run went on",
+        "b": "needs 'a', which was cancelled",
+        "c": "needs 'b', which was skipped",
+    }
+    statuses = {record.task: record.status.value for record in result.timeline}
+    assert statuses == {"a": "cancelled", "b": "skipped", "c": "skipped", "d": "completed"}
+    assert [len(record.attempts) for record in result.timeline if record.task == "a"] == [1]
+    assert calls.count == {"a": 1, "d": 1}
+    skips = [e for e in events if isinstance(e, ev.TaskSkipped)]
+    assert [(e.task, e.because) for e in skips] == [("a", []), ("b", ["a"]), ("c", ["b"])]
+    assert result.output.task == "d"
+
+
+def test_a_dependant_the_process_executes_itself_is_skipped_and_ready_lists_it() -> None:
+    # Executing "b" failed the run with "started task 'b' before its dependencies ['a']
+    # finished"; ready() never listed it.
+    calls = Calls()
+    seen: dict[str, object] = {}
+
+    async def body(ctx: ProcessContext) -> None:
+        await execute_within(ctx, "a", 5)
+        seen["ready"] = [ctx.graph.name_of(task) for task in ctx.ready()]
+        seen["b"] = await ctx.execute(ctx.graph.task("b"))
+        seen["a again"] = await ctx.execute(ctx.graph.task("a"))
+        for task in ctx.ready():
+            await ctx.execute(task)
+
+    result, _ = kickoff(deadline_crew(calls, body, store=None))
+
+    assert seen == {"ready": ["b", "d"], "b": None, "a again": None}
+    assert result.skipped["b"] == "needs 'a', which was cancelled"
+    assert list(result.skipped) == ["a", "b", "c"]
+    assert calls.count == {"a": 1, "d": 1}
+
+
+def test_a_task_the_process_cancelled_is_recorded_as_skipped_with_its_attempt() -> None:
+    store = MemoryStore()
+    calls = Calls()
+
+    async def body(ctx: ProcessContext) -> None:
+        await execute_within(ctx, "a", 5)
+        await ctx.run_ready()
+
+    result, _ = kickoff(deadline_crew(calls, body, store=store))
+
+    async def read() -> tuple[dict[str, str], dict[str, str]]:
+        decisions = await store.decisions(result.run_id)
+        attempts = await store.attempts(result.run_id)
+        return (
+            {d.task: d.reason for d in decisions if d.kind == "skip"},
+            {row.task: row.status.value for row in attempts},
+        )
+
+    skips, attempts = run_virtual(read)
+    assert skips == result.skipped
+    assert attempts == {"a": "cancelled", "d": "completed"}
+
+
+def test_a_task_cancelled_while_it_waited_for_a_slot_may_be_executed_again() -> None:
+    # "d" holds the only slot; "x", waiting for it, is cancelled before it started: it has
+    # not ended, so the process can run it later.
+    calls = Calls()
+    calls.hold["d"] = anyio.Event()
+    seen: dict[str, object] = {}
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(ctx.execute, ctx.graph.task("d"))
+            await anyio.sleep(0.5)
+            with anyio.move_on_after(1):
+                await ctx.execute(ctx.graph.task("x"))
+            seen["after the deadline"] = [ctx.graph.name_of(task) for task in ctx.ready()]
+            calls.hold["d"].set()
+        seen["x"] = await ctx.execute(ctx.graph.task("x"))
+
+    result, _ = kickoff(crew_with(calls, ["d", "x"], body, max_concurrency=1))
+
+    assert seen["after the deadline"] == ["x"]
+    assert [output.task for output in result.outputs] == ["d", "x"]
+    assert result.skipped == {}
+    assert calls.count == {"d": 1, "x": 1}
