@@ -193,6 +193,9 @@ class ProcessContext(ABC):
         graph (in measured seconds where earlier runs measured them), then graph order. Tasks
         added while it runs are dispatched too; it may be called again after more are added.
         A task started directly with `execute` is never dispatched twice.
+
+        Cancelling it (a deadline of the process's own) cancels the tasks in flight, which are
+        given up as a cancelled `execute` is; a later call runs the rest.
         """
 
     @abstractmethod

@@ -101,7 +101,19 @@ class Dispatcher:
         finally:
             self.active = False
             self.idle.clear()
-            self.jobs.clear()
+            if self.in_flight or self.jobs:
+                self._interrupted()
+
+    def _interrupted(self) -> None:
+        """The dispatch was cancelled (a deadline of the process's around `run_ready`, say)
+        with tasks in flight or handed to a worker: its workers are gone, so count none in
+        flight, give back the slots of the tasks that never started, and queue again what is
+        ready, for the next call."""
+        for _, slot in self.jobs:
+            slot.release()
+        self.jobs.clear()
+        self.in_flight = 0
+        self.added(self.run.graph.names)
 
     async def _dispatch(self, group: TaskGroup) -> None:
         run, slots = self.run, self.run.slots
@@ -125,6 +137,9 @@ class Dispatcher:
             if run.unended == 0:
                 return
             if not self.heap and not self.in_flight and not run.running:
+                # A cancellation of the run may have reached its tasks and not this one yet:
+                # it is taken here, and a task it cancelled is never given up.
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 if run.give_up_cancelled():
                     continue  # their dependants are ready now, to be skipped
                 raise RuntimeError(  # a bug of the runtime's, never a user's: say what is stuck

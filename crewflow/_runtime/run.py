@@ -969,10 +969,16 @@ class Run:
         (a deadline of its own, say): they count as skipped, and their dependants, released,
         are skipped in turn when their turn comes. Whether there were any.
 
-        Called only where the run is known to go on (the process asks for what is ready, or
-        executes a dependant; the dispatcher, woken, finds nothing else to do): a task
-        cancelled because the run is stopping releases nothing (see `released`).
+        Called where the process goes on (it asks for what is ready, or executes a dependant;
+        the dispatcher, woken, finds nothing else to do), and does nothing when the caller is
+        being cancelled itself (its scope cancelled, or past its deadline, the cancellation
+        not delivered yet): a task cancelled because the run is stopping releases nothing
+        (see `released`).
         """
+        import anyio
+
+        if anyio.current_effective_deadline() <= anyio.current_time():
+            return False
         cancelled = [
             name
             for name, record in self._records.items()
@@ -1486,6 +1492,7 @@ class Run:
         return list(agents.values())
 
     def _check_complete(self) -> None:
+        self.give_up_cancelled()  # those nothing needed: the process has returned
         missing = [name for name in self.graph.names if not self.ended(name)]
         if missing:
             raise CrewRunError(

@@ -212,15 +212,18 @@ def test_a_cancelled_kickoff_starts_none_of_the_dependants_of_its_cancelled_task
     c = Task("c task", agent=agent, name="c", context=[])
     crew = Crew(tasks=[a, d, c, b], process="parallel", store=None)
 
-    async def main() -> None:
-        with anyio.CancelScope() as scope:
+    async def main() -> list[ev.Event]:
+        with capture_events() as captured, anyio.CancelScope() as scope:
             scopes.append(scope)
             await crew.kickoff()
+        return captured.events
 
-    run_virtual(main)
+    events = run_virtual(main)
 
     assert scopes[0].cancelled_caught
     assert sorted(asked) == ["a", "c", "d"]
+    # Nor is "a" given up as cancelled by the process, "b" skipped as needing it.
+    assert [e for e in events if isinstance(e, ev.TaskSkipped)] == []
 
 
 async def test_a_task_is_not_ready_while_its_dependency_s_output_is_checkpointed() -> None:
@@ -386,3 +389,23 @@ def test_a_task_cancelled_while_it_waited_for_a_slot_may_be_executed_again() -> 
     assert [output.task for output in result.outputs] == ["d", "x"]
     assert result.skipped == {}
     assert calls.count == {"d": 1, "x": 1}
+
+
+def test_run_ready_may_be_called_again_after_a_deadline_of_the_process_cancelled_it() -> None:
+    # The second call waited for ever: the first one's cancelled workers still counted as in
+    # flight.
+    calls = Calls()
+    calls.hold["x2"] = anyio.Event()
+
+    async def body(ctx: ProcessContext, agent: Agent) -> None:
+        with anyio.move_on_after(1.5):
+            await ctx.run_ready()
+        with anyio.fail_after(100):
+            await ctx.run_ready()
+
+    result, _ = kickoff(crew_with(calls, ["x1", "x2", "x3", "x4"], body, max_concurrency=1))
+
+    assert [output.task for output in result.outputs] == ["x1", "x3", "x4"]
+    assert result.skipped == {"x2": "cancelled by process 'custom' while the run went on"}
+    assert calls.count == {"x1": 1, "x2": 1, "x3": 1, "x4": 1}
+    assert calls.most == 1
