@@ -409,3 +409,42 @@ def test_run_ready_may_be_called_again_after_a_deadline_of_the_process_cancelled
     assert result.skipped == {"x2": "cancelled by process 'custom' while the run went on"}
     assert calls.count == {"x1": 1, "x2": 1, "x3": 1, "x4": 1}
     assert calls.most == 1
+
+
+def test_a_task_cancelled_because_the_kickoff_is_cancelled_is_never_given_up() -> None:
+    # The process asks for what is ready while the kickoff's cancellation unwinds it: "a" was
+    # cancelled by that, not by the process, so "b" is not ready and nothing is skipped.
+    scopes: list[anyio.CancelScope] = []
+    seen: dict[str, list[str]] = {}
+
+    async def answer(request: LLMRequest) -> str:
+        scopes[0].cancel()
+        await anyio.Event().wait()
+        return "never"
+
+    agent = Agent(role="Worker", goal="Work", llm=FunctionLLM(answer))
+
+    class Unwinding(Process):
+        name: ClassVar[str] = "unwinding"
+
+        async def run(self, ctx: ProcessContext) -> None:
+            try:
+                await ctx.execute(ctx.graph.task("a"))
+            finally:
+                seen["ready"] = [ctx.graph.name_of(task) for task in ctx.ready()]
+
+    a = Task("a task", agent=agent, name="a", context=[])
+    b = Task("b task", agent=agent, name="b", context=[a])
+    crew = Crew(tasks=[a, b], process=Unwinding(), store=None)
+
+    async def main() -> list[ev.Event]:
+        with capture_events() as captured, anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await crew.kickoff()
+        return captured.events
+
+    events = run_virtual(main)
+
+    assert scopes[0].cancelled_caught
+    assert seen == {"ready": []}
+    assert [e for e in events if isinstance(e, ev.TaskSkipped)] == []
