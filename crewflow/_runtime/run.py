@@ -971,13 +971,10 @@ class Run:
 
         Called where the process goes on (it asks for what is ready, or executes a dependant;
         the dispatcher, woken, finds nothing else to do), and does nothing when the caller is
-        being cancelled itself (its scope cancelled, or past its deadline, the cancellation
-        not delivered yet): a task cancelled because the run is stopping releases nothing
-        (see `released`).
+        being cancelled itself (`_unwinding`): a task cancelled because the run is stopping
+        releases nothing (see `released`).
         """
-        import anyio
-
-        if anyio.current_effective_deadline() <= anyio.current_time():
+        if self._unwinding():
             return False
         cancelled = [
             name
@@ -997,6 +994,18 @@ class Run:
             if self._dispatcher is not None:
                 self._dispatcher.ended(name)
         return bool(cancelled)
+
+    @staticmethod
+    def _unwinding() -> bool:
+        """Whether the caller is being cancelled: ``task.cancel()`` was called on it (a
+        ``crew.start()`` handle's `cancel`, ``asyncio.timeout``), or a cancel scope around it
+        was cancelled or is past its deadline, the cancellation not delivered yet."""
+        import anyio
+
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return True
+        return anyio.current_effective_deadline() <= anyio.current_time()
 
     def _skip(self, task: Task, name: str, because: list[str], reason: str) -> None:
         """Record task ``name`` as skipped, with why (``because``: the tasks that made it)."""

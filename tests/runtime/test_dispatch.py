@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
@@ -9,7 +11,7 @@ import pytest
 
 from crewflow import Agent, Crew, Task
 from crewflow import events as ev
-from crewflow.exceptions import CrewRunError
+from crewflow.exceptions import CrewRunError, RunCancelled
 from crewflow.processes import Process, ProcessContext
 from crewflow.store import MemoryStore
 from crewflow.testing import FunctionLLM, capture_events, run_virtual
@@ -290,18 +292,28 @@ def deadline_crew(
     return Crew(tasks=[a, b, c, d], process=Deadline(), **options)  # type: ignore[arg-type]
 
 
-async def execute_within(ctx: ProcessContext, name: str, seconds: float) -> None:
-    with anyio.move_on_after(seconds):
-        await ctx.execute(ctx.graph.task(name))
+async def execute_within(
+    ctx: ProcessContext, name: str, seconds: float, how: str = "anyio"
+) -> None:
+    if how == "anyio":
+        with anyio.move_on_after(seconds):
+            await ctx.execute(ctx.graph.task(name))
+    else:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await ctx.execute(ctx.graph.task(name))
 
 
-def test_the_dependants_of_a_task_the_process_cancelled_are_skipped_by_the_dispatcher() -> None:
+@pytest.mark.parametrize("how", ["anyio", "asyncio"])
+def test_the_dependants_of_a_task_the_process_cancelled_are_skipped_by_the_dispatcher(
+    how: str,
+) -> None:
     # A deadline of the process's own cancels "a"; the run goes on. Its dispatcher found
     # nothing ready and raised "run_ready() found nothing ready ... ['b', 'c']".
     calls = Calls()
 
     async def body(ctx: ProcessContext) -> None:
-        await execute_within(ctx, "a", 5)
+        await execute_within(ctx, "a", 5, how)
         await ctx.run_ready()
 
     result, events = kickoff(deadline_crew(calls, body, store=None))
@@ -411,14 +423,17 @@ def test_run_ready_may_be_called_again_after_a_deadline_of_the_process_cancelled
     assert calls.most == 1
 
 
-def test_a_task_cancelled_because_the_kickoff_is_cancelled_is_never_given_up() -> None:
+@pytest.mark.parametrize("how", ["cancel scope", "handle.cancel()"])
+def test_a_task_cancelled_because_the_kickoff_is_cancelled_is_never_given_up(how: str) -> None:
     # The process asks for what is ready while the kickoff's cancellation unwinds it: "a" was
-    # cancelled by that, not by the process, so "b" is not ready and nothing is skipped.
-    scopes: list[anyio.CancelScope] = []
+    # cancelled by that, not by the process, so "b" is not ready and nothing is skipped. The
+    # handle cancels its task (asyncio's own cancellation, as asyncio.timeout does), which no
+    # cancel scope shows until it reaches one.
+    stop: list[Callable[[], object]] = []
     seen: dict[str, list[str]] = {}
 
     async def answer(request: LLMRequest) -> str:
-        scopes[0].cancel()
+        stop[0]()
         await anyio.Event().wait()
         return "never"
 
@@ -439,12 +454,18 @@ def test_a_task_cancelled_because_the_kickoff_is_cancelled_is_never_given_up() -
 
     async def main() -> list[ev.Event]:
         with capture_events() as captured, anyio.CancelScope() as scope:
-            scopes.append(scope)
-            await crew.kickoff()
+            if how == "cancel scope":
+                stop.append(scope.cancel)
+                await crew.kickoff()
+            else:
+                handle = crew.start()
+                stop.append(handle.cancel)
+                with pytest.raises(RunCancelled):
+                    await handle.result()
+        assert how != "cancel scope" or scope.cancelled_caught
         return captured.events
 
     events = run_virtual(main)
 
-    assert scopes[0].cancelled_caught
     assert seen == {"ready": []}
     assert [e for e in events if isinstance(e, ev.TaskSkipped)] == []
