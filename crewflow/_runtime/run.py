@@ -186,8 +186,6 @@ class Run:
         self._failures: dict[str, TaskFailed] = {}
         self.skipped: dict[str, str] = {}
         """The tasks skipped so far, with why (``"condition false"``, ...)."""
-        self.given_up: set[str] = set()
-        """Skipped tasks that had started: the process cancelled them (`give_up_cancelled`)."""
         self._unchosen: dict[str, str] = {}  # task -> the router task that did not choose it
         self._route_pending: set[str] = set()  # restored router tasks whose choice is unknown
         self._unsaved: list[DecisionRecord] = []  # skips not yet recorded
@@ -725,7 +723,9 @@ class Run:
             optional = self.graph.optional_dependencies(name)
             missing = [d for d in dependencies if d in self.skipped and d not in optional]
             if missing:
-                why = "cancelled" if all(d in self.given_up for d in missing) else "skipped"
+                # A skipped task recorded cancelled was given up (`give_up_cancelled`).
+                cancelled = all(self._records[d].status is TaskStatus.CANCELLED for d in missing)
+                why = "cancelled" if cancelled else "skipped"
                 self._skip(task, name, missing, f"needs {_listed(missing)}, which was {why}")
                 return None
         context = [outputs[d] for d in dependencies if d in outputs]
@@ -986,7 +986,6 @@ class Run:
             and name not in self.running
         ]
         for name in cancelled:
-            self.given_up.add(name)
             reason = f"cancelled by process {self.process.name!r} while the run went on"
             self._skipped(name, reason)
             self.log.info("task given up", task=name, reason=reason)
